@@ -1,0 +1,136 @@
+package lease
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"time"
+)
+
+// ErrNoFreeSubnet means every subnet of the pool is leased.
+var ErrNoFreeSubnet = errors.New("no free subnet")
+
+// DefaultTTL is how long a lease lives without renewal, as in flannel.
+const DefaultTTL = 24 * time.Hour
+
+// maxClaimRounds bounds how often Claim re-reads the store after losing a
+// race; each loss means another host got a subnet, so progress is made.
+const maxClaimRounds = 1000
+
+// ClaimRequest says what a host wants to lease.
+type ClaimRequest struct {
+	Config *Config
+	Attrs  Attrs
+	// Previous is the subnet this host had before (from the subnet file);
+	// preferred when it is free and fits. Zero when unknown.
+	Previous netip.Prefix
+	// TTL of the lease; DefaultTTL when zero.
+	TTL time.Duration
+}
+
+// Claim leases a subnet for req.Attrs.PublicIP and returns it. In order of
+// preference: the lease this host already holds in the store (found by
+// PublicIP), req.Previous, then a random free subnet. Writes are atomic
+// create-if-absent (or compare-and-swap for an existing lease); a lost race
+// is retried with fresh data, so two hosts never share a subnet.
+func Claim(ctx context.Context, store Store, req ClaimRequest) (Lease, error) {
+	ttl := req.TTL
+	if ttl <= 0 {
+		ttl = DefaultTTL
+	}
+	value := req.Attrs.Encode()
+	for range maxClaimRounds {
+		records, _, err := store.List(ctx)
+		if err != nil {
+			return Lease{}, fmt.Errorf("listing leases: %w", err)
+		}
+		taken := make([]netip.Prefix, 0, len(records))
+		var mine *Record
+		for i, rec := range records {
+			subnet, err := ParseSubnetKey(rec.Key)
+			if err != nil {
+				continue
+			}
+			taken = append(taken, subnet)
+			if l, err := DecodeLease(rec.Key, rec.Value); err == nil && mine == nil &&
+				l.Attrs.PublicIP == req.Attrs.PublicIP && req.Config.Fits(subnet) {
+				mine = &records[i]
+			}
+		}
+		var rec Record
+		switch {
+		case mine != nil:
+			rec, err = store.Replace(ctx, *mine, value, ttl)
+		case req.Previous.IsValid() && req.Config.Fits(req.Previous) && !overlapsAny(req.Previous, taken):
+			rec, err = store.Create(ctx, SubnetKey(req.Previous), value, ttl)
+		default:
+			subnet, ok := pickFree(req.Config, taken)
+			if !ok {
+				return Lease{}, fmt.Errorf("%w in network %s: all %d subnets of /%d between %s and %s are leased",
+					ErrNoFreeSubnet, req.Config.Network, req.Config.Subnets(), req.Config.SubnetLen, req.Config.SubnetMin, req.Config.SubnetMax)
+			}
+			rec, err = store.Create(ctx, SubnetKey(subnet), value, ttl)
+		}
+		if errors.Is(err, ErrExists) || errors.Is(err, ErrConflict) {
+			continue // another host won this subnet; read again and pick anew
+		}
+		if err != nil {
+			return Lease{}, fmt.Errorf("writing lease: %w", err)
+		}
+		subnet, _ := ParseSubnetKey(rec.Key)
+		return Lease{Subnet: subnet, Attrs: req.Attrs, Expiration: time.Now().Add(ttl),
+			Revision: rec.Revision, StoreLeaseID: rec.StoreLeaseID}, nil
+	}
+	return Lease{}, fmt.Errorf("claiming a subnet: lost %d races in a row; is something rewriting the leases?", maxClaimRounds)
+}
+
+func overlapsAny(subnet netip.Prefix, taken []netip.Prefix) bool {
+	for _, t := range taken {
+		if t.Overlaps(subnet) {
+			return true
+		}
+	}
+	return false
+}
+
+// pickFree chooses a random subnet between SubnetMin and SubnetMax that
+// overlaps no taken one. Random, not first-free, so racing hosts rarely
+// collide.
+func pickFree(cfg *Config, taken []netip.Prefix) (netip.Prefix, bool) {
+	total := cfg.Subnets()
+	nth := func(i int) netip.Prefix {
+		return netip.PrefixFrom(u32ToAddr(addrToU32(cfg.SubnetMin)+uint32(i)<<(32-cfg.SubnetLen)), cfg.SubnetLen)
+	}
+	// Sparse pools: random probes find a free subnet fast.
+	if len(taken) < total/2 {
+		for range 64 {
+			if s := nth(rand.IntN(total)); !overlapsAny(s, taken) {
+				return s, true
+			}
+		}
+	}
+	// Dense pools: enumerate (bounded by the pool, at most 2^(30-8) here only
+	// for absurd configs) and choose among the free ones.
+	occupied := make(map[netip.Prefix]bool, len(taken))
+	var wide []netip.Prefix
+	for _, t := range taken {
+		if t.Bits() == cfg.SubnetLen {
+			occupied[t] = true
+		} else {
+			wide = append(wide, t)
+		}
+	}
+	var free []netip.Prefix
+	for i := range total {
+		s := nth(i)
+		if !occupied[s] && !overlapsAny(s, wide) {
+			free = append(free, s)
+		}
+	}
+	if len(free) == 0 {
+		return netip.Prefix{}, false
+	}
+	return free[rand.IntN(len(free))], true
+}

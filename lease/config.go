@@ -1,0 +1,228 @@
+// Package lease holds weft's view of the cluster: the network config stored
+// at <prefix>/config, the subnet leases at <prefix>/subnets/*, their
+// encoding (byte-compatible with flannel), subnet allocation, and the
+// algorithms that claim, keep and watch leases through a narrow Store
+// interface. Only lease/etcd*.go talks to etcd.
+package lease
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+)
+
+// Backend type names, as flannel spells them.
+const (
+	BackendUDP       = "udp"
+	BackendVXLAN     = "vxlan"
+	BackendHostGW    = "host-gw"
+	BackendWireGuard = "wireguard"
+)
+
+// KnownBackends lists every Backend.Type weft accepts, in the order error
+// messages show them.
+var KnownBackends = []string{BackendHostGW, BackendUDP, BackendVXLAN, BackendWireGuard}
+
+// ErrInvalidConfig is wrapped by every validation error, so callers can tell
+// a bad config (wait for a fix) from a store failure (retry).
+var ErrInvalidConfig = errors.New("invalid network config")
+
+// Config is the network config every host reads from <prefix>/config. After
+// ParseConfig all defaults are filled in: SubnetLen, SubnetMin and SubnetMax
+// are set and Backend.Type is never empty.
+type Config struct {
+	// Network is the cluster-wide pool every host's subnet comes from.
+	Network netip.Prefix
+	// SubnetLen is the prefix length of each host's subnet.
+	SubnetLen int
+	// SubnetMin and SubnetMax bound the network addresses of allocatable subnets.
+	SubnetMin, SubnetMax netip.Addr
+	// EnableIPv6 and IPv6Network are reserved for dual stack; kept so a
+	// flannel config round-trips.
+	EnableIPv6  bool
+	IPv6Network string
+	// Backend selects and configures the data path.
+	Backend BackendConfig
+	// BackendDefaulted is true when the config had no Backend and weft chose
+	// udp as flannel does; weftd says so in its log.
+	BackendDefaulted bool
+}
+
+// BackendConfig is the "Backend" object: its Type plus the raw options that
+// the chosen backend parses itself.
+type BackendConfig struct {
+	Type string
+	// Raw is the whole Backend object as it appeared in the config.
+	Raw json.RawMessage
+}
+
+// rawConfig mirrors the JSON so every field's type is checked by the decoder
+// and reported by name.
+type rawConfig struct {
+	Network     *string         `json:"Network"`
+	SubnetLen   *int            `json:"SubnetLen"`
+	SubnetMin   *string         `json:"SubnetMin"`
+	SubnetMax   *string         `json:"SubnetMax"`
+	EnableIPv4  *bool           `json:"EnableIPv4"`
+	EnableIPv6  bool            `json:"EnableIPv6"`
+	IPv6Network string          `json:"IPv6Network"`
+	Backend     json.RawMessage `json:"Backend"`
+}
+
+// maxConfigSize bounds what we agree to parse; a real config is a few
+// hundred bytes.
+const maxConfigSize = 64 << 10
+
+// ParseConfig decodes and validates a flannel-format network config and fills
+// in flannel's defaults. Every error wraps ErrInvalidConfig and names the key
+// at fault.
+func ParseConfig(data []byte) (*Config, error) {
+	if len(data) > maxConfigSize {
+		return nil, configErr("config is %d bytes, more than the %d a network config can be", len(data), maxConfigSize)
+	}
+	var raw rawConfig
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&raw); err != nil {
+		var typeErr *json.UnmarshalTypeError
+		if errors.As(err, &typeErr) {
+			return nil, configErr("key %q: expected a %s, got a JSON %s", typeErr.Field, typeErr.Type, typeErr.Value)
+		}
+		return nil, configErr("not valid JSON: %v", err)
+	}
+	if raw.Network == nil {
+		return nil, configErr(`key "Network" is missing; set it to a CIDR such as "10.5.0.0/16"`)
+	}
+	network, err := netip.ParsePrefix(*raw.Network)
+	if err != nil || !network.Addr().Is4() {
+		return nil, configErr(`key "Network": %q is not an IPv4 CIDR such as "10.5.0.0/16"`, *raw.Network)
+	}
+	if network.Masked() != network {
+		return nil, configErr(`key "Network": %s has host bits set; did you mean %s?`, network, network.Masked())
+	}
+	cfg := &Config{Network: network, EnableIPv6: raw.EnableIPv6, IPv6Network: raw.IPv6Network}
+	if err := cfg.setSubnetLen(raw.SubnetLen); err != nil {
+		return nil, err
+	}
+	if err := cfg.setRange(raw.SubnetMin, raw.SubnetMax); err != nil {
+		return nil, err
+	}
+	if err := cfg.setBackend(raw.Backend); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+func (c *Config) setSubnetLen(subnetLen *int) error {
+	bits := c.Network.Bits()
+	if subnetLen != nil && *subnetLen != 0 {
+		n := *subnetLen
+		switch {
+		case n < 0 || n > 30:
+			// A host needs room for its bridge and at least one container.
+			return configErr(`key "SubnetLen": %d is out of range; it must be between /%d and /30`, n, min(bits+2, 30))
+		case n < bits+2:
+			// The first subnet is never used, so fewer than four leaves one host.
+			return configErr(`key "SubnetLen": /%d leaves Network %s room for fewer than four subnets; use /%d or longer`, n, c.Network, bits+2)
+		}
+		c.SubnetLen = n
+		return nil
+	}
+	switch {
+	case bits > 28:
+		return configErr(`key "Network": %s is too small; the smallest useful Network is a /28`, c.Network)
+	case bits <= 22:
+		c.SubnetLen = 24
+	default:
+		c.SubnetLen = bits + 2
+	}
+	return nil
+}
+
+func (c *Config) setRange(minText, maxText *string) error {
+	size := uint32(1) << (32 - c.SubnetLen)
+	first := addrToU32(c.Network.Addr())
+	last := first + uint32(1)<<(32-c.Network.Bits()) - 1
+	// Skip the first subnet: a bridge at 10.5.0.1 would sit next to the
+	// Network's own address, which breaks broadcast on some hosts.
+	c.SubnetMin = u32ToAddr(first + size)
+	c.SubnetMax = u32ToAddr(last - size + 1)
+	for _, bound := range []struct {
+		key  string
+		text *string
+		dst  *netip.Addr
+	}{{"SubnetMin", minText, &c.SubnetMin}, {"SubnetMax", maxText, &c.SubnetMax}} {
+		if bound.text == nil || *bound.text == "" {
+			continue
+		}
+		addr, err := netip.ParseAddr(*bound.text)
+		if err != nil || !addr.Is4() {
+			return configErr("key %q: %q is not an IPv4 address", bound.key, *bound.text)
+		}
+		if !c.Network.Contains(addr) {
+			return configErr("key %q: %s is outside Network %s", bound.key, addr, c.Network)
+		}
+		if addrToU32(addr)&(size-1) != 0 {
+			return configErr("key %q: %s is not on a /%d boundary (SubnetLen)", bound.key, addr, c.SubnetLen)
+		}
+		*bound.dst = addr
+	}
+	if c.SubnetMin.Compare(c.SubnetMax) > 0 {
+		return configErr(`keys "SubnetMin" and "SubnetMax": SubnetMin %s is above SubnetMax %s`, c.SubnetMin, c.SubnetMax)
+	}
+	return nil
+}
+
+func (c *Config) setBackend(raw json.RawMessage) error {
+	if len(raw) == 0 || string(raw) == "null" {
+		c.Backend = BackendConfig{Type: BackendUDP, Raw: json.RawMessage(`{"Type":"udp"}`)}
+		c.BackendDefaulted = true
+		return nil
+	}
+	var head struct {
+		Type *string `json:"Type"`
+	}
+	if err := json.Unmarshal(raw, &head); err != nil {
+		return configErr(`key "Backend": must be an object such as {"Type": "wireguard"}: %v`, err)
+	}
+	typ := BackendUDP
+	if head.Type != nil && *head.Type != "" {
+		typ = *head.Type
+	} else {
+		c.BackendDefaulted = true
+	}
+	if !slices.Contains(KnownBackends, typ) {
+		return configErr(`key "Backend.Type": unknown backend %q; valid types are %s`, typ, strings.Join(KnownBackends, ", "))
+	}
+	c.Backend = BackendConfig{Type: typ, Raw: slices.Clone(raw)}
+	return nil
+}
+
+// Subnets returns how many subnets lie between SubnetMin and SubnetMax.
+func (c *Config) Subnets() int {
+	return int((addrToU32(c.SubnetMax)-addrToU32(c.SubnetMin))>>(32-c.SubnetLen)) + 1
+}
+
+// Fits reports whether subnet is one this config can hand out: inside the
+// Network, of SubnetLen, aligned, and within SubnetMin..SubnetMax.
+func (c *Config) Fits(subnet netip.Prefix) bool {
+	return subnet.IsValid() && subnet.Bits() == c.SubnetLen && subnet.Masked() == subnet &&
+		c.Network.Contains(subnet.Addr()) &&
+		subnet.Addr().Compare(c.SubnetMin) >= 0 && subnet.Addr().Compare(c.SubnetMax) <= 0
+}
+
+func configErr(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrInvalidConfig, fmt.Sprintf(format, args...))
+}
+
+func addrToU32(a netip.Addr) uint32 {
+	b := a.As4()
+	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+}
+
+func u32ToAddr(v uint32) netip.Addr {
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}

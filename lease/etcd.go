@@ -1,0 +1,225 @@
+package lease
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"go.etcd.io/etcd/client/pkg/v3/transport"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+// DefaultPrefix is flannel's etcd prefix.
+const DefaultPrefix = "/coreos.com/network"
+
+// EtcdOptions says how to reach etcd; the fields mirror flanneld's flags.
+type EtcdOptions struct {
+	Endpoints []string
+	Prefix    string
+	// CAFile alone enables server-verified TLS; CertFile and KeyFile add a
+	// client certificate.
+	CAFile, CertFile, KeyFile string
+	Username, Password        string
+	// DialTimeout bounds each connection attempt (default 5 s).
+	DialTimeout time.Duration
+}
+
+// EtcdStore is the Store backed by etcd v3. Its zero value is not usable;
+// use NewEtcdStore.
+type EtcdStore struct {
+	client  *clientv3.Client
+	prefix  string
+	subnets string
+}
+
+var _ Store = (*EtcdStore)(nil)
+
+// NewEtcdStore builds a client; it does not wait for etcd to answer, so
+// weftd can start (and say it is waiting) while etcd is down.
+func NewEtcdStore(opts EtcdOptions) (*EtcdStore, error) {
+	if len(opts.Endpoints) == 0 {
+		return nil, errors.New("no etcd endpoints; set -etcd-endpoints, e.g. http://127.0.0.1:2379")
+	}
+	prefix := strings.TrimSuffix(opts.Prefix, "/")
+	if prefix == "" {
+		prefix = DefaultPrefix
+	}
+	cfg := clientv3.Config{
+		Endpoints:   opts.Endpoints,
+		DialTimeout: opts.DialTimeout,
+		Username:    opts.Username,
+		Password:    opts.Password,
+		// The client's own zap logs would duplicate ours at every retry.
+		Logger: zap.NewNop(),
+	}
+	if cfg.DialTimeout == 0 {
+		cfg.DialTimeout = 5 * time.Second
+	}
+	if opts.CAFile != "" || opts.CertFile != "" || opts.KeyFile != "" {
+		if (opts.CertFile == "") != (opts.KeyFile == "") {
+			return nil, errors.New("-etcd-certfile and -etcd-keyfile go together; set both or neither")
+		}
+		info := transport.TLSInfo{TrustedCAFile: opts.CAFile, CertFile: opts.CertFile, KeyFile: opts.KeyFile}
+		tlsCfg, err := info.ClientConfig()
+		if err != nil {
+			return nil, fmt.Errorf("loading etcd TLS files (-etcd-cafile %q, -etcd-certfile %q, -etcd-keyfile %q): %w",
+				opts.CAFile, opts.CertFile, opts.KeyFile, err)
+		}
+		cfg.TLS = tlsCfg
+	}
+	client, err := clientv3.New(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("etcd client for %v: %w", opts.Endpoints, err)
+	}
+	return &EtcdStore{client: client, prefix: prefix, subnets: prefix + "/subnets/"}, nil
+}
+
+// Close releases the client's connections.
+func (s *EtcdStore) Close() error { return s.client.Close() }
+
+// Prefix is the key prefix in use.
+func (s *EtcdStore) Prefix() string { return s.prefix }
+
+// Config implements Store.
+func (s *EtcdStore) Config(ctx context.Context) ([]byte, error) {
+	resp, err := s.client.Get(ctx, s.prefix+"/config")
+	if err != nil {
+		return nil, err
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, fmt.Errorf("%w at %s/config", ErrNoConfig, s.prefix)
+	}
+	return resp.Kvs[0].Value, nil
+}
+
+// PutConfig implements Store.
+func (s *EtcdStore) PutConfig(ctx context.Context, value []byte) error {
+	_, err := s.client.Put(ctx, s.prefix+"/config", string(value))
+	return err
+}
+
+// List implements Store.
+func (s *EtcdStore) List(ctx context.Context) ([]Record, int64, error) {
+	resp, err := s.client.Get(ctx, s.subnets, clientv3.WithPrefix())
+	if err != nil {
+		return nil, 0, err
+	}
+	out := make([]Record, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		out = append(out, Record{Key: strings.TrimPrefix(string(kv.Key), s.subnets), Value: kv.Value,
+			Revision: kv.ModRevision, StoreLeaseID: kv.Lease})
+	}
+	return out, resp.Header.Revision, nil
+}
+
+// Watch implements Store.
+func (s *EtcdStore) Watch(ctx context.Context, fromRevision int64) <-chan WatchResponse {
+	out := make(chan WatchResponse)
+	go func() {
+		defer close(out)
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel() // ends the etcd watch stream with us
+		wch := s.client.Watch(clientv3.WithRequireLeader(ctx), s.subnets, clientv3.WithPrefix(), clientv3.WithRev(fromRevision+1))
+		for resp := range wch {
+			var wr WatchResponse
+			switch err := resp.Err(); {
+			case resp.CompactRevision != 0 || errors.Is(err, rpctypes.ErrCompacted):
+				wr.Err = fmt.Errorf("%w (at revision %d)", ErrCompacted, resp.CompactRevision)
+			case err != nil:
+				wr.Err = err
+			}
+			for _, ev := range resp.Events {
+				wr.Events = append(wr.Events, RecordEvent{
+					Record: Record{Key: strings.TrimPrefix(string(ev.Kv.Key), s.subnets), Value: ev.Kv.Value,
+						Revision: ev.Kv.ModRevision, StoreLeaseID: ev.Kv.Lease},
+					Deleted: ev.Type == clientv3.EventTypeDelete,
+				})
+			}
+			select {
+			case out <- wr:
+			case <-ctx.Done():
+				return
+			}
+			if wr.Err != nil {
+				return
+			}
+		}
+	}()
+	return out
+}
+
+// Create implements Store.
+func (s *EtcdStore) Create(ctx context.Context, key string, value []byte, ttl time.Duration) (Record, error) {
+	return s.putIf(ctx, key, value, ttl, clientv3.Compare(clientv3.CreateRevision(s.subnets+key), "=", 0), ErrExists)
+}
+
+// Replace implements Store.
+func (s *EtcdStore) Replace(ctx context.Context, old Record, value []byte, ttl time.Duration) (Record, error) {
+	return s.putIf(ctx, old.Key, value, ttl, clientv3.Compare(clientv3.ModRevision(s.subnets+old.Key), "=", old.Revision), ErrConflict)
+}
+
+func (s *EtcdStore) putIf(ctx context.Context, key string, value []byte, ttl time.Duration, cond clientv3.Cmp, lost error) (Record, error) {
+	grant, err := s.client.Grant(ctx, int64(max(ttl/time.Second, 1)))
+	if err != nil {
+		return Record{}, err
+	}
+	resp, err := s.client.Txn(ctx).If(cond).
+		Then(clientv3.OpPut(s.subnets+key, string(value), clientv3.WithLease(grant.ID))).Commit()
+	if err == nil && !resp.Succeeded {
+		err = lost
+	}
+	if err != nil {
+		// The TTL handle is useless now; drop it rather than let it linger.
+		_, _ = s.client.Revoke(context.WithoutCancel(ctx), grant.ID)
+		return Record{}, err
+	}
+	return Record{Key: key, Value: value, Revision: resp.Header.Revision, StoreLeaseID: int64(grant.ID)}, nil
+}
+
+// Renew implements Store.
+func (s *EtcdStore) Renew(ctx context.Context, rec Record) (time.Duration, error) {
+	resp, err := s.client.KeepAliveOnce(ctx, clientv3.LeaseID(rec.StoreLeaseID))
+	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		return 0, fmt.Errorf("%w: %s", ErrLeaseLost, rec.Key)
+	}
+	if err != nil {
+		return 0, err
+	}
+	return time.Duration(resp.TTL) * time.Second, nil
+}
+
+// Expiry implements Store.
+func (s *EtcdStore) Expiry(ctx context.Context, rec Record) (time.Duration, error) {
+	if rec.StoreLeaseID == 0 {
+		return 0, nil
+	}
+	resp, err := s.client.TimeToLive(ctx, clientv3.LeaseID(rec.StoreLeaseID))
+	if err != nil {
+		return 0, err
+	}
+	if resp.TTL < 0 {
+		return 0, fmt.Errorf("%w: %s", ErrLeaseLost, rec.Key)
+	}
+	return time.Duration(resp.TTL) * time.Second, nil
+}
+
+// Delete implements Store.
+func (s *EtcdStore) Delete(ctx context.Context, key string) error {
+	_, err := s.client.Delete(ctx, s.subnets+key)
+	return err
+}
+
+// Compact compacts etcd's history up to the current revision; tests use it
+// to prove the watch survives compaction.
+func (s *EtcdStore) Compact(ctx context.Context) error {
+	resp, err := s.client.Get(ctx, "compact-probe")
+	if err != nil {
+		return err
+	}
+	_, err = s.client.Compact(ctx, resp.Header.Revision)
+	return err
+}

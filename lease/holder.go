@@ -1,0 +1,153 @@
+package lease
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+)
+
+// Holder keeps this host's lease alive: it renews the TTL ahead of expiry
+// and, when the lease is gone from the store (deleted by hand, expired during
+// an outage), claims it again — the same subnet whenever it is still free.
+// It never gives up and never exits on lease loss.
+type Holder struct {
+	store Store
+	req   ClaimRequest
+	// RenewMargin is how long before expiry the TTL is renewed.
+	renewMargin time.Duration
+	log         *slog.Logger
+	check       chan struct{}
+	changed     chan struct{}
+
+	mu      sync.Mutex
+	current Lease
+}
+
+// NewHolder takes over a lease just claimed with req.
+func NewHolder(store Store, req ClaimRequest, current Lease, renewMargin time.Duration, log *slog.Logger) *Holder {
+	if req.TTL <= 0 {
+		req.TTL = DefaultTTL
+	}
+	return &Holder{store: store, req: req, current: current, renewMargin: renewMargin,
+		log: log.With("component", "lease"), check: make(chan struct{}, 1), changed: make(chan struct{}, 1)}
+}
+
+// Current returns the lease as last written.
+func (h *Holder) Current() Lease {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.current
+}
+
+// Changed fires after the lease was re-claimed (its subnet may differ).
+func (h *Holder) Changed() <-chan struct{} { return h.changed }
+
+// Verify asks the holder to check the lease in the store now, e.g. because
+// the watch saw it deleted.
+func (h *Holder) Verify() {
+	select {
+	case h.check <- struct{}{}:
+	default:
+	}
+}
+
+// SetAttrs changes what the lease publishes (a new WireGuard key) and
+// rewrites it on the next check.
+func (h *Holder) SetAttrs(attrs Attrs) {
+	h.mu.Lock()
+	h.req.Attrs = attrs
+	h.mu.Unlock()
+	h.Verify()
+}
+
+// renewAfter is when to renew a TTL: margin before expiry, but never later
+// than two thirds of the TTL so short test TTLs still renew in time.
+func (h *Holder) renewAfter() time.Duration {
+	return min(max(h.req.TTL-h.renewMargin, 0), h.req.TTL*2/3)
+}
+
+// Run renews and re-claims until ctx ends.
+func (h *Holder) Run(ctx context.Context) error {
+	backoff := NewBackoff(time.Second, 30*time.Second)
+	next := h.renewAfter()
+	for {
+		timer := time.NewTimer(next)
+		renew := false
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return ctx.Err()
+		case <-timer.C:
+			renew = true
+		case <-h.check:
+			timer.Stop()
+		}
+		err := h.refresh(ctx, renew)
+		if err == nil {
+			backoff.Reset()
+			next = h.renewAfter()
+			continue
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		next = backoff.Next()
+		h.log.Warn("cannot renew lease; the data path stays as it is; retrying", "subnet", h.Current().Subnet, "err", err, "retry_in", next)
+	}
+}
+
+// refresh renews the TTL (renew) or checks the stored lease still is ours
+// with our attributes, re-claiming it when it is not.
+func (h *Holder) refresh(ctx context.Context, renew bool) error {
+	cur := h.Current()
+	h.mu.Lock()
+	req := h.req
+	h.mu.Unlock()
+	rec := Record{Key: cur.Key(), Revision: cur.Revision, StoreLeaseID: cur.StoreLeaseID}
+	if renew {
+		_, err := h.store.Renew(ctx, rec)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, ErrLeaseLost) {
+			return err
+		}
+	} else if ours, err := h.stillOurs(ctx, cur, req); err != nil || ours {
+		return err
+	}
+	req.Previous = cur.Subnet
+	l, err := Claim(ctx, h.store, req)
+	if err != nil {
+		return err
+	}
+	if l.Subnet != cur.Subnet {
+		h.log.Error("our subnet was taken by another host while our lease was gone; moved to a new one",
+			"old_subnet", cur.Subnet, "new_subnet", l.Subnet)
+	} else {
+		h.log.Info("lease was lost and has been claimed again", "subnet", l.Subnet)
+	}
+	h.mu.Lock()
+	h.current = l
+	h.mu.Unlock()
+	select {
+	case h.changed <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// stillOurs reports whether the store holds cur unchanged with req's attrs.
+func (h *Holder) stillOurs(ctx context.Context, cur Lease, req ClaimRequest) (bool, error) {
+	records, _, err := h.store.List(ctx)
+	if err != nil {
+		return false, err
+	}
+	for _, r := range records {
+		if r.Key == cur.Key() {
+			return r.Revision == cur.Revision && string(r.Value) == string(req.Attrs.Encode()), nil
+		}
+	}
+	return false, nil
+}

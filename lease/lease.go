@@ -1,0 +1,147 @@
+package lease
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// ErrBadLease is wrapped by every error about a lease key or value that does
+// not decode; such a lease is skipped, never fatal.
+var ErrBadLease = errors.New("bad lease")
+
+// maxLeaseValue bounds a lease value; a real one is about 150 bytes, so
+// anything near this is hostile or broken.
+const maxLeaseValue = 16 << 10
+
+// Attrs is the JSON value stored at <prefix>/subnets/<key>, field for field
+// as flannel writes it.
+type Attrs struct {
+	// PublicIP is the host's underlay address, where peers send its traffic.
+	PublicIP netip.Addr
+	// PublicIPv6 is reserved for dual stack; nil encodes as JSON null.
+	PublicIPv6 *netip.Addr
+	// BackendType is the Backend.Type the host runs.
+	BackendType string
+	// BackendData is the backend's own data (VTEP MAC, WireGuard key); empty
+	// for host-gw and udp.
+	BackendData json.RawMessage
+}
+
+type attrsJSON struct {
+	PublicIP    string          `json:"PublicIP"`
+	PublicIPv6  *string         `json:"PublicIPv6"`
+	BackendType string          `json:"BackendType,omitempty"`
+	BackendData json.RawMessage `json:"BackendData,omitempty"`
+}
+
+// MarshalJSON writes flannel's format: {"PublicIP":..,"PublicIPv6":null,
+// "BackendType":..,"BackendData":..}.
+func (a Attrs) MarshalJSON() ([]byte, error) {
+	out := attrsJSON{PublicIP: a.PublicIP.String(), BackendType: a.BackendType}
+	if a.PublicIPv6 != nil {
+		s := a.PublicIPv6.String()
+		out.PublicIPv6 = &s
+	}
+	if len(a.BackendData) > 0 && string(a.BackendData) != "null" {
+		out.BackendData = a.BackendData
+	}
+	return json.Marshal(out)
+}
+
+// UnmarshalJSON reads flannel's format and checks the addresses.
+func (a *Attrs) UnmarshalJSON(data []byte) error {
+	var in attrsJSON
+	if err := json.Unmarshal(data, &in); err != nil {
+		return err
+	}
+	ip, err := netip.ParseAddr(in.PublicIP)
+	if err != nil || !ip.Is4() {
+		return fmt.Errorf("PublicIP %q is not an IPv4 address", in.PublicIP)
+	}
+	*a = Attrs{PublicIP: ip, BackendType: in.BackendType, BackendData: in.BackendData}
+	if in.PublicIPv6 != nil {
+		ip6, err := netip.ParseAddr(*in.PublicIPv6)
+		if err != nil || !ip6.Is6() {
+			return fmt.Errorf("PublicIPv6 %q is not an IPv6 address", *in.PublicIPv6)
+		}
+		a.PublicIPv6 = &ip6
+	}
+	return nil
+}
+
+// Lease is one host's claim on a subnet, as read from the store.
+type Lease struct {
+	Subnet netip.Prefix
+	Attrs  Attrs
+	// Expiration is when the store drops the lease unless it is renewed; zero
+	// when unknown.
+	Expiration time.Time
+	// Revision is the store revision that last wrote the lease; Replace uses
+	// it to make sure nobody changed the lease in between.
+	Revision int64
+	// StoreLeaseID is the store's handle for the lease's TTL (an etcd lease ID).
+	StoreLeaseID int64
+}
+
+// Key is the lease's key under <prefix>/subnets/.
+func (l Lease) Key() string { return SubnetKey(l.Subnet) }
+
+// SubnetKey encodes a subnet as flannel names its key: 10.5.34.0/24 → "10.5.34.0-24".
+func SubnetKey(subnet netip.Prefix) string {
+	return subnet.Addr().String() + "-" + strconv.Itoa(subnet.Bits())
+}
+
+// ParseSubnetKey decodes "10.5.34.0-24" into 10.5.34.0/24; the address must
+// be the subnet's network address.
+func ParseSubnetKey(key string) (netip.Prefix, error) {
+	addrText, bitsText, ok := strings.Cut(key, "-")
+	if !ok {
+		return netip.Prefix{}, fmt.Errorf("%w: key %q is not of the form 10.5.34.0-24", ErrBadLease, key)
+	}
+	addr, err := netip.ParseAddr(addrText)
+	bits, err2 := strconv.Atoi(bitsText)
+	if err != nil || err2 != nil || !addr.Is4() || bits < 1 || bits > 32 {
+		return netip.Prefix{}, fmt.Errorf("%w: key %q is not of the form 10.5.34.0-24", ErrBadLease, key)
+	}
+	subnet := netip.PrefixFrom(addr, bits)
+	if SubnetKey(subnet) != key {
+		return netip.Prefix{}, fmt.Errorf("%w: key %q is not of the form 10.5.34.0-24", ErrBadLease, key)
+	}
+	if subnet.Masked() != subnet {
+		return netip.Prefix{}, fmt.Errorf("%w: key %q: %s is not a subnet's network address", ErrBadLease, key, addr)
+	}
+	return subnet, nil
+}
+
+// Encode returns the lease value as flannel writes it.
+func (a Attrs) Encode() []byte {
+	data, err := json.Marshal(a)
+	if err != nil {
+		// Attrs holds only strings and already-valid raw JSON.
+		panic(fmt.Sprintf("encoding lease attrs: %v", err))
+	}
+	return data
+}
+
+// DecodeLease turns a stored key and value into a Lease. Any error wraps
+// ErrBadLease and names the key.
+func DecodeLease(key string, value []byte) (Lease, error) {
+	subnet, err := ParseSubnetKey(key)
+	if err != nil {
+		return Lease{}, err
+	}
+	if len(value) > maxLeaseValue {
+		return Lease{}, fmt.Errorf("%w: lease %s: value is %d bytes, more than %d", ErrBadLease, key, len(value), maxLeaseValue)
+	}
+	var attrs Attrs
+	if err := json.Unmarshal(bytes.TrimSpace(value), &attrs); err != nil {
+		return Lease{}, fmt.Errorf("%w: lease %s: %v", ErrBadLease, key, err)
+	}
+	return Lease{Subnet: subnet, Attrs: attrs}, nil
+}

@@ -1,0 +1,87 @@
+package lease
+
+import (
+	"encoding/json"
+	"errors"
+	"net/netip"
+	"strings"
+	"testing"
+)
+
+func TestSubnetKey(t *testing.T) {
+	p := netip.MustParsePrefix("10.5.34.0/24")
+	if got := SubnetKey(p); got != "10.5.34.0-24" {
+		t.Fatalf("SubnetKey = %q", got)
+	}
+	back, err := ParseSubnetKey("10.5.34.0-24")
+	if err != nil || back != p {
+		t.Fatalf("ParseSubnetKey = %v, %v", back, err)
+	}
+	for _, bad := range []string{"10.5.34.0/24", "10.5.34.7-24", "10.5.34.0-33", "x-24", "10.5.34.0-", "fd00::-64", ""} {
+		if _, err := ParseSubnetKey(bad); !errors.Is(err, ErrBadLease) {
+			t.Errorf("ParseSubnetKey(%q) = %v, want ErrBadLease", bad, err)
+		}
+	}
+}
+
+func TestAttrsEncodeAsFlannel(t *testing.T) {
+	tests := []struct {
+		attrs Attrs
+		want  string
+	}{
+		{Attrs{PublicIP: netip.MustParseAddr("192.168.50.102"), BackendType: "vxlan",
+			BackendData: json.RawMessage(`{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff"}`)},
+			`{"PublicIP":"192.168.50.102","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff"}}`},
+		{Attrs{PublicIP: netip.MustParseAddr("192.168.50.3"), BackendType: "host-gw"},
+			`{"PublicIP":"192.168.50.3","PublicIPv6":null,"BackendType":"host-gw"}`},
+	}
+	for _, tt := range tests {
+		if got := string(tt.attrs.Encode()); got != tt.want {
+			t.Errorf("Encode:\n got %s\nwant %s", got, tt.want)
+		}
+		l, err := DecodeLease("10.5.34.0-24", []byte(tt.want))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(l.Attrs.Encode()) != tt.want {
+			t.Errorf("round trip changed the value: %s", l.Attrs.Encode())
+		}
+	}
+}
+
+func TestDecodeLeaseRejects(t *testing.T) {
+	tests := []struct{ name, key, value, want string }{
+		{"invalid json", "10.5.1.0-24", `{"PublicIP":`, "lease 10.5.1.0-24"},
+		{"wrong type", "10.5.1.0-24", `{"PublicIP":7}`, "lease 10.5.1.0-24"},
+		{"not an ip", "10.5.1.0-24", `{"PublicIP":"host-a"}`, `PublicIP "host-a" is not an IPv4 address`},
+		{"bad v6", "10.5.1.0-24", `{"PublicIP":"1.2.3.4","PublicIPv6":"1.2.3.4"}`, "PublicIPv6"},
+		{"bad key", "10.5.1.9-24", `{"PublicIP":"1.2.3.4"}`, "not a subnet's network address"},
+		{"huge", "10.5.1.0-24", `{"PublicIP":"1.2.3.4","X":"` + strings.Repeat("a", 1<<20) + `"}`, "more than"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := DecodeLease(tt.key, []byte(tt.value))
+			if !errors.Is(err, ErrBadLease) || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("DecodeLease = %v, want ErrBadLease containing %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func FuzzDecodeLease(f *testing.F) {
+	f.Add("10.5.34.0-24", []byte(`{"PublicIP":"192.168.50.102","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1}}`))
+	f.Add("10.5.0.0-16", []byte(`{"PublicIP":"1.1.1.1","BackendData":null}`))
+	f.Add("1-2", []byte(`[]`))
+	f.Fuzz(func(t *testing.T, key string, value []byte) {
+		l, err := DecodeLease(key, value)
+		if err != nil {
+			if !errors.Is(err, ErrBadLease) {
+				t.Fatalf("error %v does not wrap ErrBadLease", err)
+			}
+			return
+		}
+		if !l.Subnet.IsValid() || !l.Attrs.PublicIP.Is4() || SubnetKey(l.Subnet) != key {
+			t.Fatalf("decoded an invalid lease %+v from %q", l, key)
+		}
+	})
+}

@@ -1,0 +1,269 @@
+// Package leasetest provides an in-memory lease.Store for tests of the
+// layers above the store (mesh, backends, cmd) that need no etcd. The real
+// store is tested against a real etcd in package lease.
+package leasetest
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/weftnet/weft/lease"
+)
+
+// Store is an in-memory lease.Store with revisions and watches. TTLs are
+// recorded but only expire when a test calls Expire. The zero value is not
+// usable; use New.
+type Store struct {
+	mu       sync.Mutex
+	config   []byte
+	records  map[string]lease.Record
+	ttls     map[int64]time.Duration
+	rev      int64
+	nextID   int64
+	history  []histEntry // every change since the last Compact, for watches
+	compact  int64       // revisions up to this one are forgotten
+	watchers map[chan struct{}]bool
+	// Down, when set, makes every call fail as if the store were unreachable.
+	down bool
+}
+
+type histEntry struct {
+	rev int64
+	ev  lease.RecordEvent
+}
+
+var _ lease.Store = (*Store)(nil)
+
+// New returns an empty store holding config (nil for none).
+func New(config []byte) *Store {
+	return &Store{config: config, records: map[string]lease.Record{}, ttls: map[int64]time.Duration{},
+		watchers: map[chan struct{}]bool{}, nextID: 1}
+}
+
+// ErrDown is what every call returns while the store is down.
+var ErrDown = fmt.Errorf("leasetest: store is down")
+
+// SetDown makes the store unreachable (true) or reachable again.
+func (s *Store) SetDown(down bool) {
+	s.mu.Lock()
+	s.down = down
+	s.mu.Unlock()
+	s.wake()
+}
+
+func (s *Store) check() error {
+	if s.down {
+		return ErrDown
+	}
+	return nil
+}
+
+// Config implements lease.Store.
+func (s *Store) Config(context.Context) ([]byte, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.check(); err != nil {
+		return nil, err
+	}
+	if s.config == nil {
+		return nil, lease.ErrNoConfig
+	}
+	return s.config, nil
+}
+
+// PutConfig implements lease.Store.
+func (s *Store) PutConfig(_ context.Context, v []byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.check(); err != nil {
+		return err
+	}
+	s.config = v
+	return nil
+}
+
+// List implements lease.Store.
+func (s *Store) List(context.Context) ([]lease.Record, int64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.check(); err != nil {
+		return nil, 0, err
+	}
+	out := make([]lease.Record, 0, len(s.records))
+	for _, r := range s.records {
+		out = append(out, r)
+	}
+	return out, s.rev, nil
+}
+
+// Watch implements lease.Store. History before Compact is gone, as in etcd.
+func (s *Store) Watch(ctx context.Context, from int64) <-chan lease.WatchResponse {
+	out := make(chan lease.WatchResponse)
+	wake := make(chan struct{}, 1)
+	s.mu.Lock()
+	s.watchers[wake] = true
+	s.mu.Unlock()
+	go func() {
+		defer close(out)
+		defer func() { s.mu.Lock(); delete(s.watchers, wake); s.mu.Unlock() }()
+		next := from + 1
+		for {
+			s.mu.Lock()
+			var resp lease.WatchResponse
+			switch {
+			case s.down:
+				resp.Err = ErrDown
+			case next <= s.compact:
+				resp.Err = lease.ErrCompacted
+			default:
+				for _, h := range s.history {
+					if h.rev >= next {
+						resp.Events = append(resp.Events, h.ev)
+						next = h.rev + 1
+					}
+				}
+			}
+			s.mu.Unlock()
+			if resp.Err != nil || len(resp.Events) > 0 {
+				select {
+				case out <- resp:
+				case <-ctx.Done():
+					return
+				}
+				if resp.Err != nil {
+					return
+				}
+				continue
+			}
+			select {
+			case <-wake:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return out
+}
+
+func (s *Store) wake() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for w := range s.watchers {
+		select {
+		case w <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// commitLocked records a change and returns its revision.
+func (s *Store) commitLocked(ev lease.RecordEvent) int64 {
+	s.rev++
+	ev.Record.Revision = s.rev
+	if ev.Deleted {
+		delete(s.records, ev.Record.Key)
+	} else {
+		s.records[ev.Record.Key] = ev.Record
+	}
+	s.history = append(s.history, histEntry{rev: s.rev, ev: ev})
+	return s.rev
+}
+
+func (s *Store) put(key string, value []byte, ttl time.Duration, ok func(lease.Record, bool) bool, lost error) (lease.Record, error) {
+	s.mu.Lock()
+	if err := s.check(); err != nil {
+		s.mu.Unlock()
+		return lease.Record{}, err
+	}
+	old, exists := s.records[key]
+	if !ok(old, exists) {
+		s.mu.Unlock()
+		return lease.Record{}, lost
+	}
+	id := s.nextID
+	s.nextID++
+	s.ttls[id] = ttl
+	rec := lease.Record{Key: key, Value: append([]byte(nil), value...), StoreLeaseID: id}
+	rec.Revision = s.commitLocked(lease.RecordEvent{Record: rec})
+	s.mu.Unlock()
+	s.wake()
+	return rec, nil
+}
+
+// Create implements lease.Store.
+func (s *Store) Create(_ context.Context, key string, value []byte, ttl time.Duration) (lease.Record, error) {
+	return s.put(key, value, ttl, func(_ lease.Record, exists bool) bool { return !exists }, lease.ErrExists)
+}
+
+// Replace implements lease.Store.
+func (s *Store) Replace(_ context.Context, old lease.Record, value []byte, ttl time.Duration) (lease.Record, error) {
+	return s.put(old.Key, value, ttl, func(cur lease.Record, exists bool) bool {
+		return exists && cur.Revision == old.Revision
+	}, lease.ErrConflict)
+}
+
+// Renew implements lease.Store.
+func (s *Store) Renew(_ context.Context, rec lease.Record) (time.Duration, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.check(); err != nil {
+		return 0, err
+	}
+	ttl, ok := s.ttls[rec.StoreLeaseID]
+	if !ok {
+		return 0, lease.ErrLeaseLost
+	}
+	return ttl, nil
+}
+
+// Expiry implements lease.Store.
+func (s *Store) Expiry(_ context.Context, rec lease.Record) (time.Duration, error) {
+	return s.Renew(context.Background(), rec)
+}
+
+// Delete implements lease.Store.
+func (s *Store) Delete(_ context.Context, key string) error {
+	s.mu.Lock()
+	if err := s.check(); err != nil {
+		s.mu.Unlock()
+		return err
+	}
+	if rec, ok := s.records[key]; ok {
+		s.commitLocked(lease.RecordEvent{Record: lease.Record{Key: key, StoreLeaseID: rec.StoreLeaseID}, Deleted: true})
+	}
+	s.mu.Unlock()
+	s.wake()
+	return nil
+}
+
+// Expire drops the TTL handle behind key and the key itself, as etcd does
+// when a lease runs out.
+func (s *Store) Expire(key string) {
+	s.mu.Lock()
+	if rec, ok := s.records[key]; ok {
+		delete(s.ttls, rec.StoreLeaseID)
+		s.commitLocked(lease.RecordEvent{Record: lease.Record{Key: key}, Deleted: true})
+	}
+	s.mu.Unlock()
+	s.wake()
+}
+
+// PutRaw writes any value at key (a hostile or foreign lease) without TTL.
+func (s *Store) PutRaw(key string, value []byte) {
+	s.mu.Lock()
+	s.commitLocked(lease.RecordEvent{Record: lease.Record{Key: key, Value: value}})
+	s.mu.Unlock()
+	s.wake()
+}
+
+// Compact forgets all history, so a watch from an older revision fails
+// with lease.ErrCompacted.
+func (s *Store) Compact() {
+	s.mu.Lock()
+	s.history = nil
+	s.compact = s.rev
+	s.mu.Unlock()
+	s.wake()
+}

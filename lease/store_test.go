@@ -1,0 +1,314 @@
+package lease_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/weftnet/weft/lease"
+	"github.com/weftnet/weft/lease/etcdtest"
+	"github.com/weftnet/weft/lease/leasetest"
+)
+
+// startEtcd runs a real etcd for one test and returns a store on it with a
+// run-unique prefix.
+func startEtcd(t *testing.T) (*lease.EtcdStore, *etcdtest.Server) {
+	t.Helper()
+	srv, err := etcdtest.Start(etcdtest.Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Close)
+	store, err := lease.NewEtcdStore(lease.EtcdOptions{Endpoints: []string{srv.Endpoint}, Prefix: "/weft-test/" + t.Name()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	return store, srv
+}
+
+// stores runs f against a real etcd and against the in-memory fake, so the
+// fake stays faithful to what it stands in for.
+func stores(t *testing.T, f func(t *testing.T, s lease.Store)) {
+	t.Run("etcd", func(t *testing.T) { s, _ := startEtcd(t); f(t, s) })
+	t.Run("fake", func(t *testing.T) { f(t, leasetest.New(nil)) })
+}
+
+func mustConfig(t *testing.T, js string) *lease.Config {
+	t.Helper()
+	cfg, err := lease.ParseConfig([]byte(js))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+func hostAttrs(i int) lease.Attrs {
+	return lease.Attrs{PublicIP: netip.AddrFrom4([4]byte{192, 168, byte(i >> 8), byte(i)}), BackendType: "host-gw"}
+}
+
+func testLogger(buf *syncBuffer) *slog.Logger {
+	return slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// syncBuffer is a log sink safe for concurrent writers.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func TestConcurrentClaimsGetDistinctSubnets(t *testing.T) {
+	stores(t, func(t *testing.T, s lease.Store) {
+		cfg := mustConfig(t, `{"Network":"10.5.0.0/16","Backend":{"Type":"host-gw"}}`)
+		const hosts = 50
+		got := make([]lease.Lease, hosts)
+		errs := make([]error, hosts)
+		var wg sync.WaitGroup
+		for i := range hosts {
+			wg.Go(func() {
+				got[i], errs[i] = lease.Claim(context.Background(), s, lease.ClaimRequest{Config: cfg, Attrs: hostAttrs(i + 1)})
+			})
+		}
+		wg.Wait()
+		seen := map[netip.Prefix]int{}
+		for i, l := range got {
+			if errs[i] != nil {
+				t.Fatalf("host %d: %v", i, errs[i])
+			}
+			if !cfg.Fits(l.Subnet) {
+				t.Errorf("host %d got %s, outside the pool", i, l.Subnet)
+			}
+			if j, dup := seen[l.Subnet]; dup {
+				t.Errorf("hosts %d and %d share %s", i, j, l.Subnet)
+			}
+			seen[l.Subnet] = i
+		}
+		records, _, _ := s.List(context.Background())
+		if len(records) != hosts {
+			t.Errorf("store holds %d leases, want %d", len(records), hosts)
+		}
+	})
+}
+
+func TestExhaustedPoolGivesClearError(t *testing.T) {
+	stores(t, func(t *testing.T, s lease.Store) {
+		cfg := mustConfig(t, `{"Network":"10.5.0.0/16","SubnetMin":"10.5.1.0","SubnetMax":"10.5.4.0"}`)
+		var wg sync.WaitGroup
+		errs := make([]error, 5)
+		for i := range 5 {
+			wg.Go(func() {
+				_, errs[i] = lease.Claim(context.Background(), s, lease.ClaimRequest{Config: cfg, Attrs: hostAttrs(i + 1)})
+			})
+		}
+		wg.Wait()
+		var failed []error
+		for _, err := range errs {
+			if err != nil {
+				failed = append(failed, err)
+			}
+		}
+		if len(failed) != 1 {
+			t.Fatalf("%d claims failed, want exactly 1: %v", len(failed), failed)
+		}
+		want := "no free subnet in network 10.5.0.0/16: all 4 subnets of /24 between 10.5.1.0 and 10.5.4.0 are leased"
+		if !errors.Is(failed[0], lease.ErrNoFreeSubnet) || failed[0].Error() != want {
+			t.Errorf("error = %q, want %q", failed[0], want)
+		}
+	})
+}
+
+func TestRestartedHostKeepsItsSubnet(t *testing.T) {
+	stores(t, func(t *testing.T, s lease.Store) {
+		ctx := context.Background()
+		cfg := mustConfig(t, `{"Network":"10.5.0.0/16"}`)
+		first, err := lease.Claim(ctx, s, lease.ClaimRequest{Config: cfg, Attrs: hostAttrs(7)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Same PublicIP again: the lease in the store is found and renewed.
+		again, err := lease.Claim(ctx, s, lease.ClaimRequest{Config: cfg, Attrs: hostAttrs(7)})
+		if err != nil || again.Subnet != first.Subnet {
+			t.Fatalf("restart got %v (%v), want %s", again.Subnet, err, first.Subnet)
+		}
+		// Lease gone from the store (etcd wiped): the subnet file's subnet wins.
+		if err := s.Delete(ctx, first.Key()); err != nil {
+			t.Fatal(err)
+		}
+		prev := netip.MustParsePrefix("10.5.77.0/24")
+		fromFile, err := lease.Claim(ctx, s, lease.ClaimRequest{Config: cfg, Attrs: hostAttrs(7), Previous: prev})
+		if err != nil || fromFile.Subnet != prev {
+			t.Fatalf("claim with subnet-file hint got %v (%v), want %s", fromFile.Subnet, err, prev)
+		}
+		// A previous subnet held by someone else is not taken.
+		other, err := lease.Claim(ctx, s, lease.ClaimRequest{Config: cfg, Attrs: hostAttrs(8), Previous: prev})
+		if err != nil || other.Subnet == prev {
+			t.Fatalf("second host got %v (%v); must not get the taken %s", other.Subnet, err, prev)
+		}
+	})
+}
+
+func TestHolderReclaimsDeletedLease(t *testing.T) {
+	stores(t, func(t *testing.T, s lease.Store) {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		cfg := mustConfig(t, `{"Network":"10.5.0.0/16"}`)
+		req := lease.ClaimRequest{Config: cfg, Attrs: hostAttrs(9), TTL: time.Hour}
+		l, err := lease.Claim(ctx, s, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var logs syncBuffer
+		holder := lease.NewHolder(s, req, l, time.Minute, testLogger(&logs))
+		peer := lease.NewWatcher(s, testLogger(&logs))
+		done := make(chan struct{})
+		go func() { defer close(done); holder.Run(ctx) }()
+		go peer.Run(ctx)
+		defer func() { cancel(); <-done }()
+		waitFor(t, "peer sees the lease", func() bool { return len(peer.Leases()) == 1 })
+
+		if err := s.Delete(ctx, l.Key()); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "peer sees the deletion", func() bool { return len(peer.Leases()) == 0 })
+		holder.Verify() // what the node does when its watch sees its own key go
+		waitFor(t, "lease claimed again", func() bool {
+			ls := peer.Leases()
+			return len(ls) == 1 && ls[0].Subnet == l.Subnet && ls[0].Attrs.PublicIP == req.Attrs.PublicIP
+		})
+		if holder.Current().Subnet != l.Subnet {
+			t.Errorf("holder moved to %s, want %s", holder.Current().Subnet, l.Subnet)
+		}
+		if !strings.Contains(logs.String(), "lease was lost and has been claimed again") {
+			t.Errorf("no log line about the re-claim:\n%s", logs.String())
+		}
+	})
+}
+
+func TestRenewAndLostLease(t *testing.T) {
+	s, _ := startEtcd(t)
+	ctx := context.Background()
+	cfg := mustConfig(t, `{"Network":"10.5.0.0/16"}`)
+	l, err := lease.Claim(ctx, s, lease.ClaimRequest{Config: cfg, Attrs: hostAttrs(3), TTL: 30 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := lease.Record{Key: l.Key(), StoreLeaseID: l.StoreLeaseID, Revision: l.Revision}
+	ttl, err := s.Renew(ctx, rec)
+	if err != nil || ttl < 29*time.Second {
+		t.Fatalf("Renew = %v, %v", ttl, err)
+	}
+	left, err := s.Expiry(ctx, rec)
+	if err != nil || left <= 0 || left > 30*time.Second {
+		t.Fatalf("Expiry = %v, %v", left, err)
+	}
+	rec.StoreLeaseID = 12345
+	if _, err := s.Renew(ctx, rec); !errors.Is(err, lease.ErrLeaseLost) {
+		t.Fatalf("Renew of an unknown lease = %v, want ErrLeaseLost", err)
+	}
+}
+
+func TestWatchSurvivesCompactionAndGarbage(t *testing.T) {
+	s, _ := startEtcd(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cfg := mustConfig(t, `{"Network":"10.5.0.0/16"}`)
+	var logs syncBuffer
+	w := lease.NewWatcher(s, testLogger(&logs))
+	done := make(chan struct{})
+	go func() { defer close(done); w.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	for i := range 5 {
+		if _, err := lease.Claim(ctx, s, lease.ClaimRequest{Config: cfg, Attrs: hostAttrs(i + 1)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "5 leases", func() bool { return len(w.Leases()) == 5 })
+
+	// Garbage written by someone else: skipped with one warning each.
+	for key, value := range map[string]string{
+		"10.5.200.0-24": `{"PublicIP":`, "banana": `{}`, "10.5.201.0-24": `{"PublicIP":"not-an-ip"}`,
+	} {
+		if _, err := s.Create(ctx, key, []byte(value), time.Hour); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Compact(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// A watch from before the compaction must say so, never skip silently.
+	if resp := <-s.Watch(ctx, 1); !errors.Is(resp.Err, lease.ErrCompacted) {
+		t.Fatalf("watch from a compacted revision: %+v, want ErrCompacted", resp)
+	}
+	for i := 5; i < 8; i++ {
+		if _, err := lease.Claim(ctx, s, lease.ClaimRequest{Config: cfg, Attrs: hostAttrs(i + 1)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "8 valid leases after garbage and compaction", func() bool { return len(w.Leases()) == 8 })
+	for _, key := range []string{"10.5.200.0-24", "banana", "10.5.201.0-24"} {
+		if n := strings.Count(logs.String(), "key="+key); n != 1 {
+			t.Errorf("%d warnings for %s, want 1:\n%s", n, key, logs.String())
+		}
+	}
+}
+
+// TestWatchRelistsAfterCompaction forces the watch to ask for compacted
+// history (fake store, deterministic) and checks it lists again.
+func TestWatchRelistsAfterCompaction(t *testing.T) {
+	s := leasetest.New(nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var logs syncBuffer
+	w := lease.NewWatcher(s, testLogger(&logs))
+	s.SetDown(true)
+	go w.Run(ctx)
+	s.PutRaw("10.5.1.0-24", hostAttrs(1).Encode())
+	s.Compact()
+	s.SetDown(false)
+	waitFor(t, "lease seen", func() bool { return len(w.Leases()) == 1 })
+	before := w.Relists()
+	s.SetDown(true) // the watch breaks; the writes below happen meanwhile
+	s.PutRaw("10.5.2.0-24", hostAttrs(2).Encode())
+	s.Compact()
+	s.SetDown(false)
+	waitFor(t, "second lease seen via relist", func() bool { return len(w.Leases()) == 2 })
+	if w.Relists() <= before {
+		t.Errorf("no relist happened")
+	}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func ExampleSubnetKey() {
+	fmt.Println(lease.SubnetKey(netip.MustParsePrefix("10.5.34.0/24")))
+	// Output: 10.5.34.0-24
+}

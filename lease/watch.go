@@ -1,0 +1,205 @@
+package lease
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+)
+
+// Watcher keeps an up-to-date copy of every valid lease in the store: it
+// lists, then watches from the listed revision, and lists again after a
+// compaction or a broken watch, backing off while the store is away. Bad
+// records are skipped with one warning per key and revision.
+//
+// Consumers are level-triggered: Changed fires (coalesced) after every
+// update and Leases returns the whole current set.
+type Watcher struct {
+	store   Store
+	log     *slog.Logger
+	changed chan struct{}
+
+	mu      sync.Mutex
+	records map[string]Record // every record, valid or not, by key
+	leases  map[string]Lease  // the valid ones, by key
+	synced  bool
+	warned  map[string]int64 // key → revision already warned about
+	relists int
+}
+
+// NewWatcher returns a Watcher over store; call Run to start it.
+func NewWatcher(store Store, log *slog.Logger) *Watcher {
+	return &Watcher{
+		store:   store,
+		log:     log.With("component", "lease-watch"),
+		changed: make(chan struct{}, 1),
+		records: map[string]Record{},
+		leases:  map[string]Lease{},
+		warned:  map[string]int64{},
+	}
+}
+
+// Changed receives a value after the lease set changed; bursts coalesce.
+func (w *Watcher) Changed() <-chan struct{} { return w.changed }
+
+// Synced reports whether at least one full listing has been loaded.
+func (w *Watcher) Synced() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.synced
+}
+
+// Relists counts how many times the watch had to start over (metrics).
+func (w *Watcher) Relists() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.relists
+}
+
+// Leases returns the valid leases, sorted by subnet.
+func (w *Watcher) Leases() []Lease {
+	w.mu.Lock()
+	out := make([]Lease, 0, len(w.leases))
+	for _, l := range w.leases {
+		out = append(out, l)
+	}
+	w.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Subnet.Addr().Less(out[j].Subnet.Addr()) })
+	return out
+}
+
+// Lookup returns the current record at key, valid or not.
+func (w *Watcher) Lookup(key string) (Record, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	r, ok := w.records[key]
+	return r, ok
+}
+
+// Run lists and watches until ctx ends; it only returns ctx's error.
+func (w *Watcher) Run(ctx context.Context) error {
+	backoff := NewBackoff(500*time.Millisecond, 30*time.Second)
+	for {
+		rev, err := w.relist(ctx)
+		if err == nil {
+			err = w.follow(ctx, rev)
+			if ctx.Err() == nil && errors.Is(err, ErrCompacted) {
+				// Compaction is routine: list again at once, without alarm.
+				w.log.Info("watch fell behind a compaction; listing leases again")
+				backoff.Reset()
+				continue
+			}
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		delay := backoff.Next()
+		w.log.Warn("lease store unavailable; retrying", "err", err, "retry_in", delay.Round(time.Millisecond))
+		if !sleep(ctx, delay) {
+			return ctx.Err()
+		}
+	}
+}
+
+func (w *Watcher) relist(ctx context.Context) (int64, error) {
+	records, rev, err := w.store.List(ctx)
+	if err != nil {
+		return 0, err
+	}
+	w.mu.Lock()
+	w.records = make(map[string]Record, len(records))
+	w.leases = make(map[string]Lease, len(records))
+	for _, r := range records {
+		w.putLocked(r)
+	}
+	w.synced = true
+	w.relists++
+	w.mu.Unlock()
+	w.notify()
+	return rev, nil
+}
+
+// follow applies watch events until the watch ends, returning why.
+func (w *Watcher) follow(ctx context.Context, rev int64) error {
+	for resp := range w.store.Watch(ctx, rev) {
+		if resp.Err != nil {
+			return resp.Err
+		}
+		w.mu.Lock()
+		for _, ev := range resp.Events {
+			if ev.Deleted {
+				delete(w.records, ev.Record.Key)
+				delete(w.leases, ev.Record.Key)
+				delete(w.warned, ev.Record.Key)
+				continue
+			}
+			w.putLocked(ev.Record)
+		}
+		w.mu.Unlock()
+		w.notify()
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return errors.New("watch closed by the store")
+}
+
+func (w *Watcher) putLocked(r Record) {
+	w.records[r.Key] = r
+	l, err := DecodeLease(r.Key, r.Value)
+	if err != nil {
+		delete(w.leases, r.Key)
+		if w.warned[r.Key] != r.Revision {
+			w.warned[r.Key] = r.Revision
+			w.log.Warn("skipping lease that does not decode", "key", r.Key, "err", err)
+		}
+		return
+	}
+	l.Revision, l.StoreLeaseID = r.Revision, r.StoreLeaseID
+	w.leases[r.Key] = l
+}
+
+func (w *Watcher) notify() {
+	select {
+	case w.changed <- struct{}{}:
+	default:
+	}
+}
+
+// sleep waits d or until ctx ends; false if ctx ended.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// Backoff is an exponential delay with a cap; the zero value is not usable,
+// use NewBackoff.
+type Backoff struct {
+	first, max, cur time.Duration
+}
+
+// NewBackoff starts at first and doubles up to max.
+func NewBackoff(first, max time.Duration) *Backoff {
+	return &Backoff{first: first, max: max}
+}
+
+// Next returns the delay to wait now and doubles the next one.
+func (b *Backoff) Next() time.Duration {
+	if b.cur == 0 {
+		b.cur = b.first
+	}
+	d := b.cur
+	b.cur = min(b.cur*2, b.max)
+	return d
+}
+
+// Reset starts over from the first delay.
+func (b *Backoff) Reset() { b.cur = 0 }
