@@ -1,0 +1,127 @@
+package lease
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// DefaultSubnetFile is where flannel (and so docker's guides) expect it.
+const DefaultSubnetFile = "/run/flannel/subnet.env"
+
+// SubnetEnv is the content of the subnet file docker reads.
+type SubnetEnv struct {
+	Network netip.Prefix
+	// Subnet is this host's subnet; the file carries its first address
+	// (10.5.34.1/24), the bridge's.
+	Subnet netip.Prefix
+	MTU    int
+	IPMasq bool
+}
+
+// Encode renders the file exactly as flanneld writes it.
+func (e SubnetEnv) Encode() []byte {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "FLANNEL_NETWORK=%s\n", e.Network)
+	fmt.Fprintf(&b, "FLANNEL_SUBNET=%s\n", netip.PrefixFrom(e.Subnet.Addr().Next(), e.Subnet.Bits()))
+	fmt.Fprintf(&b, "FLANNEL_MTU=%d\n", e.MTU)
+	fmt.Fprintf(&b, "FLANNEL_IPMASQ=%v\n", e.IPMasq)
+	return b.Bytes()
+}
+
+// WriteSubnetFile writes the file atomically (temp file, fsync, rename), so
+// docker never reads half of it.
+func WriteSubnetFile(path string, e SubnetEnv) error {
+	return WriteFileAtomic(path, e.Encode(), 0o644)
+}
+
+// WriteFileAtomic replaces path with data: readers see the old or the new
+// content, never a mix, and the file has perm from its first byte.
+func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name()) // after a successful rename this is a no-op
+	if err := tmp.Chmod(perm); err != nil {
+		tmp.Close()
+		return err
+	}
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
+
+// ParseSubnetEnv reads a subnet file. Errors name the line at fault.
+func ParseSubnetEnv(data []byte) (SubnetEnv, error) {
+	var e SubnetEnv
+	seen := map[string]bool{}
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		key, val, ok := strings.Cut(line, "=")
+		if !ok {
+			return e, fmt.Errorf("line %d: %q is not KEY=value", n, line)
+		}
+		var err error
+		switch key {
+		case "FLANNEL_NETWORK":
+			e.Network, err = netip.ParsePrefix(val)
+		case "FLANNEL_SUBNET":
+			var p netip.Prefix
+			if p, err = netip.ParsePrefix(val); err == nil {
+				e.Subnet = p.Masked()
+			}
+		case "FLANNEL_MTU":
+			e.MTU, err = strconv.Atoi(val)
+		case "FLANNEL_IPMASQ":
+			e.IPMasq, err = strconv.ParseBool(val)
+		default:
+			continue
+		}
+		if err != nil {
+			return e, fmt.Errorf("line %d: %s: %v", n, key, err)
+		}
+		seen[key] = true
+	}
+	for _, k := range []string{"FLANNEL_NETWORK", "FLANNEL_SUBNET", "FLANNEL_MTU"} {
+		if !seen[k] {
+			return e, fmt.Errorf("%s is missing", k)
+		}
+	}
+	return e, nil
+}
+
+// ReadSubnetFile reads and parses path.
+func ReadSubnetFile(path string) (SubnetEnv, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return SubnetEnv{}, err
+	}
+	e, err := ParseSubnetEnv(data)
+	if err != nil {
+		return e, fmt.Errorf("%s: %w", path, err)
+	}
+	return e, nil
+}

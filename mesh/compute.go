@@ -1,0 +1,93 @@
+// Package mesh turns the cluster's lease set into the state this host's data
+// path should have (Compute, pure) and keeps the data path there (Node, a
+// level-triggered reconcile loop). It knows nothing of netlink or etcd:
+// backends apply the Desired state, package lease talks to the store.
+package mesh
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"sort"
+
+	"github.com/weftnet/weft/lease"
+)
+
+// Peer is another host this host must reach: its subnet lives behind its
+// PublicIP, and BackendData says how (VTEP MAC, WireGuard key).
+type Peer struct {
+	// Key is the lease key, for log lines that name the peer.
+	Key         string
+	Subnet      netip.Prefix
+	PublicIP    netip.Addr
+	BackendType string
+	BackendData json.RawMessage
+}
+
+// Skipped is a lease left out of the desired state, and why.
+type Skipped struct {
+	Key    string
+	Reason string
+}
+
+// Desired is everything a backend needs to program this host: the whole
+// Network, this host's own lease, and every valid peer sorted by subnet.
+type Desired struct {
+	Network netip.Prefix
+	Self    lease.Lease
+	Peers   []Peer
+	// Skipped lists leases that are not peers, for one warning each.
+	Skipped []Skipped
+}
+
+// Compute derives the desired state from the whole lease set. It is pure:
+// the same inputs always give the same output. A lease is skipped when it is
+// this host's own, runs another backend, lies outside the Network, is not a
+// SubnetLen subnet, shares this host's PublicIP, or overlaps a lease written
+// earlier (the first writer keeps the subnet).
+func Compute(self lease.Lease, leases []lease.Lease, cfg *lease.Config) Desired {
+	d := Desired{Network: cfg.Network, Self: self}
+	sorted := append([]lease.Lease(nil), leases...)
+	// Oldest first, so the first writer of an overlapping range wins.
+	sort.SliceStable(sorted, func(i, j int) bool {
+		if sorted[i].Revision != sorted[j].Revision {
+			return sorted[i].Revision < sorted[j].Revision
+		}
+		return sorted[i].Subnet.Addr().Less(sorted[j].Subnet.Addr())
+	})
+	kept := []netip.Prefix{self.Subnet}
+	for _, l := range sorted {
+		key := l.Key()
+		if l.Subnet == self.Subnet {
+			continue // our own lease (or an older copy of it)
+		}
+		reason := ""
+		switch {
+		case !cfg.Network.Contains(l.Subnet.Addr()) || l.Subnet.Bits() < cfg.Network.Bits():
+			reason = fmt.Sprintf("subnet %s is outside Network %s", l.Subnet, cfg.Network)
+		case l.Subnet.Bits() != cfg.SubnetLen:
+			reason = fmt.Sprintf("subnet %s is not a /%d (SubnetLen)", l.Subnet, cfg.SubnetLen)
+		case l.Attrs.BackendType != cfg.Backend.Type:
+			reason = fmt.Sprintf("runs backend %q, this network uses %q", l.Attrs.BackendType, cfg.Backend.Type)
+		case l.Attrs.PublicIP == self.Attrs.PublicIP:
+			reason = fmt.Sprintf("PublicIP %s is this host's own", l.Attrs.PublicIP)
+		default:
+			for _, k := range kept {
+				if k.Overlaps(l.Subnet) {
+					reason = fmt.Sprintf("subnet %s overlaps %s, leased earlier", l.Subnet, k)
+					break
+				}
+			}
+		}
+		if reason != "" {
+			d.Skipped = append(d.Skipped, Skipped{Key: key, Reason: reason})
+			continue
+		}
+		kept = append(kept, l.Subnet)
+		d.Peers = append(d.Peers, Peer{Key: key, Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP,
+			BackendType: l.Attrs.BackendType, BackendData: l.Attrs.BackendData})
+	}
+	sort.Slice(d.Peers, func(i, j int) bool { return d.Peers[i].Subnet.Addr().Less(d.Peers[j].Subnet.Addr()) })
+	sort.Slice(d.Skipped, func(i, j int) bool { return d.Skipped[i].Key < d.Skipped[j].Key })
+	return d
+}

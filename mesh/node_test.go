@@ -1,0 +1,121 @@
+package mesh
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/weftnet/weft/lease"
+	"github.com/weftnet/weft/lease/leasetest"
+)
+
+// recordingApplier remembers the last state applied and can be told to fail.
+type recordingApplier struct {
+	mu    sync.Mutex
+	last  Desired
+	calls int
+	fail  error
+}
+
+func (a *recordingApplier) Apply(_ context.Context, d Desired) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.calls++
+	if a.fail != nil {
+		return a.fail
+	}
+	a.last = d
+	return nil
+}
+
+func (a *recordingApplier) peers() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return render(Desired{Peers: a.last.Peers})
+}
+
+type lockedBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuf) Write(p []byte) (int, error) { l.mu.Lock(); defer l.mu.Unlock(); return l.b.Write(p) }
+func (l *lockedBuf) String() string              { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
+
+func TestNodeReconcilesOnChangesAndResync(t *testing.T) {
+	cfg := testConfig(t)
+	store := leasetest.New(nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var logs lockedBuf
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	req := lease.ClaimRequest{Config: cfg, Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("192.168.50.1"), BackendType: "host-gw"}}
+	self, err := lease.Claim(ctx, store, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	watcher := lease.NewWatcher(store, log)
+	holder := lease.NewHolder(store, req, self, time.Minute, log)
+	app := &recordingApplier{}
+	node := &Node{Config: cfg, Leases: watcher, Own: holder, Backend: app, Resync: 100 * time.Millisecond, Log: log}
+	var wg sync.WaitGroup
+	for _, run := range []func(context.Context) error{watcher.Run, holder.Run, node.Run} {
+		wg.Go(func() { run(ctx) })
+	}
+	defer func() { cancel(); wg.Wait() }()
+
+	store.PutRaw("10.5.7.0-24", []byte(`{"PublicIP":"192.168.50.7","PublicIPv6":null,"BackendType":"host-gw"}`))
+	waitUntil(t, func() bool { return app.peers() == "peer 10.5.7.0/24 via 192.168.50.7\n" })
+
+	// A hostile lease is skipped with one warning, the good peer stays.
+	store.PutRaw("10.9.0.0-24", []byte(`{"PublicIP":"192.168.50.8","PublicIPv6":null,"BackendType":"host-gw"}`))
+	store.PutRaw("10.5.8.0-24", []byte(`{"PublicIP":`))
+	time.Sleep(400 * time.Millisecond) // several resync ticks
+	if got := app.peers(); got != "peer 10.5.7.0/24 via 192.168.50.7\n" {
+		t.Errorf("peers after hostile leases: %s", got)
+	}
+	if n := strings.Count(logs.String(), "key=10.9.0.0-24"); n != 1 {
+		t.Errorf("%d warnings for the outside lease, want 1", n)
+	}
+
+	// Errors are retried on the resync tick and logged once.
+	app.mu.Lock()
+	app.fail = errors.New("netlink: boom")
+	before := app.calls
+	app.mu.Unlock()
+	time.Sleep(400 * time.Millisecond)
+	app.mu.Lock()
+	retries := app.calls - before
+	app.fail = nil
+	app.mu.Unlock()
+	if retries < 2 {
+		t.Errorf("only %d applies while failing; the resync must retry", retries)
+	}
+	if n := strings.Count(logs.String(), "netlink: boom"); n != 1 {
+		t.Errorf("failure logged %d times, want once", n)
+	}
+
+	// Our own lease deleted by hand: claimed again with the same subnet.
+	store.Delete(ctx, self.Key())
+	waitUntil(t, func() bool {
+		rec, ok := watcher.Lookup(self.Key())
+		return ok && rec.Revision == holder.Current().Revision && holder.Current().Subnet == self.Subnet
+	})
+}
+
+func waitUntil(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not reached in 10s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
