@@ -1,0 +1,81 @@
+// Package backends defines what a data path backend is and maps each
+// Backend.Type to its constructor. The backends themselves live in the
+// subpackages (hostgw, ...); cmd/weftd picks one through New.
+package backends
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+
+	"github.com/weftnet/weft/backends/hostgw"
+	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/lease"
+	"github.com/weftnet/weft/mesh"
+)
+
+// Backend is one data path. Its lifecycle: New, Setup (devices; what to
+// publish), then Apply for every desired state, then Close (leave the data
+// path in place) or Cleanup (remove all of it).
+type Backend interface {
+	mesh.Applier
+	// Setup creates or adopts the backend's devices and returns what the
+	// lease must publish and the MTU containers should use.
+	Setup(ctx context.Context) (Setup, error)
+	// Cleanup removes every device, route and entry the backend made.
+	Cleanup(ctx context.Context) error
+	// Close stops the backend's goroutines but leaves the data path, so
+	// traffic flows while weftd restarts.
+	Close() error
+}
+
+// Setup is what a backend reports after creating its devices.
+type Setup struct {
+	// BackendData goes into the lease (nil for none).
+	BackendData json.RawMessage
+	// MTU for the subnet file and containers.
+	MTU int
+}
+
+// Env is everything a backend constructor may use.
+type Env struct {
+	Config   *lease.Config
+	External netutil.ExternalInterface
+	Log      *slog.Logger
+}
+
+// Constructor builds a backend from its environment.
+type Constructor func(Env) (Backend, error)
+
+// Constructors maps each Backend.Type built into weft to its constructor.
+func Constructors() map[string]Constructor {
+	return map[string]Constructor{
+		lease.BackendHostGW: func(env Env) (Backend, error) {
+			return hostGW{hostgw.New(env.External, nil, env.Log)}, nil
+		},
+	}
+}
+
+// New builds the backend the config asks for, or says clearly why not.
+func New(env Env) (Backend, error) {
+	ctors := Constructors()
+	ctor, ok := ctors[env.Config.Backend.Type]
+	if !ok {
+		built := make([]string, 0, len(ctors))
+		for name := range ctors {
+			built = append(built, name)
+		}
+		slices.Sort(built)
+		return nil, fmt.Errorf("backend %q is not available in this weft build (available: %s); change Backend.Type in the network config",
+			env.Config.Backend.Type, strings.Join(built, ", "))
+	}
+	return ctor(env)
+}
+
+// hostGW adapts hostgw.Backend, which has no device and publishes nothing.
+type hostGW struct{ *hostgw.Backend }
+
+func (h hostGW) Setup(context.Context) (Setup, error) { return Setup{MTU: h.MTU()}, nil }

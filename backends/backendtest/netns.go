@@ -1,0 +1,78 @@
+// Package backendtest gives host-tier tests a private, throw-away network
+// namespace with a unique name, removed when the test ends even if it fails.
+package backendtest
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+)
+
+// Netns is a named network namespace owned by one test.
+type Netns struct {
+	Name   string
+	Handle *netlink.Handle
+	ns     netns.NsHandle
+}
+
+// RequireRoot skips the test unless it runs as root (host and cluster tiers).
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for network namespaces")
+	}
+}
+
+// UniqueName returns prefix plus random hex, short enough for a link name.
+func UniqueName(prefix string) string {
+	b := make([]byte, 3)
+	rand.Read(b)
+	return prefix + hex.EncodeToString(b)
+}
+
+// NewNetns creates a namespace, brings its loopback up and registers its
+// removal with t.Cleanup.
+func NewNetns(t testing.TB) *Netns {
+	t.Helper()
+	RequireRoot(t)
+	name := UniqueName("wt-")
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add %s: %v: %s", name, err, out)
+	}
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
+	ns, err := netns.GetFromName(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Close() })
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(h.Close)
+	n := &Netns{Name: name, Handle: h, ns: ns}
+	n.Run(t, "ip", "link", "set", "lo", "up")
+	return n
+}
+
+// Run runs a command inside the namespace and fails the test if it fails.
+func (n *Netns) Run(t testing.TB, args ...string) string {
+	t.Helper()
+	out, err := n.Try(args...)
+	if err != nil {
+		t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+// Try runs a command inside the namespace and returns its combined output.
+func (n *Netns) Try(args ...string) (string, error) {
+	out, err := exec.Command("ip", append([]string{"netns", "exec", n.Name}, args...)...).CombinedOutput()
+	return string(out), err
+}

@@ -1,0 +1,36 @@
+// Package hostgw is the host-gw backend: no device, no encapsulation; each
+// peer's subnet is routed via the peer's PublicIP on the external link. It
+// needs every host on one L2 segment. plan.go is pure; apply.go talks netlink.
+package hostgw
+
+import (
+	"fmt"
+	"net/netip"
+
+	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/mesh"
+)
+
+// Route is one route host-gw wants: Dst via Gateway on the external link.
+type Route struct {
+	Dst     netip.Prefix
+	Gateway netip.Addr
+}
+
+// Plan turns the desired state into routes. A peer whose PublicIP is not on
+// the external link's segment cannot be reached without a tunnel; it gets
+// an error naming it instead of a route.
+func Plan(d mesh.Desired, ext netutil.ExternalInterface) ([]Route, []error) {
+	var routes []Route
+	var problems []error
+	for _, p := range d.Peers {
+		if !ext.OnLink(p.PublicIP) {
+			problems = append(problems, fmt.Errorf(
+				"peer %s (PublicIP %s) is not on the same L2 segment as %s (%v); host-gw needs all hosts on one link: use vxlan or wireguard",
+				p.Key, p.PublicIP, ext.Name, ext.Prefixes))
+			continue
+		}
+		routes = append(routes, Route{Dst: p.Subnet, Gateway: p.PublicIP})
+	}
+	return routes, problems
+}

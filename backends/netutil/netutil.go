@@ -1,0 +1,90 @@
+// Package netutil holds what every kernel backend needs around netlink: the
+// external interface's description, conversions from netip to netlink
+// types, and dump calls that retry when the kernel interrupts them.
+package netutil
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// RouteProtocol marks every route weft installs (as "proto 87" in
+// `ip route`), so a restarted weftd can find and prune its stale routes
+// without touching anyone else's.
+const RouteProtocol netlink.RouteProtocol = 87
+
+// ExternalInterface is the underlay interface weft sends traffic through.
+type ExternalInterface struct {
+	Name  string
+	Index int
+	MTU   int
+	// Addr is the address published as PublicIP's source on this link.
+	Addr netip.Addr
+	// Prefixes are the link's connected IPv4 networks (its L2 segment).
+	Prefixes []netip.Prefix
+}
+
+// OnLink reports whether ip lies in one of the interface's connected networks.
+func (e ExternalInterface) OnLink(ip netip.Addr) bool {
+	for _, p := range e.Prefixes {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// IPNet converts a prefix to the *net.IPNet netlink wants.
+func IPNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// Prefix converts a netlink destination back; ok is false for nil or odd input.
+func Prefix(n *net.IPNet) (netip.Prefix, bool) {
+	if n == nil {
+		return netip.Prefix{}, false
+	}
+	addr, ok := netip.AddrFromSlice(n.IP)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	bits, _ := n.Mask.Size()
+	return netip.PrefixFrom(addr.Unmap(), bits), true
+}
+
+// Addr converts a net.IP; the zero Addr for nil.
+func Addr(ip net.IP) netip.Addr {
+	a, _ := netip.AddrFromSlice(ip)
+	return a.Unmap()
+}
+
+// dumpRetries bounds retries of an interrupted dump; the kernel interrupts
+// a dump when the table changes under it, which settles quickly.
+const dumpRetries = 10
+
+// Retry runs a netlink dump until it is not interrupted, so callers never
+// act on partial data.
+func Retry[T any](dump func() (T, error)) (T, error) {
+	var out T
+	var err error
+	for range dumpRetries {
+		out, err = dump()
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return out, err
+		}
+	}
+	return out, fmt.Errorf("netlink dump interrupted %d times in a row: %w", dumpRetries, err)
+}
+
+// OwnedRoutes lists the IPv4 routes in the main table that carry RouteProtocol.
+func OwnedRoutes(h *netlink.Handle) ([]netlink.Route, error) {
+	filter := &netlink.Route{Protocol: RouteProtocol, Table: unix.RT_TABLE_MAIN}
+	return Retry(func() ([]netlink.Route, error) {
+		return h.RouteListFiltered(netlink.FAMILY_V4, filter, netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
+	})
+}
