@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 )
 
 // DefaultPrefix is flannel's etcd prefix.
@@ -26,6 +28,9 @@ type EtcdOptions struct {
 	Username, Password        string
 	// DialTimeout bounds each connection attempt (default 5 s).
 	DialTimeout time.Duration
+	// Dial, when set, opens connections to etcd (the lab uses it to reach an
+	// etcd inside a network namespace).
+	Dial func(ctx context.Context, addr string) (net.Conn, error)
 }
 
 // EtcdStore is the Store backed by etcd v3. Its zero value is not usable;
@@ -55,6 +60,9 @@ func NewEtcdStore(opts EtcdOptions) (*EtcdStore, error) {
 		Password:    opts.Password,
 		// The client's own zap logs would duplicate ours at every retry.
 		Logger: zap.NewNop(),
+	}
+	if opts.Dial != nil {
+		cfg.DialOptions = append(cfg.DialOptions, grpc.WithContextDialer(opts.Dial))
 	}
 	if cfg.DialTimeout == 0 {
 		cfg.DialTimeout = 5 * time.Second
@@ -223,3 +231,6 @@ func (s *EtcdStore) Compact(ctx context.Context) error {
 	_, err = s.client.Compact(ctx, resp.Header.Revision)
 	return err
 }
+
+// Endpoints are the etcd URLs the client uses.
+func (s *EtcdStore) Endpoints() []string { return s.client.Endpoints() }

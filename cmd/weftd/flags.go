@@ -1,0 +1,131 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/weftnet/weft/lease"
+)
+
+// options are weftd's settings, named as flanneld's flags.
+type options struct {
+	etcd          lease.EtcdOptions
+	endpoints     string
+	ifaces        []string
+	ifaceRegex    []string
+	ifaceCanReach string
+	publicIP      string
+	subnetFile    string
+	renewMargin   time.Duration
+	leaseTTL      time.Duration
+	ipMasq        bool
+	iptablesSync  int
+	forwardRules  bool
+	healthzIP     string
+	healthzPort   int
+	resync        time.Duration
+	cleanupOnExit bool
+	logLevel      string
+	version       bool
+}
+
+// stringList is a repeatable flag that also splits on commas.
+type stringList []string
+
+func (s *stringList) String() string { return strings.Join(*s, ",") }
+func (s *stringList) Set(v string) error {
+	for _, part := range strings.Split(v, ",") {
+		if part = strings.TrimSpace(part); part != "" {
+			*s = append(*s, part)
+		}
+	}
+	return nil
+}
+
+// parseFlags reads args, then fills every flag not given on the command line
+// from WEFTD_<NAME> or, for guides written for flannel, FLANNELD_<NAME>
+// (upper case, dashes as underscores).
+func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*options, error) {
+	o := &options{}
+	fs := flag.NewFlagSet("weftd", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var renewMinutes int
+	fs.StringVar(&o.endpoints, "etcd-endpoints", "http://127.0.0.1:4001,http://127.0.0.1:2379", "comma-separated etcd endpoints")
+	fs.StringVar(&o.etcd.Prefix, "etcd-prefix", lease.DefaultPrefix, "etcd prefix holding config and subnets")
+	fs.StringVar(&o.etcd.CAFile, "etcd-cafile", "", "CA file to verify etcd's server certificate")
+	fs.StringVar(&o.etcd.CertFile, "etcd-certfile", "", "client certificate for etcd")
+	fs.StringVar(&o.etcd.KeyFile, "etcd-keyfile", "", "client key for etcd")
+	fs.StringVar(&o.etcd.Username, "etcd-username", "", "etcd user name")
+	fs.StringVar(&o.etcd.Password, "etcd-password", "", "etcd password")
+	fs.Var((*stringList)(&o.ifaces), "iface", "interface name or IP to use for inter-host traffic (repeatable)")
+	fs.Var((*stringList)(&o.ifaceRegex), "iface-regex", "regex matching the interface name or IP to use (repeatable)")
+	fs.StringVar(&o.ifaceCanReach, "iface-can-reach", "", "use the interface that routes to this IP")
+	fs.StringVar(&o.publicIP, "public-ip", "", "IP other hosts reach this host at (default: the interface's)")
+	fs.StringVar(&o.subnetFile, "subnet-file", lease.DefaultSubnetFile, "file to write the subnet environment to")
+	fs.IntVar(&renewMinutes, "subnet-lease-renew-margin", 60, "minutes before expiry to renew the lease")
+	fs.DurationVar(&o.leaseTTL, "subnet-lease-ttl", lease.DefaultTTL, "lifetime of the subnet lease in etcd")
+	fs.BoolVar(&o.ipMasq, "ip-masq", false, "masquerade traffic leaving the Network")
+	fs.IntVar(&o.iptablesSync, "iptables-resync", 5, "seconds between iptables rule checks")
+	fs.BoolVar(&o.forwardRules, "iptables-forward-rules", true, "accept forwarded traffic to and from the Network")
+	fs.StringVar(&o.healthzIP, "healthz-ip", "127.0.0.1", "address for /healthz, /readyz and /metrics")
+	fs.IntVar(&o.healthzPort, "healthz-port", 8471, "port for /healthz, /readyz and /metrics (0 disables)")
+	fs.DurationVar(&o.resync, "resync-interval", 30*time.Second, "how often to re-apply the data path even without changes")
+	fs.BoolVar(&o.cleanupOnExit, "cleanup-on-exit", false, "remove weft's devices and routes on exit (they stay by default)")
+	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.BoolVar(&o.version, "version", false, "print the version and exit")
+	// glog flags from flanneld unit files: accepted and ignored.
+	fs.Bool("logtostderr", true, "ignored (flannel compatibility)")
+	fs.Bool("alsologtostderr", false, "ignored (flannel compatibility)")
+	fs.String("log_dir", "", "ignored (flannel compatibility)")
+	fs.String("v", "0", "ignored (flannel compatibility)")
+	fs.String("vmodule", "", "ignored (flannel compatibility)")
+	fs.String("stderrthreshold", "", "ignored (flannel compatibility)")
+
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q; flags start with -, see weftd -help", fs.Arg(0))
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		if given[f.Name] {
+			return
+		}
+		env := strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		for _, name := range []string{"WEFTD_" + env, "FLANNELD_" + env} {
+			if v := getenv(name); v != "" {
+				if err := fs.Set(f.Name, v); err != nil {
+					errs = append(errs, fmt.Errorf("environment %s=%q: %w", name, v, err))
+				}
+				return
+			}
+		}
+	})
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	o.renewMargin = time.Duration(renewMinutes) * time.Minute
+	o.etcd.Endpoints = splitList(o.endpoints)
+	switch {
+	case o.leaseTTL < 5*time.Second:
+		return nil, fmt.Errorf("-subnet-lease-ttl %s is too short; use at least 5s", o.leaseTTL)
+	case o.healthzPort < 0 || o.healthzPort > 65535:
+		return nil, fmt.Errorf("-healthz-port %d is not a port", o.healthzPort)
+	case o.iptablesSync < 1:
+		return nil, fmt.Errorf("-iptables-resync %d must be at least 1 second", o.iptablesSync)
+	}
+	return o, nil
+}
+
+func splitList(v string) []string {
+	var s stringList
+	s.Set(v)
+	return s
+}

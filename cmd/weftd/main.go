@@ -1,0 +1,48 @@
+// Command weftd is weft's per-host daemon: it leases this host's subnet from
+// etcd, programs the data path to every other host, and keeps both current.
+// Its flags are flanneld's; see DESIGN.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	o, err := parseFlags(os.Args[1:], os.Getenv, os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "weftd:", err)
+		os.Exit(2)
+	}
+	if o.version {
+		fmt.Println("weftd", version)
+		return
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
+		fmt.Fprintf(os.Stderr, "weftd: -log-level %q: use debug, info, warn or error\n", o.logLevel)
+		os.Exit(2)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	log.Info("weftd starting", "version", version, "pid", os.Getpid())
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := run(ctx, o, log); err != nil {
+		log.Error("weftd stopped", "err", err)
+		os.Exit(1)
+	}
+	log.Info("weftd stopped")
+}

@@ -1,0 +1,276 @@
+// Package lab builds a weft cluster on one machine: an underlay network
+// namespace with a bridge and an etcd, N host namespaces each running weftd,
+// and behind each host a "container" namespace on a docker0-like bridge
+// addressed from the host's FLANNEL_SUBNET. `make lab` and the cluster-tier
+// tests both use it. Every name carries a run-unique id, and Close removes
+// everything the lab made, stopping only the processes it started.
+package lab
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/weftnet/weft/lease"
+)
+
+// Underlay addressing. Everything lives inside the lab's own namespaces, so
+// these never meet the machine's real networks.
+const (
+	underlayPrefix = "192.168.50.0/24"
+	etcdPort       = 2379
+	// DefaultNetwork is the overlay pool the lab configures.
+	DefaultNetwork = "10.5.0.0/16"
+)
+
+// Options describe a lab.
+type Options struct {
+	Hosts int
+	// Backend is the Backend.Type to configure (host-gw, ...).
+	Backend string
+	// Config, when set, is the whole network config (overrides Backend).
+	Config string
+	// Weftd is the path of the weftd binary.
+	Weftd string
+	// Self is the binary that runs etcd when started with RoleEnv=etcd
+	// (the lab command or a test binary); os.Args[0] when empty.
+	Self string
+	// WeftdArgs are extra flags for every weftd.
+	WeftdArgs []string
+	// Dir keeps logs and state; a temporary directory when empty.
+	Dir string
+	// Log receives progress lines; nil for none.
+	Log func(format string, args ...any)
+}
+
+// Host is one lab host.
+type Host struct {
+	Index     int
+	Name      string // namespace of the host
+	Container string // namespace of its container
+	PublicIP  netip.Addr
+	Dir       string
+	Subnet    netip.Prefix
+
+	mu     sync.Mutex
+	cmd    *exec.Cmd
+	exited chan struct{}
+	notify *net.UnixConn
+	ready  chan struct{}
+}
+
+// Lab is a running cluster.
+type Lab struct {
+	opts     Options
+	ID       string
+	Underlay string // namespace holding the bridge and etcd
+	Hosts    []*Host
+	Dir      string
+	ownsDir  bool
+	etcd     *exec.Cmd
+	etcdDone chan struct{}
+	store    *lease.EtcdStore
+	nsMade   []string
+}
+
+// New builds the namespaces and starts etcd; Start then starts weftd.
+func New(opts Options) (l *Lab, err error) {
+	if opts.Hosts < 2 {
+		opts.Hosts = 3
+	}
+	if opts.Backend == "" {
+		opts.Backend = lease.BackendHostGW
+	}
+	if opts.Self == "" {
+		opts.Self = os.Args[0]
+	}
+	if opts.Log == nil {
+		opts.Log = func(string, ...any) {}
+	}
+	id := make([]byte, 3)
+	rand.Read(id)
+	l = &Lab{opts: opts, ID: hex.EncodeToString(id), Dir: opts.Dir}
+	if l.Dir == "" {
+		if l.Dir, err = os.MkdirTemp("", "weftlab-"+l.ID+"-"); err != nil {
+			return nil, err
+		}
+		l.ownsDir = true
+	}
+	defer func() {
+		if err != nil {
+			l.Close()
+		}
+	}()
+	l.Underlay = "wl" + l.ID + "-ul"
+	if err := l.addNetns(l.Underlay); err != nil {
+		return l, err
+	}
+	ul := l.Underlay
+	gw := l.underlayAddr(1)
+	if err := runAll(
+		[]string{"ip", "-n", ul, "link", "add", "br0", "type", "bridge"},
+		[]string{"ip", "-n", ul, "addr", "add", gw.String() + "/24", "dev", "br0"},
+		[]string{"ip", "-n", ul, "link", "set", "br0", "up"},
+	); err != nil {
+		return l, err
+	}
+	for i := 1; i <= opts.Hosts; i++ {
+		h := &Host{Index: i, Name: fmt.Sprintf("wl%s-h%d", l.ID, i), Container: fmt.Sprintf("wl%s-c%d", l.ID, i),
+			PublicIP: l.underlayAddr(10 + i), Dir: filepath.Join(l.Dir, fmt.Sprintf("h%d", i))}
+		if err := os.MkdirAll(h.Dir, 0o755); err != nil {
+			return l, err
+		}
+		if err := l.addHost(h, gw); err != nil {
+			return l, err
+		}
+		l.Hosts = append(l.Hosts, h)
+	}
+	if err := l.StartEtcd(); err != nil {
+		return l, err
+	}
+	return l, nil
+}
+
+func (l *Lab) underlayAddr(n int) netip.Addr {
+	b := netip.MustParsePrefix(underlayPrefix).Addr().As4()
+	b[3] = byte(n)
+	return netip.AddrFrom4(b)
+}
+
+// EtcdEndpoint is etcd's client URL on the underlay.
+func (l *Lab) EtcdEndpoint() string {
+	return fmt.Sprintf("http://%s:%d", l.underlayAddr(1), etcdPort)
+}
+
+func (l *Lab) addNetns(name string) error {
+	if err := run("ip", "netns", "add", name); err != nil {
+		return err
+	}
+	l.nsMade = append(l.nsMade, name)
+	return run("ip", "-n", name, "link", "set", "lo", "up")
+}
+
+func (l *Lab) addHost(h *Host, gw netip.Addr) error {
+	if err := l.addNetns(h.Name); err != nil {
+		return err
+	}
+	port := fmt.Sprintf("h%d", h.Index)
+	return runAll(
+		[]string{"ip", "-n", l.Underlay, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", h.Name},
+		[]string{"ip", "-n", l.Underlay, "link", "set", port, "master", "br0", "up"},
+		[]string{"ip", "-n", h.Name, "addr", "add", h.PublicIP.String() + "/24", "dev", "eth0"},
+		[]string{"ip", "-n", h.Name, "link", "set", "eth0", "up"},
+		[]string{"ip", "-n", h.Name, "route", "add", "default", "via", gw.String()},
+	)
+}
+
+// PutConfig writes the network config into etcd.
+func (l *Lab) PutConfig(ctx context.Context, config string) error {
+	return l.store.PutConfig(ctx, []byte(config))
+}
+
+// Config is the network config the lab writes for its options.
+func (l *Lab) Config() string {
+	if l.opts.Config != "" {
+		return l.opts.Config
+	}
+	return fmt.Sprintf(`{"Network":%q,"Backend":{"Type":%q}}`, DefaultNetwork, l.opts.Backend)
+}
+
+// Start writes the config, starts weftd on every host, waits until all are
+// ready and puts a container behind each.
+func (l *Lab) Start(ctx context.Context) error {
+	if err := l.PutConfig(ctx, l.Config()); err != nil {
+		return fmt.Errorf("putting the network config: %w", err)
+	}
+	for _, h := range l.Hosts {
+		if err := l.StartWeftd(h); err != nil {
+			return err
+		}
+	}
+	for _, h := range l.Hosts {
+		if err := l.WaitReady(ctx, h); err != nil {
+			return err
+		}
+		if err := l.AddContainer(h); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Store is a client on the lab's etcd, for tests that inspect or break it.
+func (l *Lab) Store() *lease.EtcdStore { return l.store }
+
+// Close stops what the lab started and removes what it made.
+func (l *Lab) Close() {
+	for _, h := range l.Hosts {
+		l.StopWeftd(h, syscall.SIGKILL)
+		if h.notify != nil {
+			h.notify.Close()
+		}
+	}
+	if l.store != nil {
+		l.store.Close()
+	}
+	l.StopEtcd()
+	for i := len(l.nsMade) - 1; i >= 0; i-- {
+		run("ip", "netns", "del", l.nsMade[i])
+	}
+	if l.ownsDir {
+		os.RemoveAll(l.Dir)
+	}
+}
+
+// Exec runs a command in namespace ns and returns its combined output.
+func Exec(ns string, args ...string) (string, error) {
+	out, err := exec.Command("ip", append([]string{"netns", "exec", ns}, args...)...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("in %s: %s: %w: %s", ns, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return string(out), nil
+}
+
+func run(args ...string) error {
+	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+func runAll(cmds ...[]string) error {
+	for _, c := range cmds {
+		if err := run(c...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// waitUntil polls cond every 50 ms until it holds or timeout passes.
+func waitUntil(ctx context.Context, timeout time.Duration, cond func() bool) error {
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return errors.New("timed out")
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return nil
+}

@@ -1,0 +1,306 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/vishvananda/netns"
+
+	"github.com/weftnet/weft/lease"
+	"github.com/weftnet/weft/lease/etcdtest"
+)
+
+// RoleEnv, set to "etcd" in a child's environment, makes RunRole serve etcd.
+const RoleEnv = "WEFTLAB_ROLE"
+
+// RunRole runs the role a lab child was started for and reports whether it
+// did; call it first thing in main or TestMain.
+func RunRole() bool {
+	if os.Getenv(RoleEnv) != "etcd" {
+		return false
+	}
+	srv, err := etcdtest.Start(etcdtest.Options{Dir: os.Getenv("WEFTLAB_ETCD_DIR"), Host: os.Getenv("WEFTLAB_ETCD_HOST"),
+		ClientPort: etcdPort, PeerPort: etcdPort + 1})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "lab etcd:", err)
+		os.Exit(1)
+	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	<-sig
+	srv.Close()
+	os.Exit(0)
+	return true
+}
+
+// StartEtcd starts etcd in the underlay namespace, keeping its data across
+// restarts, and connects the lab's client.
+func (l *Lab) StartEtcd() error {
+	cmd := exec.Command("ip", "netns", "exec", l.Underlay, l.opts.Self)
+	cmd.Env = append(os.Environ(), RoleEnv+"=etcd", "WEFTLAB_ETCD_DIR="+filepath.Join(l.Dir, "etcd"),
+		"WEFTLAB_ETCD_HOST="+l.underlayAddr(1).String())
+	logFile, err := os.OpenFile(filepath.Join(l.Dir, "etcd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer logFile.Close()
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("starting etcd: %w", err)
+	}
+	l.etcd, l.etcdDone = cmd, make(chan struct{})
+	done := l.etcdDone
+	go func() { cmd.Wait(); close(done) }()
+	if l.store == nil {
+		l.store, err = lease.NewEtcdStore(lease.EtcdOptions{Endpoints: []string{l.EtcdEndpoint()}, Dial: l.dialUnderlay})
+		if err != nil {
+			return err
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	return waitUntil(ctx, 60*time.Second, func() bool {
+		_, _, err := l.store.List(ctx)
+		return err == nil
+	})
+}
+
+// StopEtcd stops etcd (its data stays for StartEtcd).
+func (l *Lab) StopEtcd() {
+	if l.etcd == nil {
+		return
+	}
+	l.etcd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-l.etcdDone:
+	case <-time.After(10 * time.Second):
+		l.etcd.Process.Kill()
+		<-l.etcdDone
+	}
+	l.etcd = nil
+}
+
+// dialUnderlay opens a TCP connection from inside the underlay namespace:
+// the socket is created by a thread switched into it.
+func (l *Lab) dialUnderlay(ctx context.Context, addr string) (net.Conn, error) {
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		return nil, err
+	}
+	defer orig.Close()
+	target, err := netns.GetFromName(l.Underlay)
+	if err != nil {
+		runtime.UnlockOSThread()
+		return nil, err
+	}
+	defer target.Close()
+	if err := netns.Set(target); err != nil {
+		runtime.UnlockOSThread()
+		return nil, err
+	}
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if netns.Set(orig) == nil {
+		// Only a thread back in its own namespace may serve other goroutines;
+		// otherwise it stays locked and dies with this goroutine.
+		runtime.UnlockOSThread()
+	}
+	return conn, err
+}
+
+// StartWeftd starts weftd in h's namespace with a notify socket for READY.
+func (l *Lab) StartWeftd(h *Host, extra ...string) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.notify == nil {
+		sock := filepath.Join(h.Dir, "notify.sock")
+		os.Remove(sock)
+		conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+		if err != nil {
+			return err
+		}
+		h.notify, h.ready = conn, make(chan struct{}, 16)
+		go readNotify(conn, h.ready)
+	}
+	for len(h.ready) > 0 {
+		<-h.ready // only a READY from this run counts
+	}
+	logFile, err := os.OpenFile(h.LogPath(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer logFile.Close()
+	args := []string{"netns", "exec", h.Name, l.opts.Weftd,
+		"-etcd-endpoints", l.EtcdEndpoint(),
+		"-subnet-file", h.SubnetFile(),
+		"-resync-interval", "2s",
+		"-log-level", "debug"}
+	args = append(append(args, l.opts.WeftdArgs...), extra...)
+	cmd := exec.Command("ip", args...)
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+filepath.Join(h.Dir, "notify.sock"))
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("starting weftd on %s: %w", h.Name, err)
+	}
+	h.cmd, h.exited = cmd, make(chan struct{})
+	exited := h.exited
+	go func() { cmd.Wait(); close(exited) }()
+	return nil
+}
+
+func readNotify(conn *net.UnixConn, ready chan<- struct{}) {
+	buf := make([]byte, 4096)
+	for {
+		n, err := conn.Read(buf)
+		if err != nil {
+			return
+		}
+		if strings.Contains(string(buf[:n]), "READY=1") {
+			select {
+			case ready <- struct{}{}:
+			default:
+			}
+		}
+	}
+}
+
+// StopWeftd signals weftd on h (SIGTERM for a clean stop, SIGKILL for a
+// crash) and waits for it to exit.
+func (l *Lab) StopWeftd(h *Host, sig syscall.Signal) {
+	h.mu.Lock()
+	cmd, exited := h.cmd, h.exited
+	h.cmd = nil
+	h.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	cmd.Process.Signal(sig)
+	select {
+	case <-exited:
+	case <-time.After(10 * time.Second):
+		cmd.Process.Kill()
+		<-exited
+	}
+}
+
+// WaitReady waits for weftd on h to send READY=1, then reads its subnet.
+func (l *Lab) WaitReady(ctx context.Context, h *Host) error {
+	h.mu.Lock()
+	exited := h.exited
+	h.mu.Unlock()
+	select {
+	case <-h.ready:
+	case <-exited:
+		return fmt.Errorf("weftd on %s exited before READY; log:\n%s", h.Name, h.LogTail(20))
+	case <-time.After(60 * time.Second):
+		return fmt.Errorf("weftd on %s not READY after 60s; log:\n%s", h.Name, h.LogTail(20))
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	env, err := lease.ReadSubnetFile(h.SubnetFile())
+	if err != nil {
+		return err
+	}
+	h.Subnet = env.Subnet
+	return nil
+}
+
+// SubnetFile is h's subnet.env.
+func (h *Host) SubnetFile() string { return filepath.Join(h.Dir, "subnet.env") }
+
+// LogPath is where h's weftd logs go.
+func (h *Host) LogPath() string { return filepath.Join(h.Dir, "weftd.log") }
+
+// LogTail returns the last n lines of h's weftd log.
+func (h *Host) LogTail(n int) string {
+	data, _ := os.ReadFile(h.LogPath())
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// ContainerIP is the address of h's container.
+func (h *Host) ContainerIP() netip.Addr { return h.Subnet.Addr().Next().Next() }
+
+// AddContainer puts a container namespace behind a bridge on h, addressed
+// from h's subnet as docker would with --bip=$FLANNEL_SUBNET.
+func (l *Lab) AddContainer(h *Host) error {
+	env, err := lease.ReadSubnetFile(h.SubnetFile())
+	if err != nil {
+		return err
+	}
+	if err := l.addNetns(h.Container); err != nil {
+		return err
+	}
+	bridgeIP := netip.PrefixFrom(env.Subnet.Addr().Next(), env.Subnet.Bits())
+	cIP := netip.PrefixFrom(bridgeIP.Addr().Next(), env.Subnet.Bits())
+	mtu := strconv.Itoa(env.MTU)
+	return runAll(
+		[]string{"ip", "-n", h.Name, "link", "add", "cbr0", "mtu", mtu, "type", "bridge"},
+		[]string{"ip", "-n", h.Name, "addr", "add", bridgeIP.String(), "dev", "cbr0"},
+		[]string{"ip", "-n", h.Name, "link", "set", "cbr0", "up"},
+		[]string{"ip", "-n", h.Name, "link", "add", "vc0", "mtu", mtu, "type", "veth", "peer", "name", "eth0", "netns", h.Container},
+		[]string{"ip", "-n", h.Name, "link", "set", "vc0", "master", "cbr0", "up"},
+		[]string{"ip", "-n", h.Container, "addr", "add", cIP.String(), "dev", "eth0"},
+		[]string{"ip", "-n", h.Container, "link", "set", "eth0", "up"},
+		[]string{"ip", "-n", h.Container, "route", "add", "default", "via", bridgeIP.Addr().String()},
+	)
+}
+
+// Ping sends one ping from from's container to to's container.
+func (l *Lab) Ping(from, to *Host) error {
+	_, err := Exec(from.Container, "ping", "-c", "1", "-W", "1", "-q", to.ContainerIP().String())
+	return err
+}
+
+// PingMatrix pings every container from every other one and renders the
+// result as a table; ok is true when every pair answered.
+func (l *Lab) PingMatrix() (table string, ok bool) {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%-14s", "from \\ to")
+	for _, h := range l.Hosts {
+		fmt.Fprintf(&b, "%-14s", h.ContainerIP())
+	}
+	b.WriteString("\n")
+	ok = true
+	for _, from := range l.Hosts {
+		fmt.Fprintf(&b, "%-14s", from.ContainerIP())
+		for _, to := range l.Hosts {
+			cell := "-"
+			if from != to {
+				if err := l.Ping(from, to); err != nil {
+					cell, ok = "FAIL", false
+				} else {
+					cell = "ok"
+				}
+			}
+			fmt.Fprintf(&b, "%-14s", cell)
+		}
+		b.WriteString("\n")
+	}
+	return b.String(), ok
+}
+
+// HostTable renders host, subnet and public IP, one row each.
+func (l *Lab) HostTable() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%-6s %-16s %-16s %-16s %s\n", "HOST", "NAMESPACE", "PUBLIC IP", "SUBNET", "CONTAINER")
+	for _, h := range l.Hosts {
+		fmt.Fprintf(&b, "%-6s %-16s %-16s %-16s %s\n", fmt.Sprintf("h%d", h.Index), h.Name, h.PublicIP, h.Subnet, h.ContainerIP())
+	}
+	return b.String()
+}
