@@ -1,0 +1,53 @@
+# weft — build, test and run the lab. Targets that touch the network need root.
+export PATH := $(PATH):/usr/local/go/bin:$(HOME)/go/bin
+GO        ?= go
+BIN       := bin
+DEB_PKGS  := iproute2 iptables iputils-ping iperf3 tcpdump wireguard-tools
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+LAB_ARGS  ?=
+# Pure and store tiers run with the race detector; host and cluster tiers need root.
+PURE_PKGS := ./lease/... ./mesh/... ./keys/... ./cmd/...
+
+.PHONY: all build test test-pure test-root lab lint bench deps clean
+
+all: build
+
+# deps installs the Debian tools the tests and the lab use, when missing.
+deps:
+	@missing=""; \
+	for c in ip:iproute2 iptables:iptables ping:iputils-ping iperf3:iperf3 tcpdump:tcpdump wg:wireguard-tools; do \
+		command -v $${c%%:*} >/dev/null 2>&1 || missing="$$missing $${c#*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+build:
+	$(GO) build -o $(BIN)/weftd ./cmd/weftd
+	$(GO) build -o $(BIN)/weftctl ./cmd/weftctl
+	$(GO) build -o $(BIN)/weftlab ./deploy/lab/cmd/weftlab
+
+test: deps test-pure test-root
+
+test-pure:
+	$(GO) test -race -count=1 $(PURE_PKGS)
+
+test-root:
+	$(GO) test -count=1 -timeout 15m ./backends/... ./deploy/...
+
+# lab: several hosts in network namespaces with etcd and weftd; Ctrl-C ends it.
+# make lab LAB_ARGS="-backend host-gw -hosts 4 -duration 30s"
+lab: deps build
+	$(BIN)/weftlab $(LAB_ARGS)
+
+lint:
+	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt: files above need formatting"; exit 1; }
+	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
+
+bench: deps build
+	$(GO) test -run '^$$' -bench . -benchmem ./mesh/... ./lease/...
+
+clean:
+	rm -rf $(BIN)

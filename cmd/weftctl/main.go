@@ -1,0 +1,173 @@
+// Command weftctl is the operator's CLI for weft: it reads and writes the
+// network config and lists the leases in etcd.
+//
+//	weftctl [etcd flags] config get|put FILE|validate FILE
+//	weftctl [etcd flags] leases [-o json]
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/weftnet/weft/lease"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+const usage = `usage: weftctl [flags] COMMAND
+commands:
+  config get              print the network config stored in etcd
+  config put FILE         validate FILE (- for stdin) and store it as the network config
+  config validate FILE    check FILE with the same rules weftd applies
+  leases [-o json]        list every subnet lease
+flags:`
+
+func run(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("weftctl", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprintln(stderr, usage); fs.PrintDefaults() }
+	var opts lease.EtcdOptions
+	endpoints := fs.String("etcd-endpoints", envOr("WEFTD_ETCD_ENDPOINTS", envOr("FLANNELD_ETCD_ENDPOINTS", "http://127.0.0.1:2379")), "comma-separated etcd endpoints")
+	fs.StringVar(&opts.Prefix, "etcd-prefix", envOr("WEFTD_ETCD_PREFIX", lease.DefaultPrefix), "etcd prefix")
+	fs.StringVar(&opts.CAFile, "etcd-cafile", "", "CA file for etcd TLS")
+	fs.StringVar(&opts.CertFile, "etcd-certfile", "", "client certificate for etcd")
+	fs.StringVar(&opts.KeyFile, "etcd-keyfile", "", "client key for etcd")
+	fs.StringVar(&opts.Username, "etcd-username", "", "etcd user")
+	fs.StringVar(&opts.Password, "etcd-password", "", "etcd password")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	opts.Endpoints = strings.Split(*endpoints, ",")
+	cmd := fs.Args()
+	if len(cmd) == 0 {
+		fs.Usage()
+		return 2
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var err error
+	switch {
+	case len(cmd) == 3 && cmd[0] == "config" && cmd[1] == "validate":
+		_, err = readConfigFile(cmd[2])
+		if err == nil {
+			fmt.Fprintln(stdout, "config is valid")
+		}
+	case len(cmd) == 2 && cmd[0] == "config" && cmd[1] == "get":
+		err = withStore(opts, func(s *lease.EtcdStore) error {
+			raw, err := s.Config(ctx)
+			if err == nil {
+				fmt.Fprintln(stdout, strings.TrimSpace(string(raw)))
+			}
+			return err
+		})
+	case len(cmd) == 3 && cmd[0] == "config" && cmd[1] == "put":
+		raw, verr := readConfigFile(cmd[2])
+		if verr != nil {
+			err = fmt.Errorf("%w; nothing was written to etcd", verr)
+			break
+		}
+		err = withStore(opts, func(s *lease.EtcdStore) error { return s.PutConfig(ctx, raw) })
+	case len(cmd) >= 1 && cmd[0] == "leases":
+		asJSON := len(cmd) == 3 && cmd[1] == "-o" && cmd[2] == "json"
+		err = withStore(opts, func(s *lease.EtcdStore) error { return printLeases(ctx, s, stdout, asJSON) })
+	default:
+		fs.Usage()
+		return 2
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "weftctl:", err)
+		return 1
+	}
+	return 0
+}
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+func withStore(opts lease.EtcdOptions, f func(*lease.EtcdStore) error) error {
+	s, err := lease.NewEtcdStore(opts)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	return f(s)
+}
+
+// readConfigFile reads and validates a config file; "-" is stdin.
+func readConfigFile(path string) ([]byte, error) {
+	var raw []byte
+	var err error
+	if path == "-" {
+		raw, err = io.ReadAll(os.Stdin)
+	} else {
+		raw, err = os.ReadFile(path)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if _, err := lease.ParseConfig(raw); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return raw, nil
+}
+
+// leaseRow is one line of `weftctl leases`.
+type leaseRow struct {
+	Subnet      string          `json:"subnet"`
+	PublicIP    string          `json:"public_ip"`
+	BackendType string          `json:"backend"`
+	BackendData json.RawMessage `json:"backend_data,omitempty"`
+	ExpiresIn   string          `json:"expires_in"`
+	Error       string          `json:"error,omitempty"`
+}
+
+func printLeases(ctx context.Context, s *lease.EtcdStore, out io.Writer, asJSON bool) error {
+	records, _, err := s.List(ctx)
+	if err != nil {
+		return err
+	}
+	rows := make([]leaseRow, 0, len(records))
+	for _, r := range records {
+		row := leaseRow{Subnet: r.Key}
+		if l, err := lease.DecodeLease(r.Key, r.Value); err != nil {
+			row.Error = err.Error()
+		} else {
+			row.Subnet, row.PublicIP, row.BackendType, row.BackendData = l.Subnet.String(), l.Attrs.PublicIP.String(), l.Attrs.BackendType, l.Attrs.BackendData
+		}
+		if ttl, err := s.Expiry(ctx, r); err == nil {
+			row.ExpiresIn = ttl.String()
+		} else if errors.Is(err, lease.ErrLeaseLost) {
+			row.ExpiresIn = "expired"
+		}
+		rows = append(rows, row)
+	}
+	if asJSON {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rows)
+	}
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SUBNET\tPUBLIC IP\tBACKEND\tBACKEND DATA\tEXPIRES IN")
+	for _, r := range rows {
+		data := string(r.BackendData)
+		if r.Error != "" {
+			data = "INVALID: " + r.Error
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.Subnet, r.PublicIP, r.BackendType, data, r.ExpiresIn)
+	}
+	return tw.Flush()
+}

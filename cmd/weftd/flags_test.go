@@ -1,0 +1,53 @@
+package main
+
+import (
+	"io"
+	"strings"
+	"testing"
+	"time"
+)
+
+func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+func TestParseFlags(t *testing.T) {
+	o, err := parseFlags([]string{"-iface", "eth1", "-logtostderr", "-v", "2", "-subnet-lease-renew-margin", "30"},
+		env(map[string]string{
+			"FLANNELD_ETCD_ENDPOINTS": "http://10.0.0.1:2379,http://10.0.0.2:2379",
+			"WEFTD_IP_MASQ":           "true",
+			"FLANNELD_IFACE":          "ignored-because-flag-given",
+			"WEFTD_ETCD_PREFIX":       "/weft/net",
+			"FLANNELD_ETCD_PREFIX":    "/loses/to/weftd",
+		}), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(o.etcd.Endpoints, " ") != "http://10.0.0.1:2379 http://10.0.0.2:2379" {
+		t.Errorf("endpoints %v", o.etcd.Endpoints)
+	}
+	if !o.ipMasq || o.etcd.Prefix != "/weft/net" || strings.Join(o.ifaces, ",") != "eth1" || o.renewMargin != 30*time.Minute {
+		t.Errorf("options %+v", o)
+	}
+	if o.subnetFile != "/run/flannel/subnet.env" || o.leaseTTL != 24*time.Hour || o.healthzIP != "127.0.0.1" {
+		t.Errorf("defaults wrong: %+v", o)
+	}
+}
+
+func TestParseFlagsErrors(t *testing.T) {
+	tests := []struct {
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{[]string{"-no-such-flag"}, nil, "flag provided but not defined: -no-such-flag"},
+		{[]string{"-subnet-lease-ttl", "1s"}, nil, "-subnet-lease-ttl 1s is too short"},
+		{[]string{"-healthz-port", "70000"}, nil, "-healthz-port 70000 is not a port"},
+		{nil, map[string]string{"WEFTD_IP_MASQ": "sometimes"}, `environment WEFTD_IP_MASQ="sometimes"`},
+		{[]string{"stray"}, nil, `unexpected argument "stray"`},
+	}
+	for _, tt := range tests {
+		_, err := parseFlags(tt.args, env(tt.env), io.Discard)
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("parseFlags(%v, %v) = %v, want %q", tt.args, tt.env, err, tt.want)
+		}
+	}
+}

@@ -1,0 +1,245 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/weftnet/weft/lease"
+)
+
+// weftdBin is built once for all cluster tests.
+var weftdBin string
+
+func TestMain(m *testing.M) {
+	if RunRole() {
+		return
+	}
+	if os.Geteuid() != 0 {
+		fmt.Println("cluster tests need root; skipping")
+		os.Exit(m.Run())
+	}
+	dir, err := os.MkdirTemp("", "weftlab-bin-")
+	if err != nil {
+		panic(err)
+	}
+	weftdBin = filepath.Join(dir, "weftd")
+	if out, err := exec.Command("go", "build", "-o", weftdBin, "github.com/weftnet/weft/cmd/weftd").CombinedOutput(); err != nil {
+		fmt.Printf("building weftd: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// newLab builds a lab for one test and removes it when the test ends; on
+// failure it prints the weftd logs first.
+func newLab(t *testing.T, opts Options) *Lab {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	opts.Weftd = weftdBin
+	l, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, h := range l.Hosts {
+				t.Logf("--- weftd log of %s:\n%s", h.Name, h.LogTail(40))
+			}
+		}
+		l.Close()
+	})
+	return l
+}
+
+// eventually retries f until it succeeds or timeout passes.
+func eventually(t *testing.T, what string, timeout time.Duration, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s: %v", what, timeout, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func routeTo(h *Host, subnet string) (string, error) {
+	return Exec(h.Name, "ip", "-4", "route", "show", subnet, "proto", "87")
+}
+
+func TestHostGWCluster(t *testing.T) {
+	l := newLab(t, Options{Hosts: 3, Backend: lease.BackendHostGW})
+	ctx := context.Background()
+	if err := l.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	h1, h2, h3 := l.Hosts[0], l.Hosts[1], l.Hosts[2]
+	eventually(t, "full ping matrix", 15*time.Second, func() error {
+		if table, ok := l.PingMatrix(); !ok {
+			return fmt.Errorf("\n%s", table)
+		}
+		return nil
+	})
+
+	t.Run("killed weftd keeps subnet and traffic", func(t *testing.T) {
+		subnet := h2.Subnet
+		l.StopWeftd(h2, syscall.SIGKILL)
+		// The data path stays: other pairs and traffic to h2 itself flow.
+		for _, pair := range [][2]*Host{{h1, h3}, {h3, h1}, {h1, h2}, {h2, h3}} {
+			if err := l.Ping(pair[0], pair[1]); err != nil {
+				t.Errorf("while weftd on h2 is down, %s -> %s: %v", pair[0].Name, pair[1].Name, err)
+			}
+		}
+		if err := l.StartWeftd(h2); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.WaitReady(ctx, h2); err != nil {
+			t.Fatal(err)
+		}
+		if h2.Subnet != subnet {
+			t.Fatalf("h2 came back with %s, had %s", h2.Subnet, subnet)
+		}
+		if err := l.Ping(h1, h2); err != nil {
+			t.Error(err)
+		}
+	})
+
+	t.Run("route deleted by hand comes back", func(t *testing.T) {
+		if _, err := Exec(h1.Name, "ip", "route", "del", h2.Subnet.String()); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		eventually(t, "route restored", 10*time.Second, func() error {
+			out, err := routeTo(h1, h2.Subnet.String())
+			if err == nil && !strings.Contains(out, "via "+h2.PublicIP.String()) {
+				err = fmt.Errorf("no route yet")
+			}
+			return err
+		})
+		t.Logf("route restored after %s (resync interval 2s)", time.Since(start).Round(time.Millisecond))
+		if err := l.Ping(h1, h2); err != nil {
+			t.Error(err)
+		}
+	})
+
+	t.Run("lease of a live host deleted in etcd is reclaimed", func(t *testing.T) {
+		key := lease.SubnetKey(h3.Subnet)
+		if err := l.Store().Delete(ctx, key); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "h3 re-claims its subnet", 20*time.Second, func() error {
+			records, _, err := l.Store().List(ctx)
+			if err != nil {
+				return err
+			}
+			for _, r := range records {
+				if r.Key == key && strings.Contains(string(r.Value), h3.PublicIP.String()) {
+					return nil
+				}
+			}
+			return fmt.Errorf("lease %s not back", key)
+		})
+		eventually(t, "traffic to h3 resumes", 15*time.Second, func() error { return l.Ping(h1, h3) })
+		env, err := lease.ReadSubnetFile(h3.SubnetFile())
+		if err != nil || env.Subnet != h3.Subnet {
+			t.Errorf("h3's subnet file says %v (%v), want %s", env.Subnet, err, h3.Subnet)
+		}
+	})
+
+	t.Run("stopped host's lease deleted removes its routes", func(t *testing.T) {
+		l.StopWeftd(h2, syscall.SIGTERM)
+		// SIGTERM leaves h2's own routes in place.
+		if out, _ := routeTo(h2, h1.Subnet.String()); !strings.Contains(out, "via") {
+			t.Errorf("h2 lost its route to h1 on SIGTERM: %q", out)
+		}
+		if err := l.Store().Delete(ctx, lease.SubnetKey(h2.Subnet)); err != nil {
+			t.Fatal(err)
+		}
+		for _, h := range []*Host{h1, h3} {
+			eventually(t, "route to h2 gone from "+h.Name, 10*time.Second, func() error {
+				if out, _ := routeTo(h, h2.Subnet.String()); out != "" {
+					return fmt.Errorf("still there: %s", out)
+				}
+				return nil
+			})
+		}
+		if err := l.Ping(h1, h3); err != nil {
+			t.Errorf("h1 -> h3 after h2 left: %v", err)
+		}
+	})
+}
+
+// TestBadConfigWaitsWithoutTouchingTheHost starts weftd against configs
+// that are missing or wrong: it must say what is wrong, naming the key,
+// and change nothing on the host while it waits.
+func TestBadConfigWaitsWithoutTouchingTheHost(t *testing.T) {
+	l := newLab(t, Options{Hosts: 2})
+	ctx := context.Background()
+	h := l.Hosts[0]
+	cases := []struct{ name, config, want string }{
+		{"missing", "", "waiting for the network config"},
+		{"invalid JSON", `{"Network":`, "not valid JSON"},
+		{"network not a CIDR", `{"Network":"10.5.0.0"}`, `is not an IPv4 CIDR`},
+		{"SubnetLen out of range", `{"Network":"10.5.0.0/16","SubnetLen":31}`, `31 is out of range`},
+		{"SubnetMin outside", `{"Network":"10.5.0.0/16","SubnetMin":"10.9.0.0"}`, `10.9.0.0 is outside Network 10.5.0.0/16`},
+		{"unknown backend", `{"Network":"10.5.0.0/16","Backend":{"Type":"ipsec"}}`, `unknown backend`},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if c.config != "" {
+				if err := l.PutConfig(ctx, c.config); err != nil {
+					t.Fatal(err)
+				}
+			}
+			os.Truncate(h.LogPath(), 0)
+			if err := l.StartWeftd(h); err != nil {
+				t.Fatal(err)
+			}
+			defer l.StopWeftd(h, syscall.SIGTERM)
+			eventually(t, "log line", 10*time.Second, func() error {
+				log, _ := os.ReadFile(h.LogPath())
+				if !strings.Contains(string(log), c.want) || !strings.Contains(string(log), "/coreos.com/network/config") {
+					return fmt.Errorf("log has no %q naming the key:\n%s", c.want, log)
+				}
+				return nil
+			})
+			if _, err := os.Stat(h.SubnetFile()); err == nil {
+				t.Error("subnet file written while the config is bad")
+			}
+			if out, _ := Exec(h.Name, "ip", "route", "show", "proto", "87"); out != "" {
+				t.Errorf("routes installed while waiting: %s", out)
+			}
+			if out, _ := Exec(h.Name, "cat", "/proc/sys/net/ipv4/ip_forward"); strings.TrimSpace(out) != "0" {
+				t.Errorf("ip_forward changed while waiting: %s", out)
+			}
+			if records, _, _ := l.Store().List(ctx); len(records) != 0 {
+				t.Errorf("a lease was written while the config is bad: %v", records)
+			}
+		})
+	}
+	// And once the config is fixed, the same weftd goes on by itself.
+	if err := l.StartWeftd(h); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.PutConfig(ctx, l.Config()); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.WaitReady(ctx, h); err != nil {
+		t.Fatal(err)
+	}
+}

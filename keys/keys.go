@@ -1,0 +1,151 @@
+// Package keys keeps a host's WireGuard private key in a file that survives
+// reboots: created 0600 from its first byte (temp file and rename), loaded
+// on every start, refused — never silently replaced — when it is corrupt,
+// empty or readable by others, and replaced only by an explicit rotation.
+// Only the public key ever leaves the host.
+package keys
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/crypto/curve25519"
+)
+
+// DefaultPath is where weftd keeps its key.
+const DefaultPath = "/var/lib/weft/wg.key"
+
+// ErrBadKeyFile is wrapped by every refusal to use a key file.
+var ErrBadKeyFile = errors.New("unusable WireGuard key file")
+
+// Key is a Curve25519 key as WireGuard uses it.
+type Key [32]byte
+
+// String is the base64 form `wg` prints.
+func (k Key) String() string { return base64.StdEncoding.EncodeToString(k[:]) }
+
+// ParseKey decodes a base64 key of exactly 32 bytes.
+func ParseKey(s string) (Key, error) {
+	var k Key
+	b, err := base64.StdEncoding.DecodeString(s)
+	if err != nil {
+		return k, fmt.Errorf("not base64: %w", err)
+	}
+	if len(b) != len(k) {
+		return k, fmt.Errorf("decodes to %d bytes, a WireGuard key has 32", len(b))
+	}
+	copy(k[:], b)
+	return k, nil
+}
+
+// Generate makes a new private key, clamped as Curve25519 requires.
+func Generate() (Key, error) {
+	var k Key
+	if _, err := rand.Read(k[:]); err != nil {
+		return k, err
+	}
+	k[0] &= 248
+	k[31] = (k[31] & 127) | 64
+	return k, nil
+}
+
+// Public derives the public key from a private key.
+func (k Key) Public() Key {
+	var pub Key
+	out, err := curve25519.X25519(k[:], curve25519.Basepoint)
+	if err != nil {
+		// Only a low-order result fails, which a clamped private key never gives.
+		panic(fmt.Sprintf("deriving public key: %v", err))
+	}
+	copy(pub[:], out)
+	return pub
+}
+
+// LoadOrCreate returns the private key in path, creating the file with a new
+// key when it does not exist. created says which happened.
+func LoadOrCreate(path string) (key Key, created bool, err error) {
+	key, err = Load(path)
+	if !errors.Is(err, fs.ErrNotExist) {
+		return key, false, err
+	}
+	key, err = Generate()
+	if err != nil {
+		return key, false, err
+	}
+	if err := write(path, key, false); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			// Another process created it first: use theirs.
+			key, err = Load(path)
+			return key, false, err
+		}
+		return key, false, err
+	}
+	return key, true, nil
+}
+
+// Load reads and checks an existing key file.
+func Load(path string) (Key, error) {
+	info, err := os.Stat(path)
+	if err != nil {
+		return Key{}, err
+	}
+	if perm := info.Mode().Perm(); perm&0o077 != 0 {
+		return Key{}, fmt.Errorf("%w: %s has mode %04o, readable beyond its owner; run `chmod 600 %s` (and consider rotating the key: it may have leaked)",
+			ErrBadKeyFile, path, perm, path)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Key{}, err
+	}
+	key, err := ParseKey(string(bytes.TrimSpace(data)))
+	if err != nil {
+		return Key{}, fmt.Errorf("%w: %s: %v; it should hold one key as `wg genkey` writes it. Restore it, or remove it to make a new key (peers will pick the new one up from etcd)",
+			ErrBadKeyFile, path, err)
+	}
+	return key, nil
+}
+
+// Rotate replaces the key in path with a new one and returns it.
+func Rotate(path string) (Key, error) {
+	key, err := Generate()
+	if err != nil {
+		return key, err
+	}
+	return key, write(path, key, true)
+}
+
+// write stores key in path through a 0600 temp file in the same directory,
+// so the file is never briefly readable by others and never half-written.
+// Without replace, an existing file is left alone and fs.ErrExist returned.
+func write(path string, key Key, replace bool) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(dir, ".wg.key.*") // created 0600
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	_, err = tmp.WriteString(key.String() + "\n")
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	if replace {
+		return os.Rename(tmp.Name(), path)
+	}
+	// Link fails if path exists, so a concurrent creator is never overwritten.
+	return os.Link(tmp.Name(), path)
+}
