@@ -13,6 +13,7 @@ import (
 
 	"github.com/weftnet/weft/backends/hostgw"
 	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/backends/wireguard"
 	"github.com/weftnet/weft/lease"
 	"github.com/weftnet/weft/mesh"
 )
@@ -45,6 +46,17 @@ type Env struct {
 	Config   *lease.Config
 	External netutil.ExternalInterface
 	Log      *slog.Logger
+	// KeyFile is where the WireGuard private key lives.
+	KeyFile string
+}
+
+// KeyReloader is a backend whose identity key can change at run time.
+type KeyReloader interface {
+	// ReloadKey adopts a key changed on disk, or makes a new one when rotate
+	// is set; changed says whether BackendData must be republished.
+	ReloadKey(rotate bool) (changed bool, err error)
+	// BackendData is what the lease must publish now.
+	BackendData() json.RawMessage
 }
 
 // Constructor builds a backend from its environment.
@@ -55,6 +67,13 @@ func Constructors() map[string]Constructor {
 	return map[string]Constructor{
 		lease.BackendHostGW: func(env Env) (Backend, error) {
 			return hostGW{hostgw.New(env.External, nil, env.Log)}, nil
+		},
+		lease.BackendWireGuard: func(env Env) (Backend, error) {
+			b, err := wireguard.New(env.Config.Backend.Raw, env.External, env.KeyFile, env.Log)
+			if err != nil {
+				return nil, err
+			}
+			return wireGuard{b}, nil
 		},
 	}
 }
@@ -79,3 +98,13 @@ func New(env Env) (Backend, error) {
 type hostGW struct{ *hostgw.Backend }
 
 func (h hostGW) Setup(context.Context) (Setup, error) { return Setup{MTU: h.MTU()}, nil }
+
+// wireGuard adapts wireguard.Backend, which publishes its public key.
+type wireGuard struct{ *wireguard.Backend }
+
+func (w wireGuard) Setup(ctx context.Context) (Setup, error) {
+	if err := w.Backend.Setup(ctx); err != nil {
+		return Setup{}, err
+	}
+	return Setup{BackendData: w.BackendData(), MTU: w.MTU()}, nil
+}

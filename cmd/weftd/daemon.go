@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"os/signal"
+	"syscall"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -53,7 +55,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	backend, err := backends.New(backends.Env{Config: cfg, External: ext, Log: log})
+	backend, err := backends.New(backends.Env{Config: cfg, External: ext, Log: log, KeyFile: o.keyFile})
 	if err != nil {
 		return err
 	}
@@ -110,6 +112,9 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 			}
 		},
 	}
+	if reloader, ok := backend.(backends.KeyReloader); ok {
+		g.Go(func() error { return watchKey(ctx, reloader, holder, req.Attrs, log) })
+	}
 	g.Go(func() error { return watcher.Run(ctx) })
 	g.Go(func() error { return holder.Run(ctx) })
 	g.Go(func() error { return node.Run(ctx) })
@@ -119,6 +124,44 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 		return nil
 	}
 	return err
+}
+
+// keyCheckInterval is how often weftd looks for a key rotated on disk.
+const keyCheckInterval = 2 * time.Second
+
+// watchKey rotates the key on SIGHUP and adopts a key changed on disk
+// (`weftctl keys rotate`), then republishes the lease so peers follow.
+func watchKey(ctx context.Context, r backends.KeyReloader, holder *lease.Holder, attrs lease.Attrs, log *slog.Logger) error {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	ticker := time.NewTicker(keyCheckInterval)
+	defer ticker.Stop()
+	lastErr := ""
+	for {
+		rotate := false
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-hup:
+			rotate = true
+		case <-ticker.C:
+		}
+		changed, err := r.ReloadKey(rotate)
+		if err != nil {
+			// Keep the key in use; a broken file must not cut traffic.
+			if err.Error() != lastErr {
+				log.Error("cannot use the key file; keeping the current key", "err", err)
+				lastErr = err.Error()
+			}
+			continue
+		}
+		lastErr = ""
+		if changed {
+			attrs.BackendData = r.BackendData()
+			holder.SetAttrs(attrs)
+		}
+	}
 }
 
 // waitForConfig polls <prefix>/config until it exists and is valid. While

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/weftnet/weft/keys"
 	"github.com/weftnet/weft/lease"
 )
 
@@ -29,6 +30,7 @@ type options struct {
 	healthzPort   int
 	resync        time.Duration
 	cleanupOnExit bool
+	keyFile       string
 	logLevel      string
 	version       bool
 }
@@ -74,6 +76,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	fs.StringVar(&o.healthzIP, "healthz-ip", "127.0.0.1", "address for /healthz, /readyz and /metrics")
 	fs.IntVar(&o.healthzPort, "healthz-port", 8471, "port for /healthz, /readyz and /metrics (0 disables)")
 	fs.DurationVar(&o.resync, "resync-interval", 30*time.Second, "how often to re-apply the data path even without changes")
+	fs.StringVar(&o.keyFile, "wireguard-key-file", keys.DefaultPath, "WireGuard private key file (0600; created when missing)")
 	fs.BoolVar(&o.cleanupOnExit, "cleanup-on-exit", false, "remove weft's devices and routes on exit (they stay by default)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
@@ -99,7 +102,11 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 			return
 		}
 		env := strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
-		for _, name := range []string{"WEFTD_" + env, "FLANNELD_" + env} {
+		names := []string{"WEFTD_" + env, "FLANNELD_" + env}
+		if f.Name == "wireguard-key-file" {
+			names = append(names, "WIREGUARD_KEY_FILE")
+		}
+		for _, name := range names {
 			if v := getenv(name); v != "" {
 				if err := fs.Set(f.Name, v); err != nil {
 					errs = append(errs, fmt.Errorf("environment %s=%q: %w", name, v, err))

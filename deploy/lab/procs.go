@@ -144,9 +144,17 @@ func (l *Lab) StartWeftd(h *Host, extra ...string) error {
 		return err
 	}
 	defer logFile.Close()
-	args := []string{"netns", "exec", h.Name, l.opts.Weftd,
+	// Each host gets its own mount namespace with a private
+	// /run/wireguard, as separate machines would: the UAPI socket
+	// weft-wg.sock is then one per host, not one for the whole lab.
+	if err := os.MkdirAll("/run/wireguard", 0o755); err != nil {
+		return err
+	}
+	args := []string{"netns", "exec", h.Name, "unshare", "--mount", "--propagation", "private", "sh", "-c",
+		`mount -t tmpfs weftlab /run/wireguard && exec "$0" "$@"`, l.opts.Weftd,
 		"-etcd-endpoints", l.EtcdEndpoint(),
 		"-subnet-file", h.SubnetFile(),
+		"-wireguard-key-file", filepath.Join(h.Dir, "wg.key"),
 		"-resync-interval", "2s",
 		"-log-level", "debug"}
 	args = append(append(args, l.opts.WeftdArgs...), extra...)
@@ -177,6 +185,31 @@ func readNotify(conn *net.UnixConn, ready chan<- struct{}) {
 			}
 		}
 	}
+}
+
+// HostExec runs a command on h as weftd sees the host: in its network
+// namespace and its private mount namespace (for `wg show`).
+func (l *Lab) HostExec(h *Host, args ...string) (string, error) {
+	pid := l.WeftdPID(h)
+	if pid == 0 {
+		return "", fmt.Errorf("weftd on %s is not running", h.Name)
+	}
+	full := append([]string{"-t", strconv.Itoa(pid), "-m", "-n"}, args...)
+	out, err := exec.Command("nsenter", full...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("on %s: %s: %w: %s", h.Name, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return string(out), nil
+}
+
+// WeftdPID is the pid of weftd on h, 0 when it is not running.
+func (l *Lab) WeftdPID(h *Host) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.cmd == nil {
+		return 0
+	}
+	return h.cmd.Process.Pid
 }
 
 // StopWeftd signals weftd on h (SIGTERM for a clean stop, SIGKILL for a

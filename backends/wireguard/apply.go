@@ -1,0 +1,309 @@
+package wireguard
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+	"golang.zx2c4.com/wireguard/wgctrl"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/keys"
+	"github.com/weftnet/weft/mesh"
+)
+
+// Backend is the wireguard backend. The zero value is not usable; use New.
+type Backend struct {
+	opts    Options
+	ext     netutil.ExternalInterface
+	keyFile string
+	log     *slog.Logger
+	mtu     int
+
+	mu     sync.Mutex
+	key    keys.Key
+	dev    *wgDevice
+	client *wgctrl.Client
+	// lastPeers remembers each peer's lease, for log lines on removal.
+	lastPeers map[keys.Key]string
+}
+
+// New parses the Backend options and loads (or creates) the private key.
+// Every error names the option or file at fault.
+func New(raw json.RawMessage, ext netutil.ExternalInterface, keyFile string, log *slog.Logger) (*Backend, error) {
+	opts, err := ParseOptions(raw)
+	if err != nil {
+		return nil, err
+	}
+	log = log.With("component", "wireguard")
+	key, created, err := keys.LoadOrCreate(keyFile)
+	if err != nil {
+		return nil, err
+	}
+	if created {
+		log.Info("created a new WireGuard key", "file", keyFile, "public_key", key.Public())
+	} else {
+		log.Info("loaded the WireGuard key", "file", keyFile, "public_key", key.Public())
+	}
+	mtu := opts.MTU
+	if mtu == 0 {
+		mtu = ext.MTU - Overhead
+	}
+	return &Backend{opts: opts, ext: ext, keyFile: keyFile, log: log, mtu: mtu, key: key, lastPeers: map[keys.Key]string{}}, nil
+}
+
+// MTU is the device's (and containers') MTU.
+func (b *Backend) MTU() int { return b.mtu }
+
+// BackendData is what this host's lease publishes: its public key and port.
+func (b *Backend) BackendData() json.RawMessage {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return EncodeBackendData(b.key.Public(), b.opts.ListenPort)
+}
+
+// Setup creates or adopts the device and opens the wgctrl client.
+func (b *Backend) Setup(context.Context) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	dev, err := openDevice(DeviceName, b.opts.Implementation, b.mtu, b.log)
+	if err != nil {
+		return err
+	}
+	b.dev = dev
+	if b.client == nil {
+		if b.client, err = wgctrl.New(); err != nil {
+			return fmt.Errorf("wgctrl: %w", err)
+		}
+	}
+	return nil
+}
+
+// ReloadKey adopts a key written to the key file by `weftctl keys rotate`,
+// or makes and stores a new one when rotate is set (SIGHUP). It reports
+// whether the key changed; the caller then republishes BackendData.
+func (b *Backend) ReloadKey(rotate bool) (bool, error) {
+	var key keys.Key
+	var err error
+	if rotate {
+		key, err = keys.Rotate(b.keyFile)
+	} else {
+		key, err = keys.Load(b.keyFile)
+	}
+	if err != nil {
+		return false, err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if key == b.key {
+		return false, nil
+	}
+	b.key = key
+	b.log.Info("WireGuard key rotated", "public_key", key.Public())
+	return true, nil
+}
+
+// Apply brings the device to the desired state: key, port, one peer per
+// valid lease (per-peer deltas only), address, MTU, and the Network route.
+func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.dev == nil {
+		return errors.New("wireguard backend used before Setup")
+	}
+	want, errs := Plan(d, b.key.Public(), b.opts)
+	current, err := b.client.Device(DeviceName)
+	if err != nil {
+		// The device went away (deleted by hand): make it again.
+		b.log.Warn("WireGuard device missing; recreating it", "err", err)
+		b.dev.close()
+		if b.dev, err = openDevice(DeviceName, b.opts.Implementation, b.mtu, b.log); err != nil {
+			return errors.Join(append(errs, err)...)
+		}
+		if current, err = b.client.Device(DeviceName); err != nil {
+			return errors.Join(append(errs, fmt.Errorf("reading %s: %w", DeviceName, err))...)
+		}
+	}
+	cfg := wgtypes.Config{}
+	if current.PrivateKey != wgtypes.Key(b.key) {
+		k := wgtypes.Key(b.key)
+		cfg.PrivateKey = &k
+	}
+	if current.ListenPort != b.opts.ListenPort {
+		cfg.ListenPort = &b.opts.ListenPort
+	}
+	changes := Delta(peerStates(current.Peers), want)
+	for _, c := range changes {
+		cfg.Peers = append(cfg.Peers, toPeerConfig(c))
+	}
+	if cfg.PrivateKey != nil || cfg.ListenPort != nil || len(cfg.Peers) > 0 {
+		if err := b.client.ConfigureDevice(DeviceName, cfg); err != nil {
+			errs = append(errs, fmt.Errorf("configuring %s: %w", DeviceName, err))
+		} else {
+			b.logChanges(changes, want)
+		}
+	}
+	errs = append(errs, b.ensureLink(d)...)
+	return errors.Join(errs...)
+}
+
+func (b *Backend) logChanges(changes []Change, want []PeerSpec) {
+	for _, c := range changes {
+		if c.Remove {
+			b.log.Info("peer removed", "public_key", keys.Key(c.PublicKey), "lease", b.lastPeers[c.PublicKey])
+			continue
+		}
+		b.log.Info("peer set", "lease", c.Spec.Lease, "public_key", c.PublicKey, "endpoint", c.Spec.Endpoint)
+	}
+	b.lastPeers = make(map[keys.Key]string, len(want))
+	for _, w := range want {
+		b.lastPeers[w.PublicKey] = w.Lease
+	}
+}
+
+// ensureLink sets MTU, this host's address and the Network route, and
+// brings the device up.
+func (b *Backend) ensureLink(d mesh.Desired) []error {
+	link, err := netlink.LinkByName(DeviceName)
+	if err != nil {
+		return []error{fmt.Errorf("finding %s: %w", DeviceName, err)}
+	}
+	var errs []error
+	if link.Attrs().MTU != b.mtu {
+		if err := netlink.LinkSetMTU(link, b.mtu); err != nil {
+			errs = append(errs, fmt.Errorf("setting MTU of %s: %w", DeviceName, err))
+		}
+	}
+	// The subnet's network address as a /32, as flannel gives its devices:
+	// host-originated traffic gets a source the peers route back.
+	want := netip.PrefixFrom(d.Self.Subnet.Addr(), 32)
+	addrs, err := netutil.Retry(func() ([]netlink.Addr, error) { return netlink.AddrList(link, netlink.FAMILY_V4) })
+	if err != nil {
+		errs = append(errs, err)
+	}
+	found := false
+	for _, a := range addrs {
+		if p, _ := netutil.Prefix(a.IPNet); p == want {
+			found = true
+			continue
+		}
+		if err := netlink.AddrDel(link, &a); err != nil {
+			errs = append(errs, fmt.Errorf("removing stale address %s: %w", a.IPNet, err))
+		}
+	}
+	if !found {
+		if err := netlink.AddrAdd(link, &netlink.Addr{IPNet: netutil.IPNet(want)}); err != nil && !errors.Is(err, unix.EEXIST) {
+			errs = append(errs, fmt.Errorf("adding %s to %s: %w", want, DeviceName, err))
+		}
+	}
+	if link.Attrs().Flags&net.FlagUp == 0 {
+		if err := netlink.LinkSetUp(link); err != nil {
+			errs = append(errs, fmt.Errorf("bringing %s up: %w", DeviceName, err))
+		}
+	}
+	route := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: netutil.IPNet(d.Network), Protocol: netutil.RouteProtocol,
+		Table: unix.RT_TABLE_MAIN, Scope: netlink.SCOPE_LINK}
+	owned, err := netutil.OwnedRoutes(&netlink.Handle{})
+	if err != nil {
+		return append(errs, err)
+	}
+	have := false
+	for _, r := range owned {
+		dst, _ := netutil.Prefix(r.Dst)
+		if r.LinkIndex == link.Attrs().Index && dst == d.Network {
+			have = true
+		} else if r.LinkIndex == link.Attrs().Index {
+			netlink.RouteDel(&r) // a route for an older Network
+		}
+	}
+	if !have {
+		if err := netlink.RouteReplace(route); err != nil {
+			errs = append(errs, fmt.Errorf("route %s dev %s: %w", d.Network, DeviceName, err))
+		}
+	}
+	return errs
+}
+
+// Cleanup removes the device (its peers, address and route go with it).
+func (b *Backend) Cleanup(context.Context) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.dev == nil {
+		b.dev = &wgDevice{name: DeviceName, kind: ImplKernel}
+	}
+	err := b.dev.remove()
+	b.dev = nil
+	return err
+}
+
+// Close stops wireguard-go but leaves the device, peers and routes: a
+// persistent TUN (userspace) or the kernel link keeps them for the next run.
+func (b *Backend) Close() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.dev != nil {
+		b.dev.close()
+	}
+	if b.client != nil {
+		b.client.Close()
+	}
+	return nil
+}
+
+// Status is what `weftctl status` and metrics show of the device.
+func (b *Backend) Status() (*wgtypes.Device, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.client == nil {
+		return nil, errors.New("not set up")
+	}
+	return b.client.Device(DeviceName)
+}
+
+func peerStates(peers []wgtypes.Peer) []PeerState {
+	out := make([]PeerState, 0, len(peers))
+	for _, p := range peers {
+		s := PeerState{PublicKey: keys.Key(p.PublicKey), Keepalive: p.PersistentKeepaliveInterval, PSK: keys.Key(p.PresharedKey)}
+		if p.Endpoint != nil {
+			s.Endpoint = p.Endpoint.AddrPort()
+			s.Endpoint = netip.AddrPortFrom(s.Endpoint.Addr().Unmap(), s.Endpoint.Port())
+		}
+		for _, a := range p.AllowedIPs {
+			if pfx, ok := netutil.Prefix(&a); ok {
+				s.AllowedIPs = append(s.AllowedIPs, pfx)
+			}
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+func toPeerConfig(c Change) wgtypes.PeerConfig {
+	if c.Remove {
+		return wgtypes.PeerConfig{PublicKey: wgtypes.Key(c.PublicKey), Remove: true}
+	}
+	keepalive := c.Spec.Keepalive
+	pc := wgtypes.PeerConfig{
+		PublicKey:                   wgtypes.Key(c.PublicKey),
+		Endpoint:                    net.UDPAddrFromAddrPort(c.Spec.Endpoint),
+		PersistentKeepaliveInterval: &keepalive,
+		ReplaceAllowedIPs:           true,
+	}
+	psk := wgtypes.Key{}
+	if c.Spec.PSK != nil {
+		psk = wgtypes.Key(*c.Spec.PSK)
+	}
+	pc.PresharedKey = &psk
+	for _, p := range c.Spec.AllowedIPs {
+		pc.AllowedIPs = append(pc.AllowedIPs, *netutil.IPNet(p))
+	}
+	return pc
+}

@@ -1,0 +1,98 @@
+// Package wireguard is the encrypted mesh backend: one WireGuard device
+// (weft-wg) with a peer per other host, keys published in the leases. It
+// uses kernel WireGuard when the kernel has it and runs wireguard-go inside
+// weftd otherwise; either way it is configured through one wgctrl client.
+// options.go and plan.go are pure; device.go and apply.go touch the system.
+package wireguard
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/weftnet/weft/keys"
+)
+
+// DeviceName is the WireGuard interface weft creates.
+const DeviceName = "weft-wg"
+
+// Implementation choices for Options.Implementation.
+const (
+	ImplAuto      = "auto"
+	ImplKernel    = "kernel"
+	ImplUserspace = "userspace"
+)
+
+// Overhead of WireGuard over IPv6 (40 IP + 8 UDP + 32 WireGuard); the MTU
+// default subtracts it so the tunnel works on either underlay family.
+const Overhead = 80
+
+// Options are the "Backend" keys of a wireguard network config.
+type Options struct {
+	ListenPort int
+	// PSK is an optional pre-shared key every peer uses.
+	PSK *keys.Key
+	// PersistentKeepalive is 0 (off) or the interval between keepalives.
+	PersistentKeepalive time.Duration
+	// MTU overrides the device MTU (0: external MTU − Overhead).
+	MTU            int
+	Implementation string
+}
+
+// ParseOptions reads and checks the Backend object. Every error names the
+// option at fault.
+func ParseOptions(raw json.RawMessage) (Options, error) {
+	var in struct {
+		ListenPort                  *int    `json:"ListenPort"`
+		PSK                         string  `json:"PSK"`
+		PersistentKeepaliveInterval float64 `json:"PersistentKeepaliveInterval"`
+		MTU                         int     `json:"MTU"`
+		Implementation              string  `json:"Implementation"`
+	}
+	if len(raw) > 0 {
+		if err := json.Unmarshal(raw, &in); err != nil {
+			return Options{}, fmt.Errorf("wireguard Backend options: %w", err)
+		}
+	}
+	o := Options{ListenPort: 51820, MTU: in.MTU, Implementation: in.Implementation}
+	if in.ListenPort != nil {
+		if *in.ListenPort < 1 || *in.ListenPort > 65535 {
+			return o, fmt.Errorf(`Backend option "ListenPort": %d is not a UDP port (1-65535)`, *in.ListenPort)
+		}
+		o.ListenPort = *in.ListenPort
+	}
+	if in.PSK != "" {
+		psk, err := keys.ParseKey(in.PSK)
+		if err != nil {
+			return o, fmt.Errorf(`Backend option "PSK": %v; make one with "wg genpsk"`, err)
+		}
+		o.PSK = &psk
+	}
+	if in.PersistentKeepaliveInterval < 0 || in.PersistentKeepaliveInterval > 65535 {
+		return o, fmt.Errorf(`Backend option "PersistentKeepaliveInterval": %v is not between 0 and 65535 seconds`, in.PersistentKeepaliveInterval)
+	}
+	o.PersistentKeepalive = time.Duration(in.PersistentKeepaliveInterval) * time.Second
+	if o.MTU != 0 && (o.MTU < 576 || o.MTU > 65535) {
+		return o, fmt.Errorf(`Backend option "MTU": %d is not between 576 and 65535`, o.MTU)
+	}
+	switch o.Implementation {
+	case "":
+		o.Implementation = ImplAuto
+	case ImplAuto, ImplKernel, ImplUserspace:
+	default:
+		return o, fmt.Errorf(`Backend option "Implementation": %q is not one of auto, kernel, userspace`, o.Implementation)
+	}
+	return o, nil
+}
+
+// BackendData is what a wireguard lease publishes, as flannel does.
+type BackendData struct {
+	PublicKey string `json:"PublicKey"`
+	Port      int    `json:"Port"`
+}
+
+// EncodeBackendData renders the lease's BackendData.
+func EncodeBackendData(pub keys.Key, port int) json.RawMessage {
+	data, _ := json.Marshal(BackendData{PublicKey: pub.String(), Port: port})
+	return data
+}

@@ -1,0 +1,132 @@
+package wireguard
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/weftnet/weft/keys"
+	"github.com/weftnet/weft/mesh"
+)
+
+// PeerSpec is one WireGuard peer as weft wants it.
+type PeerSpec struct {
+	// Lease names the lease the peer comes from, for log lines.
+	Lease      string
+	PublicKey  keys.Key
+	Endpoint   netip.AddrPort
+	AllowedIPs []netip.Prefix
+	Keepalive  time.Duration
+	PSK        *keys.Key
+}
+
+// PeerState is a peer as the device has it now.
+type PeerState struct {
+	PublicKey  keys.Key
+	Endpoint   netip.AddrPort
+	AllowedIPs []netip.Prefix
+	Keepalive  time.Duration
+	PSK        keys.Key // zero when none
+}
+
+// Change is one per-peer delta. Remove drops the peer; otherwise the peer
+// is created or updated with Spec (AllowedIPs replaced).
+type Change struct {
+	Remove    bool
+	PublicKey keys.Key
+	Spec      PeerSpec
+}
+
+// Plan derives the wanted peers from the desired state. A lease whose key
+// is missing or invalid, equals this host's key, or equals another lease's
+// key is skipped with a problem naming the lease; the rest are unaffected.
+func Plan(d mesh.Desired, self keys.Key, opts Options) ([]PeerSpec, []error) {
+	var problems []error
+	var candidates []PeerSpec
+	holders := map[keys.Key][]string{}
+	for _, p := range d.Peers {
+		var data BackendData
+		if err := json.Unmarshal(p.BackendData, &data); err != nil {
+			problems = append(problems, fmt.Errorf(`peer %s: BackendData is not wireguard's {"PublicKey","Port"}: %v`, p.Key, err))
+			continue
+		}
+		pub, err := keys.ParseKey(data.PublicKey)
+		switch {
+		case err != nil:
+			problems = append(problems, fmt.Errorf("peer %s: PublicKey %q: %v", p.Key, data.PublicKey, err))
+			continue
+		case data.Port < 1 || data.Port > 65535:
+			problems = append(problems, fmt.Errorf("peer %s: Port %d is not a UDP port", p.Key, data.Port))
+			continue
+		case pub == self:
+			problems = append(problems, fmt.Errorf("peer %s: publishes this host's own public key", p.Key))
+			continue
+		}
+		holders[pub] = append(holders[pub], p.Key)
+		candidates = append(candidates, PeerSpec{Lease: p.Key, PublicKey: pub, Endpoint: netip.AddrPortFrom(p.PublicIP, uint16(data.Port)),
+			AllowedIPs: []netip.Prefix{p.Subnet}, Keepalive: opts.PersistentKeepalive, PSK: opts.PSK})
+	}
+	var out []PeerSpec
+	for _, c := range candidates {
+		// WireGuard tells peers apart by key: two leases with one key
+		// cannot both be peers, and picking one would be a guess.
+		if others := holders[c.PublicKey]; len(others) > 1 {
+			problems = append(problems, fmt.Errorf("peer %s: PublicKey is published by %d leases (%s); skipping them all",
+				c.Lease, len(others), strings.Join(others, ", ")))
+			continue
+		}
+		out = append(out, c)
+	}
+	return out, problems
+}
+
+// Delta compares what the device has with what is wanted and returns only
+// the changes: new peers, peers whose endpoint, allowed IPs, keepalive or
+// PSK differ, and peers to remove (gone from the leases, key changed, or
+// added by someone else). A peer already right is not touched.
+func Delta(have []PeerState, want []PeerSpec) []Change {
+	current := make(map[keys.Key]PeerState, len(have))
+	for _, h := range have {
+		current[h.PublicKey] = h
+	}
+	var changes []Change
+	wanted := make(map[keys.Key]bool, len(want))
+	for _, w := range want {
+		wanted[w.PublicKey] = true
+		if h, ok := current[w.PublicKey]; ok && same(h, w) {
+			continue
+		}
+		changes = append(changes, Change{PublicKey: w.PublicKey, Spec: w})
+	}
+	for _, h := range have {
+		if !wanted[h.PublicKey] {
+			changes = append(changes, Change{Remove: true, PublicKey: h.PublicKey})
+		}
+	}
+	return changes
+}
+
+func same(h PeerState, w PeerSpec) bool {
+	var psk keys.Key
+	if w.PSK != nil {
+		psk = *w.PSK
+	}
+	// The endpoint is compared too: a peer that moved must be followed, but
+	// a roaming update wireguard made itself is overwritten by the lease.
+	return h.Endpoint == w.Endpoint && h.Keepalive == w.Keepalive && h.PSK == psk &&
+		slices.Equal(sortedPrefixes(h.AllowedIPs), sortedPrefixes(w.AllowedIPs))
+}
+
+func sortedPrefixes(p []netip.Prefix) []netip.Prefix {
+	out := slices.Clone(p)
+	slices.SortFunc(out, func(a, b netip.Prefix) int {
+		if c := a.Addr().Compare(b.Addr()); c != 0 {
+			return c
+		}
+		return a.Bits() - b.Bits()
+	})
+	return out
+}
