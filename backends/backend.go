@@ -78,6 +78,18 @@ func Constructors() map[string]Constructor {
 	}
 }
 
+// ValidateOptions checks the Backend options of cfg without touching the
+// host, so a bad option is reported like any other config error (weftd
+// waits for a fix; `weftctl config validate` refuses the file).
+func ValidateOptions(cfg *lease.Config) error {
+	if cfg.Backend.Type == lease.BackendWireGuard {
+		if _, err := wireguard.ParseOptions(cfg.Backend.Raw); err != nil {
+			return fmt.Errorf("%w: %v", lease.ErrInvalidConfig, err)
+		}
+	}
+	return nil
+}
+
 // New builds the backend the config asks for, or says clearly why not.
 func New(env Env) (Backend, error) {
 	ctors := Constructors()

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -140,19 +141,66 @@ func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 	if current.ListenPort != b.opts.ListenPort {
 		cfg.ListenPort = &b.opts.ListenPort
 	}
-	changes := Delta(peerStates(current.Peers), want)
+	have := peerStates(current.Peers)
+	changes := Delta(have, want)
 	for _, c := range changes {
 		cfg.Peers = append(cfg.Peers, toPeerConfig(c))
 	}
 	if cfg.PrivateKey != nil || cfg.ListenPort != nil || len(cfg.Peers) > 0 {
 		if err := b.client.ConfigureDevice(DeviceName, cfg); err != nil {
-			errs = append(errs, fmt.Errorf("configuring %s: %w", DeviceName, err))
-		} else {
-			b.logChanges(changes, want)
+			return errors.Join(append(errs, fmt.Errorf("configuring %s: %w", DeviceName, err))...)
 		}
+		b.logChanges(changes, want)
+	}
+	if err := b.kick(peersToKick(have, want, changes, cfg.PrivateKey != nil)); err != nil {
+		errs = append(errs, err)
 	}
 	errs = append(errs, b.ensureLink(d)...)
 	return errors.Join(errs...)
+}
+
+// peersToKick are the peers that need a handshake now: new ones (a fresh
+// device after a restart has only new ones), and all of them when our own
+// key changed.
+func peersToKick(have []PeerState, want []PeerSpec, changes []Change, ownKeyChanged bool) []keys.Key {
+	known := make(map[keys.Key]bool, len(have))
+	for _, h := range have {
+		known[h.PublicKey] = true
+	}
+	var out []keys.Key
+	if ownKeyChanged {
+		for _, w := range want {
+			out = append(out, w.PublicKey)
+		}
+		return out
+	}
+	for _, c := range changes {
+		if !c.Remove && !known[c.PublicKey] {
+			out = append(out, c.PublicKey)
+		}
+	}
+	return out
+}
+
+// kick makes WireGuard start a handshake with peers now. Turning persistent
+// keepalive on sends a keepalive at once (kernel and wireguard-go alike),
+// and without a session that starts a handshake. Without it, a restarted
+// receiver stays silent while its sender keeps using a dead session until
+// its rekey timeout: about 25 s without traffic.
+func (b *Backend) kick(peers []keys.Key) error {
+	if len(peers) == 0 {
+		return nil
+	}
+	for _, interval := range []time.Duration{0, time.Second, b.opts.PersistentKeepalive} {
+		cfg := wgtypes.Config{}
+		for _, k := range peers {
+			cfg.Peers = append(cfg.Peers, wgtypes.PeerConfig{PublicKey: wgtypes.Key(k), UpdateOnly: true, PersistentKeepaliveInterval: &interval})
+		}
+		if err := b.client.ConfigureDevice(DeviceName, cfg); err != nil {
+			return fmt.Errorf("starting handshakes on %s: %w", DeviceName, err)
+		}
+	}
+	return nil
 }
 
 func (b *Backend) logChanges(changes []Change, want []PeerSpec) {

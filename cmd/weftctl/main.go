@@ -17,6 +17,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/weftnet/weft/backends"
+	"github.com/weftnet/weft/keys"
 	"github.com/weftnet/weft/lease"
 )
 
@@ -30,6 +32,9 @@ commands:
   config put FILE         validate FILE (- for stdin) and store it as the network config
   config validate FILE    check FILE with the same rules weftd applies
   leases [-o json]        list every subnet lease
+  keys show               print this host's WireGuard public key (never the private one)
+  keys rotate             make a new WireGuard key; weftd adopts it within seconds and
+                          republishes its lease, and every peer follows
 flags:`
 
 func run(args []string, stdout, stderr io.Writer) int {
@@ -44,6 +49,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&opts.KeyFile, "etcd-keyfile", "", "client key for etcd")
 	fs.StringVar(&opts.Username, "etcd-username", "", "etcd user")
 	fs.StringVar(&opts.Password, "etcd-password", "", "etcd password")
+	keyFile := fs.String("wireguard-key-file", envOr("WIREGUARD_KEY_FILE", keys.DefaultPath), "WireGuard private key file")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -77,6 +83,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 			break
 		}
 		err = withStore(opts, func(s *lease.EtcdStore) error { return s.PutConfig(ctx, raw) })
+	case len(cmd) == 2 && cmd[0] == "keys" && cmd[1] == "show":
+		var k keys.Key
+		if k, err = keys.Load(*keyFile); err == nil {
+			fmt.Fprintln(stdout, k.Public())
+		}
+	case len(cmd) == 2 && cmd[0] == "keys" && cmd[1] == "rotate":
+		var k keys.Key
+		if k, err = keys.Rotate(*keyFile); err == nil {
+			fmt.Fprintf(stdout, "new public key %s written to %s; weftd adopts it within seconds\n", k.Public(), *keyFile)
+		}
 	case len(cmd) >= 1 && cmd[0] == "leases":
 		asJSON := len(cmd) == 3 && cmd[1] == "-o" && cmd[2] == "json"
 		err = withStore(opts, func(s *lease.EtcdStore) error { return printLeases(ctx, s, stdout, asJSON) })
@@ -119,7 +135,11 @@ func readConfigFile(path string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, err := lease.ParseConfig(raw); err != nil {
+	cfg, err := lease.ParseConfig(raw)
+	if err == nil {
+		err = backends.ValidateOptions(cfg)
+	}
+	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return raw, nil

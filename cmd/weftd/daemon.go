@@ -10,9 +10,9 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
-	"syscall"
 	"strconv"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
@@ -174,6 +174,9 @@ func waitForConfig(ctx context.Context, store *lease.EtcdStore, log *slog.Logger
 		raw, err := store.Config(ctx)
 		if err == nil {
 			cfg, perr := lease.ParseConfig(raw)
+			if perr == nil {
+				perr = backends.ValidateOptions(cfg)
+			}
 			if perr == nil {
 				if cfg.BackendDefaulted {
 					log.Warn(`network config has no Backend.Type; using "udp" as flannel does. For an encrypted mesh set "Backend": {"Type": "wireguard"}`, "key", key)

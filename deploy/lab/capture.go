@@ -1,0 +1,78 @@
+package lab
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Capture is a tcpdump running on the underlay bridge.
+type Capture struct {
+	cmd    *exec.Cmd
+	file   string
+	mu     sync.Mutex
+	stderr strings.Builder
+}
+
+// CaptureUnderlay starts tcpdump on the underlay bridge (every host's
+// traffic crosses it) for IPv4 packets other than IGMP housekeeping, and
+// returns once it is listening.
+func (l *Lab) CaptureUnderlay(name string) (*Capture, error) {
+	file := filepath.Join(l.Dir, name+".pcap")
+	cmd := exec.Command("ip", "netns", "exec", l.Underlay, "tcpdump", "-i", "br0", "-nn", "-U", "--immediate-mode", "-s", "0", "-Z", "root", "-w", file, "ip and not igmp")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		return nil, err
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting tcpdump: %w", err)
+	}
+	c := &Capture{cmd: cmd, file: file}
+	listening := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		once := sync.Once{}
+		for sc.Scan() {
+			c.mu.Lock()
+			c.stderr.WriteString(sc.Text() + "\n")
+			c.mu.Unlock()
+			if strings.Contains(sc.Text(), "listening on") {
+				once.Do(func() { close(listening) })
+			}
+		}
+	}()
+	select {
+	case <-listening:
+	case <-time.After(10 * time.Second):
+		cmd.Process.Kill()
+		cmd.Wait()
+		return nil, fmt.Errorf("tcpdump did not start listening")
+	}
+	return c, nil
+}
+
+// Stop ends the capture and returns the raw pcap bytes and tcpdump's
+// one-line-per-packet decoding of it.
+func (c *Capture) Stop() (raw []byte, decoded string, err error) {
+	time.Sleep(200 * time.Millisecond) // let the last packets be written (-U)
+	c.cmd.Process.Signal(syscall.SIGINT)
+	c.cmd.Wait()
+	raw, err = os.ReadFile(c.file)
+	if err != nil {
+		return nil, "", err
+	}
+	out, err := exec.Command("tcpdump", "-nn", "-r", c.file).Output()
+	if err == nil && len(out) == 0 {
+		c.mu.Lock()
+		err = fmt.Errorf("capture is empty; tcpdump said: %s", c.stderr.String())
+		c.mu.Unlock()
+	}
+	return raw, string(out), err
+}

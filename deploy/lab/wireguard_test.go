@@ -1,0 +1,247 @@
+package lab
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/weftnet/weft/keys"
+	"github.com/weftnet/weft/lease"
+)
+
+func publicKeyOf(t *testing.T, h *Host) string {
+	t.Helper()
+	k, err := keys.Load(filepath.Join(h.Dir, "wg.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k.Public().String()
+}
+
+// wgPeers lists the peer keys `wg show` reports on h.
+func wgPeers(l *Lab, h *Host) (string, error) {
+	return l.HostExec(h, "wg", "show", "weft-wg", "peers")
+}
+
+// restartWeftd stops weftd on h with SIGTERM, starts it again and waits
+// until it is ready.
+func restartWeftd(t *testing.T, l *Lab, h *Host) {
+	t.Helper()
+	l.StopWeftd(h, syscall.SIGTERM)
+	if err := l.StartWeftd(h); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.WaitReady(context.Background(), h); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// checkStream lets a stream run, calls disrupt, lets it run on, and checks
+// every byte arrived intact; it reports the longest gap.
+func checkStream(t *testing.T, l *Lab, from, to *Host, port int, what string, disrupt func()) {
+	t.Helper()
+	s, err := l.StartStream(from, to, port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	disrupt()
+	before := s.Received()
+	eventually(t, "stream flows again after "+what, 60*time.Second, func() error {
+		if s.Received() < before+256<<10 {
+			return fmt.Errorf("%d bytes since", s.Received()-before)
+		}
+		return nil
+	})
+	res, err := s.Stop()
+	if err != nil {
+		t.Fatalf("stream across %s: %v", what, err)
+	}
+	t.Logf("TCP stream across %s: %d bytes intact, longest gap %s", what, res.Received, res.MaxGap.Round(time.Millisecond))
+}
+
+func TestWireGuardCluster(t *testing.T) {
+	l := newLab(t, Options{Hosts: 3, Backend: lease.BackendWireGuard})
+	ctx := context.Background()
+	if err := l.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	h1, h2, h3 := l.Hosts[0], l.Hosts[1], l.Hosts[2]
+	eventually(t, "full ping matrix", 20*time.Second, func() error {
+		if table, ok := l.PingMatrix(); !ok {
+			return fmt.Errorf("\n%s", table)
+		}
+		return nil
+	})
+	if log, _ := os.ReadFile(h1.LogPath()); !strings.Contains(string(log), "using wireguard-go in weftd") {
+		t.Errorf("weftd did not log which WireGuard it chose:\n%s", h1.LogTail(30))
+	}
+
+	t.Run("underlay carries only encrypted UDP", func(t *testing.T) {
+		pattern := "deadbeefcafef00d0123456789abcdef"
+		capture, err := l.CaptureUnderlay("wg")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, perr := Exec(h1.Container, "ping", "-c", "3", "-i", "0.2", "-p", pattern, h2.ContainerIP().String())
+		raw, decoded, err := capture.Stop()
+		if perr != nil || err != nil {
+			t.Fatalf("ping %v, capture %v", perr, err)
+		}
+		needle, _ := hex.DecodeString(pattern)
+		if bytes.Contains(raw, needle) {
+			t.Fatal("the ping payload crossed the underlay in clear")
+		}
+		lines := strings.Split(strings.TrimSpace(decoded), "\n")
+		wgPackets := 0
+		for _, line := range lines {
+			switch {
+			case strings.Contains(line, ".51820: UDP"):
+				wgPackets++
+			default:
+				t.Errorf("unexpected packet on the underlay: %s", line)
+			}
+		}
+		if wgPackets < 6 {
+			t.Errorf("only %d WireGuard packets for 3 pings:\n%s", wgPackets, decoded)
+		}
+	})
+
+	t.Run("wg show lists peers with handshakes", func(t *testing.T) {
+		out, err := l.HostExec(h1, "wg", "show", "weft-wg", "latest-handshakes")
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		if len(lines) != 2 {
+			t.Fatalf("wg show lists %d peers, want 2:\n%s", len(lines), out)
+		}
+		for _, line := range lines {
+			if f := strings.Fields(line); len(f) != 2 || f[1] == "0" {
+				t.Errorf("peer without a handshake: %q", line)
+			}
+		}
+		for _, h := range []*Host{h2, h3} {
+			if !strings.Contains(out, publicKeyOf(t, h)) {
+				t.Errorf("h1 lacks %s's key", h.Name)
+			}
+		}
+	})
+
+	t.Run("TCP stream survives restarts of sender and receiver", func(t *testing.T) {
+		key, subnet := publicKeyOf(t, h1), h1.Subnet
+		checkStream(t, l, h1, h2, 5001, "a restart of weftd on the sending host", func() { restartWeftd(t, l, h1) })
+		if publicKeyOf(t, h1) != key || h1.Subnet != subnet {
+			t.Fatal("h1 came back with another key or subnet")
+		}
+		checkStream(t, l, h1, h2, 5002, "a restart of weftd on the receiving host", func() { restartWeftd(t, l, h2) })
+	})
+
+	t.Run("key rotation is followed by every peer", func(t *testing.T) {
+		for _, rotate := range []struct {
+			how string
+			do  func() error
+		}{
+			{"SIGHUP", func() error { return syscall.Kill(l.WeftdPID(h1), syscall.SIGHUP) }},
+			{"key file rewritten (weftctl keys rotate)", func() error {
+				_, err := keys.Rotate(filepath.Join(h1.Dir, "wg.key"))
+				return err
+			}},
+		} {
+			old := publicKeyOf(t, h1)
+			start := time.Now()
+			if err := rotate.do(); err != nil {
+				t.Fatal(err)
+			}
+			eventually(t, "new key in the file", 10*time.Second, func() error {
+				if publicKeyOf(t, h1) == old {
+					return fmt.Errorf("unchanged")
+				}
+				return nil
+			})
+			fresh := publicKeyOf(t, h1)
+			for _, h := range []*Host{h2, h3} {
+				eventually(t, h.Name+" follows the new key", 20*time.Second, func() error {
+					out, err := wgPeers(l, h)
+					if err != nil || !strings.Contains(out, fresh) || strings.Contains(out, old) {
+						return fmt.Errorf("peers %q (%v)", out, err)
+					}
+					return nil
+				})
+			}
+			eventually(t, "traffic after rotation", 30*time.Second, func() error { return l.Ping(h2, h1) })
+			t.Logf("rotation by %s: traffic back after %s", rotate.how, time.Since(start).Round(time.Millisecond))
+		}
+	})
+
+	t.Run("host that leaves disappears from peers", func(t *testing.T) {
+		gone := publicKeyOf(t, h3)
+		l.StopWeftd(h3, syscall.SIGTERM)
+		if err := l.Store().Delete(ctx, lease.SubnetKey(h3.Subnet)); err != nil {
+			t.Fatal(err)
+		}
+		for _, h := range []*Host{h1, h2} {
+			eventually(t, "h3 gone from "+h.Name, 10*time.Second, func() error {
+				if out, err := wgPeers(l, h); err != nil || strings.Contains(out, gone) {
+					return fmt.Errorf("peers %q (%v)", out, err)
+				}
+				return nil
+			})
+		}
+		if err := l.Ping(h1, h2); err != nil {
+			t.Errorf("h1 -> h2 after h3 left: %v", err)
+		}
+	})
+}
+
+// TestWireGuardBadOptions: each bad option gets one clear error naming it.
+func TestWireGuardBadOptions(t *testing.T) {
+	l := newLab(t, Options{Hosts: 2})
+	ctx := context.Background()
+	h := l.Hosts[0]
+	for _, c := range []struct{ name, backend, want string }{
+		{"unparsable PSK", `{"Type":"wireguard","PSK":"hunter2"}`, `Backend option \"PSK\"`},
+		{"short PSK", `{"Type":"wireguard","PSK":"AAAA"}`, `Backend option \"PSK\": decodes to 3 bytes`},
+		{"ListenPort out of range", `{"Type":"wireguard","ListenPort":99999}`, `Backend option \"ListenPort\": 99999 is not a UDP port`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			startWithConfig(t, l, h, `{"Network":"10.5.0.0/16","Backend":`+c.backend+`}`, c.want)
+			if _, err := Exec(h.Name, "ip", "link", "show", "weft-wg"); err == nil {
+				t.Error("device created despite the bad option")
+			}
+		})
+	}
+	t.Run("kernel implementation without kernel support", func(t *testing.T) {
+		if err := l.PutConfig(ctx, `{"Network":"10.5.0.0/16","Backend":{"Type":"wireguard","Implementation":"kernel"}}`); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Exec(h.Name, "ip", "link", "add", "wgprobe", "type", "wireguard"); err == nil {
+			Exec(h.Name, "ip", "link", "del", "wgprobe")
+			t.Skip("this kernel has WireGuard")
+		}
+		os.Truncate(h.LogPath(), 0)
+		if err := l.StartWeftd(h); err != nil {
+			t.Fatal(err)
+		}
+		h.mu.Lock()
+		exited := h.exited
+		h.mu.Unlock()
+		select {
+		case <-exited:
+		case <-time.After(15 * time.Second):
+			l.StopWeftd(h, syscall.SIGKILL)
+			t.Fatal("weftd kept running with Implementation kernel and no kernel WireGuard")
+		}
+		want := `Backend option \"Implementation\": \"kernel\", but this kernel has no WireGuard support`
+		if log, _ := os.ReadFile(h.LogPath()); !strings.Contains(string(log), want) {
+			t.Errorf("log lacks %s:\n%s", want, log)
+		}
+	})
+}
