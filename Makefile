@@ -27,6 +27,7 @@ build:
 	$(GO) build -o $(BIN)/weftd ./cmd/weftd
 	$(GO) build -o $(BIN)/weftctl ./cmd/weftctl
 	$(GO) build -o $(BIN)/weftlab ./deploy/lab/cmd/weftlab
+	$(GO) build -o $(BIN)/weftbench ./deploy/lab/cmd/weftbench
 
 test: deps test-pure test-root
 
@@ -46,8 +47,11 @@ lint:
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
 
+# bench: data paths next to their bare limits in one lab run (root), written
+# to BENCHMARKS.md. The reference wireguard-go is the module version weft embeds.
 bench: deps build
-	$(GO) test -run '^$$' -bench . -benchmem ./mesh/... ./lease/...
+	GOBIN=$(CURDIR)/$(BIN) $(GO) install golang.zx2c4.com/wireguard@$$($(GO) list -m -f '{{.Version}}' golang.zx2c4.com/wireguard)
+	$(BIN)/weftbench -wireguard-go $(BIN)/wireguard -out BENCHMARKS.md
 
 clean:
 	rm -rf $(BIN)
