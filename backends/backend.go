@@ -8,11 +8,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"slices"
 	"strings"
 
 	"github.com/weftnet/weft/backends/hostgw"
 	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/backends/vxlan"
 	"github.com/weftnet/weft/backends/wireguard"
 	"github.com/weftnet/weft/lease"
 	"github.com/weftnet/weft/mesh"
@@ -46,6 +48,8 @@ type Env struct {
 	Config   *lease.Config
 	External netutil.ExternalInterface
 	Log      *slog.Logger
+	// PublicIP is what this host's lease publishes.
+	PublicIP netip.Addr
 	// KeyFile is where the WireGuard private key lives.
 	KeyFile string
 }
@@ -68,6 +72,13 @@ func Constructors() map[string]Constructor {
 		lease.BackendHostGW: func(env Env) (Backend, error) {
 			return hostGW{hostgw.New(env.External, nil, env.Log)}, nil
 		},
+		lease.BackendVXLAN: func(env Env) (Backend, error) {
+			b, err := vxlan.New(env.Config.Backend.Raw, env.External, env.PublicIP, nil, env.Log)
+			if err != nil {
+				return nil, err
+			}
+			return vxLAN{b}, nil
+		},
 		lease.BackendWireGuard: func(env Env) (Backend, error) {
 			b, err := wireguard.New(env.Config.Backend.Raw, env.External, env.KeyFile, env.Log)
 			if err != nil {
@@ -82,10 +93,15 @@ func Constructors() map[string]Constructor {
 // host, so a bad option is reported like any other config error (weftd
 // waits for a fix; `weftctl config validate` refuses the file).
 func ValidateOptions(cfg *lease.Config) error {
-	if cfg.Backend.Type == lease.BackendWireGuard {
-		if _, err := wireguard.ParseOptions(cfg.Backend.Raw); err != nil {
-			return fmt.Errorf("%w: %v", lease.ErrInvalidConfig, err)
-		}
+	var err error
+	switch cfg.Backend.Type {
+	case lease.BackendWireGuard:
+		_, err = wireguard.ParseOptions(cfg.Backend.Raw)
+	case lease.BackendVXLAN:
+		_, err = vxlan.ParseOptions(cfg.Backend.Raw)
+	}
+	if err != nil {
+		return fmt.Errorf("%w: %v", lease.ErrInvalidConfig, err)
 	}
 	return nil
 }
@@ -119,4 +135,14 @@ func (w wireGuard) Setup(ctx context.Context) (Setup, error) {
 		return Setup{}, err
 	}
 	return Setup{BackendData: w.BackendData(), MTU: w.MTU()}, nil
+}
+
+// vxLAN adapts vxlan.Backend, which publishes its VNI and VTEP MAC.
+type vxLAN struct{ *vxlan.Backend }
+
+func (v vxLAN) Setup(ctx context.Context) (Setup, error) {
+	if err := v.Backend.Setup(ctx); err != nil {
+		return Setup{}, err
+	}
+	return Setup{BackendData: v.BackendData(), MTU: v.MTU()}, nil
 }

@@ -55,7 +55,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	backend, err := backends.New(backends.Env{Config: cfg, External: ext, Log: log, KeyFile: o.keyFile})
+	backend, err := backends.New(backends.Env{Config: cfg, External: ext, PublicIP: publicIP, Log: log, KeyFile: o.keyFile})
 	if err != nil {
 		return err
 	}

@@ -20,6 +20,12 @@ func main() {
 	if lab.RunRole() {
 		return
 	}
+	os.Exit(run())
+}
+
+// run is the lab's whole life; it returns the exit code only after the lab
+// is removed, so nothing is left behind on failure.
+func run() int {
 	hosts := flag.Int("hosts", 3, "number of hosts")
 	backend := flag.String("backend", "host-gw", "Backend.Type to configure")
 	duration := flag.Duration("duration", 0, "tear down after this long (0: wait for Ctrl-C)")
@@ -27,7 +33,7 @@ func main() {
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "weftlab: needs root to create network namespaces; run it with sudo")
-		os.Exit(2)
+		return 2
 	}
 	if *weftd == "" {
 		self, _ := os.Executable()
@@ -35,7 +41,7 @@ func main() {
 	}
 	if _, err := os.Stat(*weftd); err != nil {
 		fmt.Fprintf(os.Stderr, "weftlab: weftd binary: %v; build it with `make build` or pass -weftd\n", err)
-		os.Exit(2)
+		return 2
 	}
 	self, _ := os.Executable()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -46,14 +52,14 @@ func main() {
 	l, err := lab.New(lab.Options{Hosts: *hosts, Backend: *backend, Weftd: *weftd, Self: self})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "weftlab:", err)
-		os.Exit(1)
+		return 1
 	}
 	defer func() { say("removing the lab (namespaces, processes, files)"); l.Close() }()
 	say("etcd at %s; network config: %s", l.EtcdEndpoint(), l.Config())
 	start := time.Now()
 	if err := l.Start(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "weftlab:", err)
-		return
+		return 1
 	}
 	say("all %d weftd READY in %s", *hosts, time.Since(start).Round(time.Millisecond))
 	fmt.Println()
@@ -80,6 +86,7 @@ func main() {
 		<-ctx.Done()
 	}
 	if !ok {
-		defer os.Exit(1)
+		return 1
 	}
+	return 0
 }

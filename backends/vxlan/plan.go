@@ -1,0 +1,150 @@
+// Package vxlan is the vxlan backend, interoperable with flannel's: a
+// kernel VXLAN device weft.<VNI> whose address is the subnet's network
+// address (/32), and per peer a route via the peer's VTEP address, a
+// permanent neighbour entry and an FDB entry to its PublicIP. plan.go is
+// pure; apply.go talks netlink.
+package vxlan
+
+import (
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/mesh"
+)
+
+// Overhead is what VXLAN adds over IPv4 (20 IP + 8 UDP + 8 VXLAN + 14 Ethernet).
+const Overhead = 50
+
+// Options are the "Backend" keys of a vxlan network config, as flannel's.
+type Options struct {
+	VNI           int
+	Port          int
+	GBP           bool
+	Learning      bool
+	MTU           int
+	DirectRouting bool
+}
+
+// ParseOptions reads and checks the Backend object; errors name the option.
+func ParseOptions(raw json.RawMessage) (Options, error) {
+	o := Options{VNI: 1, Port: 8472}
+	var in struct {
+		VNI           *int `json:"VNI"`
+		Port          *int `json:"Port"`
+		GBP           bool `json:"GBP"`
+		Learning      bool `json:"Learning"`
+		MTU           int  `json:"MTU"`
+		DirectRouting bool `json:"DirectRouting"`
+	}
+	if len(raw) > 0 {
+		if err := json.Unmarshal(raw, &in); err != nil {
+			return o, fmt.Errorf("vxlan Backend options: %w", err)
+		}
+	}
+	if in.VNI != nil {
+		if *in.VNI < 0 || *in.VNI > 1<<24-1 {
+			return o, fmt.Errorf(`Backend option "VNI": %d is not between 0 and 16777215`, *in.VNI)
+		}
+		o.VNI = *in.VNI
+	}
+	if in.Port != nil {
+		if *in.Port < 1 || *in.Port > 65535 {
+			return o, fmt.Errorf(`Backend option "Port": %d is not a UDP port (1-65535)`, *in.Port)
+		}
+		o.Port = *in.Port
+	}
+	if in.MTU != 0 && (in.MTU < 576 || in.MTU > 65535) {
+		return o, fmt.Errorf(`Backend option "MTU": %d is not between 576 and 65535`, in.MTU)
+	}
+	o.GBP, o.Learning, o.MTU, o.DirectRouting = in.GBP, in.Learning, in.MTU, in.DirectRouting
+	return o, nil
+}
+
+// DeviceName is weft.<VNI>, flannel's flannel.<VNI> renamed.
+func (o Options) DeviceName() string { return fmt.Sprintf("weft.%d", o.VNI) }
+
+// BackendData is what a vxlan lease publishes, exactly as flannel does.
+type BackendData struct {
+	VNI     int    `json:"VNI"`
+	VtepMAC string `json:"VtepMAC"`
+}
+
+// EncodeBackendData renders the lease's BackendData.
+func EncodeBackendData(vni int, mac net.HardwareAddr) json.RawMessage {
+	data, _ := json.Marshal(BackendData{VNI: vni, VtepMAC: mac.String()})
+	return data
+}
+
+// StableMAC derives the VTEP MAC from the host's public IP and the VNI: the
+// same after a restart or a device recreated by hand, so peers' neighbour
+// and FDB entries stay valid. Locally administered, unicast.
+func StableMAC(publicIP netip.Addr, vni int) net.HardwareAddr {
+	sum := sha256.Sum256([]byte(fmt.Sprintf("weft-vtep %s %d", publicIP, vni)))
+	mac := net.HardwareAddr(sum[:6])
+	mac[0] = (mac[0] | 0x02) &^ 0x01
+	return mac
+}
+
+// Route is a route the plan wants: via the VTEP address on the vxlan
+// device (onlink), or via the PublicIP on the external link (direct).
+type Route struct {
+	Dst    netip.Prefix
+	Via    netip.Addr
+	Direct bool
+}
+
+// Neighbor maps a peer's VTEP address to its VTEP MAC on the device.
+type Neighbor struct {
+	IP  netip.Addr
+	MAC string
+}
+
+// FDB sends frames for a VTEP MAC to the peer's PublicIP.
+type FDB struct {
+	MAC string
+	Dst netip.Addr
+}
+
+// State is everything the vxlan device should carry.
+type State struct {
+	Routes    []Route
+	Neighbors []Neighbor
+	FDB       []FDB
+}
+
+// Plan computes the desired kernel state. A peer whose BackendData does not
+// decode, carries another VNI or a malformed VtepMAC is skipped with a
+// problem naming it; the others are planned as usual.
+func Plan(d mesh.Desired, opts Options, ext netutil.ExternalInterface) (State, []error) {
+	var s State
+	var problems []error
+	for _, p := range d.Peers {
+		var data BackendData
+		if err := json.Unmarshal(p.BackendData, &data); err != nil {
+			problems = append(problems, fmt.Errorf(`peer %s: BackendData is not vxlan's {"VNI","VtepMAC"}: %v`, p.Key, err))
+			continue
+		}
+		if data.VNI != opts.VNI {
+			problems = append(problems, fmt.Errorf("peer %s: VNI %d, this host uses %d", p.Key, data.VNI, opts.VNI))
+			continue
+		}
+		mac, err := net.ParseMAC(data.VtepMAC)
+		if err != nil || len(mac) != 6 {
+			problems = append(problems, fmt.Errorf("peer %s: VtepMAC %q is not a MAC address", p.Key, data.VtepMAC))
+			continue
+		}
+		if opts.DirectRouting && ext.OnLink(p.PublicIP) {
+			s.Routes = append(s.Routes, Route{Dst: p.Subnet, Via: p.PublicIP, Direct: true})
+			continue
+		}
+		vtep := p.Subnet.Addr()
+		s.Routes = append(s.Routes, Route{Dst: p.Subnet, Via: vtep})
+		s.Neighbors = append(s.Neighbors, Neighbor{IP: vtep, MAC: mac.String()})
+		s.FDB = append(s.FDB, FDB{MAC: mac.String(), Dst: p.PublicIP})
+	}
+	return s, problems
+}
