@@ -202,3 +202,74 @@ func (p *WireGuardPair) Close() {
 		os.Remove("/var/run/wireguard/" + n + ".sock")
 	}
 }
+
+// Reference is a hand-made data path between two lab hosts that can carry
+// the containers' traffic in place of weft's, for a like-for-like measure.
+type Reference interface {
+	CarryContainers(on bool) error
+	Close()
+}
+
+var _ Reference = (*WireGuardPair)(nil)
+
+// handPath routes each host's traffic for the other container through a
+// path configured by hand: the limit weft's own path is held to.
+type handPath struct {
+	hosts [2]*Host
+	// via returns the route arguments from host i to the other container.
+	via     func(i int) []string
+	cleanup []func()
+}
+
+// CarryContainers adds (on) or removes /32 routes to the other container.
+func (p *handPath) CarryContainers(on bool) error {
+	verb := "del"
+	if on {
+		verb = "add"
+	}
+	for i, h := range p.hosts {
+		args := append([]string{"ip", "-n", h.Name, "route", verb, p.hosts[1-i].ContainerIP().String() + "/32"}, p.via(i)...)
+		if err := run(args...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Close removes what the path made.
+func (p *handPath) Close() {
+	for _, f := range p.cleanup {
+		f()
+	}
+}
+
+// PlainRouting is routing over the underlay with routes made by hand: the
+// limit for host-gw.
+func (l *Lab) PlainRouting(a, b *Host) Reference {
+	hosts := [2]*Host{a, b}
+	return &handPath{hosts: hosts, via: func(i int) []string {
+		return []string{"via", hosts[1-i].PublicIP.String(), "dev", "eth0"}
+	}}
+}
+
+// HandVXLAN is a kernel VXLAN pair made with ip and bridge as an operator
+// would (VNI 99, port 4789): the limit for weft's vxlan.
+func (l *Lab) HandVXLAN(a, b *Host, mtu int) (Reference, error) {
+	hosts := [2]*Host{a, b}
+	addrs := [2]string{"10.98.0.1", "10.98.0.2"}
+	p := &handPath{hosts: hosts, via: func(i int) []string { return []string{"via", addrs[1-i], "dev", "vxr0"} }}
+	for i, h := range hosts {
+		name := h.Name
+		if err := runAll(
+			[]string{"ip", "-n", name, "link", "add", "vxr0", "type", "vxlan", "id", "99", "dstport", "4789", "dev", "eth0", "local", h.PublicIP.String()},
+			[]string{"ip", "-n", name, "link", "set", "vxr0", "mtu", strconv.Itoa(mtu), "up"},
+			[]string{"ip", "-n", name, "addr", "add", addrs[i] + "/24", "dev", "vxr0"},
+			[]string{"ip", "netns", "exec", name, "bridge", "fdb", "append", "00:00:00:00:00:00", "dev", "vxr0", "dst", hosts[1-i].PublicIP.String()},
+		); err != nil {
+			p.Close()
+			return nil, err
+		}
+		p.cleanup = append(p.cleanup, func() { run("ip", "-n", name, "link", "del", "vxr0") })
+	}
+	return p, nil
+}

@@ -41,49 +41,78 @@ func main() {
 	out := flag.String("out", "BENCHMARKS.md", "report to write")
 	runs := flag.Int("runs", 3, "runs per measurement (the median is reported)")
 	seconds := flag.Int("seconds", 5, "seconds per iperf3 run")
+	backends := flag.String("backends", "host-gw,vxlan,wireguard", "backends to measure, comma-separated")
 	flag.Parse()
-	if err := run(*weftd, *wgGo, *out, *runs, *seconds); err != nil {
+	if err := run(*weftd, *wgGo, *out, *runs, *seconds, strings.Split(*backends, ",")); err != nil {
 		fmt.Fprintln(os.Stderr, "weftbench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(weftd, wgGo, out string, runs, seconds int) error {
+func run(weftd, wgGo, out string, runs, seconds int, backends []string) error {
 	for _, bin := range []string{weftd, wgGo} {
 		if _, err := os.Stat(bin); err != nil {
 			return fmt.Errorf("%v; run `make bench`, which builds it", err)
 		}
 	}
+	var sections []string
+	for _, backend := range backends {
+		paths, err := measureBackend(backend, weftd, wgGo, runs, seconds)
+		if err != nil {
+			return fmt.Errorf("%s: %w", backend, err)
+		}
+		sections = append(sections, renderSection(backend, paths))
+	}
+	report := header(runs, seconds) + strings.Join(sections, "\n") + footer
+	fmt.Print(report)
+	return os.WriteFile(out, []byte(report), 0o644)
+}
+
+// measureBackend runs a two-host lab with backend and measures the bare
+// veth, the backend's hand-made limit and weft's path, interleaved.
+func measureBackend(backend, weftd, wgGo string, runs, seconds int) ([]*path, error) {
 	self, _ := os.Executable()
-	l, err := lab.New(lab.Options{Hosts: 2, Backend: lease.BackendWireGuard, Weftd: weftd, Self: self})
+	l, err := lab.New(lab.Options{Hosts: 2, Backend: backend, Weftd: weftd, Self: self})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer l.Close()
 	if err := l.Start(context.Background()); err != nil {
-		return err
+		return nil, err
 	}
 	h1, h2 := l.Hosts[0], l.Hosts[1]
 	env, err := lease.ReadSubnetFile(h2.SubnetFile())
 	if err != nil {
-		return err
+		return nil, err
 	}
-	pair, err := l.StartWireGuardPair(wgGo, h1, h2, env.MTU)
+	var ref lab.Reference
+	var refName string
+	switch backend {
+	case lease.BackendWireGuard:
+		refName = "wireguard-go pair by hand (wg)"
+		ref, err = l.StartWireGuardPair(wgGo, h1, h2, env.MTU)
+	case lease.BackendVXLAN:
+		refName = "kernel VXLAN pair by hand (ip, bridge)"
+		ref, err = l.HandVXLAN(h1, h2, env.MTU)
+	default:
+		refName = "plain routing by hand (ip route)"
+		ref = l.PlainRouting(h1, h2)
+	}
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer pair.Close()
+	defer ref.Close()
+	c2 := h2.ContainerIP().String()
 	paths := []*path{
-		{name: "bare veth (underlay, host to host)", limitOf: "", clientNS: h1.Name, serverNS: h2.Name, addr: h2.PublicIP.String(), mtu: 1500},
-		{name: refName, clientNS: h1.Container, serverNS: h2.Container, addr: h2.ContainerIP().String(), mtu: env.MTU,
-			before: func() error { return pair.CarryContainers(true) }, after: func() error { return pair.CarryContainers(false) }},
-		{name: "weft wireguard (in weftd, container to container)", limitOf: refName,
-			clientNS: h1.Container, serverNS: h2.Container, addr: h2.ContainerIP().String(), mtu: env.MTU},
+		{name: "bare veth (underlay, host to host)", clientNS: h1.Name, serverNS: h2.Name, addr: h2.PublicIP.String(), mtu: 1500},
+		{name: refName, clientNS: h1.Container, serverNS: h2.Container, addr: c2, mtu: env.MTU,
+			before: func() error { return ref.CarryContainers(true) }, after: func() error { return ref.CarryContainers(false) }},
+		{name: "weft " + backend, limitOf: refName, clientNS: h1.Container, serverNS: h2.Container, addr: c2, mtu: env.MTU},
 	}
 	for _, p := range paths {
 		p.runs = map[int][]lab.Throughput{}
 		if err := p.measure(func() (err error) { p.rtt, err = lab.Ping(p.clientNS, p.addr, 200); return err }); err != nil {
-			return fmt.Errorf("%s: %w", p.name, err)
+			return nil, fmt.Errorf("%s: %w", p.name, err)
 		}
 	}
 	// Interleave the paths run by run so drift on the machine hits all alike.
@@ -93,20 +122,15 @@ func run(weftd, wgGo, out string, runs, seconds int) error {
 				var t lab.Throughput
 				err := p.measure(func() (err error) { t, err = lab.Iperf(p.clientNS, p.serverNS, p.addr, seconds, streams); return err })
 				if err != nil {
-					return fmt.Errorf("%s: %w", p.name, err)
+					return nil, fmt.Errorf("%s: %w", p.name, err)
 				}
-				fmt.Printf("run %d  %-55s P%d  %6.2f Gbit/s\n", r+1, p.name, streams, t.Gbps)
+				fmt.Printf("%-9s run %d  %-42s P%d  %6.2f Gbit/s\n", backend, r+1, p.name, streams, t.Gbps)
 				p.runs[streams] = append(p.runs[streams], t)
 			}
 		}
 	}
-	report := render(paths, runs, seconds)
-	fmt.Print(report)
-	return os.WriteFile(out, []byte(report), 0o644)
+	return paths, nil
 }
-
-// refName is the reference path for weft's wireguard.
-const refName = "wireguard-go pair by hand (wg, container to container)"
 
 // measure runs f between the path's before and after hooks.
 func (p *path) measure(f func() error) error {
@@ -130,24 +154,32 @@ func median(ts []lab.Throughput) lab.Throughput {
 	return s[len(s)/2]
 }
 
-func render(paths []*path, runs, seconds int) string {
+func header(runs, seconds int) string {
+	return fmt.Sprintf(`# weft benchmarks
+
+Generated by `+"`make bench`"+` on %s (%d cores, %s/%s) at %s. For each backend, two lab hosts
+(network namespaces on one veth underlay) with a container each; iperf3 TCP, %d s per run, median of %d
+runs, paths interleaved run by run. Every path except the bare veth carries the same
+container-to-container traffic: the hand-made limit gets /32 routes to the other container that
+exist only while it is measured. CPU is the whole machine's busy time per GB received (softirq and
+every process included).
+`, hostname(), runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, time.Now().UTC().Format("2006-01-02 15:04 UTC"), seconds, runs)
+}
+
+func renderSection(backend string, paths []*path) string {
 	var b strings.Builder
 	byName := map[string]*path{}
 	for _, p := range paths {
 		byName[p.name] = p
 	}
 	bare := paths[0]
-	fmt.Fprintf(&b, "# weft benchmarks\n\nGenerated by `make bench` on %s (%d cores, %s/%s) at %s. Two lab hosts (network\n",
-		hostname(), runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, time.Now().UTC().Format("2006-01-02 15:04 UTC"))
-	fmt.Fprintf(&b, "namespaces on one veth underlay); iperf3 TCP, %d s per run, median of %d runs, paths interleaved run by run.\n", seconds, runs)
-	b.WriteString("CPU is the whole machine's busy time per GB received (it includes softirq and every process).\n\n")
-	b.WriteString("| path | streams | Gbit/s | × its limit | × bare veth | CPU s/GB | MTU |\n|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(&b, "\n## %s\n\n| path | streams | Gbit/s | × its limit | × bare veth | CPU s/GB | MTU |\n|---|---|---|---|---|---|---|\n", backend)
 	for _, p := range paths {
 		for _, streams := range []int{1, 4} {
 			m := median(p.runs[streams])
 			limit := "–"
 			if l := byName[p.limitOf]; l != nil {
-				limit = fmt.Sprintf("%.2f", m.Gbps/median(l.runs[streams]).Gbps)
+				limit = fmt.Sprintf("**%.2f**", m.Gbps/median(l.runs[streams]).Gbps)
 			}
 			fmt.Fprintf(&b, "| %s | %d | %.2f | %s | %.3f | %.2f | %d |\n", p.name, streams, m.Gbps, limit,
 				m.Gbps/median(bare.runs[streams]).Gbps, m.CPUSecondsPerGB, p.mtu)
@@ -157,20 +189,22 @@ func render(paths []*path, runs, seconds int) string {
 	for _, p := range paths {
 		fmt.Fprintf(&b, "| %s | %s | %s |\n", p.name, p.rtt.Median.Round(time.Microsecond), p.rtt.P99.Round(time.Microsecond))
 	}
-	b.WriteString(`
-## Targets
-
-| what | target | source |
-|---|---|---|
-| weft wireguard vs the hand-configured wireguard-go pair | ≥ 1.0× (issue 3); ≥ 0.9× (issue 8) | same wireguard-go code in-process |
-
-The wireguard-go pair is the binary of the exact module version weft embeds
-(` + "`go install golang.zx2c4.com/wireguard@<version from go.mod>`" + `), configured with ` + "`wg`" + `
-between the two hosts' namespaces, and it carries the same container-to-container traffic
-(a /32 route to the other container through the pair, present only while the pair is measured).
-`)
 	return b.String()
 }
+
+const footer = `
+## Targets
+
+| backend | target (× its hand-made limit, throughput) | source |
+|---|---|---|
+| host-gw | ≥ 0.95× plain routing | issue 8 |
+| vxlan | ≥ 0.95× a hand-made kernel VXLAN pair | issues 4, 8 |
+| wireguard | ≥ 1.0× (issue 3), ≥ 0.9× (issue 8) a hand-configured wireguard-go pair | issues 3, 8 |
+
+The wireguard-go pair is the binary of the exact module version weft embeds
+(` + "`go install golang.zx2c4.com/wireguard@<version from go.mod>`" + `), configured with ` + "`wg`" + `.
+The VXLAN pair is made with ` + "`ip link add type vxlan`" + ` and a flooding FDB entry, VNI 99 on port 4789.
+`
 
 func hostname() string {
 	h, _ := os.Hostname()

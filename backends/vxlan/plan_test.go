@@ -1,0 +1,104 @@
+package vxlan
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/mesh"
+)
+
+func vxPeer(subnet, ip, data string) mesh.Peer {
+	p := netip.MustParsePrefix(subnet)
+	return mesh.Peer{Key: strings.ReplaceAll(p.String(), "/", "-"), Subnet: p, PublicIP: netip.MustParseAddr(ip),
+		BackendType: "vxlan", BackendData: json.RawMessage(data)}
+}
+
+var testExt = netutil.ExternalInterface{Name: "ext0", Prefixes: []netip.Prefix{netip.MustParsePrefix("192.168.77.0/24")}}
+
+func render(s State) string {
+	var b strings.Builder
+	for _, r := range s.Routes {
+		fmt.Fprintf(&b, "route %s via %s direct=%v\n", r.Dst, r.Via, r.Direct)
+	}
+	for _, n := range s.Neighbors {
+		fmt.Fprintf(&b, "neigh %s lladdr %s\n", n.IP, n.MAC)
+	}
+	for _, f := range s.FDB {
+		fmt.Fprintf(&b, "fdb %s dst %s\n", f.MAC, f.Dst)
+	}
+	return b.String()
+}
+
+func TestParseOptions(t *testing.T) {
+	o, err := ParseOptions(json.RawMessage(`{"Type":"vxlan"}`))
+	if err != nil || o.VNI != 1 || o.Port != 8472 || o.DeviceName() != "weft.1" {
+		t.Fatalf("defaults %+v %v", o, err)
+	}
+	for raw, want := range map[string]string{
+		`{"VNI":16777216}`: `Backend option "VNI": 16777216`,
+		`{"Port":0}`:       `Backend option "Port": 0`,
+		`{"MTU":10}`:       `Backend option "MTU": 10`,
+		`{"VNI":"one"}`:    `vxlan Backend options`,
+	} {
+		if _, err := ParseOptions(json.RawMessage(raw)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("ParseOptions(%s) = %v, want %q", raw, err, want)
+		}
+	}
+}
+
+func TestStableMAC(t *testing.T) {
+	a := StableMAC(netip.MustParseAddr("192.168.50.11"), 1)
+	if a.String() != StableMAC(netip.MustParseAddr("192.168.50.11"), 1).String() {
+		t.Fatal("MAC not stable")
+	}
+	if a.String() == StableMAC(netip.MustParseAddr("192.168.50.12"), 1).String() {
+		t.Fatal("two hosts share a MAC")
+	}
+	if a[0]&0x02 == 0 || a[0]&0x01 != 0 {
+		t.Fatalf("MAC %s is not locally administered unicast", a)
+	}
+	if got := string(EncodeBackendData(1, a)); got != fmt.Sprintf(`{"VNI":1,"VtepMAC":"%s"}`, a) {
+		t.Fatalf("BackendData = %s", got)
+	}
+}
+
+func TestPlan(t *testing.T) {
+	d := mesh.Desired{Peers: []mesh.Peer{
+		vxPeer("10.5.2.0/24", "192.168.77.2", `{"VNI":1,"VtepMAC":"02:00:00:00:00:02"}`),
+		vxPeer("10.5.3.0/24", "10.200.0.3", `{"VNI":1,"VtepMAC":"02:00:00:00:00:03"}`),
+		vxPeer("10.5.4.0/24", "192.168.77.4", `{"VNI":2,"VtepMAC":"02:00:00:00:00:04"}`),
+		vxPeer("10.5.5.0/24", "192.168.77.5", `{"VNI":1,"VtepMAC":"not-a-mac"}`),
+		vxPeer("10.5.6.0/24", "192.168.77.6", `[]`),
+	}}
+	state, problems := Plan(d, Options{VNI: 1}, testExt)
+	want := `route 10.5.2.0/24 via 10.5.2.0 direct=false
+route 10.5.3.0/24 via 10.5.3.0 direct=false
+neigh 10.5.2.0 lladdr 02:00:00:00:00:02
+neigh 10.5.3.0 lladdr 02:00:00:00:00:03
+fdb 02:00:00:00:00:02 dst 192.168.77.2
+fdb 02:00:00:00:00:03 dst 10.200.0.3
+`
+	if got := render(state); got != want {
+		t.Errorf("plan:\n%s\nwant:\n%s", got, want)
+	}
+	text := fmt.Sprint(problems)
+	for _, frag := range []string{"peer 10.5.4.0-24: VNI 2, this host uses 1", `peer 10.5.5.0-24: VtepMAC "not-a-mac" is not a MAC address`, "peer 10.5.6.0-24: BackendData"} {
+		if !strings.Contains(text, frag) {
+			t.Errorf("problems lack %q: %s", frag, text)
+		}
+	}
+	// DirectRouting: the on-link peer gets a plain route, the other stays encapsulated.
+	state, _ = Plan(mesh.Desired{Peers: d.Peers[:2]}, Options{VNI: 1, DirectRouting: true}, testExt)
+	want = `route 10.5.2.0/24 via 192.168.77.2 direct=true
+route 10.5.3.0/24 via 10.5.3.0 direct=false
+neigh 10.5.3.0 lladdr 02:00:00:00:00:03
+fdb 02:00:00:00:00:03 dst 10.200.0.3
+`
+	if got := render(state); got != want {
+		t.Errorf("direct routing plan:\n%s\nwant:\n%s", got, want)
+	}
+}
