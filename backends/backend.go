@@ -14,6 +14,7 @@ import (
 
 	"github.com/weftnet/weft/backends/hostgw"
 	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/backends/udp"
 	"github.com/weftnet/weft/backends/vxlan"
 	"github.com/weftnet/weft/backends/wireguard"
 	"github.com/weftnet/weft/lease"
@@ -72,6 +73,13 @@ func Constructors() map[string]Constructor {
 		lease.BackendHostGW: func(env Env) (Backend, error) {
 			return hostGW{hostgw.New(env.External, nil, env.Log)}, nil
 		},
+		lease.BackendUDP: func(env Env) (Backend, error) {
+			b, err := udp.New(env.Config, env.External, env.Log)
+			if err != nil {
+				return nil, err
+			}
+			return udpBackend{b}, nil
+		},
 		lease.BackendVXLAN: func(env Env) (Backend, error) {
 			b, err := vxlan.New(env.Config.Backend.Raw, env.External, env.PublicIP, nil, env.Log)
 			if err != nil {
@@ -99,6 +107,8 @@ func ValidateOptions(cfg *lease.Config) error {
 		_, err = wireguard.ParseOptions(cfg.Backend.Raw)
 	case lease.BackendVXLAN:
 		_, err = vxlan.ParseOptions(cfg.Backend.Raw)
+	case lease.BackendUDP:
+		_, err = udp.ParseOptions(cfg.Backend.Raw)
 	}
 	if err != nil {
 		return fmt.Errorf("%w: %v", lease.ErrInvalidConfig, err)
@@ -145,4 +155,14 @@ func (v vxLAN) Setup(ctx context.Context) (Setup, error) {
 		return Setup{}, err
 	}
 	return Setup{BackendData: v.BackendData(), MTU: v.MTU()}, nil
+}
+
+// udpBackend adapts udp.Backend, which publishes nothing, as flannel's.
+type udpBackend struct{ *udp.Backend }
+
+func (u udpBackend) Setup(ctx context.Context) (Setup, error) {
+	if err := u.Backend.Setup(ctx); err != nil {
+		return Setup{}, err
+	}
+	return Setup{MTU: u.MTU()}, nil
 }

@@ -18,13 +18,12 @@ import (
 
 // Backend programs a kernel VXLAN device. The zero value is not usable; use New.
 type Backend struct {
-	opts     Options
-	ext      netutil.ExternalInterface
-	mac      net.HardwareAddr
-	mtu      int
-	handle   *netlink.Handle
-	log      *slog.Logger
-	lastWarn string
+	opts   Options
+	ext    netutil.ExternalInterface
+	mac    net.HardwareAddr
+	mtu    int
+	handle *netlink.Handle
+	log    *slog.Logger
 }
 
 // New parses the options; handle nil means this network namespace.

@@ -13,6 +13,7 @@ import (
 	"net/netip"
 
 	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/backends/options"
 	"github.com/weftnet/weft/mesh"
 )
 
@@ -47,18 +48,16 @@ func ParseOptions(raw json.RawMessage) (Options, error) {
 	}
 	if in.VNI != nil {
 		if *in.VNI < 0 || *in.VNI > 1<<24-1 {
-			return o, fmt.Errorf(`Backend option "VNI": %d is not between 0 and 16777215`, *in.VNI)
+			return o, fmt.Errorf(`key "Backend.VNI": %d is not between 0 and 16777215`, *in.VNI)
 		}
 		o.VNI = *in.VNI
 	}
-	if in.Port != nil {
-		if *in.Port < 1 || *in.Port > 65535 {
-			return o, fmt.Errorf(`Backend option "Port": %d is not a UDP port (1-65535)`, *in.Port)
-		}
-		o.Port = *in.Port
+	var err error
+	if o.Port, err = options.Port("Port", in.Port, 8472); err != nil {
+		return o, err
 	}
-	if in.MTU != 0 && (in.MTU < 576 || in.MTU > 65535) {
-		return o, fmt.Errorf(`Backend option "MTU": %d is not between 576 and 65535`, in.MTU)
+	if err := options.MTU(in.MTU); err != nil {
+		return o, err
 	}
 	o.GBP, o.Learning, o.MTU, o.DirectRouting = in.GBP, in.Learning, in.MTU, in.DirectRouting
 	return o, nil

@@ -39,9 +39,9 @@ func TestParseOptions(t *testing.T) {
 		t.Fatalf("defaults %+v %v", o, err)
 	}
 	for raw, want := range map[string]string{
-		`{"VNI":16777216}`: `Backend option "VNI": 16777216`,
-		`{"Port":0}`:       `Backend option "Port": 0`,
-		`{"MTU":10}`:       `Backend option "MTU": 10`,
+		`{"VNI":16777216}`: `key "Backend.VNI": 16777216`,
+		`{"Port":0}`:       `key "Backend.Port": 0`,
+		`{"MTU":10}`:       `key "Backend.MTU": 10`,
 		`{"VNI":"one"}`:    `vxlan Backend options`,
 	} {
 		if _, err := ParseOptions(json.RawMessage(raw)); err == nil || !strings.Contains(err.Error(), want) {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"sort"
 	"strings"
 	"testing"
 
@@ -41,11 +42,15 @@ func TestApplyInNetns(t *testing.T) {
 		vxPeer("10.5.2.0/24", "192.168.77.2", `{"VNI":1,"VtepMAC":"02:00:00:00:00:02"}`),
 		vxPeer("10.5.3.0/24", "192.168.77.3", `{"VNI":1,"VtepMAC":"02:00:00:00:00:03"}`),
 	}}
+	// show lists the kernel state sorted: the kernel's own order of
+	// neighbours and FDB entries changes when the device is recreated.
 	show := func() string {
-		return ns.Run(t, "ip", "-4", "route", "show", "proto", "87") +
-			ns.Run(t, "ip", "neigh", "show", "dev", "weft.1") +
-			ns.Run(t, "bridge", "fdb", "show", "dev", "weft.1") +
-			ns.Run(t, "ip", "-4", "-br", "addr", "show", "dev", "weft.1")
+		lines := strings.Split(ns.Run(t, "ip", "-4", "route", "show", "proto", "87")+
+			ns.Run(t, "ip", "neigh", "show", "dev", "weft.1")+
+			ns.Run(t, "bridge", "fdb", "show", "dev", "weft.1")+
+			ns.Run(t, "ip", "-4", "-br", "addr", "show", "dev", "weft.1"), "\n")
+		sort.Strings(lines)
+		return strings.Join(lines, "\n")
 	}
 	apply := func(d mesh.Desired) {
 		t.Helper()

@@ -11,8 +11,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
@@ -155,7 +153,7 @@ func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 	if err := b.kick(peersToKick(have, want, changes, cfg.PrivateKey != nil)); err != nil {
 		errs = append(errs, err)
 	}
-	errs = append(errs, b.ensureLink(d)...)
+	errs = append(errs, netutil.EnsureTunnelLink(DeviceName, b.mtu, d.Self.Subnet, d.Network)...)
 	return errors.Join(errs...)
 }
 
@@ -215,69 +213,6 @@ func (b *Backend) logChanges(changes []Change, want []PeerSpec) {
 	for _, w := range want {
 		b.lastPeers[w.PublicKey] = w.Lease
 	}
-}
-
-// ensureLink sets MTU, this host's address and the Network route, and
-// brings the device up.
-func (b *Backend) ensureLink(d mesh.Desired) []error {
-	link, err := netlink.LinkByName(DeviceName)
-	if err != nil {
-		return []error{fmt.Errorf("finding %s: %w", DeviceName, err)}
-	}
-	var errs []error
-	if link.Attrs().MTU != b.mtu {
-		if err := netlink.LinkSetMTU(link, b.mtu); err != nil {
-			errs = append(errs, fmt.Errorf("setting MTU of %s: %w", DeviceName, err))
-		}
-	}
-	// The subnet's network address as a /32, as flannel gives its devices:
-	// host-originated traffic gets a source the peers route back.
-	want := netip.PrefixFrom(d.Self.Subnet.Addr(), 32)
-	addrs, err := netutil.Retry(func() ([]netlink.Addr, error) { return netlink.AddrList(link, netlink.FAMILY_V4) })
-	if err != nil {
-		errs = append(errs, err)
-	}
-	found := false
-	for _, a := range addrs {
-		if p, _ := netutil.Prefix(a.IPNet); p == want {
-			found = true
-			continue
-		}
-		if err := netlink.AddrDel(link, &a); err != nil {
-			errs = append(errs, fmt.Errorf("removing stale address %s: %w", a.IPNet, err))
-		}
-	}
-	if !found {
-		if err := netlink.AddrAdd(link, &netlink.Addr{IPNet: netutil.IPNet(want)}); err != nil && !errors.Is(err, unix.EEXIST) {
-			errs = append(errs, fmt.Errorf("adding %s to %s: %w", want, DeviceName, err))
-		}
-	}
-	if link.Attrs().Flags&net.FlagUp == 0 {
-		if err := netlink.LinkSetUp(link); err != nil {
-			errs = append(errs, fmt.Errorf("bringing %s up: %w", DeviceName, err))
-		}
-	}
-	route := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: netutil.IPNet(d.Network), Protocol: netutil.RouteProtocol,
-		Table: unix.RT_TABLE_MAIN, Scope: netlink.SCOPE_LINK}
-	owned, err := netutil.OwnedRoutes(&netlink.Handle{})
-	if err != nil {
-		return append(errs, err)
-	}
-	have := false
-	for _, r := range owned {
-		dst, _ := netutil.Prefix(r.Dst)
-		if r.LinkIndex == link.Attrs().Index && dst == d.Network {
-			have = true
-		} else if r.LinkIndex == link.Attrs().Index {
-			netlink.RouteDel(&r) // a route for an older Network
-		}
-	}
-	if !have {
-		if err := netlink.RouteReplace(route); err != nil {
-			errs = append(errs, fmt.Errorf("route %s dev %s: %w", d.Network, DeviceName, err))
-		}
-	}
-	return errs
 }
 
 // Cleanup removes the device (its peers, address and route go with it).

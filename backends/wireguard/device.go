@@ -7,6 +7,8 @@ import (
 	"net"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/weftnet/weft/backends/netutil"
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
@@ -38,13 +40,13 @@ func openDevice(name, impl string, mtu int, log *slog.Logger) (*wgDevice, error)
 	switch impl {
 	case ImplKernel:
 		if err := ensureKernelLink(name, existing); err != nil {
-			return nil, fmt.Errorf(`Backend option "Implementation": "kernel", but %v; use "auto" or "userspace"`, err)
+			return nil, fmt.Errorf(`key "Backend.Implementation": "kernel", but %v; use "auto" or "userspace"`, err)
 		}
 		log.Info("using kernel WireGuard", "device", name, "why", `Implementation is "kernel"`)
 		return &wgDevice{name: name, kind: ImplKernel}, nil
 	case ImplUserspace:
 		if existing != nil && existing.Type() == "wireguard" {
-			return nil, fmt.Errorf(`Backend option "Implementation": "userspace", but %s is a kernel WireGuard device; remove it or use "auto"`, name)
+			return nil, fmt.Errorf(`key "Backend.Implementation": "userspace", but %s is a kernel WireGuard device; remove it or use "auto"`, name)
 		}
 		log.Info("using wireguard-go in weftd", "device", name, "why", `Implementation is "userspace"`)
 		return startUserspace(name, mtu, log)
@@ -90,7 +92,7 @@ func startUserspace(name string, mtu int, log *slog.Logger) (*wgDevice, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating TUN %s for wireguard-go: %w", name, err)
 	}
-	if err := setPersist(tunDev, true); err != nil {
+	if err := netutil.SetTUNPersist(tunDev, true); err != nil {
 		tunDev.Close()
 		return nil, fmt.Errorf("making TUN %s persistent: %w", name, err)
 	}
@@ -129,30 +131,6 @@ func startUserspace(name string, mtu int, log *slog.Logger) (*wgDevice, error) {
 	return d, nil
 }
 
-// setPersist sets TUNSETPERSIST so the interface, its addresses and routes
-// outlive this process: a restarted weftd re-attaches and traffic resumes.
-func setPersist(t tun.Device, on bool) error {
-	native, ok := t.(*tun.NativeTun)
-	if !ok {
-		return errors.New("not a native TUN")
-	}
-	// File().Fd() would switch the fd to blocking mode under the netpoller;
-	// go through the raw conn instead.
-	raw, err := native.File().SyscallConn()
-	if err != nil {
-		return err
-	}
-	val := 0
-	if on {
-		val = 1
-	}
-	var ioErr error
-	if err := raw.Control(func(fd uintptr) { ioErr = unix.IoctlSetInt(int(fd), unix.TUNSETPERSIST, val) }); err != nil {
-		return err
-	}
-	return ioErr
-}
-
 // close stops wireguard-go (the TUN itself stays) or does nothing for the
 // kernel device, which lives on its own.
 func (d *wgDevice) close() {
@@ -168,12 +146,8 @@ func (d *wgDevice) close() {
 func (d *wgDevice) remove() error {
 	if d.kind == ImplUserspace {
 		// Clear persistence first so the kernel frees it when we let go.
-		setPersist(d.tun, false)
+		netutil.SetTUNPersist(d.tun, false)
 	}
 	d.close()
-	link, err := netlink.LinkByName(d.name)
-	if err != nil {
-		return nil // already gone
-	}
-	return netlink.LinkDel(link)
+	return netutil.DeleteLink(d.name)
 }

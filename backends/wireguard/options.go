@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/weftnet/weft/backends/options"
 	"github.com/weftnet/weft/keys"
 )
 
@@ -54,33 +55,31 @@ func ParseOptions(raw json.RawMessage) (Options, error) {
 			return Options{}, fmt.Errorf("wireguard Backend options: %w", err)
 		}
 	}
-	o := Options{ListenPort: 51820, MTU: in.MTU, Implementation: in.Implementation}
-	if in.ListenPort != nil {
-		if *in.ListenPort < 1 || *in.ListenPort > 65535 {
-			return o, fmt.Errorf(`Backend option "ListenPort": %d is not a UDP port (1-65535)`, *in.ListenPort)
-		}
-		o.ListenPort = *in.ListenPort
+	o := Options{MTU: in.MTU, Implementation: in.Implementation}
+	var err error
+	if o.ListenPort, err = options.Port("ListenPort", in.ListenPort, 51820); err != nil {
+		return o, err
 	}
 	if in.PSK != "" {
 		psk, err := keys.ParseKey(in.PSK)
 		if err != nil {
-			return o, fmt.Errorf(`Backend option "PSK": %v; make one with "wg genpsk"`, err)
+			return o, fmt.Errorf(`key "Backend.PSK": %v; make one with "wg genpsk"`, err)
 		}
 		o.PSK = &psk
 	}
 	if in.PersistentKeepaliveInterval < 0 || in.PersistentKeepaliveInterval > 65535 {
-		return o, fmt.Errorf(`Backend option "PersistentKeepaliveInterval": %v is not between 0 and 65535 seconds`, in.PersistentKeepaliveInterval)
+		return o, fmt.Errorf(`key "Backend.PersistentKeepaliveInterval": %v is not between 0 and 65535 seconds`, in.PersistentKeepaliveInterval)
 	}
 	o.PersistentKeepalive = time.Duration(in.PersistentKeepaliveInterval) * time.Second
-	if o.MTU != 0 && (o.MTU < 576 || o.MTU > 65535) {
-		return o, fmt.Errorf(`Backend option "MTU": %d is not between 576 and 65535`, o.MTU)
+	if err := options.MTU(o.MTU); err != nil {
+		return o, err
 	}
 	switch o.Implementation {
 	case "":
 		o.Implementation = ImplAuto
 	case ImplAuto, ImplKernel, ImplUserspace:
 	default:
-		return o, fmt.Errorf(`Backend option "Implementation": %q is not one of auto, kernel, userspace`, o.Implementation)
+		return o, fmt.Errorf(`key "Backend.Implementation": %q is not one of auto, kernel, userspace`, o.Implementation)
 	}
 	return o, nil
 }

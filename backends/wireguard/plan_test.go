@@ -40,13 +40,13 @@ func TestParseOptions(t *testing.T) {
 		t.Fatalf("explicit: %+v %v", o, err)
 	}
 	for raw, want := range map[string]string{
-		`{"PSK":"not-base64!"}`:              `Backend option "PSK": not base64`,
-		`{"PSK":"AAAA"}`:                     `Backend option "PSK": decodes to 3 bytes`,
-		`{"ListenPort":0}`:                   `Backend option "ListenPort": 0 is not a UDP port`,
-		`{"ListenPort":70000}`:               `Backend option "ListenPort": 70000`,
-		`{"Implementation":"magic"}`:         `Backend option "Implementation": "magic" is not one of auto, kernel, userspace`,
-		`{"MTU":100}`:                        `Backend option "MTU": 100`,
-		`{"PersistentKeepaliveInterval":-1}`: `Backend option "PersistentKeepaliveInterval"`,
+		`{"PSK":"not-base64!"}`:              `key "Backend.PSK": not base64`,
+		`{"PSK":"AAAA"}`:                     `key "Backend.PSK": decodes to 3 bytes`,
+		`{"ListenPort":0}`:                   `key "Backend.ListenPort": 0 is not a UDP port`,
+		`{"ListenPort":70000}`:               `key "Backend.ListenPort": 70000`,
+		`{"Implementation":"magic"}`:         `key "Backend.Implementation": "magic" is not one of auto, kernel, userspace`,
+		`{"MTU":100}`:                        `key "Backend.MTU": 100`,
+		`{"PersistentKeepaliveInterval":-1}`: `key "Backend.PersistentKeepaliveInterval"`,
 		`{"ListenPort":"51820"}`:             `wireguard Backend options`,
 	} {
 		if _, err := ParseOptions(json.RawMessage(raw)); err == nil || !strings.Contains(err.Error(), want) {

@@ -62,6 +62,23 @@ func newLab(t *testing.T, opts Options) *Lab {
 	return l
 }
 
+// startCluster builds a lab, starts it and waits until every container
+// pings every other one.
+func startCluster(t *testing.T, opts Options) *Lab {
+	t.Helper()
+	l := newLab(t, opts)
+	if err := l.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "full ping matrix", 20*time.Second, func() error {
+		if table, ok := l.PingMatrix(); !ok {
+			return fmt.Errorf("\n%s", table)
+		}
+		return nil
+	})
+	return l
+}
+
 // eventually retries f until it succeeds or timeout passes.
 func eventually(t *testing.T, what string, timeout time.Duration, f func() error) {
 	t.Helper()
@@ -83,18 +100,9 @@ func routeTo(h *Host, subnet string) (string, error) {
 }
 
 func TestHostGWCluster(t *testing.T) {
-	l := newLab(t, Options{Hosts: 3, Backend: lease.BackendHostGW})
+	l := startCluster(t, Options{Hosts: 3, Backend: lease.BackendHostGW})
 	ctx := context.Background()
-	if err := l.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
 	h1, h2, h3 := l.Hosts[0], l.Hosts[1], l.Hosts[2]
-	eventually(t, "full ping matrix", 15*time.Second, func() error {
-		if table, ok := l.PingMatrix(); !ok {
-			return fmt.Errorf("\n%s", table)
-		}
-		return nil
-	})
 
 	t.Run("killed weftd keeps subnet and traffic", func(t *testing.T) {
 		subnet := h2.Subnet

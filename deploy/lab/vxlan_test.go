@@ -13,18 +13,9 @@ import (
 )
 
 func TestVXLANCluster(t *testing.T) {
-	l := newLab(t, Options{Hosts: 3, Backend: lease.BackendVXLAN})
+	l := startCluster(t, Options{Hosts: 3, Backend: lease.BackendVXLAN})
 	ctx := context.Background()
-	if err := l.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
 	h1, h2, h3 := l.Hosts[0], l.Hosts[1], l.Hosts[2]
-	eventually(t, "full ping matrix", 20*time.Second, func() error {
-		if table, ok := l.PingMatrix(); !ok {
-			return fmt.Errorf("\n%s", table)
-		}
-		return nil
-	})
 
 	t.Run("underlay carries VXLAN on 8472 with the VNI", func(t *testing.T) {
 		capture, err := l.CaptureUnderlay("vxlan")

@@ -68,18 +68,9 @@ func checkStream(t *testing.T, l *Lab, from, to *Host, port int, what string, di
 }
 
 func TestWireGuardCluster(t *testing.T) {
-	l := newLab(t, Options{Hosts: 3, Backend: lease.BackendWireGuard})
+	l := startCluster(t, Options{Hosts: 3, Backend: lease.BackendWireGuard})
 	ctx := context.Background()
-	if err := l.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
 	h1, h2, h3 := l.Hosts[0], l.Hosts[1], l.Hosts[2]
-	eventually(t, "full ping matrix", 20*time.Second, func() error {
-		if table, ok := l.PingMatrix(); !ok {
-			return fmt.Errorf("\n%s", table)
-		}
-		return nil
-	})
 	if log, _ := os.ReadFile(h1.LogPath()); !strings.Contains(string(log), "using wireguard-go in weftd") {
 		t.Errorf("weftd did not log which WireGuard it chose:\n%s", h1.LogTail(30))
 	}
@@ -207,9 +198,9 @@ func TestWireGuardBadOptions(t *testing.T) {
 	ctx := context.Background()
 	h := l.Hosts[0]
 	for _, c := range []struct{ name, backend, want string }{
-		{"unparsable PSK", `{"Type":"wireguard","PSK":"hunter2"}`, `Backend option \"PSK\"`},
-		{"short PSK", `{"Type":"wireguard","PSK":"AAAA"}`, `Backend option \"PSK\": decodes to 3 bytes`},
-		{"ListenPort out of range", `{"Type":"wireguard","ListenPort":99999}`, `Backend option \"ListenPort\": 99999 is not a UDP port`},
+		{"unparsable PSK", `{"Type":"wireguard","PSK":"hunter2"}`, `key \"Backend.PSK\"`},
+		{"short PSK", `{"Type":"wireguard","PSK":"AAAA"}`, `key \"Backend.PSK\": decodes to 3 bytes`},
+		{"ListenPort out of range", `{"Type":"wireguard","ListenPort":99999}`, `key \"Backend.ListenPort\": 99999 is not a UDP port`},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			startWithConfig(t, l, h, `{"Network":"10.5.0.0/16","Backend":`+c.backend+`}`, c.want)
@@ -239,7 +230,7 @@ func TestWireGuardBadOptions(t *testing.T) {
 			l.StopWeftd(h, syscall.SIGKILL)
 			t.Fatal("weftd kept running with Implementation kernel and no kernel WireGuard")
 		}
-		want := `Backend option \"Implementation\": \"kernel\", but this kernel has no WireGuard support`
+		want := `key \"Backend.Implementation\": \"kernel\", but this kernel has no WireGuard support`
 		if log, _ := os.ReadFile(h.LogPath()); !strings.Contains(string(log), want) {
 			t.Errorf("log lacks %s:\n%s", want, log)
 		}

@@ -1,0 +1,110 @@
+package netutil
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+	"golang.zx2c4.com/wireguard/tun"
+)
+
+// EnsureTunnelLink gives a layer-3 tunnel device (WireGuard, the udp TUN)
+// what weft wants on it: the MTU, this host's subnet address as a /32 (so
+// host-originated traffic has a source peers route back) and nothing else,
+// the device up, and one route for the whole Network through it. It fixes
+// only what differs and returns every error met.
+func EnsureTunnelLink(name string, mtu int, self netip.Prefix, network netip.Prefix) []error {
+	link, err := netlink.LinkByName(name)
+	if err != nil {
+		return []error{fmt.Errorf("finding %s: %w", name, err)}
+	}
+	var errs []error
+	if link.Attrs().MTU != mtu {
+		if err := netlink.LinkSetMTU(link, mtu); err != nil {
+			errs = append(errs, fmt.Errorf("setting MTU of %s: %w", name, err))
+		}
+	}
+	want := netip.PrefixFrom(self.Addr(), 32)
+	addrs, err := Retry(func() ([]netlink.Addr, error) { return netlink.AddrList(link, netlink.FAMILY_V4) })
+	if err != nil {
+		errs = append(errs, err)
+	}
+	found := false
+	for _, a := range addrs {
+		if p, _ := Prefix(a.IPNet); p == want {
+			found = true
+		} else if err := netlink.AddrDel(link, &a); err != nil {
+			errs = append(errs, fmt.Errorf("removing stale address %s from %s: %w", a.IPNet, name, err))
+		}
+	}
+	if !found {
+		if err := netlink.AddrAdd(link, &netlink.Addr{IPNet: IPNet(want)}); err != nil && !errors.Is(err, unix.EEXIST) {
+			errs = append(errs, fmt.Errorf("adding %s to %s: %w", want, name, err))
+		}
+	}
+	if link.Attrs().Flags&net.FlagUp == 0 {
+		if err := netlink.LinkSetUp(link); err != nil {
+			errs = append(errs, fmt.Errorf("bringing %s up: %w", name, err))
+		}
+	}
+	owned, err := OwnedRoutes(&netlink.Handle{})
+	if err != nil {
+		return append(errs, err)
+	}
+	have := false
+	for _, r := range owned {
+		if r.LinkIndex != link.Attrs().Index {
+			continue
+		}
+		if dst, _ := Prefix(r.Dst); dst == network {
+			have = true
+		} else if err := netlink.RouteDel(&r); err != nil {
+			errs = append(errs, fmt.Errorf("removing route %s for an older Network: %w", dst, err))
+		}
+	}
+	if !have {
+		route := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: IPNet(network), Protocol: RouteProtocol,
+			Table: unix.RT_TABLE_MAIN, Scope: netlink.SCOPE_LINK}
+		if err := netlink.RouteReplace(route); err != nil {
+			errs = append(errs, fmt.Errorf("route %s dev %s: %w", network, name, err))
+		}
+	}
+	return errs
+}
+
+// SetTUNPersist sets TUNSETPERSIST so the interface, its addresses and
+// routes outlive this process: a restarted weftd re-attaches and traffic
+// resumes where it stopped.
+func SetTUNPersist(t tun.Device, on bool) error {
+	native, ok := t.(*tun.NativeTun)
+	if !ok {
+		return errors.New("not a native TUN")
+	}
+	// File().Fd() would switch the fd to blocking mode under the netpoller;
+	// go through the raw conn instead.
+	raw, err := native.File().SyscallConn()
+	if err != nil {
+		return err
+	}
+	val := 0
+	if on {
+		val = 1
+	}
+	var ioErr error
+	if err := raw.Control(func(fd uintptr) { ioErr = unix.IoctlSetInt(int(fd), unix.TUNSETPERSIST, val) }); err != nil {
+		return err
+	}
+	return ioErr
+}
+
+// DeleteLink removes the named interface; a missing one is not an error.
+func DeleteLink(name string) error {
+	link, err := netlink.LinkByName(name)
+	if err != nil {
+		return nil
+	}
+	return netlink.LinkDel(link)
+}

@@ -1,0 +1,94 @@
+package lab
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/netip"
+	"time"
+)
+
+// InnerUDP builds an IPv4 packet carrying a UDP datagram from src to dst,
+// with a valid header checksum: what a container would send.
+func InnerUDP(src, dst netip.AddrPort, payload []byte) []byte {
+	pkt := make([]byte, 28+len(payload))
+	pkt[0], pkt[8], pkt[9] = 0x45, 64, 17
+	binary.BigEndian.PutUint16(pkt[2:4], uint16(len(pkt)))
+	s, d := src.Addr().As4(), dst.Addr().As4()
+	copy(pkt[12:16], s[:])
+	copy(pkt[16:20], d[:])
+	var sum uint32
+	for i := 0; i < 20; i += 2 {
+		sum += uint32(binary.BigEndian.Uint16(pkt[i : i+2]))
+	}
+	for sum > 0xffff {
+		sum = sum>>16 + sum&0xffff
+	}
+	binary.BigEndian.PutUint16(pkt[10:12], ^uint16(sum))
+	binary.BigEndian.PutUint16(pkt[20:22], src.Port())
+	binary.BigEndian.PutUint16(pkt[22:24], dst.Port())
+	binary.BigEndian.PutUint16(pkt[24:26], uint16(8+len(payload)))
+	copy(pkt[28:], payload) // UDP checksum 0: none, allowed over IPv4
+	return pkt
+}
+
+// SendRawUDP sends payload as a UDP datagram from src to dst out of
+// namespace ns through a raw socket, so src may use a port another process
+// holds (a forged datagram "from" a peer's weftd).
+func SendRawUDP(ns string, src, dst netip.AddrPort, payload []byte) error {
+	return inNetns(ns, func() error {
+		c, err := net.ListenPacket("ip4:17", src.Addr().String())
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		dgram := make([]byte, 8+len(payload))
+		binary.BigEndian.PutUint16(dgram[0:2], src.Port())
+		binary.BigEndian.PutUint16(dgram[2:4], dst.Port())
+		binary.BigEndian.PutUint16(dgram[4:6], uint16(len(dgram)))
+		copy(dgram[8:], payload)
+		_, err = c.WriteTo(dgram, &net.IPAddr{IP: dst.Addr().AsSlice()})
+		return err
+	})
+}
+
+// ReceiveUDP listens on addr inside ns for wait and returns what arrived.
+func ReceiveUDP(ns string, addr netip.AddrPort, wait time.Duration, during func()) ([]string, error) {
+	var conn *net.UDPConn
+	err := inNetns(ns, func() (err error) {
+		conn, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(addr))
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	during()
+	var got []string
+	buf := make([]byte, 2048)
+	deadline := time.Now().Add(wait)
+	for {
+		conn.SetReadDeadline(deadline)
+		n, from, err := conn.ReadFromUDP(buf)
+		if err != nil {
+			return got, nil // deadline: done listening
+		}
+		got = append(got, fmt.Sprintf("%s from %s", buf[:n], from))
+	}
+}
+
+// AddRogue puts a namespace that is no host of the cluster on the underlay
+// bridge, at address .200, and returns its name and address.
+func (l *Lab) AddRogue() (string, netip.Addr, error) {
+	name := "wl" + l.ID + "-rogue"
+	addr := l.underlayAddr(200)
+	if err := l.addNetns(name); err != nil {
+		return "", addr, err
+	}
+	return name, addr, runAll(
+		[]string{"ip", "-n", l.Underlay, "link", "add", "rogue", "type", "veth", "peer", "name", "eth0", "netns", name},
+		[]string{"ip", "-n", l.Underlay, "link", "set", "rogue", "master", "br0", "up"},
+		[]string{"ip", "-n", name, "addr", "add", addr.String() + "/24", "dev", "eth0"},
+		[]string{"ip", "-n", name, "link", "set", "eth0", "up"},
+	)
+}
