@@ -32,6 +32,8 @@ commands:
   config put FILE         validate FILE (- for stdin) and store it as the network config
   config validate FILE    check FILE with the same rules weftd applies
   leases [-o json]        list every subnet lease
+  docker-opts [-f F -d F -k KEY -c -i -m -format env|daemon-json]
+                          write docker's options from the subnet file, as mk-docker-opts.sh
   keys show               print this host's WireGuard public key (never the private one)
   keys rotate             make a new WireGuard key; weftd adopts it within seconds and
                           republishes its lease, and every peer follows
@@ -83,6 +85,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			break
 		}
 		err = withStore(opts, func(s *lease.EtcdStore) error { return s.PutConfig(ctx, raw) })
+	case cmd[0] == "docker-opts":
+		err = runDockerOpts(cmd[1:], stdout, stderr)
 	case len(cmd) == 2 && cmd[0] == "keys" && cmd[1] == "show":
 		var k keys.Key
 		if k, err = keys.Load(*keyFile); err == nil {
