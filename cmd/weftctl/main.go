@@ -12,6 +12,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -34,6 +35,9 @@ commands:
   leases [-o json]        list every subnet lease
   docker-opts [-f F -d F -k KEY -c -i -m -format env|daemon-json]
                           write docker's options from the subnet file, as mk-docker-opts.sh
+  cleanup [-release] [-subnet-file F]
+                          remove every device, route, rule and file weft made on this host
+                          (stop weftd first); -release also deletes its lease in etcd
   keys show               print this host's WireGuard public key (never the private one)
   keys rotate             make a new WireGuard key; weftd adopts it within seconds and
                           republishes its lease, and every peer follows
@@ -85,6 +89,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			break
 		}
 		err = withStore(opts, func(s *lease.EtcdStore) error { return s.PutConfig(ctx, raw) })
+	case cmd[0] == "cleanup":
+		err = runCleanup(ctx, cmd[1:], opts, stdout, stderr)
 	case cmd[0] == "docker-opts":
 		err = runDockerOpts(cmd[1:], stdout, stderr)
 	case len(cmd) == 2 && cmd[0] == "keys" && cmd[1] == "show":
@@ -195,3 +201,5 @@ func printLeases(ctx context.Context, s *lease.EtcdStore, out io.Writer, asJSON 
 	}
 	return tw.Flush()
 }
+
+func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }

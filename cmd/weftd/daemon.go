@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/weftnet/weft/backends"
+	"github.com/weftnet/weft/backends/rules"
 	"github.com/weftnet/weft/lease"
 	"github.com/weftnet/weft/mesh"
 )
@@ -114,6 +115,17 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	}
 	if reloader, ok := backend.(backends.KeyReloader); ok {
 		g.Go(func() error { return watchKey(ctx, reloader, holder, req.Attrs, log) })
+	}
+	if o.ipMasq || o.forwardRules {
+		keeper, err := rules.NewKeeper(o.ipMasq, o.forwardRules, time.Duration(o.iptablesSync)*time.Second, log)
+		switch {
+		case err != nil && o.ipMasq:
+			return fmt.Errorf("-ip-masq: %w; install iptables or drop -ip-masq", err)
+		case err != nil:
+			log.Warn("no iptables: forwarded traffic depends on the FORWARD policy (-iptables-forward-rules=false silences this)", "err", err)
+		default:
+			g.Go(func() error { return keeper.Run(ctx, cfg.Network, func() netip.Prefix { return holder.Current().Subnet }) })
+		}
 	}
 	g.Go(func() error { return watcher.Run(ctx) })
 	g.Go(func() error { return holder.Run(ctx) })

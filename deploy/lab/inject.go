@@ -92,3 +92,17 @@ func (l *Lab) AddRogue() (string, netip.Addr, error) {
 		[]string{"ip", "-n", name, "link", "set", "eth0", "up"},
 	)
 }
+
+// SendUDP sends one datagram from inside namespace ns to dst, as any
+// program in a container would.
+func SendUDP(ns string, dst netip.AddrPort, payload []byte) error {
+	return inNetns(ns, func() error {
+		c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(dst))
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_, err = c.Write(payload)
+		return err
+	})
+}

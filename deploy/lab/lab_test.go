@@ -14,8 +14,8 @@ import (
 	"github.com/weftnet/weft/lease"
 )
 
-// weftdBin is built once for all cluster tests.
-var weftdBin string
+// weftdBin and weftctlBin are built once for all cluster tests.
+var weftdBin, weftctlBin string
 
 func TestMain(m *testing.M) {
 	if RunRole() {
@@ -29,10 +29,14 @@ func TestMain(m *testing.M) {
 	if err != nil {
 		panic(err)
 	}
-	weftdBin = filepath.Join(dir, "weftd")
-	if out, err := exec.Command("go", "build", "-o", weftdBin, "github.com/weftnet/weft/cmd/weftd").CombinedOutput(); err != nil {
-		fmt.Printf("building weftd: %v\n%s", err, out)
-		os.Exit(1)
+	weftdBin, weftctlBin = filepath.Join(dir, "weftd"), filepath.Join(dir, "weftctl")
+	for bin, pkg := range map[string]string{weftdBin: "./cmd/weftd", weftctlBin: "./cmd/weftctl"} {
+		cmd := exec.Command("go", "build", "-o", bin, pkg)
+		cmd.Dir = "../.."
+		if out, err := cmd.CombinedOutput(); err != nil {
+			fmt.Printf("building %s: %v\n%s", pkg, err, out)
+			os.Exit(1)
+		}
 	}
 	code := m.Run()
 	os.RemoveAll(dir)

@@ -1,0 +1,143 @@
+package rules
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/coreos/go-iptables/iptables"
+)
+
+// Keeper installs weft's chains and re-checks them every interval,
+// restoring whatever was removed or changed by hand.
+type Keeper struct {
+	ipt      *iptables.IPTables
+	masq     bool
+	forward  bool
+	interval time.Duration
+	log      *slog.Logger
+}
+
+// NewKeeper finds iptables; masq and forward say which chains to keep.
+func NewKeeper(masq, forward bool, interval time.Duration, log *slog.Logger) (*Keeper, error) {
+	ipt, err := iptables.New()
+	if err != nil {
+		return nil, fmt.Errorf("iptables (needed for -ip-masq and -iptables-forward-rules): %w", err)
+	}
+	return &Keeper{ipt: ipt, masq: masq, forward: forward, interval: interval, log: log.With("component", "iptables")}, nil
+}
+
+// chains lists the chains wanted for this network and subnet.
+func (k *Keeper) chains(network, subnet netip.Prefix) []Chain {
+	var out []Chain
+	if k.masq {
+		out = append(out, MasqChainFor(network, subnet, k.ipt.HasRandomFully()))
+	}
+	if k.forward {
+		out = append(out, ForwardChainFor(network))
+	}
+	return out
+}
+
+// Run keeps the chains in place until ctx ends; subnet returns the
+// current lease's subnet (it may change after a re-claim).
+func (k *Keeper) Run(ctx context.Context, network netip.Prefix, subnet func() netip.Prefix) error {
+	ticker := time.NewTicker(k.interval)
+	defer ticker.Stop()
+	lastErr := ""
+	for {
+		err := k.Sync(network, subnet())
+		if msg := fmt.Sprint(err); err != nil && msg != lastErr {
+			k.log.Error("iptables rules; retrying", "err", err)
+		}
+		lastErr = fmt.Sprint(err)
+		if err == nil {
+			lastErr = ""
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-ticker.C:
+		}
+	}
+}
+
+// Sync makes every wanted chain exactly right. A chain that differs in any
+// way (a rule deleted by hand, an old subnet's rule) is rebuilt whole.
+func (k *Keeper) Sync(network, subnet netip.Prefix) error {
+	var errs []error
+	for _, c := range k.chains(network, subnet) {
+		if err := k.syncChain(c); err != nil {
+			errs = append(errs, fmt.Errorf("%s chain %s: %w", c.Table, c.Name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (k *Keeper) syncChain(c Chain) error {
+	have, err := k.ipt.List(c.Table, c.Name)
+	if err != nil || !sameRules(have, c) {
+		if err := k.ipt.ClearChain(c.Table, c.Name); err != nil {
+			return err
+		}
+		for _, r := range c.Rules {
+			if err := k.ipt.Append(c.Table, c.Name, r...); err != nil {
+				return err
+			}
+		}
+		k.log.Info("chain written", "table", c.Table, "chain", c.Name, "rules", len(c.Rules))
+	}
+	ok, err := k.ipt.Exists(c.Table, c.From, c.Jump...)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		// First, so no earlier rule (docker's own masquerade) takes the packet.
+		if err := k.ipt.Insert(c.Table, c.From, 1, c.Jump...); err != nil {
+			return err
+		}
+		k.log.Info("jump added", "table", c.Table, "from", c.From, "to", c.Name)
+	}
+	return nil
+}
+
+// sameRules compares `iptables -S chain` output with the wanted rules.
+func sameRules(have []string, c Chain) bool {
+	// The first line is the chain's own "-N NAME".
+	if len(have) != len(c.Rules)+1 {
+		return false
+	}
+	for i, r := range c.Rules {
+		if !slices.Equal(normalize(strings.Fields(have[i+1])[2:]), normalize(r)) {
+			return false
+		}
+	}
+	return true
+}
+
+// normalize drops quoting iptables adds around comments.
+func normalize(spec []string) []string {
+	out := make([]string, 0, len(spec))
+	joined := strings.ReplaceAll(strings.Join(spec, " "), `"`, "")
+	out = append(out, strings.Fields(joined)...)
+	return out
+}
+
+// Cleanup removes weft's jumps and chains from both tables.
+func (k *Keeper) Cleanup() error {
+	var errs []error
+	for _, c := range []Chain{MasqChainFor(netip.Prefix{}, netip.Prefix{}, false), ForwardChainFor(netip.Prefix{})} {
+		if ok, _ := k.ipt.Exists(c.Table, c.From, c.Jump...); ok {
+			errs = append(errs, k.ipt.Delete(c.Table, c.From, c.Jump...))
+		}
+		if ok, _ := k.ipt.ChainExists(c.Table, c.Name); ok {
+			errs = append(errs, k.ipt.ClearAndDeleteChain(c.Table, c.Name))
+		}
+	}
+	return errors.Join(errs...)
+}

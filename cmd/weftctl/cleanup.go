@@ -1,0 +1,82 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/backends/rules"
+	"github.com/weftnet/weft/lease"
+)
+
+// isWeftLink says whether an interface is one weft creates.
+func isWeftLink(name string) bool {
+	return name == "weft-wg" || name == "weft0" || strings.HasPrefix(name, "weft.")
+}
+
+// runCleanup removes everything weft made on this host: devices, routes,
+// iptables chains, the subnet file, the UAPI socket; with -release also the
+// lease in etcd. Run it with weftd stopped.
+func runCleanup(ctx context.Context, args []string, opts lease.EtcdOptions, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("cleanup", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	subnetFile := fs.String("subnet-file", lease.DefaultSubnetFile, "weftd's subnet file")
+	release := fs.Bool("release", false, "also delete this host's lease from etcd")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	var errs []error
+	if *release {
+		env, err := lease.ReadSubnetFile(*subnetFile)
+		if err != nil {
+			return fmt.Errorf("-release needs the subnet file to know the lease: %w; nothing removed", err)
+		}
+		err = withStore(opts, func(s *lease.EtcdStore) error { return s.Delete(ctx, lease.SubnetKey(env.Subnet)) })
+		if err != nil {
+			return fmt.Errorf("releasing lease %s: %w; nothing removed", lease.SubnetKey(env.Subnet), err)
+		}
+		fmt.Fprintf(stdout, "released lease %s\n", lease.SubnetKey(env.Subnet))
+	}
+	links, err := netutil.Retry(netlink.LinkList)
+	errs = append(errs, err)
+	for _, l := range links {
+		if name := l.Attrs().Name; isWeftLink(name) {
+			if err := netlink.LinkDel(l); err != nil {
+				errs = append(errs, fmt.Errorf("removing %s: %w", name, err))
+			} else {
+				fmt.Fprintf(stdout, "removed device %s\n", name)
+			}
+		}
+	}
+	routes, err := netutil.OwnedRoutes(&netlink.Handle{})
+	errs = append(errs, err)
+	for _, r := range routes {
+		if err := netlink.RouteDel(&r); err != nil {
+			errs = append(errs, fmt.Errorf("removing route %s: %w", r.Dst, err))
+		} else {
+			fmt.Fprintf(stdout, "removed route %s\n", r.Dst)
+		}
+	}
+	if k, err := rules.NewKeeper(true, true, 0, discardLogger()); err == nil {
+		if err := k.Cleanup(); err != nil {
+			errs = append(errs, err)
+		} else {
+			fmt.Fprintln(stdout, "removed iptables chains", rules.MasqChain, "and", rules.ForwardChain)
+		}
+	}
+	for _, f := range []string{*subnetFile, "/var/run/wireguard/weft-wg.sock"} {
+		if err := os.Remove(f); err == nil {
+			fmt.Fprintf(stdout, "removed %s\n", f)
+		} else if !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
