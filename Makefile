@@ -2,7 +2,7 @@
 export PATH := $(PATH):/usr/local/go/bin:$(HOME)/go/bin
 GO        ?= go
 BIN       := bin
-DEB_PKGS  := iproute2 iptables iputils-ping iperf3 tcpdump wireguard-tools
+DEB_PKGS  := iproute2 iptables iputils-ping iperf3 tcpdump wireguard-tools docker-compose
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 LAB_ARGS  ?=
 # Pure and store tiers run with the race detector; host and cluster tiers need root.
@@ -15,7 +15,7 @@ all: build
 # deps installs the Debian tools the tests and the lab use, when missing.
 deps:
 	@missing=""; \
-	for c in ip:iproute2 iptables:iptables ping:iputils-ping iperf3:iperf3 tcpdump:tcpdump wg:wireguard-tools; do \
+	for c in ip:iproute2 iptables:iptables ping:iputils-ping iperf3:iperf3 tcpdump:tcpdump wg:wireguard-tools docker-compose:docker-compose; do \
 		command -v $${c%%:*} >/dev/null 2>&1 || missing="$$missing $${c#*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \

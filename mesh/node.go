@@ -56,6 +56,9 @@ type Node struct {
 	OnOwnLeaseChange func(lease.Lease)
 	// OnApplied runs after every successful apply (readiness). May be nil.
 	OnApplied func(Desired)
+	// OnReconcile runs after every apply with its duration and error
+	// (metrics). May be nil.
+	OnReconcile func(time.Duration, error)
 
 	mu      sync.Mutex
 	stats   Stats
@@ -124,6 +127,9 @@ func (n *Node) reconcile(ctx context.Context, log *slog.Logger) {
 		n.stats.LastError = ""
 	}
 	n.mu.Unlock()
+	if n.OnReconcile != nil {
+		n.OnReconcile(time.Since(start), err)
+	}
 	if err != nil {
 		// One line per distinct failure, not one per tick.
 		if msg := err.Error(); msg != n.lastErr {

@@ -35,6 +35,9 @@ commands:
   leases [-o json]        list every subnet lease
   docker-opts [-f F -d F -k KEY -c -i -m -format env|daemon-json]
                           write docker's options from the subnet file, as mk-docker-opts.sh
+  status [-o json] [-healthz URL]
+                          this host's lease, backend, peers (handshakes), rules and readiness
+  ready [-healthz URL]    exit 0 when weftd is ready (for healthchecks)
   cleanup [-release] [-subnet-file F]
                           remove every device, route, rule and file weft made on this host
                           (stop weftd first); -release also deletes its lease in etcd
@@ -89,6 +92,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 			break
 		}
 		err = withStore(opts, func(s *lease.EtcdStore) error { return s.PutConfig(ctx, raw) })
+	case cmd[0] == "status":
+		err = runStatus(ctx, cmd[1:], stdout, stderr)
+	case cmd[0] == "ready":
+		err = runReady(ctx, cmd[1:], stdout, stderr)
 	case cmd[0] == "cleanup":
 		err = runCleanup(ctx, cmd[1:], opts, stdout, stderr)
 	case cmd[0] == "docker-opts":

@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -33,10 +32,10 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	}
 	defer store.Close()
 
-	var ready atomic.Bool
+	obs := newObserver()
 	g, ctx := errgroup.WithContext(ctx)
 	if o.healthzPort != 0 {
-		srv, err := serveHealth(o, &ready)
+		srv, err := serveHealth(o, obs)
 		if err != nil {
 			return err
 		}
@@ -60,6 +59,9 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	obs.mu.Lock()
+	obs.backend, obs.btype = backend, cfg.Backend.Type
+	obs.mu.Unlock()
 	setup, err := backend.Setup(ctx)
 	if err != nil {
 		return fmt.Errorf("setting up the %s backend: %w", cfg.Backend.Type, err)
@@ -104,8 +106,10 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	node := &mesh.Node{
 		Config: cfg, Leases: watcher, Own: holder, Backend: backend, Resync: o.resync, Log: log,
 		OnOwnLeaseChange: writeEnv,
+		OnReconcile:      func(d time.Duration, _ error) { obs.duration.Observe(d.Seconds()) },
 		OnApplied: func(d mesh.Desired) {
-			if ready.CompareAndSwap(false, true) {
+			obs.applied(d)
+			if obs.ready.CompareAndSwap(false, true) {
 				log.Info("ready", "subnet", d.Self.Subnet, "peers", len(d.Peers))
 				if _, err := daemon.SdNotify(false, daemon.SdNotifyReady); err != nil {
 					log.Warn("sd_notify READY failed", "err", err)
@@ -116,6 +120,9 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	if reloader, ok := backend.(backends.KeyReloader); ok {
 		g.Go(func() error { return watchKey(ctx, reloader, holder, req.Attrs, log) })
 	}
+	obs.mu.Lock()
+	obs.node, obs.watcher, obs.holder = node, watcher, holder
+	obs.mu.Unlock()
 	if o.ipMasq || o.forwardRules {
 		keeper, err := rules.NewKeeper(o.ipMasq, o.forwardRules, time.Duration(o.iptablesSync)*time.Second, log)
 		switch {
@@ -124,7 +131,12 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 		case err != nil:
 			log.Warn("no iptables: forwarded traffic depends on the FORWARD policy (-iptables-forward-rules=false silences this)", "err", err)
 		default:
-			g.Go(func() error { return keeper.Run(ctx, cfg.Network, func() netip.Prefix { return holder.Current().Subnet }) })
+			obs.mu.Lock()
+			obs.masq, obs.forward = o.ipMasq, o.forwardRules
+			obs.mu.Unlock()
+			g.Go(func() error {
+				return keeper.Run(ctx, cfg.Network, func() netip.Prefix { return holder.Current().Subnet })
+			})
 		}
 	}
 	g.Go(func() error { return watcher.Run(ctx) })
@@ -262,8 +274,9 @@ func enableIPForward() error {
 	return os.WriteFile(path, []byte("1\n"), 0o644)
 }
 
-// serveHealth serves /healthz (alive) and /readyz (data path programmed).
-func serveHealth(o *options, ready *atomic.Bool) (*http.Server, error) {
+// serveHealth serves /healthz (alive), /readyz (data path programmed),
+// /status and /metrics on -healthz-ip (loopback by default).
+func serveHealth(o *options, obs *observer) (*http.Server, error) {
 	addr := net.JoinHostPort(o.healthzIP, strconv.Itoa(o.healthzPort))
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -271,13 +284,7 @@ func serveHealth(o *options, ready *atomic.Bool) (*http.Server, error) {
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !ready.Load() {
-			http.Error(w, "not ready", http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(w, "ready")
-	})
+	obs.handlers(mux)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(ln)
 	return srv, nil

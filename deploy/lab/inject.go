@@ -1,9 +1,12 @@
 package lab
 
 import (
+	"context"
 	"encoding/binary"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"time"
 )
@@ -105,4 +108,25 @@ func SendUDP(ns string, dst netip.AddrPort, payload []byte) error {
 		_, err = c.Write(payload)
 		return err
 	})
+}
+
+// HTTPGet fetches url from inside namespace ns (weftd's loopback endpoints).
+func HTTPGet(ns, url string) (string, error) {
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (conn net.Conn, err error) {
+			err = inNetns(ns, func() error {
+				var d net.Dialer
+				conn, err = d.DialContext(ctx, network, addr)
+				return err
+			})
+			return conn, err
+		},
+	}}
+	resp, err := client.Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return string(body), err
 }

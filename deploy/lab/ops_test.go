@@ -1,13 +1,18 @@
 package lab
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 
 	"github.com/weftnet/weft/lease"
 )
@@ -78,4 +83,90 @@ func TestIPMasqAndCleanup(t *testing.T) {
 			t.Error("subnet file left")
 		}
 	})
+}
+
+// TestLeasesStatusMetrics checks what operators look at against the truth
+// of a 3-host wireguard lab.
+func TestLeasesStatusMetrics(t *testing.T) {
+	l := startCluster(t, Options{Hosts: 3, Backend: lease.BackendWireGuard})
+	h1 := l.Hosts[0]
+
+	out, err := Exec(h1.Name, weftctlBin, "-etcd-endpoints", l.EtcdEndpoint(), "leases", "-o", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rows []struct {
+		Subnet   string `json:"subnet"`
+		PublicIP string `json:"public_ip"`
+	}
+	if err := json.Unmarshal([]byte(out), &rows); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	truth := map[string]string{}
+	for _, h := range l.Hosts {
+		truth[h.Subnet.String()] = h.PublicIP.String()
+	}
+	if len(rows) != 3 {
+		t.Fatalf("weftctl leases lists %d leases, want 3:\n%s", len(rows), out)
+	}
+	for _, r := range rows {
+		if truth[r.Subnet] != r.PublicIP {
+			t.Errorf("lease %s says %s, truth is %s", r.Subnet, r.PublicIP, truth[r.Subnet])
+		}
+	}
+	table, _ := Exec(h1.Name, weftctlBin, "-etcd-endpoints", l.EtcdEndpoint(), "leases")
+	if !strings.Contains(table, "SUBNET") || !strings.Contains(table, `"PublicKey"`) {
+		t.Errorf("leases table:\n%s", table)
+	}
+
+	eventually(t, "status shows both peers with handshakes", 10*time.Second, func() error {
+		out, err := Exec(h1.Name, weftctlBin, "status", "-o", "json")
+		if err != nil {
+			return err
+		}
+		var s struct {
+			Ready           bool
+			Subnet, Backend string
+			Peers           []struct{ Subnet, State string }
+		}
+		if err := json.Unmarshal([]byte(out), &s); err != nil {
+			return err
+		}
+		if !s.Ready || s.Subnet != h1.Subnet.String() || s.Backend != "wireguard" || len(s.Peers) != 2 {
+			return fmt.Errorf("status %+v", s)
+		}
+		for _, p := range s.Peers {
+			if truth[p.Subnet] == "" || !strings.HasPrefix(p.State, "handshake ") {
+				return fmt.Errorf("peer %+v", p)
+			}
+		}
+		return nil
+	})
+	if human, err := Exec(h1.Name, weftctlBin, "status"); err != nil || !strings.Contains(human, "weftd ready") {
+		t.Errorf("status table: %v\n%s", err, human)
+	}
+
+	metrics, err := HTTPGet(h1.Name, "http://127.0.0.1:8471/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(strings.NewReader(metrics))
+	if err != nil {
+		t.Fatalf("metrics do not parse: %v", err)
+	}
+	for _, name := range []string{"weft_lease_info", "weft_lease_expiry_seconds", "weft_ready", "weft_peers", "weft_reconcile_runs_total",
+		"weft_reconcile_errors_total", "weft_reconcile_duration_seconds", "weft_etcd_watch_restarts_total",
+		"weft_wireguard_peer_receive_bytes_total", "weft_wireguard_peer_last_handshake_seconds"} {
+		if families[name] == nil {
+			t.Errorf("metric %s missing", name)
+		}
+	}
+	if key, _ := os.ReadFile(filepath.Join(h1.Dir, "wg.key")); strings.Contains(metrics, strings.TrimSpace(string(key))) {
+		t.Error("the private key appears in /metrics")
+	}
+	// The endpoints listen on loopback only: the underlay cannot reach them.
+	if _, err := HTTPGet(l.Underlay, "http://"+h1.PublicIP.String()+":8471/metrics"); err == nil {
+		t.Error("/metrics answers on the underlay address")
+	}
 }

@@ -1,0 +1,110 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"text/tabwriter"
+	"time"
+)
+
+// hostStatus mirrors weftd's /status document.
+type hostStatus struct {
+	Ready      bool              `json:"ready"`
+	Backend    string            `json:"backend"`
+	Subnet     string            `json:"subnet"`
+	PublicIP   string            `json:"public_ip"`
+	Network    string            `json:"network"`
+	Reconciles int               `json:"reconciles"`
+	Errors     int               `json:"reconcile_errors"`
+	LastError  string            `json:"last_error"`
+	Rules      map[string]bool   `json:"iptables"`
+	Drops      map[string]uint64 `json:"udp_dropped"`
+	Peers      []struct {
+		Lease, Subnet, State string
+		PublicIP             string `json:"public_ip"`
+	} `json:"peers"`
+	Skipped []struct{ Key, Reason string } `json:"skipped"`
+}
+
+// get fetches a path from weftd's health endpoint.
+func get(ctx context.Context, base, path string) ([]byte, int, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+path, nil)
+	if err != nil {
+		return nil, 0, err
+	}
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
+	if err != nil {
+		return nil, 0, fmt.Errorf("asking weftd at %s (is it running? see -healthz-ip/-healthz-port): %w", base, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return body, resp.StatusCode, err
+}
+
+// runStatus prints what weftd on this host is doing.
+func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("status", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	base := fs.String("healthz", "http://127.0.0.1:8471", "weftd's health endpoint")
+	format := fs.String("o", "table", "table or json")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	body, _, err := get(ctx, *base, "/status")
+	if err != nil {
+		return err
+	}
+	if *format == "json" {
+		_, err = stdout.Write(body)
+		return err
+	}
+	var s hostStatus
+	if err := json.Unmarshal(body, &s); err != nil {
+		return fmt.Errorf("weftd's /status: %w", err)
+	}
+	state := "NOT READY"
+	if s.Ready {
+		state = "ready"
+	}
+	fmt.Fprintf(stdout, "weftd %s  backend %s  subnet %s  public ip %s  network %s\n", state, s.Backend, s.Subnet, s.PublicIP, s.Network)
+	fmt.Fprintf(stdout, "reconciles %d, errors %d", s.Reconciles, s.Errors)
+	if s.LastError != "" {
+		fmt.Fprintf(stdout, " (last: %s)", s.LastError)
+	}
+	fmt.Fprintf(stdout, "\niptables: masquerade %v, forward %v\n", s.Rules["masquerade"], s.Rules["forward"])
+	for reason, n := range s.Drops {
+		fmt.Fprintf(stdout, "udp dropped (%s): %d\n", reason, n)
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "\nPEER\tSUBNET\tPUBLIC IP\tSTATE")
+	for _, p := range s.Peers {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", p.Lease, p.Subnet, p.PublicIP, p.State)
+	}
+	for _, sk := range s.Skipped {
+		fmt.Fprintf(tw, "%s\t-\t-\tSKIPPED: %s\n", sk.Key, sk.Reason)
+	}
+	return tw.Flush()
+}
+
+// runReady exits 0 when weftd has programmed the data path (healthchecks).
+func runReady(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("ready", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	base := fs.String("healthz", "http://127.0.0.1:8471", "weftd's health endpoint")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	body, code, err := get(ctx, *base, "/readyz")
+	if err != nil {
+		return err
+	}
+	if code != http.StatusOK {
+		return fmt.Errorf("weftd is not ready: %s", body)
+	}
+	_, err = stdout.Write(body)
+	return err
+}

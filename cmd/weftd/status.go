@@ -1,0 +1,218 @@
+package main
+
+import (
+	"encoding/json"
+	"net/http"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/weftnet/weft/lease"
+	"github.com/weftnet/weft/mesh"
+)
+
+// wgStatus and dropCounter are what some backends offer beyond Apply.
+type wgStatus interface {
+	Status() (*wgtypes.Device, error)
+}
+type dropCounter interface {
+	Drops() map[string]uint64
+}
+
+// observer collects weftd's state for /status and /metrics. Parts are set
+// as weftd starts; until then the fields report nothing.
+type observer struct {
+	ready atomic.Bool
+
+	mu       sync.Mutex
+	backend  any
+	btype    string
+	node     *mesh.Node
+	watcher  *lease.Watcher
+	holder   *lease.Holder
+	desired  mesh.Desired
+	masq     bool
+	forward  bool
+	duration prometheus.Histogram
+}
+
+func newObserver() *observer {
+	return &observer{duration: prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "weft_reconcile_duration_seconds", Help: "Time to compute and apply the desired state.",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 4, 10),
+	})}
+}
+
+// applied records the last state applied (called by the reconcile loop).
+func (o *observer) applied(d mesh.Desired) {
+	o.mu.Lock()
+	o.desired = d
+	o.mu.Unlock()
+}
+
+// PeerStatus is one peer in `weftctl status`.
+type PeerStatus struct {
+	Lease    string `json:"lease"`
+	Subnet   string `json:"subnet"`
+	PublicIP string `json:"public_ip"`
+	// State is "programmed" for kernel backends; for wireguard the time
+	// since the last handshake, or "no handshake".
+	State         string `json:"state"`
+	LastHandshake string `json:"last_handshake,omitempty"`
+	RxBytes       int64  `json:"rx_bytes,omitempty"`
+	TxBytes       int64  `json:"tx_bytes,omitempty"`
+}
+
+// Status is what /status serves.
+type Status struct {
+	Ready      bool              `json:"ready"`
+	Backend    string            `json:"backend"`
+	Subnet     string            `json:"subnet,omitempty"`
+	PublicIP   string            `json:"public_ip,omitempty"`
+	Network    string            `json:"network,omitempty"`
+	Peers      []PeerStatus      `json:"peers"`
+	Skipped    []mesh.Skipped    `json:"skipped,omitempty"`
+	Reconciles int               `json:"reconciles"`
+	Errors     int               `json:"reconcile_errors"`
+	LastError  string            `json:"last_error,omitempty"`
+	Rules      map[string]bool   `json:"iptables"`
+	Drops      map[string]uint64 `json:"udp_dropped,omitempty"`
+}
+
+func (o *observer) status() Status {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	s := Status{Ready: o.ready.Load(), Backend: o.btype, Rules: map[string]bool{"masquerade": o.masq, "forward": o.forward}}
+	if o.holder != nil {
+		own := o.holder.Current()
+		s.Subnet, s.PublicIP = own.Subnet.String(), own.Attrs.PublicIP.String()
+	}
+	if o.node != nil {
+		st := o.node.Stats()
+		s.Reconciles, s.Errors, s.LastError = st.Runs, st.Errors, st.LastError
+	}
+	s.Network = o.desired.Network.String()
+	s.Skipped = o.desired.Skipped
+	handshakes := map[string]wgtypes.Peer{}
+	if wg, ok := o.backend.(wgStatus); ok {
+		if dev, err := wg.Status(); err == nil {
+			for _, p := range dev.Peers {
+				for _, a := range p.AllowedIPs {
+					handshakes[a.String()] = p
+				}
+			}
+		}
+	}
+	for _, p := range o.desired.Peers {
+		ps := PeerStatus{Lease: p.Key, Subnet: p.Subnet.String(), PublicIP: p.PublicIP.String(), State: "programmed"}
+		if wp, ok := handshakes[p.Subnet.String()]; ok {
+			ps.RxBytes, ps.TxBytes = wp.ReceiveBytes, wp.TransmitBytes
+			if wp.LastHandshakeTime.IsZero() {
+				ps.State = "no handshake"
+			} else {
+				ps.LastHandshake = wp.LastHandshakeTime.UTC().Format(time.RFC3339)
+				ps.State = "handshake " + time.Since(wp.LastHandshakeTime).Round(time.Second).String() + " ago"
+			}
+		} else if o.btype == lease.BackendWireGuard {
+			ps.State = "not on the device"
+		}
+		s.Peers = append(s.Peers, ps)
+	}
+	sort.Slice(s.Peers, func(i, j int) bool { return s.Peers[i].Subnet < s.Peers[j].Subnet })
+	if dc, ok := o.backend.(dropCounter); ok {
+		s.Drops = dc.Drops()
+	}
+	return s
+}
+
+var (
+	descLease      = prometheus.NewDesc("weft_lease_info", "This host's lease (always 1).", []string{"subnet", "public_ip", "backend"}, nil)
+	descExpiry     = prometheus.NewDesc("weft_lease_expiry_seconds", "Unix time the lease expires unless renewed.", nil, nil)
+	descReady      = prometheus.NewDesc("weft_ready", "1 once the data path has been programmed.", nil, nil)
+	descPeers      = prometheus.NewDesc("weft_peers", "Leases by state: peer (programmed) or skipped (invalid).", []string{"state"}, nil)
+	descRuns       = prometheus.NewDesc("weft_reconcile_runs_total", "Reconcile runs.", nil, nil)
+	descErrors     = prometheus.NewDesc("weft_reconcile_errors_total", "Reconcile runs that met an error.", nil, nil)
+	descRelists    = prometheus.NewDesc("weft_etcd_watch_restarts_total", "Times the lease watch had to list again (compaction, outage).", nil, nil)
+	descRx         = prometheus.NewDesc("weft_wireguard_peer_receive_bytes_total", "Bytes received from a WireGuard peer.", []string{"subnet"}, nil)
+	descTx         = prometheus.NewDesc("weft_wireguard_peer_transmit_bytes_total", "Bytes sent to a WireGuard peer.", []string{"subnet"}, nil)
+	descHandshake  = prometheus.NewDesc("weft_wireguard_peer_last_handshake_seconds", "Unix time of the last handshake with a peer (0: none).", []string{"subnet"}, nil)
+	descUDPDropped = prometheus.NewDesc("weft_udp_dropped_datagrams_total", "Datagrams the udp backend refused, by reason.", []string{"reason"}, nil)
+)
+
+// Describe implements prometheus.Collector.
+func (o *observer) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descLease, descExpiry, descReady, descPeers, descRuns, descErrors, descRelists, descRx, descTx, descHandshake, descUDPDropped} {
+		ch <- d
+	}
+	o.duration.Describe(ch)
+}
+
+// Collect implements prometheus.Collector.
+func (o *observer) Collect(ch chan<- prometheus.Metric) {
+	s := o.status()
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	counter := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, labels...)
+	}
+	ready := 0.0
+	if s.Ready {
+		ready = 1
+	}
+	gauge(descReady, ready)
+	o.mu.Lock()
+	holder, watcher := o.holder, o.watcher
+	o.mu.Unlock()
+	if holder != nil {
+		own := holder.Current()
+		gauge(descLease, 1, s.Subnet, s.PublicIP, s.Backend)
+		gauge(descExpiry, float64(own.Expiration.Unix()))
+	}
+	if watcher != nil {
+		counter(descRelists, float64(max(watcher.Relists()-1, 0)))
+	}
+	gauge(descPeers, float64(len(s.Peers)), "peer")
+	gauge(descPeers, float64(len(s.Skipped)), "skipped")
+	counter(descRuns, float64(s.Reconciles))
+	counter(descErrors, float64(s.Errors))
+	for _, p := range s.Peers {
+		if s.Backend != lease.BackendWireGuard {
+			break
+		}
+		counter(descRx, float64(p.RxBytes), p.Subnet)
+		counter(descTx, float64(p.TxBytes), p.Subnet)
+		hs := 0.0
+		if t, err := time.Parse(time.RFC3339, p.LastHandshake); err == nil {
+			hs = float64(t.Unix())
+		}
+		gauge(descHandshake, hs, p.Subnet)
+	}
+	for reason, n := range s.Drops {
+		counter(descUDPDropped, float64(n), reason)
+	}
+	o.duration.Collect(ch)
+}
+
+// handlers adds /readyz, /status and /metrics to mux.
+func (o *observer) handlers(mux *http.ServeMux) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(o)
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !o.ready.Load() {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ready\n"))
+	})
+	mux.HandleFunc("/status", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(o.status())
+	})
+}
