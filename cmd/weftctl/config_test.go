@@ -1,0 +1,45 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/weftnet/weft/lease/etcdtest"
+)
+
+func TestConfigPutRefusesInvalidBeforeEtcd(t *testing.T) {
+	srv, err := etcdtest.Start(etcdtest.Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	dir := t.TempDir()
+	weftctl := func(args ...string) (int, string, string) {
+		var out, errOut bytes.Buffer
+		code := run(append([]string{"-etcd-endpoints", srv.Endpoint, "-etcd-prefix", "/weft-test"}, args...), &out, &errOut)
+		return code, out.String(), errOut.String()
+	}
+	bad := filepath.Join(dir, "bad.json")
+	os.WriteFile(bad, []byte(`{"Network":"10.5.0.0/16","Backend":{"Type":"wireguard","ListenPort":0}}`), 0o644)
+	code, _, stderr := weftctl("config", "put", bad)
+	if code == 0 || !strings.Contains(stderr, `key "Backend.ListenPort": 0 is not a UDP port`) || !strings.Contains(stderr, "nothing was written") {
+		t.Fatalf("put of a bad file: code %d, %s", code, stderr)
+	}
+	if code, _, stderr := weftctl("config", "get"); code == 0 || !strings.Contains(stderr, "network config not found") {
+		t.Fatalf("a bad config reached etcd: %d %s", code, stderr)
+	}
+	if code, out, _ := weftctl("config", "validate", bad); code == 0 || out != "" {
+		t.Fatalf("validate accepted a bad file")
+	}
+	good := filepath.Join(dir, "good.json")
+	os.WriteFile(good, []byte(`{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}`), 0o644)
+	if code, _, stderr := weftctl("config", "put", good); code != 0 {
+		t.Fatalf("put of a good file: %s", stderr)
+	}
+	if code, out, _ := weftctl("config", "get"); code != 0 || strings.TrimSpace(out) != `{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}` {
+		t.Fatalf("config get = %d %q", code, out)
+	}
+}
