@@ -62,10 +62,12 @@ func (h *Holder) SetAttrs(attrs Attrs) {
 	h.Verify()
 }
 
-// renewAfter is when to renew a TTL: margin before expiry, but never later
-// than two thirds of the TTL so short test TTLs still renew in time.
+// renewAfter is when to renew a TTL: margin before expiry (flannel's
+// -subnet-lease-renew-margin), but never sooner than a third of the TTL, so
+// a TTL shorter than the margin renews a few times per TTL instead of in a
+// hot loop.
 func (h *Holder) renewAfter() time.Duration {
-	return min(max(h.req.TTL-h.renewMargin, 0), h.req.TTL*2/3)
+	return max(h.req.TTL-h.renewMargin, h.req.TTL/3)
 }
 
 // Run renews and re-claims until ctx ends.

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/weftnet/weft/backends"
+	"github.com/weftnet/weft/backends/netutil"
 	"github.com/weftnet/weft/backends/rules"
 	"github.com/weftnet/weft/lease"
 	"github.com/weftnet/weft/mesh"
@@ -47,11 +48,16 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 		})
 	}
 
-	cfg, err := waitForConfig(ctx, store, log)
+	ext, publicIP, err := chooseExternal(o, log)
 	if err != nil {
 		return err
 	}
-	ext, publicIP, err := chooseExternal(o, log)
+	cfg, err := waitForConfig(ctx, store, log, func(cfg *lease.Config) error {
+		if err := backends.ValidateOptions(cfg); err != nil {
+			return err
+		}
+		return notOnUnderlay(cfg, ext)
+	})
 	if err != nil {
 		return err
 	}
@@ -191,7 +197,7 @@ func watchKey(ctx context.Context, r backends.KeyReloader, holder *lease.Holder,
 // waitForConfig polls <prefix>/config until it exists and is valid. While
 // it waits it changes nothing on the host and says, once per back-off step,
 // what it waits for.
-func waitForConfig(ctx context.Context, store *lease.EtcdStore, log *slog.Logger) (*lease.Config, error) {
+func waitForConfig(ctx context.Context, store *lease.EtcdStore, log *slog.Logger, check func(*lease.Config) error) (*lease.Config, error) {
 	key := store.Prefix() + "/config"
 	backoff := lease.NewBackoff(time.Second, 30*time.Second)
 	for {
@@ -199,7 +205,7 @@ func waitForConfig(ctx context.Context, store *lease.EtcdStore, log *slog.Logger
 		if err == nil {
 			cfg, perr := lease.ParseConfig(raw)
 			if perr == nil {
-				perr = backends.ValidateOptions(cfg)
+				perr = check(cfg)
 			}
 			if perr == nil {
 				if cfg.BackendDefaulted {
@@ -225,6 +231,19 @@ func waitForConfig(ctx context.Context, store *lease.EtcdStore, log *slog.Logger
 		case <-time.After(delay):
 		}
 	}
+}
+
+// notOnUnderlay refuses a Network that overlaps the external interface's
+// own networks: routing the Network through the overlay would cut this
+// host off from its peers.
+func notOnUnderlay(cfg *lease.Config, ext netutil.ExternalInterface) error {
+	for _, p := range ext.Prefixes {
+		if p.Overlaps(cfg.Network) {
+			return fmt.Errorf(`%w: key "Network": %s overlaps %s on %s, the underlay between hosts; choose a Network no host interface uses`,
+				lease.ErrInvalidConfig, cfg.Network, p, ext.Name)
+		}
+	}
+	return nil
 }
 
 // claimWithRetry claims a subnet, waiting out etcd outages and a full pool.

@@ -210,6 +210,10 @@ func TestBadConfigWaitsWithoutTouchingTheHost(t *testing.T) {
 		{"SubnetLen out of range", `{"Network":"10.5.0.0/16","SubnetLen":31}`, `31 is out of range`},
 		{"SubnetMin outside", `{"Network":"10.5.0.0/16","SubnetMin":"10.9.0.0"}`, `10.9.0.0 is outside Network 10.5.0.0/16`},
 		{"unknown backend", `{"Network":"10.5.0.0/16","Backend":{"Type":"ipsec"}}`, `unknown backend`},
+		{"Network overlaps the underlay", `{"Network":"192.168.0.0/16","Backend":{"Type":"host-gw"}}`, `192.168.0.0/16 overlaps 192.168.50.0/24 on eth0, the underlay`},
+		{"truncated", `{"Network":"10.5.0.0/16","Backend":{"Ty`, "not valid JSON"},
+		{"wrong type", `{"Network":"10.5.0.0/16","SubnetLen":"24"}`, `key \"SubnetLen\": expected a int`},
+		{"enormous value", `{"Network":"10.5.0.0/16","SubnetLen":1e300}`, `SubnetLen`},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
