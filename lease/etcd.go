@@ -110,6 +110,15 @@ func (s *EtcdStore) PutConfig(ctx context.Context, value []byte) error {
 	return err
 }
 
+// Revision implements Store.
+func (s *EtcdStore) Revision(ctx context.Context) (int64, error) {
+	resp, err := s.client.Get(ctx, s.subnets, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		return 0, err
+	}
+	return resp.Header.Revision, nil
+}
+
 // List implements Store.
 func (s *EtcdStore) List(ctx context.Context) ([]Record, int64, error) {
 	resp, err := s.client.Get(ctx, s.subnets, clientv3.WithPrefix())

@@ -53,6 +53,8 @@ type Store interface {
 	Config(ctx context.Context) ([]byte, error)
 	// PutConfig writes <prefix>/config.
 	PutConfig(ctx context.Context, value []byte) error
+	// Revision returns the store's current revision (cheap: no values).
+	Revision(ctx context.Context) (int64, error)
 	// List returns every lease record and the revision it was read at.
 	List(ctx context.Context) ([]Record, int64, error)
 	// Watch streams changes after fromRevision (exclusive) until ctx ends or

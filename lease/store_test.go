@@ -312,3 +312,29 @@ func ExampleSubnetKey() {
 	fmt.Println(lease.SubnetKey(netip.MustParsePrefix("10.5.34.0/24")))
 	// Output: 10.5.34.0-24
 }
+
+// TestWatchRelistsAfterWipe: a store restored empty (revision back to 0)
+// would leave a watch waiting for revisions that never come; the watcher
+// notices and lists again.
+func TestWatchRelistsAfterWipe(t *testing.T) {
+	s := leasetest.New(nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var logs syncBuffer
+	w := lease.NewWatcher(s, testLogger(&logs))
+	w.CheckInterval = 50 * time.Millisecond
+	for i := 1; i <= 5; i++ {
+		s.PutRaw(fmt.Sprintf("10.5.%d.0-24", i), hostAttrs(i).Encode())
+	}
+	go w.Run(ctx)
+	waitFor(t, "5 leases", func() bool { return len(w.Leases()) == 5 })
+	s.Wipe()
+	s.PutRaw("10.5.9.0-24", hostAttrs(9).Encode())
+	waitFor(t, "the wiped store's single lease", func() bool {
+		ls := w.Leases()
+		return len(ls) == 1 && ls[0].Key() == "10.5.9.0-24"
+	})
+	if !strings.Contains(logs.String(), "revision went back") {
+		t.Errorf("no log line about the rewind:\n%s", logs.String())
+	}
+}

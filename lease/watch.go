@@ -27,7 +27,17 @@ type Watcher struct {
 	synced  bool
 	warned  map[string]int64 // key → revision already warned about
 	relists int
+	lastRev int64 // highest revision seen, to notice a store that went back
+
+	// CheckInterval is how often the watch verifies the store is the one
+	// it listed (its revision did not go back) and is reachable.
+	CheckInterval time.Duration
 }
+
+// errRewound means the store's revision went backwards: etcd was wiped or
+// restored from a backup, and the watch would wait for revisions that
+// will never come.
+var errRewound = errors.New("store revision went back")
 
 // NewWatcher returns a Watcher over store; call Run to start it.
 func NewWatcher(store Store, log *slog.Logger) *Watcher {
@@ -38,6 +48,8 @@ func NewWatcher(store Store, log *slog.Logger) *Watcher {
 		records: map[string]Record{},
 		leases:  map[string]Lease{},
 		warned:  map[string]int64{},
+
+		CheckInterval: 10 * time.Second,
 	}
 }
 
@@ -85,9 +97,12 @@ func (w *Watcher) Run(ctx context.Context) error {
 		rev, err := w.relist(ctx)
 		if err == nil {
 			err = w.follow(ctx, rev)
-			if ctx.Err() == nil && errors.Is(err, ErrCompacted) {
-				// Compaction is routine: list again at once, without alarm.
-				w.log.Info("watch fell behind a compaction; listing leases again")
+			if ctx.Err() == nil && (errors.Is(err, ErrCompacted) || errors.Is(err, errRewound)) {
+				// Compaction is routine (and a rewind was logged): list
+				// again at once, without alarm.
+				if errors.Is(err, ErrCompacted) {
+					w.log.Info("watch fell behind a compaction; listing leases again")
+				}
 				backoff.Reset()
 				continue
 			}
@@ -116,19 +131,62 @@ func (w *Watcher) relist(ctx context.Context) (int64, error) {
 	}
 	w.synced = true
 	w.relists++
+	w.lastRev = rev
 	w.mu.Unlock()
 	w.notify()
 	return rev, nil
 }
 
-// follow applies watch events until the watch ends, returning why.
+// follow applies watch events until the watch ends, returning why. It
+// also checks the store every CheckInterval: an unreachable store is
+// logged once (the watch resumes by itself), a rewound one is re-listed.
 func (w *Watcher) follow(ctx context.Context, rev int64) error {
-	for resp := range w.store.Watch(ctx, rev) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	events := w.store.Watch(ctx, rev)
+	check := time.NewTicker(w.CheckInterval)
+	defer check.Stop()
+	unreachable := false
+	for {
+		var resp WatchResponse
+		var ok bool
+		select {
+		case resp, ok = <-events:
+			if !ok {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				return errors.New("watch closed by the store")
+			}
+		case <-check.C:
+			// Bounded: the etcd client would otherwise wait for a
+			// connection as long as the outage lasts.
+			checkCtx, cancelCheck := context.WithTimeout(ctx, 3*time.Second)
+			cur, err := w.store.Revision(checkCtx)
+			cancelCheck()
+			switch {
+			case err != nil && !unreachable:
+				unreachable = true
+				w.log.Warn("lease store unreachable; the data path stays as it is until it is back", "err", err)
+			case err == nil && unreachable:
+				unreachable = false
+				w.log.Info("lease store reachable again")
+			}
+			w.mu.Lock()
+			last := w.lastRev
+			w.mu.Unlock()
+			if err == nil && cur < last {
+				w.log.Warn("lease store's revision went back (etcd wiped or restored); listing leases again", "was", last, "now", cur)
+				return errRewound
+			}
+			continue
+		}
 		if resp.Err != nil {
 			return resp.Err
 		}
 		w.mu.Lock()
 		for _, ev := range resp.Events {
+			w.lastRev = max(w.lastRev, ev.Record.Revision)
 			if ev.Deleted {
 				delete(w.records, ev.Record.Key)
 				delete(w.leases, ev.Record.Key)
@@ -140,10 +198,6 @@ func (w *Watcher) follow(ctx context.Context, rev int64) error {
 		w.mu.Unlock()
 		w.notify()
 	}
-	if ctx.Err() != nil {
-		return ctx.Err()
-	}
-	return errors.New("watch closed by the store")
 }
 
 func (w *Watcher) putLocked(r Record) {

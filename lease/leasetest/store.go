@@ -84,6 +84,23 @@ func (s *Store) PutConfig(_ context.Context, v []byte) error {
 	return nil
 }
 
+// Revision implements lease.Store.
+func (s *Store) Revision(context.Context) (int64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.check(); err != nil {
+		return 0, err
+	}
+	return s.rev, nil
+}
+
+// Wipe forgets everything, revisions included, as an etcd restored empty.
+func (s *Store) Wipe() {
+	s.mu.Lock()
+	s.records, s.history, s.rev, s.compact = map[string]lease.Record{}, nil, 0, 0
+	s.mu.Unlock()
+}
+
 // List implements lease.Store.
 func (s *Store) List(context.Context) ([]lease.Record, int64, error) {
 	s.mu.Lock()

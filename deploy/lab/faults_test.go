@@ -1,0 +1,252 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/weftnet/weft/lease"
+)
+
+// soak reports whether the long form was asked for (make soak).
+func soak() bool { return os.Getenv("WEFT_SOAK") != "" }
+
+// reliability logs a summary line that make soak collects into RELIABILITY.md.
+func reliability(t *testing.T, format string, args ...any) {
+	t.Helper()
+	t.Logf("RELIABILITY: "+format, args...)
+}
+
+// cpuTime is the user+system CPU a process has used.
+func cpuTime(pid int) time.Duration {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name, which is in parentheses.
+	fields := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+2:]))
+	utime, _ := strconv.ParseInt(fields[11], 10, 64)
+	stime, _ := strconv.ParseInt(fields[12], 10, 64)
+	return time.Duration(utime+stime) * time.Second / 100
+}
+
+var pingStats = regexp.MustCompile(`(\d+) packets transmitted, (\d+) received`)
+
+// pingFor pings to's container from from's every 200 ms for d in the
+// background; the returned func waits and reports sent and lost.
+func pingFor(from, to *Host, d time.Duration) func() (sent, lost int) {
+	out := make(chan string, 1)
+	go func() {
+		count := int(d / (200 * time.Millisecond))
+		o, _ := Exec(from.Container, "ping", "-i", "0.2", "-W", "1", "-c", strconv.Itoa(count), to.ContainerIP().String())
+		out <- o
+	}()
+	return func() (int, int) {
+		m := pingStats.FindStringSubmatch(<-out)
+		if m == nil {
+			return 0, 0
+		}
+		sent, _ := strconv.Atoi(m[1])
+		recv, _ := strconv.Atoi(m[2])
+		return sent, sent - recv
+	}
+}
+
+func TestFaultEtcdOutage(t *testing.T) {
+	outage := 12 * time.Second
+	if soak() {
+		outage = 60 * time.Second
+	}
+	l := startCluster(t, Options{Hosts: 3, Backend: lease.BackendHostGW, WeftdArgs: []string{"-subnet-lease-ttl", "20s"}})
+	h1, h2 := l.Hosts[0], l.Hosts[1]
+	pid := l.WeftdPID(h1)
+	pings := pingFor(h1, h2, outage+2*time.Second)
+	cpu0 := cpuTime(pid)
+	l.StopEtcd()
+	time.Sleep(outage)
+	cpu := cpuTime(pid) - cpu0
+	if err := l.StartEtcd(); err != nil {
+		t.Fatal(err)
+	}
+	sent, lost := pings()
+	if lost > 0 {
+		t.Errorf("%d of %d pings lost while etcd was down", lost, sent)
+	}
+	share := cpu.Seconds() / outage.Seconds()
+	if share > 0.05 {
+		t.Errorf("weftd used %.1f%% of a core waiting for etcd", 100*share)
+	}
+	// Leases survive and are renewed: after twice the TTL they are still there.
+	time.Sleep(3 * time.Second)
+	eventually(t, "leases renewed after the outage", 45*time.Second, func() error {
+		records, _, err := l.Store().List(context.Background())
+		if err != nil {
+			return err
+		}
+		if len(records) != 3 {
+			return fmt.Errorf("%d leases", len(records))
+		}
+		for _, r := range records {
+			if left, err := l.Store().Expiry(context.Background(), r); err != nil || left < 5*time.Second {
+				return fmt.Errorf("lease %s has %s left (%v)", r.Key, left, err)
+			}
+		}
+		return nil
+	})
+	log, _ := os.ReadFile(h1.LogPath())
+	outageLines := strings.Count(string(log), "unreachable") + strings.Count(string(log), "unavailable") + strings.Count(string(log), "cannot renew")
+	if outageLines < 1 || outageLines > 20 {
+		t.Errorf("%d log lines about the outage; want it said, once per back-off step at most", outageLines)
+	}
+	reliability(t, "etcd down %s: %d/%d pings lost, weftd CPU %.2fs (%.2f%% of a core), %d log lines about it",
+		outage, lost, sent, cpu.Seconds(), 100*share, outageLines)
+}
+
+func TestFaultEtcdWiped(t *testing.T) {
+	l := startCluster(t, Options{Hosts: 3, Backend: lease.BackendHostGW})
+	before := map[string]string{}
+	for _, h := range l.Hosts {
+		before[h.Name] = h.Subnet.String()
+	}
+	l.StopEtcd()
+	if err := os.RemoveAll(l.Dir + "/etcd"); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.StartEtcd(); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.PutConfig(context.Background(), l.Config()); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	eventually(t, "every host claims its subnet again", 60*time.Second, func() error {
+		records, _, err := l.Store().List(context.Background())
+		if err != nil {
+			return err
+		}
+		got := map[string]bool{}
+		for _, r := range records {
+			got[r.Key] = true
+		}
+		for _, h := range l.Hosts {
+			if !got[lease.SubnetKey(h.Subnet)] {
+				return fmt.Errorf("%s's subnet %s not leased yet", h.Name, h.Subnet)
+			}
+		}
+		return nil
+	})
+	for _, h := range l.Hosts {
+		env, err := lease.ReadSubnetFile(h.SubnetFile())
+		if err != nil || env.Subnet.String() != before[h.Name] {
+			t.Errorf("%s: subnet file says %v (%v), had %s", h.Name, env.Subnet, err, before[h.Name])
+		}
+	}
+	if table, ok := l.PingMatrix(); !ok {
+		t.Errorf("containers lost reachability:\n%s", table)
+	}
+	reliability(t, "etcd wiped and config re-put: all %d hosts re-claimed their own subnets within %s", len(l.Hosts), time.Since(start).Round(time.Millisecond))
+}
+
+func TestFaultLeaseExpiry(t *testing.T) {
+	const ttl = 6 * time.Second
+	l := startCluster(t, Options{Hosts: 3, Backend: lease.BackendHostGW, WeftdArgs: []string{"-subnet-lease-ttl", ttl.String()}})
+	h1, h2, h3 := l.Hosts[0], l.Hosts[1], l.Hosts[2]
+	l.StopWeftd(h3, syscall.SIGKILL) // no renewal from now on
+	start := time.Now()
+	for _, h := range []*Host{h1, h2} {
+		eventually(t, "h3's route gone from "+h.Name, ttl+10*time.Second, func() error {
+			if out, _ := routeTo(h, h3.Subnet.String()); out != "" {
+				return fmt.Errorf("still routed: %s", out)
+			}
+			return nil
+		})
+	}
+	gone := time.Since(start)
+	// Live hosts keep their leases across several TTLs.
+	time.Sleep(3 * ttl)
+	records, _, err := l.Store().List(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	live := map[string]bool{}
+	for _, r := range records {
+		live[r.Key] = true
+	}
+	for _, h := range []*Host{h1, h2} {
+		if !live[lease.SubnetKey(h.Subnet)] {
+			t.Errorf("live host %s lost its lease", h.Name)
+		}
+	}
+	if err := l.Ping(h1, h2); err != nil {
+		t.Error(err)
+	}
+	reliability(t, "TTL %s: a dead host's lease expired and its routes left every peer after %s; live hosts kept theirs over %s",
+		ttl, gone.Round(time.Millisecond), 3*ttl)
+}
+
+// TestFaultKilledMidApply kills weftd while it programs hundreds of peers,
+// then restarts it: the routes must be exactly the desired ones.
+func TestFaultKilledMidApply(t *testing.T) {
+	l := startCluster(t, Options{Hosts: 2, Backend: lease.BackendHostGW})
+	h1, h2 := l.Hosts[0], l.Hosts[1]
+	ctx := context.Background()
+	const fake = 300
+	for i := range fake {
+		key := fmt.Sprintf("10.5.%d.%d-30", 200+i/64, (i%64)*4)
+		if key == lease.SubnetKey(h1.Subnet) || key == lease.SubnetKey(h2.Subnet) {
+			continue
+		}
+		value := fmt.Sprintf(`{"PublicIP":"192.168.50.%d","PublicIPv6":null,"BackendType":"host-gw"}`, 100+i%100)
+		if _, err := l.Store().Create(ctx, key, []byte(value), time.Hour); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Mixed lengths are skipped (SubnetLen 24): make them real /24s instead.
+	for i := range fake {
+		l.Store().Delete(ctx, fmt.Sprintf("10.5.%d.%d-30", 200+i/64, (i%64)*4))
+	}
+	for i := range 40 {
+		key := fmt.Sprintf("10.5.%d.0-24", 200+i)
+		value := fmt.Sprintf(`{"PublicIP":"192.168.50.%d","PublicIPv6":null,"BackendType":"host-gw"}`, 100+i)
+		if _, err := l.Store().Create(ctx, key, []byte(value), time.Hour); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(30 * time.Millisecond) // weftd is mid-way through the routes
+	l.StopWeftd(h1, syscall.SIGKILL)
+	if err := l.StartWeftd(h1); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.WaitReady(ctx, h1); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "exactly one route per peer", 15*time.Second, func() error {
+		out, _ := Exec(h1.Name, "ip", "-4", "route", "show", "proto", "87")
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		seen := map[string]bool{}
+		for _, line := range lines {
+			dst := strings.Fields(line)[0]
+			if seen[dst] {
+				return fmt.Errorf("duplicate route %s", dst)
+			}
+			seen[dst] = true
+		}
+		if len(seen) != 41 || !seen[h2.Subnet.String()] {
+			return fmt.Errorf("%d routes, want 41 (40 fake peers and h2)", len(seen))
+		}
+		return nil
+	})
+	env, err := lease.ReadSubnetFile(h1.SubnetFile())
+	if err != nil || env.Subnet != h1.Subnet {
+		t.Errorf("subnet after SIGKILL: %v (%v), want %s", env.Subnet, err, h1.Subnet)
+	}
+	if err := l.Ping(h1, h2); err != nil {
+		t.Error(err)
+	}
+}
