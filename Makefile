@@ -1,5 +1,6 @@
 # weft — build, test and run the lab. Targets that touch the network need root.
 export PATH := $(PATH):/usr/local/go/bin:$(HOME)/go/bin
+SHELL     := /bin/bash
 GO        ?= go
 BIN       := bin
 DEB_PKGS  := iproute2 iptables iputils-ping iperf3 tcpdump wireguard-tools docker-compose
@@ -8,7 +9,7 @@ LAB_ARGS  ?=
 # Pure and store tiers run with the race detector; host and cluster tiers need root.
 PURE_PKGS := ./lease/... ./mesh/... ./keys/... ./cmd/...
 
-.PHONY: all build test test-pure test-root lab lint bench deps clean
+.PHONY: all build test test-pure test-root lab lint bench soak deps clean
 
 all: build
 
@@ -52,6 +53,15 @@ lint:
 bench: deps build
 	GOBIN=$(CURDIR)/$(BIN) $(GO) install golang.zx2c4.com/wireguard@$$($(GO) list -m -f '{{.Version}}' golang.zx2c4.com/wireguard)
 	$(BIN)/weftbench -wireguard-go $(BIN)/wireguard -out BENCHMARKS.md
+
+# soak: the fault suite's long form (etcd down 60 s, ...), bounded by its
+# timeout; its RELIABILITY lines become RELIABILITY.md.
+soak: deps
+	set -o pipefail; WEFT_SOAK=1 $(GO) test -count=1 -v -timeout 30m \
+		-run 'TestFault|TestWireGuardCluster|TestUDPCluster|TestVXLANCluster' ./deploy/lab/ | tee $(BIN)/soak.log
+	{ echo "# weft reliability"; echo; \
+	  echo "Written by \`make soak\` on $$(date -u '+%F %H:%M UTC'): the fault suite's long form in the network-namespace lab."; echo; \
+	  grep -o 'RELIABILITY: .*' $(BIN)/soak.log | sed 's/^RELIABILITY: /- /'; } > RELIABILITY.md
 
 clean:
 	rm -rf $(BIN)

@@ -55,7 +55,10 @@ func Compute(self lease.Lease, leases []lease.Lease, cfg *lease.Config) Desired 
 		}
 		return sorted[i].Subnet.Addr().Less(sorted[j].Subnet.Addr())
 	})
-	kept := []netip.Prefix{self.Subnet}
+	// Every lease that gets as far as the overlap check is a SubnetLen
+	// subnet, and two aligned subnets of one length overlap only when they
+	// are equal: a set makes the check O(1), the whole computation O(n log n).
+	kept := map[netip.Prefix]bool{self.Subnet: true}
 	for _, l := range sorted {
 		key := l.Key()
 		if l.Subnet == self.Subnet {
@@ -71,19 +74,16 @@ func Compute(self lease.Lease, leases []lease.Lease, cfg *lease.Config) Desired 
 			reason = fmt.Sprintf("runs backend %q, this network uses %q", l.Attrs.BackendType, cfg.Backend.Type)
 		case l.Attrs.PublicIP == self.Attrs.PublicIP:
 			reason = fmt.Sprintf("PublicIP %s is this host's own", l.Attrs.PublicIP)
-		default:
-			for _, k := range kept {
-				if k.Overlaps(l.Subnet) {
-					reason = fmt.Sprintf("subnet %s overlaps %s, leased earlier", l.Subnet, k)
-					break
-				}
-			}
+		case l.Subnet.Masked() != l.Subnet:
+			reason = fmt.Sprintf("subnet %s is not aligned to /%d", l.Subnet, cfg.SubnetLen)
+		case kept[l.Subnet]:
+			reason = fmt.Sprintf("subnet %s overlaps %s, leased earlier", l.Subnet, l.Subnet)
 		}
 		if reason != "" {
 			d.Skipped = append(d.Skipped, Skipped{Key: key, Reason: reason})
 			continue
 		}
-		kept = append(kept, l.Subnet)
+		kept[l.Subnet] = true
 		d.Peers = append(d.Peers, Peer{Key: key, Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP,
 			BackendType: l.Attrs.BackendType, BackendData: l.Attrs.BackendData})
 	}

@@ -88,3 +88,19 @@ func TestComputeOrderIndependent(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkCompute10k is the pure part of one lease change at 10,000 peers.
+func BenchmarkCompute10k(b *testing.B) {
+	cfg, _ := lease.ParseConfig([]byte(`{"Network":"10.0.0.0/8","Backend":{"Type":"host-gw"}}`))
+	self := mkLease("10.0.1.0/24", "192.168.0.1", 1)
+	leases := []lease.Lease{self}
+	for i := 2; i < 10002; i++ {
+		leases = append(leases, mkLease(fmt.Sprintf("10.%d.%d.0/24", i/256, i%256), fmt.Sprintf("172.16.%d.%d", i/256, i%256), int64(i)))
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if d := Compute(self, leases, cfg); len(d.Peers) != 10000 {
+			b.Fatalf("%d peers", len(d.Peers))
+		}
+	}
+}

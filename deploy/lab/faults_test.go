@@ -190,29 +190,30 @@ func TestFaultLeaseExpiry(t *testing.T) {
 		ttl, gone.Round(time.Millisecond), 3*ttl)
 }
 
+// freeKeys returns n lease keys in 10.5.200.0/21.. that no lab host holds.
+func freeKeys(l *Lab, n int) []string {
+	taken := map[string]bool{}
+	for _, h := range l.Hosts {
+		taken[lease.SubnetKey(h.Subnet)] = true
+	}
+	var keys []string
+	for i := 0; len(keys) < n; i++ {
+		if key := fmt.Sprintf("10.5.%d.0-24", 180+i); !taken[key] {
+			keys = append(keys, key)
+		}
+	}
+	return keys
+}
+
 // TestFaultKilledMidApply kills weftd while it programs hundreds of peers,
 // then restarts it: the routes must be exactly the desired ones.
 func TestFaultKilledMidApply(t *testing.T) {
 	l := startCluster(t, Options{Hosts: 2, Backend: lease.BackendHostGW})
 	h1, h2 := l.Hosts[0], l.Hosts[1]
 	ctx := context.Background()
-	const fake = 300
-	for i := range fake {
-		key := fmt.Sprintf("10.5.%d.%d-30", 200+i/64, (i%64)*4)
-		if key == lease.SubnetKey(h1.Subnet) || key == lease.SubnetKey(h2.Subnet) {
-			continue
-		}
-		value := fmt.Sprintf(`{"PublicIP":"192.168.50.%d","PublicIPv6":null,"BackendType":"host-gw"}`, 100+i%100)
-		if _, err := l.Store().Create(ctx, key, []byte(value), time.Hour); err != nil {
-			t.Fatal(err)
-		}
-	}
-	// Mixed lengths are skipped (SubnetLen 24): make them real /24s instead.
-	for i := range fake {
-		l.Store().Delete(ctx, fmt.Sprintf("10.5.%d.%d-30", 200+i/64, (i%64)*4))
-	}
-	for i := range 40 {
-		key := fmt.Sprintf("10.5.%d.0-24", 200+i)
+	// 40 fake peers (on-link addresses, so host-gw routes them), written
+	// at once; weftd is killed while it is still programming them.
+	for i, key := range freeKeys(l, 40) {
 		value := fmt.Sprintf(`{"PublicIP":"192.168.50.%d","PublicIPv6":null,"BackendType":"host-gw"}`, 100+i)
 		if _, err := l.Store().Create(ctx, key, []byte(value), time.Hour); err != nil {
 			t.Fatal(err)
@@ -249,4 +250,63 @@ func TestFaultKilledMidApply(t *testing.T) {
 	if err := l.Ping(h1, h2); err != nil {
 		t.Error(err)
 	}
+}
+
+// procUsage is what a leak shows in: open files, threads, resident memory.
+func procUsage(t *testing.T, pid int) (fds, threads int, rssKB int) {
+	t.Helper()
+	entries, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for _, line := range strings.Split(string(status), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 2 && f[0] == "Threads:" {
+			threads, _ = strconv.Atoi(f[1])
+		}
+		if len(f) >= 2 && f[0] == "VmRSS:" {
+			rssKB, _ = strconv.Atoi(f[1])
+		}
+	}
+	return len(entries), threads, rssKB
+}
+
+// TestFaultNoLeaks drives 1,000 lease changes through weftd and checks its
+// open files, threads and memory stay flat.
+func TestFaultNoLeaks(t *testing.T) {
+	l := startCluster(t, Options{Hosts: 2, Backend: lease.BackendHostGW})
+	h1 := l.Hosts[0]
+	ctx := context.Background()
+	keys := freeKeys(l, 50)
+	churn := func(rounds int) {
+		for i := range rounds {
+			n := (i / 2) % 50 // create at even i, delete the same lease at odd i
+			key := keys[n]
+			if i%2 == 0 {
+				value := fmt.Sprintf(`{"PublicIP":"192.168.50.%d","PublicIPv6":null,"BackendType":"host-gw"}`, 100+n)
+				if _, err := l.Store().Create(ctx, key, []byte(value), time.Hour); err != nil {
+					t.Fatal(err)
+				}
+			} else if err := l.Store().Delete(ctx, key); err != nil {
+				t.Fatal(err)
+			}
+		}
+		eventually(t, "churn applied", 20*time.Second, func() error {
+			if out, _ := Exec(h1.Name, "ip", "-4", "route", "show", "proto", "87"); strings.Count(out, "\n") != 1 {
+				return fmt.Errorf("routes:\n%s", out)
+			}
+			return nil
+		})
+	}
+	churn(100) // warm up caches and pools
+	pid := l.WeftdPID(h1)
+	fds0, threads0, rss0 := procUsage(t, pid)
+	churn(1000)
+	time.Sleep(time.Second)
+	fds1, threads1, rss1 := procUsage(t, pid)
+	if fds1 > fds0+5 || threads1 > threads0+5 || rss1 > rss0+30*1024 {
+		t.Errorf("after 1,000 lease changes: fds %d→%d, threads %d→%d, RSS %d→%d KiB", fds0, fds1, threads0, threads1, rss0, rss1)
+	}
+	reliability(t, "1,000 lease changes: open files %d→%d, threads %d→%d, RSS %d→%d KiB", fds0, fds1, threads0, threads1, rss0, rss1)
 }

@@ -64,7 +64,7 @@ func checkStream(t *testing.T, l *Lab, from, to *Host, port int, what string, di
 	if err != nil {
 		t.Fatalf("stream across %s: %v", what, err)
 	}
-	t.Logf("TCP stream across %s: %d bytes intact, longest gap %s", what, res.Received, res.MaxGap.Round(time.Millisecond))
+	reliability(t, "TCP stream across %s: %d bytes intact, 0 lost, longest gap %s", what, res.Received, res.MaxGap.Round(time.Millisecond))
 }
 
 func TestWireGuardCluster(t *testing.T) {
@@ -168,7 +168,7 @@ func TestWireGuardCluster(t *testing.T) {
 				})
 			}
 			eventually(t, "traffic after rotation", 30*time.Second, func() error { return l.Ping(h2, h1) })
-			t.Logf("rotation by %s: traffic back after %s", rotate.how, time.Since(start).Round(time.Millisecond))
+			reliability(t, "WireGuard key rotation by %s: traffic back after %s", rotate.how, time.Since(start).Round(time.Millisecond))
 		}
 	})
 
