@@ -2,9 +2,11 @@ package lease
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"strings"
 	"time"
 
@@ -39,6 +41,8 @@ type EtcdStore struct {
 	client  *clientv3.Client
 	prefix  string
 	subnets string
+	tls     *tls.Config
+	dial    func(ctx context.Context, addr string) (net.Conn, error)
 }
 
 var _ Store = (*EtcdStore)(nil)
@@ -83,7 +87,47 @@ func NewEtcdStore(opts EtcdOptions) (*EtcdStore, error) {
 	if err != nil {
 		return nil, fmt.Errorf("etcd client for %v: %w", opts.Endpoints, err)
 	}
-	return &EtcdStore{client: client, prefix: prefix, subnets: prefix + "/subnets/"}, nil
+	return &EtcdStore{client: client, prefix: prefix, subnets: prefix + "/subnets/", tls: cfg.TLS, dial: opts.Dial}, nil
+}
+
+// Diagnose says why etcd does not answer, when the client only reports a
+// timeout: it connects to each endpoint itself (TLS handshake included) and
+// returns the first concrete failure, such as a refused connection or a
+// certificate signed by an unknown authority. nil means they all connect.
+func (s *EtcdStore) Diagnose(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	for _, ep := range s.client.Endpoints() {
+		u, err := url.Parse(ep)
+		if err != nil {
+			return fmt.Errorf("endpoint %q: %w", ep, err)
+		}
+		dial := s.dial
+		if dial == nil {
+			var d net.Dialer
+			dial = func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }
+		}
+		conn, err := dial(ctx, u.Host)
+		if err != nil {
+			return fmt.Errorf("endpoint %s: %w", ep, err)
+		}
+		if u.Scheme == "https" && s.tls != nil {
+			cfg := s.tls.Clone()
+			if cfg.ServerName == "" {
+				cfg.ServerName = u.Hostname()
+			}
+			tc := tls.Client(conn, cfg)
+			err = tc.HandshakeContext(ctx)
+			conn = tc
+		} else if u.Scheme == "https" {
+			err = errors.New("endpoint uses https but no TLS options are set; add -etcd-cafile")
+		}
+		conn.Close()
+		if err != nil {
+			return fmt.Errorf("endpoint %s: TLS: %w (check -etcd-cafile, -etcd-certfile and -etcd-keyfile)", ep, err)
+		}
+	}
+	return nil
 }
 
 // Close releases the client's connections.

@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -110,6 +111,20 @@ func TestEtcdTLS(t *testing.T) {
 		wrongCA.CAFile = filepath.Join(other.dir, "ca.pem")
 		if err := tryList(t, wrongCA); err == nil {
 			t.Fatal("a server certificate from an unknown CA was accepted")
+		}
+		// The client only times out; Diagnose names the cause.
+		s, err := lease.NewEtcdStore(wrongCA)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		if err := s.Diagnose(context.Background()); err == nil || !strings.Contains(err.Error(), "certificate signed by unknown authority") {
+			t.Fatalf("Diagnose with a wrong CA = %v", err)
+		}
+		good, _ := lease.NewEtcdStore(ok)
+		defer good.Close()
+		if err := good.Diagnose(context.Background()); err != nil {
+			t.Fatalf("Diagnose with the right CA = %v", err)
 		}
 		half := ok
 		half.KeyFile = ""

@@ -20,15 +20,7 @@ func TestRaceForTheLastSubnets(t *testing.T) {
 	// 10.5.1.0 .. 10.5.150.0: exactly 150 subnets.
 	cfg := mustConfig(t, `{"Network":"10.5.0.0/16","SubnetMin":"10.5.1.0","SubnetMax":"10.5.150.0"}`)
 	const claimers = 200
-	got := make([]lease.Lease, claimers)
-	errs := make([]error, claimers)
-	var wg sync.WaitGroup
-	for i := range claimers {
-		wg.Go(func() {
-			got[i], errs[i] = lease.Claim(context.Background(), s, lease.ClaimRequest{Config: cfg, Attrs: hostAttrs(i + 1)})
-		})
-	}
-	wg.Wait()
+	got, errs := claimAll(s, cfg, claimers)
 	owners := map[netip.Prefix]int{}
 	failed := 0
 	for i := range claimers {

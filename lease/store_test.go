@@ -80,15 +80,7 @@ func TestConcurrentClaimsGetDistinctSubnets(t *testing.T) {
 	stores(t, func(t *testing.T, s lease.Store) {
 		cfg := mustConfig(t, `{"Network":"10.5.0.0/16","Backend":{"Type":"host-gw"}}`)
 		const hosts = 50
-		got := make([]lease.Lease, hosts)
-		errs := make([]error, hosts)
-		var wg sync.WaitGroup
-		for i := range hosts {
-			wg.Go(func() {
-				got[i], errs[i] = lease.Claim(context.Background(), s, lease.ClaimRequest{Config: cfg, Attrs: hostAttrs(i + 1)})
-			})
-		}
-		wg.Wait()
+		got, errs := claimAll(s, cfg, hosts)
 		seen := map[netip.Prefix]int{}
 		for i, l := range got {
 			if errs[i] != nil {
@@ -112,14 +104,7 @@ func TestConcurrentClaimsGetDistinctSubnets(t *testing.T) {
 func TestExhaustedPoolGivesClearError(t *testing.T) {
 	stores(t, func(t *testing.T, s lease.Store) {
 		cfg := mustConfig(t, `{"Network":"10.5.0.0/16","SubnetMin":"10.5.1.0","SubnetMax":"10.5.4.0"}`)
-		var wg sync.WaitGroup
-		errs := make([]error, 5)
-		for i := range 5 {
-			wg.Go(func() {
-				_, errs[i] = lease.Claim(context.Background(), s, lease.ClaimRequest{Config: cfg, Attrs: hostAttrs(i + 1)})
-			})
-		}
-		wg.Wait()
+		_, errs := claimAll(s, cfg, 5)
 		var failed []error
 		for _, err := range errs {
 			if err != nil {
@@ -295,6 +280,20 @@ func TestWatchRelistsAfterCompaction(t *testing.T) {
 	if w.Relists() <= before {
 		t.Errorf("no relist happened")
 	}
+}
+
+// claimAll has n hosts (PublicIPs 192.168.0.1..n) claim at once.
+func claimAll(s lease.Store, cfg *lease.Config, n int) ([]lease.Lease, []error) {
+	got := make([]lease.Lease, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			got[i], errs[i] = lease.Claim(context.Background(), s, lease.ClaimRequest{Config: cfg, Attrs: hostAttrs(i + 1)})
+		})
+	}
+	wg.Wait()
+	return got, errs
 }
 
 func waitFor(t *testing.T, what string, cond func() bool) {

@@ -69,7 +69,15 @@ func (dp *dataplane) setTable(t *Table) error {
 }
 
 func (dp *dataplane) start() {
-	dp.wg.Add(1 + len(dp.recv))
+	dp.wg.Add(2 + len(dp.recv))
+	go func() {
+		// Link events (up, down, MTU) need no action here (Apply keeps the
+		// device right), but wireguard-go's tun blocks its listener when
+		// nobody reads them.
+		defer dp.wg.Done()
+		for range dp.tun.Events() {
+		}
+	}()
 	go dp.tunToUDP()
 	for _, fn := range dp.recv {
 		go dp.udpToTUN(fn)

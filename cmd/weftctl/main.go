@@ -137,7 +137,13 @@ func withStore(opts lease.EtcdOptions, f func(*lease.EtcdStore) error) error {
 		return err
 	}
 	defer s.Close()
-	return f(s)
+	err = f(s)
+	if err != nil && errors.Is(err, context.DeadlineExceeded) {
+		if cause := s.Diagnose(context.Background()); cause != nil {
+			return cause
+		}
+	}
+	return err
 }
 
 // readConfigFile reads and validates a config file; "-" is stdin.

@@ -223,6 +223,9 @@ func waitForConfig(ctx context.Context, store *lease.EtcdStore, log *slog.Logger
 		case errors.Is(err, lease.ErrInvalidConfig):
 			log.Error("network config is invalid; waiting for a fixed one", "key", key, "err", err, "retry_in", delay)
 		default:
+			if cause := store.Diagnose(ctx); cause != nil {
+				err = cause
+			}
 			log.Warn("waiting for etcd", "endpoints", store.Endpoints(), "err", err, "retry_in", delay)
 		}
 		select {

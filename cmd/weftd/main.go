@@ -40,7 +40,8 @@ func main() {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if err := run(ctx, o, log); err != nil {
+	// A stop asked for while waiting (for etcd, a config, a lease) is clean.
+	if err := run(ctx, o, log); err != nil && !errors.Is(err, context.Canceled) {
 		log.Error("weftd stopped", "err", err)
 		os.Exit(1)
 	}

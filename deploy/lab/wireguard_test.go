@@ -172,6 +172,43 @@ func TestWireGuardCluster(t *testing.T) {
 		}
 	})
 
+	t.Run("private keys never leave their host", func(t *testing.T) {
+		var private []string
+		for _, h := range l.Hosts {
+			raw, err := os.ReadFile(filepath.Join(h.Dir, "wg.key"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			private = append(private, strings.TrimSpace(string(raw)))
+		}
+		var seen strings.Builder
+		records, _, err := l.Store().List(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range records {
+			seen.Write(r.Value)
+		}
+		for _, h := range l.Hosts {
+			log, _ := os.ReadFile(h.LogPath())
+			seen.Write(log)
+		}
+		for _, args := range [][]string{{"status", "-o", "json"}, {"status"}, {"-etcd-endpoints", l.EtcdEndpoint(), "leases"}, {"-etcd-endpoints", l.EtcdEndpoint(), "leases", "-o", "json"}} {
+			out, err := Exec(h1.Name, append([]string{weftctlBin}, args...)...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			seen.WriteString(out)
+		}
+		metrics, _ := HTTPGet(h1.Name, "http://127.0.0.1:8471/metrics")
+		seen.WriteString(metrics)
+		for i, k := range private {
+			if strings.Contains(seen.String(), k) {
+				t.Errorf("the private key of h%d appears in etcd, a log, weftctl output or /metrics", i+1)
+			}
+		}
+	})
+
 	t.Run("host that leaves disappears from peers", func(t *testing.T) {
 		gone := publicKeyOf(t, h3)
 		l.StopWeftd(h3, syscall.SIGTERM)
