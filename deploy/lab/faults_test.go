@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weftnet/weft/keys"
 	"github.com/weftnet/weft/lease"
 )
 
@@ -58,12 +59,26 @@ func pingFor(from, to *Host, d time.Duration) func() (sent, lost int) {
 	}
 }
 
+// backendsFor is every backend in make soak, short otherwise.
+func backendsFor(short ...string) []string {
+	if soak() {
+		return allBackends
+	}
+	return short
+}
+
 func TestFaultEtcdOutage(t *testing.T) {
+	for _, backend := range backendsFor(lease.BackendHostGW, lease.BackendWireGuard) {
+		t.Run(backend, func(t *testing.T) { etcdOutage(t, backend) })
+	}
+}
+
+func etcdOutage(t *testing.T, backend string) {
 	outage := 12 * time.Second
 	if soak() {
 		outage = 60 * time.Second
 	}
-	l := startCluster(t, Options{Hosts: 3, Backend: lease.BackendHostGW, WeftdArgs: []string{"-subnet-lease-ttl", "20s"}})
+	l := startCluster(t, Options{Hosts: 3, Backend: backend, WeftdArgs: []string{"-subnet-lease-ttl", "20s"}})
 	h1, h2 := l.Hosts[0], l.Hosts[1]
 	pid := l.WeftdPID(h1)
 	pings := pingFor(h1, h2, outage+2*time.Second)
@@ -104,12 +119,18 @@ func TestFaultEtcdOutage(t *testing.T) {
 	if outageLines < 1 || outageLines > 20 {
 		t.Errorf("%d log lines about the outage; want it said, once per back-off step at most", outageLines)
 	}
-	reliability(t, "etcd down %s: %d/%d pings lost, weftd CPU %.2fs (%.2f%% of a core), %d log lines about it",
-		outage, lost, sent, cpu.Seconds(), 100*share, outageLines)
+	reliability(t, "%s: etcd down %s: %d/%d pings lost, weftd CPU %.2fs (%.2f%% of a core), %d log lines about it",
+		backend, outage, lost, sent, cpu.Seconds(), 100*share, outageLines)
 }
 
 func TestFaultEtcdWiped(t *testing.T) {
-	l := startCluster(t, Options{Hosts: 3, Backend: lease.BackendHostGW})
+	for _, backend := range allBackends {
+		t.Run(backend, func(t *testing.T) { etcdWiped(t, backend) })
+	}
+}
+
+func etcdWiped(t *testing.T, backend string) {
+	l := startCluster(t, Options{Hosts: 3, Backend: backend})
 	before := map[string]string{}
 	for _, h := range l.Hosts {
 		before[h.Name] = h.Subnet.String()
@@ -150,17 +171,30 @@ func TestFaultEtcdWiped(t *testing.T) {
 	if table, ok := l.PingMatrix(); !ok {
 		t.Errorf("containers lost reachability:\n%s", table)
 	}
-	reliability(t, "etcd wiped and config re-put: all %d hosts re-claimed their own subnets within %s", len(l.Hosts), time.Since(start).Round(time.Millisecond))
+	reliability(t, "%s: etcd wiped and config re-put: all %d hosts re-claimed their own subnets within %s", backend, len(l.Hosts), time.Since(start).Round(time.Millisecond))
 }
 
 func TestFaultLeaseExpiry(t *testing.T) {
+	for _, backend := range backendsFor(lease.BackendHostGW) {
+		t.Run(backend, func(t *testing.T) { leaseExpiry(t, backend) })
+	}
+}
+
+func leaseExpiry(t *testing.T, backend string) {
 	const ttl = 6 * time.Second
-	l := startCluster(t, Options{Hosts: 3, Backend: lease.BackendHostGW, WeftdArgs: []string{"-subnet-lease-ttl", ttl.String()}})
+	l := startCluster(t, Options{Hosts: 3, Backend: backend, WeftdArgs: []string{"-subnet-lease-ttl", ttl.String()}})
 	h1, h2, h3 := l.Hosts[0], l.Hosts[1], l.Hosts[2]
 	l.StopWeftd(h3, syscall.SIGKILL) // no renewal from now on
 	start := time.Now()
 	for _, h := range []*Host{h1, h2} {
 		eventually(t, "h3's route gone from "+h.Name, ttl+10*time.Second, func() error {
+			status, err := HTTPGet(h.Name, "http://127.0.0.1:8471/status")
+			if err != nil {
+				return err
+			}
+			if strings.Contains(status, `"subnet":"`+h3.Subnet.String()+`"`) {
+				return fmt.Errorf("still a peer in weftd's state")
+			}
 			if out, _ := routeTo(h, h3.Subnet.String()); out != "" {
 				return fmt.Errorf("still routed: %s", out)
 			}
@@ -186,8 +220,8 @@ func TestFaultLeaseExpiry(t *testing.T) {
 	if err := l.Ping(h1, h2); err != nil {
 		t.Error(err)
 	}
-	reliability(t, "TTL %s: a dead host's lease expired and its routes left every peer after %s; live hosts kept theirs over %s",
-		ttl, gone.Round(time.Millisecond), 3*ttl)
+	reliability(t, "%s: TTL %s: a dead host's lease expired and it left every peer after %s; live hosts kept theirs over %s",
+		backend, ttl, gone.Round(time.Millisecond), 3*ttl)
 }
 
 // freeKeys returns n lease keys in 10.5.200.0/21.. that no lab host holds.
@@ -205,50 +239,114 @@ func freeKeys(l *Lab, n int) []string {
 	return keys
 }
 
-// TestFaultKilledMidApply kills weftd while it programs hundreds of peers,
-// then restarts it: the routes must be exactly the desired ones.
-func TestFaultKilledMidApply(t *testing.T) {
-	l := startCluster(t, Options{Hosts: 2, Backend: lease.BackendHostGW})
-	h1, h2 := l.Hosts[0], l.Hosts[1]
-	ctx := context.Background()
-	// 40 fake peers (on-link addresses, so host-gw routes them), written
-	// at once; weftd is killed while it is still programming them.
-	for i, key := range freeKeys(l, 40) {
-		value := fmt.Sprintf(`{"PublicIP":"192.168.50.%d","PublicIPv6":null,"BackendType":"host-gw"}`, 100+i)
-		if _, err := l.Store().Create(ctx, key, []byte(value), time.Hour); err != nil {
+// allBackends are the backends every fault test that is quick enough runs on.
+var allBackends = []string{lease.BackendHostGW, lease.BackendVXLAN, lease.BackendWireGuard, lease.BackendUDP}
+
+// fakeBackendData is valid BackendData for fake peer i of backend.
+func fakeBackendData(t *testing.T, backend string, i int) string {
+	switch backend {
+	case lease.BackendVXLAN:
+		return fmt.Sprintf(`,"BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:01:%02x"}`, i)
+	case lease.BackendWireGuard:
+		k, err := keys.Generate()
+		if err != nil {
 			t.Fatal(err)
 		}
+		return fmt.Sprintf(`,"BackendData":{"PublicKey":%q,"Port":51820}`, k.Public())
 	}
-	time.Sleep(30 * time.Millisecond) // weftd is mid-way through the routes
-	l.StopWeftd(h1, syscall.SIGKILL)
-	if err := l.StartWeftd(h1); err != nil {
-		t.Fatal(err)
+	return ""
+}
+
+// programmed lists, one line per entry, what weft has programmed on h for
+// backend: routes, and the neighbours and FDB entries (vxlan) or peers
+// (wireguard). The udp backend's peers live in weftd's memory.
+func programmed(l *Lab, h *Host, backend string) []string {
+	out, _ := Exec(h.Name, "ip", "-4", "route", "show", "proto", "87")
+	var lines []string
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		if f := strings.Fields(line); len(f) > 0 {
+			lines = append(lines, "route "+f[0])
+		}
 	}
-	if err := l.WaitReady(ctx, h1); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, "exactly one route per peer", 15*time.Second, func() error {
-		out, _ := Exec(h1.Name, "ip", "-4", "route", "show", "proto", "87")
-		lines := strings.Split(strings.TrimSpace(out), "\n")
-		seen := map[string]bool{}
-		for _, line := range lines {
-			dst := strings.Fields(line)[0]
-			if seen[dst] {
-				return fmt.Errorf("duplicate route %s", dst)
+	switch backend {
+	case lease.BackendVXLAN:
+		neigh, _ := Exec(h.Name, "ip", "neigh", "show", "dev", "weft.1")
+		fdb, _ := Exec(h.Name, "bridge", "fdb", "show", "dev", "weft.1")
+		for _, line := range strings.Split(neigh, "\n") {
+			if f := strings.Fields(line); len(f) > 0 {
+				lines = append(lines, "neigh "+f[0])
 			}
-			seen[dst] = true
 		}
-		if len(seen) != 41 || !seen[h2.Subnet.String()] {
-			return fmt.Errorf("%d routes, want 41 (40 fake peers and h2)", len(seen))
+		for _, line := range strings.Split(fdb, "\n") {
+			if f := strings.Fields(line); len(f) > 2 && f[1] == "dst" {
+				lines = append(lines, "fdb "+f[0])
+			}
 		}
-		return nil
-	})
-	env, err := lease.ReadSubnetFile(h1.SubnetFile())
-	if err != nil || env.Subnet != h1.Subnet {
-		t.Errorf("subnet after SIGKILL: %v (%v), want %s", env.Subnet, err, h1.Subnet)
+	case lease.BackendWireGuard:
+		peers, _ := l.HostExec(h, "wg", "show", "weft-wg", "peers")
+		for _, p := range strings.Fields(peers) {
+			lines = append(lines, "peer "+p)
+		}
 	}
-	if err := l.Ping(h1, h2); err != nil {
-		t.Error(err)
+	return lines
+}
+
+// wantProgrammed is how many entries programmed reports for peers.
+func wantProgrammed(backend string, peers int) int {
+	switch backend {
+	case lease.BackendVXLAN:
+		return 3 * peers // route, neighbour and FDB entry each
+	case lease.BackendWireGuard:
+		return peers + 1 // a peer each, one route for the Network
+	case lease.BackendUDP:
+		return 1 // the Network route; peers are in weftd's memory
+	}
+	return peers
+}
+
+// TestFaultKilledMidApply kills weftd while it programs 40 new peers, then
+// restarts it: what is programmed must be exactly the desired state, with
+// nothing twice and nothing left over, and the subnet unchanged.
+func TestFaultKilledMidApply(t *testing.T) {
+	for _, backend := range allBackends {
+		t.Run(backend, func(t *testing.T) {
+			l := startCluster(t, Options{Hosts: 2, Backend: backend})
+			h1, h2 := l.Hosts[0], l.Hosts[1]
+			ctx := context.Background()
+			for i, key := range freeKeys(l, 40) {
+				value := fmt.Sprintf(`{"PublicIP":"192.168.50.%d","PublicIPv6":null,"BackendType":%q%s}`, 100+i, backend, fakeBackendData(t, backend, i))
+				if _, err := l.Store().Create(ctx, key, []byte(value), time.Hour); err != nil {
+					t.Fatal(err)
+				}
+			}
+			time.Sleep(30 * time.Millisecond) // weftd is mid-way through them
+			l.StopWeftd(h1, syscall.SIGKILL)
+			if err := l.StartWeftd(h1); err != nil {
+				t.Fatal(err)
+			}
+			if err := l.WaitReady(ctx, h1); err != nil {
+				t.Fatal(err)
+			}
+			eventually(t, "exactly the desired state", 15*time.Second, func() error {
+				lines := programmed(l, h1, backend)
+				seen := map[string]bool{}
+				for _, line := range lines {
+					if seen[line] {
+						return fmt.Errorf("programmed twice: %s", line)
+					}
+					seen[line] = true
+				}
+				if want := wantProgrammed(backend, 41); len(lines) != want {
+					return fmt.Errorf("%d entries, want %d (40 fake peers and h2):\n%s", len(lines), want, strings.Join(lines, "\n"))
+				}
+				return nil
+			})
+			env, err := lease.ReadSubnetFile(h1.SubnetFile())
+			if err != nil || env.Subnet != h1.Subnet {
+				t.Errorf("subnet after SIGKILL: %v (%v), want %s", env.Subnet, err, h1.Subnet)
+			}
+			eventually(t, "traffic to h2", 10*time.Second, func() error { return l.Ping(h1, h2) })
+		})
 	}
 }
 
