@@ -268,6 +268,12 @@ func programmed(l *Lab, h *Host, backend string) []string {
 			lines = append(lines, "route "+f[0])
 		}
 	}
+	rules, _ := Exec(h.Name, "iptables-save")
+	for _, line := range strings.Split(rules, "\n") {
+		if strings.HasPrefix(line, "-A ") && strings.Contains(line, "weft") {
+			lines = append(lines, "rule "+line)
+		}
+	}
 	switch backend {
 	case lease.BackendVXLAN:
 		neigh, _ := Exec(h.Name, "ip", "neigh", "show", "dev", "weft.1")
@@ -291,17 +297,19 @@ func programmed(l *Lab, h *Host, backend string) []string {
 	return lines
 }
 
-// wantProgrammed is how many entries programmed reports for peers.
+// wantProgrammed is how many entries programmed reports for peers: per
+// backend, plus weft's forward rules (two rules and the jump to them).
 func wantProgrammed(backend string, peers int) int {
+	const forwardRules = 3
 	switch backend {
 	case lease.BackendVXLAN:
-		return 3 * peers // route, neighbour and FDB entry each
+		return 3*peers + forwardRules // route, neighbour and FDB entry each
 	case lease.BackendWireGuard:
-		return peers + 1 // a peer each, one route for the Network
+		return peers + 1 + forwardRules // a peer each, one route for the Network
 	case lease.BackendUDP:
-		return 1 // the Network route; peers are in weftd's memory
+		return 1 + forwardRules // the Network route; peers are in weftd's memory
 	}
-	return peers
+	return peers + forwardRules
 }
 
 // TestFaultKilledMidApply kills weftd while it programs 40 new peers, then
