@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -41,15 +42,33 @@ func main() {
 	out := flag.String("out", "BENCHMARKS.md", "report to write")
 	runs := flag.Int("runs", 3, "runs per measurement (the median is reported)")
 	seconds := flag.Int("seconds", 5, "seconds per iperf3 run")
-	backends := flag.String("backends", "host-gw,vxlan,wireguard,udp", "backends to measure, comma-separated")
+	backends := flag.String("backends", "host-gw,vxlan,wireguard,udp", "data paths to measure, comma-separated (empty: keep the report's)")
+	scale := flag.String("scale", "1000,5000,10000", "simulated cluster sizes, comma-separated (empty: none)")
+	scaleBackends := flag.String("scale-backends", "vxlan,wireguard", "backends for the scale run")
 	flag.Parse()
-	if err := run(*weftd, *wgGo, *out, *runs, *seconds, strings.Split(*backends, ",")); err != nil {
+	var sizes []int
+	for _, f := range strings.Split(*scale, ",") {
+		if n, err := strconv.Atoi(strings.TrimSpace(f)); err == nil {
+			sizes = append(sizes, n)
+		}
+	}
+	if err := run(*weftd, *wgGo, *out, *runs, *seconds, splitNonEmpty(*backends), sizes, splitNonEmpty(*scaleBackends)); err != nil {
 		fmt.Fprintln(os.Stderr, "weftbench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(weftd, wgGo, out string, runs, seconds int, backends []string) error {
+func splitNonEmpty(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+func run(weftd, wgGo, out string, runs, seconds int, backends []string, sizes []int, scaleBackends []string) error {
 	for _, bin := range []string{weftd, wgGo} {
 		if _, err := os.Stat(bin); err != nil {
 			return fmt.Errorf("%v; run `make bench`, which builds it", err)
@@ -64,6 +83,32 @@ func run(weftd, wgGo, out string, runs, seconds int, backends []string) error {
 		sections = append(sections, renderSection(backend, paths))
 	}
 	report := header(runs, seconds) + strings.Join(sections, "\n") + footer
+	if len(backends) == 0 {
+		// Only the scale run: keep the data-path part measured before.
+		old, err := os.ReadFile(out)
+		if err != nil {
+			return fmt.Errorf("no data paths asked for and no %s to keep: %w", out, err)
+		}
+		report = string(old)
+	}
+	if i := strings.Index(report, "\n## Scale"); i >= 0 {
+		report = report[:i+1]
+	}
+	var results []scaleResult
+	for _, backend := range scaleBackends {
+		for _, n := range sizes {
+			r, err := measureScale(backend, weftd, n)
+			if err != nil {
+				return fmt.Errorf("scale %s with %d leases: %w", backend, n, err)
+			}
+			fmt.Printf("scale %-9s %6d leases: converged in %s, peak RSS %d MiB, add one %s, remove one %s\n",
+				backend, n, r.converge.Round(time.Millisecond), r.peakRSSKB/1024, r.addOne.Round(time.Millisecond), r.removeOne.Round(time.Millisecond))
+			results = append(results, r)
+		}
+	}
+	if len(results) > 0 {
+		report += renderScale(results)
+	}
 	fmt.Print(report)
 	return os.WriteFile(out, []byte(report), 0o644)
 }
