@@ -26,22 +26,18 @@ import (
 // path in place) or Cleanup (remove all of it).
 type Backend interface {
 	mesh.Applier
-	// Setup creates or adopts the backend's devices and returns what the
-	// lease must publish and the MTU containers should use.
-	Setup(ctx context.Context) (Setup, error)
+	// Setup creates or adopts the backend's devices.
+	Setup(ctx context.Context) error
+	// BackendData is what the lease publishes (nil for none); it may
+	// change when the backend's identity does (a rotated key).
+	BackendData() json.RawMessage
+	// MTU is the MTU for the subnet file and containers.
+	MTU() int
 	// Cleanup removes every device, route and entry the backend made.
 	Cleanup(ctx context.Context) error
 	// Close stops the backend's goroutines but leaves the data path, so
 	// traffic flows while weftd restarts.
 	Close() error
-}
-
-// Setup is what a backend reports after creating its devices.
-type Setup struct {
-	// BackendData goes into the lease (nil for none).
-	BackendData json.RawMessage
-	// MTU for the subnet file and containers.
-	MTU int
 }
 
 // Env is everything a backend constructor may use.
@@ -57,11 +53,10 @@ type Env struct {
 
 // KeyReloader is a backend whose identity key can change at run time.
 type KeyReloader interface {
+	Backend
 	// ReloadKey adopts a key changed on disk, or makes a new one when rotate
 	// is set; changed says whether BackendData must be republished.
 	ReloadKey(rotate bool) (changed bool, err error)
-	// BackendData is what the lease must publish now.
-	BackendData() json.RawMessage
 }
 
 // Constructor builds a backend from its environment.
@@ -71,28 +66,16 @@ type Constructor func(Env) (Backend, error)
 func Constructors() map[string]Constructor {
 	return map[string]Constructor{
 		lease.BackendHostGW: func(env Env) (Backend, error) {
-			return hostGW{hostgw.New(env.External, nil, env.Log)}, nil
+			return hostgw.New(env.External, nil, env.Log), nil
 		},
 		lease.BackendUDP: func(env Env) (Backend, error) {
-			b, err := udp.New(env.Config, env.External, env.Log)
-			if err != nil {
-				return nil, err
-			}
-			return udpBackend{b}, nil
+			return udp.New(env.Config, env.External, env.Log)
 		},
 		lease.BackendVXLAN: func(env Env) (Backend, error) {
-			b, err := vxlan.New(env.Config.Backend.Raw, env.External, env.PublicIP, nil, env.Log)
-			if err != nil {
-				return nil, err
-			}
-			return vxLAN{b}, nil
+			return vxlan.New(env.Config.Backend.Raw, env.External, env.PublicIP, nil, env.Log)
 		},
 		lease.BackendWireGuard: func(env Env) (Backend, error) {
-			b, err := wireguard.New(env.Config.Backend.Raw, env.External, env.KeyFile, env.Log)
-			if err != nil {
-				return nil, err
-			}
-			return wireGuard{b}, nil
+			return wireguard.New(env.Config.Backend.Raw, env.External, env.KeyFile, env.Log)
 		},
 	}
 }
@@ -132,37 +115,10 @@ func New(env Env) (Backend, error) {
 	return ctor(env)
 }
 
-// hostGW adapts hostgw.Backend, which has no device and publishes nothing.
-type hostGW struct{ *hostgw.Backend }
-
-func (h hostGW) Setup(context.Context) (Setup, error) { return Setup{MTU: h.MTU()}, nil }
-
-// wireGuard adapts wireguard.Backend, which publishes its public key.
-type wireGuard struct{ *wireguard.Backend }
-
-func (w wireGuard) Setup(ctx context.Context) (Setup, error) {
-	if err := w.Backend.Setup(ctx); err != nil {
-		return Setup{}, err
-	}
-	return Setup{BackendData: w.BackendData(), MTU: w.MTU()}, nil
-}
-
-// vxLAN adapts vxlan.Backend, which publishes its VNI and VTEP MAC.
-type vxLAN struct{ *vxlan.Backend }
-
-func (v vxLAN) Setup(ctx context.Context) (Setup, error) {
-	if err := v.Backend.Setup(ctx); err != nil {
-		return Setup{}, err
-	}
-	return Setup{BackendData: v.BackendData(), MTU: v.MTU()}, nil
-}
-
-// udpBackend adapts udp.Backend, which publishes nothing, as flannel's.
-type udpBackend struct{ *udp.Backend }
-
-func (u udpBackend) Setup(ctx context.Context) (Setup, error) {
-	if err := u.Backend.Setup(ctx); err != nil {
-		return Setup{}, err
-	}
-	return Setup{MTU: u.MTU()}, nil
-}
+// Every backend package satisfies Backend as it is.
+var (
+	_ Backend = (*hostgw.Backend)(nil)
+	_ Backend = (*udp.Backend)(nil)
+	_ Backend = (*vxlan.Backend)(nil)
+	_ Backend = (*wireguard.Backend)(nil)
+)

@@ -163,6 +163,16 @@ func (s *EtcdStore) Revision(ctx context.Context) (int64, error) {
 	return resp.Header.Revision, nil
 }
 
+// Get implements Store.
+func (s *EtcdStore) Get(ctx context.Context, key string) (Record, bool, error) {
+	resp, err := s.client.Get(ctx, s.subnets+key)
+	if err != nil || len(resp.Kvs) == 0 {
+		return Record{}, false, err
+	}
+	kv := resp.Kvs[0]
+	return Record{Key: key, Value: kv.Value, Revision: kv.ModRevision, StoreLeaseID: kv.Lease}, true, nil
+}
+
 // List implements Store.
 func (s *EtcdStore) List(ctx context.Context) ([]Record, int64, error) {
 	resp, err := s.client.Get(ctx, s.subnets, clientv3.WithPrefix())
@@ -277,11 +287,11 @@ func (s *EtcdStore) Delete(ctx context.Context, key string) error {
 // Compact compacts etcd's history up to the current revision; tests use it
 // to prove the watch survives compaction.
 func (s *EtcdStore) Compact(ctx context.Context) error {
-	resp, err := s.client.Get(ctx, "compact-probe")
+	rev, err := s.Revision(ctx)
 	if err != nil {
 		return err
 	}
-	_, err = s.client.Compact(ctx, resp.Header.Revision)
+	_, err = s.client.Compact(ctx, rev)
 	return err
 }
 

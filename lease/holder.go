@@ -142,14 +142,9 @@ func (h *Holder) refresh(ctx context.Context, renew bool) error {
 
 // stillOurs reports whether the store holds cur unchanged with req's attrs.
 func (h *Holder) stillOurs(ctx context.Context, cur Lease, req ClaimRequest) (bool, error) {
-	records, _, err := h.store.List(ctx)
-	if err != nil {
+	r, ok, err := h.store.Get(ctx, cur.Key())
+	if err != nil || !ok {
 		return false, err
 	}
-	for _, r := range records {
-		if r.Key == cur.Key() {
-			return r.Revision == cur.Revision && string(r.Value) == string(req.Attrs.Encode()), nil
-		}
-	}
-	return false, nil
+	return r.Revision == cur.Revision && string(r.Value) == string(req.Attrs.Encode()), nil
 }

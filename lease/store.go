@@ -55,6 +55,8 @@ type Store interface {
 	PutConfig(ctx context.Context, value []byte) error
 	// Revision returns the store's current revision (cheap: no values).
 	Revision(ctx context.Context) (int64, error)
+	// Get returns the record at key; ok is false when there is none.
+	Get(ctx context.Context, key string) (rec Record, ok bool, err error)
 	// List returns every lease record and the revision it was read at.
 	List(ctx context.Context) ([]Record, int64, error)
 	// Watch streams changes after fromRevision (exclusive) until ctx ends or

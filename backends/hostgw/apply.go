@@ -2,6 +2,7 @@ package hostgw
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -31,6 +32,12 @@ func New(ext netutil.ExternalInterface, handle *netlink.Handle, log *slog.Logger
 
 // MTU is the external link's: host-gw adds no header.
 func (b *Backend) MTU() int { return b.ext.MTU }
+
+// Setup does nothing: host-gw has no device of its own.
+func (b *Backend) Setup(context.Context) error { return nil }
+
+// BackendData is empty: peers need only the PublicIP.
+func (b *Backend) BackendData() json.RawMessage { return nil }
 
 // Apply makes the kernel's weft routes equal the plan: it adds or fixes
 // what is missing first, then removes what no peer needs, keeps going past

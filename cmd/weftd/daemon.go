@@ -68,8 +68,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	obs.mu.Lock()
 	obs.backend, obs.btype = backend, cfg.Backend.Type
 	obs.mu.Unlock()
-	setup, err := backend.Setup(ctx)
-	if err != nil {
+	if err := backend.Setup(ctx); err != nil {
 		return fmt.Errorf("setting up the %s backend: %w", cfg.Backend.Type, err)
 	}
 	defer func() {
@@ -86,7 +85,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 
 	req := lease.ClaimRequest{
 		Config:   cfg,
-		Attrs:    lease.Attrs{PublicIP: publicIP, BackendType: cfg.Backend.Type, BackendData: setup.BackendData},
+		Attrs:    lease.Attrs{PublicIP: publicIP, BackendType: cfg.Backend.Type, BackendData: backend.BackendData()},
 		Previous: previousSubnet(o.subnetFile, cfg, log),
 		TTL:      o.leaseTTL,
 	}
@@ -97,7 +96,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	log.Info("subnet leased", "subnet", own.Subnet, "public_ip", publicIP, "backend", cfg.Backend.Type, "ttl", o.leaseTTL)
 
 	writeEnv := func(l lease.Lease) {
-		env := lease.SubnetEnv{Network: cfg.Network, Subnet: l.Subnet, MTU: setup.MTU, IPMasq: o.ipMasq}
+		env := lease.SubnetEnv{Network: cfg.Network, Subnet: l.Subnet, MTU: backend.MTU(), IPMasq: o.ipMasq}
 		if err := lease.WriteSubnetFile(o.subnetFile, env); err != nil {
 			log.Error("writing the subnet file", "path", o.subnetFile, "err", err)
 		}

@@ -101,6 +101,17 @@ func (s *Store) Wipe() {
 	s.mu.Unlock()
 }
 
+// Get implements lease.Store.
+func (s *Store) Get(_ context.Context, key string) (lease.Record, bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.check(); err != nil {
+		return lease.Record{}, false, err
+	}
+	r, ok := s.records[key]
+	return r, ok, nil
+}
+
 // List implements lease.Store.
 func (s *Store) List(context.Context) ([]lease.Record, int64, error) {
 	s.mu.Lock()
