@@ -9,7 +9,7 @@ LAB_ARGS  ?=
 # Pure and store tiers run with the race detector; host and cluster tiers need root.
 PURE_PKGS := ./lease/... ./mesh/... ./keys/... ./cmd/...
 
-.PHONY: all build test test-pure test-root lab lint bench soak deps clean
+.PHONY: all build test test-pure test-root lab lint bench profile soak deps clean
 
 all: build
 
@@ -48,11 +48,27 @@ lint:
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
 
-# bench: data paths next to their bare limits in one lab run (root), written
-# to BENCHMARKS.md. The reference wireguard-go is the module version weft embeds.
-bench: deps build
+# bench: data paths next to their bare limits, the control plane, the
+# scale run and 200 hosts joining, in one lab run (root), written to
+# BENCHMARKS.md and BENCHMARKS.svg. The reference wireguard-go is the module
+# version weft embeds. BENCH_ARGS picks parts, e.g. BENCH_ARGS='-backends ""'.
+BENCH_ARGS ?=
+bench: deps build $(BIN)/wireguard
+	$(BIN)/weftbench -wireguard-go $(BIN)/wireguard -out BENCHMARKS.md -chart BENCHMARKS.svg $(BENCH_ARGS)
+
+$(BIN)/wireguard:
 	GOBIN=$(CURDIR)/$(BIN) $(GO) install golang.zx2c4.com/wireguard@$$($(GO) list -m -f '{{.Version}}' golang.zx2c4.com/wireguard)
-	$(BIN)/weftbench -wireguard-go $(BIN)/wireguard -out BENCHMARKS.md
+
+# profile: CPU and heap profiles of weftd programming 10,000 simulated
+# WireGuard peers (the worst figure of the scale run), then the top of each.
+PROFILE_ARGS ?= -scale 10000 -scale-backends wireguard
+profile: deps build $(BIN)/wireguard
+	mkdir -p $(BIN)/profile
+	$(BIN)/weftbench -wireguard-go $(BIN)/wireguard -backends "" -control "" -join 0 $(PROFILE_ARGS) \
+		-profile $(BIN)/profile -out $(BIN)/profile/report.md -chart $(BIN)/profile/chart.svg
+	for f in $(BIN)/profile/heap-*.pb.gz; do $(GO) tool pprof -top -nodecount 25 -sample_index=inuse_space $(BIN)/weftd $$f; done
+	for f in $(BIN)/profile/heap-*.pb.gz; do $(GO) tool pprof -top -nodecount 25 -sample_index=alloc_space $(BIN)/weftd $$f; done
+	for f in $(BIN)/profile/cpu-*.pb.gz; do $(GO) tool pprof -top -nodecount 25 $(BIN)/weftd $$f; done
 
 # soak: the fault suite's long form (etcd down 60 s, ...), bounded by its
 # timeout; its RELIABILITY lines become RELIABILITY.md.

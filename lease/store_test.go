@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -336,4 +337,43 @@ func TestWatchRelistsAfterWipe(t *testing.T) {
 	if !strings.Contains(logs.String(), "revision went back") {
 		t.Errorf("no log line about the rewind:\n%s", logs.String())
 	}
+}
+
+// The watcher names the keys that changed, so the reconcile loop can work
+// on them alone; a relist makes it start over.
+func TestWatcherChangesSince(t *testing.T) {
+	stores(t, func(t *testing.T, s lease.Store) {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		var logs syncBuffer
+		w := lease.NewWatcher(s, testLogger(&logs))
+		done := make(chan struct{})
+		go func() { defer close(done); w.Run(ctx) }()
+		defer func() { cancel(); <-done }()
+		waitFor(t, "synced", w.Synced)
+		_, gen, full := w.ChangesSince(0)
+		if !full {
+			t.Fatal("a new consumer must start from the whole set")
+		}
+		cfg := mustConfig(t, `{"Network":"10.5.0.0/16"}`)
+		ls, errs := claimAll(s, cfg, 2)
+		if err := errors.Join(errs...); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "2 leases", func() bool { return len(w.Leases()) == 2 })
+		keys, gen, full := w.ChangesSince(gen)
+		slices.Sort(keys)
+		want := []string{ls[0].Key(), ls[1].Key()}
+		slices.Sort(want)
+		if full || !slices.Equal(keys, want) {
+			t.Fatalf("changes %v full=%v, want %v", keys, full, want)
+		}
+		if err := s.Delete(ctx, ls[0].Key()); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "deletion seen", func() bool { _, ok := w.Lease(ls[0].Key()); return !ok })
+		if keys, _, full := w.ChangesSince(gen); full || !slices.Equal(keys, []string{ls[0].Key()}) {
+			t.Fatalf("after a delete: %v full=%v", keys, full)
+		}
+	})
 }

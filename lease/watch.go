@@ -15,7 +15,9 @@ import (
 // records are skipped with one warning per key and revision.
 //
 // Consumers are level-triggered: Changed fires (coalesced) after every
-// update and Leases returns the whole current set.
+// update and Leases returns the whole current set; ChangesSince names the
+// keys that changed, so a consumer can handle a change without a pass over
+// every lease.
 type Watcher struct {
 	store   Store
 	log     *slog.Logger
@@ -28,6 +30,7 @@ type Watcher struct {
 	warned  map[string]int64 // key → revision already warned about
 	relists int
 	lastRev int64 // highest revision seen, to notice a store that went back
+	changes changeLog
 
 	// CheckInterval is how often the watch verifies the store is the one
 	// it listed (its revision did not go back) and is reachable.
@@ -82,6 +85,24 @@ func (w *Watcher) Leases() []Lease {
 	return out
 }
 
+// Lease returns the valid lease at key, if there is one.
+func (w *Watcher) Lease(key string) (Lease, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	l, ok := w.leases[key]
+	return l, ok
+}
+
+// ChangesSince returns the keys whose lease changed (written, deleted, or
+// turned invalid) since generation gen, and the generation to ask from
+// next time. full means the set was replaced as a whole (a relist) or gen
+// is too old: the caller must look at every lease again. Start from 0.
+func (w *Watcher) ChangesSince(gen uint64) (keys []string, next uint64, full bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.changes.since(gen)
+}
+
 // Lookup returns the current record at key, valid or not.
 func (w *Watcher) Lookup(key string) (Record, bool) {
 	w.mu.Lock()
@@ -131,6 +152,7 @@ func (w *Watcher) relist(ctx context.Context) (int64, error) {
 	}
 	w.synced = true
 	w.relists++
+	w.changes.reset()
 	w.lastRev = rev
 	w.mu.Unlock()
 	w.notify()
@@ -187,6 +209,7 @@ func (w *Watcher) follow(ctx context.Context, rev int64) error {
 		w.mu.Lock()
 		for _, ev := range resp.Events {
 			w.lastRev = max(w.lastRev, ev.Record.Revision)
+			w.changes.add(ev.Record.Key)
 			if ev.Deleted {
 				delete(w.records, ev.Record.Key)
 				delete(w.leases, ev.Record.Key)

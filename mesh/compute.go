@@ -60,34 +60,45 @@ func Compute(self lease.Lease, leases []lease.Lease, cfg *lease.Config) Desired 
 	// are equal: a set makes the check O(1), the whole computation O(n log n).
 	kept := map[netip.Prefix]bool{self.Subnet: true}
 	for _, l := range sorted {
-		key := l.Key()
-		if l.Subnet == self.Subnet {
-			continue // our own lease (or an older copy of it)
+		peer, reason, isSelf := classify(self, l, cfg)
+		if isSelf {
+			continue
 		}
-		reason := ""
-		switch {
-		case !cfg.Network.Contains(l.Subnet.Addr()) || l.Subnet.Bits() < cfg.Network.Bits():
-			reason = fmt.Sprintf("subnet %s is outside Network %s", l.Subnet, cfg.Network)
-		case l.Subnet.Bits() != cfg.SubnetLen:
-			reason = fmt.Sprintf("subnet %s is not a /%d (SubnetLen)", l.Subnet, cfg.SubnetLen)
-		case l.Attrs.BackendType != cfg.Backend.Type:
-			reason = fmt.Sprintf("runs backend %q, this network uses %q", l.Attrs.BackendType, cfg.Backend.Type)
-		case l.Attrs.PublicIP == self.Attrs.PublicIP:
-			reason = fmt.Sprintf("PublicIP %s is this host's own", l.Attrs.PublicIP)
-		case l.Subnet.Masked() != l.Subnet:
-			reason = fmt.Sprintf("subnet %s is not aligned to /%d", l.Subnet, cfg.SubnetLen)
-		case kept[l.Subnet]:
+		if reason == "" && kept[l.Subnet] {
 			reason = fmt.Sprintf("subnet %s overlaps %s, leased earlier", l.Subnet, l.Subnet)
 		}
 		if reason != "" {
-			d.Skipped = append(d.Skipped, Skipped{Key: key, Reason: reason})
+			d.Skipped = append(d.Skipped, Skipped{Key: peer.Key, Reason: reason})
 			continue
 		}
 		kept[l.Subnet] = true
-		d.Peers = append(d.Peers, Peer{Key: key, Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP,
-			BackendType: l.Attrs.BackendType, BackendData: l.Attrs.BackendData})
+		d.Peers = append(d.Peers, peer)
 	}
 	sort.Slice(d.Peers, func(i, j int) bool { return d.Peers[i].Subnet.Addr().Less(d.Peers[j].Subnet.Addr()) })
 	sort.Slice(d.Skipped, func(i, j int) bool { return d.Skipped[i].Key < d.Skipped[j].Key })
 	return d
+}
+
+// classify decides one lease on its own: a peer (reason empty), a lease to
+// skip and why, or this host's own subnet (isSelf, skipped silently). Lease
+// keys are canonical subnets, so no two keys share a subnet; the overlap
+// check in Compute guards the whole-set path only.
+func classify(self lease.Lease, l lease.Lease, cfg *lease.Config) (peer Peer, reason string, isSelf bool) {
+	peer = Peer{Key: l.Key(), Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP,
+		BackendType: l.Attrs.BackendType, BackendData: l.Attrs.BackendData}
+	switch {
+	case l.Subnet == self.Subnet:
+		return peer, "", true // our own lease (or an older copy of it)
+	case !cfg.Network.Contains(l.Subnet.Addr()) || l.Subnet.Bits() < cfg.Network.Bits():
+		reason = fmt.Sprintf("subnet %s is outside Network %s", l.Subnet, cfg.Network)
+	case l.Subnet.Bits() != cfg.SubnetLen:
+		reason = fmt.Sprintf("subnet %s is not a /%d (SubnetLen)", l.Subnet, cfg.SubnetLen)
+	case l.Attrs.BackendType != cfg.Backend.Type:
+		reason = fmt.Sprintf("runs backend %q, this network uses %q", l.Attrs.BackendType, cfg.Backend.Type)
+	case l.Attrs.PublicIP == self.Attrs.PublicIP:
+		reason = fmt.Sprintf("PublicIP %s is this host's own", l.Attrs.PublicIP)
+	case l.Subnet.Masked() != l.Subnet:
+		reason = fmt.Sprintf("subnet %s is not aligned to /%d", l.Subnet, cfg.SubnetLen)
+	}
+	return peer, reason, false
 }

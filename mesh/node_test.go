@@ -54,25 +54,12 @@ func (l *lockedBuf) String() string { l.mu.Lock(); defer l.mu.Unlock(); return l
 
 func TestNodeReconcilesOnChangesAndResync(t *testing.T) {
 	cfg := testConfig(t)
-	store := leasetest.New(nil)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	var logs lockedBuf
 	log := slog.New(slog.NewTextHandler(&logs, nil))
-	req := lease.ClaimRequest{Config: cfg, Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("192.168.50.1"), BackendType: "host-gw"}}
-	self, err := lease.Claim(ctx, store, req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	watcher := lease.NewWatcher(store, log)
-	holder := lease.NewHolder(store, req, self, time.Minute, log)
 	app := &recordingApplier{}
-	node := &Node{Config: cfg, Leases: watcher, Own: holder, Backend: app, Resync: 100 * time.Millisecond, Log: log}
-	var wg sync.WaitGroup
-	for _, run := range []func(context.Context) error{watcher.Run, holder.Run, node.Run} {
-		wg.Go(func() { run(ctx) })
-	}
-	defer func() { cancel(); wg.Wait() }()
+	tn := startNode(t, cfg, app, 100*time.Millisecond, log)
+	defer tn.stop()
+	store, watcher, holder, self, ctx := tn.store, tn.watcher, tn.holder, tn.self, context.Background()
 
 	store.PutRaw("10.5.7.0-24", []byte(`{"PublicIP":"192.168.50.7","PublicIPv6":null,"BackendType":"host-gw"}`))
 	waitUntil(t, func() bool { return app.peers() == "peer 10.5.7.0/24 via 192.168.50.7\n" })
@@ -122,4 +109,35 @@ func waitUntil(t *testing.T, cond func() bool) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// testNode is a Node over the in-memory store with a real Watcher and
+// Holder, this host at 192.168.50.1; stop ends all three.
+type testNode struct {
+	node    *Node
+	store   *leasetest.Store
+	watcher *lease.Watcher
+	holder  *lease.Holder
+	self    lease.Lease
+	stop    func()
+}
+
+func startNode(t *testing.T, cfg *lease.Config, app Applier, resync time.Duration, log *slog.Logger) *testNode {
+	t.Helper()
+	store := leasetest.New(nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	req := lease.ClaimRequest{Config: cfg, Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("192.168.50.1"), BackendType: "host-gw"}}
+	self, err := lease.Claim(ctx, store, req)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	tn := &testNode{store: store, self: self, watcher: lease.NewWatcher(store, log), holder: lease.NewHolder(store, req, self, time.Minute, log)}
+	tn.node = &Node{Config: cfg, Leases: tn.watcher, Own: tn.holder, Backend: app, Resync: resync, Log: log}
+	var wg sync.WaitGroup
+	for _, run := range []func(context.Context) error{tn.watcher.Run, tn.holder.Run, tn.node.Run} {
+		wg.Go(func() { run(ctx) })
+	}
+	tn.stop = func() { cancel(); wg.Wait() }
+	return tn
 }

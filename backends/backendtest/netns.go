@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -75,4 +76,31 @@ func (n *Netns) Run(t testing.TB, args ...string) string {
 func (n *Netns) Try(args ...string) (string, error) {
 	out, err := exec.Command("ip", append([]string{"netns", "exec", n.Name}, args...)...).CombinedOutput()
 	return string(out), err
+}
+
+// Enter moves the calling goroutine's OS thread into the namespace until
+// the test ends, for code that uses the package-level netlink calls or
+// opens devices and sockets where it runs. The test must stay on this
+// goroutine (no t.Parallel, no subtests that run elsewhere).
+func (n *Netns) Enter(t testing.TB) {
+	t.Helper()
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		t.Fatal(err)
+	}
+	if err := netns.Set(n.ns); err != nil {
+		orig.Close()
+		runtime.UnlockOSThread()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		// Back to where the thread came from; a thread that cannot go back
+		// stays locked and dies with the goroutine instead of being reused.
+		if err := netns.Set(orig); err == nil {
+			runtime.UnlockOSThread()
+		}
+		orig.Close()
+	})
 }

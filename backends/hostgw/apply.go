@@ -44,10 +44,9 @@ func (b *Backend) BackendData() json.RawMessage { return nil }
 // failures and returns them all joined.
 func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 	want, problems := Plan(d, b.ext)
-	errs := problems
 	have, err := netutil.OwnedRoutes(b.handle)
 	if err != nil {
-		return errors.Join(append(errs, fmt.Errorf("listing routes: %w", err))...)
+		return errors.Join(append(problems, fmt.Errorf("listing routes: %w", err))...)
 	}
 	current := make(map[netip.Prefix]netlink.Route, len(have))
 	for _, r := range have {
@@ -55,6 +54,26 @@ func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 			current[dst] = r
 		}
 	}
+	return errors.Join(append(problems, b.sync(current, want)...)...)
+}
+
+// ApplyDelta changes only the routes of the peers in the delta: the old
+// plan of those peers stands for what the kernel holds, so nothing is
+// listed and the cost does not grow with the number of peers.
+func (b *Backend) ApplyDelta(_ context.Context, d mesh.Delta) error {
+	before, _ := Plan(d.Before(), b.ext)
+	want, problems := Plan(d.After(), b.ext)
+	current := make(map[netip.Prefix]netlink.Route, len(before))
+	for _, r := range before {
+		current[r.Dst] = *b.route(r)
+	}
+	return errors.Join(append(problems, b.sync(current, want)...)...)
+}
+
+// sync sets every wanted route that current lacks or has differently, then
+// deletes the routes in current that nothing wants.
+func (b *Backend) sync(current map[netip.Prefix]netlink.Route, want []Route) []error {
+	var errs []error
 	keep := make(map[netip.Prefix]bool, len(want))
 	for _, r := range want {
 		keep[r.Dst] = true
@@ -77,7 +96,7 @@ func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 		}
 		b.log.Info("route removed", "dst", dst)
 	}
-	return errors.Join(errs...)
+	return errs
 }
 
 func (b *Backend) route(r Route) *netlink.Route {

@@ -76,13 +76,31 @@ func TestApplyInNetns(t *testing.T) {
 	if got := routes(); got != "10.5.2.0/24 via 192.168.77.22 dev ext0 \n" {
 		t.Fatalf("after change:\n%s", got)
 	}
+	// Deltas: a peer added, one moved, one removed; nothing else touched.
+	ns.Run(t, "ip", "route", "add", "10.5.50.0/24", "via", "192.168.77.50", "proto", "87")
+	delta := mesh.Delta{Old: []mesh.Peer{peer("10.5.2.0/24", "192.168.77.22")},
+		New: []mesh.Peer{peer("10.5.2.0/24", "192.168.77.2"), peer("10.5.5.0/24", "192.168.77.5")}}
+	if err := b.ApplyDelta(ctx, delta); err != nil {
+		t.Fatal(err)
+	}
+	want = "10.5.2.0/24 via 192.168.77.2 dev ext0 \n10.5.5.0/24 via 192.168.77.5 dev ext0 \n10.5.50.0/24 via 192.168.77.50 dev ext0 \n"
+	if got := routes(); got != want {
+		t.Fatalf("after a delta:\n%s\nwant:\n%s", got, want)
+	}
+	if err := b.ApplyDelta(ctx, mesh.Delta{Old: []mesh.Peer{peer("10.5.5.0/24", "192.168.77.5")}}); err != nil {
+		t.Fatal(err)
+	}
+	// The stray proto-87 route is the resync's business, not a delta's.
+	if got := routes(); got != "10.5.2.0/24 via 192.168.77.2 dev ext0 \n10.5.50.0/24 via 192.168.77.50 dev ext0 \n" {
+		t.Fatalf("after a removal delta:\n%s", got)
+	}
 	// An unreachable peer is reported by name, the others still applied.
 	bad := mesh.Desired{Peers: []mesh.Peer{peer("10.5.2.0/24", "192.168.77.22"), peer("10.5.4.0/24", "10.200.0.4")}}
 	if err := b.Apply(ctx, bad); err == nil || !strings.Contains(err.Error(), "peer 10.5.4.0-24") {
 		t.Fatalf("Apply with off-link peer = %v", err)
 	}
 	if got := routes(); got != "10.5.2.0/24 via 192.168.77.22 dev ext0 \n" {
-		t.Fatalf("good peer lost:\n%s", got)
+		t.Fatalf("good peer lost (and the stray route kept):\n%s", got)
 	}
 	// Cleanup removes ours only.
 	if err := b.Cleanup(ctx); err != nil {

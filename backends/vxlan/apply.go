@@ -104,8 +104,8 @@ func (b *Backend) matches(vx *netlink.Vxlan) bool {
 }
 
 // Apply makes the device, its address, and every peer's route, neighbour
-// and FDB entry match the plan; it adds before it deletes and returns all
-// errors met, joined.
+// and FDB entry match the plan, compared with what the kernel holds; it
+// adds before it deletes and returns all errors met, joined.
 func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 	dev, err := b.ensureDevice()
 	if err != nil {
@@ -114,10 +114,26 @@ func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 	state, errs := Plan(d, b.opts, b.ext)
 	idx := dev.Attrs().Index
 	errs = append(errs, b.ensureAddress(dev, netip.PrefixFrom(d.Self.Subnet.Addr(), 32))...)
-	errs = append(errs, b.syncNeighbors(idx, state.Neighbors)...)
-	errs = append(errs, b.syncFDB(idx, state.FDB)...)
-	errs = append(errs, b.syncRoutes(idx, state.Routes)...)
-	return errors.Join(errs...)
+	have, err := b.kernelEntries(idx)
+	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	return errors.Join(append(errs, b.sync(idx, have, state)...)...)
+}
+
+// ApplyDelta changes only the entries of the peers in the delta: their old
+// plan stands for what the kernel holds, so no table is dumped and the
+// cost does not grow with the number of peers. The device is still looked
+// up (one call), so a device deleted by hand is recreated at once.
+func (b *Backend) ApplyDelta(_ context.Context, d mesh.Delta) error {
+	dev, err := b.ensureDevice()
+	if err != nil {
+		return err
+	}
+	idx := dev.Attrs().Index
+	before, _ := Plan(d.Before(), b.opts, b.ext)
+	after, errs := Plan(d.After(), b.opts, b.ext)
+	return errors.Join(append(errs, b.sync(idx, b.plannedEntries(idx, before), after)...)...)
 }
 
 func (b *Backend) ensureAddress(dev netlink.Link, want netip.Prefix) []error {
@@ -142,103 +158,147 @@ func (b *Backend) ensureAddress(dev netlink.Link, want netip.Prefix) []error {
 	return errs
 }
 
-func (b *Backend) syncNeighbors(idx int, want []Neighbor) []error {
-	have, err := netutil.Retry(func() ([]netlink.Neigh, error) { return b.handle.NeighList(idx, netlink.FAMILY_V4) })
-	if err != nil {
-		return []error{fmt.Errorf("listing neighbours: %w", err)}
-	}
-	current := map[netip.Addr]string{}
-	for _, n := range have {
-		current[netutil.Addr(n.IP)] = n.HardwareAddr.String()
-	}
-	var errs []error
-	keep := map[netip.Addr]bool{}
-	for _, w := range want {
-		keep[w.IP] = true
-		if current[w.IP] == w.MAC {
-			continue
-		}
-		mac, _ := net.ParseMAC(w.MAC)
-		n := &netlink.Neigh{LinkIndex: idx, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT, IP: w.IP.AsSlice(), HardwareAddr: mac}
-		if err := b.handle.NeighSet(n); err != nil {
-			errs = append(errs, fmt.Errorf("neighbour %s lladdr %s: %w", w.IP, w.MAC, err))
-		}
-	}
-	for _, n := range have {
-		if !keep[netutil.Addr(n.IP)] {
-			if err := b.handle.NeighDel(&n); err != nil && !errors.Is(err, unix.ENOENT) {
-				errs = append(errs, fmt.Errorf("removing neighbour %s: %w", n.IP, err))
-			}
-		}
-	}
-	return errs
+// fdbKey identifies an FDB entry: a VTEP MAC and where frames for it go.
+type fdbKey struct {
+	mac string
+	dst netip.Addr
 }
 
-func (b *Backend) syncFDB(idx int, want []FDB) []error {
-	have, err := netutil.Retry(func() ([]netlink.Neigh, error) { return b.handle.NeighList(idx, unix.AF_BRIDGE) })
+// entries are the kernel objects for peers, keyed the way they are compared.
+type entries struct {
+	neighbors map[netip.Addr]netlink.Neigh
+	fdb       map[fdbKey]netlink.Neigh
+	routes    map[netip.Prefix]netlink.Route
+}
+
+// kernelEntries reads what the kernel holds on the device (and weft's
+// direct routes on the external link).
+func (b *Backend) kernelEntries(idx int) (entries, error) {
+	e := entries{neighbors: map[netip.Addr]netlink.Neigh{}, fdb: map[fdbKey]netlink.Neigh{}}
+	neighs, err := netutil.Retry(func() ([]netlink.Neigh, error) { return b.handle.NeighList(idx, netlink.FAMILY_V4) })
 	if err != nil {
-		return []error{fmt.Errorf("listing FDB: %w", err)}
+		return e, fmt.Errorf("listing neighbours: %w", err)
 	}
-	type entry struct {
-		mac string
-		dst netip.Addr
+	for _, n := range neighs {
+		e.neighbors[netutil.Addr(n.IP)] = n
 	}
-	current := map[entry]bool{}
-	for _, n := range have {
-		current[entry{n.HardwareAddr.String(), netutil.Addr(n.IP)}] = true
+	fdb, err := netutil.Retry(func() ([]netlink.Neigh, error) { return b.handle.NeighList(idx, unix.AF_BRIDGE) })
+	if err != nil {
+		return e, fmt.Errorf("listing FDB: %w", err)
 	}
-	var errs []error
-	keep := map[entry]bool{}
-	for _, w := range want {
-		e := entry{w.MAC, w.Dst}
-		keep[e] = true
-		if current[e] {
-			continue
-		}
-		mac, _ := net.ParseMAC(w.MAC)
-		n := &netlink.Neigh{LinkIndex: idx, Family: unix.AF_BRIDGE, State: netlink.NUD_PERMANENT, Flags: netlink.NTF_SELF,
-			IP: w.Dst.AsSlice(), HardwareAddr: mac}
-		if err := b.handle.NeighSet(n); err != nil {
-			errs = append(errs, fmt.Errorf("fdb %s dst %s: %w", w.MAC, w.Dst, err))
-		}
-	}
-	for _, n := range have {
-		e := entry{n.HardwareAddr.String(), netutil.Addr(n.IP)}
+	for _, n := range fdb {
+		k := fdbKey{n.HardwareAddr.String(), netutil.Addr(n.IP)}
 		// Entries without a destination (the device's own, multicast) are the kernel's.
-		if keep[e] || !e.dst.IsValid() {
-			continue
-		}
-		n.Flags |= netlink.NTF_SELF
-		if err := b.handle.NeighDel(&n); err != nil && !errors.Is(err, unix.ENOENT) {
-			errs = append(errs, fmt.Errorf("removing fdb %s dst %s: %w", e.mac, e.dst, err))
+		if k.dst.IsValid() {
+			n.Flags |= netlink.NTF_SELF
+			e.fdb[k] = n
 		}
 	}
-	return errs
+	e.routes, err = b.kernelRoutes(idx)
+	return e, err
 }
 
-func (b *Backend) syncRoutes(idx int, want []Route) []error {
+func (b *Backend) kernelRoutes(idx int) (map[netip.Prefix]netlink.Route, error) {
 	owned, err := netutil.OwnedRoutes(b.handle)
 	if err != nil {
-		return []error{err}
+		return nil, err
 	}
-	current := map[netip.Prefix]netlink.Route{}
+	routes := map[netip.Prefix]netlink.Route{}
 	for _, r := range owned {
 		if r.LinkIndex != idx && r.LinkIndex != b.ext.Index {
 			continue // another backend's (a switch of Backend.Type) is pruned by its own cleanup
 		}
 		if dst, ok := netutil.Prefix(r.Dst); ok {
-			current[dst] = r
+			routes[dst] = r
 		}
 	}
+	return routes, nil
+}
+
+// plannedEntries are the kernel objects a plan puts on the device.
+func (b *Backend) plannedEntries(idx int, s State) entries {
+	e := entries{neighbors: map[netip.Addr]netlink.Neigh{}, fdb: map[fdbKey]netlink.Neigh{}, routes: map[netip.Prefix]netlink.Route{}}
+	for _, n := range s.Neighbors {
+		e.neighbors[n.IP] = *neighbor(idx, n)
+	}
+	for _, f := range s.FDB {
+		e.fdb[fdbKey{f.MAC, f.Dst}] = *fdbEntry(idx, f)
+	}
+	for _, r := range s.Routes {
+		e.routes[r.Dst] = *b.route(idx, r)
+	}
+	return e
+}
+
+func neighbor(idx int, n Neighbor) *netlink.Neigh {
+	mac, _ := net.ParseMAC(n.MAC)
+	return &netlink.Neigh{LinkIndex: idx, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT, IP: n.IP.AsSlice(), HardwareAddr: mac}
+}
+
+func fdbEntry(idx int, f FDB) *netlink.Neigh {
+	mac, _ := net.ParseMAC(f.MAC)
+	return &netlink.Neigh{LinkIndex: idx, Family: unix.AF_BRIDGE, State: netlink.NUD_PERMANENT, Flags: netlink.NTF_SELF,
+		IP: f.Dst.AsSlice(), HardwareAddr: mac}
+}
+
+func (b *Backend) route(idx int, w Route) *netlink.Route {
+	r := &netlink.Route{LinkIndex: idx, Dst: netutil.IPNet(w.Dst), Gw: w.Via.AsSlice(), Flags: int(netlink.FLAG_ONLINK),
+		Protocol: netutil.RouteProtocol, Table: unix.RT_TABLE_MAIN}
+	if w.Direct {
+		r.LinkIndex, r.Flags = b.ext.Index, 0
+	}
+	return r
+}
+
+// sync makes have into want kind by kind (neighbours before FDB entries
+// before routes, so a route never points at a VTEP the kernel cannot
+// resolve): set what is missing or different, then delete the rest.
+func (b *Backend) sync(idx int, have entries, want State) []error {
+	var errs []error
+	keepNeigh := map[netip.Addr]bool{}
+	for _, w := range want.Neighbors {
+		keepNeigh[w.IP] = true
+		if cur, ok := have.neighbors[w.IP]; ok && cur.HardwareAddr.String() == w.MAC {
+			continue
+		}
+		if err := b.handle.NeighSet(neighbor(idx, w)); err != nil {
+			errs = append(errs, fmt.Errorf("neighbour %s lladdr %s: %w", w.IP, w.MAC, err))
+		}
+	}
+	for ip, n := range have.neighbors {
+		if !keepNeigh[ip] {
+			if err := b.handle.NeighDel(&n); err != nil && !errors.Is(err, unix.ENOENT) {
+				errs = append(errs, fmt.Errorf("removing neighbour %s: %w", ip, err))
+			}
+		}
+	}
+	keepFDB := map[fdbKey]bool{}
+	for _, w := range want.FDB {
+		k := fdbKey{w.MAC, w.Dst}
+		keepFDB[k] = true
+		if _, ok := have.fdb[k]; ok {
+			continue
+		}
+		if err := b.handle.NeighSet(fdbEntry(idx, w)); err != nil {
+			errs = append(errs, fmt.Errorf("fdb %s dst %s: %w", w.MAC, w.Dst, err))
+		}
+	}
+	for k, n := range have.fdb {
+		if !keepFDB[k] {
+			if err := b.handle.NeighDel(&n); err != nil && !errors.Is(err, unix.ENOENT) {
+				errs = append(errs, fmt.Errorf("removing fdb %s dst %s: %w", k.mac, k.dst, err))
+			}
+		}
+	}
+	return append(errs, b.syncRoutes(idx, have.routes, want.Routes)...)
+}
+
+func (b *Backend) syncRoutes(idx int, current map[netip.Prefix]netlink.Route, want []Route) []error {
 	var errs []error
 	keep := map[netip.Prefix]bool{}
 	for _, w := range want {
 		keep[w.Dst] = true
-		r := &netlink.Route{LinkIndex: idx, Dst: netutil.IPNet(w.Dst), Gw: w.Via.AsSlice(), Flags: int(netlink.FLAG_ONLINK),
-			Protocol: netutil.RouteProtocol, Table: unix.RT_TABLE_MAIN}
-		if w.Direct {
-			r.LinkIndex, r.Flags = b.ext.Index, 0
-		}
+		r := b.route(idx, w)
 		if cur, ok := current[w.Dst]; ok && cur.LinkIndex == r.LinkIndex && netutil.Addr(cur.Gw) == w.Via {
 			continue
 		}
@@ -263,7 +323,11 @@ func (b *Backend) Cleanup(context.Context) error {
 	if link, err := b.handle.LinkByName(b.opts.DeviceName()); err == nil {
 		errs = append(errs, b.handle.LinkDel(link))
 	}
-	errs = append(errs, b.syncRoutes(-1, nil)...)
+	routes, err := b.kernelRoutes(-1)
+	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	errs = append(errs, b.syncRoutes(-1, routes, nil)...)
 	return errors.Join(errs...)
 }
 

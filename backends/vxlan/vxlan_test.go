@@ -93,6 +93,24 @@ func TestApplyInNetns(t *testing.T) {
 		t.Errorf("a second apply changed the state:\n%s\nvs\n%s", again, got)
 	}
 
+	// A delta (peer 2's MAC changed, 4 left, 5 came) leaves exactly what a
+	// whole apply of the new state leaves, and touches nothing else.
+	newTwo := vxPeer("10.5.2.0/24", "192.168.77.2", `{"VNI":1,"VtepMAC":"02:00:00:00:00:22"}`)
+	five := vxPeer("10.5.5.0/24", "192.168.77.5", `{"VNI":1,"VtepMAC":"02:00:00:00:00:05"}`)
+	if err := b.ApplyDelta(ctx, mesh.Delta{Self: self, Old: three.Peers, New: []mesh.Peer{newTwo, five}}); err != nil {
+		t.Fatal(err)
+	}
+	afterDelta := show()
+	if strings.Contains(afterDelta, "02:00:00:00:00:02") || strings.Contains(afterDelta, "10.5.4.0") ||
+		!strings.Contains(afterDelta, "02:00:00:00:00:22 dst 192.168.77.2") || !strings.Contains(afterDelta, "10.5.5.0/24 via 10.5.5.0") {
+		t.Errorf("after a delta:\n%s", afterDelta)
+	}
+	apply(mesh.Desired{Self: self, Peers: []mesh.Peer{newTwo, five}})
+	if whole := show(); whole != afterDelta {
+		t.Errorf("a whole apply after the delta changed the state:\n%s\nvs\n%s", whole, afterDelta)
+	}
+	apply(three)
+
 	// The device deleted by hand: the next apply (the resync) restores it all.
 	ns.Run(t, "ip", "link", "del", "weft.1")
 	apply(three)

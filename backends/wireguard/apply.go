@@ -21,6 +21,8 @@ import (
 
 // Backend is the wireguard backend. The zero value is not usable; use New.
 type Backend struct {
+	// name is the device's: DeviceName, or a run-unique one in tests.
+	name    string
 	opts    Options
 	ext     netutil.ExternalInterface
 	keyFile string
@@ -33,6 +35,12 @@ type Backend struct {
 	client *wgctrl.Client
 	// lastPeers remembers each peer's lease, for log lines on removal.
 	lastPeers map[keys.Key]string
+	// holders are the leases publishing each key in the state last
+	// applied; a delta touching a key held twice needs a whole apply.
+	holders map[keys.Key][]string
+	// applied is false until a whole apply succeeded with the current
+	// key: until then a delta cannot trust the device.
+	applied bool
 }
 
 // New parses the Backend options and loads (or creates) the private key.
@@ -56,7 +64,7 @@ func New(raw json.RawMessage, ext netutil.ExternalInterface, keyFile string, log
 	if mtu == 0 {
 		mtu = ext.MTU - Overhead
 	}
-	return &Backend{opts: opts, ext: ext, keyFile: keyFile, log: log, mtu: mtu, key: key, lastPeers: map[keys.Key]string{}}, nil
+	return &Backend{name: DeviceName, opts: opts, ext: ext, keyFile: keyFile, log: log, mtu: mtu, key: key, lastPeers: map[keys.Key]string{}}, nil
 }
 
 // MTU is the device's (and containers') MTU.
@@ -73,7 +81,7 @@ func (b *Backend) BackendData() json.RawMessage {
 func (b *Backend) Setup(context.Context) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	dev, err := openDevice(DeviceName, b.opts.Implementation, b.mtu, b.log)
+	dev, err := openDevice(b.name, b.opts.Implementation, b.mtu, b.log)
 	if err != nil {
 		return err
 	}
@@ -106,6 +114,7 @@ func (b *Backend) ReloadKey(rotate bool) (bool, error) {
 		return false, nil
 	}
 	b.key = key
+	b.applied = false
 	b.log.Info("WireGuard key rotated", "public_key", key.Public())
 	return true, nil
 }
@@ -118,17 +127,18 @@ func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 	if b.dev == nil {
 		return errors.New("wireguard backend used before Setup")
 	}
-	want, errs := Plan(d, b.key.Public(), b.opts)
-	current, err := b.client.Device(DeviceName)
+	b.applied = false
+	want, errs, holders := plan(d, b.key.Public(), b.opts)
+	current, err := b.client.Device(b.name)
 	if err != nil {
 		// The device went away (deleted by hand): make it again.
 		b.log.Warn("WireGuard device missing; recreating it", "err", err)
 		b.dev.close()
-		if b.dev, err = openDevice(DeviceName, b.opts.Implementation, b.mtu, b.log); err != nil {
+		if b.dev, err = openDevice(b.name, b.opts.Implementation, b.mtu, b.log); err != nil {
 			return errors.Join(append(errs, err)...)
 		}
-		if current, err = b.client.Device(DeviceName); err != nil {
-			return errors.Join(append(errs, fmt.Errorf("reading %s: %w", DeviceName, err))...)
+		if current, err = b.client.Device(b.name); err != nil {
+			return errors.Join(append(errs, fmt.Errorf("reading %s: %w", b.name, err))...)
 		}
 	}
 	cfg := wgtypes.Config{}
@@ -145,15 +155,82 @@ func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 		cfg.Peers = append(cfg.Peers, toPeerConfig(c))
 	}
 	if cfg.PrivateKey != nil || cfg.ListenPort != nil || len(cfg.Peers) > 0 {
-		if err := b.client.ConfigureDevice(DeviceName, cfg); err != nil {
-			return errors.Join(append(errs, fmt.Errorf("configuring %s: %w", DeviceName, err))...)
+		if err := b.client.ConfigureDevice(b.name, cfg); err != nil {
+			return errors.Join(append(errs, fmt.Errorf("configuring %s: %w", b.name, err))...)
 		}
-		b.logChanges(changes, want)
+		b.logChanges(changes)
 	}
+	b.lastPeers = make(map[keys.Key]string, len(want))
+	for _, w := range want {
+		b.lastPeers[w.PublicKey] = w.Lease
+	}
+	b.holders = holders
 	if err := b.kick(peersToKick(have, want, changes, cfg.PrivateKey != nil)); err != nil {
 		errs = append(errs, err)
 	}
-	errs = append(errs, netutil.EnsureTunnelLink(DeviceName, b.mtu, d.Self.Subnet, d.Network)...)
+	errs = append(errs, netutil.EnsureTunnelLink(b.name, b.mtu, d.Self.Subnet, d.Network)...)
+	b.applied = len(errs) == 0
+	return errors.Join(errs...)
+}
+
+// ApplyDelta changes only the peers in the delta, in one ConfigureDevice
+// call, without reading the device: its cost does not grow with the
+// number of peers. A delta that touches a key another lease also
+// publishes, or comes before a whole apply succeeded (start, rotated
+// key), returns mesh.ErrFullApply.
+func (b *Backend) ApplyDelta(_ context.Context, d mesh.Delta) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.applied {
+		return mesh.ErrFullApply
+	}
+	self := b.key.Public()
+	before, _ := candidates(d.Before(), self, b.opts)
+	after, errs := candidates(d.After(), self, b.opts)
+	for _, c := range before {
+		if len(b.holders[c.PublicKey]) != 1 {
+			return mesh.ErrFullApply // a duplicate goes away: its twin may become a peer
+		}
+	}
+	for _, c := range before {
+		delete(b.holders, c.PublicKey)
+	}
+	for _, c := range after {
+		b.holders[c.PublicKey] = append(b.holders[c.PublicKey], c.Lease)
+	}
+	for _, c := range after {
+		if len(b.holders[c.PublicKey]) != 1 {
+			b.applied = false
+			return mesh.ErrFullApply // a key now published twice
+		}
+	}
+	have := make([]PeerState, 0, len(before))
+	for _, c := range before {
+		have = append(have, c.state())
+	}
+	changes := Delta(have, after)
+	if len(changes) == 0 {
+		return errors.Join(errs...)
+	}
+	cfg := wgtypes.Config{}
+	for _, c := range changes {
+		cfg.Peers = append(cfg.Peers, toPeerConfig(c))
+	}
+	if err := b.client.ConfigureDevice(b.name, cfg); err != nil {
+		b.applied = false
+		return errors.Join(append(errs, fmt.Errorf("configuring %s: %w", b.name, err))...)
+	}
+	b.logChanges(changes)
+	for _, c := range changes {
+		if c.Remove {
+			delete(b.lastPeers, c.PublicKey)
+		} else {
+			b.lastPeers[c.PublicKey] = c.Spec.Lease
+		}
+	}
+	if err := b.kick(peersToKick(have, after, changes, false)); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
 
@@ -194,24 +271,20 @@ func (b *Backend) kick(peers []keys.Key) error {
 		for _, k := range peers {
 			cfg.Peers = append(cfg.Peers, wgtypes.PeerConfig{PublicKey: wgtypes.Key(k), UpdateOnly: true, PersistentKeepaliveInterval: &interval})
 		}
-		if err := b.client.ConfigureDevice(DeviceName, cfg); err != nil {
-			return fmt.Errorf("starting handshakes on %s: %w", DeviceName, err)
+		if err := b.client.ConfigureDevice(b.name, cfg); err != nil {
+			return fmt.Errorf("starting handshakes on %s: %w", b.name, err)
 		}
 	}
 	return nil
 }
 
-func (b *Backend) logChanges(changes []Change, want []PeerSpec) {
+func (b *Backend) logChanges(changes []Change) {
 	for _, c := range changes {
 		if c.Remove {
 			b.log.Info("peer removed", "public_key", keys.Key(c.PublicKey), "lease", b.lastPeers[c.PublicKey])
 			continue
 		}
 		b.log.Info("peer set", "lease", c.Spec.Lease, "public_key", c.PublicKey, "endpoint", c.Spec.Endpoint)
-	}
-	b.lastPeers = make(map[keys.Key]string, len(want))
-	for _, w := range want {
-		b.lastPeers[w.PublicKey] = w.Lease
 	}
 }
 
@@ -220,7 +293,7 @@ func (b *Backend) Cleanup(context.Context) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.dev == nil {
-		b.dev = &wgDevice{name: DeviceName, kind: ImplKernel}
+		b.dev = &wgDevice{name: b.name, kind: ImplKernel}
 	}
 	err := b.dev.remove()
 	b.dev = nil
@@ -248,7 +321,7 @@ func (b *Backend) Status() (*wgtypes.Device, error) {
 	if b.client == nil {
 		return nil, errors.New("not set up")
 	}
-	return b.client.Device(DeviceName)
+	return b.client.Device(b.name)
 }
 
 func peerStates(peers []wgtypes.Peer) []PeerState {

@@ -44,9 +44,36 @@ type Change struct {
 // is missing or invalid, equals this host's key, or equals another lease's
 // key is skipped with a problem naming the lease; the rest are unaffected.
 func Plan(d mesh.Desired, self keys.Key, opts Options) ([]PeerSpec, []error) {
+	out, problems, _ := plan(d, self, opts)
+	return out, problems
+}
+
+// plan is Plan that also returns which leases publish each key, so a
+// delta can tell whether it touches a key two leases share.
+func plan(d mesh.Desired, self keys.Key, opts Options) ([]PeerSpec, []error, map[keys.Key][]string) {
+	candidates, problems := candidates(d, self, opts)
+	holders := make(map[keys.Key][]string, len(candidates))
+	for _, c := range candidates {
+		holders[c.PublicKey] = append(holders[c.PublicKey], c.Lease)
+	}
+	out := make([]PeerSpec, 0, len(candidates))
+	for _, c := range candidates {
+		// WireGuard tells peers apart by key: two leases with one key
+		// cannot both be peers, and picking one would be a guess.
+		if others := holders[c.PublicKey]; len(others) > 1 {
+			problems = append(problems, fmt.Errorf("peer %s: PublicKey is published by %d leases (%s); skipping them all",
+				c.Lease, len(others), strings.Join(others, ", ")))
+			continue
+		}
+		out = append(out, c)
+	}
+	return out, problems, holders
+}
+
+// candidates checks each peer on its own: BackendData, key and port.
+func candidates(d mesh.Desired, self keys.Key, opts Options) ([]PeerSpec, []error) {
 	var problems []error
-	var candidates []PeerSpec
-	holders := map[keys.Key][]string{}
+	var out []PeerSpec
 	for _, p := range d.Peers {
 		var data BackendData
 		if err := json.Unmarshal(p.BackendData, &data); err != nil {
@@ -65,22 +92,19 @@ func Plan(d mesh.Desired, self keys.Key, opts Options) ([]PeerSpec, []error) {
 			problems = append(problems, fmt.Errorf("peer %s: publishes this host's own public key", p.Key))
 			continue
 		}
-		holders[pub] = append(holders[pub], p.Key)
-		candidates = append(candidates, PeerSpec{Lease: p.Key, PublicKey: pub, Endpoint: netip.AddrPortFrom(p.PublicIP, uint16(data.Port)),
+		out = append(out, PeerSpec{Lease: p.Key, PublicKey: pub, Endpoint: netip.AddrPortFrom(p.PublicIP, uint16(data.Port)),
 			AllowedIPs: []netip.Prefix{p.Subnet}, Keepalive: opts.PersistentKeepalive, PSK: opts.PSK})
 	}
-	var out []PeerSpec
-	for _, c := range candidates {
-		// WireGuard tells peers apart by key: two leases with one key
-		// cannot both be peers, and picking one would be a guess.
-		if others := holders[c.PublicKey]; len(others) > 1 {
-			problems = append(problems, fmt.Errorf("peer %s: PublicKey is published by %d leases (%s); skipping them all",
-				c.Lease, len(others), strings.Join(others, ", ")))
-			continue
-		}
-		out = append(out, c)
-	}
 	return out, problems
+}
+
+// state is the device's view of a peer set as spec says.
+func (s PeerSpec) state() PeerState {
+	st := PeerState{PublicKey: s.PublicKey, Endpoint: s.Endpoint, AllowedIPs: s.AllowedIPs, Keepalive: s.Keepalive}
+	if s.PSK != nil {
+		st.PSK = *s.PSK
+	}
+	return st
 }
 
 // Delta compares what the device has with what is wanted and returns only

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -112,10 +113,9 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 		Config: cfg, Leases: watcher, Own: holder, Backend: backend, Resync: o.resync, Log: log,
 		OnOwnLeaseChange: writeEnv,
 		OnReconcile:      func(d time.Duration, _ error) { obs.duration.Observe(d.Seconds()) },
-		OnApplied: func(d mesh.Desired) {
-			obs.applied(d)
+		OnApplied: func(self lease.Lease, peers int) {
 			if obs.ready.CompareAndSwap(false, true) {
-				log.Info("ready", "subnet", d.Self.Subnet, "peers", len(d.Peers))
+				log.Info("ready", "subnet", self.Subnet, "peers", peers)
 				if _, err := daemon.SdNotify(false, daemon.SdNotifyReady); err != nil {
 					log.Warn("sd_notify READY failed", "err", err)
 				}
@@ -306,6 +306,10 @@ func serveHealth(o *options, obs *observer) (*http.Server, error) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	obs.handlers(mux)
+	if o.pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(ln)
 	return srv, nil

@@ -28,6 +28,7 @@ type options struct {
 	forwardRules  bool
 	healthzIP     string
 	healthzPort   int
+	pprof         bool
 	resync        time.Duration
 	cleanupOnExit bool
 	keyFile       string
@@ -75,6 +76,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	fs.BoolVar(&o.forwardRules, "iptables-forward-rules", true, "accept forwarded traffic to and from the Network")
 	fs.StringVar(&o.healthzIP, "healthz-ip", "127.0.0.1", "address for /healthz, /readyz and /metrics")
 	fs.IntVar(&o.healthzPort, "healthz-port", 8471, "port for /healthz, /readyz and /metrics (0 disables)")
+	fs.BoolVar(&o.pprof, "debug-pprof", false, "also serve Go's profiles under /debug/pprof/ on the health endpoint (make profile)")
 	fs.DurationVar(&o.resync, "resync-interval", 30*time.Second, "how often to re-apply the data path even without changes")
 	fs.StringVar(&o.keyFile, "wireguard-key-file", keys.DefaultPath, "WireGuard private key file (0600; created when missing)")
 	fs.BoolVar(&o.cleanupOnExit, "cleanup-on-exit", false, "remove weft's devices and routes on exit (they stay by default)")

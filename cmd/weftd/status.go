@@ -35,7 +35,6 @@ type observer struct {
 	node     *mesh.Node
 	watcher  *lease.Watcher
 	holder   *lease.Holder
-	desired  mesh.Desired
 	masq     bool
 	forward  bool
 	duration prometheus.Histogram
@@ -49,12 +48,6 @@ func newObserver() *observer {
 }
 
 // applied records the last state applied (called by the reconcile loop).
-func (o *observer) applied(d mesh.Desired) {
-	o.mu.Lock()
-	o.desired = d
-	o.mu.Unlock()
-}
-
 // PeerStatus is one peer in `weftctl status`.
 type PeerStatus struct {
 	Lease    string `json:"lease"`
@@ -92,12 +85,16 @@ func (o *observer) status() Status {
 		own := o.holder.Current()
 		s.Subnet, s.PublicIP = own.Subnet.String(), own.Attrs.PublicIP.String()
 	}
+	var desired mesh.Desired
 	if o.node != nil {
 		st := o.node.Stats()
 		s.Reconciles, s.Errors, s.LastError = st.Runs, st.Errors, st.LastError
+		desired = o.node.Desired()
 	}
-	s.Network = o.desired.Network.String()
-	s.Skipped = o.desired.Skipped
+	if desired.Network.IsValid() {
+		s.Network = desired.Network.String()
+	}
+	s.Skipped = desired.Skipped
 	handshakes := map[string]wgtypes.Peer{}
 	if wg, ok := o.backend.(wgStatus); ok {
 		if dev, err := wg.Status(); err == nil {
@@ -108,7 +105,7 @@ func (o *observer) status() Status {
 			}
 		}
 	}
-	for _, p := range o.desired.Peers {
+	for _, p := range desired.Peers {
 		ps := PeerStatus{Lease: p.Key, Subnet: p.Subnet.String(), PublicIP: p.PublicIP.String(), State: "programmed"}
 		if wp, ok := handshakes[p.Subnet.String()]; ok {
 			ps.RxBytes, ps.TxBytes = wp.ReceiveBytes, wp.TransmitBytes

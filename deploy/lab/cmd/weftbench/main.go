@@ -39,12 +39,16 @@ func main() {
 	dir := filepath.Dir(self)
 	weftd := flag.String("weftd", filepath.Join(dir, "weftd"), "weftd binary")
 	wgGo := flag.String("wireguard-go", filepath.Join(dir, "wireguard"), "wireguard-go binary of the version weft embeds")
-	out := flag.String("out", "BENCHMARKS.md", "report to write")
+	out := flag.String("out", "BENCHMARKS.md", "report to write; parts not measured in this run are kept from it")
+	chart := flag.String("chart", "BENCHMARKS.svg", "chart of the data paths to write")
 	runs := flag.Int("runs", 3, "runs per measurement (the median is reported)")
 	seconds := flag.Int("seconds", 5, "seconds per iperf3 run")
 	backends := flag.String("backends", "host-gw,vxlan,wireguard,udp", "data paths to measure, comma-separated (empty: keep the report's)")
-	scale := flag.String("scale", "1000,5000,10000", "simulated cluster sizes, comma-separated (empty: none)")
+	control := flag.String("control", "host-gw,vxlan,wireguard,udp", "backends whose control plane to time (empty: keep the report's)")
+	scale := flag.String("scale", "1000,5000,10000", "simulated cluster sizes, comma-separated (empty: keep the report's)")
 	scaleBackends := flag.String("scale-backends", "vxlan,wireguard", "backends for the scale run")
+	join := flag.Int("join", 200, "hosts joining at once against one etcd (0: keep the report's)")
+	profile := flag.String("profile", "", "directory for weftd's CPU and heap profiles during the scale run (empty: none)")
 	flag.Parse()
 	var sizes []int
 	for _, f := range strings.Split(*scale, ",") {
@@ -52,7 +56,9 @@ func main() {
 			sizes = append(sizes, n)
 		}
 	}
-	if err := run(*weftd, *wgGo, *out, *runs, *seconds, splitNonEmpty(*backends), sizes, splitNonEmpty(*scaleBackends)); err != nil {
+	err := run(plan{profileDir: *profile, weftd: *weftd, wgGo: *wgGo, out: *out, chart: *chart, runs: *runs, seconds: *seconds, joinHosts: *join,
+		backends: splitNonEmpty(*backends), controlBackends: splitNonEmpty(*control), sizes: sizes, scaleBackends: splitNonEmpty(*scaleBackends)})
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "weftbench:", err)
 		os.Exit(1)
 	}
@@ -68,49 +74,117 @@ func splitNonEmpty(s string) []string {
 	return out
 }
 
-func run(weftd, wgGo, out string, runs, seconds int, backends []string, sizes []int, scaleBackends []string) error {
-	for _, bin := range []string{weftd, wgGo} {
+// report parts, in the order they appear in BENCHMARKS.md; a part not
+// measured in this run is kept from the existing file.
+var reportParts = []string{"\n## Control plane", "\n## Scale", "\n## Joining"}
+
+// splitReport cuts an existing report into the data-path part ("") and the
+// parts named by reportParts.
+func splitReport(report string) map[string]string {
+	parts := map[string]string{}
+	cuts := []int{}
+	for _, marker := range reportParts {
+		if i := strings.Index(report, marker); i >= 0 {
+			cuts = append(cuts, i)
+		}
+	}
+	sort.Ints(cuts)
+	end := len(report)
+	if len(cuts) > 0 {
+		end = cuts[0]
+	}
+	parts[""] = report[:end]
+	for _, marker := range reportParts {
+		i := strings.Index(report, marker)
+		if i < 0 {
+			continue
+		}
+		j := len(report)
+		for _, c := range cuts {
+			if c > i {
+				j = c
+				break
+			}
+		}
+		parts[marker] = report[i:j]
+	}
+	return parts
+}
+
+// plan is what one weftbench run measures.
+type plan struct {
+	weftd, wgGo, out, chart   string
+	profileDir                string
+	runs, seconds, joinHosts  int
+	backends, controlBackends []string
+	sizes                     []int
+	scaleBackends             []string
+}
+
+func run(p plan) error {
+	for _, bin := range []string{p.weftd, p.wgGo} {
 		if _, err := os.Stat(bin); err != nil {
 			return fmt.Errorf("%v; run `make bench`, which builds it", err)
 		}
 	}
-	var sections []string
-	for _, backend := range backends {
-		paths, err := measureBackend(backend, weftd, wgGo, runs, seconds)
-		if err != nil {
-			return fmt.Errorf("%s: %w", backend, err)
-		}
-		sections = append(sections, renderSection(backend, paths))
-	}
-	report := header(runs, seconds) + strings.Join(sections, "\n") + footer
-	if len(backends) == 0 {
-		// Only the scale run: keep the data-path part measured before.
-		old, err := os.ReadFile(out)
-		if err != nil {
-			return fmt.Errorf("no data paths asked for and no %s to keep: %w", out, err)
-		}
-		report = string(old)
-	}
-	if i := strings.Index(report, "\n## Scale"); i >= 0 {
-		report = report[:i+1]
-	}
-	var results []scaleResult
-	for _, backend := range scaleBackends {
-		for _, n := range sizes {
-			r, err := measureScale(backend, weftd, n)
+	old, _ := os.ReadFile(p.out)
+	parts := splitReport(string(old))
+	if len(p.backends) > 0 {
+		var sections []string
+		var all [][]*path
+		for _, backend := range p.backends {
+			paths, err := measureBackend(backend, p.weftd, p.wgGo, p.runs, p.seconds)
 			if err != nil {
-				return fmt.Errorf("scale %s with %d leases: %w", backend, n, err)
+				return fmt.Errorf("%s: %w", backend, err)
 			}
-			fmt.Printf("scale %-9s %6d leases: converged in %s, peak RSS %d MiB, add one %s, remove one %s\n",
-				backend, n, r.converge.Round(time.Millisecond), r.peakRSSKB/1024, r.addOne.Round(time.Millisecond), r.removeOne.Round(time.Millisecond))
+			sections = append(sections, renderSection(backend, paths))
+			all = append(all, paths)
+		}
+		parts[""] = header(p.runs, p.seconds) + strings.Join(sections, "\n") + footer(filepath.Base(p.chart))
+		if err := os.WriteFile(p.chart, []byte(renderChart(p.backends, all)), 0o644); err != nil {
+			return err
+		}
+	}
+	if len(p.controlBackends) > 0 {
+		var results []controlResult
+		for _, backend := range p.controlBackends {
+			r, err := measureControl(backend, p.weftd, p.runs)
+			if err != nil {
+				return fmt.Errorf("control plane %s: %w", backend, err)
+			}
 			results = append(results, r)
 		}
+		parts[reportParts[0]] = renderControl(results)
 	}
-	if len(results) > 0 {
-		report += renderScale(results)
+	if len(p.sizes) > 0 && len(p.scaleBackends) > 0 {
+		var results []scaleResult
+		for _, backend := range p.scaleBackends {
+			for _, n := range p.sizes {
+				r, err := measureScale(backend, p.weftd, n, p.profileDir)
+				if err != nil {
+					return fmt.Errorf("scale %s with %d leases: %w", backend, n, err)
+				}
+				fmt.Printf("scale %-9s %6d leases: READY in %s, peak RSS %d MiB, add one %s (%s), remove one %s (%s), %d/%d deltas\n",
+					backend, n, r.converge.Round(time.Millisecond), r.peakRSSKB/1024, r.addOne.Round(time.Millisecond), r.addApply,
+					r.removeOne.Round(time.Millisecond), r.removeApply, r.deltas, r.changes)
+				results = append(results, r)
+			}
+		}
+		parts[reportParts[1]] = renderScale(results)
+	}
+	if p.joinHosts > 0 {
+		r, err := measureJoin(p.joinHosts)
+		if err != nil {
+			return fmt.Errorf("%d hosts joining: %w", p.joinHosts, err)
+		}
+		parts[reportParts[2]] = renderJoin(r)
+	}
+	report := parts[""]
+	for _, marker := range reportParts {
+		report += parts[marker]
 	}
 	fmt.Print(report)
-	return os.WriteFile(out, []byte(report), 0o644)
+	return os.WriteFile(p.out, []byte(report), 0o644)
 }
 
 // measureBackend runs a two-host lab with backend and measures the bare
@@ -243,7 +317,13 @@ func renderSection(backend string, paths []*path) string {
 	return b.String()
 }
 
-const footer = `
+func footer(chart string) string {
+	return `
+![Throughput of each backend next to its limit](` + chart + `)
+` + targets
+}
+
+const targets = `
 ## Targets
 
 | backend | target (× its hand-made limit, throughput) | source |

@@ -1,0 +1,135 @@
+package mesh
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net/netip"
+	"sort"
+
+	"github.com/weftnet/weft/lease"
+)
+
+// Delta is what changed between the desired state a backend was last given
+// and the new one, peer by peer: Old holds the previous version of every
+// peer that changed or left, New the new version of every peer that came
+// or changed. Network and Self are the same as in that last state; a
+// change to either is always applied as a whole state.
+type Delta struct {
+	Network netip.Prefix
+	Self    lease.Lease
+	Old     []Peer
+	New     []Peer
+}
+
+// Before is the part of the old state the delta replaces, as a Desired, so
+// a backend can plan it with the same code as a whole state.
+func (d Delta) Before() Desired { return Desired{Network: d.Network, Self: d.Self, Peers: d.Old} }
+
+// After is the part of the new state the delta brings, as a Desired.
+func (d Delta) After() Desired { return Desired{Network: d.Network, Self: d.Self, Peers: d.New} }
+
+// DeltaApplier is an Applier that can also apply one change on its own,
+// at a cost that does not grow with the number of peers: it trusts that
+// the data path still holds what the last successful apply put there (the
+// node's resync applies the whole state to heal drift) and touches only
+// the entries of the peers in the Delta.
+type DeltaApplier interface {
+	Applier
+	// ApplyDelta applies d; ErrFullApply asks the node for a whole-state
+	// Apply instead (for a change that is not local to the delta's peers).
+	ApplyDelta(ctx context.Context, d Delta) error
+}
+
+// ErrFullApply is what ApplyDelta returns when only the whole desired
+// state can be applied correctly.
+var ErrFullApply = errors.New("the change needs the whole desired state applied")
+
+// model is the desired state last handed to the backend, by lease key, so
+// the next change can be turned into a Delta without a pass over all peers.
+type model struct {
+	network netip.Prefix
+	self    lease.Lease
+	peers   map[string]Peer
+	skipped map[string]string
+}
+
+func newModel(d Desired) *model {
+	m := &model{network: d.Network, self: d.Self, peers: make(map[string]Peer, len(d.Peers)), skipped: make(map[string]string, len(d.Skipped))}
+	for _, p := range d.Peers {
+		m.peers[p.Key] = p
+	}
+	for _, s := range d.Skipped {
+		m.skipped[s.Key] = s.Reason
+	}
+	return m
+}
+
+// desired returns the model as a whole Desired, peers sorted as Compute sorts them.
+func (m *model) desired() Desired {
+	d := Desired{Network: m.network, Self: m.self, Peers: make([]Peer, 0, len(m.peers))}
+	for _, p := range m.peers {
+		d.Peers = append(d.Peers, p)
+	}
+	for k, r := range m.skipped {
+		d.Skipped = append(d.Skipped, Skipped{Key: k, Reason: r})
+	}
+	sort.Slice(d.Peers, func(i, j int) bool { return d.Peers[i].Subnet.Addr().Less(d.Peers[j].Subnet.Addr()) })
+	sort.Slice(d.Skipped, func(i, j int) bool { return d.Skipped[i].Key < d.Skipped[j].Key })
+	return d
+}
+
+// sameSelf reports whether this host's own lease changed in a way the
+// desired state depends on (its subnet, address or backend data).
+func sameSelf(a, b lease.Lease) bool {
+	return a.Subnet == b.Subnet && a.Attrs.PublicIP == b.Attrs.PublicIP &&
+		a.Attrs.BackendType == b.Attrs.BackendType && bytes.Equal(a.Attrs.BackendData, b.Attrs.BackendData)
+}
+
+func samePeer(a, b Peer) bool {
+	return a.Subnet == b.Subnet && a.PublicIP == b.PublicIP && a.BackendType == b.BackendType && bytes.Equal(a.BackendData, b.BackendData)
+}
+
+// skipChange is a lease whose skip reason changed ("" = no longer skipped).
+type skipChange struct{ key, reason string }
+
+// diff turns the changed keys into a Delta against the model and the skip
+// reasons that changed, and updates the model to the new state. lookup
+// returns the current valid lease at a key.
+func (m *model) diff(keys []string, lookup func(string) (lease.Lease, bool), cfg *lease.Config) (Delta, []skipChange) {
+	d := Delta{Network: m.network, Self: m.self}
+	var skips []skipChange
+	for _, key := range keys {
+		var now Peer
+		isPeer, reason := false, ""
+		if l, ok := lookup(key); ok {
+			p, r, isSelf := classify(m.self, l, cfg)
+			isPeer, reason = !isSelf && r == "", r
+			now = p
+		}
+		if reason != m.skipped[key] {
+			skips = append(skips, skipChange{key, reason})
+			if reason == "" {
+				delete(m.skipped, key)
+			} else {
+				m.skipped[key] = reason
+			}
+		}
+		old, wasPeer := m.peers[key]
+		if wasPeer && isPeer && samePeer(old, now) {
+			continue
+		}
+		if wasPeer {
+			d.Old = append(d.Old, old)
+			delete(m.peers, key)
+		}
+		if isPeer {
+			d.New = append(d.New, now)
+			m.peers[key] = now
+		}
+	}
+	return d, skips
+}
+
+// empty reports whether the delta changes no peer.
+func (d Delta) empty() bool { return len(d.Old) == 0 && len(d.New) == 0 }

@@ -1,0 +1,116 @@
+package mesh
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+)
+
+// deltaApplier keeps the peers it was given, by lease key, from whole
+// states and deltas alike, and checks that every delta's Old matches what
+// it holds: a delta built on a wrong idea of the data path is an error.
+type deltaApplier struct {
+	mu     sync.Mutex
+	peers  map[string]Peer
+	full   int
+	deltas int
+	bad    []string
+}
+
+func (a *deltaApplier) Apply(_ context.Context, d Desired) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.full++
+	a.peers = map[string]Peer{}
+	for _, p := range d.Peers {
+		a.peers[p.Key] = p
+	}
+	return nil
+}
+
+func (a *deltaApplier) ApplyDelta(_ context.Context, d Delta) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.deltas++
+	for _, p := range d.Old {
+		if have, ok := a.peers[p.Key]; !ok || !samePeer(have, p) {
+			a.bad = append(a.bad, fmt.Sprintf("delta removes %s %s, applier holds %v", p.Key, p.PublicIP, have.PublicIP))
+		}
+		delete(a.peers, p.Key)
+	}
+	for _, p := range d.New {
+		if _, ok := a.peers[p.Key]; ok {
+			a.bad = append(a.bad, "delta adds "+p.Key+" twice")
+		}
+		a.peers[p.Key] = p
+	}
+	return nil
+}
+
+func (a *deltaApplier) render() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	d := Desired{}
+	for _, p := range a.peers {
+		d.Peers = append(d.Peers, p)
+	}
+	sort.Slice(d.Peers, func(i, j int) bool { return d.Peers[i].Subnet.Addr().Less(d.Peers[j].Subnet.Addr()) })
+	return render(d)
+}
+
+// Random lease churn applied as deltas ends in exactly the state Compute
+// derives from the whole lease set, with one whole-state apply (the first).
+func TestNodeDeltasMatchCompute(t *testing.T) {
+	cfg := testConfig(t)
+	app := &deltaApplier{}
+	tn := startNode(t, cfg, app, time.Hour, slog.New(slog.DiscardHandler))
+	defer tn.stop()
+	store, watcher, holder, node, ctx := tn.store, tn.watcher, tn.holder, tn.node, context.Background()
+	waitUntil(t, func() bool { return node.Stats().Runs > 0 })
+
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := range 400 {
+		key := fmt.Sprintf("10.5.%d.0-24", 100+rng.IntN(40))
+		if key == tn.self.Key() {
+			continue // rewriting our own lease is the holder's test, and a whole apply
+		}
+		switch op := rng.IntN(6); op {
+		case 0, 1:
+			store.PutRaw(key, []byte(fmt.Sprintf(`{"PublicIP":"192.168.60.%d","PublicIPv6":null,"BackendType":"host-gw"}`, 1+rng.IntN(3))))
+		case 2:
+			store.PutRaw(key, []byte(`{"PublicIP":"192.168.60.9","PublicIPv6":null,"BackendType":"vxlan"}`)) // skipped
+		case 3:
+			store.PutRaw(key, []byte(`{"PublicIP":"192.168.50.1","PublicIPv6":null,"BackendType":"host-gw"}`)) // our address: skipped
+		case 4:
+			store.PutRaw(key, []byte(`{"PublicIP":`)) // garbage: not a lease
+		default:
+			store.Delete(ctx, key)
+		}
+		if i%50 == 0 {
+			time.Sleep(5 * time.Millisecond) // let some changes land one by one
+		}
+	}
+	want := func() string { return render(Desired{Peers: Compute(holder.Current(), watcher.Leases(), cfg).Peers}) }
+	wantSkipped := func() string {
+		return render(Desired{Skipped: Compute(holder.Current(), watcher.Leases(), cfg).Skipped})
+	}
+	waitUntil(t, func() bool {
+		return app.render() == want() && render(Desired{Skipped: node.Desired().Skipped}) == wantSkipped()
+	})
+	app.mu.Lock()
+	defer app.mu.Unlock()
+	if len(app.bad) > 0 {
+		t.Errorf("inconsistent deltas: %v", app.bad[:min(5, len(app.bad))])
+	}
+	if app.full != 1 || app.deltas == 0 {
+		t.Errorf("%d whole-state applies and %d deltas; want 1 and some", app.full, app.deltas)
+	}
+	if st := node.Stats(); st.Peers != len(app.peers) || st.FullApplies != 1 {
+		t.Errorf("stats: %+v, applier holds %d peers", st, len(app.peers))
+	}
+}
