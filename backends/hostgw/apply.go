@@ -80,7 +80,7 @@ func (b *Backend) sync(current map[netip.Prefix]netlink.Route, want []Route) []e
 		if cur, ok := current[r.Dst]; ok && netutil.Addr(cur.Gw) == r.Gateway && cur.LinkIndex == b.ext.Index {
 			continue
 		}
-		if err := b.handle.RouteReplace(b.route(r)); err != nil {
+		if err := netutil.CountWrite(b.handle.RouteReplace(b.route(r))); err != nil {
 			errs = append(errs, fmt.Errorf("route %s via %s: %w", r.Dst, r.Gateway, err))
 			continue
 		}
@@ -90,7 +90,7 @@ func (b *Backend) sync(current map[netip.Prefix]netlink.Route, want []Route) []e
 		if keep[dst] {
 			continue
 		}
-		if err := b.handle.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
+		if err := netutil.CountWrite(b.handle.RouteDel(&r)); err != nil && !errors.Is(err, unix.ESRCH) {
 			errs = append(errs, fmt.Errorf("removing route %s: %w", dst, err))
 			continue
 		}

@@ -73,6 +73,7 @@ func Retry[T any](dump func() (T, error)) (T, error) {
 	var out T
 	var err error
 	for range dumpRetries {
+		Count(CallDump)
 		out, err = dump()
 		if !errors.Is(err, netlink.ErrDumpInterrupted) {
 			return out, err

@@ -17,12 +17,14 @@ import (
 // the device up, and one route for the whole Network through it. It fixes
 // only what differs and returns every error met.
 func EnsureTunnelLink(name string, mtu int, self netip.Prefix, network netip.Prefix) []error {
+	Count(CallGet)
 	link, err := netlink.LinkByName(name)
 	if err != nil {
 		return []error{fmt.Errorf("finding %s: %w", name, err)}
 	}
 	var errs []error
 	if link.Attrs().MTU != mtu {
+		Count(CallWrite)
 		if err := netlink.LinkSetMTU(link, mtu); err != nil {
 			errs = append(errs, fmt.Errorf("setting MTU of %s: %w", name, err))
 		}
@@ -36,17 +38,17 @@ func EnsureTunnelLink(name string, mtu int, self netip.Prefix, network netip.Pre
 	for _, a := range addrs {
 		if p, _ := Prefix(a.IPNet); p == want {
 			found = true
-		} else if err := netlink.AddrDel(link, &a); err != nil {
+		} else if err := CountWrite(netlink.AddrDel(link, &a)); err != nil {
 			errs = append(errs, fmt.Errorf("removing stale address %s from %s: %w", a.IPNet, name, err))
 		}
 	}
 	if !found {
-		if err := netlink.AddrAdd(link, &netlink.Addr{IPNet: IPNet(want)}); err != nil && !errors.Is(err, unix.EEXIST) {
+		if err := CountWrite(netlink.AddrAdd(link, &netlink.Addr{IPNet: IPNet(want)})); err != nil && !errors.Is(err, unix.EEXIST) {
 			errs = append(errs, fmt.Errorf("adding %s to %s: %w", want, name, err))
 		}
 	}
 	if link.Attrs().Flags&net.FlagUp == 0 {
-		if err := netlink.LinkSetUp(link); err != nil {
+		if err := CountWrite(netlink.LinkSetUp(link)); err != nil {
 			errs = append(errs, fmt.Errorf("bringing %s up: %w", name, err))
 		}
 	}
@@ -61,14 +63,14 @@ func EnsureTunnelLink(name string, mtu int, self netip.Prefix, network netip.Pre
 		}
 		if dst, _ := Prefix(r.Dst); dst == network {
 			have = true
-		} else if err := netlink.RouteDel(&r); err != nil {
+		} else if err := CountWrite(netlink.RouteDel(&r)); err != nil {
 			errs = append(errs, fmt.Errorf("removing route %s for an older Network: %w", dst, err))
 		}
 	}
 	if !have {
 		route := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: IPNet(network), Protocol: RouteProtocol,
 			Table: unix.RT_TABLE_MAIN, Scope: netlink.SCOPE_LINK}
-		if err := netlink.RouteReplace(route); err != nil {
+		if err := CountWrite(netlink.RouteReplace(route)); err != nil {
 			errs = append(errs, fmt.Errorf("route %s dev %s: %w", network, name, err))
 		}
 	}

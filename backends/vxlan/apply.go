@@ -51,26 +51,28 @@ func (b *Backend) BackendData() json.RawMessage { return EncodeBackendData(b.opt
 
 // Setup creates the device or adopts a matching one left by an earlier run.
 func (b *Backend) Setup(context.Context) error {
-	_, err := b.ensureDevice()
+	_, _, err := b.ensureDevice()
 	return err
 }
 
 // ensureDevice returns the device, creating it, or recreating it when it
-// was changed by hand so that it no longer matches the options.
-func (b *Backend) ensureDevice() (*netlink.Vxlan, error) {
+// was changed by hand so that it no longer matches the options; created
+// says the device is new (and holds no entries yet).
+func (b *Backend) ensureDevice() (dev *netlink.Vxlan, created bool, err error) {
 	name := b.opts.DeviceName()
+	netutil.Count(netutil.CallGet)
 	if link, err := b.handle.LinkByName(name); err == nil {
 		if vx, ok := link.(*netlink.Vxlan); ok && b.matches(vx) {
 			if vx.Attrs().Flags&net.FlagUp == 0 {
 				if err := b.handle.LinkSetUp(vx); err != nil {
-					return nil, fmt.Errorf("bringing %s up: %w", name, err)
+					return nil, false, fmt.Errorf("bringing %s up: %w", name, err)
 				}
 			}
-			return vx, nil
+			return vx, false, nil
 		}
 		b.log.Warn("device does not match the config (changed by hand?); recreating it")
 		if err := b.handle.LinkDel(link); err != nil {
-			return nil, fmt.Errorf("removing mismatched %s: %w", name, err)
+			return nil, false, fmt.Errorf("removing mismatched %s: %w", name, err)
 		}
 	}
 	want := &netlink.Vxlan{
@@ -83,18 +85,18 @@ func (b *Backend) ensureDevice() (*netlink.Vxlan, error) {
 		GBP:          b.opts.GBP,
 	}
 	if err := b.handle.LinkAdd(want); err != nil {
-		return nil, fmt.Errorf("creating vxlan device %s (VNI %d, port %d on %s): %w", name, b.opts.VNI, b.opts.Port, b.ext.Name, err)
+		return nil, false, fmt.Errorf("creating vxlan device %s (VNI %d, port %d on %s): %w", name, b.opts.VNI, b.opts.Port, b.ext.Name, err)
 	}
 	link, err := b.handle.LinkByName(name)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if err := b.handle.LinkSetUp(link); err != nil {
-		return nil, fmt.Errorf("bringing %s up: %w", name, err)
+		return nil, false, fmt.Errorf("bringing %s up: %w", name, err)
 	}
 	b.log.Info("vxlan device created", "vni", b.opts.VNI, "port", b.opts.Port, "vtep_mac", b.mac, "mtu", b.mtu)
 	vx, _ := link.(*netlink.Vxlan)
-	return vx, nil
+	return vx, true, nil
 }
 
 func (b *Backend) matches(vx *netlink.Vxlan) bool {
@@ -107,7 +109,7 @@ func (b *Backend) matches(vx *netlink.Vxlan) bool {
 // and FDB entry match the plan, compared with what the kernel holds; it
 // adds before it deletes and returns all errors met, joined.
 func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
-	dev, err := b.ensureDevice()
+	dev, _, err := b.ensureDevice()
 	if err != nil {
 		return err
 	}
@@ -124,11 +126,15 @@ func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 // ApplyDelta changes only the entries of the peers in the delta: their old
 // plan stands for what the kernel holds, so no table is dumped and the
 // cost does not grow with the number of peers. The device is still looked
-// up (one call), so a device deleted by hand is recreated at once.
+// up (one call): one deleted by hand is recreated at once, and then filled
+// by a whole apply (mesh.ErrFullApply).
 func (b *Backend) ApplyDelta(_ context.Context, d mesh.Delta) error {
-	dev, err := b.ensureDevice()
+	dev, created, err := b.ensureDevice()
 	if err != nil {
 		return err
+	}
+	if created {
+		return mesh.ErrFullApply
 	}
 	idx := dev.Attrs().Index
 	before, _ := Plan(d.Before(), b.opts, b.ext)
@@ -146,12 +152,12 @@ func (b *Backend) ensureAddress(dev netlink.Link, want netip.Prefix) []error {
 	for _, a := range addrs {
 		if p, _ := netutil.Prefix(a.IPNet); p == want {
 			found = true
-		} else if err := b.handle.AddrDel(dev, &a); err != nil {
+		} else if err := netutil.CountWrite(b.handle.AddrDel(dev, &a)); err != nil {
 			errs = append(errs, fmt.Errorf("removing stale address %s: %w", a.IPNet, err))
 		}
 	}
 	if !found {
-		if err := b.handle.AddrAdd(dev, &netlink.Addr{IPNet: netutil.IPNet(want)}); err != nil && !errors.Is(err, unix.EEXIST) {
+		if err := netutil.CountWrite(b.handle.AddrAdd(dev, &netlink.Addr{IPNet: netutil.IPNet(want)})); err != nil && !errors.Is(err, unix.EEXIST) {
 			errs = append(errs, fmt.Errorf("adding %s: %w", want, err))
 		}
 	}
@@ -261,13 +267,13 @@ func (b *Backend) sync(idx int, have entries, want State) []error {
 		if cur, ok := have.neighbors[w.IP]; ok && cur.HardwareAddr.String() == w.MAC {
 			continue
 		}
-		if err := b.handle.NeighSet(neighbor(idx, w)); err != nil {
+		if err := netutil.CountWrite(b.handle.NeighSet(neighbor(idx, w))); err != nil {
 			errs = append(errs, fmt.Errorf("neighbour %s lladdr %s: %w", w.IP, w.MAC, err))
 		}
 	}
 	for ip, n := range have.neighbors {
 		if !keepNeigh[ip] {
-			if err := b.handle.NeighDel(&n); err != nil && !errors.Is(err, unix.ENOENT) {
+			if err := netutil.CountWrite(b.handle.NeighDel(&n)); err != nil && !errors.Is(err, unix.ENOENT) {
 				errs = append(errs, fmt.Errorf("removing neighbour %s: %w", ip, err))
 			}
 		}
@@ -279,13 +285,13 @@ func (b *Backend) sync(idx int, have entries, want State) []error {
 		if _, ok := have.fdb[k]; ok {
 			continue
 		}
-		if err := b.handle.NeighSet(fdbEntry(idx, w)); err != nil {
+		if err := netutil.CountWrite(b.handle.NeighSet(fdbEntry(idx, w))); err != nil {
 			errs = append(errs, fmt.Errorf("fdb %s dst %s: %w", w.MAC, w.Dst, err))
 		}
 	}
 	for k, n := range have.fdb {
 		if !keepFDB[k] {
-			if err := b.handle.NeighDel(&n); err != nil && !errors.Is(err, unix.ENOENT) {
+			if err := netutil.CountWrite(b.handle.NeighDel(&n)); err != nil && !errors.Is(err, unix.ENOENT) {
 				errs = append(errs, fmt.Errorf("removing fdb %s dst %s: %w", k.mac, k.dst, err))
 			}
 		}
@@ -302,13 +308,13 @@ func (b *Backend) syncRoutes(idx int, current map[netip.Prefix]netlink.Route, wa
 		if cur, ok := current[w.Dst]; ok && cur.LinkIndex == r.LinkIndex && netutil.Addr(cur.Gw) == w.Via {
 			continue
 		}
-		if err := b.handle.RouteReplace(r); err != nil {
+		if err := netutil.CountWrite(b.handle.RouteReplace(r)); err != nil {
 			errs = append(errs, fmt.Errorf("route %s via %s: %w", w.Dst, w.Via, err))
 		}
 	}
 	for dst, r := range current {
 		if !keep[dst] {
-			if err := b.handle.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
+			if err := netutil.CountWrite(b.handle.RouteDel(&r)); err != nil && !errors.Is(err, unix.ESRCH) {
 				errs = append(errs, fmt.Errorf("removing route %s: %w", dst, err))
 			}
 		}

@@ -109,6 +109,11 @@ func TestApplyInNetns(t *testing.T) {
 	if whole := show(); whole != afterDelta {
 		t.Errorf("a whole apply after the delta changed the state:\n%s\nvs\n%s", whole, afterDelta)
 	}
+	// A delta that finds the device gone recreates it and asks for a whole apply.
+	ns.Run(t, "ip", "link", "del", "weft.1")
+	if err := b.ApplyDelta(ctx, mesh.Delta{Self: self, New: []mesh.Peer{vxPeer("10.5.6.0/24", "192.168.77.6", `{"VNI":1,"VtepMAC":"02:00:00:00:00:06"}`)}}); err != mesh.ErrFullApply {
+		t.Fatalf("a delta on a recreated device: %v, want ErrFullApply", err)
+	}
 	apply(three)
 
 	// The device deleted by hand: the next apply (the resync) restores it all.

@@ -129,6 +129,7 @@ func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 	}
 	b.applied = false
 	want, errs, holders := plan(d, b.key.Public(), b.opts)
+	netutil.Count(netutil.CallWGRead)
 	current, err := b.client.Device(b.name)
 	if err != nil {
 		// The device went away (deleted by hand): make it again.
@@ -137,6 +138,7 @@ func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 		if b.dev, err = openDevice(b.name, b.opts.Implementation, b.mtu, b.log); err != nil {
 			return errors.Join(append(errs, err)...)
 		}
+		netutil.Count(netutil.CallWGRead)
 		if current, err = b.client.Device(b.name); err != nil {
 			return errors.Join(append(errs, fmt.Errorf("reading %s: %w", b.name, err))...)
 		}
@@ -155,7 +157,7 @@ func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 		cfg.Peers = append(cfg.Peers, toPeerConfig(c))
 	}
 	if cfg.PrivateKey != nil || cfg.ListenPort != nil || len(cfg.Peers) > 0 {
-		if err := b.client.ConfigureDevice(b.name, cfg); err != nil {
+		if err := b.configure(cfg); err != nil {
 			return errors.Join(append(errs, fmt.Errorf("configuring %s: %w", b.name, err))...)
 		}
 		b.logChanges(changes)
@@ -216,9 +218,12 @@ func (b *Backend) ApplyDelta(_ context.Context, d mesh.Delta) error {
 	for _, c := range changes {
 		cfg.Peers = append(cfg.Peers, toPeerConfig(c))
 	}
-	if err := b.client.ConfigureDevice(b.name, cfg); err != nil {
+	if err := b.configure(cfg); err != nil {
+		// The device may be gone (deleted by hand): a whole apply
+		// recreates it and refills every peer.
 		b.applied = false
-		return errors.Join(append(errs, fmt.Errorf("configuring %s: %w", b.name, err))...)
+		b.log.Warn("configuring the device failed; applying the whole state", "err", err)
+		return mesh.ErrFullApply
 	}
 	b.logChanges(changes)
 	for _, c := range changes {
@@ -271,7 +276,7 @@ func (b *Backend) kick(peers []keys.Key) error {
 		for _, k := range peers {
 			cfg.Peers = append(cfg.Peers, wgtypes.PeerConfig{PublicKey: wgtypes.Key(k), UpdateOnly: true, PersistentKeepaliveInterval: &interval})
 		}
-		if err := b.client.ConfigureDevice(b.name, cfg); err != nil {
+		if err := b.configure(cfg); err != nil {
 			return fmt.Errorf("starting handshakes on %s: %w", b.name, err)
 		}
 	}
@@ -312,6 +317,12 @@ func (b *Backend) Close() error {
 		b.client.Close()
 	}
 	return nil
+}
+
+// configure is one counted ConfigureDevice call.
+func (b *Backend) configure(cfg wgtypes.Config) error {
+	netutil.Count(netutil.CallWGWrite)
+	return b.client.ConfigureDevice(b.name, cfg)
 }
 
 // Status is what `weftctl status` and metrics show of the device.

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/weftnet/weft/backends/netutil"
 	"github.com/weftnet/weft/lease"
 	"github.com/weftnet/weft/mesh"
 )
@@ -63,18 +64,20 @@ type PeerStatus struct {
 
 // Status is what /status serves.
 type Status struct {
-	Ready      bool              `json:"ready"`
-	Backend    string            `json:"backend"`
-	Subnet     string            `json:"subnet,omitempty"`
-	PublicIP   string            `json:"public_ip,omitempty"`
-	Network    string            `json:"network,omitempty"`
-	Peers      []PeerStatus      `json:"peers"`
-	Skipped    []mesh.Skipped    `json:"skipped,omitempty"`
-	Reconciles int               `json:"reconciles"`
-	Errors     int               `json:"reconcile_errors"`
-	LastError  string            `json:"last_error,omitempty"`
-	Rules      map[string]bool   `json:"iptables"`
-	Drops      map[string]uint64 `json:"udp_dropped,omitempty"`
+	Ready      bool           `json:"ready"`
+	Backend    string         `json:"backend"`
+	Subnet     string         `json:"subnet,omitempty"`
+	PublicIP   string         `json:"public_ip,omitempty"`
+	Network    string         `json:"network,omitempty"`
+	Peers      []PeerStatus   `json:"peers"`
+	Skipped    []mesh.Skipped `json:"skipped,omitempty"`
+	Reconciles int            `json:"reconciles"`
+	// WholeApplies are the reconciles that applied the whole state.
+	WholeApplies int               `json:"whole_applies"`
+	Errors       int               `json:"reconcile_errors"`
+	LastError    string            `json:"last_error,omitempty"`
+	Rules        map[string]bool   `json:"iptables"`
+	Drops        map[string]uint64 `json:"udp_dropped,omitempty"`
 }
 
 func (o *observer) status() Status {
@@ -88,7 +91,7 @@ func (o *observer) status() Status {
 	var desired mesh.Desired
 	if o.node != nil {
 		st := o.node.Stats()
-		s.Reconciles, s.Errors, s.LastError = st.Runs, st.Errors, st.LastError
+		s.Reconciles, s.Errors, s.LastError, s.WholeApplies = st.Runs, st.Errors, st.LastError, st.FullApplies
 		desired = o.node.Desired()
 	}
 	if desired.Network.IsValid() {
@@ -138,12 +141,14 @@ var (
 	descRx         = prometheus.NewDesc("weft_wireguard_peer_receive_bytes_total", "Bytes received from a WireGuard peer.", []string{"subnet"}, nil)
 	descTx         = prometheus.NewDesc("weft_wireguard_peer_transmit_bytes_total", "Bytes sent to a WireGuard peer.", []string{"subnet"}, nil)
 	descHandshake  = prometheus.NewDesc("weft_wireguard_peer_last_handshake_seconds", "Unix time of the last handshake with a peer (0: none).", []string{"subnet"}, nil)
+	descCalls      = prometheus.NewDesc("weft_kernel_calls_total", "Calls weft made to program the data path, by kind (netlink dump/get/write, WireGuard device read/write).", []string{"kind"}, nil)
+	descFull       = prometheus.NewDesc("weft_reconcile_whole_applies_total", "Reconcile runs that applied the whole state (start, resync, relist, errors); the others applied one change as a delta.", nil, nil)
 	descUDPDropped = prometheus.NewDesc("weft_udp_dropped_datagrams_total", "Datagrams the udp backend refused, by reason.", []string{"reason"}, nil)
 )
 
 // Describe implements prometheus.Collector.
 func (o *observer) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descLease, descExpiry, descReady, descPeers, descRuns, descErrors, descRelists, descRx, descTx, descHandshake, descUDPDropped} {
+	for _, d := range []*prometheus.Desc{descLease, descExpiry, descReady, descPeers, descRuns, descErrors, descRelists, descRx, descTx, descHandshake, descUDPDropped, descCalls, descFull} {
 		ch <- d
 	}
 	o.duration.Describe(ch)
@@ -178,6 +183,10 @@ func (o *observer) Collect(ch chan<- prometheus.Metric) {
 	gauge(descPeers, float64(len(s.Skipped)), "skipped")
 	counter(descRuns, float64(s.Reconciles))
 	counter(descErrors, float64(s.Errors))
+	counter(descFull, float64(s.WholeApplies))
+	for kind, n := range netutil.Calls() {
+		counter(descCalls, float64(n), kind)
+	}
 	for _, p := range s.Peers {
 		if s.Backend != lease.BackendWireGuard {
 			break

@@ -1,6 +1,7 @@
 package lab
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/netip"
@@ -14,6 +15,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/weftnet/weft/keys"
 	"github.com/weftnet/weft/lease"
 )
 
@@ -157,7 +159,8 @@ func TestLeasesStatusMetrics(t *testing.T) {
 	}
 	for _, name := range []string{"weft_lease_info", "weft_lease_expiry_seconds", "weft_ready", "weft_peers", "weft_reconcile_runs_total",
 		"weft_reconcile_errors_total", "weft_reconcile_duration_seconds", "weft_etcd_watch_restarts_total",
-		"weft_wireguard_peer_receive_bytes_total", "weft_wireguard_peer_last_handshake_seconds"} {
+		"weft_wireguard_peer_receive_bytes_total", "weft_wireguard_peer_last_handshake_seconds",
+		"weft_kernel_calls_total", "weft_reconcile_whole_applies_total"} {
 		if families[name] == nil {
 			t.Errorf("metric %s missing", name)
 		}
@@ -168,5 +171,61 @@ func TestLeasesStatusMetrics(t *testing.T) {
 	// The endpoints listen on loopback only: the underlay cannot reach them.
 	if _, err := HTTPGet(l.Underlay, "http://"+h1.PublicIP.String()+":8471/metrics"); err == nil {
 		t.Error("/metrics answers on the underlay address")
+	}
+
+	t.Run("a lease change reaches the device as a delta", func(t *testing.T) { checkDelta(t, l, h1) })
+}
+
+// checkDelta writes a lease for a made-up WireGuard peer and deletes it
+// again: weftd on h logs each change applied as a delta (not a whole
+// apply), and wg show agrees. A resync tick can coincide with a change and
+// take it as a whole apply, so three tries need one delta each way.
+func checkDelta(t *testing.T, l *Lab, h *Host) {
+	k, err := keys.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub := k.Public().String()
+	taken := map[netip.Prefix]bool{}
+	for _, o := range l.Hosts {
+		taken[o.Subnet] = true
+	}
+	ctx := context.Background()
+	added, removed := false, false
+	for i := 0; i < 3 && !(added && removed); i++ {
+		subnet := netip.MustParsePrefix(fmt.Sprintf("10.5.%d.0/24", 200+i))
+		if taken[subnet] {
+			continue
+		}
+		key := lease.SubnetKey(subnet)
+		value := fmt.Sprintf(`{"PublicIP":"192.168.50.%d","PublicIPv6":null,"BackendType":"wireguard","BackendData":{"PublicKey":%q,"Port":51820}}`, 200+i, pub)
+		for _, present := range []bool{true, false} {
+			off := h.LogOffset()
+			if present {
+				_, err = l.Store().Create(ctx, key, []byte(value), time.Minute)
+			} else {
+				err = l.Store().Delete(ctx, key)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, line, err := h.WaitLogLine(off, 10*time.Second, "msg=applied", key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if LogField(line, "whole") == "false" {
+				added, removed = added || present, removed || !present
+			}
+			peers, err := l.HostExec(h, "wg", "show", "weft-wg", "peers")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if strings.Contains(peers, pub) != present {
+				t.Fatalf("after %s applied, wg show peers:\n%s", key, peers)
+			}
+		}
+	}
+	if !added || !removed {
+		t.Errorf("changes applied as deltas: add %v, remove %v; want both", added, removed)
 	}
 }

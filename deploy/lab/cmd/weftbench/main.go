@@ -41,7 +41,7 @@ func main() {
 	wgGo := flag.String("wireguard-go", filepath.Join(dir, "wireguard"), "wireguard-go binary of the version weft embeds")
 	out := flag.String("out", "BENCHMARKS.md", "report to write; parts not measured in this run are kept from it")
 	chart := flag.String("chart", "BENCHMARKS.svg", "chart of the data paths to write")
-	runs := flag.Int("runs", 3, "runs per measurement (the median is reported)")
+	runs := flag.Int("runs", 5, "runs per measurement (the median is reported)")
 	seconds := flag.Int("seconds", 5, "seconds per iperf3 run")
 	backends := flag.String("backends", "host-gw,vxlan,wireguard,udp", "data paths to measure, comma-separated (empty: keep the report's)")
 	control := flag.String("control", "host-gw,vxlan,wireguard,udp", "backends whose control plane to time (empty: keep the report's)")
