@@ -267,9 +267,22 @@ func peersToKick(have []PeerState, want []PeerSpec, changes []Change, ownKeyChan
 // and without a session that starts a handshake. Without it, a restarted
 // receiver stays silent while its sender keeps using a dead session until
 // its rekey timeout: about 25 s without traffic.
+//
+// The keepalive waits in the peer's queue until a handshake completes, and
+// wireguard-go gives each queued packet a 64 KiB buffer: kicking every
+// peer of a large cluster at once (a restart with 10,000 peers) would hold
+// 640 MB until they answer, for ever-unreachable ones about 90 s. So at
+// most maxKick peers are kicked per apply; the others handshake on their
+// first packet either way, and the remote side re-handshakes within its
+// keepalive and rekey timeouts (about 15 s when it sends).
 func (b *Backend) kick(peers []keys.Key) error {
 	if len(peers) == 0 {
 		return nil
+	}
+	if len(peers) > maxKick {
+		b.log.Info("starting handshakes with a part of the new peers now; the rest handshake on their first packet",
+			"new_peers", len(peers), "kicked", maxKick)
+		peers = peers[:maxKick]
 	}
 	for _, interval := range []time.Duration{0, time.Second, b.opts.PersistentKeepalive} {
 		cfg := wgtypes.Config{}
@@ -318,6 +331,9 @@ func (b *Backend) Close() error {
 	}
 	return nil
 }
+
+// maxKick bounds the peers kicked at once (see kick): 256 × 64 KiB.
+const maxKick = 256
 
 // configure is one counted ConfigureDevice call.
 func (b *Backend) configure(cfg wgtypes.Config) error {

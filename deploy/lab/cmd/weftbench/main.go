@@ -276,6 +276,17 @@ func median(ts []lab.Throughput) lab.Throughput {
 	return s[len(s)/2]
 }
 
+// spread is the lowest and highest throughput of the runs.
+func spread(ts []lab.Throughput) (lo, hi float64) {
+	for i, t := range ts {
+		if i == 0 || t.Gbps < lo {
+			lo = t.Gbps
+		}
+		hi = max(hi, t.Gbps)
+	}
+	return lo, hi
+}
+
 // bareName is the bare underlay path measured in every section.
 const bareName = "bare veth (underlay, host to host)"
 
@@ -298,7 +309,7 @@ func renderSection(backend string, paths []*path) string {
 		byName[p.name] = p
 	}
 	bare := paths[0]
-	fmt.Fprintf(&b, "\n## %s\n\n| path | streams | Gbit/s | × its limit | × bare veth | CPU s/GB | MTU |\n|---|---|---|---|---|---|---|\n", backend)
+	fmt.Fprintf(&b, "\n## %s\n\n| path | streams | Gbit/s | runs (min–max) | × its limit | × bare veth | CPU s/GB | MTU |\n|---|---|---|---|---|---|---|---|\n", backend)
 	for _, p := range paths {
 		for _, streams := range []int{1, 4} {
 			m := median(p.runs[streams])
@@ -306,7 +317,8 @@ func renderSection(backend string, paths []*path) string {
 			if l := byName[p.limitOf]; l != nil {
 				limit = fmt.Sprintf("**%.2f**", m.Gbps/median(l.runs[streams]).Gbps)
 			}
-			fmt.Fprintf(&b, "| %s | %d | %.2f | %s | %.3f | %.2f | %d |\n", p.name, streams, m.Gbps, limit,
+			lo, hi := spread(p.runs[streams])
+			fmt.Fprintf(&b, "| %s | %d | %.2f | %.2f–%.2f | %s | %.3f | %.2f | %d |\n", p.name, streams, m.Gbps, lo, hi, limit,
 				m.Gbps/median(bare.runs[streams]).Gbps, m.CPUSecondsPerGB, p.mtu)
 		}
 	}
