@@ -50,10 +50,7 @@ func TestWatchConvergesThroughChurnAndCompaction(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var logs syncBuffer
-	w := lease.NewWatcher(s, testLogger(&logs))
-	done := make(chan struct{})
-	go func() { defer close(done); w.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	w := startWatcher(t, s, &logs)
 
 	const writes, keys, writers = 10000, 500, 8
 	var wg sync.WaitGroup

@@ -218,10 +218,7 @@ func TestWatchSurvivesCompactionAndGarbage(t *testing.T) {
 	defer cancel()
 	cfg := mustConfig(t, `{"Network":"10.5.0.0/16"}`)
 	var logs syncBuffer
-	w := lease.NewWatcher(s, testLogger(&logs))
-	done := make(chan struct{})
-	go func() { defer close(done); w.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	w := startWatcher(t, s, &logs)
 
 	for i := range 5 {
 		if _, err := lease.Claim(ctx, s, lease.ClaimRequest{Config: cfg, Attrs: hostAttrs(i + 1)}); err != nil {
@@ -297,6 +294,17 @@ func claimAll(s lease.Store, cfg *lease.Config, n int) ([]lease.Lease, []error) 
 	return got, errs
 }
 
+// startWatcher runs a Watcher over s until the test ends.
+func startWatcher(t *testing.T, s lease.Store, logs *syncBuffer) *lease.Watcher {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	w := lease.NewWatcher(s, testLogger(logs))
+	done := make(chan struct{})
+	go func() { defer close(done); w.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return w
+}
+
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
@@ -346,10 +354,7 @@ func TestWatcherChangesSince(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
 		var logs syncBuffer
-		w := lease.NewWatcher(s, testLogger(&logs))
-		done := make(chan struct{})
-		go func() { defer close(done); w.Run(ctx) }()
-		defer func() { cancel(); <-done }()
+		w := startWatcher(t, s, &logs)
 		waitFor(t, "synced", w.Synced)
 		_, gen, full := w.ChangesSince(0)
 		if !full {

@@ -74,9 +74,14 @@ func Compute(self lease.Lease, leases []lease.Lease, cfg *lease.Config) Desired 
 		kept[l.Subnet] = true
 		d.Peers = append(d.Peers, peer)
 	}
+	d.sort()
+	return d
+}
+
+// sort orders peers by subnet and skipped leases by key.
+func (d *Desired) sort() {
 	sort.Slice(d.Peers, func(i, j int) bool { return d.Peers[i].Subnet.Addr().Less(d.Peers[j].Subnet.Addr()) })
 	sort.Slice(d.Skipped, func(i, j int) bool { return d.Skipped[i].Key < d.Skipped[j].Key })
-	return d
 }
 
 // classify decides one lease on its own: a peer (reason empty), a lease to

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"net/netip"
-	"sort"
 
 	"github.com/weftnet/weft/lease"
 )
@@ -65,7 +64,7 @@ func newModel(d Desired) *model {
 	return m
 }
 
-// desired returns the model as a whole Desired, peers sorted as Compute sorts them.
+// desired returns the model as a whole Desired, sorted as Compute sorts it.
 func (m *model) desired() Desired {
 	d := Desired{Network: m.network, Self: m.self, Peers: make([]Peer, 0, len(m.peers))}
 	for _, p := range m.peers {
@@ -74,8 +73,7 @@ func (m *model) desired() Desired {
 	for k, r := range m.skipped {
 		d.Skipped = append(d.Skipped, Skipped{Key: k, Reason: r})
 	}
-	sort.Slice(d.Peers, func(i, j int) bool { return d.Peers[i].Subnet.Addr().Less(d.Peers[j].Subnet.Addr()) })
-	sort.Slice(d.Skipped, func(i, j int) bool { return d.Skipped[i].Key < d.Skipped[j].Key })
+	d.sort()
 	return d
 }
 
@@ -90,15 +88,13 @@ func samePeer(a, b Peer) bool {
 	return a.Subnet == b.Subnet && a.PublicIP == b.PublicIP && a.BackendType == b.BackendType && bytes.Equal(a.BackendData, b.BackendData)
 }
 
-// skipChange is a lease whose skip reason changed ("" = no longer skipped).
-type skipChange struct{ key, reason string }
-
 // diff turns the changed keys into a Delta against the model and the skip
-// reasons that changed, and updates the model to the new state. lookup
+// reasons that changed (Reason "" for a lease no longer skipped), and
+// updates the model to the new state. lookup
 // returns the current valid lease at a key.
-func (m *model) diff(keys []string, lookup func(string) (lease.Lease, bool), cfg *lease.Config) (Delta, []skipChange) {
+func (m *model) diff(keys []string, lookup func(string) (lease.Lease, bool), cfg *lease.Config) (Delta, []Skipped) {
 	d := Delta{Network: m.network, Self: m.self}
-	var skips []skipChange
+	var skips []Skipped
 	for _, key := range keys {
 		var now Peer
 		isPeer, reason := false, ""
@@ -108,7 +104,7 @@ func (m *model) diff(keys []string, lookup func(string) (lease.Lease, bool), cfg
 			now = p
 		}
 		if reason != m.skipped[key] {
-			skips = append(skips, skipChange{key, reason})
+			skips = append(skips, Skipped{Key: key, Reason: reason})
 			if reason == "" {
 				delete(m.skipped, key)
 			} else {

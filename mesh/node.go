@@ -78,8 +78,7 @@ type Node struct {
 
 	mu      sync.Mutex // guards stats and model
 	stats   Stats
-	model   *model            // the desired state last handed to the backend
-	warned  map[string]string // lease key → reason already logged
+	model   *model // the desired state last handed to the backend
 	lastErr string
 	gen     uint64 // the lease source's change generation seen
 	// needFull forces a whole-state apply: nothing applied yet, or the
@@ -109,7 +108,6 @@ func (n *Node) Stats() Stats {
 // logged and retried on the next change or tick.
 func (n *Node) Run(ctx context.Context) error {
 	log := n.Log.With("component", "reconcile")
-	n.warned = map[string]string{}
 	resync := n.Resync
 	if resync <= 0 {
 		resync = 30 * time.Second
@@ -153,7 +151,8 @@ func (n *Node) reconcile(ctx context.Context, log *slog.Logger, resync bool) {
 	keys, next, relisted := n.Leases.ChangesSince(n.gen)
 	n.gen = next
 	deltas, canDelta := n.Backend.(DeltaApplier)
-	full := resync || relisted || n.needFull || !canDelta || n.model == nil || !sameSelf(n.model.self, self)
+	// needFull is set until a whole apply succeeded, so the model exists below.
+	full := resync || relisted || n.needFull || !canDelta || !sameSelf(n.model.self, self)
 	var err error
 	if !full {
 		err = n.applyDelta(ctx, log, deltas, keys)
@@ -206,7 +205,15 @@ func (n *Node) reconcile(ctx context.Context, log *slog.Logger, resync bool) {
 // applyAll computes the whole desired state and has the backend apply it.
 func (n *Node) applyAll(ctx context.Context, log *slog.Logger, self lease.Lease) error {
 	desired := Compute(self, n.Leases.Leases(), n.Config)
-	n.warnSkipped(log, desired.Skipped)
+	var before map[string]string // reasons already logged with the last state
+	if n.model != nil {
+		before = n.model.skipped
+	}
+	for _, s := range desired.Skipped {
+		if before[s.Key] != s.Reason {
+			warnSkipped(log, s)
+		}
+	}
 	m := newModel(desired)
 	n.mu.Lock()
 	n.model = m
@@ -222,11 +229,8 @@ func (n *Node) applyDelta(ctx context.Context, log *slog.Logger, backend DeltaAp
 	delta, skips := n.model.diff(keys, n.Leases.Lease, n.Config)
 	n.mu.Unlock()
 	for _, s := range skips {
-		if s.reason == "" {
-			delete(n.warned, s.key)
-		} else if n.warned[s.key] != s.reason {
-			n.warned[s.key] = s.reason
-			log.Warn("skipping lease", "key", s.key, "reason", s.reason)
+		if s.Reason != "" {
+			warnSkipped(log, s)
 		}
 	}
 	if delta.empty() {
@@ -235,16 +239,10 @@ func (n *Node) applyDelta(ctx context.Context, log *slog.Logger, backend DeltaAp
 	return backend.ApplyDelta(ctx, delta)
 }
 
-// warnSkipped logs each skipped lease once per distinct reason.
-func (n *Node) warnSkipped(log *slog.Logger, skipped []Skipped) {
-	now := make(map[string]string, len(skipped))
-	for _, s := range skipped {
-		now[s.Key] = s.Reason
-		if n.warned[s.Key] != s.Reason {
-			log.Warn("skipping lease", "key", s.Key, "reason", s.Reason)
-		}
-	}
-	n.warned = now
+// warnSkipped logs a skipped lease; callers log each one once per
+// distinct reason, comparing with the model's last reasons.
+func warnSkipped(log *slog.Logger, s Skipped) {
+	log.Warn("skipping lease", "key", s.Key, "reason", s.Reason)
 }
 
 // summarize names up to 16 changed keys for a log line, then counts the rest.

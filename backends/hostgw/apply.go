@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/netip"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -48,13 +47,8 @@ func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 	if err != nil {
 		return errors.Join(append(problems, fmt.Errorf("listing routes: %w", err))...)
 	}
-	current := make(map[netip.Prefix]netlink.Route, len(have))
-	for _, r := range have {
-		if dst, ok := netutil.Prefix(r.Dst); ok {
-			current[dst] = r
-		}
-	}
-	return errors.Join(append(problems, b.sync(current, want)...)...)
+	current := netutil.RoutesByDst(have, nil)
+	return errors.Join(append(problems, netutil.SyncRoutes(b.handle, current, b.routes(want), b.log.With("dev", b.ext.Name))...)...)
 }
 
 // ApplyDelta changes only the routes of the peers in the delta: the old
@@ -63,40 +57,17 @@ func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 func (b *Backend) ApplyDelta(_ context.Context, d mesh.Delta) error {
 	before, _ := Plan(d.Before(), b.ext)
 	want, problems := Plan(d.After(), b.ext)
-	current := make(map[netip.Prefix]netlink.Route, len(before))
-	for _, r := range before {
-		current[r.Dst] = *b.route(r)
-	}
-	return errors.Join(append(problems, b.sync(current, want)...)...)
+	current := netutil.RoutesByDst(b.routes(before), nil)
+	return errors.Join(append(problems, netutil.SyncRoutes(b.handle, current, b.routes(want), b.log.With("dev", b.ext.Name))...)...)
 }
 
-// sync sets every wanted route that current lacks or has differently, then
-// deletes the routes in current that nothing wants.
-func (b *Backend) sync(current map[netip.Prefix]netlink.Route, want []Route) []error {
-	var errs []error
-	keep := make(map[netip.Prefix]bool, len(want))
-	for _, r := range want {
-		keep[r.Dst] = true
-		if cur, ok := current[r.Dst]; ok && netutil.Addr(cur.Gw) == r.Gateway && cur.LinkIndex == b.ext.Index {
-			continue
-		}
-		if err := netutil.CountWrite(b.handle.RouteReplace(b.route(r))); err != nil {
-			errs = append(errs, fmt.Errorf("route %s via %s: %w", r.Dst, r.Gateway, err))
-			continue
-		}
-		b.log.Info("route set", "dst", r.Dst, "via", r.Gateway, "dev", b.ext.Name)
+// routes are the kernel routes of a plan.
+func (b *Backend) routes(plan []Route) []netlink.Route {
+	out := make([]netlink.Route, 0, len(plan))
+	for _, r := range plan {
+		out = append(out, *b.route(r))
 	}
-	for dst, r := range current {
-		if keep[dst] {
-			continue
-		}
-		if err := netutil.CountWrite(b.handle.RouteDel(&r)); err != nil && !errors.Is(err, unix.ESRCH) {
-			errs = append(errs, fmt.Errorf("removing route %s: %w", dst, err))
-			continue
-		}
-		b.log.Info("route removed", "dst", dst)
-	}
-	return errs
+	return out
 }
 
 func (b *Backend) route(r Route) *netlink.Route {
@@ -115,13 +86,7 @@ func (b *Backend) Cleanup(context.Context) error {
 	if err != nil {
 		return err
 	}
-	var errs []error
-	for _, r := range have {
-		if err := b.handle.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
-			errs = append(errs, err)
-		}
-	}
-	return errors.Join(errs...)
+	return errors.Join(netutil.SyncRoutes(b.handle, netutil.RoutesByDst(have, nil), nil, nil)...)
 }
 
 // Close leaves the routes in place: traffic keeps flowing across a restart.

@@ -209,16 +209,8 @@ func (b *Backend) kernelRoutes(idx int) (map[netip.Prefix]netlink.Route, error) 
 	if err != nil {
 		return nil, err
 	}
-	routes := map[netip.Prefix]netlink.Route{}
-	for _, r := range owned {
-		if r.LinkIndex != idx && r.LinkIndex != b.ext.Index {
-			continue // another backend's (a switch of Backend.Type) is pruned by its own cleanup
-		}
-		if dst, ok := netutil.Prefix(r.Dst); ok {
-			routes[dst] = r
-		}
-	}
-	return routes, nil
+	// Another backend's routes (a switch of Backend.Type) are pruned by its own cleanup.
+	return netutil.RoutesByDst(owned, func(r netlink.Route) bool { return r.LinkIndex == idx || r.LinkIndex == b.ext.Index }), nil
 }
 
 // plannedEntries are the kernel objects a plan puts on the device.
@@ -300,26 +292,11 @@ func (b *Backend) sync(idx int, have entries, want State) []error {
 }
 
 func (b *Backend) syncRoutes(idx int, current map[netip.Prefix]netlink.Route, want []Route) []error {
-	var errs []error
-	keep := map[netip.Prefix]bool{}
+	routes := make([]netlink.Route, 0, len(want))
 	for _, w := range want {
-		keep[w.Dst] = true
-		r := b.route(idx, w)
-		if cur, ok := current[w.Dst]; ok && cur.LinkIndex == r.LinkIndex && netutil.Addr(cur.Gw) == w.Via {
-			continue
-		}
-		if err := netutil.CountWrite(b.handle.RouteReplace(r)); err != nil {
-			errs = append(errs, fmt.Errorf("route %s via %s: %w", w.Dst, w.Via, err))
-		}
+		routes = append(routes, *b.route(idx, w))
 	}
-	for dst, r := range current {
-		if !keep[dst] {
-			if err := netutil.CountWrite(b.handle.RouteDel(&r)); err != nil && !errors.Is(err, unix.ESRCH) {
-				errs = append(errs, fmt.Errorf("removing route %s: %w", dst, err))
-			}
-		}
-	}
-	return errs
+	return netutil.SyncRoutes(b.handle, current, routes, nil)
 }
 
 // Cleanup removes the device (its routes, neighbours and FDB go with it)

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"time"
 
@@ -33,10 +34,9 @@ type Backend struct {
 	key    keys.Key
 	dev    *wgDevice
 	client *wgctrl.Client
-	// lastPeers remembers each peer's lease, for log lines on removal.
-	lastPeers map[keys.Key]string
 	// holders are the leases publishing each key in the state last
-	// applied; a delta touching a key held twice needs a whole apply.
+	// applied: a delta touching a key held twice needs a whole apply, and
+	// log lines name the lease of a peer removed.
 	holders map[keys.Key][]string
 	// applied is false until a whole apply succeeded with the current
 	// key: until then a delta cannot trust the device.
@@ -64,7 +64,7 @@ func New(raw json.RawMessage, ext netutil.ExternalInterface, keyFile string, log
 	if mtu == 0 {
 		mtu = ext.MTU - Overhead
 	}
-	return &Backend{name: DeviceName, opts: opts, ext: ext, keyFile: keyFile, log: log, mtu: mtu, key: key, lastPeers: map[keys.Key]string{}}, nil
+	return &Backend{name: DeviceName, opts: opts, ext: ext, keyFile: keyFile, log: log, mtu: mtu, key: key}, nil
 }
 
 // MTU is the device's (and containers') MTU.
@@ -129,8 +129,7 @@ func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 	}
 	b.applied = false
 	want, errs, holders := plan(d, b.key.Public(), b.opts)
-	netutil.Count(netutil.CallWGRead)
-	current, err := b.client.Device(b.name)
+	current, err := b.read()
 	if err != nil {
 		// The device went away (deleted by hand): make it again.
 		b.log.Warn("WireGuard device missing; recreating it", "err", err)
@@ -138,8 +137,7 @@ func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 		if b.dev, err = openDevice(b.name, b.opts.Implementation, b.mtu, b.log); err != nil {
 			return errors.Join(append(errs, err)...)
 		}
-		netutil.Count(netutil.CallWGRead)
-		if current, err = b.client.Device(b.name); err != nil {
+		if current, err = b.read(); err != nil {
 			return errors.Join(append(errs, fmt.Errorf("reading %s: %w", b.name, err))...)
 		}
 	}
@@ -161,10 +159,6 @@ func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 			return errors.Join(append(errs, fmt.Errorf("configuring %s: %w", b.name, err))...)
 		}
 		b.logChanges(changes)
-	}
-	b.lastPeers = make(map[keys.Key]string, len(want))
-	for _, w := range want {
-		b.lastPeers[w.PublicKey] = w.Lease
 	}
 	b.holders = holders
 	if err := b.kick(peersToKick(have, want, changes, cfg.PrivateKey != nil)); err != nil {
@@ -189,49 +183,44 @@ func (b *Backend) ApplyDelta(_ context.Context, d mesh.Delta) error {
 	self := b.key.Public()
 	before, _ := candidates(d.Before(), self, b.opts)
 	after, errs := candidates(d.After(), self, b.opts)
+	leaving := make(map[keys.Key]bool, len(before))
 	for _, c := range before {
 		if len(b.holders[c.PublicKey]) != 1 {
 			return mesh.ErrFullApply // a duplicate goes away: its twin may become a peer
 		}
+		leaving[c.PublicKey] = true
 	}
-	for _, c := range before {
-		delete(b.holders, c.PublicKey)
-	}
+	arriving := make(map[keys.Key]bool, len(after))
 	for _, c := range after {
-		b.holders[c.PublicKey] = append(b.holders[c.PublicKey], c.Lease)
-	}
-	for _, c := range after {
-		if len(b.holders[c.PublicKey]) != 1 {
-			b.applied = false
-			return mesh.ErrFullApply // a key now published twice
+		if arriving[c.PublicKey] || (len(b.holders[c.PublicKey]) > 0 && !leaving[c.PublicKey]) {
+			return mesh.ErrFullApply // a key would be published twice
 		}
+		arriving[c.PublicKey] = true
 	}
 	have := make([]PeerState, 0, len(before))
 	for _, c := range before {
 		have = append(have, c.state())
 	}
 	changes := Delta(have, after)
-	if len(changes) == 0 {
-		return errors.Join(errs...)
-	}
-	cfg := wgtypes.Config{}
-	for _, c := range changes {
-		cfg.Peers = append(cfg.Peers, toPeerConfig(c))
-	}
-	if err := b.configure(cfg); err != nil {
-		// The device may be gone (deleted by hand): a whole apply
-		// recreates it and refills every peer.
-		b.applied = false
-		b.log.Warn("configuring the device failed; applying the whole state", "err", err)
-		return mesh.ErrFullApply
-	}
-	b.logChanges(changes)
-	for _, c := range changes {
-		if c.Remove {
-			delete(b.lastPeers, c.PublicKey)
-		} else {
-			b.lastPeers[c.PublicKey] = c.Spec.Lease
+	if len(changes) > 0 {
+		cfg := wgtypes.Config{}
+		for _, c := range changes {
+			cfg.Peers = append(cfg.Peers, toPeerConfig(c))
 		}
+		if err := b.configure(cfg); err != nil {
+			// The device may be gone (deleted by hand): a whole apply
+			// recreates it and refills every peer.
+			b.applied = false
+			b.log.Warn("configuring the device failed; applying the whole state", "err", err)
+			return mesh.ErrFullApply
+		}
+		b.logChanges(changes)
+	}
+	for _, c := range before {
+		delete(b.holders, c.PublicKey)
+	}
+	for _, c := range after {
+		b.holders[c.PublicKey] = []string{c.Lease}
 	}
 	if err := b.kick(peersToKick(have, after, changes, false)); err != nil {
 		errs = append(errs, err)
@@ -299,7 +288,7 @@ func (b *Backend) kick(peers []keys.Key) error {
 func (b *Backend) logChanges(changes []Change) {
 	for _, c := range changes {
 		if c.Remove {
-			b.log.Info("peer removed", "public_key", keys.Key(c.PublicKey), "lease", b.lastPeers[c.PublicKey])
+			b.log.Info("peer removed", "public_key", keys.Key(c.PublicKey), "lease", strings.Join(b.holders[c.PublicKey], ","))
 			continue
 		}
 		b.log.Info("peer set", "lease", c.Spec.Lease, "public_key", c.PublicKey, "endpoint", c.Spec.Endpoint)
@@ -334,6 +323,12 @@ func (b *Backend) Close() error {
 
 // maxKick bounds the peers kicked at once (see kick): 256 × 64 KiB.
 const maxKick = 256
+
+// read is one counted read of the whole device.
+func (b *Backend) read() (*wgtypes.Device, error) {
+	netutil.Count(netutil.CallWGRead)
+	return b.client.Device(b.name)
+}
 
 // configure is one counted ConfigureDevice call.
 func (b *Backend) configure(cfg wgtypes.Config) error {

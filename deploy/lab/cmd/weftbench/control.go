@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
 	"strings"
 	"sync"
 	"syscall"
@@ -33,16 +32,12 @@ type controlResult struct {
 // containers reach its container.
 func measureControl(backend, weftd string, runs int) (controlResult, error) {
 	res := controlResult{backend: backend}
-	self, _ := os.Executable()
-	l, err := lab.New(lab.Options{Hosts: 3, Backend: backend, Weftd: weftd, Self: self})
+	l, err := startLab(lab.Options{Hosts: 3, Backend: backend, Weftd: weftd})
 	if err != nil {
 		return res, err
 	}
 	defer l.Close()
 	ctx := context.Background()
-	if err := l.Start(ctx); err != nil {
-		return res, err
-	}
 	h, others := l.Hosts[2], l.Hosts[:2]
 	for range runs {
 		l.StopWeftd(h, syscall.SIGTERM)

@@ -190,15 +190,11 @@ func run(p plan) error {
 // measureBackend runs a two-host lab with backend and measures the bare
 // veth, the backend's hand-made limit and weft's path, interleaved.
 func measureBackend(backend, weftd, wgGo string, runs, seconds int) ([]*path, error) {
-	self, _ := os.Executable()
-	l, err := lab.New(lab.Options{Hosts: 2, Backend: backend, Weftd: weftd, Self: self})
+	l, err := startLab(lab.Options{Hosts: 2, Backend: backend, Weftd: weftd})
 	if err != nil {
 		return nil, err
 	}
 	defer l.Close()
-	if err := l.Start(context.Background()); err != nil {
-		return nil, err
-	}
 	h1, h2 := l.Hosts[0], l.Hosts[1]
 	env, err := lease.ReadSubnetFile(h2.SubnetFile())
 	if err != nil {
@@ -252,6 +248,21 @@ func measureBackend(backend, weftd, wgGo string, runs, seconds int) ([]*path, er
 		}
 	}
 	return paths, nil
+}
+
+// startLab builds a lab whose etcd runs from this binary and starts it
+// (weftd on every host, READY, a container each).
+func startLab(opts lab.Options) (*lab.Lab, error) {
+	opts.Self, _ = os.Executable()
+	l, err := lab.New(opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := l.Start(context.Background()); err != nil {
+		l.Close()
+		return nil, err
+	}
+	return l, nil
 }
 
 // measure runs f between the path's before and after hooks.

@@ -104,8 +104,7 @@ func peakRSS(pid int) int {
 // leases added and removed.
 func measureScale(backend, weftd string, n int, profileDir string) (scaleResult, error) {
 	res := scaleResult{backend: backend, leases: n}
-	self, _ := os.Executable()
-	l, err := lab.New(lab.Options{Hosts: 2, Weftd: weftd, Self: self,
+	l, err := startLab(lab.Options{Hosts: 2, Weftd: weftd,
 		// The lab's hosts lease in 10.0.x.0; the simulated ones live from
 		// 10.100.0.0 on, so they never collide.
 		Config: fmt.Sprintf(`{"Network":%q,"SubnetMin":"10.0.1.0","SubnetMax":"10.0.255.0","Backend":{"Type":%q}}`, scaleNetwork, backend)})
@@ -114,9 +113,6 @@ func measureScale(backend, weftd string, n int, profileDir string) (scaleResult,
 	}
 	defer l.Close()
 	ctx := context.Background()
-	if err := l.Start(ctx); err != nil {
-		return res, err
-	}
 	h1 := l.Hosts[0]
 	l.StopWeftd(h1, syscall.SIGTERM)
 	start := time.Now()

@@ -1,0 +1,64 @@
+package netutil
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// RoutesByDst indexes routes by destination, keeping those keep accepts
+// (all when keep is nil).
+func RoutesByDst(routes []netlink.Route, keep func(netlink.Route) bool) map[netip.Prefix]netlink.Route {
+	out := make(map[netip.Prefix]netlink.Route, len(routes))
+	for _, r := range routes {
+		if keep != nil && !keep(r) {
+			continue
+		}
+		if dst, ok := Prefix(r.Dst); ok {
+			out[dst] = r
+		}
+	}
+	return out
+}
+
+// SyncRoutes makes current into want, the way every backend programs its
+// routes: it sets each wanted route that current lacks or holds with
+// another gateway or link, then deletes the routes of current that nothing
+// wants. current is what the kernel holds (a dump) or, for a delta, what
+// the last apply put there. It keeps going past failures and returns them
+// all; log (nil for none) gets a line per route set or removed.
+func SyncRoutes(h *netlink.Handle, current map[netip.Prefix]netlink.Route, want []netlink.Route, log *slog.Logger) []error {
+	var errs []error
+	keep := make(map[netip.Prefix]bool, len(want))
+	for _, r := range want {
+		dst, _ := Prefix(r.Dst)
+		keep[dst] = true
+		if cur, ok := current[dst]; ok && cur.LinkIndex == r.LinkIndex && Addr(cur.Gw) == Addr(r.Gw) {
+			continue
+		}
+		if err := CountWrite(h.RouteReplace(&r)); err != nil {
+			errs = append(errs, fmt.Errorf("route %s via %s: %w", dst, Addr(r.Gw), err))
+			continue
+		}
+		if log != nil {
+			log.Info("route set", "dst", dst, "via", Addr(r.Gw))
+		}
+	}
+	for dst, r := range current {
+		if keep[dst] {
+			continue
+		}
+		if err := CountWrite(h.RouteDel(&r)); err != nil && !errors.Is(err, unix.ESRCH) {
+			errs = append(errs, fmt.Errorf("removing route %s: %w", dst, err))
+			continue
+		}
+		if log != nil {
+			log.Info("route removed", "dst", dst)
+		}
+	}
+	return errs
+}
