@@ -26,7 +26,8 @@ type Attrs struct {
 	PublicIP netip.Addr
 	// PublicIPv6 is reserved for dual stack; nil encodes as JSON null.
 	PublicIPv6 *netip.Addr
-	// BackendType is the Backend.Type the host runs.
+	// BackendType is the Backend.Type the host runs. Empty means udp: flannel's
+	// udp backend writes none (see Backend and OwnBackendType).
 	BackendType string
 	// BackendData is the backend's own data (VTEP MAC, WireGuard key); empty
 	// for host-gw and udp.
@@ -73,6 +74,26 @@ func (a *Attrs) UnmarshalJSON(data []byte) error {
 		a.PublicIPv6 = &ip6
 	}
 	return nil
+}
+
+// Backend is the Backend.Type of the host that wrote the lease, as flannel's
+// own hosts read it: a lease with no BackendType is a udp host's, because
+// flannel's udp backend publishes none (and its udp peers never look).
+func (a Attrs) Backend() string {
+	if a.BackendType == "" {
+		return BackendUDP
+	}
+	return a.BackendType
+}
+
+// OwnBackendType is the BackendType a host running backend writes in its
+// own lease: what flannel writes, so flannel hosts and weft hosts read each
+// other's leases alike. That is none for udp and the type otherwise.
+func OwnBackendType(backend string) string {
+	if backend == BackendUDP {
+		return ""
+	}
+	return backend
 }
 
 // Lease is one host's claim on a subnet, as read from the store.

@@ -85,3 +85,27 @@ func FuzzDecodeLease(f *testing.F) {
 		}
 	})
 }
+
+// TestBackendOfALease: a lease with no BackendType is a udp host's (as
+// flannel's udp backend writes it), and weft's own udp lease has none.
+func TestBackendOfALease(t *testing.T) {
+	if got := (Attrs{}).Backend(); got != BackendUDP {
+		t.Errorf("no BackendType reads as %q, want udp", got)
+	}
+	if got := (Attrs{BackendType: BackendVXLAN}).Backend(); got != BackendVXLAN {
+		t.Errorf("vxlan reads as %q", got)
+	}
+	for _, b := range KnownBackends {
+		want := b
+		if b == BackendUDP {
+			want = ""
+		}
+		if got := OwnBackendType(b); got != want {
+			t.Errorf("OwnBackendType(%s) = %q, want %q", b, got, want)
+		}
+	}
+	udp := Attrs{PublicIP: netip.MustParseAddr("192.168.77.11"), BackendType: OwnBackendType(BackendUDP)}
+	if got, want := string(udp.Encode()), `{"PublicIP":"192.168.77.11","PublicIPv6":null}`; got != want {
+		t.Errorf("weft's udp lease %s, flannel writes %s", got, want)
+	}
+}

@@ -98,7 +98,11 @@ func classify(self lease.Lease, l lease.Lease, cfg *lease.Config) (peer Peer, re
 		reason = fmt.Sprintf("subnet %s is outside Network %s", l.Subnet, cfg.Network)
 	case l.Subnet.Bits() != cfg.SubnetLen:
 		reason = fmt.Sprintf("subnet %s is not a /%d (SubnetLen)", l.Subnet, cfg.SubnetLen)
-	case l.Attrs.BackendType != cfg.Backend.Type:
+	case l.Attrs.Backend() != cfg.Backend.Type && l.Attrs.BackendType == "":
+		// flannel's vxlan, host-gw and wireguard backends ignore such a
+		// lease too: its host has no device of theirs to reach.
+		reason = fmt.Sprintf("has no BackendType (a udp host's lease, as flannel writes it), this network uses %q", cfg.Backend.Type)
+	case l.Attrs.Backend() != cfg.Backend.Type:
 		reason = fmt.Sprintf("runs backend %q, this network uses %q", l.Attrs.BackendType, cfg.Backend.Type)
 	case l.Attrs.PublicIP == self.Attrs.PublicIP:
 		reason = fmt.Sprintf("PublicIP %s is this host's own", l.Attrs.PublicIP)

@@ -189,7 +189,7 @@ func printLeases(ctx context.Context, s *lease.EtcdStore, out io.Writer, asJSON 
 		if l, err := lease.DecodeLease(r.Key, r.Value); err != nil {
 			row.Error = err.Error()
 		} else {
-			row.Subnet, row.PublicIP, row.BackendType, row.BackendData = l.Subnet.String(), l.Attrs.PublicIP.String(), l.Attrs.BackendType, l.Attrs.BackendData
+			row.Subnet, row.PublicIP, row.BackendType, row.BackendData = l.Subnet.String(), l.Attrs.PublicIP.String(), l.Attrs.Backend(), l.Attrs.BackendData
 		}
 		if ttl, err := s.Expiry(ctx, r); err == nil {
 			row.ExpiresIn = ttl.String()

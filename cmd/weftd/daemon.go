@@ -86,7 +86,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 
 	req := lease.ClaimRequest{
 		Config:   cfg,
-		Attrs:    lease.Attrs{PublicIP: publicIP, BackendType: cfg.Backend.Type, BackendData: backend.BackendData()},
+		Attrs:    lease.Attrs{PublicIP: publicIP, BackendType: lease.OwnBackendType(cfg.Backend.Type), BackendData: backend.BackendData()},
 		Previous: previousSubnet(o.subnetFile, cfg, log),
 		TTL:      o.leaseTTL,
 	}

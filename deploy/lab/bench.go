@@ -147,21 +147,15 @@ func (l *Lab) StartWireGuardPair(binary string, a, b *Host, mtu int) (*WireGuard
 			return nil, err
 		}
 		pubs[i] = strings.TrimSpace(string(pub))
-		proc := exec.Command("ip", "netns", "exec", h.Name, binary, "-f", p.names[i])
-		proc.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-		if err := proc.Start(); err != nil {
+		proc, err := StartWireGuardGo(binary, h.Name, p.names[i])
+		if err != nil {
 			p.Close()
-			return nil, fmt.Errorf("starting %s: %w", binary, err)
+			return nil, err
 		}
 		p.procs = append(p.procs, proc)
 	}
 	for i, h := range hosts {
 		other := 1 - i
-		sock := "/var/run/wireguard/" + p.names[i] + ".sock"
-		if err := waitUntil(context.Background(), 10*time.Second, func() bool { _, err := os.Stat(sock); return err == nil }); err != nil {
-			p.Close()
-			return nil, fmt.Errorf("%s did not open %s", binary, sock)
-		}
 		if err := runAll(
 			[]string{"ip", "netns", "exec", h.Name, "wg", "set", p.names[i], "private-key", privs[i], "listen-port", strconv.Itoa(51900 + i),
 				"peer", pubs[other], "endpoint", fmt.Sprintf("%s:%d", hosts[other].PublicIP, 51900+other), "allowed-ips", p.Addrs[other] + "/32," + hosts[other].ContainerIP().String() + "/32"},
@@ -173,6 +167,24 @@ func (l *Lab) StartWireGuardPair(binary string, a, b *Host, mtu int) (*WireGuard
 		}
 	}
 	return p, nil
+}
+
+// StartWireGuardGo runs the wireguard-go binary in namespace ns with a
+// device called name, and waits for its UAPI socket, so `wg set` can
+// configure it. The caller kills the process; its device goes with it.
+func StartWireGuardGo(binary, ns, name string) (*exec.Cmd, error) {
+	proc := exec.Command("ip", "netns", "exec", ns, binary, "-f", name)
+	proc.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := proc.Start(); err != nil {
+		return nil, fmt.Errorf("starting %s: %w", binary, err)
+	}
+	sock := "/var/run/wireguard/" + name + ".sock"
+	if err := waitUntil(context.Background(), 10*time.Second, func() bool { _, err := os.Stat(sock); return err == nil }); err != nil {
+		proc.Process.Kill()
+		proc.Wait()
+		return nil, fmt.Errorf("%s did not open %s", binary, sock)
+	}
+	return proc, nil
 }
 
 // CarryContainers routes each host's traffic to the other host's container

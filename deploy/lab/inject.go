@@ -83,14 +83,21 @@ func ReceiveUDP(ns string, addr netip.AddrPort, wait time.Duration, during func(
 // AddRogue puts a namespace that is no host of the cluster on the underlay
 // bridge, at address .200, and returns its name and address.
 func (l *Lab) AddRogue() (string, netip.Addr, error) {
-	name := "wl" + l.ID + "-rogue"
-	addr := l.underlayAddr(200)
+	return l.AddUnderlayNetns("rogue", 200)
+}
+
+// AddUnderlayNetns puts a namespace that runs no weftd (a rogue, a
+// stand-in for a flannel host) on the underlay bridge at address .n, and
+// returns its name and address.
+func (l *Lab) AddUnderlayNetns(role string, n int) (string, netip.Addr, error) {
+	name := "wl" + l.ID + "-" + role
+	addr := l.underlayAddr(n)
 	if err := l.addNetns(name); err != nil {
 		return "", addr, err
 	}
 	return name, addr, runAll(
-		[]string{"ip", "-n", l.Underlay, "link", "add", "rogue", "type", "veth", "peer", "name", "eth0", "netns", name},
-		[]string{"ip", "-n", l.Underlay, "link", "set", "rogue", "master", "br0", "up"},
+		[]string{"ip", "-n", l.Underlay, "link", "add", role, "type", "veth", "peer", "name", "eth0", "netns", name},
+		[]string{"ip", "-n", l.Underlay, "link", "set", role, "master", "br0", "up"},
 		[]string{"ip", "-n", name, "addr", "add", addr.String() + "/24", "dev", "eth0"},
 		[]string{"ip", "-n", name, "link", "set", "eth0", "up"},
 	)

@@ -14,8 +14,10 @@ import (
 	"github.com/weftnet/weft/lease"
 )
 
-// weftdBin and weftctlBin are built once for all cluster tests.
-var weftdBin, weftctlBin string
+// weftdBin and weftctlBin are built once for all cluster tests, and
+// wireguardGoBin, the wireguard-go of the version weft embeds, for the
+// peers the tests run by hand.
+var weftdBin, weftctlBin, wireguardGoBin string
 
 func TestMain(m *testing.M) {
 	if RunRole() {
@@ -29,8 +31,8 @@ func TestMain(m *testing.M) {
 	if err != nil {
 		panic(err)
 	}
-	weftdBin, weftctlBin = filepath.Join(dir, "weftd"), filepath.Join(dir, "weftctl")
-	for bin, pkg := range map[string]string{weftdBin: "./cmd/weftd", weftctlBin: "./cmd/weftctl"} {
+	weftdBin, weftctlBin, wireguardGoBin = filepath.Join(dir, "weftd"), filepath.Join(dir, "weftctl"), filepath.Join(dir, "wireguard-go")
+	for bin, pkg := range map[string]string{weftdBin: "./cmd/weftd", weftctlBin: "./cmd/weftctl", wireguardGoBin: "golang.zx2c4.com/wireguard"} {
 		cmd := exec.Command("go", "build", "-o", bin, pkg)
 		cmd.Dir = "../.."
 		if out, err := cmd.CombinedOutput(); err != nil {
