@@ -27,8 +27,8 @@ deps:
 build:
 	$(GO) build -o $(BIN)/weftd ./cmd/weftd
 	$(GO) build -o $(BIN)/weftctl ./cmd/weftctl
-	$(GO) build -o $(BIN)/weftlab ./deploy/lab/cmd/weftlab
-	$(GO) build -o $(BIN)/weftbench ./deploy/lab/cmd/weftbench
+	$(GO) build -o $(BIN)/weftlab ./lab/cmd/weftlab
+	$(GO) build -o $(BIN)/weftbench ./lab/cmd/weftbench
 
 test: deps test-pure test-root
 
@@ -36,7 +36,7 @@ test-pure:
 	$(GO) test -race -count=1 $(PURE_PKGS)
 
 test-root:
-	$(GO) test -count=1 -timeout 15m ./backends/... ./deploy/...
+	$(GO) test -count=1 -timeout 15m ./backends/... ./deploy/... ./lab/...
 
 # lab: several hosts in network namespaces with etcd and weftd; Ctrl-C ends it.
 # make lab LAB_ARGS="-backend host-gw -hosts 4 -duration 30s"
@@ -74,7 +74,7 @@ profile: deps build $(BIN)/wireguard
 # timeout; its RELIABILITY lines become RELIABILITY.md.
 soak: deps
 	set -o pipefail; WEFT_SOAK=1 $(GO) test -count=1 -v -timeout 30m \
-		-run 'TestFault|TestWireGuardCluster|TestUDPCluster|TestVXLANCluster' ./deploy/lab/ | tee $(BIN)/soak.log
+		-run 'TestFault|TestWireGuardCluster|TestUDPCluster|TestVXLANCluster' ./lab/ | tee $(BIN)/soak.log
 	{ echo "# weft reliability"; echo; \
 	  echo "Written by \`make soak\` on $$(date -u '+%F %H:%M UTC'): the fault suite's long form in the network-namespace lab."; echo; \
 	  grep -o 'RELIABILITY: .*' $(BIN)/soak.log | sed 's/^RELIABILITY: /- /'; } > RELIABILITY.md

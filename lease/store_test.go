@@ -216,7 +216,8 @@ func TestWatchSurvivesCompactionAndGarbage(t *testing.T) {
 	s, _ := startEtcd(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	cfg := mustConfig(t, `{"Network":"10.5.0.0/16"}`)
+	// SubnetMax keeps the claims off the garbage keys below.
+	cfg := mustConfig(t, `{"Network":"10.5.0.0/16","SubnetMax":"10.5.150.0"}`)
 	var logs syncBuffer
 	w := startWatcher(t, s, &logs)
 

@@ -12,7 +12,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/weftnet/weft/backends/netutil"
-	"github.com/weftnet/weft/backends/rules"
+	"github.com/weftnet/weft/cmd/internal/firewall"
 	"github.com/weftnet/weft/lease"
 )
 
@@ -64,11 +64,11 @@ func runCleanup(ctx context.Context, args []string, opts lease.EtcdOptions, stdo
 			fmt.Fprintf(stdout, "removed route %s\n", r.Dst)
 		}
 	}
-	if k, err := rules.NewKeeper(true, true, 0, discardLogger()); err == nil {
+	if k, err := firewall.NewKeeper(true, true, 0, discardLogger()); err == nil {
 		if err := k.Cleanup(); err != nil {
 			errs = append(errs, err)
 		} else {
-			fmt.Fprintln(stdout, "removed iptables chains", rules.MasqChain, "and", rules.ForwardChain)
+			fmt.Fprintln(stdout, "removed iptables chains", firewall.MasqChain, "and", firewall.ForwardChain)
 		}
 	}
 	for _, f := range []string{*subnetFile, "/var/run/wireguard/weft-wg.sock"} {

@@ -20,7 +20,7 @@ import (
 
 	"github.com/weftnet/weft/backends"
 	"github.com/weftnet/weft/backends/netutil"
-	"github.com/weftnet/weft/backends/rules"
+	"github.com/weftnet/weft/cmd/internal/firewall"
 	"github.com/weftnet/weft/lease"
 	"github.com/weftnet/weft/mesh"
 )
@@ -129,7 +129,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	obs.node, obs.watcher, obs.holder = node, watcher, holder
 	obs.mu.Unlock()
 	if o.ipMasq || o.forwardRules {
-		keeper, err := rules.NewKeeper(o.ipMasq, o.forwardRules, time.Duration(o.iptablesSync)*time.Second, log)
+		keeper, err := firewall.NewKeeper(o.ipMasq, o.forwardRules, time.Duration(o.iptablesSync)*time.Second, log)
 		switch {
 		case err != nil && o.ipMasq:
 			return fmt.Errorf("-ip-masq: %w; install iptables or drop -ip-masq", err)

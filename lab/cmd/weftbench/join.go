@@ -10,7 +10,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/weftnet/weft/deploy/lab"
+	"github.com/weftnet/weft/lab"
 	"github.com/weftnet/weft/lease"
 )
 

@@ -14,7 +14,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/weftnet/weft/deploy/lab"
+	"github.com/weftnet/weft/lab"
 	"github.com/weftnet/weft/lease"
 )
 
@@ -27,8 +27,8 @@ type path struct {
 	mtu           int
 	// before and after wrap each measurement (route changes); may be nil.
 	before, after func() error
-	runs          map[int][]lab.Throughput // by stream count
-	rtt           lab.RTT
+	runs          map[int][]Throughput // by stream count
+	rtt           RTT
 }
 
 func main() {
@@ -200,18 +200,18 @@ func measureBackend(backend, weftd, wgGo string, runs, seconds int) ([]*path, er
 	if err != nil {
 		return nil, err
 	}
-	var ref lab.Reference
+	var ref Reference
 	var refName string
 	switch backend {
 	case lease.BackendWireGuard:
 		refName = "wireguard-go pair by hand (wg)"
-		ref, err = l.StartWireGuardPair(wgGo, h1, h2, env.MTU)
+		ref, err = StartWireGuardPair(l, wgGo, h1, h2, env.MTU)
 	case lease.BackendVXLAN:
 		refName = "kernel VXLAN pair by hand (ip, bridge)"
-		ref, err = l.HandVXLAN(h1, h2, env.MTU)
+		ref, err = HandVXLAN(l, h1, h2, env.MTU)
 	case lease.BackendHostGW:
 		refName = "plain routing by hand (ip route)"
-		ref = l.PlainRouting(h1, h2)
+		ref = PlainRouting(l, h1, h2)
 	default:
 		// udp's limit is the bare veth itself (no hand-made equivalent).
 		refName = bareName
@@ -228,8 +228,8 @@ func measureBackend(backend, weftd, wgGo string, runs, seconds int) ([]*path, er
 	}
 	paths = append(paths, &path{name: "weft " + backend, limitOf: refName, clientNS: h1.Container, serverNS: h2.Container, addr: c2, mtu: env.MTU})
 	for _, p := range paths {
-		p.runs = map[int][]lab.Throughput{}
-		if err := p.measure(func() (err error) { p.rtt, err = lab.Ping(p.clientNS, p.addr, 200); return err }); err != nil {
+		p.runs = map[int][]Throughput{}
+		if err := p.measure(func() (err error) { p.rtt, err = Ping(p.clientNS, p.addr, 200); return err }); err != nil {
 			return nil, fmt.Errorf("%s: %w", p.name, err)
 		}
 	}
@@ -237,8 +237,8 @@ func measureBackend(backend, weftd, wgGo string, runs, seconds int) ([]*path, er
 	for r := 0; r < runs; r++ {
 		for _, streams := range []int{1, 4} {
 			for _, p := range paths {
-				var t lab.Throughput
-				err := p.measure(func() (err error) { t, err = lab.Iperf(p.clientNS, p.serverNS, p.addr, seconds, streams); return err })
+				var t Throughput
+				err := p.measure(func() (err error) { t, err = Iperf(p.clientNS, p.serverNS, p.addr, seconds, streams); return err })
 				if err != nil {
 					return nil, fmt.Errorf("%s: %w", p.name, err)
 				}
@@ -281,14 +281,14 @@ func (p *path) measure(f func() error) error {
 	return err
 }
 
-func median(ts []lab.Throughput) lab.Throughput {
-	s := append([]lab.Throughput(nil), ts...)
+func median(ts []Throughput) Throughput {
+	s := append([]Throughput(nil), ts...)
 	sort.Slice(s, func(i, j int) bool { return s[i].Gbps < s[j].Gbps })
 	return s[len(s)/2]
 }
 
 // spread is the lowest and highest throughput of the runs.
-func spread(ts []lab.Throughput) (lo, hi float64) {
+func spread(ts []Throughput) (lo, hi float64) {
 	for i, t := range ts {
 		if i == 0 || t.Gbps < lo {
 			lo = t.Gbps

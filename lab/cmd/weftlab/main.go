@@ -13,7 +13,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/weftnet/weft/deploy/lab"
+	"github.com/weftnet/weft/lab"
 )
 
 func main() {

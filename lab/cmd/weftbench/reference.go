@@ -1,7 +1,6 @@
-package lab
+package main
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -13,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/weftnet/weft/lab"
 )
 
 // Throughput is one iperf3 measurement.
@@ -97,7 +98,7 @@ var pingTime = regexp.MustCompile(`time=([0-9.]+) ms`)
 
 // Ping measures round trips from ns to addr with count pings.
 func Ping(ns, addr string, count int) (RTT, error) {
-	out, err := Exec(ns, "ping", "-c", strconv.Itoa(count), "-i", "0.02", "-W", "1", addr)
+	out, err := lab.Exec(ns, "ping", "-c", strconv.Itoa(count), "-i", "0.02", "-W", "1", addr)
 	if err != nil {
 		return RTT{}, err
 	}
@@ -121,13 +122,13 @@ type WireGuardPair struct {
 	// Addrs are the tunnel addresses on the first and second host.
 	Addrs [2]string
 	names [2]string
-	hosts [2]*Host
+	hosts [2]*lab.Host
 }
 
 // StartWireGuardPair runs binary (wireguard-go) on hosts a and b with
 // device names unique to this lab, on port 51900+i, MTU mtu.
-func (l *Lab) StartWireGuardPair(binary string, a, b *Host, mtu int) (*WireGuardPair, error) {
-	p := &WireGuardPair{Addrs: [2]string{"10.99.0.1", "10.99.0.2"}, hosts: [2]*Host{a, b}}
+func StartWireGuardPair(l *lab.Lab, binary string, a, b *lab.Host, mtu int) (*WireGuardPair, error) {
+	p := &WireGuardPair{Addrs: [2]string{"10.99.0.1", "10.99.0.2"}, hosts: [2]*lab.Host{a, b}}
 	hosts := p.hosts
 	var privs, pubs [2]string
 	for i, h := range hosts {
@@ -147,7 +148,7 @@ func (l *Lab) StartWireGuardPair(binary string, a, b *Host, mtu int) (*WireGuard
 			return nil, err
 		}
 		pubs[i] = strings.TrimSpace(string(pub))
-		proc, err := StartWireGuardGo(binary, h.Name, p.names[i])
+		proc, err := lab.StartWireGuardGo(binary, h.Name, p.names[i])
 		if err != nil {
 			p.Close()
 			return nil, err
@@ -156,7 +157,7 @@ func (l *Lab) StartWireGuardPair(binary string, a, b *Host, mtu int) (*WireGuard
 	}
 	for i, h := range hosts {
 		other := 1 - i
-		if err := runAll(
+		if err := lab.RunAll(
 			[]string{"ip", "netns", "exec", h.Name, "wg", "set", p.names[i], "private-key", privs[i], "listen-port", strconv.Itoa(51900 + i),
 				"peer", pubs[other], "endpoint", fmt.Sprintf("%s:%d", hosts[other].PublicIP, 51900+other), "allowed-ips", p.Addrs[other] + "/32," + hosts[other].ContainerIP().String() + "/32"},
 			[]string{"ip", "-n", h.Name, "addr", "add", p.Addrs[i] + "/24", "dev", p.names[i]},
@@ -169,24 +170,6 @@ func (l *Lab) StartWireGuardPair(binary string, a, b *Host, mtu int) (*WireGuard
 	return p, nil
 }
 
-// StartWireGuardGo runs the wireguard-go binary in namespace ns with a
-// device called name, and waits for its UAPI socket, so `wg set` can
-// configure it. The caller kills the process; its device goes with it.
-func StartWireGuardGo(binary, ns, name string) (*exec.Cmd, error) {
-	proc := exec.Command("ip", "netns", "exec", ns, binary, "-f", name)
-	proc.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := proc.Start(); err != nil {
-		return nil, fmt.Errorf("starting %s: %w", binary, err)
-	}
-	sock := "/var/run/wireguard/" + name + ".sock"
-	if err := waitUntil(context.Background(), 10*time.Second, func() bool { _, err := os.Stat(sock); return err == nil }); err != nil {
-		proc.Process.Kill()
-		proc.Wait()
-		return nil, fmt.Errorf("%s did not open %s", binary, sock)
-	}
-	return proc, nil
-}
-
 // CarryContainers routes each host's traffic to the other host's container
 // through the pair (on) or back through weft (off), so both are measured
 // over the same container-to-container path.
@@ -197,7 +180,7 @@ func (p *WireGuardPair) CarryContainers(on bool) error {
 	}
 	for i, h := range p.hosts {
 		other := p.hosts[1-i]
-		if err := run("ip", "-n", h.Name, "route", verb, other.ContainerIP().String()+"/32", "dev", p.names[i]); err != nil {
+		if err := lab.RunAll([]string{"ip", "-n", h.Name, "route", verb, other.ContainerIP().String() + "/32", "dev", p.names[i]}); err != nil {
 			return err
 		}
 	}
@@ -227,7 +210,7 @@ var _ Reference = (*WireGuardPair)(nil)
 // handPath routes each host's traffic for the other container through a
 // path configured by hand: the limit weft's own path is held to.
 type handPath struct {
-	hosts [2]*Host
+	hosts [2]*lab.Host
 	// via returns the route arguments from host i to the other container.
 	via     func(i int) []string
 	cleanup []func()
@@ -241,7 +224,7 @@ func (p *handPath) CarryContainers(on bool) error {
 	}
 	for i, h := range p.hosts {
 		args := append([]string{"ip", "-n", h.Name, "route", verb, p.hosts[1-i].ContainerIP().String() + "/32"}, p.via(i)...)
-		if err := run(args...); err != nil {
+		if err := lab.RunAll(args); err != nil {
 			return err
 		}
 	}
@@ -257,8 +240,8 @@ func (p *handPath) Close() {
 
 // PlainRouting is routing over the underlay with routes made by hand: the
 // limit for host-gw.
-func (l *Lab) PlainRouting(a, b *Host) Reference {
-	hosts := [2]*Host{a, b}
+func PlainRouting(l *lab.Lab, a, b *lab.Host) Reference {
+	hosts := [2]*lab.Host{a, b}
 	return &handPath{hosts: hosts, via: func(i int) []string {
 		return []string{"via", hosts[1-i].PublicIP.String(), "dev", "eth0"}
 	}}
@@ -266,13 +249,13 @@ func (l *Lab) PlainRouting(a, b *Host) Reference {
 
 // HandVXLAN is a kernel VXLAN pair made with ip and bridge as an operator
 // would (VNI 99, port 4789): the limit for weft's vxlan.
-func (l *Lab) HandVXLAN(a, b *Host, mtu int) (Reference, error) {
-	hosts := [2]*Host{a, b}
+func HandVXLAN(l *lab.Lab, a, b *lab.Host, mtu int) (Reference, error) {
+	hosts := [2]*lab.Host{a, b}
 	addrs := [2]string{"10.98.0.1", "10.98.0.2"}
 	p := &handPath{hosts: hosts, via: func(i int) []string { return []string{"via", addrs[1-i], "dev", "vxr0"} }}
 	for i, h := range hosts {
 		name := h.Name
-		if err := runAll(
+		if err := lab.RunAll(
 			[]string{"ip", "-n", name, "link", "add", "vxr0", "type", "vxlan", "id", "99", "dstport", "4789", "dev", "eth0", "local", h.PublicIP.String()},
 			[]string{"ip", "-n", name, "link", "set", "vxr0", "mtu", strconv.Itoa(mtu), "up"},
 			[]string{"ip", "-n", name, "addr", "add", addrs[i] + "/24", "dev", "vxr0"},
@@ -281,7 +264,7 @@ func (l *Lab) HandVXLAN(a, b *Host, mtu int) (Reference, error) {
 			p.Close()
 			return nil, err
 		}
-		p.cleanup = append(p.cleanup, func() { run("ip", "-n", name, "link", "del", "vxr0") })
+		p.cleanup = append(p.cleanup, func() { lab.RunAll([]string{"ip", "-n", name, "link", "del", "vxr0"}) })
 	}
 	return p, nil
 }

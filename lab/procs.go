@@ -259,7 +259,7 @@ func (l *Lab) AddContainer(h *Host) error {
 	bridgeIP := netip.PrefixFrom(env.Subnet.Addr().Next(), env.Subnet.Bits())
 	cIP := netip.PrefixFrom(bridgeIP.Addr().Next(), env.Subnet.Bits())
 	mtu := strconv.Itoa(env.MTU)
-	return runAll(
+	return RunAll(
 		[]string{"ip", "-n", h.Name, "link", "add", "cbr0", "mtu", mtu, "type", "bridge"},
 		[]string{"ip", "-n", h.Name, "addr", "add", bridgeIP.String(), "dev", "cbr0"},
 		[]string{"ip", "-n", h.Name, "link", "set", "cbr0", "up"},

@@ -1,8 +1,10 @@
-// Package rules keeps weft's iptables rules: masquerade for traffic leaving
-// the Network (-ip-masq) and forward acceptance for the Network
+// Package firewall keeps weft's host firewall rules: masquerade for traffic
+// leaving the Network (-ip-masq) and forward acceptance for the Network
 // (-iptables-forward-rules), each in weft's own chain with one jump from the
-// built-in chain. plan.go is pure; apply.go uses go-iptables.
-package rules
+// built-in chain. plan.go is pure; keeper.go applies the plan through the
+// Tables seam, which go-iptables implements and firewalltest fakes. weftd
+// keeps the rules, weftctl cleanup removes them.
+package firewall
 
 import "net/netip"
 
@@ -13,12 +15,6 @@ const (
 	masqComment  = "weft masq"
 	fwdComment   = "weft forward"
 )
-
-// Rule is one rule: its table, chain and arguments.
-type Rule struct {
-	Table, Chain string
-	Spec         []string
-}
 
 // Chain is weft's chain in a table, its rules in order, and the jump to it
 // from a built-in chain.

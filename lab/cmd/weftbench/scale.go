@@ -12,8 +12,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/weftnet/weft/deploy/lab"
 	"github.com/weftnet/weft/keys"
+	"github.com/weftnet/weft/lab"
 	"github.com/weftnet/weft/lease"
 )
 

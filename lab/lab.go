@@ -118,7 +118,7 @@ func New(opts Options) (l *Lab, err error) {
 	}
 	ul := l.Underlay
 	gw := l.underlayAddr(1)
-	if err := runAll(
+	if err := RunAll(
 		[]string{"ip", "-n", ul, "link", "add", "br0", "type", "bridge"},
 		[]string{"ip", "-n", ul, "addr", "add", gw.String() + "/24", "dev", "br0"},
 		[]string{"ip", "-n", ul, "link", "set", "br0", "up"},
@@ -166,7 +166,7 @@ func (l *Lab) addHost(h *Host, gw netip.Addr) error {
 		return err
 	}
 	port := fmt.Sprintf("h%d", h.Index)
-	return runAll(
+	return RunAll(
 		[]string{"ip", "-n", l.Underlay, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", h.Name},
 		[]string{"ip", "-n", l.Underlay, "link", "set", port, "master", "br0", "up"},
 		[]string{"ip", "-n", h.Name, "addr", "add", h.PublicIP.String() + "/24", "dev", "eth0"},
@@ -250,7 +250,9 @@ func run(args ...string) error {
 	return nil
 }
 
-func runAll(cmds ...[]string) error {
+// RunAll runs each command in turn and stops at the first that fails,
+// returning its output in the error.
+func RunAll(cmds ...[]string) error {
 	for _, c := range cmds {
 		if err := run(c...); err != nil {
 			return err

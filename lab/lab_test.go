@@ -34,7 +34,7 @@ func TestMain(m *testing.M) {
 	weftdBin, weftctlBin, wireguardGoBin = filepath.Join(dir, "weftd"), filepath.Join(dir, "weftctl"), filepath.Join(dir, "wireguard-go")
 	for bin, pkg := range map[string]string{weftdBin: "./cmd/weftd", weftctlBin: "./cmd/weftctl", wireguardGoBin: "golang.zx2c4.com/wireguard"} {
 		cmd := exec.Command("go", "build", "-o", bin, pkg)
-		cmd.Dir = "../.."
+		cmd.Dir = ".."
 		if out, err := cmd.CombinedOutput(); err != nil {
 			fmt.Printf("building %s: %v\n%s", pkg, err, out)
 			os.Exit(1)

@@ -1,4 +1,4 @@
-package rules
+package firewall
 
 import (
 	"context"
@@ -13,10 +13,27 @@ import (
 	"github.com/coreos/go-iptables/iptables"
 )
 
+// Tables is what the Keeper needs from iptables: go-iptables' calls of the
+// same names, which run the iptables command. firewalltest.Tables is a fake
+// that prints its state as iptables-save does.
+type Tables interface {
+	List(table, chain string) ([]string, error)
+	ClearChain(table, chain string) error
+	Append(table, chain string, rulespec ...string) error
+	Insert(table, chain string, pos int, rulespec ...string) error
+	Exists(table, chain string, rulespec ...string) (bool, error)
+	Delete(table, chain string, rulespec ...string) error
+	ChainExists(table, chain string) (bool, error)
+	ClearAndDeleteChain(table, chain string) error
+	HasRandomFully() bool
+}
+
+var _ Tables = (*iptables.IPTables)(nil)
+
 // Keeper installs weft's chains and re-checks them every interval,
 // restoring whatever was removed or changed by hand.
 type Keeper struct {
-	ipt      *iptables.IPTables
+	ipt      Tables
 	masq     bool
 	forward  bool
 	interval time.Duration
@@ -29,7 +46,12 @@ func NewKeeper(masq, forward bool, interval time.Duration, log *slog.Logger) (*K
 	if err != nil {
 		return nil, fmt.Errorf("iptables (needed for -ip-masq and -iptables-forward-rules): %w", err)
 	}
-	return &Keeper{ipt: ipt, masq: masq, forward: forward, interval: interval, log: log.With("component", "iptables")}, nil
+	return NewKeeperWith(ipt, masq, forward, interval, log), nil
+}
+
+// NewKeeperWith is NewKeeper over any Tables (a fake in tests).
+func NewKeeperWith(ipt Tables, masq, forward bool, interval time.Duration, log *slog.Logger) *Keeper {
+	return &Keeper{ipt: ipt, masq: masq, forward: forward, interval: interval, log: log.With("component", "iptables")}
 }
 
 // chains lists the chains wanted for this network and subnet.

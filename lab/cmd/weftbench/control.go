@@ -8,7 +8,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/weftnet/weft/deploy/lab"
+	"github.com/weftnet/weft/lab"
 	"github.com/weftnet/weft/lease"
 )
 

@@ -95,7 +95,7 @@ func (l *Lab) AddUnderlayNetns(role string, n int) (string, netip.Addr, error) {
 	if err := l.addNetns(name); err != nil {
 		return "", addr, err
 	}
-	return name, addr, runAll(
+	return name, addr, RunAll(
 		[]string{"ip", "-n", l.Underlay, "link", "add", role, "type", "veth", "peer", "name", "eth0", "netns", name},
 		[]string{"ip", "-n", l.Underlay, "link", "set", role, "master", "br0", "up"},
 		[]string{"ip", "-n", name, "addr", "add", addr.String() + "/24", "dev", "eth0"},

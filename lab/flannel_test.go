@@ -172,7 +172,7 @@ func TestFlannelWireGuardHost(t *testing.T) {
 	for _, h := range l.Hosts {
 		set = append(set, "peer", publicKeyOf(t, h), "endpoint", netip.AddrPortFrom(h.PublicIP, 51820).String(), "allowed-ips", h.Subnet.String())
 	}
-	if err := runAll(set,
+	if err := RunAll(set,
 		[]string{"ip", "-n", f.Name, "addr", "add", netip.PrefixFrom(flannelAddr, 32).String(), "dev", dev},
 		[]string{"ip", "-n", f.Name, "link", "set", dev, "up"},
 		[]string{"ip", "-n", f.Name, "route", "add", DefaultNetwork, "dev", dev},

@@ -1,0 +1,189 @@
+package firewall_test
+
+import (
+	"io"
+	"log/slog"
+	"net/netip"
+	"testing"
+
+	"github.com/weftnet/weft/cmd/internal/firewall"
+	"github.com/weftnet/weft/cmd/internal/firewall/firewalltest"
+)
+
+var (
+	network = netip.MustParsePrefix("10.5.0.0/16")
+	subnet  = netip.MustParsePrefix("10.5.34.0/24")
+	quiet   = slog.New(slog.NewTextHandler(io.Discard, nil))
+)
+
+// dockerMasq is docker's own masquerade rule, there before weft starts.
+var dockerMasq = []string{"-s", "172.17.0.0/16", "!", "-o", "docker0", "-j", "MASQUERADE"}
+
+// golden is the whole firewall after weft synced on a docker host: weft's
+// jumps come first, flannel's masquerade semantics, the comment quoted as
+// iptables-save quotes it.
+const golden = `*filter
+:INPUT ACCEPT
+:FORWARD ACCEPT
+:OUTPUT ACCEPT
+:WEFT-FWD -
+-A FORWARD -j WEFT-FWD -m comment --comment "weft forward"
+-A WEFT-FWD -s 10.5.0.0/16 -m comment --comment "weft forward" -j ACCEPT
+-A WEFT-FWD -d 10.5.0.0/16 -m comment --comment "weft forward" -j ACCEPT
+COMMIT
+*nat
+:PREROUTING ACCEPT
+:INPUT ACCEPT
+:OUTPUT ACCEPT
+:POSTROUTING ACCEPT
+:WEFT-POSTRTG -
+-A POSTROUTING -j WEFT-POSTRTG -m comment --comment "weft masq"
+-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE
+-A WEFT-POSTRTG -s 10.5.0.0/16 -d 10.5.0.0/16 -m comment --comment "weft masq" -j RETURN
+-A WEFT-POSTRTG ! -s 10.5.0.0/16 -d 10.5.34.0/24 -m comment --comment "weft masq" -j RETURN
+-A WEFT-POSTRTG -s 10.5.0.0/16 ! -d 224.0.0.0/4 -m comment --comment "weft masq" -j MASQUERADE --random-fully
+-A WEFT-POSTRTG ! -s 10.5.0.0/16 -d 10.5.0.0/16 -m comment --comment "weft masq" -j MASQUERADE --random-fully
+COMMIT
+`
+
+// dockerHost is iptables as docker leaves it, and a Keeper of both chains.
+func dockerHost(t *testing.T) (*firewalltest.Tables, *firewall.Keeper) {
+	t.Helper()
+	ipt := firewalltest.New()
+	ipt.RandomFully = true
+	if err := ipt.Append("nat", "POSTROUTING", dockerMasq...); err != nil {
+		t.Fatal(err)
+	}
+	return ipt, firewall.NewKeeperWith(ipt, true, true, 0, quiet)
+}
+
+func sync(t *testing.T, k *firewall.Keeper, subnet netip.Prefix) {
+	t.Helper()
+	if err := k.Sync(network, subnet); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func checkGolden(t *testing.T, ipt *firewalltest.Tables, want, when string) {
+	t.Helper()
+	if got := ipt.Save(); got != want {
+		t.Errorf("%s, iptables-save:\n%s\nwant:\n%s", when, got, want)
+	}
+}
+
+func TestSyncWritesFlannelsRules(t *testing.T) {
+	ipt, k := dockerHost(t)
+	sync(t, k, subnet)
+	checkGolden(t, ipt, golden, "after the first sync")
+
+	writes := ipt.Writes()
+	sync(t, k, subnet)
+	if ipt.Writes() != writes {
+		t.Errorf("a sync of rules already right wrote %d times", ipt.Writes()-writes)
+	}
+}
+
+// TestSyncRepairs removes or changes weft's rules by hand, in each way an
+// operator or another tool might, and checks one sync puts back exactly
+// the golden state.
+func TestSyncRepairs(t *testing.T) {
+	masqRules := firewall.MasqChainFor(network, subnet, true)
+	fwd := firewall.ForwardChainFor(network)
+	cases := []struct {
+		name   string
+		break_ func(ipt *firewalltest.Tables) error
+	}{
+		{"masquerade rule deleted", func(ipt *firewalltest.Tables) error {
+			return ipt.Delete("nat", firewall.MasqChain, masqRules.Rules[2]...)
+		}},
+		{"jump from POSTROUTING deleted", func(ipt *firewalltest.Tables) error {
+			return ipt.Delete("nat", "POSTROUTING", masqRules.Jump...)
+		}},
+		{"forward chain flushed", func(ipt *firewalltest.Tables) error {
+			return ipt.ClearChain("filter", firewall.ForwardChain)
+		}},
+		{"a stranger's rule added to weft's chain", func(ipt *firewalltest.Tables) error {
+			return ipt.Append("filter", firewall.ForwardChain, "-j", "DROP")
+		}},
+		{"both chains removed", func(ipt *firewalltest.Tables) error {
+			if err := ipt.Delete("nat", "POSTROUTING", masqRules.Jump...); err != nil {
+				return err
+			}
+			if err := ipt.Delete("filter", "FORWARD", fwd.Jump...); err != nil {
+				return err
+			}
+			if err := ipt.ClearAndDeleteChain("nat", firewall.MasqChain); err != nil {
+				return err
+			}
+			return ipt.ClearAndDeleteChain("filter", firewall.ForwardChain)
+		}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			ipt, k := dockerHost(t)
+			sync(t, k, subnet)
+			if err := c.break_(ipt); err != nil {
+				t.Fatal(err)
+			}
+			if ipt.Save() == golden {
+				t.Fatal("breaking the rules changed nothing")
+			}
+			sync(t, k, subnet)
+			checkGolden(t, ipt, golden, "after the repair")
+		})
+	}
+}
+
+// TestSyncFollowsANewSubnet: after a re-claim the RETURN rule for traffic
+// to this host's subnet names the new subnet, and only it.
+func TestSyncFollowsANewSubnet(t *testing.T) {
+	ipt, k := dockerHost(t)
+	sync(t, k, subnet)
+	sync(t, k, netip.MustParsePrefix("10.5.77.0/24"))
+	want := firewalltest.New()
+	want.RandomFully = true
+	want.Append("nat", "POSTROUTING", dockerMasq...)
+	sync(t, firewall.NewKeeperWith(want, true, true, 0, quiet), netip.MustParsePrefix("10.5.77.0/24"))
+	checkGolden(t, ipt, want.Save(), "after the subnet changed")
+}
+
+// TestOnlyTheChainsAskedFor: -ip-masq alone keeps no forward chain, and a
+// host without --random-fully gets plain MASQUERADE.
+func TestOnlyTheChainsAskedFor(t *testing.T) {
+	ipt := firewalltest.New()
+	sync(t, firewall.NewKeeperWith(ipt, true, false, 0, quiet), subnet)
+	want := `*nat
+:PREROUTING ACCEPT
+:INPUT ACCEPT
+:OUTPUT ACCEPT
+:POSTROUTING ACCEPT
+:WEFT-POSTRTG -
+-A POSTROUTING -j WEFT-POSTRTG -m comment --comment "weft masq"
+-A WEFT-POSTRTG -s 10.5.0.0/16 -d 10.5.0.0/16 -m comment --comment "weft masq" -j RETURN
+-A WEFT-POSTRTG ! -s 10.5.0.0/16 -d 10.5.34.0/24 -m comment --comment "weft masq" -j RETURN
+-A WEFT-POSTRTG -s 10.5.0.0/16 ! -d 224.0.0.0/4 -m comment --comment "weft masq" -j MASQUERADE
+-A WEFT-POSTRTG ! -s 10.5.0.0/16 -d 10.5.0.0/16 -m comment --comment "weft masq" -j MASQUERADE
+COMMIT
+`
+	checkGolden(t, ipt, want, "-ip-masq only, no --random-fully")
+}
+
+// TestCleanupLeavesOthersRules: cleanup removes weft's jumps and chains and
+// nothing of docker's; a second cleanup is a no-op.
+func TestCleanupLeavesOthersRules(t *testing.T) {
+	ipt, k := dockerHost(t)
+	sync(t, k, subnet)
+	for i := 0; i < 2; i++ {
+		if err := k.Cleanup(); err != nil {
+			t.Fatal(err)
+		}
+		checkGolden(t, ipt, `*nat
+:PREROUTING ACCEPT
+:INPUT ACCEPT
+:OUTPUT ACCEPT
+:POSTROUTING ACCEPT
+-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE
+COMMIT
+`, "after cleanup")
+	}
+}
