@@ -6,8 +6,10 @@ BIN       := bin
 DEB_PKGS  := iproute2 iptables iputils-ping iperf3 tcpdump wireguard-tools docker-compose
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 LAB_ARGS  ?=
-# Pure and store tiers run with the race detector; host and cluster tiers need root.
-PURE_PKGS := ./lease/... ./mesh/... ./keys/... ./cmd/...
+# Pure and store tiers run with the race detector (the backends against the
+# in-memory kernel of backendtest); host and cluster tiers need root: the
+# backends' tests against the real kernel carry the build tag netns.
+PURE_PKGS := ./lease/... ./mesh/... ./keys/... ./cmd/... ./backends/...
 
 .PHONY: all build test test-pure test-root lab lint bench profile soak deps clean
 
@@ -36,7 +38,8 @@ test-pure:
 	$(GO) test -race -count=1 $(PURE_PKGS)
 
 test-root:
-	$(GO) test -count=1 -timeout 15m ./backends/... ./deploy/... ./lab/...
+	$(GO) test -count=1 -timeout 15m -tags netns -run InNetns ./backends/...
+	$(GO) test -count=1 -timeout 15m ./deploy/... ./lab/...
 
 # lab: several hosts in network namespaces with etcd and weftd; Ctrl-C ends it.
 # make lab LAB_ARGS="-backend host-gw -hosts 4 -duration 30s"
@@ -46,6 +49,7 @@ lab: deps build
 lint:
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt: files above need formatting"; exit 1; }
 	$(GO) vet ./...
+	$(GO) vet -tags netns ./backends/...
 	$(GO) run $(STATICCHECK) ./...
 
 # bench: data paths next to their bare limits, the control plane, the

@@ -12,6 +12,8 @@ import (
 	"slices"
 	"strings"
 
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
 	"github.com/weftnet/weft/backends/hostgw"
 	"github.com/weftnet/weft/backends/netutil"
 	"github.com/weftnet/weft/backends/udp"
@@ -49,6 +51,11 @@ type Env struct {
 	PublicIP netip.Addr
 	// KeyFile is where the WireGuard private key lives.
 	KeyFile string
+	// Kernel is the network stack the backend programs.
+	Kernel netutil.Kernel
+	// Calls counts the backend's kernel calls not made through Kernel
+	// (WireGuard device reads and writes); nil counts nothing.
+	Calls *netutil.Calls
 }
 
 // KeyReloader is a backend whose identity key can change at run time.
@@ -59,6 +66,29 @@ type KeyReloader interface {
 	ReloadKey(rotate bool) (changed bool, err error)
 }
 
+// DeviceStatus is a backend that can show its WireGuard device (peers,
+// handshakes, byte counts) for /status and /metrics.
+type DeviceStatus interface {
+	Status() (*wgtypes.Device, error)
+}
+
+// DropCounter is a backend that refuses datagrams and counts them by
+// reason, for /status and /metrics.
+type DropCounter interface {
+	Drops() map[string]uint64
+}
+
+// Footprints lists what every built-in backend leaves on a host, by
+// Backend.Type, for `weftctl cleanup`.
+func Footprints() map[string]netutil.Footprint {
+	return map[string]netutil.Footprint{
+		lease.BackendHostGW:    hostgw.Footprint(),
+		lease.BackendUDP:       udp.Footprint(),
+		lease.BackendVXLAN:     vxlan.Footprint(),
+		lease.BackendWireGuard: wireguard.Footprint(),
+	}
+}
+
 // Constructor builds a backend from its environment.
 type Constructor func(Env) (Backend, error)
 
@@ -66,16 +96,16 @@ type Constructor func(Env) (Backend, error)
 func Constructors() map[string]Constructor {
 	return map[string]Constructor{
 		lease.BackendHostGW: func(env Env) (Backend, error) {
-			return hostgw.New(env.External, nil, env.Log), nil
+			return hostgw.New(env.External, env.Kernel, env.Log), nil
 		},
 		lease.BackendUDP: func(env Env) (Backend, error) {
-			return udp.New(env.Config, env.External, env.Log)
+			return udp.New(env.Config, env.External, env.Kernel, env.Log)
 		},
 		lease.BackendVXLAN: func(env Env) (Backend, error) {
-			return vxlan.New(env.Config.Backend.Raw, env.External, env.PublicIP, nil, env.Log)
+			return vxlan.New(env.Config.Backend.Raw, env.External, env.PublicIP, env.Kernel, env.Log)
 		},
 		lease.BackendWireGuard: func(env Env) (Backend, error) {
-			return wireguard.New(env.Config.Backend.Raw, env.External, env.KeyFile, env.Log)
+			return wireguard.New(env.Config.Backend.Raw, env.External, env.KeyFile, env.Kernel, env.Calls, env.Log)
 		},
 	}
 }
@@ -115,10 +145,20 @@ func New(env Env) (Backend, error) {
 	return ctor(env)
 }
 
-// Every backend package satisfies Backend as it is.
+// Every backend package satisfies Backend as it is, and the optional
+// capabilities weftd finds by type assertion are asserted here, so a
+// drifting signature is a build error rather than a silent fallback (a
+// backend quietly doing only whole applies).
 var (
 	_ Backend = (*hostgw.Backend)(nil)
 	_ Backend = (*udp.Backend)(nil)
 	_ Backend = (*vxlan.Backend)(nil)
 	_ Backend = (*wireguard.Backend)(nil)
+
+	_ mesh.DeltaApplier = (*hostgw.Backend)(nil)
+	_ mesh.DeltaApplier = (*vxlan.Backend)(nil)
+	_ mesh.DeltaApplier = (*wireguard.Backend)(nil)
+	_ KeyReloader       = (*wireguard.Backend)(nil)
+	_ DeviceStatus      = (*wireguard.Backend)(nil)
+	_ DropCounter       = (*udp.Backend)(nil)
 )

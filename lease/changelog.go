@@ -35,9 +35,9 @@ func (c *changeLog) reset() {
 func (c *changeLog) next() uint64 { return c.start + uint64(len(c.keys)) }
 
 // since returns the distinct keys changed at or after generation gen, the
-// generation to pass next time, and full when the consumer must re-read
+// generation to pass next time, and whole when the consumer must re-read
 // everything (a relist happened or gen is older than the log).
-func (c *changeLog) since(gen uint64) (keys []string, next uint64, full bool) {
+func (c *changeLog) since(gen uint64) (keys []string, next uint64, whole bool) {
 	next = c.next()
 	if gen < c.resetAt || gen < c.start {
 		return nil, next, true

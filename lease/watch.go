@@ -95,16 +95,17 @@ func (w *Watcher) Lease(key string) (Lease, bool) {
 
 // ChangesSince returns the keys whose lease changed (written, deleted, or
 // turned invalid) since generation gen, and the generation to ask from
-// next time. full means the set was replaced as a whole (a relist) or gen
+// next time. whole means the set was replaced as a whole (a relist) or gen
 // is too old: the caller must look at every lease again. Start from 0.
-func (w *Watcher) ChangesSince(gen uint64) (keys []string, next uint64, full bool) {
+func (w *Watcher) ChangesSince(gen uint64) (keys []string, next uint64, whole bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.changes.since(gen)
 }
 
-// Lookup returns the current record at key, valid or not.
-func (w *Watcher) Lookup(key string) (Record, bool) {
+// Record returns the raw record at key as the store holds it, valid or
+// not (Lease returns only a lease that decodes).
+func (w *Watcher) Record(key string) (Record, bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	r, ok := w.records[key]

@@ -1,7 +1,3 @@
-// Package mesh turns the cluster's lease set into the state this host's data
-// path should have (Compute, pure) and keeps the data path there (Node, a
-// level-triggered reconcile loop). It knows nothing of netlink or etcd:
-// backends apply the Desired state, package lease talks to the store.
 package mesh
 
 import (

@@ -31,18 +31,19 @@ func (d Delta) After() Desired { return Desired{Network: d.Network, Self: d.Self
 // DeltaApplier is an Applier that can also apply one change on its own,
 // at a cost that does not grow with the number of peers: it trusts that
 // the data path still holds what the last successful apply put there (the
-// node's resync applies the whole state to heal drift) and touches only
+// Reconciler's resync applies the whole state to heal drift) and touches only
 // the entries of the peers in the Delta.
 type DeltaApplier interface {
 	Applier
-	// ApplyDelta applies d; ErrFullApply asks the node for a whole-state
+	// ApplyDelta applies d; ErrWholeApply asks the Reconciler for a whole
 	// Apply instead (for a change that is not local to the delta's peers).
 	ApplyDelta(ctx context.Context, d Delta) error
 }
 
-// ErrFullApply is what ApplyDelta returns when only the whole desired
-// state can be applied correctly.
-var ErrFullApply = errors.New("the change needs the whole desired state applied")
+// ErrWholeApply is what ApplyDelta returns when only a whole apply of the
+// desired state can be correct. It is a signal, not a failure: the
+// Reconciler applies the whole state at once and counts no error.
+var ErrWholeApply = errors.New("the change needs the whole desired state applied")
 
 // model is the desired state last handed to the backend, by lease key, so
 // the next change can be turned into a Delta without a pass over all peers.

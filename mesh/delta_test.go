@@ -17,7 +17,7 @@ import (
 type deltaApplier struct {
 	mu     sync.Mutex
 	peers  map[string]Peer
-	full   int
+	whole  int
 	deltas int
 	bad    []string
 }
@@ -25,7 +25,7 @@ type deltaApplier struct {
 func (a *deltaApplier) Apply(_ context.Context, d Desired) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.full++
+	a.whole++
 	a.peers = map[string]Peer{}
 	for _, p := range d.Peers {
 		a.peers[p.Key] = p
@@ -64,14 +64,14 @@ func (a *deltaApplier) render() string {
 }
 
 // Random lease churn applied as deltas ends in exactly the state Compute
-// derives from the whole lease set, with one whole-state apply (the first).
+// derives from the whole lease set, with one whole apply (the first).
 func TestNodeDeltasMatchCompute(t *testing.T) {
 	cfg := testConfig(t)
 	app := &deltaApplier{}
 	tn := startNode(t, cfg, app, time.Hour, slog.New(slog.DiscardHandler))
 	defer tn.stop()
-	store, watcher, holder, node, ctx := tn.store, tn.watcher, tn.holder, tn.node, context.Background()
-	waitUntil(t, func() bool { return node.Stats().Runs > 0 })
+	store, watcher, holder, reconciler, ctx := tn.store, tn.watcher, tn.holder, tn.reconciler, context.Background()
+	waitUntil(t, func() bool { return reconciler.Stats().Runs > 0 })
 
 	rng := rand.New(rand.NewPCG(1, 2))
 	for i := range 400 {
@@ -100,17 +100,17 @@ func TestNodeDeltasMatchCompute(t *testing.T) {
 		return render(Desired{Skipped: Compute(holder.Current(), watcher.Leases(), cfg).Skipped})
 	}
 	waitUntil(t, func() bool {
-		return app.render() == want() && render(Desired{Skipped: node.Desired().Skipped}) == wantSkipped()
+		return app.render() == want() && render(Desired{Skipped: reconciler.Desired().Skipped}) == wantSkipped()
 	})
 	app.mu.Lock()
 	defer app.mu.Unlock()
 	if len(app.bad) > 0 {
 		t.Errorf("inconsistent deltas: %v", app.bad[:min(5, len(app.bad))])
 	}
-	if app.full != 1 || app.deltas == 0 {
-		t.Errorf("%d whole-state applies and %d deltas; want 1 and some", app.full, app.deltas)
+	if app.whole != 1 || app.deltas == 0 {
+		t.Errorf("%d whole applies and %d deltas; want 1 and some", app.whole, app.deltas)
 	}
-	if st := node.Stats(); st.Peers != len(app.peers) || st.FullApplies != 1 {
+	if st := reconciler.Stats(); st.Peers != len(app.peers) || st.WholeApplies != 1 {
 		t.Errorf("stats: %+v, applier holds %d peers", st, len(app.peers))
 	}
 }

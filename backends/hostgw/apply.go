@@ -17,17 +17,17 @@ import (
 // Backend programs host-gw routes. The zero value is not usable; use New.
 type Backend struct {
 	ext    netutil.ExternalInterface
-	handle *netlink.Handle
+	kernel netutil.Kernel
 	log    *slog.Logger
 }
 
-// New returns a host-gw backend working through handle (nil: this netns).
-func New(ext netutil.ExternalInterface, handle *netlink.Handle, log *slog.Logger) *Backend {
-	if handle == nil {
-		handle = &netlink.Handle{}
-	}
-	return &Backend{ext: ext, handle: handle, log: log.With("component", "host-gw")}
+// New returns a host-gw backend programming kernel.
+func New(ext netutil.ExternalInterface, kernel netutil.Kernel, log *slog.Logger) *Backend {
+	return &Backend{ext: ext, kernel: kernel, log: log.With("component", "host-gw")}
 }
+
+// Footprint is empty: host-gw makes only routes (marked RouteProtocol).
+func Footprint() netutil.Footprint { return netutil.Footprint{} }
 
 // MTU is the external link's: host-gw adds no header.
 func (b *Backend) MTU() int { return b.ext.MTU }
@@ -43,12 +43,12 @@ func (b *Backend) BackendData() json.RawMessage { return nil }
 // failures and returns them all joined.
 func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 	want, problems := Plan(d, b.ext)
-	have, err := netutil.OwnedRoutes(b.handle)
+	have, err := netutil.OwnedRoutes(b.kernel)
 	if err != nil {
 		return errors.Join(append(problems, fmt.Errorf("listing routes: %w", err))...)
 	}
 	current := netutil.RoutesByDst(have, nil)
-	return errors.Join(append(problems, netutil.SyncRoutes(b.handle, current, b.routes(want), b.log.With("dev", b.ext.Name))...)...)
+	return errors.Join(append(problems, netutil.SyncRoutes(b.kernel, current, b.routes(want), b.log.With("dev", b.ext.Name))...)...)
 }
 
 // ApplyDelta changes only the routes of the peers in the delta: the old
@@ -58,7 +58,7 @@ func (b *Backend) ApplyDelta(_ context.Context, d mesh.Delta) error {
 	before, _ := Plan(d.Before(), b.ext)
 	want, problems := Plan(d.After(), b.ext)
 	current := netutil.RoutesByDst(b.routes(before), nil)
-	return errors.Join(append(problems, netutil.SyncRoutes(b.handle, current, b.routes(want), b.log.With("dev", b.ext.Name))...)...)
+	return errors.Join(append(problems, netutil.SyncRoutes(b.kernel, current, b.routes(want), b.log.With("dev", b.ext.Name))...)...)
 }
 
 // routes are the kernel routes of a plan.
@@ -82,11 +82,11 @@ func (b *Backend) route(r Route) *netlink.Route {
 
 // Cleanup removes every route weft installed.
 func (b *Backend) Cleanup(context.Context) error {
-	have, err := netutil.OwnedRoutes(b.handle)
+	have, err := netutil.OwnedRoutes(b.kernel)
 	if err != nil {
 		return err
 	}
-	return errors.Join(netutil.SyncRoutes(b.handle, netutil.RoutesByDst(have, nil), nil, nil)...)
+	return errors.Join(netutil.SyncRoutes(b.kernel, netutil.RoutesByDst(have, nil), nil, nil)...)
 }
 
 // Close leaves the routes in place: traffic keeps flowing across a restart.

@@ -1,6 +1,3 @@
-// Package hostgw is the host-gw backend: no device, no encapsulation; each
-// peer's subnet is routed via the peer's PublicIP on the external link. It
-// needs every host on one L2 segment. plan.go is pure; apply.go talks netlink.
 package hostgw
 
 import (

@@ -73,7 +73,6 @@ func Retry[T any](dump func() (T, error)) (T, error) {
 	var out T
 	var err error
 	for range dumpRetries {
-		Count(CallDump)
 		out, err = dump()
 		if !errors.Is(err, netlink.ErrDumpInterrupted) {
 			return out, err
@@ -83,9 +82,7 @@ func Retry[T any](dump func() (T, error)) (T, error) {
 }
 
 // OwnedRoutes lists the IPv4 routes in the main table that carry RouteProtocol.
-func OwnedRoutes(h *netlink.Handle) ([]netlink.Route, error) {
+func OwnedRoutes(k Kernel) ([]netlink.Route, error) {
 	filter := &netlink.Route{Protocol: RouteProtocol, Table: unix.RT_TABLE_MAIN}
-	return Retry(func() ([]netlink.Route, error) {
-		return h.RouteListFiltered(netlink.FAMILY_V4, filter, netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
-	})
+	return k.RouteListFiltered(netlink.FAMILY_V4, filter, netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
 }

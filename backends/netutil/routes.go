@@ -31,7 +31,7 @@ func RoutesByDst(routes []netlink.Route, keep func(netlink.Route) bool) map[neti
 // wants. current is what the kernel holds (a dump) or, for a delta, what
 // the last apply put there. It keeps going past failures and returns them
 // all; log (nil for none) gets a line per route set or removed.
-func SyncRoutes(h *netlink.Handle, current map[netip.Prefix]netlink.Route, want []netlink.Route, log *slog.Logger) []error {
+func SyncRoutes(k Kernel, current map[netip.Prefix]netlink.Route, want []netlink.Route, log *slog.Logger) []error {
 	var errs []error
 	keep := make(map[netip.Prefix]bool, len(want))
 	for _, r := range want {
@@ -40,7 +40,7 @@ func SyncRoutes(h *netlink.Handle, current map[netip.Prefix]netlink.Route, want 
 		if cur, ok := current[dst]; ok && cur.LinkIndex == r.LinkIndex && Addr(cur.Gw) == Addr(r.Gw) {
 			continue
 		}
-		if err := CountWrite(h.RouteReplace(&r)); err != nil {
+		if err := k.RouteReplace(&r); err != nil {
 			errs = append(errs, fmt.Errorf("route %s via %s: %w", dst, Addr(r.Gw), err))
 			continue
 		}
@@ -52,7 +52,7 @@ func SyncRoutes(h *netlink.Handle, current map[netip.Prefix]netlink.Route, want 
 		if keep[dst] {
 			continue
 		}
-		if err := CountWrite(h.RouteDel(&r)); err != nil && !errors.Is(err, unix.ESRCH) {
+		if err := k.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
 			errs = append(errs, fmt.Errorf("removing route %s: %w", dst, err))
 			continue
 		}

@@ -16,43 +16,24 @@ import (
 // host-originated traffic has a source peers route back) and nothing else,
 // the device up, and one route for the whole Network through it. It fixes
 // only what differs and returns every error met.
-func EnsureTunnelLink(name string, mtu int, self netip.Prefix, network netip.Prefix) []error {
-	Count(CallGet)
-	link, err := netlink.LinkByName(name)
+func EnsureTunnelLink(k Kernel, name string, mtu int, self netip.Prefix, network netip.Prefix) []error {
+	link, err := k.LinkByName(name)
 	if err != nil {
 		return []error{fmt.Errorf("finding %s: %w", name, err)}
 	}
 	var errs []error
 	if link.Attrs().MTU != mtu {
-		Count(CallWrite)
-		if err := netlink.LinkSetMTU(link, mtu); err != nil {
+		if err := k.LinkSetMTU(link, mtu); err != nil {
 			errs = append(errs, fmt.Errorf("setting MTU of %s: %w", name, err))
 		}
 	}
-	want := netip.PrefixFrom(self.Addr(), 32)
-	addrs, err := Retry(func() ([]netlink.Addr, error) { return netlink.AddrList(link, netlink.FAMILY_V4) })
-	if err != nil {
-		errs = append(errs, err)
-	}
-	found := false
-	for _, a := range addrs {
-		if p, _ := Prefix(a.IPNet); p == want {
-			found = true
-		} else if err := CountWrite(netlink.AddrDel(link, &a)); err != nil {
-			errs = append(errs, fmt.Errorf("removing stale address %s from %s: %w", a.IPNet, name, err))
-		}
-	}
-	if !found {
-		if err := CountWrite(netlink.AddrAdd(link, &netlink.Addr{IPNet: IPNet(want)})); err != nil && !errors.Is(err, unix.EEXIST) {
-			errs = append(errs, fmt.Errorf("adding %s to %s: %w", want, name, err))
-		}
-	}
+	errs = append(errs, EnsureOnlyAddress(k, link, netip.PrefixFrom(self.Addr(), 32))...)
 	if link.Attrs().Flags&net.FlagUp == 0 {
-		if err := CountWrite(netlink.LinkSetUp(link)); err != nil {
+		if err := k.LinkSetUp(link); err != nil {
 			errs = append(errs, fmt.Errorf("bringing %s up: %w", name, err))
 		}
 	}
-	owned, err := OwnedRoutes(&netlink.Handle{})
+	owned, err := OwnedRoutes(k)
 	if err != nil {
 		return append(errs, err)
 	}
@@ -63,15 +44,41 @@ func EnsureTunnelLink(name string, mtu int, self netip.Prefix, network netip.Pre
 		}
 		if dst, _ := Prefix(r.Dst); dst == network {
 			have = true
-		} else if err := CountWrite(netlink.RouteDel(&r)); err != nil {
+		} else if err := k.RouteDel(&r); err != nil {
 			errs = append(errs, fmt.Errorf("removing route %s for an older Network: %w", dst, err))
 		}
 	}
 	if !have {
 		route := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: IPNet(network), Protocol: RouteProtocol,
 			Table: unix.RT_TABLE_MAIN, Scope: netlink.SCOPE_LINK}
-		if err := CountWrite(netlink.RouteReplace(route)); err != nil {
+		if err := k.RouteReplace(route); err != nil {
 			errs = append(errs, fmt.Errorf("route %s dev %s: %w", network, name, err))
+		}
+	}
+	return errs
+}
+
+// EnsureOnlyAddress makes want the link's only IPv4 address: stale ones (an
+// older subnet's) are removed, want is added when missing. Every device
+// weft owns carries exactly its subnet's address this way.
+func EnsureOnlyAddress(k Kernel, link netlink.Link, want netip.Prefix) []error {
+	name := link.Attrs().Name
+	addrs, err := k.AddrList(link, netlink.FAMILY_V4)
+	if err != nil {
+		return []error{fmt.Errorf("listing addresses of %s: %w", name, err)}
+	}
+	var errs []error
+	found := false
+	for _, a := range addrs {
+		if p, _ := Prefix(a.IPNet); p == want {
+			found = true
+		} else if err := k.AddrDel(link, &a); err != nil {
+			errs = append(errs, fmt.Errorf("removing stale address %s from %s: %w", a.IPNet, name, err))
+		}
+	}
+	if !found {
+		if err := k.AddrAdd(link, &netlink.Addr{IPNet: IPNet(want)}); err != nil && !errors.Is(err, unix.EEXIST) {
+			errs = append(errs, fmt.Errorf("adding %s to %s: %w", want, name, err))
 		}
 	}
 	return errs
@@ -103,10 +110,10 @@ func SetTUNPersist(t tun.Device, on bool) error {
 }
 
 // DeleteLink removes the named interface; a missing one is not an error.
-func DeleteLink(name string) error {
-	link, err := netlink.LinkByName(name)
+func DeleteLink(k Kernel, name string) error {
+	link, err := k.LinkByName(name)
 	if err != nil {
 		return nil
 	}
-	return netlink.LinkDel(link)
+	return k.LinkDel(link)
 }

@@ -22,14 +22,16 @@ type Backend struct {
 	ext       netutil.ExternalInterface
 	subnetLen int
 	mtu       int
+	kernel    netutil.Kernel
 	log       *slog.Logger
 
 	mu sync.Mutex
 	dp *dataplane
 }
 
-// New parses the options; nothing is created before Setup.
-func New(cfg *lease.Config, ext netutil.ExternalInterface, log *slog.Logger) (*Backend, error) {
+// New parses the options; nothing is created before Setup. The TUN's
+// address and route are kept through kernel.
+func New(cfg *lease.Config, ext netutil.ExternalInterface, kernel netutil.Kernel, log *slog.Logger) (*Backend, error) {
 	opts, err := ParseOptions(cfg.Backend.Raw)
 	if err != nil {
 		return nil, err
@@ -38,8 +40,11 @@ func New(cfg *lease.Config, ext netutil.ExternalInterface, log *slog.Logger) (*B
 	if mtu == 0 {
 		mtu = ext.MTU - Overhead
 	}
-	return &Backend{opts: opts, ext: ext, subnetLen: cfg.SubnetLen, mtu: mtu, log: log.With("component", "udp")}, nil
+	return &Backend{opts: opts, ext: ext, subnetLen: cfg.SubnetLen, mtu: mtu, kernel: kernel, log: log.With("component", "udp")}, nil
 }
+
+// Footprint is what the udp backend leaves on a host: its persistent TUN.
+func Footprint() netutil.Footprint { return netutil.Footprint{Links: []string{DeviceName}} }
 
 // MTU is the TUN's (and containers') MTU.
 func (b *Backend) MTU() int { return b.mtu }
@@ -87,7 +92,7 @@ func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 	if err := b.dp.setTable(NewTable(d, b.subnetLen, b.opts.Port)); err != nil {
 		errs = append(errs, err)
 	}
-	errs = append(errs, netutil.EnsureTunnelLink(DeviceName, b.mtu, d.Self.Subnet, d.Network)...)
+	errs = append(errs, netutil.EnsureTunnelLink(b.kernel, DeviceName, b.mtu, d.Self.Subnet, d.Network)...)
 	return errors.Join(errs...)
 }
 
@@ -122,7 +127,7 @@ func (b *Backend) Cleanup(context.Context) error {
 		b.dp.stop()
 		b.dp = nil
 	}
-	return netutil.DeleteLink(DeviceName)
+	return netutil.DeleteLink(b.kernel, DeviceName)
 }
 
 // BackendData is empty for udp, as in flannel.

@@ -22,26 +22,26 @@ type Backend struct {
 	ext    netutil.ExternalInterface
 	mac    net.HardwareAddr
 	mtu    int
-	handle *netlink.Handle
+	kernel netutil.Kernel
 	log    *slog.Logger
 }
 
-// New parses the options; handle nil means this network namespace.
-func New(raw json.RawMessage, ext netutil.ExternalInterface, publicIP netip.Addr, handle *netlink.Handle, log *slog.Logger) (*Backend, error) {
+// New parses the options; the backend programs kernel.
+func New(raw json.RawMessage, ext netutil.ExternalInterface, publicIP netip.Addr, kernel netutil.Kernel, log *slog.Logger) (*Backend, error) {
 	opts, err := ParseOptions(raw)
 	if err != nil {
 		return nil, err
-	}
-	if handle == nil {
-		handle = &netlink.Handle{}
 	}
 	mtu := opts.MTU
 	if mtu == 0 {
 		mtu = ext.MTU - Overhead
 	}
-	return &Backend{opts: opts, ext: ext, mac: StableMAC(publicIP, opts.VNI), mtu: mtu, handle: handle,
+	return &Backend{opts: opts, ext: ext, mac: StableMAC(publicIP, opts.VNI), mtu: mtu, kernel: kernel,
 		log: log.With("component", "vxlan", "device", opts.DeviceName())}, nil
 }
+
+// Footprint is what the vxlan backend leaves on a host: weft.<VNI>.
+func Footprint() netutil.Footprint { return netutil.Footprint{Links: []string{"weft.*"}} }
 
 // MTU is the device's (and containers') MTU.
 func (b *Backend) MTU() int { return b.mtu }
@@ -60,18 +60,17 @@ func (b *Backend) Setup(context.Context) error {
 // says the device is new (and holds no entries yet).
 func (b *Backend) ensureDevice() (dev *netlink.Vxlan, created bool, err error) {
 	name := b.opts.DeviceName()
-	netutil.Count(netutil.CallGet)
-	if link, err := b.handle.LinkByName(name); err == nil {
+	if link, err := b.kernel.LinkByName(name); err == nil {
 		if vx, ok := link.(*netlink.Vxlan); ok && b.matches(vx) {
 			if vx.Attrs().Flags&net.FlagUp == 0 {
-				if err := b.handle.LinkSetUp(vx); err != nil {
+				if err := b.kernel.LinkSetUp(vx); err != nil {
 					return nil, false, fmt.Errorf("bringing %s up: %w", name, err)
 				}
 			}
 			return vx, false, nil
 		}
 		b.log.Warn("device does not match the config (changed by hand?); recreating it")
-		if err := b.handle.LinkDel(link); err != nil {
+		if err := b.kernel.LinkDel(link); err != nil {
 			return nil, false, fmt.Errorf("removing mismatched %s: %w", name, err)
 		}
 	}
@@ -84,17 +83,17 @@ func (b *Backend) ensureDevice() (dev *netlink.Vxlan, created bool, err error) {
 		Learning:     b.opts.Learning,
 		GBP:          b.opts.GBP,
 	}
-	if err := b.handle.LinkAdd(want); err != nil {
+	if err := b.kernel.LinkAdd(want); err != nil {
 		return nil, false, fmt.Errorf("creating vxlan device %s (VNI %d, port %d on %s): %w", name, b.opts.VNI, b.opts.Port, b.ext.Name, err)
 	}
-	link, err := b.handle.LinkByName(name)
+	link, err := b.kernel.LinkByName(name)
 	if err != nil {
 		return nil, false, err
 	}
-	if err := b.handle.LinkSetUp(link); err != nil {
+	if err := b.kernel.LinkSetUp(link); err != nil {
 		return nil, false, fmt.Errorf("bringing %s up: %w", name, err)
 	}
-	b.log.Info("vxlan device created", "vni", b.opts.VNI, "port", b.opts.Port, "vtep_mac", b.mac, "mtu", b.mtu)
+	b.log.Info("vxlan device created", "vni", b.opts.VNI, "port", b.opts.Port, "vtep_mac", b.mac.String(), "mtu", b.mtu)
 	vx, _ := link.(*netlink.Vxlan)
 	return vx, true, nil
 }
@@ -115,7 +114,7 @@ func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 	}
 	state, errs := Plan(d, b.opts, b.ext)
 	idx := dev.Attrs().Index
-	errs = append(errs, b.ensureAddress(dev, netip.PrefixFrom(d.Self.Subnet.Addr(), 32))...)
+	errs = append(errs, netutil.EnsureOnlyAddress(b.kernel, dev, netip.PrefixFrom(d.Self.Subnet.Addr(), 32))...)
 	have, err := b.kernelEntries(idx)
 	if err != nil {
 		return errors.Join(append(errs, err)...)
@@ -127,41 +126,19 @@ func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 // plan stands for what the kernel holds, so no table is dumped and the
 // cost does not grow with the number of peers. The device is still looked
 // up (one call): one deleted by hand is recreated at once, and then filled
-// by a whole apply (mesh.ErrFullApply).
+// by a whole apply (mesh.ErrWholeApply).
 func (b *Backend) ApplyDelta(_ context.Context, d mesh.Delta) error {
 	dev, created, err := b.ensureDevice()
 	if err != nil {
 		return err
 	}
 	if created {
-		return mesh.ErrFullApply
+		return mesh.ErrWholeApply
 	}
 	idx := dev.Attrs().Index
 	before, _ := Plan(d.Before(), b.opts, b.ext)
 	after, errs := Plan(d.After(), b.opts, b.ext)
 	return errors.Join(append(errs, b.sync(idx, b.plannedEntries(idx, before), after)...)...)
-}
-
-func (b *Backend) ensureAddress(dev netlink.Link, want netip.Prefix) []error {
-	addrs, err := netutil.Retry(func() ([]netlink.Addr, error) { return b.handle.AddrList(dev, netlink.FAMILY_V4) })
-	if err != nil {
-		return []error{err}
-	}
-	var errs []error
-	found := false
-	for _, a := range addrs {
-		if p, _ := netutil.Prefix(a.IPNet); p == want {
-			found = true
-		} else if err := netutil.CountWrite(b.handle.AddrDel(dev, &a)); err != nil {
-			errs = append(errs, fmt.Errorf("removing stale address %s: %w", a.IPNet, err))
-		}
-	}
-	if !found {
-		if err := netutil.CountWrite(b.handle.AddrAdd(dev, &netlink.Addr{IPNet: netutil.IPNet(want)})); err != nil && !errors.Is(err, unix.EEXIST) {
-			errs = append(errs, fmt.Errorf("adding %s: %w", want, err))
-		}
-	}
-	return errs
 }
 
 // fdbKey identifies an FDB entry: a VTEP MAC and where frames for it go.
@@ -181,14 +158,14 @@ type entries struct {
 // direct routes on the external link).
 func (b *Backend) kernelEntries(idx int) (entries, error) {
 	e := entries{neighbors: map[netip.Addr]netlink.Neigh{}, fdb: map[fdbKey]netlink.Neigh{}}
-	neighs, err := netutil.Retry(func() ([]netlink.Neigh, error) { return b.handle.NeighList(idx, netlink.FAMILY_V4) })
+	neighs, err := b.kernel.NeighList(idx, netlink.FAMILY_V4)
 	if err != nil {
 		return e, fmt.Errorf("listing neighbours: %w", err)
 	}
 	for _, n := range neighs {
 		e.neighbors[netutil.Addr(n.IP)] = n
 	}
-	fdb, err := netutil.Retry(func() ([]netlink.Neigh, error) { return b.handle.NeighList(idx, unix.AF_BRIDGE) })
+	fdb, err := b.kernel.NeighList(idx, unix.AF_BRIDGE)
 	if err != nil {
 		return e, fmt.Errorf("listing FDB: %w", err)
 	}
@@ -205,7 +182,7 @@ func (b *Backend) kernelEntries(idx int) (entries, error) {
 }
 
 func (b *Backend) kernelRoutes(idx int) (map[netip.Prefix]netlink.Route, error) {
-	owned, err := netutil.OwnedRoutes(b.handle)
+	owned, err := netutil.OwnedRoutes(b.kernel)
 	if err != nil {
 		return nil, err
 	}
@@ -259,13 +236,13 @@ func (b *Backend) sync(idx int, have entries, want State) []error {
 		if cur, ok := have.neighbors[w.IP]; ok && cur.HardwareAddr.String() == w.MAC {
 			continue
 		}
-		if err := netutil.CountWrite(b.handle.NeighSet(neighbor(idx, w))); err != nil {
+		if err := b.kernel.NeighSet(neighbor(idx, w)); err != nil {
 			errs = append(errs, fmt.Errorf("neighbour %s lladdr %s: %w", w.IP, w.MAC, err))
 		}
 	}
 	for ip, n := range have.neighbors {
 		if !keepNeigh[ip] {
-			if err := netutil.CountWrite(b.handle.NeighDel(&n)); err != nil && !errors.Is(err, unix.ENOENT) {
+			if err := b.kernel.NeighDel(&n); err != nil && !errors.Is(err, unix.ENOENT) {
 				errs = append(errs, fmt.Errorf("removing neighbour %s: %w", ip, err))
 			}
 		}
@@ -277,13 +254,13 @@ func (b *Backend) sync(idx int, have entries, want State) []error {
 		if _, ok := have.fdb[k]; ok {
 			continue
 		}
-		if err := netutil.CountWrite(b.handle.NeighSet(fdbEntry(idx, w))); err != nil {
+		if err := b.kernel.NeighSet(fdbEntry(idx, w)); err != nil {
 			errs = append(errs, fmt.Errorf("fdb %s dst %s: %w", w.MAC, w.Dst, err))
 		}
 	}
 	for k, n := range have.fdb {
 		if !keepFDB[k] {
-			if err := netutil.CountWrite(b.handle.NeighDel(&n)); err != nil && !errors.Is(err, unix.ENOENT) {
+			if err := b.kernel.NeighDel(&n); err != nil && !errors.Is(err, unix.ENOENT) {
 				errs = append(errs, fmt.Errorf("removing fdb %s dst %s: %w", k.mac, k.dst, err))
 			}
 		}
@@ -296,15 +273,15 @@ func (b *Backend) syncRoutes(idx int, current map[netip.Prefix]netlink.Route, wa
 	for _, w := range want {
 		routes = append(routes, *b.route(idx, w))
 	}
-	return netutil.SyncRoutes(b.handle, current, routes, nil)
+	return netutil.SyncRoutes(b.kernel, current, routes, nil)
 }
 
 // Cleanup removes the device (its routes, neighbours and FDB go with it)
 // and any direct route weft installed on the external link.
 func (b *Backend) Cleanup(context.Context) error {
 	var errs []error
-	if link, err := b.handle.LinkByName(b.opts.DeviceName()); err == nil {
-		errs = append(errs, b.handle.LinkDel(link))
+	if link, err := b.kernel.LinkByName(b.opts.DeviceName()); err == nil {
+		errs = append(errs, b.kernel.LinkDel(link))
 	}
 	routes, err := b.kernelRoutes(-1)
 	if err != nil {

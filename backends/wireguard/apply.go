@@ -27,6 +27,8 @@ type Backend struct {
 	opts    Options
 	ext     netutil.ExternalInterface
 	keyFile string
+	kernel  netutil.Kernel
+	calls   *netutil.Calls
 	log     *slog.Logger
 	mtu     int
 
@@ -44,8 +46,9 @@ type Backend struct {
 }
 
 // New parses the Backend options and loads (or creates) the private key.
-// Every error names the option or file at fault.
-func New(raw json.RawMessage, ext netutil.ExternalInterface, keyFile string, log *slog.Logger) (*Backend, error) {
+// Links and routes go through kernel; device reads and writes are counted
+// in calls (nil: not counted). Every error names the option or file at fault.
+func New(raw json.RawMessage, ext netutil.ExternalInterface, keyFile string, kernel netutil.Kernel, calls *netutil.Calls, log *slog.Logger) (*Backend, error) {
 	opts, err := ParseOptions(raw)
 	if err != nil {
 		return nil, err
@@ -64,7 +67,14 @@ func New(raw json.RawMessage, ext netutil.ExternalInterface, keyFile string, log
 	if mtu == 0 {
 		mtu = ext.MTU - Overhead
 	}
-	return &Backend{name: DeviceName, opts: opts, ext: ext, keyFile: keyFile, log: log, mtu: mtu, key: key}, nil
+	return &Backend{name: DeviceName, opts: opts, ext: ext, keyFile: keyFile, kernel: kernel, calls: calls, log: log, mtu: mtu, key: key}, nil
+}
+
+// Footprint is what the wireguard backend leaves on a host: the device
+// (kernel link or persistent TUN) and wireguard-go's UAPI socket. The key
+// file is not in it: it is this host's identity and outlives a cleanup.
+func Footprint() netutil.Footprint {
+	return netutil.Footprint{Links: []string{DeviceName}, Files: []string{"/var/run/wireguard/" + DeviceName + ".sock"}}
 }
 
 // MTU is the device's (and containers') MTU.
@@ -81,7 +91,7 @@ func (b *Backend) BackendData() json.RawMessage {
 func (b *Backend) Setup(context.Context) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	dev, err := openDevice(b.name, b.opts.Implementation, b.mtu, b.log)
+	dev, err := openDevice(b.kernel, b.name, b.opts.Implementation, b.mtu, b.log)
 	if err != nil {
 		return err
 	}
@@ -134,7 +144,7 @@ func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 		// The device went away (deleted by hand): make it again.
 		b.log.Warn("WireGuard device missing; recreating it", "err", err)
 		b.dev.close()
-		if b.dev, err = openDevice(b.name, b.opts.Implementation, b.mtu, b.log); err != nil {
+		if b.dev, err = openDevice(b.kernel, b.name, b.opts.Implementation, b.mtu, b.log); err != nil {
 			return errors.Join(append(errs, err)...)
 		}
 		if current, err = b.read(); err != nil {
@@ -150,7 +160,7 @@ func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 		cfg.ListenPort = &b.opts.ListenPort
 	}
 	have := peerStates(current.Peers)
-	changes := Delta(have, want)
+	changes := PeerChanges(have, want)
 	for _, c := range changes {
 		cfg.Peers = append(cfg.Peers, toPeerConfig(c))
 	}
@@ -164,7 +174,7 @@ func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 	if err := b.kick(peersToKick(have, want, changes, cfg.PrivateKey != nil)); err != nil {
 		errs = append(errs, err)
 	}
-	errs = append(errs, netutil.EnsureTunnelLink(b.name, b.mtu, d.Self.Subnet, d.Network)...)
+	errs = append(errs, netutil.EnsureTunnelLink(b.kernel, b.name, b.mtu, d.Self.Subnet, d.Network)...)
 	b.applied = len(errs) == 0
 	return errors.Join(errs...)
 }
@@ -173,35 +183,24 @@ func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 // call, without reading the device: its cost does not grow with the
 // number of peers. A delta that touches a key another lease also
 // publishes, or comes before a whole apply succeeded (start, rotated
-// key), returns mesh.ErrFullApply.
+// key), returns mesh.ErrWholeApply.
 func (b *Backend) ApplyDelta(_ context.Context, d mesh.Delta) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if !b.applied {
-		return mesh.ErrFullApply
+		return mesh.ErrWholeApply
 	}
 	self := b.key.Public()
 	before, _ := candidates(d.Before(), self, b.opts)
 	after, errs := candidates(d.After(), self, b.opts)
-	leaving := make(map[keys.Key]bool, len(before))
-	for _, c := range before {
-		if len(b.holders[c.PublicKey]) != 1 {
-			return mesh.ErrFullApply // a duplicate goes away: its twin may become a peer
-		}
-		leaving[c.PublicKey] = true
-	}
-	arriving := make(map[keys.Key]bool, len(after))
-	for _, c := range after {
-		if arriving[c.PublicKey] || (len(b.holders[c.PublicKey]) > 0 && !leaving[c.PublicKey]) {
-			return mesh.ErrFullApply // a key would be published twice
-		}
-		arriving[c.PublicKey] = true
+	if !deltaStandsAlone(before, after, b.holders) {
+		return mesh.ErrWholeApply
 	}
 	have := make([]PeerState, 0, len(before))
 	for _, c := range before {
 		have = append(have, c.state())
 	}
-	changes := Delta(have, after)
+	changes := PeerChanges(have, after)
 	if len(changes) > 0 {
 		cfg := wgtypes.Config{}
 		for _, c := range changes {
@@ -212,7 +211,7 @@ func (b *Backend) ApplyDelta(_ context.Context, d mesh.Delta) error {
 			// recreates it and refills every peer.
 			b.applied = false
 			b.log.Warn("configuring the device failed; applying the whole state", "err", err)
-			return mesh.ErrFullApply
+			return mesh.ErrWholeApply
 		}
 		b.logChanges(changes)
 	}
@@ -226,29 +225,6 @@ func (b *Backend) ApplyDelta(_ context.Context, d mesh.Delta) error {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
-}
-
-// peersToKick are the peers that need a handshake now: new ones (a fresh
-// device after a restart has only new ones), and all of them when our own
-// key changed.
-func peersToKick(have []PeerState, want []PeerSpec, changes []Change, ownKeyChanged bool) []keys.Key {
-	known := make(map[keys.Key]bool, len(have))
-	for _, h := range have {
-		known[h.PublicKey] = true
-	}
-	var out []keys.Key
-	if ownKeyChanged {
-		for _, w := range want {
-			out = append(out, w.PublicKey)
-		}
-		return out
-	}
-	for _, c := range changes {
-		if !c.Remove && !known[c.PublicKey] {
-			out = append(out, c.PublicKey)
-		}
-	}
-	return out
 }
 
 // kick makes WireGuard start a handshake with peers now. Turning persistent
@@ -302,7 +278,7 @@ func (b *Backend) Cleanup(context.Context) error {
 	if b.dev == nil {
 		b.dev = &wgDevice{name: b.name, kind: ImplKernel}
 	}
-	err := b.dev.remove()
+	err := b.dev.remove(b.kernel)
 	b.dev = nil
 	return err
 }
@@ -326,13 +302,13 @@ const maxKick = 256
 
 // read is one counted read of the whole device.
 func (b *Backend) read() (*wgtypes.Device, error) {
-	netutil.Count(netutil.CallWGRead)
+	b.calls.Count(netutil.CallWGRead)
 	return b.client.Device(b.name)
 }
 
 // configure is one counted ConfigureDevice call.
 func (b *Backend) configure(cfg wgtypes.Config) error {
-	netutil.Count(netutil.CallWGWrite)
+	b.calls.Count(netutil.CallWGWrite)
 	return b.client.ConfigureDevice(b.name, cfg)
 }
 

@@ -31,15 +31,15 @@ type wgDevice struct {
 
 // openDevice creates or adopts the device. impl is auto, kernel or
 // userspace; auto prefers an existing device's kind, then the kernel.
-func openDevice(name, impl string, mtu int, log *slog.Logger) (*wgDevice, error) {
-	existing, _ := netlink.LinkByName(name)
+func openDevice(k netutil.Kernel, name, impl string, mtu int, log *slog.Logger) (*wgDevice, error) {
+	existing, _ := k.LinkByName(name)
 	if existing != nil && existing.Type() != "wireguard" && existing.Type() != "tuntap" && existing.Type() != "tun" {
 		return nil, fmt.Errorf("interface %s exists but is a %s, not WireGuard; remove it (ip link del %s) or run `weftctl cleanup`",
 			name, existing.Type(), name)
 	}
 	switch impl {
 	case ImplKernel:
-		if err := ensureKernelLink(name, existing); err != nil {
+		if err := ensureKernelLink(k, name, existing); err != nil {
 			return nil, fmt.Errorf(`key "Backend.Implementation": "kernel", but %v; use "auto" or "userspace"`, err)
 		}
 		log.Info("using kernel WireGuard", "device", name, "why", `Implementation is "kernel"`)
@@ -59,7 +59,7 @@ func openDevice(name, impl string, mtu int, log *slog.Logger) (*wgDevice, error)
 		log.Info("using wireguard-go in weftd", "device", name, "why", "re-attaching to the persistent TUN left by the previous run")
 		return startUserspace(name, mtu, log)
 	}
-	kerr := ensureKernelLink(name, nil)
+	kerr := ensureKernelLink(k, name, nil)
 	if kerr == nil {
 		log.Info("using kernel WireGuard", "device", name, "why", "the kernel supports WireGuard links")
 		return &wgDevice{name: name, kind: ImplKernel}, nil
@@ -68,14 +68,14 @@ func openDevice(name, impl string, mtu int, log *slog.Logger) (*wgDevice, error)
 	return startUserspace(name, mtu, log)
 }
 
-func ensureKernelLink(name string, existing netlink.Link) error {
+func ensureKernelLink(k netutil.Kernel, name string, existing netlink.Link) error {
 	if existing != nil {
 		if existing.Type() == "wireguard" {
 			return nil
 		}
 		return fmt.Errorf("%s exists as a userspace TUN", name)
 	}
-	err := netlink.LinkAdd(&netlink.Wireguard{LinkAttrs: netlink.LinkAttrs{Name: name}})
+	err := k.LinkAdd(&netlink.Wireguard{LinkAttrs: netlink.LinkAttrs{Name: name}})
 	if err != nil {
 		if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EINVAL) {
 			return fmt.Errorf("this kernel has no WireGuard support (ip link add type wireguard: %v)", err)
@@ -143,11 +143,11 @@ func (d *wgDevice) close() {
 }
 
 // remove deletes the interface for good.
-func (d *wgDevice) remove() error {
+func (d *wgDevice) remove(k netutil.Kernel) error {
 	if d.kind == ImplUserspace {
 		// Clear persistence first so the kernel frees it when we let go.
 		netutil.SetTUNPersist(d.tun, false)
 	}
 	d.close()
-	return netutil.DeleteLink(d.name)
+	return netutil.DeleteLink(k, d.name)
 }

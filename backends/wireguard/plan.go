@@ -111,7 +111,7 @@ func (s PeerSpec) state() PeerState {
 // the changes: new peers, peers whose endpoint, allowed IPs, keepalive or
 // PSK differ, and peers to remove (gone from the leases, key changed, or
 // added by someone else). A peer already right is not touched.
-func Delta(have []PeerState, want []PeerSpec) []Change {
+func PeerChanges(have []PeerState, want []PeerSpec) []Change {
 	current := make(map[keys.Key]PeerState, len(have))
 	for _, h := range have {
 		current[h.PublicKey] = h
@@ -153,4 +153,51 @@ func sortedPrefixes(p []netip.Prefix) []netip.Prefix {
 		return a.Bits() - b.Bits()
 	})
 	return out
+}
+
+// peersToKick are the peers that need a handshake now: new ones (a fresh
+// device after a restart has only new ones), and all of them when our own
+// key changed.
+func peersToKick(have []PeerState, want []PeerSpec, changes []Change, ownKeyChanged bool) []keys.Key {
+	known := make(map[keys.Key]bool, len(have))
+	for _, h := range have {
+		known[h.PublicKey] = true
+	}
+	var out []keys.Key
+	if ownKeyChanged {
+		for _, w := range want {
+			out = append(out, w.PublicKey)
+		}
+		return out
+	}
+	for _, c := range changes {
+		if !c.Remove && !known[c.PublicKey] {
+			out = append(out, c.PublicKey)
+		}
+	}
+	return out
+}
+
+// deltaStandsAlone reports whether the peers of a delta (before: their
+// specs in the state last applied, after: in the new one) can be changed
+// without looking at any other peer, given which leases published each key
+// in the state last applied (holders). It cannot when a key published
+// twice is involved: a duplicate that goes away may let its twin become a
+// peer, and a key that arrives may already be published by another lease.
+func deltaStandsAlone(before, after []PeerSpec, holders map[keys.Key][]string) bool {
+	leaving := make(map[keys.Key]bool, len(before))
+	for _, c := range before {
+		if len(holders[c.PublicKey]) != 1 {
+			return false
+		}
+		leaving[c.PublicKey] = true
+	}
+	arriving := make(map[keys.Key]bool, len(after))
+	for _, c := range after {
+		if arriving[c.PublicKey] || (len(holders[c.PublicKey]) > 0 && !leaving[c.PublicKey]) {
+			return false
+		}
+		arriving[c.PublicKey] = true
+	}
+	return true
 }

@@ -97,7 +97,7 @@ func TestPlanSkipsBadPeers(t *testing.T) {
 	}
 }
 
-func TestDelta(t *testing.T) {
+func TestPeerChanges(t *testing.T) {
 	a, b, c, stranger := mustKey(t), mustKey(t), mustKey(t), mustKey(t)
 	spec := func(k keys.Key, ep, subnet string) PeerSpec {
 		return PeerSpec{PublicKey: k, Endpoint: netip.MustParseAddrPort(ep), AllowedIPs: []netip.Prefix{netip.MustParsePrefix(subnet)}}
@@ -135,8 +135,48 @@ func TestDelta(t *testing.T) {
 		{"keepalive changed", []PeerState{state(pc)}, []PeerSpec{{PublicKey: c, Endpoint: pc.Endpoint, AllowedIPs: pc.AllowedIPs, Keepalive: time.Second}}, "set c"},
 	}
 	for _, tt := range tests {
-		if got := render(Delta(tt.have, tt.want)); got != tt.out {
+		if got := render(PeerChanges(tt.have, tt.want)); got != tt.out {
 			t.Errorf("%s: got %q, want %q", tt.name, got, tt.out)
 		}
+	}
+}
+
+// TestDeltaStandsAlone: a delta is applied on its own unless a key that
+// two leases publish is involved, either way round.
+func TestDeltaStandsAlone(t *testing.T) {
+	a, b, dup := mustKey(t), mustKey(t), mustKey(t)
+	spec := func(k keys.Key, lease string) PeerSpec { return PeerSpec{Lease: lease, PublicKey: k} }
+	holders := map[keys.Key][]string{a: {"10.5.1.0-24"}, dup: {"10.5.2.0-24", "10.5.3.0-24"}}
+	cases := []struct {
+		name          string
+		before, after []PeerSpec
+		want          bool
+	}{
+		{"a new peer", nil, []PeerSpec{spec(b, "10.5.4.0-24")}, true},
+		{"a peer moves", []PeerSpec{spec(a, "10.5.1.0-24")}, []PeerSpec{spec(a, "10.5.1.0-24")}, true},
+		{"a peer leaves", []PeerSpec{spec(a, "10.5.1.0-24")}, nil, true},
+		{"a duplicate leaves: its twin may become a peer", []PeerSpec{spec(dup, "10.5.2.0-24")}, nil, false},
+		{"a key another lease publishes arrives", nil, []PeerSpec{spec(a, "10.5.9.0-24")}, false},
+		{"one key arrives twice", nil, []PeerSpec{spec(b, "10.5.4.0-24"), spec(b, "10.5.5.0-24")}, false},
+	}
+	for _, c := range cases {
+		if got := deltaStandsAlone(c.before, c.after, holders); got != c.want {
+			t.Errorf("%s: %v, want %v", c.name, got, c.want)
+		}
+	}
+}
+
+// TestPeersToKick: new peers get a handshake now; all of them when this
+// host's own key changed; removed and updated peers never.
+func TestPeersToKick(t *testing.T) {
+	old, moved, fresh := mustKey(t), mustKey(t), mustKey(t)
+	have := []PeerState{{PublicKey: old}, {PublicKey: moved}}
+	want := []PeerSpec{{PublicKey: moved}, {PublicKey: fresh}}
+	changes := []Change{{Remove: true, PublicKey: old}, {PublicKey: moved}, {PublicKey: fresh}}
+	if got := peersToKick(have, want, changes, false); len(got) != 1 || got[0] != fresh {
+		t.Errorf("kicked %v, want only the new peer", got)
+	}
+	if got := peersToKick(have, want, changes, true); len(got) != 2 {
+		t.Errorf("own key changed: kicked %d peers, want all 2", len(got))
 	}
 }

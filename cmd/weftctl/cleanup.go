@@ -7,18 +7,24 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/weftnet/weft/backends"
 	"github.com/weftnet/weft/backends/netutil"
 	"github.com/weftnet/weft/cmd/internal/firewall"
 	"github.com/weftnet/weft/lease"
 )
 
-// isWeftLink says whether an interface is one weft creates.
-func isWeftLink(name string) bool {
-	return name == "weft-wg" || name == "weft0" || strings.HasPrefix(name, "weft.")
+// ownedBy returns the backend whose footprint includes the device name,
+// or "" for a device weft did not make.
+func ownedBy(footprints map[string]netutil.Footprint, name string) string {
+	for backend, f := range footprints {
+		if f.OwnsLink(name) {
+			return backend
+		}
+	}
+	return ""
 }
 
 // runCleanup removes everything weft made on this host: devices, routes,
@@ -44,21 +50,27 @@ func runCleanup(ctx context.Context, args []string, opts lease.EtcdOptions, stdo
 		}
 		fmt.Fprintf(stdout, "released lease %s\n", lease.SubnetKey(env.Subnet))
 	}
+	// Every backend's footprint, whichever ran: a host may have switched
+	// Backend.Type, and cleanup must leave nothing of any.
+	footprints := backends.Footprints()
+	kernel := netutil.NewNetlink(nil, nil)
 	links, err := netutil.Retry(netlink.LinkList)
 	errs = append(errs, err)
 	for _, l := range links {
-		if name := l.Attrs().Name; isWeftLink(name) {
-			if err := netlink.LinkDel(l); err != nil {
-				errs = append(errs, fmt.Errorf("removing %s: %w", name, err))
-			} else {
-				fmt.Fprintf(stdout, "removed device %s\n", name)
-			}
+		name := l.Attrs().Name
+		if ownedBy(footprints, name) == "" {
+			continue
+		}
+		if err := kernel.LinkDel(l); err != nil {
+			errs = append(errs, fmt.Errorf("removing %s: %w", name, err))
+		} else {
+			fmt.Fprintf(stdout, "removed device %s\n", name)
 		}
 	}
-	routes, err := netutil.OwnedRoutes(&netlink.Handle{})
+	routes, err := netutil.OwnedRoutes(kernel)
 	errs = append(errs, err)
 	for _, r := range routes {
-		if err := netlink.RouteDel(&r); err != nil {
+		if err := kernel.RouteDel(&r); err != nil {
 			errs = append(errs, fmt.Errorf("removing route %s: %w", r.Dst, err))
 		} else {
 			fmt.Fprintf(stdout, "removed route %s\n", r.Dst)
@@ -71,7 +83,11 @@ func runCleanup(ctx context.Context, args []string, opts lease.EtcdOptions, stdo
 			fmt.Fprintln(stdout, "removed iptables chains", firewall.MasqChain, "and", firewall.ForwardChain)
 		}
 	}
-	for _, f := range []string{*subnetFile, "/var/run/wireguard/weft-wg.sock"} {
+	files := []string{*subnetFile}
+	for _, f := range footprints {
+		files = append(files, f.Files...)
+	}
+	for _, f := range files {
 		if err := os.Remove(f); err == nil {
 			fmt.Fprintf(stdout, "removed %s\n", f)
 		} else if !errors.Is(err, os.ErrNotExist) {

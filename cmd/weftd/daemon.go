@@ -62,7 +62,8 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	backend, err := backends.New(backends.Env{Config: cfg, External: ext, PublicIP: publicIP, Log: log, KeyFile: o.keyFile})
+	backend, err := backends.New(backends.Env{Config: cfg, External: ext, PublicIP: publicIP, Log: log, KeyFile: o.keyFile,
+		Kernel: netutil.NewNetlink(nil, &obs.calls), Calls: &obs.calls})
 	if err != nil {
 		return err
 	}
@@ -109,7 +110,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 
 	watcher := lease.NewWatcher(store, log)
 	holder := lease.NewHolder(store, req, own, o.renewMargin, log)
-	node := &mesh.Node{
+	reconciler := &mesh.Reconciler{
 		Config: cfg, Leases: watcher, Own: holder, Backend: backend, Resync: o.resync, Log: log,
 		OnOwnLeaseChange: writeEnv,
 		OnReconcile:      func(d time.Duration, _ error) { obs.duration.Observe(d.Seconds()) },
@@ -126,7 +127,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 		g.Go(func() error { return watchKey(ctx, reloader, holder, req.Attrs, log) })
 	}
 	obs.mu.Lock()
-	obs.node, obs.watcher, obs.holder = node, watcher, holder
+	obs.reconciler, obs.watcher, obs.holder = reconciler, watcher, holder
 	obs.mu.Unlock()
 	if o.ipMasq || o.forwardRules {
 		keeper, err := firewall.NewKeeper(o.ipMasq, o.forwardRules, time.Duration(o.iptablesSync)*time.Second, log)
@@ -146,7 +147,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	}
 	g.Go(func() error { return watcher.Run(ctx) })
 	g.Go(func() error { return holder.Run(ctx) })
-	g.Go(func() error { return node.Run(ctx) })
+	g.Go(func() error { return reconciler.Run(ctx) })
 	err = g.Wait()
 	daemon.SdNotify(false, daemon.SdNotifyStopping)
 	if errors.Is(err, context.Canceled) {

@@ -12,33 +12,28 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/weftnet/weft/backends"
 	"github.com/weftnet/weft/backends/netutil"
 	"github.com/weftnet/weft/lease"
 	"github.com/weftnet/weft/mesh"
 )
 
-// wgStatus and dropCounter are what some backends offer beyond Apply.
-type wgStatus interface {
-	Status() (*wgtypes.Device, error)
-}
-type dropCounter interface {
-	Drops() map[string]uint64
-}
-
 // observer collects weftd's state for /status and /metrics. Parts are set
 // as weftd starts; until then the fields report nothing.
 type observer struct {
 	ready atomic.Bool
+	// calls counts the backend's kernel calls, for weft_kernel_calls_total.
+	calls netutil.Calls
 
-	mu       sync.Mutex
-	backend  any
-	btype    string
-	node     *mesh.Node
-	watcher  *lease.Watcher
-	holder   *lease.Holder
-	masq     bool
-	forward  bool
-	duration prometheus.Histogram
+	mu         sync.Mutex
+	backend    any
+	btype      string
+	reconciler *mesh.Reconciler
+	watcher    *lease.Watcher
+	holder     *lease.Holder
+	masq       bool
+	forward    bool
+	duration   prometheus.Histogram
 }
 
 func newObserver() *observer {
@@ -89,17 +84,17 @@ func (o *observer) status() Status {
 		s.Subnet, s.PublicIP = own.Subnet.String(), own.Attrs.PublicIP.String()
 	}
 	var desired mesh.Desired
-	if o.node != nil {
-		st := o.node.Stats()
-		s.Reconciles, s.Errors, s.LastError, s.WholeApplies = st.Runs, st.Errors, st.LastError, st.FullApplies
-		desired = o.node.Desired()
+	if o.reconciler != nil {
+		st := o.reconciler.Stats()
+		s.Reconciles, s.Errors, s.LastError, s.WholeApplies = st.Runs, st.Errors, st.LastError, st.WholeApplies
+		desired = o.reconciler.Desired()
 	}
 	if desired.Network.IsValid() {
 		s.Network = desired.Network.String()
 	}
 	s.Skipped = desired.Skipped
 	handshakes := map[string]wgtypes.Peer{}
-	if wg, ok := o.backend.(wgStatus); ok {
+	if wg, ok := o.backend.(backends.DeviceStatus); ok {
 		if dev, err := wg.Status(); err == nil {
 			for _, p := range dev.Peers {
 				for _, a := range p.AllowedIPs {
@@ -124,7 +119,7 @@ func (o *observer) status() Status {
 		s.Peers = append(s.Peers, ps)
 	}
 	sort.Slice(s.Peers, func(i, j int) bool { return s.Peers[i].Subnet < s.Peers[j].Subnet })
-	if dc, ok := o.backend.(dropCounter); ok {
+	if dc, ok := o.backend.(backends.DropCounter); ok {
 		s.Drops = dc.Drops()
 	}
 	return s
@@ -184,7 +179,7 @@ func (o *observer) Collect(ch chan<- prometheus.Metric) {
 	counter(descRuns, float64(s.Reconciles))
 	counter(descErrors, float64(s.Errors))
 	counter(descFull, float64(s.WholeApplies))
-	for kind, n := range netutil.Calls() {
+	for kind, n := range o.calls.Snapshot() {
 		counter(descCalls, float64(n), kind)
 	}
 	for _, p := range s.Peers {

@@ -19,20 +19,23 @@ type Applier interface {
 	Apply(ctx context.Context, d Desired) error
 }
 
-// LeaseSource is the lease set as the Watcher keeps it.
+// LeaseSource is the lease set as lease.Watcher keeps it from the store's
+// watch; tests use the same Watcher over leasetest's store.
 type LeaseSource interface {
+	// Leases returns every valid lease.
 	Leases() []lease.Lease
-	Lookup(key string) (lease.Record, bool)
+	// Record returns the raw record at key, valid or not.
+	Record(key string) (lease.Record, bool)
 	// Lease returns the valid lease at key.
 	Lease(key string) (lease.Lease, bool)
-	// ChangesSince names the keys changed since generation gen; full means
+	// ChangesSince names the keys changed since generation gen; whole means
 	// every lease must be looked at again.
-	ChangesSince(gen uint64) (keys []string, next uint64, full bool)
+	ChangesSince(gen uint64) (keys []string, next uint64, whole bool)
 	Synced() bool
 	Changed() <-chan struct{}
 }
 
-// OwnLease is this host's lease as the Holder keeps it.
+// OwnLease is this host's lease as lease.Holder keeps it.
 type OwnLease interface {
 	Current() lease.Lease
 	Changed() <-chan struct{}
@@ -42,23 +45,23 @@ type OwnLease interface {
 // Stats are the reconcile loop's counters, for metrics and status.
 type Stats struct {
 	Runs, Errors int
-	// FullApplies counts whole-state applies (start, resync, relist,
-	// recovery from an error); Runs minus FullApplies were deltas.
-	FullApplies  int
+	// WholeApplies counts whole applies (start, resync, relist,
+	// recovery from an error); Runs minus WholeApplies were deltas.
+	WholeApplies int
 	LastDuration time.Duration
 	LastError    string
 	Peers        int
 	Skipped      int
 }
 
-// Node is the reconcile loop: any change only marks the state dirty; one
+// Reconciler is the reconcile loop: any change only marks the state dirty; one
 // goroutine brings the data path to the desired state. A change to a few
 // leases is applied as a Delta of those peers alone when the backend is a
 // DeltaApplier; the start, every resync tick, a relist of the leases, a
 // change of this host's own lease and any failed apply recompute the
 // whole state from every lease and have the backend compare it with the
 // kernel, which heals drift.
-type Node struct {
+type Reconciler struct {
 	Config  *lease.Config
 	Leases  LeaseSource
 	Own     OwnLease
@@ -81,40 +84,40 @@ type Node struct {
 	model   *model // the desired state last handed to the backend
 	lastErr string
 	gen     uint64 // the lease source's change generation seen
-	// needFull forces a whole-state apply: nothing applied yet, or the
+	// needWhole forces a whole apply: nothing applied yet, or the
 	// last apply failed and the data path may be anywhere in between.
-	needFull bool
+	needWhole bool
 }
 
 // Desired returns the desired state last handed to the backend (empty
 // before the first apply). It sorts every peer: for status, not hot paths.
-func (n *Node) Desired() Desired {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.model == nil {
+func (r *Reconciler) Desired() Desired {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.model == nil {
 		return Desired{}
 	}
-	return n.model.desired()
+	return r.model.desired()
 }
 
 // Stats returns a copy of the loop's counters.
-func (n *Node) Stats() Stats {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.stats
+func (r *Reconciler) Stats() Stats {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.stats
 }
 
 // Run reconciles until ctx ends. It returns only ctx's error: failures are
 // logged and retried on the next change or tick.
-func (n *Node) Run(ctx context.Context) error {
-	log := n.Log.With("component", "reconcile")
-	resync := n.Resync
+func (r *Reconciler) Run(ctx context.Context) error {
+	log := r.Log.With("component", "reconcile")
+	resync := r.Resync
 	if resync <= 0 {
 		resync = 30 * time.Second
 	}
 	ticker := time.NewTicker(resync)
 	defer ticker.Stop()
-	n.needFull = true
+	r.needWhole = true
 	first := make(chan struct{}, 1)
 	first <- struct{}{}
 	for {
@@ -122,92 +125,92 @@ func (n *Node) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-n.Leases.Changed():
-		case <-n.Own.Changed():
-			if n.OnOwnLeaseChange != nil {
-				n.OnOwnLeaseChange(n.Own.Current())
+		case <-r.Leases.Changed():
+		case <-r.Own.Changed():
+			if r.OnOwnLeaseChange != nil {
+				r.OnOwnLeaseChange(r.Own.Current())
 			}
 		case <-ticker.C:
 			resync = true
 		case <-first:
 		}
-		if !n.Leases.Synced() {
+		if !r.Leases.Synced() {
 			continue
 		}
-		n.reconcile(ctx, log, resync)
+		r.reconcile(ctx, log, resync)
 	}
 }
 
-func (n *Node) reconcile(ctx context.Context, log *slog.Logger, resync bool) {
-	self := n.Own.Current()
-	if rec, ok := n.Leases.Lookup(self.Key()); !ok || rec.Revision != self.Revision {
+func (r *Reconciler) reconcile(ctx context.Context, log *slog.Logger, resync bool) {
+	self := r.Own.Current()
+	if rec, ok := r.Leases.Record(self.Key()); !ok || rec.Revision != self.Revision {
 		// Our lease vanished or was rewritten by someone: let the holder
 		// check and claim it back. The data path stays as it is meanwhile.
-		n.Own.Verify()
+		r.Own.Verify()
 	}
 	start := time.Now()
 	// Taken before the leases are read: a change landing in between is
 	// seen now and named again next time, which is harmless.
-	keys, next, relisted := n.Leases.ChangesSince(n.gen)
-	n.gen = next
-	deltas, canDelta := n.Backend.(DeltaApplier)
-	// needFull is set until a whole apply succeeded, so the model exists below.
-	full := resync || relisted || n.needFull || !canDelta || !sameSelf(n.model.self, self)
+	keys, next, relisted := r.Leases.ChangesSince(r.gen)
+	r.gen = next
+	deltas, canDelta := r.Backend.(DeltaApplier)
+	// needWhole is set until a whole apply succeeded, so the model exists below.
+	whole := resync || relisted || r.needWhole || !canDelta || !sameSelf(r.model.self, self)
 	var err error
-	if !full {
-		err = n.applyDelta(ctx, log, deltas, keys)
-		full = errors.Is(err, ErrFullApply)
+	if !whole {
+		err = r.applyDelta(ctx, log, deltas, keys)
+		whole = errors.Is(err, ErrWholeApply)
 	}
-	if full {
-		err = n.applyAll(ctx, log, self)
+	if whole {
+		err = r.applyWhole(ctx, log, self)
 	}
-	n.needFull = err != nil
-	n.mu.Lock()
-	n.stats.Runs++
-	if full {
-		n.stats.FullApplies++
+	r.needWhole = err != nil
+	r.mu.Lock()
+	r.stats.Runs++
+	if whole {
+		r.stats.WholeApplies++
 	}
-	n.stats.LastDuration = time.Since(start)
-	peers := len(n.model.peers)
-	n.stats.Peers, n.stats.Skipped = peers, len(n.model.skipped)
+	r.stats.LastDuration = time.Since(start)
+	peers := len(r.model.peers)
+	r.stats.Peers, r.stats.Skipped = peers, len(r.model.skipped)
 	if err != nil {
-		n.stats.Errors++
-		n.stats.LastError = err.Error()
+		r.stats.Errors++
+		r.stats.LastError = err.Error()
 	} else {
-		n.stats.LastError = ""
+		r.stats.LastError = ""
 	}
-	n.mu.Unlock()
-	if n.OnReconcile != nil {
-		n.OnReconcile(time.Since(start), err)
+	r.mu.Unlock()
+	if r.OnReconcile != nil {
+		r.OnReconcile(time.Since(start), err)
 	}
 	if err != nil {
 		// One line per distinct failure, not one per tick.
-		if msg := err.Error(); msg != n.lastErr {
-			n.lastErr = msg
+		if msg := err.Error(); msg != r.lastErr {
+			r.lastErr = msg
 			log.Error("applying desired state; will retry", "err", err)
 		}
 		return
 	}
-	if n.lastErr != "" {
+	if r.lastErr != "" {
 		log.Info("desired state applied again after errors", "peers", peers)
-		n.lastErr = ""
+		r.lastErr = ""
 	}
-	if len(keys) > 0 || full {
+	if len(keys) > 0 || whole {
 		// The time of this line is when the data path holds the change:
 		// the benchmarks read it to time a lease's way into the kernel.
-		log.Debug("applied", "whole", full, "peers", peers, "leases_changed", summarize(keys), "took", time.Since(start))
+		log.Debug("applied", "whole", whole, "peers", peers, "leases_changed", summarize(keys), "took", time.Since(start))
 	}
-	if n.OnApplied != nil {
-		n.OnApplied(self, peers)
+	if r.OnApplied != nil {
+		r.OnApplied(self, peers)
 	}
 }
 
-// applyAll computes the whole desired state and has the backend apply it.
-func (n *Node) applyAll(ctx context.Context, log *slog.Logger, self lease.Lease) error {
-	desired := Compute(self, n.Leases.Leases(), n.Config)
+// applyWhole computes the whole desired state and has the backend apply it.
+func (r *Reconciler) applyWhole(ctx context.Context, log *slog.Logger, self lease.Lease) error {
+	desired := Compute(self, r.Leases.Leases(), r.Config)
 	var before map[string]string // reasons already logged with the last state
-	if n.model != nil {
-		before = n.model.skipped
+	if r.model != nil {
+		before = r.model.skipped
 	}
 	for _, s := range desired.Skipped {
 		if before[s.Key] != s.Reason {
@@ -215,19 +218,19 @@ func (n *Node) applyAll(ctx context.Context, log *slog.Logger, self lease.Lease)
 		}
 	}
 	m := newModel(desired)
-	n.mu.Lock()
-	n.model = m
-	n.mu.Unlock()
-	return n.Backend.Apply(ctx, desired)
+	r.mu.Lock()
+	r.model = m
+	r.mu.Unlock()
+	return r.Backend.Apply(ctx, desired)
 }
 
 // applyDelta turns the changed keys into a Delta and applies it. The
-// model moves to the new state even when applying fails: needFull then
+// model moves to the new state even when applying fails: needWhole then
 // makes the next pass apply the whole state.
-func (n *Node) applyDelta(ctx context.Context, log *slog.Logger, backend DeltaApplier, keys []string) error {
-	n.mu.Lock()
-	delta, skips := n.model.diff(keys, n.Leases.Lease, n.Config)
-	n.mu.Unlock()
+func (r *Reconciler) applyDelta(ctx context.Context, log *slog.Logger, backend DeltaApplier, keys []string) error {
+	r.mu.Lock()
+	delta, skips := r.model.diff(keys, r.Leases.Lease, r.Config)
+	r.mu.Unlock()
 	for _, s := range skips {
 		if s.Reason != "" {
 			warnSkipped(log, s)

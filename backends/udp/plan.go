@@ -1,7 +1,3 @@
-// Package udp is the udp backend: a TUN device weft0 whose IP packets travel
-// as whole UDP payloads (flannel's wire format) between hosts. table.go is
-// pure (the peer table and the check every received datagram must pass);
-// dataplane.go moves packets in batches; apply.go wires it to the mesh.
 package udp
 
 import (

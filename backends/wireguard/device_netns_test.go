@@ -1,3 +1,5 @@
+//go:build netns
+
 package wireguard
 
 import (
@@ -19,11 +21,11 @@ import (
 	"github.com/weftnet/weft/mesh"
 )
 
-// TestDeviceApplyAndDelta drives a real wireguard-go device (userspace, in a
+// TestDeviceApplyAndDeltaInNetns drives a real wireguard-go device (userspace, in a
 // private namespace, under a run-unique name) through whole applies and
 // deltas, reading the device back with `wg show dump`: a delta must leave
 // exactly what a whole apply of the same state leaves.
-func TestDeviceApplyAndDelta(t *testing.T) {
+func TestDeviceApplyAndDeltaInNetns(t *testing.T) {
 	ns := backendtest.NewNetns(t)
 	if _, err := exec.LookPath("wg"); err != nil {
 		t.Skip("wg (wireguard-tools) not installed; make test installs it")
@@ -33,7 +35,7 @@ func TestDeviceApplyAndDelta(t *testing.T) {
 	ext := netutil.ExternalInterface{Name: "lo", MTU: 1500}
 	port := 40000 + int(name[3])%20*100 // any free port inside a fresh namespace works
 	b, err := New(json.RawMessage(fmt.Sprintf(`{"Type":"wireguard","Implementation":"userspace","ListenPort":%d}`, port)),
-		ext, filepath.Join(t.TempDir(), "key"), slog.New(slog.NewTextHandler(io.Discard, nil)))
+		ext, filepath.Join(t.TempDir(), "key"), netutil.NewNetlink(nil, nil), nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,15 +94,15 @@ func TestDeviceApplyAndDelta(t *testing.T) {
 	if got := dump(); got != afterDelta {
 		t.Fatalf("a whole apply after the delta changed the device:\n%s\nvs\n%s", got, afterDelta)
 	}
-	if err := b.ApplyDelta(ctx, mesh.Delta{Network: network, Self: self, New: []mesh.Peer{p(5, "192.168.77.5", k[0])}}); err != mesh.ErrFullApply {
-		t.Fatalf("a delta bringing a second lease with one key: %v, want ErrFullApply", err)
+	if err := b.ApplyDelta(ctx, mesh.Delta{Network: network, Self: self, New: []mesh.Peer{p(5, "192.168.77.5", k[0])}}); err != mesh.ErrWholeApply {
+		t.Fatalf("a delta bringing a second lease with one key: %v, want ErrWholeApply", err)
 	}
 	// A rotated key makes the device untrusted until a whole apply.
 	if _, err := b.ReloadKey(true); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.ApplyDelta(ctx, mesh.Delta{Network: network, Self: self, New: []mesh.Peer{p(6, "192.168.77.6", k[3])}}); err != mesh.ErrFullApply {
-		t.Fatalf("a delta after a key rotation: %v, want ErrFullApply", err)
+	if err := b.ApplyDelta(ctx, mesh.Delta{Network: network, Self: self, New: []mesh.Peer{p(6, "192.168.77.6", k[3])}}); err != mesh.ErrWholeApply {
+		t.Fatalf("a delta after a key rotation: %v, want ErrWholeApply", err)
 	}
 }
 

@@ -95,7 +95,7 @@ func TestNodeReconcilesOnChangesAndResync(t *testing.T) {
 	// Our own lease deleted by hand: claimed again with the same subnet.
 	store.Delete(ctx, self.Key())
 	waitUntil(t, func() bool {
-		rec, ok := watcher.Lookup(self.Key())
+		rec, ok := watcher.Record(self.Key())
 		return ok && rec.Revision == holder.Current().Revision && holder.Current().Subnet == self.Subnet
 	})
 }
@@ -111,18 +111,18 @@ func waitUntil(t *testing.T, cond func() bool) {
 	}
 }
 
-// testNode is a Node over the in-memory store with a real Watcher and
+// testReconciler is a Reconciler over the in-memory store with a real Watcher and
 // Holder, this host at 192.168.50.1; stop ends all three.
-type testNode struct {
-	node    *Node
-	store   *leasetest.Store
-	watcher *lease.Watcher
-	holder  *lease.Holder
-	self    lease.Lease
-	stop    func()
+type testReconciler struct {
+	reconciler *Reconciler
+	store      *leasetest.Store
+	watcher    *lease.Watcher
+	holder     *lease.Holder
+	self       lease.Lease
+	stop       func()
 }
 
-func startNode(t *testing.T, cfg *lease.Config, app Applier, resync time.Duration, log *slog.Logger) *testNode {
+func startNode(t *testing.T, cfg *lease.Config, app Applier, resync time.Duration, log *slog.Logger) *testReconciler {
 	t.Helper()
 	store := leasetest.New(nil)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -132,10 +132,10 @@ func startNode(t *testing.T, cfg *lease.Config, app Applier, resync time.Duratio
 		cancel()
 		t.Fatal(err)
 	}
-	tn := &testNode{store: store, self: self, watcher: lease.NewWatcher(store, log), holder: lease.NewHolder(store, req, self, time.Minute, log)}
-	tn.node = &Node{Config: cfg, Leases: tn.watcher, Own: tn.holder, Backend: app, Resync: resync, Log: log}
+	tn := &testReconciler{store: store, self: self, watcher: lease.NewWatcher(store, log), holder: lease.NewHolder(store, req, self, time.Minute, log)}
+	tn.reconciler = &Reconciler{Config: cfg, Leases: tn.watcher, Own: tn.holder, Backend: app, Resync: resync, Log: log}
 	var wg sync.WaitGroup
-	for _, run := range []func(context.Context) error{tn.watcher.Run, tn.holder.Run, tn.node.Run} {
+	for _, run := range []func(context.Context) error{tn.watcher.Run, tn.holder.Run, tn.reconciler.Run} {
 		wg.Go(func() { run(ctx) })
 	}
 	tn.stop = func() { cancel(); wg.Wait() }

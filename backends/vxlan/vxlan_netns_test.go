@@ -1,3 +1,5 @@
+//go:build netns
+
 package vxlan
 
 import (
@@ -11,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/weftnet/weft/backends/backendtest"
+	"github.com/weftnet/weft/backends/netutil"
 	"github.com/weftnet/weft/lease"
 	"github.com/weftnet/weft/mesh"
 )
@@ -29,7 +32,7 @@ func TestApplyInNetns(t *testing.T) {
 	}
 	ext := testExt
 	ext.Index, ext.MTU, ext.Addr = link.Attrs().Index, link.Attrs().MTU, netip.MustParseAddr("192.168.77.1")
-	b, err := New(json.RawMessage(`{"Type":"vxlan"}`), ext, ext.Addr, ns.Handle, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	b, err := New(json.RawMessage(`{"Type":"vxlan"}`), ext, ext.Addr, netutil.NewNetlink(ns.Handle, nil), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,8 +114,8 @@ func TestApplyInNetns(t *testing.T) {
 	}
 	// A delta that finds the device gone recreates it and asks for a whole apply.
 	ns.Run(t, "ip", "link", "del", "weft.1")
-	if err := b.ApplyDelta(ctx, mesh.Delta{Self: self, New: []mesh.Peer{vxPeer("10.5.6.0/24", "192.168.77.6", `{"VNI":1,"VtepMAC":"02:00:00:00:00:06"}`)}}); err != mesh.ErrFullApply {
-		t.Fatalf("a delta on a recreated device: %v, want ErrFullApply", err)
+	if err := b.ApplyDelta(ctx, mesh.Delta{Self: self, New: []mesh.Peer{vxPeer("10.5.6.0/24", "192.168.77.6", `{"VNI":1,"VtepMAC":"02:00:00:00:00:06"}`)}}); err != mesh.ErrWholeApply {
+		t.Fatalf("a delta on a recreated device: %v, want ErrWholeApply", err)
 	}
 	apply(three)
 

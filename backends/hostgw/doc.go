@@ -1,0 +1,7 @@
+// Package hostgw is the host-gw backend: no device, no encapsulation; each
+// peer's subnet is routed via the peer's PublicIP on the external link. It
+// needs every host on one L2 segment.
+//
+// plan.go is pure (peers → routes); apply.go programs them through the
+// netutil.Kernel seam.
+package hostgw

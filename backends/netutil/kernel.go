@@ -1,0 +1,158 @@
+package netutil
+
+import (
+	"sync"
+	"sync/atomic"
+
+	"github.com/vishvananda/netlink"
+)
+
+// Kernel is everything the backends ask of the kernel's network stack:
+// links, addresses, routes, neighbours and FDB entries, in
+// vishvananda/netlink's types and with its method names. Netlink is the
+// real one; backendtest.Kernel is an in-memory fake that prints its state
+// as `ip` and `bridge` do, so apply code is tested without root. List
+// calls return whole dumps (the real one retries interrupted dumps).
+type Kernel interface {
+	LinkByName(name string) (netlink.Link, error)
+	LinkAdd(link netlink.Link) error
+	LinkDel(link netlink.Link) error
+	LinkSetUp(link netlink.Link) error
+	LinkSetMTU(link netlink.Link, mtu int) error
+	AddrList(link netlink.Link, family int) ([]netlink.Addr, error)
+	AddrAdd(link netlink.Link, addr *netlink.Addr) error
+	AddrDel(link netlink.Link, addr *netlink.Addr) error
+	RouteListFiltered(family int, filter *netlink.Route, filterMask uint64) ([]netlink.Route, error)
+	RouteReplace(route *netlink.Route) error
+	RouteDel(route *netlink.Route) error
+	NeighList(linkIndex, family int) ([]netlink.Neigh, error)
+	NeighSet(neigh *netlink.Neigh) error
+	NeighDel(neigh *netlink.Neigh) error
+}
+
+// Kinds of kernel call a Calls counts.
+const (
+	CallDump    = "netlink_dump"  // a netlink table or list read
+	CallGet     = "netlink_get"   // one netlink object read
+	CallWrite   = "netlink_write" // one netlink object set or deleted
+	CallWGRead  = "wg_read"       // a WireGuard device read (every peer)
+	CallWGWrite = "wg_write"      // a WireGuard device configuration
+)
+
+// Calls counts kernel calls by kind, for weft_kernel_calls_total: how much
+// work a change costs, visible without tracing the process. The zero value
+// is ready; a nil *Calls counts nothing.
+type Calls struct {
+	counts sync.Map // kind → *atomic.Uint64
+}
+
+// Count records one call of kind.
+func (c *Calls) Count(kind string) {
+	if c == nil {
+		return
+	}
+	n, ok := c.counts.Load(kind)
+	if !ok {
+		n, _ = c.counts.LoadOrStore(kind, new(atomic.Uint64))
+	}
+	n.(*atomic.Uint64).Add(1)
+}
+
+// Snapshot returns the calls counted so far, by kind.
+func (c *Calls) Snapshot() map[string]uint64 {
+	out := map[string]uint64{}
+	if c == nil {
+		return out
+	}
+	c.counts.Range(func(k, v any) bool {
+		out[k.(string)] = v.(*atomic.Uint64).Load()
+		return true
+	})
+	return out
+}
+
+// Netlink is the Kernel of one network namespace, reached through a
+// netlink handle; it counts every call in its Calls and retries dumps the
+// kernel interrupted.
+type Netlink struct {
+	h     *netlink.Handle
+	calls *Calls
+}
+
+var _ Kernel = (*Netlink)(nil)
+
+// NewNetlink returns the Kernel behind h (nil: the namespace weftd runs
+// in), counting into calls (nil: not counted).
+func NewNetlink(h *netlink.Handle, calls *Calls) *Netlink {
+	if h == nil {
+		h = &netlink.Handle{}
+	}
+	return &Netlink{h: h, calls: calls}
+}
+
+// write counts one write and passes its error through.
+func (k *Netlink) write(err error) error {
+	k.calls.Count(CallWrite)
+	return err
+}
+
+// LinkByName finds a link by name.
+func (k *Netlink) LinkByName(name string) (netlink.Link, error) {
+	k.calls.Count(CallGet)
+	return k.h.LinkByName(name)
+}
+
+// LinkAdd creates a link.
+func (k *Netlink) LinkAdd(link netlink.Link) error { return k.write(k.h.LinkAdd(link)) }
+
+// LinkDel removes a link, and with it its addresses, routes and neighbours.
+func (k *Netlink) LinkDel(link netlink.Link) error { return k.write(k.h.LinkDel(link)) }
+
+// LinkSetUp brings a link up.
+func (k *Netlink) LinkSetUp(link netlink.Link) error { return k.write(k.h.LinkSetUp(link)) }
+
+// LinkSetMTU sets a link's MTU.
+func (k *Netlink) LinkSetMTU(link netlink.Link, mtu int) error {
+	return k.write(k.h.LinkSetMTU(link, mtu))
+}
+
+// AddrList lists a link's addresses of family.
+func (k *Netlink) AddrList(link netlink.Link, family int) ([]netlink.Addr, error) {
+	k.calls.Count(CallDump)
+	return Retry(func() ([]netlink.Addr, error) { return k.h.AddrList(link, family) })
+}
+
+// AddrAdd adds an address to a link.
+func (k *Netlink) AddrAdd(link netlink.Link, addr *netlink.Addr) error {
+	return k.write(k.h.AddrAdd(link, addr))
+}
+
+// AddrDel removes an address from a link.
+func (k *Netlink) AddrDel(link netlink.Link, addr *netlink.Addr) error {
+	return k.write(k.h.AddrDel(link, addr))
+}
+
+// RouteListFiltered lists the routes of family that match filter on the
+// fields filterMask names.
+func (k *Netlink) RouteListFiltered(family int, filter *netlink.Route, filterMask uint64) ([]netlink.Route, error) {
+	k.calls.Count(CallDump)
+	return Retry(func() ([]netlink.Route, error) { return k.h.RouteListFiltered(family, filter, filterMask) })
+}
+
+// RouteReplace adds a route or replaces the one to the same destination.
+func (k *Netlink) RouteReplace(route *netlink.Route) error { return k.write(k.h.RouteReplace(route)) }
+
+// RouteDel removes a route.
+func (k *Netlink) RouteDel(route *netlink.Route) error { return k.write(k.h.RouteDel(route)) }
+
+// NeighList lists a link's neighbours of family (AF_BRIDGE: FDB entries).
+func (k *Netlink) NeighList(linkIndex, family int) ([]netlink.Neigh, error) {
+	k.calls.Count(CallDump)
+	return Retry(func() ([]netlink.Neigh, error) { return k.h.NeighList(linkIndex, family) })
+}
+
+// NeighSet adds or replaces a neighbour or FDB entry.
+func (k *Netlink) NeighSet(neigh *netlink.Neigh) error { return k.write(k.h.NeighSet(neigh)) }
+
+// NeighDel removes a neighbour or FDB entry.
+func (k *Netlink) NeighDel(neigh *netlink.Neigh) error { return k.write(k.h.NeighDel(neigh)) }

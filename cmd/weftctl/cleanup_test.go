@@ -1,0 +1,24 @@
+package main
+
+import (
+	"testing"
+
+	"github.com/weftnet/weft/backends"
+)
+
+// TestCleanupFindsEveryBackendsDevices: cleanup takes the devices to remove
+// from the backends' own footprints, and only those.
+func TestCleanupFindsEveryBackendsDevices(t *testing.T) {
+	footprints := backends.Footprints()
+	for name, want := range map[string]string{
+		"weft0": "udp", "weft-wg": "wireguard", "weft.1": "vxlan", "weft.4096": "vxlan",
+		"eth0": "", "flannel.1": "", "weftx": "", "cbr0": "", "docker0": "",
+	} {
+		if got := ownedBy(footprints, name); got != want {
+			t.Errorf("device %s: owned by %q, want %q", name, got, want)
+		}
+	}
+	if f := footprints["wireguard"]; len(f.Files) != 1 || f.Files[0] != "/var/run/wireguard/weft-wg.sock" {
+		t.Errorf("wireguard's files: %v", f.Files)
+	}
+}
