@@ -9,26 +9,9 @@ import (
 	"net/http"
 	"text/tabwriter"
 	"time"
-)
 
-// hostStatus mirrors weftd's /status document.
-type hostStatus struct {
-	Ready      bool              `json:"ready"`
-	Backend    string            `json:"backend"`
-	Subnet     string            `json:"subnet"`
-	PublicIP   string            `json:"public_ip"`
-	Network    string            `json:"network"`
-	Reconciles int               `json:"reconciles"`
-	Errors     int               `json:"reconcile_errors"`
-	LastError  string            `json:"last_error"`
-	Rules      map[string]bool   `json:"iptables"`
-	Drops      map[string]uint64 `json:"udp_dropped"`
-	Peers      []struct {
-		Lease, Subnet, State string
-		PublicIP             string `json:"public_ip"`
-	} `json:"peers"`
-	Skipped []struct{ Key, Reason string } `json:"skipped"`
-}
+	"github.com/weftnet/weft/cmd/internal/status"
+)
 
 // get fetches a path from weftd's health endpoint.
 func get(ctx context.Context, base, path string) ([]byte, int, error) {
@@ -62,7 +45,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		_, err = stdout.Write(body)
 		return err
 	}
-	var s hostStatus
+	var s status.Document
 	if err := json.Unmarshal(body, &s); err != nil {
 		return fmt.Errorf("weftd's /status: %w", err)
 	}

@@ -25,35 +25,26 @@ import (
 	"github.com/weftnet/weft/mesh"
 )
 
-// run is weftd from connecting to etcd to shutdown. It returns nil on a
-// clean stop; it never returns because a lease was lost or etcd went away.
+// run is weftd from connecting to etcd to shutdown, step by step as the
+// design lays it out. It returns nil on a clean stop; it never returns
+// because a lease was lost or etcd went away.
 func run(ctx context.Context, o *options, log *slog.Logger) error {
 	store, err := lease.NewEtcdStore(o.etcd)
 	if err != nil {
 		return err
 	}
 	defer store.Close()
-
 	obs := newObserver()
 	g, ctx := errgroup.WithContext(ctx)
-	if o.healthzPort != 0 {
-		srv, err := serveHealth(o, obs)
-		if err != nil {
-			return err
-		}
-		g.Go(func() error {
-			<-ctx.Done()
-			shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-			defer cancel()
-			return srv.Shutdown(shutdownCtx)
-		})
+	if err := serveHealth(ctx, g, o, obs); err != nil {
+		return err
 	}
 
 	ext, publicIP, err := chooseExternal(o, log)
 	if err != nil {
 		return err
 	}
-	cfg, err := waitForConfig(ctx, store, log, func(cfg *lease.Config) error {
+	cfg, err := lease.WaitForConfig(ctx, store, store.Prefix()+"/config", lease.DefaultStartupRetry(), log, func(cfg *lease.Config) error {
 		if err := backends.ValidateOptions(cfg); err != nil {
 			return err
 		}
@@ -62,47 +53,27 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	backend, err := backends.New(backends.Env{Config: cfg, External: ext, PublicIP: publicIP, Log: log, KeyFile: o.keyFile,
-		Kernel: netutil.NewNetlink(nil, &obs.calls), Calls: &obs.calls})
+
+	backend, err := setUpBackend(ctx, backends.Env{Config: cfg, External: ext, PublicIP: publicIP, Log: log, KeyFile: o.keyFile,
+		Kernel: netutil.NewNetlink(nil, obs.kernelCalls()), Calls: obs.kernelCalls()})
 	if err != nil {
 		return err
 	}
-	obs.mu.Lock()
-	obs.backend, obs.btype = backend, cfg.Backend.Type
-	obs.mu.Unlock()
-	if err := backend.Setup(ctx); err != nil {
-		return fmt.Errorf("setting up the %s backend: %w", cfg.Backend.Type, err)
-	}
-	defer func() {
-		if o.cleanupOnExit {
-			log.Info("removing weft's data path (-cleanup-on-exit)")
-			if err := backend.Cleanup(context.Background()); err != nil {
-				log.Error("cleanup", "err", err)
-			}
-		} else {
-			log.Info("leaving the data path in place; traffic keeps flowing until weftd is back")
-		}
-		backend.Close()
-	}()
+	obs.setBackend(backend, cfg.Backend.Type)
+	defer leaveDataPath(backend, o.cleanupOnExit, log)
 
 	req := lease.ClaimRequest{
 		Config:   cfg,
 		Attrs:    lease.Attrs{PublicIP: publicIP, BackendType: lease.OwnBackendType(cfg.Backend.Type), BackendData: backend.BackendData()},
-		Previous: previousSubnet(o.subnetFile, cfg, log),
+		Previous: lease.PreviousSubnet(o.subnetFile, cfg, log),
 		TTL:      o.leaseTTL,
 	}
-	own, err := claimWithRetry(ctx, store, req, log)
+	own, err := lease.ClaimWithRetry(ctx, store, req, lease.DefaultStartupRetry(), log)
 	if err != nil {
 		return err
 	}
 	log.Info("subnet leased", "subnet", own.Subnet, "public_ip", publicIP, "backend", cfg.Backend.Type, "ttl", o.leaseTTL)
-
-	writeEnv := func(l lease.Lease) {
-		env := lease.SubnetEnv{Network: cfg.Network, Subnet: l.Subnet, MTU: backend.MTU(), IPMasq: o.ipMasq}
-		if err := lease.WriteSubnetFile(o.subnetFile, env); err != nil {
-			log.Error("writing the subnet file", "path", o.subnetFile, "err", err)
-		}
-	}
+	writeEnv := subnetFileWriter(o.subnetFile, cfg, backend.MTU(), o.ipMasq, log)
 	writeEnv(own)
 	if err := enableIPForward(); err != nil {
 		log.Warn("cannot turn on net.ipv4.ip_forward; forwarded traffic will be dropped", "err", err)
@@ -113,37 +84,15 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	reconciler := &mesh.Reconciler{
 		Config: cfg, Leases: watcher, Own: holder, Backend: backend, Resync: o.resync, Log: log,
 		OnOwnLeaseChange: writeEnv,
-		OnReconcile:      func(d time.Duration, _ error) { obs.duration.Observe(d.Seconds()) },
-		OnApplied: func(self lease.Lease, peers int) {
-			if obs.ready.CompareAndSwap(false, true) {
-				log.Info("ready", "subnet", self.Subnet, "peers", peers)
-				if _, err := daemon.SdNotify(false, daemon.SdNotifyReady); err != nil {
-					log.Warn("sd_notify READY failed", "err", err)
-				}
-			}
-		},
+		OnReconcile:      obs.observeReconcile,
+		OnApplied:        func(self lease.Lease, peers int) { obs.markReady(self, peers, log) },
 	}
+	obs.setLoops(reconciler, watcher, holder)
 	if reloader, ok := backend.(backends.KeyReloader); ok {
 		g.Go(func() error { return watchKey(ctx, reloader, holder, req.Attrs, log) })
 	}
-	obs.mu.Lock()
-	obs.reconciler, obs.watcher, obs.holder = reconciler, watcher, holder
-	obs.mu.Unlock()
-	if o.ipMasq || o.forwardRules {
-		keeper, err := firewall.NewKeeper(o.ipMasq, o.forwardRules, time.Duration(o.iptablesSync)*time.Second, log)
-		switch {
-		case err != nil && o.ipMasq:
-			return fmt.Errorf("-ip-masq: %w; install iptables or drop -ip-masq", err)
-		case err != nil:
-			log.Warn("no iptables: forwarded traffic depends on the FORWARD policy (-iptables-forward-rules=false silences this)", "err", err)
-		default:
-			obs.mu.Lock()
-			obs.masq, obs.forward = o.ipMasq, o.forwardRules
-			obs.mu.Unlock()
-			g.Go(func() error {
-				return keeper.Run(ctx, cfg.Network, func() netip.Prefix { return holder.Current().Subnet })
-			})
-		}
+	if err := keepFirewall(ctx, g, o, cfg.Network, holder, obs, log); err != nil {
+		return err
 	}
 	g.Go(func() error { return watcher.Run(ctx) })
 	g.Go(func() error { return holder.Run(ctx) })
@@ -154,6 +103,67 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 		return nil
 	}
 	return err
+}
+
+// setUpBackend builds the backend the config asks for and creates or
+// adopts its devices.
+func setUpBackend(ctx context.Context, env backends.Env) (backends.Backend, error) {
+	backend, err := backends.New(env)
+	if err != nil {
+		return nil, err
+	}
+	if err := backend.Setup(ctx); err != nil {
+		return nil, fmt.Errorf("setting up the %s backend: %w", env.Config.Backend.Type, err)
+	}
+	return backend, nil
+}
+
+// leaveDataPath runs at exit: it leaves devices, routes and peers in place
+// so traffic keeps flowing while weftd restarts, or removes them all with
+// -cleanup-on-exit.
+func leaveDataPath(backend backends.Backend, cleanup bool, log *slog.Logger) {
+	if cleanup {
+		log.Info("removing weft's data path (-cleanup-on-exit)")
+		if err := backend.Cleanup(context.Background()); err != nil {
+			log.Error("cleanup", "err", err)
+		}
+	} else {
+		log.Info("leaving the data path in place; traffic keeps flowing until weftd is back")
+	}
+	backend.Close()
+}
+
+// subnetFileWriter returns what writes the subnet file for a lease: now,
+// and again whenever the lease is re-claimed under another subnet.
+func subnetFileWriter(path string, cfg *lease.Config, mtu int, ipMasq bool, log *slog.Logger) func(lease.Lease) {
+	return func(l lease.Lease) {
+		env := lease.SubnetEnv{Network: cfg.Network, Subnet: l.Subnet, MTU: mtu, IPMasq: ipMasq}
+		if err := lease.WriteSubnetFile(path, env); err != nil {
+			log.Error("writing the subnet file", "path", path, "err", err)
+		}
+	}
+}
+
+// keepFirewall starts keeping weft's iptables chains when -ip-masq or
+// -iptables-forward-rules asks for them. Without iptables, -ip-masq is an
+// error; forward rules only a warning.
+func keepFirewall(ctx context.Context, g *errgroup.Group, o *options, network netip.Prefix, holder *lease.Holder, obs *observer, log *slog.Logger) error {
+	if !o.ipMasq && !o.forwardRules {
+		return nil
+	}
+	keeper, err := firewall.NewKeeper(o.ipMasq, o.forwardRules, time.Duration(o.iptablesSync)*time.Second, log)
+	switch {
+	case err != nil && o.ipMasq:
+		return fmt.Errorf("-ip-masq: %w; install iptables or drop -ip-masq", err)
+	case err != nil:
+		log.Warn("no iptables: forwarded traffic depends on the FORWARD policy (-iptables-forward-rules=false silences this)", "err", err)
+		return nil
+	}
+	obs.setFirewall(o.ipMasq, o.forwardRules)
+	g.Go(func() error {
+		return keeper.Run(ctx, network, func() netip.Prefix { return holder.Current().Subnet })
+	})
+	return nil
 }
 
 // keyCheckInterval is how often weftd looks for a key rotated on disk.
@@ -194,48 +204,6 @@ func watchKey(ctx context.Context, r backends.KeyReloader, holder *lease.Holder,
 	}
 }
 
-// waitForConfig polls <prefix>/config until it exists and is valid. While
-// it waits it changes nothing on the host and says, once per back-off step,
-// what it waits for.
-func waitForConfig(ctx context.Context, store *lease.EtcdStore, log *slog.Logger, check func(*lease.Config) error) (*lease.Config, error) {
-	key := store.Prefix() + "/config"
-	backoff := lease.NewBackoff(time.Second, 30*time.Second)
-	for {
-		raw, err := store.Config(ctx)
-		if err == nil {
-			cfg, perr := lease.ParseConfig(raw)
-			if perr == nil {
-				perr = check(cfg)
-			}
-			if perr == nil {
-				if cfg.BackendDefaulted {
-					log.Warn(`network config has no Backend.Type; using "udp" as flannel does. For an encrypted mesh set "Backend": {"Type": "wireguard"}`, "key", key)
-				}
-				log.Info("network config loaded", "key", key, "network", cfg.Network, "subnet_len", cfg.SubnetLen, "backend", cfg.Backend.Type)
-				return cfg, nil
-			}
-			err = perr
-		}
-		delay := backoff.Next()
-		switch {
-		case errors.Is(err, lease.ErrNoConfig):
-			log.Warn("waiting for the network config; put it with `weftctl config put` or etcdctl", "key", key, "retry_in", delay)
-		case errors.Is(err, lease.ErrInvalidConfig):
-			log.Error("network config is invalid; waiting for a fixed one", "key", key, "err", err, "retry_in", delay)
-		default:
-			if cause := store.Diagnose(ctx); cause != nil {
-				err = cause
-			}
-			log.Warn("waiting for etcd", "endpoints", store.Endpoints(), "err", err, "retry_in", delay)
-		}
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(delay):
-		}
-	}
-}
-
 // notOnUnderlay refuses a Network that overlaps the external interface's
 // own networks: routing the Network through the overlay would cut this
 // host off from its peers.
@@ -249,45 +217,6 @@ func notOnUnderlay(cfg *lease.Config, ext netutil.ExternalInterface) error {
 	return nil
 }
 
-// claimWithRetry claims a subnet, waiting out etcd outages and a full pool.
-func claimWithRetry(ctx context.Context, store lease.Store, req lease.ClaimRequest, log *slog.Logger) (lease.Lease, error) {
-	backoff := lease.NewBackoff(time.Second, 30*time.Second)
-	for {
-		l, err := lease.Claim(ctx, store, req)
-		if err == nil {
-			return l, nil
-		}
-		if ctx.Err() != nil {
-			return lease.Lease{}, ctx.Err()
-		}
-		delay := backoff.Next()
-		log.Error("cannot lease a subnet yet; retrying", "err", err, "retry_in", delay)
-		select {
-		case <-ctx.Done():
-			return lease.Lease{}, ctx.Err()
-		case <-time.After(delay):
-		}
-	}
-}
-
-// previousSubnet reads FLANNEL_SUBNET from an earlier run's subnet file, so
-// a host whose lease vanished from etcd (etcd wiped) gets the same subnet
-// and its containers keep their addresses.
-func previousSubnet(path string, cfg *lease.Config, log *slog.Logger) netip.Prefix {
-	env, err := lease.ReadSubnetFile(path)
-	if err != nil {
-		if !errors.Is(err, os.ErrNotExist) {
-			log.Warn("ignoring unreadable subnet file", "path", path, "err", err)
-		}
-		return netip.Prefix{}
-	}
-	if !cfg.Fits(env.Subnet) {
-		log.Info("previous subnet does not fit the network config; a new one will be leased", "previous", env.Subnet)
-		return netip.Prefix{}
-	}
-	return env.Subnet
-}
-
 func enableIPForward() error {
 	const path = "/proc/sys/net/ipv4/ip_forward"
 	if b, err := os.ReadFile(path); err == nil && len(b) > 0 && b[0] == '1' {
@@ -297,12 +226,15 @@ func enableIPForward() error {
 }
 
 // serveHealth serves /healthz (alive), /readyz (data path programmed),
-// /status and /metrics on -healthz-ip (loopback by default).
-func serveHealth(o *options, obs *observer) (*http.Server, error) {
+// /status and /metrics on -healthz-ip (loopback by default) until ctx ends.
+func serveHealth(ctx context.Context, g *errgroup.Group, o *options, obs *observer) error {
+	if o.healthzPort == 0 {
+		return nil
+	}
 	addr := net.JoinHostPort(o.healthzIP, strconv.Itoa(o.healthzPort))
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("health endpoint on %s (-healthz-ip, -healthz-port): %w", addr, err)
+		return fmt.Errorf("health endpoint on %s (-healthz-ip, -healthz-port): %w", addr, err)
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
@@ -313,5 +245,11 @@ func serveHealth(o *options, obs *observer) (*http.Server, error) {
 	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(ln)
-	return srv, nil
+	g.Go(func() error {
+		<-ctx.Done()
+		shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer cancel()
+		return srv.Shutdown(shutdownCtx)
+	})
+	return nil
 }

@@ -2,18 +2,21 @@ package main
 
 import (
 	"encoding/json"
+	"log/slog"
 	"net/http"
 	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/weftnet/weft/backends"
 	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/cmd/internal/status"
 	"github.com/weftnet/weft/lease"
 	"github.com/weftnet/weft/mesh"
 )
@@ -43,42 +46,52 @@ func newObserver() *observer {
 	})}
 }
 
-// applied records the last state applied (called by the reconcile loop).
-// PeerStatus is one peer in `weftctl status`.
-type PeerStatus struct {
-	Lease    string `json:"lease"`
-	Subnet   string `json:"subnet"`
-	PublicIP string `json:"public_ip"`
-	// State is "programmed" for kernel backends; for wireguard the time
-	// since the last handshake, or "no handshake".
-	State         string `json:"state"`
-	LastHandshake string `json:"last_handshake,omitempty"`
-	RxBytes       int64  `json:"rx_bytes,omitempty"`
-	TxBytes       int64  `json:"tx_bytes,omitempty"`
-}
+// kernelCalls is the counter the backend's kernel calls go to.
+func (o *observer) kernelCalls() *netutil.Calls { return &o.calls }
 
-// Status is what /status serves.
-type Status struct {
-	Ready      bool           `json:"ready"`
-	Backend    string         `json:"backend"`
-	Subnet     string         `json:"subnet,omitempty"`
-	PublicIP   string         `json:"public_ip,omitempty"`
-	Network    string         `json:"network,omitempty"`
-	Peers      []PeerStatus   `json:"peers"`
-	Skipped    []mesh.Skipped `json:"skipped,omitempty"`
-	Reconciles int            `json:"reconciles"`
-	// WholeApplies are the reconciles that applied the whole state.
-	WholeApplies int               `json:"whole_applies"`
-	Errors       int               `json:"reconcile_errors"`
-	LastError    string            `json:"last_error,omitempty"`
-	Rules        map[string]bool   `json:"iptables"`
-	Drops        map[string]uint64 `json:"udp_dropped,omitempty"`
-}
-
-func (o *observer) status() Status {
+// setBackend records the backend once it is set up.
+func (o *observer) setBackend(backend any, btype string) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	s := Status{Ready: o.ready.Load(), Backend: o.btype, Rules: map[string]bool{"masquerade": o.masq, "forward": o.forward}}
+	o.backend, o.btype = backend, btype
+}
+
+// setLoops records the reconcile loop, the lease watcher and the holder
+// of this host's lease once they exist.
+func (o *observer) setLoops(r *mesh.Reconciler, w *lease.Watcher, h *lease.Holder) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.reconciler, o.watcher, o.holder = r, w, h
+}
+
+// setFirewall records which iptables chains weftd keeps.
+func (o *observer) setFirewall(masq, forward bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.masq, o.forward = masq, forward
+}
+
+// observeReconcile records one reconcile's duration (the Reconciler's
+// OnReconcile).
+func (o *observer) observeReconcile(d time.Duration, _ error) { o.duration.Observe(d.Seconds()) }
+
+// markReady is the Reconciler's OnApplied: the first successful apply
+// makes weftd ready, logs it and tells systemd.
+func (o *observer) markReady(self lease.Lease, peers int, log *slog.Logger) {
+	if !o.ready.CompareAndSwap(false, true) {
+		return
+	}
+	log.Info("ready", "subnet", self.Subnet, "peers", peers)
+	if _, err := daemon.SdNotify(false, daemon.SdNotifyReady); err != nil {
+		log.Warn("sd_notify READY failed", "err", err)
+	}
+}
+
+// status renders the /status document from what is set so far.
+func (o *observer) status() status.Document {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	s := status.Document{Ready: o.ready.Load(), Backend: o.btype, Rules: map[string]bool{"masquerade": o.masq, "forward": o.forward}}
 	if o.holder != nil {
 		own := o.holder.Current()
 		s.Subnet, s.PublicIP = own.Subnet.String(), own.Attrs.PublicIP.String()
@@ -104,7 +117,7 @@ func (o *observer) status() Status {
 		}
 	}
 	for _, p := range desired.Peers {
-		ps := PeerStatus{Lease: p.Key, Subnet: p.Subnet.String(), PublicIP: p.PublicIP.String(), State: "programmed"}
+		ps := status.Peer{Lease: p.Key, Subnet: p.Subnet.String(), PublicIP: p.PublicIP.String(), State: "programmed"}
 		if wp, ok := handshakes[p.Subnet.String()]; ok {
 			ps.RxBytes, ps.TxBytes = wp.ReceiveBytes, wp.TransmitBytes
 			if wp.LastHandshakeTime.IsZero() {

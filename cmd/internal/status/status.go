@@ -1,0 +1,39 @@
+// Package status declares the document weftd serves at /status and
+// `weftctl status` reads, once for both, so the two cannot disagree.
+package status
+
+import "github.com/weftnet/weft/mesh"
+
+// Document is what /status serves.
+type Document struct {
+	Ready    bool   `json:"ready"`
+	Backend  string `json:"backend"`
+	Subnet   string `json:"subnet,omitempty"`
+	PublicIP string `json:"public_ip,omitempty"`
+	Network  string `json:"network,omitempty"`
+	Peers    []Peer `json:"peers"`
+	// Skipped are the leases left out of the desired state, and why.
+	Skipped    []mesh.Skipped `json:"skipped,omitempty"`
+	Reconciles int            `json:"reconciles"`
+	// WholeApplies are the reconciles that applied the whole state.
+	WholeApplies int    `json:"whole_applies"`
+	Errors       int    `json:"reconcile_errors"`
+	LastError    string `json:"last_error,omitempty"`
+	// Rules says which iptables chains weftd keeps ("masquerade", "forward").
+	Rules map[string]bool `json:"iptables"`
+	// Drops counts the datagrams the udp backend refused, by reason.
+	Drops map[string]uint64 `json:"udp_dropped,omitempty"`
+}
+
+// Peer is one peer of this host.
+type Peer struct {
+	Lease    string `json:"lease"`
+	Subnet   string `json:"subnet"`
+	PublicIP string `json:"public_ip"`
+	// State is "programmed" for kernel backends; for wireguard the time
+	// since the last handshake, "no handshake" or "not on the device".
+	State         string `json:"state"`
+	LastHandshake string `json:"last_handshake,omitempty"`
+	RxBytes       int64  `json:"rx_bytes,omitempty"`
+	TxBytes       int64  `json:"tx_bytes,omitempty"`
+}
