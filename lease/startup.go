@@ -26,7 +26,9 @@ type StartupRetry struct {
 }
 
 // DefaultStartupRetry waits 1 s, then 2, 4, ... up to 30 s between tries.
-func DefaultStartupRetry() StartupRetry { return StartupRetry{First: time.Second, Max: 30 * time.Second} }
+func DefaultStartupRetry() StartupRetry {
+	return StartupRetry{First: time.Second, Max: 30 * time.Second}
+}
 
 // WaitForConfig polls the network config at key until it exists, parses
 // and passes check. While it waits it changes nothing and says, once per
