@@ -1,5 +1,5 @@
 // Package deploy holds weft's deployment files (systemd units, the compose
-// service, example configs) and the lab; these tests check the files with
+// service, example configs); these tests check the files with
 // the tools that will read them.
 package deploy
 
