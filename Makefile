@@ -16,14 +16,22 @@ PURE_PKGS := ./lease/... ./mesh/... ./keys/... ./cmd/... ./backends/...
 all: build
 
 # deps installs the Debian tools the tests and the lab use, when missing.
+# docker.io's package scripts would start the machine's own docker service:
+# a policy-rc.d that says no keeps them from it (the lab starts its own
+# dockerds, one per lab host).
 deps:
 	@missing=""; \
-	for c in ip:iproute2 iptables:iptables ping:iputils-ping iperf3:iperf3 tcpdump:tcpdump wg:wireguard-tools docker-compose:docker-compose; do \
+	for c in ip:iproute2 iptables:iptables ping:iputils-ping iperf3:iperf3 tcpdump:tcpdump wg:wireguard-tools docker-compose:docker-compose /usr/sbin/dockerd:docker.io; do \
 		command -v $${c%%:*} >/dev/null 2>&1 || missing="$$missing $${c#*:}"; \
 	done; \
+	dpkg -s busybox-static >/dev/null 2>&1 || missing="$$missing busybox-static"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+		made_policy=""; \
+		if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; made_policy=1; fi; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; rc=$$?; \
+		if [ -n "$$made_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi; \
+		exit $$rc; \
 	fi
 
 build:

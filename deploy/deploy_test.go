@@ -43,7 +43,7 @@ func TestSystemdUnitsVerify(t *testing.T) {
 	}
 	write("weftd.service", strings.ReplaceAll(string(unit), "/usr/local/bin/", bin+"/"))
 	dropIn, _ := os.ReadFile("systemd/docker.service.d/weft.conf")
-	write("docker.service.d/weft.conf", strings.ReplaceAll(string(dropIn), "/usr/bin/dockerd", "/bin/true"))
+	write("docker.service.d/weft.conf", strings.ReplaceAll(string(dropIn), "ExecStart=dockerd", "ExecStart=/bin/true"))
 	write("docker.service", "[Unit]\nDescription=stand-in for docker\n[Service]\nExecStart=/bin/true\n")
 	cmd := exec.Command("systemd-analyze", "verify", "--man=no", filepath.Join(dir, "weftd.service"), filepath.Join(dir, "docker.service"))
 	out, err := cmd.CombinedOutput()

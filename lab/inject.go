@@ -137,3 +137,45 @@ func HTTPGet(ns, url string) (string, error) {
 	body, err := io.ReadAll(resp.Body)
 	return string(body), err
 }
+
+// PingSources listens for ICMP echo requests in a network namespace (enter
+// runs a function in it: inNetns or inPidNetns) while during runs, and
+// returns the source address of each: what the receiver sees of a sender.
+func PingSources(enter func(func() error) error, wait time.Duration, during func()) ([]netip.Addr, error) {
+	var conn net.PacketConn
+	if err := enter(func() (err error) {
+		conn, err = net.ListenPacket("ip4:icmp", "0.0.0.0")
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	during()
+	var got []netip.Addr
+	buf := make([]byte, 1500)
+	deadline := time.Now().Add(wait)
+	for {
+		conn.SetReadDeadline(deadline)
+		n, from, err := conn.ReadFrom(buf)
+		if err != nil {
+			return got, nil // deadline: done listening
+		}
+		if n > 0 && buf[0] == 8 { // echo request
+			if ip, ok := from.(*net.IPAddr); ok {
+				addr, _ := netip.AddrFromSlice(ip.IP.To4())
+				got = append(got, addr)
+			}
+		}
+	}
+}
+
+// InNetns returns what runs a function in namespace ns, for PingSources.
+func InNetns(ns string) func(func() error) error {
+	return func(f func() error) error { return inNetns(ns, f) }
+}
+
+// InPidNetns returns what runs a function in the network namespace of
+// process pid, for PingSources.
+func InPidNetns(pid int) func(func() error) error {
+	return func(f func() error) error { return inPidNetns(pid, f) }
+}

@@ -48,6 +48,13 @@ type Options struct {
 	Self string
 	// WeftdArgs are extra flags for every weftd.
 	WeftdArgs []string
+	// Docker leaves the hand-made container namespaces out: the tests put
+	// docker containers on the hosts instead (StartDockerd).
+	Docker bool
+	// WeftdHosts is how many hosts (the first ones) run weftd directly
+	// from the lab; 0 means all. The others run it some other way (the
+	// compose service).
+	WeftdHosts int
 	// Dir keeps logs and state; a temporary directory when empty.
 	Dir string
 	// Log receives progress lines; nil for none.
@@ -82,6 +89,10 @@ type Lab struct {
 	etcdDone chan struct{}
 	store    *lease.EtcdStore
 	nsMade   []string
+	dockerds []*Dockerd
+	// dirsMade are machine directories the lab created as mount points
+	// for the hosts' private mounts; removed at Close when empty.
+	dirsMade []string
 }
 
 // New builds the namespaces and starts etcd; Start then starts weftd.
@@ -194,14 +205,17 @@ func (l *Lab) Start(ctx context.Context) error {
 	if err := l.PutConfig(ctx, l.Config()); err != nil {
 		return fmt.Errorf("putting the network config: %w", err)
 	}
-	for _, h := range l.Hosts {
+	for _, h := range l.WeftdHosts() {
 		if err := l.StartWeftd(h); err != nil {
 			return err
 		}
 	}
-	for _, h := range l.Hosts {
+	for _, h := range l.WeftdHosts() {
 		if err := l.WaitReady(ctx, h); err != nil {
 			return err
+		}
+		if l.opts.Docker {
+			continue
 		}
 		if err := l.AddContainer(h); err != nil {
 			return err
@@ -210,11 +224,22 @@ func (l *Lab) Start(ctx context.Context) error {
 	return nil
 }
 
+// WeftdHosts are the hosts that run weftd directly from the lab.
+func (l *Lab) WeftdHosts() []*Host {
+	if l.opts.WeftdHosts > 0 && l.opts.WeftdHosts < len(l.Hosts) {
+		return l.Hosts[:l.opts.WeftdHosts]
+	}
+	return l.Hosts
+}
+
 // Store is a client on the lab's etcd, for tests that inspect or break it.
 func (l *Lab) Store() *lease.EtcdStore { return l.store }
 
 // Close stops what the lab started and removes what it made.
 func (l *Lab) Close() {
+	for _, d := range l.dockerds {
+		d.remove()
+	}
 	for _, h := range l.Hosts {
 		l.StopWeftd(h, syscall.SIGKILL)
 		if h.notify != nil {
@@ -228,9 +253,25 @@ func (l *Lab) Close() {
 	for i := len(l.nsMade) - 1; i >= 0; i-- {
 		run("ip", "netns", "del", l.nsMade[i])
 	}
+	for _, dir := range l.dirsMade {
+		os.Remove(dir) // only when empty: someone else may use it by now
+	}
 	if l.ownsDir {
 		os.RemoveAll(l.Dir)
 	}
+}
+
+// mountPoint makes sure dir exists on the machine for a host's private
+// mount over it, remembering it for removal when the lab made it.
+func (l *Lab) mountPoint(dir string) error {
+	if _, err := os.Stat(dir); err == nil {
+		return nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	l.dirsMade = append(l.dirsMade, dir)
+	return nil
 }
 
 // Exec runs a command in namespace ns and returns its combined output.

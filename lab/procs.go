@@ -124,7 +124,7 @@ func (l *Lab) StartWeftd(h *Host, extra ...string) error {
 	// Each host gets its own mount namespace with a private
 	// /run/wireguard, as separate machines would: the UAPI socket
 	// weft-wg.sock is then one per host, not one for the whole lab.
-	if err := os.MkdirAll("/run/wireguard", 0o755); err != nil {
+	if err := l.mountPoint("/run/wireguard"); err != nil {
 		return err
 	}
 	args := []string{"netns", "exec", h.Name, "unshare", "--mount", "--propagation", "private", "sh", "-c",

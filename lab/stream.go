@@ -17,6 +17,16 @@ import (
 // inNetns runs f on a thread switched into namespace ns; sockets f creates
 // belong to ns for their whole life.
 func inNetns(ns string, f func() error) error {
+	return enterNetns(func() (netns.NsHandle, error) { return netns.GetFromName(ns) }, f)
+}
+
+// inPidNetns runs f in the network namespace of process pid (a docker
+// container's).
+func inPidNetns(pid int, f func() error) error {
+	return enterNetns(func() (netns.NsHandle, error) { return netns.GetFromPid(pid) }, f)
+}
+
+func enterNetns(open func() (netns.NsHandle, error), f func() error) error {
 	runtime.LockOSThread()
 	orig, err := netns.Get()
 	if err != nil {
@@ -24,7 +34,7 @@ func inNetns(ns string, f func() error) error {
 		return err
 	}
 	defer orig.Close()
-	target, err := netns.GetFromName(ns)
+	target, err := open()
 	if err != nil {
 		runtime.UnlockOSThread()
 		return err

@@ -134,9 +134,16 @@ func leaveDataPath(backend backends.Backend, cleanup bool, log *slog.Logger) {
 }
 
 // subnetFileWriter returns what writes the subnet file for a lease: now,
-// and again whenever the lease is re-claimed under another subnet.
+// and again whenever the lease is re-claimed under another subnet. A
+// subnet other than the one the file held means docker runs with a --bip
+// outside this host's lease: that is said loudly, with what to do.
 func subnetFileWriter(path string, cfg *lease.Config, mtu int, ipMasq bool, log *slog.Logger) func(lease.Lease) {
 	return func(l lease.Lease) {
+		if old, err := lease.ReadSubnetFile(path); err == nil && old.Subnet.IsValid() && old.Subnet != l.Subnet {
+			log.Warn("this host's subnet changed (its lease was lost and the subnet taken): docker still uses the old one for --bip, "+
+				"so its containers are unreachable; run `weftctl docker-opts` and restart docker (systemctl restart docker)",
+				"previous", old.Subnet, "subnet", l.Subnet, "subnet_file", path)
+		}
 		env := lease.SubnetEnv{Network: cfg.Network, Subnet: l.Subnet, MTU: mtu, IPMasq: ipMasq}
 		if err := lease.WriteSubnetFile(path, env); err != nil {
 			log.Error("writing the subnet file", "path", path, "err", err)

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -30,6 +31,8 @@ func run() int {
 	backend := flag.String("backend", "host-gw", "Backend.Type to configure")
 	duration := flag.Duration("duration", 0, "tear down after this long (0: wait for Ctrl-C)")
 	weftd := flag.String("weftd", "", "weftd binary (default: weftd next to this binary)")
+	docker := flag.Bool("docker", false, "run a dockerd on every host, started from weft's subnet file as the systemd drop-in does, with `docker run` containers (needs docker.io and busybox-static)")
+	weftctl := flag.String("weftctl", "", "weftctl binary, for -docker (default: weftctl next to this binary)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "weftlab: needs root to create network namespaces; run it with sudo")
@@ -38,6 +41,10 @@ func run() int {
 	if *weftd == "" {
 		self, _ := os.Executable()
 		*weftd = filepath.Join(filepath.Dir(self), "weftd")
+	}
+	if *weftctl == "" {
+		self, _ := os.Executable()
+		*weftctl = filepath.Join(filepath.Dir(self), "weftctl")
 	}
 	if _, err := os.Stat(*weftd); err != nil {
 		fmt.Fprintf(os.Stderr, "weftlab: weftd binary: %v; build it with `make build` or pass -weftd\n", err)
@@ -49,7 +56,7 @@ func run() int {
 
 	say := func(format string, args ...any) { fmt.Printf("==> "+format+"\n", args...) }
 	say("creating %d hosts on one underlay bridge, with etcd, backend %s", *hosts, *backend)
-	l, err := lab.New(lab.Options{Hosts: *hosts, Backend: *backend, Weftd: *weftd, Self: self})
+	l, err := lab.New(lab.Options{Hosts: *hosts, Backend: *backend, Weftd: *weftd, Self: self, Docker: *docker})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "weftlab:", err)
 		return 1
@@ -65,8 +72,23 @@ func run() int {
 	fmt.Println()
 	fmt.Print(l.HostTable())
 	fmt.Println()
-	say("ping matrix, container to container across hosts:")
-	table, ok := l.PingMatrix()
+	var table, try string
+	var ok bool
+	if *docker {
+		var dockerHosts []*lab.DockerHost
+		if dockerHosts, err = startDocker(l, *weftctl, say); err != nil {
+			fmt.Fprintln(os.Stderr, "weftlab:", err)
+			return 1
+		}
+		say("ping matrix, docker container to docker container across hosts (docker exec ping):")
+		table, ok = lab.DockerPingMatrix(dockerHosts)
+		d, c := dockerHosts[0].Docker, dockerHosts[1].Containers[0]
+		try = fmt.Sprintf("/usr/bin/docker -H unix://%s exec %s ping %s", d.Socket(), dockerHosts[0].Containers[0].Name, c.IP)
+	} else {
+		say("ping matrix, container to container across hosts:")
+		table, ok = l.PingMatrix()
+		try = fmt.Sprintf("ip netns exec %s ping %s", l.Hosts[0].Container, l.Hosts[1].ContainerIP())
+	}
 	fmt.Print(table)
 	fmt.Println()
 	if ok {
@@ -74,7 +96,7 @@ func run() int {
 	} else {
 		say("some pairs failed; weftd logs are in %s", l.Dir)
 	}
-	say("try: ip netns exec %s ping %s   (logs: %s/h*/weftd.log)", l.Hosts[0].Container, l.Hosts[1].ContainerIP(), l.Dir)
+	say("try: %s   (logs: %s/h*/weftd.log)", try, l.Dir)
 	if *duration > 0 {
 		say("staying up for %s", *duration)
 		select {
@@ -89,4 +111,23 @@ func run() int {
 		return 1
 	}
 	return 0
+}
+
+// startDocker starts a dockerd on every host from its subnet file, as
+// weft's systemd units do, and one container on each.
+func startDocker(l *lab.Lab, weftctl string, say func(string, ...any)) ([]*lab.DockerHost, error) {
+	var hosts []*lab.DockerHost
+	for _, h := range l.Hosts {
+		d, err := l.StartDockerd(h, weftctl, lab.DockerOptsEnv)
+		if err != nil {
+			return nil, err
+		}
+		say("dockerd on %s: %s", h.Name, strings.Join(d.Args, " "))
+		c, err := d.Run(fmt.Sprintf("c%d", h.Index))
+		if err != nil {
+			return nil, err
+		}
+		hosts = append(hosts, &lab.DockerHost{Host: h, Docker: d, Containers: []lab.Container{c}})
+	}
+	return hosts, nil
 }
