@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -59,6 +60,46 @@ func TestSystemdUnitsVerify(t *testing.T) {
 	}
 	if !strings.Contains(string(unit), "Type=notify") || !strings.Contains(string(unit), "Before=docker.service") {
 		t.Error("weftd.service must be Type=notify and ordered before docker")
+	}
+}
+
+// unitDirectives returns the values of every line of a unit file whose key
+// is one of keys, split on spaces, as systemd reads dependency lists.
+func unitDirectives(t *testing.T, path string, keys ...string) map[string][]string {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string][]string{}
+	for _, line := range strings.Split(string(data), "\n") {
+		key, value, ok := strings.Cut(strings.TrimSpace(line), "=")
+		if ok && slices.Contains(keys, key) {
+			out[key] = append(out[key], strings.Fields(value)...)
+		}
+	}
+	return out
+}
+
+// TestRestartingWeftdLeavesDocker: nothing in the shipped units makes
+// systemd stop or restart docker when weftd is stopped or restarted
+// (Requires=, BindsTo=, PartOf=, Requisite= on docker's side;
+// PropagatesStopTo=, RequiredBy=, BoundBy= on weftd's), while docker still
+// starts after weftd.
+func TestRestartingWeftdLeavesDocker(t *testing.T) {
+	for key, units := range unitDirectives(t, "systemd/docker.service.d/weft.conf", "Requires", "BindsTo", "PartOf", "Requisite") {
+		if slices.Contains(units, "weftd.service") {
+			t.Errorf("docker drop-in: %s=weftd.service makes `systemctl restart weftd` restart docker and its containers", key)
+		}
+	}
+	for key, units := range unitDirectives(t, "systemd/weftd.service", "PropagatesStopTo", "RequiredBy", "BoundBy") {
+		if slices.Contains(units, "docker.service") {
+			t.Errorf("weftd.service: %s=docker.service ties docker's life to weftd's", key)
+		}
+	}
+	order := unitDirectives(t, "systemd/docker.service.d/weft.conf", "After", "Wants")
+	if !slices.Contains(order["After"], "weftd.service") || !slices.Contains(order["Wants"], "weftd.service") {
+		t.Errorf("docker drop-in must start docker after weftd (After= and Wants=weftd.service): %v", order)
 	}
 }
 
