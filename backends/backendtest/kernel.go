@@ -275,6 +275,12 @@ func (k *Kernel) RouteListFiltered(family int, filter *netlink.Route, filterMask
 		if filterMask&netlink.RT_FILTER_TABLE != 0 && r.Table != filter.Table {
 			continue
 		}
+		if filterMask&netlink.RT_FILTER_DST != 0 && dstOf(&r) != dstOf(filter) {
+			continue
+		}
+		if filterMask&netlink.RT_FILTER_TYPE != 0 && r.Type != filter.Type {
+			continue
+		}
 		out = append(out, r)
 	}
 	return out, nil
@@ -285,12 +291,24 @@ func dstOf(r *netlink.Route) netip.Prefix {
 	return p
 }
 
-// RouteReplace adds a route or replaces the one to the same destination;
-// the link must exist, and a gateway must be on it unless onlink.
+// sameRoute is the kernel's identity of a route: destination, table and
+// metric.
+func sameRoute(a, b *netlink.Route) bool {
+	table := func(r *netlink.Route) int {
+		if r.Table == 0 {
+			return unix.RT_TABLE_MAIN
+		}
+		return r.Table
+	}
+	return dstOf(a) == dstOf(b) && table(a) == table(b) && a.Priority == b.Priority
+}
+
+// RouteReplace adds a route or replaces the one to the same destination
+// and metric; the link must exist unless the route is a blackhole.
 func (k *Kernel) RouteReplace(route *netlink.Route) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if _, ok := k.byIndex(route.LinkIndex); !ok {
+	if _, ok := k.byIndex(route.LinkIndex); !ok && route.Type != unix.RTN_BLACKHOLE {
 		return unix.ENODEV
 	}
 	dst := dstOf(route)
@@ -301,7 +319,7 @@ func (k *Kernel) RouteReplace(route *netlink.Route) error {
 	if r.Table == 0 {
 		r.Table = unix.RT_TABLE_MAIN
 	}
-	k.routes = slices.DeleteFunc(k.routes, func(have netlink.Route) bool { return dstOf(&have) == dst && have.Table == r.Table })
+	k.routes = slices.DeleteFunc(k.routes, func(have netlink.Route) bool { return sameRoute(&have, &r) })
 	k.routes = append(k.routes, r)
 	return nil
 }
@@ -311,7 +329,7 @@ func (k *Kernel) RouteDel(route *netlink.Route) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	dst := dstOf(route)
-	i := slices.IndexFunc(k.routes, func(have netlink.Route) bool { return dstOf(&have) == dst })
+	i := slices.IndexFunc(k.routes, func(have netlink.Route) bool { return sameRoute(&have, route) })
 	if i < 0 {
 		return unix.ESRCH
 	}
@@ -411,6 +429,10 @@ func (k *Kernel) State() string {
 	}
 	for _, r := range k.routes {
 		line := "route " + dstOf(&r).String()
+		if r.Type == unix.RTN_BLACKHOLE {
+			lines = append(lines, fmt.Sprintf("route blackhole %s metric %d", dstOf(&r), r.Priority))
+			continue
+		}
 		if r.Gw != nil {
 			line += " via " + r.Gw.String()
 		}

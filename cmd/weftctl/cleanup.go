@@ -76,7 +76,7 @@ func runCleanup(ctx context.Context, args []string, opts lease.EtcdOptions, stdo
 			fmt.Fprintf(stdout, "removed route %s\n", r.Dst)
 		}
 	}
-	if k, err := firewall.NewKeeper(true, true, 0, discardLogger()); err == nil {
+	if k, err := firewall.NewKeeper(firewall.Settings{Masq: true, Forward: true}, discardLogger()); err == nil {
 		if err := k.Cleanup(); err != nil {
 			errs = append(errs, err)
 		} else {

@@ -54,8 +54,9 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 		return err
 	}
 
+	kernel := netutil.NewNetlink(nil, obs.kernelCalls())
 	backend, err := setUpBackend(ctx, backends.Env{Config: cfg, External: ext, PublicIP: publicIP, Log: log, KeyFile: o.keyFile,
-		Kernel: netutil.NewNetlink(nil, obs.kernelCalls()), Calls: obs.kernelCalls()})
+		Kernel: kernel, Calls: obs.kernelCalls()})
 	if err != nil {
 		return err
 	}
@@ -93,6 +94,9 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	}
 	if err := keepFirewall(ctx, g, o, cfg.Network, holder, obs, log); err != nil {
 		return err
+	}
+	if o.blackholeRoute {
+		g.Go(func() error { return keepBlackhole(ctx, kernel, holder, time.Duration(o.iptablesSync)*time.Second, log) })
 	}
 	g.Go(func() error { return watcher.Run(ctx) })
 	g.Go(func() error { return holder.Run(ctx) })
@@ -151,6 +155,32 @@ func subnetFileWriter(path string, cfg *lease.Config, mtu int, ipMasq bool, log 
 	}
 }
 
+// keepBlackhole keeps the blackhole route for this host's subnet
+// (-ip-blackhole-route), checked every interval as flannel does, and moves
+// it when the lease moves to another subnet.
+func keepBlackhole(ctx context.Context, kernel netutil.Kernel, holder *lease.Holder, interval time.Duration, log *slog.Logger) error {
+	var previous netip.Prefix
+	lastErr := ""
+	for {
+		subnet := holder.Current().Subnet
+		err := netutil.EnsureBlackhole(kernel, subnet, previous)
+		if msg := fmt.Sprint(err); err != nil && msg != lastErr {
+			log.Error("blackhole route; retrying", "subnet", subnet, "err", err)
+		}
+		lastErr = ""
+		if err != nil {
+			lastErr = err.Error()
+		} else {
+			previous = subnet
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(interval):
+		}
+	}
+}
+
 // keepFirewall starts keeping weft's iptables chains when -ip-masq or
 // -iptables-forward-rules asks for them. Without iptables, -ip-masq is an
 // error; forward rules only a warning.
@@ -158,7 +188,8 @@ func keepFirewall(ctx context.Context, g *errgroup.Group, o *options, network ne
 	if !o.ipMasq && !o.forwardRules {
 		return nil
 	}
-	keeper, err := firewall.NewKeeper(o.ipMasq, o.forwardRules, time.Duration(o.iptablesSync)*time.Second, log)
+	keeper, err := firewall.NewKeeper(firewall.Settings{Masq: o.ipMasq, Forward: o.forwardRules,
+		RandomFullyDisable: o.randomFullyDisable, Resync: time.Duration(o.iptablesSync) * time.Second}, log)
 	switch {
 	case err != nil && o.ipMasq:
 		return fmt.Errorf("-ip-masq: %w; install iptables or drop -ip-masq", err)

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -24,6 +25,13 @@ type options struct {
 	renewMargin   time.Duration
 	leaseTTL      time.Duration
 	ipMasq        bool
+	// randomFullyDisable is -ip-masq-fully-random-disable.
+	randomFullyDisable bool
+	// blackholeRoute is -ip-blackhole-route.
+	blackholeRoute bool
+	// publicIPv6 is accepted for flannel's unit files; it takes effect
+	// with dual stack.
+	publicIPv6    string
 	iptablesSync  int
 	forwardRules  bool
 	healthzIP     string
@@ -72,6 +80,9 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	fs.IntVar(&renewMinutes, "subnet-lease-renew-margin", 60, "minutes before expiry to renew the lease")
 	fs.DurationVar(&o.leaseTTL, "subnet-lease-ttl", lease.DefaultTTL, "lifetime of the subnet lease in etcd")
 	fs.BoolVar(&o.ipMasq, "ip-masq", false, "masquerade traffic leaving the Network")
+	fs.BoolVar(&o.randomFullyDisable, "ip-masq-fully-random-disable", false, "masquerade without --random-fully")
+	fs.BoolVar(&o.blackholeRoute, "ip-blackhole-route", false, "keep a blackhole route for this host's subnet (re-added every -iptables-resync)")
+	fs.StringVar(&o.publicIPv6, "public-ipv6", "", "IPv6 other hosts reach this host at (accepted for flannel's unit files; used once dual stack is on)")
 	fs.IntVar(&o.iptablesSync, "iptables-resync", 5, "seconds between iptables rule checks")
 	fs.BoolVar(&o.forwardRules, "iptables-forward-rules", true, "accept forwarded traffic to and from the Network")
 	fs.StringVar(&o.healthzIP, "healthz-ip", "127.0.0.1", "address for /healthz, /readyz and /metrics")
@@ -89,6 +100,14 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	fs.String("v", "0", "ignored (flannel compatibility)")
 	fs.String("vmodule", "", "ignored (flannel compatibility)")
 	fs.String("stderrthreshold", "", "ignored (flannel compatibility)")
+	fs.String("log_backtrace_at", "", "ignored (flannel compatibility)")
+	fs.String("log_file", "", "ignored (flannel compatibility)")
+	fs.Uint64("log_file_max_size", 0, "ignored (flannel compatibility)")
+	fs.Bool("add_dir_header", false, "ignored (flannel compatibility)")
+	fs.Bool("one_output", false, "ignored (flannel compatibility)")
+	fs.Bool("skip_headers", false, "ignored (flannel compatibility)")
+	fs.Bool("skip_log_headers", false, "ignored (flannel compatibility)")
+	kubeSubnetMgr := fs.Bool("kube-subnet-mgr", false, "not supported: weft leases subnets in etcd")
 
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -123,6 +142,12 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	o.renewMargin = time.Duration(renewMinutes) * time.Minute
 	o.etcd.Endpoints = splitList(o.endpoints)
 	switch {
+	case *kubeSubnetMgr:
+		return nil, fmt.Errorf("-kube-subnet-mgr: weft leases subnets in etcd only; drop the flag and give -etcd-endpoints")
+	case renewMinutes < 1 || renewMinutes > 1439:
+		return nil, fmt.Errorf("-subnet-lease-renew-margin %d is out of range: minutes from 1 to 1439, as in flannel", renewMinutes)
+	case o.publicIPv6 != "" && !isIPv6(o.publicIPv6):
+		return nil, fmt.Errorf("-public-ipv6 %q is not an IPv6 address", o.publicIPv6)
 	case o.leaseTTL < 5*time.Second:
 		return nil, fmt.Errorf("-subnet-lease-ttl %s is too short; use at least 5s", o.leaseTTL)
 	case o.healthzPort < 0 || o.healthzPort > 65535:
@@ -137,4 +162,9 @@ func splitList(v string) []string {
 	var s stringList
 	s.Set(v)
 	return s
+}
+
+func isIPv6(s string) bool {
+	a, err := netip.ParseAddr(s)
+	return err == nil && a.Is6() && !a.Is4In6()
 }

@@ -51,3 +51,35 @@ func TestParseFlagsErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestFlannelFlags: flanneld's own flags in a flannel unit file start weftd
+// and mean what they mean there.
+func TestFlannelFlags(t *testing.T) {
+	o, err := parseFlags([]string{"-ip-masq", "-ip-masq-fully-random-disable", "-ip-blackhole-route", "-public-ipv6", "fd00::11",
+		"-log_backtrace_at", "", "-v", "1", "-skip_headers"}, env(nil), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !o.randomFullyDisable || !o.blackholeRoute || o.publicIPv6 != "fd00::11" {
+		t.Errorf("options %+v", o)
+	}
+	for _, m := range []string{"1", "1439"} {
+		if _, err := parseFlags([]string{"-subnet-lease-renew-margin", m}, env(nil), io.Discard); err != nil {
+			t.Errorf("-subnet-lease-renew-margin %s: %v", m, err)
+		}
+	}
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-subnet-lease-renew-margin", "0"}, "-subnet-lease-renew-margin 0 is out of range: minutes from 1 to 1439"},
+		{[]string{"-subnet-lease-renew-margin", "-5"}, "-subnet-lease-renew-margin -5 is out of range"},
+		{[]string{"-subnet-lease-renew-margin", "1440"}, "-subnet-lease-renew-margin 1440 is out of range"},
+		{[]string{"-public-ipv6", "10.0.0.1"}, `-public-ipv6 "10.0.0.1" is not an IPv6 address`},
+		{[]string{"-kube-subnet-mgr"}, "weft leases subnets in etcd only"},
+	} {
+		if _, err := parseFlags(tt.args, env(nil), io.Discard); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("parseFlags(%v) = %v, want %q", tt.args, err, tt.want)
+		}
+	}
+}

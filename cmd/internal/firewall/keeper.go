@@ -34,33 +34,44 @@ var _ Tables = (*iptables.IPTables)(nil)
 // restoring whatever was removed or changed by hand.
 type Keeper struct {
 	ipt      Tables
-	masq     bool
-	forward  bool
-	interval time.Duration
+	settings Settings
 	log      *slog.Logger
 }
 
-// NewKeeper finds iptables; masq and forward say which chains to keep.
-func NewKeeper(masq, forward bool, interval time.Duration, log *slog.Logger) (*Keeper, error) {
+// Settings say which chains a Keeper keeps and how, from weftd's flags.
+type Settings struct {
+	// Masq keeps the masquerade chain (-ip-masq).
+	Masq bool
+	// Forward keeps the forward chain (-iptables-forward-rules).
+	Forward bool
+	// RandomFullyDisable leaves --random-fully off the masquerade rules
+	// (-ip-masq-fully-random-disable).
+	RandomFullyDisable bool
+	// Resync is how often the chains are checked (-iptables-resync).
+	Resync time.Duration
+}
+
+// NewKeeper finds iptables and keeps the chains settings ask for.
+func NewKeeper(settings Settings, log *slog.Logger) (*Keeper, error) {
 	ipt, err := iptables.New()
 	if err != nil {
 		return nil, fmt.Errorf("iptables (needed for -ip-masq and -iptables-forward-rules): %w", err)
 	}
-	return NewKeeperWith(ipt, masq, forward, interval, log), nil
+	return NewKeeperWith(ipt, settings, log), nil
 }
 
 // NewKeeperWith is NewKeeper over any Tables (a fake in tests).
-func NewKeeperWith(ipt Tables, masq, forward bool, interval time.Duration, log *slog.Logger) *Keeper {
-	return &Keeper{ipt: ipt, masq: masq, forward: forward, interval: interval, log: log.With("component", "iptables")}
+func NewKeeperWith(ipt Tables, settings Settings, log *slog.Logger) *Keeper {
+	return &Keeper{ipt: ipt, settings: settings, log: log.With("component", "iptables")}
 }
 
 // chains lists the chains wanted for this network and subnet.
 func (k *Keeper) chains(network, subnet netip.Prefix) []Chain {
 	var out []Chain
-	if k.masq {
-		out = append(out, MasqChainFor(network, subnet, k.ipt.HasRandomFully()))
+	if k.settings.Masq {
+		out = append(out, MasqChainFor(network, subnet, k.ipt.HasRandomFully() && !k.settings.RandomFullyDisable))
 	}
-	if k.forward {
+	if k.settings.Forward {
 		out = append(out, ForwardChainFor(network))
 	}
 	return out
@@ -69,7 +80,7 @@ func (k *Keeper) chains(network, subnet netip.Prefix) []Chain {
 // Run keeps the chains in place until ctx ends; subnet returns the
 // current lease's subnet (it may change after a re-claim).
 func (k *Keeper) Run(ctx context.Context, network netip.Prefix, subnet func() netip.Prefix) error {
-	ticker := time.NewTicker(k.interval)
+	ticker := time.NewTicker(k.settings.Resync)
 	defer ticker.Stop()
 	lastErr := ""
 	for {
@@ -119,8 +130,11 @@ func (k *Keeper) syncChain(c Chain) error {
 		return err
 	}
 	if !ok {
-		// First, so no earlier rule (docker's own masquerade) takes the packet.
-		if err := k.ipt.Insert(c.Table, c.From, 1, c.Jump...); err != nil {
+		// Appended, as flannel does: docker's chains (DOCKER-USER, where an
+		// administrator filters container traffic) stay in front of weft's
+		// ACCEPT for the Network, also when weft re-adds a jump removed by
+		// hand or starts after dockerd.
+		if err := k.ipt.Append(c.Table, c.From, c.Jump...); err != nil {
 			return err
 		}
 		k.log.Info("jump added", "table", c.Table, "from", c.From, "to", c.Name)

@@ -19,15 +19,18 @@ var (
 // dockerMasq is docker's own masquerade rule, there before weft starts.
 var dockerMasq = []string{"-s", "172.17.0.0/16", "!", "-o", "docker0", "-j", "MASQUERADE"}
 
-// golden is the whole firewall after weft synced on a docker host: weft's
-// jumps come first, flannel's masquerade semantics, the comment quoted as
-// iptables-save quotes it.
+// golden is the whole firewall after weft synced on a docker host:
+// flannel's rules in flannel's order (pkg/trafficmngr/iptables), its
+// jumps appended after docker's rules (DOCKER-USER keeps filtering), the
+// comment quoted as iptables-save quotes it.
 const golden = `*filter
 :INPUT ACCEPT
 :FORWARD ACCEPT
 :OUTPUT ACCEPT
+:DOCKER-USER -
 :WEFT-FWD -
--A FORWARD -j WEFT-FWD -m comment --comment "weft forward"
+-A FORWARD -j DOCKER-USER
+-A FORWARD -m comment --comment "weft forward" -j WEFT-FWD
 -A WEFT-FWD -s 10.5.0.0/16 -m comment --comment "weft forward" -j ACCEPT
 -A WEFT-FWD -d 10.5.0.0/16 -m comment --comment "weft forward" -j ACCEPT
 COMMIT
@@ -37,16 +40,22 @@ COMMIT
 :OUTPUT ACCEPT
 :POSTROUTING ACCEPT
 :WEFT-POSTRTG -
--A POSTROUTING -j WEFT-POSTRTG -m comment --comment "weft masq"
 -A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE
--A WEFT-POSTRTG -s 10.5.0.0/16 -d 10.5.0.0/16 -m comment --comment "weft masq" -j RETURN
+-A POSTROUTING -m comment --comment "weft masq" -j WEFT-POSTRTG
+-A WEFT-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment "weft masq" -j RETURN
+-A WEFT-POSTRTG -s 10.5.34.0/24 -d 10.5.0.0/16 -m comment --comment "weft masq" -j RETURN
+-A WEFT-POSTRTG -s 10.5.0.0/16 -d 10.5.34.0/24 -m comment --comment "weft masq" -j RETURN
 -A WEFT-POSTRTG ! -s 10.5.0.0/16 -d 10.5.34.0/24 -m comment --comment "weft masq" -j RETURN
 -A WEFT-POSTRTG -s 10.5.0.0/16 ! -d 224.0.0.0/4 -m comment --comment "weft masq" -j MASQUERADE --random-fully
 -A WEFT-POSTRTG ! -s 10.5.0.0/16 -d 10.5.0.0/16 -m comment --comment "weft masq" -j MASQUERADE --random-fully
 COMMIT
 `
 
-// dockerHost is iptables as docker leaves it, and a Keeper of both chains.
+// both is what weftd keeps by default with -ip-masq.
+var both = firewall.Settings{Masq: true, Forward: true}
+
+// dockerHost is iptables as docker leaves it (its masquerade rule and its
+// DOCKER-USER chain first in FORWARD), and a Keeper of both chains.
 func dockerHost(t *testing.T) (*firewalltest.Tables, *firewall.Keeper) {
 	t.Helper()
 	ipt := firewalltest.New()
@@ -54,7 +63,13 @@ func dockerHost(t *testing.T) (*firewalltest.Tables, *firewall.Keeper) {
 	if err := ipt.Append("nat", "POSTROUTING", dockerMasq...); err != nil {
 		t.Fatal(err)
 	}
-	return ipt, firewall.NewKeeperWith(ipt, true, true, 0, quiet)
+	if err := ipt.ClearChain("filter", "DOCKER-USER"); err != nil {
+		t.Fatal(err)
+	}
+	if err := ipt.Append("filter", "FORWARD", "-j", "DOCKER-USER"); err != nil {
+		t.Fatal(err)
+	}
+	return ipt, firewall.NewKeeperWith(ipt, both, quiet)
 }
 
 func sync(t *testing.T, k *firewall.Keeper, subnet netip.Prefix) {
@@ -143,29 +158,38 @@ func TestSyncFollowsANewSubnet(t *testing.T) {
 	want := firewalltest.New()
 	want.RandomFully = true
 	want.Append("nat", "POSTROUTING", dockerMasq...)
-	sync(t, firewall.NewKeeperWith(want, true, true, 0, quiet), netip.MustParsePrefix("10.5.77.0/24"))
+	want.ClearChain("filter", "DOCKER-USER")
+	want.Append("filter", "FORWARD", "-j", "DOCKER-USER")
+	sync(t, firewall.NewKeeperWith(want, both, quiet), netip.MustParsePrefix("10.5.77.0/24"))
 	checkGolden(t, ipt, want.Save(), "after the subnet changed")
 }
 
-// TestOnlyTheChainsAskedFor: -ip-masq alone keeps no forward chain, and a
-// host without --random-fully gets plain MASQUERADE.
+// TestOnlyTheChainsAskedFor: -ip-masq alone keeps no forward chain, and
+// MASQUERADE goes without --random-fully when iptables lacks it or
+// -ip-masq-fully-random-disable says so.
 func TestOnlyTheChainsAskedFor(t *testing.T) {
-	ipt := firewalltest.New()
-	sync(t, firewall.NewKeeperWith(ipt, true, false, 0, quiet), subnet)
 	want := `*nat
 :PREROUTING ACCEPT
 :INPUT ACCEPT
 :OUTPUT ACCEPT
 :POSTROUTING ACCEPT
 :WEFT-POSTRTG -
--A POSTROUTING -j WEFT-POSTRTG -m comment --comment "weft masq"
--A WEFT-POSTRTG -s 10.5.0.0/16 -d 10.5.0.0/16 -m comment --comment "weft masq" -j RETURN
+-A POSTROUTING -m comment --comment "weft masq" -j WEFT-POSTRTG
+-A WEFT-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment "weft masq" -j RETURN
+-A WEFT-POSTRTG -s 10.5.34.0/24 -d 10.5.0.0/16 -m comment --comment "weft masq" -j RETURN
+-A WEFT-POSTRTG -s 10.5.0.0/16 -d 10.5.34.0/24 -m comment --comment "weft masq" -j RETURN
 -A WEFT-POSTRTG ! -s 10.5.0.0/16 -d 10.5.34.0/24 -m comment --comment "weft masq" -j RETURN
 -A WEFT-POSTRTG -s 10.5.0.0/16 ! -d 224.0.0.0/4 -m comment --comment "weft masq" -j MASQUERADE
 -A WEFT-POSTRTG ! -s 10.5.0.0/16 -d 10.5.0.0/16 -m comment --comment "weft masq" -j MASQUERADE
 COMMIT
 `
-	checkGolden(t, ipt, want, "-ip-masq only, no --random-fully")
+	noRandom := firewalltest.New()
+	sync(t, firewall.NewKeeperWith(noRandom, firewall.Settings{Masq: true}, quiet), subnet)
+	checkGolden(t, noRandom, want, "-ip-masq only, iptables without --random-fully")
+	disabled := firewalltest.New()
+	disabled.RandomFully = true
+	sync(t, firewall.NewKeeperWith(disabled, firewall.Settings{Masq: true, RandomFullyDisable: true}, quiet), subnet)
+	checkGolden(t, disabled, want, "-ip-masq-fully-random-disable")
 }
 
 // TestCleanupLeavesOthersRules: cleanup removes weft's jumps and chains and
@@ -177,7 +201,14 @@ func TestCleanupLeavesOthersRules(t *testing.T) {
 		if err := k.Cleanup(); err != nil {
 			t.Fatal(err)
 		}
-		checkGolden(t, ipt, `*nat
+		checkGolden(t, ipt, `*filter
+:INPUT ACCEPT
+:FORWARD ACCEPT
+:OUTPUT ACCEPT
+:DOCKER-USER -
+-A FORWARD -j DOCKER-USER
+COMMIT
+*nat
 :PREROUTING ACCEPT
 :INPUT ACCEPT
 :OUTPUT ACCEPT

@@ -24,40 +24,56 @@ type Chain struct {
 	Rules             [][]string
 }
 
-// MasqChainFor has flannel's masquerade semantics: nothing is masqueraded
-// inside the Network; traffic from the outside to this host's subnet keeps
-// its source; containers leaving the Network (but not to multicast) and the
-// host talking to remote containers are masqueraded.
+// kubeProxyMark is the mark kube-proxy sets on packets it has already
+// masqueraded (flannel's trafficmngr.KubeProxyMark); they are left alone.
+const kubeProxyMark = "0x4000/0x4000"
+
+// rule puts weft's comment between a rule's matches and its target, as
+// flannel writes its own rules.
+func rule(comment string, match []string, target ...string) []string {
+	return append(append(match, "-m", "comment", "--comment", comment), target...)
+}
+
+// MasqChainFor is flannel's masquerade chain, rule for rule and in its
+// order (flannel pkg/trafficmngr/iptables masqRules): packets kube-proxy
+// marked are left alone; nothing is masqueraded between this host's subnet
+// and the Network; traffic from outside to this host's subnet keeps its
+// source; containers leaving the Network (but not to multicast) and the
+// host talking to remote containers are masqueraded, with --random-fully
+// when iptables has it unless randomFullyDisable (-ip-masq-fully-random-disable).
 func MasqChainFor(network, subnet netip.Prefix, randomFully bool) Chain {
 	n, s := network.String(), subnet.String()
 	masq := []string{"-j", "MASQUERADE"}
 	if randomFully {
 		masq = append(masq, "--random-fully")
 	}
-	c := func(spec ...string) []string { return append(spec, "-m", "comment", "--comment", masqComment) }
+	r := func(match []string, target ...string) []string { return rule(masqComment, match, target...) }
 	return Chain{
 		Table: "nat", Name: MasqChain, From: "POSTROUTING",
-		Jump: c("-j", MasqChain),
+		Jump: r(nil, "-j", MasqChain),
 		Rules: [][]string{
-			append(c("-s", n, "-d", n), "-j", "RETURN"),
-			append(c("!", "-s", n, "-d", s), "-j", "RETURN"),
-			append(c("-s", n, "!", "-d", "224.0.0.0/4"), masq...),
-			append(c("!", "-s", n, "-d", n), masq...),
+			r([]string{"-m", "mark", "--mark", kubeProxyMark}, "-j", "RETURN"),
+			r([]string{"-s", s, "-d", n}, "-j", "RETURN"),
+			r([]string{"-s", n, "-d", s}, "-j", "RETURN"),
+			r([]string{"!", "-s", n, "-d", s}, "-j", "RETURN"),
+			r([]string{"-s", n, "!", "-d", "224.0.0.0/4"}, masq...),
+			r([]string{"!", "-s", n, "-d", n}, masq...),
 		},
 	}
 }
 
 // ForwardChainFor accepts forwarded traffic to and from the Network, for
-// hosts whose FORWARD policy is DROP (docker sets it so).
+// hosts whose FORWARD policy is DROP (docker sets it so), as flannel's
+// FLANNEL-FWD does.
 func ForwardChainFor(network netip.Prefix) Chain {
 	n := network.String()
-	c := func(spec ...string) []string { return append(spec, "-m", "comment", "--comment", fwdComment) }
+	r := func(match []string, target ...string) []string { return rule(fwdComment, match, target...) }
 	return Chain{
 		Table: "filter", Name: ForwardChain, From: "FORWARD",
-		Jump: c("-j", ForwardChain),
+		Jump: r(nil, "-j", ForwardChain),
 		Rules: [][]string{
-			append(c("-s", n), "-j", "ACCEPT"),
-			append(c("-d", n), "-j", "ACCEPT"),
+			r([]string{"-s", n}, "-j", "ACCEPT"),
+			r([]string{"-d", n}, "-j", "ACCEPT"),
 		},
 	}
 }

@@ -1,0 +1,46 @@
+package netutil
+
+import (
+	"fmt"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// BlackholeMetric is the metric of the blackhole route -ip-blackhole-route
+// keeps for this host's subnet. flannel adds it at metric 0, where it
+// collides with the bridge's own route to the same subnet (docker0, cbr0);
+// a high metric lets both exist: the bridge's route wins while the bridge is
+// up, and the blackhole keeps the subnet's traffic from leaking out of the
+// default route when it is not.
+const BlackholeMetric = 4242
+
+// blackhole is the blackhole route for subnet.
+func blackhole(subnet netip.Prefix) *netlink.Route {
+	return &netlink.Route{Dst: IPNet(subnet), Type: unix.RTN_BLACKHOLE, Family: netlink.FAMILY_V4,
+		Table: unix.RT_TABLE_MAIN, Priority: BlackholeMetric}
+}
+
+// EnsureBlackhole adds the blackhole route for subnet unless the kernel has
+// it (flannel's -ip-blackhole-route), and removes the one of previous (an
+// older lease's subnet; the zero prefix for none).
+func EnsureBlackhole(k Kernel, subnet, previous netip.Prefix) error {
+	if previous.IsValid() && previous != subnet {
+		if err := k.RouteDel(blackhole(previous)); err != nil && err != unix.ESRCH {
+			return fmt.Errorf("removing the blackhole route of %s: %w", previous, err)
+		}
+	}
+	want := blackhole(subnet)
+	have, err := k.RouteListFiltered(netlink.FAMILY_V4, want, netlink.RT_FILTER_DST|netlink.RT_FILTER_TYPE|netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return fmt.Errorf("listing blackhole routes: %w", err)
+	}
+	if len(have) > 0 {
+		return nil
+	}
+	if err := k.RouteReplace(want); err != nil {
+		return fmt.Errorf("blackhole route %s: %w", subnet, err)
+	}
+	return nil
+}
