@@ -247,3 +247,35 @@ func TestWeftSubnetEnvAsFlannel(t *testing.T) {
 		})
 	}
 }
+
+// TestBackendMTUAsFlannel: Backend.MTU is the MTU on the wire, as in
+// flannel, so "MTU":1450 gives every host of a mixed cluster the same
+// device MTU and FLANNEL_MTU.
+func TestBackendMTUAsFlannel(t *testing.T) {
+	for _, tt := range []struct {
+		backend string
+		mtu     string
+		want    int
+	}{
+		{lease.BackendVXLAN, `,"MTU":1450`, 1400},
+		{lease.BackendVXLAN, ``, 1450},
+		{lease.BackendWireGuard, `,"MTU":1450`, 1370},
+		{lease.BackendWireGuard, ``, 1420},
+		{lease.BackendUDP, `,"MTU":1450`, 1422},
+		{lease.BackendHostGW, ``, 1500},
+	} {
+		cfg, err := lease.ParseConfig([]byte(`{"Network":"10.244.0.0/16","Backend":{"Type":"` + tt.backend + `"` + tt.mtu + `}}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := Constructors()[tt.backend](Env{Config: cfg, External: flannelUnderlay,
+			Log: slog.New(slog.NewTextHandler(io.Discard, nil)), PublicIP: netip.MustParseAddr("192.168.77.11"),
+			KeyFile: filepath.Join(t.TempDir(), "wg.key")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b.MTU() != tt.want {
+			t.Errorf("%s%s: MTU %d, flannel's is %d", tt.backend, tt.mtu, b.MTU(), tt.want)
+		}
+	}
+}

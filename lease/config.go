@@ -45,6 +45,10 @@ type Config struct {
 	// flannel config round-trips.
 	EnableIPv6  bool
 	IPv6Network string
+	// Notes say what was read differently from how it was written (a
+	// Network with host bits, "VXLAN" for "vxlan"), as flannel reads it;
+	// weftd logs them once when it loads the config.
+	Notes []string
 	// Backend selects and configures the data path.
 	Backend BackendConfig
 	// BackendDefaulted is true when the config had no Backend and weft chose
@@ -100,10 +104,10 @@ func ParseConfig(data []byte) (*Config, error) {
 	if err != nil || !network.Addr().Is4() {
 		return nil, configErr(`key "Network": %q is not an IPv4 CIDR such as "10.5.0.0/16"`, *raw.Network)
 	}
+	cfg := &Config{Network: network.Masked(), EnableIPv6: raw.EnableIPv6, IPv6Network: raw.IPv6Network}
 	if network.Masked() != network {
-		return nil, configErr(`key "Network": %s has host bits set; did you mean %s?`, network, network.Masked())
+		cfg.Notes = append(cfg.Notes, fmt.Sprintf(`key "Network": %s has host bits set; using %s, as flannel does`, network, network.Masked()))
 	}
-	cfg := &Config{Network: network, EnableIPv6: raw.EnableIPv6, IPv6Network: raw.IPv6Network}
 	if err := cfg.setSubnetLen(raw.SubnetLen); err != nil {
 		return nil, err
 	}
@@ -193,6 +197,10 @@ func (c *Config) setBackend(raw json.RawMessage) error {
 		typ = *head.Type
 	} else {
 		c.BackendDefaulted = true
+	}
+	if lower := strings.ToLower(typ); lower != typ {
+		c.Notes = append(c.Notes, fmt.Sprintf(`key "Backend.Type": %q read as %q, as flannel does`, typ, lower))
+		typ = lower
 	}
 	if !slices.Contains(KnownBackends, typ) {
 		return configErr(`key "Backend.Type": unknown backend %q; valid types are %s`, typ, strings.Join(KnownBackends, ", "))

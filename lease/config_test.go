@@ -47,7 +47,6 @@ func TestParseConfigErrors(t *testing.T) {
 		{"network not cidr", `{"Network":"10.5.0.0"}`, `key "Network": "10.5.0.0" is not an IPv4 CIDR`},
 		{"network wrong type", `{"Network":5}`, `key "Network": expected a string, got a JSON number`},
 		{"network ipv6", `{"Network":"fd00::/64"}`, `is not an IPv4 CIDR`},
-		{"network host bits", `{"Network":"10.5.3.0/16"}`, `has host bits set; did you mean 10.5.0.0/16`},
 		{"network too small", `{"Network":"10.5.0.0/29"}`, `too small; the smallest useful Network is a /28`},
 		{"subnetlen 31", `{"Network":"10.5.0.0/16","SubnetLen":31}`, `key "SubnetLen": 31 is out of range`},
 		{"subnetlen negative", `{"Network":"10.5.0.0/16","SubnetLen":-3}`, `key "SubnetLen": -3 is out of range`},
@@ -112,4 +111,26 @@ func FuzzParseConfig(f *testing.F) {
 			t.Fatalf("accepted config with unusable pool: %+v", cfg)
 		}
 	})
+}
+
+// TestConfigReadAsFlannel: configs flannel accepts are accepted, read as
+// flannel reads them, and what was read differently is noted for the log.
+func TestConfigReadAsFlannel(t *testing.T) {
+	cfg, err := ParseConfig([]byte(`{"Network":"10.5.1.0/16","Backend":{"Type":"VXLAN","VNI":4}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Network != netip.MustParsePrefix("10.5.0.0/16") || cfg.Backend.Type != BackendVXLAN {
+		t.Errorf("read as %s %s", cfg.Network, cfg.Backend.Type)
+	}
+	want := []string{
+		`key "Network": 10.5.1.0/16 has host bits set; using 10.5.0.0/16, as flannel does`,
+		`key "Backend.Type": "VXLAN" read as "vxlan", as flannel does`,
+	}
+	if strings.Join(cfg.Notes, "\n") != strings.Join(want, "\n") {
+		t.Errorf("notes:\n%s\nwant:\n%s", strings.Join(cfg.Notes, "\n"), strings.Join(want, "\n"))
+	}
+	if cfg, _ := ParseConfig([]byte(`{"Network":"10.5.0.0/16"}`)); len(cfg.Notes) != 0 {
+		t.Errorf("notes for a config read as written: %v", cfg.Notes)
+	}
 }

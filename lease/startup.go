@@ -47,6 +47,9 @@ func WaitForConfig(ctx context.Context, store Store, key string, retry StartupRe
 				if cfg.BackendDefaulted {
 					log.Warn(`network config has no Backend.Type; using "udp" as flannel does. For an encrypted mesh set "Backend": {"Type": "wireguard"}`, "key", key)
 				}
+				for _, note := range cfg.Notes {
+					log.Warn("network config: "+note, "key", key)
+				}
 				log.Info("network config loaded", "key", key, "network", cfg.Network, "subnet_len", cfg.SubnetLen, "backend", cfg.Backend.Type)
 				return cfg, nil
 			}

@@ -12,6 +12,7 @@ import (
 	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/backends/options"
 	"github.com/weftnet/weft/lease"
 	"github.com/weftnet/weft/mesh"
 )
@@ -36,10 +37,7 @@ func New(cfg *lease.Config, ext netutil.ExternalInterface, kernel netutil.Kernel
 	if err != nil {
 		return nil, err
 	}
-	mtu := opts.MTU
-	if mtu == 0 {
-		mtu = ext.MTU - Overhead
-	}
+	mtu := options.DeviceMTU(opts.MTU, ext.MTU, Overhead)
 	return &Backend{opts: opts, ext: ext, subnetLen: cfg.SubnetLen, mtu: mtu, kernel: kernel, log: log.With("component", "udp")}, nil
 }
 

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/backends/options"
 	"github.com/weftnet/weft/mesh"
 )
 
@@ -32,9 +33,9 @@ func New(raw json.RawMessage, ext netutil.ExternalInterface, publicIP netip.Addr
 	if err != nil {
 		return nil, err
 	}
-	mtu := opts.MTU
-	if mtu == 0 {
-		mtu = ext.MTU - Overhead
+	mtu := options.DeviceMTU(opts.MTU, ext.MTU, Overhead)
+	if opts.PortDefaulted {
+		log.Info(`vxlan "Port": 0 means the kernel's default port, 8472, as in flannel`)
 	}
 	return &Backend{opts: opts, ext: ext, mac: StableMAC(publicIP, opts.VNI), mtu: mtu, kernel: kernel,
 		log: log.With("component", "vxlan", "device", opts.DeviceName())}, nil

@@ -17,8 +17,11 @@ const Overhead = 50
 
 // Options are the "Backend" keys of a vxlan network config, as flannel's.
 type Options struct {
-	VNI           int
-	Port          int
+	VNI  int
+	Port int
+	// PortDefaulted is set when the config gave Port 0, which flannel hands
+	// to the kernel as "its default": 8472.
+	PortDefaulted bool
 	GBP           bool
 	Learning      bool
 	MTU           int
@@ -46,6 +49,9 @@ func ParseOptions(raw json.RawMessage) (Options, error) {
 			return o, fmt.Errorf(`key "Backend.VNI": %d is not between 0 and 16777215`, *in.VNI)
 		}
 		o.VNI = *in.VNI
+	}
+	if in.Port != nil && *in.Port == 0 {
+		in.Port, o.PortDefaulted = nil, true
 	}
 	var err error
 	if o.Port, err = options.Port("Port", in.Port, 8472); err != nil {

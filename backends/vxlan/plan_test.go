@@ -40,7 +40,7 @@ func TestParseOptions(t *testing.T) {
 	}
 	for raw, want := range map[string]string{
 		`{"VNI":16777216}`: `key "Backend.VNI": 16777216`,
-		`{"Port":0}`:       `key "Backend.Port": 0`,
+		`{"Port":-1}`:      `key "Backend.Port": -1`,
 		`{"MTU":10}`:       `key "Backend.MTU": 10`,
 		`{"VNI":"one"}`:    `vxlan Backend options`,
 	} {
@@ -100,5 +100,14 @@ fdb 02:00:00:00:00:03 dst 10.200.0.3
 `
 	if got := render(state); got != want {
 		t.Errorf("direct routing plan:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+// TestPortZeroIsTheKernelDefault: flannel hands Port 0 to the kernel,
+// whose default is 8472.
+func TestPortZeroIsTheKernelDefault(t *testing.T) {
+	o, err := ParseOptions(json.RawMessage(`{"Type":"vxlan","Port":0}`))
+	if err != nil || o.Port != 8472 || !o.PortDefaulted {
+		t.Fatalf("Port 0: %+v, %v; want 8472, noted", o, err)
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/backends/options"
 	"github.com/weftnet/weft/keys"
 	"github.com/weftnet/weft/mesh"
 )
@@ -63,10 +64,7 @@ func New(raw json.RawMessage, ext netutil.ExternalInterface, keyFile string, ker
 	} else {
 		log.Info("loaded the WireGuard key", "file", keyFile, "public_key", key.Public())
 	}
-	mtu := opts.MTU
-	if mtu == 0 {
-		mtu = ext.MTU - Overhead
-	}
+	mtu := options.DeviceMTU(opts.MTU, ext.MTU, Overhead)
 	return &Backend{name: DeviceName, opts: opts, ext: ext, keyFile: keyFile, kernel: kernel, calls: calls, log: log, mtu: mtu, key: key}, nil
 }
 

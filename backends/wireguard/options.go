@@ -30,7 +30,8 @@ type Options struct {
 	PSK *keys.Key
 	// PersistentKeepalive is 0 (off) or the interval between keepalives.
 	PersistentKeepalive time.Duration
-	// MTU overrides the device MTU (0: external MTU − Overhead).
+	// MTU is the MTU of the packets on the wire, as in flannel: the device
+	// gets MTU − Overhead (0: the external interface's MTU − Overhead).
 	MTU            int
 	Implementation string
 }
