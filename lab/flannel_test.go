@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -193,4 +194,35 @@ func TestFlannelWireGuardHost(t *testing.T) {
 		})
 	}
 	checkNotSkipped(t, l.Hosts, f)
+}
+
+// TestFlannelMTU: with "MTU":1450 in the config, the device and
+// FLANNEL_MTU are 1450 less the overhead, as on flannel's hosts of the
+// same cluster, and packets of exactly that size cross between hosts with
+// fragmentation forbidden.
+func TestFlannelMTU(t *testing.T) {
+	for _, tt := range []struct {
+		backend, device string
+		want            int
+	}{
+		{lease.BackendVXLAN, "weft.1", 1400},
+		{lease.BackendWireGuard, "weft-wg", 1370},
+	} {
+		t.Run(tt.backend, func(t *testing.T) {
+			config := fmt.Sprintf(`{"Network":%q,"Backend":{"Type":%q,"MTU":1450}}`, DefaultNetwork, tt.backend)
+			l := startCluster(t, Options{Hosts: 2, Config: config})
+			h1, h2 := l.Hosts[0], l.Hosts[1]
+			env, err := lease.ReadSubnetFile(h1.SubnetFile())
+			if err != nil || env.MTU != tt.want {
+				t.Errorf("FLANNEL_MTU %d (%v), flannel writes %d", env.MTU, err, tt.want)
+			}
+			if out, _ := Exec(h1.Name, "ip", "link", "show", tt.device); !strings.Contains(out, fmt.Sprintf("mtu %d ", tt.want)) {
+				t.Errorf("device: %s, want mtu %d", out, tt.want)
+			}
+			size := strconv.Itoa(tt.want - 28) // ICMP payload of a tt.want-byte IP packet
+			if _, err := Exec(h1.Container, "ping", "-c", "2", "-W", "2", "-M", "do", "-s", size, h2.ContainerIP().String()); err != nil {
+				t.Errorf("a %d-byte packet with DF set: %v", tt.want, err)
+			}
+		})
+	}
 }

@@ -32,9 +32,11 @@ type ClaimRequest struct {
 
 // Claim leases a subnet for req.Attrs.PublicIP and returns it. In order of
 // preference: the lease this host already holds in the store (found by
-// PublicIP), req.Previous, then a random free subnet. Writes are atomic
-// create-if-absent (or compare-and-swap for an existing lease); a lost race
-// is retried with fresh data, so two hosts never share a subnet.
+// PublicIP; a reservation, written without a TTL, stays without one, as in
+// flannel), req.Previous, then a random free subnet. A lease of this host
+// that no longer fits the config is deleted, as flannel does. Writes are
+// atomic create-if-absent (or compare-and-swap for an existing lease); a
+// lost race is retried with fresh data, so two hosts never share a subnet.
 func Claim(ctx context.Context, store Store, req ClaimRequest) (Lease, error) {
 	ttl := req.TTL
 	if ttl <= 0 {
@@ -53,14 +55,23 @@ func Claim(ctx context.Context, store Store, req ClaimRequest) (Lease, error) {
 			if err != nil {
 				continue
 			}
+			l, err := DecodeLease(rec.Key, rec.Value)
+			if err == nil && l.Attrs.PublicIP == req.Attrs.PublicIP && !req.Config.Fits(subnet) {
+				// This host's lease from an older config: it frees the subnet.
+				if err := store.Delete(ctx, rec.Key); err != nil {
+					return Lease{}, fmt.Errorf("deleting this host's lease %s, which no longer fits the config: %w", rec.Key, err)
+				}
+				continue
+			}
 			taken = append(taken, subnet)
-			if l, err := DecodeLease(rec.Key, rec.Value); err == nil && mine == nil &&
-				l.Attrs.PublicIP == req.Attrs.PublicIP && req.Config.Fits(subnet) {
+			if err == nil && mine == nil && l.Attrs.PublicIP == req.Attrs.PublicIP {
 				mine = &records[i]
 			}
 		}
 		var rec Record
 		switch {
+		case mine != nil && mine.StoreLeaseID == 0:
+			rec, err = store.Replace(ctx, *mine, value, 0) // a reservation stays one
 		case mine != nil:
 			rec, err = store.Replace(ctx, *mine, value, ttl)
 		case req.Previous.IsValid() && req.Config.Fits(req.Previous) && !overlapsAny(req.Previous, taken):
@@ -80,8 +91,11 @@ func Claim(ctx context.Context, store Store, req ClaimRequest) (Lease, error) {
 			return Lease{}, fmt.Errorf("writing lease: %w", err)
 		}
 		subnet, _ := ParseSubnetKey(rec.Key)
-		return Lease{Subnet: subnet, Attrs: req.Attrs, Expiration: time.Now().Add(ttl),
-			Revision: rec.Revision, StoreLeaseID: rec.StoreLeaseID}, nil
+		l := Lease{Subnet: subnet, Attrs: req.Attrs, Revision: rec.Revision, StoreLeaseID: rec.StoreLeaseID}
+		if rec.StoreLeaseID != 0 {
+			l.Expiration = time.Now().Add(ttl)
+		}
+		return l, nil
 	}
 	return Lease{}, fmt.Errorf("claiming a subnet: lost %d races in a row; is something rewriting the leases?", maxClaimRounds)
 }

@@ -234,6 +234,17 @@ func (s *EtcdStore) Replace(ctx context.Context, old Record, value []byte, ttl t
 }
 
 func (s *EtcdStore) putIf(ctx context.Context, key string, value []byte, ttl time.Duration, cond clientv3.Cmp, lost error) (Record, error) {
+	if ttl <= 0 {
+		// A reservation: the key lives until someone deletes it.
+		resp, err := s.client.Txn(ctx).If(cond).Then(clientv3.OpPut(s.subnets+key, string(value))).Commit()
+		if err == nil && !resp.Succeeded {
+			err = lost
+		}
+		if err != nil {
+			return Record{}, err
+		}
+		return Record{Key: key, Value: value, Revision: resp.Header.Revision}, nil
+	}
 	grant, err := s.client.Grant(ctx, int64(max(ttl/time.Second, 1)))
 	if err != nil {
 		return Record{}, err

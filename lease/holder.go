@@ -108,6 +108,10 @@ func (h *Holder) refresh(ctx context.Context, renew bool) error {
 	req := h.req
 	h.mu.Unlock()
 	rec := Record{Key: cur.Key(), Revision: cur.Revision, StoreLeaseID: cur.StoreLeaseID}
+	if renew && cur.StoreLeaseID == 0 {
+		// A reservation has no TTL to renew: only check it is still ours.
+		renew = false
+	}
 	if renew {
 		_, err := h.store.Renew(ctx, rec)
 		if err == nil {

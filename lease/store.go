@@ -66,7 +66,8 @@ type Store interface {
 	// ErrExists if it does.
 	Create(ctx context.Context, key string, value []byte, ttl time.Duration) (Record, error)
 	// Replace overwrites old only if it is unchanged since old.Revision, bound
-	// to a new TTL; ErrConflict otherwise.
+	// to a new TTL, or to none when ttl is 0 (a reservation);
+	// ErrConflict otherwise.
 	Replace(ctx context.Context, old Record, value []byte, ttl time.Duration) (Record, error)
 	// Renew restarts the record's TTL and returns it; ErrLeaseLost if the
 	// store no longer has it.

@@ -383,3 +383,62 @@ func TestWatcherChangesSince(t *testing.T) {
 		}
 	})
 }
+
+// TestClaimKeepsReservations: a lease written without a TTL (a flannel
+// reservation, Documentation/reservations.md) for this host's PublicIP is
+// reused and stays without one; this host's lease from an older config
+// that no longer fits is deleted, as flannel does.
+func TestClaimKeepsReservations(t *testing.T) {
+	stores(t, func(t *testing.T, s lease.Store) {
+		ctx := context.Background()
+		cfg := mustConfig(t, `{"Network":"10.5.0.0/16"}`)
+		reserved := hostAttrs(7)
+		if _, err := s.Create(ctx, "10.5.77.0-24", reserved.Encode(), 0); err != nil {
+			t.Fatal(err)
+		}
+		l, err := lease.Claim(ctx, s, lease.ClaimRequest{Config: cfg, Attrs: reserved, TTL: time.Hour})
+		if err != nil || l.Subnet != netip.MustParsePrefix("10.5.77.0/24") {
+			t.Fatalf("claim = %v, %v; want the reservation 10.5.77.0/24", l.Subnet, err)
+		}
+		rec, ok, err := s.Get(ctx, "10.5.77.0-24")
+		if err != nil || !ok || rec.StoreLeaseID != 0 || l.StoreLeaseID != 0 || !l.Expiration.IsZero() {
+			t.Errorf("the reservation got a TTL: record %+v, lease %+v (%v)", rec, l, err)
+		}
+
+		other := hostAttrs(8)
+		if _, err := s.Create(ctx, "10.9.3.0-24", other.Encode(), time.Hour); err != nil {
+			t.Fatal(err)
+		}
+		l, err = lease.Claim(ctx, s, lease.ClaimRequest{Config: cfg, Attrs: other, TTL: time.Hour})
+		if err != nil || !cfg.Fits(l.Subnet) {
+			t.Fatalf("claim = %v, %v", l.Subnet, err)
+		}
+		if _, ok, _ := s.Get(ctx, "10.9.3.0-24"); ok {
+			t.Error("this host's lease that no longer fits the config was left in place")
+		}
+	})
+}
+
+// TestHolderLeavesAReservationAlone: renewing a reservation does not turn
+// it into a TTL lease or re-claim it.
+func TestHolderLeavesAReservationAlone(t *testing.T) {
+	store := leasetest.New(nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cfg := mustConfig(t, `{"Network":"10.5.0.0/16"}`)
+	attrs := hostAttrs(9)
+	store.Create(ctx, "10.5.90.0-24", attrs.Encode(), 0)
+	req := lease.ClaimRequest{Config: cfg, Attrs: attrs, TTL: 3 * time.Second}
+	l, err := lease.Claim(ctx, store, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs syncBuffer
+	h := lease.NewHolder(store, req, l, time.Second, testLogger(&logs))
+	go h.Run(ctx)
+	time.Sleep(2500 * time.Millisecond) // past one renewal time (TTL/3)
+	rec, ok, _ := store.Get(ctx, "10.5.90.0-24")
+	if !ok || rec.StoreLeaseID != 0 || rec.Revision != l.Revision || h.Current().Subnet != l.Subnet {
+		t.Errorf("the reservation was rewritten: %+v\n%s", rec, logs.String())
+	}
+}

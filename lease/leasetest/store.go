@@ -210,9 +210,12 @@ func (s *Store) put(key string, value []byte, ttl time.Duration, ok func(lease.R
 		s.mu.Unlock()
 		return lease.Record{}, lost
 	}
-	id := s.nextID
-	s.nextID++
-	s.ttls[id] = ttl
+	var id int64 // a reservation (ttl 0) has no TTL handle
+	if ttl > 0 {
+		id = s.nextID
+		s.nextID++
+		s.ttls[id] = ttl
+	}
 	rec := lease.Record{Key: key, Value: append([]byte(nil), value...), StoreLeaseID: id}
 	rec.Revision = s.commitLocked(lease.RecordEvent{Record: rec})
 	s.mu.Unlock()
