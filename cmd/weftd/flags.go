@@ -73,7 +73,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	fs.StringVar(&o.etcd.Username, "etcd-username", "", "etcd user name")
 	fs.StringVar(&o.etcd.Password, "etcd-password", "", "etcd password")
 	fs.Var((*stringList)(&o.ifaces), "iface", "interface name or IP to use for inter-host traffic (repeatable)")
-	fs.Var((*stringList)(&o.ifaceRegex), "iface-regex", "regex matching the interface name or IP to use (repeatable)")
+	fs.Var((*repeated)(&o.ifaceRegex), "iface-regex", "regex matching the interface's address or, failing that, its name (repeatable; tried after -iface)")
 	fs.StringVar(&o.ifaceCanReach, "iface-can-reach", "", "use the interface that routes to this IP")
 	fs.StringVar(&o.publicIP, "public-ip", "", "IP other hosts reach this host at (default: the interface's)")
 	fs.StringVar(&o.subnetFile, "subnet-file", lease.DefaultSubnetFile, "file to write the subnet environment to")
@@ -156,6 +156,16 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 		return nil, fmt.Errorf("-iptables-resync %d must be at least 1 second", o.iptablesSync)
 	}
 	return o, nil
+}
+
+// repeated is a repeatable flag taken as given: -iface-regex values may
+// hold commas ("^en[a-z0-9]{1,3}$").
+type repeated []string
+
+func (r *repeated) String() string { return strings.Join(*r, " ") }
+func (r *repeated) Set(v string) error {
+	*r = append(*r, v)
+	return nil
 }
 
 func splitList(v string) []string {

@@ -4,10 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
 	"regexp"
 	"sort"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -15,44 +15,149 @@ import (
 	"github.com/weftnet/weft/backends/netutil"
 )
 
-// chooseExternal picks the interface and address for inter-host traffic, in
-// flannel's order: -iface, -iface-regex, -iface-can-reach, else the
-// default route's interface. It logs what it chose and why.
-func chooseExternal(o *options, log *slog.Logger) (netutil.ExternalInterface, netip.Addr, error) {
-	link, why, err := pickLink(o)
-	if err != nil {
-		return netutil.ExternalInterface{}, netip.Addr{}, err
-	}
-	addrs, err := netutil.Retry(func() ([]netlink.Addr, error) { return netlink.AddrList(link, netlink.FAMILY_V4) })
-	if err != nil {
-		return netutil.ExternalInterface{}, netip.Addr{}, fmt.Errorf("listing addresses of %s: %w", link.Attrs().Name, err)
-	}
-	ext := netutil.ExternalInterface{Name: link.Attrs().Name, Index: link.Attrs().Index, MTU: link.Attrs().MTU}
-	var global []netip.Addr
-	for _, a := range addrs {
-		p, ok := netutil.Prefix(a.IPNet)
-		if !ok {
-			continue
+// hostInterface is one interface as the external-interface choice sees
+// it: its name, index, MTU and global IPv4 addresses (with their networks).
+type hostInterface struct {
+	Name       string
+	Index, MTU int
+	Addrs      []netip.Prefix
+}
+
+// routeLookup says which interface and source address a packet to ip
+// would leave by (`ip route get`).
+type routeLookup func(ip netip.Addr) (index int, src netip.Addr, err error)
+
+// chosen is the outcome of the choice: the interface, the address on it
+// that is used, and why, for the log.
+type chosen struct {
+	iface hostInterface
+	addr  netip.Addr
+	why   string
+}
+
+// pickExternal chooses the interface and address for inter-host traffic as
+// flannel does (main.go, pkg/ipmatch): each -iface in turn (a name, or an
+// IP naming the interface that holds it), then each -iface-regex (matched
+// against every interface's addresses first, then names; a matched address
+// is the one used), then -iface-can-reach (the route's interface and source
+// address), each falling through to the next when it matches nothing. With
+// none of them, the interface holding -public-ip, else the default
+// route's. The address is the interface's first unless the match named one.
+func pickExternal(o *options, ifaces []hostInterface, defaultIndex int, route routeLookup) (chosen, error) {
+	byIndex := func(idx int) (hostInterface, bool) {
+		for _, i := range ifaces {
+			if i.Index == idx {
+				return i, true
+			}
 		}
-		ext.Prefixes = append(ext.Prefixes, p.Masked())
-		if a.Scope == unix.RT_SCOPE_UNIVERSE {
-			global = append(global, p.Addr())
+		return hostInterface{}, false
+	}
+	holding := func(ip netip.Addr) (hostInterface, bool) {
+		for _, i := range ifaces {
+			for _, a := range i.Addrs {
+				if a.Addr() == ip {
+					return i, true
+				}
+			}
 		}
+		return hostInterface{}, false
 	}
-	if len(global) == 0 {
-		return ext, netip.Addr{}, fmt.Errorf("interface %s (%s) has no global IPv4 address; give it one or pick another with -iface", ext.Name, why)
+	first := func(i hostInterface, why string) (chosen, error) {
+		if len(i.Addrs) == 0 {
+			return chosen{}, fmt.Errorf("interface %s (%s) has no global IPv4 address; give it one or pick another with -iface", i.Name, why)
+		}
+		return chosen{iface: i, addr: i.Addrs[0].Addr(), why: why}, nil
 	}
-	ext.Addr = global[0]
-	if want, ok := preferredAddr(o); ok {
-		for _, a := range global {
-			if a == want {
-				ext.Addr = a
+	var tried []string
+	for _, spec := range o.ifaces {
+		if ip, err := netip.ParseAddr(spec); err == nil {
+			if i, ok := holding(ip); ok {
+				return chosen{iface: i, addr: ip, why: "-iface " + spec}, nil
+			}
+		} else {
+			for _, i := range ifaces {
+				if i.Name == spec {
+					return first(i, "-iface "+spec)
+				}
+			}
+		}
+		tried = append(tried, "-iface "+spec)
+	}
+	for _, expr := range o.ifaceRegex {
+		re, err := regexp.Compile(expr)
+		if err != nil {
+			return chosen{}, fmt.Errorf("-iface-regex %q: %w", expr, err)
+		}
+		for _, i := range ifaces {
+			for _, a := range i.Addrs {
+				if re.MatchString(a.Addr().String()) {
+					return chosen{iface: i, addr: a.Addr(), why: "-iface-regex " + expr + " matched an address"}, nil
+				}
+			}
+		}
+		for _, i := range ifaces {
+			if re.MatchString(i.Name) {
+				return first(i, "-iface-regex "+expr+" matched the name")
+			}
+		}
+		tried = append(tried, "-iface-regex "+expr)
+	}
+	if o.ifaceCanReach != "" {
+		target, err := netip.ParseAddr(o.ifaceCanReach)
+		if err != nil {
+			return chosen{}, fmt.Errorf("-iface-can-reach %q is not an IP address", o.ifaceCanReach)
+		}
+		if idx, src, err := route(target); err == nil {
+			if i, ok := byIndex(idx); ok {
+				why := "route to -iface-can-reach " + o.ifaceCanReach
+				if src.IsValid() {
+					return chosen{iface: i, addr: src, why: why}, nil
+				}
+				return first(i, why)
+			}
+		}
+		tried = append(tried, "-iface-can-reach "+o.ifaceCanReach)
+	}
+	if len(tried) > 0 {
+		var have []string
+		for _, i := range ifaces {
+			have = append(have, fmt.Sprintf("%s:%v", i.Name, i.Addrs))
+		}
+		return chosen{}, fmt.Errorf("no interface matches %s (interfaces: %s)", strings.Join(tried, ", "), strings.Join(have, " "))
+	}
+	if o.publicIP != "" {
+		if ip, err := netip.ParseAddr(o.publicIP); err == nil {
+			if i, ok := holding(ip); ok {
+				return chosen{iface: i, addr: ip, why: "it holds -public-ip " + o.publicIP}, nil
 			}
 		}
 	}
-	if len(global) > 1 {
-		log.Info("interface has several addresses; using the first (pick one with -iface <IP> or -public-ip)",
-			"iface", ext.Name, "addresses", global, "chosen", ext.Addr)
+	i, ok := byIndex(defaultIndex)
+	if !ok {
+		return chosen{}, errors.New("no default route to pick the external interface from; set -iface, -iface-regex or -iface-can-reach")
+	}
+	return first(i, "default route")
+}
+
+// chooseExternal picks the interface and address for inter-host traffic
+// (pickExternal, on this host's interfaces and routes) and the public IP,
+// and logs what it chose and why.
+func chooseExternal(o *options, log *slog.Logger) (netutil.ExternalInterface, netip.Addr, error) {
+	ifaces, defaultIndex, err := hostInterfaces()
+	if err != nil {
+		return netutil.ExternalInterface{}, netip.Addr{}, err
+	}
+	c, err := pickExternal(o, ifaces, defaultIndex, routeTo)
+	if err != nil {
+		return netutil.ExternalInterface{}, netip.Addr{}, err
+	}
+	ext := netutil.ExternalInterface{Name: c.iface.Name, Index: c.iface.Index, MTU: c.iface.MTU, Addr: c.addr}
+	for _, a := range c.iface.Addrs {
+		ext.Prefixes = append(ext.Prefixes, a.Masked())
+	}
+	if len(c.iface.Addrs) > 1 {
+		log.Info("interface has several addresses; using this one (pick another with -iface <IP> or -public-ip)",
+			"iface", ext.Name, "addresses", c.iface.Addrs, "chosen", ext.Addr)
 	}
 	public := ext.Addr
 	if o.publicIP != "" {
@@ -61,72 +166,35 @@ func chooseExternal(o *options, log *slog.Logger) (netutil.ExternalInterface, ne
 			return ext, netip.Addr{}, fmt.Errorf("-public-ip %q is not an IPv4 address", o.publicIP)
 		}
 	}
-	log.Info("external interface chosen", "iface", ext.Name, "addr", ext.Addr, "public_ip", public, "mtu", ext.MTU, "why", why)
+	log.Info("external interface chosen", "iface", ext.Name, "addr", ext.Addr, "public_ip", public, "mtu", ext.MTU, "why", c.why)
 	return ext, public, nil
 }
 
-// preferredAddr is the address named by -iface <IP>, if any.
-func preferredAddr(o *options) (netip.Addr, bool) {
-	for _, s := range o.ifaces {
-		if a, err := netip.ParseAddr(s); err == nil {
-			return a, true
-		}
-	}
-	return netip.Addr{}, false
-}
-
-func pickLink(o *options) (netlink.Link, string, error) {
+// hostInterfaces lists this host's interfaces in index order with their
+// global IPv4 addresses, and the default route's interface (0: none).
+func hostInterfaces() ([]hostInterface, int, error) {
 	links, err := netutil.Retry(netlink.LinkList)
 	if err != nil {
-		return nil, "", fmt.Errorf("listing interfaces: %w", err)
+		return nil, 0, fmt.Errorf("listing interfaces: %w", err)
 	}
-	for _, spec := range o.ifaces {
-		if ip, err := netip.ParseAddr(spec); err == nil {
-			if l := linkWithAddr(links, func(a netip.Addr) bool { return a == ip }); l != nil {
-				return l, "-iface " + spec, nil
-			}
-			continue
-		}
-		if l, err := netlink.LinkByName(spec); err == nil {
-			return l, "-iface " + spec, nil
-		}
-	}
-	if len(o.ifaces) > 0 {
-		return nil, "", fmt.Errorf("none of -iface %v exists on this host (by name or address)", o.ifaces)
-	}
-	for _, expr := range o.ifaceRegex {
-		re, err := regexp.Compile(expr)
+	sort.Slice(links, func(i, j int) bool { return links[i].Attrs().Index < links[j].Attrs().Index })
+	var out []hostInterface
+	for _, l := range links {
+		i := hostInterface{Name: l.Attrs().Name, Index: l.Attrs().Index, MTU: l.Attrs().MTU}
+		addrs, err := netutil.Retry(func() ([]netlink.Addr, error) { return netlink.AddrList(l, netlink.FAMILY_V4) })
 		if err != nil {
-			return nil, "", fmt.Errorf("-iface-regex %q: %w", expr, err)
+			return nil, 0, fmt.Errorf("listing addresses of %s: %w", i.Name, err)
 		}
-		sort.Slice(links, func(i, j int) bool { return links[i].Attrs().Index < links[j].Attrs().Index })
-		for _, l := range links {
-			if re.MatchString(l.Attrs().Name) {
-				return l, "-iface-regex " + expr + " matched the name", nil
+		for _, a := range addrs {
+			if p, ok := netutil.Prefix(a.IPNet); ok && a.Scope == unix.RT_SCOPE_UNIVERSE {
+				i.Addrs = append(i.Addrs, p)
 			}
 		}
-		if l := linkWithAddr(links, func(a netip.Addr) bool { return re.MatchString(a.String()) }); l != nil {
-			return l, "-iface-regex " + expr + " matched an address", nil
-		}
-	}
-	if len(o.ifaceRegex) > 0 {
-		return nil, "", fmt.Errorf("no interface name or address matches -iface-regex %v", o.ifaceRegex)
-	}
-	if o.ifaceCanReach != "" {
-		ip := net.ParseIP(o.ifaceCanReach)
-		if ip == nil {
-			return nil, "", fmt.Errorf("-iface-can-reach %q is not an IP address", o.ifaceCanReach)
-		}
-		routes, err := netlink.RouteGet(ip)
-		if err != nil || len(routes) == 0 {
-			return nil, "", fmt.Errorf("-iface-can-reach %s: no route to it: %v", ip, err)
-		}
-		l, err := netlink.LinkByIndex(routes[0].LinkIndex)
-		return l, "route to -iface-can-reach " + o.ifaceCanReach, err
+		out = append(out, i)
 	}
 	routes, err := netutil.Retry(func() ([]netlink.Route, error) { return netlink.RouteList(nil, netlink.FAMILY_V4) })
 	if err != nil {
-		return nil, "", fmt.Errorf("listing routes: %w", err)
+		return nil, 0, fmt.Errorf("listing routes: %w", err)
 	}
 	var best *netlink.Route
 	for i, r := range routes {
@@ -135,23 +203,16 @@ func pickLink(o *options) (netlink.Link, string, error) {
 		}
 	}
 	if best == nil {
-		return nil, "", errors.New("no default route to pick the external interface from; set -iface, -iface-regex or -iface-can-reach")
+		return out, 0, nil
 	}
-	l, err := netlink.LinkByIndex(best.LinkIndex)
-	return l, "default route", err
+	return out, best.LinkIndex, nil
 }
 
-func linkWithAddr(links []netlink.Link, match func(netip.Addr) bool) netlink.Link {
-	for _, l := range links {
-		addrs, err := netutil.Retry(func() ([]netlink.Addr, error) { return netlink.AddrList(l, netlink.FAMILY_V4) })
-		if err != nil {
-			continue
-		}
-		for _, a := range addrs {
-			if match(netutil.Addr(a.IP)) {
-				return l
-			}
-		}
+// routeTo is `ip route get ip`: the interface and source address.
+func routeTo(ip netip.Addr) (int, netip.Addr, error) {
+	routes, err := netlink.RouteGet(ip.AsSlice())
+	if err != nil || len(routes) == 0 {
+		return 0, netip.Addr{}, fmt.Errorf("no route to %s: %v", ip, err)
 	}
-	return nil
+	return routes[0].LinkIndex, netutil.Addr(routes[0].Src), nil
 }

@@ -1,0 +1,82 @@
+package main
+
+import (
+	"errors"
+	"net/netip"
+	"strings"
+	"testing"
+)
+
+// testInterfaces is a host with a loopback, two NICs and a bridge.
+var testInterfaces = []hostInterface{
+	{Name: "lo", Index: 1, MTU: 65536},
+	{Name: "eth0", Index: 2, MTU: 1500, Addrs: []netip.Prefix{netip.MustParsePrefix("192.168.1.10/24"), netip.MustParsePrefix("192.168.1.11/24")}},
+	{Name: "enp3s0", Index: 3, MTU: 9000, Addrs: []netip.Prefix{netip.MustParsePrefix("10.20.0.5/16")}},
+	{Name: "docker0", Index: 4, MTU: 1500, Addrs: []netip.Prefix{netip.MustParsePrefix("172.17.0.1/16")}},
+}
+
+// toEnp3s0 is `ip route get`: everything leaves by enp3s0 from 10.20.0.5.
+func toEnp3s0(netip.Addr) (int, netip.Addr, error) { return 3, netip.MustParseAddr("10.20.0.5"), nil }
+
+// TestPickExternalAsFlannel walks flannel's rules for the external
+// interface (main.go, pkg/ipmatch).
+func TestPickExternalAsFlannel(t *testing.T) {
+	tests := []struct {
+		name     string
+		args     []string
+		wantName string
+		wantAddr string
+	}{
+		{"default route", nil, "eth0", "192.168.1.10"},
+		{"-public-ip alone picks the interface holding it", []string{"-public-ip", "10.20.0.5"}, "enp3s0", "10.20.0.5"},
+		{"-public-ip nowhere on the host: default route", []string{"-public-ip", "203.0.113.9"}, "eth0", "192.168.1.10"},
+		{"-iface by name, its first address", []string{"-iface", "enp3s0"}, "enp3s0", "10.20.0.5"},
+		{"-iface by IP uses that address", []string{"-iface", "192.168.1.11"}, "eth0", "192.168.1.11"},
+		{"-iface falls through to the next -iface", []string{"-iface", "wlan0", "-iface", "enp3s0"}, "enp3s0", "10.20.0.5"},
+		{"-iface falls through to -iface-regex", []string{"-iface", "wlan0", "-iface-regex", "^en[a-z0-9]{1,4}$"}, "enp3s0", "10.20.0.5"},
+		{"-iface-regex on addresses first, the matched one used", []string{"-iface-regex", `192\.168\.1\.11`}, "eth0", "192.168.1.11"},
+		{"-iface-regex matching an address wins over a name", []string{"-iface-regex", "^(eth0|10\\..*)$"}, "enp3s0", "10.20.0.5"},
+		{"-iface-regex falls through to -iface-can-reach", []string{"-iface-regex", "^wl", "-iface-can-reach", "10.20.9.9"}, "enp3s0", "10.20.0.5"},
+		{"-iface-can-reach uses the route's source", []string{"-iface-can-reach", "10.20.9.9"}, "enp3s0", "10.20.0.5"},
+	}
+	for _, tt := range tests {
+		o, err := parseFlags(tt.args, env(nil), nil)
+		if err != nil {
+			t.Fatalf("%s: %v", tt.name, err)
+		}
+		c, err := pickExternal(o, testInterfaces, 2, toEnp3s0)
+		if err != nil {
+			t.Errorf("%s: %v", tt.name, err)
+			continue
+		}
+		if c.iface.Name != tt.wantName || c.addr.String() != tt.wantAddr {
+			t.Errorf("%s: %s %s (%s), want %s %s", tt.name, c.iface.Name, c.addr, c.why, tt.wantName, tt.wantAddr)
+		}
+	}
+}
+
+// TestPickExternalFailures: given options that match nothing, the error
+// names what was tried and what the host has.
+func TestPickExternalFailures(t *testing.T) {
+	noRoute := func(netip.Addr) (int, netip.Addr, error) { return 0, netip.Addr{}, errors.New("unreachable") }
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-iface", "wlan0", "-iface-regex", "^wl"}, "no interface matches -iface wlan0, -iface-regex ^wl (interfaces: lo:[] eth0:"},
+		{[]string{"-iface-can-reach", "10.99.0.1"}, "no interface matches -iface-can-reach 10.99.0.1"},
+		{[]string{"-iface-regex", "("}, `-iface-regex "("`},
+	} {
+		o, err := parseFlags(tt.args, env(nil), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := pickExternal(o, testInterfaces, 2, noRoute); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%v: %v, want %q", tt.args, err, tt.want)
+		}
+	}
+	o, _ := parseFlags(nil, env(nil), nil)
+	if _, err := pickExternal(o, testInterfaces, 0, noRoute); err == nil || !strings.Contains(err.Error(), "no default route") {
+		t.Errorf("no default route: %v", err)
+	}
+}
