@@ -96,7 +96,9 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 		return err
 	}
 	if o.blackholeRoute {
-		g.Go(func() error { return keepBlackhole(ctx, kernel, holder, time.Duration(o.iptablesSync)*time.Second, log) })
+		g.Go(func() error {
+			return keepBlackhole(ctx, kernel, holder, time.Duration(o.iptablesSync)*time.Second, log)
+		})
 	}
 	g.Go(func() error { return watcher.Run(ctx) })
 	g.Go(func() error { return holder.Run(ctx) })
