@@ -3,6 +3,8 @@ package lab
 import (
 	"context"
 	"encoding/binary"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -10,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -224,5 +227,115 @@ func TestFlannelMTU(t *testing.T) {
 				t.Errorf("a %d-byte packet with DF set: %v", tt.want, err)
 			}
 		})
+	}
+}
+
+// vtepMAC reads a vxlan host's VTEP MAC from its lease.
+func vtepMAC(t *testing.T, l *Lab, subnet netip.Prefix) string {
+	t.Helper()
+	rec, ok, err := l.Store().Get(context.Background(), lease.SubnetKey(subnet))
+	if err != nil || !ok {
+		t.Fatalf("lease %s: %v", subnet, err)
+	}
+	var v struct{ BackendData struct{ VtepMAC string } }
+	if err := json.Unmarshal(rec.Value, &v); err != nil {
+		t.Fatal(err)
+	}
+	return v.BackendData.VtepMAC
+}
+
+// TestMoveFromFlannelInPlace moves a host from flannel to weft without a
+// reboot: the host runs on the state flanneld (vxlan) leaves behind (its
+// lease, subnet file, flannel.1 with routes, neighbours and FDB entries to
+// the weft hosts, its iptables chains) and its container talks to the weft
+// hosts. weftd started there names flannel.1 and the command that removes
+// it; after `weftctl cleanup --flannel`, weftd keeps the host's subnet and
+// traffic resumes.
+func TestMoveFromFlannelInPlace(t *testing.T) {
+	ctx := context.Background()
+	l := newLab(t, Options{Hosts: 3, Backend: lease.BackendVXLAN, WeftdHosts: 2})
+	if err := l.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	h1, h2, h3 := l.Hosts[0], l.Hosts[1], l.Hosts[2]
+	// What flanneld leaves on h3, as it names and builds it.
+	subnet := netip.MustParsePrefix("10.5.250.0/24")
+	for subnet == h1.Subnet || subnet == h2.Subnet {
+		subnet = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 5, subnet.Addr().As4()[2] + 1, 0}), 24)
+	}
+	h3.Subnet = subnet
+	mac := "5e:fd:b7:a1:37:a7"
+	value := fmt.Sprintf(`{"PublicIP":%q,"PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":%q}}`, h3.PublicIP, mac)
+	if _, err := l.Store().Create(ctx, lease.SubnetKey(subnet), []byte(value), time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if err := lease.WriteSubnetFile(h3.SubnetFile(), lease.SubnetEnv{Network: netip.MustParsePrefix(DefaultNetwork), Subnet: subnet, MTU: 1450}); err != nil {
+		t.Fatal(err)
+	}
+	ns := h3.Name
+	cmds := [][]string{
+		{"ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"}, // docker's doing, on a flannel host
+		{"ip", "-n", ns, "link", "add", "flannel.1", "type", "vxlan", "id", "1", "local", h3.PublicIP.String(), "dev", "eth0", "dstport", "8472", "nolearning"},
+		{"ip", "-n", ns, "link", "set", "flannel.1", "mtu", "1450", "address", mac, "up"},
+		{"ip", "-n", ns, "addr", "add", subnet.Addr().String() + "/32", "dev", "flannel.1"},
+		{"ip", "netns", "exec", ns, "iptables", "-t", "nat", "-N", "FLANNEL-POSTRTG"},
+		{"ip", "netns", "exec", ns, "iptables", "-t", "nat", "-A", "POSTROUTING", "-m", "comment", "--comment", "flanneld masq", "-j", "FLANNEL-POSTRTG"},
+		{"ip", "netns", "exec", ns, "iptables", "-N", "FLANNEL-FWD"},
+		{"ip", "netns", "exec", ns, "iptables", "-A", "FLANNEL-FWD", "-s", DefaultNetwork, "-m", "comment", "--comment", "flanneld forward", "-j", "ACCEPT"},
+		{"ip", "netns", "exec", ns, "iptables", "-A", "FORWARD", "-m", "comment", "--comment", "flanneld forward", "-j", "FLANNEL-FWD"},
+	}
+	for _, h := range []*Host{h1, h2} {
+		peerMAC, vtep := vtepMAC(t, l, h.Subnet), h.Subnet.Addr().String()
+		cmds = append(cmds,
+			[]string{"ip", "-n", ns, "neigh", "add", vtep, "lladdr", peerMAC, "dev", "flannel.1", "nud", "permanent"},
+			[]string{"ip", "netns", "exec", ns, "bridge", "fdb", "add", peerMAC, "dev", "flannel.1", "dst", h.PublicIP.String(), "self", "permanent"},
+			[]string{"ip", "-n", ns, "route", "add", h.Subnet.String(), "via", vtep, "dev", "flannel.1", "onlink"})
+	}
+	if err := RunAll(cmds...); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.AddContainer(h3); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the flannel host's container reaches the weft hosts' (mixed cluster)", 15*time.Second, func() error {
+		return errors.Join(l.Ping(h1, h3), l.Ping(h3, h1), l.Ping(h3, h2))
+	})
+
+	// flanneld stops (nothing of it runs here); weftd starts in its place.
+	offset := h3.LogOffset()
+	if err := l.StartWeftd(h3); err != nil {
+		t.Fatal(err)
+	}
+	if _, line, err := h3.WaitLogLine(offset, 20*time.Second, "flannel.1", "weftctl cleanup --flannel"); err != nil {
+		t.Fatalf("weftd did not name flannel's device and the fix: %v\n%s", err, h3.LogTail(20))
+	} else {
+		t.Logf("weftd: %s", line)
+	}
+	l.StopWeftd(h3, syscall.SIGTERM)
+	start := time.Now()
+	out, err := Exec(ns, weftctlBin, "cleanup", "-flannel", "-subnet-file", h3.SubnetFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"removed flannel's device flannel.1", "FLANNEL-POSTRTG", "FLANNEL-FWD"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("cleanup -flannel output lacks %q:\n%s", want, out)
+		}
+	}
+	if err := l.StartWeftd(h3); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.WaitReady(ctx, h3); err != nil {
+		t.Fatal(err)
+	}
+	if h3.Subnet != subnet {
+		t.Errorf("weftd took %s; the host had %s under flannel", h3.Subnet, subnet)
+	}
+	eventually(t, "traffic between the moved host and the others resumes", 20*time.Second, func() error {
+		return errors.Join(l.Ping(h1, h3), l.Ping(h3, h1), l.Ping(h3, h2))
+	})
+	reliability(t, "moving a vxlan host from flannel to weft in place: traffic resumed %s after `weftctl cleanup --flannel`", time.Since(start).Round(10*time.Millisecond))
+	if out, _ := Exec(ns, "iptables-save"); strings.Contains(out, "FLANNEL") {
+		t.Errorf("flannel's chains remain:\n%s", out)
 	}
 }

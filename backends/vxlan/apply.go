@@ -85,6 +85,14 @@ func (b *Backend) ensureDevice() (dev *netlink.Vxlan, created bool, err error) {
 		GBP:          b.opts.GBP,
 	}
 	if err := b.kernel.LinkAdd(want); err != nil {
+		// flanneld's device of the same VNI and port, left on a host moving
+		// from flannel, makes the kernel refuse a second one.
+		flannel := fmt.Sprintf("flannel.%d", b.opts.VNI)
+		if _, ferr := b.kernel.LinkByName(flannel); ferr == nil {
+			return nil, false, fmt.Errorf("creating vxlan device %s (VNI %d, port %d): flanneld's %s, left on this host, holds that VNI and port: "+
+				"stop flanneld and remove what it left with `weftctl cleanup --flannel` (or `ip link del %s`): %w",
+				name, b.opts.VNI, b.opts.Port, flannel, flannel, err)
+		}
 		return nil, false, fmt.Errorf("creating vxlan device %s (VNI %d, port %d on %s): %w", name, b.opts.VNI, b.opts.Port, b.ext.Name, err)
 	}
 	link, err := b.kernel.LinkByName(name)

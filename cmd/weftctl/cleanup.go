@@ -9,6 +9,7 @@ import (
 	"os"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/backends"
 	"github.com/weftnet/weft/backends/netutil"
@@ -35,8 +36,12 @@ func runCleanup(ctx context.Context, args []string, opts lease.EtcdOptions, stdo
 	fs.SetOutput(stderr)
 	subnetFile := fs.String("subnet-file", lease.DefaultSubnetFile, "weftd's subnet file")
 	release := fs.Bool("release", false, "also delete this host's lease from etcd")
+	flannel := fs.Bool("flannel", false, "remove what flanneld left instead (its devices, iptables chains and routes), to move this host from flannel to weft in place; the subnet file stays, so weftd keeps the subnet")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *flannel {
+		return cleanupFlannel(*subnetFile, stdout)
 	}
 	var errs []error
 	if *release {
@@ -92,6 +97,54 @@ func runCleanup(ctx context.Context, args []string, opts lease.EtcdOptions, stdo
 			fmt.Fprintf(stdout, "removed %s\n", f)
 		} else if !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// cleanupFlannel removes what flanneld leaves on a host when it stops, so
+// weftd can take over in place: its devices (routes, neighbours and FDB
+// entries on them go too), its routes elsewhere inside FLANNEL_NETWORK
+// (host-gw routes, the blackhole route) and its iptables chains and jumps.
+// weft's own state and the subnet file are left alone.
+func cleanupFlannel(subnetFile string, stdout io.Writer) error {
+	var errs []error
+	kernel := netutil.NewNetlink(nil, nil)
+	links, err := netutil.Retry(netlink.LinkList)
+	errs = append(errs, err)
+	for _, l := range links {
+		if name := l.Attrs().Name; netutil.IsFlannelLink(name) {
+			if err := kernel.LinkDel(l); err != nil {
+				errs = append(errs, fmt.Errorf("removing %s: %w", name, err))
+			} else {
+				fmt.Fprintf(stdout, "removed flannel's device %s\n", name)
+			}
+		}
+	}
+	if env, err := lease.ReadSubnetFile(subnetFile); err == nil && env.Network.IsValid() {
+		routes, err := netutil.Retry(func() ([]netlink.Route, error) {
+			return netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+		})
+		errs = append(errs, err)
+		for _, r := range routes {
+			dst, ok := netutil.Prefix(r.Dst)
+			// weft's own routes (proto 87) and the bridge's connected route
+			// (proto kernel) stay; flanneld's host-gw and blackhole routes go.
+			if !ok || !env.Network.Contains(dst.Addr()) || r.Protocol == netutil.RouteProtocol || r.Protocol == unix.RTPROT_KERNEL {
+				continue
+			}
+			if err := kernel.RouteDel(&r); err != nil {
+				errs = append(errs, fmt.Errorf("removing route %s: %w", dst, err))
+			} else {
+				fmt.Fprintf(stdout, "removed flannel's route %s\n", dst)
+			}
+		}
+	}
+	if k, err := firewall.NewKeeper(firewall.Settings{}, discardLogger()); err == nil {
+		removed, err := k.RemoveFlannel()
+		errs = append(errs, err)
+		for _, r := range removed {
+			fmt.Fprintf(stdout, "removed flannel's iptables %s\n", r)
 		}
 	}
 	return errors.Join(errs...)

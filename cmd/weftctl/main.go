@@ -38,9 +38,10 @@ commands:
   status [-o json] [-healthz URL]
                           this host's lease, backend, peers (handshakes), rules and readiness
   ready [-healthz URL]    exit 0 when weftd is ready (for healthchecks)
-  cleanup [-release] [-subnet-file F]
+  cleanup [-release] [-flannel] [-subnet-file F]
                           remove every device, route, rule and file weft made on this host
-                          (stop weftd first); -release also deletes its lease in etcd
+                          (stop weftd first); -release also deletes its lease in etcd;
+                          -flannel removes what flanneld left instead (moving a host to weft)
   keys show               print this host's WireGuard public key (never the private one)
   keys rotate             make a new WireGuard key; weftd adopts it within seconds and
                           republishes its lease, and every peer follows

@@ -216,3 +216,20 @@ func routeTo(ip netip.Addr) (int, netip.Addr, error) {
 	}
 	return routes[0].LinkIndex, netutil.Addr(routes[0].Src), nil
 }
+
+// warnFlannelLeftovers names the devices flanneld left on a host moving
+// from flannel: one of the same VNI and port keeps weft's from being made.
+func warnFlannelLeftovers(log *slog.Logger) {
+	links, err := netutil.Retry(netlink.LinkList)
+	if err != nil {
+		return
+	}
+	names := make([]string, 0, len(links))
+	for _, l := range links {
+		names = append(names, l.Attrs().Name)
+	}
+	if left := netutil.FlannelLinks(names); len(left) > 0 {
+		log.Warn("flanneld left devices on this host; stop flanneld and remove them with `weftctl cleanup --flannel` (the subnet file stays, so this host keeps its subnet)",
+			"devices", left)
+	}
+}

@@ -218,3 +218,27 @@ COMMIT
 `, "after cleanup")
 	}
 }
+
+// TestRemoveFlannel removes flanneld's chains and jumps as flanneld leaves
+// them, and nothing else.
+func TestRemoveFlannel(t *testing.T) {
+	ipt, k := dockerHost(t)
+	sync(t, k, subnet)
+	ipt.ClearChain("nat", "FLANNEL-POSTRTG")
+	ipt.Append("nat", "FLANNEL-POSTRTG", "-s", "10.244.0.0/16", "-m", "comment", "--comment", "flanneld masq", "-j", "MASQUERADE")
+	ipt.Append("nat", "POSTROUTING", "-m", "comment", "--comment", "flanneld masq", "-j", "FLANNEL-POSTRTG")
+	ipt.ClearChain("filter", "FLANNEL-FWD")
+	ipt.Append("filter", "FLANNEL-FWD", "-s", "10.244.0.0/16", "-m", "comment", "--comment", "flanneld forward", "-j", "ACCEPT")
+	ipt.Append("filter", "FORWARD", "-m", "comment", "--comment", "flanneld forward", "-j", "FLANNEL-FWD")
+	removed, err := k.RemoveFlannel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(removed) != 4 {
+		t.Errorf("removed %v, want 2 jumps and 2 chains", removed)
+	}
+	checkGolden(t, ipt, golden, "after removing flannel's chains")
+	if again, err := k.RemoveFlannel(); err != nil || len(again) != 0 {
+		t.Errorf("a second run removed %v (%v)", again, err)
+	}
+}
