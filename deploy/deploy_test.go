@@ -103,6 +103,28 @@ func TestRestartingWeftdLeavesDocker(t *testing.T) {
 	}
 }
 
+// TestUnitPathsMayBeMissing: every ReadWritePaths= entry of weftd.service
+// that systemd does not create itself (RuntimeDirectory=, StateDirectory=)
+// and the kernel does not provide (/proc, /sys) carries the "-" prefix: a
+// path missing at boot (iptables-nft never creates /run/xtables.lock)
+// otherwise fails the unit with 226/NAMESPACE.
+func TestUnitPathsMayBeMissing(t *testing.T) {
+	d := unitDirectives(t, "systemd/weftd.service", "ReadWritePaths", "RuntimeDirectory", "StateDirectory")
+	created := map[string]bool{}
+	for _, dir := range d["RuntimeDirectory"] {
+		created["/run/"+dir] = true
+	}
+	for _, dir := range d["StateDirectory"] {
+		created["/var/lib/"+dir] = true
+	}
+	for _, p := range d["ReadWritePaths"] {
+		if strings.HasPrefix(p, "-") || created[p] || strings.HasPrefix(p, "/proc/") || strings.HasPrefix(p, "/sys/") {
+			continue
+		}
+		t.Errorf("ReadWritePaths=%s may be missing at boot and then fails the unit; write it -%s", p, p)
+	}
+}
+
 // TestComposeConfig has Debian's docker-compose parse and validate the file.
 func TestComposeConfig(t *testing.T) {
 	if _, err := exec.LookPath("docker-compose"); err != nil {

@@ -1,6 +1,7 @@
 package lab
 
 import (
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -51,6 +52,46 @@ func TestUDPCluster(t *testing.T) {
 		if log := h1.LogTail(50); !strings.Contains(log, "dropping datagrams") {
 			t.Errorf("no log line about dropped datagrams:\n%s", log)
 		}
+	})
+
+	t.Run("a peer's datagrams reach only this host's subnet", func(t *testing.T) {
+		// Forged from peer h2's address and port with an honest inner
+		// source: only the inner destination is wrong.
+		forge := func(dst netip.AddrPort, msg string) func() {
+			return func() {
+				inner := InnerUDP(netip.AddrPortFrom(h2.ContainerIP(), 5555), dst, []byte(msg))
+				if err := SendRawUDP(h2.Name, netip.AddrPortFrom(h2.PublicIP, 8285), netip.AddrPortFrom(h1.PublicIP, 8285), inner); err != nil {
+					t.Errorf("sending %s: %v", msg, err)
+				}
+			}
+		}
+		for _, c := range []struct {
+			name, ns string
+			dst      netip.AddrPort
+		}{
+			{"h1's own underlay address", h1.Name, netip.AddrPortFrom(h1.PublicIP, 7777)},
+			{"another peer's container", h3.Container, netip.AddrPortFrom(h3.ContainerIP(), 7777)},
+		} {
+			got, err := ReceiveUDP(c.ns, c.dst, time.Second, forge(c.dst, "forged-"+c.name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(got) > 0 {
+				t.Errorf("a forged datagram for %s arrived: %v", c.name, got)
+			}
+		}
+		forge(netip.MustParseAddrPort("8.8.8.8:53"), "to-the-internet")()
+		forge(netip.MustParseAddrPort("255.255.255.255:7777"), "broadcast")()
+		eventually(t, "four datagrams dropped as not for this host", 5*time.Second, func() error {
+			body, err := HTTPGet(h1.Name, "http://127.0.0.1:8471/status")
+			if err != nil {
+				return err
+			}
+			if !strings.Contains(body, `"not_for_this_host":4`) {
+				return fmt.Errorf("status: %s", body)
+			}
+			return nil
+		})
 	})
 
 	t.Run("TCP stream survives a restart", func(t *testing.T) {

@@ -48,7 +48,7 @@ type dataplane struct {
 
 func newDataplane(t tun.Device, bind conn.Bind, recv []conn.ReceiveFunc, log *slog.Logger) *dataplane {
 	dp := &dataplane{tun: t, bind: bind, recv: recv, log: log, drops: map[string]*atomic.Uint64{
-		DropUnknownPeer: {}, DropMalformed: {}, DropSpoofed: {},
+		DropUnknownPeer: {}, DropMalformed: {}, DropSpoofed: {}, DropNotForHost: {},
 	}}
 	dp.routes.Store(&routes{table: NewTable(mesh.Desired{}, 24, 0)})
 	return dp

@@ -57,13 +57,21 @@ type Table struct {
 	mask       uint32
 	bySubnet   map[uint32]*Peer
 	byEndpoint map[netip.AddrPort]*Peer
+	// self is this host's subnet (network address); ok is false before
+	// there is one, and then nothing is accepted.
+	self   uint32
+	selfOK bool
 }
 
 // NewTable builds the table for the desired state; every peer is reached
-// at its PublicIP on port.
+// at its PublicIP on port, and only packets for this host's own subnet
+// (d.Self) are accepted.
 func NewTable(d mesh.Desired, subnetLen, port int) *Table {
 	t := &Table{subnetBits: subnetLen, mask: ^uint32(0) << (32 - subnetLen),
 		bySubnet: make(map[uint32]*Peer, len(d.Peers)), byEndpoint: make(map[netip.AddrPort]*Peer, len(d.Peers))}
+	if s := d.Self.Subnet; s.IsValid() && s.Addr().Is4() && s.Bits() == subnetLen {
+		t.self, t.selfOK = u32(s.Addr()), true
+	}
 	for _, p := range d.Peers {
 		if p.Subnet.Bits() != subnetLen || !p.PublicIP.Is4() {
 			continue // Compute already dropped these; never trust blindly
@@ -92,12 +100,18 @@ const (
 	DropUnknownPeer = "unknown_peer"
 	DropMalformed   = "malformed"
 	DropSpoofed     = "spoofed_source"
+	// DropNotForHost is a packet for an address outside this host's
+	// subnet: the internet, the host's own underlay address, another
+	// peer's subnet, a broadcast. Accepting it would let whoever forges a
+	// peer's source address reach the host's services or relay through it.
+	DropNotForHost = "not_for_this_host"
 )
 
 // Accept decides whether a datagram from src may be written to the TUN:
 // src must be a known peer's endpoint, the payload a well-formed IPv4
-// packet whose length field matches the datagram, and its source address
-// inside that peer's subnet. It returns "" or the reason to drop.
+// packet whose length field matches the datagram, its source address
+// inside that peer's subnet and its destination inside this host's. It
+// returns "" or the reason to drop.
 func (t *Table) Accept(src netip.AddrPort, pkt []byte) string {
 	peer, ok := t.byEndpoint[netip.AddrPortFrom(src.Addr().Unmap(), src.Port())]
 	if !ok {
@@ -112,6 +126,9 @@ func (t *Table) Accept(src netip.AddrPort, pkt []byte) string {
 	}
 	if binary.BigEndian.Uint32(pkt[12:16])&t.mask != u32(peer.Subnet.Addr()) {
 		return DropSpoofed
+	}
+	if !t.selfOK || binary.BigEndian.Uint32(pkt[16:20])&t.mask != t.self {
+		return DropNotForHost
 	}
 	return ""
 }

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/weftnet/weft/lease"
 	"github.com/weftnet/weft/mesh"
 )
 
@@ -12,7 +13,8 @@ func peers() mesh.Desired {
 	mk := func(subnet, ip string) mesh.Peer {
 		return mesh.Peer{Key: subnet, Subnet: netip.MustParsePrefix(subnet), PublicIP: netip.MustParseAddr(ip), BackendType: "udp"}
 	}
-	return mesh.Desired{Peers: []mesh.Peer{mk("10.5.2.0/24", "192.168.50.12"), mk("10.5.3.0/24", "192.168.50.13")}}
+	return mesh.Desired{Self: lease.Lease{Subnet: netip.MustParsePrefix("10.5.1.0/24")},
+		Peers: []mesh.Peer{mk("10.5.2.0/24", "192.168.50.12"), mk("10.5.3.0/24", "192.168.50.13")}}
 }
 
 // ipv4 builds a minimal IPv4 packet from src to dst with payload bytes.
@@ -70,6 +72,11 @@ func TestAccept(t *testing.T) {
 		{"empty", peer, nil, DropMalformed},
 		{"header length below 20", peer, badIHL, DropMalformed},
 		{"not IPv4", peer, v6, DropMalformed},
+		{"to the internet", peer, ipv4("10.5.2.9", "8.8.8.8", 40), DropNotForHost},
+		{"to the host's underlay address", peer, ipv4("10.5.2.9", "192.168.50.11", 40), DropNotForHost},
+		{"to another peer's subnet", peer, ipv4("10.5.2.9", "10.5.3.7", 40), DropNotForHost},
+		{"to the limited broadcast", peer, ipv4("10.5.2.9", "255.255.255.255", 40), DropNotForHost},
+		{"to this host's subnet broadcast", peer, ipv4("10.5.2.9", "10.5.1.255", 40), ""},
 	}
 	for _, tt := range tests {
 		if got := tab.Accept(tt.src, tt.pkt); got != tt.want {
