@@ -63,7 +63,12 @@ func Claim(ctx context.Context, store Store, req ClaimRequest) (Lease, error) {
 				}
 				continue
 			}
-			taken = append(taken, subnet)
+			// Only a SubnetLen subnet inside the Network can hold a peer
+			// (Compute skips the rest), so only such a key takes a subnet:
+			// a junk key such as 0.0.0.0-1 must not fill the whole pool.
+			if subnet.Bits() == req.Config.SubnetLen && req.Config.Network.Contains(subnet.Addr()) {
+				taken = append(taken, subnet)
+			}
 			if err == nil && mine == nil && l.Attrs.PublicIP == req.Attrs.PublicIP {
 				mine = &records[i]
 			}

@@ -442,3 +442,20 @@ func TestHolderLeavesAReservationAlone(t *testing.T) {
 		t.Errorf("the reservation was rewritten: %+v\n%s", rec, logs.String())
 	}
 }
+
+// TestJunkKeysTakeNoSubnet: keys that cannot hold a peer (another length,
+// outside the Network) do not fill the pool.
+func TestJunkKeysTakeNoSubnet(t *testing.T) {
+	stores(t, func(t *testing.T, s lease.Store) {
+		ctx := context.Background()
+		for _, key := range []string{"0.0.0.0-1", "10.5.0.0-16", "10.0.0.0-8"} {
+			if _, err := s.Create(ctx, key, hostAttrs(99).Encode(), time.Hour); err != nil {
+				t.Fatal(err)
+			}
+		}
+		cfg := mustConfig(t, `{"Network":"10.5.0.0/16"}`)
+		if l, err := lease.Claim(ctx, s, lease.ClaimRequest{Config: cfg, Attrs: hostAttrs(1), TTL: time.Hour}); err != nil || !cfg.Fits(l.Subnet) {
+			t.Fatalf("claim beside junk keys = %v, %v", l.Subnet, err)
+		}
+	})
+}
