@@ -78,3 +78,22 @@ func TestDockerOptsBadSubnetFile(t *testing.T) {
 		})
 	}
 }
+
+// TestLeasesTableEscapesControls: what a hostile writer puts in etcd reaches
+// the terminal escaped.
+func TestLeasesTableEscapesControls(t *testing.T) {
+	var out strings.Builder
+	rows := []leaseRow{{Subnet: "10.5.1.0-24\x1b]0;pwned\x07", BackendType: "vx\u009b31mlan", Error: "bad\tvalue\r"}}
+	if err := renderLeases(rows, &out); err != nil {
+		t.Fatal(err)
+	}
+	got := out.String()
+	for _, bad := range []string{"\x1b", "\x07", "\u009b", "\r", "bad\tvalue"} {
+		if strings.Contains(got, bad) {
+			t.Errorf("table passes %q through:\n%q", bad, got)
+		}
+	}
+	if !strings.Contains(got, `10.5.1.0-24\x1b]0;pwned\a`) {
+		t.Errorf("table does not show the escaped key:\n%s", got)
+	}
+}

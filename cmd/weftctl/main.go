@@ -14,9 +14,11 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
 
 	"github.com/weftnet/weft/backends"
 	"github.com/weftnet/weft/keys"
@@ -204,6 +206,14 @@ func printLeases(ctx context.Context, s *lease.EtcdStore, out io.Writer, asJSON 
 		enc.SetIndent("", "  ")
 		return enc.Encode(rows)
 	}
+	return renderLeases(rows, out)
+}
+
+// renderLeases prints lease rows as a table. Every field may come from
+// whoever can write etcd, so control characters (terminal escape
+// sequences, C1 controls, tabs that would shift the columns) are shown
+// escaped, never sent to the terminal.
+func renderLeases(rows []leaseRow, out io.Writer) error {
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "SUBNET\tPUBLIC IP\tBACKEND\tBACKEND DATA\tEXPIRES IN")
 	for _, r := range rows {
@@ -211,9 +221,23 @@ func printLeases(ctx context.Context, s *lease.EtcdStore, out io.Writer, asJSON 
 		if r.Error != "" {
 			data = "INVALID: " + r.Error
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.Subnet, r.PublicIP, r.BackendType, data, r.ExpiresIn)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", printable(r.Subnet), printable(r.PublicIP), printable(r.BackendType), printable(data), r.ExpiresIn)
 	}
 	return tw.Flush()
+}
+
+// printable escapes every rune a terminal could act on, as Go quotes it.
+func printable(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		if r == ' ' || (unicode.IsGraphic(r) && !unicode.IsControl(r)) {
+			b.WriteRune(r)
+			continue
+		}
+		q := strconv.QuoteRune(r)
+		b.WriteString(q[1 : len(q)-1])
+	}
+	return b.String()
 }
 
 func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }

@@ -284,7 +284,10 @@ func serveHealth(ctx context.Context, g *errgroup.Group, o *options, obs *observ
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
 		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	// Bounded everywhere, so a slow or stuck client holds nothing for long;
+	// the CPU profile is the one long response (30 s by default).
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
+		WriteTimeout: 60 * time.Second, IdleTimeout: 60 * time.Second, MaxHeaderBytes: 16 << 10}
 	go srv.Serve(ln)
 	g.Go(func() error {
 		<-ctx.Done()

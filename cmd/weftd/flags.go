@@ -119,7 +119,9 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
 	var errs []error
 	fs.VisitAll(func(f *flag.Flag) {
-		if given[f.Name] {
+		// Debug switches come from the command line only: an environment
+		// variable must not quietly open pprof on a production host.
+		if given[f.Name] || f.Name == "debug-pprof" {
 			return
 		}
 		env := strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))

@@ -83,3 +83,15 @@ func TestFlannelFlags(t *testing.T) {
 		}
 	}
 }
+
+// TestPprofOnlyFromTheCommandLine: the environment cannot switch on the
+// profiler.
+func TestPprofOnlyFromTheCommandLine(t *testing.T) {
+	o, err := parseFlags(nil, env(map[string]string{"WEFTD_DEBUG_PPROF": "true", "FLANNELD_DEBUG_PPROF": "true"}), io.Discard)
+	if err != nil || o.pprof {
+		t.Errorf("pprof on from the environment: %v %v", o.pprof, err)
+	}
+	if o, err := parseFlags([]string{"-debug-pprof"}, env(nil), io.Discard); err != nil || !o.pprof {
+		t.Errorf("-debug-pprof: %v %v", o.pprof, err)
+	}
+}
