@@ -136,7 +136,8 @@ func TestComposeConfig(t *testing.T) {
 	if err != nil {
 		t.Fatalf("docker-compose config: %v\n%s", err, out)
 	}
-	for _, want := range []string{"network_mode: host", "NET_ADMIN", "/dev/net/tun", "/var/lib/weft", "http://10.0.0.1:2379"} {
+	for _, want := range []string{"network_mode: host", "NET_ADMIN", "/dev/net/tun", "/var/lib/weft", "http://10.0.0.1:2379",
+		"cap_drop:\n    - ALL", "no-new-privileges:true", "read_only: true"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("compose config lacks %q:\n%s", want, out)
 		}

@@ -11,9 +11,11 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"syscall"
 
 	"golang.org/x/crypto/curve25519"
 )
@@ -89,17 +91,39 @@ func LoadOrCreate(path string) (key Key, created bool, err error) {
 	return key, true, nil
 }
 
-// Load reads and checks an existing key file.
+// Load reads and checks an existing key file. It opens the file itself,
+// never a symlink, and checks what it opened: a regular file owned by this
+// user, readable by nobody else, in a directory nobody else can write to
+// (someone who can would swap the key).
 func Load(path string) (Key, error) {
-	info, err := os.Stat(path)
+	if err := checkDir(filepath.Dir(path)); err != nil {
+		return Key{}, err
+	}
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if errors.Is(err, syscall.ELOOP) {
+		return Key{}, fmt.Errorf("%w: %s is a symlink; keep the key in a regular file there (`cp --remove-destination $(readlink -f %s) %s`)",
+			ErrBadKeyFile, path, path, path)
+	}
 	if err != nil {
 		return Key{}, err
+	}
+	defer f.Close()
+	info, err := f.Stat()
+	if err != nil {
+		return Key{}, err
+	}
+	if !info.Mode().IsRegular() {
+		return Key{}, fmt.Errorf("%w: %s is not a regular file", ErrBadKeyFile, path)
+	}
+	if st, ok := info.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Geteuid() {
+		return Key{}, fmt.Errorf("%w: %s belongs to uid %d, not to weftd's uid %d; run `chown %d %s`",
+			ErrBadKeyFile, path, st.Uid, os.Geteuid(), os.Geteuid(), path)
 	}
 	if perm := info.Mode().Perm(); perm&0o077 != 0 {
 		return Key{}, fmt.Errorf("%w: %s has mode %04o, readable beyond its owner; run `chmod 600 %s` (and consider rotating the key: it may have leaked)",
 			ErrBadKeyFile, path, perm, path)
 	}
-	data, err := os.ReadFile(path)
+	data, err := io.ReadAll(io.LimitReader(f, 4096))
 	if err != nil {
 		return Key{}, err
 	}
@@ -109,6 +133,21 @@ func Load(path string) (Key, error) {
 			ErrBadKeyFile, path, err)
 	}
 	return key, nil
+}
+
+// checkDir refuses a key directory that others can write to: they could
+// replace the key file (a sticky directory such as /tmp included, where
+// they could plant one before weftd creates it).
+func checkDir(dir string) error {
+	info, err := os.Stat(dir)
+	if err != nil {
+		return nil // missing: created 0700 when the key is written
+	}
+	if perm := info.Mode().Perm(); perm&0o022 != 0 {
+		return fmt.Errorf("%w: directory %s has mode %04o, writable by others who could swap the key; run `chmod go-w %s` or keep the key elsewhere (-wireguard-key-file)",
+			ErrBadKeyFile, dir, perm, dir)
+	}
+	return nil
 }
 
 // Rotate replaces the key in path with a new one and returns it.

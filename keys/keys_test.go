@@ -115,3 +115,36 @@ func FuzzParseKey(f *testing.F) {
 		}
 	})
 }
+
+// TestLoadRefusesFilesOthersControl: a symlink, a file of another user and
+// a directory others can write to are refused, each saying how to fix it.
+func TestLoadRefusesFilesOthersControl(t *testing.T) {
+	dir := t.TempDir()
+	real := filepath.Join(dir, "real.key")
+	if _, _, err := LoadOrCreate(real); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "wg.key")
+	if err := os.Symlink(real, link); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load(link); !errors.Is(err, ErrBadKeyFile) || !strings.Contains(err.Error(), "is a symlink") {
+		t.Errorf("symlink: %v", err)
+	}
+	open := filepath.Join(t.TempDir(), "shared")
+	if err := os.Mkdir(open, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(open, 0o777)
+	if _, _, err := LoadOrCreate(filepath.Join(open, "wg.key")); !errors.Is(err, ErrBadKeyFile) || !strings.Contains(err.Error(), "chmod go-w") {
+		t.Errorf("world-writable directory: %v", err)
+	}
+	if os.Geteuid() == 0 {
+		if err := os.Chown(real, 1234, 1234); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Load(real); !errors.Is(err, ErrBadKeyFile) || !strings.Contains(err.Error(), "belongs to uid 1234") {
+			t.Errorf("another user's file: %v", err)
+		}
+	}
+}

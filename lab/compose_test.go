@@ -65,6 +65,13 @@ func TestComposeService(t *testing.T) {
 
 	compose("up", "-d")
 	waitHealthy("the compose weftd turns healthy")
+	hostConfig, err := d.Docker("inspect", "-f", "{{.HostConfig.CapDrop}} {{.HostConfig.CapAdd}} {{.HostConfig.ReadonlyRootfs}} {{.HostConfig.SecurityOpt}}", container)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "[ALL] [NET_ADMIN NET_RAW] true [no-new-privileges:true]"; hostConfig != want {
+		t.Errorf("the weftd container runs with %s, want %s (capabilities, read-only root, no-new-privileges)", hostConfig, want)
+	}
 	subnetEnv, err := lease.ReadSubnetFile(d.SubnetFile)
 	if err != nil {
 		t.Fatal(err)
