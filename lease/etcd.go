@@ -53,6 +53,9 @@ func NewEtcdStore(opts EtcdOptions) (*EtcdStore, error) {
 	if len(opts.Endpoints) == 0 {
 		return nil, errors.New("no etcd endpoints; set -etcd-endpoints, e.g. http://127.0.0.1:2379")
 	}
+	if err := opts.CheckTLS(); err != nil {
+		return nil, err
+	}
 	prefix := strings.TrimSuffix(opts.Prefix, "/")
 	if prefix == "" {
 		prefix = DefaultPrefix

@@ -43,3 +43,14 @@ func TestConfigPutRefusesInvalidBeforeEtcd(t *testing.T) {
 		t.Fatalf("config get = %d %q", code, out)
 	}
 }
+
+// TestWeftctlEtcdFlagsAsWeftd: weftctl takes weftd's etcd environment and
+// refuses TLS files with a plaintext endpoint before connecting.
+func TestWeftctlEtcdFlagsAsWeftd(t *testing.T) {
+	t.Setenv("FLANNELD_ETCD_ENDPOINTS", "http://10.0.0.1:2379")
+	t.Setenv("WEFTD_ETCD_CAFILE", "/etc/weft/ca.pem")
+	var stdout, stderr strings.Builder
+	if code := run([]string{"leases"}, &stdout, &stderr); code != 2 || !strings.Contains(stderr.String(), `etcd endpoint "http://10.0.0.1:2379" is plaintext`) {
+		t.Errorf("exit %d, stderr %q", code, stderr.String())
+	}
+}

@@ -53,19 +53,34 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("weftctl", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprintln(stderr, usage); fs.PrintDefaults() }
+	// The etcd flags default from the same environment as weftd's
+	// (WEFTD_<FLAG>, then FLANNELD_<FLAG>), so weftctl on a host reaches
+	// the etcd weftd uses, with the same credentials.
 	var opts lease.EtcdOptions
-	endpoints := fs.String("etcd-endpoints", envOr("WEFTD_ETCD_ENDPOINTS", envOr("FLANNELD_ETCD_ENDPOINTS", "http://127.0.0.1:2379")), "comma-separated etcd endpoints")
-	fs.StringVar(&opts.Prefix, "etcd-prefix", envOr("WEFTD_ETCD_PREFIX", lease.DefaultPrefix), "etcd prefix")
-	fs.StringVar(&opts.CAFile, "etcd-cafile", "", "CA file for etcd TLS")
-	fs.StringVar(&opts.CertFile, "etcd-certfile", "", "client certificate for etcd")
-	fs.StringVar(&opts.KeyFile, "etcd-keyfile", "", "client key for etcd")
-	fs.StringVar(&opts.Username, "etcd-username", "", "etcd user")
-	fs.StringVar(&opts.Password, "etcd-password", "", "etcd password")
+	endpoints := fs.String("etcd-endpoints", etcdEnv("etcd-endpoints", "http://127.0.0.1:2379"), "comma-separated etcd endpoints")
+	fs.StringVar(&opts.Prefix, "etcd-prefix", etcdEnv("etcd-prefix", lease.DefaultPrefix), "etcd prefix")
+	fs.StringVar(&opts.CAFile, "etcd-cafile", etcdEnv("etcd-cafile", ""), "CA file for etcd TLS")
+	fs.StringVar(&opts.CertFile, "etcd-certfile", etcdEnv("etcd-certfile", ""), "client certificate for etcd")
+	fs.StringVar(&opts.KeyFile, "etcd-keyfile", etcdEnv("etcd-keyfile", ""), "client key for etcd")
+	fs.StringVar(&opts.Username, "etcd-username", etcdEnv("etcd-username", ""), "etcd user")
+	fs.StringVar(&opts.Password, "etcd-password", etcdEnv("etcd-password", ""), "etcd password (visible in ps; prefer -etcd-password-file)")
+	passwordFile := fs.String("etcd-password-file", etcdEnv("etcd-password-file", ""), "file holding the etcd password")
 	keyFile := fs.String("wireguard-key-file", envOr("WIREGUARD_KEY_FILE", keys.DefaultPath), "WireGuard private key file")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	opts.Endpoints = strings.Split(*endpoints, ",")
+	if err := opts.ReadPasswordFile(*passwordFile); err != nil {
+		fmt.Fprintln(stderr, "weftctl:", err)
+		return 2
+	}
+	if err := opts.CheckTLS(); err != nil {
+		fmt.Fprintln(stderr, "weftctl:", err)
+		return 2
+	}
+	if e := opts.PlaintextPassword(); e != "" {
+		fmt.Fprintf(stderr, "weftctl: warning: the etcd password goes in clear to %s; use https:// endpoints with -etcd-cafile\n", e)
+	}
 	cmd := fs.Args()
 	if len(cmd) == 0 {
 		fs.Usage()
@@ -125,6 +140,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// etcdEnv is an etcd flag's default from the environment, as weftd reads
+// it: WEFTD_<FLAG>, then FLANNELD_<FLAG>.
+func etcdEnv(flagName, def string) string {
+	env := strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+	return envOr("WEFTD_"+env, envOr("FLANNELD_"+env, def))
 }
 
 func envOr(name, def string) string {

@@ -33,6 +33,9 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	if e := o.etcd.PlaintextPassword(); e != "" {
+		log.Warn("the etcd password goes in clear to a plaintext endpoint; use https:// endpoints with -etcd-cafile", "endpoint", e)
+	}
 	defer store.Close()
 	obs := newObserver()
 	g, ctx := errgroup.WithContext(ctx)

@@ -71,7 +71,8 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	fs.StringVar(&o.etcd.CertFile, "etcd-certfile", "", "client certificate for etcd")
 	fs.StringVar(&o.etcd.KeyFile, "etcd-keyfile", "", "client key for etcd")
 	fs.StringVar(&o.etcd.Username, "etcd-username", "", "etcd user name")
-	fs.StringVar(&o.etcd.Password, "etcd-password", "", "etcd password")
+	fs.StringVar(&o.etcd.Password, "etcd-password", "", "etcd password (visible in ps; prefer -etcd-password-file)")
+	passwordFile := fs.String("etcd-password-file", "", "file holding the etcd password")
 	fs.Var((*stringList)(&o.ifaces), "iface", "interface name or IP to use for inter-host traffic (repeatable)")
 	fs.Var((*repeated)(&o.ifaceRegex), "iface-regex", "regex matching the interface's address or, failing that, its name (repeatable; tried after -iface)")
 	fs.StringVar(&o.ifaceCanReach, "iface-can-reach", "", "use the interface that routes to this IP")
@@ -143,6 +144,12 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	}
 	o.renewMargin = time.Duration(renewMinutes) * time.Minute
 	o.etcd.Endpoints = splitList(o.endpoints)
+	if err := o.etcd.ReadPasswordFile(*passwordFile); err != nil {
+		return nil, err
+	}
+	if err := o.etcd.CheckTLS(); err != nil {
+		return nil, err
+	}
 	switch {
 	case *kubeSubnetMgr:
 		return nil, fmt.Errorf("-kube-subnet-mgr: weft leases subnets in etcd only; drop the flag and give -etcd-endpoints")

@@ -2,6 +2,7 @@ package main
 
 import (
 	"io"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -93,5 +94,23 @@ func TestPprofOnlyFromTheCommandLine(t *testing.T) {
 	}
 	if o, err := parseFlags([]string{"-debug-pprof"}, env(nil), io.Discard); err != nil || !o.pprof {
 		t.Errorf("-debug-pprof: %v %v", o.pprof, err)
+	}
+}
+
+// TestEtcdTLSAndPassword: TLS files with a plaintext endpoint are refused,
+// naming the endpoint and the flag; the password can come from a file.
+func TestEtcdTLSAndPassword(t *testing.T) {
+	_, err := parseFlags([]string{"-etcd-endpoints", "http://10.0.0.1:2379", "-etcd-cafile", "/etc/weft/ca.pem"}, env(nil), io.Discard)
+	if err == nil || !strings.Contains(err.Error(), `etcd endpoint "http://10.0.0.1:2379" is plaintext`) || !strings.Contains(err.Error(), "https://10.0.0.1:2379") {
+		t.Errorf("TLS files with http://: %v", err)
+	}
+	if _, err := parseFlags([]string{"-etcd-endpoints", "https://10.0.0.1:2379", "-etcd-cafile", "/etc/weft/ca.pem"}, env(nil), io.Discard); err != nil {
+		t.Errorf("TLS files with https://: %v", err)
+	}
+	file := t.TempDir() + "/pw"
+	os.WriteFile(file, []byte("s3cret\n"), 0o600)
+	o, err := parseFlags([]string{"-etcd-password-file", file}, env(nil), io.Discard)
+	if err != nil || o.etcd.Password != "s3cret" || o.etcd.PlaintextPassword() != "http://127.0.0.1:4001" {
+		t.Errorf("password file: %q %q %v", o.etcd.Password, o.etcd.PlaintextPassword(), err)
 	}
 }
