@@ -1,6 +1,7 @@
 package lease
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -173,7 +174,7 @@ func (s *EtcdStore) Get(ctx context.Context, key string) (Record, bool, error) {
 		return Record{}, false, err
 	}
 	kv := resp.Kvs[0]
-	return Record{Key: key, Value: kv.Value, Revision: kv.ModRevision, StoreLeaseID: kv.Lease}, true, nil
+	return Record{Key: key, Value: kv.Value, Revision: kv.ModRevision, CreateRevision: kv.CreateRevision, StoreLeaseID: kv.Lease}, true, nil
 }
 
 // List implements Store.
@@ -185,7 +186,7 @@ func (s *EtcdStore) List(ctx context.Context) ([]Record, int64, error) {
 	out := make([]Record, 0, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
 		out = append(out, Record{Key: strings.TrimPrefix(string(kv.Key), s.subnets), Value: kv.Value,
-			Revision: kv.ModRevision, StoreLeaseID: kv.Lease})
+			Revision: kv.ModRevision, CreateRevision: kv.CreateRevision, StoreLeaseID: kv.Lease})
 	}
 	return out, resp.Header.Revision, nil
 }
@@ -209,7 +210,7 @@ func (s *EtcdStore) Watch(ctx context.Context, fromRevision int64) <-chan WatchR
 			for _, ev := range resp.Events {
 				wr.Events = append(wr.Events, RecordEvent{
 					Record: Record{Key: strings.TrimPrefix(string(ev.Kv.Key), s.subnets), Value: ev.Kv.Value,
-						Revision: ev.Kv.ModRevision, StoreLeaseID: ev.Kv.Lease},
+						Revision: ev.Kv.ModRevision, CreateRevision: ev.Kv.CreateRevision, StoreLeaseID: ev.Kv.Lease},
 					Deleted: ev.Type == clientv3.EventTypeDelete,
 				})
 			}
@@ -228,15 +229,17 @@ func (s *EtcdStore) Watch(ctx context.Context, fromRevision int64) <-chan WatchR
 
 // Create implements Store.
 func (s *EtcdStore) Create(ctx context.Context, key string, value []byte, ttl time.Duration) (Record, error) {
-	return s.putIf(ctx, key, value, ttl, clientv3.Compare(clientv3.CreateRevision(s.subnets+key), "=", 0), ErrExists)
+	return s.putIf(ctx, key, value, ttl, clientv3.Compare(clientv3.CreateRevision(s.subnets+key), "=", 0), ErrExists, 0)
 }
 
 // Replace implements Store.
 func (s *EtcdStore) Replace(ctx context.Context, old Record, value []byte, ttl time.Duration) (Record, error) {
-	return s.putIf(ctx, old.Key, value, ttl, clientv3.Compare(clientv3.ModRevision(s.subnets+old.Key), "=", old.Revision), ErrConflict)
+	return s.putIf(ctx, old.Key, value, ttl, clientv3.Compare(clientv3.ModRevision(s.subnets+old.Key), "=", old.Revision), ErrConflict, old.CreateRevision)
 }
 
-func (s *EtcdStore) putIf(ctx context.Context, key string, value []byte, ttl time.Duration, cond clientv3.Cmp, lost error) (Record, error) {
+// putIf writes key if cond holds; created is the key's create revision
+// when it exists already (a Replace), 0 when the write creates it.
+func (s *EtcdStore) putIf(ctx context.Context, key string, value []byte, ttl time.Duration, cond clientv3.Cmp, lost error, created int64) (Record, error) {
 	if ttl <= 0 {
 		// A reservation: the key lives until someone deletes it.
 		resp, err := s.client.Txn(ctx).If(cond).Then(clientv3.OpPut(s.subnets+key, string(value))).Commit()
@@ -246,7 +249,7 @@ func (s *EtcdStore) putIf(ctx context.Context, key string, value []byte, ttl tim
 		if err != nil {
 			return Record{}, err
 		}
-		return Record{Key: key, Value: value, Revision: resp.Header.Revision}, nil
+		return Record{Key: key, Value: value, Revision: resp.Header.Revision, CreateRevision: cmp.Or(created, resp.Header.Revision)}, nil
 	}
 	grant, err := s.client.Grant(ctx, int64(max(ttl/time.Second, 1)))
 	if err != nil {
@@ -262,7 +265,8 @@ func (s *EtcdStore) putIf(ctx context.Context, key string, value []byte, ttl tim
 		_, _ = s.client.Revoke(context.WithoutCancel(ctx), grant.ID)
 		return Record{}, err
 	}
-	return Record{Key: key, Value: value, Revision: resp.Header.Revision, StoreLeaseID: int64(grant.ID)}, nil
+	return Record{Key: key, Value: value, Revision: resp.Header.Revision, CreateRevision: cmp.Or(created, resp.Header.Revision),
+		StoreLeaseID: int64(grant.ID)}, nil
 }
 
 // Renew implements Store.

@@ -106,6 +106,9 @@ type Lease struct {
 	// Revision is the store revision that last wrote the lease; Replace uses
 	// it to make sure nobody changed the lease in between.
 	Revision int64
+	// CreateRevision is the store revision that created the lease's key
+	// (see Record.CreateRevision): the older of two leases has the lower.
+	CreateRevision int64
 	// StoreLeaseID is the store's handle for the lease's TTL (an etcd lease ID).
 	StoreLeaseID int64
 }

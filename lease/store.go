@@ -28,6 +28,10 @@ type Record struct {
 	Value []byte
 	// Revision is the store revision that last modified the key.
 	Revision int64
+	// CreateRevision is the store revision that created the key: it stays
+	// while the key is rewritten and changes only when the key is deleted
+	// and created anew (a lease that expired and was claimed again).
+	CreateRevision int64
 	// StoreLeaseID is the TTL handle attached to the key (0 for none).
 	StoreLeaseID int64
 }

@@ -235,7 +235,7 @@ func (w *Watcher) putLocked(r Record) {
 		}
 		return
 	}
-	l.Revision, l.StoreLeaseID = r.Revision, r.StoreLeaseID
+	l.Revision, l.CreateRevision, l.StoreLeaseID = r.Revision, r.CreateRevision, r.StoreLeaseID
 	w.leases[r.Key] = l
 }
 

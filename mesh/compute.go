@@ -18,6 +18,9 @@ type Peer struct {
 	PublicIP    netip.Addr
 	BackendType string
 	BackendData json.RawMessage
+	// Created is the store revision that created the peer's lease: of two
+	// peers that claim the same thing (a VTEP MAC), the older one keeps it.
+	Created int64
 }
 
 // Skipped is a lease left out of the desired state, and why.
@@ -86,7 +89,7 @@ func (d *Desired) sort() {
 // check in Compute guards the whole-set path only.
 func classify(self lease.Lease, l lease.Lease, cfg *lease.Config) (peer Peer, reason string, isSelf bool) {
 	peer = Peer{Key: l.Key(), Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP,
-		BackendType: l.Attrs.BackendType, BackendData: l.Attrs.BackendData}
+		BackendType: l.Attrs.BackendType, BackendData: l.Attrs.BackendData, Created: l.CreateRevision}
 	switch {
 	case l.Subnet == self.Subnet:
 		return peer, "", true // our own lease (or an older copy of it)

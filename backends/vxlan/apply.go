@@ -25,6 +25,9 @@ type Backend struct {
 	mtu    int
 	kernel netutil.Kernel
 	log    *slog.Logger
+	// macHolders are the leases publishing each VTEP MAC in the state last
+	// applied whole; nil until then (a delta then asks for a whole apply).
+	macHolders map[string][]string
 }
 
 // New parses the options; the backend programs kernel.
@@ -122,6 +125,7 @@ func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 		return err
 	}
 	state, errs := Plan(d, b.opts, b.ext)
+	b.macHolders = MACHolders(d.Peers)
 	idx := dev.Attrs().Index
 	errs = append(errs, netutil.EnsureOnlyAddress(b.kernel, dev, netip.PrefixFrom(d.Self.Subnet.Addr(), 32))...)
 	have, err := b.kernelEntries(idx)
@@ -141,8 +145,18 @@ func (b *Backend) ApplyDelta(_ context.Context, d mesh.Delta) error {
 	if err != nil {
 		return err
 	}
-	if created {
+	if created || b.macHolders == nil || !deltaStandsAlone(d.Old, d.New, b.macHolders) {
 		return mesh.ErrWholeApply
+	}
+	for _, p := range d.Old {
+		if mac := peerMAC(p); mac != "" {
+			delete(b.macHolders, mac)
+		}
+	}
+	for _, p := range d.New {
+		if mac := peerMAC(p); mac != "" {
+			b.macHolders[mac] = []string{p.Key}
+		}
 	}
 	idx := dev.Attrs().Index
 	before, _ := Plan(d.Before(), b.opts, b.ext)

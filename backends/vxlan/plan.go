@@ -122,6 +122,7 @@ type State struct {
 func Plan(d mesh.Desired, opts Options, ext netutil.ExternalInterface) (State, []error) {
 	var s State
 	var problems []error
+	owner := macOwners(d.Peers)
 	for _, p := range d.Peers {
 		var data BackendData
 		if err := json.Unmarshal(p.BackendData, &data); err != nil {
@@ -137,6 +138,11 @@ func Plan(d mesh.Desired, opts Options, ext netutil.ExternalInterface) (State, [
 			problems = append(problems, fmt.Errorf("peer %s: VtepMAC %q is not a MAC address", p.Key, data.VtepMAC))
 			continue
 		}
+		if first := owner[mac.String()]; first.Key != p.Key {
+			// The FDB would send this host's frames to the other one.
+			problems = append(problems, fmt.Errorf("peer %s: VtepMAC %s is also published by %s, leased earlier; skipped", p.Key, mac, first.Key))
+			continue
+		}
 		if opts.DirectRouting && ext.OnLink(p.PublicIP) {
 			s.Routes = append(s.Routes, Route{Dst: p.Subnet, Via: p.PublicIP, Direct: true})
 			continue
@@ -147,4 +153,73 @@ func Plan(d mesh.Desired, opts Options, ext netutil.ExternalInterface) (State, [
 		s.FDB = append(s.FDB, FDB{MAC: mac.String(), Dst: p.PublicIP})
 	}
 	return s, problems
+}
+
+// peerMAC is the VTEP MAC a peer publishes, or "" when its BackendData
+// does not decode to one.
+func peerMAC(p mesh.Peer) string {
+	var data BackendData
+	if json.Unmarshal(p.BackendData, &data) != nil {
+		return ""
+	}
+	mac, err := net.ParseMAC(data.VtepMAC)
+	if err != nil || len(mac) != 6 {
+		return ""
+	}
+	return mac.String()
+}
+
+// macOwners picks, for every VTEP MAC, the peer that keeps it: the one
+// whose lease was created first (then the lower key).
+func macOwners(peers []mesh.Peer) map[string]mesh.Peer {
+	owner := make(map[string]mesh.Peer, len(peers))
+	for _, p := range peers {
+		mac := peerMAC(p)
+		if mac == "" {
+			continue
+		}
+		if o, ok := owner[mac]; !ok || p.Created < o.Created || (p.Created == o.Created && p.Key < o.Key) {
+			owner[mac] = p
+		}
+	}
+	return owner
+}
+
+// MACHolders lists the leases publishing each VTEP MAC in a state.
+func MACHolders(peers []mesh.Peer) map[string][]string {
+	out := make(map[string][]string, len(peers))
+	for _, p := range peers {
+		if mac := peerMAC(p); mac != "" {
+			out[mac] = append(out[mac], p.Key)
+		}
+	}
+	return out
+}
+
+// deltaStandsAlone reports whether a delta's peers can be changed without
+// looking at the others, given the MAC holders of the state last applied:
+// not when a MAC two leases publish is involved (a duplicate leaving may
+// let its twin in; one arriving may collide with a peer outside the delta).
+func deltaStandsAlone(before, after []mesh.Peer, holders map[string][]string) bool {
+	leaving := map[string]bool{}
+	for _, p := range before {
+		if mac := peerMAC(p); mac != "" {
+			if len(holders[mac]) != 1 {
+				return false
+			}
+			leaving[mac] = true
+		}
+	}
+	arriving := map[string]bool{}
+	for _, p := range after {
+		mac := peerMAC(p)
+		if mac == "" {
+			continue
+		}
+		if arriving[mac] || (len(holders[mac]) > 0 && !leaving[mac]) {
+			return false
+		}
+		arriving[mac] = true
+	}
+	return true
 }

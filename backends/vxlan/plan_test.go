@@ -111,3 +111,31 @@ func TestPortZeroIsTheKernelDefault(t *testing.T) {
 		t.Fatalf("Port 0: %+v, %v; want 8472, noted", o, err)
 	}
 }
+
+// TestDuplicateVtepMAC: of two leases publishing one VTEP MAC, the one
+// created first keeps it and the other is skipped, naming both; a delta
+// that brings or removes a duplicate asks for a whole apply.
+func TestDuplicateVtepMAC(t *testing.T) {
+	older := vxPeer("10.5.9.0/24", "192.168.77.9", `{"VNI":1,"VtepMAC":"02:00:00:00:00:02"}`)
+	older.Created = 3
+	newer := vxPeer("10.5.2.0/24", "192.168.77.2", `{"VNI":1,"VtepMAC":"02:00:00:00:00:02"}`)
+	newer.Created = 5
+	d := mesh.Desired{Peers: []mesh.Peer{newer, older}}
+	state, problems := Plan(d, Options{VNI: 1}, testExt)
+	if len(state.FDB) != 1 || state.FDB[0].Dst != older.PublicIP {
+		t.Errorf("FDB %+v, want only the older lease's", state.FDB)
+	}
+	if len(problems) != 1 || !strings.Contains(problems[0].Error(), "peer 10.5.2.0-24: VtepMAC 02:00:00:00:00:02 is also published by 10.5.9.0-24, leased earlier") {
+		t.Errorf("problems %v", problems)
+	}
+	holders := MACHolders([]mesh.Peer{older})
+	if deltaStandsAlone(nil, []mesh.Peer{newer}, holders) {
+		t.Error("a delta bringing a duplicate MAC was applied on its own")
+	}
+	if !deltaStandsAlone([]mesh.Peer{older}, []mesh.Peer{older}, holders) {
+		t.Error("a delta moving the only holder of a MAC needed a whole apply")
+	}
+	if deltaStandsAlone([]mesh.Peer{older}, nil, MACHolders([]mesh.Peer{older, newer})) {
+		t.Error("a delta removing one of two holders was applied on its own")
+	}
+}

@@ -186,10 +186,16 @@ func (s *Store) wake() {
 	}
 }
 
-// commitLocked records a change and returns its revision.
+// commitLocked records a change and returns its revision. A key written
+// anew gets that revision as its create revision; a rewrite keeps it.
 func (s *Store) commitLocked(ev lease.RecordEvent) int64 {
 	s.rev++
 	ev.Record.Revision = s.rev
+	if old, ok := s.records[ev.Record.Key]; ok && !ev.Deleted {
+		ev.Record.CreateRevision = old.CreateRevision
+	} else {
+		ev.Record.CreateRevision = s.rev
+	}
 	if ev.Deleted {
 		delete(s.records, ev.Record.Key)
 	} else {
@@ -218,6 +224,7 @@ func (s *Store) put(key string, value []byte, ttl time.Duration, ok func(lease.R
 	}
 	rec := lease.Record{Key: key, Value: append([]byte(nil), value...), StoreLeaseID: id}
 	rec.Revision = s.commitLocked(lease.RecordEvent{Record: rec})
+	rec.CreateRevision = s.records[key].CreateRevision
 	s.mu.Unlock()
 	s.wake()
 	return rec, nil
