@@ -96,7 +96,7 @@ func Claim(ctx context.Context, store Store, req ClaimRequest) (Lease, error) {
 			return Lease{}, fmt.Errorf("writing lease: %w", err)
 		}
 		subnet, _ := ParseSubnetKey(rec.Key)
-		l := Lease{Subnet: subnet, Attrs: req.Attrs, Revision: rec.Revision, StoreLeaseID: rec.StoreLeaseID}
+		l := Lease{Subnet: subnet, Attrs: req.Attrs, Revision: rec.Revision, CreateRevision: rec.CreateRevision, StoreLeaseID: rec.StoreLeaseID}
 		if rec.StoreLeaseID != 0 {
 			l.Expiration = time.Now().Add(ttl)
 		}

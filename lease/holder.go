@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -20,10 +21,16 @@ type Holder struct {
 	log         *slog.Logger
 	check       chan struct{}
 	changed     chan struct{}
+	// conflicts counts leases taken back from another writer.
+	conflicts atomic.Uint64
 
 	mu      sync.Mutex
 	current Lease
 }
+
+// Conflicts counts the times this host's lease was overwritten by another
+// writer and taken back (weft_lease_conflicts_total).
+func (h *Holder) Conflicts() uint64 { return h.conflicts.Load() }
 
 // NewHolder takes over a lease just claimed with req.
 func NewHolder(store Store, req ClaimRequest, current Lease, renewMargin time.Duration, log *slog.Logger) *Holder {
@@ -122,6 +129,8 @@ func (h *Holder) refresh(ctx context.Context, renew bool) error {
 		}
 	} else if ours, err := h.stillOurs(ctx, cur, req); err != nil || ours {
 		return err
+	} else if taken, err := h.takeBack(ctx, cur, req); err != nil || taken {
+		return err
 	}
 	req.Previous = cur.Subnet
 	l, err := Claim(ctx, h.store, req)
@@ -142,6 +151,42 @@ func (h *Holder) refresh(ctx context.Context, renew bool) error {
 	default:
 	}
 	return nil
+}
+
+// takeBack restores this host's lease when another writer overwrote it in
+// place with another PublicIP: weft never does that itself (it only
+// creates absent keys or rewrites its own), so the write is foreign, and
+// giving the subnet up would hand this host's traffic to the writer. The
+// lease goes back with a compare-and-swap on the overwritten revision and
+// the subnet stays. A key deleted and created again (another create
+// revision: the lease expired and another host claimed it) or a key
+// without TTL (a reservation an operator wrote) is followed instead.
+func (h *Holder) takeBack(ctx context.Context, cur Lease, req ClaimRequest) (bool, error) {
+	r, ok, err := h.store.Get(ctx, cur.Key())
+	if err != nil || !ok || cur.CreateRevision == 0 || r.CreateRevision != cur.CreateRevision || r.StoreLeaseID == 0 {
+		return false, err
+	}
+	foreign, err := DecodeLease(r.Key, r.Value)
+	if err == nil && foreign.Attrs.PublicIP == req.Attrs.PublicIP {
+		return false, nil // ours, with older attributes: rewritten by Claim
+	}
+	h.conflicts.Add(1)
+	h.log.Error("this host's lease was overwritten by another writer; taking it back (check who can write etcd)",
+		"key", r.Key, "their_public_ip", foreign.Attrs.PublicIP, "their_backend_data", string(foreign.Attrs.BackendData))
+	rec, err := h.store.Replace(ctx, r, req.Attrs.Encode(), req.TTL)
+	if err != nil {
+		return false, err
+	}
+	l := Lease{Subnet: cur.Subnet, Attrs: req.Attrs, Expiration: time.Now().Add(req.TTL), Revision: rec.Revision,
+		CreateRevision: rec.CreateRevision, StoreLeaseID: rec.StoreLeaseID}
+	h.mu.Lock()
+	h.current = l
+	h.mu.Unlock()
+	select {
+	case h.changed <- struct{}{}:
+	default:
+	}
+	return true, nil
 }
 
 // stillOurs reports whether the store holds cur unchanged with req's attrs.

@@ -459,3 +459,51 @@ func TestJunkKeysTakeNoSubnet(t *testing.T) {
 		}
 	})
 }
+
+// TestHolderTakesBackAnOverwrittenLease: another writer overwrites this
+// host's lease in place with its own PublicIP; the holder takes it back
+// with the same subnet and counts it. A lease that was deleted and created
+// again by another host is followed instead (the subnet moves).
+func TestHolderTakesBackAnOverwrittenLease(t *testing.T) {
+	stores(t, func(t *testing.T, s lease.Store) {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		cfg := mustConfig(t, `{"Network":"10.5.0.0/16"}`)
+		req := lease.ClaimRequest{Config: cfg, Attrs: hostAttrs(1), TTL: time.Hour}
+		l, err := lease.Claim(ctx, s, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var logs syncBuffer
+		h := lease.NewHolder(s, req, l, time.Minute, testLogger(&logs))
+		go h.Run(ctx)
+		rec, _, _ := s.Get(ctx, l.Key())
+		if _, err := s.Replace(ctx, rec, hostAttrs(66).Encode(), time.Hour); err != nil {
+			t.Fatal(err)
+		}
+		h.Verify()
+		waitFor(t, "the lease back with its owner", func() bool {
+			r, ok, _ := s.Get(ctx, l.Key())
+			return ok && string(r.Value) == string(req.Attrs.Encode())
+		})
+		if h.Current().Subnet != l.Subnet || h.Conflicts() != 1 {
+			t.Errorf("subnet %s (had %s), %d conflicts", h.Current().Subnet, l.Subnet, h.Conflicts())
+		}
+		if !strings.Contains(logs.String(), "overwritten by another writer") || !strings.Contains(logs.String(), "their_public_ip=192.168.0.66") {
+			t.Errorf("no error naming the writer:\n%s", logs.String())
+		}
+
+		// Expired and claimed by another host: a new key incarnation.
+		if err := s.Delete(ctx, l.Key()); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Create(ctx, l.Key(), hostAttrs(77).Encode(), time.Hour); err != nil {
+			t.Fatal(err)
+		}
+		h.Verify()
+		waitFor(t, "the holder moves to a new subnet", func() bool { return h.Current().Subnet != l.Subnet })
+		if h.Conflicts() != 1 {
+			t.Errorf("a subnet taken after expiry was counted as a conflict")
+		}
+	})
+}

@@ -146,6 +146,7 @@ var (
 	descRuns       = prometheus.NewDesc("weft_reconcile_runs_total", "Reconcile runs.", nil, nil)
 	descErrors     = prometheus.NewDesc("weft_reconcile_errors_total", "Reconcile runs that met an error.", nil, nil)
 	descRelists    = prometheus.NewDesc("weft_etcd_watch_restarts_total", "Times the lease watch had to list again (compaction, outage).", nil, nil)
+	descConflicts  = prometheus.NewDesc("weft_lease_conflicts_total", "Times this host's lease was overwritten by another writer and taken back.", nil, nil)
 	descRx         = prometheus.NewDesc("weft_wireguard_peer_receive_bytes_total", "Bytes received from a WireGuard peer.", []string{"subnet"}, nil)
 	descTx         = prometheus.NewDesc("weft_wireguard_peer_transmit_bytes_total", "Bytes sent to a WireGuard peer.", []string{"subnet"}, nil)
 	descHandshake  = prometheus.NewDesc("weft_wireguard_peer_last_handshake_seconds", "Unix time of the last handshake with a peer (0: none).", []string{"subnet"}, nil)
@@ -156,7 +157,7 @@ var (
 
 // Describe implements prometheus.Collector.
 func (o *observer) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descLease, descExpiry, descReady, descPeers, descRuns, descErrors, descRelists, descRx, descTx, descHandshake, descUDPDropped, descCalls, descFull} {
+	for _, d := range []*prometheus.Desc{descLease, descExpiry, descReady, descPeers, descRuns, descErrors, descRelists, descConflicts, descRx, descTx, descHandshake, descUDPDropped, descCalls, descFull} {
 		ch <- d
 	}
 	o.duration.Describe(ch)
@@ -183,6 +184,7 @@ func (o *observer) Collect(ch chan<- prometheus.Metric) {
 		own := holder.Current()
 		gauge(descLease, 1, s.Subnet, s.PublicIP, s.Backend)
 		gauge(descExpiry, float64(own.Expiration.Unix()))
+		counter(descConflicts, float64(holder.Conflicts()))
 	}
 	if watcher != nil {
 		counter(descRelists, float64(max(watcher.Relists()-1, 0)))

@@ -1,0 +1,58 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/weftnet/weft/keys"
+	"github.com/weftnet/weft/lease"
+)
+
+// TestLeaseHijackTakenBack: whoever can write etcd overwrites a host's
+// lease with their own PublicIP and WireGuard key; the owner takes it back
+// with its subnet unchanged, counts it, and traffic to it resumes.
+func TestLeaseHijackTakenBack(t *testing.T) {
+	l := startCluster(t, Options{Hosts: 3, Backend: lease.BackendWireGuard})
+	ctx := context.Background()
+	h1, h2 := l.Hosts[0], l.Hosts[1]
+	key := lease.SubnetKey(h2.Subnet)
+	rec, ok, err := l.Store().Get(ctx, key)
+	if err != nil || !ok {
+		t.Fatal(err)
+	}
+	k, err := keys.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	hijack := fmt.Sprintf(`{"PublicIP":%q,"PublicIPv6":null,"BackendType":"wireguard","BackendData":{"PublicKey":%q,"Port":51820}}`,
+		l.underlayAddr(200), k.Public())
+	start := time.Now()
+	if _, err := l.Store().Replace(ctx, rec, []byte(hijack), time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the lease back with its owner", 20*time.Second, func() error {
+		r, ok, err := l.Store().Get(ctx, key)
+		if err != nil || !ok || !strings.Contains(string(r.Value), `"PublicIP":"`+h2.PublicIP.String()+`"`) {
+			return fmt.Errorf("lease %s: %s (%v)", key, r.Value, err)
+		}
+		return nil
+	})
+	back := time.Since(start)
+	eventually(t, "traffic to the owner resumes", 20*time.Second, func() error { return l.Ping(h1, h2) })
+	reliability(t, "lease hijack: the owner took its lease back in %s, traffic to it resumed after %s, subnet unchanged",
+		back.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
+	env, err := lease.ReadSubnetFile(h2.SubnetFile())
+	if err != nil || env.Subnet != h2.Subnet {
+		t.Errorf("h2's subnet file says %v (%v), it had %s", env.Subnet, err, h2.Subnet)
+	}
+	metrics, err := HTTPGet(h2.Name, "http://127.0.0.1:8471/metrics")
+	if err != nil || !strings.Contains(metrics, "weft_lease_conflicts_total 1") {
+		t.Errorf("weft_lease_conflicts_total not 1: %v\n%s", err, metrics)
+	}
+	if _, _, err := h2.WaitLogLine(0, time.Second, "overwritten by another writer", key, l.underlayAddr(200).String()); err != nil {
+		t.Errorf("no error log naming the key and the writer's PublicIP: %v", err)
+	}
+}
