@@ -5,6 +5,7 @@ package backends
 
 import (
 	"context"
+	"errors"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -87,6 +88,58 @@ func Footprints() map[string]netutil.Footprint {
 		lease.BackendVXLAN:     vxlan.Footprint(),
 		lease.BackendWireGuard: wireguard.Footprint(),
 	}
+}
+
+// RemoveOthers removes from this host what the other backends left, so a
+// host switched to current (in the config, then weftd restarted) sends no
+// packet through a leftover path: their devices (with the routes,
+// neighbours and FDB entries on them) and, for the tunnel backends, weft's
+// routes via the external interface (host-gw's, vxlan DirectRouting's),
+// which being more specific would keep carrying traffic in clear. It
+// returns what it removed.
+func RemoveOthers(k netutil.Kernel, current string, ext netutil.ExternalInterface) ([]string, error) {
+	var removed []string
+	var errs []error
+	links, err := k.LinkList()
+	if err != nil {
+		return nil, err
+	}
+	mine := Footprints()[current]
+	for _, l := range links {
+		name := l.Attrs().Name
+		if mine.OwnsLink(name) {
+			continue
+		}
+		for backend, f := range Footprints() {
+			if backend == current || !f.OwnsLink(name) {
+				continue
+			}
+			if err := k.LinkDel(l); err != nil {
+				errs = append(errs, fmt.Errorf("removing %s's device %s: %w", backend, name, err))
+			} else {
+				removed = append(removed, backend+" device "+name)
+			}
+			break
+		}
+	}
+	if current == lease.BackendWireGuard || current == lease.BackendUDP {
+		routes, err := netutil.OwnedRoutes(k)
+		if err != nil {
+			return removed, errors.Join(append(errs, err)...)
+		}
+		for _, r := range routes {
+			if r.LinkIndex != ext.Index {
+				continue
+			}
+			dst, _ := netutil.Prefix(r.Dst)
+			if err := k.RouteDel(&r); err != nil {
+				errs = append(errs, fmt.Errorf("removing route %s: %w", dst, err))
+			} else {
+				removed = append(removed, fmt.Sprintf("route %s via %s", dst, netutil.Addr(r.Gw)))
+			}
+		}
+	}
+	return removed, errors.Join(errs...)
 }
 
 // Constructor builds a backend from its environment.

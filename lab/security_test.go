@@ -1,7 +1,9 @@
 package lab
 
 import (
+	"bytes"
 	"context"
+	"encoding/hex"
 	"fmt"
 	"strings"
 	"testing"
@@ -54,5 +56,65 @@ func TestLeaseHijackTakenBack(t *testing.T) {
 	}
 	if _, _, err := h2.WaitLogLine(0, time.Second, "overwritten by another writer", key, l.underlayAddr(200).String()); err != nil {
 		t.Errorf("no error log naming the key and the writer's PublicIP: %v", err)
+	}
+}
+
+// switchBackend puts a config with backend and restarts weftd on every
+// host, as an operator switches a cluster.
+func switchBackend(t *testing.T, l *Lab, backend string) {
+	t.Helper()
+	offset := l.Hosts[0].LogOffset()
+	if err := l.PutConfig(context.Background(), fmt.Sprintf(`{"Network":%q,"Backend":{"Type":%q}}`, DefaultNetwork, backend)); err != nil {
+		t.Fatal(err)
+	}
+	// Until the restart the running backend stays, and weftd says so.
+	if _, _, err := l.Hosts[0].WaitLogLine(offset, 10*time.Second, "now asks for another backend", "config="+backend); err != nil {
+		t.Errorf("weftd did not say the config asks for %s: %v", backend, err)
+	}
+	for _, h := range l.Hosts {
+		restartWeftd(t, l, h)
+	}
+	eventually(t, "traffic on "+backend, 20*time.Second, func() error { return l.Ping(l.Hosts[0], l.Hosts[1]) })
+}
+
+// TestSwitchToWireGuardEncrypts switches a running cluster from each
+// backend to wireguard and back: after the switch to wireguard no container
+// packet crosses the underlay in clear (the old devices and routes are
+// gone), and after the switch back traffic flows on the old backend.
+func TestSwitchToWireGuardEncrypts(t *testing.T) {
+	for _, from := range []string{lease.BackendVXLAN, lease.BackendHostGW, lease.BackendUDP} {
+		t.Run(from, func(t *testing.T) {
+			l := startCluster(t, Options{Hosts: 2, Backend: from})
+			h1, h2 := l.Hosts[0], l.Hosts[1]
+			offset := h1.LogOffset()
+			switchBackend(t, l, lease.BackendWireGuard)
+			leftover := map[string]string{lease.BackendVXLAN: "vxlan device weft.1", lease.BackendHostGW: "route " + h2.Subnet.String(), lease.BackendUDP: "udp device weft0"}[from]
+			if _, _, err := h1.WaitLogLine(offset, time.Second, "removed what another backend left", leftover); err != nil {
+				t.Errorf("no log line about %s's leftovers: %v\n%s", from, err, h1.LogTail(15))
+			}
+			pattern := "deadbeefcafef00d0123456789abcdef"
+			capture, err := l.CaptureUnderlay("switch")
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, perr := Exec(h1.Container, "ping", "-c", "3", "-i", "0.2", "-p", pattern, h2.ContainerIP().String())
+			raw, decoded, err := capture.Stop()
+			if perr != nil || err != nil {
+				t.Fatalf("ping %v, capture %v", perr, err)
+			}
+			needle, _ := hex.DecodeString(pattern)
+			if bytes.Contains(raw, needle) {
+				t.Fatalf("after switching from %s to wireguard a container's ping crossed the underlay in clear:\n%s", from, decoded)
+			}
+			for _, line := range strings.Split(strings.TrimSpace(decoded), "\n") {
+				if !strings.Contains(line, ".51820: UDP") {
+					t.Errorf("a packet other than WireGuard on the underlay: %s", line)
+				}
+			}
+			switchBackend(t, l, from)
+			if out, err := Exec(h1.Name, "ip", "link", "show", "weft-wg"); err == nil {
+				t.Errorf("weft-wg left after switching back to %s: %s", from, out)
+			}
+		})
 	}
 }

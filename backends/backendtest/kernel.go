@@ -90,6 +90,18 @@ func (k *Kernel) byIndex(idx int) (netlink.Link, bool) {
 	return nil, false
 }
 
+// LinkList lists every link, in index order (copies).
+func (k *Kernel) LinkList() ([]netlink.Link, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	out := make([]netlink.Link, 0, len(k.links))
+	for _, l := range k.links {
+		out = append(out, copyLink(l))
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Attrs().Index < out[j].Attrs().Index })
+	return out, nil
+}
+
 // LinkByName finds a link, as netlink does (a copy: changing it changes
 // nothing here).
 func (k *Kernel) LinkByName(name string) (netlink.Link, error) {

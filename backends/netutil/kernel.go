@@ -14,6 +14,7 @@ import (
 // as `ip` and `bridge` do, so apply code is tested without root. List
 // calls return whole dumps (the real one retries interrupted dumps).
 type Kernel interface {
+	LinkList() ([]netlink.Link, error)
 	LinkByName(name string) (netlink.Link, error)
 	LinkAdd(link netlink.Link) error
 	LinkDel(link netlink.Link) error
@@ -94,6 +95,12 @@ func NewNetlink(h *netlink.Handle, calls *Calls) *Netlink {
 func (k *Netlink) write(err error) error {
 	k.calls.Count(CallWrite)
 	return err
+}
+
+// LinkList lists every link.
+func (k *Netlink) LinkList() ([]netlink.Link, error) {
+	k.calls.Count(CallDump)
+	return Retry(k.h.LinkList)
 }
 
 // LinkByName finds a link by name.

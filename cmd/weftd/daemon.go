@@ -66,6 +66,12 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	}
 	obs.setBackend(backend, cfg.Backend.Type)
 	defer leaveDataPath(backend, o.cleanupOnExit, log)
+	// Before anything is reported ready: what another backend left would
+	// keep carrying traffic its own way (in clear, after a switch to
+	// wireguard).
+	if removed, err := backends.RemoveOthers(kernel, cfg.Backend.Type, ext); len(removed) > 0 || err != nil {
+		log.Warn("removed what another backend left on this host (Backend.Type changed)", "backend", cfg.Backend.Type, "removed", removed, "err", err)
+	}
 
 	req := lease.ClaimRequest{
 		Config:   cfg,
@@ -104,6 +110,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 			return keepBlackhole(ctx, kernel, holder, time.Duration(o.iptablesSync)*time.Second, log)
 		})
 	}
+	g.Go(func() error { return watchBackendType(ctx, store, cfg.Backend.Type, o.resync, log) })
 	g.Go(func() error { return watcher.Run(ctx) })
 	g.Go(func() error { return holder.Run(ctx) })
 	g.Go(func() error { return reconciler.Run(ctx) })
@@ -157,6 +164,33 @@ func subnetFileWriter(path string, cfg *lease.Config, mtu int, ipMasq bool, log 
 		env := lease.SubnetEnv{Network: cfg.Network, Subnet: l.Subnet, MTU: mtu, IPMasq: ipMasq}
 		if err := lease.WriteSubnetFile(path, env); err != nil {
 			log.Error("writing the subnet file", "path", path, "err", err)
+		}
+	}
+}
+
+// watchBackendType says, once per change, when the network config asks
+// for another Backend.Type than the one running: it takes effect at
+// weftd's next start (a switch needs the old data path removed first).
+func watchBackendType(ctx context.Context, store lease.Store, running string, every time.Duration, log *slog.Logger) error {
+	said := running
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(every):
+		}
+		raw, err := store.Config(ctx)
+		if err != nil {
+			continue
+		}
+		cfg, err := lease.ParseConfig(raw)
+		if err != nil || cfg.Backend.Type == said {
+			continue
+		}
+		said = cfg.Backend.Type
+		if said != running {
+			log.Warn("the network config now asks for another backend; it takes effect when weftd restarts (systemctl restart weftd)",
+				"running", running, "config", said)
 		}
 	}
 }

@@ -1,0 +1,55 @@
+package backends
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/weftnet/weft/backends/backendtest"
+	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/lease"
+)
+
+// TestRemoveOthers: a host switched to wireguard keeps no vxlan device and
+// no host-gw route that would carry traffic in clear, and loses nothing
+// that is not weft's.
+func TestRemoveOthers(t *testing.T) {
+	k := backendtest.NewKernel()
+	ext := k.AddExternal("eth0", netip.MustParsePrefix("192.168.77.1/24"), 1500)
+	if err := k.LinkAdd(&netlink.Vxlan{LinkAttrs: netlink.LinkAttrs{Name: "weft.1"}, VxlanId: 1}); err != nil {
+		t.Fatal(err)
+	}
+	k.AddTUN("weft-wg", 1420)
+	k.AddTUN("tun7", 1500) // not weft's
+	route := func(dst, via string, proto netlink.RouteProtocol) {
+		r := netlink.Route{LinkIndex: ext.Index, Dst: netutil.IPNet(netip.MustParsePrefix(dst)), Gw: netip.MustParseAddr(via).AsSlice(),
+			Protocol: proto, Table: unix.RT_TABLE_MAIN}
+		if err := k.RouteReplace(&r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	route("10.5.2.0/24", "192.168.77.2", netutil.RouteProtocol) // host-gw's
+	route("10.9.0.0/16", "192.168.77.254", 0)                   // the admin's
+	removed, err := RemoveOthers(k, lease.BackendWireGuard, ext)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(removed, "; "); got != "vxlan device weft.1; route 10.5.2.0/24 via 192.168.77.2" {
+		t.Errorf("removed %q", got)
+	}
+	want := `addr 192.168.77.1/24 dev eth0
+link eth0 veth mtu 1500 up
+link tun7 tuntap mtu 1500 down
+link weft-wg tuntap mtu 1420 down
+route 10.9.0.0/16 via 192.168.77.254 dev eth0
+`
+	if got := k.State(); got != want {
+		t.Errorf("left:\n%s\nwant:\n%s", got, want)
+	}
+	if again, err := RemoveOthers(k, lease.BackendWireGuard, ext); err != nil || len(again) != 0 {
+		t.Errorf("second run removed %v (%v)", again, err)
+	}
+}
