@@ -1,9 +1,7 @@
 package lab
 
 import (
-	"bytes"
 	"context"
-	"encoding/hex"
 	"fmt"
 	"strings"
 	"testing"
@@ -92,26 +90,7 @@ func TestSwitchToWireGuardEncrypts(t *testing.T) {
 			if _, _, err := h1.WaitLogLine(offset, time.Second, "removed what another backend left", leftover); err != nil {
 				t.Errorf("no log line about %s's leftovers: %v\n%s", from, err, h1.LogTail(15))
 			}
-			pattern := "deadbeefcafef00d0123456789abcdef"
-			capture, err := l.CaptureUnderlay("switch")
-			if err != nil {
-				t.Fatal(err)
-			}
-			_, perr := Exec(h1.Container, "ping", "-c", "3", "-i", "0.2", "-p", pattern, h2.ContainerIP().String())
-			raw, decoded, err := capture.Stop()
-			if perr != nil || err != nil {
-				t.Fatalf("ping %v, capture %v", perr, err)
-			}
-			needle, _ := hex.DecodeString(pattern)
-			if bytes.Contains(raw, needle) {
-				t.Fatalf("after switching from %s to wireguard a container's ping crossed the underlay in clear:\n%s", from, decoded)
-			}
-			for _, line := range strings.Split(strings.TrimSpace(decoded), "\n") {
-				// etcd's client traffic (port 2379) is control, not a container's.
-				if !strings.Contains(line, ".51820: UDP") && !strings.Contains(line, ".2379") {
-					t.Errorf("a packet other than WireGuard on the underlay: %s", line)
-				}
-			}
+			checkEncrypted(t, l, h1, h2)
 			switchBackend(t, l, from)
 			if out, err := Exec(h1.Name, "ip", "link", "show", "weft-wg"); err == nil {
 				t.Errorf("weft-wg left after switching back to %s: %s", from, out)

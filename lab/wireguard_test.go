@@ -30,6 +30,41 @@ func wgPeers(l *Lab, h *Host) (string, error) {
 	return l.HostExec(h, "wg", "show", "weft-wg", "peers")
 }
 
+// checkEncrypted pings from's container from to's with a known payload
+// while capturing the underlay: the payload must not cross in clear, and
+// every packet between the hosts must be WireGuard (etcd's client traffic
+// on port 2379 is control, not a container's).
+func checkEncrypted(t *testing.T, l *Lab, from, to *Host) {
+	t.Helper()
+	pattern := "deadbeefcafef00d0123456789abcdef"
+	capture, err := l.CaptureUnderlay("wg")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, perr := Exec(from.Container, "ping", "-c", "3", "-i", "0.2", "-p", pattern, to.ContainerIP().String())
+	raw, decoded, err := capture.Stop()
+	if perr != nil || err != nil {
+		t.Fatalf("ping %v, capture %v", perr, err)
+	}
+	needle, _ := hex.DecodeString(pattern)
+	if bytes.Contains(raw, needle) {
+		t.Fatalf("a container's ping crossed the underlay in clear:\n%s", decoded)
+	}
+	wgPackets := 0
+	for _, line := range strings.Split(strings.TrimSpace(decoded), "\n") {
+		switch {
+		case strings.Contains(line, ".51820: UDP"):
+			wgPackets++
+		case strings.Contains(line, ".2379"):
+		default:
+			t.Errorf("a packet other than WireGuard on the underlay: %s", line)
+		}
+	}
+	if wgPackets < 6 {
+		t.Errorf("only %d WireGuard packets for 3 pings:\n%s", wgPackets, decoded)
+	}
+}
+
 // restartWeftd stops weftd on h with SIGTERM, starts it again and waits
 // until it is ready.
 func restartWeftd(t *testing.T, l *Lab, h *Host) {
@@ -75,35 +110,7 @@ func TestWireGuardCluster(t *testing.T) {
 		t.Errorf("weftd did not log which WireGuard it chose:\n%s", h1.LogTail(30))
 	}
 
-	t.Run("underlay carries only encrypted UDP", func(t *testing.T) {
-		pattern := "deadbeefcafef00d0123456789abcdef"
-		capture, err := l.CaptureUnderlay("wg")
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, perr := Exec(h1.Container, "ping", "-c", "3", "-i", "0.2", "-p", pattern, h2.ContainerIP().String())
-		raw, decoded, err := capture.Stop()
-		if perr != nil || err != nil {
-			t.Fatalf("ping %v, capture %v", perr, err)
-		}
-		needle, _ := hex.DecodeString(pattern)
-		if bytes.Contains(raw, needle) {
-			t.Fatal("the ping payload crossed the underlay in clear")
-		}
-		lines := strings.Split(strings.TrimSpace(decoded), "\n")
-		wgPackets := 0
-		for _, line := range lines {
-			switch {
-			case strings.Contains(line, ".51820: UDP"):
-				wgPackets++
-			default:
-				t.Errorf("unexpected packet on the underlay: %s", line)
-			}
-		}
-		if wgPackets < 6 {
-			t.Errorf("only %d WireGuard packets for 3 pings:\n%s", wgPackets, decoded)
-		}
-	})
+	t.Run("underlay carries only encrypted UDP", func(t *testing.T) { checkEncrypted(t, l, h1, h2) })
 
 	t.Run("wg show lists peers with handshakes", func(t *testing.T) {
 		out, err := l.HostExec(h1, "wg", "show", "weft-wg", "latest-handshakes")
