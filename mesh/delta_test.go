@@ -2,10 +2,12 @@ package mesh
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -112,5 +114,42 @@ func TestNodeDeltasMatchCompute(t *testing.T) {
 	}
 	if st := reconciler.Stats(); st.Peers != len(app.peers) || st.WholeApplies != 1 {
 		t.Errorf("stats: %+v, applier holds %d peers", st, len(app.peers))
+	}
+}
+
+// skippingApplier applies everything but skips one peer, as a backend's
+// plan does with BackendData it cannot use.
+type skippingApplier struct{ key string }
+
+func (a skippingApplier) Apply(_ context.Context, d Desired) error {
+	for _, p := range d.Peers {
+		if p.Key == a.key {
+			return errors.Join(SkipPeer(p.Key, "VtepMAC 00:00:00:00:00:00 is not a unicast MAC"))
+		}
+	}
+	return nil
+}
+
+// TestBackendSkipsDoNotBlockReady: a peer the backend skips is no failure:
+// the apply counts as done (readiness), the skip is logged once across
+// resyncs, and status lists the peer as skipped with the backend's reason.
+func TestBackendSkipsDoNotBlockReady(t *testing.T) {
+	var logs lockedBuf
+	tn := startNode(t, testConfig(t), skippingApplier{key: "10.5.7.0-24"}, 50*time.Millisecond, slog.New(slog.NewTextHandler(&logs, nil)))
+	defer tn.stop()
+	tn.store.PutRaw("10.5.7.0-24", []byte(`{"PublicIP":"192.168.50.7","PublicIPv6":null,"BackendType":"host-gw"}`))
+	waitUntil(t, func() bool {
+		d := tn.reconciler.Desired()
+		return len(d.Skipped) == 1 && tn.reconciler.Stats().Runs > 5
+	})
+	if n := strings.Count(logs.String(), "key=10.5.7.0-24"); n != 1 {
+		t.Errorf("%d warnings for the skipped peer, want 1:\n%s", n, logs.String())
+	}
+	d := tn.reconciler.Desired()
+	if len(d.Peers) != 0 || len(d.Skipped) != 1 || !strings.Contains(d.Skipped[0].Reason, "not a unicast MAC") {
+		t.Errorf("desired %+v", d)
+	}
+	if st := tn.reconciler.Stats(); st.Errors != 0 || st.LastError != "" {
+		t.Errorf("a skipped peer counted as an error: %+v", st)
 	}
 }

@@ -83,7 +83,10 @@ type Reconciler struct {
 	stats   Stats
 	model   *model // the desired state last handed to the backend
 	lastErr string
-	gen     uint64 // the lease source's change generation seen
+	// backendSkips are the peers the backend left out (PeerSkipped), by
+	// lease key, each logged once.
+	backendSkips map[string]string
+	gen          uint64 // the lease source's change generation seen
 	// needWhole forces a whole apply: nothing applied yet, or the
 	// last apply failed and the data path may be anywhere in between.
 	needWhole bool
@@ -97,7 +100,22 @@ func (r *Reconciler) Desired() Desired {
 	if r.model == nil {
 		return Desired{}
 	}
-	return r.model.desired()
+	d := r.model.desired()
+	if len(r.backendSkips) == 0 {
+		return d
+	}
+	// Peers the backend left out are skipped too, with its reason.
+	peers := d.Peers[:0]
+	for _, p := range d.Peers {
+		if reason, ok := r.backendSkips[p.Key]; ok {
+			d.Skipped = append(d.Skipped, Skipped{Key: p.Key, Reason: reason})
+			continue
+		}
+		peers = append(peers, p)
+	}
+	d.Peers = peers
+	d.sort()
+	return d
 }
 
 // Stats returns a copy of the loop's counters.
@@ -164,6 +182,8 @@ func (r *Reconciler) reconcile(ctx context.Context, log *slog.Logger, resync boo
 	if whole {
 		err = r.applyWhole(ctx, log, self)
 	}
+	skipped, err := splitSkipped(err)
+	r.noteBackendSkips(log, skipped, whole)
 	r.needWhole = err != nil
 	r.mu.Lock()
 	r.stats.Runs++
@@ -202,6 +222,28 @@ func (r *Reconciler) reconcile(ctx context.Context, log *slog.Logger, resync boo
 	}
 	if r.OnApplied != nil {
 		r.OnApplied(self, peers)
+	}
+}
+
+// noteBackendSkips logs each peer the backend skipped once (again only when
+// the reason changes), and forgets those no longer skipped after a whole
+// apply, which names every skipped peer.
+func (r *Reconciler) noteBackendSkips(log *slog.Logger, skipped []*PeerSkipped, whole bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now := make(map[string]string, len(skipped))
+	for _, s := range skipped {
+		now[s.Key] = s.Reason
+		if r.backendSkips[s.Key] != s.Reason {
+			warnSkipped(log, Skipped{Key: s.Key, Reason: s.Reason})
+		}
+	}
+	if whole || r.backendSkips == nil {
+		r.backendSkips = now
+		return
+	}
+	for k, v := range now {
+		r.backendSkips[k] = v
 	}
 }
 

@@ -24,7 +24,7 @@ func TestPlan(t *testing.T) {
 		t.Errorf("routes = %v", routes)
 	}
 	if len(problems) != 1 || !strings.Contains(problems[0].Error(),
-		"peer 10.5.3.0-24 (PublicIP 172.16.9.3) is not on the same L2 segment as ext0") {
+		"peer 10.5.3.0-24: PublicIP 172.16.9.3 is not on the same L2 segment as ext0") {
 		t.Errorf("problems = %v", problems)
 	}
 }

@@ -1,7 +1,6 @@
 package hostgw
 
 import (
-	"fmt"
 	"net/netip"
 
 	"github.com/weftnet/weft/backends/netutil"
@@ -22,9 +21,9 @@ func Plan(d mesh.Desired, ext netutil.ExternalInterface) ([]Route, []error) {
 	var problems []error
 	for _, p := range d.Peers {
 		if !ext.OnLink(p.PublicIP) {
-			problems = append(problems, fmt.Errorf(
-				"peer %s (PublicIP %s) is not on the same L2 segment as %s (%v); host-gw needs all hosts on one link: use vxlan or wireguard",
-				p.Key, p.PublicIP, ext.Name, ext.Prefixes))
+			problems = append(problems, mesh.SkipPeer(p.Key,
+				"PublicIP %s is not on the same L2 segment as %s (%v); host-gw needs all hosts on one link: use vxlan or wireguard",
+				p.PublicIP, ext.Name, ext.Prefixes))
 			continue
 		}
 		routes = append(routes, Route{Dst: p.Subnet, Gateway: p.PublicIP})

@@ -126,21 +126,21 @@ func Plan(d mesh.Desired, opts Options, ext netutil.ExternalInterface) (State, [
 	for _, p := range d.Peers {
 		var data BackendData
 		if err := json.Unmarshal(p.BackendData, &data); err != nil {
-			problems = append(problems, fmt.Errorf(`peer %s: BackendData is not vxlan's {"VNI","VtepMAC"}: %v`, p.Key, err))
+			problems = append(problems, mesh.SkipPeer(p.Key, `BackendData is not vxlan's {"VNI","VtepMAC"}: %v`, err))
 			continue
 		}
 		if data.VNI != opts.VNI {
-			problems = append(problems, fmt.Errorf("peer %s: VNI %d, this host uses %d", p.Key, data.VNI, opts.VNI))
+			problems = append(problems, mesh.SkipPeer(p.Key, "VNI %d, this host uses %d", data.VNI, opts.VNI))
 			continue
 		}
 		mac, err := net.ParseMAC(data.VtepMAC)
 		if err != nil || len(mac) != 6 {
-			problems = append(problems, fmt.Errorf("peer %s: VtepMAC %q is not a MAC address", p.Key, data.VtepMAC))
+			problems = append(problems, mesh.SkipPeer(p.Key, "VtepMAC %q is not a MAC address", data.VtepMAC))
 			continue
 		}
 		if first := owner[mac.String()]; first.Key != p.Key {
 			// The FDB would send this host's frames to the other one.
-			problems = append(problems, fmt.Errorf("peer %s: VtepMAC %s is also published by %s, leased earlier; skipped", p.Key, mac, first.Key))
+			problems = append(problems, mesh.SkipPeer(p.Key, "VtepMAC %s is also published by %s, leased earlier; skipped", mac, first.Key))
 			continue
 		}
 		if opts.DirectRouting && ext.OnLink(p.PublicIP) {

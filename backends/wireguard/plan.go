@@ -2,7 +2,6 @@ package wireguard
 
 import (
 	"encoding/json"
-	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -61,8 +60,8 @@ func plan(d mesh.Desired, self keys.Key, opts Options) ([]PeerSpec, []error, map
 		// WireGuard tells peers apart by key: two leases with one key
 		// cannot both be peers, and picking one would be a guess.
 		if others := holders[c.PublicKey]; len(others) > 1 {
-			problems = append(problems, fmt.Errorf("peer %s: PublicKey is published by %d leases (%s); skipping them all",
-				c.Lease, len(others), strings.Join(others, ", ")))
+			problems = append(problems, mesh.SkipPeer(c.Lease, "PublicKey is published by %d leases (%s); skipping them all",
+				len(others), strings.Join(others, ", ")))
 			continue
 		}
 		out = append(out, c)
@@ -77,19 +76,19 @@ func candidates(d mesh.Desired, self keys.Key, opts Options) ([]PeerSpec, []erro
 	for _, p := range d.Peers {
 		var data BackendData
 		if err := json.Unmarshal(p.BackendData, &data); err != nil {
-			problems = append(problems, fmt.Errorf(`peer %s: BackendData is not wireguard's {"PublicKey","Port"}: %v`, p.Key, err))
+			problems = append(problems, mesh.SkipPeer(p.Key, `BackendData is not wireguard's {"PublicKey","Port"}: %v`, err))
 			continue
 		}
 		pub, err := keys.ParseKey(data.PublicKey)
 		switch {
 		case err != nil:
-			problems = append(problems, fmt.Errorf("peer %s: PublicKey %q: %v", p.Key, data.PublicKey, err))
+			problems = append(problems, mesh.SkipPeer(p.Key, "PublicKey %q: %v", data.PublicKey, err))
 			continue
 		case data.Port < 1 || data.Port > 65535:
-			problems = append(problems, fmt.Errorf("peer %s: Port %d is not a UDP port", p.Key, data.Port))
+			problems = append(problems, mesh.SkipPeer(p.Key, "Port %d is not a UDP port", data.Port))
 			continue
 		case pub == self:
-			problems = append(problems, fmt.Errorf("peer %s: publishes this host's own public key", p.Key))
+			problems = append(problems, mesh.SkipPeer(p.Key, "publishes this host's own public key"))
 			continue
 		}
 		out = append(out, PeerSpec{Lease: p.Key, PublicKey: pub, Endpoint: netip.AddrPortFrom(p.PublicIP, uint16(data.Port)),
