@@ -93,20 +93,56 @@ func classify(self lease.Lease, l lease.Lease, cfg *lease.Config) (peer Peer, re
 	switch {
 	case l.Subnet == self.Subnet:
 		return peer, "", true // our own lease (or an older copy of it)
+	case l.Attrs.PublicIP == self.Attrs.PublicIP && Check(l, cfg) == "":
+		reason = fmt.Sprintf("PublicIP %s is this host's own", l.Attrs.PublicIP)
+	default:
+		reason = Check(l, cfg)
+	}
+	return peer, reason, false
+}
+
+// Check says why a lease cannot be a peer of any host on the network cfg
+// describes, or "" when it can: a subnet outside the Network or of another
+// length, another backend, a PublicIP no host can have. weftd skips such a
+// lease; `weftctl leases` shows the reason.
+func Check(l lease.Lease, cfg *lease.Config) string {
+	switch {
 	case !cfg.Network.Contains(l.Subnet.Addr()) || l.Subnet.Bits() < cfg.Network.Bits():
-		reason = fmt.Sprintf("subnet %s is outside Network %s", l.Subnet, cfg.Network)
+		return fmt.Sprintf("subnet %s is outside Network %s", l.Subnet, cfg.Network)
 	case l.Subnet.Bits() != cfg.SubnetLen:
-		reason = fmt.Sprintf("subnet %s is not a /%d (SubnetLen)", l.Subnet, cfg.SubnetLen)
+		return fmt.Sprintf("subnet %s is not a /%d (SubnetLen)", l.Subnet, cfg.SubnetLen)
 	case l.Attrs.Backend() != cfg.Backend.Type && l.Attrs.BackendType == "":
 		// flannel's vxlan, host-gw and wireguard backends ignore such a
 		// lease too: its host has no device of theirs to reach.
-		reason = fmt.Sprintf("has no BackendType (a udp host's lease, as flannel writes it), this network uses %q", cfg.Backend.Type)
+		return fmt.Sprintf("has no BackendType (a udp host's lease, as flannel writes it), this network uses %q", cfg.Backend.Type)
 	case l.Attrs.Backend() != cfg.Backend.Type:
-		reason = fmt.Sprintf("runs backend %q, this network uses %q", l.Attrs.BackendType, cfg.Backend.Type)
-	case l.Attrs.PublicIP == self.Attrs.PublicIP:
-		reason = fmt.Sprintf("PublicIP %s is this host's own", l.Attrs.PublicIP)
+		return fmt.Sprintf("runs backend %q, this network uses %q", l.Attrs.BackendType, cfg.Backend.Type)
+	case unreachable(l.Attrs.PublicIP, cfg) != "":
+		return fmt.Sprintf("PublicIP %s %s; no host can be reached there", l.Attrs.PublicIP, unreachable(l.Attrs.PublicIP, cfg))
 	case l.Subnet.Masked() != l.Subnet:
-		reason = fmt.Sprintf("subnet %s is not aligned to /%d", l.Subnet, cfg.SubnetLen)
+		return fmt.Sprintf("subnet %s is not aligned to /%d", l.Subnet, cfg.SubnetLen)
 	}
-	return peer, reason, false
+	return ""
+}
+
+// unreachable says why ip cannot be a host's address on the underlay, or
+// "" when it can. A network or broadcast address of some underlay prefix is
+// not refused: on a /31 or /32 underlay it is an ordinary host address, and
+// elsewhere the kernel itself refuses to send to a broadcast address.
+func unreachable(ip netip.Addr, cfg *lease.Config) string {
+	switch {
+	case ip.IsUnspecified():
+		return "is unspecified"
+	case ip.IsLoopback():
+		return "is a loopback address"
+	case ip.IsMulticast():
+		return "is a multicast address"
+	case ip == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		return "is the limited broadcast address"
+	case ip.IsLinkLocalUnicast():
+		return "is link-local"
+	case cfg.Network.Contains(ip):
+		return fmt.Sprintf("is inside the overlay Network %s (encapsulated packets would loop into the overlay)", cfg.Network)
+	}
+	return ""
 }

@@ -104,3 +104,26 @@ func BenchmarkCompute10k(b *testing.B) {
 		}
 	}
 }
+
+// TestComputeRefusesUnreachablePublicIPs: a lease whose PublicIP no host
+// can have is skipped with its reason; a real peer beside it stays.
+func TestComputeRefusesUnreachablePublicIPs(t *testing.T) {
+	self := mkLease("10.5.1.0/24", "192.168.50.1", 1)
+	leases := []lease.Lease{mkLease("10.5.2.0/24", "192.168.50.2", 2)}
+	want := "peer 10.5.2.0/24 via 192.168.50.2\n"
+	for i, c := range []struct{ ip, why string }{
+		{"0.0.0.0", "is unspecified"},
+		{"127.0.0.1", "is a loopback address"},
+		{"224.0.0.1", "is a multicast address"},
+		{"255.255.255.255", "is the limited broadcast address"},
+		{"169.254.7.1", "is link-local"},
+		{"10.5.7.9", "is inside the overlay Network 10.5.0.0/16 (encapsulated packets would loop into the overlay)"},
+	} {
+		subnet := fmt.Sprintf("10.5.%d.0/24", 10+i)
+		leases = append(leases, mkLease(subnet, c.ip, int64(10+i)))
+		want += fmt.Sprintf("skip 10.5.%d.0-24: PublicIP %s %s; no host can be reached there\n", 10+i, c.ip, c.why)
+	}
+	if got := render(Compute(self, leases, testConfig(t))); got != want {
+		t.Errorf("got:\n%s\nwant:\n%s", got, want)
+	}
+}

@@ -138,6 +138,10 @@ func Plan(d mesh.Desired, opts Options, ext netutil.ExternalInterface) (State, [
 			problems = append(problems, mesh.SkipPeer(p.Key, "VtepMAC %q is not a MAC address", data.VtepMAC))
 			continue
 		}
+		if mac[0]&1 != 0 || mac.String() == "00:00:00:00:00:00" {
+			problems = append(problems, mesh.SkipPeer(p.Key, "VtepMAC %s is not a unicast MAC (multicast or all zeros)", mac))
+			continue
+		}
 		if first := owner[mac.String()]; first.Key != p.Key {
 			// The FDB would send this host's frames to the other one.
 			problems = append(problems, mesh.SkipPeer(p.Key, "VtepMAC %s is also published by %s, leased earlier; skipped", mac, first.Key))

@@ -139,3 +139,17 @@ func TestDuplicateVtepMAC(t *testing.T) {
 		t.Error("a delta removing one of two holders was applied on its own")
 	}
 }
+
+// TestUnusableVtepMAC: a multicast or all-zero VTEP MAC never reaches the
+// FDB.
+func TestUnusableVtepMAC(t *testing.T) {
+	d := mesh.Desired{Peers: []mesh.Peer{
+		vxPeer("10.5.2.0/24", "192.168.77.2", `{"VNI":1,"VtepMAC":"01:00:5e:00:00:01"}`),
+		vxPeer("10.5.3.0/24", "192.168.77.3", `{"VNI":1,"VtepMAC":"00:00:00:00:00:00"}`),
+		vxPeer("10.5.4.0/24", "192.168.77.4", `{"VNI":1,"VtepMAC":"02:00:00:00:00:04"}`),
+	}}
+	state, problems := Plan(d, Options{VNI: 1}, testExt)
+	if len(state.FDB) != 1 || len(problems) != 2 || !strings.Contains(problems[0].Error(), "not a unicast MAC") {
+		t.Errorf("FDB %+v, problems %v", state.FDB, problems)
+	}
+}

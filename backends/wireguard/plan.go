@@ -84,6 +84,9 @@ func candidates(d mesh.Desired, self keys.Key, opts Options) ([]PeerSpec, []erro
 		case err != nil:
 			problems = append(problems, mesh.SkipPeer(p.Key, "PublicKey %q: %v", data.PublicKey, err))
 			continue
+		case pub == keys.Key{}:
+			problems = append(problems, mesh.SkipPeer(p.Key, "PublicKey is all zeros, which no WireGuard private key gives"))
+			continue
 		case data.Port < 1 || data.Port > 65535:
 			problems = append(problems, mesh.SkipPeer(p.Key, "Port %d is not a UDP port", data.Port))
 			continue

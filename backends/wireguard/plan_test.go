@@ -180,3 +180,16 @@ func TestPeersToKick(t *testing.T) {
 		t.Errorf("own key changed: kicked %d peers, want all 2", len(got))
 	}
 }
+
+// TestUnusableWireGuardData: an all-zero key and port 0 are skipped.
+func TestUnusableWireGuardData(t *testing.T) {
+	self := mustKey(t)
+	d := mesh.Desired{Peers: []mesh.Peer{
+		wgPeer("10.5.2.0/24", "192.168.50.2", `{"PublicKey":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","Port":51820}`),
+		wgPeer("10.5.3.0/24", "192.168.50.3", data(mustKey(t), 0)),
+	}}
+	specs, problems := Plan(d, self, Options{ListenPort: 51820})
+	if len(specs) != 0 || len(problems) != 2 || !strings.Contains(problems[0].Error(), "all zeros") || !strings.Contains(problems[1].Error(), "Port 0") {
+		t.Errorf("specs %v, problems %v", specs, problems)
+	}
+}

@@ -97,3 +97,15 @@ func TestLeasesTableEscapesControls(t *testing.T) {
 		t.Errorf("table does not show the escaped key:\n%s", got)
 	}
 }
+
+// TestLeasesTableMarksSkipped: a lease weftd leaves out says why.
+func TestLeasesTableMarksSkipped(t *testing.T) {
+	var out strings.Builder
+	rows := []leaseRow{{Subnet: "10.5.9.0/24", PublicIP: "127.0.0.1", BackendType: "host-gw", Skipped: "PublicIP 127.0.0.1 is a loopback address; no host can be reached there"}}
+	if err := renderLeases(rows, &out); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "SKIPPED: PublicIP 127.0.0.1 is a loopback address") {
+		t.Errorf("table:\n%s", out.String())
+	}
+}

@@ -23,6 +23,7 @@ import (
 	"github.com/weftnet/weft/backends"
 	"github.com/weftnet/weft/keys"
 	"github.com/weftnet/weft/lease"
+	"github.com/weftnet/weft/mesh"
 )
 
 func main() {
@@ -201,12 +202,19 @@ type leaseRow struct {
 	BackendData json.RawMessage `json:"backend_data,omitempty"`
 	ExpiresIn   string          `json:"expires_in"`
 	Error       string          `json:"error,omitempty"`
+	// Skipped says why weftd leaves this lease out (mesh.Check against the
+	// network config); empty for a usable lease.
+	Skipped string `json:"skipped,omitempty"`
 }
 
 func printLeases(ctx context.Context, s *lease.EtcdStore, out io.Writer, asJSON bool) error {
 	records, _, err := s.List(ctx)
 	if err != nil {
 		return err
+	}
+	var cfg *lease.Config
+	if raw, err := s.Config(ctx); err == nil {
+		cfg, _ = lease.ParseConfig(raw)
 	}
 	rows := make([]leaseRow, 0, len(records))
 	for _, r := range records {
@@ -215,6 +223,9 @@ func printLeases(ctx context.Context, s *lease.EtcdStore, out io.Writer, asJSON 
 			row.Error = err.Error()
 		} else {
 			row.Subnet, row.PublicIP, row.BackendType, row.BackendData = l.Subnet.String(), l.Attrs.PublicIP.String(), l.Attrs.Backend(), l.Attrs.BackendData
+			if cfg != nil {
+				row.Skipped = mesh.Check(l, cfg)
+			}
 		}
 		if ttl, err := s.Expiry(ctx, r); err == nil {
 			row.ExpiresIn = ttl.String()
@@ -240,8 +251,11 @@ func renderLeases(rows []leaseRow, out io.Writer) error {
 	fmt.Fprintln(tw, "SUBNET\tPUBLIC IP\tBACKEND\tBACKEND DATA\tEXPIRES IN")
 	for _, r := range rows {
 		data := string(r.BackendData)
-		if r.Error != "" {
+		switch {
+		case r.Error != "":
 			data = "INVALID: " + r.Error
+		case r.Skipped != "":
+			data += " SKIPPED: " + r.Skipped
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", printable(r.Subnet), printable(r.PublicIP), printable(r.BackendType), printable(data), r.ExpiresIn)
 	}
