@@ -110,6 +110,8 @@ func TestHostGWCluster(t *testing.T) {
 	ctx := context.Background()
 	h1, h2, h3 := l.Hosts[0], l.Hosts[1], l.Hosts[2]
 
+	t.Run("hostile leases reach no kernel", func(t *testing.T) { checkHostileLeases(t, l, lease.BackendHostGW) })
+
 	t.Run("killed weftd keeps subnet and traffic", func(t *testing.T) {
 		subnet := h2.Subnet
 		l.StopWeftd(h2, syscall.SIGKILL)

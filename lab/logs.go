@@ -18,6 +18,15 @@ func (h *Host) LogOffset() int64 {
 	return st.Size()
 }
 
+// LogTailFrom returns what h's weftd logged after offset.
+func (h *Host) LogTailFrom(offset int64) string {
+	data, err := os.ReadFile(h.LogPath())
+	if err != nil || offset > int64(len(data)) {
+		return ""
+	}
+	return string(data[offset:])
+}
+
 // WaitLogLine waits for a line written to h's weftd log after offset that
 // contains every one of parts, and returns the line and the time weftd
 // stamped on it (slog's time=, millisecond resolution).

@@ -14,6 +14,8 @@ func TestUDPCluster(t *testing.T) {
 	l := startCluster(t, Options{Hosts: 3, Backend: lease.BackendUDP})
 	h1, h2, h3 := l.Hosts[0], l.Hosts[1], l.Hosts[2]
 
+	t.Run("hostile leases reach no kernel", func(t *testing.T) { checkHostileLeases(t, l, lease.BackendUDP) })
+
 	t.Run("only known peers with their own subnet get in", func(t *testing.T) {
 		rogue, rogueIP, err := l.AddRogue()
 		if err != nil {

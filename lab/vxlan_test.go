@@ -17,6 +17,8 @@ func TestVXLANCluster(t *testing.T) {
 	ctx := context.Background()
 	h1, h2, h3 := l.Hosts[0], l.Hosts[1], l.Hosts[2]
 
+	t.Run("hostile leases reach no kernel", func(t *testing.T) { checkHostileLeases(t, l, lease.BackendVXLAN) })
+
 	t.Run("underlay carries VXLAN on 8472 with the VNI", func(t *testing.T) {
 		capture, err := l.CaptureUnderlay("vxlan")
 		if err != nil {

@@ -110,6 +110,8 @@ func TestWireGuardCluster(t *testing.T) {
 		t.Errorf("weftd did not log which WireGuard it chose:\n%s", h1.LogTail(30))
 	}
 
+	t.Run("hostile leases reach no kernel", func(t *testing.T) { checkHostileLeases(t, l, lease.BackendWireGuard) })
+
 	t.Run("underlay carries only encrypted UDP", func(t *testing.T) { checkEncrypted(t, l, h1, h2) })
 
 	t.Run("wg show lists peers with handshakes", func(t *testing.T) {
