@@ -11,7 +11,7 @@ LAB_ARGS  ?=
 # backends' tests against the real kernel carry the build tag netns.
 PURE_PKGS := ./lease/... ./mesh/... ./keys/... ./cmd/... ./backends/...
 
-.PHONY: all build test test-pure test-root lab lint bench profile soak deps clean
+.PHONY: all build test test-pure test-root lab lint bench profile soak fuzz deps clean
 
 all: build
 
@@ -82,11 +82,21 @@ profile: deps build $(BIN)/wireguard
 	for f in $(BIN)/profile/heap-*.pb.gz; do $(GO) tool pprof -top -nodecount 25 -sample_index=alloc_space $(BIN)/weftd $$f; done
 	for f in $(BIN)/profile/cpu-*.pb.gz; do $(GO) tool pprof -top -nodecount 25 $(BIN)/weftd $$f; done
 
+# fuzz: every fuzzer of remote input for FUZZTIME each. A crasher lands in
+# the package's testdata/fuzz and is then a regression test of `make test`.
+FUZZTIME ?= 60s
+FUZZERS := ./lease/:FuzzDecodeLease ./lease/:FuzzParseConfig ./backends/udp/:FuzzAccept ./keys/:FuzzParseKey
+fuzz:
+	@for f in $(FUZZERS); do \
+		echo "fuzzing $${f#*:} for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$${f#*:}$$" -fuzztime $(FUZZTIME) $${f%%:*} || exit 1; \
+	done
+
 # soak: the fault suite's long form (etcd down 60 s, ...), bounded by its
 # timeout; its RELIABILITY lines become RELIABILITY.md.
-soak: deps
+soak: deps fuzz
 	set -o pipefail; WEFT_SOAK=1 $(GO) test -count=1 -v -timeout 30m \
-		-run 'TestFault|TestWireGuardCluster|TestUDPCluster|TestVXLANCluster' ./lab/ | tee $(BIN)/soak.log
+		-run 'TestFault|TestWireGuardCluster|TestUDPCluster|TestVXLANCluster|TestHostGWCluster|TestRestartGapDistribution' ./lab/ | tee $(BIN)/soak.log
 	{ echo "# weft reliability"; echo; \
 	  echo "Written by \`make soak\` on $$(date -u '+%F %H:%M UTC'): the fault suite's long form in the network-namespace lab."; echo; \
 	  grep -o 'RELIABILITY: .*' $(BIN)/soak.log | sed 's/^RELIABILITY: /- /'; } > RELIABILITY.md
