@@ -47,7 +47,10 @@ type options struct {
 // stringList is a repeatable flag that also splits on commas.
 type stringList []string
 
+// String is flag.Value's.
 func (s *stringList) String() string { return strings.Join(*s, ",") }
+
+// Set adds every comma-separated part of v.
 func (s *stringList) Set(v string) error {
 	for _, part := range strings.Split(v, ",") {
 		if part = strings.TrimSpace(part); part != "" {
@@ -171,7 +174,10 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 // hold commas ("^en[a-z0-9]{1,3}$").
 type repeated []string
 
+// String is flag.Value's.
 func (r *repeated) String() string { return strings.Join(*r, " ") }
+
+// Set adds v as it is.
 func (r *repeated) Set(v string) error {
 	*r = append(*r, v)
 	return nil
