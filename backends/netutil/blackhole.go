@@ -1,6 +1,7 @@
 package netutil
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 
@@ -27,8 +28,8 @@ func blackhole(subnet netip.Prefix) *netlink.Route {
 // older lease's subnet; the zero prefix for none).
 func EnsureBlackhole(k Kernel, subnet, previous netip.Prefix) error {
 	if previous.IsValid() && previous != subnet {
-		if err := k.RouteDel(blackhole(previous)); err != nil && err != unix.ESRCH {
-			return fmt.Errorf("removing the blackhole route of %s: %w", previous, err)
+		if err := RemoveBlackhole(k, previous); err != nil {
+			return err
 		}
 	}
 	want := blackhole(subnet)
@@ -41,6 +42,15 @@ func EnsureBlackhole(k Kernel, subnet, previous netip.Prefix) error {
 	}
 	if err := k.RouteReplace(want); err != nil {
 		return fmt.Errorf("blackhole route %s: %w", subnet, err)
+	}
+	return nil
+}
+
+// RemoveBlackhole removes the blackhole route EnsureBlackhole keeps for
+// subnet; a missing one is not an error.
+func RemoveBlackhole(k Kernel, subnet netip.Prefix) error {
+	if err := k.RouteDel(blackhole(subnet)); err != nil && !errors.Is(err, unix.ESRCH) {
+		return fmt.Errorf("removing the blackhole route of %s: %w", subnet, err)
 	}
 	return nil
 }

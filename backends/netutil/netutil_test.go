@@ -172,4 +172,11 @@ func TestEnsureBlackhole(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkState(t, k, extLines+"route 10.5.34.0/24 dev eth0 scope link\nroute blackhole 10.5.77.0/24 metric 4242\n")
+	if err := netutil.RemoveBlackhole(k, netip.MustParsePrefix("10.5.77.0/24")); err != nil {
+		t.Fatal(err)
+	}
+	checkState(t, k, extLines+"route 10.5.34.0/24 dev eth0 scope link\n")
+	if err := netutil.RemoveBlackhole(k, netip.MustParsePrefix("10.5.77.0/24")); err != nil {
+		t.Errorf("removing a missing blackhole route: %v", err)
+	}
 }

@@ -92,6 +92,10 @@ func runCleanup(ctx context.Context, args []string, opts lease.EtcdOptions, stdo
 	for _, f := range footprints {
 		files = append(files, f.Files...)
 	}
+	if env, err := lease.ReadSubnetFile(*subnetFile); err == nil {
+		// -ip-blackhole-route's route carries no weft protocol mark.
+		errs = append(errs, netutil.RemoveBlackhole(kernel, env.Subnet))
+	}
 	for _, f := range files {
 		if err := os.Remove(f); err == nil {
 			fmt.Fprintf(stdout, "removed %s\n", f)
