@@ -143,6 +143,12 @@ func (h *Holder) refresh(ctx context.Context, renew bool) error {
 	} else {
 		h.log.Info("lease was lost and has been claimed again", "subnet", l.Subnet)
 	}
+	h.adopt(l)
+	return nil
+}
+
+// adopt makes l the lease held and tells Changed.
+func (h *Holder) adopt(l Lease) {
 	h.mu.Lock()
 	h.current = l
 	h.mu.Unlock()
@@ -150,7 +156,6 @@ func (h *Holder) refresh(ctx context.Context, renew bool) error {
 	case h.changed <- struct{}{}:
 	default:
 	}
-	return nil
 }
 
 // takeBack restores this host's lease when another writer overwrote it in
@@ -179,13 +184,7 @@ func (h *Holder) takeBack(ctx context.Context, cur Lease, req ClaimRequest) (boo
 	}
 	l := Lease{Subnet: cur.Subnet, Attrs: req.Attrs, Expiration: time.Now().Add(req.TTL), Revision: rec.Revision,
 		CreateRevision: rec.CreateRevision, StoreLeaseID: rec.StoreLeaseID}
-	h.mu.Lock()
-	h.current = l
-	h.mu.Unlock()
-	select {
-	case h.changed <- struct{}{}:
-	default:
-	}
+	h.adopt(l)
 	return true, nil
 }
 
