@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
@@ -31,6 +32,11 @@ func TestDeviceApplyAndDeltaInNetns(t *testing.T) {
 		t.Skip("wg (wireguard-tools) not installed; make test installs it")
 	}
 	ns.Enter(t)
+	// wireguard-go makes /var/run/wireguard for its UAPI socket; remove it
+	// again if this test was the one that made it.
+	if _, err := os.Stat("/var/run/wireguard"); err != nil {
+		t.Cleanup(func() { os.Remove("/var/run/wireguard") })
+	}
 	name := backendtest.UniqueName("wgt")
 	ext := netutil.ExternalInterface{Name: "lo", MTU: 1500}
 	port := 40000 + int(name[3])%20*100 // any free port inside a fresh namespace works
