@@ -104,13 +104,13 @@ func RemoveOthers(k netutil.Kernel, current string, ext netutil.ExternalInterfac
 	if err != nil {
 		return nil, err
 	}
-	mine := Footprints()[current]
+	footprints := Footprints()
 	for _, l := range links {
 		name := l.Attrs().Name
-		if mine.OwnsLink(name) {
+		if footprints[current].OwnsLink(name) {
 			continue
 		}
-		for backend, f := range Footprints() {
+		for backend, f := range footprints {
 			if backend == current || !f.OwnsLink(name) {
 				continue
 			}

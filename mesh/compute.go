@@ -90,13 +90,12 @@ func (d *Desired) sort() {
 func classify(self lease.Lease, l lease.Lease, cfg *lease.Config) (peer Peer, reason string, isSelf bool) {
 	peer = Peer{Key: l.Key(), Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP,
 		BackendType: l.Attrs.BackendType, BackendData: l.Attrs.BackendData, Created: l.CreateRevision}
-	switch {
-	case l.Subnet == self.Subnet:
+	if l.Subnet == self.Subnet {
 		return peer, "", true // our own lease (or an older copy of it)
-	case l.Attrs.PublicIP == self.Attrs.PublicIP && Check(l, cfg) == "":
+	}
+	reason = Check(l, cfg)
+	if reason == "" && l.Attrs.PublicIP == self.Attrs.PublicIP {
 		reason = fmt.Sprintf("PublicIP %s is this host's own", l.Attrs.PublicIP)
-	default:
-		reason = Check(l, cfg)
 	}
 	return peer, reason, false
 }
@@ -117,10 +116,11 @@ func Check(l lease.Lease, cfg *lease.Config) string {
 		return fmt.Sprintf("has no BackendType (a udp host's lease, as flannel writes it), this network uses %q", cfg.Backend.Type)
 	case l.Attrs.Backend() != cfg.Backend.Type:
 		return fmt.Sprintf("runs backend %q, this network uses %q", l.Attrs.BackendType, cfg.Backend.Type)
-	case unreachable(l.Attrs.PublicIP, cfg) != "":
-		return fmt.Sprintf("PublicIP %s %s; no host can be reached there", l.Attrs.PublicIP, unreachable(l.Attrs.PublicIP, cfg))
 	case l.Subnet.Masked() != l.Subnet:
 		return fmt.Sprintf("subnet %s is not aligned to /%d", l.Subnet, cfg.SubnetLen)
+	}
+	if why := unreachable(l.Attrs.PublicIP, cfg); why != "" {
+		return fmt.Sprintf("PublicIP %s %s; no host can be reached there", l.Attrs.PublicIP, why)
 	}
 	return ""
 }

@@ -32,8 +32,7 @@ func splitSkipped(err error) (skipped []*PeerSkipped, failures error) {
 		if e == nil {
 			return
 		}
-		var s *PeerSkipped
-		if errors.As(e, &s) && s == e {
+		if s, ok := e.(*PeerSkipped); ok {
 			skipped = append(skipped, s)
 			return
 		}

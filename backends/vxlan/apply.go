@@ -124,8 +124,8 @@ func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 	if err != nil {
 		return err
 	}
-	state, errs := Plan(d, b.opts, b.ext)
-	b.macHolders = MACHolders(d.Peers)
+	state, errs, holders := plan(d, b.opts, b.ext)
+	b.macHolders = holders
 	idx := dev.Attrs().Index
 	errs = append(errs, netutil.EnsureOnlyAddress(b.kernel, dev, netip.PrefixFrom(d.Self.Subnet.Addr(), 32))...)
 	have, err := b.kernelEntries(idx)

@@ -120,31 +120,58 @@ type State struct {
 // decode, carries another VNI or a malformed VtepMAC is skipped with a
 // problem naming it; the others are planned as usual.
 func Plan(d mesh.Desired, opts Options, ext netutil.ExternalInterface) (State, []error) {
+	s, problems, _ := plan(d, opts, ext)
+	return s, problems
+}
+
+// vtepPeer is a peer with its BackendData decoded once.
+type vtepPeer struct {
+	mesh.Peer
+	data BackendData
+	mac  net.HardwareAddr // nil when VtepMAC does not parse
+	err  error            // set when BackendData does not decode
+}
+
+// plan is Plan that also returns which leases publish each VTEP MAC, so
+// Apply can tell later deltas apart without decoding every peer again.
+func plan(d mesh.Desired, opts Options, ext netutil.ExternalInterface) (State, []error, map[string][]string) {
+	peers := make([]vtepPeer, 0, len(d.Peers))
+	holders := make(map[string][]string, len(d.Peers))
+	owner := make(map[string]mesh.Peer, len(d.Peers))
+	for _, p := range d.Peers {
+		v := vtepPeer{Peer: p}
+		if v.err = json.Unmarshal(p.BackendData, &v.data); v.err == nil {
+			if mac, err := net.ParseMAC(v.data.VtepMAC); err == nil && len(mac) == 6 {
+				v.mac = mac
+				m := mac.String()
+				holders[m] = append(holders[m], p.Key)
+				if o, ok := owner[m]; !ok || olderLease(p, o) {
+					owner[m] = p
+				}
+			}
+		}
+		peers = append(peers, v)
+	}
 	var s State
 	var problems []error
-	owner := macOwners(d.Peers)
-	for _, p := range d.Peers {
-		var data BackendData
-		if err := json.Unmarshal(p.BackendData, &data); err != nil {
-			problems = append(problems, mesh.SkipPeer(p.Key, `BackendData is not vxlan's {"VNI","VtepMAC"}: %v`, err))
+	for _, v := range peers {
+		p, mac := v.Peer, v.mac
+		switch {
+		case v.err != nil:
+			problems = append(problems, mesh.SkipPeer(p.Key, `BackendData is not vxlan's {"VNI","VtepMAC"}: %v`, v.err))
 			continue
-		}
-		if data.VNI != opts.VNI {
-			problems = append(problems, mesh.SkipPeer(p.Key, "VNI %d, this host uses %d", data.VNI, opts.VNI))
+		case v.data.VNI != opts.VNI:
+			problems = append(problems, mesh.SkipPeer(p.Key, "VNI %d, this host uses %d", v.data.VNI, opts.VNI))
 			continue
-		}
-		mac, err := net.ParseMAC(data.VtepMAC)
-		if err != nil || len(mac) != 6 {
-			problems = append(problems, mesh.SkipPeer(p.Key, "VtepMAC %q is not a MAC address", data.VtepMAC))
+		case mac == nil:
+			problems = append(problems, mesh.SkipPeer(p.Key, "VtepMAC %q is not a MAC address", v.data.VtepMAC))
 			continue
-		}
-		if mac[0]&1 != 0 || mac.String() == "00:00:00:00:00:00" {
+		case mac[0]&1 != 0 || mac.String() == "00:00:00:00:00:00":
 			problems = append(problems, mesh.SkipPeer(p.Key, "VtepMAC %s is not a unicast MAC (multicast or all zeros)", mac))
 			continue
-		}
-		if first := owner[mac.String()]; first.Key != p.Key {
+		case owner[mac.String()].Key != p.Key:
 			// The FDB would send this host's frames to the other one.
-			problems = append(problems, mesh.SkipPeer(p.Key, "VtepMAC %s is also published by %s, leased earlier; skipped", mac, first.Key))
+			problems = append(problems, mesh.SkipPeer(p.Key, "VtepMAC %s is also published by %s, leased earlier; skipped", mac, owner[mac.String()].Key))
 			continue
 		}
 		if opts.DirectRouting && ext.OnLink(p.PublicIP) {
@@ -156,7 +183,13 @@ func Plan(d mesh.Desired, opts Options, ext netutil.ExternalInterface) (State, [
 		s.Neighbors = append(s.Neighbors, Neighbor{IP: vtep, MAC: mac.String()})
 		s.FDB = append(s.FDB, FDB{MAC: mac.String(), Dst: p.PublicIP})
 	}
-	return s, problems
+	return s, problems, holders
+}
+
+// olderLease reports whether a's lease was created before b's (then the
+// lower key): of two leases publishing one VTEP MAC, the older keeps it.
+func olderLease(a, b mesh.Peer) bool {
+	return a.Created < b.Created || (a.Created == b.Created && a.Key < b.Key)
 }
 
 // peerMAC is the VTEP MAC a peer publishes, or "" when its BackendData
@@ -171,22 +204,6 @@ func peerMAC(p mesh.Peer) string {
 		return ""
 	}
 	return mac.String()
-}
-
-// macOwners picks, for every VTEP MAC, the peer that keeps it: the one
-// whose lease was created first (then the lower key).
-func macOwners(peers []mesh.Peer) map[string]mesh.Peer {
-	owner := make(map[string]mesh.Peer, len(peers))
-	for _, p := range peers {
-		mac := peerMAC(p)
-		if mac == "" {
-			continue
-		}
-		if o, ok := owner[mac]; !ok || p.Created < o.Created || (p.Created == o.Created && p.Key < o.Key) {
-			owner[mac] = p
-		}
-	}
-	return owner
 }
 
 // MACHolders lists the leases publishing each VTEP MAC in a state.

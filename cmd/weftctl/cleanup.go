@@ -59,7 +59,7 @@ func runCleanup(ctx context.Context, args []string, opts lease.EtcdOptions, stdo
 	// Backend.Type, and cleanup must leave nothing of any.
 	footprints := backends.Footprints()
 	kernel := netutil.NewNetlink(nil, nil)
-	links, err := netutil.Retry(netlink.LinkList)
+	links, err := kernel.LinkList()
 	errs = append(errs, err)
 	for _, l := range links {
 		name := l.Attrs().Name
@@ -114,7 +114,7 @@ func runCleanup(ctx context.Context, args []string, opts lease.EtcdOptions, stdo
 func cleanupFlannel(subnetFile string, stdout io.Writer) error {
 	var errs []error
 	kernel := netutil.NewNetlink(nil, nil)
-	links, err := netutil.Retry(netlink.LinkList)
+	links, err := kernel.LinkList()
 	errs = append(errs, err)
 	for _, l := range links {
 		if name := l.Attrs().Name; netutil.IsFlannelLink(name) {
@@ -126,9 +126,7 @@ func cleanupFlannel(subnetFile string, stdout io.Writer) error {
 		}
 	}
 	if env, err := lease.ReadSubnetFile(subnetFile); err == nil && env.Network.IsValid() {
-		routes, err := netutil.Retry(func() ([]netlink.Route, error) {
-			return netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
-		})
+		routes, err := kernel.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
 		errs = append(errs, err)
 		for _, r := range routes {
 			dst, ok := netutil.Prefix(r.Dst)

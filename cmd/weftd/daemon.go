@@ -47,7 +47,6 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	warnFlannelLeftovers(log)
 	cfg, err := lease.WaitForConfig(ctx, store, store.Prefix()+"/config", lease.DefaultStartupRetry(), log, func(cfg *lease.Config) error {
 		if err := backends.ValidateOptions(cfg); err != nil {
 			return err

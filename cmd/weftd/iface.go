@@ -141,12 +141,13 @@ func pickExternal(o *options, ifaces []hostInterface, defaultIndex int, route ro
 
 // chooseExternal picks the interface and address for inter-host traffic
 // (pickExternal, on this host's interfaces and routes) and the public IP,
-// and logs what it chose and why.
+// and logs what it chose and why, and any device flanneld left.
 func chooseExternal(o *options, log *slog.Logger) (netutil.ExternalInterface, netip.Addr, error) {
 	ifaces, defaultIndex, err := hostInterfaces()
 	if err != nil {
 		return netutil.ExternalInterface{}, netip.Addr{}, err
 	}
+	warnFlannelLeftovers(ifaces, log)
 	c, err := pickExternal(o, ifaces, defaultIndex, routeTo)
 	if err != nil {
 		return netutil.ExternalInterface{}, netip.Addr{}, err
@@ -219,14 +220,10 @@ func routeTo(ip netip.Addr) (int, netip.Addr, error) {
 
 // warnFlannelLeftovers names the devices flanneld left on a host moving
 // from flannel: one of the same VNI and port keeps weft's from being made.
-func warnFlannelLeftovers(log *slog.Logger) {
-	links, err := netutil.Retry(netlink.LinkList)
-	if err != nil {
-		return
-	}
-	names := make([]string, 0, len(links))
-	for _, l := range links {
-		names = append(names, l.Attrs().Name)
+func warnFlannelLeftovers(ifaces []hostInterface, log *slog.Logger) {
+	names := make([]string, 0, len(ifaces))
+	for _, i := range ifaces {
+		names = append(names, i.Name)
 	}
 	if left := netutil.FlannelLinks(names); len(left) > 0 {
 		log.Warn("flanneld left devices on this host; stop flanneld and remove them with `weftctl cleanup --flannel` (the subnet file stays, so this host keeps its subnet)",
