@@ -57,6 +57,9 @@ type Env struct {
 	// Calls counts the backend's kernel calls not made through Kernel
 	// (WireGuard device reads and writes); nil counts nothing.
 	Calls *netutil.Calls
+	// WireGuardImplementation, when set, overrides the config's
+	// Backend.Implementation on this host (weftd's -wireguard-implementation).
+	WireGuardImplementation string
 }
 
 // KeyReloader is a backend whose identity key can change at run time.
@@ -158,7 +161,11 @@ func Constructors() map[string]Constructor {
 			return vxlan.New(env.Config.Backend.Raw, env.External, env.PublicIP, env.Kernel, env.Log)
 		},
 		lease.BackendWireGuard: func(env Env) (Backend, error) {
-			return wireguard.New(env.Config.Backend.Raw, env.External, env.KeyFile, env.Kernel, env.Calls, env.Log)
+			b, err := wireguard.New(env.Config.Backend.Raw, env.External, env.KeyFile, env.Kernel, env.Calls, env.Log)
+			if err == nil && env.WireGuardImplementation != "" {
+				err = b.OverrideImplementation(env.WireGuardImplementation, "-wireguard-implementation")
+			}
+			return b, err
 		},
 	}
 }

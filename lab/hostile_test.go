@@ -12,14 +12,15 @@ import (
 )
 
 // hostileLeases are leases no host can be behind, each in a subnet of its
-// own (10.5.240.0/24 up), for backend: PublicIPs that point nowhere, and
-// BackendData that decodes but cannot be used.
-func hostileLeases(t *testing.T, backend string) map[string]string {
+// own that no lab host holds, for backend: PublicIPs that point nowhere,
+// and BackendData that decodes but cannot be used.
+func hostileLeases(t *testing.T, l *Lab, backend string) map[string]string {
 	t.Helper()
 	out := map[string]string{}
-	n := 240
+	free := freeKeys(l, 8)
+	n := 0
 	add := func(publicIP, data string) {
-		key := fmt.Sprintf("10.5.%d.0-24", n)
+		key := free[n]
 		n++
 		out[key] = fmt.Sprintf(`{"PublicIP":%q,"PublicIPv6":null,"BackendType":%q%s}`, publicIP, lease.OwnBackendType(backend), data)
 	}
@@ -46,7 +47,7 @@ func checkHostileLeases(t *testing.T, l *Lab, backend string) {
 	h1, h2 := l.Hosts[0], l.Hosts[1]
 	offset := h1.LogOffset()
 	done := pingFor(h1, h2, 6*time.Second)
-	hostile := hostileLeases(t, backend)
+	hostile := hostileLeases(t, l, backend)
 	for key, value := range hostile {
 		if _, err := l.Store().Create(ctx, key, []byte(value), time.Hour); err != nil {
 			t.Fatal(err)

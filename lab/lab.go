@@ -109,9 +109,7 @@ func New(opts Options) (l *Lab, err error) {
 	if opts.Log == nil {
 		opts.Log = func(string, ...any) {}
 	}
-	id := make([]byte, 3)
-	rand.Read(id)
-	l = &Lab{opts: opts, ID: hex.EncodeToString(id), Dir: opts.Dir}
+	l = &Lab{opts: opts, ID: runID(), Dir: opts.Dir}
 	if l.Dir == "" {
 		if l.Dir, err = os.MkdirTemp("", "weftlab-"+l.ID+"-"); err != nil {
 			return nil, err
@@ -316,4 +314,11 @@ func waitUntil(ctx context.Context, timeout time.Duration, cond func() bool) err
 		}
 	}
 	return nil
+}
+
+// runID is a short random id that makes the names of one run unique.
+func runID() string {
+	id := make([]byte, 3)
+	rand.Read(id)
+	return hex.EncodeToString(id)
 }

@@ -27,22 +27,45 @@ func TestMain(m *testing.M) {
 		fmt.Println("cluster tests need root; skipping")
 		os.Exit(m.Run())
 	}
-	dir, err := os.MkdirTemp("", "weftlab-bin-")
-	if err != nil {
-		panic(err)
+	os.Exit(runLabTests(m))
+}
+
+// runLabTests builds (or finds) the binaries the lab runs, then the tests.
+func runLabTests(m *testing.M) int {
+	kernelWireGuard = KernelHasWireGuard()
+	if os.Getenv(ExpectKernelWireGuardEnv) != "" && !kernelWireGuard {
+		fmt.Printf("%s is set but this kernel cannot make a WireGuard link: the kernel tests would run on wireguard-go\n", ExpectKernelWireGuardEnv)
+		return 1
+	}
+	// The VM tier runs this binary on a read-only copy of the machine
+	// with weftd, weftctl and wireguard-go built beforehand (no Go
+	// toolchain run under emulation).
+	dir := os.Getenv(PrebuiltEnv)
+	if dir == "" {
+		var err error
+		if dir, err = os.MkdirTemp("", "weftlab-bin-"); err != nil {
+			fmt.Println(err)
+			return 1
+		}
+		defer os.RemoveAll(dir)
 	}
 	weftdBin, weftctlBin, wireguardGoBin = filepath.Join(dir, "weftd"), filepath.Join(dir, "weftctl"), filepath.Join(dir, "wireguard-go")
 	for bin, pkg := range map[string]string{weftdBin: "./cmd/weftd", weftctlBin: "./cmd/weftctl", wireguardGoBin: "golang.zx2c4.com/wireguard"} {
+		if os.Getenv(PrebuiltEnv) != "" {
+			if _, err := os.Stat(bin); err != nil {
+				fmt.Printf("%s=%s lacks %s: %v\n", PrebuiltEnv, dir, filepath.Base(bin), err)
+				return 1
+			}
+			continue
+		}
 		cmd := exec.Command("go", "build", "-o", bin, pkg)
 		cmd.Dir = ".."
 		if out, err := cmd.CombinedOutput(); err != nil {
 			fmt.Printf("building %s: %v\n%s", pkg, err, out)
-			os.Exit(1)
+			return 1
 		}
 	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+	return m.Run()
 }
 
 // newLab builds a lab for one test and removes it when the test ends; on

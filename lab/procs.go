@@ -171,7 +171,11 @@ func (l *Lab) HostExec(h *Host, args ...string) (string, error) {
 	if pid == 0 {
 		return "", fmt.Errorf("weftd on %s is not running", h.Name)
 	}
-	full := append([]string{"-t", strconv.Itoa(pid), "-m", "-n"}, args...)
+	// -r: the target's root directory. Entering a mount namespace
+	// otherwise starts at the namespace's own root, which in the VM tier
+	// (whose tests run chrooted into the machine's files) is the
+	// initramfs.
+	full := append([]string{"-t", strconv.Itoa(pid), "-m", "-n", "-r"}, args...)
 	out, err := exec.Command("nsenter", full...).CombinedOutput()
 	if err != nil {
 		return string(out), fmt.Errorf("on %s: %s: %w: %s", h.Name, strings.Join(args, " "), err, strings.TrimSpace(string(out)))

@@ -102,12 +102,72 @@ func checkStream(t *testing.T, l *Lab, from, to *Host, port int, what string, di
 	reliability(t, "TCP stream across %s: %d bytes intact, 0 lost, longest gap %s", what, res.Received, res.MaxGap.Round(time.Millisecond))
 }
 
+// kernelWireGuard says whether this kernel makes WireGuard links (the VM
+// tier's Debian kernel does, the lab machines' own kernel does not); the
+// wireguard tests then expect weftd to pick the kernel device.
+var kernelWireGuard bool
+
+// checkImplementation checks h's weftd logged the WireGuard it uses and
+// why, and that weft-wg is that kind of device (wireguard or tun).
+func checkImplementation(t *testing.T, h *Host, kernel bool, why string) {
+	t.Helper()
+	msg, kind := `msg="using wireguard-go in weftd"`, "tun"
+	if kernel {
+		msg, kind = `msg="using kernel WireGuard"`, "wireguard"
+	}
+	found := false
+	for _, line := range strings.Split(h.LogTail(10000), "\n") {
+		found = found || strings.Contains(line, msg) && strings.Contains(line, why)
+	}
+	if !found {
+		t.Errorf("%s: weftd did not log %s with %s:\n%s", h.Name, msg, why, h.LogTail(30))
+	}
+	if out, err := Exec(h.Name, "ip", "-d", "link", "show", "weft-wg"); err != nil || !strings.Contains(out, "\n    "+kind+" ") {
+		t.Errorf("%s: weft-wg is not a %s device (%v):\n%s", h.Name, kind, err, out)
+	}
+}
+
+// linkIndex is the ifindex of weft-wg on h (0 when it is missing).
+func linkIndex(h *Host) string {
+	out, _ := Exec(h.Name, "cat", "/sys/class/net/weft-wg/ifindex")
+	return strings.TrimSpace(out)
+}
+
+// restartKeepingDevice restarts weftd on h and checks the device outlived
+// it; a kernel device also keeps its peers while weftd is down.
+func restartKeepingDevice(t *testing.T, l *Lab, h *Host) {
+	t.Helper()
+	index, peers := linkIndex(h), ""
+	if out, err := wgPeers(l, h); err == nil {
+		peers = out
+	}
+	l.StopWeftd(h, syscall.SIGTERM)
+	if kernelWireGuard {
+		// No weftd, so no mount namespace of its to enter: the kernel
+		// device answers netlink in the host's network namespace.
+		if out, err := Exec(h.Name, "wg", "show", "weft-wg", "peers"); err != nil || out != peers || peers == "" {
+			t.Errorf("%s: with weftd stopped the kernel device lists peers %q (%v), had %q", h.Name, out, err, peers)
+		}
+	}
+	if err := l.StartWeftd(h); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.WaitReady(context.Background(), h); err != nil {
+		t.Fatal(err)
+	}
+	if after := linkIndex(h); after != index || index == "" {
+		t.Errorf("%s: weft-wg was remade by the restart (ifindex %s, now %s)", h.Name, index, after)
+	}
+}
+
 func TestWireGuardCluster(t *testing.T) {
 	l := startCluster(t, Options{Hosts: 3, Backend: lease.BackendWireGuard})
 	ctx := context.Background()
 	h1, h2, h3 := l.Hosts[0], l.Hosts[1], l.Hosts[2]
-	if log, _ := os.ReadFile(h1.LogPath()); !strings.Contains(string(log), "using wireguard-go in weftd") {
-		t.Errorf("weftd did not log which WireGuard it chose:\n%s", h1.LogTail(30))
+	if kernelWireGuard {
+		checkImplementation(t, h1, true, `why="the kernel supports WireGuard links"`)
+	} else {
+		checkImplementation(t, h1, false, `why="this kernel has no WireGuard support`)
 	}
 
 	t.Run("hostile leases reach no kernel", func(t *testing.T) { checkHostileLeases(t, l, lease.BackendWireGuard) })
@@ -137,11 +197,25 @@ func TestWireGuardCluster(t *testing.T) {
 
 	t.Run("TCP stream survives restarts of sender and receiver", func(t *testing.T) {
 		key, subnet := publicKeyOf(t, h1), h1.Subnet
-		checkStream(t, l, h1, h2, 5001, "a restart of weftd on the sending host", func() { restartWeftd(t, l, h1) })
+		checkStream(t, l, h1, h2, 5001, "a restart of weftd on the sending host", func() { restartKeepingDevice(t, l, h1) })
 		if publicKeyOf(t, h1) != key || h1.Subnet != subnet {
 			t.Fatal("h1 came back with another key or subnet")
 		}
-		checkStream(t, l, h1, h2, 5002, "a restart of weftd on the receiving host", func() { restartWeftd(t, l, h2) })
+		checkStream(t, l, h1, h2, 5002, "a restart of weftd on the receiving host", func() { restartKeepingDevice(t, l, h2) })
+	})
+
+	t.Run("peer added by hand is removed at resync", func(t *testing.T) {
+		stale := newPublicKey(t)
+		if _, err := l.HostExec(h1, "wg", "set", "weft-wg", "peer", stale, "allowed-ips", "10.5.251.0/24", "endpoint", "192.168.50.99:51820"); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "the stale peer removed", 10*time.Second, func() error {
+			if out, err := wgPeers(l, h1); err != nil || strings.Contains(out, stale) {
+				return fmt.Errorf("peers %q (%v)", out, err)
+			}
+			return nil
+		})
+		eventually(t, "h1 -> h2 after the resync", 10*time.Second, func() error { return l.Ping(h1, h2) })
 	})
 
 	t.Run("key rotation is followed by every peer", func(t *testing.T) {
@@ -236,6 +310,70 @@ func TestWireGuardCluster(t *testing.T) {
 			t.Errorf("h1 -> h2 after h3 left: %v", err)
 		}
 	})
+
+	t.Run("weftctl cleanup removes the device", func(t *testing.T) {
+		l.StopWeftd(h2, syscall.SIGTERM)
+		if linkIndex(h2) == "" {
+			t.Fatal("SIGTERM removed weft-wg; it should stay for the next start")
+		}
+		if out, err := Exec(h2.Name, weftctlBin, "cleanup", "-subnet-file", h2.SubnetFile()); err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		if out, err := Exec(h2.Name, "ip", "link", "show", "weft-wg"); err == nil {
+			t.Errorf("weft-wg left after weftctl cleanup:\n%s", out)
+		}
+	})
+
+	t.Run("-cleanup-on-exit removes the device", func(t *testing.T) {
+		l.StopWeftd(h1, syscall.SIGTERM)
+		if err := l.StartWeftd(h1, "-cleanup-on-exit"); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.WaitReady(ctx, h1); err != nil {
+			t.Fatal(err)
+		}
+		l.StopWeftd(h1, syscall.SIGTERM)
+		if out, err := Exec(h1.Name, "ip", "link", "show", "weft-wg"); err == nil {
+			t.Errorf("weft-wg left after -cleanup-on-exit:\n%s", out)
+		}
+	})
+}
+
+// TestWireGuardMixedMesh runs kernel WireGuard on two hosts and wireguard-go
+// on a third (a host whose kernel lacks the module; here chosen with
+// -wireguard-implementation): every pair passes traffic both ways, and only
+// WireGuard crosses the underlay. It needs a kernel with WireGuard: the VM
+// tier (make vmtest) runs it.
+func TestWireGuardMixedMesh(t *testing.T) {
+	if !kernelWireGuard {
+		t.Skip("this kernel has no WireGuard; the VM tier (make vmtest) runs this test on Debian's kernel")
+	}
+	l := newLab(t, Options{Hosts: 3, Backend: lease.BackendWireGuard, WeftdHosts: 2})
+	ctx := context.Background()
+	if err := l.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	h1, h2, h3 := l.Hosts[0], l.Hosts[1], l.Hosts[2]
+	if err := l.StartWeftd(h3, "-wireguard-implementation", "userspace"); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.WaitReady(ctx, h3); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.AddContainer(h3); err != nil {
+		t.Fatal(err)
+	}
+	checkImplementation(t, h1, true, `why="the kernel supports WireGuard links"`)
+	checkImplementation(t, h2, true, `why="the kernel supports WireGuard links"`)
+	checkImplementation(t, h3, false, `why="-wireguard-implementation is \"userspace\""`)
+	eventually(t, "full ping matrix across kernel and wireguard-go hosts", 20*time.Second, func() error {
+		if table, ok := l.PingMatrix(); !ok {
+			return fmt.Errorf("\n%s", table)
+		}
+		return nil
+	})
+	checkEncrypted(t, l, h1, h3)
+	checkEncrypted(t, l, h3, h2)
 }
 
 // TestWireGuardBadOptions: each bad option gets one clear error naming it.
@@ -259,8 +397,7 @@ func TestWireGuardBadOptions(t *testing.T) {
 		if err := l.PutConfig(ctx, `{"Network":"10.5.0.0/16","Backend":{"Type":"wireguard","Implementation":"kernel"}}`); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := Exec(h.Name, "ip", "link", "add", "wgprobe", "type", "wireguard"); err == nil {
-			Exec(h.Name, "ip", "link", "del", "wgprobe")
+		if kernelWireGuard {
 			t.Skip("this kernel has WireGuard")
 		}
 		os.Truncate(h.LogPath(), 0)

@@ -75,6 +75,17 @@ func Footprint() netutil.Footprint {
 	return netutil.Footprint{Links: []string{DeviceName}, Files: []string{"/var/run/wireguard/" + DeviceName + ".sock"}}
 }
 
+// OverrideImplementation replaces the config's Implementation on this host
+// (weftd's -wireguard-implementation, named by from in logs and errors).
+// It is called before Setup.
+func (b *Backend) OverrideImplementation(impl, from string) error {
+	if !ValidImplementation(impl) {
+		return fmt.Errorf("%s %q is not one of auto, kernel, userspace", from, impl)
+	}
+	b.opts.Implementation, b.opts.ImplementationFrom = impl, from
+	return nil
+}
+
 // MTU is the device's (and containers') MTU.
 func (b *Backend) MTU() int { return b.mtu }
 
@@ -89,7 +100,7 @@ func (b *Backend) BackendData() json.RawMessage {
 func (b *Backend) Setup(context.Context) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	dev, err := openDevice(b.kernel, b.name, b.opts.Implementation, b.mtu, b.log)
+	dev, err := openDevice(b.kernel, b.name, b.opts, b.mtu, b.log)
 	if err != nil {
 		return err
 	}
@@ -142,7 +153,7 @@ func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 		// The device went away (deleted by hand): make it again.
 		b.log.Warn("WireGuard device missing; recreating it", "err", err)
 		b.dev.close()
-		if b.dev, err = openDevice(b.kernel, b.name, b.opts.Implementation, b.mtu, b.log); err != nil {
+		if b.dev, err = openDevice(b.kernel, b.name, b.opts, b.mtu, b.log); err != nil {
 			return errors.Join(append(errs, err)...)
 		}
 		if current, err = b.read(); err != nil {

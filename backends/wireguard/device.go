@@ -29,9 +29,14 @@ type wgDevice struct {
 	done chan struct{}
 }
 
-// openDevice creates or adopts the device. impl is auto, kernel or
-// userspace; auto prefers an existing device's kind, then the kernel.
-func openDevice(k netutil.Kernel, name, impl string, mtu int, log *slog.Logger) (*wgDevice, error) {
+// openDevice creates or adopts the device. opts.Implementation is auto,
+// kernel or userspace; auto prefers an existing device's kind, then the
+// kernel. Log lines and errors name where the choice came from.
+func openDevice(k netutil.Kernel, name string, opts Options, mtu int, log *slog.Logger) (*wgDevice, error) {
+	impl, from := opts.Implementation, opts.ImplementationFrom
+	if from == "" {
+		from = `key "Backend.Implementation"`
+	}
 	existing, _ := k.LinkByName(name)
 	if existing != nil && existing.Type() != "wireguard" && existing.Type() != "tuntap" && existing.Type() != "tun" {
 		return nil, fmt.Errorf("interface %s exists but is a %s, not WireGuard; remove it (ip link del %s) or run `weftctl cleanup`",
@@ -40,15 +45,15 @@ func openDevice(k netutil.Kernel, name, impl string, mtu int, log *slog.Logger) 
 	switch impl {
 	case ImplKernel:
 		if err := ensureKernelLink(k, name, existing); err != nil {
-			return nil, fmt.Errorf(`key "Backend.Implementation": "kernel", but %v; use "auto" or "userspace"`, err)
+			return nil, fmt.Errorf(`%s: "kernel", but %v; use "auto" or "userspace"`, from, err)
 		}
-		log.Info("using kernel WireGuard", "device", name, "why", `Implementation is "kernel"`)
+		log.Info("using kernel WireGuard", "device", name, "why", from+` is "kernel"`)
 		return &wgDevice{name: name, kind: ImplKernel}, nil
 	case ImplUserspace:
 		if existing != nil && existing.Type() == "wireguard" {
-			return nil, fmt.Errorf(`key "Backend.Implementation": "userspace", but %s is a kernel WireGuard device; remove it or use "auto"`, name)
+			return nil, fmt.Errorf(`%s: "userspace", but %s is a kernel WireGuard device; remove it (ip link del %s) or use "auto"`, from, name, name)
 		}
-		log.Info("using wireguard-go in weftd", "device", name, "why", `Implementation is "userspace"`)
+		log.Info("using wireguard-go in weftd", "device", name, "why", from+` is "userspace"`)
 		return startUserspace(name, mtu, log)
 	}
 	if existing != nil && existing.Type() == "wireguard" {

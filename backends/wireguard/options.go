@@ -34,6 +34,14 @@ type Options struct {
 	// gets MTU − Overhead (0: the external interface's MTU − Overhead).
 	MTU            int
 	Implementation string
+	// ImplementationFrom names where Implementation came from, for log
+	// lines and errors: the config key, or weftd's flag overriding it.
+	ImplementationFrom string
+}
+
+// ValidImplementation reports whether impl is one of auto, kernel, userspace.
+func ValidImplementation(impl string) bool {
+	return impl == ImplAuto || impl == ImplKernel || impl == ImplUserspace
 }
 
 // ParseOptions reads and checks the Backend object. Every error names the
@@ -51,7 +59,7 @@ func ParseOptions(raw json.RawMessage) (Options, error) {
 			return Options{}, fmt.Errorf("wireguard Backend options: %w", err)
 		}
 	}
-	o := Options{MTU: in.MTU, Implementation: in.Implementation}
+	o := Options{MTU: in.MTU, Implementation: in.Implementation, ImplementationFrom: `key "Backend.Implementation"`}
 	var err error
 	if o.ListenPort, err = options.Port("ListenPort", in.ListenPort, 51820); err != nil {
 		return o, err
@@ -70,11 +78,10 @@ func ParseOptions(raw json.RawMessage) (Options, error) {
 	if err := options.MTU(o.MTU); err != nil {
 		return o, err
 	}
-	switch o.Implementation {
-	case "":
+	if o.Implementation == "" {
 		o.Implementation = ImplAuto
-	case ImplAuto, ImplKernel, ImplUserspace:
-	default:
+	}
+	if !ValidImplementation(o.Implementation) {
 		return o, fmt.Errorf(`key "Backend.Implementation": %q is not one of auto, kernel, userspace`, o.Implementation)
 	}
 	return o, nil

@@ -59,7 +59,8 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 
 	kernel := netutil.NewNetlink(nil, obs.kernelCalls())
 	backend, err := setUpBackend(ctx, backends.Env{Config: cfg, External: ext, PublicIP: publicIP, Log: log, KeyFile: o.keyFile,
-		Kernel: kernel, Calls: obs.kernelCalls()})
+		WireGuardImplementation: o.wgImpl,
+		Kernel:                  kernel, Calls: obs.kernelCalls()})
 	if err != nil {
 		return err
 	}

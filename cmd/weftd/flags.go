@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/weftnet/weft/backends/wireguard"
 	"github.com/weftnet/weft/keys"
 	"github.com/weftnet/weft/lease"
 )
@@ -40,8 +41,10 @@ type options struct {
 	resync        time.Duration
 	cleanupOnExit bool
 	keyFile       string
-	logLevel      string
-	version       bool
+	// wgImpl overrides Backend.Implementation on this host ("": the config's).
+	wgImpl   string
+	logLevel string
+	version  bool
 }
 
 // stringList is a repeatable flag that also splits on commas.
@@ -94,6 +97,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	fs.BoolVar(&o.pprof, "debug-pprof", false, "also serve Go's profiles under /debug/pprof/ on the health endpoint (make profile)")
 	fs.DurationVar(&o.resync, "resync-interval", 30*time.Second, "how often to re-apply the data path even without changes")
 	fs.StringVar(&o.keyFile, "wireguard-key-file", keys.DefaultPath, "WireGuard private key file (0600; created when missing)")
+	fs.StringVar(&o.wgImpl, "wireguard-implementation", "", "auto, kernel or userspace: this host's WireGuard, overriding the config's Backend.Implementation (a host whose kernel lacks the module in a kernel-WireGuard cluster)")
 	fs.BoolVar(&o.cleanupOnExit, "cleanup-on-exit", false, "remove weft's devices and routes on exit (they stay by default)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
@@ -164,6 +168,8 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 		return nil, fmt.Errorf("-subnet-lease-ttl %s is too short; use at least 5s", o.leaseTTL)
 	case o.healthzPort < 0 || o.healthzPort > 65535:
 		return nil, fmt.Errorf("-healthz-port %d is not a port", o.healthzPort)
+	case o.wgImpl != "" && !wireguard.ValidImplementation(o.wgImpl):
+		return nil, fmt.Errorf("-wireguard-implementation %q is not one of auto, kernel, userspace", o.wgImpl)
 	case o.iptablesSync < 1:
 		return nil, fmt.Errorf("-iptables-resync %d must be at least 1 second", o.iptablesSync)
 	}

@@ -78,6 +78,7 @@ func TestFlannelFlags(t *testing.T) {
 		{[]string{"-subnet-lease-renew-margin", "1440"}, "-subnet-lease-renew-margin 1440 is out of range"},
 		{[]string{"-public-ipv6", "10.0.0.1"}, `-public-ipv6 "10.0.0.1" is not an IPv6 address`},
 		{[]string{"-kube-subnet-mgr"}, "weft leases subnets in etcd only"},
+		{[]string{"-wireguard-implementation", "Kernel"}, `-wireguard-implementation "Kernel" is not one of auto, kernel, userspace`},
 	} {
 		if _, err := parseFlags(tt.args, env(nil), io.Discard); err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("parseFlags(%v) = %v, want %q", tt.args, err, tt.want)
