@@ -84,13 +84,15 @@ func FetchKernel(cache string) (Kernel, error) {
 	if err := os.MkdirAll(cache, 0o755); err != nil {
 		return Kernel{}, err
 	}
-	pkg, err := imagePackage()
+	pkg, deb, err := download(cache, false)
 	if err != nil {
+		// Package lists missing, or stale (naming a kernel the mirror
+		// has dropped): update them once and try again.
 		if _, uerr := run("", "apt-get", "update", "-qq"); uerr != nil {
-			return Kernel{}, fmt.Errorf("finding Debian's kernel package: %v (apt-get update also failed: %v)", err, uerr)
+			return Kernel{}, fmt.Errorf("%v (apt-get update also failed: %v)", err, uerr)
 		}
-		if pkg, err = imagePackage(); err != nil {
-			return Kernel{}, fmt.Errorf("finding Debian's kernel package: %w", err)
+		if pkg, deb, err = download(cache, true); err != nil {
+			return Kernel{}, err
 		}
 	}
 	version := strings.TrimPrefix(pkg, "linux-image-")
@@ -100,22 +102,12 @@ func FetchKernel(cache string) (Kernel, error) {
 	if _, err := os.Stat(done); err == nil {
 		return k, nil
 	}
-	debs, _ := filepath.Glob(filepath.Join(cache, pkg+"_*.deb"))
-	if len(debs) == 0 {
-		// apt's sandbox user cannot write to root's cache: download as root.
-		if _, err := run(cache, "apt-get", "download", "-o", "APT::Sandbox::User=root", pkg); err != nil {
-			return Kernel{}, fmt.Errorf("downloading Debian's kernel package %s (needs Debian's apt sources reachable): %w", pkg, err)
-		}
-		if debs, _ = filepath.Glob(filepath.Join(cache, pkg+"_*.deb")); len(debs) == 0 {
-			return Kernel{}, fmt.Errorf("apt-get download %s left no .deb in %s", pkg, cache)
-		}
-	}
 	os.RemoveAll(k.Root)
-	if _, err := run("", "dpkg", "-x", debs[0], k.Root); err != nil {
-		return Kernel{}, fmt.Errorf("unpacking %s: %w", debs[0], err)
+	if _, err := run("", "dpkg", "-x", deb, k.Root); err != nil {
+		return Kernel{}, fmt.Errorf("unpacking %s: %w", deb, err)
 	}
 	if _, err := os.Stat(k.Vmlinuz); err != nil {
-		return Kernel{}, fmt.Errorf("%s holds no kernel image: %w", debs[0], err)
+		return Kernel{}, fmt.Errorf("%s holds no kernel image: %w", deb, err)
 	}
 	if _, err := run("", "depmod", "-b", k.Root, version); err != nil {
 		return Kernel{}, fmt.Errorf("indexing the modules of %s: %w", pkg, err)
@@ -124,6 +116,26 @@ func FetchKernel(cache string) (Kernel, error) {
 		return Kernel{}, err
 	}
 	return k, nil
+}
+
+// download finds the kernel image package and its .deb in cache, fetching
+// it when it is not there yet (or always, after an apt-get update: fresh).
+func download(cache string, fresh bool) (pkg, deb string, err error) {
+	if pkg, err = imagePackage(); err != nil {
+		return "", "", fmt.Errorf("finding Debian's kernel package: %w", err)
+	}
+	debs, _ := filepath.Glob(filepath.Join(cache, pkg+"_*.deb"))
+	if len(debs) > 0 && !fresh {
+		return pkg, deb, nil
+	}
+	// apt's sandbox user cannot write to root's cache: download as root.
+	if _, err := run(cache, "apt-get", "download", "-o", "APT::Sandbox::User=root", pkg); err != nil {
+		return "", "", fmt.Errorf("downloading Debian's kernel package %s (needs Debian's apt sources reachable): %w", pkg, err)
+	}
+	if debs, _ = filepath.Glob(filepath.Join(cache, pkg+"_*.deb")); len(debs) == 0 {
+		return "", "", fmt.Errorf("apt-get download %s left no .deb in %s", pkg, cache)
+	}
+	return pkg, debs[len(debs)-1], nil
 }
 
 // ModuleClosure lists the module files (relative to the kernel's module
