@@ -47,7 +47,7 @@ test-pure:
 
 test-root:
 	$(GO) test -count=1 -timeout 15m -tags netns -run InNetns ./backends/...
-	$(GO) test -count=1 -timeout 15m ./deploy/... ./lab/...
+	$(GO) test -count=1 -timeout 25m ./deploy/... ./lab/...
 
 # vmtest: the VM tier. Debian's stock kernel (fetched with apt into
 # /var/cache/weft-vm, not installed) boots under qemu with this machine's
@@ -108,7 +108,7 @@ fuzz:
 # timeout; its RELIABILITY lines become RELIABILITY.md.
 soak: deps fuzz
 	set -o pipefail; WEFT_SOAK=1 $(GO) test -count=1 -v -timeout 30m \
-		-run 'TestFault|TestWireGuardCluster|TestUDPCluster|TestVXLANCluster|TestHostGWCluster|TestRestartGapDistribution' ./lab/ | tee $(BIN)/soak.log
+		-run 'TestFault|TestEtcdCluster|TestWireGuardCluster|TestUDPCluster|TestVXLANCluster|TestHostGWCluster|TestRestartGapDistribution' ./lab/ | tee $(BIN)/soak.log
 	{ echo "# weft reliability"; echo; \
 	  echo "Written by \`make soak\` on $$(date -u '+%F %H:%M UTC'): the fault suite's long form in the network-namespace lab."; echo; \
 	  grep -o 'RELIABILITY: .*' $(BIN)/soak.log | sed 's/^RELIABILITY: /- /'; } > RELIABILITY.md

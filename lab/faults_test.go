@@ -136,7 +136,7 @@ func etcdWiped(t *testing.T, backend string) {
 		before[h.Name] = h.Subnet.String()
 	}
 	l.StopEtcd()
-	if err := os.RemoveAll(l.Dir + "/etcd"); err != nil {
+	if err := os.RemoveAll(l.Members[0].Dir); err != nil {
 		t.Fatal(err)
 	}
 	if err := l.StartEtcd(); err != nil {

@@ -55,6 +55,11 @@ type Options struct {
 	// from the lab; 0 means all. The others run it some other way (the
 	// compose service).
 	WeftdHosts int
+	// EtcdMembers is the size of the etcd cluster: 0 or 1 runs one
+	// member in the underlay namespace; more run each member in a
+	// namespace of its own on the underlay, and weftd gets every
+	// member's endpoint.
+	EtcdMembers int
 	// Dir keeps logs and state; a temporary directory when empty.
 	Dir string
 	// Log receives progress lines; nil for none.
@@ -85,8 +90,9 @@ type Lab struct {
 	Hosts    []*Host
 	Dir      string
 	ownsDir  bool
-	etcd     *exec.Cmd
-	etcdDone chan struct{}
+	// Members are the etcd servers: one in the underlay namespace, or
+	// each in a namespace of its own (Options.EtcdMembers > 1).
+	Members  []*Member
 	store    *lease.EtcdStore
 	nsMade   []string
 	dockerds []*Dockerd
@@ -145,6 +151,9 @@ func New(opts Options) (l *Lab, err error) {
 		}
 		l.Hosts = append(l.Hosts, h)
 	}
+	if err := l.addMembers(gw); err != nil {
+		return l, err
+	}
 	if err := l.StartEtcd(); err != nil {
 		return l, err
 	}
@@ -157,9 +166,17 @@ func (l *Lab) underlayAddr(n int) netip.Addr {
 	return netip.AddrFrom4(b)
 }
 
-// EtcdEndpoint is etcd's client URL on the underlay.
-func (l *Lab) EtcdEndpoint() string {
-	return fmt.Sprintf("http://%s:%d", l.underlayAddr(1), etcdPort)
+// EtcdEndpoint is the value of weftd's -etcd-endpoints: every member's
+// client URL on the underlay, comma-separated.
+func (l *Lab) EtcdEndpoint() string { return strings.Join(l.EtcdEndpoints(), ",") }
+
+// EtcdEndpoints are the members' client URLs.
+func (l *Lab) EtcdEndpoints() []string {
+	var eps []string
+	for _, m := range l.Members {
+		eps = append(eps, m.Endpoint())
+	}
+	return eps
 }
 
 func (l *Lab) addNetns(name string) error {
@@ -171,16 +188,21 @@ func (l *Lab) addNetns(name string) error {
 }
 
 func (l *Lab) addHost(h *Host, gw netip.Addr) error {
-	if err := l.addNetns(h.Name); err != nil {
+	return l.plugIn(h.Name, fmt.Sprintf("h%d", h.Index), h.PublicIP, gw)
+}
+
+// plugIn makes namespace ns and wires it to the underlay bridge through
+// port, with address addr and a default route via gw.
+func (l *Lab) plugIn(ns, port string, addr, gw netip.Addr) error {
+	if err := l.addNetns(ns); err != nil {
 		return err
 	}
-	port := fmt.Sprintf("h%d", h.Index)
 	return RunAll(
-		[]string{"ip", "-n", l.Underlay, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", h.Name},
+		[]string{"ip", "-n", l.Underlay, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns},
 		[]string{"ip", "-n", l.Underlay, "link", "set", port, "master", "br0", "up"},
-		[]string{"ip", "-n", h.Name, "addr", "add", h.PublicIP.String() + "/24", "dev", "eth0"},
-		[]string{"ip", "-n", h.Name, "link", "set", "eth0", "up"},
-		[]string{"ip", "-n", h.Name, "route", "add", "default", "via", gw.String()},
+		[]string{"ip", "-n", ns, "addr", "add", addr.String() + "/24", "dev", "eth0"},
+		[]string{"ip", "-n", ns, "link", "set", "eth0", "up"},
+		[]string{"ip", "-n", ns, "route", "add", "default", "via", gw.String()},
 	)
 }
 

@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -15,89 +14,7 @@ import (
 	"time"
 
 	"github.com/weftnet/weft/lease"
-	"github.com/weftnet/weft/lease/etcdtest"
 )
-
-// RoleEnv, set to "etcd" in a child's environment, makes RunRole serve etcd.
-const RoleEnv = "WEFTLAB_ROLE"
-
-// RunRole runs the role a lab child was started for and reports whether it
-// did; call it first thing in main or TestMain.
-func RunRole() bool {
-	if os.Getenv(RoleEnv) != "etcd" {
-		return false
-	}
-	srv, err := etcdtest.Start(etcdtest.Options{Dir: os.Getenv("WEFTLAB_ETCD_DIR"), Host: os.Getenv("WEFTLAB_ETCD_HOST"),
-		ClientPort: etcdPort, PeerPort: etcdPort + 1})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "lab etcd:", err)
-		os.Exit(1)
-	}
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
-	<-sig
-	srv.Close()
-	os.Exit(0)
-	return true
-}
-
-// StartEtcd starts etcd in the underlay namespace, keeping its data across
-// restarts, and connects the lab's client.
-func (l *Lab) StartEtcd() error {
-	cmd := exec.Command("ip", "netns", "exec", l.Underlay, l.opts.Self)
-	cmd.Env = append(os.Environ(), RoleEnv+"=etcd", "WEFTLAB_ETCD_DIR="+filepath.Join(l.Dir, "etcd"),
-		"WEFTLAB_ETCD_HOST="+l.underlayAddr(1).String())
-	logFile, err := os.OpenFile(filepath.Join(l.Dir, "etcd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return err
-	}
-	defer logFile.Close()
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("starting etcd: %w", err)
-	}
-	l.etcd, l.etcdDone = cmd, make(chan struct{})
-	done := l.etcdDone
-	go func() { cmd.Wait(); close(done) }()
-	if l.store == nil {
-		l.store, err = lease.NewEtcdStore(lease.EtcdOptions{Endpoints: []string{l.EtcdEndpoint()}, Dial: l.dialUnderlay})
-		if err != nil {
-			return err
-		}
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	return waitUntil(ctx, 60*time.Second, func() bool {
-		_, _, err := l.store.List(ctx)
-		return err == nil
-	})
-}
-
-// StopEtcd stops etcd (its data stays for StartEtcd).
-func (l *Lab) StopEtcd() {
-	if l.etcd == nil {
-		return
-	}
-	l.etcd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-l.etcdDone:
-	case <-time.After(10 * time.Second):
-		l.etcd.Process.Kill()
-		<-l.etcdDone
-	}
-	l.etcd = nil
-}
-
-// dialUnderlay opens a TCP connection from inside the underlay namespace.
-func (l *Lab) dialUnderlay(ctx context.Context, addr string) (conn net.Conn, err error) {
-	err = inNetns(l.Underlay, func() error {
-		var d net.Dialer
-		conn, err = d.DialContext(ctx, "tcp", addr)
-		return err
-	})
-	return conn, err
-}
 
 // StartWeftd starts weftd in h's namespace with a notify socket for READY.
 func (l *Lab) StartWeftd(h *Host, extra ...string) error {

@@ -68,6 +68,12 @@ func NewEtcdStore(opts EtcdOptions) (*EtcdStore, error) {
 		Password:    opts.Password,
 		// The client's own zap logs would duplicate ours at every retry.
 		Logger: zap.NewNop(),
+		// A member that is cut off (its machine gone, a partition) leaves
+		// connections that never fail by themselves: keepalive pings
+		// notice within 15 s and the client moves to another endpoint,
+		// watch and all.
+		DialKeepAliveTime:    10 * time.Second,
+		DialKeepAliveTimeout: 5 * time.Second,
 	}
 	if opts.Dial != nil {
 		cfg.DialOptions = append(cfg.DialOptions, grpc.WithContextDialer(opts.Dial))
@@ -171,6 +177,21 @@ func (s *EtcdStore) Revision(ctx context.Context) (int64, error) {
 func (s *EtcdStore) Get(ctx context.Context, key string) (Record, bool, error) {
 	resp, err := s.client.Get(ctx, s.subnets+key)
 	if err != nil || len(resp.Kvs) == 0 {
+		return Record{}, false, err
+	}
+	kv := resp.Kvs[0]
+	return Record{Key: key, Value: kv.Value, Revision: kv.ModRevision, CreateRevision: kv.CreateRevision, StoreLeaseID: kv.Lease}, true, nil
+}
+
+// GetAt implements Store.
+func (s *EtcdStore) GetAt(ctx context.Context, key string, rev int64) (Record, bool, error) {
+	resp, err := s.client.Get(ctx, s.subnets+key, clientv3.WithRev(rev))
+	switch {
+	case errors.Is(err, rpctypes.ErrCompacted):
+		return Record{}, false, fmt.Errorf("%w (reading revision %d)", ErrCompacted, rev)
+	case errors.Is(err, rpctypes.ErrFutureRev):
+		return Record{}, false, fmt.Errorf("%w (reading revision %d)", ErrFutureRevision, rev)
+	case err != nil || len(resp.Kvs) == 0:
 		return Record{}, false, err
 	}
 	kv := resp.Kvs[0]

@@ -69,6 +69,12 @@ func (h *Holder) SetAttrs(attrs Attrs) {
 	h.Verify()
 }
 
+// attemptTimeout bounds one renewal attempt: a third of the TTL, at most
+// 10 s, at least 1 s.
+func (h *Holder) attemptTimeout() time.Duration {
+	return min(max(h.req.TTL/3, time.Second), 10*time.Second)
+}
+
 // renewAfter is when to renew a TTL: margin before expiry (flannel's
 // -subnet-lease-renew-margin), but never sooner than a third of the TTL, so
 // a TTL shorter than the margin renews a few times per TTL instead of in a
@@ -93,7 +99,12 @@ func (h *Holder) Run(ctx context.Context) error {
 		case <-h.check:
 			timer.Stop()
 		}
-		err := h.refresh(ctx, renew)
+		// Each attempt is bounded: a call stuck on an etcd member that
+		// went away (its connection has not failed yet) must not outlive
+		// the TTL; the next attempt goes to another member.
+		actx, cancel := context.WithTimeout(ctx, h.attemptTimeout())
+		err := h.refresh(actx, renew)
+		cancel()
 		if err == nil {
 			backoff.Reset()
 			next = h.renewAfter()
@@ -102,7 +113,9 @@ func (h *Holder) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		next = backoff.Next()
+		// Several tries fit in a short TTL: each may land on another
+		// etcd member, and one live member is enough.
+		next = min(backoff.Next(), max(h.req.TTL/6, 500*time.Millisecond))
 		h.log.Warn("cannot renew lease; the data path stays as it is; retrying", "subnet", h.Current().Subnet, "err", err, "retry_in", next)
 	}
 }

@@ -19,6 +19,9 @@ var (
 	// ErrCompacted means a watch asked for history the store has compacted away;
 	// the caller must list again.
 	ErrCompacted = errors.New("watch revision compacted")
+	// ErrFutureRevision means a read asked for a revision the store has
+	// not reached: its history went back (etcd wiped or restored).
+	ErrFutureRevision = errors.New("revision is in the store's future")
 )
 
 // Record is one raw entry under <prefix>/subnets/, before decoding.
@@ -61,6 +64,10 @@ type Store interface {
 	Revision(ctx context.Context) (int64, error)
 	// Get returns the record at key; ok is false when there is none.
 	Get(ctx context.Context, key string) (rec Record, ok bool, err error)
+	// GetAt returns the record at key as it was at revision rev: ok is
+	// false when the key did not exist then; ErrCompacted when that history
+	// is gone, ErrFutureRevision when the store has not reached rev.
+	GetAt(ctx context.Context, key string, rev int64) (rec Record, ok bool, err error)
 	// List returns every lease record and the revision it was read at.
 	List(ctx context.Context) ([]Record, int64, error)
 	// Watch streams changes after fromRevision (exclusive) until ctx ends or

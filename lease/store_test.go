@@ -322,21 +322,43 @@ func ExampleSubnetKey() {
 	// Output: 10.5.34.0-24
 }
 
-// TestWatchRelistsAfterWipe: a store restored empty (revision back to 0)
-// would leave a watch waiting for revisions that never come; the watcher
-// notices and lists again.
-func TestWatchRelistsAfterWipe(t *testing.T) {
-	s := leasetest.New(nil)
+// watchFive starts a watcher (checking every interval) on s holding
+// leases 10.5.1.0/24 to 10.5.5.0/24 and waits until it has them all.
+func watchFive(t *testing.T, s *leasetest.Store, interval time.Duration, logs *syncBuffer) *lease.Watcher {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var logs syncBuffer
-	w := lease.NewWatcher(s, testLogger(&logs))
-	w.CheckInterval = 50 * time.Millisecond
+	t.Cleanup(cancel)
+	w := lease.NewWatcher(s, testLogger(logs))
+	w.CheckInterval = interval
 	for i := 1; i <= 5; i++ {
 		s.PutRaw(fmt.Sprintf("10.5.%d.0-24", i), hostAttrs(i).Encode())
 	}
 	go w.Run(ctx)
 	waitFor(t, "5 leases", func() bool { return len(w.Leases()) == 5 })
+	return w
+}
+
+// restored waits until w holds exactly n leases, all from 10.5.11.0/24 up.
+func restored(t *testing.T, w *lease.Watcher, n int) {
+	t.Helper()
+	waitFor(t, "the restored store's leases, and only them", func() bool {
+		ls := w.Leases()
+		for _, l := range ls {
+			if l.Subnet.Addr().As4()[2] < 11 {
+				return false
+			}
+		}
+		return len(ls) == n
+	})
+}
+
+// TestWatchRelistsAfterWipe: a store restored empty (revision back to 0)
+// would leave a watch waiting for revisions that never come; the watcher
+// notices and lists again.
+func TestWatchRelistsAfterWipe(t *testing.T) {
+	s := leasetest.New(nil)
+	var logs syncBuffer
+	w := watchFive(t, s, 50*time.Millisecond, &logs)
 	s.Wipe()
 	s.PutRaw("10.5.9.0-24", hostAttrs(9).Encode())
 	waitFor(t, "the wiped store's single lease", func() bool {
@@ -346,6 +368,43 @@ func TestWatchRelistsAfterWipe(t *testing.T) {
 	if !strings.Contains(logs.String(), "revision went back") {
 		t.Errorf("no log line about the rewind:\n%s", logs.String())
 	}
+}
+
+// TestWatchRelistsAfterOutage: etcd restored from a snapshot during an
+// outage can have caught up past the revision the watch had reached by the
+// time it answers again; a watch resumed from that revision would skip
+// the restored store's history. The watcher lists again once the store is
+// back.
+func TestWatchRelistsAfterOutage(t *testing.T) {
+	s := leasetest.New(nil)
+	s.QuietWatchWhileDown = true
+	var logs syncBuffer
+	w := watchFive(t, s, 50*time.Millisecond, &logs)
+	s.SetDown(true)
+	waitFor(t, "the outage noticed", func() bool { return strings.Contains(logs.String(), "unreachable") })
+	// Restored from an older backup holding other leases, and written to
+	// past the old revision, before anyone reaches it again.
+	s.Wipe()
+	for i := 11; i <= 16; i++ {
+		s.PutRaw(fmt.Sprintf("10.5.%d.0-24", i), hostAttrs(i).Encode())
+	}
+	s.SetDown(false)
+	restored(t, w, 6)
+}
+
+// TestWatchNoticesRestoredHistory: a store restored from an older backup
+// and written to until its revision is back where the watch was, with no
+// outage the watcher saw, has another history: the watcher notices (the
+// last change it saw is not in the store at that revision) and lists again.
+func TestWatchNoticesRestoredHistory(t *testing.T) {
+	s := leasetest.New(nil)
+	var logs syncBuffer
+	w := watchFive(t, s, 100*time.Millisecond, &logs)
+	s.Wipe()
+	for i := 11; i <= 15; i++ {
+		s.PutRaw(fmt.Sprintf("10.5.%d.0-24", i), hostAttrs(i).Encode())
+	}
+	restored(t, w, 5)
 }
 
 // The watcher names the keys that changed, so the reconcile loop can work
@@ -504,6 +563,49 @@ func TestHolderTakesBackAnOverwrittenLease(t *testing.T) {
 		waitFor(t, "the holder moves to a new subnet", func() bool { return h.Current().Subnet != l.Subnet })
 		if h.Conflicts() != 1 {
 			t.Errorf("a subnet taken after expiry was counted as a conflict")
+		}
+	})
+}
+
+// TestGetAt: a key as it was at a revision, in etcd and in the fake alike.
+func TestGetAt(t *testing.T) {
+	stores(t, func(t *testing.T, s lease.Store) {
+		ctx := context.Background()
+		first, err := s.Create(ctx, "10.5.1.0-24", hostAttrs(1).Encode(), time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		second, err := s.Replace(ctx, first, hostAttrs(2).Encode(), time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Delete(ctx, "10.5.1.0-24"); err != nil {
+			t.Fatal(err)
+		}
+		now, err := s.Revision(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range []struct {
+			rev     int64
+			present bool
+			modRev  int64
+		}{{first.Revision - 1, false, 0}, {first.Revision, true, first.Revision}, {second.Revision, true, second.Revision}, {now, false, 0}} {
+			r, ok, err := s.GetAt(ctx, "10.5.1.0-24", c.rev)
+			if err != nil || ok != c.present || ok && r.Revision != c.modRev {
+				t.Errorf("at revision %d: %+v %v %v, want present=%v modified at %d", c.rev, r, ok, err, c.present, c.modRev)
+			}
+		}
+		if _, _, err := s.GetAt(ctx, "10.5.1.0-24", now+10); !errors.Is(err, lease.ErrFutureRevision) {
+			t.Errorf("a future revision: %v, want ErrFutureRevision", err)
+		}
+		if c, ok := s.(interface{ Compact(context.Context) error }); ok {
+			c.Compact(ctx)
+		} else {
+			s.(*leasetest.Store).Compact()
+		}
+		if _, _, err := s.GetAt(ctx, "10.5.1.0-24", first.Revision); !errors.Is(err, lease.ErrCompacted) {
+			t.Errorf("a compacted revision: %v, want ErrCompacted", err)
 		}
 	})
 }

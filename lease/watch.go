@@ -30,6 +30,10 @@ type Watcher struct {
 	warned  map[string]int64 // key → revision already warned about
 	relists int
 	lastRev int64 // highest revision seen, to notice a store that went back
+	// probe is the last change seen (or, after a list, the newest
+	// record): the store must still show it at lastRev, or its history
+	// is not the one watched.
+	probe   probe
 	changes changeLog
 
 	// CheckInterval is how often the watch verifies the store is the one
@@ -37,10 +41,22 @@ type Watcher struct {
 	CheckInterval time.Duration
 }
 
+// probe is a key's state at a revision, as the watch saw it.
+type probe struct {
+	key     string
+	rev     int64 // the revision that last changed key
+	present bool  // false: deleted
+}
+
 // errRewound means the store's revision went backwards: etcd was wiped or
 // restored from a backup, and the watch would wait for revisions that
 // will never come.
 var errRewound = errors.New("store revision went back")
+
+// errReconnected means the store was unreachable for a while and answers
+// again: what it holds now is listed afresh, since an etcd restored from a
+// snapshot meanwhile can have caught up past the old revision.
+var errReconnected = errors.New("store reachable again")
 
 // NewWatcher returns a Watcher over store; call Run to start it.
 func NewWatcher(store Store, log *slog.Logger) *Watcher {
@@ -119,7 +135,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 		rev, err := w.relist(ctx)
 		if err == nil {
 			err = w.follow(ctx, rev)
-			if ctx.Err() == nil && (errors.Is(err, ErrCompacted) || errors.Is(err, errRewound)) {
+			if ctx.Err() == nil && (errors.Is(err, ErrCompacted) || errors.Is(err, errRewound) || errors.Is(err, errReconnected)) {
 				// Compaction is routine (and a rewind was logged): list
 				// again at once, without alarm.
 				if errors.Is(err, ErrCompacted) {
@@ -148,8 +164,12 @@ func (w *Watcher) relist(ctx context.Context) (int64, error) {
 	w.mu.Lock()
 	w.records = make(map[string]Record, len(records))
 	w.leases = make(map[string]Lease, len(records))
+	w.probe = probe{}
 	for _, r := range records {
 		w.putLocked(r)
+		if r.Revision > w.probe.rev {
+			w.probe = probe{key: r.Key, rev: r.Revision, present: true}
+		}
 	}
 	w.synced = true
 	w.relists++
@@ -192,15 +212,24 @@ func (w *Watcher) follow(ctx context.Context, rev int64) error {
 				unreachable = true
 				w.log.Warn("lease store unreachable; the data path stays as it is until it is back", "err", err)
 			case err == nil && unreachable:
-				unreachable = false
-				w.log.Info("lease store reachable again")
+				// The store may have been restored from a backup
+				// meanwhile, its revision caught up past ours by now
+				// (the watch would then skip everything up to our old
+				// revision): list it again.
+				w.log.Info("lease store reachable again; listing leases again")
+				return errReconnected
 			}
 			w.mu.Lock()
-			last := w.lastRev
+			last, p := w.lastRev, w.probe
 			w.mu.Unlock()
 			if err == nil && cur < last {
 				w.log.Warn("lease store's revision went back (etcd wiped or restored); listing leases again", "was", last, "now", cur)
 				return errRewound
+			}
+			if err == nil {
+				if err := w.checkHistory(ctx, p, last); err != nil {
+					return err
+				}
 			}
 			continue
 		}
@@ -210,6 +239,7 @@ func (w *Watcher) follow(ctx context.Context, rev int64) error {
 		w.mu.Lock()
 		for _, ev := range resp.Events {
 			w.lastRev = max(w.lastRev, ev.Record.Revision)
+			w.probe = probe{key: ev.Record.Key, rev: ev.Record.Revision, present: !ev.Deleted}
 			w.changes.add(ev.Record.Key)
 			if ev.Deleted {
 				delete(w.records, ev.Record.Key)
@@ -222,6 +252,37 @@ func (w *Watcher) follow(ctx context.Context, rev int64) error {
 		w.mu.Unlock()
 		w.notify()
 	}
+}
+
+// checkHistory reads the last change the watch saw as the store has it at
+// that revision. An etcd restored from an older snapshot and written to
+// since can have caught up past the watched revision; its history then
+// differs (the key missing, or changed at another revision), and the
+// watch, resumed from the old revision, would skip everything before it.
+func (w *Watcher) checkHistory(ctx context.Context, p probe, at int64) error {
+	if p.key == "" {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	r, ok, err := w.store.GetAt(ctx, p.key, at)
+	switch {
+	case errors.Is(err, ErrFutureRevision):
+		w.log.Warn("lease store's revision went back (etcd wiped or restored); listing leases again", "was", at)
+		return errRewound
+	case errors.Is(err, ErrCompacted):
+		// Quiet for a while and compacted since: nothing to compare
+		// with, so list again (once per compaction at most).
+		w.log.Debug("the watched revision was compacted; listing leases again", "revision", at)
+		return errReconnected
+	case err != nil:
+		return nil // unreachable: said by the revision check
+	case ok != p.present || ok && r.Revision != p.rev:
+		w.log.Warn("lease store's history is not the one watched (etcd restored from a backup?); listing leases again",
+			"key", p.key, "revision", at)
+		return errRewound
+	}
+	return nil
 }
 
 func (w *Watcher) putLocked(r Record) {

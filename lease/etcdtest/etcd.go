@@ -21,6 +21,10 @@ type Server struct {
 	Dir string
 }
 
+// ClusterToken is the --initial-cluster-token of clusters started here
+// (and of members restored from a snapshot to join them).
+const ClusterToken = "weft-lab"
+
 // Options say where etcd listens and keeps its data.
 type Options struct {
 	// Dir is the data directory (required).
@@ -29,6 +33,11 @@ type Options struct {
 	Host string
 	// ClientPort and PeerPort; a free port each when zero.
 	ClientPort, PeerPort int
+	// Name is the member's name ("weft-test" when empty).
+	Name string
+	// InitialCluster, for a member of a cluster, is every member's
+	// name=peerURL, comma-separated; empty for a cluster of one.
+	InitialCluster string
 	// TLS, when set, serves clients over TLS with these files; ClientCA
 	// set requires client certificates signed by it.
 	CertFile, KeyFile, ClientCA string
@@ -59,13 +68,20 @@ func Start(opts Options) (*Server, error) {
 	peerURL := url.URL{Scheme: "http", Host: net.JoinHostPort(host, fmt.Sprint(opts.PeerPort))}
 
 	cfg := embed.NewConfig()
-	cfg.Name = "weft-test"
+	cfg.Name = opts.Name
+	if cfg.Name == "" {
+		cfg.Name = "weft-test"
+	}
 	cfg.Dir = opts.Dir
 	cfg.ListenClientUrls = []url.URL{clientURL}
 	cfg.AdvertiseClientUrls = []url.URL{clientURL}
 	cfg.ListenPeerUrls = []url.URL{peerURL}
 	cfg.AdvertisePeerUrls = []url.URL{peerURL}
 	cfg.InitialCluster = cfg.Name + "=" + peerURL.String()
+	if opts.InitialCluster != "" {
+		cfg.InitialCluster = opts.InitialCluster
+		cfg.InitialClusterToken = ClusterToken
+	}
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 	cfg.Logger = "zap"
 	if opts.CertFile != "" {
@@ -82,9 +98,9 @@ func Start(opts Options) (*Server, error) {
 	}
 	select {
 	case <-e.Server.ReadyNotify():
-	case <-time.After(30 * time.Second):
+	case <-time.After(60 * time.Second):
 		e.Close()
-		return nil, fmt.Errorf("etcd in %s did not become ready in 30s", opts.Dir)
+		return nil, fmt.Errorf("etcd in %s did not become ready in 60s (a cluster member waits for a quorum of its peers)", opts.Dir)
 	}
 	return &Server{etcd: e, Endpoint: clientURL.String(), Dir: opts.Dir}, nil
 }

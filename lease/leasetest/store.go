@@ -6,6 +6,7 @@ package leasetest
 import (
 	"context"
 	"fmt"
+	"maps"
 	"sync"
 	"time"
 
@@ -22,11 +23,16 @@ type Store struct {
 	ttls     map[int64]time.Duration
 	rev      int64
 	nextID   int64
-	history  []histEntry // every change since the last Compact, for watches
-	compact  int64       // revisions up to this one are forgotten
+	history  []histEntry             // every change since the last Compact, for watches
+	compact  int64                   // revisions up to this one are forgotten
+	base     map[string]lease.Record // the records at the compact revision
 	watchers map[chan struct{}]bool
 	// Down, when set, makes every call fail as if the store were unreachable.
 	down bool
+	// QuietWatchWhileDown makes a watch wait silently while the store is
+	// down, as etcd's client does (it reconnects by itself), instead of
+	// ending with ErrDown. Set it before the first Watch.
+	QuietWatchWhileDown bool
 }
 
 type histEntry struct {
@@ -97,7 +103,7 @@ func (s *Store) Revision(context.Context) (int64, error) {
 // Wipe forgets everything, revisions included, as an etcd restored empty.
 func (s *Store) Wipe() {
 	s.mu.Lock()
-	s.records, s.history, s.rev, s.compact = map[string]lease.Record{}, nil, 0, 0
+	s.records, s.history, s.rev, s.compact, s.base = map[string]lease.Record{}, nil, 0, 0, nil
 	s.mu.Unlock()
 }
 
@@ -109,6 +115,32 @@ func (s *Store) Get(_ context.Context, key string) (lease.Record, bool, error) {
 		return lease.Record{}, false, err
 	}
 	r, ok := s.records[key]
+	return r, ok, nil
+}
+
+// GetAt implements lease.Store from the history kept since the last
+// Compact.
+func (s *Store) GetAt(_ context.Context, key string, rev int64) (lease.Record, bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.check(); err != nil {
+		return lease.Record{}, false, err
+	}
+	switch {
+	case rev > s.rev:
+		return lease.Record{}, false, lease.ErrFutureRevision
+	case rev < s.compact:
+		return lease.Record{}, false, lease.ErrCompacted
+	}
+	r, ok := s.base[key]
+	for _, h := range s.history {
+		if h.rev > rev {
+			break
+		}
+		if h.ev.Record.Key == key {
+			r, ok = h.ev.Record, !h.ev.Deleted
+		}
+	}
 	return r, ok, nil
 }
 
@@ -141,6 +173,8 @@ func (s *Store) Watch(ctx context.Context, from int64) <-chan lease.WatchRespons
 			s.mu.Lock()
 			var resp lease.WatchResponse
 			switch {
+			case s.down && s.QuietWatchWhileDown:
+				// Like etcd's client: wait for the store to come back.
 			case s.down:
 				resp.Err = ErrDown
 			case next <= s.compact:
@@ -302,6 +336,7 @@ func (s *Store) Compact() {
 	s.mu.Lock()
 	s.history = nil
 	s.compact = s.rev
+	s.base = maps.Clone(s.records)
 	s.mu.Unlock()
 	s.wake()
 }

@@ -33,6 +33,7 @@ func run() int {
 	weftd := flag.String("weftd", "", "weftd binary (default: weftd next to this binary)")
 	docker := flag.Bool("docker", false, "run a dockerd on every host, started from weft's subnet file as the systemd drop-in does, with `docker run` containers (needs docker.io and busybox-static)")
 	weftctl := flag.String("weftctl", "", "weftctl binary, for -docker (default: weftctl next to this binary)")
+	members := flag.Int("etcd-members", 1, "etcd cluster size: 1 runs etcd in the underlay namespace, more run each member in a namespace of its own and give weftd every endpoint")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "weftlab: needs root to create network namespaces; run it with sudo")
@@ -55,14 +56,19 @@ func run() int {
 	defer stop()
 
 	say := func(format string, args ...any) { fmt.Printf("==> "+format+"\n", args...) }
-	say("creating %d hosts on one underlay bridge, with etcd, backend %s", *hosts, *backend)
-	l, err := lab.New(lab.Options{Hosts: *hosts, Backend: *backend, Weftd: *weftd, Self: self, Docker: *docker})
+	say("creating %d hosts on one underlay bridge, with %d etcd member(s), backend %s", *hosts, *members, *backend)
+	l, err := lab.New(lab.Options{Hosts: *hosts, Backend: *backend, Weftd: *weftd, Self: self, Docker: *docker, EtcdMembers: *members})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "weftlab:", err)
 		return 1
 	}
 	defer func() { say("removing the lab (namespaces, processes, files)"); l.Close() }()
 	say("etcd at %s; network config: %s", l.EtcdEndpoint(), l.Config())
+	if len(l.Members) > 1 {
+		if leader, err := l.Leader(ctx); err == nil {
+			say("etcd leader: %s (%s)", leader.Name, leader.Endpoint())
+		}
+	}
 	start := time.Now()
 	if err := l.Start(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "weftlab:", err)
