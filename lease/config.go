@@ -41,10 +41,15 @@ type Config struct {
 	SubnetLen int
 	// SubnetMin and SubnetMax bound the network addresses of allocatable subnets.
 	SubnetMin, SubnetMax netip.Addr
-	// EnableIPv6 and IPv6Network are reserved for dual stack; kept so a
-	// flannel config round-trips.
-	EnableIPv6  bool
-	IPv6Network string
+	// EnableIPv4 is true unless the config says false (flannel's default).
+	EnableIPv4 bool
+	// EnableIPv6 asks for dual stack: IPv6Network, IPv6SubnetLen,
+	// IPv6SubnetMin and IPv6SubnetMax are then set and checked with
+	// flannel's rules (config6.go).
+	EnableIPv6                   bool
+	IPv6Network                  netip.Prefix
+	IPv6SubnetLen                int
+	IPv6SubnetMin, IPv6SubnetMax netip.Addr
 	// Notes say what was read differently from how it was written (a
 	// Network with host bits, "VXLAN" for "vxlan"), as flannel reads it;
 	// weftd logs them once when it loads the config.
@@ -71,10 +76,13 @@ type rawConfig struct {
 	SubnetLen   *int            `json:"SubnetLen"`
 	SubnetMin   *string         `json:"SubnetMin"`
 	SubnetMax   *string         `json:"SubnetMax"`
-	EnableIPv4  *bool           `json:"EnableIPv4"`
-	EnableIPv6  bool            `json:"EnableIPv6"`
-	IPv6Network string          `json:"IPv6Network"`
-	Backend     json.RawMessage `json:"Backend"`
+	EnableIPv4    *bool           `json:"EnableIPv4"`
+	EnableIPv6    bool            `json:"EnableIPv6"`
+	IPv6Network   *string         `json:"IPv6Network"`
+	IPv6SubnetLen *int            `json:"IPv6SubnetLen"`
+	IPv6SubnetMin *string         `json:"IPv6SubnetMin"`
+	IPv6SubnetMax *string         `json:"IPv6SubnetMax"`
+	Backend       json.RawMessage `json:"Backend"`
 }
 
 // maxConfigSize bounds what we agree to parse; a real config is a few
@@ -97,6 +105,11 @@ func ParseConfig(data []byte) (*Config, error) {
 		}
 		return nil, configErr("not valid JSON: %v", err)
 	}
+	if raw.EnableIPv4 != nil && !*raw.EnableIPv4 {
+		// flannel allows IPv6-only networks; weft's data paths carry
+		// IPv4, and a config they would half-follow must not start.
+		return nil, configErr(`key "EnableIPv4": false (an IPv6-only network) is not supported by weft yet; set it to true (or drop it) and give Network, adding IPv6 with "EnableIPv6"`)
+	}
 	if raw.Network == nil {
 		return nil, configErr(`key "Network" is missing; set it to a CIDR such as "10.5.0.0/16"`)
 	}
@@ -104,7 +117,7 @@ func ParseConfig(data []byte) (*Config, error) {
 	if err != nil || !network.Addr().Is4() {
 		return nil, configErr(`key "Network": %q is not an IPv4 CIDR such as "10.5.0.0/16"`, *raw.Network)
 	}
-	cfg := &Config{Network: network.Masked(), EnableIPv6: raw.EnableIPv6, IPv6Network: raw.IPv6Network}
+	cfg := &Config{Network: network.Masked(), EnableIPv4: true, EnableIPv6: raw.EnableIPv6}
 	if network.Masked() != network {
 		cfg.Notes = append(cfg.Notes, fmt.Sprintf(`key "Network": %s has host bits set; using %s, as flannel does`, network, network.Masked()))
 	}
@@ -115,6 +128,9 @@ func ParseConfig(data []byte) (*Config, error) {
 		return nil, err
 	}
 	if err := cfg.setBackend(raw.Backend); err != nil {
+		return nil, err
+	}
+	if err := cfg.setIPv6(raw); err != nil {
 		return nil, err
 	}
 	return cfg, nil

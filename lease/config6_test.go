@@ -1,0 +1,65 @@
+package lease
+
+import (
+	"strings"
+	"testing"
+)
+
+// TestParseConfigIPv6Defaults: flannel's defaults for the IPv6 half.
+func TestParseConfigIPv6Defaults(t *testing.T) {
+	for _, tt := range []struct {
+		name, json string
+		len        int
+		min, max   string
+	}{
+		{"slash48 gets /64", `{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00:5::/48"}`, 64, "fc00:5:0:1::", "fc00:5:0:ffff::"},
+		{"slash62 still /64", `{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/62"}`, 64, "fc00:0:0:1::", "fc00:0:0:3::"},
+		{"slash64 splits into four", `{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/64"}`, 66, "fc00::4000:0:0:0", "fc00::c000:0:0:0"},
+		{"slash124 smallest", `{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/124"}`, 126, "fc00::4", "fc00::c"},
+		{"explicit", `{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","IPv6SubnetLen":80,"IPv6SubnetMin":"fc00::1:0:0:0","IPv6SubnetMax":"fc00::2:0:0:0"}`, 80, "fc00::1:0:0:0", "fc00::2:0:0:0"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := ParseConfig([]byte(tt.json))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !cfg.EnableIPv4 || !cfg.EnableIPv6 || cfg.IPv6SubnetLen != tt.len || cfg.IPv6SubnetMin.String() != tt.min || cfg.IPv6SubnetMax.String() != tt.max {
+				t.Errorf("got v4=%v v6=%v /%d %s-%s, want /%d %s-%s", cfg.EnableIPv4, cfg.EnableIPv6, cfg.IPv6SubnetLen, cfg.IPv6SubnetMin, cfg.IPv6SubnetMax, tt.len, tt.min, tt.max)
+			}
+			if !strings.Contains(strings.Join(cfg.Notes, "\n"), "does not carry IPv6 yet") {
+				t.Errorf("no note that IPv6 is not carried: %v", cfg.Notes)
+			}
+		})
+	}
+	// Without EnableIPv6 the IPv6 keys are ignored, as flannel ignores them.
+	cfg, err := ParseConfig([]byte(`{"Network":"10.5.0.0/16","IPv6Network":"banana"}`))
+	if err != nil || cfg.EnableIPv6 || cfg.IPv6Network.IsValid() || len(cfg.Notes) != 0 {
+		t.Errorf("IPv6 keys without EnableIPv6: %+v %v", cfg, err)
+	}
+}
+
+// TestParseConfigIPv6Errors: every rule flannel has for the IPv6 half, each
+// error naming its key.
+func TestParseConfigIPv6Errors(t *testing.T) {
+	base := `"Network":"10.5.0.0/16","EnableIPv6":true`
+	for _, tt := range []struct{ name, json, want string }{
+		{"IPv6-only", `{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48"}`, `key "EnableIPv4": false (an IPv6-only network) is not supported`},
+		{"missing network", `{` + base + `}`, `key "IPv6Network" is missing`},
+		{"network not cidr", `{` + base + `,"IPv6Network":"fc00::"}`, `key "IPv6Network": "fc00::" is not an IPv6 CIDR`},
+		{"network ipv4", `{` + base + `,"IPv6Network":"10.6.0.0/16"}`, `is not an IPv6 CIDR`},
+		{"network too small", `{` + base + `,"IPv6Network":"fc00::/125"}`, `key "IPv6Network": fc00::/125 is too small; the smallest useful IPv6Network is a /124`},
+		{"subnetlen 127", `{` + base + `,"IPv6Network":"fc00::/48","IPv6SubnetLen":127}`, `key "IPv6SubnetLen": 127 is out of range`},
+		{"subnetlen too wide", `{` + base + `,"IPv6Network":"fc00::/48","IPv6SubnetLen":49}`, `key "IPv6SubnetLen": /49 leaves IPv6Network fc00::/48 room for fewer than four subnets; use /50`},
+		{"subnetlen wrong type", `{` + base + `,"IPv6Network":"fc00::/48","IPv6SubnetLen":"64"}`, `key "IPv6SubnetLen": expected a int`},
+		{"min outside", `{` + base + `,"IPv6Network":"fc00::/48","IPv6SubnetMin":"fc01::"}`, `key "IPv6SubnetMin": fc01:: is outside IPv6Network fc00::/48`},
+		{"max unaligned", `{` + base + `,"IPv6Network":"fc00::/48","IPv6SubnetMax":"fc00:0:0:5::1"}`, `key "IPv6SubnetMax": fc00:0:0:5::1 is not on a /64 boundary`},
+		{"min not ipv6", `{` + base + `,"IPv6Network":"fc00::/48","IPv6SubnetMin":"10.5.1.0"}`, `key "IPv6SubnetMin": "10.5.1.0" is not an IPv6 address`},
+		{"min above max", `{` + base + `,"IPv6Network":"fc00::/48","IPv6SubnetMin":"fc00:0:0:9::","IPv6SubnetMax":"fc00:0:0:3::"}`, `IPv6SubnetMin fc00:0:0:9:: is above IPv6SubnetMax fc00:0:0:3::`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := ParseConfig([]byte(tt.json)); err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("ParseConfig(%s) = %v, want %q", tt.json, err, tt.want)
+			}
+		})
+	}
+}
