@@ -72,10 +72,10 @@ type BackendConfig struct {
 // rawConfig mirrors the JSON so every field's type is checked by the decoder
 // and reported by name.
 type rawConfig struct {
-	Network     *string         `json:"Network"`
-	SubnetLen   *int            `json:"SubnetLen"`
-	SubnetMin   *string         `json:"SubnetMin"`
-	SubnetMax   *string         `json:"SubnetMax"`
+	Network       *string         `json:"Network"`
+	SubnetLen     *int            `json:"SubnetLen"`
+	SubnetMin     *string         `json:"SubnetMin"`
+	SubnetMax     *string         `json:"SubnetMax"`
 	EnableIPv4    *bool           `json:"EnableIPv4"`
 	EnableIPv6    bool            `json:"EnableIPv6"`
 	IPv6Network   *string         `json:"IPv6Network"`
