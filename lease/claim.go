@@ -95,8 +95,9 @@ func Claim(ctx context.Context, store Store, req ClaimRequest) (Lease, error) {
 		if err != nil {
 			return Lease{}, fmt.Errorf("writing lease: %w", err)
 		}
-		subnet, _ := ParseSubnetKey(rec.Key)
-		l := Lease{Subnet: subnet, Attrs: req.Attrs, Revision: rec.Revision, CreateRevision: rec.CreateRevision, StoreLeaseID: rec.StoreLeaseID}
+		// A dual-stack lease this host held (as flannel) keeps its key.
+		subnet, subnet6, _ := ParseSubnetKeys(rec.Key)
+		l := Lease{Subnet: subnet, IPv6Subnet: subnet6, Attrs: req.Attrs, Revision: rec.Revision, CreateRevision: rec.CreateRevision, StoreLeaseID: rec.StoreLeaseID}
 		if rec.StoreLeaseID != 0 {
 			l.Expiration = time.Now().Add(ttl)
 		}

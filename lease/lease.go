@@ -99,7 +99,10 @@ func OwnBackendType(backend string) string {
 // Lease is one host's claim on a subnet, as read from the store.
 type Lease struct {
 	Subnet netip.Prefix
-	Attrs  Attrs
+	// IPv6Subnet is the IPv6 half of a dual-stack lease (a flannel host's
+	// on a dual-stack network); invalid when there is none.
+	IPv6Subnet netip.Prefix
+	Attrs      Attrs
 	// Expiration is when the store drops the lease unless it is renewed; zero
 	// when unknown.
 	Expiration time.Time
@@ -113,32 +116,72 @@ type Lease struct {
 	StoreLeaseID int64
 }
 
-// Key is the lease's key under <prefix>/subnets/.
-func (l Lease) Key() string { return SubnetKey(l.Subnet) }
+// Key is the lease's key under <prefix>/subnets/: a dual-stack lease's
+// names both subnets, as flannel's does.
+func (l Lease) Key() string { return DualSubnetKey(l.Subnet, l.IPv6Subnet) }
 
 // SubnetKey encodes a subnet as flannel names its key: 10.5.34.0/24 → "10.5.34.0-24".
 func SubnetKey(subnet netip.Prefix) string {
 	return subnet.Addr().String() + "-" + strconv.Itoa(subnet.Bits())
 }
 
-// ParseSubnetKey decodes "10.5.34.0-24" into 10.5.34.0/24; the address must
-// be the subnet's network address.
+// DualSubnetKey is flannel's key for a dual-stack lease, the two subnets
+// joined by "&": "10.5.34.0-24&fc00:5:0:22::-64"; SubnetKey(v4) when v6 is
+// not set.
+func DualSubnetKey(v4, v6 netip.Prefix) string {
+	if !v6.IsValid() {
+		return SubnetKey(v4)
+	}
+	return SubnetKey(v4) + "&" + SubnetKey(v6)
+}
+
+// ParseSubnetKey decodes "10.5.34.0-24" into 10.5.34.0/24, and the IPv4
+// half of a dual-stack key; the address must be the subnet's network
+// address.
 func ParseSubnetKey(key string) (netip.Prefix, error) {
-	addrText, bitsText, ok := strings.Cut(key, "-")
+	v4, _, err := ParseSubnetKeys(key)
+	return v4, err
+}
+
+// ParseSubnetKeys decodes a key into its IPv4 subnet and, for a dual-stack
+// key ("10.5.34.0-24&fc00:5:0:22::-64"), its IPv6 subnet (else the zero
+// Prefix). Only the text flannel writes is accepted.
+func ParseSubnetKeys(key string) (v4, v6 netip.Prefix, err error) {
+	bad := func() (netip.Prefix, netip.Prefix, error) {
+		return netip.Prefix{}, netip.Prefix{}, fmt.Errorf("%w: key %q is not of the form 10.5.34.0-24 or 10.5.34.0-24&fc00:5:0:22::-64", ErrBadLease, key)
+	}
+	text4, text6, dual := strings.Cut(key, "&")
+	if v4, err = parseSubnetText(text4, false); err != nil {
+		return bad()
+	}
+	if dual {
+		if v6, err = parseSubnetText(text6, true); err != nil {
+			return bad()
+		}
+	}
+	for _, subnet := range []netip.Prefix{v4, v6} {
+		if subnet.IsValid() && subnet.Masked() != subnet {
+			return netip.Prefix{}, netip.Prefix{}, fmt.Errorf("%w: key %q: %s is not a subnet's network address", ErrBadLease, key, subnet.Addr())
+		}
+	}
+	return v4, v6, nil
+}
+
+// parseSubnetText reads "addr-bits" of one family, exactly as SubnetKey
+// writes it.
+func parseSubnetText(text string, ipv6 bool) (netip.Prefix, error) {
+	addrText, bitsText, ok := strings.Cut(text, "-")
 	if !ok {
-		return netip.Prefix{}, fmt.Errorf("%w: key %q is not of the form 10.5.34.0-24", ErrBadLease, key)
+		return netip.Prefix{}, ErrBadLease
 	}
 	addr, err := netip.ParseAddr(addrText)
 	bits, err2 := strconv.Atoi(bitsText)
-	if err != nil || err2 != nil || !addr.Is4() || bits < 1 || bits > 32 {
-		return netip.Prefix{}, fmt.Errorf("%w: key %q is not of the form 10.5.34.0-24", ErrBadLease, key)
+	if err != nil || err2 != nil || addr.Is4() == ipv6 || addr.Is4In6() || addr.Zone() != "" || bits < 1 || bits > addr.BitLen() {
+		return netip.Prefix{}, ErrBadLease
 	}
 	subnet := netip.PrefixFrom(addr, bits)
-	if SubnetKey(subnet) != key {
-		return netip.Prefix{}, fmt.Errorf("%w: key %q is not of the form 10.5.34.0-24", ErrBadLease, key)
-	}
-	if subnet.Masked() != subnet {
-		return netip.Prefix{}, fmt.Errorf("%w: key %q: %s is not a subnet's network address", ErrBadLease, key, addr)
+	if SubnetKey(subnet) != text {
+		return netip.Prefix{}, ErrBadLease
 	}
 	return subnet, nil
 }
@@ -156,7 +199,7 @@ func (a Attrs) Encode() []byte {
 // DecodeLease turns a stored key and value into a Lease. Any error wraps
 // ErrBadLease and names the key.
 func DecodeLease(key string, value []byte) (Lease, error) {
-	subnet, err := ParseSubnetKey(key)
+	subnet, subnet6, err := ParseSubnetKeys(key)
 	if err != nil {
 		return Lease{}, err
 	}
@@ -167,5 +210,5 @@ func DecodeLease(key string, value []byte) (Lease, error) {
 	if err := json.Unmarshal(bytes.TrimSpace(value), &attrs); err != nil {
 		return Lease{}, fmt.Errorf("%w: lease %s: %v", ErrBadLease, key, err)
 	}
-	return Lease{Subnet: subnet, Attrs: attrs}, nil
+	return Lease{Subnet: subnet, IPv6Subnet: subnet6, Attrs: attrs}, nil
 }

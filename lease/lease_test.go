@@ -109,3 +109,36 @@ func TestBackendOfALease(t *testing.T) {
 		t.Errorf("weft's udp lease %s, flannel writes %s", got, want)
 	}
 }
+
+// TestDualSubnetKey: a dual-stack lease's key round-trips to exactly the
+// text flannel writes (MakeSubnetKey), and only that text is read.
+func TestDualSubnetKey(t *testing.T) {
+	v4, v6 := netip.MustParsePrefix("10.244.1.0/24"), netip.MustParsePrefix("fc00:0:0:1::/64")
+	const flannel = "10.244.1.0-24&fc00:0:0:1::-64"
+	if got := DualSubnetKey(v4, v6); got != flannel {
+		t.Fatalf("DualSubnetKey = %q, want %q", got, flannel)
+	}
+	if got := DualSubnetKey(v4, netip.Prefix{}); got != "10.244.1.0-24" {
+		t.Fatalf("DualSubnetKey without IPv6 = %q", got)
+	}
+	g4, g6, err := ParseSubnetKeys(flannel)
+	if err != nil || g4 != v4 || g6 != v6 {
+		t.Fatalf("ParseSubnetKeys = %v %v %v", g4, g6, err)
+	}
+	if g4, err := ParseSubnetKey(flannel); err != nil || g4 != v4 {
+		t.Fatalf("ParseSubnetKey of a dual key = %v %v, want its IPv4 half", g4, err)
+	}
+	l, err := DecodeLease(flannel, []byte(`{"PublicIP":"192.168.50.7","PublicIPv6":"fc00:50::7","BackendType":"host-gw","BackendData":null,"BackendV6Data":null}`))
+	if err != nil || l.Subnet != v4 || l.IPv6Subnet != v6 || l.Key() != flannel || l.Attrs.PublicIPv6 == nil || l.Attrs.PublicIPv6.String() != "fc00:50::7" {
+		t.Fatalf("DecodeLease of flannel's dual-stack lease = %+v %v", l, err)
+	}
+	for _, bad := range []string{
+		"10.244.1.0-24&", "10.244.1.0-24&fc00:0:0:1::", "10.244.1.0-24&fc00:0:0:1::1-64", "10.244.1.0-24&fc00:0000:0:1::-64",
+		"10.244.1.0-24&10.5.0.0-16", "fc00:0:0:1::-64&10.244.1.0-24", "10.244.1.0-24&fc00:0:0:1::-129", "10.244.1.0-24&fe80::%eth0-64",
+		"10.244.1.0-24&fc00:0:0:1::-64&fc00:0:0:2::-64", "10.244.1.0-24&::ffff:10.0.0.0-120",
+	} {
+		if _, _, err := ParseSubnetKeys(bad); !errors.Is(err, ErrBadLease) {
+			t.Errorf("ParseSubnetKeys(%q) = %v, want ErrBadLease", bad, err)
+		}
+	}
+}

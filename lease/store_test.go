@@ -609,3 +609,24 @@ func TestGetAt(t *testing.T) {
 		}
 	})
 }
+
+// TestClaimSkipsDualStackSubnets: a flannel host's dual-stack lease holds
+// its IPv4 subnet like any other; weft never hands that subnet out again.
+func TestClaimSkipsDualStackSubnets(t *testing.T) {
+	stores(t, func(t *testing.T, s lease.Store) {
+		ctx := context.Background()
+		cfg := mustConfig(t, `{"Network":"10.5.0.0/16","SubnetMin":"10.5.1.0","SubnetMax":"10.5.2.0"}`)
+		if _, err := s.Create(ctx, "10.5.1.0-24&fc00:0:0:1::-64", []byte(`{"PublicIP":"192.168.9.9","PublicIPv6":"fc00::9","BackendType":"host-gw"}`), time.Hour); err != nil {
+			t.Fatal(err)
+		}
+		l, err := lease.Claim(ctx, s, lease.ClaimRequest{Config: cfg, Attrs: hostAttrs(1)})
+		if err != nil || l.Subnet.String() != "10.5.2.0/24" {
+			t.Fatalf("claim = %v %v, want 10.5.2.0/24 (10.5.1.0/24 is the dual-stack host's)", l.Subnet, err)
+		}
+		// The dual-stack host itself, come back as weft, keeps its key.
+		again, err := lease.Claim(ctx, s, lease.ClaimRequest{Config: cfg, Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("192.168.9.9"), BackendType: "host-gw"}})
+		if err != nil || again.Key() != "10.5.1.0-24&fc00:0:0:1::-64" {
+			t.Fatalf("re-claim of the dual-stack lease = %v %v", again.Key(), err)
+		}
+	})
+}
