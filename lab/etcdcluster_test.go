@@ -23,9 +23,15 @@ const etcdClusterTTL = 6 * time.Second
 // each in namespaces of its own.
 func startEtcdCluster(t *testing.T) *Lab {
 	t.Helper()
+	return startEtcdClusterTTL(t, etcdClusterTTL)
+}
+
+// startEtcdClusterTTL is startEtcdCluster with leases of ttl.
+func startEtcdClusterTTL(t *testing.T, ttl time.Duration) *Lab {
+	t.Helper()
 	t.Parallel()
 	return startCluster(t, Options{Hosts: 3, Backend: lease.BackendHostGW, EtcdMembers: 3,
-		WeftdArgs: []string{"-subnet-lease-ttl", etcdClusterTTL.String()}})
+		WeftdArgs: []string{"-subnet-lease-ttl", ttl.String()}})
 }
 
 // heldLeases maps each host's lease key to the revision that created it:
@@ -144,9 +150,12 @@ func TestEtcdClusterLeaderKilled(t *testing.T) {
 
 // TestEtcdClusterMemberCutOff takes a member off the network (link down)
 // and back: weftd goes on through the others, and its watch continues from
-// the right revision, missing and replaying no change.
+// the right revision, missing and replaying no change. A cut-off member's
+// connections fail only when keepalive gives up on them (up to 15 s), and
+// a renewal sent there waits until then: the leases here last 20 s (flannel's
+// last a day).
 func TestEtcdClusterMemberCutOff(t *testing.T) {
-	l := startEtcdCluster(t)
+	l := startEtcdClusterTTL(t, 20*time.Second)
 	h1, h2 := l.Hosts[0], l.Hosts[1]
 	before := heldLeases(t, l)
 	keys := freeKeys(l, 3)

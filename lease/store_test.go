@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -629,4 +630,39 @@ func TestClaimSkipsDualStackSubnets(t *testing.T) {
 			t.Fatalf("re-claim of the dual-stack lease = %v %v", again.Key(), err)
 		}
 	})
+}
+
+// TestWatchKeepsLeasesWhileHostsReclaim: after a wipe, a lease whose host
+// claims it again within the grace never leaves the watcher's set (the
+// data path is not torn down and rebuilt), while its own host sees it
+// missing at once; a lease nobody claims again goes after the grace.
+func TestWatchKeepsLeasesWhileHostsReclaim(t *testing.T) {
+	s := leasetest.New(nil)
+	var logs syncBuffer
+	w := watchFive(t, s, 200*time.Millisecond, &logs)
+	var gaps atomic.Int32
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		for {
+			select {
+			case <-done:
+				return
+			case <-w.Changed():
+				if _, ok := w.Lease("10.5.1.0-24"); !ok {
+					gaps.Add(1)
+				}
+			}
+		}
+	}()
+	s.Wipe()
+	waitFor(t, "the wipe seen", func() bool { _, ok := w.Record("10.5.1.0-24"); return !ok })
+	s.PutRaw("10.5.1.0-24", hostAttrs(1).Encode()) // its host claims it again
+	waitFor(t, "the leases nobody claimed again dropped", func() bool { return len(w.Leases()) == 1 })
+	if l, ok := w.Lease("10.5.1.0-24"); !ok || l.Attrs.PublicIP != hostAttrs(1).PublicIP {
+		t.Fatalf("the re-claimed lease: %+v %v", l, ok)
+	}
+	if n := gaps.Load(); n != 0 {
+		t.Errorf("the re-claimed lease left the set %d times", n)
+	}
 }

@@ -35,6 +35,11 @@ type Watcher struct {
 	// is not the one watched.
 	probe   probe
 	changes changeLog
+	// ghosts are leases missing from a list made after the store was away
+	// (down, wiped, restored), kept until their deadline: a host re-claims
+	// its lease within moments, and dropping it meanwhile would tear down
+	// a working data path only to build it again.
+	ghosts map[string]time.Time
 
 	// CheckInterval is how often the watch verifies the store is the one
 	// it listed (its revision did not go back) and is reachable.
@@ -67,6 +72,7 @@ func NewWatcher(store Store, log *slog.Logger) *Watcher {
 		records: map[string]Record{},
 		leases:  map[string]Lease{},
 		warned:  map[string]int64{},
+		ghosts:  map[string]time.Time{},
 
 		CheckInterval: 10 * time.Second,
 	}
@@ -120,10 +126,15 @@ func (w *Watcher) ChangesSince(gen uint64) (keys []string, next uint64, whole bo
 }
 
 // Record returns the raw record at key as the store holds it, valid or
-// not (Lease returns only a lease that decodes).
+// not (Lease returns only a lease that decodes). A ghost (a lease kept
+// while its host re-claims it after the store was away) is not in the
+// store: its own host must see it missing and claim it again.
 func (w *Watcher) Record(key string) (Record, bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if _, ghost := w.ghosts[key]; ghost {
+		return Record{}, false
+	}
 	r, ok := w.records[key]
 	return r, ok
 }
@@ -131,8 +142,10 @@ func (w *Watcher) Record(key string) (Record, bool) {
 // Run lists and watches until ctx ends; it only returns ctx's error.
 func (w *Watcher) Run(ctx context.Context) error {
 	backoff := NewBackoff(500*time.Millisecond, 30*time.Second)
+	keep := false // the first list has nothing to keep
 	for {
-		rev, err := w.relist(ctx)
+		rev, err := w.relist(ctx, keep)
+		keep = true
 		if err == nil {
 			err = w.follow(ctx, rev)
 			if ctx.Err() == nil && (errors.Is(err, ErrCompacted) || errors.Is(err, errRewound) || errors.Is(err, errReconnected)) {
@@ -141,6 +154,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 				if errors.Is(err, ErrCompacted) {
 					w.log.Info("watch fell behind a compaction; listing leases again")
 				}
+				keep = !errors.Is(err, ErrCompacted)
 				backoff.Reset()
 				continue
 			}
@@ -156,12 +170,16 @@ func (w *Watcher) Run(ctx context.Context) error {
 	}
 }
 
-func (w *Watcher) relist(ctx context.Context) (int64, error) {
+// relist reads every record afresh. With keep (a list after the store was
+// away), leases the store no longer has stay as ghosts for two check
+// intervals.
+func (w *Watcher) relist(ctx context.Context, keep bool) (int64, error) {
 	records, rev, err := w.store.List(ctx)
 	if err != nil {
 		return 0, err
 	}
 	w.mu.Lock()
+	oldRecords, oldLeases := w.records, w.leases
 	w.records = make(map[string]Record, len(records))
 	w.leases = make(map[string]Lease, len(records))
 	w.probe = probe{}
@@ -169,6 +187,23 @@ func (w *Watcher) relist(ctx context.Context) (int64, error) {
 		w.putLocked(r)
 		if r.Revision > w.probe.rev {
 			w.probe = probe{key: r.Key, rev: r.Revision, present: true}
+		}
+	}
+	for key := range w.ghosts {
+		if _, back := w.records[key]; back || !keep {
+			delete(w.ghosts, key)
+		}
+	}
+	if keep {
+		deadline := time.Now().Add(2 * w.CheckInterval)
+		for key, l := range oldLeases {
+			if _, listed := w.records[key]; listed {
+				continue
+			}
+			w.records[key], w.leases[key] = oldRecords[key], l
+			if _, ghost := w.ghosts[key]; !ghost {
+				w.ghosts[key] = deadline
+			}
 		}
 	}
 	w.synced = true
@@ -230,6 +265,7 @@ func (w *Watcher) follow(ctx context.Context, rev int64) error {
 				if err := w.checkHistory(ctx, p, last); err != nil {
 					return err
 				}
+				w.dropGhosts(time.Now())
 			}
 			continue
 		}
@@ -240,6 +276,7 @@ func (w *Watcher) follow(ctx context.Context, rev int64) error {
 		for _, ev := range resp.Events {
 			w.lastRev = max(w.lastRev, ev.Record.Revision)
 			w.probe = probe{key: ev.Record.Key, rev: ev.Record.Revision, present: !ev.Deleted}
+			delete(w.ghosts, ev.Record.Key)
 			w.changes.add(ev.Record.Key)
 			if ev.Deleted {
 				delete(w.records, ev.Record.Key)
@@ -250,6 +287,28 @@ func (w *Watcher) follow(ctx context.Context, rev int64) error {
 			w.putLocked(ev.Record)
 		}
 		w.mu.Unlock()
+		w.notify()
+	}
+}
+
+// dropGhosts removes the ghost leases whose deadline passed: their hosts
+// did not come back.
+func (w *Watcher) dropGhosts(now time.Time) {
+	w.mu.Lock()
+	dropped := false
+	for key, deadline := range w.ghosts {
+		if now.Before(deadline) {
+			continue
+		}
+		delete(w.ghosts, key)
+		delete(w.records, key)
+		delete(w.leases, key)
+		w.changes.add(key)
+		dropped = true
+		w.log.Info("lease not back after the store returned; dropping it", "key", key)
+	}
+	w.mu.Unlock()
+	if dropped {
 		w.notify()
 	}
 }
