@@ -92,9 +92,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 	var err error
 	switch {
 	case len(cmd) == 3 && cmd[0] == "config" && cmd[1] == "validate":
-		_, err = readConfigFile(cmd[2])
+		var notes []string
+		_, notes, err = readConfigFile(cmd[2])
 		if err == nil {
 			fmt.Fprintln(stdout, "config is valid")
+			for _, n := range notes {
+				fmt.Fprintln(stdout, "note:", n)
+			}
 		}
 	case len(cmd) == 2 && cmd[0] == "config" && cmd[1] == "get":
 		err = withStore(opts, func(s *lease.EtcdStore) error {
@@ -105,10 +109,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return err
 		})
 	case len(cmd) == 3 && cmd[0] == "config" && cmd[1] == "put":
-		raw, verr := readConfigFile(cmd[2])
+		raw, notes, verr := readConfigFile(cmd[2])
 		if verr != nil {
 			err = fmt.Errorf("%w; nothing was written to etcd", verr)
 			break
+		}
+		for _, n := range notes {
+			fmt.Fprintln(stderr, "weftctl: note:", n)
 		}
 		err = withStore(opts, func(s *lease.EtcdStore) error { return s.PutConfig(ctx, raw) })
 	case cmd[0] == "status":
@@ -173,7 +180,9 @@ func withStore(opts lease.EtcdOptions, f func(*lease.EtcdStore) error) error {
 }
 
 // readConfigFile reads and validates a config file; "-" is stdin.
-func readConfigFile(path string) ([]byte, error) {
+// readConfigFile reads and checks a network config file ("-": stdin); the
+// notes say what weft reads differently from how it is written.
+func readConfigFile(path string) ([]byte, []string, error) {
 	var raw []byte
 	var err error
 	if path == "-" {
@@ -182,16 +191,16 @@ func readConfigFile(path string) ([]byte, error) {
 		raw, err = os.ReadFile(path)
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	cfg, err := lease.ParseConfig(raw)
 	if err == nil {
 		err = backends.ValidateOptions(cfg)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, nil, fmt.Errorf("%s: %w", path, err)
 	}
-	return raw, nil
+	return raw, cfg.Notes, nil
 }
 
 // leaseRow is one line of `weftctl leases`.
