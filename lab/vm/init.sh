@@ -18,6 +18,14 @@ R=/newroot
 mkdir -p /lib/modules/{{.Version}}
 mount --bind "$R{{.ModulesDir}}" /lib/modules/{{.Version}} || fail "binding the module tree {{.ModulesDir}}"
 for m in {{.Preload}}; do modprobe "$m" || fail "loading module $m"; done
+# The tests get a fresh tmpfs on /run, /tmp and /var/tmp; what must stay
+# visible through them (the repository, the run's binaries, wherever they
+# are) is bound aside first and put back after.
+i=0
+for p in {{.Keep}}; do
+	mkdir -p "/keep/$i" && mount --bind "$R$p" "/keep/$i" || fail "keeping $p visible"
+	i=$((i+1))
+done
 mount -t proc proc $R/proc
 mount -t sysfs sys $R/sys
 mount -t devtmpfs dev $R/dev
@@ -25,6 +33,13 @@ mkdir -p $R/dev/pts $R/dev/shm
 mount -t devpts devpts $R/dev/pts
 mount -t tmpfs shm $R/dev/shm
 for d in run tmp var/tmp; do mount -t tmpfs "vm-$d" "$R/$d" || fail "mounting a tmpfs on /$d"; done
+i=0
+for p in {{.Keep}}; do
+	if [ ! -d "$R$p" ]; then
+		mkdir -p "$R$p" && mount --bind "/keep/$i" "$R$p" || fail "putting $p back"
+	fi
+	i=$((i+1))
+done
 mkdir -p $R/run/weft-vm
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288 results $R/run/weft-vm ||
 	fail "mounting the results directory (9p tag results)"

@@ -25,8 +25,16 @@ var initScript string
 // missing module shows at boot and not as a skipped test.
 var preloadModules = []string{"tun", "wireguard"}
 
-// InitScript renders /init for kernel k.
-func InitScript(k Kernel) ([]byte, error) {
+// InitScript renders /init for kernel k. keep are directories of this
+// machine the tests need (the repository, the built binaries) that must
+// stay visible even when they lie under /tmp, /var/tmp or /run, which the
+// VM covers with a tmpfs of its own.
+func InitScript(k Kernel, keep ...string) ([]byte, error) {
+	for _, p := range keep {
+		if !filepath.IsAbs(p) || strings.ContainsAny(p, " \t\n'\"$`\\") {
+			return nil, fmt.Errorf("the VM tier needs a plain absolute path, not %q (move it, or clone the repository elsewhere)", p)
+		}
+	}
 	t, err := template.New("init").Parse(initScript)
 	if err != nil {
 		return nil, err
@@ -37,6 +45,7 @@ func InitScript(k Kernel) ([]byte, error) {
 		"ModulesDir":  k.ModulesDir(),
 		"BootModules": strings.Join(bootModules, " "),
 		"Preload":     strings.Join(preloadModules, " "),
+		"Keep":        strings.Join(keep, " "),
 	})
 	return b.Bytes(), err
 }

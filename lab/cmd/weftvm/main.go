@@ -100,7 +100,11 @@ func run(ctx context.Context, cache, repo, busybox, accel string, cpus int, memo
 			return nil, fmt.Errorf("go %s: %v\n%s", strings.Join(b, " "), err, out)
 		}
 	}
-	initScript, err := vm.InitScript(kernel)
+	keep := []string{repo, dir}
+	if st, err := os.Stat(filepath.Join(filepath.Dir(repo), "shared")); err == nil && st.IsDir() {
+		keep = append(keep, filepath.Join(filepath.Dir(repo), "shared")) // ../shared, as the tests expect it
+	}
+	initScript, err := vm.InitScript(kernel, keep...)
 	if err != nil {
 		return nil, err
 	}
