@@ -23,7 +23,11 @@ for m in {{.Preload}}; do modprobe "$m" || fail "loading module $m"; done
 # are) is bound aside first and put back after.
 i=0
 for p in {{.Keep}}; do
-	mkdir -p "/keep/$i" && mount --bind "$R$p" "/keep/$i" || fail "keeping $p visible"
+	if [ -L "$R$p" ]; then
+		readlink "$R$p" > "/keep/$i.link" # a symlink (../shared): made again
+	else
+		mkdir -p "/keep/$i" && mount --bind "$R$p" "/keep/$i" || fail "keeping $p visible"
+	fi
 	i=$((i+1))
 done
 mount -t proc proc $R/proc
@@ -35,7 +39,11 @@ mount -t tmpfs shm $R/dev/shm
 for d in run tmp var/tmp; do mount -t tmpfs "vm-$d" "$R/$d" || fail "mounting a tmpfs on /$d"; done
 i=0
 for p in {{.Keep}}; do
-	if [ ! -d "$R$p" ]; then
+	if [ -L "$R$p" ] || [ -e "$R$p" ]; then
+		: # not under a tmpfs of the VM's
+	elif [ -f "/keep/$i.link" ]; then
+		mkdir -p "$(dirname "$R$p")" && ln -s "$(cat "/keep/$i.link")" "$R$p" || fail "putting $p back"
+	else
 		mkdir -p "$R$p" && mount --bind "/keep/$i" "$R$p" || fail "putting $p back"
 	fi
 	i=$((i+1))
