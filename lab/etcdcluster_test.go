@@ -247,7 +247,7 @@ func TestEtcdClusterQuorumLost(t *testing.T) {
 	time.Sleep(2 * etcdClusterTTL)
 	checkLeasesKept(t, l, before)
 	log := h1.LogTailFrom(offset)
-	said := strings.Count(log, "unreachable") + strings.Count(log, "unavailable") + strings.Count(log, "cannot renew")
+	said := outageLines(log)
 	if said < 1 || said > 20 {
 		t.Errorf("%d log lines about the outage; want it said, once per back-off step at most:\n%s", said, log)
 	}

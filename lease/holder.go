@@ -87,6 +87,7 @@ func (h *Holder) renewAfter() time.Duration {
 func (h *Holder) Run(ctx context.Context) error {
 	backoff := NewBackoff(time.Second, 30*time.Second)
 	next := h.renewAfter()
+	failed := 0 // attempts failed in a row: an outage is said once
 	for {
 		timer := time.NewTimer(next)
 		renew := false
@@ -106,6 +107,10 @@ func (h *Holder) Run(ctx context.Context) error {
 		err := h.refresh(actx, renew)
 		cancel()
 		if err == nil {
+			if failed > 0 {
+				h.log.Info("lease renewed again", "subnet", h.Current().Subnet, "failed_attempts", failed)
+			}
+			failed = 0
 			backoff.Reset()
 			next = h.renewAfter()
 			continue
@@ -116,7 +121,12 @@ func (h *Holder) Run(ctx context.Context) error {
 		// Several tries fit in a short TTL: each may land on another
 		// etcd member, and one live member is enough.
 		next = min(backoff.Next(), max(h.req.TTL/6, 500*time.Millisecond))
-		h.log.Warn("cannot renew lease; the data path stays as it is; retrying", "subnet", h.Current().Subnet, "err", err, "retry_in", next)
+		failed++
+		level := slog.LevelWarn
+		if failed > 1 {
+			level = slog.LevelDebug // said at the first failure
+		}
+		h.log.Log(ctx, level, "cannot renew lease; the data path stays as it is; retrying", "subnet", h.Current().Subnet, "err", err, "retry_in", next, "attempt", failed)
 	}
 }
 
