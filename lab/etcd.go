@@ -108,19 +108,11 @@ func (l *Lab) StartMember(m *Member) error {
 	cmd := exec.Command("ip", "netns", "exec", m.Netns, l.opts.Self)
 	cmd.Env = append(os.Environ(), RoleEnv+"=etcd", "WEFTLAB_ETCD_DIR="+m.Dir, "WEFTLAB_ETCD_HOST="+m.Addr.String(),
 		"WEFTLAB_ETCD_NAME="+m.Name, "WEFTLAB_ETCD_CLUSTER="+l.initialCluster())
-	logFile, err := os.OpenFile(filepath.Join(l.Dir, "etcd-"+m.Name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	done, err := startChild(cmd, filepath.Join(l.Dir, "etcd-"+m.Name+".log"))
 	if err != nil {
-		return err
-	}
-	defer logFile.Close()
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("starting etcd member %s: %w", m.Name, err)
 	}
-	m.cmd, m.done = cmd, make(chan struct{})
-	done := m.done
-	go func() { cmd.Wait(); close(done) }()
+	m.cmd, m.done = cmd, done
 	return nil
 }
 

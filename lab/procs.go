@@ -33,11 +33,6 @@ func (l *Lab) StartWeftd(h *Host, extra ...string) error {
 	for len(h.ready) > 0 {
 		<-h.ready // only a READY from this run counts
 	}
-	logFile, err := os.OpenFile(h.LogPath(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return err
-	}
-	defer logFile.Close()
 	// Each host gets its own mount namespace with a private
 	// /run/wireguard, as separate machines would: the UAPI socket
 	// weft-wg.sock is then one per host, not one for the whole lab.
@@ -54,15 +49,30 @@ func (l *Lab) StartWeftd(h *Host, extra ...string) error {
 	args = append(append(args, l.opts.WeftdArgs...), extra...)
 	cmd := exec.Command("ip", args...)
 	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+filepath.Join(h.Dir, "notify.sock"))
+	exited, err := startChild(cmd, h.LogPath())
+	if err != nil {
+		return fmt.Errorf("starting weftd on %s: %w", h.Name, err)
+	}
+	h.cmd, h.exited = cmd, exited
+	return nil
+}
+
+// startChild starts cmd with its output appended to logPath, killed if the
+// lab dies; the returned channel closes when it has exited.
+func startChild(cmd *exec.Cmd, logPath string) (chan struct{}, error) {
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	defer logFile.Close()
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("starting weftd on %s: %w", h.Name, err)
+		return nil, err
 	}
-	h.cmd, h.exited = cmd, make(chan struct{})
-	exited := h.exited
-	go func() { cmd.Wait(); close(exited) }()
-	return nil
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	return done, nil
 }
 
 func readNotify(conn *net.UnixConn, ready chan<- struct{}) {

@@ -170,28 +170,44 @@ func (c *Config) setRange(minText, maxText *string) error {
 	// Network's own address, which breaks broadcast on some hosts.
 	c.SubnetMin = u32ToAddr(first + size)
 	c.SubnetMax = u32ToAddr(last - size + 1)
-	for _, bound := range []struct {
-		key  string
-		text *string
-		dst  *netip.Addr
-	}{{"SubnetMin", minText, &c.SubnetMin}, {"SubnetMax", maxText, &c.SubnetMax}} {
-		if bound.text == nil || *bound.text == "" {
+	return setBounds(bounds{"SubnetMin", minText, &c.SubnetMin}, bounds{"SubnetMax", maxText, &c.SubnetMax},
+		c.Network, "Network", c.SubnetLen, "SubnetLen")
+}
+
+// bounds is one of SubnetMin/SubnetMax (or their IPv6 twins): its key, its
+// text in the config (nil or "" keeps the default already in dst).
+type bounds struct {
+	key  string
+	text *string
+	dst  *netip.Addr
+}
+
+// setBounds reads the lower and upper subnet bounds: each an address of
+// network's family, inside it (netKey names it), on a /bits boundary
+// (lenKey names that), the lower not above the upper.
+func setBounds(lo, hi bounds, network netip.Prefix, netKey string, bits int, lenKey string) error {
+	family := "IPv4"
+	if network.Addr().Is6() {
+		family = "IPv6"
+	}
+	for _, b := range []bounds{lo, hi} {
+		if b.text == nil || *b.text == "" {
 			continue
 		}
-		addr, err := netip.ParseAddr(*bound.text)
-		if err != nil || !addr.Is4() {
-			return configErr("key %q: %q is not an IPv4 address", bound.key, *bound.text)
+		addr, err := netip.ParseAddr(*b.text)
+		if err != nil || addr.Is4() != network.Addr().Is4() || addr.Is4In6() {
+			return configErr("key %q: %q is not an %s address", b.key, *b.text, family)
 		}
-		if !c.Network.Contains(addr) {
-			return configErr("key %q: %s is outside Network %s", bound.key, addr, c.Network)
+		if !network.Contains(addr) {
+			return configErr("key %q: %s is outside %s %s", b.key, addr, netKey, network)
 		}
-		if addrToU32(addr)&(size-1) != 0 {
-			return configErr("key %q: %s is not on a /%d boundary (SubnetLen)", bound.key, addr, c.SubnetLen)
+		if netip.PrefixFrom(addr, bits).Masked().Addr() != addr {
+			return configErr("key %q: %s is not on a /%d boundary (%s)", b.key, addr, bits, lenKey)
 		}
-		*bound.dst = addr
+		*b.dst = addr
 	}
-	if c.SubnetMin.Compare(c.SubnetMax) > 0 {
-		return configErr(`keys "SubnetMin" and "SubnetMax": SubnetMin %s is above SubnetMax %s`, c.SubnetMin, c.SubnetMax)
+	if lo.dst.Compare(*hi.dst) > 0 {
+		return configErr(`keys %q and %q: %s %s is above %s %s`, lo.key, hi.key, lo.key, *lo.dst, hi.key, *hi.dst)
 	}
 	return nil
 }

@@ -45,28 +45,9 @@ func (c *Config) setIPv6(raw rawConfig) error {
 	last := new(big.Int).Add(first, new(big.Int).Lsh(big.NewInt(1), uint(128-bits)))
 	c.IPv6SubnetMin = bigToAddr(new(big.Int).Add(first, size))
 	c.IPv6SubnetMax = bigToAddr(last.Sub(last, size))
-	for _, bound := range []struct {
-		key  string
-		text *string
-		dst  *netip.Addr
-	}{{"IPv6SubnetMin", raw.IPv6SubnetMin, &c.IPv6SubnetMin}, {"IPv6SubnetMax", raw.IPv6SubnetMax, &c.IPv6SubnetMax}} {
-		if bound.text == nil || *bound.text == "" {
-			continue
-		}
-		addr, err := netip.ParseAddr(*bound.text)
-		if err != nil || !addr.Is6() || addr.Is4In6() {
-			return configErr("key %q: %q is not an IPv6 address", bound.key, *bound.text)
-		}
-		if !c.IPv6Network.Contains(addr) {
-			return configErr("key %q: %s is outside IPv6Network %s", bound.key, addr, c.IPv6Network)
-		}
-		if netip.PrefixFrom(addr, c.IPv6SubnetLen).Masked().Addr() != addr {
-			return configErr("key %q: %s is not on a /%d boundary (IPv6SubnetLen)", bound.key, addr, c.IPv6SubnetLen)
-		}
-		*bound.dst = addr
-	}
-	if c.IPv6SubnetMin.Compare(c.IPv6SubnetMax) > 0 {
-		return configErr(`keys "IPv6SubnetMin" and "IPv6SubnetMax": IPv6SubnetMin %s is above IPv6SubnetMax %s`, c.IPv6SubnetMin, c.IPv6SubnetMax)
+	if err := setBounds(bounds{"IPv6SubnetMin", raw.IPv6SubnetMin, &c.IPv6SubnetMin}, bounds{"IPv6SubnetMax", raw.IPv6SubnetMax, &c.IPv6SubnetMax},
+		c.IPv6Network, "IPv6Network", c.IPv6SubnetLen, "IPv6SubnetLen"); err != nil {
+		return err
 	}
 	c.Notes = append(c.Notes, `key "EnableIPv6": the IPv6 half is checked but weft does not carry IPv6 yet; hosts lease and route IPv4 only`)
 	return nil

@@ -101,13 +101,22 @@ type Machine struct {
 	Console io.Writer
 }
 
+// Qemu finds qemu-system-x86_64, or says which package brings it.
+func Qemu() (string, error) {
+	qemu, err := exec.LookPath("qemu-system-x86_64")
+	if err != nil {
+		return "", errors.New("qemu-system-x86_64 not found: the VM tier needs Debian's qemu-system-x86 (make deps installs it)")
+	}
+	return qemu, nil
+}
+
 // Boot runs the VM until it powers off. The VM's own verdict is in
 // Results (rc and test.log); Boot fails only when qemu does, or on
 // timeout.
 func (m Machine) Boot(ctx context.Context) error {
-	qemu, err := exec.LookPath("qemu-system-x86_64")
+	qemu, err := Qemu()
 	if err != nil {
-		return errors.New("qemu-system-x86_64 not found: the VM tier needs Debian's qemu-system-x86 (make deps installs it)")
+		return err
 	}
 	if m.Accel == "kvm" {
 		if _, err := os.Stat("/dev/kvm"); err != nil {

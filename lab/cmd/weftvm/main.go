@@ -68,8 +68,8 @@ func run(ctx context.Context, cache, repo, busybox, accel string, cpus int, memo
 	if err != nil {
 		return nil, err
 	}
-	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
-		return nil, fmt.Errorf("qemu-system-x86_64 not found: the VM tier needs Debian's qemu-system-x86 (make deps installs it)")
+	if _, err := vm.Qemu(); err != nil { // before minutes of fetching and building
+		return nil, err
 	}
 	kernel, err := vm.FetchKernel(cache)
 	if err != nil {
