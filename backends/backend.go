@@ -50,6 +50,9 @@ type Env struct {
 	Log      *slog.Logger
 	// PublicIP is what this host's lease publishes.
 	PublicIP netip.Addr
+	// PublicIPv6 is the lease's PublicIPv6 on a dual-stack network, else
+	// invalid.
+	PublicIPv6 netip.Addr
 	// KeyFile is where the WireGuard private key lives.
 	KeyFile string
 	// Kernel is the network stack the backend programs.
@@ -60,6 +63,13 @@ type Env struct {
 	// WireGuardImplementation, when set, overrides the config's
 	// Backend.Implementation on this host (weftd's -wireguard-implementation).
 	WireGuardImplementation string
+}
+
+// DualStack is a backend that publishes data of its own for its IPv6 half
+// (flannel's BackendV6Data: the wireguard backend's IPv6 port).
+type DualStack interface {
+	Backend
+	BackendV6Data() json.RawMessage
 }
 
 // KeyReloader is a backend whose identity key can change at run time.

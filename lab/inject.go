@@ -59,7 +59,7 @@ func SendRawUDP(ns string, src, dst netip.AddrPort, payload []byte) error {
 func ReceiveUDP(ns string, addr netip.AddrPort, wait time.Duration, during func()) ([]string, error) {
 	var conn *net.UDPConn
 	err := inNetns(ns, func() (err error) {
-		conn, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(addr))
+		conn, err = net.ListenUDP("udp", net.UDPAddrFromAddrPort(addr))
 		return err
 	})
 	if err != nil {
@@ -107,7 +107,7 @@ func (l *Lab) AddUnderlayNetns(role string, n int) (string, netip.Addr, error) {
 // program in a container would.
 func SendUDP(ns string, dst netip.AddrPort, payload []byte) error {
 	return inNetns(ns, func() error {
-		c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(dst))
+		c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(dst))
 		if err != nil {
 			return err
 		}

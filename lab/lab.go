@@ -29,7 +29,11 @@ import (
 // these never meet the machine's real networks.
 const (
 	underlayPrefix = "192.168.50.0/24"
-	etcdPort       = 2379
+	// underlayPrefix6 is the underlay's IPv6 network in a dual-stack lab.
+	underlayPrefix6 = "fd50::/64"
+	// DefaultIPv6Network is the overlay's IPv6 pool in a dual-stack lab.
+	DefaultIPv6Network = "fc00:5::/48"
+	etcdPort           = 2379
 	// DefaultNetwork is the overlay pool the lab configures.
 	DefaultNetwork = "10.5.0.0/16"
 )
@@ -60,6 +64,10 @@ type Options struct {
 	// namespace of its own on the underlay, and weftd gets every
 	// member's endpoint.
 	EtcdMembers int
+	// IPv6 makes the lab dual stack: the underlay gets IPv6 addresses
+	// beside its IPv4 ones, the config "EnableIPv6" with
+	// DefaultIPv6Network, and every container an address of each family.
+	IPv6 bool
 	// Dir keeps logs and state; a temporary directory when empty.
 	Dir string
 	// Log receives progress lines; nil for none.
@@ -74,6 +82,10 @@ type Host struct {
 	PublicIP  netip.Addr
 	Dir       string
 	Subnet    netip.Prefix
+	// PublicIPv6 and IPv6Subnet are the host's IPv6 underlay address and
+	// leased IPv6 subnet in a dual-stack lab; invalid otherwise.
+	PublicIPv6 netip.Addr
+	IPv6Subnet netip.Prefix
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -140,9 +152,17 @@ func New(opts Options) (l *Lab, err error) {
 	); err != nil {
 		return l, err
 	}
+	if opts.IPv6 {
+		if err := run("ip", "-n", ul, "addr", "add", l.underlayAddr6(1).String()+"/64", "dev", "br0", "nodad"); err != nil {
+			return l, err
+		}
+	}
 	for i := 1; i <= opts.Hosts; i++ {
 		h := &Host{Index: i, Name: fmt.Sprintf("wl%s-h%d", l.ID, i), Container: fmt.Sprintf("wl%s-c%d", l.ID, i),
 			PublicIP: l.underlayAddr(10 + i), Dir: filepath.Join(l.Dir, fmt.Sprintf("h%d", i))}
+		if opts.IPv6 {
+			h.PublicIPv6 = l.underlayAddr6(10 + i)
+		}
 		if err := os.MkdirAll(h.Dir, 0o755); err != nil {
 			return l, err
 		}
@@ -164,6 +184,13 @@ func (l *Lab) underlayAddr(n int) netip.Addr {
 	b := netip.MustParsePrefix(underlayPrefix).Addr().As4()
 	b[3] = byte(n)
 	return netip.AddrFrom4(b)
+}
+
+// underlayAddr6 is the IPv6 twin of underlayAddr(n), for a dual-stack lab.
+func (l *Lab) underlayAddr6(n int) netip.Addr {
+	b := netip.MustParsePrefix(underlayPrefix6).Addr().As16()
+	b[15] = byte(n)
+	return netip.AddrFrom16(b)
 }
 
 // EtcdEndpoint is the value of weftd's -etcd-endpoints: every member's
@@ -197,13 +224,22 @@ func (l *Lab) plugIn(ns, port string, addr, gw netip.Addr) error {
 	if err := l.addNetns(ns); err != nil {
 		return err
 	}
-	return RunAll(
-		[]string{"ip", "-n", l.Underlay, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns},
-		[]string{"ip", "-n", l.Underlay, "link", "set", port, "master", "br0", "up"},
-		[]string{"ip", "-n", ns, "addr", "add", addr.String() + "/24", "dev", "eth0"},
-		[]string{"ip", "-n", ns, "link", "set", "eth0", "up"},
-		[]string{"ip", "-n", ns, "route", "add", "default", "via", gw.String()},
-	)
+	cmds := [][]string{
+		{"ip", "-n", l.Underlay, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns},
+		{"ip", "-n", l.Underlay, "link", "set", port, "master", "br0", "up"},
+		{"ip", "-n", ns, "addr", "add", addr.String() + "/24", "dev", "eth0"},
+		{"ip", "-n", ns, "link", "set", "eth0", "up"},
+		{"ip", "-n", ns, "route", "add", "default", "via", gw.String()},
+	}
+	if l.opts.IPv6 {
+		// The same host number on the IPv6 underlay; nodad, so the
+		// address is usable at once rather than after duplicate detection.
+		addr6 := l.underlayAddr6(int(addr.As4()[3]))
+		cmds = append(cmds,
+			[]string{"ip", "-n", ns, "addr", "add", addr6.String() + "/64", "dev", "eth0", "nodad"},
+			[]string{"ip", "-n", ns, "-6", "route", "add", "default", "via", l.underlayAddr6(1).String()})
+	}
+	return RunAll(cmds...)
 }
 
 // PutConfig writes the network config into etcd.
@@ -215,6 +251,9 @@ func (l *Lab) PutConfig(ctx context.Context, config string) error {
 func (l *Lab) Config() string {
 	if l.opts.Config != "" {
 		return l.opts.Config
+	}
+	if l.opts.IPv6 {
+		return fmt.Sprintf(`{"Network":%q,"EnableIPv6":true,"IPv6Network":%q,"Backend":{"Type":%q}}`, DefaultNetwork, DefaultIPv6Network, l.opts.Backend)
 	}
 	return fmt.Sprintf(`{"Network":%q,"Backend":{"Type":%q}}`, DefaultNetwork, l.opts.Backend)
 }

@@ -25,23 +25,7 @@ func TestIPMasqAndCleanup(t *testing.T) {
 	outside := netip.AddrPortFrom(l.underlayAddr(1), 7000) // the underlay's gateway, outside the Network
 
 	t.Run("leaving the Network is masqueraded, inside it is not", func(t *testing.T) {
-		got, err := ReceiveUDP(l.Underlay, outside, time.Second, func() {
-			if err := SendUDP(h1.Container, outside, []byte("out")); err != nil {
-				t.Error(err)
-			}
-		})
-		if err != nil || len(got) != 1 || !strings.Contains(got[0], "from "+h1.PublicIP.String()+":") {
-			t.Errorf("outside receiver got %v (%v), want one datagram from %s", got, err, h1.PublicIP)
-		}
-		inside := netip.AddrPortFrom(h2.ContainerIP(), 7001)
-		got, err = ReceiveUDP(h2.Container, inside, time.Second, func() {
-			if err := SendUDP(h1.Container, inside, []byte("in")); err != nil {
-				t.Error(err)
-			}
-		})
-		if err != nil || len(got) != 1 || !strings.Contains(got[0], "from "+h1.ContainerIP().String()+":") {
-			t.Errorf("container receiver got %v (%v), want one datagram from %s", got, err, h1.ContainerIP())
-		}
+		checkMasquerade(t, l, h1, outside, h1.PublicIP, netip.AddrPortFrom(h2.ContainerIP(), 7001), h2, h1.ContainerIP())
 	})
 
 	t.Run("rules deleted by hand come back", func(t *testing.T) {
@@ -85,6 +69,27 @@ func TestIPMasqAndCleanup(t *testing.T) {
 			t.Error("subnet file left")
 		}
 	})
+}
+
+// checkMasquerade sends a datagram from from's container to outside (in
+// the underlay namespace), which must arrive from masqAs, and one to
+// inside (in to's container), which must keep its source, keepAs.
+func checkMasquerade(t *testing.T, l *Lab, from *Host, outside netip.AddrPort, masqAs netip.Addr, inside netip.AddrPort, to *Host, keepAs netip.Addr) {
+	t.Helper()
+	for _, c := range []struct {
+		ns   string
+		dst  netip.AddrPort
+		want netip.Addr
+	}{{l.Underlay, outside, masqAs}, {to.Container, inside, keepAs}} {
+		got, err := ReceiveUDP(c.ns, c.dst, time.Second, func() {
+			if err := SendUDP(from.Container, c.dst, []byte("hello")); err != nil {
+				t.Error(err)
+			}
+		})
+		if src := netip.AddrPortFrom(c.want, 0).String(); err != nil || len(got) != 1 || !strings.Contains(got[0], "from "+strings.TrimSuffix(src, ":0")+":") {
+			t.Errorf("receiver at %s got %v (%v), want one datagram from %s", c.dst, got, err, c.want)
+		}
+	}
 }
 
 // TestLeasesStatusMetrics checks what operators look at against the truth

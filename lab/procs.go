@@ -157,7 +157,7 @@ func (l *Lab) WaitReady(ctx context.Context, h *Host) error {
 	if err != nil {
 		return err
 	}
-	h.Subnet = env.Subnet
+	h.Subnet, h.IPv6Subnet = env.Subnet, env.IPv6Subnet
 	return nil
 }
 
@@ -177,6 +177,15 @@ func (h *Host) LogTail(n int) string {
 // ContainerIP is the address of h's container.
 func (h *Host) ContainerIP() netip.Addr { return h.Subnet.Addr().Next().Next() }
 
+// ContainerIPv6 is the IPv6 address of h's container in a dual-stack lab,
+// invalid otherwise.
+func (h *Host) ContainerIPv6() netip.Addr {
+	if !h.IPv6Subnet.IsValid() {
+		return netip.Addr{}
+	}
+	return h.IPv6Subnet.Addr().Next().Next()
+}
+
 // AddContainer puts a container namespace behind a bridge on h, addressed
 // from h's subnet as docker would with --bip=$FLANNEL_SUBNET.
 func (l *Lab) AddContainer(h *Host) error {
@@ -190,53 +199,100 @@ func (l *Lab) AddContainer(h *Host) error {
 	bridgeIP := netip.PrefixFrom(env.Subnet.Addr().Next(), env.Subnet.Bits())
 	cIP := netip.PrefixFrom(bridgeIP.Addr().Next(), env.Subnet.Bits())
 	mtu := strconv.Itoa(env.MTU)
-	return RunAll(
-		[]string{"ip", "-n", h.Name, "link", "add", "cbr0", "mtu", mtu, "type", "bridge"},
-		[]string{"ip", "-n", h.Name, "addr", "add", bridgeIP.String(), "dev", "cbr0"},
-		[]string{"ip", "-n", h.Name, "link", "set", "cbr0", "up"},
-		[]string{"ip", "-n", h.Name, "link", "add", "vc0", "mtu", mtu, "type", "veth", "peer", "name", "eth0", "netns", h.Container},
-		[]string{"ip", "-n", h.Name, "link", "set", "vc0", "master", "cbr0", "up"},
-		[]string{"ip", "-n", h.Container, "addr", "add", cIP.String(), "dev", "eth0"},
-		[]string{"ip", "-n", h.Container, "link", "set", "eth0", "up"},
-		[]string{"ip", "-n", h.Container, "route", "add", "default", "via", bridgeIP.Addr().String()},
-	)
+	cmds := [][]string{
+		{"ip", "-n", h.Name, "link", "add", "cbr0", "mtu", mtu, "type", "bridge"},
+		{"ip", "-n", h.Name, "addr", "add", bridgeIP.String(), "dev", "cbr0"},
+		{"ip", "-n", h.Name, "link", "set", "cbr0", "up"},
+		{"ip", "-n", h.Name, "link", "add", "vc0", "mtu", mtu, "type", "veth", "peer", "name", "eth0", "netns", h.Container},
+		{"ip", "-n", h.Name, "link", "set", "vc0", "master", "cbr0", "up"},
+		{"ip", "-n", h.Container, "addr", "add", cIP.String(), "dev", "eth0"},
+		{"ip", "-n", h.Container, "link", "set", "eth0", "up"},
+		{"ip", "-n", h.Container, "route", "add", "default", "via", bridgeIP.Addr().String()},
+	}
+	if env.IPv6Subnet.IsValid() {
+		// As docker does with --ipv6 --fixed-cidr-v6: the bridge takes
+		// FLANNEL_IPV6_SUBNET's first address, the container the next.
+		bridge6 := netip.PrefixFrom(env.IPv6Subnet.Addr().Next(), env.IPv6Subnet.Bits())
+		c6 := netip.PrefixFrom(bridge6.Addr().Next(), env.IPv6Subnet.Bits())
+		cmds = append(cmds,
+			[]string{"ip", "-n", h.Name, "addr", "add", bridge6.String(), "dev", "cbr0", "nodad"},
+			[]string{"ip", "-n", h.Container, "addr", "add", c6.String(), "dev", "eth0", "nodad"},
+			[]string{"ip", "-n", h.Container, "-6", "route", "add", "default", "via", bridge6.Addr().String()})
+	}
+	return RunAll(cmds...)
 }
 
-// Ping sends one ping from from's container to to's container.
+// Ping sends one ping from from's container to to's container, and in a
+// dual-stack lab one to its IPv6 address too: both must answer.
 func (l *Lab) Ping(from, to *Host) error {
-	_, err := Exec(from.Container, "ping", "-c", "1", "-W", "1", "-q", to.ContainerIP().String())
+	for _, addr := range to.containerIPs() {
+		if err := pingAddr(from, addr); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// containerIPs are h's container's addresses: IPv4, then IPv6 in a
+// dual-stack lab.
+func (h *Host) containerIPs() []netip.Addr {
+	if ip6 := h.ContainerIPv6(); ip6.IsValid() {
+		return []netip.Addr{h.ContainerIP(), ip6}
+	}
+	return []netip.Addr{h.ContainerIP()}
+}
+
+// containerIP is h's container's address of a family (0 IPv4, 1 IPv6);
+// invalid when it has none, which no ping reaches.
+func (h *Host) containerIP(family int) netip.Addr {
+	if ips := h.containerIPs(); family < len(ips) {
+		return ips[family]
+	}
+	return netip.Addr{}
+}
+
+func pingAddr(from *Host, addr netip.Addr) error {
+	_, err := Exec(from.Container, "ping", "-c", "1", "-W", "1", "-q", addr.String())
 	return err
 }
 
 // PingMatrix pings every container from every other one and renders the
-// result as a table; ok is true when every pair answered. A pair gets three
-// tries, so a host whose peers are still applying its lease is not failed.
+// result as a table, one per address family in a dual-stack lab; ok is
+// true when every pair answered in every family. A pair gets three tries,
+// so a host whose peers are still applying its lease is not failed.
 func (l *Lab) PingMatrix() (table string, ok bool) {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%-14s", "from \\ to")
-	for _, h := range l.Hosts {
-		fmt.Fprintf(&b, "%-14s", h.ContainerIP())
-	}
-	b.WriteString("\n")
 	ok = true
-	for _, from := range l.Hosts {
-		fmt.Fprintf(&b, "%-14s", from.ContainerIP())
-		for _, to := range l.Hosts {
-			cell := "-"
-			if from != to {
-				cell = "FAIL"
-				for try := 0; try < 3 && cell == "FAIL"; try++ {
-					if l.Ping(from, to) == nil {
-						cell = "ok"
-					}
-				}
-				if cell == "FAIL" {
-					ok = false
-				}
-			}
-			fmt.Fprintf(&b, "%-14s", cell)
+	for family := range l.Hosts[0].containerIPs() {
+		width := 14
+		if family == 1 {
+			width = 24
+			b.WriteString("\n")
+		}
+		fmt.Fprintf(&b, "%-*s", width, "from \\ to")
+		for _, h := range l.Hosts {
+			fmt.Fprintf(&b, "%-*s", width, h.containerIP(family))
 		}
 		b.WriteString("\n")
+		for _, from := range l.Hosts {
+			fmt.Fprintf(&b, "%-*s", width, from.containerIP(family))
+			for _, to := range l.Hosts {
+				cell := "-"
+				if from != to {
+					cell = "FAIL"
+					for try := 0; try < 3 && cell == "FAIL"; try++ {
+						if pingAddr(from, to.containerIP(family)) == nil {
+							cell = "ok"
+						}
+					}
+					if cell == "FAIL" {
+						ok = false
+					}
+				}
+				fmt.Fprintf(&b, "%-*s", width, cell)
+			}
+			b.WriteString("\n")
+		}
 	}
 	return b.String(), ok
 }

@@ -26,6 +26,9 @@ type ClaimRequest struct {
 	// Previous is the subnet this host had before (from the subnet file);
 	// preferred when it is free and fits. Zero when unknown.
 	Previous netip.Prefix
+	// Previous6 is the IPv6 subnet this host had before, on a dual-stack
+	// network (FLANNEL_IPV6_SUBNET); preferred likewise.
+	Previous6 netip.Prefix
 	// TTL of the lease; DefaultTTL when zero.
 	TTL time.Duration
 }
@@ -49,17 +52,25 @@ func Claim(ctx context.Context, store Store, req ClaimRequest) (Lease, error) {
 			return Lease{}, fmt.Errorf("listing leases: %w", err)
 		}
 		taken := make([]netip.Prefix, 0, len(records))
+		var taken6 []netip.Prefix
 		var mine *Record
+		previous, previous6 := req.Previous, req.Previous6
 		for i, rec := range records {
-			subnet, err := ParseSubnetKey(rec.Key)
+			subnet, subnet6, err := ParseSubnetKeys(rec.Key)
 			if err != nil {
 				continue
 			}
 			l, err := DecodeLease(rec.Key, rec.Value)
-			if err == nil && l.Attrs.PublicIP == req.Attrs.PublicIP && !req.Config.Fits(subnet) {
+			if err == nil && l.Attrs.PublicIP == req.Attrs.PublicIP && (!req.Config.Fits(subnet) || !req.Config.Fits6(subnet6)) {
 				// This host's lease from an older config: it frees the subnet.
 				if err := store.Delete(ctx, rec.Key); err != nil {
 					return Lease{}, fmt.Errorf("deleting this host's lease %s, which no longer fits the config: %w", rec.Key, err)
+				}
+				if req.Config.Fits(subnet) {
+					// Only the IPv6 half changed (IPv6 turned on or
+					// off): keep the IPv4 subnet, so containers keep
+					// their addresses. flannel would pick anew.
+					previous = subnet
 				}
 				continue
 			}
@@ -68,6 +79,9 @@ func Claim(ctx context.Context, store Store, req ClaimRequest) (Lease, error) {
 			// a junk key such as 0.0.0.0-1 must not fill the whole pool.
 			if subnet.Bits() == req.Config.SubnetLen && req.Config.Network.Contains(subnet.Addr()) {
 				taken = append(taken, subnet)
+			}
+			if req.Config.EnableIPv6 && subnet6.Bits() == req.Config.IPv6SubnetLen && req.Config.IPv6Network.Contains(subnet6.Addr()) {
+				taken6 = append(taken6, subnet6)
 			}
 			if err == nil && mine == nil && l.Attrs.PublicIP == req.Attrs.PublicIP {
 				mine = &records[i]
@@ -79,15 +93,12 @@ func Claim(ctx context.Context, store Store, req ClaimRequest) (Lease, error) {
 			rec, err = store.Replace(ctx, *mine, value, 0) // a reservation stays one
 		case mine != nil:
 			rec, err = store.Replace(ctx, *mine, value, ttl)
-		case req.Previous.IsValid() && req.Config.Fits(req.Previous) && !overlapsAny(req.Previous, taken):
-			rec, err = store.Create(ctx, SubnetKey(req.Previous), value, ttl)
 		default:
-			subnet, ok := pickFree(req.Config, taken)
-			if !ok {
-				return Lease{}, fmt.Errorf("%w in network %s: all %d subnets of /%d between %s and %s are leased",
-					ErrNoFreeSubnet, req.Config.Network, req.Config.Subnets(), req.Config.SubnetLen, req.Config.SubnetMin, req.Config.SubnetMax)
+			subnet, subnet6, pickErr := pickSubnets(req.Config, previous, previous6, taken, taken6)
+			if pickErr != nil {
+				return Lease{}, pickErr
 			}
-			rec, err = store.Create(ctx, SubnetKey(subnet), value, ttl)
+			rec, err = store.Create(ctx, DualSubnetKey(subnet, subnet6), value, ttl)
 		}
 		if errors.Is(err, ErrExists) || errors.Is(err, ErrConflict) {
 			continue // another host won this subnet; read again and pick anew
@@ -104,6 +115,31 @@ func Claim(ctx context.Context, store Store, req ClaimRequest) (Lease, error) {
 		return l, nil
 	}
 	return Lease{}, fmt.Errorf("claiming a subnet: lost %d races in a row; is something rewriting the leases?", maxClaimRounds)
+}
+
+// pickSubnets chooses the subnets of a new lease: previous (and
+// previous6) when free and fitting, else random free ones; an IPv6 subnet
+// only on a dual-stack network.
+func pickSubnets(cfg *Config, previous, previous6 netip.Prefix, taken, taken6 []netip.Prefix) (netip.Prefix, netip.Prefix, error) {
+	subnet, ok := previous, previous.IsValid() && cfg.Fits(previous) && !overlapsAny(previous, taken)
+	if !ok {
+		if subnet, ok = pickFree(cfg, taken); !ok {
+			return subnet, netip.Prefix{}, fmt.Errorf("%w in network %s: all %d subnets of /%d between %s and %s are leased",
+				ErrNoFreeSubnet, cfg.Network, cfg.Subnets(), cfg.SubnetLen, cfg.SubnetMin, cfg.SubnetMax)
+		}
+	}
+	if !cfg.EnableIPv6 {
+		return subnet, netip.Prefix{}, nil
+	}
+	if previous6.IsValid() && cfg.Fits6(previous6) && !overlapsAny(previous6, taken6) {
+		return subnet, previous6, nil
+	}
+	subnet6, ok := pickFree6(cfg, taken6)
+	if !ok {
+		return subnet, subnet6, fmt.Errorf("%w in IPv6Network %s: every subnet of /%d between %s and %s is leased",
+			ErrNoFreeSubnet, cfg.IPv6Network, cfg.IPv6SubnetLen, cfg.IPv6SubnetMin, cfg.IPv6SubnetMax)
+	}
+	return subnet, subnet6, nil
 }
 
 func overlapsAny(subnet netip.Prefix, taken []netip.Prefix) bool {

@@ -3,8 +3,19 @@ package lease
 import (
 	"fmt"
 	"math/big"
+	mathrand "math/rand"
+	"math/rand/v2"
 	"net/netip"
+	"slices"
+	"strings"
 )
+
+// rng adapts math/rand/v2's global generator to the old Source big.Int.Rand
+// takes; subnet choice needs spread, not secrecy.
+type rng struct{}
+
+func (rng) Int63() int64 { return rand.Int64() }
+func (rng) Seed(int64)   {}
 
 // setIPv6 reads the IPv6 half of a dual-stack config with flannel's rules
 // and defaults (IPv6SubnetLen /64, or the IPv6Network's length + 2 when
@@ -49,8 +60,58 @@ func (c *Config) setIPv6(raw rawConfig) error {
 		c.IPv6Network, "IPv6Network", c.IPv6SubnetLen, "IPv6SubnetLen"); err != nil {
 		return err
 	}
-	c.Notes = append(c.Notes, `key "EnableIPv6": the IPv6 half is checked but weft does not carry IPv6 yet; hosts lease and route IPv4 only`)
+	if !slices.Contains(ipv6Backends, c.Backend.Type) {
+		// flannel's udp backend is IPv4 only too; leasing IPv6 subnets no
+		// data path carries would hand containers dead addresses.
+		return configErr(`key "EnableIPv6": the %s backend carries IPv4 only (as flannel's does); use %s for IPv6`, c.Backend.Type, strings.Join(ipv6Backends, ", "))
+	}
 	return nil
+}
+
+// ipv6Backends are the backends that carry IPv6 container traffic.
+var ipv6Backends = []string{BackendHostGW}
+
+// Fits6 reports whether subnet is an IPv6 subnet this config can hand out
+// (inside IPv6Network, of IPv6SubnetLen, aligned, within IPv6SubnetMin..Max)
+// or, when the config has no IPv6, that there is none: flannel's rule for
+// reusing a lease.
+func (c *Config) Fits6(subnet netip.Prefix) bool {
+	if !c.EnableIPv6 {
+		return !subnet.IsValid()
+	}
+	return subnet.IsValid() && subnet.Addr().Is6() && subnet.Bits() == c.IPv6SubnetLen && subnet.Masked() == subnet &&
+		c.IPv6Network.Contains(subnet.Addr()) &&
+		subnet.Addr().Compare(c.IPv6SubnetMin) >= 0 && subnet.Addr().Compare(c.IPv6SubnetMax) <= 0
+}
+
+// pickFree6 chooses a random IPv6 subnet between IPv6SubnetMin and
+// IPv6SubnetMax that overlaps no taken one. The range is usually far too
+// large to enumerate (2^16 /64s in a /48), so it probes at random and then
+// walks up from a random start for as many subnets as are taken, plus one:
+// one of those must be free when the range holds that many.
+func pickFree6(cfg *Config, taken []netip.Prefix) (netip.Prefix, bool) {
+	shift := uint(128 - cfg.IPv6SubnetLen)
+	first := addrToBig(cfg.IPv6SubnetMin)
+	count := new(big.Int).Sub(addrToBig(cfg.IPv6SubnetMax), first)
+	count.Rsh(count, shift).Add(count, big.NewInt(1))
+	nth := func(i *big.Int) netip.Prefix {
+		v := new(big.Int).Lsh(i, shift)
+		return netip.PrefixFrom(bigToAddr(v.Add(v, first)), cfg.IPv6SubnetLen)
+	}
+	r := mathrand.New(rng{})
+	for range 64 {
+		if s := nth(new(big.Int).Rand(r, count)); !overlapsAny(s, taken) {
+			return s, true
+		}
+	}
+	start := new(big.Int).Rand(r, count)
+	for i := 0; i <= len(taken); i++ {
+		idx := new(big.Int).Add(start, big.NewInt(int64(i)))
+		if s := nth(idx.Mod(idx, count)); !overlapsAny(s, taken) {
+			return s, true
+		}
+	}
+	return netip.Prefix{}, false
 }
 
 func addrToBig(a netip.Addr) *big.Int {

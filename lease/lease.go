@@ -24,7 +24,8 @@ const maxLeaseValue = 16 << 10
 type Attrs struct {
 	// PublicIP is the host's underlay address, where peers send its traffic.
 	PublicIP netip.Addr
-	// PublicIPv6 is reserved for dual stack; nil encodes as JSON null.
+	// PublicIPv6 is the host's IPv6 underlay address on a dual-stack
+	// network (where peers send its IPv6 traffic); nil encodes as JSON null.
 	PublicIPv6 *netip.Addr
 	// BackendType is the Backend.Type the host runs. Empty means udp: flannel's
 	// udp backend writes none (see Backend and OwnBackendType).
@@ -32,13 +33,25 @@ type Attrs struct {
 	// BackendData is the backend's own data (VTEP MAC, WireGuard key); empty
 	// for host-gw and udp.
 	BackendData json.RawMessage
+	// BackendV6Data is the backend's data for its IPv6 half (flannel's
+	// wireguard publishes the IPv6 device's port there); empty otherwise.
+	BackendV6Data json.RawMessage
 }
 
 type attrsJSON struct {
-	PublicIP    string          `json:"PublicIP"`
-	PublicIPv6  *string         `json:"PublicIPv6"`
-	BackendType string          `json:"BackendType,omitempty"`
-	BackendData json.RawMessage `json:"BackendData,omitempty"`
+	PublicIP      string          `json:"PublicIP"`
+	PublicIPv6    *string         `json:"PublicIPv6"`
+	BackendType   string          `json:"BackendType,omitempty"`
+	BackendData   json.RawMessage `json:"BackendData,omitempty"`
+	BackendV6Data json.RawMessage `json:"BackendV6Data,omitempty"`
+}
+
+// PublicIPv6Addr is PublicIPv6, or the zero Addr when there is none.
+func (a Attrs) PublicIPv6Addr() netip.Addr {
+	if a.PublicIPv6 == nil {
+		return netip.Addr{}
+	}
+	return *a.PublicIPv6
 }
 
 // MarshalJSON writes flannel's format: {"PublicIP":..,"PublicIPv6":null,
@@ -51,6 +64,9 @@ func (a Attrs) MarshalJSON() ([]byte, error) {
 	}
 	if len(a.BackendData) > 0 && string(a.BackendData) != "null" {
 		out.BackendData = a.BackendData
+	}
+	if len(a.BackendV6Data) > 0 && string(a.BackendV6Data) != "null" {
+		out.BackendV6Data = a.BackendV6Data
 	}
 	return json.Marshal(out)
 }
@@ -65,7 +81,7 @@ func (a *Attrs) UnmarshalJSON(data []byte) error {
 	if err != nil || !ip.Is4() {
 		return fmt.Errorf("PublicIP %q is not an IPv4 address", in.PublicIP)
 	}
-	*a = Attrs{PublicIP: ip, BackendType: in.BackendType, BackendData: in.BackendData}
+	*a = Attrs{PublicIP: ip, BackendType: in.BackendType, BackendData: in.BackendData, BackendV6Data: in.BackendV6Data}
 	if in.PublicIPv6 != nil {
 		ip6, err := netip.ParseAddr(*in.PublicIPv6)
 		if err != nil || !ip6.Is6() {

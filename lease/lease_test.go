@@ -34,6 +34,12 @@ func TestAttrsEncodeAsFlannel(t *testing.T) {
 			`{"PublicIP":"192.168.50.102","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff"}}`},
 		{Attrs{PublicIP: netip.MustParseAddr("192.168.50.3"), BackendType: "host-gw"},
 			`{"PublicIP":"192.168.50.3","PublicIPv6":null,"BackendType":"host-gw"}`},
+		// A dual-stack wireguard host, field for field as flannel's
+		// newSubnetAttrs writes it (BackendV6Data carries the IPv6 port).
+		{Attrs{PublicIP: netip.MustParseAddr("192.168.50.4"), PublicIPv6: ptr(netip.MustParseAddr("fd00:50::4")), BackendType: "wireguard",
+			BackendData:   json.RawMessage(`{"PublicKey":"V/Tff9mTqs7y49FSXReDz46kPIvJC4BUS16h60XOFTQ=","Port":51820}`),
+			BackendV6Data: json.RawMessage(`{"PublicKey":"V/Tff9mTqs7y49FSXReDz46kPIvJC4BUS16h60XOFTQ=","Port":51821}`)},
+			`{"PublicIP":"192.168.50.4","PublicIPv6":"fd00:50::4","BackendType":"wireguard","BackendData":{"PublicKey":"V/Tff9mTqs7y49FSXReDz46kPIvJC4BUS16h60XOFTQ=","Port":51820},"BackendV6Data":{"PublicKey":"V/Tff9mTqs7y49FSXReDz46kPIvJC4BUS16h60XOFTQ=","Port":51821}}`},
 	}
 	for _, tt := range tests {
 		if got := string(tt.attrs.Encode()); got != tt.want {
@@ -46,6 +52,31 @@ func TestAttrsEncodeAsFlannel(t *testing.T) {
 		if string(l.Attrs.Encode()) != tt.want {
 			t.Errorf("round trip changed the value: %s", l.Attrs.Encode())
 		}
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// TestSubnetEnvDualStack: the IPv6 lines sit where flannel's
+// WriteSubnetFile puts them (after the IPv4 pair, before the MTU) and read
+// back; an IPv4-only file has none.
+func TestSubnetEnvDualStack(t *testing.T) {
+	env := SubnetEnv{Network: netip.MustParsePrefix("10.5.0.0/16"), Subnet: netip.MustParsePrefix("10.5.34.0/24"),
+		IPv6Network: netip.MustParsePrefix("fc00:5::/48"), IPv6Subnet: netip.MustParsePrefix("fc00:5:0:22::/64"), MTU: 1450, IPMasq: true}
+	want := "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.34.1/24\nFLANNEL_IPV6_NETWORK=fc00:5::/48\nFLANNEL_IPV6_SUBNET=fc00:5:0:22::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
+	if got := string(env.Encode()); got != want {
+		t.Fatalf("Encode:\n%s\nwant\n%s", got, want)
+	}
+	back, err := ParseSubnetEnv([]byte(want))
+	if err != nil || back != env {
+		t.Fatalf("ParseSubnetEnv = %+v %v, want %+v", back, err, env)
+	}
+	env.IPv6Network, env.IPv6Subnet = netip.Prefix{}, netip.Prefix{}
+	if got := string(env.Encode()); strings.Contains(got, "IPV6") {
+		t.Errorf("IPv4-only file has IPv6 lines: %s", got)
+	}
+	if _, err := ParseSubnetEnv([]byte(strings.Replace(want, "fc00:5:0:22::1/64", "10.6.0.1/24", 1))); err == nil || !strings.Contains(err.Error(), "FLANNEL_IPV6_SUBNET") {
+		t.Errorf("an IPv4 prefix as FLANNEL_IPV6_SUBNET: %v", err)
 	}
 }
 

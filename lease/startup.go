@@ -115,3 +115,13 @@ func PreviousSubnet(path string, cfg *Config, log *slog.Logger) netip.Prefix {
 	}
 	return env.Subnet
 }
+
+// PreviousIPv6Subnet reads FLANNEL_IPV6_SUBNET likewise, for a dual-stack
+// network; the zero prefix when there is none or it no longer fits.
+func PreviousIPv6Subnet(path string, cfg *Config) netip.Prefix {
+	env, err := ReadSubnetFile(path)
+	if err != nil || !cfg.EnableIPv6 || !cfg.Fits6(env.IPv6Subnet) {
+		return netip.Prefix{}
+	}
+	return env.IPv6Subnet
+}

@@ -136,4 +136,13 @@ func TestPreviousSubnet(t *testing.T) {
 			t.Errorf("%s: log lacks %q:\n%s", c.name, c.log, logs.String())
 		}
 	}
+	// The IPv6 half, on a dual-stack network only.
+	dual := mustConfig(t, `{"Network":"10.5.0.0/16","Backend":{"Type":"host-gw"},"EnableIPv6":true,"IPv6Network":"fc00:5::/48"}`)
+	path := write("dual.env", env("10.5.34.1/24")+"FLANNEL_IPV6_NETWORK=fc00:5::/48\nFLANNEL_IPV6_SUBNET=fc00:5:0:22::1/64\n")
+	if got := lease.PreviousIPv6Subnet(path, dual).String(); got != "fc00:5:0:22::/64" {
+		t.Errorf("previous IPv6 subnet = %s, want fc00:5:0:22::/64", got)
+	}
+	if got := lease.PreviousIPv6Subnet(path, cfg); got.IsValid() {
+		t.Errorf("previous IPv6 subnet on an IPv4-only network = %s, want none", got)
+	}
 }

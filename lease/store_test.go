@@ -421,10 +421,52 @@ func TestClaimSkipsDualStackSubnets(t *testing.T) {
 		if err != nil || l.Subnet.String() != "10.5.2.0/24" {
 			t.Fatalf("claim = %v %v, want 10.5.2.0/24 (10.5.1.0/24 is the dual-stack host's)", l.Subnet, err)
 		}
-		// The dual-stack host itself, come back as weft, keeps its key.
+		// The dual-stack host itself, come back on this IPv4-only network,
+		// keeps its IPv4 subnet and drops the IPv6 half (flannel would
+		// delete the lease and pick anew).
 		again, err := lease.Claim(ctx, s, lease.ClaimRequest{Config: cfg, Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("192.168.9.9"), BackendType: "host-gw"}})
-		if err != nil || again.Key() != "10.5.1.0-24&fc00:0:0:1::-64" {
-			t.Fatalf("re-claim of the dual-stack lease = %v %v", again.Key(), err)
+		if err != nil || again.Key() != "10.5.1.0-24" {
+			t.Fatalf("re-claim of the dual-stack lease on an IPv4-only network = %v %v, want 10.5.1.0-24", again.Key(), err)
+		}
+		if _, ok, _ := s.Get(ctx, "10.5.1.0-24&fc00:0:0:1::-64"); ok {
+			t.Error("the old dual-stack key is still there")
+		}
+	})
+}
+
+// TestClaimDualStack: on a dual-stack network every host gets an IPv6
+// subnet beside its IPv4 one, under flannel's joined key; a host whose
+// IPv4-only lease predates EnableIPv6 keeps its IPv4 subnet; the previous
+// IPv6 subnet (from the subnet file) is preferred; a full IPv6 range is a
+// clear error.
+func TestClaimDualStack(t *testing.T) {
+	stores(t, func(t *testing.T, s lease.Store) {
+		ctx := context.Background()
+		v4only := mustConfig(t, `{"Network":"10.5.0.0/16","Backend":{"Type":"host-gw"}}`)
+		dual := mustConfig(t, `{"Network":"10.5.0.0/16","Backend":{"Type":"host-gw"},"EnableIPv6":true,"IPv6Network":"fc00:5::/124","IPv6SubnetMax":"fc00:5::8"}`)
+		old, err := lease.Claim(ctx, s, lease.ClaimRequest{Config: v4only, Attrs: hostAttrs(1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		up, err := lease.Claim(ctx, s, lease.ClaimRequest{Config: dual, Attrs: hostAttrs(1)})
+		if err != nil || up.Subnet != old.Subnet || !dual.Fits6(up.IPv6Subnet) || up.Key() != lease.DualSubnetKey(old.Subnet, up.IPv6Subnet) {
+			t.Fatalf("IPv6 turned on: %s %v, want %s with an IPv6 half in fc00:5::/124", up.Key(), err, old.Subnet)
+		}
+		recs, _, _ := s.List(ctx)
+		if len(recs) != 1 || recs[0].Key != up.Key() {
+			t.Fatalf("store holds %v, want only %s", recs, up.Key())
+		}
+		// /126s from fc00:5::4 to fc00:5::8: two subnets.
+		other := "fc00:5::4/126"
+		if up.IPv6Subnet.String() == other {
+			other = "fc00:5::8/126"
+		}
+		second, err := lease.Claim(ctx, s, lease.ClaimRequest{Config: dual, Attrs: hostAttrs(2), Previous6: netip.MustParsePrefix(other)})
+		if err != nil || second.IPv6Subnet.String() != other || second.Subnet == up.Subnet {
+			t.Fatalf("second host = %s %v, want the free IPv6 subnet %s", second.Key(), err, other)
+		}
+		if third, err := lease.Claim(ctx, s, lease.ClaimRequest{Config: dual, Attrs: hostAttrs(3)}); !errors.Is(err, lease.ErrNoFreeSubnet) || !strings.Contains(err.Error(), "IPv6Network fc00:5::/124") {
+			t.Errorf("third host on a full IPv6 range: %s %v, want ErrNoFreeSubnet naming IPv6Network", third.Key(), err)
 		}
 	})
 }

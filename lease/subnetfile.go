@@ -22,6 +22,9 @@ type SubnetEnv struct {
 	Subnet netip.Prefix
 	MTU    int
 	IPMasq bool
+	// IPv6Network and IPv6Subnet are the IPv6 halves on a dual-stack
+	// network (FLANNEL_IPV6_NETWORK, FLANNEL_IPV6_SUBNET); invalid otherwise.
+	IPv6Network, IPv6Subnet netip.Prefix
 }
 
 // Encode renders the file exactly as flanneld writes it.
@@ -29,6 +32,10 @@ func (e SubnetEnv) Encode() []byte {
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "FLANNEL_NETWORK=%s\n", e.Network)
 	fmt.Fprintf(&b, "FLANNEL_SUBNET=%s\n", netip.PrefixFrom(e.Subnet.Addr().Next(), e.Subnet.Bits()))
+	if e.IPv6Subnet.IsValid() {
+		fmt.Fprintf(&b, "FLANNEL_IPV6_NETWORK=%s\n", e.IPv6Network)
+		fmt.Fprintf(&b, "FLANNEL_IPV6_SUBNET=%s\n", netip.PrefixFrom(e.IPv6Subnet.Addr().Next(), e.IPv6Subnet.Bits()))
+	}
 	fmt.Fprintf(&b, "FLANNEL_MTU=%d\n", e.MTU)
 	fmt.Fprintf(&b, "FLANNEL_IPMASQ=%v\n", e.IPMasq)
 	return b.Bytes()
@@ -93,6 +100,13 @@ func ParseSubnetEnv(data []byte) (SubnetEnv, error) {
 			if p, err = netip.ParsePrefix(val); err == nil {
 				e.Subnet = p.Masked()
 			}
+		case "FLANNEL_IPV6_NETWORK":
+			e.IPv6Network, err = netip.ParsePrefix(val)
+		case "FLANNEL_IPV6_SUBNET":
+			var p netip.Prefix
+			if p, err = netip.ParsePrefix(val); err == nil {
+				e.IPv6Subnet = p.Masked()
+			}
 		case "FLANNEL_MTU":
 			e.MTU, err = strconv.Atoi(val)
 		case "FLANNEL_IPMASQ":
@@ -104,6 +118,11 @@ func ParseSubnetEnv(data []byte) (SubnetEnv, error) {
 			return e, fmt.Errorf("line %d: %s: %v", n, key, err)
 		}
 		seen[key] = true
+	}
+	for key, p := range map[string]netip.Prefix{"FLANNEL_IPV6_NETWORK": e.IPv6Network, "FLANNEL_IPV6_SUBNET": e.IPv6Subnet} {
+		if p.IsValid() && !p.Addr().Is6() {
+			return e, fmt.Errorf("%s: %s is not an IPv6 prefix", key, p)
+		}
 	}
 	for _, k := range []string{"FLANNEL_NETWORK", "FLANNEL_SUBNET", "FLANNEL_MTU"} {
 		if !seen[k] {

@@ -18,6 +18,12 @@ type Peer struct {
 	PublicIP    netip.Addr
 	BackendType string
 	BackendData json.RawMessage
+	// IPv6Subnet, PublicIPv6 and BackendV6Data are the lease's IPv6 half on
+	// a dual-stack network; IPv6Subnet is invalid when the peer has none
+	// (an IPv4-only lease), PublicIPv6 when it published no IPv6 address.
+	IPv6Subnet    netip.Prefix
+	PublicIPv6    netip.Addr
+	BackendV6Data json.RawMessage
 	// Created is the store revision that created the peer's lease: of two
 	// peers that claim the same thing (a VTEP MAC), the older one keeps it.
 	Created int64
@@ -33,8 +39,10 @@ type Skipped struct {
 // Network, this host's own lease, and every valid peer sorted by subnet.
 type Desired struct {
 	Network netip.Prefix
-	Self    lease.Lease
-	Peers   []Peer
+	// IPv6Network is the IPv6 pool on a dual-stack network, else invalid.
+	IPv6Network netip.Prefix
+	Self        lease.Lease
+	Peers       []Peer
 	// Skipped lists leases that are not peers, for one warning each.
 	Skipped []Skipped
 }
@@ -45,7 +53,7 @@ type Desired struct {
 // SubnetLen subnet, shares this host's PublicIP, or overlaps a lease written
 // earlier (the first writer keeps the subnet).
 func Compute(self lease.Lease, leases []lease.Lease, cfg *lease.Config) Desired {
-	d := Desired{Network: cfg.Network, Self: self}
+	d := Desired{Network: cfg.Network, IPv6Network: cfg.IPv6Network, Self: self}
 	sorted := append([]lease.Lease(nil), leases...)
 	// Oldest first, so the first writer of an overlapping range wins.
 	sort.SliceStable(sorted, func(i, j int) bool {
@@ -58,19 +66,29 @@ func Compute(self lease.Lease, leases []lease.Lease, cfg *lease.Config) Desired 
 	// subnet, and two aligned subnets of one length overlap only when they
 	// are equal: a set makes the check O(1), the whole computation O(n log n).
 	kept := map[netip.Prefix]bool{self.Subnet: true}
+	if self.IPv6Subnet.IsValid() {
+		kept[self.IPv6Subnet] = true
+	}
 	for _, l := range sorted {
 		peer, reason, isSelf := classify(self, l, cfg)
 		if isSelf {
 			continue
 		}
-		if reason == "" && kept[l.Subnet] {
+		switch {
+		case reason != "":
+		case kept[l.Subnet]:
 			reason = fmt.Sprintf("subnet %s overlaps %s, leased earlier", l.Subnet, l.Subnet)
+		case peer.IPv6Subnet.IsValid() && kept[peer.IPv6Subnet]:
+			reason = fmt.Sprintf("IPv6 subnet %s overlaps %s, leased earlier", peer.IPv6Subnet, peer.IPv6Subnet)
 		}
 		if reason != "" {
 			d.Skipped = append(d.Skipped, Skipped{Key: peer.Key, Reason: reason})
 			continue
 		}
 		kept[l.Subnet] = true
+		if peer.IPv6Subnet.IsValid() {
+			kept[peer.IPv6Subnet] = true
+		}
 		d.Peers = append(d.Peers, peer)
 	}
 	d.sort()
@@ -90,6 +108,11 @@ func (d *Desired) sort() {
 func classify(self lease.Lease, l lease.Lease, cfg *lease.Config) (peer Peer, reason string, isSelf bool) {
 	peer = Peer{Key: l.Key(), Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP,
 		BackendType: l.Attrs.BackendType, BackendData: l.Attrs.BackendData, Created: l.CreateRevision}
+	if cfg.EnableIPv6 {
+		// On an IPv4-only network a flannel host's IPv6 half is not ours
+		// to route; on a dual-stack one it is.
+		peer.IPv6Subnet, peer.PublicIPv6, peer.BackendV6Data = l.IPv6Subnet, l.Attrs.PublicIPv6Addr(), l.Attrs.BackendV6Data
+	}
 	if l.Subnet == self.Subnet {
 		return peer, "", true // our own lease (or an older copy of it)
 	}
@@ -121,6 +144,36 @@ func Check(l lease.Lease, cfg *lease.Config) string {
 	}
 	if why := unreachable(l.Attrs.PublicIP, cfg); why != "" {
 		return fmt.Sprintf("PublicIP %s %s; no host can be reached there", l.Attrs.PublicIP, why)
+	}
+	if cfg.EnableIPv6 {
+		return check6(l, cfg)
+	}
+	return ""
+}
+
+// check6 is Check for the IPv6 half of a lease on a dual-stack network.
+// A lease with no IPv6 half is a peer for IPv4 (a host that leased before
+// IPv6 was turned on); one whose IPv6 half is there but wrong is skipped
+// whole, as a hostile or broken lease is.
+func check6(l lease.Lease, cfg *lease.Config) string {
+	sn := l.IPv6Subnet
+	switch {
+	case !sn.IsValid():
+		return ""
+	case !cfg.IPv6Network.Contains(sn.Addr()) || sn.Bits() < cfg.IPv6Network.Bits():
+		return fmt.Sprintf("IPv6 subnet %s is outside IPv6Network %s", sn, cfg.IPv6Network)
+	case sn.Bits() != cfg.IPv6SubnetLen:
+		return fmt.Sprintf("IPv6 subnet %s is not a /%d (IPv6SubnetLen)", sn, cfg.IPv6SubnetLen)
+	case l.Attrs.PublicIPv6 == nil:
+		return fmt.Sprintf("has IPv6 subnet %s but no PublicIPv6 to reach it by", sn)
+	}
+	ip := *l.Attrs.PublicIPv6
+	why := unreachable(ip, cfg)
+	if why == "" && cfg.IPv6Network.Contains(ip) {
+		why = fmt.Sprintf("is inside the overlay IPv6Network %s (encapsulated packets would loop into the overlay)", cfg.IPv6Network)
+	}
+	if why != "" {
+		return fmt.Sprintf("PublicIPv6 %s %s; no host can be reached there", ip, why)
 	}
 	return ""
 }

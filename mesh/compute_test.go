@@ -127,3 +127,64 @@ func TestComputeRefusesUnreachablePublicIPs(t *testing.T) {
 		t.Errorf("got:\n%s\nwant:\n%s", got, want)
 	}
 }
+
+// TestComputeDualStack: on a dual-stack network a peer carries its IPv6
+// half; a lease without one is still an IPv4 peer; a wrong IPv6 half skips
+// the lease; on an IPv4-only network the IPv6 half is not ours to route.
+func TestComputeDualStack(t *testing.T) {
+	dual, err := lease.ParseConfig([]byte(`{"Network":"10.5.0.0/16","Backend":{"Type":"host-gw"},"EnableIPv6":true,"IPv6Network":"fc00:5::/48"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mk6 := func(subnet, ip, subnet6, ip6 string, rev int64) lease.Lease {
+		l := mkLease(subnet, ip, rev)
+		if subnet6 != "" {
+			l.IPv6Subnet = netip.MustParsePrefix(subnet6)
+		}
+		if ip6 != "" {
+			a := netip.MustParseAddr(ip6)
+			l.Attrs.PublicIPv6 = &a
+		}
+		return l
+	}
+	render6 := func(d Desired) string {
+		var b strings.Builder
+		for _, p := range d.Peers {
+			fmt.Fprintf(&b, "peer %s %s via %s %s\n", p.Subnet, p.IPv6Subnet, p.PublicIP, p.PublicIPv6)
+		}
+		for _, s := range d.Skipped {
+			fmt.Fprintf(&b, "skip %s: %s\n", s.Key, s.Reason)
+		}
+		return b.String()
+	}
+	self := mk6("10.5.1.0/24", "192.168.50.1", "fc00:5:0:1::/64", "fd00:50::1", 1)
+	leases := []lease.Lease{self,
+		mk6("10.5.2.0/24", "192.168.50.2", "fc00:5:0:2::/64", "fd00:50::2", 2),
+		mk6("10.5.3.0/24", "192.168.50.3", "", "", 3),
+		mk6("10.5.4.0/24", "192.168.50.4", "fc00:6:0:4::/64", "fd00:50::4", 4),
+		mk6("10.5.5.0/24", "192.168.50.5", "fc00:5:0:5::/64", "", 5),
+		mk6("10.5.6.0/24", "192.168.50.6", "fc00:5:0:6::/64", "fe80::6", 6),
+		mk6("10.5.7.0/24", "192.168.50.7", "fc00:5:0:2::/64", "fd00:50::7", 7),
+		mk6("10.5.8.0/24", "192.168.50.8", "fc00:5:0:8::/80", "fd00:50::8", 8),
+		mk6("10.5.9.0/24", "192.168.50.9", "fc00:5:0:9::/64", "fc00:5:0:2::9", 9),
+	}
+	want := "peer 10.5.2.0/24 fc00:5:0:2::/64 via 192.168.50.2 fd00:50::2\n" +
+		"peer 10.5.3.0/24 invalid Prefix via 192.168.50.3 invalid IP\n" +
+		"skip 10.5.4.0-24&fc00:6:0:4::-64: IPv6 subnet fc00:6:0:4::/64 is outside IPv6Network fc00:5::/48\n" +
+		"skip 10.5.5.0-24&fc00:5:0:5::-64: has IPv6 subnet fc00:5:0:5::/64 but no PublicIPv6 to reach it by\n" +
+		"skip 10.5.6.0-24&fc00:5:0:6::-64: PublicIPv6 fe80::6 is link-local; no host can be reached there\n" +
+		"skip 10.5.7.0-24&fc00:5:0:2::-64: IPv6 subnet fc00:5:0:2::/64 overlaps fc00:5:0:2::/64, leased earlier\n" +
+		"skip 10.5.8.0-24&fc00:5:0:8::-80: IPv6 subnet fc00:5:0:8::/80 is not a /64 (IPv6SubnetLen)\n" +
+		"skip 10.5.9.0-24&fc00:5:0:9::-64: PublicIPv6 fc00:5:0:2::9 is inside the overlay IPv6Network fc00:5::/48 (encapsulated packets would loop into the overlay); no host can be reached there\n"
+	d := Compute(self, leases, dual)
+	if got := render6(d); got != want {
+		t.Errorf("dual stack:\n%s\nwant\n%s", got, want)
+	}
+	if d.IPv6Network != dual.IPv6Network {
+		t.Errorf("Desired.IPv6Network = %s", d.IPv6Network)
+	}
+	v4 := Compute(self, leases[:2], testConfig(t))
+	if got := render6(v4); got != "peer 10.5.2.0/24 invalid Prefix via 192.168.50.2 invalid IP\n" {
+		t.Errorf("IPv4-only network kept the IPv6 half: %s", got)
+	}
+}

@@ -15,18 +15,23 @@ import (
 // or changed. Network and Self are the same as in that last state; a
 // change to either is always applied as a whole state.
 type Delta struct {
-	Network netip.Prefix
-	Self    lease.Lease
-	Old     []Peer
-	New     []Peer
+	Network     netip.Prefix
+	IPv6Network netip.Prefix
+	Self        lease.Lease
+	Old         []Peer
+	New         []Peer
 }
 
 // Before is the part of the old state the delta replaces, as a Desired, so
 // a backend can plan it with the same code as a whole state.
-func (d Delta) Before() Desired { return Desired{Network: d.Network, Self: d.Self, Peers: d.Old} }
+func (d Delta) Before() Desired {
+	return Desired{Network: d.Network, IPv6Network: d.IPv6Network, Self: d.Self, Peers: d.Old}
+}
 
 // After is the part of the new state the delta brings, as a Desired.
-func (d Delta) After() Desired { return Desired{Network: d.Network, Self: d.Self, Peers: d.New} }
+func (d Delta) After() Desired {
+	return Desired{Network: d.Network, IPv6Network: d.IPv6Network, Self: d.Self, Peers: d.New}
+}
 
 // DeltaApplier is an Applier that can also apply one change on its own,
 // at a cost that does not grow with the number of peers: it trusts that
@@ -48,14 +53,14 @@ var ErrWholeApply = errors.New("the change needs the whole desired state applied
 // model is the desired state last handed to the backend, by lease key, so
 // the next change can be turned into a Delta without a pass over all peers.
 type model struct {
-	network netip.Prefix
-	self    lease.Lease
-	peers   map[string]Peer
-	skipped map[string]string
+	network, network6 netip.Prefix
+	self              lease.Lease
+	peers             map[string]Peer
+	skipped           map[string]string
 }
 
 func newModel(d Desired) *model {
-	m := &model{network: d.Network, self: d.Self, peers: make(map[string]Peer, len(d.Peers)), skipped: make(map[string]string, len(d.Skipped))}
+	m := &model{network: d.Network, network6: d.IPv6Network, self: d.Self, peers: make(map[string]Peer, len(d.Peers)), skipped: make(map[string]string, len(d.Skipped))}
 	for _, p := range d.Peers {
 		m.peers[p.Key] = p
 	}
@@ -67,7 +72,7 @@ func newModel(d Desired) *model {
 
 // desired returns the model as a whole Desired, sorted as Compute sorts it.
 func (m *model) desired() Desired {
-	d := Desired{Network: m.network, Self: m.self, Peers: make([]Peer, 0, len(m.peers))}
+	d := Desired{Network: m.network, IPv6Network: m.network6, Self: m.self, Peers: make([]Peer, 0, len(m.peers))}
 	for _, p := range m.peers {
 		d.Peers = append(d.Peers, p)
 	}
@@ -82,11 +87,13 @@ func (m *model) desired() Desired {
 // desired state depends on (its subnet, address or backend data).
 func sameSelf(a, b lease.Lease) bool {
 	return a.Subnet == b.Subnet && a.Attrs.PublicIP == b.Attrs.PublicIP &&
-		a.Attrs.BackendType == b.Attrs.BackendType && bytes.Equal(a.Attrs.BackendData, b.Attrs.BackendData)
+		a.Attrs.BackendType == b.Attrs.BackendType && bytes.Equal(a.Attrs.BackendData, b.Attrs.BackendData) &&
+		a.IPv6Subnet == b.IPv6Subnet && a.Attrs.PublicIPv6Addr() == b.Attrs.PublicIPv6Addr() && bytes.Equal(a.Attrs.BackendV6Data, b.Attrs.BackendV6Data)
 }
 
 func samePeer(a, b Peer) bool {
-	return a.Subnet == b.Subnet && a.PublicIP == b.PublicIP && a.BackendType == b.BackendType && bytes.Equal(a.BackendData, b.BackendData)
+	return a.Subnet == b.Subnet && a.PublicIP == b.PublicIP && a.BackendType == b.BackendType && bytes.Equal(a.BackendData, b.BackendData) &&
+		a.IPv6Subnet == b.IPv6Subnet && a.PublicIPv6 == b.PublicIPv6 && bytes.Equal(a.BackendV6Data, b.BackendV6Data)
 }
 
 // diff turns the changed keys into a Delta against the model and the skip
@@ -94,7 +101,7 @@ func samePeer(a, b Peer) bool {
 // updates the model to the new state. lookup
 // returns the current valid lease at a key.
 func (m *model) diff(keys []string, lookup func(string) (lease.Lease, bool), cfg *lease.Config) (Delta, []Skipped) {
-	d := Delta{Network: m.network, Self: m.self}
+	d := Delta{Network: m.network, IPv6Network: m.network6, Self: m.self}
 	var skips []Skipped
 	for _, key := range keys {
 		var now Peer

@@ -281,6 +281,9 @@ func (k *Kernel) RouteListFiltered(family int, filter *netlink.Route, filterMask
 	defer k.mu.Unlock()
 	var out []netlink.Route
 	for _, r := range k.routes {
+		if dst := dstOf(&r); family != netlink.FAMILY_ALL && dst.IsValid() && dst.Addr().Is4() != (family == netlink.FAMILY_V4) {
+			continue
+		}
 		if filterMask&netlink.RT_FILTER_PROTOCOL != 0 && r.Protocol != filter.Protocol {
 			continue
 		}

@@ -13,9 +13,11 @@ type Route struct {
 	Gateway netip.Addr
 }
 
-// Plan turns the desired state into routes. A peer whose PublicIP is not on
-// the external link's segment cannot be reached without a tunnel; it gets
-// an error naming it instead of a route.
+// Plan turns the desired state into routes: the peer's subnet via its
+// PublicIP and, on a dual-stack network, its IPv6 subnet via its
+// PublicIPv6. A peer whose address is not on the external link's segment
+// cannot be reached without a tunnel; it gets an error naming it instead of
+// a route.
 func Plan(d mesh.Desired, ext netutil.ExternalInterface) ([]Route, []error) {
 	var routes []Route
 	var problems []error
@@ -27,6 +29,16 @@ func Plan(d mesh.Desired, ext netutil.ExternalInterface) ([]Route, []error) {
 			continue
 		}
 		routes = append(routes, Route{Dst: p.Subnet, Gateway: p.PublicIP})
+		if !p.IPv6Subnet.IsValid() {
+			continue
+		}
+		if !ext.OnLink(p.PublicIPv6) {
+			problems = append(problems, mesh.SkipPeer(p.Key,
+				"PublicIPv6 %s is not on the same L2 segment as %s (%v); its IPv6 subnet %s is not routed: use vxlan or wireguard",
+				p.PublicIPv6, ext.Name, ext.Prefixes, p.IPv6Subnet))
+			continue
+		}
+		routes = append(routes, Route{Dst: p.IPv6Subnet, Gateway: p.PublicIPv6})
 	}
 	return routes, problems
 }

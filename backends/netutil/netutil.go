@@ -25,7 +25,11 @@ type ExternalInterface struct {
 	MTU   int
 	// Addr is the address published as PublicIP's source on this link.
 	Addr netip.Addr
-	// Prefixes are the link's connected IPv4 networks (its L2 segment).
+	// Addr6 is the link's global IPv6 address (the source of IPv6
+	// underlay traffic), invalid when it has none.
+	Addr6 netip.Addr
+	// Prefixes are the link's connected IPv4 and IPv6 networks (its L2
+	// segment).
 	Prefixes []netip.Prefix
 }
 
@@ -81,8 +85,14 @@ func Retry[T any](dump func() (T, error)) (T, error) {
 	return out, fmt.Errorf("netlink dump interrupted %d times in a row: %w", dumpRetries, err)
 }
 
-// OwnedRoutes lists the IPv4 routes in the main table that carry RouteProtocol.
+// OwnedRoutes lists the IPv4 and IPv6 routes in the main table that carry
+// RouteProtocol.
 func OwnedRoutes(k Kernel) ([]netlink.Route, error) {
 	filter := &netlink.Route{Protocol: RouteProtocol, Table: unix.RT_TABLE_MAIN}
-	return k.RouteListFiltered(netlink.FAMILY_V4, filter, netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
+	v4, err := k.RouteListFiltered(netlink.FAMILY_V4, filter, netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return nil, err
+	}
+	v6, err := k.RouteListFiltered(netlink.FAMILY_V6, filter, netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
+	return append(v4, v6...), err
 }

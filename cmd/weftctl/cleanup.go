@@ -81,11 +81,14 @@ func runCleanup(ctx context.Context, args []string, opts lease.EtcdOptions, stdo
 			fmt.Fprintf(stdout, "removed route %s\n", r.Dst)
 		}
 	}
-	if k, err := firewall.NewKeeper(firewall.Settings{Masq: true, Forward: true}, discardLogger()); err == nil {
-		if err := k.Cleanup(); err != nil {
-			errs = append(errs, err)
-		} else {
-			fmt.Fprintln(stdout, "removed iptables chains", firewall.MasqChain, "and", firewall.ForwardChain)
+	for _, ipv6 := range []bool{false, true} {
+		if k, err := firewall.NewKeeper(firewall.Settings{Masq: true, Forward: true, IPv6: ipv6}, discardLogger()); err == nil {
+			tool := map[bool]string{false: "iptables", true: "ip6tables"}[ipv6]
+			if err := k.Cleanup(); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", tool, err))
+			} else {
+				fmt.Fprintln(stdout, "removed", tool, "chains", firewall.MasqChain, "and", firewall.ForwardChain)
+			}
 		}
 	}
 	files := []string{*subnetFile}

@@ -36,8 +36,12 @@ func TestConfigPutRefusesInvalidBeforeEtcd(t *testing.T) {
 	}
 	dual := filepath.Join(dir, "dual.json")
 	os.WriteFile(dual, []byte(`{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00:5::/48"}`), 0o644)
-	if code, out, _ := weftctl("config", "validate", dual); code != 0 || !strings.Contains(out, "note: key \"EnableIPv6\": the IPv6 half is checked but weft does not carry IPv6 yet") {
-		t.Fatalf("validate of a dual-stack config = %d %q, want a note that IPv6 is not carried", code, out)
+	if code, _, stderr := weftctl("config", "validate", dual); code == 0 || !strings.Contains(stderr, `key "EnableIPv6": the udp backend carries IPv4 only`) {
+		t.Fatalf("validate of a dual-stack udp config = %d %q, want an error naming udp", code, stderr)
+	}
+	os.WriteFile(dual, []byte(`{"Network":"10.5.0.0/16","Backend":{"Type":"host-gw"},"EnableIPv6":true,"IPv6Network":"fc00:5::1/48"}`), 0o644)
+	if code, out, _ := weftctl("config", "validate", dual); code != 0 || !strings.Contains(out, `note: key "IPv6Network": fc00:5::1/48 has host bits set; using fc00:5::/48`) {
+		t.Fatalf("validate of a dual-stack config = %d %q, want a note on the host bits", code, out)
 	}
 	good := filepath.Join(dir, "good.json")
 	os.WriteFile(good, []byte(`{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}`), 0o644)

@@ -57,8 +57,15 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 		return err
 	}
 
+	var publicIP6 netip.Addr
+	if cfg.EnableIPv6 {
+		if publicIP6, err = publicIPv6(o, ext); err != nil {
+			return err
+		}
+		log.Info("dual stack: IPv6 underlay address chosen", "public_ipv6", publicIP6, "iface", ext.Name)
+	}
 	kernel := netutil.NewNetlink(nil, obs.kernelCalls())
-	backend, err := setUpBackend(ctx, backends.Env{Config: cfg, External: ext, PublicIP: publicIP, Log: log, KeyFile: o.keyFile,
+	backend, err := setUpBackend(ctx, backends.Env{Config: cfg, External: ext, PublicIP: publicIP, PublicIPv6: publicIP6, Log: log, KeyFile: o.keyFile,
 		WireGuardImplementation: o.wgImpl,
 		Kernel:                  kernel, Calls: obs.kernelCalls()})
 	if err != nil {
@@ -74,20 +81,29 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	}
 
 	req := lease.ClaimRequest{
-		Config:   cfg,
-		Attrs:    lease.Attrs{PublicIP: publicIP, BackendType: lease.OwnBackendType(cfg.Backend.Type), BackendData: backend.BackendData()},
-		Previous: lease.PreviousSubnet(o.subnetFile, cfg, log),
-		TTL:      o.leaseTTL,
+		Config:    cfg,
+		Attrs:     ownAttrs(cfg, publicIP, publicIP6, backend),
+		Previous:  lease.PreviousSubnet(o.subnetFile, cfg, log),
+		Previous6: lease.PreviousIPv6Subnet(o.subnetFile, cfg),
+		TTL:       o.leaseTTL,
 	}
 	own, err := lease.ClaimWithRetry(ctx, store, req, lease.DefaultStartupRetry(), log)
 	if err != nil {
 		return err
 	}
 	log.Info("subnet leased", "subnet", own.Subnet, "public_ip", publicIP, "backend", cfg.Backend.Type, "ttl", o.leaseTTL)
+	if own.IPv6Subnet.IsValid() {
+		log.Info("IPv6 subnet leased", "subnet", own.IPv6Subnet, "public_ipv6", publicIP6)
+	}
 	writeEnv := subnetFileWriter(o.subnetFile, cfg, backend.MTU(), o.ipMasq, log)
 	writeEnv(own)
-	if err := enableIPForward(); err != nil {
+	if err := enableForwarding("/proc/sys/net/ipv4/ip_forward"); err != nil {
 		log.Warn("cannot turn on net.ipv4.ip_forward; forwarded traffic will be dropped", "err", err)
+	}
+	if cfg.EnableIPv6 {
+		if err := enableForwarding("/proc/sys/net/ipv6/conf/all/forwarding"); err != nil {
+			log.Warn("cannot turn on net.ipv6.conf.all.forwarding; forwarded IPv6 traffic will be dropped", "err", err)
+		}
 	}
 
 	watcher := lease.NewWatcher(store, log)
@@ -102,7 +118,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	if reloader, ok := backend.(backends.KeyReloader); ok {
 		g.Go(func() error { return watchKey(ctx, reloader, holder, req.Attrs, log) })
 	}
-	if err := keepFirewall(ctx, g, o, cfg.Network, holder, obs, log); err != nil {
+	if err := keepFirewall(ctx, g, o, cfg, holder, obs, log); err != nil {
 		return err
 	}
 	if o.blackholeRoute {
@@ -120,6 +136,20 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 		return nil
 	}
 	return err
+}
+
+// ownAttrs is what this host's lease publishes: its addresses (the IPv6
+// one on a dual-stack network), its backend and the backend's data for each
+// family.
+func ownAttrs(cfg *lease.Config, publicIP, publicIP6 netip.Addr, backend backends.Backend) lease.Attrs {
+	attrs := lease.Attrs{PublicIP: publicIP, BackendType: lease.OwnBackendType(cfg.Backend.Type), BackendData: backend.BackendData()}
+	if publicIP6.IsValid() {
+		attrs.PublicIPv6 = &publicIP6
+		if b, ok := backend.(backends.DualStack); ok {
+			attrs.BackendV6Data = b.BackendV6Data()
+		}
+	}
+	return attrs
 }
 
 // setUpBackend builds the backend the config asks for and creates or
@@ -162,6 +192,9 @@ func subnetFileWriter(path string, cfg *lease.Config, mtu int, ipMasq bool, log 
 				"previous", old.Subnet, "subnet", l.Subnet, "subnet_file", path)
 		}
 		env := lease.SubnetEnv{Network: cfg.Network, Subnet: l.Subnet, MTU: mtu, IPMasq: ipMasq}
+		if l.IPv6Subnet.IsValid() {
+			env.IPv6Network, env.IPv6Subnet = cfg.IPv6Network, l.IPv6Subnet
+		}
 		if err := lease.WriteSubnetFile(path, env); err != nil {
 			log.Error("writing the subnet file", "path", path, "err", err)
 		}
@@ -222,25 +255,35 @@ func keepBlackhole(ctx context.Context, kernel netutil.Kernel, holder *lease.Hol
 }
 
 // keepFirewall starts keeping weft's iptables chains when -ip-masq or
-// -iptables-forward-rules asks for them. Without iptables, -ip-masq is an
-// error; forward rules only a warning.
-func keepFirewall(ctx context.Context, g *errgroup.Group, o *options, network netip.Prefix, holder *lease.Holder, obs *observer, log *slog.Logger) error {
+// -iptables-forward-rules asks for them, and the same chains in ip6tables
+// for the IPv6 half of a dual-stack network. Without iptables, -ip-masq is
+// an error; forward rules only a warning.
+func keepFirewall(ctx context.Context, g *errgroup.Group, o *options, cfg *lease.Config, holder *lease.Holder, obs *observer, log *slog.Logger) error {
 	if !o.ipMasq && !o.forwardRules {
 		return nil
 	}
-	keeper, err := firewall.NewKeeper(firewall.Settings{Masq: o.ipMasq, Forward: o.forwardRules,
-		RandomFullyDisable: o.randomFullyDisable, Resync: time.Duration(o.iptablesSync) * time.Second}, log)
-	switch {
-	case err != nil && o.ipMasq:
-		return fmt.Errorf("-ip-masq: %w; install iptables or drop -ip-masq", err)
-	case err != nil:
-		log.Warn("no iptables: forwarded traffic depends on the FORWARD policy (-iptables-forward-rules=false silences this)", "err", err)
-		return nil
+	type family struct {
+		ipv6    bool
+		network netip.Prefix
+		subnet  func() netip.Prefix
+	}
+	families := []family{{false, cfg.Network, func() netip.Prefix { return holder.Current().Subnet }}}
+	if cfg.EnableIPv6 {
+		families = append(families, family{true, cfg.IPv6Network, func() netip.Prefix { return holder.Current().IPv6Subnet }})
+	}
+	for _, f := range families {
+		keeper, err := firewall.NewKeeper(firewall.Settings{Masq: o.ipMasq, Forward: o.forwardRules, IPv6: f.ipv6,
+			RandomFullyDisable: o.randomFullyDisable, Resync: time.Duration(o.iptablesSync) * time.Second}, log)
+		switch {
+		case err != nil && o.ipMasq:
+			return fmt.Errorf("-ip-masq: %w; install it or drop -ip-masq", err)
+		case err != nil:
+			log.Warn("no iptables: forwarded traffic depends on the FORWARD policy (-iptables-forward-rules=false silences this)", "err", err)
+			return nil
+		}
+		g.Go(func() error { return keeper.Run(ctx, f.network, f.subnet) })
 	}
 	obs.setFirewall(o.ipMasq, o.forwardRules)
-	g.Go(func() error {
-		return keeper.Run(ctx, network, func() netip.Prefix { return holder.Current().Subnet })
-	})
 	return nil
 }
 
@@ -277,6 +320,9 @@ func watchKey(ctx context.Context, r backends.KeyReloader, holder *lease.Holder,
 		lastErr = ""
 		if changed {
 			attrs.BackendData = r.BackendData()
+			if d, ok := r.(backends.DualStack); ok && attrs.PublicIPv6 != nil {
+				attrs.BackendV6Data = d.BackendV6Data()
+			}
 			holder.SetAttrs(attrs)
 		}
 	}
@@ -291,12 +337,17 @@ func notOnUnderlay(cfg *lease.Config, ext netutil.ExternalInterface) error {
 			return fmt.Errorf(`%w: key "Network": %s overlaps %s on %s, the underlay between hosts; choose a Network no host interface uses`,
 				lease.ErrInvalidConfig, cfg.Network, p, ext.Name)
 		}
+		if cfg.EnableIPv6 && p.Overlaps(cfg.IPv6Network) {
+			return fmt.Errorf(`%w: key "IPv6Network": %s overlaps %s on %s, the underlay between hosts; choose an IPv6Network no host interface uses`,
+				lease.ErrInvalidConfig, cfg.IPv6Network, p, ext.Name)
+		}
 	}
 	return nil
 }
 
-func enableIPForward() error {
-	const path = "/proc/sys/net/ipv4/ip_forward"
+// enableForwarding turns on the forwarding sysctl at path (IPv4's or
+// IPv6's), writing only when it is off.
+func enableForwarding(path string) error {
 	if b, err := os.ReadFile(path); err == nil && len(b) > 0 && b[0] == '1' {
 		return nil
 	}

@@ -16,11 +16,13 @@ import (
 )
 
 // hostInterface is one interface as the external-interface choice sees
-// it: its name, index, MTU and global IPv4 addresses (with their networks).
+// it: its name, index, MTU and global IPv4 and IPv6 addresses (with their
+// networks).
 type hostInterface struct {
 	Name       string
 	Index, MTU int
 	Addrs      []netip.Prefix
+	Addrs6     []netip.Prefix
 }
 
 // routeLookup says which interface and source address a packet to ip
@@ -28,10 +30,12 @@ type hostInterface struct {
 type routeLookup func(ip netip.Addr) (index int, src netip.Addr, err error)
 
 // chosen is the outcome of the choice: the interface, the address on it
-// that is used, and why, for the log.
+// that is used, and why, for the log. addr6 is set when the choice named
+// one of the interface's IPv6 addresses (-iface <IPv6>).
 type chosen struct {
 	iface hostInterface
 	addr  netip.Addr
+	addr6 netip.Addr
 	why   string
 }
 
@@ -70,7 +74,17 @@ func pickExternal(o *options, ifaces []hostInterface, defaultIndex int, route ro
 	}
 	var tried []string
 	for _, spec := range o.ifaces {
-		if ip, err := netip.ParseAddr(spec); err == nil {
+		if ip, err := netip.ParseAddr(spec); err == nil && ip.Is6() {
+			for _, i := range ifaces {
+				for _, a := range i.Addrs6 {
+					if a.Addr() == ip {
+						c, err := first(i, "-iface "+spec)
+						c.addr6 = ip
+						return c, err
+					}
+				}
+			}
+		} else if err == nil {
 			if i, ok := holding(ip); ok {
 				return chosen{iface: i, addr: ip, why: "-iface " + spec}, nil
 			}
@@ -152,9 +166,15 @@ func chooseExternal(o *options, log *slog.Logger) (netutil.ExternalInterface, ne
 	if err != nil {
 		return netutil.ExternalInterface{}, netip.Addr{}, err
 	}
-	ext := netutil.ExternalInterface{Name: c.iface.Name, Index: c.iface.Index, MTU: c.iface.MTU, Addr: c.addr}
+	ext := netutil.ExternalInterface{Name: c.iface.Name, Index: c.iface.Index, MTU: c.iface.MTU, Addr: c.addr, Addr6: c.addr6}
 	for _, a := range c.iface.Addrs {
 		ext.Prefixes = append(ext.Prefixes, a.Masked())
+	}
+	for _, a := range c.iface.Addrs6 {
+		ext.Prefixes = append(ext.Prefixes, a.Masked())
+		if !ext.Addr6.IsValid() {
+			ext.Addr6 = a.Addr()
+		}
 	}
 	if len(c.iface.Addrs) > 1 {
 		log.Info("interface has several addresses; using this one (pick another with -iface <IP> or -public-ip)",
@@ -171,8 +191,22 @@ func chooseExternal(o *options, log *slog.Logger) (netutil.ExternalInterface, ne
 	return ext, public, nil
 }
 
+// publicIPv6 is the address this host publishes as PublicIPv6 on a
+// dual-stack network: -public-ipv6, else the external interface's first
+// global IPv6 address (or the one -iface named), as flannel picks it.
+func publicIPv6(o *options, ext netutil.ExternalInterface) (netip.Addr, error) {
+	if o.publicIPv6 != "" {
+		return netip.ParseAddr(o.publicIPv6) // checked by parseFlags
+	}
+	if !ext.Addr6.IsValid() {
+		return netip.Addr{}, fmt.Errorf(`the network config has "EnableIPv6": true but interface %s has no global IPv6 address; give it one, pick another interface with -iface, or set -public-ipv6`, ext.Name)
+	}
+	return ext.Addr6, nil
+}
+
 // hostInterfaces lists this host's interfaces in index order with their
-// global IPv4 addresses, and the default route's interface (0: none).
+// global IPv4 and IPv6 addresses, and the default route's interface (0:
+// none).
 func hostInterfaces() ([]hostInterface, int, error) {
 	links, err := netutil.Retry(netlink.LinkList)
 	if err != nil {
@@ -189,6 +223,15 @@ func hostInterfaces() ([]hostInterface, int, error) {
 		for _, a := range addrs {
 			if p, ok := netutil.Prefix(a.IPNet); ok && a.Scope == unix.RT_SCOPE_UNIVERSE {
 				i.Addrs = append(i.Addrs, p)
+			}
+		}
+		addrs6, err := netutil.Retry(func() ([]netlink.Addr, error) { return netlink.AddrList(l, netlink.FAMILY_V6) })
+		if err != nil {
+			return nil, 0, fmt.Errorf("listing IPv6 addresses of %s: %w", i.Name, err)
+		}
+		for _, a := range addrs6 {
+			if p, ok := netutil.Prefix(a.IPNet); ok && a.Scope == unix.RT_SCOPE_UNIVERSE && !p.Addr().IsLinkLocalUnicast() {
+				i.Addrs6 = append(i.Addrs6, p)
 			}
 		}
 		out = append(out, i)

@@ -49,15 +49,27 @@ type Settings struct {
 	RandomFullyDisable bool
 	// Resync is how often the chains are checked (-iptables-resync).
 	Resync time.Duration
+	// IPv6 keeps the chains with ip6tables, for the IPv6 half of a
+	// dual-stack network.
+	IPv6 bool
 }
 
-// NewKeeper finds iptables and keeps the chains settings ask for.
+// NewKeeper finds iptables (ip6tables for Settings.IPv6) and keeps the
+// chains settings ask for.
 func NewKeeper(settings Settings, log *slog.Logger) (*Keeper, error) {
-	ipt, err := iptables.New()
-	if err != nil {
-		return nil, fmt.Errorf("iptables (needed for -ip-masq and -iptables-forward-rules): %w", err)
+	proto, name := iptables.ProtocolIPv4, "iptables"
+	if settings.IPv6 {
+		proto, name = iptables.ProtocolIPv6, "ip6tables"
 	}
-	return NewKeeperWith(ipt, settings, log), nil
+	ipt, err := iptables.NewWithProtocol(proto)
+	if err != nil {
+		return nil, fmt.Errorf("%s (needed for -ip-masq and -iptables-forward-rules): %w", name, err)
+	}
+	k := NewKeeperWith(ipt, settings, log)
+	if settings.IPv6 {
+		k.log = k.log.With("family", "ipv6")
+	}
+	return k, nil
 }
 
 // NewKeeperWith is NewKeeper over any Tables (a fake in tests).

@@ -4,6 +4,7 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/weftnet/weft/cmd/internal/firewall"
@@ -240,5 +241,27 @@ func TestRemoveFlannel(t *testing.T) {
 	checkGolden(t, ipt, golden, "after removing flannel's chains")
 	if again, err := k.RemoveFlannel(); err != nil || len(again) != 0 {
 		t.Errorf("a second run removed %v (%v)", again, err)
+	}
+}
+
+// TestMasqChainIPv6: the ip6tables chain of a dual-stack network is the
+// IPv4 one with IPv6 prefixes and ff00::/8 for multicast, as flannel's
+// masqIP6Rules.
+func TestMasqChainIPv6(t *testing.T) {
+	c := firewall.MasqChainFor(netip.MustParsePrefix("fc00:5::/48"), netip.MustParsePrefix("fc00:5:0:22::/64"), false)
+	var got []string
+	for _, r := range c.Rules {
+		got = append(got, strings.Join(r, " "))
+	}
+	want := []string{
+		"-m mark --mark 0x4000/0x4000 -m comment --comment weft masq -j RETURN",
+		"-s fc00:5:0:22::/64 -d fc00:5::/48 -m comment --comment weft masq -j RETURN",
+		"-s fc00:5::/48 -d fc00:5:0:22::/64 -m comment --comment weft masq -j RETURN",
+		"! -s fc00:5::/48 -d fc00:5:0:22::/64 -m comment --comment weft masq -j RETURN",
+		"-s fc00:5::/48 ! -d ff00::/8 -m comment --comment weft masq -j MASQUERADE",
+		"! -s fc00:5::/48 -d fc00:5::/48 -m comment --comment weft masq -j MASQUERADE",
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("IPv6 masquerade chain:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }

@@ -41,8 +41,15 @@ func rule(comment string, match []string, target ...string) []string {
 // source; containers leaving the Network (but not to multicast) and the
 // host talking to remote containers are masqueraded, with --random-fully
 // when iptables has it unless randomFullyDisable (-ip-masq-fully-random-disable).
+//
+// For IPv6 (ip6tables, network an IPv6 prefix) the rules are the same with
+// ff00::/8 for multicast, as flannel's masqIP6Rules.
 func MasqChainFor(network, subnet netip.Prefix, randomFully bool) Chain {
 	n, s := network.String(), subnet.String()
+	multicast := "224.0.0.0/4"
+	if network.Addr().Is6() {
+		multicast = "ff00::/8"
+	}
 	masq := []string{"-j", "MASQUERADE"}
 	if randomFully {
 		masq = append(masq, "--random-fully")
@@ -56,7 +63,7 @@ func MasqChainFor(network, subnet netip.Prefix, randomFully bool) Chain {
 			r([]string{"-s", s, "-d", n}, "-j", "RETURN"),
 			r([]string{"-s", n, "-d", s}, "-j", "RETURN"),
 			r([]string{"!", "-s", n, "-d", s}, "-j", "RETURN"),
-			r([]string{"-s", n, "!", "-d", "224.0.0.0/4"}, masq...),
+			r([]string{"-s", n, "!", "-d", multicast}, masq...),
 			r([]string{"!", "-s", n, "-d", n}, masq...),
 		},
 	}

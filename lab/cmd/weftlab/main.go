@@ -34,6 +34,7 @@ func run() int {
 	docker := flag.Bool("docker", false, "run a dockerd on every host, started from weft's subnet file as the systemd drop-in does, with `docker run` containers (needs docker.io and busybox-static)")
 	weftctl := flag.String("weftctl", "", "weftctl binary, for -docker (default: weftctl next to this binary)")
 	members := flag.Int("etcd-members", 1, "etcd cluster size: 1 runs etcd in the underlay namespace, more run each member in a namespace of its own and give weftd every endpoint")
+	ipv6 := flag.Bool("ipv6", false, "dual stack: IPv6 on the underlay beside IPv4, \"EnableIPv6\" in the config, and an address of each family in every container (host-gw, vxlan, wireguard)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "weftlab: needs root to create network namespaces; run it with sudo")
@@ -57,7 +58,7 @@ func run() int {
 
 	say := func(format string, args ...any) { fmt.Printf("==> "+format+"\n", args...) }
 	say("creating %d hosts on one underlay bridge, with %d etcd member(s), backend %s", *hosts, *members, *backend)
-	l, err := lab.New(lab.Options{Hosts: *hosts, Backend: *backend, Weftd: *weftd, Self: self, Docker: *docker, EtcdMembers: *members})
+	l, err := lab.New(lab.Options{Hosts: *hosts, Backend: *backend, Weftd: *weftd, Self: self, Docker: *docker, EtcdMembers: *members, IPv6: *ipv6})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "weftlab:", err)
 		return 1

@@ -1,0 +1,99 @@
+package lab
+
+import (
+	"context"
+	"net/netip"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/weftnet/weft/lease"
+)
+
+// dualStackBackends are the backends that carry IPv6 (udp is IPv4 only,
+// as flannel's).
+var dualStackBackends = []string{lease.BackendHostGW}
+
+// TestDualStackCluster: on a dual-stack network every host leases an IPv4
+// and an IPv6 subnet under flannel's joined key, publishes its PublicIPv6,
+// writes both families to the subnet file, and every container reaches
+// every other in both families, on each backend that carries IPv6.
+func TestDualStackCluster(t *testing.T) {
+	for _, backend := range dualStackBackends {
+		t.Run(backend, func(t *testing.T) {
+			t.Parallel()
+			l := startCluster(t, Options{Hosts: 3, Backend: backend, IPv6: true})
+			checkDualStackLeases(t, l)
+			if table, ok := l.PingMatrix(); !strings.Contains(table, "fc00:5:") || !ok {
+				t.Fatalf("ping matrix lacks IPv6 or failed:\n%s", table)
+			}
+		})
+	}
+}
+
+// checkDualStackLeases checks each host's lease in etcd and its subnet
+// file against what flannel writes for a dual-stack host.
+func checkDualStackLeases(t *testing.T, l *Lab) {
+	t.Helper()
+	records, _, err := l.Store().List(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	byKey := map[string]lease.Lease{}
+	for _, r := range records {
+		ls, err := lease.DecodeLease(r.Key, r.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		byKey[r.Key] = ls
+	}
+	ipv6Network := netip.MustParsePrefix(DefaultIPv6Network)
+	for _, h := range l.Hosts {
+		if !h.IPv6Subnet.IsValid() || !ipv6Network.Contains(h.IPv6Subnet.Addr()) || h.IPv6Subnet.Bits() != 64 {
+			t.Errorf("%s: IPv6 subnet %v, want a /64 of %s", h.Name, h.IPv6Subnet, ipv6Network)
+			continue
+		}
+		key := lease.DualSubnetKey(h.Subnet, h.IPv6Subnet)
+		ls, ok := byKey[key]
+		if !ok {
+			t.Errorf("%s: no lease %s in etcd (have %v)", h.Name, key, records)
+			continue
+		}
+		if got := ls.Attrs.PublicIPv6Addr(); got != h.PublicIPv6 {
+			t.Errorf("%s: lease PublicIPv6 %v, want %s", h.Name, got, h.PublicIPv6)
+		}
+		env, err := lease.ReadSubnetFile(h.SubnetFile())
+		if err != nil || env.IPv6Network != ipv6Network || env.IPv6Subnet != h.IPv6Subnet {
+			t.Errorf("%s: subnet file IPv6 %v %v (%v), want %s %s", h.Name, env.IPv6Network, env.IPv6Subnet, err, ipv6Network, h.IPv6Subnet)
+		}
+	}
+}
+
+// TestDualStackIPMasqAndCleanup: with -ip-masq, IPv6 traffic leaving the
+// IPv6Network is masqueraded to the host's PublicIPv6 by ip6tables rules
+// like the IPv4 ones, traffic inside it keeps its source, and `weftctl
+// cleanup` removes weft's routes and chains of both families.
+func TestDualStackIPMasqAndCleanup(t *testing.T) {
+	l := startCluster(t, Options{Hosts: 2, Backend: lease.BackendHostGW, IPv6: true, WeftdArgs: []string{"-ip-masq", "-iptables-resync", "1"}})
+	h1, h2 := l.Hosts[0], l.Hosts[1]
+	outside := netip.AddrPortFrom(l.underlayAddr6(1), 7000)
+	checkMasquerade(t, l, h1, outside, h1.PublicIPv6, netip.AddrPortFrom(h2.ContainerIPv6(), 7001), h2, h1.ContainerIPv6())
+	if out, _ := Exec(h1.Name, "ip6tables-save"); !strings.Contains(out, "-A WEFT-POSTRTG -s "+DefaultIPv6Network+" ! -d ff00::/8") {
+		t.Errorf("ip6tables lacks weft's masquerade rule:\n%s", out)
+	}
+
+	l.StopWeftd(h1, syscall.SIGTERM)
+	if out, err := Exec(h1.Name, weftctlBin, "cleanup", "-subnet-file", h1.SubnetFile()); err != nil || !strings.Contains(out, "removed ip6tables chains") {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	for _, cmd := range [][]string{{"ip", "-6", "route", "show", "proto", "87"}, {"ip", "-4", "route", "show", "proto", "87"}} {
+		if out, _ := Exec(h1.Name, cmd...); out != "" {
+			t.Errorf("routes left (%s): %s", strings.Join(cmd, " "), out)
+		}
+	}
+	for _, tool := range []string{"iptables-save", "ip6tables-save"} {
+		if out, _ := Exec(h1.Name, tool); strings.Contains(strings.ToLower(out), "weft") {
+			t.Errorf("rules left in %s:\n%s", tool, out)
+		}
+	}
+}
