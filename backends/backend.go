@@ -168,7 +168,15 @@ func Constructors() map[string]Constructor {
 			return udp.New(env.Config, env.External, env.Kernel, env.Log)
 		},
 		lease.BackendVXLAN: func(env Env) (Backend, error) {
-			return vxlan.New(env.Config.Backend.Raw, env.External, env.PublicIP, env.Kernel, env.Log)
+			v4, err := vxlan.New(env.Config.Backend.Raw, env.External, env.PublicIP, env.Kernel, env.Log)
+			if err != nil || !env.Config.EnableIPv6 {
+				return v4, err
+			}
+			v6, err := vxlan.NewIPv6(env.Config.Backend.Raw, env.External, env.PublicIPv6, env.Kernel, env.Log)
+			if err != nil {
+				return nil, err
+			}
+			return &dualStack{v4: v4, v6: v6}, nil
 		},
 		lease.BackendWireGuard: func(env Env) (Backend, error) {
 			b, err := wireguard.New(env.Config.Backend.Raw, env.External, env.KeyFile, env.Kernel, env.Calls, env.Log)

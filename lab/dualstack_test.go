@@ -12,7 +12,7 @@ import (
 
 // dualStackBackends are the backends that carry IPv6 (udp is IPv4 only,
 // as flannel's).
-var dualStackBackends = []string{lease.BackendHostGW}
+var dualStackBackends = []string{lease.BackendHostGW, lease.BackendVXLAN}
 
 // TestDualStackCluster: on a dual-stack network every host leases an IPv4
 // and an IPv6 subnet under flannel's joined key, publishes its PublicIPv6,
@@ -24,10 +24,34 @@ func TestDualStackCluster(t *testing.T) {
 			t.Parallel()
 			l := startCluster(t, Options{Hosts: 3, Backend: backend, IPv6: true})
 			checkDualStackLeases(t, l)
+			checkDualStackDevices(t, l, backend)
 			if table, ok := l.PingMatrix(); !strings.Contains(table, "fc00:5:") || !ok {
 				t.Fatalf("ping matrix lacks IPv6 or failed:\n%s", table)
 			}
 		})
+	}
+}
+
+// checkDualStackDevices checks what carries the IPv6 half on each host:
+// host-gw's routes via the peers' PublicIPv6; vxlan's second device,
+// weft-v6.1, over the IPv6 underlay (local PublicIPv6), as flannel's
+// flannel-v6.1.
+func checkDualStackDevices(t *testing.T, l *Lab, backend string) {
+	t.Helper()
+	for _, h := range l.Hosts {
+		switch backend {
+		case lease.BackendHostGW:
+			for _, p := range l.Hosts {
+				if out, _ := Exec(h.Name, "ip", "-6", "route", "show", p.IPv6Subnet.String(), "proto", "87"); p != h && !strings.Contains(out, "via "+p.PublicIPv6.String()) {
+					t.Errorf("%s: route to %s is %q, want via %s", h.Name, p.IPv6Subnet, out, p.PublicIPv6)
+				}
+			}
+		case lease.BackendVXLAN:
+			out, err := Exec(h.Name, "ip", "-d", "link", "show", "weft-v6.1")
+			if err != nil || !strings.Contains(out, "vxlan id 1 local "+h.PublicIPv6.String()) {
+				t.Errorf("%s: weft-v6.1 is %q (%v), want vxlan id 1 local %s", h.Name, out, err, h.PublicIPv6)
+			}
+		}
 	}
 }
 

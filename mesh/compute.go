@@ -95,6 +95,27 @@ func Compute(self lease.Lease, leases []lease.Lease, cfg *lease.Config) Desired 
 	return d
 }
 
+// IPv6Half is the IPv6 half of a dual-stack desired state, shaped as an
+// IPv4 one so a backend written for one family programs it unchanged: the
+// Network is the IPv6Network, this host's and every peer's Subnet, PublicIP
+// and BackendData are their IPv6 ones, and peers without an IPv6 half are
+// left out. Keys stay the leases' own.
+func (d Desired) IPv6Half() Desired {
+	out := Desired{Network: d.IPv6Network, Self: d.Self}
+	out.Self.Subnet, out.Self.IPv6Subnet = d.Self.IPv6Subnet, netip.Prefix{}
+	out.Self.Attrs.PublicIP, out.Self.Attrs.PublicIPv6 = d.Self.Attrs.PublicIPv6Addr(), nil
+	out.Self.Attrs.BackendData, out.Self.Attrs.BackendV6Data = d.Self.Attrs.BackendV6Data, nil
+	for _, p := range d.Peers {
+		if !p.IPv6Subnet.IsValid() {
+			continue
+		}
+		out.Peers = append(out.Peers, Peer{Key: p.Key, Subnet: p.IPv6Subnet, PublicIP: p.PublicIPv6,
+			BackendType: p.BackendType, BackendData: p.BackendV6Data, Created: p.Created})
+	}
+	out.sort()
+	return out
+}
+
 // sort orders peers by subnet and skipped leases by key.
 func (d *Desired) sort() {
 	sort.Slice(d.Peers, func(i, j int) bool { return d.Peers[i].Subnet.Addr().Less(d.Peers[j].Subnet.Addr()) })

@@ -188,3 +188,28 @@ func TestComputeDualStack(t *testing.T) {
 		t.Errorf("IPv4-only network kept the IPv6 half: %s", got)
 	}
 }
+
+// TestIPv6Half: the IPv6 half of a dual-stack state is shaped as an IPv4
+// one (IPv6 subnets, addresses and data in the IPv4 fields), peers without
+// an IPv6 half are left out, and a delta's half follows the same rule.
+func TestIPv6Half(t *testing.T) {
+	self := mkLease("10.5.1.0/24", "192.168.50.1", 1)
+	self.IPv6Subnet = netip.MustParsePrefix("fc00:5:0:1::/64")
+	ip6 := netip.MustParseAddr("fd00:50::1")
+	self.Attrs.PublicIPv6, self.Attrs.BackendV6Data = &ip6, []byte(`{"v6":1}`)
+	dual := Peer{Key: "10.5.2.0-24&fc00:5:0:2::-64", Subnet: netip.MustParsePrefix("10.5.2.0/24"), PublicIP: netip.MustParseAddr("192.168.50.2"),
+		BackendData: []byte(`{"v4":2}`), IPv6Subnet: netip.MustParsePrefix("fc00:5:0:2::/64"), PublicIPv6: netip.MustParseAddr("fd00:50::2"), BackendV6Data: []byte(`{"v6":2}`)}
+	v4only := Peer{Key: "10.5.3.0-24", Subnet: netip.MustParsePrefix("10.5.3.0/24"), PublicIP: netip.MustParseAddr("192.168.50.3")}
+	d := Desired{Network: netip.MustParsePrefix("10.5.0.0/16"), IPv6Network: netip.MustParsePrefix("fc00:5::/48"), Self: self, Peers: []Peer{dual, v4only}}
+	half := d.IPv6Half()
+	if half.Network.String() != "fc00:5::/48" || half.Self.Subnet.String() != "fc00:5:0:1::/64" || half.Self.Attrs.PublicIP != ip6 || string(half.Self.Attrs.BackendData) != `{"v6":1}` {
+		t.Errorf("IPv6 half's network and self: %s %s %s %s", half.Network, half.Self.Subnet, half.Self.Attrs.PublicIP, half.Self.Attrs.BackendData)
+	}
+	if len(half.Peers) != 1 || half.Peers[0].Key != dual.Key || half.Peers[0].Subnet != dual.IPv6Subnet || half.Peers[0].PublicIP != dual.PublicIPv6 || string(half.Peers[0].BackendData) != `{"v6":2}` {
+		t.Errorf("IPv6 half's peers: %+v", half.Peers)
+	}
+	delta := Delta{Network: d.Network, IPv6Network: d.IPv6Network, Self: self, Old: []Peer{dual}, New: []Peer{v4only}}.IPv6Half()
+	if len(delta.Old) != 1 || delta.Old[0].Subnet != dual.IPv6Subnet || len(delta.New) != 0 {
+		t.Errorf("IPv6 half of a delta: %+v", delta)
+	}
+}

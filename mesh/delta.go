@@ -33,6 +33,14 @@ func (d Delta) After() Desired {
 	return Desired{Network: d.Network, IPv6Network: d.IPv6Network, Self: d.Self, Peers: d.New}
 }
 
+// IPv6Half is the delta's IPv6 half, shaped as Desired.IPv6Half shapes a
+// state: what a backend instance driving a dual-stack network's IPv6
+// device applies.
+func (d Delta) IPv6Half() Delta {
+	before, after := d.Before().IPv6Half(), d.After().IPv6Half()
+	return Delta{Network: before.Network, Self: before.Self, Old: before.Peers, New: after.Peers}
+}
+
 // DeltaApplier is an Applier that can also apply one change on its own,
 // at a cost that does not grow with the number of peers: it trusts that
 // the data path still holds what the last successful apply put there (the

@@ -230,7 +230,9 @@ func (k *Kernel) AddrList(link netlink.Link, family int) ([]netlink.Addr, error)
 	}
 	var out []netlink.Addr
 	for _, p := range k.addrs[l.Attrs().Index] {
-		out = append(out, netlink.Addr{IPNet: netutil.IPNet(p), LinkIndex: l.Attrs().Index})
+		if family == netlink.FAMILY_ALL || p.Addr().Is4() == (family == netlink.FAMILY_V4) {
+			out = append(out, netlink.Addr{IPNet: netutil.IPNet(p), LinkIndex: l.Attrs().Index})
+		}
 	}
 	return out, nil
 }

@@ -58,12 +58,17 @@ func EnsureTunnelLink(k Kernel, name string, mtu int, self netip.Prefix, network
 	return errs
 }
 
-// EnsureOnlyAddress makes want the link's only IPv4 address: stale ones (an
-// older subnet's) are removed, want is added when missing. Every device
-// weft owns carries exactly its subnet's address this way.
+// EnsureOnlyAddress makes want the link's only address of want's family:
+// stale ones (an older subnet's) are removed, want is added when missing.
+// Every device weft owns carries exactly its subnet's address this way.
+// IPv6 link-local addresses are the kernel's and stay.
 func EnsureOnlyAddress(k Kernel, link netlink.Link, want netip.Prefix) []error {
 	name := link.Attrs().Name
-	addrs, err := k.AddrList(link, netlink.FAMILY_V4)
+	family := netlink.FAMILY_V4
+	if want.Addr().Is6() {
+		family = netlink.FAMILY_V6
+	}
+	addrs, err := k.AddrList(link, family)
 	if err != nil {
 		return []error{fmt.Errorf("listing addresses of %s: %w", name, err)}
 	}
@@ -72,6 +77,8 @@ func EnsureOnlyAddress(k Kernel, link netlink.Link, want netip.Prefix) []error {
 	for _, a := range addrs {
 		if p, _ := Prefix(a.IPNet); p == want {
 			found = true
+		} else if p.Addr().IsLinkLocalUnicast() {
+			continue
 		} else if err := k.AddrDel(link, &a); err != nil {
 			errs = append(errs, fmt.Errorf("removing stale address %s from %s: %w", a.IPNet, name, err))
 		}

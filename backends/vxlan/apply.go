@@ -19,8 +19,14 @@ import (
 
 // Backend programs a kernel VXLAN device. The zero value is not usable; use New.
 type Backend struct {
-	opts   Options
-	ext    netutil.ExternalInterface
+	opts Options
+	ext  netutil.ExternalInterface
+	// name is the device's: weft.<VNI>, or weft-v6.<VNI> for the IPv6 half.
+	name string
+	// src is the device's local VTEP address: the external interface's
+	// IPv4 address, or its IPv6 one for the IPv6 half.
+	src    netip.Addr
+	ipv6   bool
 	mac    net.HardwareAddr
 	mtu    int
 	kernel netutil.Kernel
@@ -40,12 +46,29 @@ func New(raw json.RawMessage, ext netutil.ExternalInterface, publicIP netip.Addr
 	if opts.PortDefaulted {
 		log.Info(`vxlan "Port": 0 means the kernel's default port, 8472, as in flannel`)
 	}
-	return &Backend{opts: opts, ext: ext, mac: StableMAC(publicIP, opts.VNI), mtu: mtu, kernel: kernel,
+	return &Backend{opts: opts, ext: ext, name: opts.DeviceName(), src: ext.Addr, mac: StableMAC(publicIP, opts.VNI), mtu: mtu, kernel: kernel,
 		log: log.With("component", "vxlan", "device", opts.DeviceName())}, nil
 }
 
+// NewIPv6 is New for the IPv6 half of a dual-stack network, as flannel
+// makes it: a second device, weft-v6.<VNI> (flannel-v6.<VNI> renamed), of
+// the same VNI and port over the IPv6 underlay from the external
+// interface's IPv6 address, with a VTEP MAC of its own (published as
+// BackendV6Data). It is driven with the IPv6 half of each desired state
+// (mesh.Desired.IPv6Half).
+func NewIPv6(raw json.RawMessage, ext netutil.ExternalInterface, publicIPv6 netip.Addr, kernel netutil.Kernel, log *slog.Logger) (*Backend, error) {
+	b, err := New(raw, ext, publicIPv6, kernel, log)
+	if err != nil {
+		return nil, err
+	}
+	b.ipv6, b.name, b.src = true, b.opts.DeviceNameIPv6(), ext.Addr6
+	b.mtu = options.DeviceMTU(b.opts.MTU, ext.MTU, OverheadIPv6)
+	b.log = log.With("component", "vxlan", "device", b.name)
+	return b, nil
+}
+
 // Footprint is what the vxlan backend leaves on a host: weft.<VNI>.
-func Footprint() netutil.Footprint { return netutil.Footprint{Links: []string{"weft.*"}} }
+func Footprint() netutil.Footprint { return netutil.Footprint{Links: []string{"weft.*", "weft-v6.*"}} }
 
 // MTU is the device's (and containers') MTU.
 func (b *Backend) MTU() int { return b.mtu }
@@ -63,7 +86,7 @@ func (b *Backend) Setup(context.Context) error {
 // was changed by hand so that it no longer matches the options; created
 // says the device is new (and holds no entries yet).
 func (b *Backend) ensureDevice() (dev *netlink.Vxlan, created bool, err error) {
-	name := b.opts.DeviceName()
+	name := b.name
 	if link, err := b.kernel.LinkByName(name); err == nil {
 		if vx, ok := link.(*netlink.Vxlan); ok && b.matches(vx) {
 			if vx.Attrs().Flags&net.FlagUp == 0 {
@@ -82,7 +105,7 @@ func (b *Backend) ensureDevice() (dev *netlink.Vxlan, created bool, err error) {
 		LinkAttrs:    netlink.LinkAttrs{Name: name, MTU: b.mtu, HardwareAddr: b.mac},
 		VxlanId:      b.opts.VNI,
 		VtepDevIndex: b.ext.Index,
-		SrcAddr:      b.ext.Addr.AsSlice(),
+		SrcAddr:      b.src.AsSlice(),
 		Port:         b.opts.Port,
 		Learning:     b.opts.Learning,
 		GBP:          b.opts.GBP,
@@ -112,7 +135,7 @@ func (b *Backend) ensureDevice() (dev *netlink.Vxlan, created bool, err error) {
 
 func (b *Backend) matches(vx *netlink.Vxlan) bool {
 	return vx.VxlanId == b.opts.VNI && vx.Port == b.opts.Port && vx.VtepDevIndex == b.ext.Index &&
-		netutil.Addr(vx.SrcAddr) == b.ext.Addr && vx.Learning == b.opts.Learning && vx.GBP == b.opts.GBP &&
+		netutil.Addr(vx.SrcAddr) == b.src && vx.Learning == b.opts.Learning && vx.GBP == b.opts.GBP &&
 		vx.Attrs().HardwareAddr.String() == b.mac.String() && vx.Attrs().MTU == b.mtu
 }
 
@@ -127,7 +150,7 @@ func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 	state, errs, holders := plan(d, b.opts, b.ext)
 	b.macHolders = holders
 	idx := dev.Attrs().Index
-	errs = append(errs, netutil.EnsureOnlyAddress(b.kernel, dev, netip.PrefixFrom(d.Self.Subnet.Addr(), 32))...)
+	errs = append(errs, netutil.EnsureOnlyAddress(b.kernel, dev, netip.PrefixFrom(d.Self.Subnet.Addr(), d.Self.Subnet.Addr().BitLen()))...)
 	have, err := b.kernelEntries(idx)
 	if err != nil {
 		return errors.Join(append(errs, err)...)
@@ -181,7 +204,7 @@ type entries struct {
 // direct routes on the external link).
 func (b *Backend) kernelEntries(idx int) (entries, error) {
 	e := entries{neighbors: map[netip.Addr]netlink.Neigh{}, fdb: map[fdbKey]netlink.Neigh{}}
-	neighs, err := b.kernel.NeighList(idx, netlink.FAMILY_V4)
+	neighs, err := b.kernel.NeighList(idx, b.family())
 	if err != nil {
 		return e, fmt.Errorf("listing neighbours: %w", err)
 	}
@@ -210,7 +233,18 @@ func (b *Backend) kernelRoutes(idx int) (map[netip.Prefix]netlink.Route, error) 
 		return nil, err
 	}
 	// Another backend's routes (a switch of Backend.Type) are pruned by its own cleanup.
-	return netutil.RoutesByDst(owned, func(r netlink.Route) bool { return r.LinkIndex == idx || r.LinkIndex == b.ext.Index }), nil
+	return netutil.RoutesByDst(owned, func(r netlink.Route) bool {
+		dst, _ := netutil.Prefix(r.Dst)
+		return (r.LinkIndex == idx || r.LinkIndex == b.ext.Index) && dst.Addr().Is6() == b.ipv6
+	}), nil
+}
+
+// family is the address family of the device's overlay addresses.
+func (b *Backend) family() int {
+	if b.ipv6 {
+		return netlink.FAMILY_V6
+	}
+	return netlink.FAMILY_V4
 }
 
 // plannedEntries are the kernel objects a plan puts on the device.
@@ -230,7 +264,11 @@ func (b *Backend) plannedEntries(idx int, s State) entries {
 
 func neighbor(idx int, n Neighbor) *netlink.Neigh {
 	mac, _ := net.ParseMAC(n.MAC)
-	return &netlink.Neigh{LinkIndex: idx, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT, IP: n.IP.AsSlice(), HardwareAddr: mac}
+	family := netlink.FAMILY_V4
+	if n.IP.Is6() {
+		family = netlink.FAMILY_V6
+	}
+	return &netlink.Neigh{LinkIndex: idx, Family: family, State: netlink.NUD_PERMANENT, IP: n.IP.AsSlice(), HardwareAddr: mac}
 }
 
 func fdbEntry(idx int, f FDB) *netlink.Neigh {
@@ -303,7 +341,7 @@ func (b *Backend) syncRoutes(idx int, current map[netip.Prefix]netlink.Route, wa
 // and any direct route weft installed on the external link.
 func (b *Backend) Cleanup(context.Context) error {
 	var errs []error
-	if link, err := b.kernel.LinkByName(b.opts.DeviceName()); err == nil {
+	if link, err := b.kernel.LinkByName(b.name); err == nil {
 		errs = append(errs, b.kernel.LinkDel(link))
 	}
 	routes, err := b.kernelRoutes(-1)

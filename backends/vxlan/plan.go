@@ -15,6 +15,10 @@ import (
 // Overhead is what VXLAN adds over IPv4 (20 IP + 8 UDP + 8 VXLAN + 14 Ethernet).
 const Overhead = 50
 
+// OverheadIPv6 is what VXLAN adds over IPv6 (40 IP + 8 UDP + 8 VXLAN + 14
+// Ethernet).
+const OverheadIPv6 = 70
+
 // Options are the "Backend" keys of a vxlan network config, as flannel's.
 type Options struct {
 	VNI  int
@@ -66,6 +70,10 @@ func ParseOptions(raw json.RawMessage) (Options, error) {
 
 // DeviceName is weft.<VNI>, flannel's flannel.<VNI> renamed.
 func (o Options) DeviceName() string { return fmt.Sprintf("weft.%d", o.VNI) }
+
+// DeviceNameIPv6 is weft-v6.<VNI>, flannel's flannel-v6.<VNI> renamed: the
+// device of a dual-stack network's IPv6 half.
+func (o Options) DeviceNameIPv6() string { return fmt.Sprintf("weft-v6.%d", o.VNI) }
 
 // BackendData is what a vxlan lease publishes, exactly as flannel does.
 type BackendData struct {

@@ -1,0 +1,68 @@
+package backends
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+
+	"github.com/weftnet/weft/mesh"
+)
+
+// dualStack drives a dual-stack network through two instances of one
+// backend, one per family, as flannel's vxlan does with flannel.<VNI> and
+// flannel-v6.<VNI>: the IPv4 instance gets each desired state as it is,
+// the IPv6 one its IPv6 half (mesh.Desired.IPv6Half), so a backend written
+// for one family carries both unchanged.
+type dualStack struct {
+	v4, v6 Backend
+}
+
+// Setup sets up both halves.
+func (d *dualStack) Setup(ctx context.Context) error {
+	return errors.Join(d.v4.Setup(ctx), d.v6.Setup(ctx))
+}
+
+// BackendData is the IPv4 half's; BackendV6Data the IPv6 half's.
+func (d *dualStack) BackendData() json.RawMessage { return d.v4.BackendData() }
+
+// BackendV6Data is what the IPv6 half publishes (flannel's BackendV6Data).
+func (d *dualStack) BackendV6Data() json.RawMessage { return d.v6.BackendData() }
+
+// MTU is the smaller of the two: a container has one MTU for both
+// families, and the IPv6 underlay's header is the larger.
+func (d *dualStack) MTU() int { return min(d.v4.MTU(), d.v6.MTU()) }
+
+// Apply applies the state to the IPv4 half and its IPv6 half to the IPv6
+// one; a failure of one does not keep the other from being applied.
+func (d *dualStack) Apply(ctx context.Context, want mesh.Desired) error {
+	return errors.Join(d.v4.Apply(ctx, want), d.v6.Apply(ctx, want.IPv6Half()))
+}
+
+// ApplyDelta applies the delta to both halves; when either cannot take it
+// alone, the Reconciler is asked for a whole apply (which both take again,
+// harmlessly).
+func (d *dualStack) ApplyDelta(ctx context.Context, delta mesh.Delta) error {
+	v4, ok4 := d.v4.(mesh.DeltaApplier)
+	v6, ok6 := d.v6.(mesh.DeltaApplier)
+	if !ok4 || !ok6 {
+		return mesh.ErrWholeApply
+	}
+	err4, err6 := v4.ApplyDelta(ctx, delta), v6.ApplyDelta(ctx, delta.IPv6Half())
+	if errors.Is(err4, mesh.ErrWholeApply) || errors.Is(err6, mesh.ErrWholeApply) {
+		return mesh.ErrWholeApply
+	}
+	return errors.Join(err4, err6)
+}
+
+// Cleanup removes both halves.
+func (d *dualStack) Cleanup(ctx context.Context) error {
+	return errors.Join(d.v4.Cleanup(ctx), d.v6.Cleanup(ctx))
+}
+
+// Close closes both halves, leaving their data paths in place.
+func (d *dualStack) Close() error { return errors.Join(d.v4.Close(), d.v6.Close()) }
+
+var (
+	_ DualStack         = (*dualStack)(nil)
+	_ mesh.DeltaApplier = (*dualStack)(nil)
+)
