@@ -178,14 +178,38 @@ func Constructors() map[string]Constructor {
 			}
 			return &dualStack{v4: v4, v6: v6}, nil
 		},
-		lease.BackendWireGuard: func(env Env) (Backend, error) {
-			b, err := wireguard.New(env.Config.Backend.Raw, env.External, env.KeyFile, env.Kernel, env.Calls, env.Log)
-			if err == nil && env.WireGuardImplementation != "" {
-				err = b.OverrideImplementation(env.WireGuardImplementation, "-wireguard-implementation")
-			}
-			return b, err
-		},
+		lease.BackendWireGuard: newWireGuard,
 	}
+}
+
+// newWireGuard builds the wireguard backend: one device, or on a
+// dual-stack network in Mode "separate" (flannel's default) a device per
+// family.
+func newWireGuard(env Env) (Backend, error) {
+	wg4, err := wireguard.New(env.Config.Backend.Raw, env.External, env.KeyFile, env.Kernel, env.Calls, env.Log)
+	if err != nil {
+		return nil, err
+	}
+	opts, _ := wireguard.ParseOptions(env.Config.Backend.Raw) // New checked them
+	devices := []*wireguard.Backend{wg4}
+	if env.Config.EnableIPv6 && opts.Mode == wireguard.ModeSeparate {
+		wg6, err := wireguard.NewIPv6(env.Config.Backend.Raw, env.External, env.KeyFile, env.Kernel, env.Calls, env.Log)
+		if err != nil {
+			return nil, err
+		}
+		devices = append(devices, wg6)
+	}
+	for _, d := range devices {
+		if env.WireGuardImplementation != "" {
+			if err := d.OverrideImplementation(env.WireGuardImplementation, "-wireguard-implementation"); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if len(devices) == 1 {
+		return wg4, nil
+	}
+	return &wireguardSeparate{dualStack: dualStack{v4: devices[0], v6: devices[1]}, wg4: devices[0], wg6: devices[1]}, nil
 }
 
 // ValidateOptions checks the Backend options of cfg without touching the
@@ -195,7 +219,11 @@ func ValidateOptions(cfg *lease.Config) error {
 	var err error
 	switch cfg.Backend.Type {
 	case lease.BackendWireGuard:
-		_, err = wireguard.ParseOptions(cfg.Backend.Raw)
+		var o wireguard.Options
+		o, err = wireguard.ParseOptions(cfg.Backend.Raw)
+		if err == nil && cfg.EnableIPv6 && o.Mode == wireguard.ModeSeparate && o.ListenPortV6 == o.ListenPort {
+			err = fmt.Errorf(`key "Backend.ListenPortV6": %d is ListenPort too; Mode "separate" runs a device per family, each on a port of its own`, o.ListenPort)
+		}
 	case lease.BackendVXLAN:
 		_, err = vxlan.ParseOptions(cfg.Backend.Raw)
 	case lease.BackendUDP:

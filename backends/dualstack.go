@@ -5,6 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/weftnet/weft/backends/wireguard"
 	"github.com/weftnet/weft/mesh"
 )
 
@@ -62,7 +65,33 @@ func (d *dualStack) Cleanup(ctx context.Context) error {
 // Close closes both halves, leaving their data paths in place.
 func (d *dualStack) Close() error { return errors.Join(d.v4.Close(), d.v6.Close()) }
 
+// wireguardSeparate is Mode "separate" of the wireguard backend on a
+// dual-stack network: a device per family, one key. A rotation is done by
+// the IPv4 half and adopted from the key file by the IPv6 one; status
+// shows the IPv4 device.
+type wireguardSeparate struct {
+	dualStack
+	wg4, wg6 *wireguard.Backend
+}
+
+// ReloadKey rotates or reloads the key on the IPv4 device and has the IPv6
+// device load the same key.
+func (w *wireguardSeparate) ReloadKey(rotate bool) (bool, error) {
+	changed, err := w.wg4.ReloadKey(rotate)
+	if err != nil {
+		return false, err
+	}
+	changed6, err := w.wg6.ReloadKey(false)
+	return changed || changed6, err
+}
+
+// Status is the IPv4 device's.
+func (w *wireguardSeparate) Status() (*wgtypes.Device, error) { return w.wg4.Status() }
+
 var (
 	_ DualStack         = (*dualStack)(nil)
 	_ mesh.DeltaApplier = (*dualStack)(nil)
+	_ KeyReloader       = (*wireguardSeparate)(nil)
+	_ DeviceStatus      = (*wireguardSeparate)(nil)
+	_ DualStack         = (*wireguard.Backend)(nil)
 )

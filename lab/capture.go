@@ -22,10 +22,15 @@ type Capture struct {
 
 // CaptureUnderlay starts tcpdump on the underlay bridge (every host's
 // traffic crosses it) for IPv4 packets other than IGMP housekeeping, and
-// returns once it is listening.
+// IPv6 ones other than ICMPv6 (neighbour discovery) in a dual-stack lab,
+// and returns once it is listening.
 func (l *Lab) CaptureUnderlay(name string) (*Capture, error) {
 	file := filepath.Join(l.Dir, name+".pcap")
-	cmd := exec.Command("ip", "netns", "exec", l.Underlay, "tcpdump", "-i", "br0", "-nn", "-U", "--immediate-mode", "-s", "0", "-Z", "root", "-w", file, "ip and not igmp")
+	filter := "ip and not igmp"
+	if l.opts.IPv6 {
+		filter = "(ip and not igmp) or (ip6 and not icmp6)"
+	}
+	cmd := exec.Command("ip", "netns", "exec", l.Underlay, "tcpdump", "-i", "br0", "-nn", "-U", "--immediate-mode", "-s", "0", "-Z", "root", "-w", file, filter)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		return nil, err

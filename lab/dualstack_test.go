@@ -2,6 +2,7 @@ package lab
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"strings"
 	"syscall"
@@ -12,7 +13,7 @@ import (
 
 // dualStackBackends are the backends that carry IPv6 (udp is IPv4 only,
 // as flannel's).
-var dualStackBackends = []string{lease.BackendHostGW, lease.BackendVXLAN}
+var dualStackBackends = []string{lease.BackendHostGW, lease.BackendVXLAN, lease.BackendWireGuard}
 
 // TestDualStackCluster: on a dual-stack network every host leases an IPv4
 // and an IPv6 subnet under flannel's joined key, publishes its PublicIPv6,
@@ -28,7 +29,47 @@ func TestDualStackCluster(t *testing.T) {
 			if table, ok := l.PingMatrix(); !strings.Contains(table, "fc00:5:") || !ok {
 				t.Fatalf("ping matrix lacks IPv6 or failed:\n%s", table)
 			}
+			if backend == lease.BackendWireGuard {
+				// Mode "separate" (the default): IPv4 over the IPv4
+				// underlay on 51820, IPv6 over the IPv6 one on 51821,
+				// nothing in clear in either family.
+				h1, h2 := l.Hosts[0], l.Hosts[1]
+				checkOuterFamily(t, checkEncryptedTo(t, l, h1, h2.ContainerIP(), 51820), "IP ")
+				checkOuterFamily(t, checkEncryptedTo(t, l, h1, h2.ContainerIPv6(), 51821), "IP6 ")
+			}
 		})
+	}
+}
+
+// TestDualStackWireGuardOneDevice: Modes "ipv6" and "auto" carry both
+// families through one device, weft-wg: in "ipv6" every peer is reached
+// over the IPv6 underlay; in "auto" (private IPv4 and ULA IPv6 addresses,
+// as in the lab) over IPv4, as flannel's selectMode decides.
+func TestDualStackWireGuardOneDevice(t *testing.T) {
+	for _, mode := range []struct{ name, outer string }{{"ipv6", "IP6 "}, {"auto", "IP "}} {
+		t.Run(mode.name, func(t *testing.T) {
+			t.Parallel()
+			config := fmt.Sprintf(`{"Network":%q,"EnableIPv6":true,"IPv6Network":%q,"Backend":{"Type":"wireguard","Mode":%q}}`, DefaultNetwork, DefaultIPv6Network, mode.name)
+			l := startCluster(t, Options{Hosts: 3, Backend: lease.BackendWireGuard, IPv6: true, Config: config})
+			h1, h2 := l.Hosts[0], l.Hosts[1]
+			if out, err := Exec(h1.Name, "ip", "-o", "link"); err != nil || strings.Contains(out, "weft-wg-v6") {
+				t.Errorf("a second device in Mode %q: %v\n%s", mode.name, err, out)
+			}
+			for _, dst := range []netip.Addr{h2.ContainerIP(), h2.ContainerIPv6()} {
+				checkOuterFamily(t, checkEncryptedTo(t, l, h1, dst, 51820), mode.outer)
+			}
+		})
+	}
+}
+
+// checkOuterFamily checks that every WireGuard packet tcpdump printed is
+// of one underlay family ("IP " or "IP6 ").
+func checkOuterFamily(t *testing.T, packets []string, family string) {
+	t.Helper()
+	for _, p := range packets {
+		if !strings.Contains(p, " "+family) {
+			t.Errorf("WireGuard packet not over %q: %s", strings.TrimSpace(family), p)
+		}
 	}
 }
 
@@ -45,6 +86,10 @@ func checkDualStackDevices(t *testing.T, l *Lab, backend string) {
 				if out, _ := Exec(h.Name, "ip", "-6", "route", "show", p.IPv6Subnet.String(), "proto", "87"); p != h && !strings.Contains(out, "via "+p.PublicIPv6.String()) {
 					t.Errorf("%s: route to %s is %q, want via %s", h.Name, p.IPv6Subnet, out, p.PublicIPv6)
 				}
+			}
+		case lease.BackendWireGuard:
+			if out, err := Exec(h.Name, "ip", "-o", "link", "show", "weft-wg-v6"); err != nil {
+				t.Errorf("%s: no weft-wg-v6 (Mode separate): %v %s", h.Name, err, out)
 			}
 		case lease.BackendVXLAN:
 			out, err := Exec(h.Name, "ip", "-d", "link", "show", "weft-v6.1")

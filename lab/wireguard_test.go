@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/hex"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -36,12 +37,20 @@ func wgPeers(l *Lab, h *Host) (string, error) {
 // on port 2379 is control, not a container's).
 func checkEncrypted(t *testing.T, l *Lab, from, to *Host) {
 	t.Helper()
+	checkEncryptedTo(t, l, from, to.ContainerIP(), 51820)
+}
+
+// checkEncryptedTo is checkEncrypted for any container address dst, whose
+// WireGuard traffic must use port; it returns tcpdump's lines of the
+// WireGuard packets.
+func checkEncryptedTo(t *testing.T, l *Lab, from *Host, dst netip.Addr, port int) []string {
+	t.Helper()
 	pattern := "deadbeefcafef00d0123456789abcdef"
 	capture, err := l.CaptureUnderlay("wg")
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, perr := Exec(from.Container, "ping", "-c", "3", "-i", "0.2", "-p", pattern, to.ContainerIP().String())
+	_, perr := Exec(from.Container, "ping", "-c", "3", "-i", "0.2", "-p", pattern, dst.String())
 	raw, decoded, err := capture.Stop()
 	if perr != nil || err != nil {
 		t.Fatalf("ping %v, capture %v", perr, err)
@@ -50,19 +59,20 @@ func checkEncrypted(t *testing.T, l *Lab, from, to *Host) {
 	if bytes.Contains(raw, needle) {
 		t.Fatalf("a container's ping crossed the underlay in clear:\n%s", decoded)
 	}
-	wgPackets := 0
+	var wgPackets []string
 	for _, line := range strings.Split(strings.TrimSpace(decoded), "\n") {
 		switch {
-		case strings.Contains(line, ".51820: UDP"):
-			wgPackets++
+		case strings.Contains(line, fmt.Sprintf(".%d: UDP", port)):
+			wgPackets = append(wgPackets, line)
 		case strings.Contains(line, ".2379"):
 		default:
 			t.Errorf("a packet other than WireGuard on the underlay: %s", line)
 		}
 	}
-	if wgPackets < 6 {
-		t.Errorf("only %d WireGuard packets for 3 pings:\n%s", wgPackets, decoded)
+	if len(wgPackets) < 6 {
+		t.Errorf("only %d WireGuard packets for 3 pings:\n%s", len(wgPackets), decoded)
 	}
+	return wgPackets
 }
 
 // restartWeftd stops weftd on h with SIGTERM, starts it again and waits

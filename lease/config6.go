@@ -69,7 +69,7 @@ func (c *Config) setIPv6(raw rawConfig) error {
 }
 
 // ipv6Backends are the backends that carry IPv6 container traffic.
-var ipv6Backends = []string{BackendHostGW, BackendVXLAN}
+var ipv6Backends = []string{BackendHostGW, BackendVXLAN, BackendWireGuard}
 
 // Fits6 reports whether subnet is an IPv6 subnet this config can hand out
 // (inside IPv6Network, of IPv6SubnetLen, aligned, within IPv6SubnetMin..Max)

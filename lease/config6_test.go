@@ -44,7 +44,7 @@ func TestParseConfigIPv6Errors(t *testing.T) {
 	base := `"Network":"10.5.0.0/16","Backend":{"Type":"host-gw"},"EnableIPv6":true`
 	for _, tt := range []struct{ name, json, want string }{
 		{"IPv6-only", `{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48"}`, `key "EnableIPv4": false (an IPv6-only network) is not supported`},
-		{"udp", `{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48"}`, `key "EnableIPv6": the udp backend carries IPv4 only (as flannel's does); use host-gw, vxlan for IPv6`},
+		{"udp", `{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48"}`, `key "EnableIPv6": the udp backend carries IPv4 only (as flannel's does); use host-gw, vxlan, wireguard for IPv6`},
 		{"missing network", `{` + base + `}`, `key "IPv6Network" is missing`},
 		{"network not cidr", `{` + base + `,"IPv6Network":"fc00::"}`, `key "IPv6Network": "fc00::" is not an IPv6 CIDR`},
 		{"network ipv4", `{` + base + `,"IPv6Network":"10.6.0.0/16"}`, `is not an IPv6 CIDR`},

@@ -17,6 +17,20 @@ import (
 // the device up, and one route for the whole Network through it. It fixes
 // only what differs and returns every error met.
 func EnsureTunnelLink(k Kernel, name string, mtu int, self netip.Prefix, network netip.Prefix) []error {
+	return EnsureTunnelLinkFor(k, name, mtu, []TunnelHalf{{Self: self, Network: network}})
+}
+
+// TunnelHalf is one address family a tunnel device carries: this host's
+// subnet in it and the Network (or IPv6Network) it routes.
+type TunnelHalf struct {
+	Self, Network netip.Prefix
+}
+
+// EnsureTunnelLinkFor is EnsureTunnelLink for a device that carries
+// several families (one WireGuard device for a dual-stack network): an
+// address of each half's subnet (/32 or /128) and a route for each half's
+// Network; any other weft route on the device is removed.
+func EnsureTunnelLinkFor(k Kernel, name string, mtu int, halves []TunnelHalf) []error {
 	link, err := k.LinkByName(name)
 	if err != nil {
 		return []error{fmt.Errorf("finding %s: %w", name, err)}
@@ -27,7 +41,11 @@ func EnsureTunnelLink(k Kernel, name string, mtu int, self netip.Prefix, network
 			errs = append(errs, fmt.Errorf("setting MTU of %s: %w", name, err))
 		}
 	}
-	errs = append(errs, EnsureOnlyAddress(k, link, netip.PrefixFrom(self.Addr(), 32))...)
+	wanted := map[netip.Prefix]bool{}
+	for _, h := range halves {
+		errs = append(errs, EnsureOnlyAddress(k, link, netip.PrefixFrom(h.Self.Addr(), h.Self.Addr().BitLen()))...)
+		wanted[h.Network] = true
+	}
 	if link.Attrs().Flags&net.FlagUp == 0 {
 		if err := k.LinkSetUp(link); err != nil {
 			errs = append(errs, fmt.Errorf("bringing %s up: %w", name, err))
@@ -37,22 +55,25 @@ func EnsureTunnelLink(k Kernel, name string, mtu int, self netip.Prefix, network
 	if err != nil {
 		return append(errs, err)
 	}
-	have := false
+	have := map[netip.Prefix]bool{}
 	for _, r := range owned {
 		if r.LinkIndex != link.Attrs().Index {
 			continue
 		}
-		if dst, _ := Prefix(r.Dst); dst == network {
-			have = true
+		if dst, _ := Prefix(r.Dst); wanted[dst] {
+			have[dst] = true
 		} else if err := k.RouteDel(&r); err != nil {
 			errs = append(errs, fmt.Errorf("removing route %s for an older Network: %w", dst, err))
 		}
 	}
-	if !have {
-		route := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: IPNet(network), Protocol: RouteProtocol,
+	for _, h := range halves {
+		if have[h.Network] {
+			continue
+		}
+		route := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: IPNet(h.Network), Protocol: RouteProtocol,
 			Table: unix.RT_TABLE_MAIN, Scope: netlink.SCOPE_LINK}
 		if err := k.RouteReplace(route); err != nil {
-			errs = append(errs, fmt.Errorf("route %s dev %s: %w", network, name, err))
+			errs = append(errs, fmt.Errorf("route %s dev %s: %w", h.Network, name, err))
 		}
 	}
 	return errs

@@ -64,15 +64,40 @@ func New(raw json.RawMessage, ext netutil.ExternalInterface, keyFile string, ker
 	} else {
 		log.Info("loaded the WireGuard key", "file", keyFile, "public_key", key.Public())
 	}
+	opts.localIPv4, opts.localIPv6 = ext.Addr, ext.Addr6
 	mtu := options.DeviceMTU(opts.MTU, ext.MTU, Overhead)
 	return &Backend{name: DeviceName, opts: opts, ext: ext, keyFile: keyFile, kernel: kernel, calls: calls, log: log, mtu: mtu, key: key}, nil
 }
+
+// NewIPv6 is New for the IPv6 device of Mode "separate" on a dual-stack
+// network, as flannel's flannel-wg-v6: weft-wg-v6 on ListenPortV6 with
+// the same key, driven with the IPv6 half of each desired state
+// (mesh.Desired.IPv6Half), so its peers are the leases' IPv6 subnets at
+// their PublicIPv6 and BackendV6Data's port.
+func NewIPv6(raw json.RawMessage, ext netutil.ExternalInterface, keyFile string, kernel netutil.Kernel, calls *netutil.Calls, log *slog.Logger) (*Backend, error) {
+	b, err := New(raw, ext, keyFile, kernel, calls, log.With("family", "ipv6"))
+	if err != nil {
+		return nil, err
+	}
+	if b.opts.ListenPortV6 == b.opts.ListenPort {
+		return nil, fmt.Errorf(`key "Backend.ListenPortV6": %d is ListenPort too; Mode "separate" runs a device per family, each on a port of its own`, b.opts.ListenPort)
+	}
+	b.name, b.opts.ListenPort = DeviceNameIPv6, b.opts.ListenPortV6
+	return b, nil
+}
+
+// BackendV6Data is what a single-device dual-stack lease (Mode auto, ipv4,
+// ipv6) publishes for its IPv6 half: the same key and the port the one
+// device listens on. (flannel publishes ListenPortV6 there, where its one
+// device does not listen.)
+func (b *Backend) BackendV6Data() json.RawMessage { return b.BackendData() }
 
 // Footprint is what the wireguard backend leaves on a host: the device
 // (kernel link or persistent TUN) and wireguard-go's UAPI socket. The key
 // file is not in it: it is this host's identity and outlives a cleanup.
 func Footprint() netutil.Footprint {
-	return netutil.Footprint{Links: []string{DeviceName}, Files: []string{"/var/run/wireguard/" + DeviceName + ".sock"}}
+	return netutil.Footprint{Links: []string{DeviceName, DeviceNameIPv6},
+		Files: []string{"/var/run/wireguard/" + DeviceName + ".sock", "/var/run/wireguard/" + DeviceNameIPv6 + ".sock"}}
 }
 
 // OverrideImplementation replaces the config's Implementation on this host
@@ -183,7 +208,11 @@ func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 	if err := b.kick(peersToKick(have, want, changes, cfg.PrivateKey != nil)); err != nil {
 		errs = append(errs, err)
 	}
-	errs = append(errs, netutil.EnsureTunnelLink(b.kernel, b.name, b.mtu, d.Self.Subnet, d.Network)...)
+	halves := []netutil.TunnelHalf{{Self: d.Self.Subnet, Network: d.Network}}
+	if b.opts.Mode != ModeSeparate && d.IPv6Network.IsValid() && d.Self.IPv6Subnet.IsValid() {
+		halves = append(halves, netutil.TunnelHalf{Self: d.Self.IPv6Subnet, Network: d.IPv6Network})
+	}
+	errs = append(errs, netutil.EnsureTunnelLinkFor(b.kernel, b.name, b.mtu, halves)...)
 	b.applied = len(errs) == 0
 	return errors.Join(errs...)
 }

@@ -3,6 +3,7 @@ package wireguard
 import (
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"time"
 
 	"github.com/weftnet/weft/backends/options"
@@ -11,6 +12,25 @@ import (
 
 // DeviceName is the WireGuard interface weft creates.
 const DeviceName = "weft-wg"
+
+// DeviceNameIPv6 is the second device of Mode "separate" on a dual-stack
+// network, flannel's flannel-wg-v6 renamed.
+const DeviceNameIPv6 = "weft-wg-v6"
+
+// Mode values, as flannel spells them: how a dual-stack network's two
+// families share WireGuard.
+const (
+	// ModeSeparate runs one device per family, IPv4 over the IPv4
+	// underlay and IPv6 over the IPv6 one (flannel's default).
+	ModeSeparate = "separate"
+	// ModeAuto runs one device for both families and picks each peer's
+	// endpoint family as flannel's selectMode does.
+	ModeAuto = "auto"
+	// ModeIPv4 and ModeIPv6 run one device for both families, every peer
+	// reached at its IPv4 (or IPv6) address.
+	ModeIPv4 = "ipv4"
+	ModeIPv6 = "ipv6"
+)
 
 // Implementation choices for Options.Implementation.
 const (
@@ -26,6 +46,11 @@ const Overhead = 80
 // Options are the "Backend" keys of a wireguard network config.
 type Options struct {
 	ListenPort int
+	// ListenPortV6 is the port of the IPv6 device in Mode "separate"
+	// (flannel's default 51821).
+	ListenPortV6 int
+	// Mode is how a dual-stack network uses WireGuard (ModeSeparate, ...).
+	Mode string
 	// PSK is an optional pre-shared key every peer uses.
 	PSK *keys.Key
 	// PersistentKeepalive is 0 (off) or the interval between keepalives.
@@ -37,6 +62,27 @@ type Options struct {
 	// ImplementationFrom names where Implementation came from, for log
 	// lines and errors: the config key, or weftd's flag overriding it.
 	ImplementationFrom string
+
+	// localIPv4 and localIPv6 are this host's underlay addresses, for
+	// Mode "auto"'s choice of each peer's endpoint family.
+	localIPv4, localIPv6 netip.Addr
+}
+
+// useIPv6 says whether a peer of a single-device dual-stack network (Mode
+// auto, ipv4, ipv6) is reached at its IPv6 address. "auto" decides as
+// flannel's selectMode: IPv4 when the peer's IPv4 address is public and
+// this host has one, IPv6 when both ends have public IPv6 addresses, else
+// IPv4.
+func (o Options) useIPv6(peer4, peer6 netip.Addr) bool {
+	switch {
+	case !peer6.IsValid() || o.Mode == ModeIPv4:
+		return false
+	case o.Mode == ModeIPv6:
+		return true
+	case !peer4.IsPrivate() && o.localIPv4.IsValid():
+		return false
+	}
+	return !peer6.IsPrivate() && o.localIPv6.IsValid() && !o.localIPv6.IsPrivate()
 }
 
 // ValidImplementation reports whether impl is one of auto, kernel, userspace.
@@ -49,6 +95,8 @@ func ValidImplementation(impl string) bool {
 func ParseOptions(raw json.RawMessage) (Options, error) {
 	var in struct {
 		ListenPort                  *int    `json:"ListenPort"`
+		ListenPortV6                *int    `json:"ListenPortV6"`
+		Mode                        string  `json:"Mode"`
 		PSK                         string  `json:"PSK"`
 		PersistentKeepaliveInterval float64 `json:"PersistentKeepaliveInterval"`
 		MTU                         int     `json:"MTU"`
@@ -63,6 +111,16 @@ func ParseOptions(raw json.RawMessage) (Options, error) {
 	var err error
 	if o.ListenPort, err = options.Port("ListenPort", in.ListenPort, 51820); err != nil {
 		return o, err
+	}
+	if o.ListenPortV6, err = options.Port("ListenPortV6", in.ListenPortV6, 51821); err != nil {
+		return o, err
+	}
+	switch o.Mode = in.Mode; o.Mode {
+	case "":
+		o.Mode = ModeSeparate
+	case ModeSeparate, ModeAuto, ModeIPv4, ModeIPv6:
+	default:
+		return o, fmt.Errorf(`key "Backend.Mode": %q is not one of separate, auto, ipv4, ipv6`, in.Mode)
 	}
 	if in.PSK != "" {
 		psk, err := keys.ParseKey(in.PSK)

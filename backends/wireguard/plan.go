@@ -94,8 +94,22 @@ func candidates(d mesh.Desired, self keys.Key, opts Options) ([]PeerSpec, []erro
 			problems = append(problems, mesh.SkipPeer(p.Key, "publishes this host's own public key"))
 			continue
 		}
-		out = append(out, PeerSpec{Lease: p.Key, PublicKey: pub, Endpoint: netip.AddrPortFrom(p.PublicIP, uint16(data.Port)),
-			AllowedIPs: []netip.Prefix{p.Subnet}, Keepalive: opts.PersistentKeepalive, PSK: opts.PSK})
+		spec := PeerSpec{Lease: p.Key, PublicKey: pub, Endpoint: netip.AddrPortFrom(p.PublicIP, uint16(data.Port)),
+			AllowedIPs: []netip.Prefix{p.Subnet}, Keepalive: opts.PersistentKeepalive, PSK: opts.PSK}
+		if opts.Mode != ModeSeparate && d.IPv6Network.IsValid() && p.IPv6Subnet.IsValid() {
+			// One device for both families: the peer's IPv6 subnet too,
+			// and its IPv6 endpoint when the Mode says so.
+			spec.AllowedIPs = append(spec.AllowedIPs, p.IPv6Subnet)
+			if opts.useIPv6(p.PublicIP, p.PublicIPv6) {
+				port := data.Port
+				var data6 BackendData
+				if json.Unmarshal(p.BackendV6Data, &data6) == nil && data6.Port >= 1 && data6.Port <= 65535 {
+					port = data6.Port
+				}
+				spec.Endpoint = netip.AddrPortFrom(p.PublicIPv6, uint16(port))
+			}
+		}
+		out = append(out, spec)
 	}
 	return out, problems
 }

@@ -31,7 +31,7 @@ func data(k keys.Key, port int) string { return string(EncodeBackendData(k, port
 
 func TestParseOptions(t *testing.T) {
 	o, err := ParseOptions(nil)
-	if err != nil || o.ListenPort != 51820 || o.Implementation != ImplAuto || o.PSK != nil || o.PersistentKeepalive != 0 {
+	if err != nil || o.ListenPort != 51820 || o.ListenPortV6 != 51821 || o.Mode != ModeSeparate || o.Implementation != ImplAuto || o.PSK != nil || o.PersistentKeepalive != 0 {
 		t.Fatalf("defaults: %+v %v", o, err)
 	}
 	psk := mustKey(t)
@@ -48,6 +48,8 @@ func TestParseOptions(t *testing.T) {
 		`{"MTU":100}`:                        `key "Backend.MTU": 100`,
 		`{"PersistentKeepaliveInterval":-1}`: `key "Backend.PersistentKeepaliveInterval"`,
 		`{"ListenPort":"51820"}`:             `wireguard Backend options`,
+		`{"Mode":"both"}`:                    `key "Backend.Mode": "both" is not one of separate, auto, ipv4, ipv6`,
+		`{"ListenPortV6":0}`:                 `key "Backend.ListenPortV6": 0 is not a UDP port`,
 	} {
 		if _, err := ParseOptions(json.RawMessage(raw)); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("ParseOptions(%s) = %v, want %q", raw, err, want)
@@ -191,5 +193,46 @@ func TestUnusableWireGuardData(t *testing.T) {
 	specs, problems := Plan(d, self, Options{ListenPort: 51820})
 	if len(specs) != 0 || len(problems) != 2 || !strings.Contains(problems[0].Error(), "all zeros") || !strings.Contains(problems[1].Error(), "Port 0") {
 		t.Errorf("specs %v, problems %v", specs, problems)
+	}
+}
+
+// TestPlanDualStackModes: on a dual-stack network, Mode "separate" leaves
+// the IPv6 half to the second device; the one-device Modes add each peer's
+// IPv6 subnet and reach it at the address family the Mode picks, "auto" as
+// flannel's selectMode (public IPv4 first, then public IPv6 at both ends,
+// else IPv4).
+func TestPlanDualStackModes(t *testing.T) {
+	self, k := mustKey(t), mustKey(t)
+	peer := func(ip4, ip6 string) mesh.Peer {
+		p := wgPeer("10.5.2.0/24", ip4, data(k, 51820))
+		p.IPv6Subnet, p.PublicIPv6, p.BackendV6Data = netip.MustParsePrefix("fc00:5:0:2::/64"), netip.MustParseAddr(ip6), json.RawMessage(data(k, 51821))
+		return p
+	}
+	private, public := peer("192.168.50.2", "fd50::2"), peer("203.0.113.2", "2001:db8::2")
+	v6public := peer("192.168.50.2", "2001:db8::2")
+	for _, tt := range []struct {
+		mode          string
+		local6        string
+		p             mesh.Peer
+		endpoint, ips string
+	}{
+		{ModeSeparate, "fd50::1", private, "192.168.50.2:51820", "[10.5.2.0/24]"},
+		{ModeIPv4, "fd50::1", private, "192.168.50.2:51820", "[10.5.2.0/24 fc00:5:0:2::/64]"},
+		{ModeIPv6, "fd50::1", private, "[fd50::2]:51821", "[10.5.2.0/24 fc00:5:0:2::/64]"},
+		{ModeAuto, "fd50::1", private, "192.168.50.2:51820", "[10.5.2.0/24 fc00:5:0:2::/64]"},
+		{ModeAuto, "2001:db8::1", public, "203.0.113.2:51820", "[10.5.2.0/24 fc00:5:0:2::/64]"},
+		{ModeAuto, "2001:db8::1", v6public, "[2001:db8::2]:51821", "[10.5.2.0/24 fc00:5:0:2::/64]"},
+		{ModeAuto, "fd50::1", v6public, "192.168.50.2:51820", "[10.5.2.0/24 fc00:5:0:2::/64]"},
+	} {
+		opts := Options{ListenPort: 51820, Mode: tt.mode, localIPv4: netip.MustParseAddr("192.168.50.1"), localIPv6: netip.MustParseAddr(tt.local6)}
+		d := mesh.Desired{Network: netip.MustParsePrefix("10.5.0.0/16"), IPv6Network: netip.MustParsePrefix("fc00:5::/48"), Peers: []mesh.Peer{tt.p}}
+		specs, problems := Plan(d, self, opts)
+		if len(problems) != 0 || len(specs) != 1 {
+			t.Fatalf("%s: %v %v", tt.mode, specs, problems)
+		}
+		if got := specs[0].Endpoint.String(); got != tt.endpoint || fmt.Sprint(specs[0].AllowedIPs) != tt.ips {
+			t.Errorf("Mode %s, local %s, peer %s/%s: endpoint %s allowed %v, want %s %s", tt.mode, tt.local6, tt.p.PublicIP, tt.p.PublicIPv6,
+				got, specs[0].AllowedIPs, tt.endpoint, tt.ips)
+		}
 	}
 }
