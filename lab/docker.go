@@ -320,6 +320,9 @@ type Container struct {
 	Prefix netip.Prefix
 	MTU    int
 	PID    int
+	// IPv6 is the container's IPv6 address when dockerd runs with
+	// --ipv6 (a dual-stack network's FLANNEL_IPV6_SUBNET); else invalid.
+	IPv6 netip.Addr
 }
 
 // Run starts a busybox container that sleeps (restarted with dockerd,
@@ -333,15 +336,21 @@ func (d *Dockerd) Run(name string) (Container, error) {
 
 // Inspect returns a running container's address, MTU and pid.
 func (d *Dockerd) Inspect(name string) (Container, error) {
-	out, err := d.Docker("inspect", "-f", "{{.State.Pid}} {{.NetworkSettings.IPAddress}}/{{.NetworkSettings.IPPrefixLen}}", name)
+	out, err := d.Docker("inspect", "-f", "{{.State.Pid}} {{.NetworkSettings.IPAddress}}/{{.NetworkSettings.IPPrefixLen}} {{.NetworkSettings.GlobalIPv6Address}}", name)
 	if err != nil {
 		return Container{}, err
 	}
 	f := strings.Fields(out)
+	c := Container{Name: name}
+	if len(f) == 3 {
+		if c.IPv6, err = netip.ParseAddr(f[2]); err != nil {
+			return c, fmt.Errorf("docker inspect %s: IPv6 address %q", name, f[2])
+		}
+		f = f[:2]
+	}
 	if len(f) != 2 {
 		return Container{}, fmt.Errorf("docker inspect %s: %q", name, out)
 	}
-	c := Container{Name: name}
 	c.PID, _ = strconv.Atoi(f[0])
 	if c.Prefix, err = netip.ParsePrefix(f[1]); err != nil {
 		return c, fmt.Errorf("container %s has no address (%q)", name, out)

@@ -2,6 +2,7 @@ package lab
 
 import (
 	"fmt"
+	"net/netip"
 	"sort"
 	"testing"
 	"time"
@@ -12,7 +13,14 @@ import (
 // receiver got nothing (every byte must arrive intact).
 func restartGap(t *testing.T, l *Lab, from, to, restarted *Host, port int) time.Duration {
 	t.Helper()
-	s, err := l.StartStream(from, to, port)
+	return restartGapTo(t, l, from, to, to.ContainerIP(), restarted, port)
+}
+
+// restartGapTo is restartGap with the stream to dst, one of to's
+// container's addresses.
+func restartGapTo(t *testing.T, l *Lab, from, to *Host, dst netip.Addr, restarted *Host, port int) time.Duration {
+	t.Helper()
+	s, err := l.StartStreamTo(from, to, dst, port)
 	if err != nil {
 		t.Fatal(err)
 	}

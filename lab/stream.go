@@ -79,9 +79,15 @@ func seqByte(n int64) byte { return byte(n % 251) }
 // StartStream opens a TCP stream from from's container to to's and starts
 // sending about 1 MB/s.
 func (l *Lab) StartStream(from, to *Host, port int) (*Stream, error) {
+	return l.StartStreamTo(from, to, to.ContainerIP(), port)
+}
+
+// StartStreamTo is StartStream to one of to's container's addresses (its
+// IPv6 one in a dual-stack lab).
+func (l *Lab) StartStreamTo(from, to *Host, dst netip.Addr, port int) (*Stream, error) {
 	var ln net.Listener
 	err := inNetns(to.Container, func() (err error) {
-		ln, err = net.Listen("tcp", netip.AddrPortFrom(to.ContainerIP(), uint16(port)).String())
+		ln, err = net.Listen("tcp", netip.AddrPortFrom(dst, uint16(port)).String())
 		return err
 	})
 	if err != nil {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/weftnet/weft/backends"
@@ -11,14 +12,14 @@ import (
 func TestCleanupFindsEveryBackendsDevices(t *testing.T) {
 	footprints := backends.Footprints()
 	for name, want := range map[string]string{
-		"weft0": "udp", "weft-wg": "wireguard", "weft.1": "vxlan", "weft.4096": "vxlan",
+		"weft0": "udp", "weft-wg": "wireguard", "weft-wg-v6": "wireguard", "weft.1": "vxlan", "weft.4096": "vxlan", "weft-v6.1": "vxlan",
 		"eth0": "", "flannel.1": "", "weftx": "", "cbr0": "", "docker0": "",
 	} {
 		if got := ownedBy(footprints, name); got != want {
 			t.Errorf("device %s: owned by %q, want %q", name, got, want)
 		}
 	}
-	if f := footprints["wireguard"]; len(f.Files) != 1 || f.Files[0] != "/var/run/wireguard/weft-wg.sock" {
+	if f := footprints["wireguard"]; strings.Join(f.Files, " ") != "/var/run/wireguard/weft-wg.sock /var/run/wireguard/weft-wg-v6.sock" {
 		t.Errorf("wireguard's files: %v", f.Files)
 	}
 }

@@ -86,6 +86,11 @@ func dockerOptsEnv(env lease.SubnetEnv, f dockerOptsFlags, inherited string) str
 		// weft masquerades (FLANNEL_IPMASQ=true), so docker must not.
 		opts = append(opts, opt{"DOCKER_OPT_IPMASQ", fmt.Sprintf("--ip-masq=%v", !env.IPMasq)})
 	}
+	if env.IPv6Subnet.IsValid() {
+		// Beyond mk-docker-opts.sh, which predates flannel's IPv6:
+		// containers get addresses of this host's IPv6 subnet too.
+		opts = append(opts, opt{"DOCKER_OPT_IPV6", "--ipv6 --fixed-cidr-v6=" + env.IPv6Subnet.String()})
+	}
 	opts = append(opts, opt{"DOCKER_OPT_MTU", fmt.Sprintf("--mtu=%d", env.MTU)})
 	var b strings.Builder
 	all := inherited
@@ -109,6 +114,9 @@ func dockerDaemonJSON(env lease.SubnetEnv, noMasq bool) ([]byte, error) {
 	settings := map[string]any{"bip": bridgeCIDR(env), "mtu": env.MTU}
 	if !noMasq {
 		settings["ip-masq"] = !env.IPMasq
+	}
+	if env.IPv6Subnet.IsValid() {
+		settings["ipv6"], settings["fixed-cidr-v6"] = true, env.IPv6Subnet.String()
 	}
 	out, err := json.MarshalIndent(settings, "", "  ")
 	return append(out, '\n'), err

@@ -13,6 +13,10 @@ const subnetEnv = "FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.74.1/24\nFLA
 // TestDockerOptsAsTheScript compares with what mk-docker-opts.sh writes for
 // the same subnet file (the script's documented output, leading space of
 // the combined value included).
+// dualStackLines are what weftd adds to the subnet file on a dual-stack
+// network, as flanneld does.
+const dualStackLines = "FLANNEL_IPV6_NETWORK=fc00:5::/48\nFLANNEL_IPV6_SUBNET=fc00:5:0:22::1/64\n"
+
 func TestDockerOptsAsTheScript(t *testing.T) {
 	tests := []struct {
 		name, subnet string
@@ -32,6 +36,11 @@ func TestDockerOptsAsTheScript(t *testing.T) {
 			"DOCKER_OPTS=\"--debug  --bip=10.1.74.1/24 --ip-masq=true --mtu=1472\"\n"},
 		{"daemon.json", subnetEnv, []string{"-format", "daemon-json"}, nil,
 			"{\n  \"bip\": \"10.1.74.1/24\",\n  \"ip-masq\": true,\n  \"mtu\": 1472\n}\n"},
+		{"dual stack", subnetEnv + dualStackLines, nil, nil,
+			"DOCKER_OPT_BIP=\"--bip=10.1.74.1/24\"\nDOCKER_OPT_IPMASQ=\"--ip-masq=true\"\nDOCKER_OPT_IPV6=\"--ipv6 --fixed-cidr-v6=fc00:5:0:22::/64\"\nDOCKER_OPT_MTU=\"--mtu=1472\"\n" +
+				"DOCKER_OPTS=\" --bip=10.1.74.1/24 --ip-masq=true --ipv6 --fixed-cidr-v6=fc00:5:0:22::/64 --mtu=1472\"\n"},
+		{"dual stack daemon.json", subnetEnv + dualStackLines, []string{"-format", "daemon-json"}, nil,
+			"{\n  \"bip\": \"10.1.74.1/24\",\n  \"fixed-cidr-v6\": \"fc00:5:0:22::/64\",\n  \"ip-masq\": true,\n  \"ipv6\": true,\n  \"mtu\": 1472\n}\n"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

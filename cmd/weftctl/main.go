@@ -207,6 +207,8 @@ func readConfigFile(path string) ([]byte, []string, error) {
 type leaseRow struct {
 	Subnet      string          `json:"subnet"`
 	PublicIP    string          `json:"public_ip"`
+	IPv6Subnet  string          `json:"ipv6_subnet,omitempty"`
+	PublicIPv6  string          `json:"public_ipv6,omitempty"`
 	BackendType string          `json:"backend"`
 	BackendData json.RawMessage `json:"backend_data,omitempty"`
 	ExpiresIn   string          `json:"expires_in"`
@@ -232,6 +234,12 @@ func printLeases(ctx context.Context, s *lease.EtcdStore, out io.Writer, asJSON 
 			row.Error = err.Error()
 		} else {
 			row.Subnet, row.PublicIP, row.BackendType, row.BackendData = l.Subnet.String(), l.Attrs.PublicIP.String(), l.Attrs.Backend(), l.Attrs.BackendData
+			if l.IPv6Subnet.IsValid() {
+				row.IPv6Subnet = l.IPv6Subnet.String()
+			}
+			if l.Attrs.PublicIPv6 != nil {
+				row.PublicIPv6 = l.Attrs.PublicIPv6.String()
+			}
 			if cfg != nil {
 				row.Skipped = mesh.Check(l, cfg)
 			}
@@ -266,7 +274,8 @@ func renderLeases(rows []leaseRow, out io.Writer) error {
 		case r.Skipped != "":
 			data += " SKIPPED: " + r.Skipped
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", printable(r.Subnet), printable(r.PublicIP), printable(r.BackendType), printable(data), r.ExpiresIn)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", printable(joinFamilies(r.Subnet, r.IPv6Subnet)), printable(joinFamilies(r.PublicIP, r.PublicIPv6)),
+			printable(r.BackendType), printable(data), r.ExpiresIn)
 	}
 	return tw.Flush()
 }

@@ -54,6 +54,9 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		state = "ready"
 	}
 	fmt.Fprintf(stdout, "weftd %s  backend %s  subnet %s  public ip %s  network %s\n", state, s.Backend, s.Subnet, s.PublicIP, s.Network)
+	if s.IPv6Subnet != "" {
+		fmt.Fprintf(stdout, "ipv6: subnet %s  public ip %s  network %s\n", s.IPv6Subnet, s.PublicIPv6, s.IPv6Network)
+	}
 	fmt.Fprintf(stdout, "reconciles %d, errors %d", s.Reconciles, s.Errors)
 	if s.LastError != "" {
 		fmt.Fprintf(stdout, " (last: %s)", s.LastError)
@@ -65,12 +68,21 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "\nPEER\tSUBNET\tPUBLIC IP\tSTATE")
 	for _, p := range s.Peers {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", p.Lease, p.Subnet, p.PublicIP, p.State)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", p.Lease, joinFamilies(p.Subnet, p.IPv6Subnet), joinFamilies(p.PublicIP, p.PublicIPv6), p.State)
 	}
 	for _, sk := range s.Skipped {
 		fmt.Fprintf(tw, "%s\t-\t-\tSKIPPED: %s\n", sk.Key, sk.Reason)
 	}
 	return tw.Flush()
+}
+
+// joinFamilies shows a value of each family in one column: "v4, v6", or
+// v4 alone when there is no IPv6 half.
+func joinFamilies(v4, v6 string) string {
+	if v6 == "" {
+		return v4
+	}
+	return v4 + ", " + v6
 }
 
 // runReady exits 0 when weftd has programmed the data path (healthchecks).

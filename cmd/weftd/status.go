@@ -95,6 +95,9 @@ func (o *observer) status() status.Document {
 	if o.holder != nil {
 		own := o.holder.Current()
 		s.Subnet, s.PublicIP = own.Subnet.String(), own.Attrs.PublicIP.String()
+		if own.IPv6Subnet.IsValid() {
+			s.IPv6Subnet, s.PublicIPv6 = own.IPv6Subnet.String(), own.Attrs.PublicIPv6Addr().String()
+		}
 	}
 	var desired mesh.Desired
 	if o.reconciler != nil {
@@ -104,6 +107,9 @@ func (o *observer) status() status.Document {
 	}
 	if desired.Network.IsValid() {
 		s.Network = desired.Network.String()
+	}
+	if desired.IPv6Network.IsValid() {
+		s.IPv6Network = desired.IPv6Network.String()
 	}
 	s.Skipped = desired.Skipped
 	handshakes := map[string]wgtypes.Peer{}
@@ -118,6 +124,9 @@ func (o *observer) status() status.Document {
 	}
 	for _, p := range desired.Peers {
 		ps := status.Peer{Lease: p.Key, Subnet: p.Subnet.String(), PublicIP: p.PublicIP.String(), State: "programmed"}
+		if p.IPv6Subnet.IsValid() {
+			ps.IPv6Subnet, ps.PublicIPv6 = p.IPv6Subnet.String(), p.PublicIPv6.String()
+		}
 		if wp, ok := handshakes[p.Subnet.String()]; ok {
 			ps.RxBytes, ps.TxBytes = wp.ReceiveBytes, wp.TransmitBytes
 			if wp.LastHandshakeTime.IsZero() {
@@ -139,7 +148,7 @@ func (o *observer) status() status.Document {
 }
 
 var (
-	descLease      = prometheus.NewDesc("weft_lease_info", "This host's lease (always 1).", []string{"subnet", "public_ip", "backend"}, nil)
+	descLease      = prometheus.NewDesc("weft_lease_info", "This host's lease (always 1), one series per address family.", []string{"subnet", "public_ip", "backend", "family"}, nil)
 	descExpiry     = prometheus.NewDesc("weft_lease_expiry_seconds", "Unix time the lease expires unless renewed.", nil, nil)
 	descReady      = prometheus.NewDesc("weft_ready", "1 once the data path has been programmed.", nil, nil)
 	descPeers      = prometheus.NewDesc("weft_peers", "Leases by state: peer (programmed) or skipped (invalid).", []string{"state"}, nil)
@@ -182,7 +191,10 @@ func (o *observer) Collect(ch chan<- prometheus.Metric) {
 	o.mu.Unlock()
 	if holder != nil {
 		own := holder.Current()
-		gauge(descLease, 1, s.Subnet, s.PublicIP, s.Backend)
+		gauge(descLease, 1, s.Subnet, s.PublicIP, s.Backend, "ipv4")
+		if s.IPv6Subnet != "" {
+			gauge(descLease, 1, s.IPv6Subnet, s.PublicIPv6, s.Backend, "ipv6")
+		}
 		gauge(descExpiry, float64(own.Expiration.Unix()))
 		counter(descConflicts, float64(holder.Conflicts()))
 	}

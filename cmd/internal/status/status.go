@@ -11,7 +11,12 @@ type Document struct {
 	Subnet   string `json:"subnet,omitempty"`
 	PublicIP string `json:"public_ip,omitempty"`
 	Network  string `json:"network,omitempty"`
-	Peers    []Peer `json:"peers"`
+	// IPv6Subnet, PublicIPv6 and IPv6Network are the IPv6 halves on a
+	// dual-stack network.
+	IPv6Subnet  string `json:"ipv6_subnet,omitempty"`
+	PublicIPv6  string `json:"public_ipv6,omitempty"`
+	IPv6Network string `json:"ipv6_network,omitempty"`
+	Peers       []Peer `json:"peers"`
 	// Skipped are the leases left out of the desired state, and why.
 	Skipped    []mesh.Skipped `json:"skipped,omitempty"`
 	Reconciles int            `json:"reconciles"`
@@ -30,6 +35,10 @@ type Peer struct {
 	Lease    string `json:"lease"`
 	Subnet   string `json:"subnet"`
 	PublicIP string `json:"public_ip"`
+	// IPv6Subnet and PublicIPv6 are the peer's IPv6 half on a dual-stack
+	// network.
+	IPv6Subnet string `json:"ipv6_subnet,omitempty"`
+	PublicIPv6 string `json:"public_ipv6,omitempty"`
 	// State is "programmed" for kernel backends; for wireguard the time
 	// since the last handshake, "no handshake" or "not on the device".
 	State         string `json:"state"`
