@@ -162,12 +162,23 @@ type Constructor func(Env) (Backend, error)
 func Constructors() map[string]Constructor {
 	return map[string]Constructor{
 		lease.BackendHostGW: func(env Env) (Backend, error) {
-			return hostgw.New(env.External, env.Kernel, env.Log), nil
+			b := hostgw.New(env.External, env.Kernel, env.Log)
+			if !env.Config.EnableIPv4 {
+				return &ipv6Only{v6: b}, nil
+			}
+			return b, nil
 		},
 		lease.BackendUDP: func(env Env) (Backend, error) {
 			return udp.New(env.Config, env.External, env.Kernel, env.Log)
 		},
 		lease.BackendVXLAN: func(env Env) (Backend, error) {
+			if !env.Config.EnableIPv4 {
+				v6, err := vxlan.NewIPv6(env.Config.Backend.Raw, env.External, env.PublicIPv6, env.Kernel, env.Log)
+				if err != nil {
+					return nil, err
+				}
+				return &ipv6Only{v6: v6}, nil
+			}
 			v4, err := vxlan.New(env.Config.Backend.Raw, env.External, env.PublicIP, env.Kernel, env.Log)
 			if err != nil || !env.Config.EnableIPv6 {
 				return v4, err
@@ -186,11 +197,30 @@ func Constructors() map[string]Constructor {
 // dual-stack network in Mode "separate" (flannel's default) a device per
 // family.
 func newWireGuard(env Env) (Backend, error) {
+	opts, err := wireguard.ParseOptions(env.Config.Backend.Raw)
+	if err != nil {
+		return nil, err
+	}
+	if !env.Config.EnableIPv4 {
+		// IPv6-only: the IPv6 device of Mode "separate" (flannel makes
+		// only flannel-wg-v6 then), or the one device of the others.
+		build := wireguard.New
+		if opts.Mode == wireguard.ModeSeparate {
+			build = wireguard.NewIPv6
+		}
+		wg, err := build(env.Config.Backend.Raw, env.External, env.KeyFile, env.Kernel, env.Calls, env.Log)
+		if err == nil && env.WireGuardImplementation != "" {
+			err = wg.OverrideImplementation(env.WireGuardImplementation, "-wireguard-implementation")
+		}
+		if err != nil {
+			return nil, err
+		}
+		return &wireguardIPv6Only{ipv6Only: ipv6Only{v6: wg}, wg: wg}, nil
+	}
 	wg4, err := wireguard.New(env.Config.Backend.Raw, env.External, env.KeyFile, env.Kernel, env.Calls, env.Log)
 	if err != nil {
 		return nil, err
 	}
-	opts, _ := wireguard.ParseOptions(env.Config.Backend.Raw) // New checked them
 	devices := []*wireguard.Backend{wg4}
 	if env.Config.EnableIPv6 && opts.Mode == wireguard.ModeSeparate {
 		wg6, err := wireguard.NewIPv6(env.Config.Backend.Raw, env.External, env.KeyFile, env.Kernel, env.Calls, env.Log)
@@ -221,7 +251,7 @@ func ValidateOptions(cfg *lease.Config) error {
 	case lease.BackendWireGuard:
 		var o wireguard.Options
 		o, err = wireguard.ParseOptions(cfg.Backend.Raw)
-		if err == nil && cfg.EnableIPv6 && o.Mode == wireguard.ModeSeparate && o.ListenPortV6 == o.ListenPort {
+		if err == nil && cfg.EnableIPv4 && cfg.EnableIPv6 && o.Mode == wireguard.ModeSeparate && o.ListenPortV6 == o.ListenPort {
 			err = fmt.Errorf(`key "Backend.ListenPortV6": %d is ListenPort too; Mode "separate" runs a device per family, each on a port of its own`, o.ListenPort)
 		}
 	case lease.BackendVXLAN:

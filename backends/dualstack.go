@@ -65,6 +65,58 @@ func (d *dualStack) Cleanup(ctx context.Context) error {
 // Close closes both halves, leaving their data paths in place.
 func (d *dualStack) Close() error { return errors.Join(d.v4.Close(), d.v6.Close()) }
 
+// ipv6Only drives an IPv6-only network ("EnableIPv4": false) through one
+// instance of a backend built for the IPv6 half, given the IPv6 half of
+// each desired state. Its lease publishes no BackendData, only
+// BackendV6Data, as flannel's do.
+type ipv6Only struct {
+	v6 Backend
+}
+
+// Setup sets up the IPv6 instance.
+func (o *ipv6Only) Setup(ctx context.Context) error { return o.v6.Setup(ctx) }
+
+// BackendData is empty: the lease has no IPv4 half.
+func (o *ipv6Only) BackendData() json.RawMessage { return nil }
+
+// BackendV6Data is the IPv6 instance's data.
+func (o *ipv6Only) BackendV6Data() json.RawMessage { return o.v6.BackendData() }
+
+// MTU is the IPv6 instance's.
+func (o *ipv6Only) MTU() int { return o.v6.MTU() }
+
+// Apply applies the state's IPv6 half.
+func (o *ipv6Only) Apply(ctx context.Context, want mesh.Desired) error {
+	return o.v6.Apply(ctx, want.IPv6Half())
+}
+
+// ApplyDelta applies the delta's IPv6 half.
+func (o *ipv6Only) ApplyDelta(ctx context.Context, delta mesh.Delta) error {
+	if d, ok := o.v6.(mesh.DeltaApplier); ok {
+		return d.ApplyDelta(ctx, delta.IPv6Half())
+	}
+	return mesh.ErrWholeApply
+}
+
+// Cleanup removes the IPv6 instance's data path.
+func (o *ipv6Only) Cleanup(ctx context.Context) error { return o.v6.Cleanup(ctx) }
+
+// Close closes the IPv6 instance.
+func (o *ipv6Only) Close() error { return o.v6.Close() }
+
+// wireguardIPv6Only is the wireguard backend on an IPv6-only network:
+// ipv6Only with key rotation and device status.
+type wireguardIPv6Only struct {
+	ipv6Only
+	wg *wireguard.Backend
+}
+
+// ReloadKey rotates or reloads the device's key.
+func (w *wireguardIPv6Only) ReloadKey(rotate bool) (bool, error) { return w.wg.ReloadKey(rotate) }
+
+// Status is the device's.
+func (w *wireguardIPv6Only) Status() (*wgtypes.Device, error) { return w.wg.Status() }
+
 // wireguardSeparate is Mode "separate" of the wireguard backend on a
 // dual-stack network: a device per family, one key. A rotation is done by
 // the IPv4 half and adopted from the key file by the IPv6 one; status
@@ -94,4 +146,8 @@ var (
 	_ KeyReloader       = (*wireguardSeparate)(nil)
 	_ DeviceStatus      = (*wireguardSeparate)(nil)
 	_ DualStack         = (*wireguard.Backend)(nil)
+	_ DualStack         = (*ipv6Only)(nil)
+	_ mesh.DeltaApplier = (*ipv6Only)(nil)
+	_ KeyReloader       = (*wireguardIPv6Only)(nil)
+	_ DeviceStatus      = (*wireguardIPv6Only)(nil)
 )

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -74,6 +75,40 @@ func checkOuterFamily(t *testing.T, packets []string, family string) {
 	}
 }
 
+// TestIPv6OnlyCluster: on an IPv6-only network ("EnableIPv4": false) every
+// host leases an IPv6 subnet under flannel's key with the empty IPv4 half
+// ("0.0.0.0-0&...", PublicIP 0.0.0.0), its subnet file has only the IPv6
+// lines, and every container reaches every other over IPv6, on each
+// backend that carries IPv6; wireguard's underlay shows no plaintext.
+func TestIPv6OnlyCluster(t *testing.T) {
+	for _, backend := range dualStackBackends {
+		t.Run(backend, func(t *testing.T) {
+			t.Parallel()
+			l := startCluster(t, Options{Hosts: 3, Backend: backend, IPv6Only: true})
+			checkDualStackLeases(t, l)
+			for _, h := range l.Hosts {
+				data, _ := os.ReadFile(h.SubnetFile())
+				if h.Subnet.IsValid() || strings.Contains(string(data), "FLANNEL_SUBNET=") {
+					t.Errorf("%s: IPv4 subnet %v on an IPv6-only network; subnet file:\n%s", h.Name, h.Subnet, data)
+				}
+			}
+			records, _, _ := l.Store().List(context.Background())
+			for _, r := range records {
+				if !strings.HasPrefix(r.Key, "0.0.0.0-0&") || !strings.HasPrefix(string(r.Value), `{"PublicIP":"0.0.0.0","PublicIPv6":"fd50::`) {
+					t.Errorf("lease %s = %s, want flannel's IPv6-only form", r.Key, r.Value)
+				}
+			}
+			if table, ok := l.PingMatrix(); strings.Contains(table, "10.5.") || !ok {
+				t.Fatalf("ping matrix is not IPv6 only or failed:\n%s", table)
+			}
+			if backend == lease.BackendWireGuard {
+				h1, h2 := l.Hosts[0], l.Hosts[1]
+				checkOuterFamily(t, checkEncryptedTo(t, l, h1, h2.ContainerIPv6(), 51821), "IP6 ")
+			}
+		})
+	}
+}
+
 // checkDualStackDevices checks what carries the IPv6 half on each host:
 // host-gw's routes via the peers' PublicIPv6; vxlan's second device,
 // weft-v6.1, over the IPv6 underlay (local PublicIPv6), as flannel's
@@ -123,7 +158,7 @@ func checkDualStackLeases(t *testing.T, l *Lab) {
 			t.Errorf("%s: IPv6 subnet %v, want a /64 of %s", h.Name, h.IPv6Subnet, ipv6Network)
 			continue
 		}
-		key := lease.DualSubnetKey(h.Subnet, h.IPv6Subnet)
+		key := lease.DualSubnetKey(h.Subnet, h.IPv6Subnet) // "0.0.0.0-0&..." on an IPv6-only network
 		ls, ok := byKey[key]
 		if !ok {
 			t.Errorf("%s: no lease %s in etcd (have %v)", h.Name, key, records)

@@ -68,6 +68,10 @@ type Options struct {
 	// beside its IPv4 ones, the config "EnableIPv6" with
 	// DefaultIPv6Network, and every container an address of each family.
 	IPv6 bool
+	// IPv6Only makes the overlay IPv6-only ("EnableIPv4": false): as IPv6,
+	// but hosts lease only IPv6 subnets and containers have only IPv6
+	// addresses (the underlay keeps IPv4 for etcd).
+	IPv6Only bool
 	// Dir keeps logs and state; a temporary directory when empty.
 	Dir string
 	// Log receives progress lines; nil for none.
@@ -126,6 +130,9 @@ func New(opts Options) (l *Lab, err error) {
 	}
 	if opts.Log == nil {
 		opts.Log = func(string, ...any) {}
+	}
+	if opts.IPv6Only {
+		opts.IPv6 = true
 	}
 	l = &Lab{opts: opts, ID: runID(), Dir: opts.Dir}
 	if l.Dir == "" {
@@ -251,6 +258,9 @@ func (l *Lab) PutConfig(ctx context.Context, config string) error {
 func (l *Lab) Config() string {
 	if l.opts.Config != "" {
 		return l.opts.Config
+	}
+	if l.opts.IPv6Only {
+		return fmt.Sprintf(`{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":%q,"Backend":{"Type":%q}}`, DefaultIPv6Network, l.opts.Backend)
 	}
 	if l.opts.IPv6 {
 		return fmt.Sprintf(`{"Network":%q,"EnableIPv6":true,"IPv6Network":%q,"Backend":{"Type":%q}}`, DefaultNetwork, DefaultIPv6Network, l.opts.Backend)

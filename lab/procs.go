@@ -174,8 +174,14 @@ func (h *Host) LogTail(n int) string {
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
-// ContainerIP is the address of h's container.
-func (h *Host) ContainerIP() netip.Addr { return h.Subnet.Addr().Next().Next() }
+// ContainerIP is the address of h's container; invalid on an IPv6-only
+// network.
+func (h *Host) ContainerIP() netip.Addr {
+	if !h.Subnet.IsValid() {
+		return netip.Addr{}
+	}
+	return h.Subnet.Addr().Next().Next()
+}
 
 // ContainerIPv6 is the IPv6 address of h's container in a dual-stack lab,
 // invalid otherwise.
@@ -196,18 +202,21 @@ func (l *Lab) AddContainer(h *Host) error {
 	if err := l.addNetns(h.Container); err != nil {
 		return err
 	}
-	bridgeIP := netip.PrefixFrom(env.Subnet.Addr().Next(), env.Subnet.Bits())
-	cIP := netip.PrefixFrom(bridgeIP.Addr().Next(), env.Subnet.Bits())
 	mtu := strconv.Itoa(env.MTU)
 	cmds := [][]string{
 		{"ip", "-n", h.Name, "link", "add", "cbr0", "mtu", mtu, "type", "bridge"},
-		{"ip", "-n", h.Name, "addr", "add", bridgeIP.String(), "dev", "cbr0"},
 		{"ip", "-n", h.Name, "link", "set", "cbr0", "up"},
 		{"ip", "-n", h.Name, "link", "add", "vc0", "mtu", mtu, "type", "veth", "peer", "name", "eth0", "netns", h.Container},
 		{"ip", "-n", h.Name, "link", "set", "vc0", "master", "cbr0", "up"},
-		{"ip", "-n", h.Container, "addr", "add", cIP.String(), "dev", "eth0"},
 		{"ip", "-n", h.Container, "link", "set", "eth0", "up"},
-		{"ip", "-n", h.Container, "route", "add", "default", "via", bridgeIP.Addr().String()},
+	}
+	if env.Subnet.IsValid() { // none on an IPv6-only network
+		bridgeIP := netip.PrefixFrom(env.Subnet.Addr().Next(), env.Subnet.Bits())
+		cIP := netip.PrefixFrom(bridgeIP.Addr().Next(), env.Subnet.Bits())
+		cmds = append(cmds,
+			[]string{"ip", "-n", h.Name, "addr", "add", bridgeIP.String(), "dev", "cbr0"},
+			[]string{"ip", "-n", h.Container, "addr", "add", cIP.String(), "dev", "eth0"},
+			[]string{"ip", "-n", h.Container, "route", "add", "default", "via", bridgeIP.Addr().String()})
 	}
 	if env.IPv6Subnet.IsValid() {
 		// As docker does with --ipv6 --fixed-cidr-v6: the bridge takes
@@ -236,10 +245,13 @@ func (l *Lab) Ping(from, to *Host) error {
 // containerIPs are h's container's addresses: IPv4, then IPv6 in a
 // dual-stack lab.
 func (h *Host) containerIPs() []netip.Addr {
-	if ip6 := h.ContainerIPv6(); ip6.IsValid() {
-		return []netip.Addr{h.ContainerIP(), ip6}
+	var out []netip.Addr
+	for _, ip := range []netip.Addr{h.ContainerIP(), h.ContainerIPv6()} {
+		if ip.IsValid() {
+			out = append(out, ip)
+		}
 	}
-	return []netip.Addr{h.ContainerIP()}
+	return out
 }
 
 // containerIP is h's container's address of a family (0 IPv4, 1 IPv6);
@@ -265,8 +277,10 @@ func (l *Lab) PingMatrix() (table string, ok bool) {
 	ok = true
 	for family := range l.Hosts[0].containerIPs() {
 		width := 14
-		if family == 1 {
+		if l.Hosts[0].containerIP(family).Is6() {
 			width = 24
+		}
+		if family > 0 {
 			b.WriteString("\n")
 		}
 		fmt.Fprintf(&b, "%-*s", width, "from \\ to")

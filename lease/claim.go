@@ -61,12 +61,12 @@ func Claim(ctx context.Context, store Store, req ClaimRequest) (Lease, error) {
 				continue
 			}
 			l, err := DecodeLease(rec.Key, rec.Value)
-			if err == nil && l.Attrs.PublicIP == req.Attrs.PublicIP && (!req.Config.Fits(subnet) || !req.Config.Fits6(subnet6)) {
+			if err == nil && l.Attrs.SameHost(req.Attrs) && (!req.Config.Fits(subnet) || !req.Config.Fits6(subnet6)) {
 				// This host's lease from an older config: it frees the subnet.
 				if err := store.Delete(ctx, rec.Key); err != nil {
 					return Lease{}, fmt.Errorf("deleting this host's lease %s, which no longer fits the config: %w", rec.Key, err)
 				}
-				if req.Config.Fits(subnet) {
+				if subnet.IsValid() && req.Config.Fits(subnet) {
 					// Only the IPv6 half changed (IPv6 turned on or
 					// off): keep the IPv4 subnet, so containers keep
 					// their addresses. flannel would pick anew.
@@ -77,13 +77,13 @@ func Claim(ctx context.Context, store Store, req ClaimRequest) (Lease, error) {
 			// Only a SubnetLen subnet inside the Network can hold a peer
 			// (Compute skips the rest), so only such a key takes a subnet:
 			// a junk key such as 0.0.0.0-1 must not fill the whole pool.
-			if subnet.Bits() == req.Config.SubnetLen && req.Config.Network.Contains(subnet.Addr()) {
+			if req.Config.EnableIPv4 && subnet.Bits() == req.Config.SubnetLen && req.Config.Network.Contains(subnet.Addr()) {
 				taken = append(taken, subnet)
 			}
 			if req.Config.EnableIPv6 && subnet6.Bits() == req.Config.IPv6SubnetLen && req.Config.IPv6Network.Contains(subnet6.Addr()) {
 				taken6 = append(taken6, subnet6)
 			}
-			if err == nil && mine == nil && l.Attrs.PublicIP == req.Attrs.PublicIP {
+			if err == nil && mine == nil && l.Attrs.SameHost(req.Attrs) {
 				mine = &records[i]
 			}
 		}
@@ -121,7 +121,10 @@ func Claim(ctx context.Context, store Store, req ClaimRequest) (Lease, error) {
 // previous6) when free and fitting, else random free ones; an IPv6 subnet
 // only on a dual-stack network.
 func pickSubnets(cfg *Config, previous, previous6 netip.Prefix, taken, taken6 []netip.Prefix) (netip.Prefix, netip.Prefix, error) {
-	subnet, ok := previous, previous.IsValid() && cfg.Fits(previous) && !overlapsAny(previous, taken)
+	subnet, ok := previous, !cfg.EnableIPv4 || previous.IsValid() && cfg.Fits(previous) && !overlapsAny(previous, taken)
+	if !cfg.EnableIPv4 {
+		subnet = netip.Prefix{}
+	}
 	if !ok {
 		if subnet, ok = pickFree(cfg, taken); !ok {
 			return subnet, netip.Prefix{}, fmt.Errorf("%w in network %s: all %d subnets of /%d between %s and %s are leased",

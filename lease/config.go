@@ -106,9 +106,7 @@ func ParseConfig(data []byte) (*Config, error) {
 		return nil, configErr("not valid JSON: %v", err)
 	}
 	if raw.EnableIPv4 != nil && !*raw.EnableIPv4 {
-		// flannel allows IPv6-only networks; weft's data paths carry
-		// IPv4, and a config they would half-follow must not start.
-		return nil, configErr(`key "EnableIPv4": false (an IPv6-only network) is not supported by weft yet; set it to true (or drop it) and give Network, adding IPv6 with "EnableIPv6"`)
+		return parseIPv6Only(raw)
 	}
 	if raw.Network == nil {
 		return nil, configErr(`key "Network" is missing; set it to a CIDR such as "10.5.0.0/16"`)
@@ -249,6 +247,9 @@ func (c *Config) Subnets() int {
 // Fits reports whether subnet is one this config can hand out: inside the
 // Network, of SubnetLen, aligned, and within SubnetMin..SubnetMax.
 func (c *Config) Fits(subnet netip.Prefix) bool {
+	if !c.EnableIPv4 {
+		return !subnet.IsValid() // an IPv6-only network leases no IPv4
+	}
 	return subnet.IsValid() && subnet.Bits() == c.SubnetLen && subnet.Masked() == subnet &&
 		c.Network.Contains(subnet.Addr()) &&
 		subnet.Addr().Compare(c.SubnetMin) >= 0 && subnet.Addr().Compare(c.SubnetMax) <= 0

@@ -68,6 +68,26 @@ func (c *Config) setIPv6(raw rawConfig) error {
 	return nil
 }
 
+// parseIPv6Only reads an IPv6-only network's config ("EnableIPv4": false):
+// it must enable IPv6, and the IPv4 keys are ignored, as flannel ignores
+// them.
+func parseIPv6Only(raw rawConfig) (*Config, error) {
+	if !raw.EnableIPv6 {
+		return nil, configErr(`keys "EnableIPv4" and "EnableIPv6": both are false, which leaves no address family; drop "EnableIPv4": false, or set "EnableIPv6": true with an "IPv6Network"`)
+	}
+	cfg := &Config{EnableIPv6: true}
+	if raw.Network != nil || raw.SubnetLen != nil || raw.SubnetMin != nil || raw.SubnetMax != nil {
+		cfg.Notes = append(cfg.Notes, `keys "Network", "SubnetLen", "SubnetMin", "SubnetMax" are ignored: "EnableIPv4": false makes this an IPv6-only network, as in flannel`)
+	}
+	if err := cfg.setBackend(raw.Backend); err != nil {
+		return nil, err
+	}
+	if err := cfg.setIPv6(raw); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
 // ipv6Backends are the backends that carry IPv6 container traffic.
 var ipv6Backends = []string{BackendHostGW, BackendVXLAN, BackendWireGuard}
 

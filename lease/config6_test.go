@@ -1,6 +1,7 @@
 package lease
 
 import (
+	"net/netip"
 	"strings"
 	"testing"
 )
@@ -38,12 +39,33 @@ func TestParseConfigIPv6Defaults(t *testing.T) {
 	}
 }
 
+// TestParseConfigIPv6Only: "EnableIPv4": false makes an IPv6-only network,
+// as in flannel: no IPv4 pool (the IPv4 keys ignored, with a note), no IPv4
+// subnet fits, only IPv6 subnets do.
+func TestParseConfigIPv6Only(t *testing.T) {
+	cfg, err := ParseConfig([]byte(`{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00:5::/48","Network":"10.5.0.0/16","Backend":{"Type":"host-gw"}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.EnableIPv4 || !cfg.EnableIPv6 || cfg.Network.IsValid() || cfg.IPv6SubnetLen != 64 {
+		t.Errorf("IPv6-only config: %+v", cfg)
+	}
+	if !strings.Contains(strings.Join(cfg.Notes, "\n"), `keys "Network", "SubnetLen", "SubnetMin", "SubnetMax" are ignored`) {
+		t.Errorf("no note that the IPv4 keys are ignored: %v", cfg.Notes)
+	}
+	if cfg.Fits(netip.MustParsePrefix("10.5.1.0/24")) || !cfg.Fits(netip.Prefix{}) || !cfg.Fits6(netip.MustParsePrefix("fc00:5:0:1::/64")) {
+		t.Error("an IPv6-only network fits an IPv4 subnet, or not its IPv6 ones")
+	}
+}
+
 // TestParseConfigIPv6Errors: every rule flannel has for the IPv6 half, each
 // error naming its key.
 func TestParseConfigIPv6Errors(t *testing.T) {
 	base := `"Network":"10.5.0.0/16","Backend":{"Type":"host-gw"},"EnableIPv6":true`
 	for _, tt := range []struct{ name, json, want string }{
-		{"IPv6-only", `{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48"}`, `key "EnableIPv4": false (an IPv6-only network) is not supported`},
+		{"no family", `{"EnableIPv4":false,"Network":"10.5.0.0/16"}`, `keys "EnableIPv4" and "EnableIPv6": both are false, which leaves no address family`},
+		{"IPv6-only udp", `{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48"}`, `key "EnableIPv6": the udp backend carries IPv4 only`},
+		{"IPv6-only without network", `{"EnableIPv4":false,"EnableIPv6":true,"Backend":{"Type":"vxlan"}}`, `key "IPv6Network" is missing`},
 		{"udp", `{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48"}`, `key "EnableIPv6": the udp backend carries IPv4 only (as flannel's does); use host-gw, vxlan, wireguard for IPv6`},
 		{"missing network", `{` + base + `}`, `key "IPv6Network" is missing`},
 		{"network not cidr", `{` + base + `,"IPv6Network":"fc00::"}`, `key "IPv6Network": "fc00::" is not an IPv6 CIDR`},

@@ -155,16 +155,16 @@ func (h *Holder) refresh(ctx context.Context, renew bool) error {
 	} else if taken, err := h.takeBack(ctx, cur, req); err != nil || taken {
 		return err
 	}
-	req.Previous = cur.Subnet
+	req.Previous, req.Previous6 = cur.Subnet, cur.IPv6Subnet
 	l, err := Claim(ctx, h.store, req)
 	if err != nil {
 		return err
 	}
-	if l.Subnet != cur.Subnet {
+	if l.Subnet != cur.Subnet || l.IPv6Subnet != cur.IPv6Subnet {
 		h.log.Error("our subnet was taken by another host while our lease was gone; moved to a new one",
-			"old_subnet", cur.Subnet, "new_subnet", l.Subnet)
+			"old_key", cur.Key(), "new_key", l.Key())
 	} else {
-		h.log.Info("lease was lost and has been claimed again", "subnet", l.Subnet)
+		h.log.Info("lease was lost and has been claimed again", "key", l.Key())
 	}
 	h.adopt(l)
 	return nil
@@ -195,7 +195,7 @@ func (h *Holder) takeBack(ctx context.Context, cur Lease, req ClaimRequest) (boo
 		return false, err
 	}
 	foreign, err := DecodeLease(r.Key, r.Value)
-	if err == nil && foreign.Attrs.PublicIP == req.Attrs.PublicIP {
+	if err == nil && foreign.Attrs.SameHost(req.Attrs) {
 		return false, nil // ours, with older attributes: rewritten by Claim
 	}
 	h.conflicts.Add(1)
@@ -205,7 +205,7 @@ func (h *Holder) takeBack(ctx context.Context, cur Lease, req ClaimRequest) (boo
 	if err != nil {
 		return false, err
 	}
-	l := Lease{Subnet: cur.Subnet, Attrs: req.Attrs, Expiration: time.Now().Add(req.TTL), Revision: rec.Revision,
+	l := Lease{Subnet: cur.Subnet, IPv6Subnet: cur.IPv6Subnet, Attrs: req.Attrs, Expiration: time.Now().Add(req.TTL), Revision: rec.Revision,
 		CreateRevision: rec.CreateRevision, StoreLeaseID: rec.StoreLeaseID}
 	h.adopt(l)
 	return true, nil

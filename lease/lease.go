@@ -46,6 +46,26 @@ type attrsJSON struct {
 	BackendV6Data json.RawMessage `json:"BackendV6Data,omitempty"`
 }
 
+// SameHost reports whether a and b are the attributes of one host: the
+// same PublicIP, and on an IPv6-only network (where every host publishes
+// PublicIP 0.0.0.0, as flannel does) the same PublicIPv6.
+func (a Attrs) SameHost(b Attrs) bool {
+	ipA, ipB := a.publicIP(), b.publicIP()
+	if ipA != ipB {
+		return false
+	}
+	return !ipA.IsUnspecified() || (a.PublicIPv6 != nil && b.PublicIPv6 != nil && *a.PublicIPv6 == *b.PublicIPv6)
+}
+
+// publicIP is PublicIP as it is written: 0.0.0.0 when unset (an IPv6-only
+// host's).
+func (a Attrs) publicIP() netip.Addr {
+	if !a.PublicIP.IsValid() {
+		return netip.IPv4Unspecified()
+	}
+	return a.PublicIP
+}
+
 // PublicIPv6Addr is PublicIPv6, or the zero Addr when there is none.
 func (a Attrs) PublicIPv6Addr() netip.Addr {
 	if a.PublicIPv6 == nil {
@@ -57,7 +77,7 @@ func (a Attrs) PublicIPv6Addr() netip.Addr {
 // MarshalJSON writes flannel's format: {"PublicIP":..,"PublicIPv6":null,
 // "BackendType":..,"BackendData":..}.
 func (a Attrs) MarshalJSON() ([]byte, error) {
-	out := attrsJSON{PublicIP: a.PublicIP.String(), BackendType: a.BackendType}
+	out := attrsJSON{PublicIP: a.publicIP().String(), BackendType: a.BackendType}
 	if a.PublicIPv6 != nil {
 		s := a.PublicIPv6.String()
 		out.PublicIPv6 = &s
@@ -138,18 +158,29 @@ func (l Lease) Key() string { return DualSubnetKey(l.Subnet, l.IPv6Subnet) }
 
 // SubnetKey encodes a subnet as flannel names its key: 10.5.34.0/24 → "10.5.34.0-24".
 func SubnetKey(subnet netip.Prefix) string {
+	if !subnet.IsValid() {
+		return noIPv4Key // flannel's empty subnet
+	}
 	return subnet.Addr().String() + "-" + strconv.Itoa(subnet.Bits())
 }
 
 // DualSubnetKey is flannel's key for a dual-stack lease, the two subnets
 // joined by "&": "10.5.34.0-24&fc00:5:0:22::-64"; SubnetKey(v4) when v6 is
-// not set.
+// not set. An IPv6-only lease (v4 not set) has flannel's empty IPv4 half:
+// "0.0.0.0-0&fc00:5:0:22::-64".
 func DualSubnetKey(v4, v6 netip.Prefix) string {
 	if !v6.IsValid() {
 		return SubnetKey(v4)
 	}
+	if !v4.IsValid() {
+		return noIPv4Key + "&" + SubnetKey(v6)
+	}
 	return SubnetKey(v4) + "&" + SubnetKey(v6)
 }
+
+// noIPv4Key is the IPv4 half flannel writes in the key of an IPv6-only
+// lease: its empty IPv4 subnet.
+const noIPv4Key = "0.0.0.0-0"
 
 // ParseSubnetKey decodes "10.5.34.0-24" into 10.5.34.0/24, and the IPv4
 // half of a dual-stack key; the address must be the subnet's network
@@ -167,7 +198,9 @@ func ParseSubnetKeys(key string) (v4, v6 netip.Prefix, err error) {
 		return netip.Prefix{}, netip.Prefix{}, fmt.Errorf("%w: key %q is not of the form 10.5.34.0-24 or 10.5.34.0-24&fc00:5:0:22::-64", ErrBadLease, key)
 	}
 	text4, text6, dual := strings.Cut(key, "&")
-	if v4, err = parseSubnetText(text4, false); err != nil {
+	if dual && text4 == noIPv4Key {
+		v4 = netip.Prefix{} // an IPv6-only lease
+	} else if v4, err = parseSubnetText(text4, false); err != nil {
 		return bad()
 	}
 	if dual {

@@ -71,6 +71,15 @@ func TestSubnetEnvDualStack(t *testing.T) {
 	if err != nil || back != env {
 		t.Fatalf("ParseSubnetEnv = %+v %v, want %+v", back, err, env)
 	}
+	only6 := env
+	only6.Network, only6.Subnet = netip.Prefix{}, netip.Prefix{}
+	want6 := "FLANNEL_IPV6_NETWORK=fc00:5::/48\nFLANNEL_IPV6_SUBNET=fc00:5:0:22::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
+	if got := string(only6.Encode()); got != want6 {
+		t.Errorf("IPv6-only file:\n%s\nwant\n%s", got, want6)
+	}
+	if back, err := ParseSubnetEnv([]byte(want6)); err != nil || back != only6 {
+		t.Errorf("IPv6-only file read back as %+v %v", back, err)
+	}
 	env.IPv6Network, env.IPv6Subnet = netip.Prefix{}, netip.Prefix{}
 	if got := string(env.Encode()); strings.Contains(got, "IPV6") {
 		t.Errorf("IPv4-only file has IPv6 lines: %s", got)
@@ -159,6 +168,11 @@ func TestDualSubnetKey(t *testing.T) {
 	if g4, err := ParseSubnetKey(flannel); err != nil || g4 != v4 {
 		t.Fatalf("ParseSubnetKey of a dual key = %v %v, want its IPv4 half", g4, err)
 	}
+	// An IPv6-only lease, as flannel writes it: the empty IPv4 half.
+	const only6 = "0.0.0.0-0&fc00:0:0:1::-64"
+	if g4, g6, err := ParseSubnetKeys(only6); err != nil || g4.IsValid() || g6 != v6 || DualSubnetKey(g4, g6) != only6 {
+		t.Fatalf("ParseSubnetKeys(%q) = %v %v %v", only6, g4, g6, err)
+	}
 	l, err := DecodeLease(flannel, []byte(`{"PublicIP":"192.168.50.7","PublicIPv6":"fc00:50::7","BackendType":"host-gw","BackendData":null,"BackendV6Data":null}`))
 	if err != nil || l.Subnet != v4 || l.IPv6Subnet != v6 || l.Key() != flannel || l.Attrs.PublicIPv6 == nil || l.Attrs.PublicIPv6.String() != "fc00:50::7" {
 		t.Fatalf("DecodeLease of flannel's dual-stack lease = %+v %v", l, err)
@@ -167,6 +181,7 @@ func TestDualSubnetKey(t *testing.T) {
 		"10.244.1.0-24&", "10.244.1.0-24&fc00:0:0:1::", "10.244.1.0-24&fc00:0:0:1::1-64", "10.244.1.0-24&fc00:0000:0:1::-64",
 		"10.244.1.0-24&10.5.0.0-16", "fc00:0:0:1::-64&10.244.1.0-24", "10.244.1.0-24&fc00:0:0:1::-129", "10.244.1.0-24&fe80::%eth0-64",
 		"10.244.1.0-24&fc00:0:0:1::-64&fc00:0:0:2::-64", "10.244.1.0-24&::ffff:10.0.0.0-120",
+		"0.0.0.0-0", "0.0.0.0-0&", "0.0.0.1-0&fc00:0:0:1::-64",
 	} {
 		if _, _, err := ParseSubnetKeys(bad); !errors.Is(err, ErrBadLease) {
 			t.Errorf("ParseSubnetKeys(%q) = %v, want ErrBadLease", bad, err)

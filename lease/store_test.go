@@ -434,6 +434,39 @@ func TestClaimSkipsDualStackSubnets(t *testing.T) {
 	})
 }
 
+// TestClaimIPv6Only: on an IPv6-only network every lease has flannel's
+// empty IPv4 half ("0.0.0.0-0&..." and PublicIP 0.0.0.0), hosts are told
+// apart by PublicIPv6, and a host claiming again keeps its lease.
+func TestClaimIPv6Only(t *testing.T) {
+	stores(t, func(t *testing.T, s lease.Store) {
+		ctx := context.Background()
+		cfg := mustConfig(t, `{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00:5::/48","Backend":{"Type":"vxlan"}}`)
+		host := func(i int) lease.Attrs {
+			ip6 := netip.MustParseAddr(fmt.Sprintf("fd50::%d", i))
+			return lease.Attrs{PublicIPv6: &ip6, BackendType: "vxlan"}
+		}
+		a, err := lease.Claim(ctx, s, lease.ClaimRequest{Config: cfg, Attrs: host(1)})
+		if err != nil || a.Subnet.IsValid() || !cfg.Fits6(a.IPv6Subnet) || !strings.HasPrefix(a.Key(), "0.0.0.0-0&fc00:5:") {
+			t.Fatalf("first host: %s %v", a.Key(), err)
+		}
+		b, err := lease.Claim(ctx, s, lease.ClaimRequest{Config: cfg, Attrs: host(2)})
+		if err != nil || b.IPv6Subnet == a.IPv6Subnet {
+			t.Fatalf("second host: %s %v (first %s)", b.Key(), err, a.Key())
+		}
+		again, err := lease.Claim(ctx, s, lease.ClaimRequest{Config: cfg, Attrs: host(1)})
+		if err != nil || again.Key() != a.Key() {
+			t.Fatalf("first host again: %s %v, want %s", again.Key(), err, a.Key())
+		}
+		rec, ok, _ := s.Get(ctx, a.Key())
+		if !ok || !strings.HasPrefix(string(rec.Value), `{"PublicIP":"0.0.0.0","PublicIPv6":"fd50::1"`) {
+			t.Errorf("value %s, want flannel's IPv6-only form", rec.Value)
+		}
+		if l, err := lease.DecodeLease(rec.Key, rec.Value); err != nil || l.Subnet.IsValid() || l.IPv6Subnet != a.IPv6Subnet {
+			t.Errorf("decoded %+v %v", l, err)
+		}
+	})
+}
+
 // TestClaimDualStack: on a dual-stack network every host gets an IPv6
 // subnet beside its IPv4 one, under flannel's joined key; a host whose
 // IPv4-only lease predates EnableIPv6 keeps its IPv4 subnet; the previous

@@ -30,8 +30,10 @@ type SubnetEnv struct {
 // Encode renders the file exactly as flanneld writes it.
 func (e SubnetEnv) Encode() []byte {
 	var b bytes.Buffer
-	fmt.Fprintf(&b, "FLANNEL_NETWORK=%s\n", e.Network)
-	fmt.Fprintf(&b, "FLANNEL_SUBNET=%s\n", netip.PrefixFrom(e.Subnet.Addr().Next(), e.Subnet.Bits()))
+	if e.Subnet.IsValid() { // none on an IPv6-only network, as flannel writes it
+		fmt.Fprintf(&b, "FLANNEL_NETWORK=%s\n", e.Network)
+		fmt.Fprintf(&b, "FLANNEL_SUBNET=%s\n", netip.PrefixFrom(e.Subnet.Addr().Next(), e.Subnet.Bits()))
+	}
 	if e.IPv6Subnet.IsValid() {
 		fmt.Fprintf(&b, "FLANNEL_IPV6_NETWORK=%s\n", e.IPv6Network)
 		fmt.Fprintf(&b, "FLANNEL_IPV6_SUBNET=%s\n", netip.PrefixFrom(e.IPv6Subnet.Addr().Next(), e.IPv6Subnet.Bits()))
@@ -124,7 +126,11 @@ func ParseSubnetEnv(data []byte) (SubnetEnv, error) {
 			return e, fmt.Errorf("%s: %s is not an IPv6 prefix", key, p)
 		}
 	}
-	for _, k := range []string{"FLANNEL_NETWORK", "FLANNEL_SUBNET", "FLANNEL_MTU"} {
+	required := []string{"FLANNEL_NETWORK", "FLANNEL_SUBNET", "FLANNEL_MTU"}
+	if !seen["FLANNEL_SUBNET"] && seen["FLANNEL_IPV6_SUBNET"] {
+		required = []string{"FLANNEL_IPV6_NETWORK", "FLANNEL_IPV6_SUBNET", "FLANNEL_MTU"} // IPv6-only
+	}
+	for _, k := range required {
 		if !seen[k] {
 			return e, fmt.Errorf("%s is missing", k)
 		}

@@ -103,7 +103,7 @@ func (w *Watcher) Leases() []Lease {
 		out = append(out, l)
 	}
 	w.mu.Unlock()
-	sort.Slice(out, func(i, j int) bool { return out[i].Subnet.Addr().Less(out[j].Subnet.Addr()) })
+	sort.Slice(out, func(i, j int) bool { return out[i].Key() < out[j].Key() })
 	return out
 }
 

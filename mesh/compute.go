@@ -65,9 +65,11 @@ func Compute(self lease.Lease, leases []lease.Lease, cfg *lease.Config) Desired 
 	// Every lease that gets as far as the overlap check is a SubnetLen
 	// subnet, and two aligned subnets of one length overlap only when they
 	// are equal: a set makes the check O(1), the whole computation O(n log n).
-	kept := map[netip.Prefix]bool{self.Subnet: true}
-	if self.IPv6Subnet.IsValid() {
-		kept[self.IPv6Subnet] = true
+	kept := map[netip.Prefix]bool{}
+	for _, sn := range []netip.Prefix{self.Subnet, self.IPv6Subnet} {
+		if sn.IsValid() {
+			kept[sn] = true
+		}
 	}
 	for _, l := range sorted {
 		peer, reason, isSelf := classify(self, l, cfg)
@@ -76,7 +78,7 @@ func Compute(self lease.Lease, leases []lease.Lease, cfg *lease.Config) Desired 
 		}
 		switch {
 		case reason != "":
-		case kept[l.Subnet]:
+		case l.Subnet.IsValid() && kept[l.Subnet]:
 			reason = fmt.Sprintf("subnet %s overlaps %s, leased earlier", l.Subnet, l.Subnet)
 		case peer.IPv6Subnet.IsValid() && kept[peer.IPv6Subnet]:
 			reason = fmt.Sprintf("IPv6 subnet %s overlaps %s, leased earlier", peer.IPv6Subnet, peer.IPv6Subnet)
@@ -85,9 +87,10 @@ func Compute(self lease.Lease, leases []lease.Lease, cfg *lease.Config) Desired 
 			d.Skipped = append(d.Skipped, Skipped{Key: peer.Key, Reason: reason})
 			continue
 		}
-		kept[l.Subnet] = true
-		if peer.IPv6Subnet.IsValid() {
-			kept[peer.IPv6Subnet] = true
+		for _, sn := range []netip.Prefix{l.Subnet, peer.IPv6Subnet} {
+			if sn.IsValid() {
+				kept[sn] = true
+			}
 		}
 		d.Peers = append(d.Peers, peer)
 	}
@@ -118,7 +121,13 @@ func (d Desired) IPv6Half() Desired {
 
 // sort orders peers by subnet and skipped leases by key.
 func (d *Desired) sort() {
-	sort.Slice(d.Peers, func(i, j int) bool { return d.Peers[i].Subnet.Addr().Less(d.Peers[j].Subnet.Addr()) })
+	sort.Slice(d.Peers, func(i, j int) bool {
+		a, b := d.Peers[i], d.Peers[j]
+		if a.Subnet != b.Subnet {
+			return a.Subnet.Addr().Less(b.Subnet.Addr())
+		}
+		return a.IPv6Subnet.Addr().Less(b.IPv6Subnet.Addr())
+	})
 	sort.Slice(d.Skipped, func(i, j int) bool { return d.Skipped[i].Key < d.Skipped[j].Key })
 }
 
@@ -134,14 +143,27 @@ func classify(self lease.Lease, l lease.Lease, cfg *lease.Config) (peer Peer, re
 		// to route; on a dual-stack one it is.
 		peer.IPv6Subnet, peer.PublicIPv6, peer.BackendV6Data = l.IPv6Subnet, l.Attrs.PublicIPv6Addr(), l.Attrs.BackendV6Data
 	}
-	if l.Subnet == self.Subnet {
+	if sameSubnet(l, self) {
 		return peer, "", true // our own lease (or an older copy of it)
 	}
 	reason = Check(l, cfg)
-	if reason == "" && l.Attrs.PublicIP == self.Attrs.PublicIP {
+	switch {
+	case reason != "":
+	case cfg.EnableIPv4 && l.Attrs.PublicIP == self.Attrs.PublicIP:
 		reason = fmt.Sprintf("PublicIP %s is this host's own", l.Attrs.PublicIP)
+	case !cfg.EnableIPv4 && l.Attrs.PublicIPv6Addr() == self.Attrs.PublicIPv6Addr():
+		reason = fmt.Sprintf("PublicIPv6 %s is this host's own", l.Attrs.PublicIPv6Addr())
 	}
 	return peer, reason, false
+}
+
+// sameSubnet reports whether l leases this host's own subnet: its IPv4
+// one, or on an IPv6-only network (no IPv4 subnets) its IPv6 one.
+func sameSubnet(l, self lease.Lease) bool {
+	if self.Subnet.IsValid() {
+		return l.Subnet == self.Subnet
+	}
+	return self.IPv6Subnet.IsValid() && l.IPv6Subnet == self.IPv6Subnet
 }
 
 // Check says why a lease cannot be a peer of any host on the network cfg
@@ -149,6 +171,17 @@ func classify(self lease.Lease, l lease.Lease, cfg *lease.Config) (peer Peer, re
 // length, another backend, a PublicIP no host can have. weftd skips such a
 // lease; `weftctl leases` shows the reason.
 func Check(l lease.Lease, cfg *lease.Config) string {
+	if !cfg.EnableIPv4 {
+		// IPv6-only: the IPv4 half is flannel's empty one; only the IPv6
+		// half and the backend matter.
+		if !l.IPv6Subnet.IsValid() {
+			return "has no IPv6 subnet, and this network is IPv6-only"
+		}
+		if l.Attrs.Backend() != cfg.Backend.Type {
+			return fmt.Sprintf("runs backend %q, this network uses %q", l.Attrs.Backend(), cfg.Backend.Type)
+		}
+		return check6(l, cfg)
+	}
 	switch {
 	case !cfg.Network.Contains(l.Subnet.Addr()) || l.Subnet.Bits() < cfg.Network.Bits():
 		return fmt.Sprintf("subnet %s is outside Network %s", l.Subnet, cfg.Network)

@@ -213,3 +213,37 @@ func TestIPv6Half(t *testing.T) {
 		t.Errorf("IPv6 half of a delta: %+v", delta)
 	}
 }
+
+// TestComputeIPv6Only: on an IPv6-only network every lease has flannel's
+// empty IPv4 half; this host is found by its IPv6 subnet, peers by theirs,
+// a lease without an IPv6 half is skipped, and one claiming this host's
+// PublicIPv6 too.
+func TestComputeIPv6Only(t *testing.T) {
+	cfg, err := lease.ParseConfig([]byte(`{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00:5::/48","Backend":{"Type":"host-gw"}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mk := func(subnet6, ip6 string, rev int64) lease.Lease {
+		a := netip.MustParseAddr(ip6)
+		l := lease.Lease{Revision: rev, Attrs: lease.Attrs{PublicIP: netip.IPv4Unspecified(), PublicIPv6: &a, BackendType: "host-gw"}}
+		if subnet6 != "" {
+			l.IPv6Subnet = netip.MustParsePrefix(subnet6)
+		}
+		return l
+	}
+	self := mk("fc00:5:0:1::/64", "fd50::1", 1)
+	d := Compute(self, []lease.Lease{self, mk("fc00:5:0:2::/64", "fd50::2", 2), mk("fc00:5:0:3::/64", "fd50::1", 3), mk("", "fd50::4", 4)}, cfg)
+	var got []string
+	for _, p := range d.Peers {
+		got = append(got, fmt.Sprintf("peer %s via %s", p.IPv6Subnet, p.PublicIPv6))
+	}
+	for _, s := range d.Skipped {
+		got = append(got, "skip "+s.Key+": "+s.Reason)
+	}
+	want := []string{"peer fc00:5:0:2::/64 via fd50::2",
+		"skip 0.0.0.0-0: has no IPv6 subnet, and this network is IPv6-only",
+		"skip 0.0.0.0-0&fc00:5:0:3::-64: PublicIPv6 fd50::1 is this host's own"}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("IPv6-only:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}

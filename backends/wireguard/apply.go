@@ -79,9 +79,6 @@ func NewIPv6(raw json.RawMessage, ext netutil.ExternalInterface, keyFile string,
 	if err != nil {
 		return nil, err
 	}
-	if b.opts.ListenPortV6 == b.opts.ListenPort {
-		return nil, fmt.Errorf(`key "Backend.ListenPortV6": %d is ListenPort too; Mode "separate" runs a device per family, each on a port of its own`, b.opts.ListenPort)
-	}
 	b.name, b.opts.ListenPort = DeviceNameIPv6, b.opts.ListenPortV6
 	return b, nil
 }

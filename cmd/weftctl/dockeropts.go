@@ -81,7 +81,10 @@ func dockerOptsEnv(env lease.SubnetEnv, f dockerOptsFlags, inherited string) str
 		individual, combined = true, true
 	}
 	type opt struct{ name, value string }
-	opts := []opt{{"DOCKER_OPT_BIP", "--bip=" + bridgeCIDR(env)}}
+	var opts []opt
+	if env.Subnet.IsValid() { // none on an IPv6-only network: docker keeps its own IPv4 bridge
+		opts = append(opts, opt{"DOCKER_OPT_BIP", "--bip=" + bridgeCIDR(env)})
+	}
 	if !f.noMasq {
 		// weft masquerades (FLANNEL_IPMASQ=true), so docker must not.
 		opts = append(opts, opt{"DOCKER_OPT_IPMASQ", fmt.Sprintf("--ip-masq=%v", !env.IPMasq)})
@@ -111,7 +114,10 @@ func dockerOptsEnv(env lease.SubnetEnv, f dockerOptsFlags, inherited string) str
 
 // dockerDaemonJSON renders the same settings as daemon.json keys.
 func dockerDaemonJSON(env lease.SubnetEnv, noMasq bool) ([]byte, error) {
-	settings := map[string]any{"bip": bridgeCIDR(env), "mtu": env.MTU}
+	settings := map[string]any{"mtu": env.MTU}
+	if env.Subnet.IsValid() {
+		settings["bip"] = bridgeCIDR(env)
+	}
 	if !noMasq {
 		settings["ip-masq"] = !env.IPMasq
 	}

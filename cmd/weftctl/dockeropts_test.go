@@ -39,6 +39,8 @@ func TestDockerOptsAsTheScript(t *testing.T) {
 		{"dual stack", subnetEnv + dualStackLines, nil, nil,
 			"DOCKER_OPT_BIP=\"--bip=10.1.74.1/24\"\nDOCKER_OPT_IPMASQ=\"--ip-masq=true\"\nDOCKER_OPT_IPV6=\"--ipv6 --fixed-cidr-v6=fc00:5:0:22::/64\"\nDOCKER_OPT_MTU=\"--mtu=1472\"\n" +
 				"DOCKER_OPTS=\" --bip=10.1.74.1/24 --ip-masq=true --ipv6 --fixed-cidr-v6=fc00:5:0:22::/64 --mtu=1472\"\n"},
+		{"IPv6-only", "FLANNEL_MTU=1472\nFLANNEL_IPMASQ=false\n" + dualStackLines, []string{"-c"}, nil,
+			"DOCKER_OPTS=\" --ip-masq=true --ipv6 --fixed-cidr-v6=fc00:5:0:22::/64 --mtu=1472\"\n"},
 		{"dual stack daemon.json", subnetEnv + dualStackLines, []string{"-format", "daemon-json"}, nil,
 			"{\n  \"bip\": \"10.1.74.1/24\",\n  \"fixed-cidr-v6\": \"fc00:5:0:22::/64\",\n  \"ip-masq\": true,\n  \"ipv6\": true,\n  \"mtu\": 1472\n}\n"},
 	}

@@ -57,6 +57,12 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 		return err
 	}
 
+	switch {
+	case !cfg.EnableIPv4:
+		publicIP = netip.IPv4Unspecified() // an IPv6-only lease's, as flannel writes it
+	case !publicIP.IsValid():
+		return fmt.Errorf("interface %s has no global IPv4 address, and the network config carries IPv4; give it one, pick another interface with -iface, or set -public-ip", ext.Name)
+	}
 	var publicIP6 netip.Addr
 	if cfg.EnableIPv6 {
 		if publicIP6, err = publicIPv6(o, ext); err != nil {
@@ -121,7 +127,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	if err := keepFirewall(ctx, g, o, cfg, holder, obs, log); err != nil {
 		return err
 	}
-	if o.blackholeRoute {
+	if o.blackholeRoute && cfg.EnableIPv4 {
 		g.Go(func() error {
 			return keepBlackhole(ctx, kernel, holder, time.Duration(o.iptablesSync)*time.Second, log)
 		})
@@ -267,7 +273,10 @@ func keepFirewall(ctx context.Context, g *errgroup.Group, o *options, cfg *lease
 		network netip.Prefix
 		subnet  func() netip.Prefix
 	}
-	families := []family{{false, cfg.Network, func() netip.Prefix { return holder.Current().Subnet }}}
+	var families []family
+	if cfg.EnableIPv4 {
+		families = append(families, family{false, cfg.Network, func() netip.Prefix { return holder.Current().Subnet }})
+	}
 	if cfg.EnableIPv6 {
 		families = append(families, family{true, cfg.IPv6Network, func() netip.Prefix { return holder.Current().IPv6Subnet }})
 	}

@@ -67,10 +67,15 @@ func pickExternal(o *options, ifaces []hostInterface, defaultIndex int, route ro
 		return hostInterface{}, false
 	}
 	first := func(i hostInterface, why string) (chosen, error) {
-		if len(i.Addrs) == 0 {
-			return chosen{}, fmt.Errorf("interface %s (%s) has no global IPv4 address; give it one or pick another with -iface", i.Name, why)
+		switch {
+		case len(i.Addrs) > 0:
+			return chosen{iface: i, addr: i.Addrs[0].Addr(), why: why}, nil
+		case len(i.Addrs6) > 0:
+			// Enough for an IPv6-only network; weftd refuses it for one
+			// with IPv4 once it has read the config.
+			return chosen{iface: i, why: why}, nil
 		}
-		return chosen{iface: i, addr: i.Addrs[0].Addr(), why: why}, nil
+		return chosen{}, fmt.Errorf("interface %s (%s) has no global IPv4 or IPv6 address; give it one or pick another with -iface", i.Name, why)
 	}
 	var tried []string
 	for _, spec := range o.ifaces {
@@ -176,7 +181,7 @@ func chooseExternal(o *options, log *slog.Logger) (netutil.ExternalInterface, ne
 			ext.Addr6 = a.Addr()
 		}
 	}
-	if len(c.iface.Addrs) > 1 {
+	if len(c.iface.Addrs) > 1 && c.addr.IsValid() {
 		log.Info("interface has several addresses; using this one (pick another with -iface <IP> or -public-ip)",
 			"iface", ext.Name, "addresses", c.iface.Addrs, "chosen", ext.Addr)
 	}
@@ -236,20 +241,23 @@ func hostInterfaces() ([]hostInterface, int, error) {
 		}
 		out = append(out, i)
 	}
-	routes, err := netutil.Retry(func() ([]netlink.Route, error) { return netlink.RouteList(nil, netlink.FAMILY_V4) })
-	if err != nil {
-		return nil, 0, fmt.Errorf("listing routes: %w", err)
-	}
-	var best *netlink.Route
-	for i, r := range routes {
-		if (r.Dst == nil || r.Dst.String() == "0.0.0.0/0") && r.LinkIndex > 0 && (best == nil || r.Priority < best.Priority) {
-			best = &routes[i]
+	// The IPv4 default route's interface; an IPv6-only host's IPv6 one.
+	for _, family := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		routes, err := netutil.Retry(func() ([]netlink.Route, error) { return netlink.RouteList(nil, family) })
+		if err != nil {
+			return nil, 0, fmt.Errorf("listing routes: %w", err)
+		}
+		var best *netlink.Route
+		for i, r := range routes {
+			if dst, _ := netutil.Prefix(r.Dst); (r.Dst == nil || dst.Bits() == 0) && r.LinkIndex > 0 && (best == nil || r.Priority < best.Priority) {
+				best = &routes[i]
+			}
+		}
+		if best != nil {
+			return out, best.LinkIndex, nil
 		}
 	}
-	if best == nil {
-		return out, 0, nil
-	}
-	return out, best.LinkIndex, nil
+	return out, 0, nil
 }
 
 // routeTo is `ip route get ip`: the interface and source address.

@@ -35,6 +35,7 @@ func run() int {
 	weftctl := flag.String("weftctl", "", "weftctl binary, for -docker (default: weftctl next to this binary)")
 	members := flag.Int("etcd-members", 1, "etcd cluster size: 1 runs etcd in the underlay namespace, more run each member in a namespace of its own and give weftd every endpoint")
 	ipv6 := flag.Bool("ipv6", false, "dual stack: IPv6 on the underlay beside IPv4, \"EnableIPv6\" in the config, and an address of each family in every container (host-gw, vxlan, wireguard)")
+	ipv6Only := flag.Bool("ipv6-only", false, "an IPv6-only overlay (\"EnableIPv4\": false): hosts lease only IPv6 subnets, containers have only IPv6 addresses")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "weftlab: needs root to create network namespaces; run it with sudo")
@@ -58,7 +59,7 @@ func run() int {
 
 	say := func(format string, args ...any) { fmt.Printf("==> "+format+"\n", args...) }
 	say("creating %d hosts on one underlay bridge, with %d etcd member(s), backend %s", *hosts, *members, *backend)
-	l, err := lab.New(lab.Options{Hosts: *hosts, Backend: *backend, Weftd: *weftd, Self: self, Docker: *docker, EtcdMembers: *members, IPv6: *ipv6})
+	l, err := lab.New(lab.Options{Hosts: *hosts, Backend: *backend, Weftd: *weftd, Self: self, Docker: *docker, EtcdMembers: *members, IPv6: *ipv6, IPv6Only: *ipv6Only})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "weftlab:", err)
 		return 1
