@@ -57,7 +57,8 @@ test-root:
 VM_ACCEL ?= tcg
 VM_TESTS := -run '^(TestWireGuardCluster|TestWireGuardMixedMesh|TestLeasesStatusMetrics)$$' \
 	-run '^(TestFaultKilledMidApply|TestRestartGapDistribution)$$/^(wireguard|host-gw)$$' \
-	-run '^(TestHostGWCluster|TestVXLANCluster|TestUDPCluster|TestIPMasqAndCleanup)$$'
+	-run '^(TestHostGWCluster|TestVXLANCluster|TestUDPCluster|TestIPMasqAndCleanup)$$' \
+	-run '^(TestDualStackCluster|TestIPv6OnlyCluster)$$/^wireguard$$' -run '^TestDualStackWireGuardOneDevice$$'
 vmtest: deps
 	$(GO) run ./lab/cmd/weftvm -accel $(VM_ACCEL) $(VM_TESTS)
 

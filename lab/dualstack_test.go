@@ -124,8 +124,12 @@ func checkDualStackDevices(t *testing.T, l *Lab, backend string) {
 				}
 			}
 		case lease.BackendWireGuard:
-			if out, err := Exec(h.Name, "ip", "-o", "link", "show", "weft-wg-v6"); err != nil {
-				t.Errorf("%s: no weft-wg-v6 (Mode separate): %v %s", h.Name, err, out)
+			// Kernel WireGuard in the VM tier, wireguard-go's TUN here.
+			kind := map[bool]string{true: "wireguard", false: "tun"}[kernelWireGuard]
+			for _, dev := range []string{"weft-wg", "weft-wg-v6"} {
+				if out, err := Exec(h.Name, "ip", "-d", "link", "show", dev); err != nil || !strings.Contains(out, "\n    "+kind+" ") {
+					t.Errorf("%s: %s is not a %s device (Mode separate): %v\n%s", h.Name, dev, kind, err, out)
+				}
 			}
 		case lease.BackendVXLAN:
 			out, err := Exec(h.Name, "ip", "-d", "link", "show", "weft-v6.1")

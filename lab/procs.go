@@ -316,7 +316,12 @@ func (l *Lab) HostTable() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%-6s %-16s %-16s %-16s %s\n", "HOST", "NAMESPACE", "PUBLIC IP", "SUBNET", "CONTAINER")
 	for _, h := range l.Hosts {
-		fmt.Fprintf(&b, "%-6s %-16s %-16s %-16s %s\n", fmt.Sprintf("h%d", h.Index), h.Name, h.PublicIP, h.Subnet, h.ContainerIP())
+		if h.Subnet.IsValid() {
+			fmt.Fprintf(&b, "%-6s %-16s %-16s %-16s %s\n", fmt.Sprintf("h%d", h.Index), h.Name, h.PublicIP, h.Subnet, h.ContainerIP())
+		}
+		if h.IPv6Subnet.IsValid() {
+			fmt.Fprintf(&b, "%-6s %-16s %-16s %-16s %s\n", fmt.Sprintf("h%d", h.Index), h.Name, h.PublicIPv6, h.IPv6Subnet, h.ContainerIPv6())
+		}
 	}
 	return b.String()
 }

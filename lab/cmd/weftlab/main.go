@@ -95,7 +95,11 @@ func run() int {
 	} else {
 		say("ping matrix, container to container across hosts:")
 		table, ok = l.PingMatrix()
-		try = fmt.Sprintf("ip netns exec %s ping %s", l.Hosts[0].Container, l.Hosts[1].ContainerIP())
+		dst := l.Hosts[1].ContainerIP()
+		if !dst.IsValid() {
+			dst = l.Hosts[1].ContainerIPv6() // an IPv6-only lab
+		}
+		try = fmt.Sprintf("ip netns exec %s ping %s", l.Hosts[0].Container, dst)
 	}
 	fmt.Print(table)
 	fmt.Println()
