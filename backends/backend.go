@@ -86,6 +86,12 @@ type DeviceStatus interface {
 	Status() (*wgtypes.Device, error)
 }
 
+// OnDemandReporter is a backend whose WireGuard device may hold only the
+// peers in use (wireguard-go's on-demand mode).
+type OnDemandReporter interface {
+	OnDemand() wireguard.OnDemandStats
+}
+
 // DropCounter is a backend that refuses datagrams and counts them by
 // reason, for /status and /metrics.
 type DropCounter interface {
@@ -296,5 +302,6 @@ var (
 	_ mesh.DeltaApplier = (*wireguard.Backend)(nil)
 	_ KeyReloader       = (*wireguard.Backend)(nil)
 	_ DeviceStatus      = (*wireguard.Backend)(nil)
+	_ OnDemandReporter  = (*wireguard.Backend)(nil)
 	_ DropCounter       = (*udp.Backend)(nil)
 )

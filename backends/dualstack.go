@@ -114,6 +114,9 @@ type wireguardIPv6Only struct {
 // ReloadKey rotates or reloads the device's key.
 func (w *wireguardIPv6Only) ReloadKey(rotate bool) (bool, error) { return w.wg.ReloadKey(rotate) }
 
+// OnDemand is the device's on-demand state.
+func (w *wireguardIPv6Only) OnDemand() wireguard.OnDemandStats { return w.wg.OnDemand() }
+
 // Status is the device's.
 func (w *wireguardIPv6Only) Status() (*wgtypes.Device, error) { return w.wg.Status() }
 
@@ -136,6 +139,9 @@ func (w *wireguardSeparate) ReloadKey(rotate bool) (bool, error) {
 	changed6, err := w.wg6.ReloadKey(false)
 	return changed || changed6, err
 }
+
+// OnDemand is the IPv4 device's on-demand state.
+func (w *wireguardSeparate) OnDemand() wireguard.OnDemandStats { return w.wg4.OnDemand() }
 
 // Status is the IPv4 device's.
 func (w *wireguardSeparate) Status() (*wgtypes.Device, error) { return w.wg4.Status() }

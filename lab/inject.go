@@ -117,6 +117,24 @@ func SendUDP(ns string, dst netip.AddrPort, payload []byte) error {
 	})
 }
 
+// SendUDPEach sends one datagram from inside namespace ns to each of dsts,
+// as fast as one socket can (a scan).
+func SendUDPEach(ns string, dsts []netip.AddrPort, payload []byte) error {
+	return inNetns(ns, func() error {
+		c, err := net.ListenUDP("udp4", nil)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		for _, dst := range dsts {
+			if _, err := c.WriteToUDPAddrPort(payload, dst); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
 // HTTPGet fetches url from inside namespace ns (weftd's loopback endpoints).
 func HTTPGet(ns, url string) (string, error) {
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{

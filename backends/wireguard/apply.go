@@ -44,6 +44,10 @@ type Backend struct {
 	// applied is false until a whole apply succeeded with the current
 	// key: until then a delta cannot trust the device.
 	applied bool
+	// peers is the on-demand table (userspace only; see ondemand.go).
+	peers *onDemand
+	// stopSweep ends the idle sweep; nil when none runs.
+	stopSweep chan struct{}
 }
 
 // New parses the Backend options and loads (or creates) the private key.
@@ -66,7 +70,8 @@ func New(raw json.RawMessage, ext netutil.ExternalInterface, keyFile string, ker
 	}
 	opts.localIPv4, opts.localIPv6 = ext.Addr, ext.Addr6
 	mtu := options.DeviceMTU(opts.MTU, ext.MTU, Overhead)
-	return &Backend{name: DeviceName, opts: opts, ext: ext, keyFile: keyFile, kernel: kernel, calls: calls, log: log, mtu: mtu, key: key}, nil
+	return &Backend{name: DeviceName, opts: opts, ext: ext, keyFile: keyFile, kernel: kernel, calls: calls, log: log, mtu: mtu, key: key,
+		peers: newOnDemand()}, nil
 }
 
 // NewIPv6 is New for the IPv6 device of Mode "separate" on a dual-stack
@@ -122,7 +127,7 @@ func (b *Backend) BackendData() json.RawMessage {
 func (b *Backend) Setup(context.Context) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	dev, err := openDevice(b.kernel, b.name, b.opts, b.mtu, b.log)
+	dev, err := b.open()
 	if err != nil {
 		return err
 	}
@@ -131,6 +136,10 @@ func (b *Backend) Setup(context.Context) error {
 		if b.client, err = wgctrl.New(); err != nil {
 			return fmt.Errorf("wgctrl: %w", err)
 		}
+	}
+	if b.stopSweep == nil && b.opts.OnDemandPeers != OnDemandOff {
+		b.stopSweep = make(chan struct{})
+		go b.sweepIdle(b.stopSweep)
 	}
 	return nil
 }
@@ -175,7 +184,7 @@ func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 		// The device went away (deleted by hand): make it again.
 		b.log.Warn("WireGuard device missing; recreating it", "err", err)
 		b.dev.close()
-		if b.dev, err = openDevice(b.kernel, b.name, b.opts, b.mtu, b.log); err != nil {
+		if b.dev, err = b.open(); err != nil {
 			return errors.Join(append(errs, err)...)
 		}
 		if current, err = b.read(); err != nil {
@@ -191,6 +200,13 @@ func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 		cfg.ListenPort = &b.opts.ListenPort
 	}
 	have := peerStates(current.Peers)
+	onDemand := b.onDemandWanted(len(want))
+	b.peers.setWanted(want)
+	if onDemand {
+		// Only the peers the device holds are kept up to date (or
+		// removed); the others wait in the table for traffic.
+		want = configuredOnly(want, have)
+	}
 	changes := PeerChanges(have, want)
 	for _, c := range changes {
 		cfg.Peers = append(cfg.Peers, toPeerConfig(c))
@@ -202,6 +218,10 @@ func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 		b.logChanges(changes)
 	}
 	b.holders = holders
+	b.peers.setConfigured(specKeys(want))
+	// Only now, with the port set: a port change waits for the receive
+	// goroutines, which must not be activating peers meanwhile.
+	b.setOnDemand(onDemand, len(d.Peers))
 	if err := b.kick(peersToKick(have, want, changes, cfg.PrivateKey != nil)); err != nil {
 		errs = append(errs, err)
 	}
@@ -231,11 +251,18 @@ func (b *Backend) ApplyDelta(_ context.Context, d mesh.Delta) error {
 	if !deltaStandsAlone(before, after, b.holders) {
 		return mesh.ErrWholeApply
 	}
-	have := make([]PeerState, 0, len(before))
-	for _, c := range before {
+	b.peers.update(before, after)
+	held, heldAfter := before, after
+	if b.peers.enabled.Load() {
+		// Only peers the device holds are touched; a new one waits for
+		// traffic, one that left or changed key is removed if held.
+		held, heldAfter = b.peers.configuredOf(before), b.peers.configuredOf(after)
+	}
+	have := make([]PeerState, 0, len(held))
+	for _, c := range held {
 		have = append(have, c.state())
 	}
-	changes := PeerChanges(have, after)
+	changes := PeerChanges(have, heldAfter)
 	if len(changes) > 0 {
 		cfg := wgtypes.Config{}
 		for _, c := range changes {
@@ -250,16 +277,74 @@ func (b *Backend) ApplyDelta(_ context.Context, d mesh.Delta) error {
 		}
 		b.logChanges(changes)
 	}
+	var removed []keys.Key
+	for _, c := range changes {
+		if c.Remove {
+			removed = append(removed, c.PublicKey)
+		}
+	}
+	b.peers.markRemoved(removed)
 	for _, c := range before {
 		delete(b.holders, c.PublicKey)
 	}
 	for _, c := range after {
 		b.holders[c.PublicKey] = []string{c.Lease}
 	}
-	if err := b.kick(peersToKick(have, after, changes, false)); err != nil {
+	if err := b.kick(peersToKick(have, heldAfter, changes, false)); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// open creates or adopts the device; the on-demand table configures its
+// peers in process when it is wireguard-go.
+func (b *Backend) open() (*wgDevice, error) {
+	dev, err := openDevice(b.kernel, b.name, b.opts, b.mtu, b.peers, b.log)
+	if err != nil {
+		return nil, err
+	}
+	b.peers.setConfigure(dev.addPeer)
+	return dev, nil
+}
+
+// onDemandWanted decides, for a desired set of n peers, whether the device
+// holds only the peers in use: a userspace device, and mode on, or auto
+// above OnDemandThreshold.
+func (b *Backend) onDemandWanted(n int) bool {
+	return b.dev.kind == ImplUserspace &&
+		(b.opts.OnDemandPeers == OnDemandOn || b.opts.OnDemandPeers == OnDemandAuto && n > OnDemandThreshold)
+}
+
+// setOnDemand turns the on-demand mode on or off, and says so when that
+// changes.
+func (b *Backend) setOnDemand(on bool, peers int) {
+	if b.peers.enabled.Swap(on) != on {
+		b.log.Info("on-demand peers", "on", on, "peers", peers, "mode", b.opts.OnDemandPeers, "idle_after", b.opts.OnDemandIdleAfter)
+	}
+}
+
+// configuredOnly keeps the wanted peers the device holds.
+func configuredOnly(want []PeerSpec, have []PeerState) []PeerSpec {
+	held := make(map[keys.Key]bool, len(have))
+	for _, h := range have {
+		held[h.PublicKey] = true
+	}
+	out := make([]PeerSpec, 0, len(have))
+	for _, w := range want {
+		if held[w.PublicKey] {
+			out = append(out, w)
+		}
+	}
+	return out
+}
+
+// specKeys are the keys of specs.
+func specKeys(specs []PeerSpec) []keys.Key {
+	out := make([]keys.Key, 0, len(specs))
+	for _, s := range specs {
+		out = append(out, s.PublicKey)
+	}
+	return out
 }
 
 // kick makes WireGuard start a handshake with peers now. Turning persistent
@@ -323,6 +408,10 @@ func (b *Backend) Cleanup(context.Context) error {
 func (b *Backend) Close() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.stopSweep != nil {
+		close(b.stopSweep)
+		b.stopSweep = nil
+	}
 	if b.dev != nil {
 		b.dev.close()
 	}

@@ -1,10 +1,13 @@
 package wireguard
 
 import (
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
+	"time"
 
 	"github.com/vishvananda/netlink"
 
@@ -23,16 +26,17 @@ type wgDevice struct {
 	name string
 	kind string // ImplKernel or ImplUserspace
 	// userspace only:
-	dev  *device.Device
-	tun  tun.Device
-	uapi net.Listener
-	done chan struct{}
+	peers *onDemand
+	dev   *device.Device
+	tun   tun.Device
+	uapi  net.Listener
+	done  chan struct{}
 }
 
 // openDevice creates or adopts the device. opts.Implementation is auto,
 // kernel or userspace; auto prefers an existing device's kind, then the
 // kernel. Log lines and errors name where the choice came from.
-func openDevice(k netutil.Kernel, name string, opts Options, mtu int, log *slog.Logger) (*wgDevice, error) {
+func openDevice(k netutil.Kernel, name string, opts Options, mtu int, peers *onDemand, log *slog.Logger) (*wgDevice, error) {
 	impl, from := opts.Implementation, opts.ImplementationFrom
 	if from == "" {
 		from = `key "Backend.Implementation"`
@@ -54,7 +58,7 @@ func openDevice(k netutil.Kernel, name string, opts Options, mtu int, log *slog.
 			return nil, fmt.Errorf(`%s: "userspace", but %s is a kernel WireGuard device; remove it (ip link del %s) or use "auto"`, from, name, name)
 		}
 		log.Info("using wireguard-go in weftd", "device", name, "why", from+` is "userspace"`)
-		return startUserspace(name, mtu, log)
+		return startUserspace(name, mtu, peers, log)
 	}
 	if existing != nil && existing.Type() == "wireguard" {
 		log.Info("using kernel WireGuard", "device", name, "why", "adopting the existing kernel device")
@@ -62,7 +66,7 @@ func openDevice(k netutil.Kernel, name string, opts Options, mtu int, log *slog.
 	}
 	if existing != nil {
 		log.Info("using wireguard-go in weftd", "device", name, "why", "re-attaching to the persistent TUN left by the previous run")
-		return startUserspace(name, mtu, log)
+		return startUserspace(name, mtu, peers, log)
 	}
 	kerr := ensureKernelLink(k, name, nil)
 	if kerr == nil {
@@ -70,7 +74,7 @@ func openDevice(k netutil.Kernel, name string, opts Options, mtu int, log *slog.
 		return &wgDevice{name: name, kind: ImplKernel}, nil
 	}
 	log.Info("using wireguard-go in weftd", "device", name, "why", kerr.Error())
-	return startUserspace(name, mtu, log)
+	return startUserspace(name, mtu, peers, log)
 }
 
 func ensureKernelLink(k netutil.Kernel, name string, existing netlink.Link) error {
@@ -92,7 +96,9 @@ func ensureKernelLink(k netutil.Kernel, name string, existing netlink.Link) erro
 
 // startUserspace runs wireguard-go on a persistent TUN (created, or
 // re-attached when a previous weftd left it) and serves its UAPI socket.
-func startUserspace(name string, mtu int, log *slog.Logger) (*wgDevice, error) {
+// The TUN and the UDP bind are wrapped so the on-demand table sees every
+// packet first (a flag check per batch while the mode is off).
+func startUserspace(name string, mtu int, peers *onDemand, log *slog.Logger) (*wgDevice, error) {
 	tunDev, err := tun.CreateTUN(name, mtu)
 	if err != nil {
 		return nil, fmt.Errorf("creating TUN %s for wireguard-go: %w", name, err)
@@ -106,7 +112,7 @@ func startUserspace(name string, mtu int, log *slog.Logger) (*wgDevice, error) {
 		Verbosef: device.DiscardLogf,
 		Errorf:   func(format string, args ...any) { wlog.Warn(fmt.Sprintf(format, args...)) },
 	}
-	dev := device.NewDevice(tunDev, conn.NewDefaultBind(), logger)
+	dev := device.NewDevice(&tunWrapper{Device: tunDev, peers: peers}, &bindWrapper{Bind: conn.NewDefaultBind(), peers: peers}, logger)
 	uapiFile, err := ipc.UAPIOpen(name)
 	if err != nil {
 		dev.Close()
@@ -118,7 +124,8 @@ func startUserspace(name string, mtu int, log *slog.Logger) (*wgDevice, error) {
 		dev.Close()
 		return nil, fmt.Errorf("listening on UAPI socket for %s: %w", name, err)
 	}
-	d := &wgDevice{name: name, kind: ImplUserspace, dev: dev, tun: tunDev, uapi: uapi, done: make(chan struct{})}
+	d := &wgDevice{name: name, kind: ImplUserspace, peers: peers, dev: dev, tun: tunDev, uapi: uapi, done: make(chan struct{})}
+	peers.start()
 	go func() {
 		defer close(d.done)
 		for {
@@ -136,6 +143,32 @@ func startUserspace(name string, mtu int, log *slog.Logger) (*wgDevice, error) {
 	return d, nil
 }
 
+// addPeer configures one peer on a userspace device, in process (the
+// on-demand mode's activation), and with kick starts a handshake at once.
+func (d *wgDevice) addPeer(spec PeerSpec, kick bool) error {
+	if d.dev == nil {
+		return errors.New("not a userspace device")
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "public_key=%s\nendpoint=%s\npersistent_keepalive_interval=%d\nreplace_allowed_ips=true\n",
+		hex.EncodeToString(spec.PublicKey[:]), spec.Endpoint, int(spec.Keepalive/time.Second))
+	if spec.PSK != nil {
+		fmt.Fprintf(&b, "preshared_key=%s\n", hex.EncodeToString(spec.PSK[:]))
+	}
+	for _, p := range spec.AllowedIPs {
+		fmt.Fprintf(&b, "allowed_ip=%s\n", p)
+	}
+	if err := d.dev.IpcSet(b.String()); err != nil {
+		return err
+	}
+	if kick {
+		if peer := d.dev.LookupPeer(device.NoisePublicKey(spec.PublicKey)); peer != nil {
+			peer.SendKeepalive() // no session yet: this starts a handshake
+		}
+	}
+	return nil
+}
+
 // close stops wireguard-go (the TUN itself stays) or does nothing for the
 // kernel device, which lives on its own.
 func (d *wgDevice) close() {
@@ -144,6 +177,7 @@ func (d *wgDevice) close() {
 	}
 	d.uapi.Close()
 	<-d.done
+	d.peers.stop() // before Close, which waits for the goroutines that wait on it
 	d.dev.Close()
 }
 

@@ -59,6 +59,11 @@ type Options struct {
 	// gets MTU − Overhead (0: the external interface's MTU − Overhead).
 	MTU            int
 	Implementation string
+	// OnDemandPeers is auto, on or off: whether a userspace device holds
+	// only the peers in use (ondemand.go). OnDemandIdleAfter is how long
+	// a peer may be idle before it is removed from the device.
+	OnDemandPeers     string
+	OnDemandIdleAfter time.Duration
 	// ImplementationFrom names where Implementation came from, for log
 	// lines and errors: the config key, or weftd's flag overriding it.
 	ImplementationFrom string
@@ -101,6 +106,8 @@ func ParseOptions(raw json.RawMessage) (Options, error) {
 		PersistentKeepaliveInterval float64 `json:"PersistentKeepaliveInterval"`
 		MTU                         int     `json:"MTU"`
 		Implementation              string  `json:"Implementation"`
+		OnDemandPeers               string  `json:"OnDemandPeers"`
+		OnDemandIdleAfter           float64 `json:"OnDemandIdleAfter"`
 	}
 	if len(raw) > 0 {
 		if err := json.Unmarshal(raw, &in); err != nil {
@@ -141,6 +148,21 @@ func ParseOptions(raw json.RawMessage) (Options, error) {
 	}
 	if !ValidImplementation(o.Implementation) {
 		return o, fmt.Errorf(`key "Backend.Implementation": %q is not one of auto, kernel, userspace`, o.Implementation)
+	}
+	switch o.OnDemandPeers = in.OnDemandPeers; o.OnDemandPeers {
+	case "":
+		o.OnDemandPeers = OnDemandAuto
+	case OnDemandAuto, OnDemandOn, OnDemandOff:
+	default:
+		return o, fmt.Errorf(`key "Backend.OnDemandPeers": %q is not one of auto, on, off`, in.OnDemandPeers)
+	}
+	switch idle := in.OnDemandIdleAfter; {
+	case idle == 0:
+		o.OnDemandIdleAfter = IdleAfter
+	case idle < 1 || idle > 86400:
+		return o, fmt.Errorf(`key "Backend.OnDemandIdleAfter": %v is not between 1 and 86400 seconds`, idle)
+	default:
+		o.OnDemandIdleAfter = time.Duration(idle * float64(time.Second))
 	}
 	return o, nil
 }

@@ -62,6 +62,10 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		fmt.Fprintf(stdout, " (last: %s)", s.LastError)
 	}
 	fmt.Fprintf(stdout, "\niptables: masquerade %v, forward %v\n", s.Rules["masquerade"], s.Rules["forward"])
+	if od := s.OnDemand; od != nil {
+		fmt.Fprintf(stdout, "wireguard peers on demand: %d known, %d configured, %d idle; %d added for traffic, %d capped, %d removed idle\n",
+			od.Known, od.Configured, od.Known-od.Configured, od.Added, od.Capped, od.Idled)
+	}
 	for reason, n := range s.Drops {
 		fmt.Fprintf(stdout, "udp dropped (%s): %d\n", reason, n)
 	}

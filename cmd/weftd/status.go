@@ -112,6 +112,11 @@ func (o *observer) status() status.Document {
 		s.IPv6Network = desired.IPv6Network.String()
 	}
 	s.Skipped = desired.Skipped
+	if od, ok := o.backend.(backends.OnDemandReporter); ok {
+		if st := od.OnDemand(); st.Enabled {
+			s.OnDemand = &status.OnDemand{Known: st.Known, Configured: st.Configured, Added: st.Added, Capped: st.Capped, Idled: st.Idled}
+		}
+	}
 	handshakes := map[string]wgtypes.Peer{}
 	if wg, ok := o.backend.(backends.DeviceStatus); ok {
 		if dev, err := wg.Status(); err == nil {
@@ -135,6 +140,8 @@ func (o *observer) status() status.Document {
 				ps.LastHandshake = wp.LastHandshakeTime.UTC().Format(time.RFC3339)
 				ps.State = "handshake " + time.Since(wp.LastHandshakeTime).Round(time.Second).String() + " ago"
 			}
+		} else if s.OnDemand != nil {
+			ps.State = "idle (configured on demand)"
 		} else if o.btype == lease.BackendWireGuard {
 			ps.State = "not on the device"
 		}
@@ -161,12 +168,14 @@ var (
 	descHandshake  = prometheus.NewDesc("weft_wireguard_peer_last_handshake_seconds", "Unix time of the last handshake with a peer (0: none).", []string{"subnet"}, nil)
 	descCalls      = prometheus.NewDesc("weft_kernel_calls_total", "Calls weft made to program the data path, by kind (netlink dump/get/write, WireGuard device read/write).", []string{"kind"}, nil)
 	descFull       = prometheus.NewDesc("weft_reconcile_whole_applies_total", "Reconcile runs that applied the whole state (start, resync, relist, errors); the others applied one change as a delta.", nil, nil)
+	descOnDemand   = prometheus.NewDesc("weft_wireguard_peers", "WireGuard peers the leases name, by state: configured on the device or idle (on-demand mode).", []string{"state"}, nil)
+	descOnDemandOp = prometheus.NewDesc("weft_wireguard_on_demand_total", "On-demand mode events: peers added for traffic, activations refused by the rate bound (capped), peers removed for idleness.", []string{"event"}, nil)
 	descUDPDropped = prometheus.NewDesc("weft_udp_dropped_datagrams_total", "Datagrams the udp backend refused, by reason.", []string{"reason"}, nil)
 )
 
 // Describe implements prometheus.Collector.
 func (o *observer) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descLease, descExpiry, descReady, descPeers, descRuns, descErrors, descRelists, descConflicts, descRx, descTx, descHandshake, descUDPDropped, descCalls, descFull} {
+	for _, d := range []*prometheus.Desc{descLease, descExpiry, descReady, descPeers, descRuns, descErrors, descRelists, descConflicts, descRx, descTx, descHandshake, descUDPDropped, descCalls, descFull, descOnDemand, descOnDemandOp} {
 		ch <- d
 	}
 	o.duration.Describe(ch)
@@ -223,6 +232,13 @@ func (o *observer) Collect(ch chan<- prometheus.Metric) {
 	}
 	for reason, n := range s.Drops {
 		counter(descUDPDropped, float64(n), reason)
+	}
+	if od := s.OnDemand; od != nil {
+		gauge(descOnDemand, float64(od.Configured), "configured")
+		gauge(descOnDemand, float64(od.Known-od.Configured), "idle")
+		counter(descOnDemandOp, float64(od.Added), "added")
+		counter(descOnDemandOp, float64(od.Capped), "capped")
+		counter(descOnDemandOp, float64(od.Idled), "idled")
 	}
 	o.duration.Collect(ch)
 }

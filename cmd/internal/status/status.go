@@ -28,6 +28,20 @@ type Document struct {
 	Rules map[string]bool `json:"iptables"`
 	// Drops counts the datagrams the udp backend refused, by reason.
 	Drops map[string]uint64 `json:"udp_dropped,omitempty"`
+	// OnDemand is the wireguard-go device's on-demand mode, when on.
+	OnDemand *OnDemand `json:"on_demand,omitempty"`
+}
+
+// OnDemand is the on-demand mode of a wireguard-go device: the peers the
+// leases name, those configured on the device (the rest are idle), and
+// how many were added for traffic, refused by the rate bound, removed for
+// idleness.
+type OnDemand struct {
+	Known      int    `json:"known"`
+	Configured int    `json:"configured"`
+	Added      uint64 `json:"added"`
+	Capped     uint64 `json:"capped"`
+	Idled      uint64 `json:"idled"`
 }
 
 // Peer is one peer of this host.

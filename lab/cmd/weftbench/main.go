@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -46,7 +47,7 @@ func main() {
 	backends := flag.String("backends", "host-gw,vxlan,wireguard,udp", "data paths to measure, comma-separated (empty: keep the report's)")
 	control := flag.String("control", "host-gw,vxlan,wireguard,udp", "backends whose control plane to time (empty: keep the report's)")
 	scale := flag.String("scale", "1000,5000,10000", "simulated cluster sizes, comma-separated (empty: keep the report's)")
-	scaleBackends := flag.String("scale-backends", "vxlan,wireguard", "backends for the scale run")
+	scaleBackends := flag.String("scale-backends", "vxlan,wireguard,wireguard-on-demand", "backends for the scale run (wireguard: every peer configured; wireguard-on-demand: peers configured when traffic needs them)")
 	join := flag.Int("join", 200, "hosts joining at once against one etcd (0: keep the report's)")
 	profile := flag.String("profile", "", "directory for weftd's CPU and heap profiles during the scale run (empty: none)")
 	flag.Parse()
@@ -171,6 +172,14 @@ func run(p plan) error {
 			}
 		}
 		parts[reportParts[1]] = renderScale(results)
+		if slices.Contains(p.scaleBackends, wireguardOnDemand) {
+			r, err := measureFirstPacket(p.weftd)
+			if err != nil {
+				return fmt.Errorf("first packet to an idle peer: %w", err)
+			}
+			fmt.Printf("first packet to an idle peer: median %s, p99 %s, lost %d of %d\n", quantile(r.idle, 0.5), quantile(r.idle, 0.99), r.lostFirstPings, r.rounds)
+			parts[reportParts[1]] += renderFirstPacket(r)
+		}
 	}
 	if p.joinHosts > 0 {
 		r, err := measureJoin(p.joinHosts)

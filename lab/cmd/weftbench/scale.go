@@ -2,10 +2,10 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -56,13 +56,50 @@ func fakeLease(backend string, i int) (string, []byte) {
 	return subnet, []byte(fmt.Sprintf(`{"PublicIP":"172.16.%d.%d","PublicIPv6":null,"BackendType":%q%s}`, i/250, 1+i%250, backend, data))
 }
 
+// wireguardOnDemand names the scale rows of userspace WireGuard with
+// on-demand peers; plain "wireguard" rows configure every peer
+// (OnDemandPeers off), as before the mode existed.
+const wireguardOnDemand = "wireguard-on-demand"
+
+// scaleBackendConfig is the Backend object of a scale row.
+func scaleBackendConfig(row string) (backend, config string) {
+	switch row {
+	case lease.BackendWireGuard:
+		return row, `{"Type":"wireguard","OnDemandPeers":"off"}`
+	case wireguardOnDemand:
+		return lease.BackendWireGuard, `{"Type":"wireguard","OnDemandPeers":"on"}`
+	}
+	return row, fmt.Sprintf(`{"Type":%q}`, row)
+}
+
+// knownPeers is the peer list weftd on h reports at /status (every
+// desired peer, configured or idle), by lease key.
+func knownPeers(h *lab.Host) map[string]bool {
+	body, _ := lab.HTTPGet(h.Name, "http://127.0.0.1:8471/status")
+	var doc struct {
+		Peers []struct {
+			Lease string `json:"lease"`
+		} `json:"peers"`
+	}
+	json.Unmarshal([]byte(body), &doc)
+	out := make(map[string]bool, len(doc.Peers))
+	for _, p := range doc.Peers {
+		out[p.Lease] = true
+	}
+	return out
+}
+
 // programmedPeers counts what the kernel holds for peers on h: vxlan FDB
-// entries (one per peer), or WireGuard peers.
-func programmedPeers(l *lab.Lab, h *lab.Host, backend string) int {
+// entries (one per peer), or WireGuard peers; in the on-demand mode the
+// peers weftd holds ready to configure.
+func programmedPeers(l *lab.Lab, h *lab.Host, row string) int {
 	var out string
-	if backend == lease.BackendWireGuard {
+	switch row {
+	case wireguardOnDemand:
+		return len(knownPeers(h))
+	case lease.BackendWireGuard:
 		out, _ = l.HostExec(h, "wg", "show", "weft-wg", "peers")
-	} else {
+	default:
 		out, _ = lab.Exec(h.Name, "bridge", "fdb", "show", "dev", "weft.1")
 		n := 0
 		for _, line := range strings.Split(out, "\n") {
@@ -75,9 +112,13 @@ func programmedPeers(l *lab.Lab, h *lab.Host, backend string) int {
 	return len(strings.Fields(out))
 }
 
-// hasPeer reports whether the kernel on h holds the peer with this lease.
-func hasPeer(l *lab.Lab, h *lab.Host, backend, key string, value []byte) bool {
-	if backend == lease.BackendWireGuard {
+// hasPeer reports whether the kernel on h holds the peer with this lease
+// (in the on-demand mode: whether weftd holds it ready).
+func hasPeer(l *lab.Lab, h *lab.Host, row, key string, value []byte) bool {
+	switch row {
+	case wireguardOnDemand:
+		return knownPeers(h)[key]
+	case lease.BackendWireGuard:
 		pub := strings.Split(string(value), `"PublicKey":"`)[1][:44]
 		out, _ := l.HostExec(h, "wg", "show", "weft-wg", "peers")
 		return strings.Contains(out, pub)
@@ -102,12 +143,13 @@ func peakRSS(pid int) int {
 // stopped, starts weftd and times it to READY (sent after the first apply
 // of every peer), checks the kernel holds them all, then times single
 // leases added and removed.
-func measureScale(backend, weftd string, n int, profileDir string) (scaleResult, error) {
-	res := scaleResult{backend: backend, leases: n}
+func measureScale(row, weftd string, n int, profileDir string) (scaleResult, error) {
+	res := scaleResult{backend: row, leases: n}
+	backend, backendConfig := scaleBackendConfig(row)
 	l, err := startLab(lab.Options{Hosts: 2, Weftd: weftd,
 		// The lab's hosts lease in 10.0.x.0; the simulated ones live from
 		// 10.100.0.0 on, so they never collide.
-		Config: fmt.Sprintf(`{"Network":%q,"SubnetMin":"10.0.1.0","SubnetMax":"10.0.255.0","Backend":{"Type":%q}}`, scaleNetwork, backend)})
+		Config: fmt.Sprintf(`{"Network":%q,"SubnetMin":"10.0.1.0","SubnetMax":"10.0.255.0","Backend":%s}`, scaleNetwork, backendConfig)})
 	if err != nil {
 		return res, err
 	}
@@ -165,7 +207,7 @@ func measureScale(backend, weftd string, n int, profileDir string) (scaleResult,
 			return res, err
 		}
 	}
-	if got := programmedPeers(l, h1, backend); got != want {
+	if got := programmedPeers(l, h1, row); got != want {
 		return res, fmt.Errorf("READY with %d of %d peers in the kernel", got, want)
 	}
 	res.convergeCalls = renderCalls(kernelCalls(h1), nil)
@@ -205,7 +247,7 @@ func measureScale(backend, weftd string, n int, profileDir string) (scaleResult,
 			if lab.LogField(line, "whole") == "false" {
 				res.deltas++
 			}
-			if hasPeer(l, h1, backend, key, value) != step.present {
+			if hasPeer(l, h1, row, key, value) != step.present {
 				return res, fmt.Errorf("weftd logged %s applied, but the kernel disagrees (present=%v wanted)", key, step.present)
 			}
 		}
@@ -222,14 +264,7 @@ func measureScale(backend, weftd string, n int, profileDir string) (scaleResult,
 	return res, nil
 }
 
-func medianDuration(d []time.Duration) time.Duration {
-	if len(d) == 0 {
-		return 0
-	}
-	s := slices.Clone(d)
-	slices.Sort(s)
-	return s[len(s)/2]
-}
+func medianDuration(d []time.Duration) time.Duration { return quantile(d, 0.5) }
 
 func renderScale(results []scaleResult) string {
 	var b strings.Builder

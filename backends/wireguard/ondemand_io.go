@@ -1,0 +1,68 @@
+package wireguard
+
+import (
+	"net/netip"
+
+	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/tun"
+)
+
+// tunWrapper is the TUN wireguard-go reads from, seen first by the
+// on-demand table: a packet to a known peer that is not configured
+// configures it before wireguard-go looks its destination up.
+type tunWrapper struct {
+	tun.Device
+	peers *onDemand
+}
+
+// Read reads a batch and lets the on-demand table see each packet.
+func (t *tunWrapper) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	n, err := t.Device.Read(bufs, sizes, offset)
+	if t.peers.enabled.Load() {
+		for i := range n {
+			t.peers.outbound(bufs[i][offset : offset+sizes[i]])
+		}
+	}
+	return n, err
+}
+
+// bindWrapper is the UDP bind wireguard-go receives from, seen first by
+// the on-demand table: a handshake or data packet from a known peer's
+// lease endpoint configures the peer before wireguard-go handles it.
+type bindWrapper struct {
+	conn.Bind
+	peers *onDemand
+}
+
+// Open opens the bind and wraps each receive function.
+func (b *bindWrapper) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
+	fns, actual, err := b.Bind.Open(port)
+	for i, fn := range fns {
+		fns[i] = func(packets [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
+			n, err := fn(packets, sizes, eps)
+			if b.peers.enabled.Load() {
+				for j := range n {
+					if eps[j] == nil {
+						continue
+					}
+					from := netip.AddrPortFrom(eps[j].DstIP(), endpointPort(eps[j]))
+					b.peers.inbound(packets[j][:sizes[j]], from)
+				}
+			}
+			return n, err
+		}
+	}
+	return fns, actual, err
+}
+
+// endpointPort is the UDP port of a received packet's sender.
+func endpointPort(ep conn.Endpoint) uint16 {
+	if std, ok := ep.(*conn.StdNetEndpoint); ok {
+		return std.Port()
+	}
+	ap, err := netip.ParseAddrPort(ep.DstToString())
+	if err != nil {
+		return 0
+	}
+	return ap.Port()
+}

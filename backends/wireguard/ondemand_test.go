@@ -1,0 +1,116 @@
+package wireguard
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/weftnet/weft/keys"
+)
+
+// ipv4Packet is a minimal IPv4 header to dst; ipv6Packet an IPv6 one.
+func ipv4Packet(dst string) []byte {
+	p := make([]byte, 28)
+	p[0] = 0x45
+	a := netip.MustParseAddr(dst).As4()
+	copy(p[16:20], a[:])
+	return p
+}
+
+func ipv6Packet(dst string) []byte {
+	p := make([]byte, 48)
+	p[0] = 0x60
+	a := netip.MustParseAddr(dst).As16()
+	copy(p[24:40], a[:])
+	return p
+}
+
+// wgMessage is a WireGuard message of a type, padded to size.
+func wgMessage(kind uint32, size int) []byte {
+	p := make([]byte, size)
+	binary.LittleEndian.PutUint32(p, kind)
+	return p
+}
+
+// TestOnDemandTable: a packet to a known peer's subnet (either family)
+// configures it once; a handshake or data packet from a lease endpoint
+// configures that peer (a data packet with a handshake kicked); other
+// traffic configures nothing; a peer that left or was removed for
+// idleness is handled as the table says.
+func TestOnDemandTable(t *testing.T) {
+	a, b := mustKey(t), mustKey(t)
+	specA := PeerSpec{Lease: "a", PublicKey: a, Endpoint: netip.MustParseAddrPort("192.168.50.2:51820"),
+		AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.5.2.0/24"), netip.MustParsePrefix("fc00:5:0:2::/64")}}
+	specB := PeerSpec{Lease: "b", PublicKey: b, Endpoint: netip.MustParseAddrPort("192.168.50.3:51820"),
+		AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.5.3.0/24")}}
+	o := newOnDemand()
+	var mu sync.Mutex
+	var got []string
+	o.setConfigure(func(s PeerSpec, kick bool) error {
+		mu.Lock()
+		defer mu.Unlock()
+		got = append(got, s.Lease+map[bool]string{true: "+kick", false: ""}[kick])
+		return nil
+	})
+	o.enabled.Store(true)
+	o.start()
+	defer o.stop()
+	o.setWanted([]PeerSpec{specA, specB})
+	o.outbound(ipv4Packet("10.5.2.7"))
+	o.outbound(ipv4Packet("10.5.2.8")) // a, already configured
+	o.outbound(ipv4Packet("10.6.0.1")) // nobody's
+	o.outbound([]byte{0x45})           // truncated
+	o.inbound(wgMessage(messageTransport, 32), netip.MustParseAddrPort("192.168.50.3:51820"))
+	o.inbound(wgMessage(messageInitiation, 148), netip.MustParseAddrPort("192.168.50.9:51820")) // a stranger
+	o.inbound(wgMessage(2, 92), netip.MustParseAddrPort("192.168.50.2:51820"))                  // a response: not ours to act on
+	if want := "a b+kick"; joined(got) != want {
+		t.Fatalf("configured %q, want %q", joined(got), want)
+	}
+	if known, configured := o.counts(); known != 2 || configured != 2 || o.added.Load() != 2 {
+		t.Errorf("counts %d %d, added %d", known, configured, o.added.Load())
+	}
+	// Idle removal, then the IPv6 subnet of a brings it back.
+	o.markRemoved([]keys.Key{a})
+	o.outbound(ipv6Packet("fc00:5:0:2::9"))
+	if want := "a b+kick a"; joined(got) != want {
+		t.Fatalf("after idle removal: %q, want %q", joined(got), want)
+	}
+	// b leaves: its subnet and endpoint configure nothing any more.
+	o.update([]PeerSpec{specB}, nil)
+	o.markRemoved([]keys.Key{b})
+	o.outbound(ipv4Packet("10.5.3.1"))
+	o.inbound(wgMessage(messageInitiation, 148), netip.MustParseAddrPort("192.168.50.3:51820"))
+	if want := "a b+kick a"; joined(got) != want {
+		t.Errorf("after b left: %q, want %q", joined(got), want)
+	}
+}
+
+// TestOnDemandActivationsAreBounded: a flood of packets to many idle peers
+// configures at most the burst at once; the rest are refused and counted.
+func TestOnDemandActivationsAreBounded(t *testing.T) {
+	o := newOnDemand()
+	var configured atomic.Int64
+	o.setConfigure(func(PeerSpec, bool) error { configured.Add(1); return nil })
+	o.enabled.Store(true)
+	o.start()
+	defer o.stop()
+	var specs []PeerSpec
+	for i := range 2000 {
+		specs = append(specs, PeerSpec{PublicKey: mustKey(t), Endpoint: netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 168, byte(i >> 8), byte(i)}), 51820),
+			AllowedIPs: []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 0}), 24)}})
+	}
+	o.setWanted(specs)
+	for i := range 2000 {
+		o.outbound(ipv4Packet(netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 1}).String()))
+	}
+	o.stop()
+	n := int(configured.Load())
+	if n > activationBurst+activationRate || n < activationBurst || o.capped.Load() != uint64(2000-n) {
+		t.Errorf("configured %d of 2000 at once (burst %d), capped %d", n, activationBurst, o.capped.Load())
+	}
+}
+
+func joined(s []string) string { return strings.Join(s, " ") }
