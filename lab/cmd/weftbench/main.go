@@ -44,7 +44,7 @@ func main() {
 	chart := flag.String("chart", "BENCHMARKS.svg", "chart of the data paths to write")
 	runs := flag.Int("runs", 5, "runs per measurement (the median is reported)")
 	seconds := flag.Int("seconds", 5, "seconds per iperf3 run")
-	backends := flag.String("backends", "host-gw,vxlan,wireguard,udp", "data paths to measure, comma-separated (empty: keep the report's)")
+	backends := flag.String("backends", "host-gw,vxlan,wireguard,wireguard-on-demand,udp", "data paths to measure, comma-separated (empty: keep the report's; wireguard-on-demand: the same with on-demand peers on)")
 	control := flag.String("control", "host-gw,vxlan,wireguard,udp", "backends whose control plane to time (empty: keep the report's)")
 	scale := flag.String("scale", "1000,5000,10000", "simulated cluster sizes, comma-separated (empty: keep the report's)")
 	scaleBackends := flag.String("scale-backends", "vxlan,wireguard,wireguard-on-demand", "backends for the scale run (wireguard: every peer configured; wireguard-on-demand: peers configured when traffic needs them)")
@@ -198,8 +198,13 @@ func run(p plan) error {
 
 // measureBackend runs a two-host lab with backend and measures the bare
 // veth, the backend's hand-made limit and weft's path, interleaved.
-func measureBackend(backend, weftd, wgGo string, runs, seconds int) ([]*path, error) {
-	l, err := startLab(lab.Options{Hosts: 2, Backend: backend, Weftd: weftd})
+func measureBackend(row, weftd, wgGo string, runs, seconds int) ([]*path, error) {
+	backend, backendConfig := scaleBackendConfig(row)
+	if row == lease.BackendWireGuard {
+		backendConfig = `{"Type":"wireguard"}` // the default, on-demand auto (off for two hosts)
+	}
+	l, err := startLab(lab.Options{Hosts: 2, Backend: backend, Weftd: weftd,
+		Config: fmt.Sprintf(`{"Network":%q,"Backend":%s}`, lab.DefaultNetwork, backendConfig)})
 	if err != nil {
 		return nil, err
 	}
@@ -235,7 +240,7 @@ func measureBackend(backend, weftd, wgGo string, runs, seconds int) ([]*path, er
 		paths = append(paths, &path{name: refName, clientNS: h1.Container, serverNS: h2.Container, addr: c2, mtu: env.MTU,
 			before: func() error { return ref.CarryContainers(true) }, after: func() error { return ref.CarryContainers(false) }})
 	}
-	paths = append(paths, &path{name: "weft " + backend, limitOf: refName, clientNS: h1.Container, serverNS: h2.Container, addr: c2, mtu: env.MTU})
+	paths = append(paths, &path{name: "weft " + row, limitOf: refName, clientNS: h1.Container, serverNS: h2.Container, addr: c2, mtu: env.MTU})
 	for _, p := range paths {
 		p.runs = map[int][]Throughput{}
 		if err := p.measure(func() (err error) { p.rtt, err = Ping(p.clientNS, p.addr, 200); return err }); err != nil {
@@ -251,7 +256,7 @@ func measureBackend(backend, weftd, wgGo string, runs, seconds int) ([]*path, er
 				if err != nil {
 					return nil, fmt.Errorf("%s: %w", p.name, err)
 				}
-				fmt.Printf("%-9s run %d  %-42s P%d  %6.2f Gbit/s\n", backend, r+1, p.name, streams, t.Gbps)
+				fmt.Printf("%-9s run %d  %-42s P%d  %6.2f Gbit/s\n", row, r+1, p.name, streams, t.Gbps)
 				p.runs[streams] = append(p.runs[streams], t)
 			}
 		}
