@@ -78,12 +78,23 @@ func TestOnDemandTable(t *testing.T) {
 	if want := "a b+kick a"; joined(got) != want {
 		t.Fatalf("after idle removal: %q, want %q", joined(got), want)
 	}
+	// a moves to another address while idle: the new endpoint is known,
+	// the old one is not.
+	o.markRemoved([]keys.Key{a})
+	moved := specA
+	moved.Endpoint = netip.MustParseAddrPort("192.168.50.20:51820")
+	o.update([]PeerSpec{specA}, []PeerSpec{moved})
+	o.inbound(wgMessage(messageInitiation, 148), netip.MustParseAddrPort("192.168.50.2:51820"))
+	o.inbound(wgMessage(messageInitiation, 148), netip.MustParseAddrPort("192.168.50.20:51820"))
+	if want := "a b+kick a a"; joined(got) != want {
+		t.Fatalf("after a moved: %q, want %q", joined(got), want)
+	}
 	// b leaves: its subnet and endpoint configure nothing any more.
 	o.update([]PeerSpec{specB}, nil)
 	o.markRemoved([]keys.Key{b})
 	o.outbound(ipv4Packet("10.5.3.1"))
 	o.inbound(wgMessage(messageInitiation, 148), netip.MustParseAddrPort("192.168.50.3:51820"))
-	if want := "a b+kick a"; joined(got) != want {
+	if want := "a b+kick a a"; joined(got) != want {
 		t.Errorf("after b left: %q, want %q", joined(got), want)
 	}
 }
