@@ -63,6 +63,9 @@ type Env struct {
 	// WireGuardImplementation, when set, overrides the config's
 	// Backend.Implementation on this host (weftd's -wireguard-implementation).
 	WireGuardImplementation string
+	// BehindNAT marks this host's wireguard lease as behind NAT (weftd's
+	// -behind-nat).
+	BehindNAT bool
 }
 
 // DualStack is a backend that publishes data of its own for its IPv6 half
@@ -215,10 +218,10 @@ func newWireGuard(env Env) (Backend, error) {
 			build = wireguard.NewIPv6
 		}
 		wg, err := build(env.Config.Backend.Raw, env.External, env.KeyFile, env.Kernel, env.Calls, env.Log)
-		if err == nil && env.WireGuardImplementation != "" {
-			err = wg.OverrideImplementation(env.WireGuardImplementation, "-wireguard-implementation")
-		}
 		if err != nil {
+			return nil, err
+		}
+		if err := hostOverrides(wg, env); err != nil {
 			return nil, err
 		}
 		return &wireguardIPv6Only{ipv6Only: ipv6Only{v6: wg}, wg: wg}, nil
@@ -236,16 +239,26 @@ func newWireGuard(env Env) (Backend, error) {
 		devices = append(devices, wg6)
 	}
 	for _, d := range devices {
-		if env.WireGuardImplementation != "" {
-			if err := d.OverrideImplementation(env.WireGuardImplementation, "-wireguard-implementation"); err != nil {
-				return nil, err
-			}
+		if err := hostOverrides(d, env); err != nil {
+			return nil, err
 		}
 	}
 	if len(devices) == 1 {
 		return wg4, nil
 	}
 	return &wireguardSeparate{dualStack: dualStack{v4: devices[0], v6: devices[1]}, wg4: devices[0], wg6: devices[1]}, nil
+}
+
+// hostOverrides applies this host's flags to a wireguard device: its
+// implementation and whether it is behind NAT.
+func hostOverrides(wg *wireguard.Backend, env Env) error {
+	if env.BehindNAT {
+		wg.SetBehindNAT()
+	}
+	if env.WireGuardImplementation != "" {
+		return wg.OverrideImplementation(env.WireGuardImplementation, "-wireguard-implementation")
+	}
+	return nil
 }
 
 // ValidateOptions checks the Backend options of cfg without touching the

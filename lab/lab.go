@@ -72,6 +72,12 @@ type Options struct {
 	// but hosts lease only IPv6 subnets and containers have only IPv6
 	// addresses (the underlay keeps IPv4 for etcd).
 	IPv6Only bool
+	// NATHosts puts the last NATHosts hosts each behind a NAT router of
+	// their own (a namespace on the underlay that masquerades with
+	// --random, so the source port changes): such a host has a private
+	// address (172.31.<index>.2) that the others cannot reach, as a home
+	// or office machine behind its router.
+	NATHosts int
 	// Dir keeps logs and state; a temporary directory when empty.
 	Dir string
 	// Log receives progress lines; nil for none.
@@ -86,6 +92,9 @@ type Host struct {
 	PublicIP  netip.Addr
 	Dir       string
 	Subnet    netip.Prefix
+	// NAT is the namespace of the host's NAT router (Options.NATHosts),
+	// empty for a host on the underlay.
+	NAT string
 	// PublicIPv6 and IPv6Subnet are the host's IPv6 underlay address and
 	// leased IPv6 subnet in a dual-stack lab; invalid otherwise.
 	PublicIPv6 netip.Addr
@@ -173,7 +182,12 @@ func New(opts Options) (l *Lab, err error) {
 		if err := os.MkdirAll(h.Dir, 0o755); err != nil {
 			return l, err
 		}
-		if err := l.addHost(h, gw); err != nil {
+		if i > opts.Hosts-opts.NATHosts {
+			err = l.addNATHost(h, gw)
+		} else {
+			err = l.addHost(h, gw)
+		}
+		if err != nil {
 			return l, err
 		}
 		l.Hosts = append(l.Hosts, h)
@@ -223,6 +237,33 @@ func (l *Lab) addNetns(name string) error {
 
 func (l *Lab) addHost(h *Host, gw netip.Addr) error {
 	return l.plugIn(h.Name, fmt.Sprintf("h%d", h.Index), h.PublicIP, gw)
+}
+
+// addNATHost puts h behind a NAT router of its own: the router takes h's
+// underlay address and masquerades everything h sends out with --random
+// (a new source port per mapping, as home routers do when the port is
+// taken, so WireGuard's port is not kept); h gets 172.31.<index>.2 behind
+// it, an address no other host can reach.
+func (l *Lab) addNATHost(h *Host, gw netip.Addr) error {
+	h.NAT = fmt.Sprintf("wl%s-n%d", l.ID, h.Index)
+	if err := l.plugIn(h.NAT, fmt.Sprintf("n%d", h.Index), h.PublicIP, gw); err != nil {
+		return err
+	}
+	inside := netip.AddrFrom4([4]byte{172, 31, byte(h.Index), 1})
+	h.PublicIP = inside.Next()
+	if err := l.addNetns(h.Name); err != nil {
+		return err
+	}
+	return RunAll(
+		[]string{"ip", "-n", h.NAT, "link", "add", "lan0", "type", "veth", "peer", "name", "eth0", "netns", h.Name},
+		[]string{"ip", "-n", h.NAT, "addr", "add", inside.String() + "/24", "dev", "lan0"},
+		[]string{"ip", "-n", h.NAT, "link", "set", "lan0", "up"},
+		[]string{"ip", "netns", "exec", h.NAT, "sysctl", "-qw", "net.ipv4.ip_forward=1"},
+		[]string{"ip", "netns", "exec", h.NAT, "iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "eth0", "-j", "MASQUERADE", "--random"},
+		[]string{"ip", "-n", h.Name, "addr", "add", h.PublicIP.String() + "/24", "dev", "eth0"},
+		[]string{"ip", "-n", h.Name, "link", "set", "eth0", "up"},
+		[]string{"ip", "-n", h.Name, "route", "add", "default", "via", inside.String()},
+	)
 }
 
 // plugIn makes namespace ns and wires it to the underlay bridge through

@@ -44,6 +44,10 @@ type Backend struct {
 	// applied is false until a whole apply succeeded with the current
 	// key: until then a delta cannot trust the device.
 	applied bool
+	// leaseEndpoints are the endpoints the leases named at the last whole
+	// apply: an endpoint on the device that differs from an unchanged
+	// lease's was roamed to by WireGuard (KeepRoamed).
+	leaseEndpoints map[keys.Key]netip.AddrPort
 	// peers is the on-demand table (userspace only; see ondemand.go).
 	peers *onDemand
 	// stopSweep ends the idle sweep; nil when none runs.
@@ -113,6 +117,22 @@ func (b *Backend) OverrideImplementation(impl, from string) error {
 	return nil
 }
 
+// SetBehindNAT marks this host as behind NAT (weftd's -behind-nat): its
+// lease says so, and its peers get a keepalive every 25 s when the config
+// sets none, which keeps the NAT's mapping open and lets peers find it.
+// It is called before Setup.
+func (b *Backend) SetBehindNAT() {
+	b.opts.BehindNAT = true
+	if b.opts.PersistentKeepalive == 0 {
+		b.opts.PersistentKeepalive = natKeepalive
+	}
+}
+
+// natKeepalive is the keepalive a host behind NAT sends when the config
+// sets none: within the UDP mapping timeouts of common NATs (30 s and up),
+// and what wg-quick's users are told to pick.
+const natKeepalive = 25 * time.Second
+
 // MTU is the device's (and containers') MTU.
 func (b *Backend) MTU() int { return b.mtu }
 
@@ -120,7 +140,7 @@ func (b *Backend) MTU() int { return b.mtu }
 func (b *Backend) BackendData() json.RawMessage {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return EncodeBackendData(b.key.Public(), b.opts.ListenPort)
+	return encodeBackendData(b.key.Public(), b.opts.ListenPort, b.opts.BehindNAT)
 }
 
 // Setup creates or adopts the device and opens the wgctrl client.
@@ -204,9 +224,16 @@ func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 	b.peers.setWanted(want)
 	if onDemand {
 		// Only the peers the device holds are kept up to date (or
-		// removed); the others wait in the table for traffic.
+		// removed), and peers behind NAT, which are always configured
+		// (their handshakes do not come from their lease's address); the
+		// others wait in the table for traffic.
 		want = configuredOnly(want, have)
 	}
+	leaseEndpoints := make(map[keys.Key]netip.AddrPort, len(want))
+	for _, w := range want {
+		leaseEndpoints[w.PublicKey] = w.Endpoint
+	}
+	want = KeepRoamed(want, have, b.leaseEndpoints, time.Now())
 	changes := PeerChanges(have, want)
 	for _, c := range changes {
 		cfg.Peers = append(cfg.Peers, toPeerConfig(c))
@@ -218,6 +245,7 @@ func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 		b.logChanges(changes)
 	}
 	b.holders = holders
+	b.leaseEndpoints = leaseEndpoints
 	b.peers.setConfigured(specKeys(want))
 	// Only now, with the port set: a port change waits for the receive
 	// goroutines, which must not be activating peers meanwhile.
@@ -284,11 +312,16 @@ func (b *Backend) ApplyDelta(_ context.Context, d mesh.Delta) error {
 		}
 	}
 	b.peers.markRemoved(removed)
+	if b.leaseEndpoints == nil {
+		b.leaseEndpoints = map[keys.Key]netip.AddrPort{}
+	}
 	for _, c := range before {
 		delete(b.holders, c.PublicKey)
+		delete(b.leaseEndpoints, c.PublicKey)
 	}
 	for _, c := range after {
 		b.holders[c.PublicKey] = []string{c.Lease}
+		b.leaseEndpoints[c.PublicKey] = c.Endpoint
 	}
 	if err := b.kick(peersToKick(have, heldAfter, changes, false)); err != nil {
 		errs = append(errs, err)
@@ -323,7 +356,8 @@ func (b *Backend) setOnDemand(on bool, peers int) {
 	}
 }
 
-// configuredOnly keeps the wanted peers the device holds.
+// configuredOnly keeps the wanted peers the device holds, and those
+// behind NAT.
 func configuredOnly(want []PeerSpec, have []PeerState) []PeerSpec {
 	held := make(map[keys.Key]bool, len(have))
 	for _, h := range have {
@@ -331,7 +365,7 @@ func configuredOnly(want []PeerSpec, have []PeerState) []PeerSpec {
 	}
 	out := make([]PeerSpec, 0, len(have))
 	for _, w := range want {
-		if held[w.PublicKey] {
+		if held[w.PublicKey] || w.NAT {
 			out = append(out, w)
 		}
 	}
@@ -449,7 +483,8 @@ func (b *Backend) Status() (*wgtypes.Device, error) {
 func peerStates(peers []wgtypes.Peer) []PeerState {
 	out := make([]PeerState, 0, len(peers))
 	for _, p := range peers {
-		s := PeerState{PublicKey: keys.Key(p.PublicKey), Keepalive: p.PersistentKeepaliveInterval, PSK: keys.Key(p.PresharedKey)}
+		s := PeerState{PublicKey: keys.Key(p.PublicKey), Keepalive: p.PersistentKeepaliveInterval, PSK: keys.Key(p.PresharedKey),
+			LastHandshake: p.LastHandshakeTime}
 		if p.Endpoint != nil {
 			s.Endpoint = p.Endpoint.AddrPort()
 			s.Endpoint = netip.AddrPortFrom(s.Endpoint.Addr().Unmap(), s.Endpoint.Port())

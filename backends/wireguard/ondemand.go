@@ -166,13 +166,14 @@ func (o *onDemand) markRemoved(gone []keys.Key) {
 	}
 }
 
-// configuredOf keeps the specs whose peers the device holds.
+// configuredOf keeps the specs whose peers the device holds, and those
+// behind NAT (always configured).
 func (o *onDemand) configuredOf(specs []PeerSpec) []PeerSpec {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	var out []PeerSpec
 	for _, s := range specs {
-		if o.configured[s.PublicKey] {
+		if o.configured[s.PublicKey] || s.NAT {
 			out = append(out, s)
 		}
 	}
@@ -185,6 +186,14 @@ func (o *onDemand) setConfigure(configure func(spec PeerSpec, kick bool) error) 
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.configure = configure
+}
+
+// behindNAT reports whether a known peer's lease marks it behind NAT:
+// such a peer is never removed for idleness.
+func (o *onDemand) behindNAT(k keys.Key) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.specs[k].NAT
 }
 
 // counts returns how many peers the table knows and how many are
@@ -438,6 +447,9 @@ func (b *Backend) removeIdle(seen map[keys.Key]activity, now time.Time) {
 	for _, p := range dev.Peers {
 		k := keys.Key(p.PublicKey)
 		present[k] = true
+		if b.peers.behindNAT(k) {
+			continue // always configured; the endpoint it roamed to stays
+		}
 		a, ok := seen[k]
 		if !ok || a.rx != p.ReceiveBytes || a.tx != p.TransmitBytes {
 			seen[k] = activity{rx: p.ReceiveBytes, tx: p.TransmitBytes, since: now}

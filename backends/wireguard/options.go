@@ -68,6 +68,11 @@ type Options struct {
 	// lines and errors: the config key, or weftd's flag overriding it.
 	ImplementationFrom string
 
+	// BehindNAT says this host is behind NAT (weftd's -behind-nat): its
+	// lease says so, so peers configure it eagerly and keep the endpoint
+	// WireGuard finds for it.
+	BehindNAT bool
+
 	// localIPv4 and localIPv6 are this host's underlay addresses, for
 	// Mode "auto"'s choice of each peer's endpoint family.
 	localIPv4, localIPv6 netip.Addr
@@ -167,14 +172,24 @@ func ParseOptions(raw json.RawMessage) (Options, error) {
 	return o, nil
 }
 
-// BackendData is what a wireguard lease publishes, as flannel does.
+// BackendData is what a wireguard lease publishes, as flannel does, and
+// weft's NAT flag, which flannel ignores (it is left out when false, so a
+// lease reads byte for byte as flannel's).
 type BackendData struct {
 	PublicKey string `json:"PublicKey"`
 	Port      int    `json:"Port"`
+	// NAT says the host is behind NAT: the PublicIP and Port it publishes
+	// may not reach it; WireGuard finds its real address from its
+	// handshakes.
+	NAT bool `json:"NAT,omitempty"`
 }
 
 // EncodeBackendData renders the lease's BackendData.
 func EncodeBackendData(pub keys.Key, port int) json.RawMessage {
-	data, _ := json.Marshal(BackendData{PublicKey: pub.String(), Port: port})
+	return encodeBackendData(pub, port, false)
+}
+
+func encodeBackendData(pub keys.Key, port int, nat bool) json.RawMessage {
+	data, _ := json.Marshal(BackendData{PublicKey: pub.String(), Port: port, NAT: nat})
 	return data
 }

@@ -20,6 +20,8 @@ type PeerSpec struct {
 	AllowedIPs []netip.Prefix
 	Keepalive  time.Duration
 	PSK        *keys.Key
+	// NAT says the peer's lease marks it behind NAT.
+	NAT bool
 }
 
 // PeerState is a peer as the device has it now.
@@ -29,6 +31,45 @@ type PeerState struct {
 	AllowedIPs []netip.Prefix
 	Keepalive  time.Duration
 	PSK        keys.Key // zero when none
+	// LastHandshake is when the peer last completed a handshake; zero
+	// when never.
+	LastHandshake time.Time
+}
+
+// RejectAfter is WireGuard's reject-after time: a session older than this
+// is dead, so a peer whose last handshake is older has no working path at
+// the endpoint the device holds for it.
+const RejectAfter = 180 * time.Second
+
+// KeepRoamed returns want with the endpoint of each peer replaced by the
+// one the device holds, where WireGuard roamed there (it follows a peer's
+// authenticated packets to the address they really come from, behind NAT
+// another than the lease names) and that is still right: the lease's
+// endpoint is the one weft set last (lastLease; so the lease did not move
+// since, or weft has no record yet), and the peer's last handshake is within RejectAfter of now. A
+// lease that moves is followed; a roamed endpoint gone stale (no handshake
+// for RejectAfter) goes back to the lease's, so a pair stuck on a stale
+// port recovers (flannel-io/flannel#1770).
+func KeepRoamed(want []PeerSpec, have []PeerState, lastLease map[keys.Key]netip.AddrPort, now time.Time) []PeerSpec {
+	current := make(map[keys.Key]PeerState, len(have))
+	for _, h := range have {
+		current[h.PublicKey] = h
+	}
+	out := make([]PeerSpec, len(want))
+	for i, w := range want {
+		out[i] = w
+		h, ok := current[w.PublicKey]
+		if !ok || !h.Endpoint.IsValid() || h.Endpoint == w.Endpoint {
+			continue
+		}
+		// Without a record (weftd just started on a kernel device that
+		// kept its peers) the lease is taken as unchanged: a roamed
+		// endpoint with recent handshakes works, whatever the lease says.
+		if last, ok := lastLease[w.PublicKey]; (!ok || last == w.Endpoint) && !h.LastHandshake.IsZero() && now.Sub(h.LastHandshake) < RejectAfter {
+			out[i].Endpoint = h.Endpoint
+		}
+	}
+	return out
 }
 
 // Change is one per-peer delta. Remove drops the peer; otherwise the peer
@@ -95,7 +136,7 @@ func candidates(d mesh.Desired, self keys.Key, opts Options) ([]PeerSpec, []erro
 			continue
 		}
 		spec := PeerSpec{Lease: p.Key, PublicKey: pub, Endpoint: netip.AddrPortFrom(p.PublicIP, uint16(data.Port)),
-			AllowedIPs: []netip.Prefix{p.Subnet}, Keepalive: opts.PersistentKeepalive, PSK: opts.PSK}
+			AllowedIPs: []netip.Prefix{p.Subnet}, Keepalive: opts.PersistentKeepalive, PSK: opts.PSK, NAT: data.NAT}
 		if opts.Mode != ModeSeparate && d.IPv6Network.IsValid() && p.IPv6Subnet.IsValid() {
 			// One device for both families: the peer's IPv6 subnet too,
 			// and its IPv6 endpoint when the Mode says so.
@@ -154,8 +195,9 @@ func same(h PeerState, w PeerSpec) bool {
 	if w.PSK != nil {
 		psk = *w.PSK
 	}
-	// The endpoint is compared too: a peer that moved must be followed, but
-	// a roaming update wireguard made itself is overwritten by the lease.
+	// The endpoint is compared too: a peer whose lease moved must be
+	// followed. An endpoint WireGuard roamed to is kept by KeepRoamed
+	// before this comparison.
 	return h.Endpoint == w.Endpoint && h.Keepalive == w.Keepalive && h.PSK == psk &&
 		slices.Equal(sortedPrefixes(h.AllowedIPs), sortedPrefixes(w.AllowedIPs))
 }

@@ -236,3 +236,42 @@ func TestPlanDualStackModes(t *testing.T) {
 		}
 	}
 }
+
+// TestKeepRoamed: an endpoint WireGuard roamed to (a peer behind NAT) is
+// kept while the lease is unchanged and handshakes are recent; a lease
+// that moves is followed; a roamed endpoint without a handshake for
+// RejectAfter goes back to the lease's.
+func TestKeepRoamed(t *testing.T) {
+	k := mustKey(t)
+	now := time.Now()
+	lease := netip.MustParseAddrPort("192.168.50.2:51820")
+	roamed := netip.MustParseAddrPort("192.168.60.1:40123")
+	want := []PeerSpec{{PublicKey: k, Endpoint: lease}}
+	for _, tt := range []struct {
+		name      string
+		last      netip.AddrPort
+		handshake time.Time
+		wantEP    netip.AddrPort
+	}{
+		{"roamed, recent handshake", lease, now.Add(-30 * time.Second), roamed},
+		{"roamed, stale handshake", lease, now.Add(-RejectAfter - time.Second), lease},
+		{"roamed, never a handshake", lease, time.Time{}, lease},
+		{"the lease moved", netip.MustParseAddrPort("192.168.50.9:51820"), now, lease},
+		{"first apply after a restart, recent handshake", netip.AddrPort{}, now.Add(-time.Second), roamed},
+	} {
+		last := map[keys.Key]netip.AddrPort{}
+		if tt.last.IsValid() {
+			last[k] = tt.last
+		}
+		got := KeepRoamed(want, []PeerState{{PublicKey: k, Endpoint: roamed, LastHandshake: tt.handshake}}, last, now)
+		if got[0].Endpoint != tt.wantEP {
+			t.Errorf("%s: endpoint %s, want %s", tt.name, got[0].Endpoint, tt.wantEP)
+		}
+		if changes := PeerChanges([]PeerState{{PublicKey: k, Endpoint: roamed}}, got); (len(changes) == 0) != (tt.wantEP == roamed) {
+			t.Errorf("%s: changes %v", tt.name, changes)
+		}
+	}
+	if want[0].Endpoint != lease {
+		t.Error("KeepRoamed changed its input")
+	}
+}

@@ -72,12 +72,15 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	}
 	kernel := netutil.NewNetlink(nil, obs.kernelCalls())
 	backend, err := setUpBackend(ctx, backends.Env{Config: cfg, External: ext, PublicIP: publicIP, PublicIPv6: publicIP6, Log: log, KeyFile: o.keyFile,
-		WireGuardImplementation: o.wgImpl,
+		WireGuardImplementation: o.wgImpl, BehindNAT: o.behindNAT,
 		Kernel:                  kernel, Calls: obs.kernelCalls()})
 	if err != nil {
 		return err
 	}
 	obs.setBackend(backend, cfg.Backend.Type)
+	if o.behindNAT && cfg.Backend.Type != lease.BackendWireGuard {
+		log.Warn("-behind-nat is for the wireguard backend; this network's backend cannot reach a host behind NAT", "backend", cfg.Backend.Type)
+	}
 	defer leaveDataPath(backend, o.cleanupOnExit, log)
 	// Before anything is reported ready: what another backend left would
 	// keep carrying traffic its own way (in clear, after a switch to

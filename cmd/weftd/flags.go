@@ -42,9 +42,11 @@ type options struct {
 	cleanupOnExit bool
 	keyFile       string
 	// wgImpl overrides Backend.Implementation on this host ("": the config's).
-	wgImpl   string
-	logLevel string
-	version  bool
+	wgImpl string
+	// behindNAT marks this host as behind NAT in its wireguard lease.
+	behindNAT bool
+	logLevel  string
+	version   bool
 }
 
 // stringList is a repeatable flag that also splits on commas.
@@ -97,6 +99,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	fs.BoolVar(&o.pprof, "debug-pprof", false, "also serve Go's profiles under /debug/pprof/ on the health endpoint (make profile)")
 	fs.DurationVar(&o.resync, "resync-interval", 30*time.Second, "how often to re-apply the data path even without changes")
 	fs.StringVar(&o.keyFile, "wireguard-key-file", keys.DefaultPath, "WireGuard private key file (0600; created when missing)")
+	fs.BoolVar(&o.behindNAT, "behind-nat", false, "this host is behind NAT (its -public-ip may not reach it): its wireguard lease says so, peers keep the endpoint WireGuard finds for it and configure it even with on-demand peers, and it sends keepalives every 25 s unless the config sets PersistentKeepaliveInterval")
 	fs.StringVar(&o.wgImpl, "wireguard-implementation", "", "auto, kernel or userspace: this host's WireGuard, overriding the config's Backend.Implementation (a host whose kernel lacks the module in a kernel-WireGuard cluster)")
 	fs.BoolVar(&o.cleanupOnExit, "cleanup-on-exit", false, "remove weft's devices and routes on exit (they stay by default)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")

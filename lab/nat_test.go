@@ -1,0 +1,97 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/weftnet/weft/lease"
+)
+
+// natConfig is a wireguard network whose hosts send keepalives, as a host
+// behind NAT must to keep its mapping (and to be found at all).
+const natConfig = `{"Network":"10.5.0.0/16","Backend":{"Type":"wireguard","PersistentKeepaliveInterval":5}}`
+
+// TestWireGuardBehindNAT: a host behind a NAT router that changes the
+// source port (MASQUERADE --random) publishes its private address, which
+// no other host can reach; WireGuard finds its real address and port from
+// its handshakes, and weft keeps that roamed endpoint across resyncs (the
+// lab resyncs every 2 s) instead of writing the lease's back: 0 pings lost
+// either way over 4 resyncs.
+func TestWireGuardBehindNAT(t *testing.T) {
+	l := startCluster(t, Options{Hosts: 3, NATHosts: 1, Backend: lease.BackendWireGuard, Config: natConfig})
+	h1, h3 := l.Hosts[0], l.Hosts[2]
+	out, err := l.HostExec(h1, "wg", "show", "weft-wg", "endpoints")
+	if err != nil {
+		t.Fatal(err)
+	}
+	router := l.underlayAddr(10 + h3.Index).String()
+	var endpoint string
+	for _, line := range strings.Split(out, "\n") {
+		if f := strings.Fields(line); len(f) == 2 && strings.HasPrefix(f[1], router+":") {
+			endpoint = f[1]
+		}
+	}
+	if endpoint == "" || endpoint == router+":51820" {
+		t.Fatalf("h1's endpoints %q: want h3 at its router %s with a port the NAT chose", out, router)
+	}
+	t.Logf("h3 (lease: %s:51820) is reached at %s", h3.PublicIP, endpoint)
+	wait1, wait3 := pingFor(h1, h3, 8*time.Second), pingFor(h3, h1, 8*time.Second)
+	sent1, lost1 := wait1()
+	sent3, lost3 := wait3()
+	reliability(t, "host behind NAT, 4 resyncs: h1 -> h3 %d of %d lost, h3 -> h1 %d of %d lost", lost1, sent1, lost3, sent3)
+	if sent1 == 0 || sent3 == 0 || lost1 != 0 || lost3 != 0 {
+		t.Errorf("pings lost across resyncs: h1 -> h3 %d of %d, h3 -> h1 %d of %d", lost1, sent1, lost3, sent3)
+	}
+}
+
+// TestWireGuardBehindNATOnDemand: with on-demand peers, a host behind NAT
+// is found only when its lease says so (weftd -behind-nat): its handshakes
+// come from its router's address, not its lease's, so nothing configures
+// it on demand. With the flag every peer configures it eagerly, keeps it
+// when idle (with the endpoint it roamed to), and traffic flows both ways
+// with nothing lost across resyncs.
+func TestWireGuardBehindNATOnDemand(t *testing.T) {
+	config := `{"Network":"10.5.0.0/16","Backend":{"Type":"wireguard","Implementation":"userspace","OnDemandPeers":"on","OnDemandIdleAfter":3}}`
+	l := newLab(t, Options{Hosts: 3, NATHosts: 1, Backend: lease.BackendWireGuard, Config: config})
+	if err := l.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	h1, h2, h3 := l.Hosts[0], l.Hosts[1], l.Hosts[2]
+	if _, err := Exec(h3.Container, "ping", "-c", "3", "-W", "1", h1.ContainerIP().String()); err == nil {
+		t.Error("h3 behind NAT reached h1 in on-demand mode without -behind-nat: the test's NAT does not hide it")
+	}
+	l.StopWeftd(h3, syscall.SIGTERM)
+	if err := l.StartWeftd(h3, "-behind-nat"); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.WaitReady(context.Background(), h3); err != nil {
+		t.Fatal(err)
+	}
+	records, _, _ := l.Store().List(context.Background())
+	for _, r := range records {
+		if r.Key == lease.SubnetKey(h3.Subnet) && !strings.Contains(string(r.Value), `"NAT":true`) {
+			t.Errorf("h3's lease does not say it is behind NAT: %s", r.Value)
+		}
+	}
+	eventually(t, "full ping matrix with h3 behind NAT", 30*time.Second, func() error {
+		if table, ok := l.PingMatrix(); !ok {
+			return fmt.Errorf("\n%s", table)
+		}
+		return nil
+	})
+	time.Sleep(6 * time.Second) // two idle periods: h1 drops h2, keeps h3
+	peers, _ := wgPeers(l, h1)
+	if !strings.Contains(peers, publicKeyOf(t, h3)) || strings.Contains(peers, publicKeyOf(t, h2)) {
+		t.Errorf("h1 holds %q: want h3 (behind NAT) kept and the idle h2 dropped", peers)
+	}
+	wait1, wait3 := pingFor(h1, h3, 8*time.Second), pingFor(h3, h1, 8*time.Second)
+	sent1, lost1 := wait1()
+	sent3, lost3 := wait3()
+	if sent1 == 0 || sent3 == 0 || lost1 != 0 || lost3 != 0 {
+		t.Errorf("pings lost: h1 -> h3 %d of %d, h3 -> h1 %d of %d", lost1, sent1, lost3, sent3)
+	}
+}
