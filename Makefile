@@ -58,7 +58,8 @@ VM_ACCEL ?= tcg
 VM_TESTS := -run '^(TestWireGuardCluster|TestWireGuardMixedMesh|TestLeasesStatusMetrics)$$' \
 	-run '^(TestFaultKilledMidApply|TestRestartGapDistribution)$$/^(wireguard|host-gw)$$' \
 	-run '^(TestHostGWCluster|TestVXLANCluster|TestUDPCluster|TestIPMasqAndCleanup)$$' \
-	-run '^(TestDualStackCluster|TestIPv6OnlyCluster)$$/^wireguard$$' -run '^TestDualStackWireGuardOneDevice$$'
+	-run '^(TestDualStackCluster|TestIPv6OnlyCluster)$$/^wireguard$$' -run '^TestDualStackWireGuardOneDevice$$' \
+	-run '^(TestWireGuardBehindNAT|TestWireGuardDirectRouting)$$'
 vmtest: deps
 	$(GO) run ./lab/cmd/weftvm -accel $(VM_ACCEL) $(VM_TESTS)
 

@@ -117,9 +117,10 @@ func Footprints() map[string]netutil.Footprint {
 // packet through a leftover path: their devices (with the routes,
 // neighbours and FDB entries on them) and, for the tunnel backends, weft's
 // routes via the external interface (host-gw's, vxlan DirectRouting's),
-// which being more specific would keep carrying traffic in clear. It
-// returns what it removed.
-func RemoveOthers(k netutil.Kernel, current string, ext netutil.ExternalInterface) ([]string, error) {
+// which being more specific would keep carrying traffic in clear, unless
+// keepDirect (wireguard's DirectRouting wants such routes, and its first
+// apply prunes the ones no peer wants). It returns what it removed.
+func RemoveOthers(k netutil.Kernel, current string, ext netutil.ExternalInterface, keepDirect bool) ([]string, error) {
 	var removed []string
 	var errs []error
 	links, err := k.LinkList()
@@ -144,7 +145,7 @@ func RemoveOthers(k netutil.Kernel, current string, ext netutil.ExternalInterfac
 			break
 		}
 	}
-	if current == lease.BackendWireGuard || current == lease.BackendUDP {
+	if current == lease.BackendUDP || current == lease.BackendWireGuard && !keepDirect {
 		routes, err := netutil.OwnedRoutes(k)
 		if err != nil {
 			return removed, errors.Join(append(errs, err)...)
@@ -259,6 +260,16 @@ func hostOverrides(wg *wireguard.Backend, env Env) error {
 		return wg.OverrideImplementation(env.WireGuardImplementation, "-wireguard-implementation")
 	}
 	return nil
+}
+
+// KeepsDirectRoutes reports whether the config's backend routes some peers
+// plainly via the external interface (wireguard's DirectRouting).
+func KeepsDirectRoutes(cfg *lease.Config) bool {
+	if cfg.Backend.Type != lease.BackendWireGuard {
+		return false
+	}
+	o, err := wireguard.ParseOptions(cfg.Backend.Raw)
+	return err == nil && o.DirectRouting
 }
 
 // ValidateOptions checks the Backend options of cfg without touching the

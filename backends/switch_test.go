@@ -33,7 +33,7 @@ func TestRemoveOthers(t *testing.T) {
 	}
 	route("10.5.2.0/24", "192.168.77.2", netutil.RouteProtocol) // host-gw's
 	route("10.9.0.0/16", "192.168.77.254", 0)                   // the admin's
-	removed, err := RemoveOthers(k, lease.BackendWireGuard, ext)
+	removed, err := RemoveOthers(k, lease.BackendWireGuard, ext, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,7 +49,7 @@ route 10.9.0.0/16 via 192.168.77.254 dev eth0
 	if got := k.State(); got != want {
 		t.Errorf("left:\n%s\nwant:\n%s", got, want)
 	}
-	if again, err := RemoveOthers(k, lease.BackendWireGuard, ext); err != nil || len(again) != 0 {
+	if again, err := RemoveOthers(k, lease.BackendWireGuard, ext, false); err != nil || len(again) != 0 {
 		t.Errorf("second run removed %v (%v)", again, err)
 	}
 }

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
@@ -72,7 +74,7 @@ func New(raw json.RawMessage, ext netutil.ExternalInterface, keyFile string, ker
 	} else {
 		log.Info("loaded the WireGuard key", "file", keyFile, "public_key", key.Public())
 	}
-	opts.localIPv4, opts.localIPv6 = ext.Addr, ext.Addr6
+	opts.localIPv4, opts.localIPv6, opts.localPrefixes = ext.Addr, ext.Addr6, ext.Prefixes
 	mtu := options.DeviceMTU(opts.MTU, ext.MTU, Overhead)
 	return &Backend{name: DeviceName, opts: opts, ext: ext, keyFile: keyFile, kernel: kernel, calls: calls, log: log, mtu: mtu, key: key,
 		peers: newOnDemand()}, nil
@@ -258,6 +260,7 @@ func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 		halves = append(halves, netutil.TunnelHalf{Self: d.Self.IPv6Subnet, Network: d.IPv6Network})
 	}
 	errs = append(errs, netutil.EnsureTunnelLinkFor(b.kernel, b.name, b.mtu, halves)...)
+	errs = append(errs, b.syncDirect(nil, DirectRoutes(d, b.opts), d.Network.Addr().Is6(), true)...)
 	b.applied = len(errs) == 0
 	return errors.Join(errs...)
 }
@@ -326,7 +329,43 @@ func (b *Backend) ApplyDelta(_ context.Context, d mesh.Delta) error {
 	if err := b.kick(peersToKick(have, heldAfter, changes, false)); err != nil {
 		errs = append(errs, err)
 	}
+	errs = append(errs, b.syncDirect(DirectRoutes(d.Before(), b.opts), DirectRoutes(d.After(), b.opts), d.Network.Addr().Is6(), false)...)
 	return errors.Join(errs...)
+}
+
+// syncDirect makes DirectRouting's plain routes via the external interface
+// want: compared with the kernel's of the desired state's family (ipv6;
+// the other family's belong to the other device of a dual-stack network)
+// on a whole apply (dump), or with before, what the last apply put there
+// (a delta).
+func (b *Backend) syncDirect(before, want []DirectRoute, ipv6, dump bool) []error {
+	if !b.opts.DirectRouting {
+		return nil
+	}
+	var current map[netip.Prefix]netlink.Route
+	if dump {
+		owned, err := netutil.OwnedRoutes(b.kernel)
+		if err != nil {
+			return []error{err}
+		}
+		current = netutil.RoutesByDst(owned, func(r netlink.Route) bool {
+			dst, _ := netutil.Prefix(r.Dst)
+			return r.LinkIndex == b.ext.Index && dst.Addr().Is6() == ipv6
+		})
+	} else {
+		current = netutil.RoutesByDst(b.directRoutes(before), nil)
+	}
+	return netutil.SyncRoutes(b.kernel, current, b.directRoutes(want), b.log.With("dev", b.ext.Name))
+}
+
+// directRoutes are the kernel routes of DirectRoutes.
+func (b *Backend) directRoutes(routes []DirectRoute) []netlink.Route {
+	out := make([]netlink.Route, 0, len(routes))
+	for _, r := range routes {
+		out = append(out, netlink.Route{LinkIndex: b.ext.Index, Dst: netutil.IPNet(r.Dst), Gw: r.Via.AsSlice(),
+			Protocol: netutil.RouteProtocol, Table: unix.RT_TABLE_MAIN})
+	}
+	return out
 }
 
 // open creates or adopts the device; the on-demand table configures its

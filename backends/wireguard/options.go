@@ -68,14 +68,35 @@ type Options struct {
 	// lines and errors: the config key, or weftd's flag overriding it.
 	ImplementationFrom string
 
+	// DirectRouting sends traffic to peers this host reaches without a
+	// gateway (on the external interface's own networks, as vxlan's
+	// DirectRouting decides) by a plain route via their PublicIP, as
+	// host-gw does, unencrypted; the others go through WireGuard.
+	DirectRouting bool
 	// BehindNAT says this host is behind NAT (weftd's -behind-nat): its
 	// lease says so, so peers configure it eagerly and keep the endpoint
 	// WireGuard finds for it.
 	BehindNAT bool
 
 	// localIPv4 and localIPv6 are this host's underlay addresses, for
-	// Mode "auto"'s choice of each peer's endpoint family.
+	// Mode "auto"'s choice of each peer's endpoint family; localPrefixes
+	// the external interface's networks, for DirectRouting.
 	localIPv4, localIPv6 netip.Addr
+	localPrefixes        []netip.Prefix
+}
+
+// direct reports whether a peer at ip is reached by a plain route
+// (DirectRouting, and ip on one of the external interface's networks).
+func (o Options) direct(ip netip.Addr) bool {
+	if !o.DirectRouting {
+		return false
+	}
+	for _, p := range o.localPrefixes {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
 }
 
 // useIPv6 says whether a peer of a single-device dual-stack network (Mode
@@ -113,13 +134,14 @@ func ParseOptions(raw json.RawMessage) (Options, error) {
 		Implementation              string  `json:"Implementation"`
 		OnDemandPeers               string  `json:"OnDemandPeers"`
 		OnDemandIdleAfter           float64 `json:"OnDemandIdleAfter"`
+		DirectRouting               bool    `json:"DirectRouting"`
 	}
 	if len(raw) > 0 {
 		if err := json.Unmarshal(raw, &in); err != nil {
 			return Options{}, fmt.Errorf("wireguard Backend options: %w", err)
 		}
 	}
-	o := Options{MTU: in.MTU, Implementation: in.Implementation, ImplementationFrom: `key "Backend.Implementation"`}
+	o := Options{MTU: in.MTU, Implementation: in.Implementation, ImplementationFrom: `key "Backend.Implementation"`, DirectRouting: in.DirectRouting}
 	var err error
 	if o.ListenPort, err = options.Port("ListenPort", in.ListenPort, 51820); err != nil {
 		return o, err

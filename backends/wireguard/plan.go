@@ -137,10 +137,13 @@ func candidates(d mesh.Desired, self keys.Key, opts Options) ([]PeerSpec, []erro
 		}
 		spec := PeerSpec{Lease: p.Key, PublicKey: pub, Endpoint: netip.AddrPortFrom(p.PublicIP, uint16(data.Port)),
 			AllowedIPs: []netip.Prefix{p.Subnet}, Keepalive: opts.PersistentKeepalive, PSK: opts.PSK, NAT: data.NAT}
+		if opts.direct(p.PublicIP) {
+			spec.AllowedIPs = nil // a plain route carries it (DirectRoutes)
+		}
 		if opts.Mode != ModeSeparate && d.IPv6Network.IsValid() && p.IPv6Subnet.IsValid() {
 			// One device for both families: the peer's IPv6 subnet too,
 			// and its IPv6 endpoint when the Mode says so.
-			spec.AllowedIPs = append(spec.AllowedIPs, p.IPv6Subnet)
+			spec.AllowedIPs = append(spec.AllowedIPs, p.IPv6Subnet) // direct routing is IPv4's
 			if opts.useIPv6(p.PublicIP, p.PublicIPv6) {
 				port := data.Port
 				var data6 BackendData
@@ -150,9 +153,30 @@ func candidates(d mesh.Desired, self keys.Key, opts Options) ([]PeerSpec, []erro
 				spec.Endpoint = netip.AddrPortFrom(p.PublicIPv6, uint16(port))
 			}
 		}
-		out = append(out, spec)
+		if len(spec.AllowedIPs) > 0 {
+			out = append(out, spec)
+		}
 	}
 	return out, problems
+}
+
+// DirectRoute is a plain route DirectRouting wants: the peer's subnet via
+// its PublicIP on the external interface.
+type DirectRoute struct {
+	Dst netip.Prefix
+	Via netip.Addr
+}
+
+// DirectRoutes are the plain routes of the peers DirectRouting reaches
+// without WireGuard: those on the external interface's own networks.
+func DirectRoutes(d mesh.Desired, opts Options) []DirectRoute {
+	var out []DirectRoute
+	for _, p := range d.Peers {
+		if opts.direct(p.PublicIP) && p.Subnet.IsValid() {
+			out = append(out, DirectRoute{Dst: p.Subnet, Via: p.PublicIP})
+		}
+	}
+	return out
 }
 
 // state is the device's view of a peer set as spec says.

@@ -275,3 +275,26 @@ func TestKeepRoamed(t *testing.T) {
 		t.Error("KeepRoamed changed its input")
 	}
 }
+
+// TestPlanDirectRouting: with DirectRouting, a peer on the external
+// interface's networks gets a plain route and no WireGuard peer; one
+// elsewhere is a WireGuard peer and gets no route.
+func TestPlanDirectRouting(t *testing.T) {
+	self, a, b := mustKey(t), mustKey(t), mustKey(t)
+	d := mesh.Desired{Peers: []mesh.Peer{
+		wgPeer("10.5.2.0/24", "192.168.50.2", data(a, 51820)),
+		wgPeer("10.5.3.0/24", "192.168.60.3", data(b, 51820)),
+	}}
+	opts := Options{ListenPort: 51820, DirectRouting: true, localPrefixes: []netip.Prefix{netip.MustParsePrefix("192.168.50.0/24")}}
+	specs, problems := Plan(d, self, opts)
+	if len(problems) != 0 || len(specs) != 1 || specs[0].PublicKey != b {
+		t.Errorf("WireGuard peers %v %v, want only the one elsewhere", specs, problems)
+	}
+	if routes := DirectRoutes(d, opts); len(routes) != 1 || routes[0] != (DirectRoute{netip.MustParsePrefix("10.5.2.0/24"), netip.MustParseAddr("192.168.50.2")}) {
+		t.Errorf("direct routes %v", routes)
+	}
+	opts.DirectRouting = false
+	if specs, _ := Plan(d, self, opts); len(specs) != 2 || len(DirectRoutes(d, opts)) != 0 {
+		t.Errorf("without DirectRouting: %d peers, %d routes", len(specs), len(DirectRoutes(d, opts)))
+	}
+}

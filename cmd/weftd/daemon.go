@@ -73,7 +73,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	kernel := netutil.NewNetlink(nil, obs.kernelCalls())
 	backend, err := setUpBackend(ctx, backends.Env{Config: cfg, External: ext, PublicIP: publicIP, PublicIPv6: publicIP6, Log: log, KeyFile: o.keyFile,
 		WireGuardImplementation: o.wgImpl, BehindNAT: o.behindNAT,
-		Kernel:                  kernel, Calls: obs.kernelCalls()})
+		Kernel: kernel, Calls: obs.kernelCalls()})
 	if err != nil {
 		return err
 	}
@@ -85,7 +85,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	// Before anything is reported ready: what another backend left would
 	// keep carrying traffic its own way (in clear, after a switch to
 	// wireguard).
-	if removed, err := backends.RemoveOthers(kernel, cfg.Backend.Type, ext); len(removed) > 0 || err != nil {
+	if removed, err := backends.RemoveOthers(kernel, cfg.Backend.Type, ext, backends.KeepsDirectRoutes(cfg)); len(removed) > 0 || err != nil {
 		log.Warn("removed what another backend left on this host (Backend.Type changed)", "backend", cfg.Backend.Type, "removed", removed, "err", err)
 	}
 
