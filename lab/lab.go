@@ -121,9 +121,6 @@ type Lab struct {
 	store    *lease.EtcdStore
 	nsMade   []string
 	dockerds []*Dockerd
-	// dirsMade are machine directories the lab created as mount points
-	// for the hosts' private mounts; removed at Close when empty.
-	dirsMade []string
 }
 
 // New builds the namespaces and starts etcd; Start then starts weftd.
@@ -363,25 +360,20 @@ func (l *Lab) Close() {
 	for i := len(l.nsMade) - 1; i >= 0; i-- {
 		run("ip", "netns", "del", l.nsMade[i])
 	}
-	for _, dir := range l.dirsMade {
-		os.Remove(dir) // only when empty: someone else may use it by now
-	}
 	if l.ownsDir {
 		os.RemoveAll(l.Dir)
 	}
 }
 
 // mountPoint makes sure dir exists on the machine for a host's private
-// mount over it, remembering it for removal when the lab made it.
+// mount over it. It stays after the lab (an empty directory, as weft or
+// wireguard-tools leave it on any host): removing a directory that is a
+// mount point in other namespaces detaches those mounts (Linux 3.18 and
+// later), which cut the hosts of another lab running in parallel off
+// their private /run/wireguard and let their weftds configure each
+// other's devices.
 func (l *Lab) mountPoint(dir string) error {
-	if _, err := os.Stat(dir); err == nil {
-		return nil
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	l.dirsMade = append(l.dirsMade, dir)
-	return nil
+	return os.MkdirAll(dir, 0o755)
 }
 
 // Exec runs a command in namespace ns and returns its combined output.
