@@ -145,6 +145,21 @@ func TestFlannelUDPHost(t *testing.T) {
 	checkNotSkipped(t, l.Hosts, f)
 }
 
+// startWireGuardGo runs wireguard-go for device dev in namespace ns until
+// the test ends.
+func startWireGuardGo(t *testing.T, ns, dev string) {
+	t.Helper()
+	proc, err := StartWireGuardGo(wireguardGoBin, ns, dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		proc.Process.Kill()
+		proc.Wait()
+		os.Remove("/var/run/wireguard/" + dev + ".sock")
+	})
+}
+
 // TestFlannelWireGuardHost runs a wireguard cluster with one host whose
 // lease is written exactly as flanneld's wireguard backend writes it
 // ("BackendData":{"PublicKey":..,"Port":51820}), and whose data path is a
@@ -162,15 +177,7 @@ func TestFlannelWireGuardHost(t *testing.T) {
 		t.Fatal(err)
 	}
 	dev := "wf" + l.ID
-	proc, err := StartWireGuardGo(wireguardGoBin, f.Name, dev)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		proc.Process.Kill()
-		proc.Wait()
-		os.Remove("/var/run/wireguard/" + dev + ".sock")
-	})
+	startWireGuardGo(t, f.Name, dev)
 	flannelAddr := f.Subnet.Addr().Next() // flanneld puts its subnet's first address on flannel-wg
 	set := []string{"ip", "netns", "exec", f.Name, "wg", "set", dev, "private-key", keyFile, "listen-port", "51820"}
 	for _, h := range l.Hosts {

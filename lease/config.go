@@ -54,6 +54,10 @@ type Config struct {
 	// Network with host bits, "VXLAN" for "vxlan"), as flannel reads it;
 	// weftd logs them once when it loads the config.
 	Notes []string
+	// PeersNetwork is where outside peers (machines joined as WireGuard
+	// peers, not weft hosts) get their addresses; invalid when unset.
+	// weft only: flannel ignores the key.
+	PeersNetwork netip.Prefix
 	// Backend selects and configures the data path.
 	Backend BackendConfig
 	// BackendDefaulted is true when the config had no Backend and weft chose
@@ -82,6 +86,7 @@ type rawConfig struct {
 	IPv6SubnetLen *int            `json:"IPv6SubnetLen"`
 	IPv6SubnetMin *string         `json:"IPv6SubnetMin"`
 	IPv6SubnetMax *string         `json:"IPv6SubnetMax"`
+	PeersNetwork  *string         `json:"PeersNetwork"`
 	Backend       json.RawMessage `json:"Backend"`
 }
 
@@ -131,7 +136,31 @@ func ParseConfig(data []byte) (*Config, error) {
 	if err := cfg.setIPv6(raw); err != nil {
 		return nil, err
 	}
+	if err := cfg.setPeersNetwork(raw.PeersNetwork); err != nil {
+		return nil, err
+	}
 	return cfg, nil
+}
+
+// setPeersNetwork reads "PeersNetwork": an IPv4 CIDR outside the Network,
+// for the wireguard backend's outside peers.
+func (c *Config) setPeersNetwork(text *string) error {
+	if text == nil || *text == "" {
+		return nil
+	}
+	p, err := netip.ParsePrefix(*text)
+	switch {
+	case err != nil || !p.Addr().Is4():
+		return configErr(`key "PeersNetwork": %q is not an IPv4 CIDR such as "10.6.0.0/24"`, *text)
+	case p.Bits() > 30:
+		return configErr(`key "PeersNetwork": %s holds no peer; use a /30 or wider`, p)
+	case c.Network.IsValid() && p.Overlaps(c.Network):
+		return configErr(`key "PeersNetwork": %s overlaps Network %s; outside peers need addresses of their own`, p, c.Network)
+	case c.Backend.Type != BackendWireGuard:
+		return configErr(`key "PeersNetwork": outside peers join through WireGuard; this network's backend is %q`, c.Backend.Type)
+	}
+	c.PeersNetwork = p.Masked()
+	return nil
 }
 
 func (c *Config) setSubnetLen(subnetLen *int) error {

@@ -86,3 +86,53 @@ func TestParseConfigIPv6Errors(t *testing.T) {
 		})
 	}
 }
+
+// TestParseConfigPeersNetwork: "PeersNetwork" is an IPv4 CIDR outside the
+// Network, for the wireguard backend; errors name the key.
+func TestParseConfigPeersNetwork(t *testing.T) {
+	cfg, err := ParseConfig([]byte(`{"Network":"10.5.0.0/16","PeersNetwork":"10.6.0.1/24","Backend":{"Type":"wireguard"}}`))
+	if err != nil || cfg.PeersNetwork.String() != "10.6.0.0/24" {
+		t.Fatalf("PeersNetwork = %v %v", cfg, err)
+	}
+	for raw, want := range map[string]string{
+		`{"Network":"10.5.0.0/16","PeersNetwork":"10.5.9.0/24","Backend":{"Type":"wireguard"}}`: `key "PeersNetwork": 10.5.9.0/24 overlaps Network 10.5.0.0/16`,
+		`{"Network":"10.5.0.0/16","PeersNetwork":"fc00::/64","Backend":{"Type":"wireguard"}}`:   `key "PeersNetwork": "fc00::/64" is not an IPv4 CIDR`,
+		`{"Network":"10.5.0.0/16","PeersNetwork":"10.6.0.0/31","Backend":{"Type":"wireguard"}}`: `key "PeersNetwork": 10.6.0.0/31 holds no peer`,
+		`{"Network":"10.5.0.0/16","PeersNetwork":"10.6.0.0/24","Backend":{"Type":"vxlan"}}`:     `key "PeersNetwork": outside peers join through WireGuard`,
+	} {
+		if _, err := ParseConfig([]byte(raw)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("ParseConfig(%s) = %v, want %q", raw, err, want)
+		}
+	}
+}
+
+// TestOutsidePeerChecks: a stored outside peer reads back, and a bad name,
+// key or address is named; free addresses skip the network's first and
+// last and those taken.
+func TestOutsidePeerChecks(t *testing.T) {
+	cfg, _ := ParseConfig([]byte(`{"Network":"10.5.0.0/16","PeersNetwork":"10.6.0.0/30","Backend":{"Type":"wireguard"}}`))
+	key := "V/Tff9mTqs7y49FSXReDz46kPIvJC4BUS16h60XOFTQ="
+	p := OutsidePeer{Name: "laptop", PublicKey: key, Address: netip.MustParsePrefix("10.6.0.1/32")}
+	back, err := DecodeOutsidePeer("laptop", p.Encode())
+	if err != nil || back != p || p.Check(cfg) != nil {
+		t.Fatalf("round trip %+v %v, check %v", back, err, p.Check(cfg))
+	}
+	for _, bad := range []OutsidePeer{
+		{Name: "../x", PublicKey: key, Address: p.Address},
+		{Name: "x", PublicKey: "short", Address: p.Address},
+		{Name: "x", PublicKey: key, Address: netip.MustParsePrefix("10.7.0.1/32")},
+	} {
+		if bad.Check(cfg) == nil {
+			t.Errorf("accepted %+v", bad)
+		}
+	}
+	if a, err := FreePeerAddress(cfg, nil); err != nil || a.String() != "10.6.0.1/32" {
+		t.Errorf("first free address %v %v", a, err)
+	}
+	if a, err := FreePeerAddress(cfg, []OutsidePeer{p}); err != nil || a.String() != "10.6.0.2/32" {
+		t.Errorf("second free address %v %v", a, err)
+	}
+	if _, err := FreePeerAddress(cfg, []OutsidePeer{p, {Address: netip.MustParsePrefix("10.6.0.2/32")}}); err == nil {
+		t.Error("a full PeersNetwork gave an address")
+	}
+}

@@ -41,8 +41,12 @@ type Desired struct {
 	Network netip.Prefix
 	// IPv6Network is the IPv6 pool on a dual-stack network, else invalid.
 	IPv6Network netip.Prefix
-	Self        lease.Lease
-	Peers       []Peer
+	// PeersNetwork holds the outside peers' addresses (invalid: none);
+	// Outside are those peers, set on whole applies only.
+	PeersNetwork netip.Prefix
+	Outside      []lease.OutsidePeer
+	Self         lease.Lease
+	Peers        []Peer
 	// Skipped lists leases that are not peers, for one warning each.
 	Skipped []Skipped
 }
@@ -53,7 +57,7 @@ type Desired struct {
 // SubnetLen subnet, shares this host's PublicIP, or overlaps a lease written
 // earlier (the first writer keeps the subnet).
 func Compute(self lease.Lease, leases []lease.Lease, cfg *lease.Config) Desired {
-	d := Desired{Network: cfg.Network, IPv6Network: cfg.IPv6Network, Self: self}
+	d := Desired{Network: cfg.Network, IPv6Network: cfg.IPv6Network, PeersNetwork: cfg.PeersNetwork, Self: self}
 	sorted := append([]lease.Lease(nil), leases...)
 	// Oldest first, so the first writer of an overlapping range wins.
 	sort.SliceStable(sorted, func(i, j int) bool {

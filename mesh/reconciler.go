@@ -69,6 +69,9 @@ type Reconciler struct {
 	// Resync is how often to re-apply even without a change.
 	Resync time.Duration
 	Log    *slog.Logger
+	// Outside supplies the outside peers (wireguard's PeersNetwork) for
+	// whole applies; a change to them triggers one. May be nil.
+	Outside OutsideSource
 	// OnOwnLeaseChange runs when this host's lease was re-claimed (rewrite
 	// the subnet file). May be nil.
 	OnOwnLeaseChange func(lease.Lease)
@@ -125,6 +128,13 @@ func (r *Reconciler) Stats() Stats {
 	return r.stats
 }
 
+// OutsideSource is where the outside peers come from (weftd polls
+// <prefix>/peers/).
+type OutsideSource interface {
+	Peers() []lease.OutsidePeer
+	Changed() <-chan struct{}
+}
+
 // Run reconciles until ctx ends. It returns only ctx's error: failures are
 // logged and retried on the next change or tick.
 func (r *Reconciler) Run(ctx context.Context) error {
@@ -138,9 +148,15 @@ func (r *Reconciler) Run(ctx context.Context) error {
 	r.needWhole = true
 	first := make(chan struct{}, 1)
 	first <- struct{}{}
+	var outsideChanged <-chan struct{}
+	if r.Outside != nil {
+		outsideChanged = r.Outside.Changed()
+	}
 	for {
 		resync := false
 		select {
+		case <-outsideChanged:
+			resync = true
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-r.Leases.Changed():
@@ -250,6 +266,9 @@ func (r *Reconciler) noteBackendSkips(log *slog.Logger, skipped []*PeerSkipped, 
 // applyWhole computes the whole desired state and has the backend apply it.
 func (r *Reconciler) applyWhole(ctx context.Context, log *slog.Logger, self lease.Lease) error {
 	desired := Compute(self, r.Leases.Leases(), r.Config)
+	if r.Outside != nil {
+		desired.Outside = r.Outside.Peers()
+	}
 	var before map[string]string // reasons already logged with the last state
 	if r.model != nil {
 		before = r.model.skipped

@@ -21,7 +21,8 @@ func EnsureTunnelLink(k Kernel, name string, mtu int, self netip.Prefix, network
 }
 
 // TunnelHalf is one address family a tunnel device carries: this host's
-// subnet in it and the Network (or IPv6Network) it routes.
+// subnet in it and the Network (or IPv6Network) it routes; Self is invalid
+// for a network that is only routed (outside peers' PeersNetwork).
 type TunnelHalf struct {
 	Self, Network netip.Prefix
 }
@@ -43,7 +44,9 @@ func EnsureTunnelLinkFor(k Kernel, name string, mtu int, halves []TunnelHalf) []
 	}
 	wanted := map[netip.Prefix]bool{}
 	for _, h := range halves {
-		errs = append(errs, EnsureOnlyAddress(k, link, netip.PrefixFrom(h.Self.Addr(), h.Self.Addr().BitLen()))...)
+		if h.Self.IsValid() { // a half without one only routes (outside peers' network)
+			errs = append(errs, EnsureOnlyAddress(k, link, netip.PrefixFrom(h.Self.Addr(), h.Self.Addr().BitLen()))...)
+		}
 		wanted[h.Network] = true
 	}
 	if link.Attrs().Flags&net.FlagUp == 0 {

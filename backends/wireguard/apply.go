@@ -259,6 +259,9 @@ func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 	if b.opts.Mode != ModeSeparate && d.IPv6Network.IsValid() && d.Self.IPv6Subnet.IsValid() {
 		halves = append(halves, netutil.TunnelHalf{Self: d.Self.IPv6Subnet, Network: d.IPv6Network})
 	}
+	if d.PeersNetwork.IsValid() {
+		halves = append(halves, netutil.TunnelHalf{Network: d.PeersNetwork}) // outside peers: a route, no address
+	}
 	errs = append(errs, netutil.EnsureTunnelLinkFor(b.kernel, b.name, b.mtu, halves)...)
 	errs = append(errs, b.syncDirect(nil, DirectRoutes(d, b.opts), d.Network.Addr().Is6(), true)...)
 	b.applied = len(errs) == 0
@@ -545,9 +548,11 @@ func toPeerConfig(c Change) wgtypes.PeerConfig {
 	keepalive := c.Spec.Keepalive
 	pc := wgtypes.PeerConfig{
 		PublicKey:                   wgtypes.Key(c.PublicKey),
-		Endpoint:                    net.UDPAddrFromAddrPort(c.Spec.Endpoint),
 		PersistentKeepaliveInterval: &keepalive,
 		ReplaceAllowedIPs:           true,
+	}
+	if c.Spec.Endpoint.IsValid() { // an outside peer may have none
+		pc.Endpoint = net.UDPAddrFromAddrPort(c.Spec.Endpoint)
 	}
 	psk := wgtypes.Key{}
 	if c.Spec.PSK != nil {

@@ -132,7 +132,9 @@ func (o *onDemand) update(before, after []PeerSpec) {
 
 func (o *onDemand) addLocked(s PeerSpec) {
 	o.specs[s.PublicKey] = s
-	o.byEndpoint[s.Endpoint] = s.PublicKey
+	if s.Endpoint.IsValid() {
+		o.byEndpoint[s.Endpoint] = s.PublicKey
+	}
 	for _, p := range s.AllowedIPs {
 		o.bySubnet[p] = s.PublicKey
 		bits := &o.bits4

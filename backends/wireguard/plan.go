@@ -62,6 +62,12 @@ func KeepRoamed(want []PeerSpec, have []PeerState, lastLease map[keys.Key]netip.
 		if !ok || !h.Endpoint.IsValid() || h.Endpoint == w.Endpoint {
 			continue
 		}
+		if !w.Endpoint.IsValid() {
+			// An outside peer given no endpoint: where WireGuard found it
+			// is all there is.
+			out[i].Endpoint = h.Endpoint
+			continue
+		}
 		// Without a record (weftd just started on a kernel device that
 		// kept its peers) the lease is taken as unchanged: a roamed
 		// endpoint with recent handshakes works, whatever the lease says.
@@ -92,6 +98,8 @@ func Plan(d mesh.Desired, self keys.Key, opts Options) ([]PeerSpec, []error) {
 // delta can tell whether it touches a key two leases share.
 func plan(d mesh.Desired, self keys.Key, opts Options) ([]PeerSpec, []error, map[keys.Key][]string) {
 	candidates, problems := candidates(d, self, opts)
+	outside, outsideProblems := outsidePeers(d, self, opts)
+	candidates, problems = append(candidates, outside...), append(problems, outsideProblems...)
 	holders := make(map[keys.Key][]string, len(candidates))
 	for _, c := range candidates {
 		holders[c.PublicKey] = append(holders[c.PublicKey], c.Lease)
@@ -108,6 +116,33 @@ func plan(d mesh.Desired, self keys.Key, opts Options) ([]PeerSpec, []error, map
 		out = append(out, c)
 	}
 	return out, problems, holders
+}
+
+// outsidePeers are the specs of the outside peers (PeersNetwork): their
+// address as the only allowed IP, the endpoint they were given (none: the
+// peer reaches the hosts first and WireGuard learns it), configured even
+// in the on-demand mode (their handshakes come from no lease's address).
+func outsidePeers(d mesh.Desired, self keys.Key, opts Options) ([]PeerSpec, []error) {
+	var out []PeerSpec
+	var problems []error
+	for _, o := range d.Outside {
+		name := "peers/" + o.Name
+		pub, err := keys.ParseKey(o.PublicKey)
+		switch {
+		case err != nil:
+			problems = append(problems, mesh.SkipPeer(name, "PublicKey %q: %v", o.PublicKey, err))
+			continue
+		case pub == self:
+			problems = append(problems, mesh.SkipPeer(name, "publishes this host's own public key"))
+			continue
+		case !d.PeersNetwork.IsValid() || !d.PeersNetwork.Contains(o.Address.Addr()) || o.Address.Bits() != 32:
+			problems = append(problems, mesh.SkipPeer(name, "Address %s is not a /32 of PeersNetwork %s", o.Address, d.PeersNetwork))
+			continue
+		}
+		out = append(out, PeerSpec{Lease: name, PublicKey: pub, Endpoint: o.Endpoint, AllowedIPs: []netip.Prefix{o.Address},
+			Keepalive: time.Duration(o.Keepalive) * time.Second, PSK: opts.PSK, NAT: true})
+	}
+	return out, problems
 }
 
 // candidates checks each peer on its own: BackendData, key and port.

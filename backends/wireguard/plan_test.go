@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/weftnet/weft/keys"
+	"github.com/weftnet/weft/lease"
 	"github.com/weftnet/weft/mesh"
 )
 
@@ -296,5 +297,26 @@ func TestPlanDirectRouting(t *testing.T) {
 	opts.DirectRouting = false
 	if specs, _ := Plan(d, self, opts); len(specs) != 2 || len(DirectRoutes(d, opts)) != 0 {
 		t.Errorf("without DirectRouting: %d peers, %d routes", len(specs), len(DirectRoutes(d, opts)))
+	}
+}
+
+// TestPlanOutsidePeers: an outside peer is a WireGuard peer with its
+// PeersNetwork address as the only allowed IP, no endpoint unless given,
+// always configured (even on demand); one with a bad key or an address
+// outside PeersNetwork is skipped, naming it.
+func TestPlanOutsidePeers(t *testing.T) {
+	self, k := mustKey(t), mustKey(t)
+	d := mesh.Desired{PeersNetwork: netip.MustParsePrefix("10.6.0.0/24"), Outside: []lease.OutsidePeer{
+		{Name: "laptop", PublicKey: k.String(), Address: netip.MustParsePrefix("10.6.0.1/32"), Keepalive: 25},
+		{Name: "bad", PublicKey: "short", Address: netip.MustParsePrefix("10.6.0.2/32")},
+		{Name: "away", PublicKey: mustKey(t).String(), Address: netip.MustParsePrefix("10.7.0.1/32")},
+	}}
+	specs, problems := Plan(d, self, Options{ListenPort: 51820})
+	if len(specs) != 1 || specs[0].Lease != "peers/laptop" || specs[0].Endpoint.IsValid() || !specs[0].NAT ||
+		fmt.Sprint(specs[0].AllowedIPs) != "[10.6.0.1/32]" || specs[0].Keepalive != 25*time.Second {
+		t.Errorf("specs %+v", specs)
+	}
+	if len(problems) != 2 {
+		t.Errorf("problems %v, want the bad key and the address outside PeersNetwork", problems)
 	}
 }

@@ -45,6 +45,11 @@ commands:
                           remove every device, route, rule and file weft made on this host
                           (stop weftd first); -release also deletes its lease in etcd;
                           -flannel removes what flanneld left instead (moving a host to weft)
+  peer add NAME -public-key KEY [-endpoint IP:PORT] [-keepalive S]
+                          join a machine that is not a weft host as a WireGuard peer of
+                          every host, with an address of the config's PeersNetwork
+  peer rm NAME | peer list
+  showconf NAME           print a wg-quick file for outside peer NAME (every host a peer)
   keys show               print this host's WireGuard public key (never the private one)
   keys rotate             make a new WireGuard key; weftd adopts it within seconds and
                           republishes its lease, and every peer follows
@@ -136,6 +141,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		if k, err = keys.Rotate(*keyFile); err == nil {
 			fmt.Fprintf(stdout, "new public key %s written to %s; weftd adopts it within seconds\n", k.Public(), *keyFile)
 		}
+	case cmd[0] == "peer":
+		err = runPeer(ctx, cmd[1:], opts, stdout, stderr)
+	case len(cmd) == 2 && cmd[0] == "showconf":
+		err = runShowconf(ctx, cmd[1], opts, stdout)
 	case len(cmd) >= 1 && cmd[0] == "leases":
 		asJSON := len(cmd) == 3 && cmd[1] == "-o" && cmd[2] == "json"
 		err = withStore(opts, func(s *lease.EtcdStore) error { return printLeases(ctx, s, stdout, asJSON) })

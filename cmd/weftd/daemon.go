@@ -123,6 +123,11 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 		OnReconcile:      obs.observeReconcile,
 		OnApplied:        func(self lease.Lease, peers int) { obs.markReady(self, peers, log) },
 	}
+	if cfg.PeersNetwork.IsValid() {
+		outside := newOutsidePeers(store, log)
+		reconciler.Outside = outside
+		g.Go(func() error { return outside.Run(ctx, min(o.resync, outsidePoll)) })
+	}
 	obs.setLoops(reconciler, watcher, holder)
 	if reloader, ok := backend.(backends.KeyReloader); ok {
 		g.Go(func() error { return watchKey(ctx, reloader, holder, req.Attrs, log) })
@@ -276,6 +281,7 @@ func keepFirewall(ctx context.Context, g *errgroup.Group, o *options, cfg *lease
 		network netip.Prefix
 		subnet  func() netip.Prefix
 	}
+	peers := cfg.PeersNetwork
 	var families []family
 	if cfg.EnableIPv4 {
 		families = append(families, family{false, cfg.Network, func() netip.Prefix { return holder.Current().Subnet }})
@@ -284,8 +290,12 @@ func keepFirewall(ctx context.Context, g *errgroup.Group, o *options, cfg *lease
 		families = append(families, family{true, cfg.IPv6Network, func() netip.Prefix { return holder.Current().IPv6Subnet }})
 	}
 	for _, f := range families {
-		keeper, err := firewall.NewKeeper(firewall.Settings{Masq: o.ipMasq, Forward: o.forwardRules, IPv6: f.ipv6,
-			RandomFullyDisable: o.randomFullyDisable, Resync: time.Duration(o.iptablesSync) * time.Second}, log)
+		settings := firewall.Settings{Masq: o.ipMasq, Forward: o.forwardRules, IPv6: f.ipv6,
+			RandomFullyDisable: o.randomFullyDisable, Resync: time.Duration(o.iptablesSync) * time.Second}
+		if !f.ipv6 {
+			settings.PeersNetwork = peers
+		}
+		keeper, err := firewall.NewKeeper(settings, log)
 		switch {
 		case err != nil && o.ipMasq:
 			return fmt.Errorf("-ip-masq: %w; install it or drop -ip-masq", err)

@@ -52,6 +52,9 @@ type Settings struct {
 	// IPv6 keeps the chains with ip6tables, for the IPv6 half of a
 	// dual-stack network.
 	IPv6 bool
+	// PeersNetwork is the outside peers' network, not masqueraded to;
+	// invalid for none.
+	PeersNetwork netip.Prefix
 }
 
 // NewKeeper finds iptables (ip6tables for Settings.IPv6) and keeps the
@@ -81,7 +84,7 @@ func NewKeeperWith(ipt Tables, settings Settings, log *slog.Logger) *Keeper {
 func (k *Keeper) chains(network, subnet netip.Prefix) []Chain {
 	var out []Chain
 	if k.settings.Masq {
-		out = append(out, MasqChainFor(network, subnet, k.ipt.HasRandomFully() && !k.settings.RandomFullyDisable))
+		out = append(out, MasqChainFor(network, subnet, k.settings.PeersNetwork, k.ipt.HasRandomFully() && !k.settings.RandomFullyDisable))
 	}
 	if k.settings.Forward {
 		out = append(out, ForwardChainFor(network))
@@ -179,7 +182,7 @@ func normalize(spec []string) []string {
 // Cleanup removes weft's jumps and chains from both tables.
 func (k *Keeper) Cleanup() error {
 	var errs []error
-	for _, c := range []Chain{MasqChainFor(netip.Prefix{}, netip.Prefix{}, false), ForwardChainFor(netip.Prefix{})} {
+	for _, c := range []Chain{MasqChainFor(netip.Prefix{}, netip.Prefix{}, netip.Prefix{}, false), ForwardChainFor(netip.Prefix{})} {
 		if ok, _ := k.ipt.Exists(c.Table, c.From, c.Jump...); ok {
 			errs = append(errs, k.ipt.Delete(c.Table, c.From, c.Jump...))
 		}

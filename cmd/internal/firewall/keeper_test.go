@@ -103,7 +103,7 @@ func TestSyncWritesFlannelsRules(t *testing.T) {
 // operator or another tool might, and checks one sync puts back exactly
 // the golden state.
 func TestSyncRepairs(t *testing.T) {
-	masqRules := firewall.MasqChainFor(network, subnet, true)
+	masqRules := firewall.MasqChainFor(network, subnet, netip.Prefix{}, true)
 	fwd := firewall.ForwardChainFor(network)
 	cases := []struct {
 		name   string
@@ -248,7 +248,7 @@ func TestRemoveFlannel(t *testing.T) {
 // IPv4 one with IPv6 prefixes and ff00::/8 for multicast, as flannel's
 // masqIP6Rules.
 func TestMasqChainIPv6(t *testing.T) {
-	c := firewall.MasqChainFor(netip.MustParsePrefix("fc00:5::/48"), netip.MustParsePrefix("fc00:5:0:22::/64"), false)
+	c := firewall.MasqChainFor(netip.MustParsePrefix("fc00:5::/48"), netip.MustParsePrefix("fc00:5:0:22::/64"), netip.Prefix{}, false)
 	var got []string
 	for _, r := range c.Rules {
 		got = append(got, strings.Join(r, " "))
@@ -263,5 +263,22 @@ func TestMasqChainIPv6(t *testing.T) {
 	}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("IPv6 masquerade chain:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// TestMasqChainOutsidePeers: traffic from the Network to the outside
+// peers' network returns before the masquerade rules (they route back
+// through WireGuard); without one the chain is flannel's.
+func TestMasqChainOutsidePeers(t *testing.T) {
+	with := firewall.MasqChainFor(network, subnet, netip.MustParsePrefix("10.6.0.0/24"), false)
+	without := firewall.MasqChainFor(network, subnet, netip.Prefix{}, false)
+	if len(with.Rules) != len(without.Rules)+1 {
+		t.Fatalf("%d rules with outside peers, %d without", len(with.Rules), len(without.Rules))
+	}
+	if got := strings.Join(with.Rules[4], " "); got != "-s 10.5.0.0/16 -d 10.6.0.0/24 -m comment --comment weft masq -j RETURN" {
+		t.Errorf("rule before the masquerade: %s", got)
+	}
+	if got := strings.Join(with.Rules[5], " "); !strings.Contains(got, "MASQUERADE") {
+		t.Errorf("the return does not come first: %s", got)
 	}
 }

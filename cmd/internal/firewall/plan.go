@@ -44,7 +44,11 @@ func rule(comment string, match []string, target ...string) []string {
 //
 // For IPv6 (ip6tables, network an IPv6 prefix) the rules are the same with
 // ff00::/8 for multicast, as flannel's masqIP6Rules.
-func MasqChainFor(network, subnet netip.Prefix, randomFully bool) Chain {
+//
+// Traffic from the Network to the outside peers' network (peers, weft's
+// PeersNetwork; invalid for none) is not masqueraded: they route back to
+// the containers through WireGuard.
+func MasqChainFor(network, subnet, peers netip.Prefix, randomFully bool) Chain {
 	n, s := network.String(), subnet.String()
 	multicast := "224.0.0.0/4"
 	if network.Addr().Is6() {
@@ -55,18 +59,19 @@ func MasqChainFor(network, subnet netip.Prefix, randomFully bool) Chain {
 		masq = append(masq, "--random-fully")
 	}
 	r := func(match []string, target ...string) []string { return rule(masqComment, match, target...) }
-	return Chain{
-		Table: "nat", Name: MasqChain, From: "POSTROUTING",
-		Jump: r(nil, "-j", MasqChain),
-		Rules: [][]string{
-			r([]string{"-m", "mark", "--mark", kubeProxyMark}, "-j", "RETURN"),
-			r([]string{"-s", s, "-d", n}, "-j", "RETURN"),
-			r([]string{"-s", n, "-d", s}, "-j", "RETURN"),
-			r([]string{"!", "-s", n, "-d", s}, "-j", "RETURN"),
-			r([]string{"-s", n, "!", "-d", multicast}, masq...),
-			r([]string{"!", "-s", n, "-d", n}, masq...),
-		},
+	rules := [][]string{
+		r([]string{"-m", "mark", "--mark", kubeProxyMark}, "-j", "RETURN"),
+		r([]string{"-s", s, "-d", n}, "-j", "RETURN"),
+		r([]string{"-s", n, "-d", s}, "-j", "RETURN"),
+		r([]string{"!", "-s", n, "-d", s}, "-j", "RETURN"),
 	}
+	if peers.IsValid() {
+		rules = append(rules, r([]string{"-s", n, "-d", peers.String()}, "-j", "RETURN"))
+	}
+	rules = append(rules,
+		r([]string{"-s", n, "!", "-d", multicast}, masq...),
+		r([]string{"!", "-s", n, "-d", n}, masq...))
+	return Chain{Table: "nat", Name: MasqChain, From: "POSTROUTING", Jump: r(nil, "-j", MasqChain), Rules: rules}
 }
 
 // ForwardChainFor accepts forwarded traffic to and from the Network, for
