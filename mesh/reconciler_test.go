@@ -126,7 +126,11 @@ func startNode(t *testing.T, cfg *lease.Config, app Applier, resync time.Duratio
 	t.Helper()
 	store := leasetest.New(nil)
 	ctx, cancel := context.WithCancel(context.Background())
-	req := lease.ClaimRequest{Config: cfg, Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("192.168.50.1"), BackendType: "host-gw"}}
+	// This host leases 10.5.1.0/24, never a random subnet: the tests
+	// write other hosts' leases at fixed keys (10.5.7.0-24, 10.5.100.0-24
+	// and up), and one landing on this host's own lease would be a takeover.
+	req := lease.ClaimRequest{Config: cfg, Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("192.168.50.1"), BackendType: "host-gw"},
+		Previous: netip.MustParsePrefix("10.5.1.0/24")}
 	self, err := lease.Claim(ctx, store, req)
 	if err != nil {
 		cancel()
