@@ -15,6 +15,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/weftnet/weft/backends/alloc"
 	"github.com/weftnet/weft/backends/hostgw"
 	"github.com/weftnet/weft/backends/netutil"
 	"github.com/weftnet/weft/backends/udp"
@@ -105,6 +106,7 @@ type DropCounter interface {
 // Backend.Type, for `weftctl cleanup`.
 func Footprints() map[string]netutil.Footprint {
 	return map[string]netutil.Footprint{
+		lease.BackendAlloc:     alloc.Footprint(),
 		lease.BackendHostGW:    hostgw.Footprint(),
 		lease.BackendUDP:       udp.Footprint(),
 		lease.BackendVXLAN:     vxlan.Footprint(),
@@ -145,7 +147,7 @@ func RemoveOthers(k netutil.Kernel, current string, ext netutil.ExternalInterfac
 			break
 		}
 	}
-	if current == lease.BackendUDP || current == lease.BackendWireGuard && !keepDirect {
+	if current == lease.BackendUDP || current == lease.BackendAlloc || current == lease.BackendWireGuard && !keepDirect {
 		routes, err := netutil.OwnedRoutes(k)
 		if err != nil {
 			return removed, errors.Join(append(errs, err)...)
@@ -171,6 +173,7 @@ type Constructor func(Env) (Backend, error)
 // Constructors maps each Backend.Type built into weft to its constructor.
 func Constructors() map[string]Constructor {
 	return map[string]Constructor{
+		lease.BackendAlloc: func(env Env) (Backend, error) { return alloc.New(env.External), nil },
 		lease.BackendHostGW: func(env Env) (Backend, error) {
 			b := hostgw.New(env.External, env.Kernel, env.Log)
 			if !env.Config.EnableIPv4 {
@@ -316,6 +319,7 @@ func New(env Env) (Backend, error) {
 // drifting signature is a build error rather than a silent fallback (a
 // backend quietly doing only whole applies).
 var (
+	_ Backend = (*alloc.Backend)(nil)
 	_ Backend = (*hostgw.Backend)(nil)
 	_ Backend = (*udp.Backend)(nil)
 	_ Backend = (*vxlan.Backend)(nil)

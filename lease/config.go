@@ -21,11 +21,13 @@ const (
 	BackendVXLAN     = "vxlan"
 	BackendHostGW    = "host-gw"
 	BackendWireGuard = "wireguard"
+	// BackendAlloc leases subnets and writes the subnet file only.
+	BackendAlloc = "alloc"
 )
 
 // KnownBackends lists every Backend.Type weft accepts, in the order error
 // messages show them.
-var KnownBackends = []string{BackendHostGW, BackendUDP, BackendVXLAN, BackendWireGuard}
+var KnownBackends = []string{BackendAlloc, BackendHostGW, BackendUDP, BackendVXLAN, BackendWireGuard}
 
 // ErrInvalidConfig is wrapped by every validation error, so callers can tell
 // a bad config (wait for a fix) from a store failure (retry).

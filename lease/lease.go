@@ -124,9 +124,10 @@ func (a Attrs) Backend() string {
 
 // OwnBackendType is the BackendType a host running backend writes in its
 // own lease: what flannel writes, so flannel hosts and weft hosts read each
-// other's leases alike. That is none for udp and the type otherwise.
+// other's leases alike. That is none for udp and alloc and the type
+// otherwise.
 func OwnBackendType(backend string) string {
-	if backend == BackendUDP {
+	if backend == BackendUDP || backend == BackendAlloc {
 		return ""
 	}
 	return backend

@@ -186,16 +186,22 @@ func Check(l lease.Lease, cfg *lease.Config) string {
 		}
 		return check6(l, cfg)
 	}
+	backend := l.Attrs.Backend()
+	if cfg.Backend.Type == lease.BackendAlloc && l.Attrs.BackendType == "" {
+		// flannel's alloc, like its udp, writes no BackendType; an alloc
+		// network has no data path to tell the two apart by.
+		backend = lease.BackendAlloc
+	}
 	switch {
 	case !cfg.Network.Contains(l.Subnet.Addr()) || l.Subnet.Bits() < cfg.Network.Bits():
 		return fmt.Sprintf("subnet %s is outside Network %s", l.Subnet, cfg.Network)
 	case l.Subnet.Bits() != cfg.SubnetLen:
 		return fmt.Sprintf("subnet %s is not a /%d (SubnetLen)", l.Subnet, cfg.SubnetLen)
-	case l.Attrs.Backend() != cfg.Backend.Type && l.Attrs.BackendType == "":
+	case backend != cfg.Backend.Type && l.Attrs.BackendType == "":
 		// flannel's vxlan, host-gw and wireguard backends ignore such a
 		// lease too: its host has no device of theirs to reach.
 		return fmt.Sprintf("has no BackendType (a udp host's lease, as flannel writes it), this network uses %q", cfg.Backend.Type)
-	case l.Attrs.Backend() != cfg.Backend.Type:
+	case backend != cfg.Backend.Type:
 		return fmt.Sprintf("runs backend %q, this network uses %q", l.Attrs.BackendType, cfg.Backend.Type)
 	case l.Subnet.Masked() != l.Subnet:
 		return fmt.Sprintf("subnet %s is not aligned to /%d", l.Subnet, cfg.SubnetLen)

@@ -1,0 +1,49 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/weftnet/weft/lease"
+)
+
+// TestAllocCluster: flannel's alloc backend leases subnets and writes the
+// subnet file, and nothing else: each lease is written as flannel's alloc
+// writes it (no BackendType, no BackendData), the subnet file carries the
+// external MTU in flannel's four lines, and no device or route of weft's
+// appears on a host.
+func TestAllocCluster(t *testing.T) {
+	l := newLab(t, Options{Hosts: 2, Backend: lease.BackendAlloc})
+	if err := l.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	records, _, err := l.Store().List(context.Background())
+	if err != nil || len(records) != 2 {
+		t.Fatalf("leases %v %v, want 2", records, err)
+	}
+	for _, h := range l.Hosts {
+		want := fmt.Sprintf(`{"PublicIP":%q,"PublicIPv6":null}`, h.PublicIP)
+		found := false
+		for _, r := range records {
+			found = found || r.Key == lease.SubnetKey(h.Subnet) && string(r.Value) == want
+		}
+		if !found {
+			t.Errorf("%s: no lease %s = %s in %v", h.Name, lease.SubnetKey(h.Subnet), want, records)
+		}
+		data, _ := os.ReadFile(h.SubnetFile())
+		wantEnv := fmt.Sprintf("FLANNEL_NETWORK=%s\nFLANNEL_SUBNET=%s\nFLANNEL_MTU=1500\nFLANNEL_IPMASQ=false\n", DefaultNetwork,
+			fmt.Sprintf("%s/%d", h.Subnet.Addr().Next(), h.Subnet.Bits()))
+		if string(data) != wantEnv {
+			t.Errorf("%s: subnet file\n%s\nwant\n%s", h.Name, data, wantEnv)
+		}
+		if out, _ := Exec(h.Name, "ip", "-o", "link"); strings.Contains(out, "weft") {
+			t.Errorf("%s: a weft device on an alloc host:\n%s", h.Name, out)
+		}
+		if out, _ := Exec(h.Name, "ip", "route", "show", "proto", "87"); out != "" {
+			t.Errorf("%s: weft routes on an alloc host:\n%s", h.Name, out)
+		}
+	}
+}
