@@ -73,11 +73,7 @@ func runPeer(ctx context.Context, args []string, opts lease.EtcdOptions, stdout,
 			p.Endpoint = ep
 		}
 		return withStore(opts, func(s *lease.EtcdStore) error {
-			cfg, err := storedConfig(ctx, s)
-			if err != nil {
-				return err
-			}
-			peers, _, err := s.Peers(ctx)
+			cfg, peers, err := configAndPeers(ctx, s)
 			if err != nil {
 				return err
 			}
@@ -97,13 +93,19 @@ func runPeer(ctx context.Context, args []string, opts lease.EtcdOptions, stdout,
 	return fmt.Errorf("peer %s: want add, rm or list", args[0])
 }
 
-// storedConfig reads and parses the network config from etcd.
-func storedConfig(ctx context.Context, s *lease.EtcdStore) (*lease.Config, error) {
+// configAndPeers reads and parses the network config from etcd, and the
+// outside peers (those that decode).
+func configAndPeers(ctx context.Context, s *lease.EtcdStore) (*lease.Config, []lease.OutsidePeer, error) {
 	raw, err := s.Config(ctx)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return lease.ParseConfig(raw)
+	cfg, err := lease.ParseConfig(raw)
+	if err != nil {
+		return nil, nil, err
+	}
+	peers, _, err := s.Peers(ctx)
+	return cfg, peers, err
 }
 
 // runShowconf is `weftctl showconf NAME`: a wg-quick file for an outside
@@ -111,11 +113,7 @@ func storedConfig(ctx context.Context, s *lease.EtcdStore) (*lease.Config, error
 // the Network). The private key is the machine's own; weft never has it.
 func runShowconf(ctx context.Context, name string, opts lease.EtcdOptions, stdout io.Writer) error {
 	return withStore(opts, func(s *lease.EtcdStore) error {
-		cfg, err := storedConfig(ctx, s)
-		if err != nil {
-			return err
-		}
-		peers, _, err := s.Peers(ctx)
+		cfg, peers, err := configAndPeers(ctx, s)
 		if err != nil {
 			return err
 		}
