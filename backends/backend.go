@@ -16,6 +16,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/weftnet/weft/backends/alloc"
+	"github.com/weftnet/weft/backends/extension"
 	"github.com/weftnet/weft/backends/hostgw"
 	"github.com/weftnet/weft/backends/netutil"
 	"github.com/weftnet/weft/backends/udp"
@@ -107,6 +108,7 @@ type DropCounter interface {
 func Footprints() map[string]netutil.Footprint {
 	return map[string]netutil.Footprint{
 		lease.BackendAlloc:     alloc.Footprint(),
+		lease.BackendExtension: extension.Footprint(),
 		lease.BackendHostGW:    hostgw.Footprint(),
 		lease.BackendUDP:       udp.Footprint(),
 		lease.BackendVXLAN:     vxlan.Footprint(),
@@ -147,7 +149,8 @@ func RemoveOthers(k netutil.Kernel, current string, ext netutil.ExternalInterfac
 			break
 		}
 	}
-	if current == lease.BackendUDP || current == lease.BackendAlloc || current == lease.BackendWireGuard && !keepDirect {
+	if current == lease.BackendUDP || current == lease.BackendAlloc || current == lease.BackendExtension ||
+		current == lease.BackendWireGuard && !keepDirect {
 		routes, err := netutil.OwnedRoutes(k)
 		if err != nil {
 			return removed, errors.Join(append(errs, err)...)
@@ -174,6 +177,9 @@ type Constructor func(Env) (Backend, error)
 func Constructors() map[string]Constructor {
 	return map[string]Constructor{
 		lease.BackendAlloc: func(env Env) (Backend, error) { return alloc.New(env.External), nil },
+		lease.BackendExtension: func(env Env) (Backend, error) {
+			return extension.New(env.Config.Backend.Raw, env.External, env.Log)
+		},
 		lease.BackendHostGW: func(env Env) (Backend, error) {
 			b := hostgw.New(env.External, env.Kernel, env.Log)
 			if !env.Config.EnableIPv4 {

@@ -2,6 +2,7 @@ package backends
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/weftnet/weft/backends/extension"
 	"github.com/weftnet/weft/backends/hostgw"
 	"github.com/weftnet/weft/backends/netutil"
 	"github.com/weftnet/weft/backends/udp"
@@ -61,6 +63,15 @@ func planPeers(t *testing.T, backend string, cfg *lease.Config, d mesh.Desired) 
 	switch backend {
 	case lease.BackendAlloc:
 		n = len(d.Peers) // nothing to program: routing is someone else's
+	case lease.BackendExtension:
+		var want map[string]extension.Subnet
+		want, problems = extension.Wanted(d)
+		n = len(want)
+		for _, s := range want {
+			if s.Data != `{"Token":"abc"}` {
+				t.Errorf("extension peer %s gets %q on stdin, want flannel's PreStartupCommand output", s.Key, s.Data)
+			}
+		}
 	case lease.BackendUDP:
 		opts, err := udp.ParseOptions(cfg.Backend.Raw)
 		if err != nil {
@@ -196,6 +207,18 @@ func weftBackendData(t *testing.T, backend string, flannels json.RawMessage) jso
 			t.Fatal(err)
 		}
 		return wireguard.EncodeBackendData(key, data.Port)
+	case lease.BackendExtension:
+		// The capture's own PreStartupCommand, run for real.
+		cfg, _, _ := readCapture(t, backend)
+		b, err := extension.New(cfg.Backend.Raw, flannelUnderlay, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Setup(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		defer b.Close()
+		return b.BackendData()
 	}
 	return nil // udp and host-gw publish none
 }

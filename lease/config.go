@@ -23,11 +23,13 @@ const (
 	BackendWireGuard = "wireguard"
 	// BackendAlloc leases subnets and writes the subnet file only.
 	BackendAlloc = "alloc"
+	// BackendExtension runs the operator's commands as the data path.
+	BackendExtension = "extension"
 )
 
 // KnownBackends lists every Backend.Type weft accepts, in the order error
 // messages show them.
-var KnownBackends = []string{BackendAlloc, BackendHostGW, BackendUDP, BackendVXLAN, BackendWireGuard}
+var KnownBackends = []string{BackendAlloc, BackendExtension, BackendHostGW, BackendUDP, BackendVXLAN, BackendWireGuard}
 
 // ErrInvalidConfig is wrapped by every validation error, so callers can tell
 // a bad config (wait for a fix) from a store failure (retry).
