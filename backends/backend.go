@@ -18,6 +18,7 @@ import (
 	"github.com/weftnet/weft/backends/alloc"
 	"github.com/weftnet/weft/backends/extension"
 	"github.com/weftnet/weft/backends/hostgw"
+	"github.com/weftnet/weft/backends/ipip"
 	"github.com/weftnet/weft/backends/netutil"
 	"github.com/weftnet/weft/backends/udp"
 	"github.com/weftnet/weft/backends/vxlan"
@@ -109,6 +110,7 @@ func Footprints() map[string]netutil.Footprint {
 	return map[string]netutil.Footprint{
 		lease.BackendAlloc:     alloc.Footprint(),
 		lease.BackendExtension: extension.Footprint(),
+		lease.BackendIPIP:      ipip.Footprint(),
 		lease.BackendHostGW:    hostgw.Footprint(),
 		lease.BackendUDP:       udp.Footprint(),
 		lease.BackendVXLAN:     vxlan.Footprint(),
@@ -186,6 +188,9 @@ func Constructors() map[string]Constructor {
 				return &ipv6Only{v6: b}, nil
 			}
 			return b, nil
+		},
+		lease.BackendIPIP: func(env Env) (Backend, error) {
+			return ipip.New(env.Config.Backend.Raw, env.External, env.Kernel, env.Log)
 		},
 		lease.BackendUDP: func(env Env) (Backend, error) {
 			return udp.New(env.Config, env.External, env.Kernel, env.Log)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/weftnet/weft/backends/extension"
 	"github.com/weftnet/weft/backends/hostgw"
+	"github.com/weftnet/weft/backends/ipip"
 	"github.com/weftnet/weft/backends/netutil"
 	"github.com/weftnet/weft/backends/udp"
 	"github.com/weftnet/weft/backends/vxlan"
@@ -91,6 +92,18 @@ func planPeers(t *testing.T, backend string, cfg *lease.Config, d mesh.Desired) 
 			json.Unmarshal(d.Peers[i].BackendData, &data)
 			if fdb.MAC != data.VtepMAC || fdb.Dst != d.Peers[i].PublicIP {
 				t.Errorf("vxlan FDB %+v, want flannel's VtepMAC %s to %s", fdb, data.VtepMAC, d.Peers[i].PublicIP)
+			}
+		}
+	case lease.BackendIPIP:
+		opts, err := ipip.ParseOptions(cfg.Backend.Raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		routes := ipip.Plan(d, opts, flannelUnderlay)
+		n = len(routes)
+		for i, r := range routes {
+			if r.Dst != d.Peers[i].Subnet || r.Via != d.Peers[i].PublicIP || r.Direct {
+				t.Errorf("ipip route %+v, want %s via %s through the tunnel", r, d.Peers[i].Subnet, d.Peers[i].PublicIP)
 			}
 		}
 	case lease.BackendHostGW:

@@ -20,19 +20,8 @@ func TestAllocCluster(t *testing.T) {
 	if err := l.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	records, _, err := l.Store().List(context.Background())
-	if err != nil || len(records) != 2 {
-		t.Fatalf("leases %v %v, want 2", records, err)
-	}
+	checkLeaseValues(t, l, func(h *Host) string { return fmt.Sprintf(`{"PublicIP":%q,"PublicIPv6":null}`, h.PublicIP) })
 	for _, h := range l.Hosts {
-		want := fmt.Sprintf(`{"PublicIP":%q,"PublicIPv6":null}`, h.PublicIP)
-		found := false
-		for _, r := range records {
-			found = found || r.Key == lease.SubnetKey(h.Subnet) && string(r.Value) == want
-		}
-		if !found {
-			t.Errorf("%s: no lease %s = %s in %v", h.Name, lease.SubnetKey(h.Subnet), want, records)
-		}
 		data, _ := os.ReadFile(h.SubnetFile())
 		wantEnv := fmt.Sprintf("FLANNEL_NETWORK=%s\nFLANNEL_SUBNET=%s\nFLANNEL_MTU=1500\nFLANNEL_IPMASQ=false\n", DefaultNetwork,
 			fmt.Sprintf("%s/%d", h.Subnet.Addr().Next(), h.Subnet.Bits()))
@@ -44,6 +33,26 @@ func TestAllocCluster(t *testing.T) {
 		}
 		if out, _ := Exec(h.Name, "ip", "route", "show", "proto", "87"); out != "" {
 			t.Errorf("%s: weft routes on an alloc host:\n%s", h.Name, out)
+		}
+	}
+}
+
+// checkLeaseValues checks that every host's lease holds exactly the value
+// want gives for it (flannel's bytes).
+func checkLeaseValues(t *testing.T, l *Lab, want func(h *Host) string) {
+	t.Helper()
+	records, _, err := l.Store().List(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range l.Hosts {
+		key, value := lease.SubnetKey(h.Subnet), want(h)
+		found := false
+		for _, r := range records {
+			found = found || r.Key == key && string(r.Value) == value
+		}
+		if !found {
+			t.Errorf("%s: no lease %s = %s in %v", h.Name, key, value, records)
 		}
 	}
 }

@@ -52,19 +52,10 @@ func TestExtensionCluster(t *testing.T) {
 	l := startCluster(t, Options{Hosts: 3, Config: config})
 	ctx := context.Background()
 	calls := func() string { data, _ := os.ReadFile(filepath.Join(dir, "calls")); return string(data) }
-	records, _, err := l.Store().List(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	checkLeaseValues(t, l, func(h *Host) string {
+		return fmt.Sprintf(`{"PublicIP":%q,"PublicIPv6":null,"BackendType":"extension","BackendData":"{\"Token\":\"abc\"}"}`, h.PublicIP)
+	})
 	for _, h := range l.Hosts {
-		want := fmt.Sprintf(`{"PublicIP":%q,"PublicIPv6":null,"BackendType":"extension","BackendData":"{\"Token\":\"abc\"}"}`, h.PublicIP)
-		found := false
-		for _, r := range records {
-			found = found || r.Key == lease.SubnetKey(h.Subnet) && string(r.Value) == want
-		}
-		if !found {
-			t.Errorf("%s: no lease %s = %s in %v", h.Name, lease.SubnetKey(h.Subnet), want, records)
-		}
 		post := fmt.Sprintf("post host=%s NETWORK=%s SUBNET=%s PUBLIC_IP=%s stdin=\n", h.Name, DefaultNetwork, h.Subnet, h.PublicIP)
 		if n := strings.Count(calls(), post); n != 1 {
 			t.Errorf("%s: PostStartupCommand ran %d times as %q:\n%s", h.Name, n, post, calls())

@@ -32,9 +32,10 @@ func TestMain(m *testing.M) {
 
 // runLabTests builds (or finds) the binaries the lab runs, then the tests.
 func runLabTests(m *testing.M) int {
-	kernelWireGuard = KernelHasWireGuard()
-	if os.Getenv(ExpectKernelWireGuardEnv) != "" && !kernelWireGuard {
-		fmt.Printf("%s is set but this kernel cannot make a WireGuard link: the kernel tests would run on wireguard-go\n", ExpectKernelWireGuardEnv)
+	kernelWireGuard, kernelIPIP = KernelHasWireGuard(), KernelHasIPIP()
+	if os.Getenv(ExpectKernelWireGuardEnv) != "" && (!kernelWireGuard || !kernelIPIP) {
+		fmt.Printf("%s is set but this kernel cannot make a WireGuard link (%v) or an ipip link (%v): the kernel tests would not test the kernel\n",
+			ExpectKernelWireGuardEnv, kernelWireGuard, kernelIPIP)
 		return 1
 	}
 	// The VM tier runs this binary on a read-only copy of the machine

@@ -25,11 +25,13 @@ const (
 	BackendAlloc = "alloc"
 	// BackendExtension runs the operator's commands as the data path.
 	BackendExtension = "extension"
+	// BackendIPIP wraps IPv4 in IPv4 (a kernel ipip device).
+	BackendIPIP = "ipip"
 )
 
 // KnownBackends lists every Backend.Type weft accepts, in the order error
 // messages show them.
-var KnownBackends = []string{BackendAlloc, BackendExtension, BackendHostGW, BackendUDP, BackendVXLAN, BackendWireGuard}
+var KnownBackends = []string{BackendAlloc, BackendExtension, BackendHostGW, BackendIPIP, BackendUDP, BackendVXLAN, BackendWireGuard}
 
 // ErrInvalidConfig is wrapped by every validation error, so callers can tell
 // a bad config (wait for a fix) from a store failure (retry).

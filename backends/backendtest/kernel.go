@@ -128,6 +128,9 @@ func copyLink(l netlink.Link) netlink.Link {
 	case *netlink.Veth:
 		c := *v
 		return &c
+	case *netlink.Iptun:
+		c := *v
+		return &c
 	}
 	panic(fmt.Sprintf("fake kernel: link type %T", l))
 }

@@ -21,9 +21,10 @@ import (
 var initScript string
 
 // preloadModules are loaded before the tests start: the TUN driver (its
-// /dev/net/tun node exists only once it is loaded) and WireGuard, so a
-// missing module shows at boot and not as a skipped test.
-var preloadModules = []string{"tun", "wireguard"}
+// /dev/net/tun node exists only once it is loaded), WireGuard and ipip
+// (with tunnel4 and ip_tunnel, which modprobe loads first), so a missing
+// module shows at boot and not as a skipped test.
+var preloadModules = []string{"tun", "wireguard", "ipip"}
 
 // InitScript renders /init for kernel k. keep are directories of this
 // machine the tests need (the repository, the built binaries) that must

@@ -373,6 +373,11 @@ const targets = `
 The wireguard-go pair is the binary of the exact module version weft embeds
 (` + "`go install golang.zx2c4.com/wireguard@<version from go.mod>`" + `), configured with ` + "`wg`" + `.
 The VXLAN pair is made with ` + "`ip link add type vxlan`" + ` and a flooding FDB entry, VNI 99 on port 4789.
+
+ipip, extension and alloc have no figures here. ipip cannot be measured on these machines: their
+kernel has no ipip module, and the VM tier that tests ipip on Debian's kernel runs under emulation
+(TCG), whose throughput says nothing about a real host. extension's data path is whatever its
+commands build, and alloc has none.
 `
 
 func hostname() string {

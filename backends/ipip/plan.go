@@ -1,0 +1,62 @@
+// Package ipip is flannel's ipip backend: one kernel IP-in-IP device
+// (weft.ipip, flannel's flannel.ipip renamed) with no fixed remote, carrying
+// each peer's subnet by a route via the peer's PublicIP, onlink, so the
+// kernel wraps the packet in an outer IPv4 header to that address: 20
+// bytes of overhead, against vxlan's 50, and no encryption. With
+// DirectRouting, peers on the external interface's own networks get a
+// plain route instead, as host-gw. The lease carries BackendType "ipip" and
+// no BackendData, as flannel writes it.
+//
+// The plan is pure (plan.go); apply.go makes the kernel match it.
+package ipip
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+
+	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/mesh"
+)
+
+// Overhead is what IP-in-IP adds: one IPv4 header.
+const Overhead = 20
+
+// DeviceName is weft's ipip device, flannel's flannel.ipip renamed.
+const DeviceName = "weft.ipip"
+
+// Options are the "Backend" keys of an ipip network config, as flannel's.
+type Options struct {
+	DirectRouting bool
+}
+
+// ParseOptions reads the Backend object; errors name the option.
+func ParseOptions(raw json.RawMessage) (Options, error) {
+	var in struct {
+		DirectRouting bool `json:"DirectRouting"`
+	}
+	if len(raw) > 0 {
+		if err := json.Unmarshal(raw, &in); err != nil {
+			return Options{}, fmt.Errorf("ipip Backend options: %w", err)
+		}
+	}
+	return Options{DirectRouting: in.DirectRouting}, nil
+}
+
+// Route is a route the plan wants: the peer's subnet via its PublicIP,
+// through the ipip device (onlink), or on the external link (Direct).
+type Route struct {
+	Dst    netip.Prefix
+	Via    netip.Addr
+	Direct bool
+}
+
+// Plan turns the desired state into routes: one per peer. ipip carries
+// IPv4 only, as flannel's.
+func Plan(d mesh.Desired, opts Options, ext netutil.ExternalInterface) []Route {
+	routes := make([]Route, 0, len(d.Peers))
+	for _, p := range d.Peers {
+		routes = append(routes, Route{Dst: p.Subnet, Via: p.PublicIP, Direct: opts.DirectRouting && ext.OnLink(p.PublicIP)})
+	}
+	return routes
+}
