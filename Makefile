@@ -3,7 +3,7 @@ export PATH := $(PATH):/usr/local/go/bin:$(HOME)/go/bin
 SHELL     := /bin/bash
 GO        ?= go
 BIN       := bin
-DEB_PKGS  := iproute2 iptables iputils-ping iperf3 tcpdump wireguard-tools docker-compose
+DEB_PKGS  := iproute2 iptables nftables iputils-ping iperf3 tcpdump wireguard-tools docker-compose
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 LAB_ARGS  ?=
 # Pure and store tiers run with the race detector (the backends against the
@@ -21,7 +21,7 @@ all: build
 # dockerds, one per lab host).
 deps:
 	@missing=""; \
-	for c in ip:iproute2 iptables:iptables ping:iputils-ping iperf3:iperf3 tcpdump:tcpdump wg:wireguard-tools docker-compose:docker-compose /usr/sbin/dockerd:docker.io qemu-system-x86_64:qemu-system-x86 /usr/sbin/depmod:kmod; do \
+	for c in ip:iproute2 iptables:iptables nft:nftables ping:iputils-ping iperf3:iperf3 tcpdump:tcpdump wg:wireguard-tools docker-compose:docker-compose /usr/sbin/dockerd:docker.io qemu-system-x86_64:qemu-system-x86 /usr/sbin/depmod:kmod; do \
 		command -v $${c%%:*} >/dev/null 2>&1 || missing="$$missing $${c#*:}"; \
 	done; \
 	dpkg -s busybox-static >/dev/null 2>&1 || missing="$$missing busybox-static"; \

@@ -163,26 +163,17 @@ func dockerSuite(t *testing.T, backend string) {
 	})
 
 	t.Run("an administrator's DOCKER-USER rule still drops overlay traffic after weft re-adds its jump", func(t *testing.T) {
-		h, src := hosts[1], hosts[0]
-		blocked, open := h.Containers[0], h.Containers[1]
-		drop := []string{"iptables", "-I", "DOCKER-USER", "-d", blocked.IP.String(), "-j", "DROP"}
-		if _, err := Exec(h.Name, drop...); err != nil {
-			t.Fatal(err)
-		}
-		defer Exec(h.Name, append([]string{"iptables", "-D"}, drop[2:]...)...)
-		jump := []string{"FORWARD", "-m", "comment", "--comment", "weft forward", "-j", "WEFT-FWD"}
-		if _, err := Exec(h.Name, append([]string{"iptables", "-D"}, jump...)...); err != nil {
-			t.Fatal(err)
-		}
-		eventually(t, "weft re-adds its FORWARD jump", 15*time.Second, func() error {
-			_, err := Exec(h.Name, append([]string{"iptables", "-C"}, jump...)...)
-			return err
+		h := hosts[1]
+		checkAdminDropWins(t, hosts[0], h, func() {
+			jump := []string{"FORWARD", "-m", "comment", "--comment", "weft forward", "-j", "WEFT-FWD"}
+			if _, err := Exec(h.Name, append([]string{"iptables", "-D"}, jump...)...); err != nil {
+				t.Fatal(err)
+			}
+			eventually(t, "weft re-adds its FORWARD jump", 15*time.Second, func() error {
+				_, err := Exec(h.Name, append([]string{"iptables", "-C"}, jump...)...)
+				return err
+			})
 		})
-		eventually(t, "the open container answers", 10*time.Second, func() error { return src.Docker.Ping(src.Containers[0], open.IP) })
-		if err := src.Docker.Ping(src.Containers[0], blocked.IP); err == nil {
-			out, _ := Exec(h.Name, "iptables", "-S", "FORWARD")
-			t.Errorf("overlay traffic to %s passed the DOCKER-USER DROP:\n%s", blocked.IP, out)
-		}
 	})
 
 	t.Run("every container reaches every container on the other hosts", func(t *testing.T) {
@@ -281,4 +272,24 @@ func dockerSuite(t *testing.T, backend string) {
 			t.Errorf("the report does not name the previous subnet: %s", line)
 		}
 	})
+}
+
+// checkAdminDropWins inserts an administrator's DROP for h's first
+// container at the top of DOCKER-USER, runs meanwhile (weft re-adding its
+// rules), and checks that src reaches h's second container but not the
+// first: weft's rules never open what the administrator closed.
+func checkAdminDropWins(t *testing.T, src, h *DockerHost, meanwhile func()) {
+	t.Helper()
+	blocked, open := h.Containers[0], h.Containers[1]
+	drop := []string{"iptables", "-I", "DOCKER-USER", "-d", blocked.IP.String(), "-j", "DROP"}
+	if _, err := Exec(h.Name, drop...); err != nil {
+		t.Fatal(err)
+	}
+	defer Exec(h.Name, append([]string{"iptables", "-D"}, drop[2:]...)...)
+	meanwhile()
+	eventually(t, "the open container answers", 10*time.Second, func() error { return src.Docker.Ping(src.Containers[0], open.IP) })
+	if err := src.Docker.Ping(src.Containers[0], blocked.IP); err == nil {
+		out, _ := Exec(h.Name, "iptables", "-S")
+		t.Errorf("overlay traffic to %s passed the DOCKER-USER DROP:\n%s", blocked.IP, out)
+	}
 }

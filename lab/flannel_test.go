@@ -290,6 +290,9 @@ func TestMoveFromFlannelInPlace(t *testing.T) {
 		{"ip", "netns", "exec", ns, "iptables", "-N", "FLANNEL-FWD"},
 		{"ip", "netns", "exec", ns, "iptables", "-A", "FLANNEL-FWD", "-s", DefaultNetwork, "-m", "comment", "--comment", "flanneld forward", "-j", "ACCEPT"},
 		{"ip", "netns", "exec", ns, "iptables", "-A", "FORWARD", "-m", "comment", "--comment", "flanneld forward", "-j", "FLANNEL-FWD"},
+		// What flanneld's nftables mode leaves, from an earlier run with it.
+		{"ip", "netns", "exec", ns, "nft", "add", "table", "ip", "flannel-ipv4"},
+		{"ip", "netns", "exec", ns, "nft", "add", "table", "ip6", "flannel-ipv6"},
 	}
 	for _, h := range []*Host{h1, h2} {
 		peerMAC, vtep := vtepMAC(t, l, h.Subnet), h.Subnet.Addr().String()
@@ -324,7 +327,8 @@ func TestMoveFromFlannelInPlace(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"removed flannel's device flannel.1", "FLANNEL-POSTRTG", "FLANNEL-FWD"} {
+	for _, want := range []string{"removed flannel's device flannel.1", "FLANNEL-POSTRTG", "FLANNEL-FWD",
+		"removed flannel's nftables table flannel-ipv4", "removed flannel's nftables table flannel-ipv6"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("cleanup -flannel output lacks %q:\n%s", want, out)
 		}

@@ -85,6 +85,11 @@ func newLab(t *testing.T, opts Options) *Lab {
 		if t.Failed() {
 			for _, h := range l.Hosts {
 				t.Logf("--- weftd log of %s:\n%s", h.Name, h.LogTail(40))
+				// WireGuard's own view (endpoints, handshakes, transfer) says
+				// which side of a failed path is stuck.
+				if wg, err := l.HostExec(h, "wg", "show", "all"); err == nil && wg != "" {
+					t.Logf("--- wg show all on %s:\n%s", h.Name, wg)
+				}
 			}
 		}
 		l.Close()

@@ -134,3 +134,21 @@ func TestConfigReadAsFlannel(t *testing.T) {
 		t.Errorf("notes for a config read as written: %v", cfg.Notes)
 	}
 }
+
+// TestEnableNFTables: flannel's key is read in both families' configs and
+// a wrong type is named.
+func TestEnableNFTables(t *testing.T) {
+	for config, want := range map[string]bool{
+		`{"Network":"10.5.0.0/16"}`:                       false,
+		`{"Network":"10.5.0.0/16","EnableNFTables":true}`: true,
+		`{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00:5::/48","Backend":{"Type":"vxlan"},"EnableNFTables":true}`: true,
+	} {
+		cfg, err := ParseConfig([]byte(config))
+		if err != nil || cfg.EnableNFTables != want {
+			t.Errorf("%s: %+v %v", config, cfg, err)
+		}
+	}
+	if _, err := ParseConfig([]byte(`{"Network":"10.5.0.0/16","EnableNFTables":"yes"}`)); err == nil || !strings.Contains(err.Error(), `key "EnableNFTables"`) {
+		t.Errorf("a string for EnableNFTables: %v", err)
+	}
+}

@@ -81,14 +81,12 @@ func runCleanup(ctx context.Context, args []string, opts lease.EtcdOptions, stdo
 			fmt.Fprintf(stdout, "removed route %s\n", r.Dst)
 		}
 	}
-	for _, ipv6 := range []bool{false, true} {
-		if k, err := firewall.NewKeeper(firewall.Settings{Masq: true, Forward: true, IPv6: ipv6}, discardLogger()); err == nil {
-			tool := map[bool]string{false: "iptables", true: "ip6tables"}[ipv6]
-			if err := k.Cleanup(); err != nil {
-				errs = append(errs, fmt.Errorf("%s: %w", tool, err))
-			} else {
-				fmt.Fprintln(stdout, "removed", tool, "chains", firewall.MasqChain, "and", firewall.ForwardChain)
-			}
+	// Both firewall modes: the config may have switched since.
+	for _, clean := range []func() ([]string, error){firewall.IPTablesCleanup, firewall.NFTCleanup} {
+		removed, err := clean()
+		errs = append(errs, err)
+		for _, r := range removed {
+			fmt.Fprintln(stdout, "removed", r)
 		}
 	}
 	files := []string{*subnetFile}
@@ -144,6 +142,11 @@ func cleanupFlannel(subnetFile string, stdout io.Writer) error {
 				fmt.Fprintf(stdout, "removed flannel's route %s\n", dst)
 			}
 		}
+	}
+	removed, err := firewall.RemoveFlannelNFT()
+	errs = append(errs, err)
+	for _, r := range removed {
+		fmt.Fprintf(stdout, "removed flannel's %s\n", r)
 	}
 	if k, err := firewall.NewKeeper(firewall.Settings{}, discardLogger()); err == nil {
 		removed, err := k.RemoveFlannel()

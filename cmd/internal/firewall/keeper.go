@@ -95,13 +95,19 @@ func (k *Keeper) chains(network, subnet netip.Prefix) []Chain {
 // Run keeps the chains in place until ctx ends; subnet returns the
 // current lease's subnet (it may change after a re-claim).
 func (k *Keeper) Run(ctx context.Context, network netip.Prefix, subnet func() netip.Prefix) error {
-	ticker := time.NewTicker(k.settings.Resync)
+	return keep(ctx, k.settings.Resync, func() error { return k.Sync(network, subnet()) }, k.log, "iptables rules; retrying")
+}
+
+// keep runs sync now and every interval until ctx ends, logging an error
+// once until it changes or clears.
+func keep(ctx context.Context, interval time.Duration, sync func() error, log *slog.Logger, what string) error {
+	ticker := time.NewTicker(interval)
 	defer ticker.Stop()
 	lastErr := ""
 	for {
-		err := k.Sync(network, subnet())
+		err := sync()
 		if msg := fmt.Sprint(err); err != nil && msg != lastErr {
-			k.log.Error("iptables rules; retrying", "err", err)
+			log.Error(what, "err", err)
 		}
 		lastErr = fmt.Sprint(err)
 		if err == nil {
@@ -191,4 +197,33 @@ func (k *Keeper) Cleanup() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// IPTablesCleanup removes weft's chains and their jumps from iptables and
+// ip6tables (each where the tool is installed) and says what it removed:
+// `weftctl cleanup`, and weftd starting in nftables mode.
+func IPTablesCleanup() (removed []string, err error) {
+	var errs []error
+	for _, proto := range []iptables.Protocol{iptables.ProtocolIPv4, iptables.ProtocolIPv6} {
+		tool := map[iptables.Protocol]string{iptables.ProtocolIPv4: "iptables", iptables.ProtocolIPv6: "ip6tables"}[proto]
+		ipt, err := iptables.NewWithProtocol(proto)
+		if err != nil {
+			continue // no such tool: none of its chains either
+		}
+		var had []string
+		for _, c := range []struct{ table, name string }{{"nat", MasqChain}, {"filter", ForwardChain}} {
+			if ok, _ := ipt.ChainExists(c.table, c.name); ok {
+				had = append(had, c.name)
+			}
+		}
+		k := NewKeeperWith(ipt, Settings{}, slog.New(slog.DiscardHandler))
+		if err := k.Cleanup(); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", tool, err))
+			continue
+		}
+		if len(had) > 0 {
+			removed = append(removed, tool+" chains "+strings.Join(had, " and "))
+		}
+	}
+	return removed, errors.Join(errs...)
 }

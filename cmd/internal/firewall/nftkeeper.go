@@ -1,0 +1,249 @@
+package firewall
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/coreos/go-iptables/iptables"
+	"github.com/google/nftables"
+	"github.com/google/nftables/userdata"
+)
+
+// NFTKeeper keeps weft's nftables table for one family (and, with the
+// forward rules, weft's rule in docker's DOCKER-USER chain when docker has
+// one), restoring what was removed or changed by hand.
+type NFTKeeper struct {
+	settings Settings
+	log      *slog.Logger
+	// docker is iptables (ip6tables) for the DOCKER-USER rule; nil when the
+	// host has none (then there is no docker chain to open either).
+	docker Tables
+}
+
+// NewNFTKeeper checks that the kernel takes nftables requests and keeps
+// the table settings ask for.
+func NewNFTKeeper(settings Settings, log *slog.Logger) (*NFTKeeper, error) {
+	conn, err := nftables.New()
+	if err != nil {
+		return nil, fmt.Errorf("nftables: %w", err)
+	}
+	name, family := NFTTableName(settings.IPv6)
+	if _, err := conn.ListTablesOfFamily(family); err != nil {
+		return nil, fmt.Errorf("nftables: listing tables for %s: %w (does the kernel have nf_tables?)", name, err)
+	}
+	k := &NFTKeeper{settings: settings, log: log.With("component", "nftables", "table", name)}
+	proto := iptables.ProtocolIPv4
+	if settings.IPv6 {
+		proto = iptables.ProtocolIPv6
+	}
+	if ipt, err := iptables.NewWithProtocol(proto); err == nil {
+		k.docker = ipt
+	}
+	return k, nil
+}
+
+// Run keeps the table in place until ctx ends; subnet returns the current
+// lease's subnet of this family.
+func (k *NFTKeeper) Run(ctx context.Context, network netip.Prefix, subnet func() netip.Prefix) error {
+	return keep(ctx, k.settings.Resync, func() error { return k.Sync(network, subnet()) }, k.log, "nftables rules; retrying")
+}
+
+// Sync makes weft's table exactly the wanted one: when anything differs
+// (a chain or rule missing or changed, an old subnet's rule) the whole
+// table is replaced in one transaction, so there is no moment without it.
+func (k *NFTKeeper) Sync(network, subnet netip.Prefix) error {
+	want := NFTTableFor(k.settings.IPv6, network, subnet, k.settings.PeersNetwork, k.settings.Masq, k.settings.Forward,
+		!k.settings.RandomFullyDisable)
+	conn, err := nftables.New()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	if same, err := nftTableIs(conn, want); err != nil || !same {
+		if err := writeNFTTable(conn, want); err != nil {
+			errs = append(errs, fmt.Errorf("writing table %s: %w", want.Name, err))
+		} else {
+			k.log.Info("table written", "chains", len(want.Chains))
+		}
+	}
+	if k.settings.Forward && k.docker != nil {
+		errs = append(errs, k.syncDockerUser(network))
+	}
+	return errors.Join(errs...)
+}
+
+// syncDockerUser puts weft's rule at the end of DOCKER-USER (before
+// docker's closing RETURN) when docker has that chain, and removes weft's
+// rules for other networks. At the end, an administrator's own rules there
+// (inserted at the top, as docker's documentation shows) still filter
+// overlay traffic, as they do in iptables mode. Docker makes the chain when
+// it starts, so a later resync catches a docker started after weftd.
+func (k *NFTKeeper) syncDockerUser(network netip.Prefix) error {
+	if ok, err := k.docker.ChainExists("filter", DockerUserChain); err != nil || !ok {
+		return nil
+	}
+	want := DockerUserRule(network)
+	if err := removeDockerUserRules(k.docker, func(spec []string) bool { return !slices.Equal(spec, want) }); err != nil {
+		return err
+	}
+	if ok, err := k.docker.Exists("filter", DockerUserChain, want...); err != nil || ok {
+		return err
+	}
+	lines, err := k.docker.List("filter", DockerUserChain)
+	if err != nil {
+		return err
+	}
+	rules := lines[min(1, len(lines)):] // the first line is "-N DOCKER-USER"
+	if n := len(rules); n > 0 && strings.TrimSpace(rules[n-1]) == "-A "+DockerUserChain+" -j RETURN" {
+		err = k.docker.Insert("filter", DockerUserChain, n, want...)
+	} else {
+		err = k.docker.Append("filter", DockerUserChain, want...)
+	}
+	if err != nil {
+		return fmt.Errorf("adding weft's rule to %s: %w", DockerUserChain, err)
+	}
+	k.log.Info("rule added to docker's chain", "chain", DockerUserChain, "network", network)
+	return nil
+}
+
+// removeDockerUserRules deletes weft's rules in DOCKER-USER for which drop
+// says so, and reports the first error.
+func removeDockerUserRules(ipt Tables, drop func(spec []string) bool) error {
+	lines, err := ipt.List("filter", DockerUserChain)
+	if err != nil {
+		return nil // no such chain: nothing of weft's in it
+	}
+	for _, line := range lines {
+		if !strings.Contains(line, fwdComment) || !strings.HasPrefix(line, "-A ") {
+			continue
+		}
+		fields := strings.Fields(line)
+		var network netip.Prefix
+		for i := 2; i+1 < len(fields); i++ {
+			if fields[i] == "-s" {
+				network, _ = netip.ParsePrefix(fields[i+1])
+			}
+		}
+		spec := DockerUserRule(network)
+		if !network.IsValid() || !drop(spec) {
+			continue
+		}
+		if err := ipt.Delete("filter", DockerUserChain, spec...); err != nil {
+			return fmt.Errorf("removing weft's rule from %s: %w", DockerUserChain, err)
+		}
+	}
+	return nil
+}
+
+// nftTableIs reports whether the kernel holds exactly want: its base
+// chains with their hooks and priorities, and in each the wanted rules in
+// order (told apart by their comments, which are their text).
+func nftTableIs(conn *nftables.Conn, want NFTTable) (bool, error) {
+	table, err := conn.ListTableOfFamily(want.Name, want.Family)
+	if err != nil {
+		return false, nil // no such table
+	}
+	chains, err := conn.ListChainsOfTableFamily(want.Family)
+	if err != nil {
+		return false, err
+	}
+	have := map[string]*nftables.Chain{}
+	for _, c := range chains {
+		if c.Table.Name == want.Name {
+			have[c.Name] = c
+		}
+	}
+	if len(have) != len(want.Chains) {
+		return false, nil
+	}
+	for _, w := range want.Chains {
+		c, ok := have[w.Name]
+		if !ok || c.Type != w.Type || c.Hooknum == nil || *c.Hooknum != *w.Hook || c.Priority == nil || *c.Priority != *w.Priority ||
+			c.Policy == nil || *c.Policy != nftables.ChainPolicyAccept {
+			return false, nil
+		}
+		rules, err := conn.GetRules(table, c)
+		if err != nil || len(rules) != len(w.Rules) {
+			return false, err
+		}
+		for i, r := range rules {
+			if text, _ := userdata.GetString(r.UserData, userdata.TypeComment); text != w.Rules[i].Text {
+				return false, nil
+			}
+		}
+	}
+	return true, nil
+}
+
+// writeNFTTable replaces weft's table with want in one transaction: add
+// (so the delete cannot fail on a missing table), delete, add anew.
+func writeNFTTable(conn *nftables.Conn, want NFTTable) error {
+	spec := &nftables.Table{Family: want.Family, Name: want.Name}
+	conn.AddTable(spec)
+	conn.DelTable(spec)
+	table := conn.AddTable(&nftables.Table{Family: want.Family, Name: want.Name})
+	accept := nftables.ChainPolicyAccept
+	for _, w := range want.Chains {
+		chain := conn.AddChain(&nftables.Chain{Name: w.Name, Table: table, Type: w.Type, Hooknum: w.Hook, Priority: w.Priority, Policy: &accept})
+		for _, r := range w.Rules {
+			conn.AddRule(&nftables.Rule{Table: table, Chain: chain, Exprs: r.Exprs,
+				UserData: userdata.AppendString(nil, userdata.TypeComment, r.Text)})
+		}
+	}
+	return conn.Flush()
+}
+
+// NFTCleanup removes weft's nftables tables of both families and weft's
+// rules in docker's DOCKER-USER chains; it returns what it removed. A
+// kernel without nftables has nothing to remove.
+func NFTCleanup() (removed []string, err error) {
+	removed, err = deleteNFTTables(NFTTableIPv4, NFTTableIPv6)
+	errs := []error{err}
+	for _, proto := range []iptables.Protocol{iptables.ProtocolIPv4, iptables.ProtocolIPv6} {
+		ipt, ierr := iptables.NewWithProtocol(proto)
+		if ierr != nil {
+			continue
+		}
+		n := 0
+		if derr := removeDockerUserRules(ipt, func([]string) bool { n++; return true }); derr != nil {
+			errs = append(errs, derr)
+		}
+		if n > 0 {
+			removed = append(removed, fmt.Sprintf("%d weft rule(s) in %s", n, DockerUserChain))
+		}
+	}
+	return removed, errors.Join(errs...)
+}
+
+// RemoveFlannelNFT removes the tables flanneld's nftables mode leaves,
+// flannel-ipv4 and flannel-ipv6 (`weftctl cleanup -flannel`).
+func RemoveFlannelNFT() ([]string, error) { return deleteNFTTables("flannel-ipv4", "flannel-ipv6") }
+
+// deleteNFTTables deletes the IPv4 table named ipv4 and the IPv6 table
+// named ipv6 where they exist, and says which it deleted. A kernel without
+// nftables has none.
+func deleteNFTTables(ipv4, ipv6 string) (removed []string, err error) {
+	conn, err := nftables.New()
+	if err != nil {
+		return nil, nil
+	}
+	var errs []error
+	for name, family := range map[string]nftables.TableFamily{ipv4: nftables.TableFamilyIPv4, ipv6: nftables.TableFamilyIPv6} {
+		if _, err := conn.ListTableOfFamily(name, family); err != nil {
+			continue
+		}
+		conn.DelTable(&nftables.Table{Family: family, Name: name})
+		if err := conn.Flush(); err != nil {
+			errs = append(errs, fmt.Errorf("removing nftables table %s: %w", name, err))
+			continue
+		}
+		removed = append(removed, "nftables table "+name)
+	}
+	slices.Sort(removed)
+	return removed, errors.Join(errs...)
+}
