@@ -57,7 +57,7 @@ test-root:
 VM_ACCEL ?= tcg
 VM_TESTS := -run '^(TestWireGuardCluster|TestWireGuardMixedMesh|TestLeasesStatusMetrics)$$' \
 	-run '^(TestFaultKilledMidApply|TestRestartGapDistribution)$$/^(wireguard|host-gw)$$' \
-	-run '^(TestHostGWCluster|TestVXLANCluster|TestUDPCluster|TestIPMasqAndCleanup|TestIPIPCluster)$$' \
+	-run '^(TestHostGWCluster|TestVXLANCluster|TestUDPCluster|TestIPMasqAndCleanup|TestIPIPCluster|TestFlannelIPIPHost)$$' \
 	-run '^(TestDualStackCluster|TestIPv6OnlyCluster)$$/^wireguard$$' -run '^TestDualStackWireGuardOneDevice$$' \
 	-run '^(TestWireGuardBehindNAT|TestWireGuardDirectRouting)$$'
 vmtest: deps

@@ -3,6 +3,7 @@ package lab
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"strings"
 	"syscall"
 	"testing"
@@ -101,4 +102,41 @@ func TestIPIPWithoutTheModule(t *testing.T) {
 	if records, _, _ := l.Store().List(context.Background()); len(records) != 0 {
 		t.Errorf("a lease was written: %v", records)
 	}
+}
+
+// TestFlannelIPIPHost runs an ipip cluster with one host set up as
+// flanneld's ipip backend sets up its own: a lease written byte for byte as
+// flanneld writes it (shared/flannel/ipip.etcd.txt), a flannel.ipip device
+// with the subnet's network address and a route per weft host via its
+// PublicIP, onlink. Pings pass both ways. Only the VM tier has ipip.
+func TestFlannelIPIPHost(t *testing.T) {
+	if !kernelIPIP {
+		t.Skip("this kernel has no ipip; the VM tier (make vmtest) runs this test on Debian's kernel")
+	}
+	l := startCluster(t, Options{Hosts: 2, Backend: lease.BackendIPIP})
+	f := addFlannelHost(t, l, 203)
+	flannelAddr := f.Subnet.Addr() // flanneld puts its subnet's network address on flannel.ipip
+	cmds := [][]string{
+		{"ip", "-n", f.Name, "link", "add", "flannel.ipip", "type", "ipip", "local", f.PublicIP.String()},
+		{"ip", "-n", f.Name, "link", "set", "flannel.ipip", "mtu", "1480", "up"},
+		{"ip", "-n", f.Name, "addr", "add", netip.PrefixFrom(flannelAddr, 32).String(), "dev", "flannel.ipip"},
+	}
+	for _, h := range l.Hosts {
+		cmds = append(cmds, []string{"ip", "-n", f.Name, "route", "add", h.Subnet.String(), "via", h.PublicIP.String(), "dev", "flannel.ipip", "onlink"})
+	}
+	if err := RunAll(cmds...); err != nil {
+		t.Fatal(err)
+	}
+	f.publish(t, l, fmt.Sprintf(`{"PublicIP":%q,"PublicIPv6":null,"BackendType":"ipip"}`, f.PublicIP))
+	for _, h := range l.Hosts {
+		eventually(t, "weft container "+h.Name+" pings the flannel host", 15*time.Second, func() error {
+			_, err := Exec(h.Container, "ping", "-c", "1", "-W", "1", "-q", flannelAddr.String())
+			return err
+		})
+		eventually(t, "the flannel host pings weft container "+h.Name, 15*time.Second, func() error {
+			_, err := Exec(f.Name, "ping", "-c", "1", "-W", "1", "-q", "-I", flannelAddr.String(), h.ContainerIP().String())
+			return err
+		})
+	}
+	checkNotSkipped(t, l.Hosts, f)
 }
