@@ -56,3 +56,25 @@ func checkLeaseValues(t *testing.T, l *Lab, want func(h *Host) string) {
 		}
 	}
 }
+
+// TestAllocDualStack: alloc on a dual-stack network leases both halves
+// and writes them to the subnet file, as flannel's alloc does; still no
+// device or route of weft's.
+func TestAllocDualStack(t *testing.T) {
+	l := newLab(t, Options{Hosts: 2, Backend: lease.BackendAlloc, IPv6: true})
+	if err := l.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range l.Hosts {
+		env, err := lease.ReadSubnetFile(h.SubnetFile())
+		if err != nil || env.Subnet != h.Subnet || !h.IPv6Subnet.IsValid() || env.IPv6Subnet != h.IPv6Subnet {
+			t.Errorf("%s: subnet file %+v (%v); lease %s & %s", h.Name, env, err, h.Subnet, h.IPv6Subnet)
+		}
+		if out, _ := Exec(h.Name, "ip", "-o", "link"); strings.Contains(out, "weft") {
+			t.Errorf("%s: a weft device on an alloc host:\n%s", h.Name, out)
+		}
+		if out, _ := Exec(h.Name, "ip", "-6", "route", "show", "proto", "87"); out != "" {
+			t.Errorf("%s: weft IPv6 routes on an alloc host:\n%s", h.Name, out)
+		}
+	}
+}

@@ -136,3 +136,30 @@ func TestExtensionCluster(t *testing.T) {
 		t.Errorf("the cluster lost its paths:\n%s", table)
 	}
 }
+
+// TestExtensionDualStack: on a dual-stack network the peer commands get
+// both halves of each lease (IPV6SUBNET, PUBLIC_IPV6), and a script that
+// routes both families carries traffic in each; alloc and extension are
+// allowed with "EnableIPv6", as in flannel.
+func TestExtensionDualStack(t *testing.T) {
+	dir := t.TempDir()
+	script := filepath.Join(dir, "ext6.sh")
+	body := `#!/bin/sh
+echo "$1 SUBNET=$SUBNET PUBLIC_IP=$PUBLIC_IP IPV6SUBNET=$IPV6SUBNET PUBLIC_IPV6=$PUBLIC_IPV6" >> "` + dir + `/calls"
+[ "$1" = add ] || exit 0
+ip route replace "$SUBNET" via "$PUBLIC_IP" && ip -6 route replace "$IPV6SUBNET" via "$PUBLIC_IPV6"
+`
+	if err := os.WriteFile(script, []byte(body), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	config := fmt.Sprintf(`{"Network":%q,"EnableIPv6":true,"IPv6Network":%q,"Backend":{"Type":"extension","SubnetAddCommand":"%s add"}}`,
+		DefaultNetwork, DefaultIPv6Network, script)
+	l := startCluster(t, Options{Hosts: 2, IPv6: true, Config: config})
+	calls, _ := os.ReadFile(filepath.Join(dir, "calls"))
+	for _, h := range l.Hosts {
+		add := fmt.Sprintf("add SUBNET=%s PUBLIC_IP=%s IPV6SUBNET=%s PUBLIC_IPV6=%s\n", h.Subnet, h.PublicIP, h.IPv6Subnet, h.PublicIPv6)
+		if !strings.Contains(string(calls), add) {
+			t.Errorf("no %q in\n%s", add, calls)
+		}
+	}
+}

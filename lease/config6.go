@@ -61,9 +61,9 @@ func (c *Config) setIPv6(raw rawConfig) error {
 		return err
 	}
 	if !slices.Contains(ipv6Backends, c.Backend.Type) {
-		// flannel's udp backend is IPv4 only too; leasing IPv6 subnets no
-		// data path carries would hand containers dead addresses.
-		return configErr(`key "EnableIPv6": the %s backend carries IPv4 only (as flannel's does); use %s for IPv6`, c.Backend.Type, strings.Join(ipv6Backends, ", "))
+		// flannel's udp and ipip backends are IPv4 only too; leasing IPv6
+		// subnets no data path carries would hand containers dead addresses.
+		return configErr(`key "EnableIPv6": the %s backend carries IPv4 only (as flannel's does); use %s for IPv6`, c.Backend.Type, strings.Join(ipv6DataPaths, ", "))
 	}
 	return nil
 }
@@ -88,8 +88,14 @@ func parseIPv6Only(raw rawConfig) (*Config, error) {
 	return cfg, nil
 }
 
-// ipv6Backends are the backends that carry IPv6 container traffic.
-var ipv6Backends = []string{BackendHostGW, BackendVXLAN, BackendWireGuard}
+// ipv6Backends are the backends a dual-stack or IPv6-only network may
+// use: the data paths that carry IPv6 (ipv6DataPaths, which errors
+// suggest), and alloc and extension, whose routing is someone else's and
+// sees both halves of each lease.
+var ipv6Backends = append([]string{BackendAlloc, BackendExtension}, ipv6DataPaths...)
+
+// ipv6DataPaths are weft's data paths that carry IPv6 container traffic.
+var ipv6DataPaths = []string{BackendHostGW, BackendVXLAN, BackendWireGuard}
 
 // Fits6 reports whether subnet is an IPv6 subnet this config can hand out
 // (inside IPv6Network, of IPv6SubnetLen, aligned, within IPv6SubnetMin..Max)

@@ -67,6 +67,7 @@ func TestParseConfigIPv6Errors(t *testing.T) {
 		{"IPv6-only udp", `{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48"}`, `key "EnableIPv6": the udp backend carries IPv4 only`},
 		{"IPv6-only without network", `{"EnableIPv4":false,"EnableIPv6":true,"Backend":{"Type":"vxlan"}}`, `key "IPv6Network" is missing`},
 		{"udp", `{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48"}`, `key "EnableIPv6": the udp backend carries IPv4 only (as flannel's does); use host-gw, vxlan, wireguard for IPv6`},
+		{"ipip", `{"Network":"10.5.0.0/16","Backend":{"Type":"ipip"},"EnableIPv6":true,"IPv6Network":"fc00::/48"}`, `key "EnableIPv6": the ipip backend carries IPv4 only (as flannel's does); use host-gw, vxlan, wireguard for IPv6`},
 		{"missing network", `{` + base + `}`, `key "IPv6Network" is missing`},
 		{"network not cidr", `{` + base + `,"IPv6Network":"fc00::"}`, `key "IPv6Network": "fc00::" is not an IPv6 CIDR`},
 		{"network ipv4", `{` + base + `,"IPv6Network":"10.6.0.0/16"}`, `is not an IPv6 CIDR`},
@@ -134,5 +135,20 @@ func TestOutsidePeerChecks(t *testing.T) {
 	}
 	if _, err := FreePeerAddress(cfg, []OutsidePeer{p, {Address: netip.MustParsePrefix("10.6.0.2/32")}}); err == nil {
 		t.Error("a full PeersNetwork gave an address")
+	}
+}
+
+// TestIPv6AllocAndExtension: alloc and extension take a dual-stack or
+// IPv6-only config, as flannel's do: their routing is someone else's.
+func TestIPv6AllocAndExtension(t *testing.T) {
+	for _, backend := range []string{BackendAlloc, BackendExtension} {
+		for _, config := range []string{
+			`{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"` + backend + `"}}`,
+			`{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"` + backend + `"}}`,
+		} {
+			if cfg, err := ParseConfig([]byte(config)); err != nil || !cfg.EnableIPv6 {
+				t.Errorf("%s: %v", config, err)
+			}
+		}
 	}
 }

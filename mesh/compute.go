@@ -175,22 +175,22 @@ func sameSubnet(l, self lease.Lease) bool {
 // length, another backend, a PublicIP no host can have. weftd skips such a
 // lease; `weftctl leases` shows the reason.
 func Check(l lease.Lease, cfg *lease.Config) string {
+	backend := l.Attrs.Backend()
+	if cfg.Backend.Type == lease.BackendAlloc && l.Attrs.BackendType == "" {
+		// flannel's alloc, like its udp, writes no BackendType; an alloc
+		// network has no data path to tell the two apart by.
+		backend = lease.BackendAlloc
+	}
 	if !cfg.EnableIPv4 {
 		// IPv6-only: the IPv4 half is flannel's empty one; only the IPv6
 		// half and the backend matter.
 		if !l.IPv6Subnet.IsValid() {
 			return "has no IPv6 subnet, and this network is IPv6-only"
 		}
-		if l.Attrs.Backend() != cfg.Backend.Type {
-			return fmt.Sprintf("runs backend %q, this network uses %q", l.Attrs.Backend(), cfg.Backend.Type)
+		if backend != cfg.Backend.Type {
+			return fmt.Sprintf("runs backend %q, this network uses %q", backend, cfg.Backend.Type)
 		}
 		return check6(l, cfg)
-	}
-	backend := l.Attrs.Backend()
-	if cfg.Backend.Type == lease.BackendAlloc && l.Attrs.BackendType == "" {
-		// flannel's alloc, like its udp, writes no BackendType; an alloc
-		// network has no data path to tell the two apart by.
-		backend = lease.BackendAlloc
 	}
 	switch {
 	case !cfg.Network.Contains(l.Subnet.Addr()) || l.Subnet.Bits() < cfg.Network.Bits():

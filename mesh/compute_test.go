@@ -247,3 +247,21 @@ func TestComputeIPv6Only(t *testing.T) {
 		t.Errorf("IPv6-only:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
+
+// TestComputeIPv6OnlyAlloc: on an IPv6-only alloc network, leases with no
+// BackendType (as flannel's alloc writes them) are peers, not udp hosts'.
+func TestComputeIPv6OnlyAlloc(t *testing.T) {
+	cfg, err := lease.ParseConfig([]byte(`{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00:5::/48","Backend":{"Type":"alloc"}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mk := func(subnet6, ip6 string, rev int64) lease.Lease {
+		a := netip.MustParseAddr(ip6)
+		return lease.Lease{Revision: rev, IPv6Subnet: netip.MustParsePrefix(subnet6), Attrs: lease.Attrs{PublicIP: netip.IPv4Unspecified(), PublicIPv6: &a}}
+	}
+	self := mk("fc00:5:0:1::/64", "fd50::1", 1)
+	d := Compute(self, []lease.Lease{self, mk("fc00:5:0:2::/64", "fd50::2", 2)}, cfg)
+	if len(d.Peers) != 1 || len(d.Skipped) != 0 {
+		t.Errorf("peers %+v skipped %+v", d.Peers, d.Skipped)
+	}
+}

@@ -7,13 +7,11 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"net/netip"
 	"slices"
 	"strings"
 	"sync"
 
 	"github.com/weftnet/weft/backends/netutil"
-	"github.com/weftnet/weft/lease"
 	"github.com/weftnet/weft/mesh"
 )
 
@@ -108,22 +106,8 @@ func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 // selfEnv is PostStartupCommand's environment: flannel's NETWORK, SUBNET,
 // IPV6SUBNET, PUBLIC_IP and PUBLIC_IPV6 of this host's own lease.
 func selfEnv(d mesh.Desired) []string {
-	self := d.Self
-	str := func(v interface{ IsValid() bool }) string {
-		if !v.IsValid() {
-			return ""
-		}
-		return fmt.Sprint(v)
-	}
-	return []string{"NETWORK=" + str(d.Network), "SUBNET=" + str(self.Subnet), "IPV6SUBNET=" + str(self.IPv6Subnet),
-		"PUBLIC_IP=" + str(publicIP(self)), "PUBLIC_IPV6=" + str(self.Attrs.PublicIPv6Addr())}
-}
-
-func publicIP(l lease.Lease) netip.Addr {
-	if !l.Attrs.PublicIP.IsValid() || l.Attrs.PublicIP.IsUnspecified() {
-		return netip.Addr{}
-	}
-	return l.Attrs.PublicIP
+	self := Subnet{Subnet: d.Self.Subnet, IPv6Subnet: d.Self.IPv6Subnet, PublicIP: d.Self.Attrs.PublicIP, PublicIPv6: d.Self.Attrs.PublicIPv6Addr()}
+	return append([]string{"NETWORK=" + text(d.Network, d.Network.IsValid())}, self.Env()...)
 }
 
 // runPending runs what the latest desired state asks for: the

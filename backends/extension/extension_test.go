@@ -108,7 +108,7 @@ func TestWantedAndPlan(t *testing.T) {
 		!strings.Contains(skipped[0].Error(), "peer c: BackendData {\"Token\":\"abc\"} is not a JSON string") {
 		t.Fatalf("%+v %v", want, skipped)
 	}
-	if env := strings.Join(want["a"].Env(), " "); env != "SUBNET=10.5.1.0/24 PUBLIC_IP=192.0.2.1" {
+	if env := strings.Join(want["a"].Env(), " "); env != "SUBNET=10.5.1.0/24 PUBLIC_IP=192.0.2.1 IPV6SUBNET= PUBLIC_IPV6=" {
 		t.Errorf("env %q", env)
 	}
 	done := map[string]Subnet{"a": want["a"], "z": {Key: "z"}}

@@ -2,6 +2,7 @@ package extension
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -19,17 +20,22 @@ type Subnet struct {
 	Data string
 }
 
-// Env is the peer's part of a command's environment: flannel's SUBNET and
-// PUBLIC_IP, and IPV6SUBNET and PUBLIC_IPV6 when the peer has them.
+// Env is the peer's part of a command's environment: SUBNET and PUBLIC_IP
+// (flannel's code), IPV6SUBNET and PUBLIC_IPV6 (flannel's documentation),
+// each empty when the peer has no such half (an IPv4-only peer, or an
+// IPv6-only network's lease with no IPv4 subnet and PublicIP 0.0.0.0).
 func (s Subnet) Env() []string {
-	env := []string{"SUBNET=" + s.Subnet.String(), "PUBLIC_IP=" + s.PublicIP.String()}
-	if s.IPv6Subnet.IsValid() {
-		env = append(env, "IPV6SUBNET="+s.IPv6Subnet.String())
+	v4 := s.Subnet.IsValid() && s.Subnet.Bits() > 0
+	return []string{"SUBNET=" + text(s.Subnet, v4), "PUBLIC_IP=" + text(s.PublicIP, v4 && !s.PublicIP.IsUnspecified()),
+		"IPV6SUBNET=" + text(s.IPv6Subnet, s.IPv6Subnet.IsValid()), "PUBLIC_IPV6=" + text(s.PublicIPv6, s.PublicIPv6.IsValid())}
+}
+
+// text is v's text when ok, else empty.
+func text(v fmt.Stringer, ok bool) string {
+	if !ok {
+		return ""
 	}
-	if s.PublicIPv6.IsValid() {
-		env = append(env, "PUBLIC_IPV6="+s.PublicIPv6.String())
-	}
-	return env
+	return v.String()
 }
 
 // Wanted are the peers the commands should have added, by lease key. A
