@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -16,9 +17,15 @@ func (s *EtcdStore) peerKey(name string) string { return s.prefix + "/peers/" + 
 // Peers lists the outside peers. A value that does not decode is left out
 // and named in bad, never fatal.
 func (s *EtcdStore) Peers(ctx context.Context) (peers []OutsidePeer, bad []error, err error) {
+	peers, bad, _, err = s.peersAt(ctx)
+	return peers, bad, err
+}
+
+// peersAt is Peers and the store revision it read them at.
+func (s *EtcdStore) peersAt(ctx context.Context) (peers []OutsidePeer, bad []error, rev int64, err error) {
 	resp, err := s.client.Get(ctx, s.prefix+"/peers/", clientv3.WithPrefix())
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, 0, err
 	}
 	for _, kv := range resp.Kvs {
 		name := strings.TrimPrefix(string(kv.Key), s.prefix+"/peers/")
@@ -30,7 +37,41 @@ func (s *EtcdStore) Peers(ctx context.Context) (peers []OutsidePeer, bad []error
 		peers = append(peers, p)
 	}
 	SortPeers(peers)
-	return peers, bad, nil
+	return peers, bad, resp.Header.Revision, nil
+}
+
+// peersRetry is how long WatchPeers waits before it reads and watches
+// again after etcd failed it.
+const peersRetry = 2 * time.Second
+
+// WatchPeers calls update with the outside peers now and again after every
+// change under <prefix>/peers/, until ctx ends. The watch starts at the
+// revision of the read, so no change falls between the two; a watch that
+// breaks (etcd down, its member cut off from the leader, a compaction) is
+// replaced by a fresh read and watch. While etcd is away the last set
+// stands.
+func (s *EtcdStore) WatchPeers(ctx context.Context, update func(peers []OutsidePeer, bad []error)) error {
+	for {
+		peers, bad, rev, err := s.peersAt(ctx)
+		if err == nil {
+			update(peers, bad)
+			events := s.client.Watch(clientv3.WithRequireLeader(ctx), s.prefix+"/peers/", clientv3.WithPrefix(), clientv3.WithRev(rev+1))
+			for resp := range events {
+				if resp.Err() != nil || resp.Canceled {
+					break
+				}
+				if peers, bad, _, err = s.peersAt(ctx); err != nil {
+					break
+				}
+				update(peers, bad)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(peersRetry):
+		}
+	}
 }
 
 // AddPeer stores a new outside peer; ErrExists when the name is taken.

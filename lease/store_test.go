@@ -503,3 +503,46 @@ func TestClaimDualStack(t *testing.T) {
 		}
 	})
 }
+
+// TestWatchPeers: the outside peers are read at once and again after each
+// change, with no poll in between.
+func TestWatchPeers(t *testing.T) {
+	store, _ := startEtcd(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sets := make(chan []lease.OutsidePeer, 16)
+	done := make(chan error, 1)
+	go func() {
+		done <- store.WatchPeers(ctx, func(peers []lease.OutsidePeer, _ []error) { sets <- peers })
+	}()
+	next := func(want int) []lease.OutsidePeer {
+		t.Helper()
+		select {
+		case peers := <-sets:
+			if len(peers) != want {
+				t.Fatalf("%d peers, want %d: %+v", len(peers), want, peers)
+			}
+			return peers
+		case <-time.After(5 * time.Second):
+			t.Fatalf("no update with %d peers", want)
+		}
+		return nil
+	}
+	next(0)
+	key := "mNxmpXEjXMZu8+uc4tM9f9lBnKNWhR3pvCNkNvk1qhM="
+	peer := lease.OutsidePeer{Name: "laptop", PublicKey: key, Address: netip.MustParsePrefix("10.6.0.1/32")}
+	if err := store.AddPeer(ctx, peer); err != nil {
+		t.Fatal(err)
+	}
+	if got := next(1); got[0].Name != "laptop" {
+		t.Errorf("%+v", got)
+	}
+	if _, err := store.RemovePeer(ctx, "laptop"); err != nil {
+		t.Fatal(err)
+	}
+	next(0)
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Errorf("WatchPeers ended with %v", err)
+	}
+}

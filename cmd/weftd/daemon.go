@@ -126,7 +126,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	if cfg.PeersNetwork.IsValid() {
 		outside := newOutsidePeers(store, log)
 		reconciler.Outside = outside
-		g.Go(func() error { return outside.Run(ctx, min(o.resync, outsidePoll)) })
+		g.Go(func() error { return outside.Run(ctx) })
 	}
 	obs.setLoops(reconciler, watcher, holder)
 	if reloader, ok := backend.(backends.KeyReloader); ok {

@@ -5,19 +5,13 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
-	"time"
 
 	"github.com/weftnet/weft/lease"
 )
 
-// outsidePoll bounds how long an outside peer added or removed with
-// `weftctl peer` takes to reach the hosts.
-const outsidePoll = 5 * time.Second
-
-// outsidePeers polls <prefix>/peers/ and tells the reconciler when the
-// outside peers change (mesh.OutsideSource). Polling, not a watch: the
-// set is small and changes by hand; a read every few seconds costs etcd
-// nothing.
+// outsidePeers watches <prefix>/peers/ and tells the reconciler when the
+// outside peers change (mesh.OutsideSource): a peer added or removed with
+// `weftctl peer` reaches every host as soon as etcd says so.
 type outsidePeers struct {
 	store   *lease.EtcdStore
 	log     *slog.Logger
@@ -42,20 +36,9 @@ func (o *outsidePeers) Peers() []lease.OutsidePeer {
 // Changed signals a change of the set.
 func (o *outsidePeers) Changed() <-chan struct{} { return o.changed }
 
-// Run reads the peers every interval until ctx ends; an etcd error keeps
-// the last set.
-func (o *outsidePeers) Run(ctx context.Context, every time.Duration) error {
-	for {
-		if peers, bad, err := o.store.Peers(ctx); err == nil {
-			o.update(peers, bad)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(every):
-		}
-	}
-}
+// Run follows the peers until ctx ends; while etcd is away the last set
+// stands.
+func (o *outsidePeers) Run(ctx context.Context) error { return o.store.WatchPeers(ctx, o.update) }
 
 func (o *outsidePeers) update(peers []lease.OutsidePeer, bad []error) {
 	o.mu.Lock()
