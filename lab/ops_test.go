@@ -234,3 +234,42 @@ func checkDelta(t *testing.T, l *Lab, h *Host) {
 		t.Errorf("changes applied as deltas: add %v, remove %v; want both", added, removed)
 	}
 }
+
+// TestBlackholeRoute: -ip-blackhole-route keeps a blackhole route for
+// each half of a dual-stack host's lease, at weft's metric beside the
+// bridge's own route; one deleted by hand comes back within
+// -iptables-resync; `weftctl cleanup` removes both.
+func TestBlackholeRoute(t *testing.T) {
+	l := startCluster(t, Options{Hosts: 2, Backend: lease.BackendHostGW, IPv6: true,
+		WeftdArgs: []string{"-ip-blackhole-route", "-iptables-resync", "1"}})
+	h := l.Hosts[0]
+	routes := func() string {
+		v4, _ := Exec(h.Name, "ip", "-4", "route", "show", "type", "blackhole")
+		v6, _ := Exec(h.Name, "ip", "-6", "route", "show", "type", "blackhole")
+		return v4 + v6
+	}
+	want := []string{fmt.Sprintf("blackhole %s metric 4242", h.Subnet), fmt.Sprintf("blackhole %s dev lo metric 4242", h.IPv6Subnet)}
+	has := func() error {
+		for _, w := range want {
+			if !strings.Contains(routes(), w) {
+				return fmt.Errorf("no %q in\n%s", w, routes())
+			}
+		}
+		return nil
+	}
+	eventually(t, "both blackhole routes", 10*time.Second, has)
+	if _, err := Exec(h.Name, "ip", "-6", "route", "del", "blackhole", h.IPv6Subnet.String(), "metric", "4242"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the IPv6 blackhole route back", 10*time.Second, has)
+	if err := l.Ping(l.Hosts[1], h); err != nil {
+		t.Errorf("the bridge's routes lose to the blackhole: %v", err)
+	}
+	l.StopWeftd(h, syscall.SIGTERM)
+	if out, err := Exec(h.Name, weftctlBin, "cleanup", "-subnet-file", h.SubnetFile()); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if r := routes(); r != "" {
+		t.Errorf("blackhole routes left after cleanup:\n%s", r)
+	}
+}

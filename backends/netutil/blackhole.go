@@ -17,15 +17,23 @@ import (
 // default route when it is not.
 const BlackholeMetric = 4242
 
-// blackhole is the blackhole route for subnet.
+// blackhole is the blackhole route for subnet, of its family.
 func blackhole(subnet netip.Prefix) *netlink.Route {
-	return &netlink.Route{Dst: IPNet(subnet), Type: unix.RTN_BLACKHOLE, Family: netlink.FAMILY_V4,
+	return &netlink.Route{Dst: IPNet(subnet), Type: unix.RTN_BLACKHOLE, Family: family(subnet),
 		Table: unix.RT_TABLE_MAIN, Priority: BlackholeMetric}
 }
 
-// EnsureBlackhole adds the blackhole route for subnet unless the kernel has
-// it (flannel's -ip-blackhole-route), and removes the one of previous (an
-// older lease's subnet; the zero prefix for none).
+// family is the netlink address family of a prefix.
+func family(p netip.Prefix) int {
+	if p.Addr().Is6() {
+		return netlink.FAMILY_V6
+	}
+	return netlink.FAMILY_V4
+}
+
+// EnsureBlackhole adds the blackhole route for subnet (IPv4 or IPv6)
+// unless the kernel has it (flannel's -ip-blackhole-route), and removes the
+// one of previous (an older lease's subnet; the zero prefix for none).
 func EnsureBlackhole(k Kernel, subnet, previous netip.Prefix) error {
 	if previous.IsValid() && previous != subnet {
 		if err := RemoveBlackhole(k, previous); err != nil {
@@ -33,7 +41,7 @@ func EnsureBlackhole(k Kernel, subnet, previous netip.Prefix) error {
 		}
 	}
 	want := blackhole(subnet)
-	have, err := k.RouteListFiltered(netlink.FAMILY_V4, want, netlink.RT_FILTER_DST|netlink.RT_FILTER_TYPE|netlink.RT_FILTER_TABLE)
+	have, err := k.RouteListFiltered(want.Family, want, netlink.RT_FILTER_DST|netlink.RT_FILTER_TYPE|netlink.RT_FILTER_TABLE)
 	if err != nil {
 		return fmt.Errorf("listing blackhole routes: %w", err)
 	}

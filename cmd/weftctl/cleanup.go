@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 
 	"github.com/vishvananda/netlink"
@@ -94,8 +95,12 @@ func runCleanup(ctx context.Context, args []string, opts lease.EtcdOptions, stdo
 		files = append(files, f.Files...)
 	}
 	if env, err := lease.ReadSubnetFile(*subnetFile); err == nil {
-		// -ip-blackhole-route's route carries no weft protocol mark.
-		errs = append(errs, netutil.RemoveBlackhole(kernel, env.Subnet))
+		// -ip-blackhole-route's routes carry no weft protocol mark.
+		for _, subnet := range []netip.Prefix{env.Subnet, env.IPv6Subnet} {
+			if subnet.IsValid() {
+				errs = append(errs, netutil.RemoveBlackhole(kernel, subnet))
+			}
+		}
 	}
 	for _, f := range files {
 		if err := os.Remove(f); err == nil {

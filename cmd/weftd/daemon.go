@@ -135,10 +135,18 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	if err := keepFirewall(ctx, g, o, cfg, holder, obs, log); err != nil {
 		return err
 	}
-	if o.blackholeRoute && cfg.EnableIPv4 {
-		g.Go(func() error {
-			return keepBlackhole(ctx, kernel, holder, time.Duration(o.iptablesSync)*time.Second, log)
-		})
+	if o.blackholeRoute {
+		// One per family, as flannel adds one for each half of the lease.
+		if cfg.EnableIPv4 {
+			g.Go(func() error {
+				return keepBlackhole(ctx, kernel, func() netip.Prefix { return holder.Current().Subnet }, time.Duration(o.iptablesSync)*time.Second, log)
+			})
+		}
+		if cfg.EnableIPv6 {
+			g.Go(func() error {
+				return keepBlackhole(ctx, kernel, func() netip.Prefix { return holder.Current().IPv6Subnet }, time.Duration(o.iptablesSync)*time.Second, log)
+			})
+		}
 	}
 	g.Go(func() error { return watchBackendType(ctx, store, cfg.Backend.Type, o.resync, log) })
 	g.Go(func() error { return watcher.Run(ctx) })
@@ -242,14 +250,23 @@ func watchBackendType(ctx context.Context, store lease.Store, running string, ev
 	}
 }
 
-// keepBlackhole keeps the blackhole route for this host's subnet
-// (-ip-blackhole-route), checked every interval as flannel does, and moves
-// it when the lease moves to another subnet.
-func keepBlackhole(ctx context.Context, kernel netutil.Kernel, holder *lease.Holder, interval time.Duration, log *slog.Logger) error {
+// keepBlackhole keeps the blackhole route for this host's subnet of one
+// family (-ip-blackhole-route), checked every interval as flannel does, and
+// moves it when the lease moves to another subnet.
+func keepBlackhole(ctx context.Context, kernel netutil.Kernel, current func() netip.Prefix, interval time.Duration, log *slog.Logger) error {
 	var previous netip.Prefix
 	lastErr := ""
 	for {
-		subnet := holder.Current().Subnet
+		subnet := current()
+		if !subnet.IsValid() {
+			// No subnet of this family yet (a lease gaining its IPv6 half).
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(interval):
+			}
+			continue
+		}
 		err := netutil.EnsureBlackhole(kernel, subnet, previous)
 		if msg := fmt.Sprint(err); err != nil && msg != lastErr {
 			log.Error("blackhole route; retrying", "subnet", subnet, "err", err)
