@@ -254,3 +254,15 @@ func TestDualStackRestartKeepsTCP(t *testing.T) {
 		t.Errorf("IPv6 subnets changed across restarts: %v, were %v", now, subnets)
 	}
 }
+
+// TestIfaceRegexIPv6: -iface-regex matching an IPv6 address picks the
+// interface that holds it, and that address is the lease's PublicIPv6.
+func TestIfaceRegexIPv6(t *testing.T) {
+	l := startCluster(t, Options{Hosts: 2, Backend: lease.BackendHostGW, IPv6: true, WeftdArgs: []string{"-iface-regex", "^fd50:"}})
+	checkDualStackLeases(t, l)
+	for _, h := range l.Hosts {
+		if !strings.Contains(h.LogTail(400), "matched an IPv6 address") {
+			t.Errorf("%s: weftd did not say the regex matched an IPv6 address:\n%s", h.Name, h.LogTail(10))
+		}
+	}
+}

@@ -31,7 +31,7 @@ type routeLookup func(ip netip.Addr) (index int, src netip.Addr, err error)
 
 // chosen is the outcome of the choice: the interface, the address on it
 // that is used, and why, for the log. addr6 is set when the choice named
-// one of the interface's IPv6 addresses (-iface <IPv6>).
+// one of the interface's IPv6 addresses (-iface <IPv6>, -iface-regex).
 type chosen struct {
 	iface hostInterface
 	addr  netip.Addr
@@ -42,8 +42,8 @@ type chosen struct {
 // pickExternal chooses the interface and address for inter-host traffic as
 // flannel does (main.go, pkg/ipmatch): each -iface in turn (a name, or an
 // IP naming the interface that holds it), then each -iface-regex (matched
-// against every interface's addresses first, then names; a matched address
-// is the one used), then -iface-can-reach (the route's interface and source
+// against every interface's IPv4 addresses first, then its IPv6 ones, then
+// names; a matched address is the one used), then -iface-can-reach (the route's interface and source
 // address), each falling through to the next when it matches nothing. With
 // none of them, the interface holding -public-ip, else the default
 // route's. The address is the interface's first unless the match named one.
@@ -111,6 +111,17 @@ func pickExternal(o *options, ifaces []hostInterface, defaultIndex int, route ro
 			for _, a := range i.Addrs {
 				if re.MatchString(a.Addr().String()) {
 					return chosen{iface: i, addr: a.Addr(), why: "-iface-regex " + expr + " matched an address"}, nil
+				}
+			}
+		}
+		// Then IPv6 addresses, as flannel matches them for the IPv6 half:
+		// the matched one is the PublicIPv6.
+		for _, i := range ifaces {
+			for _, a := range i.Addrs6 {
+				if re.MatchString(a.Addr().String()) {
+					c, err := first(i, "-iface-regex "+expr+" matched an IPv6 address")
+					c.addr6 = a.Addr()
+					return c, err
 				}
 			}
 		}

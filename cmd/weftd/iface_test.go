@@ -80,3 +80,26 @@ func TestPickExternalFailures(t *testing.T) {
 		t.Errorf("no default route: %v", err)
 	}
 }
+
+// TestPickExternalRegexIPv6: -iface-regex also matches IPv6 addresses
+// (after IPv4 ones), and the matched one is the PublicIPv6; the IPv4
+// address is the interface's first.
+func TestPickExternalRegexIPv6(t *testing.T) {
+	ifaces := append(testInterfaces[:0:0], testInterfaces...)
+	ifaces[2].Addrs6 = []netip.Prefix{netip.MustParsePrefix("fd50::5/64"), netip.MustParsePrefix("fd50::6/64")}
+	ifaces = append(ifaces, hostInterface{Name: "v6only", Index: 9, MTU: 1500, Addrs6: []netip.Prefix{netip.MustParsePrefix("fd60::9/64")}})
+	for _, tt := range []struct{ regex, name, addr, addr6 string }{
+		{`^fd50::6$`, "enp3s0", "10.20.0.5", "fd50::6"},
+		{`^fd60:`, "v6only", "invalid IP", "fd60::9"},
+		{`^(10\.20\..*|fd50::6)$`, "enp3s0", "10.20.0.5", "invalid IP"}, // IPv4 first
+	} {
+		o, err := parseFlags([]string{"-iface-regex", tt.regex}, env(nil), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := pickExternal(o, ifaces, 2, toEnp3s0)
+		if err != nil || c.iface.Name != tt.name || c.addr.String() != tt.addr || c.addr6.String() != tt.addr6 {
+			t.Errorf("%s: %s %s %s (%s) %v, want %s %s %s", tt.regex, c.iface.Name, c.addr, c.addr6, c.why, err, tt.name, tt.addr, tt.addr6)
+		}
+	}
+}
