@@ -206,18 +206,29 @@ func (o *onDemand) counts() (known, configured int) {
 	return len(o.specs), len(o.configured)
 }
 
-// outbound is called with each packet read from the TUN before
-// wireguard-go sees it: a packet for a known peer that is not configured
-// configures it.
+// outbound is outboundBatch for one packet.
 func (o *onDemand) outbound(packet []byte) {
-	dst, ok := packetDst(packet)
-	if !ok {
-		return
-	}
+	o.outboundBatch([][]byte{packet}, []int{len(packet)}, 0, 1)
+}
+
+// outboundBatch is called with each batch read from the TUN before
+// wireguard-go sees it: a packet for a known peer that is not configured
+// configures it. The table is locked once per batch, and the steady state
+// (every peer in use already configured) allocates nothing.
+func (o *onDemand) outboundBatch(bufs [][]byte, sizes []int, offset, n int) {
+	var pending []keys.Key
 	o.mu.Lock()
-	key, found := o.lookupLocked(dst)
+	for i := range n {
+		dst, ok := packetDst(bufs[i][offset : offset+sizes[i]])
+		if !ok {
+			continue
+		}
+		if key, found := o.lookupLocked(dst); found && !o.configured[key] && !slices.Contains(pending, key) {
+			pending = append(pending, key)
+		}
+	}
 	o.mu.Unlock()
-	if found {
+	for _, key := range pending {
 		o.activate(key, false)
 	}
 }
@@ -229,18 +240,39 @@ func (o *onDemand) outbound(packet []byte) {
 // weftd restarted, the peer was idle here) a handshake is started at once,
 // so the peer does not wait out its rekey timeout.
 func (o *onDemand) inbound(packet []byte, from netip.AddrPort) {
-	if len(packet) < 4 {
-		return
+	o.inboundBatch([][]byte{packet}, []int{len(packet)}, []netip.AddrPort{from}, 1)
+}
+
+// inboundBatch is inbound for a batch received from the bind, the table
+// locked once per batch; from[i] is packet i's sender (invalid: unknown).
+func (o *onDemand) inboundBatch(packets [][]byte, sizes []int, from []netip.AddrPort, n int) {
+	type pendingPeer struct {
+		key  keys.Key
+		kick bool
 	}
-	kind := binary.LittleEndian.Uint32(packet[:4])
-	if kind != messageInitiation && kind != messageTransport {
-		return
-	}
+	var pending []pendingPeer
 	o.mu.Lock()
-	key, found := o.byEndpoint[netip.AddrPortFrom(from.Addr().Unmap(), from.Port())]
+	for i := range n {
+		if sizes[i] < 4 || !from[i].IsValid() {
+			continue
+		}
+		kind := binary.LittleEndian.Uint32(packets[i][:4])
+		if kind != messageInitiation && kind != messageTransport {
+			continue
+		}
+		key, found := o.byEndpoint[netip.AddrPortFrom(from[i].Addr().Unmap(), from[i].Port())]
+		if !found || o.configured[key] {
+			continue
+		}
+		if j := slices.IndexFunc(pending, func(p pendingPeer) bool { return p.key == key }); j >= 0 {
+			pending[j].kick = pending[j].kick || kind == messageTransport
+			continue
+		}
+		pending = append(pending, pendingPeer{key, kind == messageTransport})
+	}
 	o.mu.Unlock()
-	if found {
-		o.activate(key, kind == messageTransport)
+	for _, p := range pending {
+		o.activate(p.key, p.kick)
 	}
 }
 

@@ -18,10 +18,8 @@ type tunWrapper struct {
 // Read reads a batch and lets the on-demand table see each packet.
 func (t *tunWrapper) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	n, err := t.Device.Read(bufs, sizes, offset)
-	if t.peers.enabled.Load() {
-		for i := range n {
-			t.peers.outbound(bufs[i][offset : offset+sizes[i]])
-		}
+	if n > 0 && t.peers.enabled.Load() {
+		t.peers.outboundBatch(bufs, sizes, offset, n)
 	}
 	return n, err
 }
@@ -38,16 +36,21 @@ type bindWrapper struct {
 func (b *bindWrapper) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 	fns, actual, err := b.Bind.Open(port)
 	for i, fn := range fns {
+		// One goroutine of wireguard-go calls each receive function, so
+		// its senders' slice is reused from batch to batch.
+		var from []netip.AddrPort
 		fns[i] = func(packets [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
 			n, err := fn(packets, sizes, eps)
-			if b.peers.enabled.Load() {
+			if n > 0 && b.peers.enabled.Load() {
+				from = from[:0]
 				for j := range n {
-					if eps[j] == nil {
-						continue
+					var sender netip.AddrPort
+					if eps[j] != nil {
+						sender = netip.AddrPortFrom(eps[j].DstIP(), endpointPort(eps[j]))
 					}
-					from := netip.AddrPortFrom(eps[j].DstIP(), endpointPort(eps[j]))
-					b.peers.inbound(packets[j][:sizes[j]], from)
+					from = append(from, sender)
 				}
+				b.peers.inboundBatch(packets, sizes, from, n)
 			}
 			return n, err
 		}
