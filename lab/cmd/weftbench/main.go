@@ -44,7 +44,7 @@ func main() {
 	chart := flag.String("chart", "BENCHMARKS.svg", "chart of the data paths to write")
 	runs := flag.Int("runs", 5, "runs per measurement (the median is reported)")
 	seconds := flag.Int("seconds", 5, "seconds per iperf3 run")
-	backends := flag.String("backends", "host-gw,vxlan,wireguard,wireguard-on-demand,udp", "data paths to measure, comma-separated (empty: keep the report's; wireguard-on-demand: the same with on-demand peers on)")
+	backends := flag.String("backends", "host-gw,vxlan,wireguard,wireguard-on-demand,udp", "data paths to measure, comma-separated (empty: keep the report's; wireguard-on-demand: the same with on-demand peers on); the report's data-path part and chart are replaced whole, so a subset drops the others' sections")
 	control := flag.String("control", "host-gw,vxlan,wireguard,udp", "backends whose control plane to time (empty: keep the report's)")
 	scale := flag.String("scale", "1000,5000,10000", "simulated cluster sizes, comma-separated (empty: keep the report's)")
 	scaleBackends := flag.String("scale-backends", "vxlan,wireguard,wireguard-on-demand", "backends for the scale run (wireguard: every peer configured; wireguard-on-demand: peers configured when traffic needs them)")
