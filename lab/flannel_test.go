@@ -56,6 +56,24 @@ func (f *flannelHost) publish(t *testing.T, l *Lab, value string) {
 	}
 }
 
+// checkPings checks that every weft host's container and the flannel host
+// (from addr, its address on its flannel device) ping each other, and that
+// no weft host skipped the flannel host's lease.
+func (f *flannelHost) checkPings(t *testing.T, l *Lab, addr netip.Addr) {
+	t.Helper()
+	for _, h := range l.Hosts {
+		eventually(t, "weft container "+h.Name+" pings the flannel host", 15*time.Second, func() error {
+			_, err := Exec(h.Container, "ping", "-c", "1", "-W", "1", "-q", addr.String())
+			return err
+		})
+		eventually(t, "the flannel host pings weft container "+h.Name, 15*time.Second, func() error {
+			_, err := Exec(f.Name, "ping", "-c", "1", "-W", "1", "-q", "-I", addr.String(), h.ContainerIP().String())
+			return err
+		})
+	}
+	checkNotSkipped(t, l.Hosts, f)
+}
+
 // checkNotSkipped fails when a weft host's log skipped the flannel lease.
 func checkNotSkipped(t *testing.T, hosts []*Host, f *flannelHost) {
 	t.Helper()
@@ -193,17 +211,7 @@ func TestFlannelWireGuardHost(t *testing.T) {
 	f.publish(t, l, fmt.Sprintf(`{"PublicIP":%q,"PublicIPv6":null,"BackendType":"wireguard","BackendData":{"PublicKey":%q,"Port":51820}}`,
 		f.PublicIP, key.Public()))
 
-	for _, h := range l.Hosts {
-		eventually(t, "weft container "+h.Name+" pings the flannel host", 15*time.Second, func() error {
-			_, err := Exec(h.Container, "ping", "-c", "1", "-W", "1", "-q", flannelAddr.String())
-			return err
-		})
-		eventually(t, "the flannel host pings weft container "+h.Name, 15*time.Second, func() error {
-			_, err := Exec(f.Name, "ping", "-c", "1", "-W", "1", "-q", "-I", flannelAddr.String(), h.ContainerIP().String())
-			return err
-		})
-	}
-	checkNotSkipped(t, l.Hosts, f)
+	f.checkPings(t, l, flannelAddr)
 }
 
 // TestFlannelMTU: with "MTU":1450 in the config, the device and

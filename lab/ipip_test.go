@@ -128,15 +128,5 @@ func TestFlannelIPIPHost(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.publish(t, l, fmt.Sprintf(`{"PublicIP":%q,"PublicIPv6":null,"BackendType":"ipip"}`, f.PublicIP))
-	for _, h := range l.Hosts {
-		eventually(t, "weft container "+h.Name+" pings the flannel host", 15*time.Second, func() error {
-			_, err := Exec(h.Container, "ping", "-c", "1", "-W", "1", "-q", flannelAddr.String())
-			return err
-		})
-		eventually(t, "the flannel host pings weft container "+h.Name, 15*time.Second, func() error {
-			_, err := Exec(f.Name, "ping", "-c", "1", "-W", "1", "-q", "-I", flannelAddr.String(), h.ContainerIP().String())
-			return err
-		})
-	}
-	checkNotSkipped(t, l.Hosts, f)
+	f.checkPings(t, l, flannelAddr)
 }

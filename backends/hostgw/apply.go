@@ -8,7 +8,6 @@ import (
 	"log/slog"
 
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/backends/netutil"
 	"github.com/weftnet/weft/mesh"
@@ -71,13 +70,8 @@ func (b *Backend) routes(plan []Route) []netlink.Route {
 }
 
 func (b *Backend) route(r Route) *netlink.Route {
-	return &netlink.Route{
-		LinkIndex: b.ext.Index,
-		Dst:       netutil.IPNet(r.Dst),
-		Gw:        r.Gateway.AsSlice(),
-		Protocol:  netutil.RouteProtocol,
-		Table:     unix.RT_TABLE_MAIN,
-	}
+	route := netutil.PeerRoute(-1, b.ext.Index, r.Dst, r.Gateway, true)
+	return &route
 }
 
 // Cleanup removes every route weft installed.

@@ -133,25 +133,17 @@ func (b *Backend) ApplyDelta(_ context.Context, d mesh.Delta) error {
 // kernelRoutes are weft's IPv4 routes on the device and, for
 // DirectRouting, on the external link.
 func (b *Backend) kernelRoutes(idx int) (map[netip.Prefix]netlink.Route, error) {
-	owned, err := netutil.OwnedRoutes(b.kernel)
+	routes, err := netutil.PeerRoutes(b.kernel, false, idx, b.ext.Index)
 	if err != nil {
 		return nil, fmt.Errorf("listing routes: %w", err)
 	}
-	return netutil.RoutesByDst(owned, func(r netlink.Route) bool {
-		dst, _ := netutil.Prefix(r.Dst)
-		return (r.LinkIndex == idx || r.LinkIndex == b.ext.Index) && dst.Addr().Is4()
-	}), nil
+	return routes, nil
 }
 
 func (b *Backend) routes(idx int, plan []Route) []netlink.Route {
 	out := make([]netlink.Route, 0, len(plan))
 	for _, w := range plan {
-		r := netlink.Route{LinkIndex: idx, Dst: netutil.IPNet(w.Dst), Gw: w.Via.AsSlice(), Flags: int(netlink.FLAG_ONLINK),
-			Protocol: netutil.RouteProtocol, Table: unix.RT_TABLE_MAIN}
-		if w.Direct {
-			r.LinkIndex, r.Flags = b.ext.Index, 0
-		}
-		out = append(out, r)
+		out = append(out, netutil.PeerRoute(idx, b.ext.Index, w.Dst, w.Via, w.Direct))
 	}
 	return out
 }

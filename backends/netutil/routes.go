@@ -62,3 +62,32 @@ func SyncRoutes(k Kernel, current map[netip.Prefix]netlink.Route, want []netlink
 	}
 	return errs
 }
+
+// PeerRoute is weft's route to a peer's subnet dst through a tunnel
+// device dev: via the peer's address on the far side, onlink; or, direct
+// (DirectRouting, host-gw: dev unused), a plain route via the peer on the
+// external link ext.
+func PeerRoute(dev, ext int, dst netip.Prefix, via netip.Addr, direct bool) netlink.Route {
+	r := netlink.Route{LinkIndex: dev, Dst: IPNet(dst), Gw: via.AsSlice(), Flags: int(netlink.FLAG_ONLINK),
+		Protocol: RouteProtocol, Table: unix.RT_TABLE_MAIN}
+	if direct {
+		r.LinkIndex, r.Flags = ext, 0
+	}
+	return r
+}
+
+// PeerRoutes are weft's routes of one family on a tunnel device dev and
+// on the external link ext (its DirectRouting routes; dev -1: those only),
+// by destination: what a backend compares its plan with.
+func PeerRoutes(k Kernel, ipv6 bool, dev, ext int) (map[netip.Prefix]netlink.Route, error) {
+	owned, err := OwnedRoutes(k)
+	if err != nil {
+		return nil, err
+	}
+	// Another backend's routes (a switch of Backend.Type) are pruned by its
+	// own cleanup.
+	return RoutesByDst(owned, func(r netlink.Route) bool {
+		dst, _ := Prefix(r.Dst)
+		return (r.LinkIndex == dev || r.LinkIndex == ext) && dst.Addr().Is6() == ipv6
+	}), nil
+}

@@ -228,15 +228,7 @@ func (b *Backend) kernelEntries(idx int) (entries, error) {
 }
 
 func (b *Backend) kernelRoutes(idx int) (map[netip.Prefix]netlink.Route, error) {
-	owned, err := netutil.OwnedRoutes(b.kernel)
-	if err != nil {
-		return nil, err
-	}
-	// Another backend's routes (a switch of Backend.Type) are pruned by its own cleanup.
-	return netutil.RoutesByDst(owned, func(r netlink.Route) bool {
-		dst, _ := netutil.Prefix(r.Dst)
-		return (r.LinkIndex == idx || r.LinkIndex == b.ext.Index) && dst.Addr().Is6() == b.ipv6
-	}), nil
+	return netutil.PeerRoutes(b.kernel, b.ipv6, idx, b.ext.Index)
 }
 
 // family is the address family of the device's overlay addresses.
@@ -278,12 +270,8 @@ func fdbEntry(idx int, f FDB) *netlink.Neigh {
 }
 
 func (b *Backend) route(idx int, w Route) *netlink.Route {
-	r := &netlink.Route{LinkIndex: idx, Dst: netutil.IPNet(w.Dst), Gw: w.Via.AsSlice(), Flags: int(netlink.FLAG_ONLINK),
-		Protocol: netutil.RouteProtocol, Table: unix.RT_TABLE_MAIN}
-	if w.Direct {
-		r.LinkIndex, r.Flags = b.ext.Index, 0
-	}
-	return r
+	r := netutil.PeerRoute(idx, b.ext.Index, w.Dst, w.Via, w.Direct)
+	return &r
 }
 
 // sync makes have into want kind by kind (neighbours before FDB entries

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
@@ -347,14 +346,10 @@ func (b *Backend) syncDirect(before, want []DirectRoute, ipv6, dump bool) []erro
 	}
 	var current map[netip.Prefix]netlink.Route
 	if dump {
-		owned, err := netutil.OwnedRoutes(b.kernel)
-		if err != nil {
+		var err error
+		if current, err = netutil.PeerRoutes(b.kernel, ipv6, -1, b.ext.Index); err != nil {
 			return []error{err}
 		}
-		current = netutil.RoutesByDst(owned, func(r netlink.Route) bool {
-			dst, _ := netutil.Prefix(r.Dst)
-			return r.LinkIndex == b.ext.Index && dst.Addr().Is6() == ipv6
-		})
 	} else {
 		current = netutil.RoutesByDst(b.directRoutes(before), nil)
 	}
@@ -365,8 +360,7 @@ func (b *Backend) syncDirect(before, want []DirectRoute, ipv6, dump bool) []erro
 func (b *Backend) directRoutes(routes []DirectRoute) []netlink.Route {
 	out := make([]netlink.Route, 0, len(routes))
 	for _, r := range routes {
-		out = append(out, netlink.Route{LinkIndex: b.ext.Index, Dst: netutil.IPNet(r.Dst), Gw: r.Via.AsSlice(),
-			Protocol: netutil.RouteProtocol, Table: unix.RT_TABLE_MAIN})
+		out = append(out, netutil.PeerRoute(-1, b.ext.Index, r.Dst, r.Via, true))
 	}
 	return out
 }

@@ -257,25 +257,19 @@ func keepBlackhole(ctx context.Context, kernel netutil.Kernel, current func() ne
 	var previous netip.Prefix
 	lastErr := ""
 	for {
-		subnet := current()
-		if !subnet.IsValid() {
-			// No subnet of this family yet (a lease gaining its IPv6 half).
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(interval):
+		// No subnet of this family yet (a lease gaining its IPv6 half):
+		// nothing to keep until the next check.
+		if subnet := current(); subnet.IsValid() {
+			err := netutil.EnsureBlackhole(kernel, subnet, previous)
+			if msg := fmt.Sprint(err); err != nil && msg != lastErr {
+				log.Error("blackhole route; retrying", "subnet", subnet, "err", err)
 			}
-			continue
-		}
-		err := netutil.EnsureBlackhole(kernel, subnet, previous)
-		if msg := fmt.Sprint(err); err != nil && msg != lastErr {
-			log.Error("blackhole route; retrying", "subnet", subnet, "err", err)
-		}
-		lastErr = ""
-		if err != nil {
-			lastErr = err.Error()
-		} else {
-			previous = subnet
+			lastErr = ""
+			if err != nil {
+				lastErr = err.Error()
+			} else {
+				previous = subnet
+			}
 		}
 		select {
 		case <-ctx.Done():

@@ -2,6 +2,7 @@ package firewall
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
 
 	"github.com/google/nftables"
@@ -131,21 +132,12 @@ func addrMatch(dst bool, p netip.Prefix, negate bool) nftPart {
 	if negate {
 		op, opText = expr.CmpOpNeq, "!= "
 	}
-	mask := netipMask(p)
+	mask := net.CIDRMask(p.Bits(), p.Addr().BitLen())
 	return nftPart{fmt.Sprintf("%s %s %s%s", family, field, opText, p.Masked()), []expr.Any{
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: size},
 		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: size, Mask: mask, Xor: make([]byte, size)},
 		&expr.Cmp{Op: op, Register: 1, Data: p.Masked().Addr().AsSlice()},
 	}}
-}
-
-// netipMask is a prefix's netmask as bytes.
-func netipMask(p netip.Prefix) []byte {
-	mask := make([]byte, p.Addr().BitLen()/8)
-	for i := 0; i < p.Bits(); i++ {
-		mask[i/8] |= 0x80 >> (i % 8)
-	}
-	return mask
 }
 
 // markMatch matches packets with bit set in their mark.

@@ -1,6 +1,7 @@
 package firewall
 
 import (
+	"log/slog"
 	"net/netip"
 	"strings"
 	"testing"
@@ -52,8 +53,8 @@ ip saddr != 10.5.0.0/16 ip daddr 10.5.0.0/16 masquerade fully-random`
 	}
 }
 
-// TestDockerUserRules: weft's rule in DOCKER-USER is found by its comment
-// and removed; rules of others stay.
+// TestDockerUserRules: weft's rule in DOCKER-USER for another network is
+// found by its comment and removed; the current one and others' rules stay.
 func TestDockerUserRules(t *testing.T) {
 	ipt := firewalltest.New()
 	if err := ipt.ClearChain("filter", DockerUserChain); err != nil {
@@ -62,7 +63,8 @@ func TestDockerUserRules(t *testing.T) {
 	ipt.Append("filter", DockerUserChain, "-s", "192.0.2.0/24", "-j", "DROP")
 	ipt.Insert("filter", DockerUserChain, 1, DockerUserRule(netip.MustParsePrefix("10.5.0.0/16"))...)
 	ipt.Insert("filter", DockerUserChain, 1, DockerUserRule(netip.MustParsePrefix("10.9.0.0/16"))...)
-	if err := removeDockerUserRules(ipt, func(spec []string) bool { return spec[1] == "10.9.0.0/16" }); err != nil {
+	k := &NFTKeeper{docker: ipt, log: slog.New(slog.DiscardHandler)}
+	if err := k.syncDockerUser(netip.MustParsePrefix("10.5.0.0/16")); err != nil {
 		t.Fatal(err)
 	}
 	save := ipt.Save()

@@ -84,25 +84,33 @@ func (k *NFTKeeper) Sync(network, subnet netip.Prefix) error {
 // overlay traffic, as they do in iptables mode. Docker makes the chain when
 // it starts, so a later resync catches a docker started after weftd.
 func (k *NFTKeeper) syncDockerUser(network netip.Prefix) error {
-	if ok, err := k.docker.ChainExists("filter", DockerUserChain); err != nil || !ok {
+	// One listing per resync: the steady state runs iptables once.
+	rules, ok := dockerUserRules(k.docker)
+	if !ok {
 		return nil
 	}
-	want := DockerUserRule(network)
-	if err := removeDockerUserRules(k.docker, func(spec []string) bool { return !slices.Equal(spec, want) }); err != nil {
-		return err
+	have := false
+	var kept []dockerUserLine
+	for _, r := range rules {
+		switch {
+		case r.weft == network:
+			have = true
+		case r.weft.IsValid():
+			if err := k.docker.Delete("filter", DockerUserChain, DockerUserRule(r.weft)...); err != nil {
+				return fmt.Errorf("removing weft's rule from %s: %w", DockerUserChain, err)
+			}
+			continue
+		}
+		kept = append(kept, r)
 	}
-	if ok, err := k.docker.Exists("filter", DockerUserChain, want...); err != nil || ok {
-		return err
+	if have {
+		return nil
 	}
-	lines, err := k.docker.List("filter", DockerUserChain)
-	if err != nil {
-		return err
-	}
-	rules := lines[min(1, len(lines)):] // the first line is "-N DOCKER-USER"
-	if n := len(rules); n > 0 && strings.TrimSpace(rules[n-1]) == "-A "+DockerUserChain+" -j RETURN" {
-		err = k.docker.Insert("filter", DockerUserChain, n, want...)
+	var err error
+	if n := len(kept); n > 0 && kept[n-1].text == "-A "+DockerUserChain+" -j RETURN" {
+		err = k.docker.Insert("filter", DockerUserChain, n, DockerUserRule(network)...)
 	} else {
-		err = k.docker.Append("filter", DockerUserChain, want...)
+		err = k.docker.Append("filter", DockerUserChain, DockerUserRule(network)...)
 	}
 	if err != nil {
 		return fmt.Errorf("adding weft's rule to %s: %w", DockerUserChain, err)
@@ -111,33 +119,53 @@ func (k *NFTKeeper) syncDockerUser(network netip.Prefix) error {
 	return nil
 }
 
-// removeDockerUserRules deletes weft's rules in DOCKER-USER for which drop
-// says so, and reports the first error.
-func removeDockerUserRules(ipt Tables, drop func(spec []string) bool) error {
+// dockerUserLine is one rule of DOCKER-USER as `iptables -S` prints it,
+// and the network of weft's rule (invalid for any other rule).
+type dockerUserLine struct {
+	text string
+	weft netip.Prefix
+}
+
+// dockerUserRules lists DOCKER-USER's rules; ok is false when there is no
+// such chain.
+func dockerUserRules(ipt Tables) (rules []dockerUserLine, ok bool) {
 	lines, err := ipt.List("filter", DockerUserChain)
 	if err != nil {
-		return nil // no such chain: nothing of weft's in it
+		return nil, false
 	}
 	for _, line := range lines {
-		if !strings.Contains(line, fwdComment) || !strings.HasPrefix(line, "-A ") {
-			continue
+		line = strings.TrimSpace(line)
+		if !strings.HasPrefix(line, "-A ") {
+			continue // the chain's own "-N DOCKER-USER"
 		}
-		fields := strings.Fields(line)
-		var network netip.Prefix
-		for i := 2; i+1 < len(fields); i++ {
-			if fields[i] == "-s" {
-				network, _ = netip.ParsePrefix(fields[i+1])
+		r := dockerUserLine{text: line}
+		if fields := strings.Fields(line); strings.Contains(line, fwdComment) {
+			for i := 2; i+1 < len(fields); i++ {
+				if n, err := netip.ParsePrefix(fields[i+1]); fields[i] == "-s" && err == nil {
+					r.weft = n
+				}
 			}
 		}
-		spec := DockerUserRule(network)
-		if !network.IsValid() || !drop(spec) {
+		rules = append(rules, r)
+	}
+	return rules, true
+}
+
+// removeDockerUserRules deletes all of weft's rules in DOCKER-USER and
+// says how many.
+func removeDockerUserRules(ipt Tables) (int, error) {
+	rules, _ := dockerUserRules(ipt)
+	n := 0
+	for _, r := range rules {
+		if !r.weft.IsValid() {
 			continue
 		}
-		if err := ipt.Delete("filter", DockerUserChain, spec...); err != nil {
-			return fmt.Errorf("removing weft's rule from %s: %w", DockerUserChain, err)
+		if err := ipt.Delete("filter", DockerUserChain, DockerUserRule(r.weft)...); err != nil {
+			return n, fmt.Errorf("removing weft's rule from %s: %w", DockerUserChain, err)
 		}
+		n++
 	}
-	return nil
+	return n, nil
 }
 
 // nftTableIs reports whether the kernel holds exactly want: its base
@@ -209,10 +237,8 @@ func NFTCleanup() (removed []string, err error) {
 		if ierr != nil {
 			continue
 		}
-		n := 0
-		if derr := removeDockerUserRules(ipt, func([]string) bool { n++; return true }); derr != nil {
-			errs = append(errs, derr)
-		}
+		n, derr := removeDockerUserRules(ipt)
+		errs = append(errs, derr)
 		if n > 0 {
 			removed = append(removed, fmt.Sprintf("%d weft rule(s) in %s", n, DockerUserChain))
 		}
