@@ -42,7 +42,8 @@ func checkEncrypted(t *testing.T, l *Lab, from, to *Host) {
 
 // checkEncryptedTo is checkEncrypted for any container address dst, whose
 // WireGuard traffic must use port; it returns tcpdump's lines of the
-// WireGuard packets.
+// WireGuard packets on port. Packets on weft's other WireGuard port (the
+// other family's device) are WireGuard too, but not returned or counted.
 func checkEncryptedTo(t *testing.T, l *Lab, from *Host, dst netip.Addr, port int) []string {
 	t.Helper()
 	pattern := "deadbeefcafef00d0123456789abcdef"
@@ -64,6 +65,10 @@ func checkEncryptedTo(t *testing.T, l *Lab, from *Host, dst netip.Addr, port int
 		switch {
 		case strings.Contains(line, fmt.Sprintf(".%d: UDP", port)):
 			wgPackets = append(wgPackets, line)
+		case strings.Contains(line, ".51820: UDP"), strings.Contains(line, ".51821: UDP"):
+			// The other family's device between any two hosts: a
+			// handshake retried 5 s after one the peer dropped
+			// because it did not know the sender yet (CI saw one).
 		case strings.Contains(line, ".2379"):
 		default:
 			t.Errorf("a packet other than WireGuard on the underlay: %s", line)
