@@ -106,7 +106,7 @@ func TestComposeService(t *testing.T) {
 	reliability(t, "compose: weftd as a compose service beside 2 hosts running it directly: %d cross-host container pairs reached each other", pairs)
 
 	stop := make(chan struct{})
-	gap := pingGap(hosts[0].Containers[0], composeHost.Containers[0].IP.String(), stop)
+	gap := pingGap(hosts[0].Containers[0], composeHost.Containers[0].IP, stop)
 	time.Sleep(300 * time.Millisecond)
 	compose("restart", "weftd")
 	waitHealthy("the compose weftd healthy after docker-compose restart weftd")

@@ -3,9 +3,9 @@ package lab
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -57,7 +57,8 @@ func startDocker(t *testing.T, l *Lab, hosts []*Host) []*DockerHost {
 }
 
 // pingAcross pings every container on every other host from every
-// container, and returns the pairs that answered and the failures.
+// container's network namespace, and returns the pairs that answered and
+// the failures.
 func pingAcross(hosts []*DockerHost) (ok int, failed []string) {
 	for _, from := range hosts {
 		for _, to := range hosts {
@@ -66,7 +67,7 @@ func pingAcross(hosts []*DockerHost) (ok int, failed []string) {
 			}
 			for _, src := range from.Containers {
 				for _, dst := range to.Containers {
-					if err := from.Docker.Ping(src, dst.IP); err != nil {
+					if err := src.PingFromNetns(dst.IP); err != nil {
 						failed = append(failed, fmt.Sprintf("%s (%s) -> %s (%s)", src.Name, src.IP, dst.Name, dst.IP))
 					} else {
 						ok++
@@ -95,7 +96,7 @@ func waitPingAcross(t *testing.T, hosts []*DockerHost, timeout time.Duration) in
 // pingGap pings dst every 50 ms from inside container c (its network
 // namespace, from the machine: faster than docker exec) until stop is
 // closed, and returns the longest time without an answer.
-func pingGap(c Container, dst string, stop <-chan struct{}) func() time.Duration {
+func pingGap(c Container, dst netip.Addr, stop <-chan struct{}) func() time.Duration {
 	done := make(chan time.Duration, 1)
 	go func() {
 		last, longest := time.Now(), time.Duration(0)
@@ -106,8 +107,7 @@ func pingGap(c Container, dst string, stop <-chan struct{}) func() time.Duration
 				return
 			default:
 			}
-			err := exec.Command("nsenter", "--net=/proc/"+strconv.Itoa(c.PID)+"/ns/net", "ping", "-c", "1", "-W", "1", "-q", dst).Run()
-			if err == nil {
+			if c.PingFromNetns(dst) == nil {
 				longest, last = max(longest, time.Since(last)), time.Now()
 			}
 			time.Sleep(50 * time.Millisecond)
@@ -203,7 +203,7 @@ func dockerSuite(t *testing.T, backend string) {
 	t.Run("traffic survives a dockerd restart", func(t *testing.T) {
 		h := hosts[1]
 		stop := make(chan struct{})
-		gap := pingGap(hosts[0].Containers[0], h.Containers[0].IP.String(), stop)
+		gap := pingGap(hosts[0].Containers[0], h.Containers[0].IP, stop)
 		time.Sleep(300 * time.Millisecond)
 		if err := h.Docker.Restart(weftctlBin); err != nil {
 			t.Fatal(err)
@@ -235,7 +235,7 @@ func dockerSuite(t *testing.T, backend string) {
 		}
 		before := opts()
 		stop := make(chan struct{})
-		gap := pingGap(hosts[0].Containers[0], h.Containers[0].IP.String(), stop)
+		gap := pingGap(hosts[0].Containers[0], h.Containers[0].IP, stop)
 		time.Sleep(300 * time.Millisecond)
 		restartWeftd(t, l, h.Host)
 		waitPingAcross(t, hosts, 20*time.Second)
