@@ -45,11 +45,9 @@ test: deps test-pure test-root vmtest
 test-pure:
 	$(GO) test -race -count=1 $(PURE_PKGS)
 
-# The lab's parallel tests (etcd clusters, docker suites, dual stack) mostly
-# wait on elections, TTLs and dockerd: three at a time on two cores.
 test-root:
 	$(GO) test -count=1 -timeout 15m -tags netns -run InNetns ./backends/...
-	$(GO) test -count=1 -timeout 25m -parallel 3 ./deploy/... ./lab/...
+	$(GO) test -count=1 -timeout 25m ./deploy/... ./lab/...
 
 # vmtest: the VM tier. Debian's stock kernel (fetched with apt into
 # /var/cache/weft-vm, not installed) boots under qemu with this machine's
