@@ -90,12 +90,14 @@ func newLab(t *testing.T, opts Options) *Lab {
 				if wg, err := l.HostExec(h, "wg", "show", "all"); err == nil && wg != "" {
 					t.Logf("--- wg show all on %s:\n%s", h.Name, wg)
 				}
-				// The underlay's neighbours and the counters of its link say
-				// whether packets were lost below WireGuard.
+				// The underlay's neighbours, the counters of its link and the
+				// kernel's UDP drop counters (-s: no history file written)
+				// say whether packets were lost below WireGuard.
 				neigh, _ := Exec(h.Name, "ip", "neigh", "show", "dev", "eth0")
 				neigh6, _ := Exec(h.Name, "ip", "-6", "neigh", "show", "dev", "eth0")
 				link, _ := Exec(h.Name, "ip", "-s", "link", "show", "eth0")
-				t.Logf("--- underlay of %s:\n%s\n%s\n%s", h.Name, neigh, neigh6, link)
+				drops, _ := Exec(h.Name, "nstat", "-asz", "Udp*Errors", "Udp*NoPorts", "Ip*InDiscards")
+				t.Logf("--- underlay of %s:\n%s\n%s\n%s\n%s", h.Name, neigh, neigh6, link, drops)
 			}
 		}
 		l.Close()
