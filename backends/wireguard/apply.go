@@ -53,6 +53,9 @@ type Backend struct {
 	peers *onDemand
 	// stopSweep ends the idle sweep; nil when none runs.
 	stopSweep chan struct{}
+	// mixedWarned: the warning of MixedFamilies was given for the peers
+	// as they are; it is given again when they mix anew.
+	mixedWarned bool
 }
 
 // New parses the Backend options and loads (or creates) the private key.
@@ -235,6 +238,7 @@ func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 		leaseEndpoints[w.PublicKey] = w.Endpoint
 	}
 	want = KeepRoamed(want, have, b.leaseEndpoints, time.Now())
+	b.warnMixedFamilies(want)
 	changes := PeerChanges(have, want)
 	for _, c := range changes {
 		cfg.Peers = append(cfg.Peers, toPeerConfig(c))
@@ -449,6 +453,22 @@ func (b *Backend) kick(peers []keys.Key) error {
 		}
 	}
 	return nil
+}
+
+// warnMixedFamilies warns, once each time it begins, that a userspace
+// device reaches peers at endpoints of both families (see MixedFamilies).
+func (b *Backend) warnMixedFamilies(want []PeerSpec) {
+	v6 := MixedFamilies(want)
+	if b.dev.kind != ImplUserspace || len(v6) == 0 {
+		b.mixedWarned = false
+		return
+	}
+	if !b.mixedWarned {
+		b.log.Warn("wireguard-go loses packets to IPv6 endpoints on a device that also sends to IPv4 ones (a bug of its UDP bind); "+
+			`use kernel WireGuard ("Implementation":"kernel"), or give these peers IPv4 endpoints ("Mode":"ipv4" or "separate")`,
+			"device", b.name, "ipv6_endpoints", strings.Join(v6, ","))
+		b.mixedWarned = true
+	}
 }
 
 func (b *Backend) logChanges(changes []Change) {

@@ -318,3 +318,27 @@ func deltaStandsAlone(before, after []PeerSpec, holders map[keys.Key][]string) b
 	}
 	return true
 }
+
+// MixedFamilies returns, when want reaches peers at endpoints of both
+// families, the leases (or outside peers) of those at IPv6 endpoints; nil
+// otherwise. wireguard-go's UDP bind (golang.zx2c4.com/wireguard/conn, as
+// of v0.0.0-20260522) reuses one address buffer for both families, and
+// an IPv6 send that follows an IPv4 send goes to a wrong address: on a
+// userspace device these peers lose packets. Kernel WireGuard does not.
+func MixedFamilies(want []PeerSpec) []string {
+	var v4 bool
+	var v6 []string
+	for _, w := range want {
+		switch {
+		case !w.Endpoint.IsValid():
+		case w.Endpoint.Addr().Is4():
+			v4 = true
+		default:
+			v6 = append(v6, w.Lease)
+		}
+	}
+	if !v4 {
+		return nil
+	}
+	return v6
+}

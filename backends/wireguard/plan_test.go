@@ -3,7 +3,9 @@ package wireguard
 import (
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -318,5 +320,53 @@ func TestPlanOutsidePeers(t *testing.T) {
 	}
 	if len(problems) != 2 {
 		t.Errorf("problems %v, want the bad key and the address outside PeersNetwork", problems)
+	}
+}
+
+// TestMixedFamilies: only peers at endpoints of both families are mixed,
+// and the IPv6 ones are named; a peer with no endpoint counts for neither.
+func TestMixedFamilies(t *testing.T) {
+	spec := func(lease, endpoint string) PeerSpec {
+		s := PeerSpec{Lease: lease}
+		if endpoint != "" {
+			s.Endpoint = netip.MustParseAddrPort(endpoint)
+		}
+		return s
+	}
+	for _, tt := range []struct {
+		name string
+		want []PeerSpec
+		v6   []string
+	}{
+		{"IPv4 only", []PeerSpec{spec("a", "192.168.1.2:51820"), spec("b", "192.168.1.3:51820")}, nil},
+		{"IPv6 only", []PeerSpec{spec("a", "[fd50::2]:51820"), spec("b", "[fd50::3]:51820")}, nil},
+		{"mixed", []PeerSpec{spec("a", "192.168.1.2:51820"), spec("b", "[fd50::3]:51820"), spec("c", "")}, []string{"b"}},
+		{"no endpoint", []PeerSpec{spec("a", ""), spec("b", "[fd50::3]:51820")}, nil},
+	} {
+		if got := MixedFamilies(tt.want); !slices.Equal(got, tt.v6) {
+			t.Errorf("%s: MixedFamilies = %q, want %q", tt.name, got, tt.v6)
+		}
+	}
+}
+
+// TestWarnMixedFamilies: a userspace device warns once when its peers come
+// to mix families, again after they stopped and mixed anew; a kernel
+// device never does.
+func TestWarnMixedFamilies(t *testing.T) {
+	mixed := []PeerSpec{{Lease: "10.5.2.0-24", Endpoint: netip.MustParseAddrPort("192.168.1.2:51820")},
+		{Lease: "10.5.3.0-24", Endpoint: netip.MustParseAddrPort("[fd50::3]:51820")}}
+	v4 := mixed[:1]
+	for _, tt := range []struct {
+		kind  string
+		warns int
+	}{{ImplUserspace, 2}, {ImplKernel, 0}} {
+		var out strings.Builder
+		b := &Backend{name: "weft-wg", dev: &wgDevice{kind: tt.kind}, log: slog.New(slog.NewTextHandler(&out, nil))}
+		for _, want := range [][]PeerSpec{v4, mixed, mixed, v4, mixed} {
+			b.warnMixedFamilies(want)
+		}
+		if got := strings.Count(out.String(), "level=WARN"); got != tt.warns || (got > 0 && !strings.Contains(out.String(), "ipv6_endpoints=10.5.3.0-24")) {
+			t.Errorf("%s device: %d warnings, want %d:\n%s", tt.kind, got, tt.warns, out.String())
+		}
 	}
 }
