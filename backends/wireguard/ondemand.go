@@ -206,11 +206,6 @@ func (o *onDemand) counts() (known, configured int) {
 	return len(o.specs), len(o.configured)
 }
 
-// outbound is outboundBatch for one packet.
-func (o *onDemand) outbound(packet []byte) {
-	o.outboundBatch([][]byte{packet}, []int{len(packet)}, 0, 1)
-}
-
 // outboundBatch is called with each batch read from the TUN before
 // wireguard-go sees it: a packet for a known peer that is not configured
 // configures it. The table is locked once per batch, and the steady state
@@ -233,18 +228,14 @@ func (o *onDemand) outboundBatch(bufs [][]byte, sizes []int, offset, n int) {
 	}
 }
 
-// inbound is called with each datagram received from the underlay before
-// wireguard-go sees it: a handshake initiation or a data packet from a
-// lease's endpoint whose peer is not configured configures it. For a data
-// packet (the peer still has a session from before this device lost it:
-// weftd restarted, the peer was idle here) a handshake is started at once,
-// so the peer does not wait out its rekey timeout.
-func (o *onDemand) inbound(packet []byte, from netip.AddrPort) {
-	o.inboundBatch([][]byte{packet}, []int{len(packet)}, []netip.AddrPort{from}, 1)
-}
-
-// inboundBatch is inbound for a batch received from the bind, the table
-// locked once per batch; from[i] is packet i's sender (invalid: unknown).
+// inboundBatch is called with each batch received from the underlay
+// before wireguard-go sees it (from[i] is packet i's sender; invalid:
+// unknown): a handshake initiation or a data packet from a lease's
+// endpoint whose peer is not configured configures it. For a data packet
+// (the peer still has a session from before this device lost it: weftd
+// restarted, the peer was idle here) a handshake is started at once, so
+// the peer does not wait out its rekey timeout. The table is locked once
+// per batch.
 func (o *onDemand) inboundBatch(packets [][]byte, sizes []int, from []netip.AddrPort, n int) {
 	type pendingPeer struct {
 		key  keys.Key

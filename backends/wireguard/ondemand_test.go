@@ -160,3 +160,13 @@ func BenchmarkOnDemandOutbound(b *testing.B) {
 		o.outboundBatch(bufs, sizes, 0, len(bufs))
 	}
 }
+
+// outbound is outboundBatch for one packet.
+func (o *onDemand) outbound(packet []byte) {
+	o.outboundBatch([][]byte{packet}, []int{len(packet)}, 0, 1)
+}
+
+// inbound is inboundBatch for one datagram.
+func (o *onDemand) inbound(packet []byte, from netip.AddrPort) {
+	o.inboundBatch([][]byte{packet}, []int{len(packet)}, []netip.AddrPort{from}, 1)
+}

@@ -260,15 +260,13 @@ func keepBlackhole(ctx context.Context, kernel netutil.Kernel, current func() ne
 		// No subnet of this family yet (a lease gaining its IPv6 half):
 		// nothing to keep until the next check.
 		if subnet := current(); subnet.IsValid() {
-			err := netutil.EnsureBlackhole(kernel, subnet, previous)
-			if msg := fmt.Sprint(err); err != nil && msg != lastErr {
-				log.Error("blackhole route; retrying", "subnet", subnet, "err", err)
-			}
-			lastErr = ""
-			if err != nil {
+			if err := netutil.EnsureBlackhole(kernel, subnet, previous); err != nil {
+				if err.Error() != lastErr {
+					log.Error("blackhole route; retrying", "subnet", subnet, "err", err)
+				}
 				lastErr = err.Error()
 			} else {
-				previous = subnet
+				previous, lastErr = subnet, ""
 			}
 		}
 		select {

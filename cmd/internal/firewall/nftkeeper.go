@@ -96,8 +96,8 @@ func (k *NFTKeeper) syncDockerUser(network netip.Prefix) error {
 		case r.weft == network:
 			have = true
 		case r.weft.IsValid():
-			if err := k.docker.Delete("filter", DockerUserChain, DockerUserRule(r.weft)...); err != nil {
-				return fmt.Errorf("removing weft's rule from %s: %w", DockerUserChain, err)
+			if err := deleteDockerUserRule(k.docker, r.weft); err != nil {
+				return err
 			}
 			continue
 		}
@@ -141,8 +141,8 @@ func dockerUserRules(ipt Tables) (rules []dockerUserLine, ok bool) {
 		r := dockerUserLine{text: line}
 		if fields := strings.Fields(line); strings.Contains(line, fwdComment) {
 			for i := 2; i+1 < len(fields); i++ {
-				if n, err := netip.ParsePrefix(fields[i+1]); fields[i] == "-s" && err == nil {
-					r.weft = n
+				if fields[i] == "-s" {
+					r.weft, _ = netip.ParsePrefix(fields[i+1])
 				}
 			}
 		}
@@ -160,12 +160,20 @@ func removeDockerUserRules(ipt Tables) (int, error) {
 		if !r.weft.IsValid() {
 			continue
 		}
-		if err := ipt.Delete("filter", DockerUserChain, DockerUserRule(r.weft)...); err != nil {
-			return n, fmt.Errorf("removing weft's rule from %s: %w", DockerUserChain, err)
+		if err := deleteDockerUserRule(ipt, r.weft); err != nil {
+			return n, err
 		}
 		n++
 	}
 	return n, nil
+}
+
+// deleteDockerUserRule deletes weft's rule in DOCKER-USER for network.
+func deleteDockerUserRule(ipt Tables, network netip.Prefix) error {
+	if err := ipt.Delete("filter", DockerUserChain, DockerUserRule(network)...); err != nil {
+		return fmt.Errorf("removing weft's rule from %s: %w", DockerUserChain, err)
+	}
+	return nil
 }
 
 // nftTableIs reports whether the kernel holds exactly want: its base
