@@ -43,6 +43,12 @@ func ParseKey(s string) (Key, error) {
 		return k, fmt.Errorf("decodes to %d bytes, a WireGuard key has 32", len(b))
 	}
 	copy(k[:], b)
+	if k.String() != s {
+		// base64 skips '\r' and '\n' and tolerates other spellings: only
+		// the one text wg prints is a key, so a key read from etcd can be
+		// printed for another program (a wg-quick file) as it was given.
+		return Key{}, errors.New("is not in the 44-character form wg prints")
+	}
 	return k, nil
 }
 

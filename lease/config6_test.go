@@ -1,6 +1,7 @@
 package lease
 
 import (
+	"errors"
 	"net/netip"
 	"strings"
 	"testing"
@@ -122,9 +123,20 @@ func TestOutsidePeerChecks(t *testing.T) {
 		{Name: "../x", PublicKey: key, Address: p.Address},
 		{Name: "x", PublicKey: "short", Address: p.Address},
 		{Name: "x", PublicKey: key, Address: netip.MustParsePrefix("10.7.0.1/32")},
+		{Name: "x", PublicKey: key + "\n[Interface]", Address: p.Address},
+		{Name: "x", PublicKey: key, Address: p.Address, Endpoint: netip.MustParseAddrPort("[2001:db8::1%eth0]:51820")},
+		{Name: "x", PublicKey: key, Address: p.Address, Endpoint: netip.MustParseAddrPort("[::ffff:10.5.0.1]:51820")},
 	} {
 		if bad.Check(cfg) == nil {
 			t.Errorf("accepted %+v", bad)
+		}
+	}
+	// Issue 30, item 2: a zone in a stored Endpoint is refused where the
+	// record is decoded, whoever wrote it.
+	for _, endpoint := range []string{`[2001:db8::9%a]:1\nallowed_ip=0.0.0.0/0\n]:51820`, `[fe80::1%eth0]:51820`} {
+		value := `{"PublicKey":"` + key + `","Address":"10.6.0.1/32","Endpoint":"` + endpoint + `"}`
+		if _, err := DecodeOutsidePeer("laptop", []byte(value)); !errors.Is(err, ErrBadLease) || !strings.Contains(err.Error(), "zone") {
+			t.Errorf("Endpoint %q decoded: %v", endpoint, err)
 		}
 	}
 	if a, err := FreePeerAddress(cfg, nil); err != nil || a.String() != "10.6.0.1/32" {

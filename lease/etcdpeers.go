@@ -34,6 +34,7 @@ func (s *EtcdStore) peersAt(ctx context.Context) (peers []OutsidePeer, bad []err
 			bad = append(bad, err)
 			continue
 		}
+		p.Created = kv.CreateRevision
 		peers = append(peers, p)
 	}
 	SortPeers(peers)

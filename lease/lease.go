@@ -103,13 +103,32 @@ func (a *Attrs) UnmarshalJSON(data []byte) error {
 	}
 	*a = Attrs{PublicIP: ip, BackendType: in.BackendType, BackendData: in.BackendData, BackendV6Data: in.BackendV6Data}
 	if in.PublicIPv6 != nil {
-		ip6, err := netip.ParseAddr(*in.PublicIPv6)
-		if err != nil || !ip6.Is6() {
-			return fmt.Errorf("PublicIPv6 %q is not an IPv6 address", *in.PublicIPv6)
+		ip6, err := ParseUnderlayIPv6(*in.PublicIPv6)
+		if err != nil {
+			return fmt.Errorf("PublicIPv6: %w", err)
 		}
 		a.PublicIPv6 = &ip6
 	}
 	return nil
+}
+
+// ParseUnderlayIPv6 reads an IPv6 address a host is reached at on the
+// underlay. netip keeps whatever follows a '%' as the zone, and an
+// IPv4-mapped address is an IPv4 host in disguise: neither names a host
+// of another machine's network, and a zone would reach wireguard-go's
+// text protocol as it is (a newline in it starts a new line of config),
+// so both are refused here, where the value is decoded.
+func ParseUnderlayIPv6(text string) (netip.Addr, error) {
+	ip, err := netip.ParseAddr(text)
+	switch {
+	case err != nil || !ip.Is6():
+		return netip.Addr{}, fmt.Errorf("%q is not an IPv6 address", text)
+	case ip.Zone() != "":
+		return netip.Addr{}, fmt.Errorf("%s carries a zone %q; an underlay address names no local interface", ip.WithZone(""), ip.Zone())
+	case ip.Is4In6():
+		return netip.Addr{}, fmt.Errorf("%s is an IPv4-mapped address; publish the IPv4 address as PublicIP", ip)
+	}
+	return ip, nil
 }
 
 // Backend is the Backend.Type of the host that wrote the lease, as flannel's

@@ -95,6 +95,12 @@ func TestDecodeLeaseRejects(t *testing.T) {
 		{"wrong type", "10.5.1.0-24", `{"PublicIP":7}`, "lease 10.5.1.0-24"},
 		{"not an ip", "10.5.1.0-24", `{"PublicIP":"host-a"}`, `PublicIP "host-a" is not an IPv4 address`},
 		{"bad v6", "10.5.1.0-24", `{"PublicIP":"1.2.3.4","PublicIPv6":"1.2.3.4"}`, "PublicIPv6"},
+		// Issue 30, items 2 and 7: a zone (which would reach wireguard-go's
+		// text protocol) and IPv4-mapped forms are refused where decoded.
+		{"v6 zone", "10.5.1.0-24", `{"PublicIP":"1.2.3.4","PublicIPv6":"2001:db8::9%a]:1\nallowed_ip=0.0.0.0/0"}`, `carries a zone "a]:1\nallowed_ip=0.0.0.0/0"`},
+		{"v6 plain zone", "10.5.1.0-24", `{"PublicIP":"1.2.3.4","PublicIPv6":"fe80::1%eth0"}`, "carries a zone"},
+		{"v4-mapped unspecified", "10.5.1.0-24", `{"PublicIP":"1.2.3.4","PublicIPv6":"::ffff:0.0.0.0"}`, "IPv4-mapped"},
+		{"v4-mapped inside", "10.5.1.0-24", `{"PublicIP":"1.2.3.4","PublicIPv6":"::ffff:10.5.9.1"}`, "IPv4-mapped"},
 		{"bad key", "10.5.1.9-24", `{"PublicIP":"1.2.3.4"}`, "not a subnet's network address"},
 		{"huge", "10.5.1.0-24", `{"PublicIP":"1.2.3.4","X":"` + strings.Repeat("a", 1<<20) + `"}`, "more than"},
 	}

@@ -27,6 +27,10 @@ type OutsidePeer struct {
 	// Keepalive is the keepalive interval hosts send it, in seconds (0:
 	// none).
 	Keepalive int `json:"Keepalive,omitempty"`
+	// Created is the store revision that created the record (0: not
+	// read from a store): of two records that claim one address, the
+	// older keeps it.
+	Created int64 `json:"-"`
 }
 
 // peerName is what a peer's name may be: it becomes an etcd key and a
@@ -52,6 +56,25 @@ func (p OutsidePeer) Check(cfg *Config) error {
 	case p.Keepalive < 0 || p.Keepalive > 65535:
 		return fmt.Errorf("peer %s: Keepalive %d is not between 0 and 65535 seconds", p.Name, p.Keepalive)
 	}
+	return p.checkEndpoint()
+}
+
+// checkEndpoint says what is wrong with the peer's Endpoint, or nil: no
+// zone (netip keeps any bytes after '%', which would reach wireguard-go's
+// text protocol), no IPv4-mapped form, and an address a machine can have.
+func (p OutsidePeer) checkEndpoint() error {
+	if !p.Endpoint.IsValid() {
+		return nil
+	}
+	ip := p.Endpoint.Addr()
+	switch {
+	case ip.Zone() != "":
+		return fmt.Errorf("peer %s: Endpoint %s carries a zone %q; give the address alone", p.Name, netip.AddrPortFrom(ip.WithZone(""), p.Endpoint.Port()), ip.Zone())
+	case ip.Is4In6():
+		return fmt.Errorf("peer %s: Endpoint %s is IPv4-mapped; give the IPv4 address", p.Name, p.Endpoint)
+	case ip.IsUnspecified() || ip.IsMulticast() || ip.IsLoopback() || p.Endpoint.Port() == 0:
+		return fmt.Errorf("peer %s: Endpoint %s is not a machine's IP:PORT", p.Name, p.Endpoint)
+	}
 	return nil
 }
 
@@ -65,6 +88,9 @@ func DecodeOutsidePeer(name string, value []byte) (OutsidePeer, error) {
 		return p, fmt.Errorf("%w: peer %s: %v", ErrBadLease, name, err)
 	}
 	p.Name = name
+	if err := p.checkEndpoint(); err != nil {
+		return p, fmt.Errorf("%w: %v", ErrBadLease, err)
+	}
 	return p, nil
 }
 

@@ -157,6 +157,10 @@ func classify(self lease.Lease, l lease.Lease, cfg *lease.Config) (peer Peer, re
 		reason = fmt.Sprintf("PublicIP %s is this host's own", l.Attrs.PublicIP)
 	case !cfg.EnableIPv4 && l.Attrs.PublicIPv6Addr() == self.Attrs.PublicIPv6Addr():
 		reason = fmt.Sprintf("PublicIPv6 %s is this host's own", l.Attrs.PublicIPv6Addr())
+	case cfg.EnableIPv6 && peer.IPv6Subnet.IsValid() && peer.PublicIPv6.IsValid() && peer.PublicIPv6 == self.Attrs.PublicIPv6Addr():
+		// On dual stack too: this host's IPv6 traffic to that subnet
+		// would be sent to itself.
+		reason = fmt.Sprintf("PublicIPv6 %s is this host's own", peer.PublicIPv6)
 	}
 	return peer, reason, false
 }

@@ -167,9 +167,11 @@ func TestComputeDualStack(t *testing.T) {
 		mk6("10.5.7.0/24", "192.168.50.7", "fc00:5:0:2::/64", "fd00:50::7", 7),
 		mk6("10.5.8.0/24", "192.168.50.8", "fc00:5:0:8::/80", "fd00:50::8", 8),
 		mk6("10.5.9.0/24", "192.168.50.9", "fc00:5:0:9::/64", "fc00:5:0:2::9", 9),
+		mk6("10.5.10.0/24", "192.168.50.10", "fc00:5:0:a::/64", "fd00:50::1", 10), // this host's own PublicIPv6
 	}
 	want := "peer 10.5.2.0/24 fc00:5:0:2::/64 via 192.168.50.2 fd00:50::2\n" +
 		"peer 10.5.3.0/24 invalid Prefix via 192.168.50.3 invalid IP\n" +
+		"skip 10.5.10.0-24&fc00:5:0:a::-64: PublicIPv6 fd00:50::1 is this host's own\n" +
 		"skip 10.5.4.0-24&fc00:6:0:4::-64: IPv6 subnet fc00:6:0:4::/64 is outside IPv6Network fc00:5::/48\n" +
 		"skip 10.5.5.0-24&fc00:5:0:5::-64: has IPv6 subnet fc00:5:0:5::/64 but no PublicIPv6 to reach it by\n" +
 		"skip 10.5.6.0-24&fc00:5:0:6::-64: PublicIPv6 fe80::6 is link-local; no host can be reached there\n" +

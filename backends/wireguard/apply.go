@@ -566,7 +566,7 @@ func toPeerConfig(c Change) wgtypes.PeerConfig {
 		ReplaceAllowedIPs:           true,
 	}
 	if c.Spec.Endpoint.IsValid() { // an outside peer may have none
-		pc.Endpoint = net.UDPAddrFromAddrPort(c.Spec.Endpoint)
+		pc.Endpoint = net.UDPAddrFromAddrPort(wireEndpoint(c.Spec.Endpoint))
 	}
 	psk := wgtypes.Key{}
 	if c.Spec.PSK != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -151,7 +152,7 @@ func (d *wgDevice) addPeer(spec PeerSpec, kick bool) error {
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "public_key=%s\nendpoint=%s\npersistent_keepalive_interval=%d\nreplace_allowed_ips=true\n",
-		hex.EncodeToString(spec.PublicKey[:]), spec.Endpoint, int(spec.Keepalive/time.Second))
+		hex.EncodeToString(spec.PublicKey[:]), wireEndpoint(spec.Endpoint), int(spec.Keepalive/time.Second))
 	if spec.PSK != nil {
 		fmt.Fprintf(&b, "preshared_key=%s\n", hex.EncodeToString(spec.PSK[:]))
 	}
@@ -167,6 +168,14 @@ func (d *wgDevice) addPeer(spec PeerSpec, kick bool) error {
 		}
 	}
 	return nil
+}
+
+// wireEndpoint is ep as it may be sent to a WireGuard device: without a
+// zone. The decoders refuse zones already; this keeps any that slipped
+// past them out of the text protocol, where a newline in one would start
+// a line of configuration of its own.
+func wireEndpoint(ep netip.AddrPort) netip.AddrPort {
+	return netip.AddrPortFrom(ep.Addr().WithZone(""), ep.Port())
 }
 
 // close stops wireguard-go (the TUN itself stays) or does nothing for the

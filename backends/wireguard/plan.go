@@ -1,6 +1,7 @@
 package wireguard
 
 import (
+	"cmp"
 	"encoding/json"
 	"net/netip"
 	"slices"
@@ -8,6 +9,7 @@ import (
 	"time"
 
 	"github.com/weftnet/weft/keys"
+	"github.com/weftnet/weft/lease"
 	"github.com/weftnet/weft/mesh"
 )
 
@@ -98,7 +100,11 @@ func Plan(d mesh.Desired, self keys.Key, opts Options) ([]PeerSpec, []error) {
 // delta can tell whether it touches a key two leases share.
 func plan(d mesh.Desired, self keys.Key, opts Options) ([]PeerSpec, []error, map[keys.Key][]string) {
 	candidates, problems := candidates(d, self, opts)
-	outside, outsideProblems := outsidePeers(d, self, opts)
+	hostKeys := make(map[keys.Key]string, len(candidates))
+	for _, c := range candidates {
+		hostKeys[c.PublicKey] = c.Lease
+	}
+	outside, outsideProblems := outsidePeers(d, self, hostKeys, opts)
 	candidates, problems = append(candidates, outside...), append(problems, outsideProblems...)
 	holders := make(map[keys.Key][]string, len(candidates))
 	for _, c := range candidates {
@@ -122,23 +128,50 @@ func plan(d mesh.Desired, self keys.Key, opts Options) ([]PeerSpec, []error, map
 // address as the only allowed IP, the endpoint they were given (none: the
 // peer reaches the hosts first and WireGuard learns it), configured even
 // in the on-demand mode (their handshakes come from no lease's address).
-func outsidePeers(d mesh.Desired, self keys.Key, opts Options) ([]PeerSpec, []error) {
+// Each record is checked here as weftctl checks it before writing it, since
+// anyone who can write to etcd can write one: a record that fails is
+// skipped with its reason and the others are applied. A record carrying a
+// host's key is skipped, not the host (hostKeys: key → lease); of two
+// records claiming one address the older keeps it, since WireGuard would
+// move the address to whichever it was given last.
+func outsidePeers(d mesh.Desired, self keys.Key, hostKeys map[keys.Key]string, opts Options) ([]PeerSpec, []error) {
 	var out []PeerSpec
 	var problems []error
-	for _, o := range d.Outside {
+	records := slices.Clone(d.Outside)
+	slices.SortStableFunc(records, func(a, b lease.OutsidePeer) int {
+		if a.Created != b.Created {
+			return cmp.Compare(a.Created, b.Created)
+		}
+		return strings.Compare(a.Name, b.Name)
+	})
+	taken := map[netip.Addr]string{}
+	for _, o := range records {
 		name := "peers/" + o.Name
 		pub, err := keys.ParseKey(o.PublicKey)
 		switch {
 		case err != nil:
-			problems = append(problems, mesh.SkipPeer(name, "PublicKey %q: %v", o.PublicKey, err))
+			problems = append(problems, mesh.SkipPeer(name, "PublicKey: %v", err))
 			continue
 		case pub == self:
 			problems = append(problems, mesh.SkipPeer(name, "publishes this host's own public key"))
 			continue
+		case hostKeys[pub] != "":
+			problems = append(problems, mesh.SkipPeer(name, "publishes the public key of host lease %s; the host keeps it", hostKeys[pub]))
+			continue
 		case !d.PeersNetwork.IsValid() || !d.PeersNetwork.Contains(o.Address.Addr()) || o.Address.Bits() != 32:
 			problems = append(problems, mesh.SkipPeer(name, "Address %s is not a /32 of PeersNetwork %s", o.Address, d.PeersNetwork))
 			continue
+		case taken[o.Address.Addr()] != "":
+			problems = append(problems, mesh.SkipPeer(name, "Address %s is outside peer %s's, written earlier", o.Address, taken[o.Address.Addr()]))
+			continue
+		case o.Keepalive < 0 || o.Keepalive > 65535:
+			problems = append(problems, mesh.SkipPeer(name, "Keepalive %d is not between 0 and 65535 seconds", o.Keepalive))
+			continue
+		case o.Endpoint.IsValid() && (o.Endpoint.Addr().Zone() != "" || o.Endpoint.Port() == 0):
+			problems = append(problems, mesh.SkipPeer(name, "Endpoint is not an address and port without a zone"))
+			continue
 		}
+		taken[o.Address.Addr()] = o.Name
 		out = append(out, PeerSpec{Lease: name, PublicKey: pub, Endpoint: o.Endpoint, AllowedIPs: []netip.Prefix{o.Address},
 			Keepalive: time.Duration(o.Keepalive) * time.Second, PSK: opts.PSK, NAT: true})
 	}

@@ -323,6 +323,43 @@ func TestPlanOutsidePeers(t *testing.T) {
 	}
 }
 
+// TestPlanChecksOutsideRecords: weftd checks every outside-peer record
+// itself (issue 30, item 3), as weftctl does before writing one: a
+// keepalive out of range, a host's public key or an address another record
+// holds skips that record alone, with its reason; the host keeps its key
+// and the older record its address.
+func TestPlanChecksOutsideRecords(t *testing.T) {
+	self, host, a, b, c := mustKey(t), mustKey(t), mustKey(t), mustKey(t), mustKey(t)
+	addr := func(s string) netip.Prefix { return netip.MustParsePrefix(s) }
+	d := mesh.Desired{PeersNetwork: addr("10.6.0.0/24"),
+		Peers: []mesh.Peer{wgPeer("10.5.1.0/24", "192.168.50.2", data(host, 51820))},
+		Outside: []lease.OutsidePeer{
+			{Name: "huge-keepalive", PublicKey: a.String(), Address: addr("10.6.0.1/32"), Keepalive: 70000, Created: 5},
+			{Name: "negative-keepalive", PublicKey: b.String(), Address: addr("10.6.0.2/32"), Keepalive: -5, Created: 6},
+			{Name: "host-key", PublicKey: host.String(), Address: addr("10.6.0.3/32"), Created: 7},
+			{Name: "newer", PublicKey: c.String(), Address: addr("10.6.0.4/32"), Created: 9},
+			{Name: "older", PublicKey: mustKey(t).String(), Address: addr("10.6.0.4/32"), Created: 8},
+		}}
+	specs, problems := Plan(d, self, Options{ListenPort: 51820})
+	var got []string
+	for _, s := range specs {
+		got = append(got, s.Lease)
+	}
+	if want := "10.5.1.0-24 peers/older"; joined(got) != want {
+		t.Errorf("peers %q, want %q", joined(got), want)
+	}
+	reasons := fmt.Sprint(problems)
+	for _, want := range []string{"peers/huge-keepalive: Keepalive 70000", "peers/negative-keepalive: Keepalive -5",
+		"peers/host-key: publishes the public key of host lease 10.5.1.0-24", "peers/newer: Address 10.6.0.4/32 is outside peer older's"} {
+		if !strings.Contains(reasons, want) {
+			t.Errorf("problems %v lack %q", problems, want)
+		}
+	}
+	if len(problems) != 4 {
+		t.Errorf("%d problems, want 4: %v", len(problems), problems)
+	}
+}
+
 // TestMixedFamilies: only peers at endpoints of both families are mixed,
 // and the IPv6 ones are named; a peer with no endpoint counts for neither.
 func TestMixedFamilies(t *testing.T) {
