@@ -88,6 +88,9 @@ func DecodeOutsidePeer(name string, value []byte) (OutsidePeer, error) {
 		return p, fmt.Errorf("%w: peer %s: %v", ErrBadLease, name, err)
 	}
 	p.Name = name
+	if !ValidPeerName(name) {
+		return p, fmt.Errorf("%w: peer %q: the name is not letters, digits, '.', '_' and '-'", ErrBadLease, name)
+	}
 	if err := p.checkEndpoint(); err != nil {
 		return p, fmt.Errorf("%w: %v", ErrBadLease, err)
 	}

@@ -144,7 +144,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case cmd[0] == "peer":
 		err = runPeer(ctx, cmd[1:], opts, stdout, stderr)
 	case len(cmd) == 2 && cmd[0] == "showconf":
-		err = runShowconf(ctx, cmd[1], opts, stdout)
+		err = runShowconf(ctx, cmd[1], opts, stdout, stderr)
 	case len(cmd) >= 1 && cmd[0] == "leases":
 		asJSON := len(cmd) == 3 && cmd[1] == "-o" && cmd[2] == "json"
 		err = withStore(opts, func(s *lease.EtcdStore) error { return printLeases(ctx, s, stdout, asJSON) })

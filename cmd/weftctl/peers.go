@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -11,7 +10,9 @@ import (
 	"strings"
 
 	"github.com/weftnet/weft/backends/wireguard"
+	"github.com/weftnet/weft/keys"
 	"github.com/weftnet/weft/lease"
+	"github.com/weftnet/weft/mesh"
 )
 
 // runPeer is `weftctl peer add|rm|list`: outside peers, machines that
@@ -111,7 +112,13 @@ func configAndPeers(ctx context.Context, s *lease.EtcdStore) (*lease.Config, []l
 // runShowconf is `weftctl showconf NAME`: a wg-quick file for an outside
 // peer, with every weft host as a peer (its subnet as AllowedIPs: together
 // the Network). The private key is the machine's own; weft never has it.
-func runShowconf(ctx context.Context, name string, opts lease.EtcdOptions, stdout io.Writer) error {
+// Every lease passes the checks weftd applies (mesh.Compute, then the
+// wireguard plan: a valid key, a port in range, one lease per key), and
+// every line is printed from the parsed values, never from the record:
+// wg-quick runs PreUp and PostUp lines as root, so one line copied from
+// etcd would hand an etcd writer the outside machine. A skipped lease is
+// named on stderr.
+func runShowconf(ctx context.Context, name string, opts lease.EtcdOptions, stdout, stderr io.Writer) error {
 	return withStore(opts, func(s *lease.EtcdStore) error {
 		cfg, peers, err := configAndPeers(ctx, s)
 		if err != nil {
@@ -126,34 +133,76 @@ func runShowconf(ctx context.Context, name string, opts lease.EtcdOptions, stdou
 		if me == nil {
 			return fmt.Errorf("no outside peer %q (weftctl peer add %s -public-key KEY)", name, name)
 		}
+		if err := me.Check(cfg); err != nil {
+			return fmt.Errorf("%v; fix it with weftctl peer rm %s and weftctl peer add", err, name)
+		}
+		myKey, err := keys.ParseKey(me.PublicKey)
+		if err != nil {
+			return err
+		}
 		wgOpts, err := wireguard.ParseOptions(cfg.Backend.Raw)
 		if err != nil {
 			return err
 		}
+		// The outside machine reaches every host through WireGuard at its
+		// IPv4 address (PeersNetwork is IPv4): no direct routes, one
+		// device per family.
+		wgOpts.DirectRouting, wgOpts.Mode = false, wireguard.ModeSeparate
 		records, _, err := s.List(ctx)
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "# wg-quick configuration of outside peer %s of the weft network %s (weftctl showconf)\n", name, cfg.Network)
-		fmt.Fprintf(stdout, "[Interface]\nAddress = %s\nPrivateKey = <the private key of %s; weft has only its public key>\n", me.Address, name)
+		var leases []lease.Lease
 		for _, r := range records {
 			l, err := lease.DecodeLease(r.Key, r.Value)
-			if err != nil || l.Attrs.Backend() != lease.BackendWireGuard || !cfg.Fits(l.Subnet) {
+			if err != nil {
+				fmt.Fprintln(stderr, "weftctl: skipping:", printable(err.Error()))
 				continue
 			}
-			var data wireguard.BackendData
-			if json.Unmarshal(l.Attrs.BackendData, &data) != nil || data.PublicKey == "" {
-				continue
-			}
-			fmt.Fprintf(stdout, "\n[Peer]\n# host %s, lease %s\nPublicKey = %s\nEndpoint = %s\nAllowedIPs = %s\n",
-				l.Attrs.PublicIP, r.Key, data.PublicKey, netip.AddrPortFrom(l.Attrs.PublicIP, uint16(data.Port)), l.Subnet)
-			if wgOpts.PSK != nil {
-				fmt.Fprintf(stdout, "PresharedKey = %s\n", wgOpts.PSK)
-			}
-			if me.Keepalive > 0 {
-				fmt.Fprintf(stdout, "PersistentKeepalive = %d\n", me.Keepalive)
-			}
+			l.Revision, l.CreateRevision = r.Revision, r.CreateRevision
+			leases = append(leases, l)
 		}
+		// The outside machine holds no lease: a self with no subnet and no
+		// address is no lease's own.
+		d := mesh.Compute(lease.Lease{}, leases, cfg)
+		for _, skip := range d.Skipped {
+			fmt.Fprintf(stderr, "weftctl: skipping lease %s: %s\n", printable(skip.Key), printable(skip.Reason))
+		}
+		specs, problems := wireguard.Plan(d, myKey, wgOpts)
+		for _, p := range problems {
+			fmt.Fprintln(stderr, "weftctl: skipping:", printable(p.Error()))
+		}
+		writeWGQuick(stdout, name, cfg, *me, specs, wgOpts.PSK)
 		return nil
 	})
+}
+
+// writeWGQuick prints the wg-quick file of outside peer name (me) with
+// specs as its peers, from typed values only: keys in wg's base64,
+// addresses and endpoints as netip prints them, the keepalive checked.
+func writeWGQuick(w io.Writer, name string, cfg *lease.Config, me lease.OutsidePeer, specs []wireguard.PeerSpec, psk *keys.Key) {
+	fmt.Fprintf(w, "# wg-quick configuration of outside peer %s of the weft network %s (weftctl showconf)\n", name, cfg.Network)
+	if psk != nil {
+		fmt.Fprintln(w, "# It holds the cluster's pre-shared key (Backend.PSK): keep it as secret as a private key.")
+	}
+	fmt.Fprintf(w, "[Interface]\nAddress = %s\nPrivateKey = <the private key of %s; weft has only its public key>\n", me.Address, name)
+	for _, spec := range specs {
+		fmt.Fprintf(w, "\n[Peer]\n# host %s, lease %s\nPublicKey = %s\nEndpoint = %s\nAllowedIPs = %s\n",
+			spec.Endpoint.Addr(), spec.Lease, spec.PublicKey, spec.Endpoint, joinPrefixes(spec.AllowedIPs))
+		if psk != nil {
+			fmt.Fprintf(w, "PresharedKey = %s\n", psk)
+		}
+		if me.Keepalive > 0 {
+			fmt.Fprintf(w, "PersistentKeepalive = %d\n", me.Keepalive)
+		}
+	}
+}
+
+// joinPrefixes is prefixes as wg-quick lists them: "a, b".
+func joinPrefixes(prefixes []netip.Prefix) string {
+	texts := make([]string, len(prefixes))
+	for i, p := range prefixes {
+		texts[i] = p.String()
+	}
+	return strings.Join(texts, ", ")
 }
