@@ -164,6 +164,12 @@ func (c *Config) setPeersNetwork(text *string) error {
 		return configErr(`key "PeersNetwork": %q is not an IPv4 CIDR such as "10.6.0.0/24"`, *text)
 	case p.Bits() > 30:
 		return configErr(`key "PeersNetwork": %s holds no peer; use a /30 or wider`, p)
+	case p.Bits() < 16:
+		// Every host routes PeersNetwork into its WireGuard device: a wide
+		// one takes the underlay, etcd and the peers with it.
+		return configErr(`key "PeersNetwork": %s is wider than a /16, and every host routes it into WireGuard; use a /16 or narrower, such as "10.6.0.0/24"`, p)
+	case !unicastRange(p.Masked()):
+		return configErr(`key "PeersNetwork": %s is not unicast space (it holds 0.0.0.0/8, 127.0.0.0/8, link-local, multicast or reserved addresses); use private addresses such as "10.6.0.0/24"`, p)
 	case c.Network.IsValid() && p.Overlaps(c.Network):
 		return configErr(`key "PeersNetwork": %s overlaps Network %s; outside peers need addresses of their own`, p, c.Network)
 	case c.Backend.Type != BackendWireGuard:
@@ -171,6 +177,24 @@ func (c *Config) setPeersNetwork(text *string) error {
 	}
 	c.PeersNetwork = p.Masked()
 	return nil
+}
+
+// notUnicast are the IPv4 ranges no peer's address may lie in: "this
+// network", loopback, link-local, multicast and the reserved block with
+// the limited broadcast address.
+var notUnicast = []netip.Prefix{
+	netip.MustParsePrefix("0.0.0.0/8"), netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("169.254.0.0/16"),
+	netip.MustParsePrefix("224.0.0.0/4"), netip.MustParsePrefix("240.0.0.0/4"),
+}
+
+// unicastRange reports whether p overlaps none of notUnicast.
+func unicastRange(p netip.Prefix) bool {
+	for _, bad := range notUnicast {
+		if p.Overlaps(bad) {
+			return false
+		}
+	}
+	return true
 }
 
 func (c *Config) setSubnetLen(subnetLen *int) error {

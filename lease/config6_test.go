@@ -101,6 +101,12 @@ func TestParseConfigPeersNetwork(t *testing.T) {
 		`{"Network":"10.5.0.0/16","PeersNetwork":"fc00::/64","Backend":{"Type":"wireguard"}}`:   `key "PeersNetwork": "fc00::/64" is not an IPv4 CIDR`,
 		`{"Network":"10.5.0.0/16","PeersNetwork":"10.6.0.0/31","Backend":{"Type":"wireguard"}}`: `key "PeersNetwork": 10.6.0.0/31 holds no peer`,
 		`{"Network":"10.5.0.0/16","PeersNetwork":"10.6.0.0/24","Backend":{"Type":"vxlan"}}`:     `key "PeersNetwork": outside peers join through WireGuard`,
+		// Issue 30, item 9: every host routes PeersNetwork into WireGuard.
+		`{"Network":"10.5.0.0/16","PeersNetwork":"128.0.0.0/1","Backend":{"Type":"wireguard"}}`:    `key "PeersNetwork": 128.0.0.0/1 is wider than a /16`,
+		`{"Network":"10.5.0.0/16","PeersNetwork":"224.0.0.0/24","Backend":{"Type":"wireguard"}}`:   `key "PeersNetwork": 224.0.0.0/24 is not unicast space`,
+		`{"Network":"10.5.0.0/16","PeersNetwork":"127.0.0.0/16","Backend":{"Type":"wireguard"}}`:   `key "PeersNetwork": 127.0.0.0/16 is not unicast space`,
+		`{"Network":"10.5.0.0/16","PeersNetwork":"169.254.0.0/24","Backend":{"Type":"wireguard"}}`: `key "PeersNetwork": 169.254.0.0/24 is not unicast space`,
+		`{"Network":"10.5.0.0/16","PeersNetwork":"0.0.0.0/24","Backend":{"Type":"wireguard"}}`:     `key "PeersNetwork": 0.0.0.0/24 is not unicast space`,
 	} {
 		if _, err := ParseConfig([]byte(raw)); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("ParseConfig(%s) = %v, want %q", raw, err, want)

@@ -57,6 +57,10 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 		return err
 	}
 
+	if why := peersNetworkConflict(cfg.PeersNetwork, hostAddrs(), o.etcd.Endpoints); why != "" {
+		log.Error("not routing PeersNetwork on this host: outside peers cannot reach it; choose a PeersNetwork no host or etcd address uses", "reason", why)
+		cfg.PeersNetwork = netip.Prefix{}
+	}
 	switch {
 	case !cfg.EnableIPv4:
 		publicIP = netip.IPv4Unspecified() // an IPv6-only lease's, as flannel writes it
