@@ -195,8 +195,13 @@ func (h *Holder) takeBack(ctx context.Context, cur Lease, req ClaimRequest) (boo
 		return false, err
 	}
 	foreign, err := DecodeLease(r.Key, r.Value)
-	if err == nil && foreign.Attrs.SameHost(req.Attrs) {
-		return false, nil // ours, with older attributes: rewritten by Claim
+	if err == nil && foreign.Attrs.SameHost(req.Attrs) && r.Revision == cur.Revision {
+		// What this weftd wrote, with attributes changed since (a key
+		// rotated): rewritten by Claim, no conflict. The same PublicIP
+		// at a revision this weftd did not write is someone else's write
+		// (another WireGuard key for this host's address): taken back and
+		// counted as any overwrite.
+		return false, nil
 	}
 	h.conflicts.Add(1)
 	h.log.Error("this host's lease was overwritten by another writer; taking it back (check who can write etcd)",

@@ -350,6 +350,32 @@ func TestHolderTakesBackAnOverwrittenLease(t *testing.T) {
 			t.Errorf("no error naming the writer:\n%s", logs.String())
 		}
 
+		// Issue 30, item 12: this host's own PublicIP with another
+		// backend's data (another WireGuard key), written by someone else,
+		// is a conflict too; attributes this holder changes itself (a key
+		// rotated) are not.
+		rec, _, _ = s.Get(ctx, l.Key())
+		other := req.Attrs
+		other.BackendData = []byte(`{"PublicKey":"stolen","Port":51820}`)
+		if _, err := s.Replace(ctx, rec, other.Encode(), time.Hour); err != nil {
+			t.Fatal(err)
+		}
+		h.Verify()
+		waitFor(t, "the lease back with its own data", func() bool {
+			r, ok, _ := s.Get(ctx, l.Key())
+			return ok && string(r.Value) == string(req.Attrs.Encode()) && h.Conflicts() == 2
+		})
+		rotated := req.Attrs
+		rotated.BackendData = []byte(`{"PublicKey":"rotated","Port":51820}`)
+		h.SetAttrs(rotated)
+		waitFor(t, "the rotated data written", func() bool {
+			r, ok, _ := s.Get(ctx, l.Key())
+			return ok && string(r.Value) == string(rotated.Encode())
+		})
+		if h.Conflicts() != 2 {
+			t.Errorf("a key rotated by this host counted as a conflict: %d", h.Conflicts())
+		}
+
 		// Expired and claimed by another host: a new key incarnation.
 		if err := s.Delete(ctx, l.Key()); err != nil {
 			t.Fatal(err)
@@ -359,7 +385,7 @@ func TestHolderTakesBackAnOverwrittenLease(t *testing.T) {
 		}
 		h.Verify()
 		waitFor(t, "the holder moves to a new subnet", func() bool { return h.Current().Subnet != l.Subnet })
-		if h.Conflicts() != 1 {
+		if h.Conflicts() != 2 {
 			t.Errorf("a subnet taken after expiry was counted as a conflict")
 		}
 	})
