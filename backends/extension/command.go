@@ -34,7 +34,7 @@ func (c Command) Run(ctx context.Context, timeout time.Duration) (string, error)
 	if len(words) == 0 {
 		return "", fmt.Errorf("%s is empty", c.Key)
 	}
-	env := append(os.Environ(), c.Env...)
+	env := append(commandEnviron(os.Environ()), c.Env...)
 	lookup := map[string]string{}
 	for _, kv := range env {
 		k, v, _ := strings.Cut(kv, "=")
@@ -48,15 +48,18 @@ func (c Command) Run(ctx context.Context, timeout time.Duration) (string, error)
 	cmd := exec.CommandContext(ctx, words[0], words[1:]...)
 	cmd.Env = env
 	cmd.Stdin = strings.NewReader(c.Stdin + "\n")
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
+	out := &cappedBuffer{limit: MaxOutput}
+	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	// A child that keeps the output pipe open must not hold Run past the
 	// kill.
 	cmd.WaitDelay = time.Second
 	err := cmd.Run()
-	output := strings.TrimSpace(out.String())
+	output := strings.TrimSpace(out.buf.String())
+	if out.dropped > 0 {
+		output += fmt.Sprintf(" [%d more bytes of output not kept]", out.dropped)
+	}
 	switch {
 	case err == nil:
 		return output, nil
@@ -67,4 +70,49 @@ func (c Command) Run(ctx context.Context, timeout time.Duration) (string, error)
 	default:
 		return output, fmt.Errorf("%s %q: %w", c.Key, c.Line, err)
 	}
+}
+
+// MaxOutput is how much of a command's output weftd keeps: enough for any
+// BackendData a lease can carry and for an error message; the rest is
+// read and counted, never held (a command printing without end must not
+// grow weftd).
+const MaxOutput = 64 << 10
+
+// cappedBuffer keeps the first limit bytes written to it and counts the
+// rest.
+type cappedBuffer struct {
+	buf     bytes.Buffer
+	limit   int
+	dropped int64
+}
+
+func (c *cappedBuffer) Write(p []byte) (int, error) {
+	keep := min(len(p), c.limit-c.buf.Len())
+	if keep > 0 {
+		c.buf.Write(p[:keep])
+	}
+	c.dropped += int64(len(p) - max(keep, 0))
+	return len(p), nil
+}
+
+// secretEnv are variables of weftd's environment a command does not get:
+// the etcd credentials weftd may have been given in its environment.
+var secretEnv = map[string]bool{
+	"WEFTD_ETCD_PASSWORD": true, "FLANNELD_ETCD_PASSWORD": true,
+	"WEFTD_ETCD_USERNAME": true, "FLANNELD_ETCD_USERNAME": true,
+	"ETCDCTL_PASSWORD": true, "ETCDCTL_USER": true,
+}
+
+// commandEnviron is weftd's environment without secretEnv: the commands
+// are the network config's (anyone who can write etcd), not weftd's
+// operator's, so they must not learn how to write etcd as weftd.
+func commandEnviron(environ []string) []string {
+	out := make([]string, 0, len(environ))
+	for _, kv := range environ {
+		name, _, _ := strings.Cut(kv, "=")
+		if !secretEnv[name] {
+			out = append(out, kv)
+		}
+	}
+	return out
 }

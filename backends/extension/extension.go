@@ -63,8 +63,15 @@ func (b *Backend) Setup(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("%w; output: %q", err, out)
 		}
+		data, _ := json.Marshal(out)
+		if len(data) > MaxBackendData {
+			// Past the bound every host refuses the lease, and this host
+			// would not recognise its own at the next start.
+			return fmt.Errorf("PreStartupCommand %q printed %d bytes (as BackendData, a JSON string), more than the %d a lease carries; print a short token, not the data itself",
+				b.opts.PreStartupCommand, len(data), MaxBackendData)
+		}
 		b.log.Info("ran PreStartupCommand", "command", b.opts.PreStartupCommand, "output", out)
-		b.data, _ = json.Marshal(out)
+		b.data = data
 	}
 	// The worker outlives Setup's context: it runs until Close.
 	worker, stop := context.WithCancel(context.Background())
@@ -83,6 +90,10 @@ func (b *Backend) Setup(ctx context.Context) error {
 	}()
 	return nil
 }
+
+// MaxBackendData bounds PreStartupCommand's output as published: with the
+// rest of the lease it stays well under the 16 KiB every host accepts.
+const MaxBackendData = 8 << 10
 
 // BackendData is PreStartupCommand's output as a JSON string (nil
 // without one), as flannel publishes it.

@@ -61,6 +61,34 @@ func TestCommandRun(t *testing.T) {
 	}
 }
 
+// TestCommandBounds: issue 30, item 8. A command's output is kept up to
+// MaxOutput (64 MiB printed grows nothing) with the rest counted; the
+// commands do not get weftd's etcd credentials; a PreStartupCommand whose
+// output would make the lease too large stops Setup naming the bound.
+func TestCommandBounds(t *testing.T) {
+	ctx := context.Background()
+	out, err := Command{Key: "k", Line: "head -c 67108864 /dev/zero"}.Run(ctx, 30*time.Second)
+	if err != nil || len(out) > MaxOutput+100 || !strings.HasSuffix(out, fmt.Sprintf("[%d more bytes of output not kept]", 64<<20-MaxOutput)) {
+		t.Errorf("64 MiB of output: %d bytes kept, ending %q, %v", len(out), out[max(0, len(out)-60):], err)
+	}
+	t.Setenv("WEFTD_ETCD_PASSWORD", "s3cret-weftd")
+	t.Setenv("FLANNELD_ETCD_PASSWORD", "s3cret-flanneld")
+	t.Setenv("WEFT_TEST_KEPT", "kept")
+	out, err = Command{Key: "k", Line: "env"}.Run(ctx, 5*time.Second)
+	if err != nil || strings.Contains(out, "s3cret") || !strings.Contains(out, "WEFT_TEST_KEPT=kept") {
+		t.Errorf("environment of a command: %v\n%s", err, out)
+	}
+	raw := json.RawMessage(fmt.Sprintf(`{"PreStartupCommand":"head -c %d /dev/zero"}`, MaxBackendData))
+	b, err := New(raw, netutil.ExternalInterface{MTU: 1500}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Setup(ctx); err == nil || !strings.Contains(err.Error(), "more than the 8192 a lease carries") {
+		t.Errorf("oversized PreStartupCommand output: %v", err)
+	}
+	b.Close()
+}
+
 // TestCommandTimeoutKillsGroup: a command past its time is killed with
 // its children, and Run returns at once.
 func TestCommandTimeoutKillsGroup(t *testing.T) {
