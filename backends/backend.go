@@ -98,6 +98,16 @@ type OnDemandReporter interface {
 	OnDemand() wireguard.OnDemandStats
 }
 
+// Leaver is a backend with work to undo when the host moves to another
+// Backend.Type: the extension backend's commands made routes weft does not
+// know, which would keep carrying traffic their way (in clear, after a
+// switch to wireguard).
+type Leaver interface {
+	// Leave undoes what the backend made for its peers; the backend is
+	// closed afterwards.
+	Leave(ctx context.Context) error
+}
+
 // DropCounter is a backend that refuses datagrams and counts them by
 // reason, for /status and /metrics.
 type DropCounter interface {
@@ -343,4 +353,5 @@ var (
 	_ DeviceStatus      = (*wireguard.Backend)(nil)
 	_ OnDemandReporter  = (*wireguard.Backend)(nil)
 	_ DropCounter       = (*udp.Backend)(nil)
+	_ Leaver            = (*extension.Backend)(nil)
 )

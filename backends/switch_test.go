@@ -53,3 +53,19 @@ route 10.9.0.0/16 via 192.168.77.254 dev eth0
 		t.Errorf("second run removed %v (%v)", again, err)
 	}
 }
+
+// TestRemoveOthersIPIPToVXLAN: issue 30, item 11. vxlan owns weft.<VNI>
+// only, so a host switched from ipip to vxlan removes weft.ipip (which
+// accepts IP-in-IP from any source) instead of taking it for its own.
+func TestRemoveOthersIPIPToVXLAN(t *testing.T) {
+	k := backendtest.NewKernel()
+	ext := k.AddExternal("eth0", netip.MustParsePrefix("192.168.77.1/24"), 1500)
+	k.AddTUN("weft.ipip", 1480) // the fake has no ipip type; the name decides
+	if err := k.LinkAdd(&netlink.Vxlan{LinkAttrs: netlink.LinkAttrs{Name: "weft.1"}, VxlanId: 1}); err != nil {
+		t.Fatal(err)
+	}
+	removed, err := RemoveOthers(k, lease.BackendVXLAN, ext, false)
+	if err != nil || strings.Join(removed, "; ") != "ipip device weft.ipip" {
+		t.Errorf("removed %q (%v), want weft.ipip alone", removed, err)
+	}
+}

@@ -173,6 +173,33 @@ func (b *Backend) run(ctx context.Context, c Command, peer string) bool {
 	return true
 }
 
+// Leave runs SubnetRemoveCommand for every peer whose add succeeded, once
+// the worker has stopped: the host is leaving the extension backend for
+// another, and the routes the adds made would otherwise stay. The script's
+// other work (PostStartupCommand's) is the operator's to undo.
+func (b *Backend) Leave(ctx context.Context) error {
+	b.Close()
+	if b.opts.SubnetRemoveCommand == "" {
+		return nil
+	}
+	b.mu.Lock()
+	done := slices.Collect(maps.Values(b.done))
+	b.mu.Unlock()
+	slices.SortFunc(done, func(x, y Subnet) int { return strings.Compare(x.Key, y.Key) })
+	var errs []error
+	for _, s := range done {
+		c := Command{Key: "SubnetRemoveCommand", Line: b.opts.SubnetRemoveCommand, Env: s.Env(), Stdin: s.Data}
+		if !b.run(ctx, c, s.Key) {
+			errs = append(errs, fmt.Errorf("SubnetRemoveCommand for %s failed", s.Key))
+			continue
+		}
+		b.mu.Lock()
+		delete(b.done, s.Key)
+		b.mu.Unlock()
+	}
+	return errors.Join(errs...)
+}
+
 // Cleanup removes nothing: flannel's extension has no teardown command,
 // and what the commands made is not weft's to know.
 func (b *Backend) Cleanup(context.Context) error { return nil }

@@ -224,4 +224,17 @@ exit 0
 	d.Peers = d.Peers[1:]
 	b.Apply(context.Background(), d)
 	waitFor("remove 10.5.1.0/24 192.0.2.1 x\n")
+
+	// Issue 30, item 11: leaving the extension backend (the config moved
+	// to another) removes every peer still added, once.
+	waitFor("remove 10.5.1.0/24")
+	for len(b.doneKeys()) != 1 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := b.Leave(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(calls(), "remove 10.5.2.0/24 192.0.2.2 y\n") || strings.Count(calls(), "remove ") != 2 || len(b.doneKeys()) != 0 {
+		t.Errorf("after Leave:\n%s\nstill added: %v", calls(), b.doneKeys())
+	}
 }

@@ -7,8 +7,9 @@ import "strings"
 // RouteProtocol, so they need no list. `weftctl cleanup` removes the
 // footprints of all backends, whichever ran.
 type Footprint struct {
-	// Links are device names; a name ending in "*" matches by prefix
-	// (vxlan's weft.<VNI>).
+	// Links are device names; a name ending in "#" matches that prefix
+	// followed by decimal digits only (vxlan's weft.<VNI>), so no
+	// backend's pattern takes another's device (weft.ipip).
 	Links []string
 	// Files are sockets and other files the backend creates.
 	Files []string
@@ -17,9 +18,23 @@ type Footprint struct {
 // OwnsLink reports whether the footprint includes the device name.
 func (f Footprint) OwnsLink(name string) bool {
 	for _, l := range f.Links {
-		if prefix, ok := strings.CutSuffix(l, "*"); ok && strings.HasPrefix(name, prefix) || l == name {
+		if prefix, ok := strings.CutSuffix(l, "#"); ok {
+			if digits, ok := strings.CutPrefix(name, prefix); ok && allDigits(digits) {
+				return true
+			}
+		} else if l == name {
 			return true
 		}
 	}
 	return false
+}
+
+// allDigits reports whether s is one or more decimal digits.
+func allDigits(s string) bool {
+	for _, r := range s {
+		if r < '0' || r > '9' {
+			return false
+		}
+	}
+	return s != ""
 }

@@ -68,7 +68,7 @@ func NewIPv6(raw json.RawMessage, ext netutil.ExternalInterface, publicIPv6 neti
 }
 
 // Footprint is what the vxlan backend leaves on a host: weft.<VNI>.
-func Footprint() netutil.Footprint { return netutil.Footprint{Links: []string{"weft.*", "weft-v6.*"}} }
+func Footprint() netutil.Footprint { return netutil.Footprint{Links: []string{"weft.#", "weft-v6.#"}} }
 
 // MTU is the device's (and containers') MTU.
 func (b *Backend) MTU() int { return b.mtu }

@@ -13,6 +13,7 @@ func TestCleanupFindsEveryBackendsDevices(t *testing.T) {
 	footprints := backends.Footprints()
 	for name, want := range map[string]string{
 		"weft0": "udp", "weft-wg": "wireguard", "weft-wg-v6": "wireguard", "weft.1": "vxlan", "weft.4096": "vxlan", "weft-v6.1": "vxlan",
+		"weft.ipip": "ipip", "weft.": "", "weft.1x": "", "weft-v6.ipip": "",
 		"eth0": "", "flannel.1": "", "weftx": "", "cbr0": "", "docker0": "",
 	} {
 		if got := ownedBy(footprints, name); got != want {

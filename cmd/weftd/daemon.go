@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -85,7 +86,11 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	if o.behindNAT && cfg.Backend.Type != lease.BackendWireGuard {
 		log.Warn("-behind-nat is for the wireguard backend; this network's backend cannot reach a host behind NAT", "backend", cfg.Backend.Type)
 	}
-	defer leaveDataPath(backend, o.cleanupOnExit, log)
+	// The Backend.Type the config asks for now (watchBackendType keeps it):
+	// at exit, a backend the config has left undoes what only it knows.
+	var configType atomic.Pointer[string]
+	configType.Store(&cfg.Backend.Type)
+	defer func() { leaveDataPath(backend, o.cleanupOnExit, *configType.Load() != cfg.Backend.Type, log) }()
 	// Before anything is reported ready: what another backend left would
 	// keep carrying traffic its own way (in clear, after a switch to
 	// wireguard).
@@ -152,7 +157,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 			})
 		}
 	}
-	g.Go(func() error { return watchBackendType(ctx, store, cfg.Backend.Type, o.resync, log) })
+	g.Go(func() error { return watchBackendType(ctx, store, cfg.Backend.Type, o.resync, &configType, log) })
 	g.Go(func() error { return watcher.Run(ctx) })
 	g.Go(func() error { return holder.Run(ctx) })
 	g.Go(func() error { return reconciler.Run(ctx) })
@@ -191,10 +196,18 @@ func setUpBackend(ctx context.Context, env backends.Env) (backends.Backend, erro
 	return backend, nil
 }
 
-// leaveDataPath runs at exit: it leaves devices, routes and peers in place
-// so traffic keeps flowing while weftd restarts, or removes them all with
-// -cleanup-on-exit.
-func leaveDataPath(backend backends.Backend, cleanup bool, log *slog.Logger) {
+// leaveDataPath ends the backend at exit: with cleanup (-cleanup-on-exit)
+// it removes the whole data path; otherwise it stays, so traffic keeps
+// flowing until weftd is back. A backend the config has left (switched
+// away from) first undoes what only it knows (backends.Leaver: the
+// extension's routes), which the next backend could not find.
+func leaveDataPath(backend backends.Backend, cleanup, switchedAway bool, log *slog.Logger) {
+	if leaver, ok := backend.(backends.Leaver); ok && switchedAway {
+		log.Info("the network config has left this backend: undoing what its peers' commands made")
+		if err := leaver.Leave(context.Background()); err != nil {
+			log.Error("leaving the backend", "err", err)
+		}
+	}
 	if cleanup {
 		log.Info("removing weft's data path (-cleanup-on-exit)")
 		if err := backend.Cleanup(context.Background()); err != nil {
@@ -230,7 +243,7 @@ func subnetFileWriter(path string, cfg *lease.Config, mtu int, ipMasq bool, log 
 // watchBackendType says, once per change, when the network config asks
 // for another Backend.Type than the one running: it takes effect at
 // weftd's next start (a switch needs the old data path removed first).
-func watchBackendType(ctx context.Context, store lease.Store, running string, every time.Duration, log *slog.Logger) error {
+func watchBackendType(ctx context.Context, store lease.Store, running string, every time.Duration, latest *atomic.Pointer[string], log *slog.Logger) error {
 	said := running
 	for {
 		select {
@@ -247,6 +260,7 @@ func watchBackendType(ctx context.Context, store lease.Store, running string, ev
 			continue
 		}
 		said = cfg.Backend.Type
+		latest.Store(&said)
 		if said != running {
 			log.Warn("the network config now asks for another backend; it takes effect when weftd restarts (systemctl restart weftd)",
 				"running", running, "config", said)
