@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -122,7 +123,12 @@ func TestDockerNFTables(t *testing.T) {
 		t.Fatal(err)
 	}
 	hosts := startDocker(t, l, l.Hosts)
-	weftRule := `-A DOCKER-USER -s 10.5.0.0/16 -d 10.5.0.0/16 -m comment --comment "weft forward" -j ACCEPT`
+	// host-gw: weft's devices and eth0, where its routes send the overlay.
+	var weftRules []string
+	for _, iface := range []string{"-i weft+", "-o weft+", "-i eth0", "-o eth0"} {
+		weftRules = append(weftRules, `-A DOCKER-USER -s 10.5.0.0/16 -d 10.5.0.0/16 `+iface+` -m comment --comment "weft forward" -j ACCEPT`)
+	}
+	weftRule := strings.Join(weftRules, "\n")
 	for _, h := range hosts {
 		if _, err := Exec(h.Name, "iptables", "-P", "FORWARD", "DROP"); err != nil {
 			t.Fatal(err)
@@ -143,9 +149,12 @@ func TestDockerNFTables(t *testing.T) {
 		h, src := hosts[1], hosts[0]
 		// Stop weftd so the rule stays away while we look.
 		l.StopWeftd(h.Host, syscall.SIGTERM)
-		if _, err := Exec(h.Name, "iptables", "-D", "DOCKER-USER", "-s", "10.5.0.0/16", "-d", "10.5.0.0/16",
-			"-m", "comment", "--comment", "weft forward", "-j", "ACCEPT"); err != nil {
-			t.Fatal(err)
+		for _, iface := range [][]string{{"-i", "weft+"}, {"-o", "weft+"}, {"-i", "eth0"}, {"-o", "eth0"}} {
+			args := append(append([]string{"iptables", "-D", "DOCKER-USER", "-s", "10.5.0.0/16", "-d", "10.5.0.0/16"}, iface...),
+				"-m", "comment", "--comment", "weft forward", "-j", "ACCEPT")
+			if _, err := Exec(h.Name, args...); err != nil {
+				t.Fatal(err)
+			}
 		}
 		if err := src.Docker.Ping(src.Containers[0], h.Containers[0].IP); err == nil {
 			t.Error("overlay traffic passed docker's FORWARD DROP without weft's rule: the test proves nothing")
@@ -163,15 +172,71 @@ func TestDockerNFTables(t *testing.T) {
 		checkAdminDropWins(t, hosts[0], hosts[1], func() { time.Sleep(1500 * time.Millisecond) }) // a resync or more
 	})
 
+	t.Run("docker's icc=false still isolates containers of one host", func(t *testing.T) {
+		checkICCStillApplies(t, hosts[0])
+	})
+
 	t.Run("weftctl cleanup removes the rule and the table", func(t *testing.T) {
 		h := hosts[0]
 		l.StopWeftd(h.Host, syscall.SIGTERM)
 		out, err := Exec(h.Name, weftctlBin, "cleanup", "-subnet-file", h.SubnetFile())
-		if err != nil || !strings.Contains(out, "removed 1 weft rule(s) in DOCKER-USER") {
+		if err != nil || !strings.Contains(out, "removed 4 weft rule(s) in DOCKER-USER") {
 			t.Errorf("cleanup said %q (%v)", out, err)
 		}
 		if rules, _ := Exec(h.Name, "iptables", "-S", "DOCKER-USER"); strings.Contains(rules, "weft") || !strings.Contains(rules, "-j RETURN") {
 			t.Errorf("DOCKER-USER after cleanup:\n%s", rules)
 		}
+	})
+}
+
+// checkICCStillApplies: issue 30, item 6. Two containers on a docker
+// network of h with inter-container traffic off (the network option behind
+// dockerd's --icc=false), addressed inside the Network, do not reach each
+// other, while both still reach the other hosts: weft's DOCKER-USER rules
+// accept only traffic through the overlay. (A rule on the Network's
+// addresses alone, the earlier form, let them through.)
+func checkICCStillApplies(t *testing.T, h *DockerHost) {
+	t.Helper()
+	d := h.Docker
+	// A /28 of the Network no host leases (the lab leases from 10.5.1.0).
+	if _, err := d.Docker("network", "create", "-o", "com.docker.network.bridge.enable_icc=false", "--subnet", "10.5.254.0/28", "weft-noicc"); err != nil {
+		t.Fatal(err)
+	}
+	var isolated []Container
+	for _, name := range []string{"noicc-1", "noicc-2"} {
+		if _, err := d.Docker("run", "-d", "--network", "weft-noicc", "--name", name, BusyboxImage, "sleep", "100000"); err != nil {
+			t.Fatal(err)
+		}
+		out, err := d.Docker("inspect", "-f", `{{.State.Pid}} {{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}`, name)
+		f := strings.Fields(out)
+		if err != nil || len(f) != 2 {
+			t.Fatalf("inspect %s: %q %v", name, out, err)
+		}
+		c := Container{Name: name}
+		c.PID, _ = strconv.Atoi(f[0])
+		if c.IP, err = netip.ParseAddr(f[1]); err != nil {
+			t.Fatal(err)
+		}
+		isolated = append(isolated, c)
+	}
+	if err := isolated[0].PingFromNetns(isolated[1].IP); err == nil {
+		t.Errorf("%s reached %s on a network with icc off: weft's DOCKER-USER rule bypassed docker's isolation", isolated[0].IP, isolated[1].IP)
+	}
+	// The check can fail: the same two containers reach each other once
+	// docker's isolation is not in the way (icc on, a network of its own).
+	if _, err := d.Docker("network", "create", "--subnet", "10.5.254.16/28", "weft-icc"); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range isolated {
+		if _, err := d.Docker("network", "connect", "weft-icc", c.Name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, err := d.Docker("inspect", "-f", `{{(index .NetworkSettings.Networks "weft-icc").IPAddress}}`, isolated[1].Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "two containers on a network with icc on reach each other", 10*time.Second, func() error {
+		return isolated[0].PingFromNetns(netip.MustParseAddr(strings.TrimSpace(out)))
 	})
 }

@@ -141,7 +141,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	if reloader, ok := backend.(backends.KeyReloader); ok {
 		g.Go(func() error { return watchKey(ctx, reloader, holder, req.Attrs, log) })
 	}
-	if err := keepFirewall(ctx, g, o, cfg, holder, obs, log); err != nil {
+	if err := keepFirewall(ctx, g, o, cfg, holder, overlayOnUnderlay(cfg, ext), obs, log); err != nil {
 		return err
 	}
 	if o.blackholeRoute {
@@ -299,7 +299,7 @@ func keepBlackhole(ctx context.Context, kernel netutil.Kernel, current func() ne
 // -iptables-forward-rules asks for them, and the same chains in ip6tables
 // for the IPv6 half of a dual-stack network. Without iptables, -ip-masq is
 // an error; forward rules only a warning.
-func keepFirewall(ctx context.Context, g *errgroup.Group, o *options, cfg *lease.Config, holder *lease.Holder, obs *observer, log *slog.Logger) error {
+func keepFirewall(ctx context.Context, g *errgroup.Group, o *options, cfg *lease.Config, holder *lease.Holder, overlay []string, obs *observer, log *slog.Logger) error {
 	// The other mode's rules go first, as flannel cleans up the traffic
 	// manager it does not use at every start: after a switch of
 	// "EnableNFTables" nothing of the old mode is left to act twice.
@@ -336,6 +336,7 @@ func keepFirewall(ctx context.Context, g *errgroup.Group, o *options, cfg *lease
 		if !f.ipv6 {
 			settings.PeersNetwork = peers
 		}
+		settings.Overlay = overlay
 		var keeper interface {
 			Run(ctx context.Context, network netip.Prefix, subnet func() netip.Prefix) error
 		}

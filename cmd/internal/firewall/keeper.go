@@ -55,6 +55,11 @@ type Settings struct {
 	// PeersNetwork is the outside peers' network, not masqueraded to;
 	// invalid for none.
 	PeersNetwork netip.Prefix
+	// Overlay names interfaces besides weft's devices that carry overlay
+	// traffic (the external interface, for host-gw, extension and
+	// DirectRouting peers): nftables mode accepts the Network's traffic
+	// in DOCKER-USER only through those and weft's devices.
+	Overlay []string
 }
 
 // NewKeeper finds iptables (ip6tables for Settings.IPv6) and keeps the

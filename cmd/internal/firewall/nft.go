@@ -162,10 +162,24 @@ func verdict(kind expr.VerdictKind) nftPart {
 // overlay's own traffic there.
 const DockerUserChain = "DOCKER-USER"
 
-// DockerUserRule is the rule weft keeps in DOCKER-USER:
-// traffic from the Network to the Network, container to container across
-// hosts. Both ends must be in it: DOCKER-USER runs before docker's
-// isolation of its other bridges, which weft must not bypass.
-func DockerUserRule(network netip.Prefix) []string {
-	return rule(fwdComment, []string{"-s", network.String(), "-d", network.String()}, "-j", "ACCEPT")
+// DockerUserRules are the rules weft keeps in DOCKER-USER: traffic from
+// the Network to the Network that enters or leaves through one of the
+// overlay's interfaces (iptables names; "weft+" is every weft device),
+// container to container across hosts. Both ends must be in the Network,
+// and one of the interfaces the overlay's: DOCKER-USER runs before
+// docker's own rules, so traffic between two containers of this host (one
+// bridge, or two docker networks) must not match, or docker's --icc=false
+// and its isolation of networks would stop applying.
+func DockerUserRules(network netip.Prefix, overlay []string) [][]string {
+	var out [][]string
+	for _, iface := range overlay {
+		for _, dir := range []string{"-i", "-o"} {
+			out = append(out, rule(fwdComment, []string{"-s", network.String(), "-d", network.String(), dir, iface}, "-j", "ACCEPT"))
+		}
+	}
+	return out
 }
+
+// OverlayDevices is the iptables name of every device weft creates
+// (weft0, weft.<VNI>, weft.ipip, weft-wg, weft-v6.<VNI>, weft-wg-v6).
+const OverlayDevices = "weft+"

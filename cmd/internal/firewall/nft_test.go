@@ -53,22 +53,39 @@ ip saddr != 10.5.0.0/16 ip daddr 10.5.0.0/16 masquerade fully-random`
 	}
 }
 
-// TestDockerUserRules: weft's rule in DOCKER-USER for another network is
-// found by its comment and removed; the current one and others' rules stay.
+// TestDockerUserRules: weft's rules in DOCKER-USER accept the Network's
+// traffic only through the overlay's interfaces (issue 30, item 6: a rule
+// on addresses alone accepted container to container on one bridge,
+// defeating docker's --icc=false); they sit before docker's RETURN, and
+// weft's rules for another network, or in the older form without an
+// interface, are found by their comment and removed; others' rules stay.
 func TestDockerUserRules(t *testing.T) {
 	ipt := firewalltest.New()
 	if err := ipt.ClearChain("filter", DockerUserChain); err != nil {
 		t.Fatal(err)
 	}
 	ipt.Append("filter", DockerUserChain, "-s", "192.0.2.0/24", "-j", "DROP")
-	ipt.Insert("filter", DockerUserChain, 1, DockerUserRule(netip.MustParsePrefix("10.5.0.0/16"))...)
-	ipt.Insert("filter", DockerUserChain, 1, DockerUserRule(netip.MustParsePrefix("10.9.0.0/16"))...)
-	k := &NFTKeeper{docker: ipt, log: slog.New(slog.DiscardHandler)}
-	if err := k.syncDockerUser(netip.MustParsePrefix("10.5.0.0/16")); err != nil {
-		t.Fatal(err)
+	ipt.Append("filter", DockerUserChain, "-s", "10.5.0.0/16", "-d", "10.5.0.0/16", "-m", "comment", "--comment", fwdComment, "-j", "ACCEPT")
+	ipt.Append("filter", DockerUserChain, DockerUserRules(netip.MustParsePrefix("10.9.0.0/16"), []string{OverlayDevices})[0]...)
+	ipt.Append("filter", DockerUserChain, "-j", "RETURN")
+	k := &NFTKeeper{docker: ipt, log: slog.New(slog.DiscardHandler), settings: Settings{Overlay: []string{"eth0"}}}
+	for range 2 { // the second pass changes nothing
+		if err := k.syncDockerUser(netip.MustParsePrefix("10.5.0.0/16")); err != nil {
+			t.Fatal(err)
+		}
 	}
-	save := ipt.Save()
-	if strings.Contains(save, "10.9.0.0/16") || !strings.Contains(save, "-s 10.5.0.0/16 -d 10.5.0.0/16") || !strings.Contains(save, "192.0.2.0/24") {
-		t.Errorf("after removing the 10.9 rule:\n%s", save)
+	got, _ := ipt.List("filter", DockerUserChain)
+	want := `-N DOCKER-USER
+-A DOCKER-USER -s 192.0.2.0/24 -j DROP
+-A DOCKER-USER -s 10.5.0.0/16 -d 10.5.0.0/16 -i weft+ -m comment --comment "weft forward" -j ACCEPT
+-A DOCKER-USER -s 10.5.0.0/16 -d 10.5.0.0/16 -o weft+ -m comment --comment "weft forward" -j ACCEPT
+-A DOCKER-USER -s 10.5.0.0/16 -d 10.5.0.0/16 -i eth0 -m comment --comment "weft forward" -j ACCEPT
+-A DOCKER-USER -s 10.5.0.0/16 -d 10.5.0.0/16 -o eth0 -m comment --comment "weft forward" -j ACCEPT
+-A DOCKER-USER -j RETURN`
+	if text := strings.Join(got, "\n"); text != want {
+		t.Errorf("DOCKER-USER:\n%s\nwant\n%s", text, want)
+	}
+	if n, err := removeDockerUserRules(ipt); n != 4 || err != nil {
+		t.Errorf("cleanup removed %d (%v)", n, err)
 	}
 }

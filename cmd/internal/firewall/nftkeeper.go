@@ -77,53 +77,82 @@ func (k *NFTKeeper) Sync(network, subnet netip.Prefix) error {
 	return errors.Join(errs...)
 }
 
-// syncDockerUser puts weft's rule at the end of DOCKER-USER (before
-// docker's closing RETURN) when docker has that chain, and removes weft's
-// rules for other networks. At the end, an administrator's own rules there
-// (inserted at the top, as docker's documentation shows) still filter
-// overlay traffic, as they do in iptables mode. Docker makes the chain when
-// it starts, so a later resync catches a docker started after weftd.
+// syncDockerUser keeps weft's rules (DockerUserRules) at the end of
+// DOCKER-USER (before docker's closing RETURN) when docker has that chain,
+// and removes weft's other rules there (another network's, another
+// interface's, the older rule without one). At the end, an administrator's
+// own rules there (inserted at the top, as docker's documentation shows)
+// still filter overlay traffic, as they do in iptables mode. Docker makes
+// the chain when it starts, so a later resync catches a docker started
+// after weftd.
 func (k *NFTKeeper) syncDockerUser(network netip.Prefix) error {
 	// One listing per resync: the steady state runs iptables once.
 	rules, ok := dockerUserRules(k.docker)
 	if !ok {
 		return nil
 	}
-	have := false
+	want := map[string][]string{}
+	for _, r := range DockerUserRules(network, k.settings.overlay()) {
+		want[dockerUserKey(r)] = r
+	}
 	var kept []dockerUserLine
 	for _, r := range rules {
 		switch {
-		case r.weft == network:
-			have = true
-		case r.weft.IsValid():
-			if err := deleteDockerUserRule(k.docker, r.weft); err != nil {
-				return err
+		case r.weft != nil && want[r.key] != nil:
+			delete(want, r.key) // in place
+		case r.weft != nil:
+			if err := k.docker.Delete("filter", DockerUserChain, r.weft...); err != nil {
+				return fmt.Errorf("removing weft's rule %q from %s: %w", r.text, DockerUserChain, err)
 			}
 			continue
 		}
 		kept = append(kept, r)
 	}
-	if have {
-		return nil
+	for _, r := range DockerUserRules(network, k.settings.overlay()) {
+		if want[dockerUserKey(r)] == nil {
+			continue
+		}
+		var err error
+		if n := len(kept); n > 0 && kept[n-1].text == "-A "+DockerUserChain+" -j RETURN" {
+			err = k.docker.Insert("filter", DockerUserChain, n, r...)
+			kept = append(kept[:n-1], dockerUserLine{}, kept[n-1])
+		} else {
+			err = k.docker.Append("filter", DockerUserChain, r...)
+		}
+		if err != nil {
+			return fmt.Errorf("adding weft's rule to %s: %w", DockerUserChain, err)
+		}
+		k.log.Info("rule added to docker's chain", "chain", DockerUserChain, "rule", strings.Join(r, " "))
 	}
-	var err error
-	if n := len(kept); n > 0 && kept[n-1].text == "-A "+DockerUserChain+" -j RETURN" {
-		err = k.docker.Insert("filter", DockerUserChain, n, DockerUserRule(network)...)
-	} else {
-		err = k.docker.Append("filter", DockerUserChain, DockerUserRule(network)...)
-	}
-	if err != nil {
-		return fmt.Errorf("adding weft's rule to %s: %w", DockerUserChain, err)
-	}
-	k.log.Info("rule added to docker's chain", "chain", DockerUserChain, "network", network)
 	return nil
 }
 
-// dockerUserLine is one rule of DOCKER-USER as `iptables -S` prints it,
-// and the network of weft's rule (invalid for any other rule).
+// overlay is the interfaces DockerUserRules accept the Network's traffic
+// on: weft's devices, and those Settings.Overlay adds.
+func (s Settings) overlay() []string { return append([]string{OverlayDevices}, s.Overlay...) }
+
+// dockerUserLine is one rule of DOCKER-USER as `iptables -S` prints it;
+// for one of weft's (by its comment), weft holds its arguments as weft
+// writes them (to delete it) and key what tells it apart.
 type dockerUserLine struct {
 	text string
-	weft netip.Prefix
+	weft []string
+	key  string
+}
+
+// dockerUserKey is what tells weft's rules apart: the source, the
+// destination and the interface matches, in the order they appear (iptables
+// prints -s, -d, -i, -o in that order, as weft writes them).
+func dockerUserKey(args []string) string {
+	var parts []string
+	for i := 0; i+1 < len(args); i++ {
+		switch args[i] {
+		case "-s", "-d", "-i", "-o":
+			parts = append(parts, args[i], args[i+1])
+			i++
+		}
+	}
+	return strings.Join(parts, " ")
 }
 
 // dockerUserRules lists DOCKER-USER's rules; ok is false when there is no
@@ -139,12 +168,17 @@ func dockerUserRules(ipt Tables) (rules []dockerUserLine, ok bool) {
 			continue // the chain's own "-N DOCKER-USER"
 		}
 		r := dockerUserLine{text: line}
-		if fields := strings.Fields(line); strings.Contains(line, fwdComment) {
-			for i := 2; i+1 < len(fields); i++ {
-				if fields[i] == "-s" {
-					r.weft, _ = netip.ParsePrefix(fields[i+1])
+		if strings.Contains(line, fwdComment) {
+			fields := strings.Fields(line)[2:]
+			r.key = dockerUserKey(fields)
+			var match []string
+			for i := 0; i+1 < len(fields); i++ {
+				if strings.HasPrefix(fields[i], "-") && fields[i] != "-m" && fields[i] != "--comment" && fields[i] != "-j" {
+					match = append(match, fields[i], fields[i+1])
+					i++
 				}
 			}
+			r.weft = rule(fwdComment, match, "-j", "ACCEPT")
 		}
 		rules = append(rules, r)
 	}
@@ -157,23 +191,15 @@ func removeDockerUserRules(ipt Tables) (int, error) {
 	rules, _ := dockerUserRules(ipt)
 	n := 0
 	for _, r := range rules {
-		if !r.weft.IsValid() {
+		if r.weft == nil {
 			continue
 		}
-		if err := deleteDockerUserRule(ipt, r.weft); err != nil {
-			return n, err
+		if err := ipt.Delete("filter", DockerUserChain, r.weft...); err != nil {
+			return n, fmt.Errorf("removing weft's rule %q from %s: %w", r.text, DockerUserChain, err)
 		}
 		n++
 	}
 	return n, nil
-}
-
-// deleteDockerUserRule deletes weft's rule in DOCKER-USER for network.
-func deleteDockerUserRule(ipt Tables, network netip.Prefix) error {
-	if err := ipt.Delete("filter", DockerUserChain, DockerUserRule(network)...); err != nil {
-		return fmt.Errorf("removing weft's rule from %s: %w", DockerUserChain, err)
-	}
-	return nil
 }
 
 // nftTableIs reports whether the kernel holds exactly want: its base

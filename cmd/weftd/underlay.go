@@ -1,10 +1,14 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/netip"
 	"net/url"
+
+	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/lease"
 )
 
 // peersNetworkConflict says why this host must not route PeersNetwork
@@ -48,4 +52,21 @@ func hostAddrs() []netip.Addr {
 		}
 	}
 	return out
+}
+
+// overlayOnUnderlay names the external interface when overlay traffic
+// crosses it unencapsulated: host-gw's routes, the extension's and
+// alloc's (whatever routing the operator set up) and DirectRouting's
+// peers. The firewall accepts the Network's traffic there besides weft's
+// own devices.
+func overlayOnUnderlay(cfg *lease.Config, ext netutil.ExternalInterface) []string {
+	var opts struct{ DirectRouting bool }
+	json.Unmarshal(cfg.Backend.Raw, &opts) // validated already; a bad value means false
+	switch {
+	case ext.Name == "":
+		return nil
+	case cfg.Backend.Type == lease.BackendHostGW || cfg.Backend.Type == lease.BackendExtension || cfg.Backend.Type == lease.BackendAlloc || opts.DirectRouting:
+		return []string{ext.Name}
+	}
+	return nil
 }
