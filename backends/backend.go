@@ -20,6 +20,7 @@ import (
 	"github.com/weftnet/weft/backends/hostgw"
 	"github.com/weftnet/weft/backends/ipip"
 	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/backends/tunnelfilter"
 	"github.com/weftnet/weft/backends/udp"
 	"github.com/weftnet/weft/backends/vxlan"
 	"github.com/weftnet/weft/backends/wireguard"
@@ -69,6 +70,23 @@ type Env struct {
 	// BehindNAT marks this host's wireguard lease as behind NAT (weftd's
 	// -behind-nat).
 	BehindNAT bool
+	// SourceFilter, when set, makes the filter that lets a tunnel backend
+	// (vxlan, ipip) accept tunnel packets only from its peers (weftd's
+	// -tunnel-source-filter, on by default); nil accepts them from anyone.
+	SourceFilter func(tunnelfilter.Tunnel) (SourceFilter, error)
+}
+
+// filtered wraps a tunnel backend in its source filter when env asks for
+// one (FilterSources).
+func filtered(env Env, b Backend, tunnel tunnelfilter.Tunnel) (Backend, error) {
+	if env.SourceFilter == nil {
+		return b, nil
+	}
+	f, err := env.SourceFilter(tunnel)
+	if err != nil {
+		return nil, fmt.Errorf("filtering tunnel packets by source: %w; turn it off with -tunnel-source-filter=false", err)
+	}
+	return FilterSources(b, f), nil
 }
 
 // DualStack is a backend that publishes data of its own for its IPv6 half
@@ -200,31 +218,49 @@ func Constructors() map[string]Constructor {
 			return b, nil
 		},
 		lease.BackendIPIP: func(env Env) (Backend, error) {
-			return ipip.New(env.Config.Backend.Raw, env.External, env.Kernel, env.Log)
+			b, err := ipip.New(env.Config.Backend.Raw, env.External, env.Kernel, env.Log)
+			if err != nil {
+				return nil, err
+			}
+			return filtered(env, b, tunnelfilter.Tunnel{IPIP: true})
 		},
 		lease.BackendUDP: func(env Env) (Backend, error) {
 			return udp.New(env.Config, env.External, env.Kernel, env.Log)
 		},
 		lease.BackendVXLAN: func(env Env) (Backend, error) {
-			if !env.Config.EnableIPv4 {
-				v6, err := vxlan.NewIPv6(env.Config.Backend.Raw, env.External, env.PublicIPv6, env.Kernel, env.Log)
-				if err != nil {
-					return nil, err
-				}
-				return &ipv6Only{v6: v6}, nil
-			}
-			v4, err := vxlan.New(env.Config.Backend.Raw, env.External, env.PublicIP, env.Kernel, env.Log)
-			if err != nil || !env.Config.EnableIPv6 {
-				return v4, err
-			}
-			v6, err := vxlan.NewIPv6(env.Config.Backend.Raw, env.External, env.PublicIPv6, env.Kernel, env.Log)
+			b, err := newVXLAN(env)
 			if err != nil {
 				return nil, err
 			}
-			return &dualStack{v4: v4, v6: v6}, nil
+			opts, err := vxlan.ParseOptions(env.Config.Backend.Raw)
+			if err != nil {
+				return nil, err
+			}
+			return filtered(env, b, tunnelfilter.Tunnel{VXLANPort: uint16(opts.Port)})
 		},
 		lease.BackendWireGuard: newWireGuard,
 	}
+}
+
+// newVXLAN builds the vxlan backend: one device, or on a dual-stack
+// network one per family, or the IPv6 one of an IPv6-only network.
+func newVXLAN(env Env) (Backend, error) {
+	if !env.Config.EnableIPv4 {
+		v6, err := vxlan.NewIPv6(env.Config.Backend.Raw, env.External, env.PublicIPv6, env.Kernel, env.Log)
+		if err != nil {
+			return nil, err
+		}
+		return &ipv6Only{v6: v6}, nil
+	}
+	v4, err := vxlan.New(env.Config.Backend.Raw, env.External, env.PublicIP, env.Kernel, env.Log)
+	if err != nil || !env.Config.EnableIPv6 {
+		return v4, err
+	}
+	v6, err := vxlan.NewIPv6(env.Config.Backend.Raw, env.External, env.PublicIPv6, env.Kernel, env.Log)
+	if err != nil {
+		return nil, err
+	}
+	return &dualStack{v4: v4, v6: v6}, nil
 }
 
 // newWireGuard builds the wireguard backend: one device, or on a

@@ -197,3 +197,31 @@ func InNetns(ns string) func(func() error) error {
 func InPidNetns(pid int) func(func() error) error {
 	return func(f func() error) error { return inPidNetns(pid, f) }
 }
+
+// VXLANFrame is a VXLAN datagram's payload: the VXLAN header with vni and
+// an Ethernet frame to dstMAC carrying inner (an IPv4 packet), as a VTEP
+// sends it.
+func VXLANFrame(vni uint32, dstMAC net.HardwareAddr, inner []byte) []byte {
+	frame := make([]byte, 8+14+len(inner))
+	frame[0] = 0x08 // VNI valid
+	binary.BigEndian.PutUint32(frame[4:8], vni<<8)
+	copy(frame[8:14], dstMAC)
+	copy(frame[14:20], net.HardwareAddr{0x02, 0x77, 0, 0, 0, 1})
+	binary.BigEndian.PutUint16(frame[20:22], 0x0800)
+	copy(frame[22:], inner)
+	return frame
+}
+
+// SendIPIP sends inner (an IPv4 packet) as IP-in-IP from src to dst out of
+// namespace ns through a raw socket: what an ipip tunnel endpoint sends.
+func SendIPIP(ns string, src, dst netip.Addr, inner []byte) error {
+	return inNetns(ns, func() error {
+		c, err := net.ListenPacket("ip4:4", src.String())
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_, err = c.WriteTo(inner, &net.IPAddr{IP: dst.AsSlice()})
+		return err
+	})
+}

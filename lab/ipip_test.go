@@ -61,6 +61,30 @@ func TestIPIPCluster(t *testing.T) {
 		}
 	})
 
+	t.Run("IP-in-IP is accepted from peers only", func(t *testing.T) {
+		// Issue 30, item 5: the same IP-in-IP packet, for h2's container,
+		// reaches it from a peer and is dropped from an underlay address
+		// that holds no lease (counted by source).
+		rogue, rogueIP, err := l.AddRogue()
+		if err != nil {
+			t.Fatal(err)
+		}
+		dst := netip.AddrPortFrom(h2.ContainerIP(), 7777)
+		inner := func(text string) []byte {
+			return InnerUDP(netip.AddrPortFrom(h1.Subnet.Addr().Next().Next(), 4444), dst, []byte(text))
+		}
+		got, err := ReceiveUDP(h2.Container, dst, 1500*time.Millisecond, func() {
+			for range 3 {
+				SendIPIP(rogue, rogueIP, h2.PublicIP, inner("from-rogue"))
+				SendIPIP(h1.Name, h1.PublicIP, h2.PublicIP, inner("from-peer"))
+			}
+		})
+		if text := strings.Join(got, "; "); err != nil || strings.Contains(text, "from-rogue") || !strings.Contains(text, "from-peer") {
+			t.Errorf("the container received %q (%v); want the peer's packets and none of %s's", text, err, rogueIP)
+		}
+		checkTunnelDrops(t, h2, rogueIP, 3)
+	})
+
 	t.Run("restart keeps the device and the TCP stream", func(t *testing.T) {
 		before, _ := Exec(h1.Name, "ip", "-o", "link", "show", "weft.ipip")
 		checkStream(t, l, h1, h2, 5005, "a restart of weftd (ipip)", func() { restartWeftd(t, l, h1) })

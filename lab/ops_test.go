@@ -65,6 +65,9 @@ func TestIPMasqAndCleanup(t *testing.T) {
 		if out, _ := Exec(h1.Name, "ip", "-o", "link"); strings.Contains(out, "weft") {
 			t.Errorf("devices left:\n%s", out)
 		}
+		if out, _ := Exec(h1.Name, "nft", "list", "ruleset"); strings.Contains(out, "weft") {
+			t.Errorf("nftables left:\n%s", out)
+		}
 		if _, err := os.Stat(h1.SubnetFile()); err == nil {
 			t.Error("subnet file left")
 		}

@@ -3,7 +3,10 @@ package lab
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"net"
+	"net/netip"
 	"strings"
 	"syscall"
 	"testing"
@@ -39,6 +42,8 @@ func TestVXLANCluster(t *testing.T) {
 		}
 	})
 
+	t.Run("VXLAN is accepted from peers only", func(t *testing.T) { checkVXLANFromPeersOnly(t, l, h1, h2) })
+
 	t.Run("restart keeps device and neighbours and the TCP stream", func(t *testing.T) {
 		before, err := Exec(h1.Name, "ip", "-o", "link", "show", "weft.1")
 		if err != nil {
@@ -73,5 +78,62 @@ func TestVXLANCluster(t *testing.T) {
 		if err := l.Ping(h1, h2); err != nil {
 			t.Errorf("h1 -> h2 after h3 left: %v", err)
 		}
+	})
+}
+
+// checkVXLANFromPeersOnly: issue 30, item 5. A VXLAN datagram with the
+// right VNI, the target's VTEP MAC and an inner packet for its container
+// reaches the container when a peer sends it, and is dropped (counted by
+// its source in /metrics) when an address on the underlay that holds no
+// lease sends the very same bytes.
+func checkVXLANFromPeersOnly(t *testing.T, l *Lab, from, target *Host) {
+	rec, ok, err := l.Store().Get(context.Background(), lease.SubnetKey(target.Subnet))
+	if err != nil || !ok {
+		t.Fatal(err)
+	}
+	var data struct {
+		VNI     uint32
+		VtepMAC string
+	}
+	targetLease, _ := lease.DecodeLease(rec.Key, rec.Value)
+	if err := json.Unmarshal(targetLease.Attrs.BackendData, &data); err != nil {
+		t.Fatal(err)
+	}
+	mac, err := net.ParseMAC(data.VtepMAC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rogue, rogueIP, err := l.AddRogue()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := netip.AddrPortFrom(target.ContainerIP(), 7777)
+	inner := func(text string) []byte {
+		return VXLANFrame(data.VNI, mac, InnerUDP(netip.AddrPortFrom(from.Subnet.Addr().Next().Next(), 4444), dst, []byte(text)))
+	}
+	vtep := netip.AddrPortFrom(target.PublicIP, 8472)
+	got, err := ReceiveUDP(target.Container, dst, 1500*time.Millisecond, func() {
+		for range 3 {
+			SendUDP(rogue, vtep, inner("from-rogue"))
+			SendUDP(from.Name, vtep, inner("from-peer"))
+		}
+	})
+	text := strings.Join(got, "; ")
+	if err != nil || strings.Contains(text, "from-rogue") || !strings.Contains(text, "from-peer") {
+		t.Errorf("the container received %q (%v); want the peer's datagrams and none of %s's", text, err, rogueIP)
+	}
+	checkTunnelDrops(t, target, rogueIP, 3)
+}
+
+// checkTunnelDrops waits until h's /metrics counts n tunnel packets
+// dropped from source.
+func checkTunnelDrops(t *testing.T, h *Host, source netip.Addr, n int) {
+	t.Helper()
+	eventually(t, "the drops counted by source", 5*time.Second, func() error {
+		metrics, err := HTTPGet(h.Name, "http://127.0.0.1:8471/metrics")
+		if want := fmt.Sprintf(`weft_tunnel_dropped_packets_total{source="%s"} %d`, source, n); err != nil || !strings.Contains(metrics, want) {
+			return fmt.Errorf("no %s in /metrics (%v)", want, err)
+		}
+		return nil
 	})
 }

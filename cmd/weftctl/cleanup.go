@@ -9,11 +9,13 @@ import (
 	"net/netip"
 	"os"
 
+	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/backends"
 	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/backends/tunnelfilter"
 	"github.com/weftnet/weft/cmd/internal/firewall"
 	"github.com/weftnet/weft/lease"
 )
@@ -88,6 +90,13 @@ func runCleanup(ctx context.Context, args []string, opts lease.EtcdOptions, stdo
 		errs = append(errs, err)
 		for _, r := range removed {
 			fmt.Fprintln(stdout, "removed", r)
+		}
+	}
+	if conn, err := nftables.New(); err == nil {
+		removed, err := tunnelfilter.Remove(conn)
+		errs = append(errs, err)
+		if removed {
+			fmt.Fprintf(stdout, "removed nftables table inet %s (the tunnel source filter)\n", tunnelfilter.TableName)
 		}
 	}
 	files := []string{*subnetFile}

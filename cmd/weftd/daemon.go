@@ -77,7 +77,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	}
 	kernel := netutil.NewNetlink(nil, obs.kernelCalls())
 	backend, err := setUpBackend(ctx, backends.Env{Config: cfg, External: ext, PublicIP: publicIP, PublicIPv6: publicIP6, Log: log, KeyFile: o.keyFile,
-		WireGuardImplementation: o.wgImpl, BehindNAT: o.behindNAT,
+		WireGuardImplementation: o.wgImpl, BehindNAT: o.behindNAT, SourceFilter: sourceFilter(o, cfg, log),
 		Kernel: kernel, Calls: obs.kernelCalls()})
 	if err != nil {
 		return err

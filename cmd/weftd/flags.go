@@ -45,8 +45,11 @@ type options struct {
 	wgImpl string
 	// behindNAT marks this host as behind NAT in its wireguard lease.
 	behindNAT bool
-	logLevel  string
-	version   bool
+	// tunnelSourceFilter drops VXLAN and IP-in-IP from sources that hold
+	// no lease.
+	tunnelSourceFilter bool
+	logLevel           string
+	version            bool
 }
 
 // stringList is a repeatable flag that also splits on commas.
@@ -99,6 +102,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	fs.BoolVar(&o.pprof, "debug-pprof", false, "also serve Go's profiles under /debug/pprof/ on the health endpoint (make profile)")
 	fs.DurationVar(&o.resync, "resync-interval", 30*time.Second, "how often to re-apply the data path even without changes")
 	fs.StringVar(&o.keyFile, "wireguard-key-file", keys.DefaultPath, "WireGuard private key file (0600; created when missing)")
+	fs.BoolVar(&o.tunnelSourceFilter, "tunnel-source-filter", true, "vxlan and ipip: accept tunnel packets only from the PublicIP and PublicIPv6 of current leases (nftables table inet weft-tunnel; drops counted by source); false accepts them from anyone, as flannel does")
 	fs.BoolVar(&o.behindNAT, "behind-nat", false, "this host is behind NAT (its -public-ip may not reach it): its wireguard lease says so, peers keep the endpoint WireGuard finds for it and configure it even with on-demand peers, and it sends keepalives every 25 s unless the config sets PersistentKeepaliveInterval")
 	fs.StringVar(&o.wgImpl, "wireguard-implementation", "", "auto, kernel or userspace: this host's WireGuard, overriding the config's Backend.Implementation (a host whose kernel lacks the module in a kernel-WireGuard cluster)")
 	fs.BoolVar(&o.cleanupOnExit, "cleanup-on-exit", false, "remove weft's devices and routes on exit (they stay by default)")

@@ -151,6 +151,14 @@ func (o *observer) status() status.Document {
 	if dc, ok := o.backend.(backends.DropCounter); ok {
 		s.Drops = dc.Drops()
 	}
+	if tc, ok := o.backend.(backends.TunnelDropCounter); ok {
+		for src, n := range tc.TunnelDrops() {
+			if s.TunnelDrops == nil {
+				s.TunnelDrops = map[string]uint64{}
+			}
+			s.TunnelDrops[src.String()] = n
+		}
+	}
 	return s
 }
 
@@ -170,12 +178,13 @@ var (
 	descFull       = prometheus.NewDesc("weft_reconcile_whole_applies_total", "Reconcile runs that applied the whole state (start, resync, relist, errors); the others applied one change as a delta.", nil, nil)
 	descOnDemand   = prometheus.NewDesc("weft_wireguard_peers", "WireGuard peers the leases name, by state: configured on the device or idle (on-demand mode).", []string{"state"}, nil)
 	descOnDemandOp = prometheus.NewDesc("weft_wireguard_on_demand_total", "On-demand mode events: peers added for traffic, activations refused by the rate bound (capped), peers removed for idleness.", []string{"event"}, nil)
+	descTunnelDrop = prometheus.NewDesc("weft_tunnel_dropped_packets_total", "VXLAN and IP-in-IP packets dropped because their source holds no lease, by source (sources seen in the last ten minutes).", []string{"source"}, nil)
 	descUDPDropped = prometheus.NewDesc("weft_udp_dropped_datagrams_total", "Datagrams the udp backend refused, by reason.", []string{"reason"}, nil)
 )
 
 // Describe implements prometheus.Collector.
 func (o *observer) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descLease, descExpiry, descReady, descPeers, descRuns, descErrors, descRelists, descConflicts, descRx, descTx, descHandshake, descUDPDropped, descCalls, descFull, descOnDemand, descOnDemandOp} {
+	for _, d := range []*prometheus.Desc{descLease, descExpiry, descReady, descPeers, descRuns, descErrors, descRelists, descConflicts, descRx, descTx, descHandshake, descUDPDropped, descTunnelDrop, descCalls, descFull, descOnDemand, descOnDemandOp} {
 		ch <- d
 	}
 	o.duration.Describe(ch)
@@ -232,6 +241,9 @@ func (o *observer) Collect(ch chan<- prometheus.Metric) {
 	}
 	for reason, n := range s.Drops {
 		counter(descUDPDropped, float64(n), reason)
+	}
+	for source, n := range s.TunnelDrops {
+		counter(descTunnelDrop, float64(n), source)
 	}
 	if od := s.OnDemand; od != nil {
 		gauge(descOnDemand, float64(od.Configured), "configured")

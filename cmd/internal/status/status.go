@@ -28,6 +28,10 @@ type Document struct {
 	Rules map[string]bool `json:"iptables"`
 	// Drops counts the datagrams the udp backend refused, by reason.
 	Drops map[string]uint64 `json:"udp_dropped,omitempty"`
+	// TunnelDrops counts the VXLAN and IP-in-IP packets dropped because
+	// their source holds no lease, by source (those of the last ten
+	// minutes).
+	TunnelDrops map[string]uint64 `json:"tunnel_dropped_by_source,omitempty"`
 	// OnDemand is the wireguard-go device's on-demand mode, when on.
 	OnDemand *OnDemand `json:"on_demand,omitempty"`
 }

@@ -1,0 +1,172 @@
+package backends
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+
+	"github.com/weftnet/weft/backends/tunnelfilter"
+	"github.com/weftnet/weft/mesh"
+)
+
+// SourceFilter is what a tunnel backend's filter of tunnel packets by
+// source does (tunnelfilter.Filter): accept them only from the peer
+// addresses it holds.
+type SourceFilter interface {
+	// Ensure puts the filter in place, keeping the addresses it holds.
+	Ensure() error
+	// Sync makes the addresses exactly want.
+	Sync(want []netip.Addr) error
+	// Update adds and removes addresses, one by one.
+	Update(add, remove []netip.Addr) error
+	// Drops counts the packets dropped, by source.
+	Drops() (map[netip.Addr]uint64, error)
+	// Remove takes the filter away.
+	Remove() error
+}
+
+var _ SourceFilter = (*tunnelfilter.Filter)(nil)
+
+// TunnelDropCounter is a backend that drops tunnel packets from sources
+// that hold no lease, and counts them by source.
+type TunnelDropCounter interface {
+	TunnelDrops() map[netip.Addr]uint64
+}
+
+// FilterSources wraps a tunnel backend (vxlan, ipip) so its tunnel accepts
+// packets only from the PublicIP and PublicIPv6 of the peers it is given:
+// the filter's addresses follow every whole apply and every delta (a
+// delta changes only its peers' addresses), before the backend programs
+// the peers.
+func FilterSources(b Backend, filter SourceFilter) Backend {
+	return &sourceFiltered{Backend: b, filter: filter, count: map[netip.Addr]int{}}
+}
+
+// sourceFiltered is FilterSources' backend. count holds how many peers of
+// the last state use each address (two leases may name one host, an old
+// lease beside its new one), so an address leaves the filter only with
+// the last.
+type sourceFiltered struct {
+	Backend
+	filter SourceFilter
+
+	mu    sync.Mutex
+	count map[netip.Addr]int
+}
+
+var (
+	_ mesh.DeltaApplier = (*sourceFiltered)(nil)
+	_ TunnelDropCounter = (*sourceFiltered)(nil)
+)
+
+// peerAddrs are the underlay addresses peer p sends tunnel packets from.
+func peerAddrs(p mesh.Peer) []netip.Addr {
+	var out []netip.Addr
+	for _, a := range []netip.Addr{p.PublicIP, p.PublicIPv6} {
+		if a.IsValid() && !a.IsUnspecified() {
+			out = append(out, a.Unmap())
+		}
+	}
+	return out
+}
+
+// Setup puts the filter in place before the tunnel's device.
+func (s *sourceFiltered) Setup(ctx context.Context) error {
+	if err := s.filter.Ensure(); err != nil {
+		return fmt.Errorf("filtering tunnel packets by source (nftables table %s): %w; turn it off with -tunnel-source-filter=false", tunnelfilter.TableName, err)
+	}
+	return s.Backend.Setup(ctx)
+}
+
+// Cleanup removes the backend's data path and the filter with it.
+func (s *sourceFiltered) Cleanup(ctx context.Context) error {
+	return errors.Join(s.Backend.Cleanup(ctx), s.filter.Remove())
+}
+
+// Apply makes the filter's addresses exactly the peers', then applies.
+func (s *sourceFiltered) Apply(ctx context.Context, d mesh.Desired) error {
+	count := map[netip.Addr]int{}
+	want := make([]netip.Addr, 0, len(d.Peers))
+	for _, p := range d.Peers {
+		for _, a := range peerAddrs(p) {
+			if count[a] == 0 {
+				want = append(want, a)
+			}
+			count[a]++
+		}
+	}
+	var errs []error
+	if err := s.filter.Sync(want); err != nil {
+		errs = append(errs, fmt.Errorf("tunnel source filter: %w", err))
+	}
+	s.mu.Lock()
+	s.count = count
+	s.mu.Unlock()
+	return errors.Join(append(errs, s.Backend.Apply(ctx, d))...)
+}
+
+// ApplyDelta changes only the addresses of the delta's peers, then applies
+// the delta.
+func (s *sourceFiltered) ApplyDelta(ctx context.Context, d mesh.Delta) error {
+	inner, ok := s.Backend.(mesh.DeltaApplier)
+	if !ok {
+		return mesh.ErrWholeApply
+	}
+	s.mu.Lock()
+	var add, remove []netip.Addr
+	for _, p := range d.New {
+		for _, a := range peerAddrs(p) {
+			if s.count[a] == 0 {
+				add = append(add, a)
+			}
+			s.count[a]++
+		}
+	}
+	for _, p := range d.Old {
+		for _, a := range peerAddrs(p) {
+			if s.count[a]--; s.count[a] <= 0 {
+				delete(s.count, a)
+				remove = append(remove, a)
+			}
+		}
+	}
+	s.mu.Unlock()
+	// An address both removed (an old version) and added (the new one)
+	// stays: count went back up before it came down.
+	remove = without(remove, add)
+	if err := s.filter.Update(add, remove); err != nil {
+		// The next whole apply (a resync) puts the filter right.
+		return errors.Join(fmt.Errorf("tunnel source filter: %w", err), inner.ApplyDelta(ctx, d))
+	}
+	return inner.ApplyDelta(ctx, d)
+}
+
+// without is addrs less those in drop.
+func without(addrs, drop []netip.Addr) []netip.Addr {
+	if len(drop) == 0 {
+		return addrs
+	}
+	dropped := map[netip.Addr]bool{}
+	for _, a := range drop {
+		dropped[a] = true
+	}
+	var out []netip.Addr
+	for _, a := range addrs {
+		if !dropped[a] {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// TunnelDrops counts the tunnel packets dropped by source (those dropped
+// within the last ten minutes); nil when the filter cannot be read.
+func (s *sourceFiltered) TunnelDrops() map[netip.Addr]uint64 {
+	drops, err := s.filter.Drops()
+	if err != nil {
+		return nil
+	}
+	return drops
+}

@@ -1,0 +1,96 @@
+package backends
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+	"testing"
+
+	"github.com/weftnet/weft/lease"
+	"github.com/weftnet/weft/mesh"
+)
+
+// recordingFilter is a SourceFilter that holds its addresses in memory and
+// records each call, for the wrapper's unit test (the real filter runs in
+// the host tier and the lab).
+type recordingFilter struct {
+	addrs map[netip.Addr]bool
+	calls []string
+}
+
+func (f *recordingFilter) Ensure() error { f.calls = append(f.calls, "ensure"); return nil }
+func (f *recordingFilter) Sync(want []netip.Addr) error {
+	f.addrs = map[netip.Addr]bool{}
+	for _, a := range want {
+		f.addrs[a] = true
+	}
+	f.calls = append(f.calls, fmt.Sprintf("sync %d", len(want)))
+	return nil
+}
+func (f *recordingFilter) Update(add, remove []netip.Addr) error {
+	for _, a := range add {
+		f.addrs[a] = true
+	}
+	for _, a := range remove {
+		delete(f.addrs, a)
+	}
+	f.calls = append(f.calls, fmt.Sprintf("update +%v -%v", add, remove))
+	return nil
+}
+func (f *recordingFilter) Drops() (map[netip.Addr]uint64, error) { return nil, nil }
+func (f *recordingFilter) Remove() error                         { return nil }
+
+// nopDeltaBackend is a backend that accepts every state and delta.
+type nopDeltaBackend struct{ Backend }
+
+func (nopDeltaBackend) Apply(context.Context, mesh.Desired) error    { return nil }
+func (nopDeltaBackend) ApplyDelta(context.Context, mesh.Delta) error { return nil }
+
+// TestFilterSources: the filter holds exactly the peers' PublicIP and
+// PublicIPv6 after a whole apply (one Sync), and a delta changes only its
+// peers' addresses; an address two leases name leaves with the last.
+func TestFilterSources(t *testing.T) {
+	f := &recordingFilter{}
+	b := FilterSources(nopDeltaBackend{}, f).(*sourceFiltered)
+	peer := func(key, ip, ip6 string) mesh.Peer {
+		p := mesh.Peer{Key: key, PublicIP: netip.MustParseAddr(ip)}
+		if ip6 != "" {
+			p.PublicIPv6 = netip.MustParseAddr(ip6)
+		}
+		return p
+	}
+	a, b2, old := peer("a", "192.0.2.1", "2001:db8::1"), peer("b", "192.0.2.2", ""), peer("old", "192.0.2.2", "")
+	if err := b.Apply(context.Background(), mesh.Desired{Peers: []mesh.Peer{a, b2, old}, Self: lease.Lease{}}); err != nil {
+		t.Fatal(err)
+	}
+	have := func() []string {
+		var out []string
+		for addr := range f.addrs {
+			out = append(out, addr.String())
+		}
+		slices.Sort(out)
+		return out
+	}
+	if got := fmt.Sprint(have()); got != "[192.0.2.1 192.0.2.2 2001:db8::1]" {
+		t.Errorf("after a whole apply: %s", got)
+	}
+	// The old lease of host b goes: b still names 192.0.2.2.
+	if err := b.ApplyDelta(context.Background(), mesh.Delta{Old: []mesh.Peer{old}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(have()); got != "[192.0.2.1 192.0.2.2 2001:db8::1]" {
+		t.Errorf("an address still named by a lease left: %s", got)
+	}
+	// Host a moves; c comes.
+	moved := peer("a", "192.0.2.9", "")
+	if err := b.ApplyDelta(context.Background(), mesh.Delta{Old: []mesh.Peer{a}, New: []mesh.Peer{moved, peer("c", "192.0.2.3", "")}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(have()); got != "[192.0.2.2 192.0.2.3 192.0.2.9]" {
+		t.Errorf("after a move and a join: %s", got)
+	}
+	if want := "[sync 3 update +[] -[] update +[192.0.2.9 192.0.2.3] -[192.0.2.1 2001:db8::1]]"; fmt.Sprint(f.calls) != want {
+		t.Errorf("calls %v, want %s", f.calls, want)
+	}
+}
