@@ -158,6 +158,10 @@ func TestWireGuardOnDemand(t *testing.T) {
 		}
 	})
 
+	t.Run("datagrams forged from lease endpoints configure a bounded number, gone within seconds", func(t *testing.T) {
+		checkForgedActivations(t, l, h1, h2, h3, peerCount)
+	})
+
 	t.Run("a leaving host goes from the table", func(t *testing.T) {
 		l.StopWeftd(h3, 9)
 		if err := l.Store().Delete(context.Background(), lease.SubnetKey(h3.Subnet)); err != nil {
@@ -173,6 +177,79 @@ func TestWireGuardOnDemand(t *testing.T) {
 		if out, _ := wgPeers(l, h1); strings.Contains(out, publicKeyOf(t, h3)) {
 			t.Errorf("h1 still holds h3's peer: %s", out)
 		}
+	})
+}
+
+// checkForgedActivations: issue 30, item 4. 300 leases of hosts that do
+// not exist, each at its own endpoint, and a namespace on the underlay
+// holding their addresses sends h1 one 4-byte WireGuard data message from
+// each endpoint (anyone who can forge those sources can). h1 configures at
+// most the probation bound (128) and refuses the rest, the pair h2-h3 keeps
+// working meanwhile, and the forged peers leave h1's device once their
+// handshakes fail to come (10 s), counted.
+func checkForgedActivations(t *testing.T, l *Lab, h1, h2, h3 *Host, peerCount func(*Host) int) {
+	ctx := context.Background()
+	forger, _, err := l.AddUnderlayNetns("forger", 210)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fake []string
+	var endpoints []netip.AddrPort
+	for i, key := range freeSubnets(l, 300, 26) {
+		ep := netip.AddrPortFrom(l.underlayAddr(100+i%100), uint16(40000+i))
+		k, err := keys.Generate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		value := fmt.Sprintf(`{"PublicIP":%q,"PublicIPv6":null,"BackendType":"wireguard","BackendData":{"PublicKey":%q,"Port":%d}}`, ep.Addr(), k.Public(), ep.Port())
+		if _, err := l.Store().Create(ctx, key, []byte(value), time.Hour); err != nil {
+			t.Fatal(err)
+		}
+		fake, endpoints = append(fake, key), append(endpoints, ep)
+		if i < 100 {
+			if _, err := Exec(forger, "ip", "addr", "add", ep.Addr().String()+"/24", "dev", "eth0"); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	defer func() {
+		for _, key := range fake {
+			l.Store().Delete(ctx, key)
+		}
+	}()
+	eventually(t, "h1 knows the 300 leases", 20*time.Second, func() error {
+		out, _ := Exec(h1.Name, weftctlBin, "status")
+		if !strings.Contains(out, "wireguard peers on demand: 302 known") {
+			return fmt.Errorf("%s", strings.SplitN(out, "\n", 4)[2])
+		}
+		return nil
+	})
+	before := peerCount(h1)
+	for _, ep := range endpoints {
+		if err := SendRawUDP(forger, ep, netip.AddrPortFrom(h1.PublicIP, 51820), []byte{4, 0, 0, 0}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := Exec(h2.Container, "ping", "-c", "3", "-i", "0.2", "-W", "2", h3.ContainerIP().String()); err != nil {
+		t.Errorf("the pair h2-h3 during the forged flood: %v", err)
+	}
+	time.Sleep(time.Second)
+	n := peerCount(h1)
+	metrics, _ := HTTPGet(h1.Name, "http://127.0.0.1:8471/metrics")
+	refused := metricValue(metrics, `weft_wireguard_on_demand_total{event="refused_unverified"}`)
+	t.Logf("300 forged datagrams: %d peers configured (%d before), %d refused", n, before, refused)
+	// The rate bound (shared with outbound activations, which the flood
+	// above spent) may refuse some first, as "capped".
+	if n > before+128 || n == before || refused == 0 {
+		t.Errorf("%d peers configured (%d before), %d refused: want at most 128 on probation and the rest refused", n, before, refused)
+	}
+	eventually(t, "the forged peers leave h1's device", 20*time.Second, func() error {
+		metrics, _ := HTTPGet(h1.Name, "http://127.0.0.1:8471/metrics")
+		expired := metricValue(metrics, `weft_wireguard_on_demand_total{event="expired_unverified"}`)
+		if now := peerCount(h1); now > before || expired < n-before {
+			return fmt.Errorf("%d peers configured (%d before), %d removed for want of a handshake", now, before, expired)
+		}
+		return nil
 	})
 }
 

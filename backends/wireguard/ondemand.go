@@ -78,7 +78,11 @@ type onDemand struct {
 	// the lookup of a destination address.
 	bits4, bits6 []int
 	configured   map[keys.Key]bool
-	limiter      *rate.Limiter
+	// unverified are the peers configured because a packet arrived "from"
+	// their lease's endpoint, by when, until their first handshake
+	// completes (probation.go).
+	unverified map[keys.Key]time.Time
+	limiter    *rate.Limiter
 	// jobs and closing are the worker's (start, stop); nil when none runs.
 	jobs    chan activation
 	closing chan struct{}
@@ -88,11 +92,15 @@ type onDemand struct {
 	configure func(spec PeerSpec, kick bool) error
 
 	added, capped, failed, idled atomic.Uint64
+	// refused counts inbound activations refused because maxUnverified
+	// peers already await a handshake; expired the peers removed because
+	// none came within unverifiedTimeout.
+	refused, expired atomic.Uint64
 }
 
 func newOnDemand() *onDemand {
 	return &onDemand{specs: map[keys.Key]PeerSpec{}, bySubnet: map[netip.Prefix]keys.Key{},
-		byEndpoint: map[netip.AddrPort]keys.Key{}, configured: map[keys.Key]bool{},
+		byEndpoint: map[netip.AddrPort]keys.Key{}, configured: map[keys.Key]bool{}, unverified: map[keys.Key]time.Time{},
 		limiter: rate.NewLimiter(activationRate, activationBurst)}
 }
 
@@ -165,6 +173,7 @@ func (o *onDemand) markRemoved(gone []keys.Key) {
 	defer o.mu.Unlock()
 	for _, k := range gone {
 		delete(o.configured, k)
+		delete(o.unverified, k)
 	}
 }
 
@@ -224,17 +233,19 @@ func (o *onDemand) outboundBatch(bufs [][]byte, sizes []int, offset, n int) {
 	}
 	o.mu.Unlock()
 	for _, key := range pending {
-		o.activate(key, false)
+		o.activate(key, false, false)
 	}
 }
 
 // inboundBatch is called with each batch received from the underlay
 // before wireguard-go sees it (from[i] is packet i's sender; invalid:
 // unknown): a handshake initiation or a data packet from a lease's
-// endpoint whose peer is not configured configures it. For a data packet
-// (the peer still has a session from before this device lost it: weftd
-// restarted, the peer was idle here) a handshake is started at once, so
-// the peer does not wait out its rekey timeout. The table is locked once
+// endpoint whose peer is not configured configures it, on probation
+// (probation.go: anyone can forge that source address). A data packet (the
+// peer still has a session from before this device lost it: weftd
+// restarted, the peer was idle here) starts a handshake at once, so the
+// peer does not wait out its rekey timeout; an initiation does not, since
+// two handshakes crossing lose the first packets. The table is locked once
 // per batch.
 func (o *onDemand) inboundBatch(packets [][]byte, sizes []int, from []netip.AddrPort, n int) {
 	type pendingPeer struct {
@@ -263,7 +274,7 @@ func (o *onDemand) inboundBatch(packets [][]byte, sizes []int, from []netip.Addr
 	}
 	o.mu.Unlock()
 	for _, p := range pending {
-		o.activate(p.key, p.kick)
+		o.activate(p.key, p.kick, true)
 	}
 }
 
@@ -293,15 +304,24 @@ func (o *onDemand) lookupLocked(dst netip.Addr) (keys.Key, bool) {
 
 // activate configures a known peer that the device does not hold, within
 // the activation rate. The device call is made by the worker goroutine
-// (start): the packet's goroutine waits for it at most activationWait, or
-// until the device closes, so a data-path goroutine never blocks on
-// wireguard-go's configuration lock, which Close and a port change hold
-// while they wait for those very goroutines to finish.
-func (o *onDemand) activate(key keys.Key, kick bool) {
+// (start): an outbound packet's goroutine waits for it at most
+// activationWait, or until the device closes, so a data-path goroutine
+// never blocks on wireguard-go's configuration lock, which Close and a port
+// change hold while they wait for those very goroutines to finish. An
+// inbound activation puts the peer on probation (at most maxUnverified at
+// once) and waits only while fewer than inboundWaiters peers are on it, so
+// a flood of forged datagrams holds the receive path for a few activations
+// per probation period at most.
+func (o *onDemand) activate(key keys.Key, kick, inbound bool) {
 	o.mu.Lock()
 	spec, known := o.specs[key]
 	if !known || o.configured[key] || o.jobs == nil {
 		o.mu.Unlock()
+		return
+	}
+	if inbound && len(o.unverified) >= maxUnverified {
+		o.mu.Unlock()
+		o.refused.Add(1)
 		return
 	}
 	if !o.limiter.Allow() {
@@ -312,9 +332,25 @@ func (o *onDemand) activate(key keys.Key, kick bool) {
 	// Marked before the device call, under the lock, so concurrent
 	// packets for the same peer do not configure it twice.
 	o.configured[key] = true
+	// A packet waits for its peer (so wireguard-go finds it configured:
+	// nothing is lost) unless it came in while many peers await their
+	// handshake, as under a flood of forged datagrams.
+	wait := !inbound || len(o.unverified) < inboundWaiters
+	if inbound {
+		o.unverified[key] = time.Now()
+	}
 	jobs, closing := o.jobs, o.closing
 	o.mu.Unlock()
 	done := make(chan struct{})
+	if !wait {
+		select {
+		case jobs <- activation{spec: spec, kick: kick, done: done}:
+		default: // the worker is behind: the peer's next packet tries again
+			o.markRemoved([]keys.Key{key})
+			o.capped.Add(1)
+		}
+		return
+	}
 	select {
 	case jobs <- activation{spec: spec, kick: kick, done: done}:
 	case <-closing:
@@ -415,13 +451,19 @@ type OnDemandStats struct {
 	// the activations refused by the rate bound, Idled the peers removed
 	// for idleness.
 	Added, Capped, Idled uint64
+	// Refused counts activations by inbound packets refused because
+	// maxUnverified peers awaited a handshake; Expired the peers removed
+	// because their handshake did not complete within unverifiedTimeout
+	// (packets forged "from" a lease's address, or a peer gone).
+	Refused, Expired uint64
 }
 
 // OnDemand reports the on-demand mode's state.
 func (b *Backend) OnDemand() OnDemandStats {
 	known, configured := b.peers.counts()
 	return OnDemandStats{Enabled: b.peers.enabled.Load(), Known: known, Configured: configured,
-		Added: b.peers.added.Load(), Capped: b.peers.capped.Load(), Idled: b.peers.idled.Load()}
+		Added: b.peers.added.Load(), Capped: b.peers.capped.Load(), Idled: b.peers.idled.Load(),
+		Refused: b.peers.refused.Load(), Expired: b.peers.expired.Load()}
 }
 
 // activity is what the idle sweep last saw of a configured peer: its byte
@@ -438,11 +480,16 @@ func (b *Backend) sweepIdle(stop chan struct{}) {
 	every := min(b.opts.OnDemandIdleAfter/4, 30*time.Second)
 	ticker := time.NewTicker(every)
 	defer ticker.Stop()
+	verify := time.NewTicker(verifyEvery)
+	defer verify.Stop()
 	seen := map[keys.Key]activity{}
 	for {
 		select {
 		case <-stop:
 			return
+		case <-verify.C:
+			b.expireUnverified(time.Now())
+			continue
 		case <-ticker.C:
 		}
 		if b.peers.enabled.Load() {
@@ -474,6 +521,9 @@ func (b *Backend) removeIdle(seen map[keys.Key]activity, now time.Time) {
 		present[k] = true
 		if b.peers.behindNAT(k) {
 			continue // always configured; the endpoint it roamed to stays
+		}
+		if b.peers.onProbation(k) {
+			continue // its handshake decides (probation.go)
 		}
 		a, ok := seen[k]
 		if !ok || a.rx != p.ReceiveBytes || a.tx != p.TransmitBytes {

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/weftnet/weft/keys"
 )
@@ -59,6 +60,23 @@ func TestOnDemandTable(t *testing.T) {
 	o.enabled.Store(true)
 	o.start()
 	defer o.stop()
+	// Inbound activations do not wait for the worker: wait here.
+	waitConfigured := func(want string) {
+		t.Helper()
+		deadline := time.Now().Add(2 * time.Second)
+		for {
+			mu.Lock()
+			have := joined(got)
+			mu.Unlock()
+			if have == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("configured %q, want %q", have, want)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
 	o.setWanted([]PeerSpec{specA, specB})
 	o.outbound(ipv4Packet("10.5.2.7"))
 	o.outbound(ipv4Packet("10.5.2.8")) // a, already configured
@@ -67,18 +85,14 @@ func TestOnDemandTable(t *testing.T) {
 	o.inbound(wgMessage(messageTransport, 32), netip.MustParseAddrPort("192.168.50.3:51820"))
 	o.inbound(wgMessage(messageInitiation, 148), netip.MustParseAddrPort("192.168.50.9:51820")) // a stranger
 	o.inbound(wgMessage(2, 92), netip.MustParseAddrPort("192.168.50.2:51820"))                  // a response: not ours to act on
-	if want := "a b+kick"; joined(got) != want {
-		t.Fatalf("configured %q, want %q", joined(got), want)
-	}
+	waitConfigured("a b+kick")
 	if known, configured := o.counts(); known != 2 || configured != 2 || o.added.Load() != 2 {
 		t.Errorf("counts %d %d, added %d", known, configured, o.added.Load())
 	}
 	// Idle removal, then the IPv6 subnet of a brings it back.
 	o.markRemoved([]keys.Key{a})
 	o.outbound(ipv6Packet("fc00:5:0:2::9"))
-	if want := "a b+kick a"; joined(got) != want {
-		t.Fatalf("after idle removal: %q, want %q", joined(got), want)
-	}
+	waitConfigured("a b+kick a")
 	// a moves to another address while idle: the new endpoint is known,
 	// the old one is not.
 	o.markRemoved([]keys.Key{a})
@@ -87,17 +101,14 @@ func TestOnDemandTable(t *testing.T) {
 	o.update([]PeerSpec{specA}, []PeerSpec{moved})
 	o.inbound(wgMessage(messageInitiation, 148), netip.MustParseAddrPort("192.168.50.2:51820"))
 	o.inbound(wgMessage(messageInitiation, 148), netip.MustParseAddrPort("192.168.50.20:51820"))
-	if want := "a b+kick a a"; joined(got) != want {
-		t.Fatalf("after a moved: %q, want %q", joined(got), want)
-	}
+	waitConfigured("a b+kick a a")
 	// b leaves: its subnet and endpoint configure nothing any more.
 	o.update([]PeerSpec{specB}, nil)
 	o.markRemoved([]keys.Key{b})
 	o.outbound(ipv4Packet("10.5.3.1"))
 	o.inbound(wgMessage(messageInitiation, 148), netip.MustParseAddrPort("192.168.50.3:51820"))
-	if want := "a b+kick a a"; joined(got) != want {
-		t.Errorf("after b left: %q, want %q", joined(got), want)
-	}
+	time.Sleep(50 * time.Millisecond)
+	waitConfigured("a b+kick a a")
 }
 
 // TestOnDemandActivationsAreBounded: a flood of packets to many idle peers

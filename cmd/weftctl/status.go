@@ -63,8 +63,8 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	fmt.Fprintf(stdout, "\niptables: masquerade %v, forward %v\n", s.Rules["masquerade"], s.Rules["forward"])
 	if od := s.OnDemand; od != nil {
-		fmt.Fprintf(stdout, "wireguard peers on demand: %d known, %d configured, %d idle; %d added for traffic, %d capped, %d removed idle\n",
-			od.Known, od.Configured, od.Known-od.Configured, od.Added, od.Capped, od.Idled)
+		fmt.Fprintf(stdout, "wireguard peers on demand: %d known, %d configured, %d idle; %d added for traffic, %d capped, %d removed idle; %d refused and %d removed for want of a handshake\n",
+			od.Known, od.Configured, od.Known-od.Configured, od.Added, od.Capped, od.Idled, od.Refused, od.Expired)
 	}
 	for reason, n := range s.Drops {
 		fmt.Fprintf(stdout, "udp dropped (%s): %d\n", reason, n)

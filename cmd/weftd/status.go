@@ -114,7 +114,8 @@ func (o *observer) status() status.Document {
 	s.Skipped = desired.Skipped
 	if od, ok := o.backend.(backends.OnDemandReporter); ok {
 		if st := od.OnDemand(); st.Enabled {
-			s.OnDemand = &status.OnDemand{Known: st.Known, Configured: st.Configured, Added: st.Added, Capped: st.Capped, Idled: st.Idled}
+			s.OnDemand = &status.OnDemand{Known: st.Known, Configured: st.Configured, Added: st.Added, Capped: st.Capped, Idled: st.Idled,
+				Refused: st.Refused, Expired: st.Expired}
 		}
 	}
 	handshakes := map[string]wgtypes.Peer{}
@@ -177,7 +178,7 @@ var (
 	descCalls      = prometheus.NewDesc("weft_kernel_calls_total", "Calls weft made to program the data path, by kind (netlink dump/get/write, WireGuard device read/write).", []string{"kind"}, nil)
 	descFull       = prometheus.NewDesc("weft_reconcile_whole_applies_total", "Reconcile runs that applied the whole state (start, resync, relist, errors); the others applied one change as a delta.", nil, nil)
 	descOnDemand   = prometheus.NewDesc("weft_wireguard_peers", "WireGuard peers the leases name, by state: configured on the device or idle (on-demand mode).", []string{"state"}, nil)
-	descOnDemandOp = prometheus.NewDesc("weft_wireguard_on_demand_total", "On-demand mode events: peers added for traffic, activations refused by the rate bound (capped), peers removed for idleness.", []string{"event"}, nil)
+	descOnDemandOp = prometheus.NewDesc("weft_wireguard_on_demand_total", "On-demand mode events: peers added for traffic, activations refused by the rate bound (capped), peers removed for idleness (idled), inbound activations refused while 128 peers awaited a handshake (refused_unverified), peers removed because their handshake never came (expired_unverified).", []string{"event"}, nil)
 	descTunnelDrop = prometheus.NewDesc("weft_tunnel_dropped_packets_total", "VXLAN and IP-in-IP packets dropped because their source holds no lease, by source (sources seen in the last ten minutes).", []string{"source"}, nil)
 	descUDPDropped = prometheus.NewDesc("weft_udp_dropped_datagrams_total", "Datagrams the udp backend refused, by reason.", []string{"reason"}, nil)
 )
@@ -251,6 +252,8 @@ func (o *observer) Collect(ch chan<- prometheus.Metric) {
 		counter(descOnDemandOp, float64(od.Added), "added")
 		counter(descOnDemandOp, float64(od.Capped), "capped")
 		counter(descOnDemandOp, float64(od.Idled), "idled")
+		counter(descOnDemandOp, float64(od.Refused), "refused_unverified")
+		counter(descOnDemandOp, float64(od.Expired), "expired_unverified")
 	}
 	o.duration.Collect(ch)
 }

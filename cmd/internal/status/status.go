@@ -46,6 +46,11 @@ type OnDemand struct {
 	Added      uint64 `json:"added"`
 	Capped     uint64 `json:"capped"`
 	Idled      uint64 `json:"idled"`
+	// Refused and Expired are the inbound activations refused while too
+	// many peers awaited a handshake, and the peers removed because
+	// theirs never came (forged sources, or peers gone).
+	Refused uint64 `json:"refused_unverified"`
+	Expired uint64 `json:"expired_unverified"`
 }
 
 // Peer is one peer of this host.
