@@ -90,7 +90,7 @@ $(BIN)/wireguard:
 PROFILE_ARGS ?= -scale 10000 -scale-backends wireguard
 profile: deps build $(BIN)/wireguard
 	mkdir -p $(BIN)/profile
-	$(BIN)/weftbench -wireguard-go $(BIN)/wireguard -backends "" -control "" -join 0 $(PROFILE_ARGS) \
+	$(BIN)/weftbench -wireguard-go $(BIN)/wireguard -backends "" -control "" -join 0 -flood 0 $(PROFILE_ARGS) \
 		-profile $(BIN)/profile -out $(BIN)/profile/report.md -chart $(BIN)/profile/chart.svg
 	for f in $(BIN)/profile/heap-*.pb.gz; do $(GO) tool pprof -top -nodecount 25 -sample_index=inuse_space $(BIN)/weftd $$f; done
 	for f in $(BIN)/profile/heap-*.pb.gz; do $(GO) tool pprof -top -nodecount 25 -sample_index=alloc_space $(BIN)/weftd $$f; done

@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"net/netip"
 	"time"
+
+	"golang.org/x/net/ipv4"
 )
 
 // InnerUDP builds an IPv4 packet carrying a UDP datagram from src to dst,
@@ -224,4 +226,43 @@ func SendIPIP(ns string, src, dst netip.Addr, inner []byte) error {
 		_, err = c.WriteTo(inner, &net.IPAddr{IP: dst.AsSlice()})
 		return err
 	})
+}
+
+// FloodForgedUDP sends payload to dst from each of sources in turn, as
+// fast as one raw socket of namespace ns can, for d: datagrams whose
+// source addresses the sender does not hold (written with their own IP
+// header), as anyone on the path can forge them. It returns how many it
+// sent.
+func FloodForgedUDP(ns string, dst netip.AddrPort, sources []netip.AddrPort, payload []byte, d time.Duration) (int, error) {
+	sent := 0
+	err := inNetns(ns, func() error {
+		c, err := net.ListenPacket("ip4:udp", "0.0.0.0")
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		raw, err := ipv4.NewRawConn(c)
+		if err != nil {
+			return err
+		}
+		dgram := make([]byte, 8+len(payload))
+		binary.BigEndian.PutUint16(dgram[2:4], dst.Port())
+		binary.BigEndian.PutUint16(dgram[4:6], uint16(len(dgram)))
+		copy(dgram[8:], payload)
+		h := &ipv4.Header{Version: 4, Len: ipv4.HeaderLen, TotalLen: ipv4.HeaderLen + len(dgram), TTL: 64, Protocol: 17, Dst: dst.Addr().AsSlice()}
+		end := time.Now().Add(d)
+		for i := 0; ; i++ {
+			if i%1024 == 0 && time.Now().After(end) {
+				return nil
+			}
+			src := sources[i%len(sources)]
+			h.Src = src.Addr().AsSlice()
+			binary.BigEndian.PutUint16(dgram[0:2], src.Port())
+			if err := raw.WriteTo(h, dgram, nil); err != nil {
+				return err
+			}
+			sent++
+		}
+	})
+	return sent, err
 }

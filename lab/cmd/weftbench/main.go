@@ -49,6 +49,7 @@ func main() {
 	scale := flag.String("scale", "1000,5000,10000", "simulated cluster sizes, comma-separated (empty: keep the report's)")
 	scaleBackends := flag.String("scale-backends", "vxlan,wireguard,wireguard-on-demand", "backends for the scale run (wireguard: every peer configured; wireguard-on-demand: peers configured when traffic needs them)")
 	join := flag.Int("join", 200, "hosts joining at once against one etcd (0: keep the report's)")
+	flood := flag.Duration("flood", time.Minute, "how long to flood a host of 10,000 on-demand wireguard peers with datagrams forged from its leases' endpoints (0: keep the report's)")
 	profile := flag.String("profile", "", "directory for weftd's CPU and heap profiles during the scale run (empty: none)")
 	flag.Parse()
 	var sizes []int
@@ -57,7 +58,7 @@ func main() {
 			sizes = append(sizes, n)
 		}
 	}
-	err := run(plan{profileDir: *profile, weftd: *weftd, wgGo: *wgGo, out: *out, chart: *chart, runs: *runs, seconds: *seconds, joinHosts: *join,
+	err := run(plan{profileDir: *profile, weftd: *weftd, wgGo: *wgGo, out: *out, chart: *chart, runs: *runs, seconds: *seconds, joinHosts: *join, flood: *flood,
 		backends: splitNonEmpty(*backends), controlBackends: splitNonEmpty(*control), sizes: sizes, scaleBackends: splitNonEmpty(*scaleBackends)})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "weftbench:", err)
@@ -77,7 +78,7 @@ func splitNonEmpty(s string) []string {
 
 // report parts, in the order they appear in BENCHMARKS.md; a part not
 // measured in this run is kept from the existing file.
-var reportParts = []string{"\n## Control plane", "\n## Scale", "\n## Joining"}
+var reportParts = []string{"\n## Control plane", "\n## Scale", "\n## Forged activations", "\n## Joining"}
 
 // splitReport cuts an existing report into the data-path part ("") and the
 // parts named by reportParts.
@@ -120,6 +121,8 @@ type plan struct {
 	backends, controlBackends []string
 	sizes                     []int
 	scaleBackends             []string
+	// flood is how long the forged-activation flood lasts (0: not run).
+	flood time.Duration
 }
 
 func run(p plan) error {
@@ -181,12 +184,21 @@ func run(p plan) error {
 			parts[reportParts[1]] += renderFirstPacket(r)
 		}
 	}
+	if p.flood > 0 {
+		r, err := measureFlood(p.weftd, floodPeers, p.flood)
+		if err != nil {
+			return fmt.Errorf("forged activations: %w", err)
+		}
+		fmt.Printf("forged activations: %d sent, peak RSS %d MiB (READY %d MiB), at most %d peers configured, live pair %s\n",
+			r.sent, r.floodRSSKB/1024, r.readyRSSKB/1024, r.maxConfigured, r.during)
+		parts[reportParts[2]] = renderFlood(r)
+	}
 	if p.joinHosts > 0 {
 		r, err := measureJoin(p.joinHosts)
 		if err != nil {
 			return fmt.Errorf("%d hosts joining: %w", p.joinHosts, err)
 		}
-		parts[reportParts[2]] = renderJoin(r)
+		parts[reportParts[3]] = renderJoin(r)
 	}
 	report := parts[""]
 	for _, marker := range reportParts {

@@ -157,28 +157,11 @@ func measureScale(row, weftd string, n int, profileDir string) (scaleResult, err
 	ctx := context.Background()
 	h1 := l.Hosts[0]
 	l.StopWeftd(h1, syscall.SIGTERM)
-	start := time.Now()
-	var wg sync.WaitGroup
-	errs := make(chan error, 16)
-	for w := range 16 {
-		wg.Go(func() {
-			for i := w; i < n; i += 16 {
-				key, value := fakeLease(backend, i)
-				if _, err := l.Store().Create(ctx, key, value, time.Hour); err != nil {
-					errs <- err
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	if err := <-errs; err != nil {
+	if res.writeLeases, err = writeFakeLeases(l, backend, n); err != nil {
 		return res, err
 	}
-	res.writeLeases = time.Since(start)
 	want := n + 1 // the fake peers and h2
-	start = time.Now()
+	start := time.Now()
 	// A resync tick (a whole apply) in the middle of a timed change would
 	// time the resync; production's default interval is long too.
 	args := []string{"-resync-interval", "10m"}
@@ -262,6 +245,28 @@ func measureScale(row, weftd string, n int, profileDir string) (scaleResult, err
 		}
 	}
 	return res, nil
+}
+
+// writeFakeLeases writes n simulated leases of backend into the lab's
+// etcd, 16 writers at once, and says how long etcd took.
+func writeFakeLeases(l *lab.Lab, backend string, n int) (time.Duration, error) {
+	start := time.Now()
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	for w := range 16 {
+		wg.Go(func() {
+			for i := w; i < n; i += 16 {
+				key, value := fakeLease(backend, i)
+				if _, err := l.Store().Create(context.Background(), key, value, time.Hour); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	return time.Since(start), <-errs
 }
 
 func medianDuration(d []time.Duration) time.Duration { return quantile(d, 0.5) }
