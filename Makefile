@@ -99,7 +99,7 @@ profile: deps build $(BIN)/wireguard
 # fuzz: every fuzzer of remote input for FUZZTIME each. A crasher lands in
 # the package's testdata/fuzz and is then a regression test of `make test`.
 FUZZTIME ?= 60s
-FUZZERS := ./lease/:FuzzDecodeLease ./lease/:FuzzParseConfig ./backends/udp/:FuzzAccept ./keys/:FuzzParseKey
+FUZZERS := ./lease/:FuzzDecodeLease ./lease/:FuzzParseConfig ./backends/udp/:FuzzAccept ./keys/:FuzzParseKey ./backends/wireguard/:FuzzWireGuardConfig
 fuzz:
 	@for f in $(FUZZERS); do \
 		echo "fuzzing $${f#*:} for $(FUZZTIME)"; \
