@@ -2,6 +2,7 @@ package backends
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -40,9 +41,24 @@ type TunnelDropCounter interface {
 // the filter's addresses follow every whole apply and every delta (a
 // delta changes only its peers' addresses), before the backend programs
 // the peers.
+// The wrapper keeps the backend's optional capabilities: a DualStack
+// backend's wrapper is one too (its lease publishes BackendV6Data).
 func FilterSources(b Backend, filter SourceFilter) Backend {
-	return &sourceFiltered{Backend: b, filter: filter, count: map[netip.Addr]int{}}
+	s := &sourceFiltered{Backend: b, filter: filter, count: map[netip.Addr]int{}}
+	if dual, ok := b.(DualStack); ok {
+		return &sourceFilteredDual{sourceFiltered: s, dual: dual}
+	}
+	return s
 }
+
+// sourceFilteredDual is FilterSources' wrapper of a DualStack backend.
+type sourceFilteredDual struct {
+	*sourceFiltered
+	dual DualStack
+}
+
+// BackendV6Data is the wrapped backend's.
+func (s *sourceFilteredDual) BackendV6Data() json.RawMessage { return s.dual.BackendV6Data() }
 
 // sourceFiltered is FilterSources' backend. count holds how many peers of
 // the last state use each address (two leases may name one host, an old
@@ -59,6 +75,9 @@ type sourceFiltered struct {
 var (
 	_ mesh.DeltaApplier = (*sourceFiltered)(nil)
 	_ TunnelDropCounter = (*sourceFiltered)(nil)
+	_ DualStack         = (*sourceFilteredDual)(nil)
+	_ mesh.DeltaApplier = (*sourceFilteredDual)(nil)
+	_ TunnelDropCounter = (*sourceFilteredDual)(nil)
 )
 
 // peerAddrs are the underlay addresses peer p sends tunnel packets from.

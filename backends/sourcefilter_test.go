@@ -2,6 +2,7 @@ package backends
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -46,6 +47,23 @@ type nopDeltaBackend struct{ Backend }
 
 func (nopDeltaBackend) Apply(context.Context, mesh.Desired) error    { return nil }
 func (nopDeltaBackend) ApplyDelta(context.Context, mesh.Delta) error { return nil }
+
+// dualNop is a DualStack backend publishing IPv6 data.
+type dualNop struct{ nopDeltaBackend }
+
+func (dualNop) BackendV6Data() json.RawMessage { return json.RawMessage(`{"VNI":1}`) }
+
+// TestFilterSourcesKeepsCapabilities: a dual-stack backend's wrapper still
+// publishes its IPv6 half's data (without it, peers skip that half).
+func TestFilterSourcesKeepsCapabilities(t *testing.T) {
+	if _, ok := FilterSources(nopDeltaBackend{}, &recordingFilter{}).(DualStack); ok {
+		t.Error("a single-family backend's wrapper claims an IPv6 half")
+	}
+	dual, ok := FilterSources(dualNop{}, &recordingFilter{}).(DualStack)
+	if !ok || string(dual.BackendV6Data()) != `{"VNI":1}` {
+		t.Errorf("a dual-stack backend's wrapper lost BackendV6Data (%v)", ok)
+	}
+}
 
 // TestFilterSources: the filter holds exactly the peers' PublicIP and
 // PublicIPv6 after a whole apply (one Sync), and a delta changes only its
