@@ -172,8 +172,13 @@ func (f *Filter) Ensure() error {
 		if s.dropped {
 			set.Dynamic, set.HasTimeout, set.Timeout, set.Size = true, true, droppedTimeout, droppedSize
 		}
-		if err := c.AddSet(set, elements(s.keep)); err != nil {
+		if err := c.AddSet(set, nil); err != nil {
 			return fmt.Errorf("nftables set %s: %w", s.name, err)
+		}
+		for chunk := range slices.Chunk(s.keep, elementsPerMessage) {
+			if err := c.SetAddElements(set, elements(chunk)); err != nil {
+				return fmt.Errorf("nftables set %s: %w", s.name, err)
+			}
 		}
 		sets[s.name] = set
 	}
@@ -256,6 +261,9 @@ func elements(addrs []netip.Addr) []nftables.SetElement {
 	return out
 }
 
+// elementsPerMessage is how many set elements go in one netlink message.
+const elementsPerMessage = 512
+
 // Peers lists the addresses the filter accepts tunnel packets from.
 func (f *Filter) Peers() ([]netip.Addr, error) {
 	v4, err := f.elements(peers4)
@@ -285,13 +293,16 @@ func (f *Filter) Update(add, remove []netip.Addr) error {
 		if err != nil {
 			return fmt.Errorf("nftables set %s of %s: %w", family.name, TableName, err)
 		}
-		if len(removes) > 0 {
-			if err := f.conn.SetDeleteElements(set, elements(removes)); err != nil {
+		// In chunks: one netlink message holds only so many elements (a
+		// larger one is cut short without an error), and a transaction may
+		// hold many messages.
+		for chunk := range slices.Chunk(removes, elementsPerMessage) {
+			if err := f.conn.SetDeleteElements(set, elements(chunk)); err != nil {
 				return err
 			}
 		}
-		if len(adds) > 0 {
-			if err := f.conn.SetAddElements(set, elements(adds)); err != nil {
+		for chunk := range slices.Chunk(adds, elementsPerMessage) {
+			if err := f.conn.SetAddElements(set, elements(chunk)); err != nil {
 				return err
 			}
 		}

@@ -84,3 +84,42 @@ func TestFilterInNetns(t *testing.T) {
 		t.Error("the table outlived Remove")
 	}
 }
+
+// TestFilterAtScaleInNetns: 10,000 peers go in with one Sync (one netlink
+// message held only 1,808 of them, without an error) and half go out, on
+// a real kernel; a rewrite of the table keeps them.
+func TestFilterAtScaleInNetns(t *testing.T) {
+	host := backendtest.NewNetns(t)
+	host.Enter(t)
+	conn, err := nftables.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := New(conn, Tunnel{VXLANPort: 8472})
+	if err := f.Ensure(); err != nil {
+		t.Fatal(err)
+	}
+	var addrs []netip.Addr
+	for i := range 10000 {
+		addrs = append(addrs, netip.AddrFrom4([4]byte{172, 16, byte(i >> 8), byte(i)}))
+	}
+	if err := f.Sync(addrs); err != nil {
+		t.Fatal(err)
+	}
+	if peers, err := f.Peers(); err != nil || len(peers) != 10000 {
+		t.Fatalf("%d peers after a Sync of 10,000 (%v)", len(peers), err)
+	}
+	if err := f.Sync(addrs[:5000]); err != nil {
+		t.Fatal(err)
+	}
+	if peers, err := f.Peers(); err != nil || len(peers) != 5000 {
+		t.Fatalf("%d peers after a Sync down to 5,000 (%v)", len(peers), err)
+	}
+	// A rewrite of the table (another port) keeps all 5,000.
+	if err := New(conn, Tunnel{VXLANPort: 4789}).Ensure(); err != nil {
+		t.Fatal(err)
+	}
+	if peers, err := f.Peers(); err != nil || len(peers) != 5000 {
+		t.Fatalf("%d peers after a rewrite (%v)", len(peers), err)
+	}
+}
