@@ -123,6 +123,9 @@ func checkVXLANFromPeersOnly(t *testing.T, l *Lab, from, target *Host) {
 		t.Errorf("the container received %q (%v); want the peer's datagrams and none of %s's", text, err, rogueIP)
 	}
 	checkTunnelDrops(t, target, rogueIP, 3)
+	if out, err := Exec(target.Name, weftctlBin, "status"); err != nil || !strings.Contains(out, "tunnel packets dropped from "+rogueIP.String()+" (holds no lease): 3") {
+		t.Errorf("weftctl status does not show the drops (%v):\n%s", err, out)
+	}
 }
 
 // checkTunnelDrops waits until h's /metrics counts n tunnel packets

@@ -6,7 +6,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
+	"slices"
 	"text/tabwriter"
 	"time"
 
@@ -68,6 +70,9 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	for reason, n := range s.Drops {
 		fmt.Fprintf(stdout, "udp dropped (%s): %d\n", reason, n)
+	}
+	for _, source := range slices.Sorted(maps.Keys(s.TunnelDrops)) {
+		fmt.Fprintf(stdout, "tunnel packets dropped from %s (holds no lease): %d\n", printable(source), s.TunnelDrops[source])
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "\nPEER\tSUBNET\tPUBLIC IP\tSTATE")
