@@ -156,4 +156,6 @@ var (
 	_ mesh.DeltaApplier = (*ipv6Only)(nil)
 	_ KeyReloader       = (*wireguardIPv6Only)(nil)
 	_ DeviceStatus      = (*wireguardIPv6Only)(nil)
+	_ OnDemandReporter  = (*wireguardSeparate)(nil)
+	_ OnDemandReporter  = (*wireguardIPv6Only)(nil)
 )
