@@ -48,57 +48,11 @@ type chosen struct {
 // none of them, the interface holding -public-ip, else the default
 // route's. The address is the interface's first unless the match named one.
 func pickExternal(o *options, ifaces []hostInterface, defaultIndex int, route routeLookup) (chosen, error) {
-	byIndex := func(idx int) (hostInterface, bool) {
-		for _, i := range ifaces {
-			if i.Index == idx {
-				return i, true
-			}
-		}
-		return hostInterface{}, false
-	}
-	holding := func(ip netip.Addr) (hostInterface, bool) {
-		for _, i := range ifaces {
-			for _, a := range i.Addrs {
-				if a.Addr() == ip {
-					return i, true
-				}
-			}
-		}
-		return hostInterface{}, false
-	}
-	first := func(i hostInterface, why string) (chosen, error) {
-		switch {
-		case len(i.Addrs) > 0:
-			return chosen{iface: i, addr: i.Addrs[0].Addr(), why: why}, nil
-		case len(i.Addrs6) > 0:
-			// Enough for an IPv6-only network; weftd refuses it for one
-			// with IPv4 once it has read the config.
-			return chosen{iface: i, why: why}, nil
-		}
-		return chosen{}, fmt.Errorf("interface %s (%s) has no global IPv4 or IPv6 address; give it one or pick another with -iface", i.Name, why)
-	}
+	host := interfaces(ifaces)
 	var tried []string
 	for _, spec := range o.ifaces {
-		if ip, err := netip.ParseAddr(spec); err == nil && ip.Is6() {
-			for _, i := range ifaces {
-				for _, a := range i.Addrs6 {
-					if a.Addr() == ip {
-						c, err := first(i, "-iface "+spec)
-						c.addr6 = ip
-						return c, err
-					}
-				}
-			}
-		} else if err == nil {
-			if i, ok := holding(ip); ok {
-				return chosen{iface: i, addr: ip, why: "-iface " + spec}, nil
-			}
-		} else {
-			for _, i := range ifaces {
-				if i.Name == spec {
-					return first(i, "-iface "+spec)
-				}
-			}
+		if c, ok, err := host.bySpec(spec); ok {
+			return c, err
 		}
 		tried = append(tried, "-iface "+spec)
 	}
@@ -107,28 +61,8 @@ func pickExternal(o *options, ifaces []hostInterface, defaultIndex int, route ro
 		if err != nil {
 			return chosen{}, fmt.Errorf("-iface-regex %q: %w", expr, err)
 		}
-		for _, i := range ifaces {
-			for _, a := range i.Addrs {
-				if re.MatchString(a.Addr().String()) {
-					return chosen{iface: i, addr: a.Addr(), why: "-iface-regex " + expr + " matched an address"}, nil
-				}
-			}
-		}
-		// Then IPv6 addresses, as flannel matches them for the IPv6 half:
-		// the matched one is the PublicIPv6.
-		for _, i := range ifaces {
-			for _, a := range i.Addrs6 {
-				if re.MatchString(a.Addr().String()) {
-					c, err := first(i, "-iface-regex "+expr+" matched an IPv6 address")
-					c.addr6 = a.Addr()
-					return c, err
-				}
-			}
-		}
-		for _, i := range ifaces {
-			if re.MatchString(i.Name) {
-				return first(i, "-iface-regex "+expr+" matched the name")
-			}
+		if c, ok, err := host.byRegex(re, expr); ok {
+			return c, err
 		}
 		tried = append(tried, "-iface-regex "+expr)
 	}
@@ -138,7 +72,7 @@ func pickExternal(o *options, ifaces []hostInterface, defaultIndex int, route ro
 			return chosen{}, fmt.Errorf("-iface-can-reach %q is not an IP address", o.ifaceCanReach)
 		}
 		if idx, src, err := route(target); err == nil {
-			if i, ok := byIndex(idx); ok {
+			if i, ok := host.byIndex(idx); ok {
 				why := "route to -iface-can-reach " + o.ifaceCanReach
 				if src.IsValid() {
 					return chosen{iface: i, addr: src, why: why}, nil
@@ -157,16 +91,114 @@ func pickExternal(o *options, ifaces []hostInterface, defaultIndex int, route ro
 	}
 	if o.publicIP != "" {
 		if ip, err := netip.ParseAddr(o.publicIP); err == nil {
-			if i, ok := holding(ip); ok {
+			if i, ok := host.holding(ip); ok {
 				return chosen{iface: i, addr: ip, why: "it holds -public-ip " + o.publicIP}, nil
 			}
 		}
 	}
-	i, ok := byIndex(defaultIndex)
+	i, ok := host.byIndex(defaultIndex)
 	if !ok {
 		return chosen{}, errors.New("no default route to pick the external interface from; set -iface, -iface-regex or -iface-can-reach")
 	}
 	return first(i, "default route")
+}
+
+// interfaces are this host's interfaces, for pickExternal's lookups.
+type interfaces []hostInterface
+
+// byIndex is the interface with index idx.
+func (is interfaces) byIndex(idx int) (hostInterface, bool) {
+	for _, i := range is {
+		if i.Index == idx {
+			return i, true
+		}
+	}
+	return hostInterface{}, false
+}
+
+// holding is the interface that holds IPv4 address ip.
+func (is interfaces) holding(ip netip.Addr) (hostInterface, bool) {
+	for _, i := range is {
+		for _, a := range i.Addrs {
+			if a.Addr() == ip {
+				return i, true
+			}
+		}
+	}
+	return hostInterface{}, false
+}
+
+// bySpec is the interface one -iface value names: an IPv6 address it
+// holds (which becomes the PublicIPv6), an IPv4 address it holds, or its
+// name; ok says whether one matched.
+func (is interfaces) bySpec(spec string) (c chosen, ok bool, err error) {
+	ip, perr := netip.ParseAddr(spec)
+	switch {
+	case perr == nil && ip.Is6():
+		for _, i := range is {
+			for _, a := range i.Addrs6 {
+				if a.Addr() == ip {
+					c, err := first(i, "-iface "+spec)
+					c.addr6 = ip
+					return c, true, err
+				}
+			}
+		}
+	case perr == nil:
+		if i, found := is.holding(ip); found {
+			return chosen{iface: i, addr: ip, why: "-iface " + spec}, true, nil
+		}
+	default:
+		for _, i := range is {
+			if i.Name == spec {
+				c, err := first(i, "-iface "+spec)
+				return c, true, err
+			}
+		}
+	}
+	return chosen{}, false, nil
+}
+
+// byRegex is the interface one -iface-regex matches, as flannel matches
+// it: an IPv4 address, then an IPv6 address (the PublicIPv6), then a name;
+// ok says whether one matched.
+func (is interfaces) byRegex(re *regexp.Regexp, expr string) (c chosen, ok bool, err error) {
+	for _, i := range is {
+		for _, a := range i.Addrs {
+			if re.MatchString(a.Addr().String()) {
+				return chosen{iface: i, addr: a.Addr(), why: "-iface-regex " + expr + " matched an address"}, true, nil
+			}
+		}
+	}
+	for _, i := range is {
+		for _, a := range i.Addrs6 {
+			if re.MatchString(a.Addr().String()) {
+				c, err := first(i, "-iface-regex "+expr+" matched an IPv6 address")
+				c.addr6 = a.Addr()
+				return c, true, err
+			}
+		}
+	}
+	for _, i := range is {
+		if re.MatchString(i.Name) {
+			c, err := first(i, "-iface-regex "+expr+" matched the name")
+			return c, true, err
+		}
+	}
+	return chosen{}, false, nil
+}
+
+// first chooses interface i with its first global address, for why.
+func first(i hostInterface, why string) (chosen, error) {
+	switch {
+	case len(i.Addrs) > 0:
+		return chosen{iface: i, addr: i.Addrs[0].Addr(), why: why}, nil
+	case len(i.Addrs6) > 0:
+		// Enough for an IPv6-only network; weftd refuses it for one
+		// with IPv4 once it has read the config.
+		return chosen{iface: i, why: why}, nil
+	}
+	return chosen{}, fmt.Errorf("interface %s (%s) has no global IPv4 or IPv6 address; give it one or pick another with -iface", i.Name, why)
 }
 
 // chooseExternal picks the interface and address for inter-host traffic
