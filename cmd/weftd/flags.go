@@ -108,20 +108,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	fs.BoolVar(&o.cleanupOnExit, "cleanup-on-exit", false, "remove weft's devices and routes on exit (they stay by default)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
-	// glog flags from flanneld unit files: accepted and ignored.
-	fs.Bool("logtostderr", true, "ignored (flannel compatibility)")
-	fs.Bool("alsologtostderr", false, "ignored (flannel compatibility)")
-	fs.String("log_dir", "", "ignored (flannel compatibility)")
-	fs.String("v", "0", "ignored (flannel compatibility)")
-	fs.String("vmodule", "", "ignored (flannel compatibility)")
-	fs.String("stderrthreshold", "", "ignored (flannel compatibility)")
-	fs.String("log_backtrace_at", "", "ignored (flannel compatibility)")
-	fs.String("log_file", "", "ignored (flannel compatibility)")
-	fs.Uint64("log_file_max_size", 0, "ignored (flannel compatibility)")
-	fs.Bool("add_dir_header", false, "ignored (flannel compatibility)")
-	fs.Bool("one_output", false, "ignored (flannel compatibility)")
-	fs.Bool("skip_headers", false, "ignored (flannel compatibility)")
-	fs.Bool("skip_log_headers", false, "ignored (flannel compatibility)")
+	acceptGlogFlags(fs)
 	kubeSubnetMgr := fs.Bool("kube-subnet-mgr", false, "not supported: weft leases subnets in etcd")
 
 	if err := fs.Parse(args); err != nil {
@@ -130,30 +117,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q; flags start with -, see weftd -help", fs.Arg(0))
 	}
-	given := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
-	var errs []error
-	fs.VisitAll(func(f *flag.Flag) {
-		// Debug switches come from the command line only: an environment
-		// variable must not quietly open pprof on a production host.
-		if given[f.Name] || f.Name == "debug-pprof" {
-			return
-		}
-		env := strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
-		names := []string{"WEFTD_" + env, "FLANNELD_" + env}
-		if f.Name == "wireguard-key-file" {
-			names = append(names, "WIREGUARD_KEY_FILE")
-		}
-		for _, name := range names {
-			if v := getenv(name); v != "" {
-				if err := fs.Set(f.Name, v); err != nil {
-					errs = append(errs, fmt.Errorf("environment %s=%q: %w", name, v, err))
-				}
-				return
-			}
-		}
-	})
-	if err := errors.Join(errs...); err != nil {
+	if err := setFromEnvironment(fs, getenv); err != nil {
 		return nil, err
 	}
 	o.renewMargin = time.Duration(renewMinutes) * time.Minute
@@ -181,6 +145,48 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 		return nil, fmt.Errorf("-iptables-resync %d must be at least 1 second", o.iptablesSync)
 	}
 	return o, nil
+}
+
+// acceptGlogFlags defines the glog flags of flanneld's unit files, which
+// weftd accepts and ignores.
+func acceptGlogFlags(fs *flag.FlagSet) {
+	for _, name := range []string{"logtostderr", "alsologtostderr", "add_dir_header", "one_output", "skip_headers", "skip_log_headers"} {
+		fs.Bool(name, name == "logtostderr", "ignored (flannel compatibility)")
+	}
+	for _, name := range []string{"log_dir", "v", "vmodule", "stderrthreshold", "log_backtrace_at", "log_file"} {
+		fs.String(name, map[string]string{"v": "0"}[name], "ignored (flannel compatibility)")
+	}
+	fs.Uint64("log_file_max_size", 0, "ignored (flannel compatibility)")
+}
+
+// setFromEnvironment sets each flag not given on the command line from
+// WEFTD_<FLAG>, else FLANNELD_<FLAG> (and the key file from
+// WIREGUARD_KEY_FILE too).
+func setFromEnvironment(fs *flag.FlagSet, getenv func(string) string) error {
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		// Debug switches come from the command line only: an environment
+		// variable must not quietly open pprof on a production host.
+		if given[f.Name] || f.Name == "debug-pprof" {
+			return
+		}
+		env := strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		names := []string{"WEFTD_" + env, "FLANNELD_" + env}
+		if f.Name == "wireguard-key-file" {
+			names = append(names, "WIREGUARD_KEY_FILE")
+		}
+		for _, name := range names {
+			if v := getenv(name); v != "" {
+				if err := fs.Set(f.Name, v); err != nil {
+					errs = append(errs, fmt.Errorf("environment %s=%q: %w", name, v, err))
+				}
+				return
+			}
+		}
+	})
+	return errors.Join(errs...)
 }
 
 // repeated is a repeatable flag taken as given: -iface-regex values may
