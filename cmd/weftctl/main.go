@@ -96,33 +96,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	defer cancel()
 	var err error
 	switch {
-	case len(cmd) == 3 && cmd[0] == "config" && cmd[1] == "validate":
-		var notes []string
-		_, notes, err = readConfigFile(cmd[2])
-		if err == nil {
-			fmt.Fprintln(stdout, "config is valid")
-			for _, n := range notes {
-				fmt.Fprintln(stdout, "note:", n)
-			}
-		}
-	case len(cmd) == 2 && cmd[0] == "config" && cmd[1] == "get":
-		err = withStore(opts, func(s *lease.EtcdStore) error {
-			raw, err := s.Config(ctx)
-			if err == nil {
-				fmt.Fprintln(stdout, strings.TrimSpace(string(raw)))
-			}
-			return err
-		})
-	case len(cmd) == 3 && cmd[0] == "config" && cmd[1] == "put":
-		raw, notes, verr := readConfigFile(cmd[2])
-		if verr != nil {
-			err = fmt.Errorf("%w; nothing was written to etcd", verr)
-			break
-		}
-		for _, n := range notes {
-			fmt.Fprintln(stderr, "weftctl: note:", n)
-		}
-		err = withStore(opts, func(s *lease.EtcdStore) error { return s.PutConfig(ctx, raw) })
+	case cmd[0] == "config":
+		err = runConfig(ctx, cmd[1:], opts, stdout, stderr)
 	case cmd[0] == "status":
 		err = runStatus(ctx, cmd[1:], stdout, stderr)
 	case cmd[0] == "ready":
@@ -149,6 +124,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		asJSON := len(cmd) == 3 && cmd[1] == "-o" && cmd[2] == "json"
 		err = withStore(opts, func(s *lease.EtcdStore) error { return printLeases(ctx, s, stdout, asJSON) })
 	default:
+		err = errUsage
+	}
+	if errors.Is(err, errUsage) {
 		fs.Usage()
 		return 2
 	}
@@ -157,6 +135,44 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// errUsage is what a command line no command matches gets: the usage.
+var errUsage = errors.New("usage")
+
+// runConfig is `weftctl config validate FILE | get | put FILE`: put and
+// validate check the file as weftd would, and put writes nothing unless
+// it is valid.
+func runConfig(ctx context.Context, args []string, opts lease.EtcdOptions, stdout, stderr io.Writer) error {
+	switch {
+	case len(args) == 2 && args[0] == "validate":
+		_, notes, err := readConfigFile(args[1])
+		if err == nil {
+			fmt.Fprintln(stdout, "config is valid")
+			for _, n := range notes {
+				fmt.Fprintln(stdout, "note:", n)
+			}
+		}
+		return err
+	case len(args) == 1 && args[0] == "get":
+		return withStore(opts, func(s *lease.EtcdStore) error {
+			raw, err := s.Config(ctx)
+			if err == nil {
+				fmt.Fprintln(stdout, strings.TrimSpace(string(raw)))
+			}
+			return err
+		})
+	case len(args) == 2 && args[0] == "put":
+		raw, notes, err := readConfigFile(args[1])
+		if err != nil {
+			return fmt.Errorf("%w; nothing was written to etcd", err)
+		}
+		for _, n := range notes {
+			fmt.Fprintln(stderr, "weftctl: note:", n)
+		}
+		return withStore(opts, func(s *lease.EtcdStore) error { return s.PutConfig(ctx, raw) })
+	}
+	return errUsage
 }
 
 // etcdEnv is an etcd flag's default from the environment, as weftd reads
