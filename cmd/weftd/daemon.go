@@ -58,22 +58,9 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 		return err
 	}
 
-	if why := peersNetworkConflict(cfg.PeersNetwork, hostAddrs(), o.etcd.Endpoints); why != "" {
-		log.Error("not routing PeersNetwork on this host: outside peers cannot reach it; choose a PeersNetwork no host or etcd address uses", "reason", why)
-		cfg.PeersNetwork = netip.Prefix{}
-	}
-	switch {
-	case !cfg.EnableIPv4:
-		publicIP = netip.IPv4Unspecified() // an IPv6-only lease's, as flannel writes it
-	case !publicIP.IsValid():
-		return fmt.Errorf("interface %s has no global IPv4 address, and the network config carries IPv4; give it one, pick another interface with -iface, or set -public-ip", ext.Name)
-	}
-	var publicIP6 netip.Addr
-	if cfg.EnableIPv6 {
-		if publicIP6, err = publicIPv6(o, ext); err != nil {
-			return err
-		}
-		log.Info("dual stack: IPv6 underlay address chosen", "public_ipv6", publicIP6, "iface", ext.Name)
+	publicIP, publicIP6, err := hostAddresses(o, cfg, ext, publicIP, log)
+	if err != nil {
+		return err
 	}
 	kernel := netutil.NewNetlink(nil, obs.kernelCalls())
 	backend, err := setUpBackend(ctx, backends.Env{Config: cfg, External: ext, PublicIP: publicIP, PublicIPv6: publicIP6, Log: log, KeyFile: o.keyFile,
@@ -98,31 +85,13 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 		log.Warn("removed what another backend left on this host (Backend.Type changed)", "backend", cfg.Backend.Type, "removed", removed, "err", err)
 	}
 
-	req := lease.ClaimRequest{
-		Config:    cfg,
-		Attrs:     ownAttrs(cfg, publicIP, publicIP6, backend),
-		Previous:  lease.PreviousSubnet(o.subnetFile, cfg, log),
-		Previous6: lease.PreviousIPv6Subnet(o.subnetFile, cfg),
-		TTL:       o.leaseTTL,
-	}
-	own, err := lease.ClaimWithRetry(ctx, store, req, lease.DefaultStartupRetry(), log)
+	req, own, err := claimLease(ctx, store, o, cfg, ownAttrs(cfg, publicIP, publicIP6, backend), log)
 	if err != nil {
 		return err
 	}
-	log.Info("subnet leased", "subnet", own.Subnet, "public_ip", publicIP, "backend", cfg.Backend.Type, "ttl", o.leaseTTL)
-	if own.IPv6Subnet.IsValid() {
-		log.Info("IPv6 subnet leased", "subnet", own.IPv6Subnet, "public_ipv6", publicIP6)
-	}
 	writeEnv := subnetFileWriter(o.subnetFile, cfg, backend.MTU(), o.ipMasq, log)
 	writeEnv(own)
-	if err := enableForwarding("/proc/sys/net/ipv4/ip_forward"); err != nil {
-		log.Warn("cannot turn on net.ipv4.ip_forward; forwarded traffic will be dropped", "err", err)
-	}
-	if cfg.EnableIPv6 {
-		if err := enableForwarding("/proc/sys/net/ipv6/conf/all/forwarding"); err != nil {
-			log.Warn("cannot turn on net.ipv6.conf.all.forwarding; forwarded IPv6 traffic will be dropped", "err", err)
-		}
-	}
+	turnOnForwarding(cfg, log)
 
 	watcher := lease.NewWatcher(store, log)
 	holder := lease.NewHolder(store, req, own, o.renewMargin, log)
@@ -145,17 +114,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 		return err
 	}
 	if o.blackholeRoute {
-		// One per family, as flannel adds one for each half of the lease.
-		if cfg.EnableIPv4 {
-			g.Go(func() error {
-				return keepBlackhole(ctx, kernel, func() netip.Prefix { return holder.Current().Subnet }, time.Duration(o.iptablesSync)*time.Second, log)
-			})
-		}
-		if cfg.EnableIPv6 {
-			g.Go(func() error {
-				return keepBlackhole(ctx, kernel, func() netip.Prefix { return holder.Current().IPv6Subnet }, time.Duration(o.iptablesSync)*time.Second, log)
-			})
-		}
+		keepBlackholes(ctx, g, o, cfg, kernel, holder, log)
 	}
 	g.Go(func() error { return watchBackendType(ctx, store, cfg.Backend.Type, o.resync, &configType, log) })
 	g.Go(func() error { return watcher.Run(ctx) })
@@ -167,6 +126,83 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 		return nil
 	}
 	return err
+}
+
+// hostAddresses settles this host's addresses on the network cfg
+// describes: its PublicIP (0.0.0.0 on an IPv6-only network, as flannel
+// writes it; an error when the config carries IPv4 and the interface has
+// none), its PublicIPv6 on a dual-stack network, and whether it may route
+// PeersNetwork (not when its own address or an etcd endpoint lies inside:
+// cfg loses PeersNetwork then, and the log says why).
+func hostAddresses(o *options, cfg *lease.Config, ext netutil.ExternalInterface, publicIP netip.Addr, log *slog.Logger) (netip.Addr, netip.Addr, error) {
+	if why := peersNetworkConflict(cfg.PeersNetwork, hostAddrs(), o.etcd.Endpoints); why != "" {
+		log.Error("not routing PeersNetwork on this host: outside peers cannot reach it; choose a PeersNetwork no host or etcd address uses", "reason", why)
+		cfg.PeersNetwork = netip.Prefix{}
+	}
+	switch {
+	case !cfg.EnableIPv4:
+		publicIP = netip.IPv4Unspecified() // an IPv6-only lease's, as flannel writes it
+	case !publicIP.IsValid():
+		return publicIP, netip.Addr{}, fmt.Errorf("interface %s has no global IPv4 address, and the network config carries IPv4; give it one, pick another interface with -iface, or set -public-ip", ext.Name)
+	}
+	if !cfg.EnableIPv6 {
+		return publicIP, netip.Addr{}, nil
+	}
+	publicIP6, err := publicIPv6(o, ext)
+	if err == nil {
+		log.Info("dual stack: IPv6 underlay address chosen", "public_ipv6", publicIP6, "iface", ext.Name)
+	}
+	return publicIP, publicIP6, err
+}
+
+// claimLease claims this host's subnet with attrs (the one it held before
+// when still free), retrying until etcd answers, and logs it.
+func claimLease(ctx context.Context, store lease.Store, o *options, cfg *lease.Config, attrs lease.Attrs, log *slog.Logger) (lease.ClaimRequest, lease.Lease, error) {
+	req := lease.ClaimRequest{
+		Config:    cfg,
+		Attrs:     attrs,
+		Previous:  lease.PreviousSubnet(o.subnetFile, cfg, log),
+		Previous6: lease.PreviousIPv6Subnet(o.subnetFile, cfg),
+		TTL:       o.leaseTTL,
+	}
+	own, err := lease.ClaimWithRetry(ctx, store, req, lease.DefaultStartupRetry(), log)
+	if err != nil {
+		return req, own, err
+	}
+	log.Info("subnet leased", "subnet", own.Subnet, "public_ip", attrs.PublicIP, "backend", cfg.Backend.Type, "ttl", o.leaseTTL)
+	if own.IPv6Subnet.IsValid() {
+		log.Info("IPv6 subnet leased", "subnet", own.IPv6Subnet, "public_ipv6", attrs.PublicIPv6Addr())
+	}
+	return req, own, nil
+}
+
+// turnOnForwarding turns on IP forwarding for each family the network
+// carries; without it the kernel drops what the overlay forwards.
+func turnOnForwarding(cfg *lease.Config, log *slog.Logger) {
+	if err := enableForwarding("/proc/sys/net/ipv4/ip_forward"); err != nil {
+		log.Warn("cannot turn on net.ipv4.ip_forward; forwarded traffic will be dropped", "err", err)
+	}
+	if cfg.EnableIPv6 {
+		if err := enableForwarding("/proc/sys/net/ipv6/conf/all/forwarding"); err != nil {
+			log.Warn("cannot turn on net.ipv6.conf.all.forwarding; forwarded IPv6 traffic will be dropped", "err", err)
+		}
+	}
+}
+
+// keepBlackholes keeps -ip-blackhole-route's route for each half of the
+// lease, as flannel adds one per family.
+func keepBlackholes(ctx context.Context, g *errgroup.Group, o *options, cfg *lease.Config, kernel netutil.Kernel, holder *lease.Holder, log *slog.Logger) {
+	every := time.Duration(o.iptablesSync) * time.Second
+	if cfg.EnableIPv4 {
+		g.Go(func() error {
+			return keepBlackhole(ctx, kernel, func() netip.Prefix { return holder.Current().Subnet }, every, log)
+		})
+	}
+	if cfg.EnableIPv6 {
+		g.Go(func() error {
+			return keepBlackhole(ctx, kernel, func() netip.Prefix { return holder.Current().IPv6Subnet }, every, log)
+		})
+	}
 }
 
 // ownAttrs is what this host's lease publishes: its addresses (the IPv6
