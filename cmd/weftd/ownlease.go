@@ -1,0 +1,141 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/signal"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/weftnet/weft/backends"
+	"github.com/weftnet/weft/lease"
+)
+
+// This host's lease: claiming it, what it publishes, the subnet file
+// written from it, and what follows it (a rotated key, the config's
+// Backend.Type).
+
+// claimLease claims this host's subnet with attrs (the one it held before
+// when still free), retrying until etcd answers, and logs it.
+func claimLease(ctx context.Context, store lease.Store, o *options, cfg *lease.Config, attrs lease.Attrs, log *slog.Logger) (lease.ClaimRequest, lease.Lease, error) {
+	req := lease.ClaimRequest{
+		Config:    cfg,
+		Attrs:     attrs,
+		Previous:  lease.PreviousSubnet(o.subnetFile, cfg, log),
+		Previous6: lease.PreviousIPv6Subnet(o.subnetFile, cfg),
+		TTL:       o.leaseTTL,
+	}
+	own, err := lease.ClaimWithRetry(ctx, store, req, lease.DefaultStartupRetry(), log)
+	if err != nil {
+		return req, own, err
+	}
+	log.Info("subnet leased", "subnet", own.Subnet, "public_ip", attrs.PublicIP, "backend", cfg.Backend.Type, "ttl", o.leaseTTL)
+	if own.IPv6Subnet.IsValid() {
+		log.Info("IPv6 subnet leased", "subnet", own.IPv6Subnet, "public_ipv6", attrs.PublicIPv6Addr())
+	}
+	return req, own, nil
+}
+
+// ownAttrs is what this host's lease publishes: its addresses (the IPv6
+// one on a dual-stack network), its backend and the backend's data for each
+// family.
+func ownAttrs(cfg *lease.Config, publicIP, publicIP6 netip.Addr, backend backends.Backend) lease.Attrs {
+	attrs := lease.Attrs{PublicIP: publicIP, BackendType: lease.OwnBackendType(cfg.Backend.Type), BackendData: backend.BackendData()}
+	if publicIP6.IsValid() {
+		attrs.PublicIPv6 = &publicIP6
+		if b, ok := backend.(backends.DualStack); ok {
+			attrs.BackendV6Data = b.BackendV6Data()
+		}
+	}
+	return attrs
+}
+
+// subnetFileWriter returns what writes the subnet file for a lease: now,
+// and again whenever the lease is re-claimed under another subnet. A
+// subnet other than the one the file held means docker runs with a --bip
+// outside this host's lease: that is said loudly, with what to do.
+func subnetFileWriter(path string, cfg *lease.Config, mtu int, ipMasq bool, log *slog.Logger) func(lease.Lease) {
+	return func(l lease.Lease) {
+		if old, err := lease.ReadSubnetFile(path); err == nil && old.Subnet.IsValid() && old.Subnet != l.Subnet {
+			log.Warn("this host's subnet changed (its lease was lost and the subnet taken): docker still uses the old one for --bip, "+
+				"so its containers are unreachable; run `weftctl docker-opts` and restart docker (systemctl restart docker)",
+				"previous", old.Subnet, "subnet", l.Subnet, "subnet_file", path)
+		}
+		env := lease.SubnetEnv{Network: cfg.Network, Subnet: l.Subnet, MTU: mtu, IPMasq: ipMasq}
+		if l.IPv6Subnet.IsValid() {
+			env.IPv6Network, env.IPv6Subnet = cfg.IPv6Network, l.IPv6Subnet
+		}
+		if err := lease.WriteSubnetFile(path, env); err != nil {
+			log.Error("writing the subnet file", "path", path, "err", err)
+		}
+	}
+}
+
+// watchKey rotates the key on SIGHUP and adopts a key changed on disk
+// (`weftctl keys rotate`), then republishes the lease so peers follow.
+func watchKey(ctx context.Context, r backends.KeyReloader, holder *lease.Holder, attrs lease.Attrs, log *slog.Logger) error {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	ticker := time.NewTicker(keyCheckInterval)
+	defer ticker.Stop()
+	lastErr := ""
+	for {
+		rotate := false
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-hup:
+			rotate = true
+		case <-ticker.C:
+		}
+		changed, err := r.ReloadKey(rotate)
+		if err != nil {
+			// Keep the key in use; a broken file must not cut traffic.
+			if err.Error() != lastErr {
+				log.Error("cannot use the key file; keeping the current key", "err", err)
+				lastErr = err.Error()
+			}
+			continue
+		}
+		lastErr = ""
+		if changed {
+			attrs.BackendData = r.BackendData()
+			if d, ok := r.(backends.DualStack); ok && attrs.PublicIPv6 != nil {
+				attrs.BackendV6Data = d.BackendV6Data()
+			}
+			holder.SetAttrs(attrs)
+		}
+	}
+}
+
+// watchBackendType says, once per change, when the network config asks
+// for another Backend.Type than the one running: it takes effect at
+// weftd's next start (a switch needs the old data path removed first).
+func watchBackendType(ctx context.Context, store lease.Store, running string, every time.Duration, latest *atomic.Pointer[string], log *slog.Logger) error {
+	said := running
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(every):
+		}
+		raw, err := store.Config(ctx)
+		if err != nil {
+			continue
+		}
+		cfg, err := lease.ParseConfig(raw)
+		if err != nil || cfg.Backend.Type == said {
+			continue
+		}
+		said = cfg.Backend.Type
+		latest.Store(&said)
+		if said != running {
+			log.Warn("the network config now asks for another backend; it takes effect when weftd restarts (systemctl restart weftd)",
+				"running", running, "config", said)
+		}
+	}
+}
