@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sync"
 
 	"github.com/weftnet/weft/backends/tunnelfilter"
@@ -44,7 +45,7 @@ type TunnelDropCounter interface {
 // The wrapper keeps the backend's optional capabilities: a DualStack
 // backend's wrapper is one too (its lease publishes BackendV6Data).
 func FilterSources(b Backend, filter SourceFilter) Backend {
-	s := &sourceFiltered{Backend: b, filter: filter, count: map[netip.Addr]int{}}
+	s := &sourceFiltered{Backend: b, filter: filter, count: map[netip.Addr]int{}, present: map[netip.Addr]bool{}}
 	if dual, ok := b.(DualStack); ok {
 		return &sourceFilteredDual{sourceFiltered: s, dual: dual}
 	}
@@ -60,16 +61,20 @@ type sourceFilteredDual struct {
 // BackendV6Data is the wrapped backend's.
 func (s *sourceFilteredDual) BackendV6Data() json.RawMessage { return s.dual.BackendV6Data() }
 
-// sourceFiltered is FilterSources' backend. count holds how many peers of
-// the last state use each address (two leases may name one host, an old
-// lease beside its new one), so an address leaves the filter only with
-// the last.
+// sourceFiltered is FilterSources' backend. count holds how many peers
+// use each address (two leases may name one host, an old lease beside its
+// new one); present is what the filter holds. A delta adds its new
+// addresses at once; an address no peer uses any more leaves at the next
+// whole apply (the resync): deleting set elements costs the kernel an RCU
+// grace period (about 10 ms) that a lease's change need not wait for, and
+// the address was a peer's a moment ago.
 type sourceFiltered struct {
 	Backend
 	filter SourceFilter
 
-	mu    sync.Mutex
-	count map[netip.Addr]int
+	mu      sync.Mutex
+	count   map[netip.Addr]int
+	present map[netip.Addr]bool
 }
 
 var (
@@ -117,67 +122,52 @@ func (s *sourceFiltered) Apply(ctx context.Context, d mesh.Desired) error {
 		}
 	}
 	var errs []error
+	present := make(map[netip.Addr]bool, len(want))
 	if err := s.filter.Sync(want); err != nil {
 		errs = append(errs, fmt.Errorf("tunnel source filter: %w", err))
+	} else {
+		for _, a := range want {
+			present[a] = true
+		}
 	}
 	s.mu.Lock()
-	s.count = count
+	s.count, s.present = count, present
 	s.mu.Unlock()
 	return errors.Join(append(errs, s.Backend.Apply(ctx, d))...)
 }
 
-// ApplyDelta changes only the addresses of the delta's peers, then applies
-// the delta.
+// ApplyDelta adds the addresses of the delta's new peers the filter does
+// not hold, before the peers are programmed, then applies the delta.
 func (s *sourceFiltered) ApplyDelta(ctx context.Context, d mesh.Delta) error {
 	inner, ok := s.Backend.(mesh.DeltaApplier)
 	if !ok {
 		return mesh.ErrWholeApply
 	}
 	s.mu.Lock()
-	var add, remove []netip.Addr
+	defer s.mu.Unlock()
+	var add []netip.Addr
 	for _, p := range d.New {
 		for _, a := range peerAddrs(p) {
-			if s.count[a] == 0 {
+			if s.count[a]++; !s.present[a] && !slices.Contains(add, a) {
 				add = append(add, a)
 			}
-			s.count[a]++
 		}
 	}
 	for _, p := range d.Old {
 		for _, a := range peerAddrs(p) {
 			if s.count[a]--; s.count[a] <= 0 {
-				delete(s.count, a)
-				remove = append(remove, a)
+				delete(s.count, a) // leaves the filter at the next resync
 			}
 		}
 	}
-	s.mu.Unlock()
-	// An address both removed (an old version) and added (the new one)
-	// stays: count went back up before it came down.
-	remove = without(remove, add)
-	if err := s.filter.Update(add, remove); err != nil {
+	if err := s.filter.Update(add, nil); err != nil {
 		// The next whole apply (a resync) puts the filter right.
 		return errors.Join(fmt.Errorf("tunnel source filter: %w", err), inner.ApplyDelta(ctx, d))
 	}
+	for _, a := range add {
+		s.present[a] = true
+	}
 	return inner.ApplyDelta(ctx, d)
-}
-
-// without is addrs less those in drop.
-func without(addrs, drop []netip.Addr) []netip.Addr {
-	if len(drop) == 0 {
-		return addrs
-	}
-	dropped := map[netip.Addr]bool{}
-	for _, a := range drop {
-		dropped[a] = true
-	}
-	var out []netip.Addr
-	for _, a := range addrs {
-		if !dropped[a] {
-			out = append(out, a)
-		}
-	}
-	return out
 }
 
 // TunnelDrops counts the tunnel packets dropped by source (those dropped

@@ -66,8 +66,9 @@ func TestFilterSourcesKeepsCapabilities(t *testing.T) {
 }
 
 // TestFilterSources: the filter holds exactly the peers' PublicIP and
-// PublicIPv6 after a whole apply (one Sync), and a delta changes only its
-// peers' addresses; an address two leases name leaves with the last.
+// PublicIPv6 after a whole apply (one Sync); a delta adds its new peers'
+// addresses at once, and an address no peer names any more (an address
+// two leases named leaves with the last) goes at the next whole apply.
 func TestFilterSources(t *testing.T) {
 	f := &recordingFilter{}
 	b := FilterSources(nopDeltaBackend{}, f).(*sourceFiltered)
@@ -79,7 +80,8 @@ func TestFilterSources(t *testing.T) {
 		return p
 	}
 	a, b2, old := peer("a", "192.0.2.1", "2001:db8::1"), peer("b", "192.0.2.2", ""), peer("old", "192.0.2.2", "")
-	if err := b.Apply(context.Background(), mesh.Desired{Peers: []mesh.Peer{a, b2, old}, Self: lease.Lease{}}); err != nil {
+	state := []mesh.Peer{a, b2, old}
+	if err := b.Apply(context.Background(), mesh.Desired{Peers: state, Self: lease.Lease{}}); err != nil {
 		t.Fatal(err)
 	}
 	have := func() []string {
@@ -93,22 +95,29 @@ func TestFilterSources(t *testing.T) {
 	if got := fmt.Sprint(have()); got != "[192.0.2.1 192.0.2.2 2001:db8::1]" {
 		t.Errorf("after a whole apply: %s", got)
 	}
-	// The old lease of host b goes: b still names 192.0.2.2.
-	if err := b.ApplyDelta(context.Background(), mesh.Delta{Old: []mesh.Peer{old}}); err != nil {
+	// The old lease of host b goes; host a moves; c comes.
+	moved, c := peer("a", "192.0.2.9", ""), peer("c", "192.0.2.3", "")
+	if err := b.ApplyDelta(context.Background(), mesh.Delta{Old: []mesh.Peer{old, a}, New: []mesh.Peer{moved, c}}); err != nil {
 		t.Fatal(err)
 	}
-	if got := fmt.Sprint(have()); got != "[192.0.2.1 192.0.2.2 2001:db8::1]" {
-		t.Errorf("an address still named by a lease left: %s", got)
+	if got := fmt.Sprint(have()); got != "[192.0.2.1 192.0.2.2 192.0.2.3 192.0.2.9 2001:db8::1]" {
+		t.Errorf("after a move and a join: %s", got)
 	}
-	// Host a moves; c comes.
-	moved := peer("a", "192.0.2.9", "")
-	if err := b.ApplyDelta(context.Background(), mesh.Delta{Old: []mesh.Peer{a}, New: []mesh.Peer{moved, peer("c", "192.0.2.3", "")}}); err != nil {
+	if want := "[sync 3 update +[192.0.2.9 192.0.2.3] -[]]"; fmt.Sprint(f.calls) != want {
+		t.Errorf("calls %v, want %s", f.calls, want)
+	}
+	// The resync: a's old addresses go; b's, still named by its lease, stays.
+	if err := b.Apply(context.Background(), mesh.Desired{Peers: []mesh.Peer{moved, b2, c}}); err != nil {
 		t.Fatal(err)
 	}
 	if got := fmt.Sprint(have()); got != "[192.0.2.2 192.0.2.3 192.0.2.9]" {
-		t.Errorf("after a move and a join: %s", got)
+		t.Errorf("after the resync: %s", got)
 	}
-	if want := "[sync 3 update +[] -[] update +[192.0.2.9 192.0.2.3] -[192.0.2.1 2001:db8::1]]"; fmt.Sprint(f.calls) != want {
-		t.Errorf("calls %v, want %s", f.calls, want)
+	// An address that left and comes back is added again.
+	if err := b.ApplyDelta(context.Background(), mesh.Delta{New: []mesh.Peer{a}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(have()); got != "[192.0.2.1 192.0.2.2 192.0.2.3 192.0.2.9 2001:db8::1]" {
+		t.Errorf("a's addresses back: %s", got)
 	}
 }
