@@ -314,14 +314,33 @@ func (l *Lab) PingMatrix() (table string, ok bool) {
 // HostTable renders host, subnet and public IP, one row each.
 func (l *Lab) HostTable() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%-6s %-16s %-16s %-16s %s\n", "HOST", "NAMESPACE", "PUBLIC IP", "SUBNET", "CONTAINER")
+	row := "%-6s %-16s %-16s %-20s %-16s %-10s %s\n"
+	fmt.Fprintf(&b, row, "HOST", "NAMESPACE", "PUBLIC IP", "SUBNET", "CONTAINER", "BACKEND", "ENCRYPTED")
 	for _, h := range l.Hosts {
+		backend, encrypted := l.hostBackend(h)
 		if h.Subnet.IsValid() {
-			fmt.Fprintf(&b, "%-6s %-16s %-16s %-16s %s\n", fmt.Sprintf("h%d", h.Index), h.Name, h.PublicIP, h.Subnet, h.ContainerIP())
+			fmt.Fprintf(&b, row, fmt.Sprintf("h%d", h.Index), h.Name, h.PublicIP, h.Subnet, h.ContainerIP(), backend, encrypted)
 		}
 		if h.IPv6Subnet.IsValid() {
-			fmt.Fprintf(&b, "%-6s %-16s %-16s %-16s %s\n", fmt.Sprintf("h%d", h.Index), h.Name, h.PublicIPv6, h.IPv6Subnet, h.ContainerIPv6())
+			fmt.Fprintf(&b, row, fmt.Sprintf("h%d", h.Index), h.Name, h.PublicIPv6, h.IPv6Subnet, h.ContainerIPv6(), backend, encrypted)
 		}
 	}
 	return b.String()
+}
+
+// hostBackend is the backend h's lease names, and whether its peers reach
+// its containers encrypted: only WireGuard encrypts.
+func (l *Lab) hostBackend(h *Host) (backend, encrypted string) {
+	rec, ok, err := l.Store().Get(context.Background(), lease.DualSubnetKey(h.Subnet, h.IPv6Subnet))
+	if err != nil || !ok {
+		return "?", "?"
+	}
+	own, err := lease.DecodeLease(rec.Key, rec.Value)
+	if err != nil {
+		return "?", "?"
+	}
+	if backend = own.Attrs.Backend(); backend == lease.BackendWireGuard {
+		return backend, "yes"
+	}
+	return backend, "no (in clear)"
 }

@@ -28,7 +28,7 @@ func main() {
 // is removed, so nothing is left behind on failure.
 func run() int {
 	hosts := flag.Int("hosts", 3, "number of hosts")
-	backend := flag.String("backend", "host-gw", "Backend.Type to configure")
+	backend := flag.String("backend", "wireguard", "Backend.Type to configure (the default is the encrypted WireGuard mesh: kernel WireGuard where the kernel has it, wireguard-go in weftd where not)")
 	duration := flag.Duration("duration", 0, "tear down after this long (0: wait for Ctrl-C)")
 	weftd := flag.String("weftd", "", "weftd binary (default: weftd next to this binary)")
 	docker := flag.Bool("docker", false, "run a dockerd on every host, started from weft's subnet file as the systemd drop-in does, with `docker run` containers (needs docker.io and busybox-static)")
