@@ -12,6 +12,8 @@ import (
 // Outside peers live at <prefix>/peers/<name>, beside subnets/ (flannel
 // reads only subnets/ and config).
 
+var _ PeerStore = (*EtcdStore)(nil)
+
 func (s *EtcdStore) peerKey(name string) string { return s.prefix + "/peers/" + name }
 
 // Peers lists the outside peers. A value that does not decode is left out

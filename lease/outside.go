@@ -1,6 +1,7 @@
 package lease
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -31,6 +32,20 @@ type OutsidePeer struct {
 	// read from a store): of two records that claim one address, the
 	// older keeps it.
 	Created int64 `json:"-"`
+}
+
+// PeerStore is where outside peers are kept (<prefix>/peers/ in etcd):
+// weftd watches them, weftctl adds and removes them. A stored value that
+// does not decode is named in bad, never fatal.
+type PeerStore interface {
+	Peers(ctx context.Context) (peers []OutsidePeer, bad []error, err error)
+	// WatchPeers calls update with the peers now and after every change
+	// until ctx ends; while the store is away the last set stands.
+	WatchPeers(ctx context.Context, update func(peers []OutsidePeer, bad []error)) error
+	// AddPeer stores a new peer; ErrExists when the name is taken.
+	AddPeer(ctx context.Context, p OutsidePeer) error
+	// RemovePeer deletes a peer and reports whether there was one.
+	RemovePeer(ctx context.Context, name string) (bool, error)
 }
 
 // peerName is what a peer's name may be: it becomes an etcd key and a

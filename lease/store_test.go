@@ -530,10 +530,18 @@ func TestClaimDualStack(t *testing.T) {
 	})
 }
 
+// peerStores runs f against the etcd PeerStore and the in-memory one.
+func peerStores(t *testing.T, f func(t *testing.T, s lease.PeerStore)) {
+	t.Run("etcd", func(t *testing.T) { s, _ := startEtcd(t); f(t, s) })
+	t.Run("fake", func(t *testing.T) { f(t, leasetest.New(nil)) })
+}
+
 // TestWatchPeers: the outside peers are read at once and again after each
-// change, with no poll in between.
-func TestWatchPeers(t *testing.T) {
-	store, _ := startEtcd(t)
+// change, with no poll in between; a taken name is refused; each record
+// carries the revision that created it.
+func TestWatchPeers(t *testing.T) { peerStores(t, checkWatchPeers) }
+
+func checkWatchPeers(t *testing.T, store lease.PeerStore) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	sets := make(chan []lease.OutsidePeer, 16)
@@ -560,13 +568,19 @@ func TestWatchPeers(t *testing.T) {
 	if err := store.AddPeer(ctx, peer); err != nil {
 		t.Fatal(err)
 	}
-	if got := next(1); got[0].Name != "laptop" {
+	if got := next(1); got[0].Name != "laptop" || got[0].Created == 0 {
 		t.Errorf("%+v", got)
 	}
-	if _, err := store.RemovePeer(ctx, "laptop"); err != nil {
-		t.Fatal(err)
+	if err := store.AddPeer(ctx, peer); !errors.Is(err, lease.ErrExists) {
+		t.Errorf("a taken name: %v", err)
+	}
+	if found, err := store.RemovePeer(ctx, "laptop"); err != nil || !found {
+		t.Fatal(found, err)
 	}
 	next(0)
+	if found, err := store.RemovePeer(ctx, "laptop"); err != nil || found {
+		t.Errorf("removing a gone peer: %v %v", found, err)
+	}
 	cancel()
 	if err := <-done; !errors.Is(err, context.Canceled) {
 		t.Errorf("WatchPeers ended with %v", err)

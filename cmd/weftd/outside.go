@@ -13,7 +13,7 @@ import (
 // outside peers change (mesh.OutsideSource): a peer added or removed with
 // `weftctl peer` reaches every host as soon as etcd says so.
 type outsidePeers struct {
-	store   *lease.EtcdStore
+	store   lease.PeerStore
 	log     *slog.Logger
 	changed chan struct{}
 
@@ -22,7 +22,7 @@ type outsidePeers struct {
 	bad   string
 }
 
-func newOutsidePeers(store *lease.EtcdStore, log *slog.Logger) *outsidePeers {
+func newOutsidePeers(store lease.PeerStore, log *slog.Logger) *outsidePeers {
 	return &outsidePeers{store: store, log: log.With("component", "outside-peers"), changed: make(chan struct{}, 1)}
 }
 

@@ -27,6 +27,10 @@ type Store struct {
 	compact  int64                   // revisions up to this one are forgotten
 	base     map[string]lease.Record // the records at the compact revision
 	watchers map[chan struct{}]bool
+	// peers are the outside peers by name (peers.go); peersRev counts
+	// their changes, for WatchPeers.
+	peers    map[string]peerRecord
+	peersRev int64
 	// Down, when set, makes every call fail as if the store were unreachable.
 	down bool
 	// QuietWatchWhileDown makes a watch wait silently while the store is
@@ -45,7 +49,7 @@ var _ lease.Store = (*Store)(nil)
 // New returns an empty store holding config (nil for none).
 func New(config []byte) *Store {
 	return &Store{config: config, records: map[string]lease.Record{}, ttls: map[int64]time.Duration{},
-		watchers: map[chan struct{}]bool{}, nextID: 1}
+		watchers: map[chan struct{}]bool{}, peers: map[string]peerRecord{}, nextID: 1}
 }
 
 // ErrDown is what every call returns while the store is down.
