@@ -2,11 +2,12 @@ package wireguard
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"slices"
 	"strings"
-	"sync"
+	"sync/atomic"
 	"testing"
 
 	"golang.zx2c4.com/wireguard/conn/bindtest"
@@ -42,33 +43,31 @@ func fuzzKey(b byte) string { return keys.Key{0: b, 31: 7}.String() }
 // bind, serving its UAPI socket under /var/run/wireguard so wgctrl finds
 // it, as it finds weft's userspace device.
 type uapiDevice struct {
-	name    string
-	dev     *device.Device
-	private keys.Key
-	client  *wgctrl.Client
+	name     string
+	dev      *device.Device
+	private  keys.Key
+	client   *wgctrl.Client
+	listener net.Listener
 }
 
-var (
-	fuzzDeviceOnce sync.Once
-	fuzzDevice     *uapiDevice
-	fuzzDeviceErr  error
-)
+// fuzzDevices numbers the devices of this test binary, for unique names.
+var fuzzDevices atomic.Int64
 
-// sharedUAPIDevice starts the device once per test binary: every fuzz
-// input resets its peers.
-func sharedUAPIDevice(t testing.TB) *uapiDevice {
-	fuzzDeviceOnce.Do(func() { fuzzDevice, fuzzDeviceErr = startUAPIDevice() })
-	if fuzzDeviceErr != nil {
+// newUAPIDevice starts a device for one fuzz input and removes it, socket
+// and all, when the input is done.
+func newUAPIDevice(t testing.TB) *uapiDevice {
+	u, err := startUAPIDevice(fmt.Sprintf("weftfz%d-%d", os.Getpid(), fuzzDevices.Add(1)))
+	if err != nil {
 		if os.Geteuid() != 0 {
-			t.Skipf("a UAPI socket under /var/run/wireguard needs root: %v", fuzzDeviceErr)
+			t.Skipf("a UAPI socket under /var/run/wireguard needs root: %v", err)
 		}
-		t.Fatal(fuzzDeviceErr)
+		t.Fatal(err)
 	}
-	return fuzzDevice
+	t.Cleanup(u.close)
+	return u
 }
 
-func startUAPIDevice() (*uapiDevice, error) {
-	name := fmt.Sprintf("weftfz%d", os.Getpid())
+func startUAPIDevice(name string) (*uapiDevice, error) {
 	dev := device.NewDevice(tuntest.NewChannelTUN().TUN(), bindtest.NewChannelBinds()[0], device.NewLogger(device.LogLevelSilent, ""))
 	private, err := keys.Generate()
 	if err != nil {
@@ -97,12 +96,23 @@ func startUAPIDevice() (*uapiDevice, error) {
 	client, err := wgctrl.New()
 	if err != nil {
 		listener.Close()
+		os.Remove(socketPath(name))
 		return nil, err
 	}
-	// The socket goes when the test binary ends (the listener's Close
-	// removes it); a fuzz worker killed by the engine leaves a dead one
-	// wgctrl skips.
-	return &uapiDevice{name: name, dev: dev, private: private, client: client}, nil
+	return &uapiDevice{name: name, dev: dev, private: private, client: client, listener: listener}, nil
+}
+
+// socketPath is where ipc.UAPIOpen puts a device's socket (wireguard-go's
+// socket directory, which wgctrl searches).
+func socketPath(name string) string { return "/var/run/wireguard/" + name + ".sock" }
+
+// close stops the device and removes its socket (the listener, made from
+// a file, does not unlink it).
+func (u *uapiDevice) close() {
+	u.client.Close()
+	u.listener.Close()
+	u.dev.Close()
+	os.Remove(socketPath(u.name))
 }
 
 // state is the device's private key and its peers' allowed IPs, by key,
@@ -152,7 +162,7 @@ func FuzzWireGuardConfig(f *testing.F) {
 	f.Add(good("2001:db8::7", 7), good("2001:db8::8", 8), peer("[2001:db8::20]:51820", 25), "a\nallowed_ip=0.0.0.0/0")
 	f.Add(good("::ffff:10.5.8.1", 7), good("2001:db8::8", 8), peer("[2001:db8::20]:51820", -5), "")
 	f.Fuzz(func(t *testing.T, valueA, valueB, peerValue []byte, zone string) {
-		u := sharedUAPIDevice(t)
+		u := newUAPIDevice(t)
 		cfg, err := lease.ParseConfig([]byte(fuzzNetwork))
 		if err != nil {
 			t.Fatal(err)
