@@ -87,11 +87,14 @@ func TestExtensionCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, "the hung add killed", 20*time.Second, logHas(h1, "killed after the 2s CommandTimeout"))
-	pidData, _ := os.ReadFile(filepath.Join(dir, "hang.pid"))
-	pid, err := strconv.Atoi(strings.TrimSpace(string(pidData)))
-	if err != nil {
-		t.Fatalf("hang.pid %q", pidData)
-	}
+	// Every host runs the hung add and writes hang.pid; one may have just
+	// truncated it.
+	var pid int
+	eventually(t, "a pid in hang.pid", 5*time.Second, func() (err error) {
+		pidData, _ := os.ReadFile(filepath.Join(dir, "hang.pid"))
+		pid, err = strconv.Atoi(strings.TrimSpace(string(pidData)))
+		return err
+	})
 	eventually(t, "the hung command's child gone", 5*time.Second, func() error {
 		if syscall.Kill(pid, 0) == nil {
 			return fmt.Errorf("pid %d alive", pid)

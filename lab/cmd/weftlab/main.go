@@ -94,7 +94,13 @@ func run() int {
 		try = fmt.Sprintf("/usr/bin/docker -H unix://%s exec %s ping %s", d.Socket(), dockerHosts[0].Containers[0].Name, c.IP)
 	} else {
 		say("ping matrix, container to container across hosts:")
-		table, ok = l.PingMatrix()
+		// A first packet may wait for a handshake (WireGuard) or a
+		// neighbour: a busy machine gets a few rounds.
+		for deadline := time.Now().Add(20 * time.Second); ; {
+			if table, ok = l.PingMatrix(); ok || time.Now().After(deadline) {
+				break
+			}
+		}
 		dst := l.Hosts[1].ContainerIP()
 		if !dst.IsValid() {
 			dst = l.Hosts[1].ContainerIPv6() // an IPv6-only lab
