@@ -71,13 +71,13 @@ func (p OutsidePeer) Check(cfg *Config) error {
 	case p.Keepalive < 0 || p.Keepalive > 65535:
 		return fmt.Errorf("peer %s: Keepalive %d is not between 0 and 65535 seconds", p.Name, p.Keepalive)
 	}
-	return p.checkEndpoint()
+	return p.CheckEndpoint()
 }
 
-// checkEndpoint says what is wrong with the peer's Endpoint, or nil: no
+// CheckEndpoint says what is wrong with the peer's Endpoint, or nil: no
 // zone (netip keeps any bytes after '%', which would reach wireguard-go's
 // text protocol), no IPv4-mapped form, and an address a machine can have.
-func (p OutsidePeer) checkEndpoint() error {
+func (p OutsidePeer) CheckEndpoint() error {
 	if !p.Endpoint.IsValid() {
 		return nil
 	}
@@ -106,7 +106,7 @@ func DecodeOutsidePeer(name string, value []byte) (OutsidePeer, error) {
 	if !ValidPeerName(name) {
 		return p, fmt.Errorf("%w: peer %q: the name is not letters, digits, '.', '_' and '-'", ErrBadLease, name)
 	}
-	if err := p.checkEndpoint(); err != nil {
+	if err := p.CheckEndpoint(); err != nil {
 		return p, fmt.Errorf("%w: %v", ErrBadLease, err)
 	}
 	return p, nil

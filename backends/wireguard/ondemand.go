@@ -500,21 +500,42 @@ func (b *Backend) sweepIdle(stop chan struct{}) {
 	}
 }
 
+// readLocked reads the device for the on-demand sweeps (b.mu held);
+// false when there is none or it cannot be read (a whole apply recreates
+// a missing device).
+func (b *Backend) readLocked() (*wgtypes.Device, bool) {
+	if b.dev == nil || b.client == nil {
+		return nil, false
+	}
+	dev, err := b.read()
+	return dev, err == nil
+}
+
+// removeLocked removes peers from the device in one configuration and
+// marks them idle in the on-demand table (b.mu held).
+func (b *Backend) removeLocked(peers []keys.Key) error {
+	cfg := wgtypes.Config{}
+	for _, k := range peers {
+		cfg.Peers = append(cfg.Peers, wgtypes.PeerConfig{PublicKey: wgtypes.Key(k), Remove: true})
+	}
+	if err := b.configure(cfg); err != nil {
+		return err
+	}
+	b.peers.markRemoved(peers)
+	return nil
+}
+
 // removeIdle reads the device once and removes the peers whose counters
 // have not moved, and whose last handshake is older, than the idle time.
 func (b *Backend) removeIdle(seen map[keys.Key]activity, now time.Time) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.dev == nil || b.client == nil {
+	dev, ok := b.readLocked()
+	if !ok {
 		return
-	}
-	dev, err := b.read()
-	if err != nil {
-		return // a whole apply recreates a missing device
 	}
 	idleAfter := b.opts.OnDemandIdleAfter
 	present := make(map[keys.Key]bool, len(dev.Peers))
-	cfg := wgtypes.Config{}
 	var idle []keys.Key
 	for _, p := range dev.Peers {
 		k := keys.Key(p.PublicKey)
@@ -532,7 +553,6 @@ func (b *Backend) removeIdle(seen map[keys.Key]activity, now time.Time) {
 		}
 		if now.Sub(a.since) >= idleAfter && now.Sub(p.LastHandshakeTime) >= idleAfter {
 			idle = append(idle, k)
-			cfg.Peers = append(cfg.Peers, wgtypes.PeerConfig{PublicKey: p.PublicKey, Remove: true})
 		}
 	}
 	for k := range seen {
@@ -543,14 +563,13 @@ func (b *Backend) removeIdle(seen map[keys.Key]activity, now time.Time) {
 	if len(idle) == 0 {
 		return
 	}
-	if err := b.configure(cfg); err != nil {
+	if err := b.removeLocked(idle); err != nil {
 		b.log.Warn("removing idle peers", "err", err)
 		return
 	}
 	for _, k := range idle {
 		delete(seen, k)
 	}
-	b.peers.markRemoved(idle)
 	b.peers.idled.Add(uint64(len(idle)))
 	b.log.Debug("idle peers removed from the device; they come back with their next packet", "peers", len(idle), "idle_after", idleAfter)
 }

@@ -120,12 +120,7 @@ func TestOnDemandActivationsAreBounded(t *testing.T) {
 	o.enabled.Store(true)
 	o.start()
 	defer o.stop()
-	var specs []PeerSpec
-	for i := range 2000 {
-		specs = append(specs, PeerSpec{PublicKey: mustKey(t), Endpoint: netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 168, byte(i >> 8), byte(i)}), 51820),
-			AllowedIPs: []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 0}), 24)}})
-	}
-	o.setWanted(specs)
+	o.setWanted(numberedSpecs(t, 2000))
 	for i := range 2000 {
 		o.outbound(ipv4Packet(netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 1}).String()))
 	}
@@ -134,6 +129,16 @@ func TestOnDemandActivationsAreBounded(t *testing.T) {
 	if n > activationBurst+activationRate || n < activationBurst || o.capped.Load() != uint64(2000-n) {
 		t.Errorf("configured %d of 2000 at once (burst %d), capped %d", n, activationBurst, o.capped.Load())
 	}
+}
+
+// numberedSpecs are n peers, i at 192.168.i:51820 with 10.i.0/24.
+func numberedSpecs(t *testing.T, n int) []PeerSpec {
+	var specs []PeerSpec
+	for i := range n {
+		specs = append(specs, PeerSpec{PublicKey: mustKey(t), Endpoint: netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 168, byte(i >> 8), byte(i)}), 51820),
+			AllowedIPs: []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 0}), 24)}})
+	}
+	return specs
 }
 
 func joined(s []string) string { return strings.Join(s, " ") }

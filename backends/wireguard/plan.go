@@ -167,8 +167,9 @@ func outsidePeers(d mesh.Desired, self keys.Key, hostKeys map[keys.Key]string, o
 		case o.Keepalive < 0 || o.Keepalive > 65535:
 			problems = append(problems, mesh.SkipPeer(name, "Keepalive %d is not between 0 and 65535 seconds", o.Keepalive))
 			continue
-		case o.Endpoint.IsValid() && (o.Endpoint.Addr().Zone() != "" || o.Endpoint.Port() == 0):
-			problems = append(problems, mesh.SkipPeer(name, "Endpoint is not an address and port without a zone"))
+		}
+		if err := o.CheckEndpoint(); err != nil {
+			problems = append(problems, mesh.SkipPeer(name, "%v", err))
 			continue
 		}
 		taken[o.Address.Addr()] = o.Name

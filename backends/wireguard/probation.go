@@ -3,8 +3,6 @@ package wireguard
 import (
 	"time"
 
-	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
-
 	"github.com/weftnet/weft/keys"
 )
 
@@ -74,11 +72,8 @@ func (b *Backend) expireUnverified(now time.Time) {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.dev == nil || b.client == nil {
-		return
-	}
-	dev, err := b.read()
-	if err != nil {
+	dev, ok := b.readLocked()
+	if !ok {
 		return
 	}
 	handshakes := make(map[keys.Key]time.Time, len(dev.Peers))
@@ -89,15 +84,10 @@ func (b *Backend) expireUnverified(now time.Time) {
 	if len(expired) == 0 {
 		return
 	}
-	cfg := wgtypes.Config{}
-	for _, k := range expired {
-		cfg.Peers = append(cfg.Peers, wgtypes.PeerConfig{PublicKey: wgtypes.Key(k), Remove: true})
-	}
-	if err := b.configure(cfg); err != nil {
+	if err := b.removeLocked(expired); err != nil {
 		b.log.Warn("removing peers whose handshake never came", "err", err)
 		return
 	}
-	b.peers.markRemoved(expired)
 	b.peers.expired.Add(uint64(len(expired)))
 	b.log.Debug("removed peers configured by inbound packets that completed no handshake (forged sources, or peers gone)",
 		"peers", len(expired), "within", unverifiedTimeout)

@@ -1,7 +1,6 @@
 package wireguard
 
 import (
-	"net/netip"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -27,11 +26,7 @@ func TestInboundActivationsOnProbation(t *testing.T) {
 	o.enabled.Store(true)
 	o.start()
 	defer o.stop()
-	var specs []PeerSpec
-	for i := range 800 {
-		specs = append(specs, PeerSpec{PublicKey: mustKey(t), Endpoint: netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 168, byte(i >> 8), byte(i)}), 51820),
-			AllowedIPs: []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 0}), 24)}})
-	}
+	specs := numberedSpecs(t, 800)
 	o.setWanted(specs)
 	start := time.Now()
 	for _, s := range specs {
