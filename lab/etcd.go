@@ -22,7 +22,7 @@ import (
 
 	"go.etcd.io/etcd/etcdutl/v3/snapshot"
 
-	"github.com/weftnet/weft/lease"
+	"github.com/weftnet/weft/lease/etcdstore"
 	"github.com/weftnet/weft/lease/etcdtest"
 )
 
@@ -142,7 +142,7 @@ func (l *Lab) StartEtcd() error {
 	}
 	if l.store == nil {
 		var err error
-		if l.store, err = lease.NewEtcdStore(lease.EtcdOptions{Endpoints: l.EtcdEndpoints(), Dial: l.dialUnderlay}); err != nil {
+		if l.store, err = etcdstore.New(etcdstore.Options{Endpoints: l.EtcdEndpoints(), Dial: l.dialUnderlay}); err != nil {
 			return err
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/weftnet/weft/lease"
+	"github.com/weftnet/weft/lease/etcdstore"
 )
 
 // etcdClusterTTL is the lease TTL of the etcd cluster tests: short, so
@@ -312,7 +313,7 @@ func TestEtcdClusterClaimsDuringElection(t *testing.T) {
 			// Each host its own client on all three members, as 50
 			// weftds would have; they start over half a second.
 			time.Sleep(time.Duration(i) * 10 * time.Millisecond)
-			store, err := lease.NewEtcdStore(lease.EtcdOptions{Endpoints: l.EtcdEndpoints(), Dial: l.dialUnderlay})
+			store, err := etcdstore.New(etcdstore.Options{Endpoints: l.EtcdEndpoints(), Dial: l.dialUnderlay})
 			if err != nil {
 				results <- claimed{ip: ip, err: err}
 				return

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/weftnet/weft/lease"
+	"github.com/weftnet/weft/lease/etcdstore"
 )
 
 // Underlay addressing. Everything lives inside the lab's own namespaces, so
@@ -118,7 +119,7 @@ type Lab struct {
 	// Members are the etcd servers: one in the underlay namespace, or
 	// each in a namespace of its own (Options.EtcdMembers > 1).
 	Members  []*Member
-	store    *lease.EtcdStore
+	store    *etcdstore.Store
 	nsMade   []string
 	dockerds []*Dockerd
 }
@@ -340,7 +341,7 @@ func (l *Lab) WeftdHosts() []*Host {
 }
 
 // Store is a client on the lab's etcd, for tests that inspect or break it.
-func (l *Lab) Store() *lease.EtcdStore { return l.store }
+func (l *Lab) Store() *etcdstore.Store { return l.store }
 
 // Close stops what the lab started and removes what it made.
 func (l *Lab) Close() {

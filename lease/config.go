@@ -2,7 +2,7 @@
 // at <prefix>/config, the subnet leases at <prefix>/subnets/*, their
 // encoding (byte-compatible with flannel), subnet allocation, and the
 // algorithms that claim, keep and watch leases through a narrow Store
-// interface. Only lease/etcd*.go talks to etcd.
+// interface. Only lease/etcdstore talks to etcd.
 package lease
 
 import (

@@ -10,14 +10,12 @@ import (
 )
 
 // Diagnoser is a Store that can say why it does not answer and where it
-// looked, for the log line of a host waiting for it (EtcdStore: refused,
+// looked, for the log line of a host waiting for it (etcdstore.Store: refused,
 // x509 unknown authority, its endpoints).
 type Diagnoser interface {
 	Diagnose(ctx context.Context) error
 	Endpoints() []string
 }
-
-var _ Diagnoser = (*EtcdStore)(nil)
 
 // StartupRetry is how the start-up waits back off: from the first delay,
 // doubling up to the max.

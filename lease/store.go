@@ -54,7 +54,7 @@ type WatchResponse struct {
 
 // Store is what weft needs from its cluster store: the network config and an
 // atomic, TTL-bound key space for leases. The etcd implementation is in
-// etcd.go; lease/leasetest has an in-memory one for tests.
+// lease/etcdstore; lease/leasetest has an in-memory one for tests.
 type Store interface {
 	// Config returns the raw <prefix>/config value, or ErrNoConfig.
 	Config(ctx context.Context) ([]byte, error)

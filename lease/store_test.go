@@ -13,20 +13,21 @@ import (
 	"time"
 
 	"github.com/weftnet/weft/lease"
+	"github.com/weftnet/weft/lease/etcdstore"
 	"github.com/weftnet/weft/lease/etcdtest"
 	"github.com/weftnet/weft/lease/leasetest"
 )
 
 // startEtcd runs a real etcd for one test and returns a store on it with a
 // run-unique prefix.
-func startEtcd(t *testing.T) (*lease.EtcdStore, *etcdtest.Server) {
+func startEtcd(t *testing.T) (*etcdstore.Store, *etcdtest.Server) {
 	t.Helper()
 	srv, err := etcdtest.Start(etcdtest.Options{Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(srv.Close)
-	store, err := lease.NewEtcdStore(lease.EtcdOptions{Endpoints: []string{srv.Endpoint}, Prefix: "/weft-test/" + t.Name()})
+	store, err := etcdstore.New(etcdstore.Options{Endpoints: []string{srv.Endpoint}, Prefix: "/weft-test/" + t.Name()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,7 +8,7 @@
 //
 // One host's lease changes in etcd; on every other host:
 //
-//  1. lease/etcd.go: the store's Watch, from the revision of the last List,
+//  1. lease/etcdstore: the store's Watch, from the revision of the last List,
 //     delivers the changed record (a compacted revision makes the Watcher
 //     list again).
 //  2. lease/watch.go: the Watcher decodes it (a bad value is kept as a raw

@@ -18,6 +18,7 @@ import (
 	"github.com/weftnet/weft/backends/tunnelfilter"
 	"github.com/weftnet/weft/cmd/internal/firewall"
 	"github.com/weftnet/weft/lease"
+	"github.com/weftnet/weft/lease/etcdstore"
 )
 
 // ownedBy returns the backend whose footprint includes the device name,
@@ -34,7 +35,7 @@ func ownedBy(footprints map[string]netutil.Footprint, name string) string {
 // runCleanup removes everything weft made on this host: devices, routes,
 // iptables chains, the subnet file, the UAPI socket; with -release also the
 // lease in etcd. Run it with weftd stopped.
-func runCleanup(ctx context.Context, args []string, opts lease.EtcdOptions, stdout, stderr io.Writer) error {
+func runCleanup(ctx context.Context, args []string, opts etcdstore.Options, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("cleanup", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	subnetFile := fs.String("subnet-file", lease.DefaultSubnetFile, "weftd's subnet file")
@@ -52,7 +53,7 @@ func runCleanup(ctx context.Context, args []string, opts lease.EtcdOptions, stdo
 		if err != nil {
 			return fmt.Errorf("-release needs the subnet file to know the lease: %w; nothing removed", err)
 		}
-		err = withStore(opts, func(s *lease.EtcdStore) error { return s.Delete(ctx, lease.SubnetKey(env.Subnet)) })
+		err = withStore(opts, func(s *etcdstore.Store) error { return s.Delete(ctx, lease.SubnetKey(env.Subnet)) })
 		if err != nil {
 			return fmt.Errorf("releasing lease %s: %w; nothing removed", lease.SubnetKey(env.Subnet), err)
 		}

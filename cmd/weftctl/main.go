@@ -23,6 +23,7 @@ import (
 	"github.com/weftnet/weft/backends"
 	"github.com/weftnet/weft/keys"
 	"github.com/weftnet/weft/lease"
+	"github.com/weftnet/weft/lease/etcdstore"
 	"github.com/weftnet/weft/mesh"
 )
 
@@ -62,9 +63,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	// The etcd flags default from the same environment as weftd's
 	// (WEFTD_<FLAG>, then FLANNELD_<FLAG>), so weftctl on a host reaches
 	// the etcd weftd uses, with the same credentials.
-	var opts lease.EtcdOptions
+	var opts etcdstore.Options
 	endpoints := fs.String("etcd-endpoints", etcdEnv("etcd-endpoints", "http://127.0.0.1:2379"), "comma-separated etcd endpoints")
-	fs.StringVar(&opts.Prefix, "etcd-prefix", etcdEnv("etcd-prefix", lease.DefaultPrefix), "etcd prefix")
+	fs.StringVar(&opts.Prefix, "etcd-prefix", etcdEnv("etcd-prefix", etcdstore.DefaultPrefix), "etcd prefix")
 	fs.StringVar(&opts.CAFile, "etcd-cafile", etcdEnv("etcd-cafile", ""), "CA file for etcd TLS")
 	fs.StringVar(&opts.CertFile, "etcd-certfile", etcdEnv("etcd-certfile", ""), "client certificate for etcd")
 	fs.StringVar(&opts.KeyFile, "etcd-keyfile", etcdEnv("etcd-keyfile", ""), "client key for etcd")
@@ -122,7 +123,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runShowconf(ctx, cmd[1], opts, stdout, stderr)
 	case len(cmd) >= 1 && cmd[0] == "leases":
 		asJSON := len(cmd) == 3 && cmd[1] == "-o" && cmd[2] == "json"
-		err = withStore(opts, func(s *lease.EtcdStore) error { return printLeases(ctx, s, stdout, asJSON) })
+		err = withStore(opts, func(s *etcdstore.Store) error { return printLeases(ctx, s, stdout, asJSON) })
 	default:
 		err = errUsage
 	}
@@ -143,7 +144,7 @@ var errUsage = errors.New("usage")
 // runConfig is `weftctl config validate FILE | get | put FILE`: put and
 // validate check the file as weftd would, and put writes nothing unless
 // it is valid.
-func runConfig(ctx context.Context, args []string, opts lease.EtcdOptions, stdout, stderr io.Writer) error {
+func runConfig(ctx context.Context, args []string, opts etcdstore.Options, stdout, stderr io.Writer) error {
 	switch {
 	case len(args) == 2 && args[0] == "validate":
 		_, notes, err := readConfigFile(args[1])
@@ -155,7 +156,7 @@ func runConfig(ctx context.Context, args []string, opts lease.EtcdOptions, stdou
 		}
 		return err
 	case len(args) == 1 && args[0] == "get":
-		return withStore(opts, func(s *lease.EtcdStore) error {
+		return withStore(opts, func(s *etcdstore.Store) error {
 			raw, err := s.Config(ctx)
 			if err == nil {
 				fmt.Fprintln(stdout, strings.TrimSpace(string(raw)))
@@ -170,7 +171,7 @@ func runConfig(ctx context.Context, args []string, opts lease.EtcdOptions, stdou
 		for _, n := range notes {
 			fmt.Fprintln(stderr, "weftctl: note:", n)
 		}
-		return withStore(opts, func(s *lease.EtcdStore) error { return s.PutConfig(ctx, raw) })
+		return withStore(opts, func(s *etcdstore.Store) error { return s.PutConfig(ctx, raw) })
 	}
 	return errUsage
 }
@@ -189,8 +190,8 @@ func envOr(name, def string) string {
 	return def
 }
 
-func withStore(opts lease.EtcdOptions, f func(*lease.EtcdStore) error) error {
-	s, err := lease.NewEtcdStore(opts)
+func withStore(opts etcdstore.Options, f func(*etcdstore.Store) error) error {
+	s, err := etcdstore.New(opts)
 	if err != nil {
 		return err
 	}
@@ -243,7 +244,7 @@ type leaseRow struct {
 	Skipped string `json:"skipped,omitempty"`
 }
 
-func printLeases(ctx context.Context, s *lease.EtcdStore, out io.Writer, asJSON bool) error {
+func printLeases(ctx context.Context, s *etcdstore.Store, out io.Writer, asJSON bool) error {
 	records, _, err := s.List(ctx)
 	if err != nil {
 		return err

@@ -12,6 +12,7 @@ import (
 	"github.com/weftnet/weft/backends/wireguard"
 	"github.com/weftnet/weft/keys"
 	"github.com/weftnet/weft/lease"
+	"github.com/weftnet/weft/lease/etcdstore"
 	"github.com/weftnet/weft/mesh"
 )
 
@@ -19,13 +20,13 @@ import (
 // join the overlay as WireGuard peers of every host (stored at
 // <prefix>/peers/NAME; the network config's PeersNetwork gives them
 // addresses).
-func runPeer(ctx context.Context, args []string, opts lease.EtcdOptions, stdout, stderr io.Writer) error {
+func runPeer(ctx context.Context, args []string, opts etcdstore.Options, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		return errors.New("peer: want add NAME -public-key KEY [-endpoint IP:PORT] [-keepalive S], rm NAME, or list")
 	}
 	switch args[0] {
 	case "list":
-		return withStore(opts, func(s *lease.EtcdStore) error {
+		return withStore(opts, func(s *etcdstore.Store) error {
 			peers, bad, err := s.Peers(ctx)
 			for _, p := range peers {
 				endpoint := "-"
@@ -43,7 +44,7 @@ func runPeer(ctx context.Context, args []string, opts lease.EtcdOptions, stdout,
 		if len(args) != 2 {
 			return errors.New("peer rm: want a NAME")
 		}
-		return withStore(opts, func(s *lease.EtcdStore) error {
+		return withStore(opts, func(s *etcdstore.Store) error {
 			found, err := s.RemovePeer(ctx, args[1])
 			if err == nil && !found {
 				return fmt.Errorf("no outside peer %q (weftctl peer list)", args[1])
@@ -73,7 +74,7 @@ func runPeer(ctx context.Context, args []string, opts lease.EtcdOptions, stdout,
 			}
 			p.Endpoint = ep
 		}
-		return withStore(opts, func(s *lease.EtcdStore) error {
+		return withStore(opts, func(s *etcdstore.Store) error {
 			cfg, peers, err := configAndPeers(ctx, s)
 			if err != nil {
 				return err
@@ -96,7 +97,7 @@ func runPeer(ctx context.Context, args []string, opts lease.EtcdOptions, stdout,
 
 // configAndPeers reads and parses the network config from etcd, and the
 // outside peers (those that decode).
-func configAndPeers(ctx context.Context, s *lease.EtcdStore) (*lease.Config, []lease.OutsidePeer, error) {
+func configAndPeers(ctx context.Context, s *etcdstore.Store) (*lease.Config, []lease.OutsidePeer, error) {
 	raw, err := s.Config(ctx)
 	if err != nil {
 		return nil, nil, err
@@ -118,8 +119,8 @@ func configAndPeers(ctx context.Context, s *lease.EtcdStore) (*lease.Config, []l
 // wg-quick runs PreUp and PostUp lines as root, so one line copied from
 // etcd would hand an etcd writer the outside machine. A skipped lease is
 // named on stderr.
-func runShowconf(ctx context.Context, name string, opts lease.EtcdOptions, stdout, stderr io.Writer) error {
-	return withStore(opts, func(s *lease.EtcdStore) error {
+func runShowconf(ctx context.Context, name string, opts etcdstore.Options, stdout, stderr io.Writer) error {
+	return withStore(opts, func(s *etcdstore.Store) error {
 		cfg, peers, err := configAndPeers(ctx, s)
 		if err != nil {
 			return err

@@ -16,6 +16,7 @@ import (
 
 	"github.com/weftnet/weft/keys"
 	"github.com/weftnet/weft/lease"
+	"github.com/weftnet/weft/lease/etcdstore"
 	"github.com/weftnet/weft/lease/etcdtest"
 )
 
@@ -54,7 +55,7 @@ func TestShowconfPrintsParsedValuesOnly(t *testing.T) {
 	}
 	defer srv.Close()
 	prefix := fmt.Sprintf("/weft-showconf-%d", time.Now().UnixNano())
-	store, err := lease.NewEtcdStore(lease.EtcdOptions{Endpoints: []string{srv.Endpoint}, Prefix: prefix})
+	store, err := etcdstore.New(etcdstore.Options{Endpoints: []string{srv.Endpoint}, Prefix: prefix})
 	if err != nil {
 		t.Fatal(err)
 	}

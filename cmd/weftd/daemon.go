@@ -18,6 +18,7 @@ import (
 	"github.com/weftnet/weft/backends"
 	"github.com/weftnet/weft/backends/netutil"
 	"github.com/weftnet/weft/lease"
+	"github.com/weftnet/weft/lease/etcdstore"
 	"github.com/weftnet/weft/mesh"
 )
 
@@ -25,7 +26,7 @@ import (
 // design lays it out. It returns nil on a clean stop; it never returns
 // because a lease was lost or etcd went away.
 func run(ctx context.Context, o *options, log *slog.Logger) error {
-	store, err := lease.NewEtcdStore(o.etcd)
+	store, err := etcdstore.New(o.etcd)
 	if err != nil {
 		return err
 	}
@@ -97,7 +98,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 		OnApplied:        func(self lease.Lease, peers int) { obs.markReady(self, peers, log) },
 	}
 	if cfg.PeersNetwork.IsValid() {
-		outside := newOutsidePeers(store, log)
+		outside := lease.NewPeerWatcher(store, log)
 		reconciler.Outside = outside
 		g.Go(func() error { return outside.Run(ctx) })
 	}

@@ -12,11 +12,12 @@ import (
 	"github.com/weftnet/weft/backends/wireguard"
 	"github.com/weftnet/weft/keys"
 	"github.com/weftnet/weft/lease"
+	"github.com/weftnet/weft/lease/etcdstore"
 )
 
 // options are weftd's settings, named as flanneld's flags.
 type options struct {
-	etcd          lease.EtcdOptions
+	etcd          etcdstore.Options
 	endpoints     string
 	ifaces        []string
 	ifaceRegex    []string
@@ -77,7 +78,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	fs.SetOutput(stderr)
 	var renewMinutes int
 	fs.StringVar(&o.endpoints, "etcd-endpoints", "http://127.0.0.1:4001,http://127.0.0.1:2379", "comma-separated etcd endpoints")
-	fs.StringVar(&o.etcd.Prefix, "etcd-prefix", lease.DefaultPrefix, "etcd prefix holding config and subnets")
+	fs.StringVar(&o.etcd.Prefix, "etcd-prefix", etcdstore.DefaultPrefix, "etcd prefix holding config and subnets")
 	fs.StringVar(&o.etcd.CAFile, "etcd-cafile", "", "CA file to verify etcd's server certificate")
 	fs.StringVar(&o.etcd.CertFile, "etcd-certfile", "", "client certificate for etcd")
 	fs.StringVar(&o.etcd.KeyFile, "etcd-keyfile", "", "client key for etcd")

@@ -7,7 +7,7 @@ import (
 	"github.com/weftnet/weft/lease"
 )
 
-// Outside peers, kept as EtcdStore keeps them under <prefix>/peers/: the
+// Outside peers, kept as etcdstore.Store keeps them under <prefix>/peers/: the
 // stored value and the revision that created it.
 
 type peerRecord struct {

@@ -1,4 +1,4 @@
-package lease_test
+package etcdstore_test
 
 import (
 	"context"
@@ -18,7 +18,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/weftnet/weft/lease"
+	"github.com/weftnet/weft/lease/etcdstore"
 	"github.com/weftnet/weft/lease/etcdtest"
 )
 
@@ -71,9 +71,9 @@ func writePEM(t *testing.T, path, typ string, der []byte) {
 	}
 }
 
-func tryList(t *testing.T, opts lease.EtcdOptions) error {
+func tryList(t *testing.T, opts etcdstore.Options) error {
 	t.Helper()
-	s, err := lease.NewEtcdStore(opts)
+	s, err := etcdstore.New(opts)
 	if err != nil {
 		return err
 	}
@@ -97,7 +97,7 @@ func TestEtcdTLS(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer srv.Close()
-		ok := lease.EtcdOptions{Endpoints: []string{srv.Endpoint}, CAFile: caFile, CertFile: clientCert, KeyFile: clientKey}
+		ok := etcdstore.Options{Endpoints: []string{srv.Endpoint}, CAFile: caFile, CertFile: clientCert, KeyFile: clientKey}
 		if err := tryList(t, ok); err != nil {
 			t.Fatalf("with the right CA and client certificate: %v", err)
 		}
@@ -113,7 +113,7 @@ func TestEtcdTLS(t *testing.T) {
 			t.Fatal("a server certificate from an unknown CA was accepted")
 		}
 		// The client only times out; Diagnose names the cause.
-		s, err := lease.NewEtcdStore(wrongCA)
+		s, err := etcdstore.New(wrongCA)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -121,7 +121,7 @@ func TestEtcdTLS(t *testing.T) {
 		if err := s.Diagnose(context.Background()); err == nil || !strings.Contains(err.Error(), "certificate signed by unknown authority") {
 			t.Fatalf("Diagnose with a wrong CA = %v", err)
 		}
-		good, _ := lease.NewEtcdStore(ok)
+		good, _ := etcdstore.New(ok)
 		defer good.Close()
 		if err := good.Diagnose(context.Background()); err != nil {
 			t.Fatalf("Diagnose with the right CA = %v", err)
@@ -139,7 +139,7 @@ func TestEtcdTLS(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer srv.Close()
-		if err := tryList(t, lease.EtcdOptions{Endpoints: []string{srv.Endpoint}, CAFile: caFile}); err != nil {
+		if err := tryList(t, etcdstore.Options{Endpoints: []string{srv.Endpoint}, CAFile: caFile}); err != nil {
 			t.Fatalf("CA-only TLS: %v", err)
 		}
 	})
@@ -166,13 +166,13 @@ func TestEtcdUserPassword(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := tryList(t, lease.EtcdOptions{Endpoints: []string{srv.Endpoint}, Username: "root", Password: "s3cret"}); err != nil {
+	if err := tryList(t, etcdstore.Options{Endpoints: []string{srv.Endpoint}, Username: "root", Password: "s3cret"}); err != nil {
 		t.Fatalf("with the right password: %v", err)
 	}
-	if err := tryList(t, lease.EtcdOptions{Endpoints: []string{srv.Endpoint}, Username: "root", Password: "wrong"}); err == nil {
+	if err := tryList(t, etcdstore.Options{Endpoints: []string{srv.Endpoint}, Username: "root", Password: "wrong"}); err == nil {
 		t.Fatal("a wrong password was accepted")
 	}
-	if err := tryList(t, lease.EtcdOptions{Endpoints: []string{srv.Endpoint}}); err == nil {
+	if err := tryList(t, etcdstore.Options{Endpoints: []string{srv.Endpoint}}); err == nil {
 		t.Fatal("no credentials were accepted with auth on")
 	}
 }

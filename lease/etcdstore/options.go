@@ -1,4 +1,4 @@
-package lease
+package etcdstore
 
 import (
 	"fmt"
@@ -14,7 +14,7 @@ func secure(endpoint string) bool {
 // CheckTLS refuses TLS files given with a plaintext endpoint: etcd's
 // client would connect without TLS and the user who asked for it would
 // not know (flannel accepts this silently; weft refuses on purpose).
-func (o EtcdOptions) CheckTLS() error {
+func (o Options) CheckTLS() error {
 	if o.CAFile == "" && o.CertFile == "" && o.KeyFile == "" {
 		return nil
 	}
@@ -29,7 +29,7 @@ func (o EtcdOptions) CheckTLS() error {
 
 // PlaintextPassword returns the first plaintext endpoint the password
 // would be sent to in clear ("" when none or no password).
-func (o EtcdOptions) PlaintextPassword() string {
+func (o Options) PlaintextPassword() string {
 	if o.Password == "" {
 		return ""
 	}
@@ -43,7 +43,7 @@ func (o EtcdOptions) PlaintextPassword() string {
 
 // ReadPasswordFile sets Password from path (-etcd-password-file), so the
 // password is not on the command line for `ps` to show.
-func (o *EtcdOptions) ReadPasswordFile(path string) error {
+func (o *Options) ReadPasswordFile(path string) error {
 	if path == "" {
 		return nil
 	}

@@ -1,4 +1,4 @@
-package lease
+package etcdstore
 
 import (
 	"cmp"
@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/weftnet/weft/lease"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -21,8 +22,8 @@ import (
 // DefaultPrefix is flannel's etcd prefix.
 const DefaultPrefix = "/coreos.com/network"
 
-// EtcdOptions says how to reach etcd; the fields mirror flanneld's flags.
-type EtcdOptions struct {
+// Options says how to reach etcd; the fields mirror flanneld's flags.
+type Options struct {
 	Endpoints []string
 	Prefix    string
 	// CAFile alone enables server-verified TLS; CertFile and KeyFile add a
@@ -36,9 +37,9 @@ type EtcdOptions struct {
 	Dial func(ctx context.Context, addr string) (net.Conn, error)
 }
 
-// EtcdStore is the Store backed by etcd v3. Its zero value is not usable;
-// use NewEtcdStore.
-type EtcdStore struct {
+// Store is the Store backed by etcd v3. Its zero value is not usable;
+// use New.
+type Store struct {
 	client  *clientv3.Client
 	prefix  string
 	subnets string
@@ -46,11 +47,11 @@ type EtcdStore struct {
 	dial    func(ctx context.Context, addr string) (net.Conn, error)
 }
 
-var _ Store = (*EtcdStore)(nil)
+var _ lease.Store = (*Store)(nil)
 
-// NewEtcdStore builds a client; it does not wait for etcd to answer, so
+// New builds a client; it does not wait for etcd to answer, so
 // weftd can start (and say it is waiting) while etcd is down.
-func NewEtcdStore(opts EtcdOptions) (*EtcdStore, error) {
+func New(opts Options) (*Store, error) {
 	if len(opts.Endpoints) == 0 {
 		return nil, errors.New("no etcd endpoints; set -etcd-endpoints, e.g. http://127.0.0.1:2379")
 	}
@@ -97,14 +98,14 @@ func NewEtcdStore(opts EtcdOptions) (*EtcdStore, error) {
 	if err != nil {
 		return nil, fmt.Errorf("etcd client for %v: %w", opts.Endpoints, err)
 	}
-	return &EtcdStore{client: client, prefix: prefix, subnets: prefix + "/subnets/", tls: cfg.TLS, dial: opts.Dial}, nil
+	return &Store{client: client, prefix: prefix, subnets: prefix + "/subnets/", tls: cfg.TLS, dial: opts.Dial}, nil
 }
 
 // Diagnose says why etcd does not answer, when the client only reports a
 // timeout: it connects to each endpoint itself (TLS handshake included) and
 // returns the first concrete failure, such as a refused connection or a
 // certificate signed by an unknown authority. nil means they all connect.
-func (s *EtcdStore) Diagnose(ctx context.Context) error {
+func (s *Store) Diagnose(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	for _, ep := range s.client.Endpoints() {
@@ -141,31 +142,31 @@ func (s *EtcdStore) Diagnose(ctx context.Context) error {
 }
 
 // Close releases the client's connections.
-func (s *EtcdStore) Close() error { return s.client.Close() }
+func (s *Store) Close() error { return s.client.Close() }
 
 // Prefix is the key prefix in use.
-func (s *EtcdStore) Prefix() string { return s.prefix }
+func (s *Store) Prefix() string { return s.prefix }
 
 // Config implements Store.
-func (s *EtcdStore) Config(ctx context.Context) ([]byte, error) {
+func (s *Store) Config(ctx context.Context) ([]byte, error) {
 	resp, err := s.client.Get(ctx, s.prefix+"/config")
 	if err != nil {
 		return nil, err
 	}
 	if len(resp.Kvs) == 0 {
-		return nil, fmt.Errorf("%w at %s/config", ErrNoConfig, s.prefix)
+		return nil, fmt.Errorf("%w at %s/config", lease.ErrNoConfig, s.prefix)
 	}
 	return resp.Kvs[0].Value, nil
 }
 
 // PutConfig implements Store.
-func (s *EtcdStore) PutConfig(ctx context.Context, value []byte) error {
+func (s *Store) PutConfig(ctx context.Context, value []byte) error {
 	_, err := s.client.Put(ctx, s.prefix+"/config", string(value))
 	return err
 }
 
 // Revision implements Store.
-func (s *EtcdStore) Revision(ctx context.Context) (int64, error) {
+func (s *Store) Revision(ctx context.Context) (int64, error) {
 	resp, err := s.client.Get(ctx, s.subnets, clientv3.WithPrefix(), clientv3.WithCountOnly())
 	if err != nil {
 		return 0, err
@@ -174,63 +175,63 @@ func (s *EtcdStore) Revision(ctx context.Context) (int64, error) {
 }
 
 // Get implements Store.
-func (s *EtcdStore) Get(ctx context.Context, key string) (Record, bool, error) {
+func (s *Store) Get(ctx context.Context, key string) (lease.Record, bool, error) {
 	resp, err := s.client.Get(ctx, s.subnets+key)
 	if err != nil || len(resp.Kvs) == 0 {
-		return Record{}, false, err
+		return lease.Record{}, false, err
 	}
 	kv := resp.Kvs[0]
-	return Record{Key: key, Value: kv.Value, Revision: kv.ModRevision, CreateRevision: kv.CreateRevision, StoreLeaseID: kv.Lease}, true, nil
+	return lease.Record{Key: key, Value: kv.Value, Revision: kv.ModRevision, CreateRevision: kv.CreateRevision, StoreLeaseID: kv.Lease}, true, nil
 }
 
 // GetAt implements Store.
-func (s *EtcdStore) GetAt(ctx context.Context, key string, rev int64) (Record, bool, error) {
+func (s *Store) GetAt(ctx context.Context, key string, rev int64) (lease.Record, bool, error) {
 	resp, err := s.client.Get(ctx, s.subnets+key, clientv3.WithRev(rev))
 	switch {
 	case errors.Is(err, rpctypes.ErrCompacted):
-		return Record{}, false, fmt.Errorf("%w (reading revision %d)", ErrCompacted, rev)
+		return lease.Record{}, false, fmt.Errorf("%w (reading revision %d)", lease.ErrCompacted, rev)
 	case errors.Is(err, rpctypes.ErrFutureRev):
-		return Record{}, false, fmt.Errorf("%w (reading revision %d)", ErrFutureRevision, rev)
+		return lease.Record{}, false, fmt.Errorf("%w (reading revision %d)", lease.ErrFutureRevision, rev)
 	case err != nil || len(resp.Kvs) == 0:
-		return Record{}, false, err
+		return lease.Record{}, false, err
 	}
 	kv := resp.Kvs[0]
-	return Record{Key: key, Value: kv.Value, Revision: kv.ModRevision, CreateRevision: kv.CreateRevision, StoreLeaseID: kv.Lease}, true, nil
+	return lease.Record{Key: key, Value: kv.Value, Revision: kv.ModRevision, CreateRevision: kv.CreateRevision, StoreLeaseID: kv.Lease}, true, nil
 }
 
 // List implements Store.
-func (s *EtcdStore) List(ctx context.Context) ([]Record, int64, error) {
+func (s *Store) List(ctx context.Context) ([]lease.Record, int64, error) {
 	resp, err := s.client.Get(ctx, s.subnets, clientv3.WithPrefix())
 	if err != nil {
 		return nil, 0, err
 	}
-	out := make([]Record, 0, len(resp.Kvs))
+	out := make([]lease.Record, 0, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
-		out = append(out, Record{Key: strings.TrimPrefix(string(kv.Key), s.subnets), Value: kv.Value,
+		out = append(out, lease.Record{Key: strings.TrimPrefix(string(kv.Key), s.subnets), Value: kv.Value,
 			Revision: kv.ModRevision, CreateRevision: kv.CreateRevision, StoreLeaseID: kv.Lease})
 	}
 	return out, resp.Header.Revision, nil
 }
 
 // Watch implements Store.
-func (s *EtcdStore) Watch(ctx context.Context, fromRevision int64) <-chan WatchResponse {
-	out := make(chan WatchResponse)
+func (s *Store) Watch(ctx context.Context, fromRevision int64) <-chan lease.WatchResponse {
+	out := make(chan lease.WatchResponse)
 	go func() {
 		defer close(out)
 		ctx, cancel := context.WithCancel(ctx)
 		defer cancel() // ends the etcd watch stream with us
 		wch := s.client.Watch(clientv3.WithRequireLeader(ctx), s.subnets, clientv3.WithPrefix(), clientv3.WithRev(fromRevision+1))
 		for resp := range wch {
-			var wr WatchResponse
+			var wr lease.WatchResponse
 			switch err := resp.Err(); {
 			case resp.CompactRevision != 0 || errors.Is(err, rpctypes.ErrCompacted):
-				wr.Err = fmt.Errorf("%w (at revision %d)", ErrCompacted, resp.CompactRevision)
+				wr.Err = fmt.Errorf("%w (at revision %d)", lease.ErrCompacted, resp.CompactRevision)
 			case err != nil:
 				wr.Err = err
 			}
 			for _, ev := range resp.Events {
-				wr.Events = append(wr.Events, RecordEvent{
-					Record: Record{Key: strings.TrimPrefix(string(ev.Kv.Key), s.subnets), Value: ev.Kv.Value,
+				wr.Events = append(wr.Events, lease.RecordEvent{
+					Record: lease.Record{Key: strings.TrimPrefix(string(ev.Kv.Key), s.subnets), Value: ev.Kv.Value,
 						Revision: ev.Kv.ModRevision, CreateRevision: ev.Kv.CreateRevision, StoreLeaseID: ev.Kv.Lease},
 					Deleted: ev.Type == clientv3.EventTypeDelete,
 				})
@@ -249,18 +250,18 @@ func (s *EtcdStore) Watch(ctx context.Context, fromRevision int64) <-chan WatchR
 }
 
 // Create implements Store.
-func (s *EtcdStore) Create(ctx context.Context, key string, value []byte, ttl time.Duration) (Record, error) {
-	return s.putIf(ctx, key, value, ttl, clientv3.Compare(clientv3.CreateRevision(s.subnets+key), "=", 0), ErrExists, 0)
+func (s *Store) Create(ctx context.Context, key string, value []byte, ttl time.Duration) (lease.Record, error) {
+	return s.putIf(ctx, key, value, ttl, clientv3.Compare(clientv3.CreateRevision(s.subnets+key), "=", 0), lease.ErrExists, 0)
 }
 
 // Replace implements Store.
-func (s *EtcdStore) Replace(ctx context.Context, old Record, value []byte, ttl time.Duration) (Record, error) {
-	return s.putIf(ctx, old.Key, value, ttl, clientv3.Compare(clientv3.ModRevision(s.subnets+old.Key), "=", old.Revision), ErrConflict, old.CreateRevision)
+func (s *Store) Replace(ctx context.Context, old lease.Record, value []byte, ttl time.Duration) (lease.Record, error) {
+	return s.putIf(ctx, old.Key, value, ttl, clientv3.Compare(clientv3.ModRevision(s.subnets+old.Key), "=", old.Revision), lease.ErrConflict, old.CreateRevision)
 }
 
 // putIf writes key if cond holds; created is the key's create revision
 // when it exists already (a Replace), 0 when the write creates it.
-func (s *EtcdStore) putIf(ctx context.Context, key string, value []byte, ttl time.Duration, cond clientv3.Cmp, lost error, created int64) (Record, error) {
+func (s *Store) putIf(ctx context.Context, key string, value []byte, ttl time.Duration, cond clientv3.Cmp, lost error, created int64) (lease.Record, error) {
 	if ttl <= 0 {
 		// A reservation: the key lives until someone deletes it.
 		resp, err := s.client.Txn(ctx).If(cond).Then(clientv3.OpPut(s.subnets+key, string(value))).Commit()
@@ -268,13 +269,13 @@ func (s *EtcdStore) putIf(ctx context.Context, key string, value []byte, ttl tim
 			err = lost
 		}
 		if err != nil {
-			return Record{}, err
+			return lease.Record{}, err
 		}
-		return Record{Key: key, Value: value, Revision: resp.Header.Revision, CreateRevision: cmp.Or(created, resp.Header.Revision)}, nil
+		return lease.Record{Key: key, Value: value, Revision: resp.Header.Revision, CreateRevision: cmp.Or(created, resp.Header.Revision)}, nil
 	}
 	grant, err := s.client.Grant(ctx, int64(max(ttl/time.Second, 1)))
 	if err != nil {
-		return Record{}, err
+		return lease.Record{}, err
 	}
 	resp, err := s.client.Txn(ctx).If(cond).
 		Then(clientv3.OpPut(s.subnets+key, string(value), clientv3.WithLease(grant.ID))).Commit()
@@ -284,17 +285,17 @@ func (s *EtcdStore) putIf(ctx context.Context, key string, value []byte, ttl tim
 	if err != nil {
 		// The TTL handle is useless now; drop it rather than let it linger.
 		_, _ = s.client.Revoke(context.WithoutCancel(ctx), grant.ID)
-		return Record{}, err
+		return lease.Record{}, err
 	}
-	return Record{Key: key, Value: value, Revision: resp.Header.Revision, CreateRevision: cmp.Or(created, resp.Header.Revision),
+	return lease.Record{Key: key, Value: value, Revision: resp.Header.Revision, CreateRevision: cmp.Or(created, resp.Header.Revision),
 		StoreLeaseID: int64(grant.ID)}, nil
 }
 
 // Renew implements Store.
-func (s *EtcdStore) Renew(ctx context.Context, rec Record) (time.Duration, error) {
+func (s *Store) Renew(ctx context.Context, rec lease.Record) (time.Duration, error) {
 	resp, err := s.client.KeepAliveOnce(ctx, clientv3.LeaseID(rec.StoreLeaseID))
 	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
-		return 0, fmt.Errorf("%w: %s", ErrLeaseLost, rec.Key)
+		return 0, fmt.Errorf("%w: %s", lease.ErrLeaseLost, rec.Key)
 	}
 	if err != nil {
 		return 0, err
@@ -303,7 +304,7 @@ func (s *EtcdStore) Renew(ctx context.Context, rec Record) (time.Duration, error
 }
 
 // Expiry implements Store.
-func (s *EtcdStore) Expiry(ctx context.Context, rec Record) (time.Duration, error) {
+func (s *Store) Expiry(ctx context.Context, rec lease.Record) (time.Duration, error) {
 	if rec.StoreLeaseID == 0 {
 		return 0, nil
 	}
@@ -312,20 +313,20 @@ func (s *EtcdStore) Expiry(ctx context.Context, rec Record) (time.Duration, erro
 		return 0, err
 	}
 	if resp.TTL < 0 {
-		return 0, fmt.Errorf("%w: %s", ErrLeaseLost, rec.Key)
+		return 0, fmt.Errorf("%w: %s", lease.ErrLeaseLost, rec.Key)
 	}
 	return time.Duration(resp.TTL) * time.Second, nil
 }
 
 // Delete implements Store.
-func (s *EtcdStore) Delete(ctx context.Context, key string) error {
+func (s *Store) Delete(ctx context.Context, key string) error {
 	_, err := s.client.Delete(ctx, s.subnets+key)
 	return err
 }
 
 // Compact compacts etcd's history up to the current revision; tests use it
 // to prove the watch survives compaction.
-func (s *EtcdStore) Compact(ctx context.Context) error {
+func (s *Store) Compact(ctx context.Context) error {
 	rev, err := s.Revision(ctx)
 	if err != nil {
 		return err
@@ -335,4 +336,6 @@ func (s *EtcdStore) Compact(ctx context.Context) error {
 }
 
 // Endpoints are the etcd URLs the client uses.
-func (s *EtcdStore) Endpoints() []string { return s.client.Endpoints() }
+func (s *Store) Endpoints() []string { return s.client.Endpoints() }
+
+var _ lease.Diagnoser = (*Store)(nil)

@@ -1,4 +1,4 @@
-package main
+package lease_test
 
 import (
 	"bytes"
@@ -32,14 +32,14 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
-// TestOutsidePeersFollowTheStore: weftd's outside-peer watcher, on the
+// TestOutsidePeersFollowTheStore: the outside-peer watcher, on the
 // in-memory store: a record that does not decode is named in one warning,
 // a peer added reaches the reconciler (Changed) and Peers, one removed
 // leaves.
 func TestOutsidePeersFollowTheStore(t *testing.T) {
 	store := leasetest.New(nil)
 	var logs lockedBuffer
-	o := newOutsidePeers(store, slog.New(slog.NewTextHandler(&logs, nil)))
+	o := lease.NewPeerWatcher(store, slog.New(slog.NewTextHandler(&logs, nil)))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go o.Run(ctx)

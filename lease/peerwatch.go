@@ -1,46 +1,45 @@
-package main
+package lease
 
 import (
 	"context"
 	"log/slog"
 	"slices"
 	"sync"
-
-	"github.com/weftnet/weft/lease"
 )
 
-// outsidePeers watches <prefix>/peers/ and tells the reconciler when the
+// PeerWatcher watches <prefix>/peers/ and tells the reconciler when the
 // outside peers change (mesh.OutsideSource): a peer added or removed with
 // `weftctl peer` reaches every host as soon as etcd says so.
-type outsidePeers struct {
-	store   lease.PeerStore
+type PeerWatcher struct {
+	store   PeerStore
 	log     *slog.Logger
 	changed chan struct{}
 
 	mu    sync.Mutex
-	peers []lease.OutsidePeer
+	peers []OutsidePeer
 	bad   string
 }
 
-func newOutsidePeers(store lease.PeerStore, log *slog.Logger) *outsidePeers {
-	return &outsidePeers{store: store, log: log.With("component", "outside-peers"), changed: make(chan struct{}, 1)}
+// NewPeerWatcher makes a watcher of store's outside peers; Run starts it.
+func NewPeerWatcher(store PeerStore, log *slog.Logger) *PeerWatcher {
+	return &PeerWatcher{store: store, log: log.With("component", "outside-peers"), changed: make(chan struct{}, 1)}
 }
 
 // Peers returns the last read set.
-func (o *outsidePeers) Peers() []lease.OutsidePeer {
+func (o *PeerWatcher) Peers() []OutsidePeer {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	return slices.Clone(o.peers)
 }
 
 // Changed signals a change of the set.
-func (o *outsidePeers) Changed() <-chan struct{} { return o.changed }
+func (o *PeerWatcher) Changed() <-chan struct{} { return o.changed }
 
 // Run follows the peers until ctx ends; while etcd is away the last set
 // stands.
-func (o *outsidePeers) Run(ctx context.Context) error { return o.store.WatchPeers(ctx, o.update) }
+func (o *PeerWatcher) Run(ctx context.Context) error { return o.store.WatchPeers(ctx, o.update) }
 
-func (o *outsidePeers) update(peers []lease.OutsidePeer, bad []error) {
+func (o *PeerWatcher) update(peers []OutsidePeer, bad []error) {
 	o.mu.Lock()
 	same := slices.Equal(peers, o.peers)
 	if !same {

@@ -1,4 +1,4 @@
-package lease
+package etcdstore
 
 import (
 	"context"
@@ -6,32 +6,33 @@ import (
 	"strings"
 	"time"
 
+	"github.com/weftnet/weft/lease"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // Outside peers live at <prefix>/peers/<name>, beside subnets/ (flannel
 // reads only subnets/ and config).
 
-var _ PeerStore = (*EtcdStore)(nil)
+var _ lease.PeerStore = (*Store)(nil)
 
-func (s *EtcdStore) peerKey(name string) string { return s.prefix + "/peers/" + name }
+func (s *Store) peerKey(name string) string { return s.prefix + "/peers/" + name }
 
 // Peers lists the outside peers. A value that does not decode is left out
 // and named in bad, never fatal.
-func (s *EtcdStore) Peers(ctx context.Context) (peers []OutsidePeer, bad []error, err error) {
+func (s *Store) Peers(ctx context.Context) (peers []lease.OutsidePeer, bad []error, err error) {
 	peers, bad, _, err = s.peersAt(ctx)
 	return peers, bad, err
 }
 
 // peersAt is Peers and the store revision it read them at.
-func (s *EtcdStore) peersAt(ctx context.Context) (peers []OutsidePeer, bad []error, rev int64, err error) {
+func (s *Store) peersAt(ctx context.Context) (peers []lease.OutsidePeer, bad []error, rev int64, err error) {
 	resp, err := s.client.Get(ctx, s.prefix+"/peers/", clientv3.WithPrefix())
 	if err != nil {
 		return nil, nil, 0, err
 	}
 	for _, kv := range resp.Kvs {
 		name := strings.TrimPrefix(string(kv.Key), s.prefix+"/peers/")
-		p, err := DecodeOutsidePeer(name, kv.Value)
+		p, err := lease.DecodeOutsidePeer(name, kv.Value)
 		if err != nil {
 			bad = append(bad, err)
 			continue
@@ -39,7 +40,7 @@ func (s *EtcdStore) peersAt(ctx context.Context) (peers []OutsidePeer, bad []err
 		p.Created = kv.CreateRevision
 		peers = append(peers, p)
 	}
-	SortPeers(peers)
+	lease.SortPeers(peers)
 	return peers, bad, resp.Header.Revision, nil
 }
 
@@ -53,7 +54,7 @@ const peersRetry = 2 * time.Second
 // breaks (etcd down, its member cut off from the leader, a compaction) is
 // replaced by a fresh read and watch. While etcd is away the last set
 // stands.
-func (s *EtcdStore) WatchPeers(ctx context.Context, update func(peers []OutsidePeer, bad []error)) error {
+func (s *Store) WatchPeers(ctx context.Context, update func(peers []lease.OutsidePeer, bad []error)) error {
 	for {
 		peers, bad, rev, err := s.peersAt(ctx)
 		if err == nil {
@@ -78,18 +79,18 @@ func (s *EtcdStore) WatchPeers(ctx context.Context, update func(peers []OutsideP
 }
 
 // AddPeer stores a new outside peer; ErrExists when the name is taken.
-func (s *EtcdStore) AddPeer(ctx context.Context, p OutsidePeer) error {
+func (s *Store) AddPeer(ctx context.Context, p lease.OutsidePeer) error {
 	key := s.peerKey(p.Name)
 	resp, err := s.client.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
 		Then(clientv3.OpPut(key, string(p.Encode()))).Commit()
 	if err == nil && !resp.Succeeded {
-		err = fmt.Errorf("%w: peer %s", ErrExists, p.Name)
+		err = fmt.Errorf("%w: peer %s", lease.ErrExists, p.Name)
 	}
 	return err
 }
 
 // RemovePeer deletes an outside peer; it reports whether there was one.
-func (s *EtcdStore) RemovePeer(ctx context.Context, name string) (bool, error) {
+func (s *Store) RemovePeer(ctx context.Context, name string) (bool, error) {
 	resp, err := s.client.Delete(ctx, s.peerKey(name))
 	if err != nil {
 		return false, err
