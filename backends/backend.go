@@ -136,13 +136,13 @@ type DropCounter interface {
 // Backend.Type, for `weftctl cleanup`.
 func Footprints() map[string]netutil.Footprint {
 	return map[string]netutil.Footprint{
-		lease.BackendAlloc:     alloc.Footprint(),
-		lease.BackendExtension: extension.Footprint(),
-		lease.BackendIPIP:      ipip.Footprint(),
-		lease.BackendHostGW:    hostgw.Footprint(),
-		lease.BackendUDP:       udp.Footprint(),
-		lease.BackendVXLAN:     vxlan.Footprint(),
-		lease.BackendWireGuard: wireguard.Footprint(),
+		Alloc:     alloc.Footprint(),
+		Extension: extension.Footprint(),
+		IPIP:      ipip.Footprint(),
+		HostGW:    hostgw.Footprint(),
+		UDP:       udp.Footprint(),
+		VXLAN:     vxlan.Footprint(),
+		WireGuard: wireguard.Footprint(),
 	}
 }
 
@@ -179,8 +179,7 @@ func RemoveOthers(k netutil.Kernel, current string, ext netutil.ExternalInterfac
 			break
 		}
 	}
-	if current == lease.BackendUDP || current == lease.BackendAlloc || current == lease.BackendExtension ||
-		current == lease.BackendWireGuard && !keepDirect {
+	if kind, _ := Lookup(current); !kind.RoutesDirect && !(current == WireGuard && keepDirect) {
 		routes, err := netutil.OwnedRoutes(k)
 		if err != nil {
 			return removed, errors.Join(append(errs, err)...)
@@ -206,28 +205,28 @@ type Constructor func(Env) (Backend, error)
 // Constructors maps each Backend.Type built into weft to its constructor.
 func Constructors() map[string]Constructor {
 	return map[string]Constructor{
-		lease.BackendAlloc: func(env Env) (Backend, error) { return alloc.New(env.External), nil },
-		lease.BackendExtension: func(env Env) (Backend, error) {
+		Alloc: func(env Env) (Backend, error) { return alloc.New(env.External), nil },
+		Extension: func(env Env) (Backend, error) {
 			return extension.New(env.Config.Backend.Raw, env.External, env.Log)
 		},
-		lease.BackendHostGW: func(env Env) (Backend, error) {
+		HostGW: func(env Env) (Backend, error) {
 			b := hostgw.New(env.External, env.Kernel, env.Log)
 			if !env.Config.EnableIPv4 {
 				return &ipv6Only{v6: b}, nil
 			}
 			return b, nil
 		},
-		lease.BackendIPIP: func(env Env) (Backend, error) {
+		IPIP: func(env Env) (Backend, error) {
 			b, err := ipip.New(env.Config.Backend.Raw, env.External, env.Kernel, env.Log)
 			if err != nil {
 				return nil, err
 			}
 			return filtered(env, b, tunnelfilter.Tunnel{IPIP: true})
 		},
-		lease.BackendUDP: func(env Env) (Backend, error) {
+		UDP: func(env Env) (Backend, error) {
 			return udp.New(env.Config, env.External, env.Kernel, env.Log)
 		},
-		lease.BackendVXLAN: func(env Env) (Backend, error) {
+		VXLAN: func(env Env) (Backend, error) {
 			b, err := newVXLAN(env)
 			if err != nil {
 				return nil, err
@@ -238,7 +237,7 @@ func Constructors() map[string]Constructor {
 			}
 			return filtered(env, b, tunnelfilter.Tunnel{VXLANPort: uint16(opts.Port)})
 		},
-		lease.BackendWireGuard: newWireGuard,
+		WireGuard: newWireGuard,
 	}
 }
 
@@ -325,7 +324,7 @@ func hostOverrides(wg *wireguard.Backend, env Env) error {
 // KeepsDirectRoutes reports whether the config's backend routes some peers
 // plainly via the external interface (wireguard's DirectRouting).
 func KeepsDirectRoutes(cfg *lease.Config) bool {
-	if cfg.Backend.Type != lease.BackendWireGuard {
+	if cfg.Backend.Type != WireGuard {
 		return false
 	}
 	o, err := wireguard.ParseOptions(cfg.Backend.Raw)
@@ -336,17 +335,20 @@ func KeepsDirectRoutes(cfg *lease.Config) bool {
 // host, so a bad option is reported like any other config error (weftd
 // waits for a fix; `weftctl config validate` refuses the file).
 func ValidateOptions(cfg *lease.Config) error {
+	if err := CheckConfig(cfg); err != nil {
+		return err
+	}
 	var err error
 	switch cfg.Backend.Type {
-	case lease.BackendWireGuard:
+	case WireGuard:
 		var o wireguard.Options
 		o, err = wireguard.ParseOptions(cfg.Backend.Raw)
 		if err == nil && cfg.EnableIPv4 && cfg.EnableIPv6 && o.Mode == wireguard.ModeSeparate && o.ListenPortV6 == o.ListenPort {
 			err = fmt.Errorf(`key "Backend.ListenPortV6": %d is ListenPort too; Mode "separate" runs a device per family, each on a port of its own`, o.ListenPort)
 		}
-	case lease.BackendVXLAN:
+	case VXLAN:
 		_, err = vxlan.ParseOptions(cfg.Backend.Raw)
-	case lease.BackendUDP:
+	case UDP:
 		_, err = udp.ParseOptions(cfg.Backend.Raw)
 	}
 	if err != nil {

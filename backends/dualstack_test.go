@@ -22,7 +22,7 @@ func TestDualStackVXLAN(t *testing.T) {
 	ext := k.AddExternal("eth0", netip.MustParsePrefix("192.168.77.1/24"), 1500)
 	ext.Addr6 = netip.MustParseAddr("fd77::1")
 	ext.Prefixes = append(ext.Prefixes, netip.MustParsePrefix("fd77::/64"))
-	cfg, err := lease.ParseConfig([]byte(`{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00:5::/48","Backend":{"Type":"vxlan"}}`))
+	cfg, err := ParseConfig([]byte(`{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00:5::/48","Backend":{"Type":"vxlan"}}`))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,14 +84,14 @@ func TestDualStackVXLAN(t *testing.T) {
 // TestDualStackWireGuardPorts: Mode "separate" needs a port per device; a
 // config giving both the same is refused as a config error naming the key.
 func TestDualStackWireGuardPorts(t *testing.T) {
-	cfg, err := lease.ParseConfig([]byte(`{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00:5::/48","Backend":{"Type":"wireguard","ListenPortV6":51820}}`))
+	cfg, err := ParseConfig([]byte(`{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00:5::/48","Backend":{"Type":"wireguard","ListenPortV6":51820}}`))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := ValidateOptions(cfg); err == nil || !strings.Contains(err.Error(), `key "Backend.ListenPortV6": 51820 is ListenPort too`) {
 		t.Errorf("same port for both devices: %v", err)
 	}
-	cfg, _ = lease.ParseConfig([]byte(`{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00:5::/48","Backend":{"Type":"wireguard","ListenPortV6":51820,"Mode":"ipv6"}}`))
+	cfg, _ = ParseConfig([]byte(`{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00:5::/48","Backend":{"Type":"wireguard","ListenPortV6":51820,"Mode":"ipv6"}}`))
 	if err := ValidateOptions(cfg); err != nil {
 		t.Errorf("one device (Mode ipv6) ignores ListenPortV6: %v", err)
 	}

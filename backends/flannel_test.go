@@ -39,7 +39,7 @@ func readCapture(t *testing.T, backend string) (*lease.Config, []lease.Lease, le
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := lease.ParseConfig(capture.Config)
+	cfg, err := ParseConfig(capture.Config)
 	if err != nil {
 		t.Fatalf("flannel's config %s: %v", capture.Config, err)
 	}
@@ -62,9 +62,9 @@ func planPeers(t *testing.T, backend string, cfg *lease.Config, d mesh.Desired) 
 	var problems []error
 	var n int
 	switch backend {
-	case lease.BackendAlloc:
+	case Alloc:
 		n = len(d.Peers) // nothing to program: routing is someone else's
-	case lease.BackendExtension:
+	case Extension:
 		var want map[string]extension.Subnet
 		want, problems = extension.Wanted(d)
 		n = len(want)
@@ -73,13 +73,13 @@ func planPeers(t *testing.T, backend string, cfg *lease.Config, d mesh.Desired) 
 				t.Errorf("extension peer %s gets %q on stdin, want flannel's PreStartupCommand output", s.Key, s.Data)
 			}
 		}
-	case lease.BackendUDP:
+	case UDP:
 		opts, err := udp.ParseOptions(cfg.Backend.Raw)
 		if err != nil {
 			t.Fatal(err)
 		}
 		n = udp.NewTable(d, cfg.SubnetLen, opts.Port).Len()
-	case lease.BackendVXLAN:
+	case VXLAN:
 		opts, err := vxlan.ParseOptions(cfg.Backend.Raw)
 		if err != nil {
 			t.Fatal(err)
@@ -94,7 +94,7 @@ func planPeers(t *testing.T, backend string, cfg *lease.Config, d mesh.Desired) 
 				t.Errorf("vxlan FDB %+v, want flannel's VtepMAC %s to %s", fdb, data.VtepMAC, d.Peers[i].PublicIP)
 			}
 		}
-	case lease.BackendIPIP:
+	case IPIP:
 		opts, err := ipip.ParseOptions(cfg.Backend.Raw)
 		if err != nil {
 			t.Fatal(err)
@@ -106,11 +106,11 @@ func planPeers(t *testing.T, backend string, cfg *lease.Config, d mesh.Desired) 
 				t.Errorf("ipip route %+v, want %s via %s through the tunnel", r, d.Peers[i].Subnet, d.Peers[i].PublicIP)
 			}
 		}
-	case lease.BackendHostGW:
+	case HostGW:
 		var routes []hostgw.Route
 		routes, problems = hostgw.Plan(d, flannelUnderlay)
 		n = len(routes)
-	case lease.BackendWireGuard:
+	case WireGuard:
 		opts, err := wireguard.ParseOptions(cfg.Backend.Raw)
 		if err != nil {
 			t.Fatal(err)
@@ -144,7 +144,8 @@ func planPeers(t *testing.T, backend string, cfg *lease.Config, d mesh.Desired) 
 // it with the PublicIP, subnet and BackendData flannel wrote, and the
 // backend's own plan programs it.
 func TestFlannelLeasesArePeers(t *testing.T) {
-	for _, backend := range lease.KnownBackends {
+	for _, kind := range Kinds {
+		backend := kind.Name
 		t.Run(backend, func(t *testing.T) {
 			cfg, leases, _ := readCapture(t, backend)
 			for _, self := range leases {
@@ -179,8 +180,8 @@ func TestFlannelLeasesArePeers(t *testing.T) {
 // a udp host's; flannel's vxlan, host-gw and wireguard backends ignore it,
 // and so does weft, saying why.
 func TestFlannelUDPLeaseSkippedByOtherBackends(t *testing.T) {
-	_, udpLeases, _ := readCapture(t, lease.BackendUDP)
-	for _, backend := range []string{lease.BackendVXLAN, lease.BackendHostGW, lease.BackendWireGuard} {
+	_, udpLeases, _ := readCapture(t, UDP)
+	for _, backend := range []string{VXLAN, HostGW, WireGuard} {
 		cfg, leases, _ := readCapture(t, backend)
 		self := leases[0]
 		other := udpLeases[0]
@@ -200,7 +201,7 @@ func TestFlannelUDPLeaseSkippedByOtherBackends(t *testing.T) {
 func weftBackendData(t *testing.T, backend string, flannels json.RawMessage) json.RawMessage {
 	t.Helper()
 	switch backend {
-	case lease.BackendVXLAN:
+	case VXLAN:
 		var data vxlan.BackendData
 		if err := json.Unmarshal(flannels, &data); err != nil {
 			t.Fatal(err)
@@ -210,7 +211,7 @@ func weftBackendData(t *testing.T, backend string, flannels json.RawMessage) jso
 			t.Fatal(err)
 		}
 		return vxlan.EncodeBackendData(data.VNI, mac)
-	case lease.BackendWireGuard:
+	case WireGuard:
 		var data wireguard.BackendData
 		if err := json.Unmarshal(flannels, &data); err != nil {
 			t.Fatal(err)
@@ -220,7 +221,7 @@ func weftBackendData(t *testing.T, backend string, flannels json.RawMessage) jso
 			t.Fatal(err)
 		}
 		return wireguard.EncodeBackendData(key, data.Port)
-	case lease.BackendExtension:
+	case Extension:
 		// The capture's own PreStartupCommand, run for real.
 		cfg, _, _ := readCapture(t, backend)
 		b, err := extension.New(cfg.Backend.Raw, flannelUnderlay, slog.New(slog.NewTextHandler(io.Discard, nil)))
@@ -240,11 +241,12 @@ func weftBackendData(t *testing.T, backend string, flannels json.RawMessage) jso
 // address and identity is byte for byte what flanneld wrote (field names,
 // "PublicIPv6":null, omitted BackendType and BackendData).
 func TestWeftLeaseEncodesAsFlannel(t *testing.T) {
-	for _, backend := range lease.KnownBackends {
+	for _, kind := range Kinds {
+		backend := kind.Name
 		t.Run(backend, func(t *testing.T) {
-			_, leases, capture := readCapture(t, backend)
+			cfg, leases, capture := readCapture(t, backend)
 			for i, l := range leases {
-				ours := lease.Attrs{PublicIP: l.Attrs.PublicIP, BackendType: lease.OwnBackendType(backend),
+				ours := lease.Attrs{PublicIP: l.Attrs.PublicIP, BackendType: cfg.Backend.LeaseType(),
 					BackendData: weftBackendData(t, backend, l.Attrs.BackendData)}
 				if got, want := string(ours.Encode()), string(capture.Leases[i].Value); got != want {
 					t.Errorf("weft writes\n %s\nflannel wrote\n %s", got, want)
@@ -258,7 +260,8 @@ func TestWeftLeaseEncodesAsFlannel(t *testing.T) {
 // MTU, weft's backend picks the same MTU and the subnet file is flannel's
 // byte for byte.
 func TestWeftSubnetEnvAsFlannel(t *testing.T) {
-	for _, backend := range lease.KnownBackends {
+	for _, kind := range Kinds {
+		backend := kind.Name
 		want, err := leasetest.ReadFlannelSubnetEnv(backend)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue // flannel wrote none for this backend in the capture
@@ -295,14 +298,14 @@ func TestBackendMTUAsFlannel(t *testing.T) {
 		mtu     string
 		want    int
 	}{
-		{lease.BackendVXLAN, `,"MTU":1450`, 1400},
-		{lease.BackendVXLAN, ``, 1450},
-		{lease.BackendWireGuard, `,"MTU":1450`, 1370},
-		{lease.BackendWireGuard, ``, 1420},
-		{lease.BackendUDP, `,"MTU":1450`, 1422},
-		{lease.BackendHostGW, ``, 1500},
+		{VXLAN, `,"MTU":1450`, 1400},
+		{VXLAN, ``, 1450},
+		{WireGuard, `,"MTU":1450`, 1370},
+		{WireGuard, ``, 1420},
+		{UDP, `,"MTU":1450`, 1422},
+		{HostGW, ``, 1500},
 	} {
-		cfg, err := lease.ParseConfig([]byte(`{"Network":"10.244.0.0/16","Backend":{"Type":"` + tt.backend + `"` + tt.mtu + `}}`))
+		cfg, err := ParseConfig([]byte(`{"Network":"10.244.0.0/16","Backend":{"Type":"` + tt.backend + `"` + tt.mtu + `}}`))
 		if err != nil {
 			t.Fatal(err)
 		}

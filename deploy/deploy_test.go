@@ -13,7 +13,6 @@ import (
 	"testing"
 
 	"github.com/weftnet/weft/backends"
-	"github.com/weftnet/weft/lease"
 )
 
 // TestSystemdUnitsVerify runs systemd-analyze verify on weftd.service and
@@ -152,7 +151,7 @@ func TestExampleConfigs(t *testing.T) {
 	}
 	for _, f := range files {
 		raw, _ := os.ReadFile(f)
-		cfg, err := lease.ParseConfig(raw)
+		cfg, err := backends.ParseConfig(raw)
 		if err == nil {
 			err = backends.ValidateOptions(cfg)
 		}

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/weftnet/weft/backends"
 	"github.com/weftnet/weft/lease"
 )
 
@@ -16,7 +17,7 @@ import (
 // external MTU in flannel's four lines, and no device or route of weft's
 // appears on a host.
 func TestAllocCluster(t *testing.T) {
-	l := newLab(t, Options{Hosts: 2, Backend: lease.BackendAlloc})
+	l := newLab(t, Options{Hosts: 2, Backend: backends.Alloc})
 	if err := l.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -61,7 +62,7 @@ func checkLeaseValues(t *testing.T, l *Lab, want func(h *Host) string) {
 // and writes them to the subnet file, as flannel's alloc does; still no
 // device or route of weft's.
 func TestAllocDualStack(t *testing.T) {
-	l := newLab(t, Options{Hosts: 2, Backend: lease.BackendAlloc, IPv6: true})
+	l := newLab(t, Options{Hosts: 2, Backend: backends.Alloc, IPv6: true})
 	if err := l.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weftnet/weft/backends"
 	"github.com/weftnet/weft/lease"
 )
 
@@ -22,7 +23,7 @@ import (
 func TestComposeService(t *testing.T) {
 	requireDocker(t)
 	ctx := context.Background()
-	l := newLab(t, Options{Hosts: 3, Backend: lease.BackendVXLAN, Docker: true, WeftdHosts: 2, WeftdArgs: []string{"-ip-masq"}})
+	l := newLab(t, Options{Hosts: 3, Backend: backends.VXLAN, Docker: true, WeftdHosts: 2, WeftdArgs: []string{"-ip-masq"}})
 	if err := l.Start(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weftnet/weft/backends"
 	"github.com/weftnet/weft/lease"
 )
 
@@ -116,10 +117,10 @@ func pingGap(c Container, dst netip.Addr, stop <-chan struct{}) func() time.Dura
 	return func() time.Duration { return <-done }
 }
 
-func TestDockerHostGW(t *testing.T)    { dockerSuite(t, lease.BackendHostGW) }
-func TestDockerVXLAN(t *testing.T)     { dockerSuite(t, lease.BackendVXLAN) }
-func TestDockerUDP(t *testing.T)       { dockerSuite(t, lease.BackendUDP) }
-func TestDockerWireGuard(t *testing.T) { dockerSuite(t, lease.BackendWireGuard) }
+func TestDockerHostGW(t *testing.T)    { dockerSuite(t, backends.HostGW) }
+func TestDockerVXLAN(t *testing.T)     { dockerSuite(t, backends.VXLAN) }
+func TestDockerUDP(t *testing.T)       { dockerSuite(t, backends.UDP) }
+func TestDockerWireGuard(t *testing.T) { dockerSuite(t, backends.WireGuard) }
 
 // dockerSuite is what a flannel-with-docker user does, on one backend:
 // weftd leases, docker starts from the subnet file, `docker run`
@@ -255,7 +256,7 @@ func dockerSuite(t *testing.T, backend string) {
 		if err := l.Store().Delete(ctx, key); err != nil {
 			t.Fatal(err)
 		}
-		taker := fmt.Sprintf(`{"PublicIP":%q,"PublicIPv6":null,"BackendType":%q%s}`, l.underlayAddr(210), lease.OwnBackendType(backend), fakeBackendData(t, backend, 210))
+		taker := fmt.Sprintf(`{"PublicIP":%q,"PublicIPv6":null,"BackendType":%q%s}`, l.underlayAddr(210), leaseTypeOf(backend), fakeBackendData(t, backend, 210))
 		if _, err := l.Store().Create(ctx, key, []byte(taker), time.Hour); err != nil {
 			t.Fatal(err)
 		}

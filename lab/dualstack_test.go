@@ -10,12 +10,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weftnet/weft/backends"
 	"github.com/weftnet/weft/lease"
 )
 
 // dualStackBackends are the backends that carry IPv6 (udp is IPv4 only,
 // as flannel's).
-var dualStackBackends = []string{lease.BackendHostGW, lease.BackendVXLAN, lease.BackendWireGuard}
+var dualStackBackends = []string{backends.HostGW, backends.VXLAN, backends.WireGuard}
 
 // TestDualStackCluster: on a dual-stack network every host leases an IPv4
 // and an IPv6 subnet under flannel's joined key, publishes its PublicIPv6,
@@ -31,7 +32,7 @@ func TestDualStackCluster(t *testing.T) {
 			if table, ok := l.PingMatrix(); !strings.Contains(table, "fc00:5:") || !ok {
 				t.Fatalf("ping matrix lacks IPv6 or failed:\n%s", table)
 			}
-			if backend == lease.BackendWireGuard {
+			if backend == backends.WireGuard {
 				// Mode "separate" (the default): IPv4 over the IPv4
 				// underlay on 51820, IPv6 over the IPv6 one on 51821,
 				// nothing in clear in either family.
@@ -52,7 +53,7 @@ func TestDualStackWireGuardOneDevice(t *testing.T) {
 		t.Run(mode.name, func(t *testing.T) {
 			t.Parallel()
 			config := fmt.Sprintf(`{"Network":%q,"EnableIPv6":true,"IPv6Network":%q,"Backend":{"Type":"wireguard","Mode":%q}}`, DefaultNetwork, DefaultIPv6Network, mode.name)
-			l := startCluster(t, Options{Hosts: 3, Backend: lease.BackendWireGuard, IPv6: true, Config: config})
+			l := startCluster(t, Options{Hosts: 3, Backend: backends.WireGuard, IPv6: true, Config: config})
 			h1, h2 := l.Hosts[0], l.Hosts[1]
 			if out, err := Exec(h1.Name, "ip", "-o", "link"); err != nil || strings.Contains(out, "weft-wg-v6") {
 				t.Errorf("a second device in Mode %q: %v\n%s", mode.name, err, out)
@@ -101,7 +102,7 @@ func TestIPv6OnlyCluster(t *testing.T) {
 			if table, ok := l.PingMatrix(); strings.Contains(table, "10.5.") || !ok {
 				t.Fatalf("ping matrix is not IPv6 only or failed:\n%s", table)
 			}
-			if backend == lease.BackendWireGuard {
+			if backend == backends.WireGuard {
 				h1, h2 := l.Hosts[0], l.Hosts[1]
 				checkOuterFamily(t, checkEncryptedTo(t, l, h1, h2.ContainerIPv6(), 51821), "IP6 ")
 			}
@@ -117,13 +118,13 @@ func checkDualStackDevices(t *testing.T, l *Lab, backend string) {
 	t.Helper()
 	for _, h := range l.Hosts {
 		switch backend {
-		case lease.BackendHostGW:
+		case backends.HostGW:
 			for _, p := range l.Hosts {
 				if out, _ := Exec(h.Name, "ip", "-6", "route", "show", p.IPv6Subnet.String(), "proto", "87"); p != h && !strings.Contains(out, "via "+p.PublicIPv6.String()) {
 					t.Errorf("%s: route to %s is %q, want via %s", h.Name, p.IPv6Subnet, out, p.PublicIPv6)
 				}
 			}
-		case lease.BackendWireGuard:
+		case backends.WireGuard:
 			// Kernel WireGuard in the VM tier, wireguard-go's TUN here.
 			kind := map[bool]string{true: "wireguard", false: "tun"}[kernelWireGuard]
 			for _, dev := range []string{"weft-wg", "weft-wg-v6"} {
@@ -131,7 +132,7 @@ func checkDualStackDevices(t *testing.T, l *Lab, backend string) {
 					t.Errorf("%s: %s is not a %s device (Mode separate): %v\n%s", h.Name, dev, kind, err, out)
 				}
 			}
-		case lease.BackendVXLAN:
+		case backends.VXLAN:
 			out, err := Exec(h.Name, "ip", "-d", "link", "show", "weft-v6.1")
 			if err != nil || !strings.Contains(out, "vxlan id 1 local "+h.PublicIPv6.String()) {
 				t.Errorf("%s: weft-v6.1 is %q (%v), want vxlan id 1 local %s", h.Name, out, err, h.PublicIPv6)
@@ -183,7 +184,7 @@ func checkDualStackLeases(t *testing.T, l *Lab) {
 // like the IPv4 ones, traffic inside it keeps its source, and `weftctl
 // cleanup` removes weft's routes and chains of both families.
 func TestDualStackIPMasqAndCleanup(t *testing.T) {
-	l := startCluster(t, Options{Hosts: 2, Backend: lease.BackendHostGW, IPv6: true, WeftdArgs: []string{"-ip-masq", "-iptables-resync", "1"}})
+	l := startCluster(t, Options{Hosts: 2, Backend: backends.HostGW, IPv6: true, WeftdArgs: []string{"-ip-masq", "-iptables-resync", "1"}})
 	h1, h2 := l.Hosts[0], l.Hosts[1]
 	outside := netip.AddrPortFrom(l.underlayAddr6(1), 7000)
 	checkMasquerade(t, l, h1, outside, h1.PublicIPv6, netip.AddrPortFrom(h2.ContainerIPv6(), 7001), h2, h1.ContainerIPv6())
@@ -213,7 +214,7 @@ func TestDualStackIPMasqAndCleanup(t *testing.T) {
 // and every container reaches every container on the other hosts in both.
 func TestDockerDualStack(t *testing.T) {
 	requireDocker(t)
-	l := newLab(t, Options{Hosts: 2, Backend: lease.BackendVXLAN, IPv6: true, Docker: true})
+	l := newLab(t, Options{Hosts: 2, Backend: backends.VXLAN, IPv6: true, Docker: true})
 	if err := l.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -243,7 +244,7 @@ func TestDockerDualStack(t *testing.T) {
 // restarts on the sender's and on the receiver's host, and each host keeps
 // its IPv6 subnet.
 func TestDualStackRestartKeepsTCP(t *testing.T) {
-	l := startCluster(t, Options{Hosts: 2, Backend: lease.BackendWireGuard, IPv6: true})
+	l := startCluster(t, Options{Hosts: 2, Backend: backends.WireGuard, IPv6: true})
 	h1, h2 := l.Hosts[0], l.Hosts[1]
 	subnets := []netip.Prefix{h1.IPv6Subnet, h2.IPv6Subnet}
 	for i, restarted := range []*Host{h1, h2} {
@@ -258,7 +259,7 @@ func TestDualStackRestartKeepsTCP(t *testing.T) {
 // TestIfaceRegexIPv6: -iface-regex matching an IPv6 address picks the
 // interface that holds it, and that address is the lease's PublicIPv6.
 func TestIfaceRegexIPv6(t *testing.T) {
-	l := startCluster(t, Options{Hosts: 2, Backend: lease.BackendHostGW, IPv6: true, WeftdArgs: []string{"-iface-regex", "^fd50:"}})
+	l := startCluster(t, Options{Hosts: 2, Backend: backends.HostGW, IPv6: true, WeftdArgs: []string{"-iface-regex", "^fd50:"}})
 	checkDualStackLeases(t, l)
 	for _, h := range l.Hosts {
 		if !strings.Contains(h.LogTail(400), "matched an IPv6 address") {

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weftnet/weft/backends"
 	"github.com/weftnet/weft/lease"
 	"github.com/weftnet/weft/lease/etcdstore"
 )
@@ -31,7 +32,7 @@ func startEtcdCluster(t *testing.T) *Lab {
 func startEtcdClusterTTL(t *testing.T, ttl time.Duration) *Lab {
 	t.Helper()
 	t.Parallel()
-	return startCluster(t, Options{Hosts: 3, Backend: lease.BackendHostGW, EtcdMembers: 3,
+	return startCluster(t, Options{Hosts: 3, Backend: backends.HostGW, EtcdMembers: 3,
 		WeftdArgs: []string{"-subnet-lease-ttl", ttl.String()}})
 }
 
@@ -295,7 +296,7 @@ func TestEtcdClusterClaimsDuringElection(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := lease.ParseConfig(raw)
+	cfg, err := backends.ParseConfig(raw)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -319,7 +320,7 @@ func TestEtcdClusterClaimsDuringElection(t *testing.T) {
 				return
 			}
 			defer store.Close()
-			req := lease.ClaimRequest{Config: cfg, Attrs: lease.Attrs{PublicIP: ip, BackendType: lease.BackendHostGW}, TTL: time.Hour}
+			req := lease.ClaimRequest{Config: cfg, Attrs: lease.Attrs{PublicIP: ip, BackendType: backends.HostGW}, TTL: time.Hour}
 			got, err := lease.ClaimWithRetry(ctx, store, req, lease.StartupRetry{First: 200 * time.Millisecond, Max: 2 * time.Second}, slog.New(slog.DiscardHandler))
 			results <- claimed{ip: ip, subnet: got.Subnet, err: err}
 		}()
@@ -374,7 +375,7 @@ func TestEtcdClusterClaimsDuringElection(t *testing.T) {
 // change after the restore reaches every host.
 func TestEtcdClusterRestoredFromSnapshot(t *testing.T) {
 	t.Parallel()
-	l := newLab(t, Options{Hosts: 3, Backend: lease.BackendHostGW, EtcdMembers: 3, WeftdHosts: 2,
+	l := newLab(t, Options{Hosts: 3, Backend: backends.HostGW, EtcdMembers: 3, WeftdHosts: 2,
 		WeftdArgs: []string{"-subnet-lease-ttl", etcdClusterTTL.String()}})
 	ctx := context.Background()
 	if err := l.Start(ctx); err != nil {

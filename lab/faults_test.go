@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weftnet/weft/backends"
 	"github.com/weftnet/weft/keys"
 	"github.com/weftnet/weft/lease"
 )
@@ -84,7 +85,7 @@ func backendsFor(short ...string) []string {
 }
 
 func TestFaultEtcdOutage(t *testing.T) {
-	for _, backend := range backendsFor(lease.BackendHostGW, lease.BackendWireGuard) {
+	for _, backend := range backendsFor(backends.HostGW, backends.WireGuard) {
 		t.Run(backend, func(t *testing.T) { etcdOutage(t, backend) })
 	}
 }
@@ -191,7 +192,7 @@ func etcdWiped(t *testing.T, backend string) {
 }
 
 func TestFaultLeaseExpiry(t *testing.T) {
-	for _, backend := range backendsFor(lease.BackendHostGW) {
+	for _, backend := range backendsFor(backends.HostGW) {
 		t.Run(backend, func(t *testing.T) { leaseExpiry(t, backend) })
 	}
 }
@@ -256,14 +257,14 @@ func freeKeys(l *Lab, n int) []string {
 }
 
 // allBackends are the backends every fault test that is quick enough runs on.
-var allBackends = []string{lease.BackendHostGW, lease.BackendVXLAN, lease.BackendWireGuard, lease.BackendUDP}
+var allBackends = []string{backends.HostGW, backends.VXLAN, backends.WireGuard, backends.UDP}
 
 // fakeBackendData is valid BackendData for fake peer i of backend.
 func fakeBackendData(t *testing.T, backend string, i int) string {
 	switch backend {
-	case lease.BackendVXLAN:
+	case backends.VXLAN:
 		return fmt.Sprintf(`,"BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:01:%02x"}`, i)
-	case lease.BackendWireGuard:
+	case backends.WireGuard:
 		k, err := keys.Generate()
 		if err != nil {
 			t.Fatal(err)
@@ -291,7 +292,7 @@ func programmed(l *Lab, h *Host, backend string) []string {
 		}
 	}
 	switch backend {
-	case lease.BackendVXLAN:
+	case backends.VXLAN:
 		neigh, _ := Exec(h.Name, "ip", "neigh", "show", "dev", "weft.1")
 		fdb, _ := Exec(h.Name, "bridge", "fdb", "show", "dev", "weft.1")
 		for _, line := range strings.Split(neigh, "\n") {
@@ -304,7 +305,7 @@ func programmed(l *Lab, h *Host, backend string) []string {
 				lines = append(lines, "fdb "+f[0])
 			}
 		}
-	case lease.BackendWireGuard:
+	case backends.WireGuard:
 		peers, _ := l.HostExec(h, "wg", "show", "weft-wg", "peers")
 		for _, p := range strings.Fields(peers) {
 			lines = append(lines, "peer "+p)
@@ -318,11 +319,11 @@ func programmed(l *Lab, h *Host, backend string) []string {
 func wantProgrammed(backend string, peers int) int {
 	const forwardRules = 3
 	switch backend {
-	case lease.BackendVXLAN:
+	case backends.VXLAN:
 		return 3*peers + forwardRules // route, neighbour and FDB entry each
-	case lease.BackendWireGuard:
+	case backends.WireGuard:
 		return peers + 1 + forwardRules // a peer each, one route for the Network
-	case lease.BackendUDP:
+	case backends.UDP:
 		return 1 + forwardRules // the Network route; peers are in weftd's memory
 	}
 	return peers + forwardRules
@@ -397,7 +398,7 @@ func procUsage(t *testing.T, pid int) (fds, threads int, rssKB int) {
 // TestFaultNoLeaks drives 1,000 lease changes through weftd and checks its
 // open files, threads and memory stay flat.
 func TestFaultNoLeaks(t *testing.T) {
-	l := startCluster(t, Options{Hosts: 2, Backend: lease.BackendHostGW})
+	l := startCluster(t, Options{Hosts: 2, Backend: backends.HostGW})
 	h1 := l.Hosts[0]
 	ctx := context.Background()
 	keys := freeKeys(l, 50)

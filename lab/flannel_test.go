@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weftnet/weft/backends"
 	"github.com/weftnet/weft/keys"
 	"github.com/weftnet/weft/lease"
 )
@@ -93,7 +94,7 @@ func checkNotSkipped(t *testing.T, hosts []*Host, f *flannelHost) {
 // speaking flannel's wire format (an IP packet as the datagram's payload).
 // Traffic must pass both ways between it and a weft host's container.
 func TestFlannelUDPHost(t *testing.T) {
-	l := startCluster(t, Options{Hosts: 2, Backend: lease.BackendUDP})
+	l := startCluster(t, Options{Hosts: 2, Backend: backends.UDP})
 	h1 := l.Hosts[0]
 	f := addFlannelHost(t, l, 201)
 	f.publish(t, l, fmt.Sprintf(`{"PublicIP":%q,"PublicIPv6":null}`, f.PublicIP))
@@ -184,7 +185,7 @@ func startWireGuardGo(t *testing.T, ns, dev string) {
 // wireguard-go device configured by hand with `wg`, as flanneld configures
 // its own. Pings must pass both ways.
 func TestFlannelWireGuardHost(t *testing.T) {
-	l := startCluster(t, Options{Hosts: 2, Backend: lease.BackendWireGuard})
+	l := startCluster(t, Options{Hosts: 2, Backend: backends.WireGuard})
 	f := addFlannelHost(t, l, 202)
 	key, err := keys.Generate()
 	if err != nil {
@@ -223,8 +224,8 @@ func TestFlannelMTU(t *testing.T) {
 		backend, device string
 		want            int
 	}{
-		{lease.BackendVXLAN, "weft.1", 1400},
-		{lease.BackendWireGuard, "weft-wg", 1370},
+		{backends.VXLAN, "weft.1", 1400},
+		{backends.WireGuard, "weft-wg", 1370},
 	} {
 		t.Run(tt.backend, func(t *testing.T) {
 			config := fmt.Sprintf(`{"Network":%q,"Backend":{"Type":%q,"MTU":1450}}`, DefaultNetwork, tt.backend)
@@ -268,7 +269,7 @@ func vtepMAC(t *testing.T, l *Lab, subnet netip.Prefix) string {
 // traffic resumes.
 func TestMoveFromFlannelInPlace(t *testing.T) {
 	ctx := context.Background()
-	l := newLab(t, Options{Hosts: 3, Backend: lease.BackendVXLAN, WeftdHosts: 2})
+	l := newLab(t, Options{Hosts: 3, Backend: backends.VXLAN, WeftdHosts: 2})
 	if err := l.Start(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weftnet/weft/backends"
 	"github.com/weftnet/weft/keys"
 	"github.com/weftnet/weft/lease"
 )
@@ -22,16 +23,16 @@ func hostileLeases(t *testing.T, l *Lab, backend string) map[string]string {
 	add := func(publicIP, data string) {
 		key := free[n]
 		n++
-		out[key] = fmt.Sprintf(`{"PublicIP":%q,"PublicIPv6":null,"BackendType":%q%s}`, publicIP, lease.OwnBackendType(backend), data)
+		out[key] = fmt.Sprintf(`{"PublicIP":%q,"PublicIPv6":null,"BackendType":%q%s}`, publicIP, leaseTypeOf(backend), data)
 	}
 	for _, ip := range []string{"0.0.0.0", "127.0.0.1", "224.0.0.1", "255.255.255.255", "169.254.1.1", "10.5.7.9"} {
 		add(ip, fakeBackendData(t, backend, n))
 	}
 	switch backend {
-	case lease.BackendVXLAN:
+	case backends.VXLAN:
 		add("192.168.50.90", `,"BackendData":{"VNI":1,"VtepMAC":"00:00:00:00:00:00"}`)
 		add("192.168.50.91", `,"BackendData":{"VNI":1,"VtepMAC":"01:00:5e:00:00:01"}`)
-	case lease.BackendWireGuard:
+	case backends.WireGuard:
 		add("192.168.50.90", `,"BackendData":{"PublicKey":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","Port":51820}`)
 		add("192.168.50.91", fmt.Sprintf(`,"BackendData":{"PublicKey":%q,"Port":0}`, newPublicKey(t)))
 	}
@@ -85,4 +86,10 @@ func newPublicKey(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return k.Public().String()
+}
+
+// leaseTypeOf is the BackendType a host on backend writes in its lease.
+func leaseTypeOf(backend string) string {
+	kind, _ := backends.Lookup(backend)
+	return lease.BackendConfig{Type: backend, Untyped: kind.Untyped}.LeaseType()
 }

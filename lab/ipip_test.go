@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weftnet/weft/backends"
 	"github.com/weftnet/weft/lease"
 )
 
@@ -26,7 +27,7 @@ func TestIPIPCluster(t *testing.T) {
 	if !kernelIPIP {
 		t.Skip("this kernel has no ipip; the VM tier (make vmtest) runs this test on Debian's kernel")
 	}
-	l := startCluster(t, Options{Hosts: 3, Backend: lease.BackendIPIP})
+	l := startCluster(t, Options{Hosts: 3, Backend: backends.IPIP})
 	ctx := context.Background()
 	h1, h2, h3 := l.Hosts[0], l.Hosts[1], l.Hosts[2]
 
@@ -137,7 +138,7 @@ func TestFlannelIPIPHost(t *testing.T) {
 	if !kernelIPIP {
 		t.Skip("this kernel has no ipip; the VM tier (make vmtest) runs this test on Debian's kernel")
 	}
-	l := startCluster(t, Options{Hosts: 2, Backend: lease.BackendIPIP})
+	l := startCluster(t, Options{Hosts: 2, Backend: backends.IPIP})
 	f := addFlannelHost(t, l, 203)
 	flannelAddr := f.Subnet.Addr() // flanneld puts its subnet's network address on flannel.ipip
 	cmds := [][]string{

@@ -22,7 +22,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/weftnet/weft/lease"
+	"github.com/weftnet/weft/backends"
 	"github.com/weftnet/weft/lease/etcdstore"
 )
 
@@ -130,7 +130,7 @@ func New(opts Options) (l *Lab, err error) {
 		opts.Hosts = 3
 	}
 	if opts.Backend == "" {
-		opts.Backend = lease.BackendHostGW
+		opts.Backend = backends.HostGW
 	}
 	if opts.Self == "" {
 		opts.Self = os.Args[0]

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weftnet/weft/backends"
 	"github.com/weftnet/weft/lease"
 )
 
@@ -143,11 +144,11 @@ func routeTo(h *Host, subnet string) (string, error) {
 }
 
 func TestHostGWCluster(t *testing.T) {
-	l := startCluster(t, Options{Hosts: 3, Backend: lease.BackendHostGW})
+	l := startCluster(t, Options{Hosts: 3, Backend: backends.HostGW})
 	ctx := context.Background()
 	h1, h2, h3 := l.Hosts[0], l.Hosts[1], l.Hosts[2]
 
-	t.Run("hostile leases reach no kernel", func(t *testing.T) { checkHostileLeases(t, l, lease.BackendHostGW) })
+	t.Run("hostile leases reach no kernel", func(t *testing.T) { checkHostileLeases(t, l, backends.HostGW) })
 
 	t.Run("killed weftd keeps subnet and traffic", func(t *testing.T) {
 		subnet := h2.Subnet

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weftnet/weft/backends"
 	"github.com/weftnet/weft/lease"
 )
 
@@ -24,7 +25,7 @@ const natConfig = `{"Network":"10.5.0.0/16","Backend":{"Type":"wireguard","Persi
 // lab resyncs every 2 s) instead of writing the lease's back: 0 pings lost
 // either way over 4 resyncs.
 func TestWireGuardBehindNAT(t *testing.T) {
-	l := startCluster(t, Options{Hosts: 3, NATHosts: 1, Backend: lease.BackendWireGuard, Config: natConfig})
+	l := startCluster(t, Options{Hosts: 3, NATHosts: 1, Backend: backends.WireGuard, Config: natConfig})
 	h1, h3 := l.Hosts[0], l.Hosts[2]
 	out, err := l.HostExec(h1, "wg", "show", "weft-wg", "endpoints")
 	if err != nil {
@@ -58,7 +59,7 @@ func TestWireGuardBehindNAT(t *testing.T) {
 // with nothing lost across resyncs.
 func TestWireGuardBehindNATOnDemand(t *testing.T) {
 	config := `{"Network":"10.5.0.0/16","Backend":{"Type":"wireguard","Implementation":"userspace","OnDemandPeers":"on","OnDemandIdleAfter":3}}`
-	l := newLab(t, Options{Hosts: 3, NATHosts: 1, Backend: lease.BackendWireGuard, Config: config})
+	l := newLab(t, Options{Hosts: 3, NATHosts: 1, Backend: backends.WireGuard, Config: config})
 	if err := l.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -109,7 +110,7 @@ func TestWireGuardBehindNATOnDemand(t *testing.T) {
 // (nothing in clear); every pair reaches every other.
 func TestWireGuardDirectRouting(t *testing.T) {
 	config := `{"Network":"10.5.0.0/16","Backend":{"Type":"wireguard","DirectRouting":true,"PersistentKeepaliveInterval":5}}`
-	l := startCluster(t, Options{Hosts: 3, NATHosts: 1, Backend: lease.BackendWireGuard, Config: config})
+	l := startCluster(t, Options{Hosts: 3, NATHosts: 1, Backend: backends.WireGuard, Config: config})
 	h1, h2, h3 := l.Hosts[0], l.Hosts[1], l.Hosts[2]
 	if out, _ := routeTo(h1, h2.Subnet.String()); !strings.Contains(out, "via "+h2.PublicIP.String()+" dev eth0") {
 		t.Errorf("h1's route to h2's subnet is %q, want via %s dev eth0", out, h2.PublicIP)

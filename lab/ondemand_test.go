@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weftnet/weft/backends"
 	"github.com/weftnet/weft/keys"
 	"github.com/weftnet/weft/lease"
 )
@@ -26,7 +27,7 @@ const onDemandConfig = `{"Network":"10.5.0.0/16","SubnetLen":26,"Backend":{"Type
 // leaving host are followed for idle peers, and a flood towards hundreds
 // of idle peers configures a bounded number at once, the rest counted.
 func TestWireGuardOnDemand(t *testing.T) {
-	l := startCluster(t, Options{Hosts: 3, Backend: lease.BackendWireGuard, Config: onDemandConfig})
+	l := startCluster(t, Options{Hosts: 3, Backend: backends.WireGuard, Config: onDemandConfig})
 	h1, h2, h3 := l.Hosts[0], l.Hosts[1], l.Hosts[2]
 	peerCount := func(h *Host) int {
 		out, err := wgPeers(l, h)
@@ -124,7 +125,7 @@ func TestWireGuardOnDemand(t *testing.T) {
 		ctx := context.Background()
 		var fake []string
 		for i, key := range freeSubnets(l, 400, 26) {
-			value := fmt.Sprintf(`{"PublicIP":"192.168.50.%d","PublicIPv6":null,"BackendType":"wireguard"%s}`, 100+i%100, fakeBackendData(t, lease.BackendWireGuard, i))
+			value := fmt.Sprintf(`{"PublicIP":"192.168.50.%d","PublicIPv6":null,"BackendType":"wireguard"%s}`, 100+i%100, fakeBackendData(t, backends.WireGuard, i))
 			if _, err := l.Store().Create(ctx, key, []byte(value), time.Hour); err != nil {
 				t.Fatal(err)
 			}

@@ -15,12 +15,13 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/weftnet/weft/backends"
 	"github.com/weftnet/weft/keys"
 	"github.com/weftnet/weft/lease"
 )
 
 func TestIPMasqAndCleanup(t *testing.T) {
-	l := startCluster(t, Options{Hosts: 2, Backend: lease.BackendHostGW, WeftdArgs: []string{"-ip-masq", "-iptables-resync", "1"}})
+	l := startCluster(t, Options{Hosts: 2, Backend: backends.HostGW, WeftdArgs: []string{"-ip-masq", "-iptables-resync", "1"}})
 	h1, h2 := l.Hosts[0], l.Hosts[1]
 	outside := netip.AddrPortFrom(l.underlayAddr(1), 7000) // the underlay's gateway, outside the Network
 
@@ -98,7 +99,7 @@ func checkMasquerade(t *testing.T, l *Lab, from *Host, outside netip.AddrPort, m
 // TestLeasesStatusMetrics checks what operators look at against the truth
 // of a 3-host wireguard lab.
 func TestLeasesStatusMetrics(t *testing.T) {
-	l := startCluster(t, Options{Hosts: 3, Backend: lease.BackendWireGuard})
+	l := startCluster(t, Options{Hosts: 3, Backend: backends.WireGuard})
 	h1 := l.Hosts[0]
 
 	out, err := Exec(h1.Name, weftctlBin, "-etcd-endpoints", l.EtcdEndpoint(), "leases", "-o", "json")
@@ -243,7 +244,7 @@ func checkDelta(t *testing.T, l *Lab, h *Host) {
 // bridge's own route; one deleted by hand comes back within
 // -iptables-resync; `weftctl cleanup` removes both.
 func TestBlackholeRoute(t *testing.T) {
-	l := startCluster(t, Options{Hosts: 2, Backend: lease.BackendHostGW, IPv6: true,
+	l := startCluster(t, Options{Hosts: 2, Backend: backends.HostGW, IPv6: true,
 		WeftdArgs: []string{"-ip-blackhole-route", "-iptables-resync", "1"}})
 	h := l.Hosts[0]
 	routes := func() string {

@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weftnet/weft/backends"
 	"github.com/weftnet/weft/keys"
-	"github.com/weftnet/weft/lease"
 )
 
 // TestOutsidePeer: a machine that is not a weft host joins the overlay as
@@ -22,7 +22,7 @@ import (
 // `weftctl peer rm` cuts it off.
 func TestOutsidePeer(t *testing.T) {
 	config := `{"Network":"10.5.0.0/16","PeersNetwork":"10.6.0.0/24","Backend":{"Type":"wireguard"}}`
-	l := startCluster(t, Options{Hosts: 3, Backend: lease.BackendWireGuard, Config: config, WeftdArgs: []string{"-ip-masq"}})
+	l := startCluster(t, Options{Hosts: 3, Backend: backends.WireGuard, Config: config, WeftdArgs: []string{"-ip-masq"}})
 	ns, _, err := l.AddUnderlayNetns("out", 203)
 	if err != nil {
 		t.Fatal(err)

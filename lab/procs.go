@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/weftnet/weft/backends"
 	"github.com/weftnet/weft/lease"
 )
 
@@ -339,7 +340,7 @@ func (l *Lab) hostBackend(h *Host) (backend, encrypted string) {
 	if err != nil {
 		return "?", "?"
 	}
-	if backend = own.Attrs.Backend(); backend == lease.BackendWireGuard {
+	if backend = own.Attrs.Backend(); backend == backends.WireGuard {
 		return backend, "yes"
 	}
 	return backend, "no (in clear)"

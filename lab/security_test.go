@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weftnet/weft/backends"
 	"github.com/weftnet/weft/keys"
 	"github.com/weftnet/weft/lease"
 )
@@ -15,7 +16,7 @@ import (
 // lease with their own PublicIP and WireGuard key; the owner takes it back
 // with its subnet unchanged, counts it, and traffic to it resumes.
 func TestLeaseHijackTakenBack(t *testing.T) {
-	l := startCluster(t, Options{Hosts: 3, Backend: lease.BackendWireGuard})
+	l := startCluster(t, Options{Hosts: 3, Backend: backends.WireGuard})
 	ctx := context.Background()
 	h1, h2 := l.Hosts[0], l.Hosts[1]
 	key := lease.SubnetKey(h2.Subnet)
@@ -80,13 +81,13 @@ func switchBackend(t *testing.T, l *Lab, backend string) {
 // packet crosses the underlay in clear (the old devices and routes are
 // gone), and after the switch back traffic flows on the old backend.
 func TestSwitchToWireGuardEncrypts(t *testing.T) {
-	for _, from := range []string{lease.BackendVXLAN, lease.BackendHostGW, lease.BackendUDP} {
+	for _, from := range []string{backends.VXLAN, backends.HostGW, backends.UDP} {
 		t.Run(from, func(t *testing.T) {
 			l := startCluster(t, Options{Hosts: 2, Backend: from})
 			h1, h2 := l.Hosts[0], l.Hosts[1]
 			offset := h1.LogOffset()
-			switchBackend(t, l, lease.BackendWireGuard)
-			leftover := map[string]string{lease.BackendVXLAN: "vxlan device weft.1", lease.BackendHostGW: "route " + h2.Subnet.String(), lease.BackendUDP: "udp device weft0"}[from]
+			switchBackend(t, l, backends.WireGuard)
+			leftover := map[string]string{backends.VXLAN: "vxlan device weft.1", backends.HostGW: "route " + h2.Subnet.String(), backends.UDP: "udp device weft0"}[from]
 			if _, _, err := h1.WaitLogLine(offset, time.Second, "removed what another backend left", leftover); err != nil {
 				t.Errorf("no log line about %s's leftovers: %v\n%s", from, err, h1.LogTail(15))
 			}

@@ -7,14 +7,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/weftnet/weft/lease"
+	"github.com/weftnet/weft/backends"
 )
 
 func TestUDPCluster(t *testing.T) {
-	l := startCluster(t, Options{Hosts: 3, Backend: lease.BackendUDP})
+	l := startCluster(t, Options{Hosts: 3, Backend: backends.UDP})
 	h1, h2, h3 := l.Hosts[0], l.Hosts[1], l.Hosts[2]
 
-	t.Run("hostile leases reach no kernel", func(t *testing.T) { checkHostileLeases(t, l, lease.BackendUDP) })
+	t.Run("hostile leases reach no kernel", func(t *testing.T) { checkHostileLeases(t, l, backends.UDP) })
 
 	t.Run("only known peers with their own subnet get in", func(t *testing.T) {
 		rogue, rogueIP, err := l.AddRogue()

@@ -12,15 +12,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weftnet/weft/backends"
 	"github.com/weftnet/weft/lease"
 )
 
 func TestVXLANCluster(t *testing.T) {
-	l := startCluster(t, Options{Hosts: 3, Backend: lease.BackendVXLAN})
+	l := startCluster(t, Options{Hosts: 3, Backend: backends.VXLAN})
 	ctx := context.Background()
 	h1, h2, h3 := l.Hosts[0], l.Hosts[1], l.Hosts[2]
 
-	t.Run("hostile leases reach no kernel", func(t *testing.T) { checkHostileLeases(t, l, lease.BackendVXLAN) })
+	t.Run("hostile leases reach no kernel", func(t *testing.T) { checkHostileLeases(t, l, backends.VXLAN) })
 
 	t.Run("underlay carries VXLAN on 8472 with the VNI", func(t *testing.T) {
 		capture, err := l.CaptureUnderlay("vxlan")

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weftnet/weft/backends"
 	"github.com/weftnet/weft/keys"
 	"github.com/weftnet/weft/lease"
 )
@@ -176,7 +177,7 @@ func restartKeepingDevice(t *testing.T, l *Lab, h *Host) {
 }
 
 func TestWireGuardCluster(t *testing.T) {
-	l := startCluster(t, Options{Hosts: 3, Backend: lease.BackendWireGuard})
+	l := startCluster(t, Options{Hosts: 3, Backend: backends.WireGuard})
 	ctx := context.Background()
 	h1, h2, h3 := l.Hosts[0], l.Hosts[1], l.Hosts[2]
 	if kernelWireGuard {
@@ -185,7 +186,7 @@ func TestWireGuardCluster(t *testing.T) {
 		checkImplementation(t, h1, false, `why="this kernel has no WireGuard support`)
 	}
 
-	t.Run("hostile leases reach no kernel", func(t *testing.T) { checkHostileLeases(t, l, lease.BackendWireGuard) })
+	t.Run("hostile leases reach no kernel", func(t *testing.T) { checkHostileLeases(t, l, backends.WireGuard) })
 
 	t.Run("underlay carries only encrypted UDP", func(t *testing.T) { checkEncrypted(t, l, h1, h2) })
 
@@ -363,7 +364,7 @@ func TestWireGuardMixedMesh(t *testing.T) {
 	if !kernelWireGuard {
 		t.Skip("this kernel has no WireGuard; the VM tier (make vmtest) runs this test on Debian's kernel")
 	}
-	l := newLab(t, Options{Hosts: 3, Backend: lease.BackendWireGuard, WeftdHosts: 2})
+	l := newLab(t, Options{Hosts: 3, Backend: backends.WireGuard, WeftdHosts: 2})
 	ctx := context.Background()
 	if err := l.Start(ctx); err != nil {
 		t.Fatal(err)

@@ -15,23 +15,12 @@ import (
 	"strings"
 )
 
-// Backend type names, as flannel spells them.
-const (
-	BackendUDP       = "udp"
-	BackendVXLAN     = "vxlan"
-	BackendHostGW    = "host-gw"
-	BackendWireGuard = "wireguard"
-	// BackendAlloc leases subnets and writes the subnet file only.
-	BackendAlloc = "alloc"
-	// BackendExtension runs the operator's commands as the data path.
-	BackendExtension = "extension"
-	// BackendIPIP wraps IPv4 in IPv4 (a kernel ipip device).
-	BackendIPIP = "ipip"
-)
-
-// KnownBackends lists every Backend.Type weft accepts, in the order error
-// messages show them.
-var KnownBackends = []string{BackendAlloc, BackendExtension, BackendHostGW, BackendIPIP, BackendUDP, BackendVXLAN, BackendWireGuard}
+// DefaultBackend is the Backend.Type of a config that names none, as in
+// flannel, and of a lease without a BackendType (flannel's udp writes none).
+// It is the one backend lease knows by name: which others exist, what they
+// carry and what they need is declared in package backends, which checks a
+// parsed config (backends.CheckConfig).
+const DefaultBackend = "udp"
 
 // ErrInvalidConfig is wrapped by every validation error, so callers can tell
 // a bad config (wait for a fix) from a store failure (retry).
@@ -77,7 +66,13 @@ type Config struct {
 // BackendConfig is the "Backend" object: its Type plus the raw options that
 // the chosen backend parses itself.
 type BackendConfig struct {
+	// Type is the lower-cased Backend.Type; ParseConfig does not check that
+	// such a backend exists (backends.CheckConfig does).
 	Type string
+	// Untyped is set for a backend whose hosts write no BackendType in
+	// their leases (flannel's udp and alloc), by backends.CheckConfig: on
+	// such a network a lease without one is taken as this backend's.
+	Untyped bool
 	// Raw is the whole Backend object as it appeared in the config.
 	Raw json.RawMessage
 }
@@ -109,26 +104,26 @@ const maxConfigSize = 64 << 10
 // at fault.
 func ParseConfig(data []byte) (*Config, error) {
 	if len(data) > maxConfigSize {
-		return nil, configErr("config is %d bytes, more than the %d a network config can be", len(data), maxConfigSize)
+		return nil, ConfigError("config is %d bytes, more than the %d a network config can be", len(data), maxConfigSize)
 	}
 	var raw rawConfig
 	dec := json.NewDecoder(bytes.NewReader(data))
 	if err := dec.Decode(&raw); err != nil {
 		var typeErr *json.UnmarshalTypeError
 		if errors.As(err, &typeErr) {
-			return nil, configErr("key %q: expected a %s, got a JSON %s", typeErr.Field, typeErr.Type, typeErr.Value)
+			return nil, ConfigError("key %q: expected a %s, got a JSON %s", typeErr.Field, typeErr.Type, typeErr.Value)
 		}
-		return nil, configErr("not valid JSON: %v", err)
+		return nil, ConfigError("not valid JSON: %v", err)
 	}
 	if raw.EnableIPv4 != nil && !*raw.EnableIPv4 {
 		return parseIPv6Only(raw)
 	}
 	if raw.Network == nil {
-		return nil, configErr(`key "Network" is missing; set it to a CIDR such as "10.5.0.0/16"`)
+		return nil, ConfigError(`key "Network" is missing; set it to a CIDR such as "10.5.0.0/16"`)
 	}
 	network, err := netip.ParsePrefix(*raw.Network)
 	if err != nil || !network.Addr().Is4() {
-		return nil, configErr(`key "Network": %q is not an IPv4 CIDR such as "10.5.0.0/16"`, *raw.Network)
+		return nil, ConfigError(`key "Network": %q is not an IPv4 CIDR such as "10.5.0.0/16"`, *raw.Network)
 	}
 	cfg := &Config{Network: network.Masked(), EnableIPv4: true, EnableIPv6: raw.EnableIPv6, EnableNFTables: raw.EnableNFTables}
 	if network.Masked() != network {
@@ -161,19 +156,17 @@ func (c *Config) setPeersNetwork(text *string) error {
 	p, err := netip.ParsePrefix(*text)
 	switch {
 	case err != nil || !p.Addr().Is4():
-		return configErr(`key "PeersNetwork": %q is not an IPv4 CIDR such as "10.6.0.0/24"`, *text)
+		return ConfigError(`key "PeersNetwork": %q is not an IPv4 CIDR such as "10.6.0.0/24"`, *text)
 	case p.Bits() > 30:
-		return configErr(`key "PeersNetwork": %s holds no peer; use a /30 or wider`, p)
+		return ConfigError(`key "PeersNetwork": %s holds no peer; use a /30 or wider`, p)
 	case p.Bits() < 16:
 		// Every host routes PeersNetwork into its WireGuard device: a wide
 		// one takes the underlay, etcd and the peers with it.
-		return configErr(`key "PeersNetwork": %s is wider than a /16, and every host routes it into WireGuard; use a /16 or narrower, such as "10.6.0.0/24"`, p)
+		return ConfigError(`key "PeersNetwork": %s is wider than a /16, and every host routes it into WireGuard; use a /16 or narrower, such as "10.6.0.0/24"`, p)
 	case !unicastRange(p.Masked()):
-		return configErr(`key "PeersNetwork": %s is not unicast space (it holds 0.0.0.0/8, 127.0.0.0/8, link-local, multicast or reserved addresses); use private addresses such as "10.6.0.0/24"`, p)
+		return ConfigError(`key "PeersNetwork": %s is not unicast space (it holds 0.0.0.0/8, 127.0.0.0/8, link-local, multicast or reserved addresses); use private addresses such as "10.6.0.0/24"`, p)
 	case c.Network.IsValid() && p.Overlaps(c.Network):
-		return configErr(`key "PeersNetwork": %s overlaps Network %s; outside peers need addresses of their own`, p, c.Network)
-	case c.Backend.Type != BackendWireGuard:
-		return configErr(`key "PeersNetwork": outside peers join through WireGuard; this network's backend is %q`, c.Backend.Type)
+		return ConfigError(`key "PeersNetwork": %s overlaps Network %s; outside peers need addresses of their own`, p, c.Network)
 	}
 	c.PeersNetwork = p.Masked()
 	return nil
@@ -204,17 +197,17 @@ func (c *Config) setSubnetLen(subnetLen *int) error {
 		switch {
 		case n < 0 || n > 30:
 			// A host needs room for its bridge and at least one container.
-			return configErr(`key "SubnetLen": %d is out of range; it must be between /%d and /30`, n, min(bits+2, 30))
+			return ConfigError(`key "SubnetLen": %d is out of range; it must be between /%d and /30`, n, min(bits+2, 30))
 		case n < bits+2:
 			// The first subnet is never used, so fewer than four leaves one host.
-			return configErr(`key "SubnetLen": /%d leaves Network %s room for fewer than four subnets; use /%d or longer`, n, c.Network, bits+2)
+			return ConfigError(`key "SubnetLen": /%d leaves Network %s room for fewer than four subnets; use /%d or longer`, n, c.Network, bits+2)
 		}
 		c.SubnetLen = n
 		return nil
 	}
 	switch {
 	case bits > 28:
-		return configErr(`key "Network": %s is too small; the smallest useful Network is a /28`, c.Network)
+		return ConfigError(`key "Network": %s is too small; the smallest useful Network is a /28`, c.Network)
 	case bits <= 22:
 		c.SubnetLen = 24
 	default:
@@ -257,25 +250,25 @@ func setBounds(lo, hi bounds, network netip.Prefix, netKey string, bits int, len
 		}
 		addr, err := netip.ParseAddr(*b.text)
 		if err != nil || addr.Is4() != network.Addr().Is4() || addr.Is4In6() {
-			return configErr("key %q: %q is not an %s address", b.key, *b.text, family)
+			return ConfigError("key %q: %q is not an %s address", b.key, *b.text, family)
 		}
 		if !network.Contains(addr) {
-			return configErr("key %q: %s is outside %s %s", b.key, addr, netKey, network)
+			return ConfigError("key %q: %s is outside %s %s", b.key, addr, netKey, network)
 		}
 		if netip.PrefixFrom(addr, bits).Masked().Addr() != addr {
-			return configErr("key %q: %s is not on a /%d boundary (%s)", b.key, addr, bits, lenKey)
+			return ConfigError("key %q: %s is not on a /%d boundary (%s)", b.key, addr, bits, lenKey)
 		}
 		*b.dst = addr
 	}
 	if lo.dst.Compare(*hi.dst) > 0 {
-		return configErr(`keys %q and %q: %s %s is above %s %s`, lo.key, hi.key, lo.key, *lo.dst, hi.key, *hi.dst)
+		return ConfigError(`keys %q and %q: %s %s is above %s %s`, lo.key, hi.key, lo.key, *lo.dst, hi.key, *hi.dst)
 	}
 	return nil
 }
 
 func (c *Config) setBackend(raw json.RawMessage) error {
 	if len(raw) == 0 || string(raw) == "null" {
-		c.Backend = BackendConfig{Type: BackendUDP, Raw: json.RawMessage(`{"Type":"udp"}`)}
+		c.Backend = BackendConfig{Type: DefaultBackend, Raw: json.RawMessage(`{"Type":"` + DefaultBackend + `"}`)}
 		c.BackendDefaulted = true
 		return nil
 	}
@@ -283,9 +276,9 @@ func (c *Config) setBackend(raw json.RawMessage) error {
 		Type *string `json:"Type"`
 	}
 	if err := json.Unmarshal(raw, &head); err != nil {
-		return configErr(`key "Backend": must be an object such as {"Type": "wireguard"}: %v`, err)
+		return ConfigError(`key "Backend": must be an object such as {"Type": "`+DefaultBackend+`"}: %v`, err)
 	}
-	typ := BackendUDP
+	typ := DefaultBackend
 	if head.Type != nil && *head.Type != "" {
 		typ = *head.Type
 	} else {
@@ -294,9 +287,6 @@ func (c *Config) setBackend(raw json.RawMessage) error {
 	if lower := strings.ToLower(typ); lower != typ {
 		c.Notes = append(c.Notes, fmt.Sprintf(`key "Backend.Type": %q read as %q, as flannel does`, typ, lower))
 		typ = lower
-	}
-	if !slices.Contains(KnownBackends, typ) {
-		return configErr(`key "Backend.Type": unknown backend %q; valid types are %s`, typ, strings.Join(KnownBackends, ", "))
 	}
 	c.Backend = BackendConfig{Type: typ, Raw: slices.Clone(raw)}
 	return nil
@@ -318,7 +308,9 @@ func (c *Config) Fits(subnet netip.Prefix) bool {
 		subnet.Addr().Compare(c.SubnetMin) >= 0 && subnet.Addr().Compare(c.SubnetMax) <= 0
 }
 
-func configErr(format string, args ...any) error {
+// ConfigError is an error of a config's validation: it wraps
+// ErrInvalidConfig and says what is wrong, naming the key.
+func ConfigError(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrInvalidConfig, fmt.Sprintf(format, args...))
 }
 

@@ -6,8 +6,6 @@ import (
 	mathrand "math/rand"
 	"math/rand/v2"
 	"net/netip"
-	"slices"
-	"strings"
 )
 
 // rng adapts math/rand/v2's global generator to the old Source big.Int.Rand
@@ -26,11 +24,11 @@ func (c *Config) setIPv6(raw rawConfig) error {
 		return nil
 	}
 	if raw.IPv6Network == nil || *raw.IPv6Network == "" {
-		return configErr(`key "IPv6Network" is missing; "EnableIPv6": true needs an IPv6 CIDR such as "fc00:5::/48"`)
+		return ConfigError(`key "IPv6Network" is missing; "EnableIPv6": true needs an IPv6 CIDR such as "fc00:5::/48"`)
 	}
 	network, err := netip.ParsePrefix(*raw.IPv6Network)
 	if err != nil || !network.Addr().Is6() || network.Addr().Is4In6() {
-		return configErr(`key "IPv6Network": %q is not an IPv6 CIDR such as "fc00:5::/48"`, *raw.IPv6Network)
+		return ConfigError(`key "IPv6Network": %q is not an IPv6 CIDR such as "fc00:5::/48"`, *raw.IPv6Network)
 	}
 	c.IPv6Network = network.Masked()
 	if network.Masked() != network {
@@ -39,13 +37,13 @@ func (c *Config) setIPv6(raw rawConfig) error {
 	bits := c.IPv6Network.Bits()
 	switch n := raw.IPv6SubnetLen; {
 	case n != nil && *n != 0 && (*n < 0 || *n > 126):
-		return configErr(`key "IPv6SubnetLen": %d is out of range; it must be between /%d and /126`, *n, min(bits+2, 126))
+		return ConfigError(`key "IPv6SubnetLen": %d is out of range; it must be between /%d and /126`, *n, min(bits+2, 126))
 	case n != nil && *n != 0 && *n < bits+2:
-		return configErr(`key "IPv6SubnetLen": /%d leaves IPv6Network %s room for fewer than four subnets; use /%d or longer`, *n, c.IPv6Network, bits+2)
+		return ConfigError(`key "IPv6SubnetLen": /%d leaves IPv6Network %s room for fewer than four subnets; use /%d or longer`, *n, c.IPv6Network, bits+2)
 	case n != nil && *n != 0:
 		c.IPv6SubnetLen = *n
 	case bits > 124:
-		return configErr(`key "IPv6Network": %s is too small; the smallest useful IPv6Network is a /124`, c.IPv6Network)
+		return ConfigError(`key "IPv6Network": %s is too small; the smallest useful IPv6Network is a /124`, c.IPv6Network)
 	case bits <= 62:
 		c.IPv6SubnetLen = 64
 	default:
@@ -60,11 +58,6 @@ func (c *Config) setIPv6(raw rawConfig) error {
 		c.IPv6Network, "IPv6Network", c.IPv6SubnetLen, "IPv6SubnetLen"); err != nil {
 		return err
 	}
-	if !slices.Contains(ipv6Backends, c.Backend.Type) {
-		// flannel's udp and ipip backends are IPv4 only too; leasing IPv6
-		// subnets no data path carries would hand containers dead addresses.
-		return configErr(`key "EnableIPv6": the %s backend carries IPv4 only (as flannel's does); use %s for IPv6`, c.Backend.Type, strings.Join(ipv6DataPaths, ", "))
-	}
 	return nil
 }
 
@@ -73,7 +66,7 @@ func (c *Config) setIPv6(raw rawConfig) error {
 // them.
 func parseIPv6Only(raw rawConfig) (*Config, error) {
 	if !raw.EnableIPv6 {
-		return nil, configErr(`keys "EnableIPv4" and "EnableIPv6": both are false, which leaves no address family; drop "EnableIPv4": false, or set "EnableIPv6": true with an "IPv6Network"`)
+		return nil, ConfigError(`keys "EnableIPv4" and "EnableIPv6": both are false, which leaves no address family; drop "EnableIPv4": false, or set "EnableIPv6": true with an "IPv6Network"`)
 	}
 	cfg := &Config{EnableIPv6: true, EnableNFTables: raw.EnableNFTables}
 	if raw.Network != nil || raw.SubnetLen != nil || raw.SubnetMin != nil || raw.SubnetMax != nil {
@@ -87,15 +80,6 @@ func parseIPv6Only(raw rawConfig) (*Config, error) {
 	}
 	return cfg, nil
 }
-
-// ipv6Backends are the backends a dual-stack or IPv6-only network may
-// use: the data paths that carry IPv6 (ipv6DataPaths, which errors
-// suggest), and alloc and extension, whose routing is someone else's and
-// sees both halves of each lease.
-var ipv6Backends = append([]string{BackendAlloc, BackendExtension}, ipv6DataPaths...)
-
-// ipv6DataPaths are weft's data paths that carry IPv6 container traffic.
-var ipv6DataPaths = []string{BackendHostGW, BackendVXLAN, BackendWireGuard}
 
 // Fits6 reports whether subnet is an IPv6 subnet this config can hand out
 // (inside IPv6Network, of IPv6SubnetLen, aligned, within IPv6SubnetMin..Max)

@@ -65,10 +65,7 @@ func TestParseConfigIPv6Errors(t *testing.T) {
 	base := `"Network":"10.5.0.0/16","Backend":{"Type":"host-gw"},"EnableIPv6":true`
 	for _, tt := range []struct{ name, json, want string }{
 		{"no family", `{"EnableIPv4":false,"Network":"10.5.0.0/16"}`, `keys "EnableIPv4" and "EnableIPv6": both are false, which leaves no address family`},
-		{"IPv6-only udp", `{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48"}`, `key "EnableIPv6": the udp backend carries IPv4 only`},
 		{"IPv6-only without network", `{"EnableIPv4":false,"EnableIPv6":true,"Backend":{"Type":"vxlan"}}`, `key "IPv6Network" is missing`},
-		{"udp", `{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48"}`, `key "EnableIPv6": the udp backend carries IPv4 only (as flannel's does); use host-gw, vxlan, wireguard for IPv6`},
-		{"ipip", `{"Network":"10.5.0.0/16","Backend":{"Type":"ipip"},"EnableIPv6":true,"IPv6Network":"fc00::/48"}`, `key "EnableIPv6": the ipip backend carries IPv4 only (as flannel's does); use host-gw, vxlan, wireguard for IPv6`},
 		{"missing network", `{` + base + `}`, `key "IPv6Network" is missing`},
 		{"network not cidr", `{` + base + `,"IPv6Network":"fc00::"}`, `key "IPv6Network": "fc00::" is not an IPv6 CIDR`},
 		{"network ipv4", `{` + base + `,"IPv6Network":"10.6.0.0/16"}`, `is not an IPv6 CIDR`},
@@ -100,7 +97,6 @@ func TestParseConfigPeersNetwork(t *testing.T) {
 		`{"Network":"10.5.0.0/16","PeersNetwork":"10.5.9.0/24","Backend":{"Type":"wireguard"}}`: `key "PeersNetwork": 10.5.9.0/24 overlaps Network 10.5.0.0/16`,
 		`{"Network":"10.5.0.0/16","PeersNetwork":"fc00::/64","Backend":{"Type":"wireguard"}}`:   `key "PeersNetwork": "fc00::/64" is not an IPv4 CIDR`,
 		`{"Network":"10.5.0.0/16","PeersNetwork":"10.6.0.0/31","Backend":{"Type":"wireguard"}}`: `key "PeersNetwork": 10.6.0.0/31 holds no peer`,
-		`{"Network":"10.5.0.0/16","PeersNetwork":"10.6.0.0/24","Backend":{"Type":"vxlan"}}`:     `key "PeersNetwork": outside peers join through WireGuard`,
 		// Issue 30, item 9: every host routes PeersNetwork into WireGuard.
 		`{"Network":"10.5.0.0/16","PeersNetwork":"128.0.0.0/1","Backend":{"Type":"wireguard"}}`:    `key "PeersNetwork": 128.0.0.0/1 is wider than a /16`,
 		`{"Network":"10.5.0.0/16","PeersNetwork":"224.0.0.0/24","Backend":{"Type":"wireguard"}}`:   `key "PeersNetwork": 224.0.0.0/24 is not unicast space`,
@@ -153,20 +149,5 @@ func TestOutsidePeerChecks(t *testing.T) {
 	}
 	if _, err := FreePeerAddress(cfg, []OutsidePeer{p, {Address: netip.MustParsePrefix("10.6.0.2/32")}}); err == nil {
 		t.Error("a full PeersNetwork gave an address")
-	}
-}
-
-// TestIPv6AllocAndExtension: alloc and extension take a dual-stack or
-// IPv6-only config, as flannel's do: their routing is someone else's.
-func TestIPv6AllocAndExtension(t *testing.T) {
-	for _, backend := range []string{BackendAlloc, BackendExtension} {
-		for _, config := range []string{
-			`{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"` + backend + `"}}`,
-			`{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"` + backend + `"}}`,
-		} {
-			if cfg, err := ParseConfig([]byte(config)); err != nil || !cfg.EnableIPv6 {
-				t.Errorf("%s: %v", config, err)
-			}
-		}
 	}
 }

@@ -28,7 +28,7 @@ type Attrs struct {
 	// network (where peers send its IPv6 traffic); nil encodes as JSON null.
 	PublicIPv6 *netip.Addr
 	// BackendType is the Backend.Type the host runs. Empty means udp: flannel's
-	// udp backend writes none (see Backend and OwnBackendType).
+	// udp backend writes none (see Backend and BackendConfig.LeaseType).
 	BackendType string
 	// BackendData is the backend's own data (VTEP MAC, WireGuard key); empty
 	// for host-gw and udp.
@@ -136,20 +136,20 @@ func ParseUnderlayIPv6(text string) (netip.Addr, error) {
 // flannel's udp backend publishes none (and its udp peers never look).
 func (a Attrs) Backend() string {
 	if a.BackendType == "" {
-		return BackendUDP
+		return DefaultBackend
 	}
 	return a.BackendType
 }
 
-// OwnBackendType is the BackendType a host running backend writes in its
+// LeaseType is the BackendType a host running this backend writes in its
 // own lease: what flannel writes, so flannel hosts and weft hosts read each
-// other's leases alike. That is none for udp and alloc and the type
-// otherwise.
-func OwnBackendType(backend string) string {
-	if backend == BackendUDP || backend == BackendAlloc {
+// other's leases alike. That is none for the default (udp) and the other
+// untyped backends (alloc), and the type otherwise.
+func (b BackendConfig) LeaseType() string {
+	if b.Untyped || b.Type == DefaultBackend {
 		return ""
 	}
-	return backend
+	return b.Type
 }
 
 // Lease is one host's claim on a subnet, as read from the store.

@@ -133,24 +133,28 @@ func FuzzDecodeLease(f *testing.F) {
 }
 
 // TestBackendOfALease: a lease with no BackendType is a udp host's (as
-// flannel's udp backend writes it), and weft's own udp lease has none.
+// flannel's udp backend writes it), and weft's own udp lease, like an
+// untyped backend's, has none.
 func TestBackendOfALease(t *testing.T) {
-	if got := (Attrs{}).Backend(); got != BackendUDP {
+	if got := (Attrs{}).Backend(); got != DefaultBackend {
 		t.Errorf("no BackendType reads as %q, want udp", got)
 	}
-	if got := (Attrs{BackendType: BackendVXLAN}).Backend(); got != BackendVXLAN {
+	if got := (Attrs{BackendType: "vxlan"}).Backend(); got != "vxlan" {
 		t.Errorf("vxlan reads as %q", got)
 	}
-	for _, b := range KnownBackends {
-		want := b
-		if b == BackendUDP || b == BackendAlloc {
-			want = "" // as flannel's udp and alloc write it
-		}
-		if got := OwnBackendType(b); got != want {
-			t.Errorf("OwnBackendType(%s) = %q, want %q", b, got, want)
+	for _, tt := range []struct {
+		backend BackendConfig
+		want    string
+	}{
+		{BackendConfig{Type: DefaultBackend}, ""},
+		{BackendConfig{Type: "alloc", Untyped: true}, ""},
+		{BackendConfig{Type: "vxlan"}, "vxlan"},
+	} {
+		if got := tt.backend.LeaseType(); got != tt.want {
+			t.Errorf("LeaseType of %+v = %q, want %q", tt.backend, got, tt.want)
 		}
 	}
-	udp := Attrs{PublicIP: netip.MustParseAddr("192.168.77.11"), BackendType: OwnBackendType(BackendUDP)}
+	udp := Attrs{PublicIP: netip.MustParseAddr("192.168.77.11"), BackendType: BackendConfig{Type: DefaultBackend}.LeaseType()}
 	if got, want := string(udp.Encode()), `{"PublicIP":"192.168.77.11","PublicIPv6":null}`; got != want {
 		t.Errorf("weft's udp lease %s, flannel writes %s", got, want)
 	}

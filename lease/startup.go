@@ -43,7 +43,7 @@ func WaitForConfig(ctx context.Context, store Store, key string, retry StartupRe
 			}
 			if perr == nil {
 				if cfg.BackendDefaulted {
-					log.Warn(`network config has no Backend.Type; using "udp" as flannel does. For an encrypted mesh set "Backend": {"Type": "wireguard"}`, "key", key)
+					log.Warn(`network config has no Backend.Type; using "`+DefaultBackend+`" as flannel does`, "key", key)
 				}
 				for _, note := range cfg.Notes {
 					log.Warn("network config: "+note, "key", key)

@@ -180,10 +180,10 @@ func sameSubnet(l, self lease.Lease) bool {
 // lease; `weftctl leases` shows the reason.
 func Check(l lease.Lease, cfg *lease.Config) string {
 	backend := l.Attrs.Backend()
-	if cfg.Backend.Type == lease.BackendAlloc && l.Attrs.BackendType == "" {
+	if cfg.Backend.Untyped && l.Attrs.BackendType == "" {
 		// flannel's alloc, like its udp, writes no BackendType; an alloc
 		// network has no data path to tell the two apart by.
-		backend = lease.BackendAlloc
+		backend = cfg.Backend.Type
 	}
 	if !cfg.EnableIPv4 {
 		// IPv6-only: the IPv4 half is flannel's empty one; only the IPv6

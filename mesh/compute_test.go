@@ -257,6 +257,7 @@ func TestComputeIPv6OnlyAlloc(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	cfg.Backend.Untyped = true // as backends.CheckConfig sets it for alloc
 	mk := func(subnet6, ip6 string, rev int64) lease.Lease {
 		a := netip.MustParseAddr(ip6)
 		return lease.Lease{Revision: rev, IPv6Subnet: netip.MustParsePrefix(subnet6), Attrs: lease.Attrs{PublicIP: netip.IPv4Unspecified(), PublicIPv6: &a}}

@@ -219,7 +219,7 @@ func readConfigFile(path string) ([]byte, []string, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	cfg, err := lease.ParseConfig(raw)
+	cfg, err := backends.ParseConfig(raw)
 	if err == nil {
 		err = backends.ValidateOptions(cfg)
 	}
@@ -251,7 +251,7 @@ func printLeases(ctx context.Context, s *etcdstore.Store, out io.Writer, asJSON 
 	}
 	var cfg *lease.Config
 	if raw, err := s.Config(ctx); err == nil {
-		cfg, _ = lease.ParseConfig(raw)
+		cfg, _ = backends.ParseConfig(raw)
 	}
 	rows := make([]leaseRow, 0, len(records))
 	for _, r := range records {

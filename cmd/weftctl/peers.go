@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"strings"
 
+	"github.com/weftnet/weft/backends"
 	"github.com/weftnet/weft/backends/wireguard"
 	"github.com/weftnet/weft/keys"
 	"github.com/weftnet/weft/lease"
@@ -102,7 +103,7 @@ func configAndPeers(ctx context.Context, s *etcdstore.Store) (*lease.Config, []l
 	if err != nil {
 		return nil, nil, err
 	}
-	cfg, err := lease.ParseConfig(raw)
+	cfg, err := backends.ParseConfig(raw)
 	if err != nil {
 		return nil, nil, err
 	}

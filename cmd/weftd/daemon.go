@@ -66,7 +66,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 		return err
 	}
 	obs.setBackend(backend, cfg.Backend.Type)
-	if o.behindNAT && cfg.Backend.Type != lease.BackendWireGuard {
+	if o.behindNAT && cfg.Backend.Type != backends.WireGuard {
 		log.Warn("-behind-nat is for the wireguard backend; this network's backend cannot reach a host behind NAT", "backend", cfg.Backend.Type)
 	}
 	// The Backend.Type the config asks for now (watchBackendType keeps it):

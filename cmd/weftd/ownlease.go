@@ -43,7 +43,7 @@ func claimLease(ctx context.Context, store lease.Store, o *options, cfg *lease.C
 // one on a dual-stack network), its backend and the backend's data for each
 // family.
 func ownAttrs(cfg *lease.Config, publicIP, publicIP6 netip.Addr, backend backends.Backend) lease.Attrs {
-	attrs := lease.Attrs{PublicIP: publicIP, BackendType: lease.OwnBackendType(cfg.Backend.Type), BackendData: backend.BackendData()}
+	attrs := lease.Attrs{PublicIP: publicIP, BackendType: cfg.Backend.LeaseType(), BackendData: backend.BackendData()}
 	if publicIP6.IsValid() {
 		attrs.PublicIPv6 = &publicIP6
 		if b, ok := backend.(backends.DualStack); ok {
@@ -127,7 +127,7 @@ func watchBackendType(ctx context.Context, store lease.Store, running string, ev
 		if err != nil {
 			continue
 		}
-		cfg, err := lease.ParseConfig(raw)
+		cfg, err := backends.ParseConfig(raw)
 		if err != nil || cfg.Backend.Type == said {
 			continue
 		}

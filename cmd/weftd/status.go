@@ -143,7 +143,7 @@ func (o *observer) status() status.Document {
 			}
 		} else if s.OnDemand != nil {
 			ps.State = "idle (configured on demand)"
-		} else if o.btype == lease.BackendWireGuard {
+		} else if o.btype == backends.WireGuard {
 			ps.State = "not on the device"
 		}
 		s.Peers = append(s.Peers, ps)
@@ -229,7 +229,7 @@ func (o *observer) Collect(ch chan<- prometheus.Metric) {
 		counter(descCalls, float64(n), kind)
 	}
 	for _, p := range s.Peers {
-		if s.Backend != lease.BackendWireGuard {
+		if s.Backend != backends.WireGuard {
 			break
 		}
 		counter(descRx, float64(p.RxBytes), p.Subnet)

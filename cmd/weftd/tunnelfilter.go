@@ -15,7 +15,7 @@ import (
 // earlier run that this one does not keep (turned off, or a backend
 // without a tunnel now) is removed: it would drop a later tunnel's peers.
 func sourceFilter(o *options, cfg *lease.Config, log *slog.Logger) func(tunnelfilter.Tunnel) (backends.SourceFilter, error) {
-	tunnel := cfg.Backend.Type == lease.BackendVXLAN || cfg.Backend.Type == lease.BackendIPIP
+	tunnel := backends.KindOf(cfg).Tunnel
 	if !o.tunnelSourceFilter || !tunnel {
 		if conn, err := nftables.New(); err == nil {
 			if removed, err := tunnelfilter.Remove(conn); removed || err != nil {

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"net/url"
 
+	"github.com/weftnet/weft/backends"
 	"github.com/weftnet/weft/backends/netutil"
 	"github.com/weftnet/weft/lease"
 )
@@ -65,7 +66,7 @@ func overlayOnUnderlay(cfg *lease.Config, ext netutil.ExternalInterface) []strin
 	switch {
 	case ext.Name == "":
 		return nil
-	case cfg.Backend.Type == lease.BackendHostGW || cfg.Backend.Type == lease.BackendExtension || cfg.Backend.Type == lease.BackendAlloc || opts.DirectRouting:
+	case backends.KindOf(cfg).OnUnderlay || opts.DirectRouting:
 		return []string{ext.Name}
 	}
 	return nil

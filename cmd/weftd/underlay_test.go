@@ -5,8 +5,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/weftnet/weft/backends"
 	"github.com/weftnet/weft/backends/netutil"
-	"github.com/weftnet/weft/lease"
 )
 
 // TestPeersNetworkConflict: issue 30, item 9. A host whose own address or
@@ -41,7 +41,7 @@ func TestOverlayOnUnderlay(t *testing.T) {
 		`{"Network":"10.5.0.0/16","Backend":{"Type":"wireguard"}}`:                      "",
 		`{"Network":"10.5.0.0/16","Backend":{"Type":"wireguard","DirectRouting":true}}`: "eth0",
 	} {
-		cfg, err := lease.ParseConfig([]byte(config))
+		cfg, err := backends.ParseConfig([]byte(config))
 		if err != nil {
 			t.Fatal(err)
 		}

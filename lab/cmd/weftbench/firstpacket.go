@@ -7,8 +7,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/weftnet/weft/backends"
 	"github.com/weftnet/weft/lab"
-	"github.com/weftnet/weft/lease"
 )
 
 // firstPacketResult is the round-trip time of a ping to a container behind
@@ -30,7 +30,7 @@ const firstPacketRounds = 40
 // first to an idle peer) and then again (a configured peer).
 func measureFirstPacket(weftd string) (firstPacketResult, error) {
 	res := firstPacketResult{rounds: firstPacketRounds}
-	l, err := startLab(lab.Options{Hosts: 4, Weftd: weftd, Backend: lease.BackendWireGuard,
+	l, err := startLab(lab.Options{Hosts: 4, Weftd: weftd, Backend: backends.WireGuard,
 		Config: `{"Network":"10.5.0.0/16","Backend":{"Type":"wireguard","Implementation":"userspace","OnDemandPeers":"on","OnDemandIdleAfter":1}}`})
 	if err != nil {
 		return res, err

@@ -12,8 +12,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/weftnet/weft/backends"
 	"github.com/weftnet/weft/lab"
-	"github.com/weftnet/weft/lease"
 )
 
 // floodPeers is the cluster size of the flood: the size the on-demand mode
@@ -81,7 +81,7 @@ func measureFlood(weftd string, n int, d time.Duration) (floodResult, error) {
 	defer l.Close()
 	h1, h2 := l.Hosts[0], l.Hosts[1]
 	l.StopWeftd(h1, syscall.SIGTERM)
-	if _, err := writeFakeLeases(l, lease.BackendWireGuard, n); err != nil {
+	if _, err := writeFakeLeases(l, backends.WireGuard, n); err != nil {
 		return res, err
 	}
 	if err := l.StartWeftd(h1); err != nil {
@@ -93,7 +93,7 @@ func measureFlood(weftd string, n int, d time.Duration) (floodResult, error) {
 	res.readyRSSKB = peakRSS(l.WeftdPID(h1))
 	var sources []netip.AddrPort
 	for i := range n {
-		_, value := fakeLease(lease.BackendWireGuard, i)
+		_, value := fakeLease(backends.WireGuard, i)
 		var attrs struct{ PublicIP string }
 		json.Unmarshal(value, &attrs)
 		sources = append(sources, netip.AddrPortFrom(netip.MustParseAddr(attrs.PublicIP), 51820))

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/weftnet/weft/backends"
 	"github.com/weftnet/weft/lab"
 	"github.com/weftnet/weft/lease"
 )
@@ -33,7 +34,7 @@ func measureJoin(n int) (joinResult, error) {
 	self, _ := os.Executable()
 	// A /16 of /24s leaves 255 subnets: 200 joiners fill most of it, the
 	// hard case for random allocation.
-	l, err := lab.New(lab.Options{Hosts: 2, Backend: lease.BackendHostGW, Self: self})
+	l, err := lab.New(lab.Options{Hosts: 2, Backend: backends.HostGW, Self: self})
 	if err != nil {
 		return res, err
 	}
@@ -42,7 +43,7 @@ func measureJoin(n int) (joinResult, error) {
 	if err := l.PutConfig(ctx, l.Config()); err != nil {
 		return res, err
 	}
-	cfg, err := lease.ParseConfig([]byte(l.Config()))
+	cfg, err := backends.ParseConfig([]byte(l.Config()))
 	if err != nil {
 		return res, err
 	}
@@ -53,7 +54,7 @@ func measureJoin(n int) (joinResult, error) {
 	var wg sync.WaitGroup
 	for i := range n {
 		wg.Go(func() {
-			attrs := lease.Attrs{PublicIP: netip.AddrFrom4([4]byte{172, 20, byte(i / 250), byte(1 + i%250)}), BackendType: lease.BackendHostGW}
+			attrs := lease.Attrs{PublicIP: netip.AddrFrom4([4]byte{172, 20, byte(i / 250), byte(1 + i%250)}), BackendType: backends.HostGW}
 			<-start
 			t0 := time.Now()
 			got[i], errs[i] = lease.Claim(ctx, l.Store(), lease.ClaimRequest{Config: cfg, Attrs: attrs})

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/weftnet/weft/backends"
 	"github.com/weftnet/weft/lab"
 	"github.com/weftnet/weft/lease"
 )
@@ -212,7 +213,7 @@ func run(p plan) error {
 // veth, the backend's hand-made limit and weft's path, interleaved.
 func measureBackend(row, weftd, wgGo string, runs, seconds int) ([]*path, error) {
 	backend, backendConfig := scaleBackendConfig(row)
-	if row == lease.BackendWireGuard {
+	if row == backends.WireGuard {
 		backendConfig = `{"Type":"wireguard"}` // the default, on-demand auto (off for two hosts)
 	}
 	l, err := startLab(lab.Options{Hosts: 2, Backend: backend, Weftd: weftd,
@@ -229,13 +230,13 @@ func measureBackend(row, weftd, wgGo string, runs, seconds int) ([]*path, error)
 	var ref Reference
 	var refName string
 	switch backend {
-	case lease.BackendWireGuard:
+	case backends.WireGuard:
 		refName = "wireguard-go pair by hand (wg)"
 		ref, err = StartWireGuardPair(l, wgGo, h1, h2, env.MTU)
-	case lease.BackendVXLAN:
+	case backends.VXLAN:
 		refName = "kernel VXLAN pair by hand (ip, bridge)"
 		ref, err = HandVXLAN(l, h1, h2, env.MTU)
-	case lease.BackendHostGW:
+	case backends.HostGW:
 		refName = "plain routing by hand (ip route)"
 		ref = PlainRouting(l, h1, h2)
 	default:

@@ -12,9 +12,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/weftnet/weft/backends"
 	"github.com/weftnet/weft/keys"
 	"github.com/weftnet/weft/lab"
-	"github.com/weftnet/weft/lease"
 )
 
 // scaleResult is one backend at one cluster size.
@@ -47,9 +47,9 @@ func fakeLease(backend string, i int) (string, []byte) {
 	subnet := fmt.Sprintf("10.%d.%d.0-24", 100+i/256, i%256)
 	data := ""
 	switch backend {
-	case lease.BackendVXLAN:
+	case backends.VXLAN:
 		data = fmt.Sprintf(`,"BackendData":{"VNI":1,"VtepMAC":"02:00:%02x:%02x:%02x:01"}`, i>>16&0xff, i>>8&0xff, i&0xff)
-	case lease.BackendWireGuard:
+	case backends.WireGuard:
 		k, _ := keys.Generate()
 		data = fmt.Sprintf(`,"BackendData":{"PublicKey":%q,"Port":51820}`, k.Public())
 	}
@@ -64,10 +64,10 @@ const wireguardOnDemand = "wireguard-on-demand"
 // scaleBackendConfig is the Backend object of a scale row.
 func scaleBackendConfig(row string) (backend, config string) {
 	switch row {
-	case lease.BackendWireGuard:
+	case backends.WireGuard:
 		return row, `{"Type":"wireguard","OnDemandPeers":"off"}`
 	case wireguardOnDemand:
-		return lease.BackendWireGuard, `{"Type":"wireguard","OnDemandPeers":"on"}`
+		return backends.WireGuard, `{"Type":"wireguard","OnDemandPeers":"on"}`
 	}
 	return row, fmt.Sprintf(`{"Type":%q}`, row)
 }
@@ -97,7 +97,7 @@ func programmedPeers(l *lab.Lab, h *lab.Host, row string) int {
 	switch row {
 	case wireguardOnDemand:
 		return len(knownPeers(h))
-	case lease.BackendWireGuard:
+	case backends.WireGuard:
 		out, _ = l.HostExec(h, "wg", "show", "weft-wg", "peers")
 	default:
 		out, _ = lab.Exec(h.Name, "bridge", "fdb", "show", "dev", "weft.1")
@@ -118,7 +118,7 @@ func hasPeer(l *lab.Lab, h *lab.Host, row, key string, value []byte) bool {
 	switch row {
 	case wireguardOnDemand:
 		return knownPeers(h)[key]
-	case lease.BackendWireGuard:
+	case backends.WireGuard:
 		pub := strings.Split(string(value), `"PublicKey":"`)[1][:44]
 		out, _ := l.HostExec(h, "wg", "show", "weft-wg", "peers")
 		return strings.Contains(out, pub)
