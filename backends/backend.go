@@ -22,6 +22,7 @@ import (
 	"github.com/weftnet/weft/backends/netutil"
 	"github.com/weftnet/weft/backends/tunnelfilter"
 	"github.com/weftnet/weft/backends/udp"
+	"github.com/weftnet/weft/backends/underlay"
 	"github.com/weftnet/weft/backends/vxlan"
 	"github.com/weftnet/weft/backends/wireguard"
 	"github.com/weftnet/weft/lease"
@@ -50,7 +51,7 @@ type Backend interface {
 // Env is everything a backend constructor may use.
 type Env struct {
 	Config   *lease.Config
-	External netutil.ExternalInterface
+	External underlay.ExternalInterface
 	Log      *slog.Logger
 	// PublicIP is what this host's lease publishes.
 	PublicIP netip.Addr
@@ -154,7 +155,7 @@ func Footprints() map[string]netutil.Footprint {
 // which being more specific would keep carrying traffic in clear, unless
 // keepDirect (wireguard's DirectRouting wants such routes, and its first
 // apply prunes the ones no peer wants). It returns what it removed.
-func RemoveOthers(k netutil.Kernel, current string, ext netutil.ExternalInterface, keepDirect bool) ([]string, error) {
+func RemoveOthers(k netutil.Kernel, current string, ext underlay.ExternalInterface, keepDirect bool) ([]string, error) {
 	var removed []string
 	var errs []error
 	links, err := k.LinkList()

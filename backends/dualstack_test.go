@@ -20,13 +20,13 @@ import (
 func TestDualStackVXLAN(t *testing.T) {
 	k := backendtest.NewKernel()
 	ext := k.AddExternal("eth0", netip.MustParsePrefix("192.168.77.1/24"), 1500)
-	ext.Addr6 = netip.MustParseAddr("fd77::1")
+	ext.AddrIPv6 = netip.MustParseAddr("fd77::1")
 	ext.Prefixes = append(ext.Prefixes, netip.MustParsePrefix("fd77::/64"))
 	cfg, err := ParseConfig([]byte(`{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00:5::/48","Backend":{"Type":"vxlan"}}`))
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := New(Env{Config: cfg, External: ext, PublicIP: ext.Addr, PublicIPv6: ext.Addr6, Kernel: k, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	b, err := New(Env{Config: cfg, External: ext, PublicIP: ext.Addr, PublicIPv6: ext.AddrIPv6, Kernel: k, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}

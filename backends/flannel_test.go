@@ -16,8 +16,8 @@ import (
 	"github.com/weftnet/weft/backends/extension"
 	"github.com/weftnet/weft/backends/hostgw"
 	"github.com/weftnet/weft/backends/ipip"
-	"github.com/weftnet/weft/backends/netutil"
 	"github.com/weftnet/weft/backends/udp"
+	"github.com/weftnet/weft/backends/underlay"
 	"github.com/weftnet/weft/backends/vxlan"
 	"github.com/weftnet/weft/backends/wireguard"
 	"github.com/weftnet/weft/keys"
@@ -28,7 +28,7 @@ import (
 
 // flannelUnderlay is the link flanneld ran on when shared/flannel was
 // captured: 192.168.77.0/24, MTU 1500.
-var flannelUnderlay = netutil.ExternalInterface{Name: "eth0", Index: 2, MTU: 1500,
+var flannelUnderlay = underlay.ExternalInterface{Name: "eth0", Index: 2, MTU: 1500,
 	Prefixes: []netip.Prefix{netip.MustParsePrefix("192.168.77.0/24")}}
 
 // readCapture reads what flanneld wrote for backend and decodes its config
@@ -107,7 +107,7 @@ func planPeers(t *testing.T, backend string, cfg *lease.Config, d mesh.Desired) 
 			}
 		}
 	case HostGW:
-		var routes []hostgw.Route
+		var routes []underlay.Route
 		routes, problems = hostgw.Plan(d, flannelUnderlay)
 		n = len(routes)
 	case WireGuard:

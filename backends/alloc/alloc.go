@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 
 	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/backends/underlay"
 	"github.com/weftnet/weft/mesh"
 )
 
@@ -19,7 +20,7 @@ type Backend struct {
 
 // New returns an alloc backend; containers get the external interface's
 // MTU, as flannel's alloc writes it.
-func New(ext netutil.ExternalInterface) *Backend { return &Backend{mtu: ext.MTU} }
+func New(ext underlay.ExternalInterface) *Backend { return &Backend{mtu: ext.MTU} }
 
 // Footprint is empty: alloc leaves nothing on a host.
 func Footprint() netutil.Footprint { return netutil.Footprint{} }

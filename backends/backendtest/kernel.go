@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/backends/underlay"
 )
 
 // Kernel is an in-memory netutil.Kernel: links, addresses, main-table
@@ -48,13 +49,13 @@ func NewKernel() *Kernel {
 
 // AddExternal adds an up veth named name with address addr (a prefix on
 // its segment) and returns the ExternalInterface a backend gets for it.
-func (k *Kernel) AddExternal(name string, addr netip.Prefix, mtu int) netutil.ExternalInterface {
+func (k *Kernel) AddExternal(name string, addr netip.Prefix, mtu int) underlay.ExternalInterface {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	link := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name, MTU: mtu, Flags: net.FlagUp}}
 	k.addLink(link)
 	k.addrs[link.Index] = []netip.Prefix{addr}
-	return netutil.ExternalInterface{Name: name, Index: link.Index, MTU: mtu, Addr: addr.Addr(), Prefixes: []netip.Prefix{addr.Masked()}}
+	return underlay.ExternalInterface{Name: name, Index: link.Index, MTU: mtu, Addr: addr.Addr(), Prefixes: []netip.Prefix{addr.Masked()}}
 }
 
 func (k *Kernel) addLink(link netlink.Link) {

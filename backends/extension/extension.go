@@ -12,6 +12,7 @@ import (
 	"sync"
 
 	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/backends/underlay"
 	"github.com/weftnet/weft/mesh"
 )
 
@@ -38,7 +39,7 @@ type Backend struct {
 }
 
 // New reads the options from the config's Backend object.
-func New(raw json.RawMessage, ext netutil.ExternalInterface, log *slog.Logger) (*Backend, error) {
+func New(raw json.RawMessage, ext underlay.ExternalInterface, log *slog.Logger) (*Backend, error) {
 	opts, err := ParseOptions(raw)
 	if err != nil {
 		return nil, err

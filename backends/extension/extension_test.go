@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/backends/underlay"
 	"github.com/weftnet/weft/lease"
 	"github.com/weftnet/weft/mesh"
 )
@@ -79,7 +79,7 @@ func TestCommandBounds(t *testing.T) {
 		t.Errorf("environment of a command: %v\n%s", err, out)
 	}
 	raw := json.RawMessage(fmt.Sprintf(`{"PreStartupCommand":"head -c %d /dev/zero"}`, MaxBackendData))
-	b, err := New(raw, netutil.ExternalInterface{MTU: 1500}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	b, err := New(raw, underlay.ExternalInterface{MTU: 1500}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,7 +166,7 @@ exit 0
 	t.Setenv("DIR", dir)
 	raw := json.RawMessage(`{"Type":"extension","PostStartupCommand":"` + script + ` post","SubnetAddCommand":"` + script +
 		` add","SubnetRemoveCommand":"` + script + ` remove","CommandTimeout":5}`)
-	b, err := New(raw, netutil.ExternalInterface{MTU: 1500}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	b, err := New(raw, underlay.ExternalInterface{MTU: 1500}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,21 +7,20 @@ import (
 	"fmt"
 	"log/slog"
 
-	"github.com/vishvananda/netlink"
-
 	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/backends/underlay"
 	"github.com/weftnet/weft/mesh"
 )
 
 // Backend programs host-gw routes. The zero value is not usable; use New.
 type Backend struct {
-	ext    netutil.ExternalInterface
+	ext    underlay.ExternalInterface
 	kernel netutil.Kernel
 	log    *slog.Logger
 }
 
 // New returns a host-gw backend programming kernel.
-func New(ext netutil.ExternalInterface, kernel netutil.Kernel, log *slog.Logger) *Backend {
+func New(ext underlay.ExternalInterface, kernel netutil.Kernel, log *slog.Logger) *Backend {
 	return &Backend{ext: ext, kernel: kernel, log: log.With("component", "host-gw")}
 }
 
@@ -47,7 +46,7 @@ func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 		return errors.Join(append(problems, fmt.Errorf("listing routes: %w", err))...)
 	}
 	current := netutil.RoutesByDst(have, nil)
-	return errors.Join(append(problems, netutil.SyncRoutes(b.kernel, current, b.routes(want), b.log.With("dev", b.ext.Name))...)...)
+	return errors.Join(append(problems, netutil.SyncPeerRoutes(b.kernel, -1, b.ext.Index, current, want, b.log.With("dev", b.ext.Name))...)...)
 }
 
 // ApplyDelta changes only the routes of the peers in the delta: the old
@@ -56,22 +55,8 @@ func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 func (b *Backend) ApplyDelta(_ context.Context, d mesh.Delta) error {
 	before, _ := Plan(d.Before(), b.ext)
 	want, problems := Plan(d.After(), b.ext)
-	current := netutil.RoutesByDst(b.routes(before), nil)
-	return errors.Join(append(problems, netutil.SyncRoutes(b.kernel, current, b.routes(want), b.log.With("dev", b.ext.Name))...)...)
-}
-
-// routes are the kernel routes of a plan.
-func (b *Backend) routes(plan []Route) []netlink.Route {
-	out := make([]netlink.Route, 0, len(plan))
-	for _, r := range plan {
-		out = append(out, *b.route(r))
-	}
-	return out
-}
-
-func (b *Backend) route(r Route) *netlink.Route {
-	route := netutil.PeerRoute(-1, b.ext.Index, r.Dst, r.Gateway, true)
-	return &route
+	current := netutil.PlannedRoutes(-1, b.ext.Index, before)
+	return errors.Join(append(problems, netutil.SyncPeerRoutes(b.kernel, -1, b.ext.Index, current, want, b.log.With("dev", b.ext.Name))...)...)
 }
 
 // Cleanup removes every route weft installed.

@@ -1,25 +1,17 @@
 package hostgw
 
 import (
-	"net/netip"
-
-	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/backends/underlay"
 	"github.com/weftnet/weft/mesh"
 )
-
-// Route is one route host-gw wants: Dst via Gateway on the external link.
-type Route struct {
-	Dst     netip.Prefix
-	Gateway netip.Addr
-}
 
 // Plan turns the desired state into routes: the peer's subnet via its
 // PublicIP and, on a dual-stack network, its IPv6 subnet via its
 // PublicIPv6. A peer whose address is not on the external link's segment
 // cannot be reached without a tunnel; it gets an error naming it instead of
 // a route.
-func Plan(d mesh.Desired, ext netutil.ExternalInterface) ([]Route, []error) {
-	var routes []Route
+func Plan(d mesh.Desired, ext underlay.ExternalInterface) ([]underlay.Route, []error) {
+	var routes []underlay.Route
 	var problems []error
 	for _, p := range d.Peers {
 		if !ext.OnLink(p.PublicIP) {
@@ -28,7 +20,7 @@ func Plan(d mesh.Desired, ext netutil.ExternalInterface) ([]Route, []error) {
 				p.PublicIP, ext.Name, ext.Prefixes))
 			continue
 		}
-		routes = append(routes, Route{Dst: p.Subnet, Gateway: p.PublicIP})
+		routes = append(routes, underlay.Route{Dst: p.Subnet, Via: p.PublicIP, Direct: true})
 		if !p.IPv6Subnet.IsValid() {
 			continue
 		}
@@ -38,7 +30,7 @@ func Plan(d mesh.Desired, ext netutil.ExternalInterface) ([]Route, []error) {
 				p.PublicIPv6, ext.Name, ext.Prefixes, p.IPv6Subnet))
 			continue
 		}
-		routes = append(routes, Route{Dst: p.IPv6Subnet, Gateway: p.PublicIPv6})
+		routes = append(routes, underlay.Route{Dst: p.IPv6Subnet, Via: p.PublicIPv6, Direct: true})
 	}
 	return routes, problems
 }

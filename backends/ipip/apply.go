@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/backends/underlay"
 	"github.com/weftnet/weft/mesh"
 )
 
@@ -20,14 +21,14 @@ import (
 // usable; use New.
 type Backend struct {
 	opts   Options
-	ext    netutil.ExternalInterface
+	ext    underlay.ExternalInterface
 	mtu    int
 	kernel netutil.Kernel
 	log    *slog.Logger
 }
 
 // New parses the options; the backend programs kernel.
-func New(raw json.RawMessage, ext netutil.ExternalInterface, kernel netutil.Kernel, log *slog.Logger) (*Backend, error) {
+func New(raw json.RawMessage, ext underlay.ExternalInterface, kernel netutil.Kernel, log *slog.Logger) (*Backend, error) {
 	opts, err := ParseOptions(raw)
 	if err != nil {
 		return nil, err
@@ -111,7 +112,7 @@ func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 	if err != nil {
 		return errors.Join(append(errs, err)...)
 	}
-	return errors.Join(append(errs, netutil.SyncRoutes(b.kernel, current, b.routes(idx, Plan(d, b.opts, b.ext)), nil)...)...)
+	return errors.Join(append(errs, netutil.SyncPeerRoutes(b.kernel, idx, b.ext.Index, current, Plan(d, b.opts, b.ext), nil)...)...)
 }
 
 // ApplyDelta changes only the routes of the peers in the delta: their old
@@ -126,8 +127,8 @@ func (b *Backend) ApplyDelta(_ context.Context, d mesh.Delta) error {
 		return mesh.ErrWholeApply
 	}
 	idx := dev.Attrs().Index
-	current := netutil.RoutesByDst(b.routes(idx, Plan(d.Before(), b.opts, b.ext)), nil)
-	return errors.Join(netutil.SyncRoutes(b.kernel, current, b.routes(idx, Plan(d.After(), b.opts, b.ext)), nil)...)
+	current := netutil.PlannedRoutes(idx, b.ext.Index, Plan(d.Before(), b.opts, b.ext))
+	return errors.Join(netutil.SyncPeerRoutes(b.kernel, idx, b.ext.Index, current, Plan(d.After(), b.opts, b.ext), nil)...)
 }
 
 // kernelRoutes are weft's IPv4 routes on the device and, for
@@ -138,14 +139,6 @@ func (b *Backend) kernelRoutes(idx int) (map[netip.Prefix]netlink.Route, error) 
 		return nil, fmt.Errorf("listing routes: %w", err)
 	}
 	return routes, nil
-}
-
-func (b *Backend) routes(idx int, plan []Route) []netlink.Route {
-	out := make([]netlink.Route, 0, len(plan))
-	for _, w := range plan {
-		out = append(out, netutil.PeerRoute(idx, b.ext.Index, w.Dst, w.Via, w.Direct))
-	}
-	return out
 }
 
 // Cleanup removes the device (its routes go with it) and any direct route

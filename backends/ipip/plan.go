@@ -3,9 +3,8 @@ package ipip
 import (
 	"encoding/json"
 	"fmt"
-	"net/netip"
 
-	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/backends/underlay"
 	"github.com/weftnet/weft/mesh"
 )
 
@@ -33,20 +32,14 @@ func ParseOptions(raw json.RawMessage) (Options, error) {
 	return Options{DirectRouting: in.DirectRouting}, nil
 }
 
-// Route is a route the plan wants: the peer's subnet via its PublicIP,
-// through the ipip device (onlink), or on the external link (Direct).
-type Route struct {
-	Dst    netip.Prefix
-	Via    netip.Addr
-	Direct bool
-}
-
-// Plan turns the desired state into routes: one per peer. ipip carries
+// Plan turns the desired state into routes: one per peer, the peer's
+// subnet via its PublicIP, through the ipip device or, DirectRouting,
+// on the external link. ipip carries
 // IPv4 only, as flannel's.
-func Plan(d mesh.Desired, opts Options, ext netutil.ExternalInterface) []Route {
-	routes := make([]Route, 0, len(d.Peers))
+func Plan(d mesh.Desired, opts Options, ext underlay.ExternalInterface) []underlay.Route {
+	routes := make([]underlay.Route, 0, len(d.Peers))
 	for _, p := range d.Peers {
-		routes = append(routes, Route{Dst: p.Subnet, Via: p.PublicIP, Direct: opts.DirectRouting && ext.OnLink(p.PublicIP)})
+		routes = append(routes, underlay.Route{Dst: p.Subnet, Via: p.PublicIP, Direct: opts.DirectRouting && ext.OnLink(p.PublicIP)})
 	}
 	return routes
 }

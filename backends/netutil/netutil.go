@@ -18,31 +18,6 @@ import (
 // without touching anyone else's.
 const RouteProtocol netlink.RouteProtocol = 87
 
-// ExternalInterface is the underlay interface weft sends traffic through.
-type ExternalInterface struct {
-	Name  string
-	Index int
-	MTU   int
-	// Addr is the address published as PublicIP's source on this link.
-	Addr netip.Addr
-	// Addr6 is the link's global IPv6 address (the source of IPv6
-	// underlay traffic), invalid when it has none.
-	Addr6 netip.Addr
-	// Prefixes are the link's connected IPv4 and IPv6 networks (its L2
-	// segment).
-	Prefixes []netip.Prefix
-}
-
-// OnLink reports whether ip lies in one of the interface's connected networks.
-func (e ExternalInterface) OnLink(ip netip.Addr) bool {
-	for _, p := range e.Prefixes {
-		if p.Contains(ip) {
-			return true
-		}
-	}
-	return false
-}
-
 // IPNet converts a prefix to the *net.IPNet netlink wants.
 func IPNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}

@@ -12,9 +12,10 @@ import (
 
 	"github.com/weftnet/weft/backends/backendtest"
 	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/backends/underlay"
 )
 
-func route(ext netutil.ExternalInterface, dst, via string, proto netlink.RouteProtocol) netlink.Route {
+func route(ext underlay.ExternalInterface, dst, via string, proto netlink.RouteProtocol) netlink.Route {
 	return netlink.Route{LinkIndex: ext.Index, Dst: netutil.IPNet(netip.MustParsePrefix(dst)),
 		Gw: netip.MustParseAddr(via).AsSlice(), Protocol: proto, Table: unix.RT_TABLE_MAIN}
 }

@@ -7,6 +7,8 @@ import (
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/weftnet/weft/backends/underlay"
 	"golang.org/x/sys/unix"
 )
 
@@ -63,17 +65,38 @@ func SyncRoutes(k Kernel, current map[netip.Prefix]netlink.Route, want []netlink
 	return errs
 }
 
-// PeerRoute is weft's route to a peer's subnet dst through a tunnel
-// device dev: via the peer's address on the far side, onlink; or, direct
-// (DirectRouting, host-gw: dev unused), a plain route via the peer on the
-// external link ext.
-func PeerRoute(dev, ext int, dst netip.Prefix, via netip.Addr, direct bool) netlink.Route {
-	r := netlink.Route{LinkIndex: dev, Dst: IPNet(dst), Gw: via.AsSlice(), Flags: int(netlink.FLAG_ONLINK),
+// PeerRoute is the kernel route of a planned route r: via the peer's
+// address onlink on the tunnel device dev or, Direct, a plain route via the
+// peer on the external link ext.
+func PeerRoute(dev, ext int, r underlay.Route) netlink.Route {
+	route := netlink.Route{LinkIndex: dev, Dst: IPNet(r.Dst), Gw: r.Via.AsSlice(), Flags: int(netlink.FLAG_ONLINK),
 		Protocol: RouteProtocol, Table: unix.RT_TABLE_MAIN}
-	if direct {
-		r.LinkIndex, r.Flags = ext, 0
+	if r.Direct {
+		route.LinkIndex, route.Flags = ext, 0
 	}
-	return r
+	return route
+}
+
+// PlannedRoutes are the kernel routes of a plan, by destination: what the
+// last apply put there, which a delta compares its new plan with.
+func PlannedRoutes(dev, ext int, plan []underlay.Route) map[netip.Prefix]netlink.Route {
+	out := make(map[netip.Prefix]netlink.Route, len(plan))
+	for _, r := range plan {
+		out[r.Dst] = PeerRoute(dev, ext, r)
+	}
+	return out
+}
+
+// SyncPeerRoutes makes a device's peer routes current (a dump, or
+// PlannedRoutes of the last plan) into want, as SyncRoutes: dev is the
+// tunnel device (-1 for none: host-gw, DirectRouting), ext the external
+// link's index.
+func SyncPeerRoutes(k Kernel, dev, ext int, current map[netip.Prefix]netlink.Route, want []underlay.Route, log *slog.Logger) []error {
+	routes := make([]netlink.Route, 0, len(want))
+	for _, r := range want {
+		routes = append(routes, PeerRoute(dev, ext, r))
+	}
+	return SyncRoutes(k, current, routes, log)
 }
 
 // PeerRoutes are weft's routes of one family on a tunnel device dev and

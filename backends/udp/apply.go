@@ -13,6 +13,7 @@ import (
 
 	"github.com/weftnet/weft/backends/netutil"
 	"github.com/weftnet/weft/backends/options"
+	"github.com/weftnet/weft/backends/underlay"
 	"github.com/weftnet/weft/lease"
 	"github.com/weftnet/weft/mesh"
 )
@@ -20,7 +21,7 @@ import (
 // Backend is the udp backend. The zero value is not usable; use New.
 type Backend struct {
 	opts      Options
-	ext       netutil.ExternalInterface
+	ext       underlay.ExternalInterface
 	subnetLen int
 	mtu       int
 	kernel    netutil.Kernel
@@ -32,7 +33,7 @@ type Backend struct {
 
 // New parses the options; nothing is created before Setup. The TUN's
 // address and route are kept through kernel.
-func New(cfg *lease.Config, ext netutil.ExternalInterface, kernel netutil.Kernel, log *slog.Logger) (*Backend, error) {
+func New(cfg *lease.Config, ext underlay.ExternalInterface, kernel netutil.Kernel, log *slog.Logger) (*Backend, error) {
 	opts, err := ParseOptions(cfg.Backend.Raw)
 	if err != nil {
 		return nil, err

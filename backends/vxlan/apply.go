@@ -14,13 +14,14 @@ import (
 
 	"github.com/weftnet/weft/backends/netutil"
 	"github.com/weftnet/weft/backends/options"
+	"github.com/weftnet/weft/backends/underlay"
 	"github.com/weftnet/weft/mesh"
 )
 
 // Backend programs a kernel VXLAN device. The zero value is not usable; use New.
 type Backend struct {
 	opts Options
-	ext  netutil.ExternalInterface
+	ext  underlay.ExternalInterface
 	// name is the device's: weft.<VNI>, or weft-v6.<VNI> for the IPv6 half.
 	name string
 	// src is the device's local VTEP address: the external interface's
@@ -37,7 +38,7 @@ type Backend struct {
 }
 
 // New parses the options; the backend programs kernel.
-func New(raw json.RawMessage, ext netutil.ExternalInterface, publicIP netip.Addr, kernel netutil.Kernel, log *slog.Logger) (*Backend, error) {
+func New(raw json.RawMessage, ext underlay.ExternalInterface, publicIP netip.Addr, kernel netutil.Kernel, log *slog.Logger) (*Backend, error) {
 	opts, err := ParseOptions(raw)
 	if err != nil {
 		return nil, err
@@ -56,12 +57,12 @@ func New(raw json.RawMessage, ext netutil.ExternalInterface, publicIP netip.Addr
 // interface's IPv6 address, with a VTEP MAC of its own (published as
 // BackendV6Data). It is driven with the IPv6 half of each desired state
 // (mesh.Desired.IPv6Half).
-func NewIPv6(raw json.RawMessage, ext netutil.ExternalInterface, publicIPv6 netip.Addr, kernel netutil.Kernel, log *slog.Logger) (*Backend, error) {
+func NewIPv6(raw json.RawMessage, ext underlay.ExternalInterface, publicIPv6 netip.Addr, kernel netutil.Kernel, log *slog.Logger) (*Backend, error) {
 	b, err := New(raw, ext, publicIPv6, kernel, log)
 	if err != nil {
 		return nil, err
 	}
-	b.ipv6, b.name, b.src = true, b.opts.DeviceNameIPv6(), ext.Addr6
+	b.ipv6, b.name, b.src = true, b.opts.DeviceNameIPv6(), ext.AddrIPv6
 	b.mtu = options.DeviceMTU(b.opts.MTU, ext.MTU, OverheadIPv6)
 	b.log = log.With("component", "vxlan", "device", b.name)
 	return b, nil
@@ -241,15 +242,12 @@ func (b *Backend) family() int {
 
 // plannedEntries are the kernel objects a plan puts on the device.
 func (b *Backend) plannedEntries(idx int, s State) entries {
-	e := entries{neighbors: map[netip.Addr]netlink.Neigh{}, fdb: map[fdbKey]netlink.Neigh{}, routes: map[netip.Prefix]netlink.Route{}}
+	e := entries{neighbors: map[netip.Addr]netlink.Neigh{}, fdb: map[fdbKey]netlink.Neigh{}, routes: netutil.PlannedRoutes(idx, b.ext.Index, s.Routes)}
 	for _, n := range s.Neighbors {
 		e.neighbors[n.IP] = *neighbor(idx, n)
 	}
 	for _, f := range s.FDB {
 		e.fdb[fdbKey{f.MAC, f.Dst}] = *fdbEntry(idx, f)
-	}
-	for _, r := range s.Routes {
-		e.routes[r.Dst] = *b.route(idx, r)
 	}
 	return e
 }
@@ -267,11 +265,6 @@ func fdbEntry(idx int, f FDB) *netlink.Neigh {
 	mac, _ := net.ParseMAC(f.MAC)
 	return &netlink.Neigh{LinkIndex: idx, Family: unix.AF_BRIDGE, State: netlink.NUD_PERMANENT, Flags: netlink.NTF_SELF,
 		IP: f.Dst.AsSlice(), HardwareAddr: mac}
-}
-
-func (b *Backend) route(idx int, w Route) *netlink.Route {
-	r := netutil.PeerRoute(idx, b.ext.Index, w.Dst, w.Via, w.Direct)
-	return &r
 }
 
 // sync makes have into want kind by kind (neighbours before FDB entries
@@ -317,12 +310,8 @@ func (b *Backend) sync(idx int, have entries, want State) []error {
 	return append(errs, b.syncRoutes(idx, have.routes, want.Routes)...)
 }
 
-func (b *Backend) syncRoutes(idx int, current map[netip.Prefix]netlink.Route, want []Route) []error {
-	routes := make([]netlink.Route, 0, len(want))
-	for _, w := range want {
-		routes = append(routes, *b.route(idx, w))
-	}
-	return netutil.SyncRoutes(b.kernel, current, routes, nil)
+func (b *Backend) syncRoutes(idx int, current map[netip.Prefix]netlink.Route, want []underlay.Route) []error {
+	return netutil.SyncPeerRoutes(b.kernel, idx, b.ext.Index, current, want, nil)
 }
 
 // Cleanup removes the device (its routes, neighbours and FDB go with it)

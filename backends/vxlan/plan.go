@@ -7,8 +7,8 @@ import (
 	"net"
 	"net/netip"
 
-	"github.com/weftnet/weft/backends/netutil"
 	"github.com/weftnet/weft/backends/options"
+	"github.com/weftnet/weft/backends/underlay"
 	"github.com/weftnet/weft/mesh"
 )
 
@@ -97,14 +97,6 @@ func StableMAC(publicIP netip.Addr, vni int) net.HardwareAddr {
 	return mac
 }
 
-// Route is a route the plan wants: via the VTEP address on the vxlan
-// device (onlink), or via the PublicIP on the external link (direct).
-type Route struct {
-	Dst    netip.Prefix
-	Via    netip.Addr
-	Direct bool
-}
-
 // Neighbor maps a peer's VTEP address to its VTEP MAC on the device.
 type Neighbor struct {
 	IP  netip.Addr
@@ -119,7 +111,9 @@ type FDB struct {
 
 // State is everything the vxlan device should carry.
 type State struct {
-	Routes    []Route
+	// Routes go via the VTEP address on the vxlan device (onlink), or
+	// via the PublicIP on the external link (DirectRouting).
+	Routes    []underlay.Route
 	Neighbors []Neighbor
 	FDB       []FDB
 }
@@ -127,7 +121,7 @@ type State struct {
 // Plan computes the desired kernel state. A peer whose BackendData does not
 // decode, carries another VNI or a malformed VtepMAC is skipped with a
 // problem naming it; the others are planned as usual.
-func Plan(d mesh.Desired, opts Options, ext netutil.ExternalInterface) (State, []error) {
+func Plan(d mesh.Desired, opts Options, ext underlay.ExternalInterface) (State, []error) {
 	s, problems, _ := plan(d, opts, ext)
 	return s, problems
 }
@@ -142,7 +136,7 @@ type vtepPeer struct {
 
 // plan is Plan that also returns which leases publish each VTEP MAC, so
 // Apply can tell later deltas apart without decoding every peer again.
-func plan(d mesh.Desired, opts Options, ext netutil.ExternalInterface) (State, []error, map[string][]string) {
+func plan(d mesh.Desired, opts Options, ext underlay.ExternalInterface) (State, []error, map[string][]string) {
 	peers := make([]vtepPeer, 0, len(d.Peers))
 	holders := make(map[string][]string, len(d.Peers))
 	owner := make(map[string]mesh.Peer, len(d.Peers))
@@ -183,11 +177,11 @@ func plan(d mesh.Desired, opts Options, ext netutil.ExternalInterface) (State, [
 			continue
 		}
 		if opts.DirectRouting && ext.OnLink(p.PublicIP) {
-			s.Routes = append(s.Routes, Route{Dst: p.Subnet, Via: p.PublicIP, Direct: true})
+			s.Routes = append(s.Routes, underlay.Route{Dst: p.Subnet, Via: p.PublicIP, Direct: true})
 			continue
 		}
 		vtep := p.Subnet.Addr()
-		s.Routes = append(s.Routes, Route{Dst: p.Subnet, Via: vtep})
+		s.Routes = append(s.Routes, underlay.Route{Dst: p.Subnet, Via: vtep})
 		s.Neighbors = append(s.Neighbors, Neighbor{IP: vtep, MAC: mac.String()})
 		s.FDB = append(s.FDB, FDB{MAC: mac.String(), Dst: p.PublicIP})
 	}

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/backends/underlay"
 	"github.com/weftnet/weft/mesh"
 )
 
@@ -17,7 +17,7 @@ func vxPeer(subnet, ip, data string) mesh.Peer {
 		BackendType: "vxlan", BackendData: json.RawMessage(data)}
 }
 
-var testExt = netutil.ExternalInterface{Name: "ext0", Prefixes: []netip.Prefix{netip.MustParsePrefix("192.168.77.0/24")}}
+var testExt = underlay.ExternalInterface{Name: "ext0", Prefixes: []netip.Prefix{netip.MustParsePrefix("192.168.77.0/24")}}
 
 func render(s State) string {
 	var b strings.Builder

@@ -18,6 +18,7 @@ import (
 
 	"github.com/weftnet/weft/backends/netutil"
 	"github.com/weftnet/weft/backends/options"
+	"github.com/weftnet/weft/backends/underlay"
 	"github.com/weftnet/weft/keys"
 	"github.com/weftnet/weft/mesh"
 )
@@ -27,7 +28,7 @@ type Backend struct {
 	// name is the device's: DeviceName, or a run-unique one in tests.
 	name    string
 	opts    Options
-	ext     netutil.ExternalInterface
+	ext     underlay.ExternalInterface
 	keyFile string
 	kernel  netutil.Kernel
 	calls   *netutil.Calls
@@ -61,7 +62,7 @@ type Backend struct {
 // New parses the Backend options and loads (or creates) the private key.
 // Links and routes go through kernel; device reads and writes are counted
 // in calls (nil: not counted). Every error names the option or file at fault.
-func New(raw json.RawMessage, ext netutil.ExternalInterface, keyFile string, kernel netutil.Kernel, calls *netutil.Calls, log *slog.Logger) (*Backend, error) {
+func New(raw json.RawMessage, ext underlay.ExternalInterface, keyFile string, kernel netutil.Kernel, calls *netutil.Calls, log *slog.Logger) (*Backend, error) {
 	opts, err := ParseOptions(raw)
 	if err != nil {
 		return nil, err
@@ -76,7 +77,7 @@ func New(raw json.RawMessage, ext netutil.ExternalInterface, keyFile string, ker
 	} else {
 		log.Info("loaded the WireGuard key", "file", keyFile, "public_key", key.Public())
 	}
-	opts.localIPv4, opts.localIPv6, opts.localPrefixes = ext.Addr, ext.Addr6, ext.Prefixes
+	opts.localIPv4, opts.localIPv6, opts.localPrefixes = ext.Addr, ext.AddrIPv6, ext.Prefixes
 	mtu := options.DeviceMTU(opts.MTU, ext.MTU, Overhead)
 	return &Backend{name: DeviceName, opts: opts, ext: ext, keyFile: keyFile, kernel: kernel, calls: calls, log: log, mtu: mtu, key: key,
 		peers: newOnDemand()}, nil
@@ -87,7 +88,7 @@ func New(raw json.RawMessage, ext netutil.ExternalInterface, keyFile string, ker
 // the same key, driven with the IPv6 half of each desired state
 // (mesh.Desired.IPv6Half), so its peers are the leases' IPv6 subnets at
 // their PublicIPv6 and BackendV6Data's port.
-func NewIPv6(raw json.RawMessage, ext netutil.ExternalInterface, keyFile string, kernel netutil.Kernel, calls *netutil.Calls, log *slog.Logger) (*Backend, error) {
+func NewIPv6(raw json.RawMessage, ext underlay.ExternalInterface, keyFile string, kernel netutil.Kernel, calls *netutil.Calls, log *slog.Logger) (*Backend, error) {
 	b, err := New(raw, ext, keyFile, kernel, calls, log.With("family", "ipv6"))
 	if err != nil {
 		return nil, err
@@ -344,7 +345,7 @@ func (b *Backend) ApplyDelta(_ context.Context, d mesh.Delta) error {
 // the other family's belong to the other device of a dual-stack network)
 // on a whole apply (dump), or with before, what the last apply put there
 // (a delta).
-func (b *Backend) syncDirect(before, want []DirectRoute, ipv6, dump bool) []error {
+func (b *Backend) syncDirect(before, want []underlay.Route, ipv6, dump bool) []error {
 	if !b.opts.DirectRouting {
 		return nil
 	}
@@ -355,18 +356,9 @@ func (b *Backend) syncDirect(before, want []DirectRoute, ipv6, dump bool) []erro
 			return []error{err}
 		}
 	} else {
-		current = netutil.RoutesByDst(b.directRoutes(before), nil)
+		current = netutil.PlannedRoutes(-1, b.ext.Index, before)
 	}
-	return netutil.SyncRoutes(b.kernel, current, b.directRoutes(want), b.log.With("dev", b.ext.Name))
-}
-
-// directRoutes are the kernel routes of DirectRoutes.
-func (b *Backend) directRoutes(routes []DirectRoute) []netlink.Route {
-	out := make([]netlink.Route, 0, len(routes))
-	for _, r := range routes {
-		out = append(out, netutil.PeerRoute(-1, b.ext.Index, r.Dst, r.Via, true))
-	}
-	return out
+	return netutil.SyncPeerRoutes(b.kernel, -1, b.ext.Index, current, want, b.log.With("dev", b.ext.Name))
 }
 
 // open creates or adopts the device; the on-demand table configures its

@@ -18,6 +18,7 @@ import (
 
 	"github.com/weftnet/weft/backends/backendtest"
 	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/backends/underlay"
 	"github.com/weftnet/weft/lease"
 	"github.com/weftnet/weft/mesh"
 )
@@ -38,7 +39,7 @@ func TestDeviceApplyAndDeltaInNetns(t *testing.T) {
 		t.Cleanup(func() { os.Remove("/var/run/wireguard") })
 	}
 	name := backendtest.UniqueName("wgt")
-	ext := netutil.ExternalInterface{Name: "lo", MTU: 1500}
+	ext := underlay.ExternalInterface{Name: "lo", MTU: 1500}
 	port := 40000 + int(name[3])%20*100 // any free port inside a fresh namespace works
 	b, err := New(json.RawMessage(fmt.Sprintf(`{"Type":"wireguard","Implementation":"userspace","ListenPort":%d}`, port)),
 		ext, filepath.Join(t.TempDir(), "key"), netutil.NewNetlink(nil, nil), nil, slog.New(slog.NewTextHandler(io.Discard, nil)))

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/weftnet/weft/backends/underlay"
 	"github.com/weftnet/weft/keys"
 	"github.com/weftnet/weft/lease"
 	"github.com/weftnet/weft/mesh"
@@ -229,20 +230,13 @@ func candidates(d mesh.Desired, self keys.Key, opts Options) ([]PeerSpec, []erro
 	return out, problems
 }
 
-// DirectRoute is a plain route DirectRouting wants: the peer's subnet via
-// its PublicIP on the external interface.
-type DirectRoute struct {
-	Dst netip.Prefix
-	Via netip.Addr
-}
-
 // DirectRoutes are the plain routes of the peers DirectRouting reaches
 // without WireGuard: those on the external interface's own networks.
-func DirectRoutes(d mesh.Desired, opts Options) []DirectRoute {
-	var out []DirectRoute
+func DirectRoutes(d mesh.Desired, opts Options) []underlay.Route {
+	var out []underlay.Route
 	for _, p := range d.Peers {
 		if opts.direct(p.PublicIP) && p.Subnet.IsValid() {
-			out = append(out, DirectRoute{Dst: p.Subnet, Via: p.PublicIP})
+			out = append(out, underlay.Route{Dst: p.Subnet, Via: p.PublicIP, Direct: true})
 		}
 	}
 	return out

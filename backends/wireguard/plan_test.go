@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weftnet/weft/backends/underlay"
 	"github.com/weftnet/weft/keys"
 	"github.com/weftnet/weft/lease"
 	"github.com/weftnet/weft/mesh"
@@ -293,7 +294,7 @@ func TestPlanDirectRouting(t *testing.T) {
 	if len(problems) != 0 || len(specs) != 1 || specs[0].PublicKey != b {
 		t.Errorf("WireGuard peers %v %v, want only the one elsewhere", specs, problems)
 	}
-	if routes := DirectRoutes(d, opts); len(routes) != 1 || routes[0] != (DirectRoute{netip.MustParsePrefix("10.5.2.0/24"), netip.MustParseAddr("192.168.50.2")}) {
+	if routes := DirectRoutes(d, opts); len(routes) != 1 || routes[0] != (underlay.Route{Dst: netip.MustParsePrefix("10.5.2.0/24"), Via: netip.MustParseAddr("192.168.50.2"), Direct: true}) {
 		t.Errorf("direct routes %v", routes)
 	}
 	opts.DirectRouting = false

@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/backends/underlay"
 	"github.com/weftnet/weft/lease"
 )
 
@@ -23,7 +24,7 @@ import (
 // none), its PublicIPv6 on a dual-stack network, and whether it may route
 // PeersNetwork (not when its own address or an etcd endpoint lies inside:
 // cfg loses PeersNetwork then, and the log says why).
-func hostAddresses(o *options, cfg *lease.Config, ext netutil.ExternalInterface, publicIP netip.Addr, log *slog.Logger) (netip.Addr, netip.Addr, error) {
+func hostAddresses(o *options, cfg *lease.Config, ext underlay.ExternalInterface, publicIP netip.Addr, log *slog.Logger) (netip.Addr, netip.Addr, error) {
 	if why := peersNetworkConflict(cfg.PeersNetwork, hostAddrs(), o.etcd.Endpoints); why != "" {
 		log.Error("not routing PeersNetwork on this host: outside peers cannot reach it; choose a PeersNetwork no host or etcd address uses", "reason", why)
 		cfg.PeersNetwork = netip.Prefix{}
@@ -112,7 +113,7 @@ func keepBlackhole(ctx context.Context, kernel netutil.Kernel, current func() ne
 // notOnUnderlay refuses a Network that overlaps the external interface's
 // own networks: routing the Network through the overlay would cut this
 // host off from its peers.
-func notOnUnderlay(cfg *lease.Config, ext netutil.ExternalInterface) error {
+func notOnUnderlay(cfg *lease.Config, ext underlay.ExternalInterface) error {
 	for _, p := range ext.Prefixes {
 		if p.Overlaps(cfg.Network) {
 			return fmt.Errorf(`%w: key "Network": %s overlaps %s on %s, the underlay between hosts; choose a Network no host interface uses`,

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/backends/underlay"
 )
 
 // hostInterface is one interface as the external-interface choice sees
@@ -204,24 +205,24 @@ func first(i hostInterface, why string) (chosen, error) {
 // chooseExternal picks the interface and address for inter-host traffic
 // (pickExternal, on this host's interfaces and routes) and the public IP,
 // and logs what it chose and why, and any device flanneld left.
-func chooseExternal(o *options, log *slog.Logger) (netutil.ExternalInterface, netip.Addr, error) {
+func chooseExternal(o *options, log *slog.Logger) (underlay.ExternalInterface, netip.Addr, error) {
 	ifaces, defaultIndex, err := hostInterfaces()
 	if err != nil {
-		return netutil.ExternalInterface{}, netip.Addr{}, err
+		return underlay.ExternalInterface{}, netip.Addr{}, err
 	}
 	warnFlannelLeftovers(ifaces, log)
 	c, err := pickExternal(o, ifaces, defaultIndex, routeTo)
 	if err != nil {
-		return netutil.ExternalInterface{}, netip.Addr{}, err
+		return underlay.ExternalInterface{}, netip.Addr{}, err
 	}
-	ext := netutil.ExternalInterface{Name: c.iface.Name, Index: c.iface.Index, MTU: c.iface.MTU, Addr: c.addr, Addr6: c.addr6}
+	ext := underlay.ExternalInterface{Name: c.iface.Name, Index: c.iface.Index, MTU: c.iface.MTU, Addr: c.addr, AddrIPv6: c.addr6}
 	for _, a := range c.iface.Addrs {
 		ext.Prefixes = append(ext.Prefixes, a.Masked())
 	}
 	for _, a := range c.iface.Addrs6 {
 		ext.Prefixes = append(ext.Prefixes, a.Masked())
-		if !ext.Addr6.IsValid() {
-			ext.Addr6 = a.Addr()
+		if !ext.AddrIPv6.IsValid() {
+			ext.AddrIPv6 = a.Addr()
 		}
 	}
 	if len(c.iface.Addrs) > 1 && c.addr.IsValid() {
@@ -242,14 +243,14 @@ func chooseExternal(o *options, log *slog.Logger) (netutil.ExternalInterface, ne
 // publicIPv6 is the address this host publishes as PublicIPv6 on a
 // dual-stack network: -public-ipv6, else the external interface's first
 // global IPv6 address (or the one -iface named), as flannel picks it.
-func publicIPv6(o *options, ext netutil.ExternalInterface) (netip.Addr, error) {
+func publicIPv6(o *options, ext underlay.ExternalInterface) (netip.Addr, error) {
 	if o.publicIPv6 != "" {
 		return netip.ParseAddr(o.publicIPv6) // checked by parseFlags
 	}
-	if !ext.Addr6.IsValid() {
+	if !ext.AddrIPv6.IsValid() {
 		return netip.Addr{}, fmt.Errorf(`the network config has "EnableIPv6": true but interface %s has no global IPv6 address; give it one, pick another interface with -iface, or set -public-ipv6`, ext.Name)
 	}
-	return ext.Addr6, nil
+	return ext.AddrIPv6, nil
 }
 
 // hostInterfaces lists this host's interfaces in index order with their

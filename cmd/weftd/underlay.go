@@ -8,7 +8,7 @@ import (
 	"net/url"
 
 	"github.com/weftnet/weft/backends"
-	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/backends/underlay"
 	"github.com/weftnet/weft/lease"
 )
 
@@ -60,7 +60,7 @@ func hostAddrs() []netip.Addr {
 // alloc's (whatever routing the operator set up) and DirectRouting's
 // peers. The firewall accepts the Network's traffic there besides weft's
 // own devices.
-func overlayOnUnderlay(cfg *lease.Config, ext netutil.ExternalInterface) []string {
+func overlayOnUnderlay(cfg *lease.Config, ext underlay.ExternalInterface) []string {
 	var opts struct{ DirectRouting bool }
 	json.Unmarshal(cfg.Backend.Raw, &opts) // validated already; a bad value means false
 	switch {

@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/weftnet/weft/backends"
-	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/backends/underlay"
 )
 
 // TestPeersNetworkConflict: issue 30, item 9. A host whose own address or
@@ -32,7 +32,7 @@ func TestPeersNetworkConflict(t *testing.T) {
 // (and the firewall accepts it there) for host-gw, extension, alloc and
 // DirectRouting only; the tunnels keep it to weft's devices.
 func TestOverlayOnUnderlay(t *testing.T) {
-	ext := netutil.ExternalInterface{Name: "eth0"}
+	ext := underlay.ExternalInterface{Name: "eth0"}
 	for config, want := range map[string]string{
 		`{"Network":"10.5.0.0/16","Backend":{"Type":"host-gw"}}`:                        "eth0",
 		`{"Network":"10.5.0.0/16","Backend":{"Type":"extension"}}`:                      "eth0",
