@@ -265,61 +265,22 @@ func newVXLAN(env Env) (Backend, error) {
 
 // newWireGuard builds the wireguard backend: one device, or on a
 // dual-stack network in Mode "separate" (flannel's default) a device per
-// family.
+// family (wireguard.Stack), with this host's flags: its implementation
+// and whether it is behind NAT.
 func newWireGuard(env Env) (Backend, error) {
-	opts, err := wireguard.ParseOptions(env.Config.Backend.Raw)
+	s, err := wireguard.NewStack(env.Config, env.External, env.KeyFile, env.Kernel, env.Calls, env.Log)
 	if err != nil {
 		return nil, err
 	}
-	if !env.Config.EnableIPv4 {
-		// IPv6-only: the IPv6 device of Mode "separate" (flannel makes
-		// only flannel-wg-v6 then), or the one device of the others.
-		build := wireguard.New
-		if opts.Mode == wireguard.ModeSeparate {
-			build = wireguard.NewIPv6
-		}
-		wg, err := build(env.Config.Backend.Raw, env.External, env.KeyFile, env.Kernel, env.Calls, env.Log)
-		if err != nil {
-			return nil, err
-		}
-		if err := hostOverrides(wg, env); err != nil {
-			return nil, err
-		}
-		return &wireguardIPv6Only{ipv6Only: ipv6Only{v6: wg}, wg: wg}, nil
-	}
-	wg4, err := wireguard.New(env.Config.Backend.Raw, env.External, env.KeyFile, env.Kernel, env.Calls, env.Log)
-	if err != nil {
-		return nil, err
-	}
-	devices := []*wireguard.Backend{wg4}
-	if env.Config.EnableIPv6 && opts.Mode == wireguard.ModeSeparate {
-		wg6, err := wireguard.NewIPv6(env.Config.Backend.Raw, env.External, env.KeyFile, env.Kernel, env.Calls, env.Log)
-		if err != nil {
-			return nil, err
-		}
-		devices = append(devices, wg6)
-	}
-	for _, d := range devices {
-		if err := hostOverrides(d, env); err != nil {
-			return nil, err
-		}
-	}
-	if len(devices) == 1 {
-		return wg4, nil
-	}
-	return &wireguardSeparate{dualStack: dualStack{v4: devices[0], v6: devices[1]}, wg4: devices[0], wg6: devices[1]}, nil
-}
-
-// hostOverrides applies this host's flags to a wireguard device: its
-// implementation and whether it is behind NAT.
-func hostOverrides(wg *wireguard.Backend, env Env) error {
 	if env.BehindNAT {
-		wg.SetBehindNAT()
+		s.SetBehindNAT()
 	}
 	if env.WireGuardImplementation != "" {
-		return wg.OverrideImplementation(env.WireGuardImplementation, "-wireguard-implementation")
+		if err := s.OverrideImplementation(env.WireGuardImplementation, "-wireguard-implementation"); err != nil {
+			return nil, err
+		}
 	}
-	return nil
+	return s, nil
 }
 
 // KeepsDirectRoutes reports whether the config's backend routes some peers
@@ -394,6 +355,11 @@ var (
 	_ KeyReloader       = (*wireguard.Backend)(nil)
 	_ DeviceStatus      = (*wireguard.Backend)(nil)
 	_ OnDemandReporter  = (*wireguard.Backend)(nil)
+	_ Backend           = (*wireguard.Stack)(nil)
+	_ mesh.DeltaApplier = (*wireguard.Stack)(nil)
+	_ KeyReloader       = (*wireguard.Stack)(nil)
+	_ DeviceStatus      = (*wireguard.Stack)(nil)
+	_ OnDemandReporter  = (*wireguard.Stack)(nil)
 	_ DropCounter       = (*udp.Backend)(nil)
 	_ Leaver            = (*extension.Backend)(nil)
 )

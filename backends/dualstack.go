@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 
-	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
-
 	"github.com/weftnet/weft/backends/wireguard"
 	"github.com/weftnet/weft/mesh"
 )
@@ -104,58 +102,10 @@ func (o *ipv6Only) Cleanup(ctx context.Context) error { return o.v6.Cleanup(ctx)
 // Close closes the IPv6 instance.
 func (o *ipv6Only) Close() error { return o.v6.Close() }
 
-// wireguardIPv6Only is the wireguard backend on an IPv6-only network:
-// ipv6Only with key rotation and device status.
-type wireguardIPv6Only struct {
-	ipv6Only
-	wg *wireguard.Backend
-}
-
-// ReloadKey rotates or reloads the device's key.
-func (w *wireguardIPv6Only) ReloadKey(rotate bool) (bool, error) { return w.wg.ReloadKey(rotate) }
-
-// OnDemand is the device's on-demand state.
-func (w *wireguardIPv6Only) OnDemand() wireguard.OnDemandStats { return w.wg.OnDemand() }
-
-// Status is the device's.
-func (w *wireguardIPv6Only) Status() (*wgtypes.Device, error) { return w.wg.Status() }
-
-// wireguardSeparate is Mode "separate" of the wireguard backend on a
-// dual-stack network: a device per family, one key. A rotation is done by
-// the IPv4 half and adopted from the key file by the IPv6 one; status
-// shows the IPv4 device.
-type wireguardSeparate struct {
-	dualStack
-	wg4, wg6 *wireguard.Backend
-}
-
-// ReloadKey rotates or reloads the key on the IPv4 device and has the IPv6
-// device load the same key.
-func (w *wireguardSeparate) ReloadKey(rotate bool) (bool, error) {
-	changed, err := w.wg4.ReloadKey(rotate)
-	if err != nil {
-		return false, err
-	}
-	changed6, err := w.wg6.ReloadKey(false)
-	return changed || changed6, err
-}
-
-// OnDemand is the IPv4 device's on-demand state.
-func (w *wireguardSeparate) OnDemand() wireguard.OnDemandStats { return w.wg4.OnDemand() }
-
-// Status is the IPv4 device's.
-func (w *wireguardSeparate) Status() (*wgtypes.Device, error) { return w.wg4.Status() }
-
 var (
 	_ DualStack         = (*dualStack)(nil)
 	_ mesh.DeltaApplier = (*dualStack)(nil)
-	_ KeyReloader       = (*wireguardSeparate)(nil)
-	_ DeviceStatus      = (*wireguardSeparate)(nil)
-	_ DualStack         = (*wireguard.Backend)(nil)
+	_ DualStack         = (*wireguard.Stack)(nil)
 	_ DualStack         = (*ipv6Only)(nil)
 	_ mesh.DeltaApplier = (*ipv6Only)(nil)
-	_ KeyReloader       = (*wireguardIPv6Only)(nil)
-	_ DeviceStatus      = (*wireguardIPv6Only)(nil)
-	_ OnDemandReporter  = (*wireguardSeparate)(nil)
-	_ OnDemandReporter  = (*wireguardIPv6Only)(nil)
 )

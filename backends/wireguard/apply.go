@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
 	"strings"
 	"sync"
@@ -35,10 +34,10 @@ type Backend struct {
 	log     *slog.Logger
 	mtu     int
 
-	mu     sync.Mutex
-	key    keys.Key
-	dev    *wgDevice
-	client *wgctrl.Client
+	mu      sync.Mutex
+	key     keys.Key
+	dev     *wgDevice
+	control Control
 	// holders are the leases publishing each key in the state last
 	// applied: a delta touching a key held twice needs a whole apply, and
 	// log lines name the lease of a peer removed.
@@ -148,6 +147,26 @@ func (b *Backend) BackendData() json.RawMessage {
 	return encodeBackendData(b.key.Public(), b.opts.ListenPort, b.opts.BehindNAT)
 }
 
+// Control is what weft needs of wgctrl: read a device, configure it, and
+// let go of the client. *wgctrl.Client is one (kernel devices through
+// netlink, wireguard-go's through its UAPI socket); wireguardtest.Control
+// is a fake that prints what `wg show` would, for the pure tier.
+type Control interface {
+	Device(name string) (*wgtypes.Device, error)
+	ConfigureDevice(name string, cfg wgtypes.Config) error
+	Close() error
+}
+
+var _ Control = (*wgctrl.Client)(nil)
+
+// SetControl makes the backend control its device through c instead of a
+// wgctrl client of its own; it is called before Setup, and Close closes c.
+func (b *Backend) SetControl(c Control) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.control = c
+}
+
 // Setup creates or adopts the device and opens the wgctrl client.
 func (b *Backend) Setup(context.Context) error {
 	b.mu.Lock()
@@ -157,10 +176,12 @@ func (b *Backend) Setup(context.Context) error {
 		return err
 	}
 	b.dev = dev
-	if b.client == nil {
-		if b.client, err = wgctrl.New(); err != nil {
+	if b.control == nil {
+		client, err := wgctrl.New()
+		if err != nil {
 			return fmt.Errorf("wgctrl: %w", err)
 		}
+		b.control = client
 	}
 	if b.stopSweep == nil && b.opts.OnDemandPeers != OnDemandOff {
 		b.stopSweep = make(chan struct{})
@@ -204,72 +225,51 @@ func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 	}
 	b.applied = false
 	want, errs, holders := plan(d, b.key.Public(), b.opts)
-	current, err := b.read()
+	current, err := b.readOrRecreate()
 	if err != nil {
-		// The device went away (deleted by hand): make it again.
-		b.log.Warn("WireGuard device missing; recreating it", "err", err)
-		b.dev.close()
-		if b.dev, err = b.open(); err != nil {
-			return errors.Join(append(errs, err)...)
-		}
-		if current, err = b.read(); err != nil {
-			return errors.Join(append(errs, fmt.Errorf("reading %s: %w", b.name, err))...)
-		}
+		return errors.Join(append(errs, err)...)
 	}
-	cfg := wgtypes.Config{}
-	if current.PrivateKey != wgtypes.Key(b.key) {
-		k := wgtypes.Key(b.key)
-		cfg.PrivateKey = &k
-	}
-	if current.ListenPort != b.opts.ListenPort {
-		cfg.ListenPort = &b.opts.ListenPort
-	}
-	have := peerStates(current.Peers)
 	onDemand := b.onDemandWanted(len(want))
 	b.peers.setWanted(want)
-	if onDemand {
-		// Only the peers the device holds are kept up to date (or
-		// removed), and peers behind NAT, which are always configured
-		// (their handshakes do not come from their lease's address); the
-		// others wait in the table for traffic.
-		want = configuredOnly(want, have)
-	}
-	leaseEndpoints := make(map[keys.Key]netip.AddrPort, len(want))
-	for _, w := range want {
-		leaseEndpoints[w.PublicKey] = w.Endpoint
-	}
-	want = KeepRoamed(want, have, b.leaseEndpoints, time.Now())
-	b.warnMixedFamilies(want)
-	changes := PeerChanges(have, want)
-	for _, c := range changes {
-		cfg.Peers = append(cfg.Peers, toPeerConfig(c))
-	}
-	if cfg.PrivateKey != nil || cfg.ListenPort != nil || len(cfg.Peers) > 0 {
-		if err := b.configure(cfg); err != nil {
+	p := planDevice(current, b.key, b.opts.ListenPort, want, onDemand, b.leaseEndpoints, time.Now())
+	b.warnMixedFamilies(p.configured)
+	if p.config.PrivateKey != nil || p.config.ListenPort != nil || len(p.config.Peers) > 0 {
+		if err := b.configure(p.config); err != nil {
 			return errors.Join(append(errs, fmt.Errorf("configuring %s: %w", b.name, err))...)
 		}
-		b.logChanges(changes)
+		b.logChanges(p.changes)
 	}
 	b.holders = holders
-	b.leaseEndpoints = leaseEndpoints
-	b.peers.setConfigured(specKeys(want))
+	b.leaseEndpoints = p.leaseEndpoints
+	b.peers.setConfigured(specKeys(p.configured))
 	// Only now, with the port set: a port change waits for the receive
 	// goroutines, which must not be activating peers meanwhile.
 	b.setOnDemand(onDemand, len(d.Peers))
-	if err := b.kick(peersToKick(have, want, changes, cfg.PrivateKey != nil)); err != nil {
+	if err := b.kick(p.kick); err != nil {
 		errs = append(errs, err)
 	}
-	halves := []netutil.TunnelHalf{{Self: d.Self.Subnet, Network: d.Network}}
-	if b.opts.Mode != ModeSeparate && d.IPv6Network.IsValid() && d.Self.IPv6Subnet.IsValid() {
-		halves = append(halves, netutil.TunnelHalf{Self: d.Self.IPv6Subnet, Network: d.IPv6Network})
-	}
-	if d.PeersNetwork.IsValid() {
-		halves = append(halves, netutil.TunnelHalf{Network: d.PeersNetwork}) // outside peers: a route, no address
-	}
-	errs = append(errs, netutil.EnsureTunnelLinkFor(b.kernel, b.name, b.mtu, halves)...)
+	errs = append(errs, netutil.EnsureTunnelLinkFor(b.kernel, b.name, b.mtu, tunnelHalves(d, b.opts))...)
 	errs = append(errs, b.syncDirect(nil, DirectRoutes(d, b.opts), d.Network.Addr().Is6(), true)...)
 	b.applied = len(errs) == 0
 	return errors.Join(errs...)
+}
+
+// readOrRecreate reads the device; one that went away (deleted by hand)
+// is made again first.
+func (b *Backend) readOrRecreate() (*wgtypes.Device, error) {
+	current, err := b.read()
+	if err == nil {
+		return current, nil
+	}
+	b.log.Warn("WireGuard device missing; recreating it", "err", err)
+	b.dev.close()
+	if b.dev, err = b.open(); err != nil {
+		return nil, err
+	}
+	if current, err = b.read(); err != nil {
+		return nil, fmt.Errorf("reading %s: %w", b.name, err)
+	}
+	return current, nil
 }
 
 // ApplyDelta changes only the peers in the delta, in one ConfigureDevice
@@ -388,31 +388,6 @@ func (b *Backend) setOnDemand(on bool, peers int) {
 	}
 }
 
-// configuredOnly keeps the wanted peers the device holds, and those
-// behind NAT.
-func configuredOnly(want []PeerSpec, have []PeerState) []PeerSpec {
-	held := make(map[keys.Key]bool, len(have))
-	for _, h := range have {
-		held[h.PublicKey] = true
-	}
-	out := make([]PeerSpec, 0, len(have))
-	for _, w := range want {
-		if held[w.PublicKey] || w.NAT {
-			out = append(out, w)
-		}
-	}
-	return out
-}
-
-// specKeys are the keys of specs.
-func specKeys(specs []PeerSpec) []keys.Key {
-	out := make([]keys.Key, 0, len(specs))
-	for _, s := range specs {
-		out = append(out, s.PublicKey)
-	}
-	return out
-}
-
 // kick makes WireGuard start a handshake with peers now. Turning persistent
 // keepalive on sends a keepalive at once (kernel and wireguard-go alike),
 // and without a session that starts a handshake. Without it, a restarted
@@ -426,7 +401,7 @@ func specKeys(specs []PeerSpec) []keys.Key {
 // most maxKick peers are kicked per apply; the others handshake on their
 // first packet either way, and the remote side re-handshakes within its
 // keepalive and rekey timeouts (about 15 s when it sends).
-func (b *Backend) kick(peers []keys.Key) error {
+func (b *Backend) kick(peers []PeerSpec) error {
 	if len(peers) == 0 {
 		return nil
 	}
@@ -435,10 +410,13 @@ func (b *Backend) kick(peers []keys.Key) error {
 			"new_peers", len(peers), "kicked", maxKick)
 		peers = peers[:maxKick]
 	}
-	for _, interval := range []time.Duration{0, time.Second, b.opts.PersistentKeepalive} {
+	// The last round gives each peer its own keepalive back (the config's,
+	// or an outside or NAT peer's).
+	for round := range 3 {
 		cfg := wgtypes.Config{}
-		for _, k := range peers {
-			cfg.Peers = append(cfg.Peers, wgtypes.PeerConfig{PublicKey: wgtypes.Key(k), UpdateOnly: true, PersistentKeepaliveInterval: &interval})
+		for _, p := range peers {
+			interval := []time.Duration{0, time.Second, p.Keepalive}[round]
+			cfg.Peers = append(cfg.Peers, wgtypes.PeerConfig{PublicKey: wgtypes.Key(p.PublicKey), UpdateOnly: true, PersistentKeepaliveInterval: &interval})
 		}
 		if err := b.configure(cfg); err != nil {
 			return fmt.Errorf("starting handshakes on %s: %w", b.name, err)
@@ -497,8 +475,8 @@ func (b *Backend) Close() error {
 	if b.dev != nil {
 		b.dev.close()
 	}
-	if b.client != nil {
-		b.client.Close()
+	if b.control != nil {
+		b.control.Close()
 	}
 	return nil
 }
@@ -509,64 +487,21 @@ const maxKick = 256
 // read is one counted read of the whole device.
 func (b *Backend) read() (*wgtypes.Device, error) {
 	b.calls.Count(netutil.CallWGRead)
-	return b.client.Device(b.name)
+	return b.control.Device(b.name)
 }
 
 // configure is one counted ConfigureDevice call.
 func (b *Backend) configure(cfg wgtypes.Config) error {
 	b.calls.Count(netutil.CallWGWrite)
-	return b.client.ConfigureDevice(b.name, cfg)
+	return b.control.ConfigureDevice(b.name, cfg)
 }
 
 // Status is what `weftctl status` and metrics show of the device.
 func (b *Backend) Status() (*wgtypes.Device, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.client == nil {
+	if b.control == nil {
 		return nil, errors.New("not set up")
 	}
-	return b.client.Device(b.name)
-}
-
-func peerStates(peers []wgtypes.Peer) []PeerState {
-	out := make([]PeerState, 0, len(peers))
-	for _, p := range peers {
-		s := PeerState{PublicKey: keys.Key(p.PublicKey), Keepalive: p.PersistentKeepaliveInterval, PSK: keys.Key(p.PresharedKey),
-			LastHandshake: p.LastHandshakeTime}
-		if p.Endpoint != nil {
-			s.Endpoint = p.Endpoint.AddrPort()
-			s.Endpoint = netip.AddrPortFrom(s.Endpoint.Addr().Unmap(), s.Endpoint.Port())
-		}
-		for _, a := range p.AllowedIPs {
-			if pfx, ok := netutil.Prefix(&a); ok {
-				s.AllowedIPs = append(s.AllowedIPs, pfx)
-			}
-		}
-		out = append(out, s)
-	}
-	return out
-}
-
-func toPeerConfig(c Change) wgtypes.PeerConfig {
-	if c.Remove {
-		return wgtypes.PeerConfig{PublicKey: wgtypes.Key(c.PublicKey), Remove: true}
-	}
-	keepalive := c.Spec.Keepalive
-	pc := wgtypes.PeerConfig{
-		PublicKey:                   wgtypes.Key(c.PublicKey),
-		PersistentKeepaliveInterval: &keepalive,
-		ReplaceAllowedIPs:           true,
-	}
-	if c.Spec.Endpoint.IsValid() { // an outside peer may have none
-		pc.Endpoint = net.UDPAddrFromAddrPort(wireEndpoint(c.Spec.Endpoint))
-	}
-	psk := wgtypes.Key{}
-	if c.Spec.PSK != nil {
-		psk = wgtypes.Key(*c.Spec.PSK)
-	}
-	pc.PresharedKey = &psk
-	for _, p := range c.Spec.AllowedIPs {
-		pc.AllowedIPs = append(pc.AllowedIPs, *netutil.IPNet(p))
-	}
-	return pc
+	return b.control.Device(b.name)
 }

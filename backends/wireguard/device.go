@@ -59,7 +59,7 @@ func openDevice(k netutil.Kernel, name string, opts Options, mtu int, peers *onD
 			return nil, fmt.Errorf(`%s: "userspace", but %s is a kernel WireGuard device; remove it (ip link del %s) or use "auto"`, from, name, name)
 		}
 		log.Info("using wireguard-go in weftd", "device", name, "why", from+` is "userspace"`)
-		return startUserspace(name, mtu, peers, log)
+		return startUserspaceDevice(name, mtu, peers, log)
 	}
 	if existing != nil && existing.Type() == "wireguard" {
 		log.Info("using kernel WireGuard", "device", name, "why", "adopting the existing kernel device")
@@ -67,7 +67,7 @@ func openDevice(k netutil.Kernel, name string, opts Options, mtu int, peers *onD
 	}
 	if existing != nil {
 		log.Info("using wireguard-go in weftd", "device", name, "why", "re-attaching to the persistent TUN left by the previous run")
-		return startUserspace(name, mtu, peers, log)
+		return startUserspaceDevice(name, mtu, peers, log)
 	}
 	kerr := ensureKernelLink(k, name, nil)
 	if kerr == nil {
@@ -75,8 +75,13 @@ func openDevice(k netutil.Kernel, name string, opts Options, mtu int, peers *onD
 		return &wgDevice{name: name, kind: ImplKernel}, nil
 	}
 	log.Info("using wireguard-go in weftd", "device", name, "why", kerr.Error())
-	return startUserspace(name, mtu, peers, log)
+	return startUserspaceDevice(name, mtu, peers, log)
 }
+
+// startUserspaceDevice starts wireguard-go (startUserspace); the pure
+// tier's tests put a device without wireguard-go in its place, whose
+// peers the fake control keeps.
+var startUserspaceDevice = startUserspace
 
 func ensureKernelLink(k netutil.Kernel, name string, existing netlink.Link) error {
 	if existing != nil {
@@ -184,15 +189,19 @@ func (d *wgDevice) close() {
 	if d.kind != ImplUserspace {
 		return
 	}
-	d.uapi.Close()
-	<-d.done
+	if d.uapi != nil {
+		d.uapi.Close()
+		<-d.done
+	}
 	d.peers.stop() // before Close, which waits for the goroutines that wait on it
-	d.dev.Close()
+	if d.dev != nil {
+		d.dev.Close()
+	}
 }
 
 // remove deletes the interface for good.
 func (d *wgDevice) remove(k netutil.Kernel) error {
-	if d.kind == ImplUserspace {
+	if d.kind == ImplUserspace && d.tun != nil {
 		// Clear persistence first so the kernel frees it when we let go.
 		netutil.SetTUNPersist(d.tun, false)
 	}

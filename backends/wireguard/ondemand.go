@@ -504,7 +504,7 @@ func (b *Backend) sweepIdle(stop chan struct{}) {
 // false when there is none or it cannot be read (a whole apply recreates
 // a missing device).
 func (b *Backend) readLocked() (*wgtypes.Device, bool) {
-	if b.dev == nil || b.client == nil {
+	if b.dev == nil || b.control == nil {
 		return nil, false
 	}
 	dev, err := b.read()

@@ -302,22 +302,25 @@ func sortedPrefixes(p []netip.Prefix) []netip.Prefix {
 
 // peersToKick are the peers that need a handshake now: new ones (a fresh
 // device after a restart has only new ones), and all of them when our own
-// key changed.
-func peersToKick(have []PeerState, want []PeerSpec, changes []Change, ownKeyChanged bool) []keys.Key {
+// key changed; a peer without an endpoint (an outside peer) is left to
+// start the handshake itself.
+func peersToKick(have []PeerState, want []PeerSpec, changes []Change, ownKeyChanged bool) []PeerSpec {
 	known := make(map[keys.Key]bool, len(have))
 	for _, h := range have {
 		known[h.PublicKey] = true
 	}
-	var out []keys.Key
+	var out []PeerSpec
 	if ownKeyChanged {
 		for _, w := range want {
-			out = append(out, w.PublicKey)
+			if w.Endpoint.IsValid() {
+				out = append(out, w)
+			}
 		}
 		return out
 	}
 	for _, c := range changes {
-		if !c.Remove && !known[c.PublicKey] {
-			out = append(out, c.PublicKey)
+		if !c.Remove && !known[c.PublicKey] && c.Spec.Endpoint.IsValid() {
+			out = append(out, c.Spec)
 		}
 	}
 	return out

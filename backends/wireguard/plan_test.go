@@ -177,13 +177,15 @@ func TestDeltaStandsAlone(t *testing.T) {
 func TestPeersToKick(t *testing.T) {
 	old, moved, fresh := mustKey(t), mustKey(t), mustKey(t)
 	have := []PeerState{{PublicKey: old}, {PublicKey: moved}}
-	want := []PeerSpec{{PublicKey: moved}, {PublicKey: fresh}}
-	changes := []Change{{Remove: true, PublicKey: old}, {PublicKey: moved}, {PublicKey: fresh}}
-	if got := peersToKick(have, want, changes, false); len(got) != 1 || got[0] != fresh {
+	ep := netip.MustParseAddrPort("192.168.50.9:51820")
+	outside := mustKey(t)
+	want := []PeerSpec{{PublicKey: moved, Endpoint: ep}, {PublicKey: fresh, Endpoint: ep}, {PublicKey: outside}}
+	changes := []Change{{Remove: true, PublicKey: old}, {PublicKey: moved, Spec: want[0]}, {PublicKey: fresh, Spec: want[1]}, {PublicKey: outside, Spec: want[2]}}
+	if got := peersToKick(have, want, changes, false); len(got) != 1 || got[0].PublicKey != fresh {
 		t.Errorf("kicked %v, want only the new peer", got)
 	}
 	if got := peersToKick(have, want, changes, true); len(got) != 2 {
-		t.Errorf("own key changed: kicked %d peers, want all 2", len(got))
+		t.Errorf("own key changed: kicked %d peers, want the 2 with an endpoint", len(got))
 	}
 }
 
