@@ -86,7 +86,7 @@ func runCleanup(ctx context.Context, args []string, opts etcdstore.Options, stdo
 		}
 	}
 	// Both firewall modes: the config may have switched since.
-	for _, clean := range []func() ([]string, error){firewall.IPTablesCleanup, firewall.NFTCleanup} {
+	for _, clean := range []func() ([]string, error){firewall.CleanupIPTables, firewall.CleanupNFTables} {
 		removed, err := clean()
 		errs = append(errs, err)
 		for _, r := range removed {
@@ -158,17 +158,10 @@ func cleanupFlannel(subnetFile string, stdout io.Writer) error {
 			}
 		}
 	}
-	removed, err := firewall.RemoveFlannelNFT()
+	removed, err := firewall.RemoveFlannel()
 	errs = append(errs, err)
 	for _, r := range removed {
 		fmt.Fprintf(stdout, "removed flannel's %s\n", r)
-	}
-	if k, err := firewall.NewKeeper(firewall.Settings{}, discardLogger()); err == nil {
-		removed, err := k.RemoveFlannel()
-		errs = append(errs, err)
-		for _, r := range removed {
-			fmt.Fprintf(stdout, "removed flannel's iptables %s\n", r)
-		}
 	}
 	return errors.Join(errs...)
 }

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/coreos/go-iptables/iptables"
 )
 
 // flannelChain is a chain flanneld keeps and leaves behind when it stops,
@@ -15,17 +17,33 @@ func flannelChains() []flannelChain {
 	return []flannelChain{{"nat", "FLANNEL-POSTRTG", "POSTROUTING"}, {"filter", "FLANNEL-FWD", "FORWARD"}}
 }
 
-// RemoveFlannel removes what flanneld's iptables manager leaves on a host
-// moving to weft: every jump to its chains, then the chains. It returns
-// what it removed.
-func (k *Keeper) RemoveFlannel() ([]string, error) {
+// RemoveFlannel removes what flanneld's firewall leaves on a host moving
+// to weft (`weftctl cleanup -flannel`): the tables of its nftables mode
+// (flannel-ipv4, flannel-ipv6) and, where iptables is installed, every
+// jump to its chains, then the chains. It returns what it removed.
+func RemoveFlannel() ([]string, error) {
+	removed, err := deleteNFTTables("flannel-ipv4", "flannel-ipv6")
+	errs := []error{err}
+	if ipt, ierr := iptables.New(); ierr == nil {
+		chains, err := removeFlannelChains(ipt)
+		for _, c := range chains {
+			removed = append(removed, "iptables "+c)
+		}
+		errs = append(errs, err)
+	}
+	return removed, errors.Join(errs...)
+}
+
+// removeFlannelChains removes flanneld's iptables chains and the jumps to
+// them.
+func removeFlannelChains(ipt Tables) ([]string, error) {
 	var removed []string
 	var errs []error
 	for _, c := range flannelChains() {
-		if ok, _ := k.ipt.ChainExists(c.table, c.name); !ok {
+		if ok, _ := ipt.ChainExists(c.table, c.name); !ok {
 			continue
 		}
-		rules, err := k.ipt.List(c.table, c.from)
+		rules, err := ipt.List(c.table, c.from)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -39,13 +57,13 @@ func (k *Keeper) RemoveFlannel() ([]string, error) {
 			if len(args) < 2 || args[len(args)-2] != "-j" || args[len(args)-1] != c.name {
 				continue
 			}
-			if err := k.ipt.Delete(c.table, c.from, args...); err != nil {
+			if err := ipt.Delete(c.table, c.from, args...); err != nil {
 				errs = append(errs, fmt.Errorf("removing the jump to %s: %w", c.name, err))
 				continue
 			}
 			removed = append(removed, fmt.Sprintf("%s jump %s -> %s", c.table, c.from, c.name))
 		}
-		if err := k.ipt.ClearAndDeleteChain(c.table, c.name); err != nil {
+		if err := ipt.ClearAndDeleteChain(c.table, c.name); err != nil {
 			errs = append(errs, fmt.Errorf("removing chain %s: %w", c.name, err))
 			continue
 		}

@@ -13,7 +13,7 @@ import (
 	"github.com/coreos/go-iptables/iptables"
 )
 
-// Tables is what the Keeper needs from iptables: go-iptables' calls of the
+// Tables is what the IPTablesKeeper needs from iptables: go-iptables' calls of the
 // same names, which run the iptables command. firewalltest.Tables is a fake
 // that prints its state as iptables-save does.
 type Tables interface {
@@ -30,15 +30,15 @@ type Tables interface {
 
 var _ Tables = (*iptables.IPTables)(nil)
 
-// Keeper installs weft's chains and re-checks them every interval,
+// IPTablesKeeper installs weft's chains and re-checks them every interval,
 // restoring whatever was removed or changed by hand.
-type Keeper struct {
+type IPTablesKeeper struct {
 	ipt      Tables
 	settings Settings
 	log      *slog.Logger
 }
 
-// Settings say which chains a Keeper keeps and how, from weftd's flags.
+// Settings say which chains or table a keeper keeps and how, from weftd's flags.
 type Settings struct {
 	// Masq keeps the masquerade chain (-ip-masq).
 	Masq bool
@@ -62,9 +62,9 @@ type Settings struct {
 	Overlay []string
 }
 
-// NewKeeper finds iptables (ip6tables for Settings.IPv6) and keeps the
-// chains settings ask for.
-func NewKeeper(settings Settings, log *slog.Logger) (*Keeper, error) {
+// NewIPTablesKeeper finds iptables (ip6tables for Settings.IPv6) and
+// keeps the chains settings ask for.
+func NewIPTablesKeeper(settings Settings, log *slog.Logger) (*IPTablesKeeper, error) {
 	proto, name := iptables.ProtocolIPv4, "iptables"
 	if settings.IPv6 {
 		proto, name = iptables.ProtocolIPv6, "ip6tables"
@@ -73,20 +73,21 @@ func NewKeeper(settings Settings, log *slog.Logger) (*Keeper, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s (needed for -ip-masq and -iptables-forward-rules): %w", name, err)
 	}
-	k := NewKeeperWith(ipt, settings, log)
+	k := NewIPTablesKeeperWith(ipt, settings, log)
 	if settings.IPv6 {
 		k.log = k.log.With("family", "ipv6")
 	}
 	return k, nil
 }
 
-// NewKeeperWith is NewKeeper over any Tables (a fake in tests).
-func NewKeeperWith(ipt Tables, settings Settings, log *slog.Logger) *Keeper {
-	return &Keeper{ipt: ipt, settings: settings, log: log.With("component", "iptables")}
+// NewIPTablesKeeperWith is NewIPTablesKeeper over any Tables (a fake in
+// tests).
+func NewIPTablesKeeperWith(ipt Tables, settings Settings, log *slog.Logger) *IPTablesKeeper {
+	return &IPTablesKeeper{ipt: ipt, settings: settings, log: log.With("component", "iptables")}
 }
 
 // chains lists the chains wanted for this network and subnet.
-func (k *Keeper) chains(network, subnet netip.Prefix) []Chain {
+func (k *IPTablesKeeper) chains(network, subnet netip.Prefix) []Chain {
 	var out []Chain
 	if k.settings.Masq {
 		out = append(out, MasqChainFor(network, subnet, k.settings.PeersNetwork, k.ipt.HasRandomFully() && !k.settings.RandomFullyDisable))
@@ -99,7 +100,7 @@ func (k *Keeper) chains(network, subnet netip.Prefix) []Chain {
 
 // Run keeps the chains in place until ctx ends; subnet returns the
 // current lease's subnet (it may change after a re-claim).
-func (k *Keeper) Run(ctx context.Context, network netip.Prefix, subnet func() netip.Prefix) error {
+func (k *IPTablesKeeper) Run(ctx context.Context, network netip.Prefix, subnet func() netip.Prefix) error {
 	return keep(ctx, k.settings.Resync, func() error { return k.Sync(network, subnet()) }, k.log, "iptables rules; retrying")
 }
 
@@ -128,7 +129,7 @@ func keep(ctx context.Context, interval time.Duration, sync func() error, log *s
 
 // Sync makes every wanted chain exactly right. A chain that differs in any
 // way (a rule deleted by hand, an old subnet's rule) is rebuilt whole.
-func (k *Keeper) Sync(network, subnet netip.Prefix) error {
+func (k *IPTablesKeeper) Sync(network, subnet netip.Prefix) error {
 	var errs []error
 	for _, c := range k.chains(network, subnet) {
 		if err := k.syncChain(c); err != nil {
@@ -138,7 +139,7 @@ func (k *Keeper) Sync(network, subnet netip.Prefix) error {
 	return errors.Join(errs...)
 }
 
-func (k *Keeper) syncChain(c Chain) error {
+func (k *IPTablesKeeper) syncChain(c Chain) error {
 	have, err := k.ipt.List(c.Table, c.Name)
 	if err != nil || !sameRules(have, c) {
 		if err := k.ipt.ClearChain(c.Table, c.Name); err != nil {
@@ -191,7 +192,7 @@ func normalize(spec []string) []string {
 }
 
 // Cleanup removes weft's jumps and chains from both tables.
-func (k *Keeper) Cleanup() error {
+func (k *IPTablesKeeper) Cleanup() error {
 	var errs []error
 	for _, c := range []Chain{MasqChainFor(netip.Prefix{}, netip.Prefix{}, netip.Prefix{}, false), ForwardChainFor(netip.Prefix{})} {
 		if ok, _ := k.ipt.Exists(c.Table, c.From, c.Jump...); ok {
@@ -204,10 +205,10 @@ func (k *Keeper) Cleanup() error {
 	return errors.Join(errs...)
 }
 
-// IPTablesCleanup removes weft's chains and their jumps from iptables and
+// CleanupIPTables removes weft's chains and their jumps from iptables and
 // ip6tables (each where the tool is installed) and says what it removed:
 // `weftctl cleanup`, and weftd starting in nftables mode.
-func IPTablesCleanup() (removed []string, err error) {
+func CleanupIPTables() (removed []string, err error) {
 	var errs []error
 	for _, proto := range []iptables.Protocol{iptables.ProtocolIPv4, iptables.ProtocolIPv6} {
 		tool := map[iptables.Protocol]string{iptables.ProtocolIPv4: "iptables", iptables.ProtocolIPv6: "ip6tables"}[proto]
@@ -221,7 +222,7 @@ func IPTablesCleanup() (removed []string, err error) {
 				had = append(had, c.name)
 			}
 		}
-		k := NewKeeperWith(ipt, Settings{}, slog.New(slog.DiscardHandler))
+		k := NewIPTablesKeeperWith(ipt, Settings{}, slog.New(slog.DiscardHandler))
 		if err := k.Cleanup(); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", tool, err))
 			continue

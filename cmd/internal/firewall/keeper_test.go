@@ -57,7 +57,7 @@ var both = firewall.Settings{Masq: true, Forward: true}
 
 // dockerHost is iptables as docker leaves it (its masquerade rule and its
 // DOCKER-USER chain first in FORWARD), and a Keeper of both chains.
-func dockerHost(t *testing.T) (*firewalltest.Tables, *firewall.Keeper) {
+func dockerHost(t *testing.T) (*firewalltest.Tables, *firewall.IPTablesKeeper) {
 	t.Helper()
 	ipt := firewalltest.New()
 	ipt.RandomFully = true
@@ -70,10 +70,10 @@ func dockerHost(t *testing.T) (*firewalltest.Tables, *firewall.Keeper) {
 	if err := ipt.Append("filter", "FORWARD", "-j", "DOCKER-USER"); err != nil {
 		t.Fatal(err)
 	}
-	return ipt, firewall.NewKeeperWith(ipt, both, quiet)
+	return ipt, firewall.NewIPTablesKeeperWith(ipt, both, quiet)
 }
 
-func sync(t *testing.T, k *firewall.Keeper, subnet netip.Prefix) {
+func sync(t *testing.T, k *firewall.IPTablesKeeper, subnet netip.Prefix) {
 	t.Helper()
 	if err := k.Sync(network, subnet); err != nil {
 		t.Fatal(err)
@@ -161,7 +161,7 @@ func TestSyncFollowsANewSubnet(t *testing.T) {
 	want.Append("nat", "POSTROUTING", dockerMasq...)
 	want.ClearChain("filter", "DOCKER-USER")
 	want.Append("filter", "FORWARD", "-j", "DOCKER-USER")
-	sync(t, firewall.NewKeeperWith(want, both, quiet), netip.MustParsePrefix("10.5.77.0/24"))
+	sync(t, firewall.NewIPTablesKeeperWith(want, both, quiet), netip.MustParsePrefix("10.5.77.0/24"))
 	checkGolden(t, ipt, want.Save(), "after the subnet changed")
 }
 
@@ -185,11 +185,11 @@ func TestOnlyTheChainsAskedFor(t *testing.T) {
 COMMIT
 `
 	noRandom := firewalltest.New()
-	sync(t, firewall.NewKeeperWith(noRandom, firewall.Settings{Masq: true}, quiet), subnet)
+	sync(t, firewall.NewIPTablesKeeperWith(noRandom, firewall.Settings{Masq: true}, quiet), subnet)
 	checkGolden(t, noRandom, want, "-ip-masq only, iptables without --random-fully")
 	disabled := firewalltest.New()
 	disabled.RandomFully = true
-	sync(t, firewall.NewKeeperWith(disabled, firewall.Settings{Masq: true, RandomFullyDisable: true}, quiet), subnet)
+	sync(t, firewall.NewIPTablesKeeperWith(disabled, firewall.Settings{Masq: true, RandomFullyDisable: true}, quiet), subnet)
 	checkGolden(t, disabled, want, "-ip-masq-fully-random-disable")
 }
 
@@ -231,7 +231,7 @@ func TestRemoveFlannel(t *testing.T) {
 	ipt.ClearChain("filter", "FLANNEL-FWD")
 	ipt.Append("filter", "FLANNEL-FWD", "-s", "10.244.0.0/16", "-m", "comment", "--comment", "flanneld forward", "-j", "ACCEPT")
 	ipt.Append("filter", "FORWARD", "-m", "comment", "--comment", "flanneld forward", "-j", "FLANNEL-FWD")
-	removed, err := k.RemoveFlannel()
+	removed, err := firewall.RemoveFlannelChains(ipt)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -239,7 +239,7 @@ func TestRemoveFlannel(t *testing.T) {
 		t.Errorf("removed %v, want 2 jumps and 2 chains", removed)
 	}
 	checkGolden(t, ipt, golden, "after removing flannel's chains")
-	if again, err := k.RemoveFlannel(); err != nil || len(again) != 0 {
+	if again, err := firewall.RemoveFlannelChains(ipt); err != nil || len(again) != 0 {
 		t.Errorf("a second run removed %v (%v)", again, err)
 	}
 }

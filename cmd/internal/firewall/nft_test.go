@@ -68,7 +68,7 @@ func TestDockerUserRules(t *testing.T) {
 	ipt.Append("filter", DockerUserChain, "-s", "10.5.0.0/16", "-d", "10.5.0.0/16", "-m", "comment", "--comment", fwdComment, "-j", "ACCEPT")
 	ipt.Append("filter", DockerUserChain, DockerUserRules(netip.MustParsePrefix("10.9.0.0/16"), []string{OverlayDevices})[0]...)
 	ipt.Append("filter", DockerUserChain, "-j", "RETURN")
-	k := &NFTKeeper{docker: ipt, log: slog.New(slog.DiscardHandler), settings: Settings{Overlay: []string{"eth0"}}}
+	k := NewNFTablesKeeperWith(nil, ipt, Settings{Overlay: []string{"eth0"}}, slog.New(slog.DiscardHandler))
 	for range 2 { // the second pass changes nothing
 		if err := k.syncDockerUser(netip.MustParsePrefix("10.5.0.0/16")); err != nil {
 			t.Fatal(err)

@@ -14,21 +14,44 @@ import (
 	"github.com/google/nftables/userdata"
 )
 
-// NFTKeeper keeps weft's nftables table for one family (and, with the
+// NFTConn is what weft needs of google/nftables' Conn: read a family's
+// tables, chains and rules, and send a transaction (queued requests, then
+// Flush). firewalltest.NFT is a fake that prints a table as `nft list
+// table` does.
+type NFTConn interface {
+	ListTablesOfFamily(family nftables.TableFamily) ([]*nftables.Table, error)
+	ListTableOfFamily(name string, family nftables.TableFamily) (*nftables.Table, error)
+	ListChainsOfTableFamily(family nftables.TableFamily) ([]*nftables.Chain, error)
+	GetRules(t *nftables.Table, c *nftables.Chain) ([]*nftables.Rule, error)
+	AddTable(t *nftables.Table) *nftables.Table
+	DelTable(t *nftables.Table)
+	AddChain(c *nftables.Chain) *nftables.Chain
+	AddRule(r *nftables.Rule) *nftables.Rule
+	Flush() error
+}
+
+var _ NFTConn = (*nftables.Conn)(nil)
+
+// kernelNFT opens a netlink connection to the kernel's nftables.
+func kernelNFT() (NFTConn, error) { return nftables.New() }
+
+// NFTablesKeeper keeps weft's nftables table for one family (and, with the
 // forward rules, weft's rule in docker's DOCKER-USER chain when docker has
 // one), restoring what was removed or changed by hand.
-type NFTKeeper struct {
+type NFTablesKeeper struct {
 	settings Settings
 	log      *slog.Logger
+	// conn opens the nftables connection of a resync.
+	conn func() (NFTConn, error)
 	// docker is iptables (ip6tables) for the DOCKER-USER rule; nil when the
 	// host has none (then there is no docker chain to open either).
 	docker Tables
 }
 
-// NewNFTKeeper checks that the kernel takes nftables requests and keeps
-// the table settings ask for.
-func NewNFTKeeper(settings Settings, log *slog.Logger) (*NFTKeeper, error) {
-	conn, err := nftables.New()
+// NewNFTablesKeeper checks that the kernel takes nftables requests and
+// keeps the table settings ask for.
+func NewNFTablesKeeper(settings Settings, log *slog.Logger) (*NFTablesKeeper, error) {
+	conn, err := kernelNFT()
 	if err != nil {
 		return nil, fmt.Errorf("nftables: %w", err)
 	}
@@ -36,30 +59,40 @@ func NewNFTKeeper(settings Settings, log *slog.Logger) (*NFTKeeper, error) {
 	if _, err := conn.ListTablesOfFamily(family); err != nil {
 		return nil, fmt.Errorf("nftables: listing tables for %s: %w (does the kernel have nf_tables?)", name, err)
 	}
-	k := &NFTKeeper{settings: settings, log: log.With("component", "nftables", "table", name)}
 	proto := iptables.ProtocolIPv4
 	if settings.IPv6 {
 		proto = iptables.ProtocolIPv6
 	}
+	var docker Tables
 	if ipt, err := iptables.NewWithProtocol(proto); err == nil {
-		k.docker = ipt
+		docker = ipt
 	}
+	k := NewNFTablesKeeperWith(nil, docker, settings, log)
+	k.conn = kernelNFT
 	return k, nil
+}
+
+// NewNFTablesKeeperWith is NewNFTablesKeeper over any NFTConn and
+// DOCKER-USER's Tables (nil: no docker), fakes in tests.
+func NewNFTablesKeeperWith(conn NFTConn, docker Tables, settings Settings, log *slog.Logger) *NFTablesKeeper {
+	name, _ := NFTTableName(settings.IPv6)
+	return &NFTablesKeeper{settings: settings, log: log.With("component", "nftables", "table", name), docker: docker,
+		conn: func() (NFTConn, error) { return conn, nil }}
 }
 
 // Run keeps the table in place until ctx ends; subnet returns the current
 // lease's subnet of this family.
-func (k *NFTKeeper) Run(ctx context.Context, network netip.Prefix, subnet func() netip.Prefix) error {
+func (k *NFTablesKeeper) Run(ctx context.Context, network netip.Prefix, subnet func() netip.Prefix) error {
 	return keep(ctx, k.settings.Resync, func() error { return k.Sync(network, subnet()) }, k.log, "nftables rules; retrying")
 }
 
 // Sync makes weft's table exactly the wanted one: when anything differs
 // (a chain or rule missing or changed, an old subnet's rule) the whole
 // table is replaced in one transaction, so there is no moment without it.
-func (k *NFTKeeper) Sync(network, subnet netip.Prefix) error {
+func (k *NFTablesKeeper) Sync(network, subnet netip.Prefix) error {
 	want := NFTTableFor(k.settings.IPv6, network, subnet, k.settings.PeersNetwork, k.settings.Masq, k.settings.Forward,
 		!k.settings.RandomFullyDisable)
-	conn, err := nftables.New()
+	conn, err := k.conn()
 	if err != nil {
 		return err
 	}
@@ -85,7 +118,7 @@ func (k *NFTKeeper) Sync(network, subnet netip.Prefix) error {
 // still filter overlay traffic, as they do in iptables mode. Docker makes
 // the chain when it starts, so a later resync catches a docker started
 // after weftd.
-func (k *NFTKeeper) syncDockerUser(network netip.Prefix) error {
+func (k *NFTablesKeeper) syncDockerUser(network netip.Prefix) error {
 	// One listing per resync: the steady state runs iptables once.
 	rules, ok := dockerUserRules(k.docker)
 	if !ok {
@@ -205,7 +238,7 @@ func removeDockerUserRules(ipt Tables) (int, error) {
 // nftTableIs reports whether the kernel holds exactly want: its base
 // chains with their hooks and priorities, and in each the wanted rules in
 // order (told apart by their comments, which are their text).
-func nftTableIs(conn *nftables.Conn, want NFTTable) (bool, error) {
+func nftTableIs(conn NFTConn, want NFTTable) (bool, error) {
 	table, err := conn.ListTableOfFamily(want.Name, want.Family)
 	if err != nil {
 		return false, nil // no such table
@@ -244,7 +277,7 @@ func nftTableIs(conn *nftables.Conn, want NFTTable) (bool, error) {
 
 // writeNFTTable replaces weft's table with want in one transaction: add
 // (so the delete cannot fail on a missing table), delete, add anew.
-func writeNFTTable(conn *nftables.Conn, want NFTTable) error {
+func writeNFTTable(conn NFTConn, want NFTTable) error {
 	spec := &nftables.Table{Family: want.Family, Name: want.Name}
 	conn.AddTable(spec)
 	conn.DelTable(spec)
@@ -260,10 +293,10 @@ func writeNFTTable(conn *nftables.Conn, want NFTTable) error {
 	return conn.Flush()
 }
 
-// NFTCleanup removes weft's nftables tables of both families and weft's
-// rules in docker's DOCKER-USER chains; it returns what it removed. A
-// kernel without nftables has nothing to remove.
-func NFTCleanup() (removed []string, err error) {
+// CleanupNFTables removes weft's nftables tables of both families and
+// weft's rules in docker's DOCKER-USER chains; it returns what it removed.
+// A kernel without nftables has nothing to remove.
+func CleanupNFTables() (removed []string, err error) {
 	removed, err = deleteNFTTables(NFTTableIPv4, NFTTableIPv6)
 	errs := []error{err}
 	for _, proto := range []iptables.Protocol{iptables.ProtocolIPv4, iptables.ProtocolIPv6} {
@@ -280,18 +313,19 @@ func NFTCleanup() (removed []string, err error) {
 	return removed, errors.Join(errs...)
 }
 
-// RemoveFlannelNFT removes the tables flanneld's nftables mode leaves,
-// flannel-ipv4 and flannel-ipv6 (`weftctl cleanup -flannel`).
-func RemoveFlannelNFT() ([]string, error) { return deleteNFTTables("flannel-ipv4", "flannel-ipv6") }
-
 // deleteNFTTables deletes the IPv4 table named ipv4 and the IPv6 table
 // named ipv6 where they exist, and says which it deleted. A kernel without
 // nftables has none.
 func deleteNFTTables(ipv4, ipv6 string) (removed []string, err error) {
-	conn, err := nftables.New()
+	conn, err := kernelNFT()
 	if err != nil {
 		return nil, nil
 	}
+	return deleteNFTTablesOn(conn, ipv4, ipv6)
+}
+
+// deleteNFTTablesOn is deleteNFTTables on a connection.
+func deleteNFTTablesOn(conn NFTConn, ipv4, ipv6 string) (removed []string, err error) {
 	var errs []error
 	for name, family := range map[string]nftables.TableFamily{ipv4: nftables.TableFamilyIPv4, ipv6: nftables.TableFamilyIPv6} {
 		if _, err := conn.ListTableOfFamily(name, family); err != nil {
