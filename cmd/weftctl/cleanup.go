@@ -17,6 +17,7 @@ import (
 	"github.com/weftnet/weft/backends/netutil"
 	"github.com/weftnet/weft/backends/tunnelfilter"
 	"github.com/weftnet/weft/cmd/internal/firewall"
+	"github.com/weftnet/weft/cmd/internal/host"
 	"github.com/weftnet/weft/lease"
 	"github.com/weftnet/weft/lease/etcdstore"
 )
@@ -108,7 +109,7 @@ func runCleanup(ctx context.Context, args []string, opts etcdstore.Options, stdo
 		// -ip-blackhole-route's routes carry no weft protocol mark.
 		for _, subnet := range []netip.Prefix{env.Subnet, env.IPv6Subnet} {
 			if subnet.IsValid() {
-				errs = append(errs, netutil.RemoveBlackhole(kernel, subnet))
+				errs = append(errs, host.RemoveBlackhole(kernel, subnet))
 			}
 		}
 	}
@@ -133,7 +134,7 @@ func cleanupFlannel(subnetFile string, stdout io.Writer) error {
 	links, err := kernel.LinkList()
 	errs = append(errs, err)
 	for _, l := range links {
-		if name := l.Attrs().Name; netutil.IsFlannelLink(name) {
+		if name := l.Attrs().Name; host.IsFlannelLink(name) {
 			if err := kernel.LinkDel(l); err != nil {
 				errs = append(errs, fmt.Errorf("removing %s: %w", name, err))
 			} else {

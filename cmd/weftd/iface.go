@@ -14,6 +14,7 @@ import (
 
 	"github.com/weftnet/weft/backends/netutil"
 	"github.com/weftnet/weft/backends/underlay"
+	"github.com/weftnet/weft/cmd/internal/host"
 )
 
 // hostInterface is one interface as the external-interface choice sees
@@ -320,7 +321,7 @@ func warnFlannelLeftovers(ifaces []hostInterface, log *slog.Logger) {
 	for _, i := range ifaces {
 		names = append(names, i.Name)
 	}
-	if left := netutil.FlannelLinks(names); len(left) > 0 {
+	if left := host.FlannelLinks(names); len(left) > 0 {
 		log.Warn("flanneld left devices on this host; stop flanneld and remove them with `weftctl cleanup --flannel` (the subnet file stays, so this host keeps its subnet)",
 			"devices", left)
 	}

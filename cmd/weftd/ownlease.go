@@ -74,6 +74,9 @@ func subnetFileWriter(path string, cfg *lease.Config, mtu int, ipMasq bool, log 
 	}
 }
 
+// keyCheckInterval is how often weftd looks for a key rotated on disk.
+const keyCheckInterval = 2 * time.Second
+
 // watchKey rotates the key on SIGHUP and adopts a key changed on disk
 // (`weftctl keys rotate`), then republishes the lease so peers follow.
 func watchKey(ctx context.Context, r backends.KeyReloader, holder *lease.Holder, attrs lease.Attrs, log *slog.Logger) error {
