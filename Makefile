@@ -7,7 +7,7 @@ DEB_PKGS  := iproute2 iptables nftables iputils-ping iperf3 tcpdump wireguard-to
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 LAB_ARGS  ?=
 # Pure and store tiers run with the race detector (the backends against the
-# in-memory kernel of backendtest); host and cluster tiers need root: the
+# in-memory kernel of netkerneltest); host and cluster tiers need root: the
 # backends' tests against the real kernel carry the build tag netns.
 PURE_PKGS := ./lease/... ./mesh/... ./keys/... ./cmd/... ./backends/...
 

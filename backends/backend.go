@@ -19,7 +19,7 @@ import (
 	"github.com/weftnet/weft/backends/extension"
 	"github.com/weftnet/weft/backends/hostgw"
 	"github.com/weftnet/weft/backends/ipip"
-	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/backends/netkernel"
 	"github.com/weftnet/weft/backends/tunnelfilter"
 	"github.com/weftnet/weft/backends/udp"
 	"github.com/weftnet/weft/backends/underlay"
@@ -61,10 +61,10 @@ type Env struct {
 	// KeyFile is where the WireGuard private key lives.
 	KeyFile string
 	// Kernel is the network stack the backend programs.
-	Kernel netutil.Kernel
+	Kernel netkernel.Kernel
 	// Calls counts the backend's kernel calls not made through Kernel
 	// (WireGuard device reads and writes); nil counts nothing.
-	Calls *netutil.Calls
+	Calls *netkernel.Calls
 	// WireGuardImplementation, when set, overrides the config's
 	// Backend.Implementation on this host (weftd's -wireguard-implementation).
 	WireGuardImplementation string
@@ -135,8 +135,8 @@ type DropCounter interface {
 
 // Footprints lists what every built-in backend leaves on a host, by
 // Backend.Type, for `weftctl cleanup`.
-func Footprints() map[string]netutil.Footprint {
-	return map[string]netutil.Footprint{
+func Footprints() map[string]netkernel.Footprint {
+	return map[string]netkernel.Footprint{
 		Alloc:     alloc.Footprint(),
 		Extension: extension.Footprint(),
 		IPIP:      ipip.Footprint(),
@@ -155,7 +155,7 @@ func Footprints() map[string]netutil.Footprint {
 // which being more specific would keep carrying traffic in clear, unless
 // keepDirect (wireguard's DirectRouting wants such routes, and its first
 // apply prunes the ones no peer wants). It returns what it removed.
-func RemoveOthers(k netutil.Kernel, current string, ext underlay.ExternalInterface, keepDirect bool) ([]string, error) {
+func RemoveOthers(k netkernel.Kernel, current string, ext underlay.ExternalInterface, keepDirect bool) ([]string, error) {
 	var removed []string
 	var errs []error
 	links, err := k.LinkList()
@@ -181,7 +181,7 @@ func RemoveOthers(k netutil.Kernel, current string, ext underlay.ExternalInterfa
 		}
 	}
 	if kind, _ := Lookup(current); !kind.RoutesDirect && !(current == WireGuard && keepDirect) {
-		routes, err := netutil.OwnedRoutes(k)
+		routes, err := netkernel.OwnedRoutes(k)
 		if err != nil {
 			return removed, errors.Join(append(errs, err)...)
 		}
@@ -189,11 +189,11 @@ func RemoveOthers(k netutil.Kernel, current string, ext underlay.ExternalInterfa
 			if r.LinkIndex != ext.Index {
 				continue
 			}
-			dst, _ := netutil.Prefix(r.Dst)
+			dst, _ := netkernel.Prefix(r.Dst)
 			if err := k.RouteDel(&r); err != nil {
 				errs = append(errs, fmt.Errorf("removing route %s: %w", dst, err))
 			} else {
-				removed = append(removed, fmt.Sprintf("route %s via %s", dst, netutil.Addr(r.Gw)))
+				removed = append(removed, fmt.Sprintf("route %s via %s", dst, netkernel.Addr(r.Gw)))
 			}
 		}
 	}

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/weftnet/weft/backends/backendtest"
+	"github.com/weftnet/weft/backends/netkernel/netkerneltest"
 	"github.com/weftnet/weft/lease"
 	"github.com/weftnet/weft/mesh"
 )
@@ -18,7 +18,7 @@ import (
 // own (published as BackendV6Data), programs each peer's IPv6 half there
 // and the IPv4 half on weft.1, and gives containers the smaller MTU.
 func TestDualStackVXLAN(t *testing.T) {
-	k := backendtest.NewKernel()
+	k := netkerneltest.NewKernel()
 	ext := k.AddExternal("eth0", netip.MustParsePrefix("192.168.77.1/24"), 1500)
 	ext.AddrIPv6 = netip.MustParseAddr("fd77::1")
 	ext.Prefixes = append(ext.Prefixes, netip.MustParsePrefix("fd77::/64"))

@@ -8,15 +8,15 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/weftnet/weft/backends/backendtest"
-	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/backends/netkernel"
+	"github.com/weftnet/weft/backends/netkernel/netkerneltest"
 )
 
 // TestRemoveOthers: a host switched to wireguard keeps no vxlan device and
 // no host-gw route that would carry traffic in clear, and loses nothing
 // that is not weft's.
 func TestRemoveOthers(t *testing.T) {
-	k := backendtest.NewKernel()
+	k := netkerneltest.NewKernel()
 	ext := k.AddExternal("eth0", netip.MustParsePrefix("192.168.77.1/24"), 1500)
 	if err := k.LinkAdd(&netlink.Vxlan{LinkAttrs: netlink.LinkAttrs{Name: "weft.1"}, VxlanId: 1}); err != nil {
 		t.Fatal(err)
@@ -24,14 +24,14 @@ func TestRemoveOthers(t *testing.T) {
 	k.AddTUN("weft-wg", 1420)
 	k.AddTUN("tun7", 1500) // not weft's
 	route := func(dst, via string, proto netlink.RouteProtocol) {
-		r := netlink.Route{LinkIndex: ext.Index, Dst: netutil.IPNet(netip.MustParsePrefix(dst)), Gw: netip.MustParseAddr(via).AsSlice(),
+		r := netlink.Route{LinkIndex: ext.Index, Dst: netkernel.IPNet(netip.MustParsePrefix(dst)), Gw: netip.MustParseAddr(via).AsSlice(),
 			Protocol: proto, Table: unix.RT_TABLE_MAIN}
 		if err := k.RouteReplace(&r); err != nil {
 			t.Fatal(err)
 		}
 	}
-	route("10.5.2.0/24", "192.168.77.2", netutil.RouteProtocol) // host-gw's
-	route("10.9.0.0/16", "192.168.77.254", 0)                   // the admin's
+	route("10.5.2.0/24", "192.168.77.2", netkernel.RouteProtocol) // host-gw's
+	route("10.9.0.0/16", "192.168.77.254", 0)                     // the admin's
 	removed, err := RemoveOthers(k, WireGuard, ext, false)
 	if err != nil {
 		t.Fatal(err)
@@ -57,7 +57,7 @@ route 10.9.0.0/16 via 192.168.77.254 dev eth0
 // only, so a host switched from ipip to vxlan removes weft.ipip (which
 // accepts IP-in-IP from any source) instead of taking it for its own.
 func TestRemoveOthersIPIPToVXLAN(t *testing.T) {
-	k := backendtest.NewKernel()
+	k := netkerneltest.NewKernel()
 	ext := k.AddExternal("eth0", netip.MustParsePrefix("192.168.77.1/24"), 1500)
 	k.AddTUN("weft.ipip", 1480) // the fake has no ipip type; the name decides
 	if err := k.LinkAdd(&netlink.Vxlan{LinkAttrs: netlink.LinkAttrs{Name: "weft.1"}, VxlanId: 1}); err != nil {

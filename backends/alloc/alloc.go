@@ -8,7 +8,7 @@ import (
 	"context"
 	"encoding/json"
 
-	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/backends/netkernel"
 	"github.com/weftnet/weft/backends/underlay"
 	"github.com/weftnet/weft/mesh"
 )
@@ -23,7 +23,7 @@ type Backend struct {
 func New(ext underlay.ExternalInterface) *Backend { return &Backend{mtu: ext.MTU} }
 
 // Footprint is empty: alloc leaves nothing on a host.
-func Footprint() netutil.Footprint { return netutil.Footprint{} }
+func Footprint() netkernel.Footprint { return netkernel.Footprint{} }
 
 // Setup does nothing.
 func (b *Backend) Setup(context.Context) error { return nil }

@@ -11,7 +11,7 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/backends/netkernel"
 	"github.com/weftnet/weft/backends/underlay"
 	"github.com/weftnet/weft/mesh"
 )
@@ -49,7 +49,7 @@ func New(raw json.RawMessage, ext underlay.ExternalInterface, log *slog.Logger) 
 }
 
 // Footprint is empty: what the commands make is the operator's.
-func Footprint() netutil.Footprint { return netutil.Footprint{} }
+func Footprint() netkernel.Footprint { return netkernel.Footprint{} }
 
 // MTU is the external interface's, as flannel's extension writes it.
 func (b *Backend) MTU() int { return b.mtu }

@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 
-	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/backends/netkernel"
 	"github.com/weftnet/weft/backends/underlay"
 	"github.com/weftnet/weft/mesh"
 )
@@ -15,17 +15,17 @@ import (
 // Backend programs host-gw routes. The zero value is not usable; use New.
 type Backend struct {
 	ext    underlay.ExternalInterface
-	kernel netutil.Kernel
+	kernel netkernel.Kernel
 	log    *slog.Logger
 }
 
 // New returns a host-gw backend programming kernel.
-func New(ext underlay.ExternalInterface, kernel netutil.Kernel, log *slog.Logger) *Backend {
+func New(ext underlay.ExternalInterface, kernel netkernel.Kernel, log *slog.Logger) *Backend {
 	return &Backend{ext: ext, kernel: kernel, log: log.With("component", "host-gw")}
 }
 
 // Footprint is empty: host-gw makes only routes (marked RouteProtocol).
-func Footprint() netutil.Footprint { return netutil.Footprint{} }
+func Footprint() netkernel.Footprint { return netkernel.Footprint{} }
 
 // MTU is the external link's: host-gw adds no header.
 func (b *Backend) MTU() int { return b.ext.MTU }
@@ -41,12 +41,12 @@ func (b *Backend) BackendData() json.RawMessage { return nil }
 // failures and returns them all joined.
 func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 	want, problems := Plan(d, b.ext)
-	have, err := netutil.OwnedRoutes(b.kernel)
+	have, err := netkernel.OwnedRoutes(b.kernel)
 	if err != nil {
 		return errors.Join(append(problems, fmt.Errorf("listing routes: %w", err))...)
 	}
-	current := netutil.RoutesByDst(have, nil)
-	return errors.Join(append(problems, netutil.SyncPeerRoutes(b.kernel, -1, b.ext.Index, current, want, b.log.With("dev", b.ext.Name))...)...)
+	current := netkernel.RoutesByDst(have, nil)
+	return errors.Join(append(problems, netkernel.SyncPeerRoutes(b.kernel, -1, b.ext.Index, current, want, b.log.With("dev", b.ext.Name))...)...)
 }
 
 // ApplyDelta changes only the routes of the peers in the delta: the old
@@ -55,17 +55,17 @@ func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 func (b *Backend) ApplyDelta(_ context.Context, d mesh.Delta) error {
 	before, _ := Plan(d.Before(), b.ext)
 	want, problems := Plan(d.After(), b.ext)
-	current := netutil.PlannedRoutes(-1, b.ext.Index, before)
-	return errors.Join(append(problems, netutil.SyncPeerRoutes(b.kernel, -1, b.ext.Index, current, want, b.log.With("dev", b.ext.Name))...)...)
+	current := netkernel.PlannedRoutes(-1, b.ext.Index, before)
+	return errors.Join(append(problems, netkernel.SyncPeerRoutes(b.kernel, -1, b.ext.Index, current, want, b.log.With("dev", b.ext.Name))...)...)
 }
 
 // Cleanup removes every route weft installed.
 func (b *Backend) Cleanup(context.Context) error {
-	have, err := netutil.OwnedRoutes(b.kernel)
+	have, err := netkernel.OwnedRoutes(b.kernel)
 	if err != nil {
 		return err
 	}
-	return errors.Join(netutil.SyncRoutes(b.kernel, netutil.RoutesByDst(have, nil), nil, nil)...)
+	return errors.Join(netkernel.SyncRoutes(b.kernel, netkernel.RoutesByDst(have, nil), nil, nil)...)
 }
 
 // Close leaves the routes in place: traffic keeps flowing across a restart.

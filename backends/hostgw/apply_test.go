@@ -11,8 +11,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/weftnet/weft/backends/backendtest"
-	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/backends/netkernel"
+	"github.com/weftnet/weft/backends/netkernel/netkerneltest"
 	"github.com/weftnet/weft/mesh"
 )
 
@@ -20,10 +20,10 @@ import (
 // deltas and cleanup on the in-memory kernel; TestApplyInNetns does the
 // same against the real one.
 func TestApplyOnFakeKernel(t *testing.T) {
-	k := backendtest.NewKernel()
+	k := netkerneltest.NewKernel()
 	e := k.AddExternal("ext0", netip.MustParsePrefix("192.168.77.1/24"), 1500)
 	e.Name = "ext0"
-	foreign := netlink.Route{LinkIndex: e.Index, Dst: netutil.IPNet(netip.MustParsePrefix("10.5.99.0/24")),
+	foreign := netlink.Route{LinkIndex: e.Index, Dst: netkernel.IPNet(netip.MustParsePrefix("10.5.99.0/24")),
 		Gw: netip.MustParseAddr("192.168.77.99").AsSlice(), Table: unix.RT_TABLE_MAIN}
 	k.RouteReplace(&foreign)
 	b := New(e, k, slog.New(slog.NewTextHandler(io.Discard, nil)))

@@ -3,5 +3,5 @@
 // needs every host on one L2 segment.
 //
 // plan.go is pure (peers → routes); apply.go programs them through the
-// netutil.Kernel seam.
+// netkernel.Kernel seam.
 package hostgw

@@ -9,14 +9,14 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/weftnet/weft/backends/backendtest"
-	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/backends/netkernel"
+	"github.com/weftnet/weft/backends/netkernel/netkerneltest"
 	"github.com/weftnet/weft/mesh"
 )
 
 // TestApplyInNetns runs Apply against the kernel in a private namespace.
 func TestApplyInNetns(t *testing.T) {
-	ns := backendtest.NewNetns(t)
+	ns := netkerneltest.NewNetns(t)
 	ns.Run(t, "ip", "link", "add", "ext0", "type", "veth", "peer", "name", "ext0p")
 	ns.Run(t, "ip", "link", "set", "ext0p", "up")
 	ns.Run(t, "ip", "addr", "add", "192.168.77.1/24", "dev", "ext0")
@@ -29,7 +29,7 @@ func TestApplyInNetns(t *testing.T) {
 	}
 	e := ext
 	e.Index, e.MTU = link.Attrs().Index, link.Attrs().MTU
-	b := New(e, netutil.NewNetlink(ns.Handle, nil), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	b := New(e, netkernel.NewNetlink(ns.Handle, nil), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	ctx := context.Background()
 	routes := func() string { return ns.Run(t, "ip", "-4", "route", "show", "proto", "87") }
 

@@ -12,7 +12,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/backends/netkernel"
 	"github.com/weftnet/weft/backends/underlay"
 	"github.com/weftnet/weft/mesh"
 )
@@ -23,12 +23,12 @@ type Backend struct {
 	opts   Options
 	ext    underlay.ExternalInterface
 	mtu    int
-	kernel netutil.Kernel
+	kernel netkernel.Kernel
 	log    *slog.Logger
 }
 
 // New parses the options; the backend programs kernel.
-func New(raw json.RawMessage, ext underlay.ExternalInterface, kernel netutil.Kernel, log *slog.Logger) (*Backend, error) {
+func New(raw json.RawMessage, ext underlay.ExternalInterface, kernel netkernel.Kernel, log *slog.Logger) (*Backend, error) {
 	opts, err := ParseOptions(raw)
 	if err != nil {
 		return nil, err
@@ -44,7 +44,7 @@ func New(raw json.RawMessage, ext underlay.ExternalInterface, kernel netutil.Ker
 }
 
 // Footprint is what the ipip backend leaves on a host: weft.ipip.
-func Footprint() netutil.Footprint { return netutil.Footprint{Links: []string{DeviceName}} }
+func Footprint() netkernel.Footprint { return netkernel.Footprint{Links: []string{DeviceName}} }
 
 // MTU is the device's (and containers'): the external link's less 20.
 func (b *Backend) MTU() int { return b.mtu }
@@ -94,8 +94,8 @@ func (b *Backend) ensureDevice() (netlink.Link, error) {
 }
 
 func (b *Backend) matches(tun *netlink.Iptun) bool {
-	remote := netutil.Addr(tun.Remote)
-	return netutil.Addr(tun.Local) == b.ext.Addr && (!remote.IsValid() || remote.IsUnspecified()) && tun.Attrs().MTU == b.mtu
+	remote := netkernel.Addr(tun.Remote)
+	return netkernel.Addr(tun.Local) == b.ext.Addr && (!remote.IsValid() || remote.IsUnspecified()) && tun.Attrs().MTU == b.mtu
 }
 
 // Apply makes the device, its address (the subnet's network address /32,
@@ -107,12 +107,12 @@ func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 		return err
 	}
 	idx := dev.Attrs().Index
-	errs := netutil.EnsureOnlyAddress(b.kernel, dev, netip.PrefixFrom(d.Self.Subnet.Addr(), 32))
+	errs := netkernel.EnsureOnlyAddress(b.kernel, dev, netip.PrefixFrom(d.Self.Subnet.Addr(), 32))
 	current, err := b.kernelRoutes(idx)
 	if err != nil {
 		return errors.Join(append(errs, err)...)
 	}
-	return errors.Join(append(errs, netutil.SyncPeerRoutes(b.kernel, idx, b.ext.Index, current, Plan(d, b.opts, b.ext), nil)...)...)
+	return errors.Join(append(errs, netkernel.SyncPeerRoutes(b.kernel, idx, b.ext.Index, current, Plan(d, b.opts, b.ext), nil)...)...)
 }
 
 // ApplyDelta changes only the routes of the peers in the delta: their old
@@ -127,14 +127,14 @@ func (b *Backend) ApplyDelta(_ context.Context, d mesh.Delta) error {
 		return mesh.ErrWholeApply
 	}
 	idx := dev.Attrs().Index
-	current := netutil.PlannedRoutes(idx, b.ext.Index, Plan(d.Before(), b.opts, b.ext))
-	return errors.Join(netutil.SyncPeerRoutes(b.kernel, idx, b.ext.Index, current, Plan(d.After(), b.opts, b.ext), nil)...)
+	current := netkernel.PlannedRoutes(idx, b.ext.Index, Plan(d.Before(), b.opts, b.ext))
+	return errors.Join(netkernel.SyncPeerRoutes(b.kernel, idx, b.ext.Index, current, Plan(d.After(), b.opts, b.ext), nil)...)
 }
 
 // kernelRoutes are weft's IPv4 routes on the device and, for
 // DirectRouting, on the external link.
 func (b *Backend) kernelRoutes(idx int) (map[netip.Prefix]netlink.Route, error) {
-	routes, err := netutil.PeerRoutes(b.kernel, false, idx, b.ext.Index)
+	routes, err := netkernel.PeerRoutes(b.kernel, false, idx, b.ext.Index)
 	if err != nil {
 		return nil, fmt.Errorf("listing routes: %w", err)
 	}
@@ -152,7 +152,7 @@ func (b *Backend) Cleanup(context.Context) error {
 	if err != nil {
 		return errors.Join(append(errs, err)...)
 	}
-	return errors.Join(append(errs, netutil.SyncRoutes(b.kernel, routes, nil, nil)...)...)
+	return errors.Join(append(errs, netkernel.SyncRoutes(b.kernel, routes, nil, nil)...)...)
 }
 
 // Close leaves the device and its routes in place for the next run.

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/weftnet/weft/backends/backendtest"
+	"github.com/weftnet/weft/backends/netkernel/netkerneltest"
 	"github.com/weftnet/weft/lease"
 	"github.com/weftnet/weft/mesh"
 )
@@ -25,7 +25,7 @@ func ipipPeer(subnet, ip string) mesh.Peer {
 // a delta, a device deleted by hand, cleanup. The lab's TestIPIPCluster
 // runs the same against Debian's kernel in the VM tier.
 func TestApplyOnFakeKernel(t *testing.T) {
-	k := backendtest.NewKernel()
+	k := netkerneltest.NewKernel()
 	ext := k.AddExternal("ext0", netip.MustParsePrefix("192.168.77.1/24"), 1500)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	b, err := New(json.RawMessage(`{"Type":"ipip"}`), ext, k, log)
@@ -107,7 +107,7 @@ route 10.5.3.0/24 via 10.9.0.3 dev weft.ipip proto 87 onlink
 }
 
 func TestNewRefuses(t *testing.T) {
-	k := backendtest.NewKernel()
+	k := netkerneltest.NewKernel()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	small := k.AddExternal("ext0", netip.MustParsePrefix("192.168.77.1/24"), 590)
 	if _, err := New(nil, small, k, log); err == nil || !strings.Contains(err.Error(), "too small for ipip") {

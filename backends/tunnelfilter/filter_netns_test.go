@@ -9,7 +9,7 @@ import (
 
 	"github.com/google/nftables"
 
-	"github.com/weftnet/weft/backends/backendtest"
+	"github.com/weftnet/weft/backends/netkernel/netkerneltest"
 )
 
 // TestFilterInNetns: the table on a real kernel. VXLAN from an address
@@ -17,7 +17,7 @@ import (
 // it passes; peers are added and removed element by element; Ensure keeps
 // the elements when it rewrites the table; Remove deletes it.
 func TestFilterInNetns(t *testing.T) {
-	host, other := backendtest.NewNetns(t), backendtest.NewNetns(t)
+	host, other := netkerneltest.NewNetns(t), netkerneltest.NewNetns(t)
 	host.Run(t, "ip", "link", "add", "ext0", "type", "veth", "peer", "name", "ext0p", "netns", other.Name)
 	host.Run(t, "ip", "addr", "add", "192.168.77.1/24", "dev", "ext0")
 	host.Run(t, "ip", "link", "set", "ext0", "up")
@@ -89,7 +89,7 @@ func TestFilterInNetns(t *testing.T) {
 // message held only 1,808 of them, without an error) and half go out, on
 // a real kernel; a rewrite of the table keeps them.
 func TestFilterAtScaleInNetns(t *testing.T) {
-	host := backendtest.NewNetns(t)
+	host := netkerneltest.NewNetns(t)
 	host.Enter(t)
 	conn, err := nftables.New()
 	if err != nil {

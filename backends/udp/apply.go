@@ -11,7 +11,7 @@ import (
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/tun"
 
-	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/backends/netkernel"
 	"github.com/weftnet/weft/backends/options"
 	"github.com/weftnet/weft/backends/underlay"
 	"github.com/weftnet/weft/lease"
@@ -24,7 +24,7 @@ type Backend struct {
 	ext       underlay.ExternalInterface
 	subnetLen int
 	mtu       int
-	kernel    netutil.Kernel
+	kernel    netkernel.Kernel
 	log       *slog.Logger
 
 	mu sync.Mutex
@@ -33,7 +33,7 @@ type Backend struct {
 
 // New parses the options; nothing is created before Setup. The TUN's
 // address and route are kept through kernel.
-func New(cfg *lease.Config, ext underlay.ExternalInterface, kernel netutil.Kernel, log *slog.Logger) (*Backend, error) {
+func New(cfg *lease.Config, ext underlay.ExternalInterface, kernel netkernel.Kernel, log *slog.Logger) (*Backend, error) {
 	opts, err := ParseOptions(cfg.Backend.Raw)
 	if err != nil {
 		return nil, err
@@ -43,7 +43,7 @@ func New(cfg *lease.Config, ext underlay.ExternalInterface, kernel netutil.Kerne
 }
 
 // Footprint is what the udp backend leaves on a host: its persistent TUN.
-func Footprint() netutil.Footprint { return netutil.Footprint{Links: []string{DeviceName}} }
+func Footprint() netkernel.Footprint { return netkernel.Footprint{Links: []string{DeviceName}} }
 
 // MTU is the TUN's (and containers') MTU.
 func (b *Backend) MTU() int { return b.mtu }
@@ -57,7 +57,7 @@ func (b *Backend) Setup(context.Context) error {
 	if err != nil {
 		return fmt.Errorf("creating TUN %s: %w", DeviceName, err)
 	}
-	if err := netutil.SetTUNPersist(t, true); err != nil {
+	if err := netkernel.SetTUNPersist(t, true); err != nil {
 		t.Close()
 		return fmt.Errorf("making %s persistent: %w", DeviceName, err)
 	}
@@ -91,7 +91,7 @@ func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 	if err := b.dp.setTable(NewTable(d, b.subnetLen, b.opts.Port)); err != nil {
 		errs = append(errs, err)
 	}
-	errs = append(errs, netutil.EnsureTunnelLink(b.kernel, DeviceName, b.mtu, d.Self.Subnet, d.Network)...)
+	errs = append(errs, netkernel.EnsureTunnelLink(b.kernel, DeviceName, b.mtu, d.Self.Subnet, d.Network)...)
 	return errors.Join(errs...)
 }
 
@@ -122,11 +122,11 @@ func (b *Backend) Cleanup(context.Context) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.dp != nil {
-		netutil.SetTUNPersist(b.dp.tun, false)
+		netkernel.SetTUNPersist(b.dp.tun, false)
 		b.dp.stop()
 		b.dp = nil
 	}
-	return netutil.DeleteLink(b.kernel, DeviceName)
+	return netkernel.DeleteLink(b.kernel, DeviceName)
 }
 
 // BackendData is empty for udp, as in flannel.

@@ -1,7 +1,7 @@
 // Package underlay holds the plain values the backends' plans are made of,
 // without netlink: the external interface a host sends through and the
 // route to a peer's subnet. Plans import this package; only apply code
-// (through netutil's Kernel) turns them into kernel objects.
+// (through netkernel's Kernel) turns them into kernel objects.
 package underlay
 
 import "net/netip"

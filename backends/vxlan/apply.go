@@ -12,7 +12,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/backends/netkernel"
 	"github.com/weftnet/weft/backends/options"
 	"github.com/weftnet/weft/backends/underlay"
 	"github.com/weftnet/weft/mesh"
@@ -30,7 +30,7 @@ type Backend struct {
 	ipv6   bool
 	mac    net.HardwareAddr
 	mtu    int
-	kernel netutil.Kernel
+	kernel netkernel.Kernel
 	log    *slog.Logger
 	// macHolders are the leases publishing each VTEP MAC in the state last
 	// applied whole; nil until then (a delta then asks for a whole apply).
@@ -38,7 +38,7 @@ type Backend struct {
 }
 
 // New parses the options; the backend programs kernel.
-func New(raw json.RawMessage, ext underlay.ExternalInterface, publicIP netip.Addr, kernel netutil.Kernel, log *slog.Logger) (*Backend, error) {
+func New(raw json.RawMessage, ext underlay.ExternalInterface, publicIP netip.Addr, kernel netkernel.Kernel, log *slog.Logger) (*Backend, error) {
 	opts, err := ParseOptions(raw)
 	if err != nil {
 		return nil, err
@@ -57,7 +57,7 @@ func New(raw json.RawMessage, ext underlay.ExternalInterface, publicIP netip.Add
 // interface's IPv6 address, with a VTEP MAC of its own (published as
 // BackendV6Data). It is driven with the IPv6 half of each desired state
 // (mesh.Desired.IPv6Half).
-func NewIPv6(raw json.RawMessage, ext underlay.ExternalInterface, publicIPv6 netip.Addr, kernel netutil.Kernel, log *slog.Logger) (*Backend, error) {
+func NewIPv6(raw json.RawMessage, ext underlay.ExternalInterface, publicIPv6 netip.Addr, kernel netkernel.Kernel, log *slog.Logger) (*Backend, error) {
 	b, err := New(raw, ext, publicIPv6, kernel, log)
 	if err != nil {
 		return nil, err
@@ -69,7 +69,9 @@ func NewIPv6(raw json.RawMessage, ext underlay.ExternalInterface, publicIPv6 net
 }
 
 // Footprint is what the vxlan backend leaves on a host: weft.<VNI>.
-func Footprint() netutil.Footprint { return netutil.Footprint{Links: []string{"weft.#", "weft-v6.#"}} }
+func Footprint() netkernel.Footprint {
+	return netkernel.Footprint{Links: []string{"weft.#", "weft-v6.#"}}
+}
 
 // MTU is the device's (and containers') MTU.
 func (b *Backend) MTU() int { return b.mtu }
@@ -136,7 +138,7 @@ func (b *Backend) ensureDevice() (dev *netlink.Vxlan, created bool, err error) {
 
 func (b *Backend) matches(vx *netlink.Vxlan) bool {
 	return vx.VxlanId == b.opts.VNI && vx.Port == b.opts.Port && vx.VtepDevIndex == b.ext.Index &&
-		netutil.Addr(vx.SrcAddr) == b.src && vx.Learning == b.opts.Learning && vx.GBP == b.opts.GBP &&
+		netkernel.Addr(vx.SrcAddr) == b.src && vx.Learning == b.opts.Learning && vx.GBP == b.opts.GBP &&
 		vx.Attrs().HardwareAddr.String() == b.mac.String() && vx.Attrs().MTU == b.mtu
 }
 
@@ -151,7 +153,7 @@ func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 	state, errs, holders := plan(d, b.opts, b.ext)
 	b.macHolders = holders
 	idx := dev.Attrs().Index
-	errs = append(errs, netutil.EnsureOnlyAddress(b.kernel, dev, netip.PrefixFrom(d.Self.Subnet.Addr(), d.Self.Subnet.Addr().BitLen()))...)
+	errs = append(errs, netkernel.EnsureOnlyAddress(b.kernel, dev, netip.PrefixFrom(d.Self.Subnet.Addr(), d.Self.Subnet.Addr().BitLen()))...)
 	have, err := b.kernelEntries(idx)
 	if err != nil {
 		return errors.Join(append(errs, err)...)
@@ -210,14 +212,14 @@ func (b *Backend) kernelEntries(idx int) (entries, error) {
 		return e, fmt.Errorf("listing neighbours: %w", err)
 	}
 	for _, n := range neighs {
-		e.neighbors[netutil.Addr(n.IP)] = n
+		e.neighbors[netkernel.Addr(n.IP)] = n
 	}
 	fdb, err := b.kernel.NeighList(idx, unix.AF_BRIDGE)
 	if err != nil {
 		return e, fmt.Errorf("listing FDB: %w", err)
 	}
 	for _, n := range fdb {
-		k := fdbKey{n.HardwareAddr.String(), netutil.Addr(n.IP)}
+		k := fdbKey{n.HardwareAddr.String(), netkernel.Addr(n.IP)}
 		// Entries without a destination (the device's own, multicast) are the kernel's.
 		if k.dst.IsValid() {
 			n.Flags |= netlink.NTF_SELF
@@ -229,7 +231,7 @@ func (b *Backend) kernelEntries(idx int) (entries, error) {
 }
 
 func (b *Backend) kernelRoutes(idx int) (map[netip.Prefix]netlink.Route, error) {
-	return netutil.PeerRoutes(b.kernel, b.ipv6, idx, b.ext.Index)
+	return netkernel.PeerRoutes(b.kernel, b.ipv6, idx, b.ext.Index)
 }
 
 // family is the address family of the device's overlay addresses.
@@ -242,7 +244,7 @@ func (b *Backend) family() int {
 
 // plannedEntries are the kernel objects a plan puts on the device.
 func (b *Backend) plannedEntries(idx int, s State) entries {
-	e := entries{neighbors: map[netip.Addr]netlink.Neigh{}, fdb: map[fdbKey]netlink.Neigh{}, routes: netutil.PlannedRoutes(idx, b.ext.Index, s.Routes)}
+	e := entries{neighbors: map[netip.Addr]netlink.Neigh{}, fdb: map[fdbKey]netlink.Neigh{}, routes: netkernel.PlannedRoutes(idx, b.ext.Index, s.Routes)}
 	for _, n := range s.Neighbors {
 		e.neighbors[n.IP] = *neighbor(idx, n)
 	}
@@ -311,7 +313,7 @@ func (b *Backend) sync(idx int, have entries, want State) []error {
 }
 
 func (b *Backend) syncRoutes(idx int, current map[netip.Prefix]netlink.Route, want []underlay.Route) []error {
-	return netutil.SyncPeerRoutes(b.kernel, idx, b.ext.Index, current, want, nil)
+	return netkernel.SyncPeerRoutes(b.kernel, idx, b.ext.Index, current, want, nil)
 }
 
 // Cleanup removes the device (its routes, neighbours and FDB go with it)

@@ -8,7 +8,7 @@ import (
 	"net/netip"
 	"testing"
 
-	"github.com/weftnet/weft/backends/backendtest"
+	"github.com/weftnet/weft/backends/netkernel/netkerneltest"
 	"github.com/weftnet/weft/lease"
 	"github.com/weftnet/weft/mesh"
 )
@@ -17,7 +17,7 @@ import (
 // as golden text, through applies, a delta and a device deleted by hand;
 // TestApplyInNetns checks the same against the real kernel.
 func TestApplyOnFakeKernel(t *testing.T) {
-	k := backendtest.NewKernel()
+	k := netkerneltest.NewKernel()
 	ext := k.AddExternal("ext0", netip.MustParsePrefix("192.168.77.1/24"), 1500)
 	b, err := New(json.RawMessage(`{"Type":"vxlan"}`), ext, ext.Addr, k, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {

@@ -4,5 +4,5 @@
 // permanent neighbour entry and an FDB entry to its PublicIP.
 //
 // plan.go is pure (options, BackendData, peers → kernel state); apply.go
-// programs it through the netutil.Kernel seam.
+// programs it through the netkernel.Kernel seam.
 package vxlan

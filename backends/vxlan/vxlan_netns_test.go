@@ -12,8 +12,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/weftnet/weft/backends/backendtest"
-	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/backends/netkernel"
+	"github.com/weftnet/weft/backends/netkernel/netkerneltest"
 	"github.com/weftnet/weft/lease"
 	"github.com/weftnet/weft/mesh"
 )
@@ -21,7 +21,7 @@ import (
 // TestApplyInNetns drives the backend against the kernel in a private
 // namespace and reads the result back with ip and bridge.
 func TestApplyInNetns(t *testing.T) {
-	ns := backendtest.NewNetns(t)
+	ns := netkerneltest.NewNetns(t)
 	ns.Run(t, "ip", "link", "add", "ext0", "type", "veth", "peer", "name", "ext0p")
 	ns.Run(t, "ip", "addr", "add", "192.168.77.1/24", "dev", "ext0")
 	ns.Run(t, "ip", "link", "set", "ext0", "up")
@@ -32,7 +32,7 @@ func TestApplyInNetns(t *testing.T) {
 	}
 	ext := testExt
 	ext.Index, ext.MTU, ext.Addr = link.Attrs().Index, link.Attrs().MTU, netip.MustParseAddr("192.168.77.1")
-	b, err := New(json.RawMessage(`{"Type":"vxlan"}`), ext, ext.Addr, netutil.NewNetlink(ns.Handle, nil), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	b, err := New(json.RawMessage(`{"Type":"vxlan"}`), ext, ext.Addr, netkernel.NewNetlink(ns.Handle, nil), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}

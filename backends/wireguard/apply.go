@@ -15,7 +15,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
-	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/backends/netkernel"
 	"github.com/weftnet/weft/backends/options"
 	"github.com/weftnet/weft/backends/underlay"
 	"github.com/weftnet/weft/keys"
@@ -29,8 +29,8 @@ type Backend struct {
 	opts    Options
 	ext     underlay.ExternalInterface
 	keyFile string
-	kernel  netutil.Kernel
-	calls   *netutil.Calls
+	kernel  netkernel.Kernel
+	calls   *netkernel.Calls
 	log     *slog.Logger
 	mtu     int
 
@@ -61,7 +61,7 @@ type Backend struct {
 // New parses the Backend options and loads (or creates) the private key.
 // Links and routes go through kernel; device reads and writes are counted
 // in calls (nil: not counted). Every error names the option or file at fault.
-func New(raw json.RawMessage, ext underlay.ExternalInterface, keyFile string, kernel netutil.Kernel, calls *netutil.Calls, log *slog.Logger) (*Backend, error) {
+func New(raw json.RawMessage, ext underlay.ExternalInterface, keyFile string, kernel netkernel.Kernel, calls *netkernel.Calls, log *slog.Logger) (*Backend, error) {
 	opts, err := ParseOptions(raw)
 	if err != nil {
 		return nil, err
@@ -87,7 +87,7 @@ func New(raw json.RawMessage, ext underlay.ExternalInterface, keyFile string, ke
 // the same key, driven with the IPv6 half of each desired state
 // (mesh.Desired.IPv6Half), so its peers are the leases' IPv6 subnets at
 // their PublicIPv6 and BackendV6Data's port.
-func NewIPv6(raw json.RawMessage, ext underlay.ExternalInterface, keyFile string, kernel netutil.Kernel, calls *netutil.Calls, log *slog.Logger) (*Backend, error) {
+func NewIPv6(raw json.RawMessage, ext underlay.ExternalInterface, keyFile string, kernel netkernel.Kernel, calls *netkernel.Calls, log *slog.Logger) (*Backend, error) {
 	b, err := New(raw, ext, keyFile, kernel, calls, log.With("family", "ipv6"))
 	if err != nil {
 		return nil, err
@@ -105,8 +105,8 @@ func (b *Backend) BackendV6Data() json.RawMessage { return b.BackendData() }
 // Footprint is what the wireguard backend leaves on a host: the device
 // (kernel link or persistent TUN) and wireguard-go's UAPI socket. The key
 // file is not in it: it is this host's identity and outlives a cleanup.
-func Footprint() netutil.Footprint {
-	return netutil.Footprint{Links: []string{DeviceName, DeviceNameIPv6},
+func Footprint() netkernel.Footprint {
+	return netkernel.Footprint{Links: []string{DeviceName, DeviceNameIPv6},
 		Files: []string{"/var/run/wireguard/" + DeviceName + ".sock", "/var/run/wireguard/" + DeviceNameIPv6 + ".sock"}}
 }
 
@@ -248,7 +248,7 @@ func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 	if err := b.kick(p.kick); err != nil {
 		errs = append(errs, err)
 	}
-	errs = append(errs, netutil.EnsureTunnelLinkFor(b.kernel, b.name, b.mtu, tunnelHalves(d, b.opts))...)
+	errs = append(errs, netkernel.EnsureTunnelLinkFor(b.kernel, b.name, b.mtu, tunnelHalves(d, b.opts))...)
 	errs = append(errs, b.syncDirect(nil, DirectRoutes(d, b.opts), d.Network.Addr().Is6(), true)...)
 	b.applied = len(errs) == 0
 	return errors.Join(errs...)
@@ -352,13 +352,13 @@ func (b *Backend) syncDirect(before, want []underlay.Route, ipv6, dump bool) []e
 	var current map[netip.Prefix]netlink.Route
 	if dump {
 		var err error
-		if current, err = netutil.PeerRoutes(b.kernel, ipv6, -1, b.ext.Index); err != nil {
+		if current, err = netkernel.PeerRoutes(b.kernel, ipv6, -1, b.ext.Index); err != nil {
 			return []error{err}
 		}
 	} else {
-		current = netutil.PlannedRoutes(-1, b.ext.Index, before)
+		current = netkernel.PlannedRoutes(-1, b.ext.Index, before)
 	}
-	return netutil.SyncPeerRoutes(b.kernel, -1, b.ext.Index, current, want, b.log.With("dev", b.ext.Name))
+	return netkernel.SyncPeerRoutes(b.kernel, -1, b.ext.Index, current, want, b.log.With("dev", b.ext.Name))
 }
 
 // open creates or adopts the device; the on-demand table configures its
@@ -486,13 +486,13 @@ const maxKick = 256
 
 // read is one counted read of the whole device.
 func (b *Backend) read() (*wgtypes.Device, error) {
-	b.calls.Count(netutil.CallWGRead)
+	b.calls.Count(netkernel.CallWGRead)
 	return b.control.Device(b.name)
 }
 
 // configure is one counted ConfigureDevice call.
 func (b *Backend) configure(cfg wgtypes.Config) error {
-	b.calls.Count(netutil.CallWGWrite)
+	b.calls.Count(netkernel.CallWGWrite)
 	return b.control.ConfigureDevice(b.name, cfg)
 }
 

@@ -17,7 +17,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/vishvananda/netlink"
-	"github.com/weftnet/weft/backends/backendtest"
+	"github.com/weftnet/weft/backends/netkernel/netkerneltest"
 	"github.com/weftnet/weft/backends/wireguard/wireguardtest"
 	"github.com/weftnet/weft/keys"
 	"github.com/weftnet/weft/lease"
@@ -29,13 +29,13 @@ import (
 // WireGuard control (devices as `wg show` prints them).
 type fakeHost struct {
 	b       *Backend
-	kernel  *backendtest.Kernel
+	kernel  *netkerneltest.Kernel
 	control *wireguardtest.Control
 }
 
 func newFakeHost(t *testing.T, options string) *fakeHost {
 	t.Helper()
-	k := backendtest.NewKernel()
+	k := netkerneltest.NewKernel()
 	ext := k.AddExternal("ext0", netip.MustParsePrefix("192.168.50.1/24"), 1500)
 	ext.Name = "ext0"
 	b, err := New(json.RawMessage(options), ext, filepath.Join(t.TempDir(), "key"), k, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
@@ -207,7 +207,7 @@ func TestOnDemandOnFakes(t *testing.T) {
 		return &wgDevice{name: name, kind: ImplUserspace, peers: peers}, nil
 	}
 	t.Cleanup(func() { startUserspaceDevice = startUserspace })
-	k := backendtest.NewKernel()
+	k := netkerneltest.NewKernel()
 	k.AddTUN(DeviceName, 1420) // wireguard-go's persistent TUN
 	ext := k.AddExternal("ext0", netip.MustParsePrefix("192.168.50.1/24"), 1500)
 	ext.Name = "ext0"
@@ -278,7 +278,7 @@ func waitFor(t *testing.T, what string, ok func() bool) {
 	}
 }
 
-func mustLink(t *testing.T, k *backendtest.Kernel, name string) netlink.Link {
+func mustLink(t *testing.T, k *netkerneltest.Kernel, name string) netlink.Link {
 	t.Helper()
 	l, err := k.LinkByName(name)
 	if err != nil {
@@ -292,7 +292,7 @@ func mustLink(t *testing.T, k *backendtest.Kernel, name string) netlink.Link {
 // at its PublicIP, weft-wg-v6 its IPv6 subnet at its PublicIPv6 and
 // BackendV6Data's port, and a rotation reaches both devices.
 func TestStackSeparateOnFakes(t *testing.T) {
-	k := backendtest.NewKernel()
+	k := netkerneltest.NewKernel()
 	ext := k.AddExternal("ext0", netip.MustParsePrefix("192.168.50.1/24"), 1500)
 	cfg, err := lease.ParseConfig([]byte(`{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00:5::/48","Backend":{"Type":"wireguard","Implementation":"kernel"}}`))
 	if err != nil {

@@ -10,7 +10,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/conn"
 
-	"github.com/weftnet/weft/backends/backendtest"
+	"github.com/weftnet/weft/backends/netkernel/netkerneltest"
 )
 
 // TestWireGuardGoBindMixedFamiliesInNetns shows the wireguard-go bug behind
@@ -20,7 +20,7 @@ import (
 // the IPv6 packet arrives, wireguard-go has mended its bind: drop the
 // warning (and this test).
 func TestWireGuardGoBindMixedFamiliesInNetns(t *testing.T) {
-	ns := backendtest.NewNetns(t)
+	ns := netkerneltest.NewNetns(t)
 	for _, a := range []string{"fd00::1/128", "fd00::2/128"} {
 		ns.Run(t, "ip", "addr", "add", a, "dev", "lo", "nodad")
 	}

@@ -12,7 +12,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
-	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/backends/netkernel"
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
@@ -37,7 +37,7 @@ type wgDevice struct {
 // openDevice creates or adopts the device. opts.Implementation is auto,
 // kernel or userspace; auto prefers an existing device's kind, then the
 // kernel. Log lines and errors name where the choice came from.
-func openDevice(k netutil.Kernel, name string, opts Options, mtu int, peers *onDemand, log *slog.Logger) (*wgDevice, error) {
+func openDevice(k netkernel.Kernel, name string, opts Options, mtu int, peers *onDemand, log *slog.Logger) (*wgDevice, error) {
 	impl, from := opts.Implementation, opts.ImplementationFrom
 	if from == "" {
 		from = `key "Backend.Implementation"`
@@ -83,7 +83,7 @@ func openDevice(k netutil.Kernel, name string, opts Options, mtu int, peers *onD
 // peers the fake control keeps.
 var startUserspaceDevice = startUserspace
 
-func ensureKernelLink(k netutil.Kernel, name string, existing netlink.Link) error {
+func ensureKernelLink(k netkernel.Kernel, name string, existing netlink.Link) error {
 	if existing != nil {
 		if existing.Type() == "wireguard" {
 			return nil
@@ -109,7 +109,7 @@ func startUserspace(name string, mtu int, peers *onDemand, log *slog.Logger) (*w
 	if err != nil {
 		return nil, fmt.Errorf("creating TUN %s for wireguard-go: %w", name, err)
 	}
-	if err := netutil.SetTUNPersist(tunDev, true); err != nil {
+	if err := netkernel.SetTUNPersist(tunDev, true); err != nil {
 		tunDev.Close()
 		return nil, fmt.Errorf("making TUN %s persistent: %w", name, err)
 	}
@@ -200,11 +200,11 @@ func (d *wgDevice) close() {
 }
 
 // remove deletes the interface for good.
-func (d *wgDevice) remove(k netutil.Kernel) error {
+func (d *wgDevice) remove(k netkernel.Kernel) error {
 	if d.kind == ImplUserspace && d.tun != nil {
 		// Clear persistence first so the kernel frees it when we let go.
-		netutil.SetTUNPersist(d.tun, false)
+		netkernel.SetTUNPersist(d.tun, false)
 	}
 	d.close()
-	return netutil.DeleteLink(k, d.name)
+	return netkernel.DeleteLink(k, d.name)
 }

@@ -16,8 +16,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/weftnet/weft/backends/backendtest"
-	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/backends/netkernel"
+	"github.com/weftnet/weft/backends/netkernel/netkerneltest"
 	"github.com/weftnet/weft/backends/underlay"
 	"github.com/weftnet/weft/lease"
 	"github.com/weftnet/weft/mesh"
@@ -28,7 +28,7 @@ import (
 // deltas, reading the device back with `wg show dump`: a delta must leave
 // exactly what a whole apply of the same state leaves.
 func TestDeviceApplyAndDeltaInNetns(t *testing.T) {
-	ns := backendtest.NewNetns(t)
+	ns := netkerneltest.NewNetns(t)
 	if _, err := exec.LookPath("wg"); err != nil {
 		t.Skip("wg (wireguard-tools) not installed; make test installs it")
 	}
@@ -38,11 +38,11 @@ func TestDeviceApplyAndDeltaInNetns(t *testing.T) {
 	if _, err := os.Stat("/var/run/wireguard"); err != nil {
 		t.Cleanup(func() { os.Remove("/var/run/wireguard") })
 	}
-	name := backendtest.UniqueName("wgt")
+	name := netkerneltest.UniqueName("wgt")
 	ext := underlay.ExternalInterface{Name: "lo", MTU: 1500}
 	port := 40000 + int(name[3])%20*100 // any free port inside a fresh namespace works
 	b, err := New(json.RawMessage(fmt.Sprintf(`{"Type":"wireguard","Implementation":"userspace","ListenPort":%d}`, port)),
-		ext, filepath.Join(t.TempDir(), "key"), netutil.NewNetlink(nil, nil), nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		ext, filepath.Join(t.TempDir(), "key"), netkernel.NewNetlink(nil, nil), nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,7 +7,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
-	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/backends/netkernel"
 	"github.com/weftnet/weft/keys"
 	"github.com/weftnet/weft/mesh"
 )
@@ -64,13 +64,13 @@ func planDevice(current *wgtypes.Device, key keys.Key, port int, want []PeerSpec
 // tunnelHalves are the device's addresses and routes: this host's subnet
 // in the Network, its IPv6 subnet when the one device carries both
 // families, and PeersNetwork (a route, no address) for outside peers.
-func tunnelHalves(d mesh.Desired, opts Options) []netutil.TunnelHalf {
-	halves := []netutil.TunnelHalf{{Self: d.Self.Subnet, Network: d.Network}}
+func tunnelHalves(d mesh.Desired, opts Options) []netkernel.TunnelHalf {
+	halves := []netkernel.TunnelHalf{{Self: d.Self.Subnet, Network: d.Network}}
 	if opts.Mode != ModeSeparate && d.IPv6Network.IsValid() && d.Self.IPv6Subnet.IsValid() {
-		halves = append(halves, netutil.TunnelHalf{Self: d.Self.IPv6Subnet, Network: d.IPv6Network})
+		halves = append(halves, netkernel.TunnelHalf{Self: d.Self.IPv6Subnet, Network: d.IPv6Network})
 	}
 	if d.PeersNetwork.IsValid() {
-		halves = append(halves, netutil.TunnelHalf{Network: d.PeersNetwork})
+		halves = append(halves, netkernel.TunnelHalf{Network: d.PeersNetwork})
 	}
 	return halves
 }
@@ -110,7 +110,7 @@ func peerStates(peers []wgtypes.Peer) []PeerState {
 			s.Endpoint = netip.AddrPortFrom(s.Endpoint.Addr().Unmap(), s.Endpoint.Port())
 		}
 		for _, a := range p.AllowedIPs {
-			if pfx, ok := netutil.Prefix(&a); ok {
+			if pfx, ok := netkernel.Prefix(&a); ok {
 				s.AllowedIPs = append(s.AllowedIPs, pfx)
 			}
 		}
@@ -138,7 +138,7 @@ func toPeerConfig(c Change) wgtypes.PeerConfig {
 	}
 	pc.PresharedKey = &psk
 	for _, p := range c.Spec.AllowedIPs {
-		pc.AllowedIPs = append(pc.AllowedIPs, *netutil.IPNet(p))
+		pc.AllowedIPs = append(pc.AllowedIPs, *netkernel.IPNet(p))
 	}
 	return pc
 }

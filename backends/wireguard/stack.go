@@ -8,7 +8,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
-	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/backends/netkernel"
 	"github.com/weftnet/weft/backends/underlay"
 	"github.com/weftnet/weft/lease"
 	"github.com/weftnet/weft/mesh"
@@ -32,7 +32,7 @@ type Stack struct {
 }
 
 // NewStack builds the devices cfg's network needs (see Stack).
-func NewStack(cfg *lease.Config, ext underlay.ExternalInterface, keyFile string, kernel netutil.Kernel, calls *netutil.Calls, log *slog.Logger) (*Stack, error) {
+func NewStack(cfg *lease.Config, ext underlay.ExternalInterface, keyFile string, kernel netkernel.Kernel, calls *netkernel.Calls, log *slog.Logger) (*Stack, error) {
 	raw := cfg.Backend.Raw
 	opts, err := ParseOptions(raw)
 	if err != nil {

@@ -14,7 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/backends"
-	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/backends/netkernel"
 	"github.com/weftnet/weft/backends/tunnelfilter"
 	"github.com/weftnet/weft/cmd/internal/firewall"
 	"github.com/weftnet/weft/cmd/internal/host"
@@ -24,7 +24,7 @@ import (
 
 // ownedBy returns the backend whose footprint includes the device name,
 // or "" for a device weft did not make.
-func ownedBy(footprints map[string]netutil.Footprint, name string) string {
+func ownedBy(footprints map[string]netkernel.Footprint, name string) string {
 	for backend, f := range footprints {
 		if f.OwnsLink(name) {
 			return backend
@@ -63,7 +63,7 @@ func runCleanup(ctx context.Context, args []string, opts etcdstore.Options, stdo
 	// Every backend's footprint, whichever ran: a host may have switched
 	// Backend.Type, and cleanup must leave nothing of any.
 	footprints := backends.Footprints()
-	kernel := netutil.NewNetlink(nil, nil)
+	kernel := netkernel.NewNetlink(nil, nil)
 	links, err := kernel.LinkList()
 	errs = append(errs, err)
 	for _, l := range links {
@@ -77,7 +77,7 @@ func runCleanup(ctx context.Context, args []string, opts etcdstore.Options, stdo
 			fmt.Fprintf(stdout, "removed device %s\n", name)
 		}
 	}
-	routes, err := netutil.OwnedRoutes(kernel)
+	routes, err := netkernel.OwnedRoutes(kernel)
 	errs = append(errs, err)
 	for _, r := range routes {
 		if err := kernel.RouteDel(&r); err != nil {
@@ -130,7 +130,7 @@ func runCleanup(ctx context.Context, args []string, opts etcdstore.Options, stdo
 // weft's own state and the subnet file are left alone.
 func cleanupFlannel(subnetFile string, stdout io.Writer) error {
 	var errs []error
-	kernel := netutil.NewNetlink(nil, nil)
+	kernel := netkernel.NewNetlink(nil, nil)
 	links, err := kernel.LinkList()
 	errs = append(errs, err)
 	for _, l := range links {
@@ -146,10 +146,10 @@ func cleanupFlannel(subnetFile string, stdout io.Writer) error {
 		routes, err := kernel.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
 		errs = append(errs, err)
 		for _, r := range routes {
-			dst, ok := netutil.Prefix(r.Dst)
+			dst, ok := netkernel.Prefix(r.Dst)
 			// weft's own routes (proto 87) and the bridge's connected route
 			// (proto kernel) stay; flanneld's host-gw and blackhole routes go.
-			if !ok || !env.Network.Contains(dst.Addr()) || r.Protocol == netutil.RouteProtocol || r.Protocol == unix.RTPROT_KERNEL {
+			if !ok || !env.Network.Contains(dst.Addr()) || r.Protocol == netkernel.RouteProtocol || r.Protocol == unix.RTPROT_KERNEL {
 				continue
 			}
 			if err := kernel.RouteDel(&r); err != nil {

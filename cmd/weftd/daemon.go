@@ -11,7 +11,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/weftnet/weft/backends"
-	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/backends/netkernel"
 	"github.com/weftnet/weft/cmd/internal/host"
 	"github.com/weftnet/weft/lease"
 	"github.com/weftnet/weft/mesh"
@@ -44,7 +44,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	kernel := netutil.NewNetlink(nil, obs.kernelCalls())
+	kernel := netkernel.NewNetlink(nil, obs.kernelCalls())
 	backend, err := startBackend(ctx, o, backends.Env{Config: cfg, External: ext, PublicIP: publicIP, PublicIPv6: publicIP6, Log: log,
 		KeyFile: o.keyFile, WireGuardImplementation: o.wgImpl, BehindNAT: o.behindNAT, SourceFilter: sourceFilter(o, cfg, log),
 		Kernel: kernel, Calls: obs.kernelCalls()}, obs)

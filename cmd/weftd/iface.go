@@ -12,7 +12,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/backends/netkernel"
 	"github.com/weftnet/weft/backends/underlay"
 	"github.com/weftnet/weft/cmd/internal/host"
 )
@@ -258,7 +258,7 @@ func publicIPv6(o *options, ext underlay.ExternalInterface) (netip.Addr, error) 
 // global IPv4 and IPv6 addresses, and the default route's interface (0:
 // none).
 func hostInterfaces() ([]hostInterface, int, error) {
-	links, err := netutil.Retry(netlink.LinkList)
+	links, err := netkernel.Retry(netlink.LinkList)
 	if err != nil {
 		return nil, 0, fmt.Errorf("listing interfaces: %w", err)
 	}
@@ -266,21 +266,21 @@ func hostInterfaces() ([]hostInterface, int, error) {
 	var out []hostInterface
 	for _, l := range links {
 		i := hostInterface{Name: l.Attrs().Name, Index: l.Attrs().Index, MTU: l.Attrs().MTU}
-		addrs, err := netutil.Retry(func() ([]netlink.Addr, error) { return netlink.AddrList(l, netlink.FAMILY_V4) })
+		addrs, err := netkernel.Retry(func() ([]netlink.Addr, error) { return netlink.AddrList(l, netlink.FAMILY_V4) })
 		if err != nil {
 			return nil, 0, fmt.Errorf("listing addresses of %s: %w", i.Name, err)
 		}
 		for _, a := range addrs {
-			if p, ok := netutil.Prefix(a.IPNet); ok && a.Scope == unix.RT_SCOPE_UNIVERSE {
+			if p, ok := netkernel.Prefix(a.IPNet); ok && a.Scope == unix.RT_SCOPE_UNIVERSE {
 				i.Addrs = append(i.Addrs, p)
 			}
 		}
-		addrs6, err := netutil.Retry(func() ([]netlink.Addr, error) { return netlink.AddrList(l, netlink.FAMILY_V6) })
+		addrs6, err := netkernel.Retry(func() ([]netlink.Addr, error) { return netlink.AddrList(l, netlink.FAMILY_V6) })
 		if err != nil {
 			return nil, 0, fmt.Errorf("listing IPv6 addresses of %s: %w", i.Name, err)
 		}
 		for _, a := range addrs6 {
-			if p, ok := netutil.Prefix(a.IPNet); ok && a.Scope == unix.RT_SCOPE_UNIVERSE && !p.Addr().IsLinkLocalUnicast() {
+			if p, ok := netkernel.Prefix(a.IPNet); ok && a.Scope == unix.RT_SCOPE_UNIVERSE && !p.Addr().IsLinkLocalUnicast() {
 				i.Addrs6 = append(i.Addrs6, p)
 			}
 		}
@@ -288,13 +288,13 @@ func hostInterfaces() ([]hostInterface, int, error) {
 	}
 	// The IPv4 default route's interface; an IPv6-only host's IPv6 one.
 	for _, family := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
-		routes, err := netutil.Retry(func() ([]netlink.Route, error) { return netlink.RouteList(nil, family) })
+		routes, err := netkernel.Retry(func() ([]netlink.Route, error) { return netlink.RouteList(nil, family) })
 		if err != nil {
 			return nil, 0, fmt.Errorf("listing routes: %w", err)
 		}
 		var best *netlink.Route
 		for i, r := range routes {
-			if dst, _ := netutil.Prefix(r.Dst); (r.Dst == nil || dst.Bits() == 0) && r.LinkIndex > 0 && (best == nil || r.Priority < best.Priority) {
+			if dst, _ := netkernel.Prefix(r.Dst); (r.Dst == nil || dst.Bits() == 0) && r.LinkIndex > 0 && (best == nil || r.Priority < best.Priority) {
 				best = &routes[i]
 			}
 		}
@@ -311,7 +311,7 @@ func routeTo(ip netip.Addr) (int, netip.Addr, error) {
 	if err != nil || len(routes) == 0 {
 		return 0, netip.Addr{}, fmt.Errorf("no route to %s: %v", ip, err)
 	}
-	return routes[0].LinkIndex, netutil.Addr(routes[0].Src), nil
+	return routes[0].LinkIndex, netkernel.Addr(routes[0].Src), nil
 }
 
 // warnFlannelLeftovers names the devices flanneld left on a host moving

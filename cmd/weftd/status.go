@@ -15,7 +15,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/weftnet/weft/backends"
-	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/backends/netkernel"
 	"github.com/weftnet/weft/cmd/internal/status"
 	"github.com/weftnet/weft/lease"
 	"github.com/weftnet/weft/mesh"
@@ -26,7 +26,7 @@ import (
 type observer struct {
 	ready atomic.Bool
 	// calls counts the backend's kernel calls, for weft_kernel_calls_total.
-	calls netutil.Calls
+	calls netkernel.Calls
 
 	mu         sync.Mutex
 	backend    any
@@ -47,7 +47,7 @@ func newObserver() *observer {
 }
 
 // kernelCalls is the counter the backend's kernel calls go to.
-func (o *observer) kernelCalls() *netutil.Calls { return &o.calls }
+func (o *observer) kernelCalls() *netkernel.Calls { return &o.calls }
 
 // setBackend records the backend once it is set up.
 func (o *observer) setBackend(backend any, btype string) {

@@ -6,7 +6,7 @@ import (
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
-	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/backends/netkernel"
 	"golang.org/x/sys/unix"
 )
 
@@ -20,7 +20,7 @@ const BlackholeMetric = 4242
 
 // blackhole is the blackhole route for subnet, of its family.
 func blackhole(subnet netip.Prefix) *netlink.Route {
-	return &netlink.Route{Dst: netutil.IPNet(subnet), Type: unix.RTN_BLACKHOLE, Family: family(subnet),
+	return &netlink.Route{Dst: netkernel.IPNet(subnet), Type: unix.RTN_BLACKHOLE, Family: family(subnet),
 		Table: unix.RT_TABLE_MAIN, Priority: BlackholeMetric}
 }
 
@@ -35,7 +35,7 @@ func family(p netip.Prefix) int {
 // EnsureBlackhole adds the blackhole route for subnet (IPv4 or IPv6)
 // unless the kernel has it (flannel's -ip-blackhole-route), and removes the
 // one of previous (an older lease's subnet; the zero prefix for none).
-func EnsureBlackhole(k netutil.Kernel, subnet, previous netip.Prefix) error {
+func EnsureBlackhole(k netkernel.Kernel, subnet, previous netip.Prefix) error {
 	if previous.IsValid() && previous != subnet {
 		if err := RemoveBlackhole(k, previous); err != nil {
 			return err
@@ -57,7 +57,7 @@ func EnsureBlackhole(k netutil.Kernel, subnet, previous netip.Prefix) error {
 
 // RemoveBlackhole removes the blackhole route EnsureBlackhole keeps for
 // subnet; a missing one is not an error.
-func RemoveBlackhole(k netutil.Kernel, subnet netip.Prefix) error {
+func RemoveBlackhole(k netkernel.Kernel, subnet netip.Prefix) error {
 	if err := k.RouteDel(blackhole(subnet)); err != nil && !errors.Is(err, unix.ESRCH) {
 		return fmt.Errorf("removing the blackhole route of %s: %w", subnet, err)
 	}

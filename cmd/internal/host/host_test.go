@@ -7,14 +7,14 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/weftnet/weft/backends/backendtest"
-	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/backends/netkernel"
+	"github.com/weftnet/weft/backends/netkernel/netkerneltest"
 	"github.com/weftnet/weft/cmd/internal/host"
 )
 
 const extLines = "addr 192.168.77.1/24 dev eth0\nlink eth0 veth mtu 1500 up\n"
 
-func checkState(t *testing.T, k *backendtest.Kernel, want string) {
+func checkState(t *testing.T, k *netkerneltest.Kernel, want string) {
 	t.Helper()
 	if got := k.State(); got != want {
 		t.Fatalf("kernel state:\n%s\nwant:\n%s", got, want)
@@ -25,9 +25,9 @@ func checkState(t *testing.T, k *backendtest.Kernel, want string) {
 // once, beside the bridge's own route to the same subnet, and moves with
 // the lease.
 func TestEnsureBlackhole(t *testing.T) {
-	k := backendtest.NewKernel()
+	k := netkerneltest.NewKernel()
 	ext := k.AddExternal("eth0", netip.MustParsePrefix("192.168.77.1/24"), 1500)
-	bridge := netlink.Route{LinkIndex: ext.Index, Dst: netutil.IPNet(netip.MustParsePrefix("10.5.34.0/24")), Table: unix.RT_TABLE_MAIN, Scope: netlink.SCOPE_LINK}
+	bridge := netlink.Route{LinkIndex: ext.Index, Dst: netkernel.IPNet(netip.MustParsePrefix("10.5.34.0/24")), Table: unix.RT_TABLE_MAIN, Scope: netlink.SCOPE_LINK}
 	if err := k.RouteReplace(&bridge); err != nil {
 		t.Fatal(err)
 	}

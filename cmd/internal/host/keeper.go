@@ -9,13 +9,13 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
-	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/backends/netkernel"
 )
 
 // Keeper keeps what weftd needs of the host itself, beside the backend's
 // data path: IP forwarding, and -ip-blackhole-route's routes.
 type Keeper struct {
-	kernel netutil.Kernel
+	kernel netkernel.Kernel
 	// every is how often the blackhole routes are checked (flannel's
 	// iptables resync period).
 	every time.Duration
@@ -23,7 +23,7 @@ type Keeper struct {
 }
 
 // NewKeeper keeps the host through kernel, checking every interval.
-func NewKeeper(kernel netutil.Kernel, every time.Duration, log *slog.Logger) *Keeper {
+func NewKeeper(kernel netkernel.Kernel, every time.Duration, log *slog.Logger) *Keeper {
 	return &Keeper{kernel: kernel, every: every, log: log}
 }
 

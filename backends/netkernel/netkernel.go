@@ -1,7 +1,12 @@
-// Package netutil holds what every kernel backend needs around netlink: the
-// external interface's description, conversions from netip to netlink
-// types, and dump calls that retry when the kernel interrupts them.
-package netutil
+// Package netkernel is the seam between weft and the kernel's network
+// stack: the Kernel interface (links, addresses, routes, neighbours;
+// netlink's calls, counted) that every kernel backend programs through,
+// with netkerneltest's in-memory fake that prints its state as ip and
+// bridge do; and what backends build on it: weft's routes to peers
+// (SyncPeerRoutes), tunnel links, footprints for cleanup, conversions from
+// netip to netlink types, and dumps that retry when the kernel interrupts
+// them.
+package netkernel
 
 import (
 	"errors"

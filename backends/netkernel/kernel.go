@@ -1,4 +1,4 @@
-package netutil
+package netkernel
 
 import (
 	"sync"
@@ -10,7 +10,7 @@ import (
 // Kernel is everything the backends ask of the kernel's network stack:
 // links, addresses, routes, neighbours and FDB entries, in
 // vishvananda/netlink's types and with its method names. Netlink is the
-// real one; backendtest.Kernel is an in-memory fake that prints its state
+// real one; netkerneltest.Kernel is an in-memory fake that prints its state
 // as `ip` and `bridge` do, so apply code is tested without root. List
 // calls return whole dumps (the real one retries interrupted dumps).
 type Kernel interface {

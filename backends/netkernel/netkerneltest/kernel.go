@@ -1,4 +1,4 @@
-package backendtest
+package netkerneltest
 
 import (
 	"fmt"
@@ -12,11 +12,11 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/backends/netkernel"
 	"github.com/weftnet/weft/backends/underlay"
 )
 
-// Kernel is an in-memory netutil.Kernel: links, addresses, main-table
+// Kernel is an in-memory netkernel.Kernel: links, addresses, main-table
 // routes, neighbours and FDB entries, with the errors the kernel gives
 // (EEXIST, ESRCH, ENOENT, a missing link). It prints its state as `ip` and
 // `bridge` do, so backend tests compare golden text and run without root.
@@ -40,7 +40,7 @@ type Kernel struct {
 	writes    int
 }
 
-var _ netutil.Kernel = (*Kernel)(nil)
+var _ netkernel.Kernel = (*Kernel)(nil)
 
 // NewKernel returns a kernel with no links.
 func NewKernel() *Kernel {
@@ -235,7 +235,7 @@ func (k *Kernel) AddrList(link netlink.Link, family int) ([]netlink.Addr, error)
 	var out []netlink.Addr
 	for _, p := range k.addrs[l.Attrs().Index] {
 		if family == netlink.FAMILY_ALL || p.Addr().Is4() == (family == netlink.FAMILY_V4) {
-			out = append(out, netlink.Addr{IPNet: netutil.IPNet(p), LinkIndex: l.Attrs().Index})
+			out = append(out, netlink.Addr{IPNet: netkernel.IPNet(p), LinkIndex: l.Attrs().Index})
 		}
 	}
 	return out, nil
@@ -259,7 +259,7 @@ func (k *Kernel) changeAddr(link netlink.Link, addr *netlink.Addr, add bool) err
 	if err != nil {
 		return err
 	}
-	p, _ := netutil.Prefix(addr.IPNet)
+	p, _ := netkernel.Prefix(addr.IPNet)
 	idx := l.Attrs().Index
 	has := slices.Contains(k.addrs[idx], p)
 	switch {
@@ -308,7 +308,7 @@ func (k *Kernel) RouteListFiltered(family int, filter *netlink.Route, filterMask
 }
 
 func dstOf(r *netlink.Route) netip.Prefix {
-	p, _ := netutil.Prefix(r.Dst)
+	p, _ := netkernel.Prefix(r.Dst)
 	return p
 }
 
@@ -418,7 +418,7 @@ func (k *Kernel) NeighDel(neigh *netlink.Neigh) error {
 
 // DeleteRoute removes a route by hand (drift), as `ip route del dst` would.
 func (k *Kernel) DeleteRoute(dst string) error {
-	return k.RouteDel(&netlink.Route{Dst: netutil.IPNet(netip.MustParsePrefix(dst))})
+	return k.RouteDel(&netlink.Route{Dst: netkernel.IPNet(netip.MustParsePrefix(dst))})
 }
 
 // State prints everything, sorted, one object a line:

@@ -1,4 +1,4 @@
-package netutil_test
+package netkernel_test
 
 import (
 	"errors"
@@ -10,17 +10,17 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/weftnet/weft/backends/backendtest"
-	"github.com/weftnet/weft/backends/netutil"
+	"github.com/weftnet/weft/backends/netkernel"
+	"github.com/weftnet/weft/backends/netkernel/netkerneltest"
 	"github.com/weftnet/weft/backends/underlay"
 )
 
 func route(ext underlay.ExternalInterface, dst, via string, proto netlink.RouteProtocol) netlink.Route {
-	return netlink.Route{LinkIndex: ext.Index, Dst: netutil.IPNet(netip.MustParsePrefix(dst)),
+	return netlink.Route{LinkIndex: ext.Index, Dst: netkernel.IPNet(netip.MustParsePrefix(dst)),
 		Gw: netip.MustParseAddr(via).AsSlice(), Protocol: proto, Table: unix.RT_TABLE_MAIN}
 }
 
-func checkState(t *testing.T, k *backendtest.Kernel, want string) {
+func checkState(t *testing.T, k *netkerneltest.Kernel, want string) {
 	t.Helper()
 	if got := k.State(); got != want {
 		t.Errorf("kernel state:\n%s\nwant:\n%s", got, want)
@@ -33,27 +33,27 @@ const extLines = "addr 192.168.77.1/24 dev eth0\nlink eth0 veth mtu 1500 up\n"
 // weft's routes nothing wants are removed, others' routes are untouched,
 // and one failing route does not stop the rest.
 func TestSyncRoutes(t *testing.T) {
-	k := backendtest.NewKernel()
+	k := netkerneltest.NewKernel()
 	ext := k.AddExternal("eth0", netip.MustParsePrefix("192.168.77.1/24"), 1500)
 	for _, r := range []netlink.Route{
-		route(ext, "10.5.2.0/24", "192.168.77.2", netutil.RouteProtocol),  // right
-		route(ext, "10.5.3.0/24", "192.168.77.99", netutil.RouteProtocol), // moved host
-		route(ext, "10.5.9.0/24", "192.168.77.9", netutil.RouteProtocol),  // host gone
-		route(ext, "10.9.0.0/16", "192.168.77.254", 0),                    // not weft's
+		route(ext, "10.5.2.0/24", "192.168.77.2", netkernel.RouteProtocol),  // right
+		route(ext, "10.5.3.0/24", "192.168.77.99", netkernel.RouteProtocol), // moved host
+		route(ext, "10.5.9.0/24", "192.168.77.9", netkernel.RouteProtocol),  // host gone
+		route(ext, "10.9.0.0/16", "192.168.77.254", 0),                      // not weft's
 	} {
 		if err := k.RouteReplace(&r); err != nil {
 			t.Fatal(err)
 		}
 	}
-	owned, err := netutil.OwnedRoutes(k)
+	owned, err := netkernel.OwnedRoutes(k)
 	if err != nil || len(owned) != 3 {
 		t.Fatalf("OwnedRoutes = %d routes, %v; want weft's 3", len(owned), err)
 	}
 	want := []netlink.Route{
-		route(ext, "10.5.2.0/24", "192.168.77.2", netutil.RouteProtocol),
-		route(ext, "10.5.3.0/24", "192.168.77.3", netutil.RouteProtocol),
-		route(ext, "10.5.4.0/24", "192.168.77.4", netutil.RouteProtocol),
-		route(ext, "10.5.5.0/24", "192.168.77.5", netutil.RouteProtocol),
+		route(ext, "10.5.2.0/24", "192.168.77.2", netkernel.RouteProtocol),
+		route(ext, "10.5.3.0/24", "192.168.77.3", netkernel.RouteProtocol),
+		route(ext, "10.5.4.0/24", "192.168.77.4", netkernel.RouteProtocol),
+		route(ext, "10.5.5.0/24", "192.168.77.5", netkernel.RouteProtocol),
 	}
 	// 10.5.4.0/24 fails; everything else must still happen.
 	k.Fail = func(op string) error {
@@ -63,7 +63,7 @@ func TestSyncRoutes(t *testing.T) {
 		return nil
 	}
 	writes := k.Writes()
-	errs := netutil.SyncRoutes(k, netutil.RoutesByDst(owned, nil), want, nil)
+	errs := netkernel.SyncRoutes(k, netkernel.RoutesByDst(owned, nil), want, nil)
 	if len(errs) != 1 || !strings.Contains(errs[0].Error(), "route 10.5.4.0/24 via 192.168.77.4") || !errors.Is(errs[0], unix.ENETUNREACH) {
 		t.Errorf("errors = %v, want one naming 10.5.4.0/24", errs)
 	}
@@ -77,8 +77,8 @@ route 10.9.0.0/16 via 192.168.77.254 dev eth0
 `)
 	// A route already gone (removed by hand) is not an error when removing it.
 	k.Fail = nil
-	gone := netutil.RoutesByDst([]netlink.Route{route(ext, "10.5.8.0/24", "192.168.77.8", netutil.RouteProtocol)}, nil)
-	if errs := netutil.SyncRoutes(k, gone, nil, nil); len(errs) != 0 {
+	gone := netkernel.RoutesByDst([]netlink.Route{route(ext, "10.5.8.0/24", "192.168.77.8", netkernel.RouteProtocol)}, nil)
+	if errs := netkernel.SyncRoutes(k, gone, nil, nil); len(errs) != 0 {
 		t.Errorf("removing a route that is already gone: %v", errs)
 	}
 }
@@ -88,24 +88,24 @@ route 10.9.0.0/16 via 192.168.77.254 dev eth0
 // exactly weft's MTU, address and route, and up; a second call writes
 // nothing.
 func TestEnsureTunnelLink(t *testing.T) {
-	k := backendtest.NewKernel()
+	k := netkerneltest.NewKernel()
 	ext := k.AddExternal("eth0", netip.MustParsePrefix("192.168.77.1/24"), 1500)
 	k.AddTUN("weft0", 1500)
 	tun, _ := k.LinkByName("weft0")
-	if err := k.AddrAdd(tun, &netlink.Addr{IPNet: netutil.IPNet(netip.MustParsePrefix("10.5.77.0/32"))}); err != nil {
+	if err := k.AddrAdd(tun, &netlink.Addr{IPNet: netkernel.IPNet(netip.MustParsePrefix("10.5.77.0/32"))}); err != nil {
 		t.Fatal(err)
 	}
-	old := netlink.Route{LinkIndex: tun.Attrs().Index, Dst: netutil.IPNet(netip.MustParsePrefix("10.4.0.0/16")),
-		Protocol: netutil.RouteProtocol, Table: unix.RT_TABLE_MAIN, Scope: netlink.SCOPE_LINK}
+	old := netlink.Route{LinkIndex: tun.Attrs().Index, Dst: netkernel.IPNet(netip.MustParsePrefix("10.4.0.0/16")),
+		Protocol: netkernel.RouteProtocol, Table: unix.RT_TABLE_MAIN, Scope: netlink.SCOPE_LINK}
 	if err := k.RouteReplace(&old); err != nil {
 		t.Fatal(err)
 	}
-	mine := route(ext, "10.5.2.0/24", "192.168.77.2", netutil.RouteProtocol) // another device's: kept
+	mine := route(ext, "10.5.2.0/24", "192.168.77.2", netkernel.RouteProtocol) // another device's: kept
 	if err := k.RouteReplace(&mine); err != nil {
 		t.Fatal(err)
 	}
 	self, network := netip.MustParsePrefix("10.5.34.0/24"), netip.MustParsePrefix("10.5.0.0/16")
-	if errs := netutil.EnsureTunnelLink(k, "weft0", 1472, self, network); len(errs) != 0 {
+	if errs := netkernel.EnsureTunnelLink(k, "weft0", 1472, self, network); len(errs) != 0 {
 		t.Fatal(errs)
 	}
 	want := `addr 10.5.34.0/32 dev weft0
@@ -117,10 +117,10 @@ route 10.5.2.0/24 via 192.168.77.2 dev eth0 proto 87
 `
 	checkState(t, k, want)
 	writes := k.Writes()
-	if errs := netutil.EnsureTunnelLink(k, "weft0", 1472, self, network); len(errs) != 0 || k.Writes() != writes {
+	if errs := netkernel.EnsureTunnelLink(k, "weft0", 1472, self, network); len(errs) != 0 || k.Writes() != writes {
 		t.Errorf("second call: %v, %d writes; want none", errs, k.Writes()-writes)
 	}
-	if errs := netutil.EnsureTunnelLink(k, "weft9", 1472, self, network); len(errs) != 1 || !strings.Contains(errs[0].Error(), "finding weft9") {
+	if errs := netkernel.EnsureTunnelLink(k, "weft9", 1472, self, network); len(errs) != 1 || !strings.Contains(errs[0].Error(), "finding weft9") {
 		t.Errorf("missing device: %v", errs)
 	}
 }
@@ -128,11 +128,11 @@ route 10.5.2.0/24 via 192.168.77.2 dev eth0 proto 87
 // TestEnsureOnlyAddressReportsEachFailure: one address that cannot be
 // removed is named, and the wanted one is still added.
 func TestEnsureOnlyAddressReportsEachFailure(t *testing.T) {
-	k := backendtest.NewKernel()
+	k := netkerneltest.NewKernel()
 	k.AddTUN("weft0", 1500)
 	tun, _ := k.LinkByName("weft0")
 	for _, a := range []string{"10.5.7.0/32", "10.5.8.0/32"} {
-		k.AddrAdd(tun, &netlink.Addr{IPNet: netutil.IPNet(netip.MustParsePrefix(a))})
+		k.AddrAdd(tun, &netlink.Addr{IPNet: netkernel.IPNet(netip.MustParsePrefix(a))})
 	}
 	k.Fail = func(op string) error {
 		if op == "addr del 10.5.7.0/32 dev weft0" {
@@ -140,10 +140,9 @@ func TestEnsureOnlyAddressReportsEachFailure(t *testing.T) {
 		}
 		return nil
 	}
-	errs := netutil.EnsureOnlyAddress(k, tun, netip.MustParsePrefix("10.5.34.0/32"))
+	errs := netkernel.EnsureOnlyAddress(k, tun, netip.MustParsePrefix("10.5.34.0/32"))
 	if len(errs) != 1 || !strings.Contains(errs[0].Error(), "removing stale address 10.5.7.0/32 from weft0") {
 		t.Errorf("errors = %v", errs)
 	}
 	checkState(t, k, "addr 10.5.34.0/32 dev weft0\naddr 10.5.7.0/32 dev weft0\nlink weft0 tuntap mtu 1500 down\n")
 }
-

@@ -1,6 +1,8 @@
-// Package backendtest gives host-tier tests a private, throw-away network
+// Package netkerneltest is the test side of the netkernel seam: Kernel, an
+// in-memory kernel for the pure tier that prints its state as ip and
+// bridge do, and for host-tier tests a private, throw-away network
 // namespace with a unique name, removed when the test ends even if it fails.
-package backendtest
+package netkerneltest
 
 import (
 	"crypto/rand"
