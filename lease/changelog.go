@@ -4,7 +4,7 @@ package lease
 // ask "what changed since I last looked" and work on those keys alone
 // instead of the whole lease set. Positions are generations: a consumer
 // keeps the generation it has seen up to. A relist (the set replaced as a
-// whole) or a consumer that fell behind the kept window gets full=true and
+// whole) or a consumer that fell behind the kept window gets whole=true and
 // must look at everything again.
 type changeLog struct {
 	start   uint64   // generation of keys[0]

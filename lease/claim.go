@@ -26,9 +26,9 @@ type ClaimRequest struct {
 	// Previous is the subnet this host had before (from the subnet file);
 	// preferred when it is free and fits. Zero when unknown.
 	Previous netip.Prefix
-	// Previous6 is the IPv6 subnet this host had before, on a dual-stack
+	// PreviousIPv6 is the IPv6 subnet this host had before, on a dual-stack
 	// network (FLANNEL_IPV6_SUBNET); preferred likewise.
-	Previous6 netip.Prefix
+	PreviousIPv6 netip.Prefix
 	// TTL of the lease; DefaultTTL when zero.
 	TTL time.Duration
 }
@@ -54,7 +54,7 @@ func Claim(ctx context.Context, store Store, req ClaimRequest) (Lease, error) {
 		taken := make([]netip.Prefix, 0, len(records))
 		var taken6 []netip.Prefix
 		var mine *Record
-		previous, previous6 := req.Previous, req.Previous6
+		previous, previous6 := req.Previous, req.PreviousIPv6
 		for i, rec := range records {
 			subnet, subnet6, err := ParseSubnetKeys(rec.Key)
 			if err != nil {

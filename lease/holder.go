@@ -155,7 +155,7 @@ func (h *Holder) refresh(ctx context.Context, renew bool) error {
 	} else if taken, err := h.takeBack(ctx, cur, req); err != nil || taken {
 		return err
 	}
-	req.Previous, req.Previous6 = cur.Subnet, cur.IPv6Subnet
+	req.Previous, req.PreviousIPv6 = cur.Subnet, cur.IPv6Subnet
 	l, err := Claim(ctx, h.store, req)
 	if err != nil {
 		return err

@@ -521,7 +521,7 @@ func TestClaimDualStack(t *testing.T) {
 		if up.IPv6Subnet.String() == other {
 			other = "fc00:5::8/126"
 		}
-		second, err := lease.Claim(ctx, s, lease.ClaimRequest{Config: dual, Attrs: hostAttrs(2), Previous6: netip.MustParsePrefix(other)})
+		second, err := lease.Claim(ctx, s, lease.ClaimRequest{Config: dual, Attrs: hostAttrs(2), PreviousIPv6: netip.MustParsePrefix(other)})
 		if err != nil || second.IPv6Subnet.String() != other || second.Subnet == up.Subnet {
 			t.Fatalf("second host = %s %v, want the free IPv6 subnet %s", second.Key(), err, other)
 		}

@@ -185,11 +185,11 @@ func (r *Reconciler) reconcile(ctx context.Context, log *slog.Logger, resync boo
 	start := time.Now()
 	// Taken before the leases are read: a change landing in between is
 	// seen now and named again next time, which is harmless.
-	keys, next, relisted := r.Leases.ChangesSince(r.gen)
+	keys, next, wholeSet := r.Leases.ChangesSince(r.gen)
 	r.gen = next
 	deltas, canDelta := r.Backend.(DeltaApplier)
 	// needWhole is set until a whole apply succeeded, so the model exists below.
-	whole := resync || relisted || r.needWhole || !canDelta || !sameSelf(r.model.self, self)
+	whole := resync || wholeSet || r.needWhole || !canDelta || !sameSelf(r.model.self, self)
 	var err error
 	if !whole {
 		err = r.applyDelta(ctx, log, deltas, keys)

@@ -25,7 +25,7 @@ func claimLease(ctx context.Context, store lease.Store, o *options, cfg *lease.C
 		Config:    cfg,
 		Attrs:     attrs,
 		Previous:  lease.PreviousSubnet(o.subnetFile, cfg, log),
-		Previous6: lease.PreviousIPv6Subnet(o.subnetFile, cfg),
+		PreviousIPv6: lease.PreviousIPv6Subnet(o.subnetFile, cfg),
 		TTL:       o.leaseTTL,
 	}
 	own, err := lease.ClaimWithRetry(ctx, store, req, lease.DefaultStartupRetry(), log)
