@@ -1,7 +1,3 @@
-// Package alloc is flannel's alloc backend: a host leases a subnet and
-// writes the subnet file, and nothing else. Routing between hosts is
-// someone else's (BGP, a cloud route table); weft keeps no peer state and
-// touches no device, route or rule of the data path.
 package alloc
 
 import (
