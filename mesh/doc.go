@@ -24,7 +24,8 @@
 //     the whole Desired state) as plain data: routes, neighbours, FDB
 //     entries, WireGuard peers; bad peers are skipped and named.
 //  5. backends/<type>/apply.go: the backend changes only the difference,
-//     through the netkernel.Kernel seam (netlink, counted) or wgctrl, adding
+//     through the netkernel.Kernel seam (netlink, counted) or wireguard.Control
+//     (wgctrl), adding
 //     before deleting and returning every error; ErrWholeApply asks for a
 //     whole apply when a delta cannot be correct on its own.
 package mesh
