@@ -330,7 +330,7 @@ func (l *Lab) HostTable() string {
 }
 
 // hostBackend is the backend h's lease names, and whether its peers reach
-// its containers encrypted: only WireGuard encrypts.
+// its containers encrypted (backends.Kind.Encrypted: only WireGuard).
 func (l *Lab) hostBackend(h *Host) (backend, encrypted string) {
 	rec, ok, err := l.Store().Get(context.Background(), lease.DualSubnetKey(h.Subnet, h.IPv6Subnet))
 	if err != nil || !ok {
@@ -340,7 +340,8 @@ func (l *Lab) hostBackend(h *Host) (backend, encrypted string) {
 	if err != nil {
 		return "?", "?"
 	}
-	if backend = own.Attrs.Backend(); backend == backends.WireGuard {
+	backend = own.Attrs.Backend()
+	if kind, _ := backends.Lookup(backend); kind.Encrypted {
 		return backend, "yes"
 	}
 	return backend, "no (in clear)"
