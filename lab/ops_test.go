@@ -138,7 +138,10 @@ func TestLeasesStatusMetrics(t *testing.T) {
 		var s struct {
 			Ready           bool
 			Subnet, Backend string
-			Peers           []struct{ Subnet, State string }
+			Peers           []struct {
+				Subnet, State, Path string
+				Encrypted           bool
+			}
 		}
 		if err := json.Unmarshal([]byte(out), &s); err != nil {
 			return err
@@ -147,7 +150,7 @@ func TestLeasesStatusMetrics(t *testing.T) {
 			return fmt.Errorf("status %+v", s)
 		}
 		for _, p := range s.Peers {
-			if truth[p.Subnet] == "" || !strings.HasPrefix(p.State, "handshake ") {
+			if truth[p.Subnet] == "" || !strings.HasPrefix(p.State, "handshake ") || p.Path != "wireguard" || !p.Encrypted {
 				return fmt.Errorf("peer %+v", p)
 			}
 		}
@@ -169,10 +172,13 @@ func TestLeasesStatusMetrics(t *testing.T) {
 	for _, name := range []string{"weft_lease_info", "weft_lease_expiry_seconds", "weft_ready", "weft_peers", "weft_reconcile_runs_total",
 		"weft_reconcile_errors_total", "weft_reconcile_duration_seconds", "weft_etcd_watch_restarts_total",
 		"weft_wireguard_peer_receive_bytes_total", "weft_wireguard_peer_last_handshake_seconds",
-		"weft_kernel_calls_total", "weft_reconcile_whole_applies_total"} {
+		"weft_kernel_calls_total", "weft_reconcile_whole_applies_total", "weft_peer_paths"} {
 		if families[name] == nil {
 			t.Errorf("metric %s missing", name)
 		}
+	}
+	if !strings.Contains(metrics, `weft_peer_paths{encrypted="true",path="wireguard"} 2`) {
+		t.Errorf("/metrics does not count the 2 encrypted wireguard peers:\n%s", metrics)
 	}
 	if key, _ := os.ReadFile(filepath.Join(h1.Dir, "wg.key")); strings.Contains(metrics, strings.TrimSpace(string(key))) {
 		t.Error("the private key appears in /metrics")

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -44,6 +45,19 @@ func TestVXLANCluster(t *testing.T) {
 	})
 
 	t.Run("VXLAN is accepted from peers only", func(t *testing.T) { checkVXLANFromPeersOnly(t, l, h1, h2) })
+
+	t.Run("status and the log say each peer is in clear", func(t *testing.T) {
+		out, err := Exec(h1.Name, weftctlBin, "status")
+		if err != nil || strings.Count(out, "vxlan  NO (its lease names the vxlan backend, which does not encrypt)") != 2 {
+			t.Errorf("weftctl status does not show both peers in clear over vxlan (%v):\n%s", err, out)
+		}
+		log, _ := os.ReadFile(h1.LogPath())
+		for _, h := range []*Host{h2, h3} {
+			if n := strings.Count(string(log), `msg="peer in clear" lease=`+lease.SubnetKey(h.Subnet)); n != 1 {
+				t.Errorf("%d log lines say %s is in clear, want 1", n, h.Name)
+			}
+		}
+	})
 
 	t.Run("restart keeps device and neighbours and the TCP stream", func(t *testing.T) {
 		before, err := Exec(h1.Name, "ip", "-o", "link", "show", "weft.1")

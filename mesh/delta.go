@@ -145,3 +145,24 @@ func (m *model) diff(keys []string, lookup func(string) (lease.Lease, bool), cfg
 
 // empty reports whether the delta changes no peer.
 func (d Delta) empty() bool { return len(d.Old) == 0 && len(d.New) == 0 }
+
+// changedPeers are the peers of old that are not in m as they were (gone)
+// and those of m that old lacks or held otherwise (added); old nil is an
+// empty state.
+func changedPeers(old, m *model) (gone, added []Peer) {
+	var before map[string]Peer
+	if old != nil {
+		before = old.peers
+	}
+	for k, p := range before {
+		if now, ok := m.peers[k]; !ok || !samePeer(p, now) {
+			gone = append(gone, p)
+		}
+	}
+	for k, p := range m.peers {
+		if was, ok := before[k]; !ok || !samePeer(was, p) {
+			added = append(added, p)
+		}
+	}
+	return gone, added
+}

@@ -6,11 +6,15 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/weftnet/weft/lease"
 )
 
 // deltaApplier keeps the peers it was given, by lease key, from whole
@@ -151,5 +155,32 @@ func TestBackendSkipsDoNotBlockReady(t *testing.T) {
 	}
 	if st := tn.reconciler.Stats(); st.Errors != 0 || st.LastError != "" {
 		t.Errorf("a skipped peer counted as an error: %+v", st)
+	}
+}
+
+// TestChangedPeers: a whole apply reports the peers that left or changed
+// (gone) and those that came or changed (added), not the unchanged ones.
+func TestChangedPeers(t *testing.T) {
+	p := func(subnet, ip string) Peer {
+		s := netip.MustParsePrefix(subnet)
+		return Peer{Key: lease.SubnetKey(s), Subnet: s, PublicIP: netip.MustParseAddr(ip)}
+	}
+	stay, leave, move, moved, come := p("10.5.2.0/24", "192.168.50.2"), p("10.5.3.0/24", "192.168.50.3"),
+		p("10.5.4.0/24", "192.168.50.4"), p("10.5.4.0/24", "192.168.50.44"), p("10.5.5.0/24", "192.168.50.5")
+	old := newModel(Desired{Peers: []Peer{stay, leave, move}})
+	gone, added := changedPeers(old, newModel(Desired{Peers: []Peer{stay, moved, come}}))
+	keys := func(ps []Peer) string {
+		var out []string
+		for _, p := range ps {
+			out = append(out, p.PublicIP.String())
+		}
+		slices.Sort(out)
+		return strings.Join(out, " ")
+	}
+	if keys(gone) != "192.168.50.3 192.168.50.4" || keys(added) != "192.168.50.44 192.168.50.5" {
+		t.Errorf("gone %s, added %s", keys(gone), keys(added))
+	}
+	if gone, added := changedPeers(nil, old); len(gone) != 0 || len(added) != 3 {
+		t.Errorf("from nothing: gone %v, added %v", gone, added)
 	}
 }

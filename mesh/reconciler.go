@@ -81,6 +81,10 @@ type Reconciler struct {
 	// OnReconcile runs after every apply with its duration and error
 	// (metrics). May be nil.
 	OnReconcile func(time.Duration, error)
+	// OnPeersChanged runs before each apply with the peers that leave the
+	// desired state (gone) and those that join it or change (added): what
+	// changed, not the whole set, on a delta. May be nil.
+	OnPeersChanged func(gone, added []Peer)
 
 	mu      sync.Mutex // guards stats and model
 	stats   Stats
@@ -280,8 +284,12 @@ func (r *Reconciler) applyWhole(ctx context.Context, log *slog.Logger, self leas
 	}
 	m := newModel(desired)
 	r.mu.Lock()
+	old := r.model
 	r.model = m
 	r.mu.Unlock()
+	if r.OnPeersChanged != nil {
+		r.OnPeersChanged(changedPeers(old, m))
+	}
 	return r.Backend.Apply(ctx, desired)
 }
 
@@ -299,6 +307,9 @@ func (r *Reconciler) applyDelta(ctx context.Context, log *slog.Logger, backend D
 	}
 	if delta.empty() {
 		return nil
+	}
+	if r.OnPeersChanged != nil {
+		r.OnPeersChanged(delta.Old, delta.New)
 	}
 	return backend.ApplyDelta(ctx, delta)
 }

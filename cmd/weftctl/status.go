@@ -75,12 +75,17 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		fmt.Fprintf(stdout, "tunnel packets dropped from %s (holds no lease): %d\n", printable(source), s.TunnelDrops[source])
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "\nPEER\tSUBNET\tPUBLIC IP\tSTATE")
+	fmt.Fprintln(tw, "\nPEER\tSUBNET\tPUBLIC IP\tPATH\tENCRYPTED\tSTATE")
 	for _, p := range s.Peers {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", p.Lease, joinFamilies(p.Subnet, p.IPv6Subnet), joinFamilies(p.PublicIP, p.PublicIPv6), p.State)
+		encrypted := "yes"
+		if !p.Encrypted {
+			encrypted = "NO (" + printable(p.InClear) + ")"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", p.Lease, joinFamilies(p.Subnet, p.IPv6Subnet), joinFamilies(p.PublicIP, p.PublicIPv6),
+			p.Path, encrypted, p.State)
 	}
 	for _, sk := range s.Skipped {
-		fmt.Fprintf(tw, "%s\t-\t-\tSKIPPED: %s\n", sk.Key, sk.Reason)
+		fmt.Fprintf(tw, "%s\t-\t-\t-\t-\tSKIPPED: %s\n", sk.Key, sk.Reason)
 	}
 	return tw.Flush()
 }

@@ -73,6 +73,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 		OnOwnLeaseChange: writeEnv,
 		OnReconcile:      obs.observeReconcile,
 		OnApplied:        func(self lease.Lease, peers int) { obs.markReady(self, peers, log) },
+		OnPeersChanged:   newPathLog(backends.NewPathRule(cfg, ext), log).peersChanged,
 	}
 	obs.setLoops(reconciler, watcher, holder)
 	if err := keepFirewall(ctx, g, o, cfg, holder, overlayOnUnderlay(cfg, ext), obs, log); err != nil {

@@ -22,11 +22,11 @@ import (
 // when still free), retrying until etcd answers, and logs it.
 func claimLease(ctx context.Context, store lease.Store, o *options, cfg *lease.Config, attrs lease.Attrs, log *slog.Logger) (lease.ClaimRequest, lease.Lease, error) {
 	req := lease.ClaimRequest{
-		Config:    cfg,
-		Attrs:     attrs,
-		Previous:  lease.PreviousSubnet(o.subnetFile, cfg, log),
+		Config:       cfg,
+		Attrs:        attrs,
+		Previous:     lease.PreviousSubnet(o.subnetFile, cfg, log),
 		PreviousIPv6: lease.PreviousIPv6Subnet(o.subnetFile, cfg),
-		TTL:       o.leaseTTL,
+		TTL:          o.leaseTTL,
 	}
 	own, err := lease.ClaimWithRetry(ctx, store, req, lease.DefaultStartupRetry(), log)
 	if err != nil {

@@ -55,7 +55,7 @@ func startBackend(ctx context.Context, o *options, env backends.Env, obs *observ
 	if err != nil {
 		return nil, err
 	}
-	obs.setBackend(backend, cfg.Backend.Type)
+	obs.setBackend(backend, cfg.Backend.Type, backends.NewPathRule(cfg, env.External))
 	if o.behindNAT && cfg.Backend.Type != backends.WireGuard {
 		log.Warn("-behind-nat is for the wireguard backend; this network's backend cannot reach a host behind NAT", "backend", cfg.Backend.Type)
 	}

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net/http"
 	"sort"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -31,6 +32,7 @@ type observer struct {
 	mu         sync.Mutex
 	backend    any
 	btype      string
+	paths      backends.PathRule
 	reconciler *mesh.Reconciler
 	watcher    *lease.Watcher
 	holder     *lease.Holder
@@ -49,11 +51,12 @@ func newObserver() *observer {
 // kernelCalls is the counter the backend's kernel calls go to.
 func (o *observer) kernelCalls() *netkernel.Calls { return &o.calls }
 
-// setBackend records the backend once it is set up.
-func (o *observer) setBackend(backend any, btype string) {
+// setBackend records the backend once it is set up, and the rule that
+// tells each peer's path.
+func (o *observer) setBackend(backend any, btype string, paths backends.PathRule) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	o.backend, o.btype = backend, btype
+	o.backend, o.btype, o.paths = backend, btype, paths
 }
 
 // setLoops records the reconcile loop, the lease watcher and the holder
@@ -129,7 +132,9 @@ func (o *observer) status() status.Document {
 		}
 	}
 	for _, p := range desired.Peers {
-		ps := status.Peer{Lease: p.Key, Subnet: p.Subnet.String(), PublicIP: p.PublicIP.String(), State: "programmed"}
+		path := o.paths.Of(p)
+		ps := status.Peer{Lease: p.Key, Subnet: p.Subnet.String(), PublicIP: p.PublicIP.String(), State: "programmed",
+			Path: path.Name, Encrypted: path.Encrypted, InClear: path.Why}
 		if p.IPv6Subnet.IsValid() {
 			ps.IPv6Subnet, ps.PublicIPv6 = p.IPv6Subnet.String(), p.PublicIPv6.String()
 		}
@@ -168,6 +173,7 @@ var (
 	descExpiry     = prometheus.NewDesc("weft_lease_expiry_seconds", "Unix time the lease expires unless renewed.", nil, nil)
 	descReady      = prometheus.NewDesc("weft_ready", "1 once the data path has been programmed.", nil, nil)
 	descPeers      = prometheus.NewDesc("weft_peers", "Leases by state: peer (programmed) or skipped (invalid).", []string{"state"}, nil)
+	descPaths      = prometheus.NewDesc("weft_peer_paths", "Peers by the path that carries their traffic (the backend, or direct for DirectRouting) and whether it is encrypted.", []string{"path", "encrypted"}, nil)
 	descRuns       = prometheus.NewDesc("weft_reconcile_runs_total", "Reconcile runs.", nil, nil)
 	descErrors     = prometheus.NewDesc("weft_reconcile_errors_total", "Reconcile runs that met an error.", nil, nil)
 	descRelists    = prometheus.NewDesc("weft_etcd_watch_restarts_total", "Times the lease watch had to list again (compaction, outage).", nil, nil)
@@ -188,6 +194,7 @@ func (o *observer) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descLease, descExpiry, descReady, descPeers, descRuns, descErrors, descRelists, descConflicts, descRx, descTx, descHandshake, descUDPDropped, descTunnelDrop, descCalls, descFull, descOnDemand, descOnDemandOp} {
 		ch <- d
 	}
+	ch <- descPaths
 	o.duration.Describe(ch)
 }
 
@@ -222,6 +229,17 @@ func (o *observer) Collect(ch chan<- prometheus.Metric) {
 	}
 	gauge(descPeers, float64(len(s.Peers)), "peer")
 	gauge(descPeers, float64(len(s.Skipped)), "skipped")
+	type pathKey struct {
+		path      string
+		encrypted bool
+	}
+	paths := map[pathKey]int{}
+	for _, p := range s.Peers {
+		paths[pathKey{p.Path, p.Encrypted}]++
+	}
+	for k, n := range paths {
+		gauge(descPaths, float64(n), k.path, strconv.FormatBool(k.encrypted))
+	}
 	counter(descRuns, float64(s.Reconciles))
 	counter(descErrors, float64(s.Errors))
 	counter(descFull, float64(s.WholeApplies))

@@ -64,7 +64,14 @@ type Peer struct {
 	PublicIPv6 string `json:"public_ipv6,omitempty"`
 	// State is "programmed" for kernel backends; for wireguard the time
 	// since the last handshake, "no handshake" or "not on the device".
-	State         string `json:"state"`
+	State string `json:"state"`
+	// Path is the data path that carries the peer's traffic (the backend,
+	// or "direct" for a wireguard peer DirectRouting reaches by a plain
+	// route); Encrypted says whether it encrypts; InClear, when it does
+	// not, says why.
+	Path          string `json:"path"`
+	Encrypted     bool   `json:"encrypted"`
+	InClear       string `json:"in_clear,omitempty"`
 	LastHandshake string `json:"last_handshake,omitempty"`
 	RxBytes       int64  `json:"rx_bytes,omitempty"`
 	TxBytes       int64  `json:"tx_bytes,omitempty"`
