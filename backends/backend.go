@@ -305,8 +305,12 @@ func ValidateOptions(cfg *lease.Config) error {
 	case WireGuard:
 		var o wireguard.Options
 		o, err = wireguard.ParseOptions(cfg.Backend.Raw)
-		if err == nil && cfg.EnableIPv4 && cfg.EnableIPv6 && o.Mode == wireguard.ModeSeparate && o.ListenPortV6 == o.ListenPort {
+		switch {
+		case err != nil:
+		case cfg.EnableIPv4 && cfg.EnableIPv6 && o.Mode == wireguard.ModeSeparate && o.ListenPortV6 == o.ListenPort:
 			err = fmt.Errorf(`key "Backend.ListenPortV6": %d is ListenPort too; Mode "separate" runs a device per family, each on a port of its own`, o.ListenPort)
+		case cfg.StrictEncryption && o.DirectRouting:
+			err = errors.New(`key "Backend.DirectRouting": it routes peers on the same network in clear, which "StrictEncryption" forbids; drop one of the two`)
 		}
 	case VXLAN:
 		_, err = vxlan.ParseOptions(cfg.Backend.Raw)

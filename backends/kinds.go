@@ -112,6 +112,9 @@ func CheckConfig(cfg *lease.Config) error {
 		return lease.ConfigError(`key "EnableIPv6": the %s backend carries IPv4 only (as flannel's does); use %s for IPv6`,
 			cfg.Backend.Type, strings.Join(names(func(k Kind) bool { return k.CarriesIPv6 }), ", "))
 	}
+	if cfg.StrictEncryption && !kind.Encrypted {
+		return lease.ConfigError(`key "StrictEncryption": the %s backend does not encrypt; strict encryption needs "Backend": {"Type": "%s"}`, cfg.Backend.Type, WireGuard)
+	}
 	if cfg.PeersNetwork.IsValid() && kind.Name != WireGuard {
 		return lease.ConfigError(`key "PeersNetwork": outside peers join through WireGuard; this network's backend is %q`, cfg.Backend.Type)
 	}

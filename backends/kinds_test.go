@@ -23,10 +23,33 @@ func TestCheckConfig(t *testing.T) {
 		{"udp", `{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48"}`, `key "EnableIPv6": the udp backend carries IPv4 only (as flannel's does); use host-gw, vxlan, wireguard for IPv6`},
 		{"ipip", `{"Network":"10.5.0.0/16","Backend":{"Type":"ipip"},"EnableIPv6":true,"IPv6Network":"fc00::/48"}`, `key "EnableIPv6": the ipip backend carries IPv4 only (as flannel's does); use host-gw, vxlan, wireguard for IPv6`},
 		{"PeersNetwork on vxlan", `{"Network":"10.5.0.0/16","PeersNetwork":"10.6.0.0/24","Backend":{"Type":"vxlan"}}`, `key "PeersNetwork": outside peers join through WireGuard`},
+		{"strict on vxlan", `{"Network":"10.5.0.0/16","StrictEncryption":true,"Backend":{"Type":"vxlan"}}`, `key "StrictEncryption": the vxlan backend does not encrypt; strict encryption needs "Backend": {"Type": "wireguard"}`},
+		{"strict on the default", `{"Network":"10.5.0.0/16","StrictEncryption":true}`, `key "StrictEncryption": the udp backend does not encrypt`},
+		{"strict with DirectRouting", `{"Network":"10.5.0.0/16","StrictEncryption":true,"Backend":{"Type":"wireguard","DirectRouting":true}}`, `key "Backend.DirectRouting": it routes peers on the same network in clear, which "StrictEncryption" forbids`},
 	} {
-		_, err := ParseConfig([]byte(tt.json))
+		cfg, err := ParseConfig([]byte(tt.json))
+		if err == nil {
+			err = ValidateOptions(cfg)
+		}
 		if err == nil || !strings.Contains(err.Error(), tt.want) || !errors.Is(err, lease.ErrInvalidConfig) {
 			t.Errorf("%s: got %v, want %q", tt.name, err, tt.want)
+		}
+	}
+}
+
+// TestStrictEncryptionOnWireGuard: strict encryption is a wireguard
+// network's, on either firewall mode.
+func TestStrictEncryptionOnWireGuard(t *testing.T) {
+	for _, config := range []string{
+		`{"Network":"10.5.0.0/16","StrictEncryption":true,"Backend":{"Type":"wireguard"}}`,
+		`{"Network":"10.5.0.0/16","StrictEncryption":true,"EnableNFTables":true,"Backend":{"Type":"wireguard","PersistentKeepaliveInterval":25}}`,
+	} {
+		cfg, err := ParseConfig([]byte(config))
+		if err == nil {
+			err = ValidateOptions(cfg)
+		}
+		if err != nil || !cfg.StrictEncryption {
+			t.Errorf("%s: %v", config, err)
 		}
 	}
 }

@@ -56,6 +56,11 @@ type Config struct {
 	// EnableNFTables keeps the masquerade and forward rules in weft's own
 	// nftables tables instead of iptables chains, as flannel's key does.
 	EnableNFTables bool
+	// StrictEncryption asks that no packet to another host's subnet leave
+	// this host except encrypted (weft only: a drop rule for everything
+	// else; backends.CheckConfig allows it with an encrypting backend
+	// alone).
+	StrictEncryption bool
 	// Backend selects and configures the data path.
 	Backend BackendConfig
 	// BackendDefaulted is true when the config had no Backend and weft chose
@@ -80,19 +85,20 @@ type BackendConfig struct {
 // rawConfig mirrors the JSON so every field's type is checked by the decoder
 // and reported by name.
 type rawConfig struct {
-	Network        *string         `json:"Network"`
-	SubnetLen      *int            `json:"SubnetLen"`
-	SubnetMin      *string         `json:"SubnetMin"`
-	SubnetMax      *string         `json:"SubnetMax"`
-	EnableIPv4     *bool           `json:"EnableIPv4"`
-	EnableIPv6     bool            `json:"EnableIPv6"`
-	IPv6Network    *string         `json:"IPv6Network"`
-	IPv6SubnetLen  *int            `json:"IPv6SubnetLen"`
-	IPv6SubnetMin  *string         `json:"IPv6SubnetMin"`
-	IPv6SubnetMax  *string         `json:"IPv6SubnetMax"`
-	PeersNetwork   *string         `json:"PeersNetwork"`
-	EnableNFTables bool            `json:"EnableNFTables"`
-	Backend        json.RawMessage `json:"Backend"`
+	Network          *string         `json:"Network"`
+	SubnetLen        *int            `json:"SubnetLen"`
+	SubnetMin        *string         `json:"SubnetMin"`
+	SubnetMax        *string         `json:"SubnetMax"`
+	EnableIPv4       *bool           `json:"EnableIPv4"`
+	EnableIPv6       bool            `json:"EnableIPv6"`
+	IPv6Network      *string         `json:"IPv6Network"`
+	IPv6SubnetLen    *int            `json:"IPv6SubnetLen"`
+	IPv6SubnetMin    *string         `json:"IPv6SubnetMin"`
+	IPv6SubnetMax    *string         `json:"IPv6SubnetMax"`
+	PeersNetwork     *string         `json:"PeersNetwork"`
+	EnableNFTables   bool            `json:"EnableNFTables"`
+	StrictEncryption bool            `json:"StrictEncryption"`
+	Backend          json.RawMessage `json:"Backend"`
 }
 
 // maxConfigSize bounds what we agree to parse; a real config is a few
@@ -125,7 +131,8 @@ func ParseConfig(data []byte) (*Config, error) {
 	if err != nil || !network.Addr().Is4() {
 		return nil, ConfigError(`key "Network": %q is not an IPv4 CIDR such as "10.5.0.0/16"`, *raw.Network)
 	}
-	cfg := &Config{Network: network.Masked(), EnableIPv4: true, EnableIPv6: raw.EnableIPv6, EnableNFTables: raw.EnableNFTables}
+	cfg := &Config{Network: network.Masked(), EnableIPv4: true, EnableIPv6: raw.EnableIPv6, EnableNFTables: raw.EnableNFTables,
+		StrictEncryption: raw.StrictEncryption}
 	if network.Masked() != network {
 		cfg.Notes = append(cfg.Notes, fmt.Sprintf(`key "Network": %s has host bits set; using %s, as flannel does`, network, network.Masked()))
 	}

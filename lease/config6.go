@@ -68,7 +68,7 @@ func parseIPv6Only(raw rawConfig) (*Config, error) {
 	if !raw.EnableIPv6 {
 		return nil, ConfigError(`keys "EnableIPv4" and "EnableIPv6": both are false, which leaves no address family; drop "EnableIPv4": false, or set "EnableIPv6": true with an "IPv6Network"`)
 	}
-	cfg := &Config{EnableIPv6: true, EnableNFTables: raw.EnableNFTables}
+	cfg := &Config{EnableIPv6: true, EnableNFTables: raw.EnableNFTables, StrictEncryption: raw.StrictEncryption}
 	if raw.Network != nil || raw.SubnetLen != nil || raw.SubnetMin != nil || raw.SubnetMax != nil {
 		cfg.Notes = append(cfg.Notes, `keys "Network", "SubnetLen", "SubnetMin", "SubnetMax" are ignored: "EnableIPv4": false makes this an IPv6-only network, as in flannel`)
 	}

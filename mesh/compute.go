@@ -192,7 +192,7 @@ func Check(l lease.Lease, cfg *lease.Config) string {
 			return "has no IPv6 subnet, and this network is IPv6-only"
 		}
 		if backend != cfg.Backend.Type {
-			return fmt.Sprintf("runs backend %q, this network uses %q", backend, cfg.Backend.Type)
+			return fmt.Sprintf("runs backend %q, this network uses %q", backend, cfg.Backend.Type) + strictly(cfg)
 		}
 		return check6(l, cfg)
 	}
@@ -204,9 +204,9 @@ func Check(l lease.Lease, cfg *lease.Config) string {
 	case backend != cfg.Backend.Type && l.Attrs.BackendType == "":
 		// flannel's vxlan, host-gw and wireguard backends ignore such a
 		// lease too: its host has no device of theirs to reach.
-		return fmt.Sprintf("has no BackendType (a udp host's lease, as flannel writes it), this network uses %q", cfg.Backend.Type)
+		return fmt.Sprintf("has no BackendType (a udp host's lease, as flannel writes it), this network uses %q", cfg.Backend.Type) + strictly(cfg)
 	case backend != cfg.Backend.Type:
-		return fmt.Sprintf("runs backend %q, this network uses %q", l.Attrs.BackendType, cfg.Backend.Type)
+		return fmt.Sprintf("runs backend %q, this network uses %q", l.Attrs.BackendType, cfg.Backend.Type) + strictly(cfg)
 	case l.Subnet.Masked() != l.Subnet:
 		return fmt.Sprintf("subnet %s is not aligned to /%d", l.Subnet, cfg.SubnetLen)
 	}
@@ -266,4 +266,13 @@ func unreachable(ip netip.Addr, cfg *lease.Config) string {
 		return fmt.Sprintf("is inside the overlay Network %s (encapsulated packets would loop into the overlay)", cfg.Network)
 	}
 	return ""
+}
+
+// strictly adds, under StrictEncryption, that a host of another backend is
+// unreachable: nothing may reach it in clear.
+func strictly(cfg *lease.Config) string {
+	if !cfg.StrictEncryption {
+		return ""
+	}
+	return "; unreachable under StrictEncryption, which lets nothing to it leave unencrypted"
 }

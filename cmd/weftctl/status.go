@@ -64,6 +64,9 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		fmt.Fprintf(stdout, " (last: %s)", s.LastError)
 	}
 	fmt.Fprintf(stdout, "\niptables: masquerade %v, forward %v\n", s.Rules["masquerade"], s.Rules["forward"])
+	if st := s.Strict; st != nil {
+		fmt.Fprintf(stdout, "strict encryption: on; %d packets to other hosts' subnets dropped (they would have left unencrypted)\n", st.Dropped)
+	}
 	if od := s.OnDemand; od != nil {
 		fmt.Fprintf(stdout, "wireguard peers on demand: %d known, %d configured, %d idle; %d added for traffic, %d capped, %d removed idle; %d refused and %d removed for want of a handshake\n",
 			od.Known, od.Configured, od.Known-od.Configured, od.Added, od.Capped, od.Idled, od.Refused, od.Expired)

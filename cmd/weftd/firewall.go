@@ -23,10 +23,13 @@ func keepFirewall(ctx context.Context, g *errgroup.Group, o *options, cfg *lease
 		families = append(families, firewall.Family{IPv6: true, Network: cfg.IPv6Network, Subnet: func() netip.Prefix { return holder.Current().IPv6Subnet }})
 	}
 	settings := firewall.Settings{Masq: o.ipMasq, Forward: o.forwardRules, RandomFullyDisable: o.randomFullyDisable,
-		Resync: time.Duration(o.iptablesSync) * time.Second, PeersNetwork: cfg.PeersNetwork, Overlay: overlay}
+		Resync: time.Duration(o.iptablesSync) * time.Second, PeersNetwork: cfg.PeersNetwork, Overlay: overlay, Strict: cfg.StrictEncryption}
 	kept, err := firewall.Keep(ctx, g, cfg.EnableNFTables, settings, families, log)
 	if kept {
-		obs.setFirewall(o.ipMasq, o.forwardRules)
+		obs.setFirewall(o.ipMasq, o.forwardRules, cfg.StrictEncryption, cfg.EnableNFTables)
+	}
+	if cfg.StrictEncryption && err == nil {
+		log.Info("strict encryption: packets to other hosts' subnets leave through WireGuard or not at all", "chain", firewall.StrictChain)
 	}
 	return err
 }

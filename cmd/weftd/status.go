@@ -17,6 +17,7 @@ import (
 
 	"github.com/weftnet/weft/backends"
 	"github.com/weftnet/weft/backends/netkernel"
+	"github.com/weftnet/weft/cmd/internal/firewall"
 	"github.com/weftnet/weft/cmd/internal/status"
 	"github.com/weftnet/weft/lease"
 	"github.com/weftnet/weft/mesh"
@@ -38,6 +39,8 @@ type observer struct {
 	holder     *lease.Holder
 	masq       bool
 	forward    bool
+	strict     bool
+	nftables   bool
 	duration   prometheus.Histogram
 }
 
@@ -67,11 +70,11 @@ func (o *observer) setLoops(r *mesh.Reconciler, w *lease.Watcher, h *lease.Holde
 	o.reconciler, o.watcher, o.holder = r, w, h
 }
 
-// setFirewall records which iptables chains weftd keeps.
-func (o *observer) setFirewall(masq, forward bool) {
+// setFirewall records which rules weftd keeps, and in which mode.
+func (o *observer) setFirewall(masq, forward, strict, nftables bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	o.masq, o.forward = masq, forward
+	o.masq, o.forward, o.strict, o.nftables = masq, forward, strict, nftables
 }
 
 // observeReconcile records one reconcile's duration (the Reconciler's
@@ -115,6 +118,10 @@ func (o *observer) status() status.Document {
 		s.IPv6Network = desired.IPv6Network.String()
 	}
 	s.Skipped = desired.Skipped
+	if o.strict {
+		dropped, _ := firewall.StrictDrops(o.nftables)
+		s.Strict = &status.Strict{Dropped: dropped}
+	}
 	if od, ok := o.backend.(backends.OnDemandReporter); ok {
 		if st := od.OnDemand(); st.Enabled {
 			s.OnDemand = &status.OnDemand{Known: st.Known, Configured: st.Configured, Added: st.Added, Capped: st.Capped, Idled: st.Idled,
@@ -186,6 +193,7 @@ var (
 	descOnDemand   = prometheus.NewDesc("weft_wireguard_peers", "WireGuard peers the leases name, by state: configured on the device or idle (on-demand mode).", []string{"state"}, nil)
 	descOnDemandOp = prometheus.NewDesc("weft_wireguard_on_demand_total", "On-demand mode events: peers added for traffic, activations refused by the rate bound (capped), peers removed for idleness (idled), inbound activations refused while 128 peers awaited a handshake (refused_unverified), peers removed because their handshake never came (expired_unverified).", []string{"event"}, nil)
 	descTunnelDrop = prometheus.NewDesc("weft_tunnel_dropped_packets_total", "VXLAN and IP-in-IP packets dropped because their source holds no lease, by source (sources seen in the last ten minutes).", []string{"source"}, nil)
+	descStrict     = prometheus.NewDesc("weft_strict_dropped_packets_total", "Packets to other hosts' subnets that strict encryption dropped because they would have left unencrypted.", nil, nil)
 	descUDPDropped = prometheus.NewDesc("weft_udp_dropped_datagrams_total", "Datagrams the udp backend refused, by reason.", []string{"reason"}, nil)
 )
 
@@ -195,6 +203,7 @@ func (o *observer) Describe(ch chan<- *prometheus.Desc) {
 		ch <- d
 	}
 	ch <- descPaths
+	ch <- descStrict
 	o.duration.Describe(ch)
 }
 
@@ -257,6 +266,9 @@ func (o *observer) Collect(ch chan<- prometheus.Metric) {
 			hs = float64(t.Unix())
 		}
 		gauge(descHandshake, hs, p.Subnet)
+	}
+	if s.Strict != nil {
+		counter(descStrict, float64(s.Strict.Dropped))
 	}
 	for reason, n := range s.Drops {
 		counter(descUDPDropped, float64(n), reason)

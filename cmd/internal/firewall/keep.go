@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/netip"
 
+	"github.com/coreos/go-iptables/iptables"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -60,7 +61,10 @@ func Keep(ctx context.Context, g *errgroup.Group, nftables bool, settings Settin
 	if err != nil {
 		log.Warn("removing the other firewall mode's rules", "err", err, "mode", mode)
 	}
-	if !settings.Masq && !settings.Forward {
+	if !settings.Masq && !settings.Forward && !settings.Strict {
+		if !nftables {
+			removeStrictIPTables(log)
+		}
 		return false, nil
 	}
 	for _, f := range families {
@@ -71,6 +75,8 @@ func Keep(ctx context.Context, g *errgroup.Group, nftables bool, settings Settin
 		}
 		keeper, err := NewKeeper(nftables, s, log)
 		switch {
+		case err != nil && settings.Strict:
+			return false, fmt.Errorf(`"StrictEncryption": %w; without the %s rule nothing keeps traffic to other hosts from leaving in clear`, err, mode)
 		case err != nil && settings.Masq && nftables:
 			return false, fmt.Errorf(`-ip-masq: %w; the config asks for nftables ("EnableNFTables": true): use a kernel with nf_tables, or drop the key to use iptables`, err)
 		case err != nil && settings.Masq:
@@ -82,4 +88,20 @@ func Keep(ctx context.Context, g *errgroup.Group, nftables bool, settings Settin
 		g.Go(func() error { return keeper.Run(ctx, f.Network, f.Subnet) })
 	}
 	return true, nil
+}
+
+// removeStrictIPTables removes strict encryption's chains left from a run
+// whose config had StrictEncryption, when no keeper runs to do it.
+func removeStrictIPTables(log *slog.Logger) {
+	for _, proto := range []iptables.Protocol{iptables.ProtocolIPv4, iptables.ProtocolIPv6} {
+		ipt, err := iptables.NewWithProtocol(proto)
+		if err != nil {
+			continue
+		}
+		if removed, err := removeStrictChain(ipt); err != nil {
+			log.Warn("removing strict encryption's chain", "err", err)
+		} else if removed {
+			log.Info("strict encryption's chain removed: the config has no StrictEncryption", "chain", StrictChain)
+		}
+	}
 }

@@ -23,6 +23,7 @@ type Tables interface {
 	Insert(table, chain string, pos int, rulespec ...string) error
 	Exists(table, chain string, rulespec ...string) (bool, error)
 	Delete(table, chain string, rulespec ...string) error
+	DeleteById(table, chain string, id int) error
 	ChainExists(table, chain string) (bool, error)
 	ClearAndDeleteChain(table, chain string) error
 	HasRandomFully() bool
@@ -55,6 +56,9 @@ type Settings struct {
 	// PeersNetwork is the outside peers' network, not masqueraded to;
 	// invalid for none.
 	PeersNetwork netip.Prefix
+	// Strict keeps strict encryption's drop (StrictChainFor,
+	// NFTStrictChainFor): the config's "StrictEncryption".
+	Strict bool
 	// Overlay names interfaces besides weft's devices that carry overlay
 	// traffic (the external interface, for host-gw, extension and
 	// DirectRouting peers): nftables mode accepts the Network's traffic
@@ -94,6 +98,9 @@ func (k *IPTablesKeeper) chains(network, subnet netip.Prefix) []Chain {
 	}
 	if k.settings.Forward {
 		out = append(out, ForwardChainFor(network))
+	}
+	if k.settings.Strict {
+		out = append(out, StrictChainFor(network, subnet, k.settings.PeersNetwork))
 	}
 	return out
 }
@@ -136,17 +143,37 @@ func (k *IPTablesKeeper) Sync(network, subnet netip.Prefix) error {
 			errs = append(errs, fmt.Errorf("%s chain %s: %w", c.Table, c.Name, err))
 		}
 	}
+	if !k.settings.Strict {
+		// A config that dropped StrictEncryption: its rule goes with it.
+		if removed, err := removeStrictChain(k.ipt); err != nil {
+			errs = append(errs, fmt.Errorf("removing %s: %w", StrictChain, err))
+		} else if removed {
+			k.log.Info("strict encryption's chain removed: the config has no StrictEncryption", "chain", StrictChain)
+		}
+	}
 	return errors.Join(errs...)
 }
 
 func (k *IPTablesKeeper) syncChain(c Chain) error {
 	have, err := k.ipt.List(c.Table, c.Name)
-	if err != nil || !sameRules(have, c) {
+	if err != nil {
+		// No such chain yet: make it empty.
 		if err := k.ipt.ClearChain(c.Table, c.Name); err != nil {
 			return err
 		}
-		for _, r := range c.Rules {
-			if err := k.ipt.Append(c.Table, c.Name, r...); err != nil {
+		have = []string{"-N " + c.Name}
+	}
+	if !sameRules(have, c) {
+		// The wanted rules go in on top and the old ones come off the
+		// bottom, so the chain is never empty meanwhile (strict
+		// encryption's drop must not open for a moment).
+		for i, r := range c.Rules {
+			if err := k.ipt.Insert(c.Table, c.Name, i+1, r...); err != nil {
+				return err
+			}
+		}
+		for range len(have) - 1 {
+			if err := k.ipt.DeleteById(c.Table, c.Name, len(c.Rules)+1); err != nil {
 				return err
 			}
 		}
@@ -156,7 +183,14 @@ func (k *IPTablesKeeper) syncChain(c Chain) error {
 	if err != nil {
 		return err
 	}
-	if !ok {
+	switch {
+	case ok:
+	case c.First:
+		if err := k.ipt.Insert(c.Table, c.From, 1, c.Jump...); err != nil {
+			return err
+		}
+		k.log.Info("jump added", "table", c.Table, "from", c.From, "to", c.Name, "first", true)
+	default:
 		// Appended, as flannel does: docker's chains (DOCKER-USER, where an
 		// administrator filters container traffic) stay in front of weft's
 		// ACCEPT for the Network, also when weft re-adds a jump removed by
@@ -194,7 +228,8 @@ func normalize(spec []string) []string {
 // Cleanup removes weft's jumps and chains from both tables.
 func (k *IPTablesKeeper) Cleanup() error {
 	var errs []error
-	for _, c := range []Chain{MasqChainFor(netip.Prefix{}, netip.Prefix{}, netip.Prefix{}, false), ForwardChainFor(netip.Prefix{})} {
+	for _, c := range []Chain{MasqChainFor(netip.Prefix{}, netip.Prefix{}, netip.Prefix{}, false), ForwardChainFor(netip.Prefix{}),
+		StrictChainFor(netip.Prefix{}, netip.Prefix{}, netip.Prefix{})} {
 		if ok, _ := k.ipt.Exists(c.Table, c.From, c.Jump...); ok {
 			errs = append(errs, k.ipt.Delete(c.Table, c.From, c.Jump...))
 		}
@@ -217,7 +252,7 @@ func CleanupIPTables() (removed []string, err error) {
 			continue // no such tool: none of its chains either
 		}
 		var had []string
-		for _, c := range []struct{ table, name string }{{"nat", MasqChain}, {"filter", ForwardChain}} {
+		for _, c := range []struct{ table, name string }{{"nat", MasqChain}, {"filter", ForwardChain}, {"mangle", StrictChain}} {
 			if ok, _ := ipt.ChainExists(c.table, c.name); ok {
 				had = append(had, c.name)
 			}

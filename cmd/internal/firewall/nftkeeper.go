@@ -92,6 +92,9 @@ func (k *NFTablesKeeper) Run(ctx context.Context, network netip.Prefix, subnet f
 func (k *NFTablesKeeper) Sync(network, subnet netip.Prefix) error {
 	want := NFTTableFor(k.settings.IPv6, network, subnet, k.settings.PeersNetwork, k.settings.Masq, k.settings.Forward,
 		!k.settings.RandomFullyDisable)
+	if k.settings.Strict {
+		want.Chains = append(want.Chains, NFTStrictChainFor(network, subnet, k.settings.PeersNetwork))
+	}
 	conn, err := k.conn()
 	if err != nil {
 		return err

@@ -22,6 +22,9 @@ type Chain struct {
 	Table, Name, From string
 	Jump              []string
 	Rules             [][]string
+	// First puts the jump at the top of From (strict encryption's drop,
+	// which nothing may accept before); other jumps are appended.
+	First bool
 }
 
 // kubeProxyMark is the mark kube-proxy sets on packets it has already

@@ -32,8 +32,16 @@ type Document struct {
 	// their source holds no lease, by source (those of the last ten
 	// minutes).
 	TunnelDrops map[string]uint64 `json:"tunnel_dropped_by_source,omitempty"`
+	// Strict is strict encryption, when the config asks for it.
+	Strict *Strict `json:"strict_encryption,omitempty"`
 	// OnDemand is the wireguard-go device's on-demand mode, when on.
 	OnDemand *OnDemand `json:"on_demand,omitempty"`
+}
+
+// Strict is strict encryption's state: the packets its rule dropped,
+// which would have left for another host's subnet unencrypted.
+type Strict struct {
+	Dropped uint64 `json:"dropped"`
 }
 
 // OnDemand is the on-demand mode of a wireguard-go device: the peers the

@@ -15,6 +15,7 @@ import (
 var builtin = map[string][]string{
 	"filter": {"INPUT", "FORWARD", "OUTPUT"},
 	"nat":    {"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"},
+	"mangle": {"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"},
 }
 
 // Tables is a fake iptables with the filter and nat tables. Its zero value
@@ -130,6 +131,22 @@ func (t *Tables) Insert(table, chain string, pos int, rulespec ...string) error 
 	return nil
 }
 
+// DeleteById removes the rule at position id (from 1) of a chain.
+func (t *Tables) DeleteById(table, chain string, id int) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	rules, err := t.chain(table, chain)
+	if err != nil {
+		return err
+	}
+	if id < 1 || id > len(rules) {
+		return fmt.Errorf("iptables: index of deletion too big")
+	}
+	t.chains[table][chain] = slices.Delete(rules, id-1, id)
+	t.writes++
+	return nil
+}
+
 // jumpTarget is the chain a rule jumps to ("-j NAME"), or "".
 func jumpTarget(spec []string) string {
 	for i, a := range spec {
@@ -225,7 +242,7 @@ func (t *Tables) Save() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	var b strings.Builder
-	for _, table := range []string{"filter", "nat"} {
+	for _, table := range []string{"filter", "nat", "mangle"} {
 		chains := append(slices.Clone(builtin[table]), t.order[table]...)
 		var body strings.Builder
 		for _, c := range chains {
