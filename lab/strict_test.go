@@ -68,6 +68,16 @@ func TestStrictEncryption(t *testing.T) {
 				}
 				checkEncrypted(t, l, h1, h2)
 			})
+
+			t.Run("weftctl cleanup removes the rule", func(t *testing.T) {
+				l.StopWeftd(h1, syscall.SIGTERM)
+				if out, err := Exec(h1.Name, weftctlBin, "cleanup", "-subnet-file", h1.SubnetFile()); err != nil {
+					t.Fatalf("weftctl cleanup: %v\n%s", err, out)
+				}
+				if out, err := Exec(h1.Name, mode.show...); err == nil && (strings.Contains(out, "DROP") || strings.Contains(out, "counter drop")) {
+					t.Errorf("the strict rule stays after weftctl cleanup:\n%s", out)
+				}
+			})
 		})
 	}
 }
