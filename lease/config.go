@@ -63,6 +63,11 @@ type Config struct {
 	StrictEncryption bool
 	// Backend selects and configures the data path.
 	Backend BackendConfig
+	// Speaks are the backends this host runs besides Backend.Type while a
+	// switch of Backend.Type is under way, oldest last (weftd sets them;
+	// they are never read from the config): a peer that does not speak
+	// Backend.Type is reached by the first of these it speaks.
+	Speaks []string
 	// BackendDefaulted is true when the config had no Backend and weft chose
 	// udp as flannel does; weftd says so in its log.
 	BackendDefaulted bool

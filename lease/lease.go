@@ -36,7 +36,23 @@ type Attrs struct {
 	// BackendV6Data is the backend's data for its IPv6 half (flannel's
 	// wireguard publishes the IPv6 device's port there); empty otherwise.
 	BackendV6Data json.RawMessage
+	// Also are the other backends the host runs during a switch of
+	// Backend.Type, each with its data (weft only, "WeftAlso": flannel
+	// ignores the field, and reaches the host by BackendType as before);
+	// empty outside a switch, so the lease is byte for byte flannel's.
+	Also []PathAttrs
 }
+
+// PathAttrs is one more backend a host speaks: its type and the data
+// its peers need to reach the host over it.
+type PathAttrs struct {
+	BackendType   string          `json:"BackendType"`
+	BackendData   json.RawMessage `json:"BackendData,omitempty"`
+	BackendV6Data json.RawMessage `json:"BackendV6Data,omitempty"`
+}
+
+// maxAlso bounds the other backends a lease may name.
+const maxAlso = 4
 
 type attrsJSON struct {
 	PublicIP      string          `json:"PublicIP"`
@@ -44,6 +60,15 @@ type attrsJSON struct {
 	BackendType   string          `json:"BackendType,omitempty"`
 	BackendData   json.RawMessage `json:"BackendData,omitempty"`
 	BackendV6Data json.RawMessage `json:"BackendV6Data,omitempty"`
+	Also          []PathAttrs     `json:"WeftAlso,omitempty"`
+}
+
+// Paths are every backend the host speaks, BackendType's first (""
+// being udp's, as Backend reads it).
+func (a Attrs) Paths() []PathAttrs {
+	out := make([]PathAttrs, 0, 1+len(a.Also))
+	out = append(out, PathAttrs{BackendType: a.Backend(), BackendData: a.BackendData, BackendV6Data: a.BackendV6Data})
+	return append(out, a.Also...)
 }
 
 // SameHost reports whether a and b are the attributes of one host: the
@@ -88,6 +113,7 @@ func (a Attrs) MarshalJSON() ([]byte, error) {
 	if len(a.BackendV6Data) > 0 && string(a.BackendV6Data) != "null" {
 		out.BackendV6Data = a.BackendV6Data
 	}
+	out.Also = a.Also
 	return json.Marshal(out)
 }
 
@@ -102,6 +128,15 @@ func (a *Attrs) UnmarshalJSON(data []byte) error {
 		return fmt.Errorf("PublicIP %q is not an IPv4 address", in.PublicIP)
 	}
 	*a = Attrs{PublicIP: ip, BackendType: in.BackendType, BackendData: in.BackendData, BackendV6Data: in.BackendV6Data}
+	if len(in.Also) > maxAlso {
+		return fmt.Errorf("WeftAlso names %d backends, more than the %d a switch uses", len(in.Also), maxAlso)
+	}
+	for _, p := range in.Also {
+		if p.BackendType == "" || p.BackendType == a.Backend() || !validTypeName(p.BackendType) {
+			return fmt.Errorf("WeftAlso: BackendType %q is empty, the lease's own, or not a backend name", p.BackendType)
+		}
+	}
+	a.Also = in.Also
 	if in.PublicIPv6 != nil {
 		ip6, err := ParseUnderlayIPv6(*in.PublicIPv6)
 		if err != nil {
@@ -280,4 +315,18 @@ func DecodeLease(key string, value []byte) (Lease, error) {
 		return Lease{}, fmt.Errorf("%w: lease %s: %v", ErrBadLease, key, err)
 	}
 	return Lease{Subnet: subnet, IPv6Subnet: subnet6, Attrs: attrs}, nil
+}
+
+// validTypeName reports whether s could name a backend: lower-case
+// letters, digits and '-', as every Backend.Type is.
+func validTypeName(s string) bool {
+	if len(s) == 0 || len(s) > 32 {
+		return false
+	}
+	for _, c := range s {
+		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '-' {
+			return false
+		}
+	}
+	return true
 }

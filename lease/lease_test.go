@@ -102,6 +102,10 @@ func TestDecodeLeaseRejects(t *testing.T) {
 		{"v4-mapped unspecified", "10.5.1.0-24", `{"PublicIP":"1.2.3.4","PublicIPv6":"::ffff:0.0.0.0"}`, "IPv4-mapped"},
 		{"v4-mapped inside", "10.5.1.0-24", `{"PublicIP":"1.2.3.4","PublicIPv6":"::ffff:10.5.9.1"}`, "IPv4-mapped"},
 		{"bad key", "10.5.1.9-24", `{"PublicIP":"1.2.3.4"}`, "not a subnet's network address"},
+		{"also its own type", "10.5.1.0-24", `{"PublicIP":"1.2.3.4","BackendType":"vxlan","WeftAlso":[{"BackendType":"vxlan"}]}`, "WeftAlso"},
+		{"also no type", "10.5.1.0-24", `{"PublicIP":"1.2.3.4","BackendType":"vxlan","WeftAlso":[{"BackendData":{}}]}`, "WeftAlso"},
+		{"also a hostile type", "10.5.1.0-24", `{"PublicIP":"1.2.3.4","BackendType":"vxlan","WeftAlso":[{"BackendType":"wire\nguard"}]}`, "not a backend name"},
+		{"also too many", "10.5.1.0-24", `{"PublicIP":"1.2.3.4","WeftAlso":[{"BackendType":"a"},{"BackendType":"b"},{"BackendType":"c"},{"BackendType":"d"},{"BackendType":"e"}]}`, "more than the 4"},
 		{"huge", "10.5.1.0-24", `{"PublicIP":"1.2.3.4","X":"` + strings.Repeat("a", 1<<20) + `"}`, "more than"},
 	}
 	for _, tt := range tests {
@@ -196,5 +200,29 @@ func TestDualSubnetKey(t *testing.T) {
 		if _, _, err := ParseSubnetKeys(bad); !errors.Is(err, ErrBadLease) {
 			t.Errorf("ParseSubnetKeys(%q) = %v, want ErrBadLease", bad, err)
 		}
+	}
+}
+
+// TestWeftAlso: a lease during a switch names the other backends its host
+// speaks in WeftAlso, after flannel's fields (which flannel reads as
+// before); without any, the lease is flannel's byte for byte.
+func TestWeftAlso(t *testing.T) {
+	a := Attrs{PublicIP: netip.MustParseAddr("192.168.50.2"), BackendType: "vxlan", BackendData: json.RawMessage(`{"VNI":1,"VtepMAC":"02:00:00:00:00:02"}`),
+		Also: []PathAttrs{{BackendType: "wireguard", BackendData: json.RawMessage(`{"PublicKey":"k","Port":51820}`)}}}
+	want := `{"PublicIP":"192.168.50.2","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:00:02"},` +
+		`"WeftAlso":[{"BackendType":"wireguard","BackendData":{"PublicKey":"k","Port":51820}}]}`
+	if got := string(a.Encode()); got != want {
+		t.Fatalf("encoded\n %s\nwant\n %s", got, want)
+	}
+	l, err := DecodeLease("10.5.2.0-24", []byte(want))
+	if err != nil || len(l.Attrs.Also) != 1 || l.Attrs.Also[0].BackendType != "wireguard" {
+		t.Fatalf("decoded %+v, %v", l.Attrs, err)
+	}
+	if paths := l.Attrs.Paths(); len(paths) != 2 || paths[0].BackendType != "vxlan" || paths[1].BackendType != "wireguard" {
+		t.Errorf("paths %+v", paths)
+	}
+	a.Also = nil
+	if got := string(a.Encode()); strings.Contains(got, "WeftAlso") {
+		t.Errorf("outside a switch the lease names WeftAlso: %s", got)
 	}
 }

@@ -140,12 +140,13 @@ func (d *Desired) sort() {
 // keys are canonical subnets, so no two keys share a subnet; the overlap
 // check in Compute guards the whole-set path only.
 func classify(self lease.Lease, l lease.Lease, cfg *lease.Config) (peer Peer, reason string, isSelf bool) {
+	path, _ := Path(l, cfg)
 	peer = Peer{Key: l.Key(), Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP,
-		BackendType: l.Attrs.BackendType, BackendData: l.Attrs.BackendData, Created: l.CreateRevision}
+		BackendType: path.BackendType, BackendData: path.BackendData, Created: l.CreateRevision}
 	if cfg.EnableIPv6 {
 		// On an IPv4-only network a flannel host's IPv6 half is not ours
 		// to route; on a dual-stack one it is.
-		peer.IPv6Subnet, peer.PublicIPv6, peer.BackendV6Data = l.IPv6Subnet, l.Attrs.PublicIPv6Addr(), l.Attrs.BackendV6Data
+		peer.IPv6Subnet, peer.PublicIPv6, peer.BackendV6Data = l.IPv6Subnet, l.Attrs.PublicIPv6Addr(), path.BackendV6Data
 	}
 	if sameSubnet(l, self) {
 		return peer, "", true // our own lease (or an older copy of it)
@@ -180,18 +181,14 @@ func sameSubnet(l, self lease.Lease) bool {
 // lease; `weftctl leases` shows the reason.
 func Check(l lease.Lease, cfg *lease.Config) string {
 	backend := l.Attrs.Backend()
-	if cfg.Backend.Untyped && l.Attrs.BackendType == "" {
-		// flannel's alloc, like its udp, writes no BackendType; an alloc
-		// network has no data path to tell the two apart by.
-		backend = cfg.Backend.Type
-	}
+	_, speaks := Path(l, cfg)
 	if !cfg.EnableIPv4 {
 		// IPv6-only: the IPv4 half is flannel's empty one; only the IPv6
 		// half and the backend matter.
 		if !l.IPv6Subnet.IsValid() {
 			return "has no IPv6 subnet, and this network is IPv6-only"
 		}
-		if backend != cfg.Backend.Type {
+		if !speaks {
 			return fmt.Sprintf("runs backend %q, this network uses %q", backend, cfg.Backend.Type) + strictly(cfg)
 		}
 		return check6(l, cfg)
@@ -201,11 +198,11 @@ func Check(l lease.Lease, cfg *lease.Config) string {
 		return fmt.Sprintf("subnet %s is outside Network %s", l.Subnet, cfg.Network)
 	case l.Subnet.Bits() != cfg.SubnetLen:
 		return fmt.Sprintf("subnet %s is not a /%d (SubnetLen)", l.Subnet, cfg.SubnetLen)
-	case backend != cfg.Backend.Type && l.Attrs.BackendType == "":
+	case !speaks && l.Attrs.BackendType == "":
 		// flannel's vxlan, host-gw and wireguard backends ignore such a
 		// lease too: its host has no device of theirs to reach.
 		return fmt.Sprintf("has no BackendType (a udp host's lease, as flannel writes it), this network uses %q", cfg.Backend.Type) + strictly(cfg)
-	case backend != cfg.Backend.Type:
+	case !speaks:
 		return fmt.Sprintf("runs backend %q, this network uses %q", l.Attrs.BackendType, cfg.Backend.Type) + strictly(cfg)
 	case l.Subnet.Masked() != l.Subnet:
 		return fmt.Sprintf("subnet %s is not aligned to /%d", l.Subnet, cfg.SubnetLen)
@@ -275,4 +272,36 @@ func strictly(cfg *lease.Config) string {
 		return ""
 	}
 	return "; unreachable under StrictEncryption, which lets nothing to it leave unencrypted"
+}
+
+// Path picks the backend this host reaches l's host by, and the data that
+// goes with it: the config's Backend.Type when l's host speaks it (its
+// BackendType, or one of its WeftAlso during a switch), else the first of
+// cfg.Speaks (the backends this host still runs during a switch) it
+// speaks. ok is false when it speaks none of them; the path is then the
+// lease's own BackendType's.
+func Path(l lease.Lease, cfg *lease.Config) (path lease.PathAttrs, ok bool) {
+	paths := l.Attrs.Paths()
+	// The first path keeps the lease's BackendType as written (none for
+	// udp), so a lease outside a switch is a peer exactly as before.
+	paths[0].BackendType = l.Attrs.BackendType
+	own := func(p lease.PathAttrs) string {
+		switch {
+		case p.BackendType != "":
+			return p.BackendType
+		case cfg.Backend.Untyped:
+			// flannel's alloc, like its udp, writes no BackendType; an
+			// alloc network has no data path to tell the two apart by.
+			return cfg.Backend.Type
+		}
+		return lease.DefaultBackend
+	}
+	for _, want := range append([]string{cfg.Backend.Type}, cfg.Speaks...) {
+		for _, p := range paths {
+			if own(p) == want {
+				return p, true
+			}
+		}
+	}
+	return paths[0], false
 }

@@ -268,3 +268,47 @@ func TestComputeIPv6OnlyAlloc(t *testing.T) {
 		t.Errorf("peers %+v skipped %+v", d.Peers, d.Skipped)
 	}
 }
+
+// TestPathDuringASwitch: a host reaches each peer over the config's
+// backend when the peer speaks it (its BackendType, or its WeftAlso
+// during a switch), with that backend's data; else over a backend it
+// still runs (Speaks); else the lease is skipped.
+func TestPathDuringASwitch(t *testing.T) {
+	cfg, err := lease.ParseConfig([]byte(`{"Network":"10.5.0.0/16","Backend":{"Type":"wireguard"}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	self := mkLease("10.5.1.0/24", "192.168.50.1", 1)
+	vxlanData := `{"VNI":1,"VtepMAC":"02:00:00:00:00:02"}`
+	wgData := `{"PublicKey":"k","Port":51820}`
+	switching := mkLease("10.5.2.0/24", "192.168.50.2", 2)
+	switching.Attrs.BackendType, switching.Attrs.BackendData = "vxlan", []byte(vxlanData)
+	switching.Attrs.Also = []lease.PathAttrs{{BackendType: "wireguard", BackendData: []byte(wgData)}}
+	behind := mkLease("10.5.3.0/24", "192.168.50.3", 3)
+	behind.Attrs.BackendType, behind.Attrs.BackendData = "vxlan", []byte(vxlanData)
+	udp := mkLease("10.5.4.0/24", "192.168.50.4", 4)
+	udp.Attrs.BackendType = ""
+	leases := []lease.Lease{self, switching, behind, udp}
+
+	paths := func(d Desired) string {
+		var out []string
+		for _, p := range d.Peers {
+			out = append(out, fmt.Sprintf("%s %s %s", p.Subnet, p.BackendType, p.BackendData))
+		}
+		for _, s := range d.Skipped {
+			out = append(out, s.Key+" skipped")
+		}
+		return strings.Join(out, "; ")
+	}
+	if got, want := paths(Compute(self, leases, cfg)), `10.5.2.0/24 wireguard `+wgData+`; 10.5.3.0-24 skipped; 10.5.4.0-24 skipped`; got != want {
+		t.Errorf("wireguard alone:\n got %s\nwant %s", got, want)
+	}
+	cfg.Speaks = []string{"vxlan"}
+	if got, want := paths(Compute(self, leases, cfg)), `10.5.2.0/24 wireguard `+wgData+`; 10.5.3.0/24 vxlan `+vxlanData+`; 10.5.4.0-24 skipped`; got != want {
+		t.Errorf("wireguard, still speaking vxlan:\n got %s\nwant %s", got, want)
+	}
+	cfg.Speaks = []string{"vxlan", "udp"}
+	if got, want := paths(Compute(self, leases, cfg)), `10.5.2.0/24 wireguard `+wgData+`; 10.5.3.0/24 vxlan `+vxlanData+`; 10.5.4.0/24  `; got != want {
+		t.Errorf("a udp host's lease, which has no BackendType:\n got %s\nwant %s", got, want)
+	}
+}
