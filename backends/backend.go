@@ -155,7 +155,10 @@ func Footprints() map[string]netkernel.Footprint {
 // which being more specific would keep carrying traffic in clear, unless
 // keepDirect (wireguard's DirectRouting wants such routes, and its first
 // apply prunes the ones no peer wants). It returns what it removed.
-func RemoveOthers(k netkernel.Kernel, current string, ext underlay.ExternalInterface, keepDirect bool) ([]string, error) {
+//
+// keep are the backends that stay: the config's first and, during a live
+// switch, the ones still needed by peers that have not switched.
+func RemoveOthers(k netkernel.Kernel, keep []string, ext underlay.ExternalInterface, keepDirect bool) ([]string, error) {
 	var removed []string
 	var errs []error
 	links, err := k.LinkList()
@@ -163,13 +166,16 @@ func RemoveOthers(k netkernel.Kernel, current string, ext underlay.ExternalInter
 		return nil, err
 	}
 	footprints := Footprints()
+	kept := func(name string) bool {
+		return slices.ContainsFunc(keep, func(b string) bool { return footprints[b].OwnsLink(name) })
+	}
 	for _, l := range links {
 		name := l.Attrs().Name
-		if footprints[current].OwnsLink(name) {
+		if kept(name) {
 			continue
 		}
 		for backend, f := range footprints {
-			if backend == current || !f.OwnsLink(name) {
+			if slices.Contains(keep, backend) || !f.OwnsLink(name) {
 				continue
 			}
 			if err := k.LinkDel(l); err != nil {
@@ -180,7 +186,8 @@ func RemoveOthers(k netkernel.Kernel, current string, ext underlay.ExternalInter
 			break
 		}
 	}
-	if kind, _ := Lookup(current); !kind.RoutesDirect && !(current == WireGuard && keepDirect) {
+	routesDirect := slices.ContainsFunc(keep, func(b string) bool { k, _ := Lookup(b); return k.RoutesDirect })
+	if !routesDirect && !(keep[0] == WireGuard && keepDirect) {
 		routes, err := netkernel.OwnedRoutes(k)
 		if err != nil {
 			return removed, errors.Join(append(errs, err)...)

@@ -43,8 +43,14 @@ func NewPathRule(cfg *lease.Config, ext underlay.ExternalInterface) PathRule {
 	return r
 }
 
-// Of is p's path.
+// Of is p's path: the config's backend, or during a switch the one that
+// carries p (mesh.Peer.Path).
 func (r PathRule) Of(p mesh.Peer) Path {
+	if p.Path != "" && p.Path != r.kind.Name {
+		if k, ok := Lookup(p.Path); ok {
+			r = PathRule{kind: k, ext: r.ext}
+		}
+	}
 	switch {
 	case r.kind.Encrypted && r.direct && r.ext.OnLink(p.PublicIP):
 		return Path{Name: PathDirect, Why: fmt.Sprintf("DirectRouting: its PublicIP %s is on %s's network, routed without WireGuard", p.PublicIP, r.ext.Name)}

@@ -32,7 +32,7 @@ func TestRemoveOthers(t *testing.T) {
 	}
 	route("10.5.2.0/24", "192.168.77.2", netkernel.RouteProtocol) // host-gw's
 	route("10.9.0.0/16", "192.168.77.254", 0)                     // the admin's
-	removed, err := RemoveOthers(k, WireGuard, ext, false)
+	removed, err := RemoveOthers(k, []string{WireGuard}, ext, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,7 +48,7 @@ route 10.9.0.0/16 via 192.168.77.254 dev eth0
 	if got := k.State(); got != want {
 		t.Errorf("left:\n%s\nwant:\n%s", got, want)
 	}
-	if again, err := RemoveOthers(k, WireGuard, ext, false); err != nil || len(again) != 0 {
+	if again, err := RemoveOthers(k, []string{WireGuard}, ext, false); err != nil || len(again) != 0 {
 		t.Errorf("second run removed %v (%v)", again, err)
 	}
 }
@@ -63,7 +63,7 @@ func TestRemoveOthersIPIPToVXLAN(t *testing.T) {
 	if err := k.LinkAdd(&netlink.Vxlan{LinkAttrs: netlink.LinkAttrs{Name: "weft.1"}, VxlanId: 1}); err != nil {
 		t.Fatal(err)
 	}
-	removed, err := RemoveOthers(k, VXLAN, ext, false)
+	removed, err := RemoveOthers(k, []string{VXLAN}, ext, false)
 	if err != nil || strings.Join(removed, "; ") != "ipip device weft.ipip" {
 		t.Errorf("removed %q (%v), want weft.ipip alone", removed, err)
 	}

@@ -150,10 +150,17 @@ func (h *Holder) refresh(ctx context.Context, renew bool) error {
 		if !errors.Is(err, ErrLeaseLost) {
 			return err
 		}
-	} else if ours, err := h.stillOurs(ctx, cur, req); err != nil || ours {
-		return err
-	} else if taken, err := h.takeBack(ctx, cur, req); err != nil || taken {
-		return err
+	}
+	updating := false // our own record, with attributes changed since (SetAttrs)
+	if !renew {
+		ours, unchanged, err := h.stillOurs(ctx, cur, req)
+		if err != nil || ours {
+			return err
+		}
+		updating = unchanged
+		if taken, err := h.takeBack(ctx, cur, req); err != nil || taken {
+			return err
+		}
 	}
 	req.Previous, req.PreviousIPv6 = cur.Subnet, cur.IPv6Subnet
 	l, err := Claim(ctx, h.store, req)
@@ -163,6 +170,8 @@ func (h *Holder) refresh(ctx context.Context, renew bool) error {
 	if l.Subnet != cur.Subnet || l.IPv6Subnet != cur.IPv6Subnet {
 		h.log.Error("our subnet was taken by another host while our lease was gone; moved to a new one",
 			"old_key", cur.Key(), "new_key", l.Key())
+	} else if updating {
+		h.log.Info("lease rewritten with new attributes", "key", l.Key())
 	} else {
 		h.log.Info("lease was lost and has been claimed again", "key", l.Key())
 	}
@@ -216,11 +225,14 @@ func (h *Holder) takeBack(ctx context.Context, cur Lease, req ClaimRequest) (boo
 	return true, nil
 }
 
-// stillOurs reports whether the store holds cur unchanged with req's attrs.
-func (h *Holder) stillOurs(ctx context.Context, cur Lease, req ClaimRequest) (bool, error) {
+// stillOurs reports whether the store holds cur unchanged with req's
+// attrs (ours), and whether it holds cur at our revision at all
+// (unchanged: only the attributes we publish have changed since).
+func (h *Holder) stillOurs(ctx context.Context, cur Lease, req ClaimRequest) (ours, unchanged bool, err error) {
 	r, ok, err := h.store.Get(ctx, cur.Key())
 	if err != nil || !ok {
-		return false, err
+		return false, false, err
 	}
-	return r.Revision == cur.Revision && string(r.Value) == string(req.Attrs.Encode()), nil
+	unchanged = r.Revision == cur.Revision
+	return unchanged && string(r.Value) == string(req.Attrs.Encode()), unchanged, nil
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 
 	"github.com/weftnet/weft/lease"
@@ -18,6 +19,16 @@ type Peer struct {
 	PublicIP    netip.Addr
 	BackendType string
 	BackendData json.RawMessage
+	// Path is the backend this host reaches the peer by (Path): the
+	// network's Backend.Type but during a switch, when it may be one this
+	// host still runs for peers that have not switched.
+	Path string
+	// Alternatives are the other backends the peer's host speaks during a
+	// switch, with their data (types as Path names them); Standby marks a
+	// copy of the peer for a backend that is not its path yet, which
+	// prepares it there (keys, neighbours) without routing to it.
+	Alternatives []lease.PathAttrs
+	Standby      bool
 	// IPv6Subnet, PublicIPv6 and BackendV6Data are the lease's IPv6 half on
 	// a dual-stack network; IPv6Subnet is invalid when the peer has none
 	// (an IPv4-only lease), PublicIPv6 when it published no IPv6 address.
@@ -116,8 +127,12 @@ func (d Desired) IPv6Half() Desired {
 		if !p.IPv6Subnet.IsValid() {
 			continue
 		}
-		out.Peers = append(out.Peers, Peer{Key: p.Key, Subnet: p.IPv6Subnet, PublicIP: p.PublicIPv6,
-			BackendType: p.BackendType, BackendData: p.BackendV6Data, Created: p.Created})
+		half := Peer{Key: p.Key, Subnet: p.IPv6Subnet, PublicIP: p.PublicIPv6,
+			BackendType: p.BackendType, BackendData: p.BackendV6Data, Path: p.Path, Standby: p.Standby, Created: p.Created}
+		for _, a := range p.Alternatives {
+			half.Alternatives = append(half.Alternatives, lease.PathAttrs{BackendType: a.BackendType, BackendData: a.BackendV6Data})
+		}
+		out.Peers = append(out.Peers, half)
 	}
 	out.sort()
 	return out
@@ -142,7 +157,15 @@ func (d *Desired) sort() {
 func classify(self lease.Lease, l lease.Lease, cfg *lease.Config) (peer Peer, reason string, isSelf bool) {
 	path, _ := Path(l, cfg)
 	peer = Peer{Key: l.Key(), Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP,
-		BackendType: path.BackendType, BackendData: path.BackendData, Created: l.CreateRevision}
+		BackendType: path.BackendType, BackendData: path.BackendData, Path: pathType(path, cfg), Created: l.CreateRevision}
+	if len(l.Attrs.Also) > 0 {
+		for _, p := range l.Attrs.Paths() {
+			if t := pathType(p, cfg); t != peer.Path {
+				p.BackendType = t
+				peer.Alternatives = append(peer.Alternatives, p)
+			}
+		}
+	}
 	if cfg.EnableIPv6 {
 		// On an IPv4-only network a flannel host's IPv6 half is not ours
 		// to route; on a dual-stack one it is.
@@ -285,23 +308,30 @@ func Path(l lease.Lease, cfg *lease.Config) (path lease.PathAttrs, ok bool) {
 	// The first path keeps the lease's BackendType as written (none for
 	// udp), so a lease outside a switch is a peer exactly as before.
 	paths[0].BackendType = l.Attrs.BackendType
-	own := func(p lease.PathAttrs) string {
-		switch {
-		case p.BackendType != "":
-			return p.BackendType
-		case cfg.Backend.Untyped:
-			// flannel's alloc, like its udp, writes no BackendType; an
-			// alloc network has no data path to tell the two apart by.
-			return cfg.Backend.Type
-		}
-		return lease.DefaultBackend
+	prefs := append([]string{cfg.Backend.Type}, cfg.Speaks...)
+	if cfg.LegacyFirst {
+		prefs = append(slices.Clone(cfg.Speaks), cfg.Backend.Type)
 	}
-	for _, want := range append([]string{cfg.Backend.Type}, cfg.Speaks...) {
+	for _, want := range prefs {
 		for _, p := range paths {
-			if own(p) == want {
+			if pathType(p, cfg) == want {
 				return p, true
 			}
 		}
 	}
 	return paths[0], false
+}
+
+// pathType is the backend a path names: its BackendType, or for none
+// udp's, or on an untyped network (alloc) the network's own.
+func pathType(p lease.PathAttrs, cfg *lease.Config) string {
+	switch {
+	case p.BackendType != "":
+		return p.BackendType
+	case cfg.Backend.Untyped:
+		// flannel's alloc, like its udp, writes no BackendType; an alloc
+		// network has no data path to tell the two apart by.
+		return cfg.Backend.Type
+	}
+	return lease.DefaultBackend
 }

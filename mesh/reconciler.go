@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/weftnet/weft/lease"
@@ -86,6 +87,15 @@ type Reconciler struct {
 	// changed, not the whole set, on a delta. May be nil.
 	OnPeersChanged func(gone, added []Peer)
 
+	// pause is held by each reconcile pass and by Pause, so what Pause
+	// runs never meets a pass half done.
+	pause sync.Mutex
+	// forceWhole asks the next pass for a whole apply (after a Pause);
+	// wake tells the loop there is one to run.
+	forceWhole atomic.Bool
+	wakeOnce   sync.Once
+	wakeCh     chan struct{}
+
 	mu      sync.Mutex // guards stats and model
 	stats   Stats
 	model   *model // the desired state last handed to the backend
@@ -139,6 +149,26 @@ type OutsideSource interface {
 	Changed() <-chan struct{}
 }
 
+// wake is the channel Pause signals the loop on.
+func (r *Reconciler) wake() chan struct{} {
+	r.wakeOnce.Do(func() { r.wakeCh = make(chan struct{}, 1) })
+	return r.wakeCh
+}
+
+// Pause runs f while no reconcile pass runs, then has the next pass apply
+// the whole state: f may change what the pass reads (Config's Speaks and
+// LegacyFirst during a switch of backend) and the backend's data paths.
+func (r *Reconciler) Pause(f func()) {
+	r.pause.Lock()
+	f()
+	r.forceWhole.Store(true)
+	r.pause.Unlock()
+	select {
+	case r.wake() <- struct{}{}:
+	default:
+	}
+}
+
 // Run reconciles until ctx ends. It returns only ctx's error: failures are
 // logged and retried on the next change or tick.
 func (r *Reconciler) Run(ctx context.Context) error {
@@ -170,12 +200,15 @@ func (r *Reconciler) Run(ctx context.Context) error {
 			}
 		case <-ticker.C:
 			resync = true
+		case <-r.wake():
 		case <-first:
 		}
 		if !r.Leases.Synced() {
 			continue
 		}
-		r.reconcile(ctx, log, resync)
+		r.pause.Lock()
+		r.reconcile(ctx, log, resync || r.forceWhole.Swap(false))
+		r.pause.Unlock()
 	}
 }
 

@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 
+	"github.com/vishvananda/netlink"
 	"github.com/weftnet/weft/backends/netkernel"
 	"github.com/weftnet/weft/backends/underlay"
 	"github.com/weftnet/weft/mesh"
@@ -41,11 +43,10 @@ func (b *Backend) BackendData() json.RawMessage { return nil }
 // failures and returns them all joined.
 func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 	want, problems := Plan(d, b.ext)
-	have, err := netkernel.OwnedRoutes(b.kernel)
+	current, err := b.ownRoutes()
 	if err != nil {
 		return errors.Join(append(problems, fmt.Errorf("listing routes: %w", err))...)
 	}
-	current := netkernel.RoutesByDst(have, nil)
 	return errors.Join(append(problems, netkernel.SyncPeerRoutes(b.kernel, -1, b.ext.Index, current, want, b.log.With("dev", b.ext.Name))...)...)
 }
 
@@ -59,13 +60,24 @@ func (b *Backend) ApplyDelta(_ context.Context, d mesh.Delta) error {
 	return errors.Join(append(problems, netkernel.SyncPeerRoutes(b.kernel, -1, b.ext.Index, current, want, b.log.With("dev", b.ext.Name))...)...)
 }
 
-// Cleanup removes every route weft installed.
+// Cleanup removes every route weft installed on the external link.
 func (b *Backend) Cleanup(context.Context) error {
-	have, err := netkernel.OwnedRoutes(b.kernel)
+	have, err := b.ownRoutes()
 	if err != nil {
 		return err
 	}
-	return errors.Join(netkernel.SyncRoutes(b.kernel, netkernel.RoutesByDst(have, nil), nil, nil)...)
+	return errors.Join(netkernel.SyncRoutes(b.kernel, have, nil, nil)...)
+}
+
+// ownRoutes are weft's routes on the external link, host-gw's: weft's
+// routes on its devices (a WireGuard device's Network route, while a
+// switch runs both) are the other backends'.
+func (b *Backend) ownRoutes() (map[netip.Prefix]netlink.Route, error) {
+	have, err := netkernel.OwnedRoutes(b.kernel)
+	if err != nil {
+		return nil, err
+	}
+	return netkernel.RoutesByDst(have, func(r netlink.Route) bool { return r.LinkIndex == b.ext.Index }), nil
 }
 
 // Close leaves the routes in place: traffic keeps flowing across a restart.

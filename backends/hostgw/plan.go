@@ -14,6 +14,9 @@ func Plan(d mesh.Desired, ext underlay.ExternalInterface) ([]underlay.Route, []e
 	var routes []underlay.Route
 	var problems []error
 	for _, p := range d.Peers {
+		if p.Standby {
+			continue // a switch to host-gw under way: nothing to prepare
+		}
 		if !ext.OnLink(p.PublicIP) {
 			problems = append(problems, mesh.SkipPeer(p.Key,
 				"PublicIP %s is not on the same L2 segment as %s (%v); host-gw needs all hosts on one link: use vxlan or wireguard",

@@ -39,6 +39,9 @@ func ParseOptions(raw json.RawMessage) (Options, error) {
 func Plan(d mesh.Desired, opts Options, ext underlay.ExternalInterface) []underlay.Route {
 	routes := make([]underlay.Route, 0, len(d.Peers))
 	for _, p := range d.Peers {
+		if p.Standby {
+			continue // a switch to ipip under way: the route comes with its move
+		}
 		routes = append(routes, underlay.Route{Dst: p.Subnet, Via: p.PublicIP, Direct: opts.DirectRouting && ext.OnLink(p.PublicIP)})
 	}
 	return routes

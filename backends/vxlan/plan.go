@@ -177,11 +177,18 @@ func plan(d mesh.Desired, opts Options, ext underlay.ExternalInterface) (State, 
 			continue
 		}
 		if opts.DirectRouting && ext.OnLink(p.PublicIP) {
-			s.Routes = append(s.Routes, underlay.Route{Dst: p.Subnet, Via: p.PublicIP, Direct: true})
+			if !p.Standby {
+				s.Routes = append(s.Routes, underlay.Route{Dst: p.Subnet, Via: p.PublicIP, Direct: true})
+			}
 			continue
 		}
 		vtep := p.Subnet.Addr()
-		s.Routes = append(s.Routes, underlay.Route{Dst: p.Subnet, Via: vtep})
+		if !p.Standby {
+			// A peer on standby (a switch to vxlan under way) gets its
+			// neighbour and FDB entry, so its frames find their way the
+			// moment its route comes, but no route yet.
+			s.Routes = append(s.Routes, underlay.Route{Dst: p.Subnet, Via: vtep})
+		}
 		s.Neighbors = append(s.Neighbors, Neighbor{IP: vtep, MAC: mac.String()})
 		s.FDB = append(s.FDB, FDB{MAC: mac.String(), Dst: p.PublicIP})
 	}

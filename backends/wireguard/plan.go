@@ -235,7 +235,7 @@ func candidates(d mesh.Desired, self keys.Key, opts Options) ([]PeerSpec, []erro
 func DirectRoutes(d mesh.Desired, opts Options) []underlay.Route {
 	var out []underlay.Route
 	for _, p := range d.Peers {
-		if opts.direct(p.PublicIP) && p.Subnet.IsValid() {
+		if opts.direct(p.PublicIP) && p.Subnet.IsValid() && !p.Standby {
 			out = append(out, underlay.Route{Dst: p.Subnet, Via: p.PublicIP, Direct: true})
 		}
 	}

@@ -45,9 +45,10 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 		return err
 	}
 	kernel := netkernel.NewNetlink(nil, obs.kernelCalls())
+	plan := planSwitch(ctx, store, o, cfg, publicIP, log)
 	backend, err := startBackend(ctx, o, backends.Env{Config: cfg, External: ext, PublicIP: publicIP, PublicIPv6: publicIP6, Log: log,
-		KeyFile: o.keyFile, WireGuardImplementation: o.wgImpl, BehindNAT: o.behindNAT, SourceFilter: sourceFilter(o, cfg, log),
-		Kernel: kernel, Calls: obs.kernelCalls()}, obs)
+		KeyFile: o.keyFile, WireGuardImplementation: o.wgImpl, BehindNAT: o.behindNAT, SourceFilter: sourceFilter(o, cfg, plan, log),
+		Kernel: kernel, Calls: obs.kernelCalls()}, plan, obs)
 	if err != nil {
 		return err
 	}
@@ -55,9 +56,12 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	// at exit, a backend the config has left undoes what only it knows.
 	var configType atomic.Pointer[string]
 	configType.Store(&cfg.Backend.Type)
-	defer func() { leaveDataPath(backend, o.cleanupOnExit, *configType.Load() != cfg.Backend.Type, log) }()
+	sw := &switchKeeper{primary: backendSpec{Type: cfg.Backend.Type, Raw: cfg.Backend.Raw}}
+	defer func() {
+		leaveDataPath(backend, o.cleanupOnExit, *configType.Load() != cfg.Backend.Type, switching(err, sw), log)
+	}()
 
-	req, own, err := claimLease(ctx, store, o, cfg, ownAttrs(cfg, publicIP, publicIP6, backend), log)
+	req, own, err := claimLease(ctx, store, o, cfg, ownAttrs(cfg, publicIP, publicIP6, backend, plan), log)
 	if err != nil {
 		return err
 	}
@@ -72,7 +76,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 		Config: cfg, Leases: watcher, Own: holder, Backend: backend, Resync: o.resync, Log: log,
 		OnOwnLeaseChange: writeEnv,
 		OnReconcile:      obs.observeReconcile,
-		OnApplied:        func(self lease.Lease, peers int) { obs.markReady(self, peers, log) },
+		OnApplied:        func(self lease.Lease, peers int) { obs.markReady(self, peers, log); sw.firstApplied() },
 		OnPeersChanged:   newPathLog(backends.NewPathRule(cfg, ext), log).peersChanged,
 	}
 	obs.setLoops(reconciler, watcher, holder)
@@ -82,8 +86,9 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	if o.blackholeRoute {
 		hostKeeper.KeepBlackholes(ctx, g, leaseSubnets(cfg, holder)...)
 	}
+	sw.init(o, cfg, backend, plan, reconciler, watcher, holder, req.Attrs, log)
 	daemonLoops{store: store, watcher: watcher, holder: holder, reconciler: reconciler, backend: backend,
-		attrs: req.Attrs, configType: &configType}.start(ctx, g, o, log)
+		attrs: req.Attrs, configType: &configType, switching: sw}.start(ctx, g, o, log)
 	err = g.Wait()
 	daemon.SdNotify(false, daemon.SdNotifyStopping)
 	if errors.Is(err, context.Canceled) {

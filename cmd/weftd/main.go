@@ -41,7 +41,12 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	// A stop asked for while waiting (for etcd, a config, a lease) is clean.
-	if err := run(ctx, o, log); err != nil && !errors.Is(err, context.Canceled) {
+	// A switch of backend runs again at once, the data path left in place.
+	err = errSwitch
+	for errors.Is(err, errSwitch) {
+		err = run(ctx, o, log)
+	}
+	if err != nil && !errors.Is(err, context.Canceled) {
 		log.Error("weftd stopped", "err", err)
 		os.Exit(1)
 	}

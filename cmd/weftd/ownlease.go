@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -42,13 +44,20 @@ func claimLease(ctx context.Context, store lease.Store, o *options, cfg *lease.C
 // ownAttrs is what this host's lease publishes: its addresses (the IPv6
 // one on a dual-stack network), its backend and the backend's data for each
 // family.
-func ownAttrs(cfg *lease.Config, publicIP, publicIP6 netip.Addr, backend backends.Backend) lease.Attrs {
+//
+// During a switch the lease shows the backend its peers knew (plan's
+// visible one) and names the others in WeftAlso, the new one only once
+// it can answer (switchKeeper).
+func ownAttrs(cfg *lease.Config, publicIP, publicIP6 netip.Addr, backend backends.Backend, plan switchPlan) lease.Attrs {
 	attrs := lease.Attrs{PublicIP: publicIP, BackendType: cfg.Backend.LeaseType(), BackendData: backend.BackendData()}
 	if publicIP6.IsValid() {
 		attrs.PublicIPv6 = &publicIP6
 		if b, ok := backend.(backends.DualStack); ok {
 			attrs.BackendV6Data = b.BackendV6Data()
 		}
+	}
+	if s, ok := backend.(*backends.Switching); ok {
+		return switchAttrs(attrs, s.Paths(), plan.visible, false)
 	}
 	return attrs
 }
@@ -115,11 +124,12 @@ func watchKey(ctx context.Context, r backends.KeyReloader, holder *lease.Holder,
 	}
 }
 
-// watchBackendType says, once per change, when the network config asks
-// for another Backend.Type than the one running: it takes effect at
-// weftd's next start (a switch needs the old data path removed first).
-func watchBackendType(ctx context.Context, store lease.Store, running string, every time.Duration, latest *atomic.Pointer[string], log *slog.Logger) error {
-	said := running
+// watchBackendType follows the network config's Backend object: when it
+// asks for another Backend.Type or other options, it records the type
+// (latest) and ends the run with errSwitch, so weftd runs again at once
+// and switches live. A config that does not validate is waited out.
+func watchBackendType(ctx context.Context, store lease.Store, running lease.BackendConfig, every time.Duration, latest *atomic.Pointer[string], log *slog.Logger) error {
+	bad := ""
 	for {
 		select {
 		case <-ctx.Done():
@@ -131,14 +141,31 @@ func watchBackendType(ctx context.Context, store lease.Store, running string, ev
 			continue
 		}
 		cfg, err := backends.ParseConfig(raw)
-		if err != nil || cfg.Backend.Type == said {
+		if err == nil {
+			err = backends.ValidateOptions(cfg)
+		}
+		if err != nil {
+			if err.Error() != bad {
+				log.Warn("the network config changed but does not validate; keeping the running backend", "err", err)
+				bad = err.Error()
+			}
 			continue
 		}
-		said = cfg.Backend.Type
-		latest.Store(&said)
-		if said != running {
-			log.Warn("the network config now asks for another backend; it takes effect when weftd restarts (systemctl restart weftd)",
-				"running", running, "config", said)
+		bad = ""
+		if cfg.Backend.Type == running.Type && compactJSON(cfg.Backend.Raw) == compactJSON(running.Raw) {
+			continue
 		}
+		latest.Store(&cfg.Backend.Type)
+		log.Info("the network config asks for another backend or options: switching live", "running", running.Type, "config", cfg.Backend.Type)
+		return errSwitch
 	}
+}
+
+// compactJSON is raw without insignificant white space, for comparing.
+func compactJSON(raw []byte) string {
+	var b bytes.Buffer
+	if json.Compact(&b, raw) != nil {
+		return string(raw)
+	}
+	return b.String()
 }

@@ -49,9 +49,12 @@ func loadConfig(ctx context.Context, store *etcdstore.Store, ext underlay.Extern
 // startBackend sets up the backend env asks for and, before anything is
 // reported ready, removes what another backend left: it would keep
 // carrying traffic its own way (in clear, after a switch to wireguard).
-func startBackend(ctx context.Context, o *options, env backends.Env, obs *observer) (backends.Backend, error) {
+//
+// During a switch (plan has legacy backends) it runs them beside the
+// config's, all in one backends.Switching.
+func startBackend(ctx context.Context, o *options, env backends.Env, plan switchPlan, obs *observer) (backends.Backend, error) {
 	cfg, log := env.Config, env.Log
-	backend, err := setUpBackend(ctx, env)
+	backend, err := setUpBackend(ctx, env, plan)
 	if err != nil {
 		return nil, err
 	}
@@ -59,7 +62,8 @@ func startBackend(ctx context.Context, o *options, env backends.Env, obs *observ
 	if o.behindNAT && cfg.Backend.Type != backends.WireGuard {
 		log.Warn("-behind-nat is for the wireguard backend; this network's backend cannot reach a host behind NAT", "backend", cfg.Backend.Type)
 	}
-	if removed, err := backends.RemoveOthers(env.Kernel, cfg.Backend.Type, env.External, backends.KeepsDirectRoutes(cfg)); len(removed) > 0 || err != nil {
+	keep := append([]string{cfg.Backend.Type}, plan.legacyTypes()...)
+	if removed, err := backends.RemoveOthers(env.Kernel, keep, env.External, backends.KeepsDirectRoutes(cfg)); len(removed) > 0 || err != nil {
 		log.Warn("removed what another backend left on this host (Backend.Type changed)", "backend", cfg.Backend.Type, "removed", removed, "err", err)
 	}
 	return backend, nil
@@ -89,6 +93,9 @@ type daemonLoops struct {
 	attrs lease.Attrs
 	// configType is the Backend.Type the config asks for now.
 	configType *atomic.Pointer[string]
+	// switching moves the host through a switch of backend (nothing to do
+	// outside one).
+	switching *switchKeeper
 }
 
 // start starts the loops in g: the outside peers' watch (when the network
@@ -104,18 +111,44 @@ func (l daemonLoops) start(ctx context.Context, g *errgroup.Group, o *options, l
 	if reloader, ok := l.backend.(backends.KeyReloader); ok {
 		g.Go(func() error { return watchKey(ctx, reloader, l.holder, l.attrs, log) })
 	}
-	g.Go(func() error { return watchBackendType(ctx, l.store, cfg.Backend.Type, o.resync, l.configType, log) })
+	if l.switching.backend != nil {
+		g.Go(func() error { return l.switching.Run(ctx) })
+	}
+	g.Go(func() error { return watchBackendType(ctx, l.store, cfg.Backend, o.resync, l.configType, log) })
 	g.Go(func() error { return l.watcher.Run(ctx) })
 	g.Go(func() error { return l.holder.Run(ctx) })
 	g.Go(func() error { return l.reconciler.Run(ctx) })
 }
 
-// setUpBackend builds the backend the config asks for and creates or
-// adopts its devices.
-func setUpBackend(ctx context.Context, env backends.Env) (backends.Backend, error) {
-	backend, err := backends.New(env)
-	if err != nil {
-		return nil, err
+// setUpBackend builds the backend the config asks for (and, during a
+// switch, the legacy ones beside it) and creates or adopts its devices.
+func setUpBackend(ctx context.Context, env backends.Env, plan switchPlan) (backends.Backend, error) {
+	// ready: backends the previous run handed over running (a live
+	// switch), which need no Setup.
+	ready := map[string]bool{}
+	backend, ok := takeCarried(backendSpec{Type: env.Config.Backend.Type, Raw: env.Config.Backend.Raw})
+	if ok {
+		ready[env.Config.Backend.Type] = true
+	} else {
+		b, err := backends.New(env)
+		if err != nil {
+			return nil, err
+		}
+		backend = b
+	}
+	if len(plan.legacy) > 0 {
+		legacy, err := newLegacy(env, plan, ready)
+		if err != nil {
+			return nil, err
+		}
+		env.Config.Speaks, env.Config.LegacyFirst = plan.legacyTypes(), true
+		s := backends.NewSwitching(env.Config.Backend.Type, backend, plan.legacyTypes(), legacy)
+		s.SetReady(ready)
+		backend = s
+	}
+	closeCarried()
+	if ready[env.Config.Backend.Type] && len(plan.legacy) == 0 {
+		return backend, nil
 	}
 	if err := backend.Setup(ctx); err != nil {
 		return nil, fmt.Errorf("setting up the %s backend: %w", env.Config.Backend.Type, err)
@@ -128,7 +161,10 @@ func setUpBackend(ctx context.Context, env backends.Env) (backends.Backend, erro
 // flowing until weftd is back. A backend the config has left (switched
 // away from) first undoes what only it knows (backends.Leaver: the
 // extension's routes), which the next backend could not find.
-func leaveDataPath(backend backends.Backend, cleanup, switchedAway bool, log *slog.Logger) {
+//
+// At a live switch (sw set) the backends are handed to the next run
+// instead (handOver).
+func leaveDataPath(backend backends.Backend, cleanup, switchedAway bool, sw *switchKeeper, log *slog.Logger) {
 	if leaver, ok := backend.(backends.Leaver); ok && switchedAway {
 		log.Info("the network config has left this backend: undoing what its peers' commands made")
 		if err := leaver.Leave(context.Background()); err != nil {
@@ -140,6 +176,9 @@ func leaveDataPath(backend backends.Backend, cleanup, switchedAway bool, log *sl
 		if err := backend.Cleanup(context.Background()); err != nil {
 			log.Error("cleanup", "err", err)
 		}
+	} else if sw != nil {
+		handOver(backend, sw.runningSpecs())
+		return
 	} else {
 		log.Info("leaving the data path in place; traffic keeps flowing until weftd is back")
 	}

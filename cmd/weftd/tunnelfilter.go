@@ -2,6 +2,7 @@ package main
 
 import (
 	"log/slog"
+	"slices"
 
 	"github.com/google/nftables"
 
@@ -14,8 +15,12 @@ import (
 // nftables (nil when -tunnel-source-filter is off). A filter left by an
 // earlier run that this one does not keep (turned off, or a backend
 // without a tunnel now) is removed: it would drop a later tunnel's peers.
-func sourceFilter(o *options, cfg *lease.Config, log *slog.Logger) func(tunnelfilter.Tunnel) (backends.SourceFilter, error) {
-	tunnel := backends.KindOf(cfg).Tunnel
+// During a switch a legacy tunnel backend (plan) keeps it.
+func sourceFilter(o *options, cfg *lease.Config, plan switchPlan, log *slog.Logger) func(tunnelfilter.Tunnel) (backends.SourceFilter, error) {
+	tunnel := slices.ContainsFunc(append([]string{cfg.Backend.Type}, plan.legacyTypes()...), func(t string) bool {
+		k, _ := backends.Lookup(t)
+		return k.Tunnel
+	})
 	if !o.tunnelSourceFilter || !tunnel {
 		if conn, err := nftables.New(); err == nil {
 			if removed, err := tunnelfilter.Remove(conn); removed || err != nil {

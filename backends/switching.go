@@ -1,0 +1,288 @@
+package backends
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/weftnet/weft/backends/wireguard"
+	"github.com/weftnet/weft/lease"
+	"github.com/weftnet/weft/mesh"
+)
+
+// Switching is a host's data path while the network switches Backend.Type
+// under it: the config's backend (primary) and the backends it ran before
+// (legacy), which it keeps for the peers that do not speak the new one
+// yet (hosts not switched, flannel hosts). Each peer is carried by the
+// backend of its path (mesh.Peer.Path); a peer whose path moves is added
+// to its new backend before it leaves its old one, so its traffic always
+// has a way. A legacy backend no peer needs any more is retired.
+type Switching struct {
+	primary     Backend
+	primaryType string
+	legacy      []typedBackend
+	// ready are backends already set up (handed over running by the
+	// previous run of a live switch): Setup leaves them be.
+	ready map[string]bool
+}
+
+// SetReady names the backends already set up.
+func (s *Switching) SetReady(ready map[string]bool) { s.ready = ready }
+
+// typedBackend is a backend and its Type.
+type typedBackend struct {
+	typ string
+	b   Backend
+}
+
+// NewSwitching runs primary (the config's Backend.Type) with legacy
+// backends beside it, keyed by Type (the oldest last).
+func NewSwitching(primaryType string, primary Backend, legacy []string, backends map[string]Backend) *Switching {
+	s := &Switching{primary: primary, primaryType: primaryType}
+	for _, typ := range legacy {
+		s.legacy = append(s.legacy, typedBackend{typ, backends[typ]})
+	}
+	return s
+}
+
+// all is every backend, the primary first.
+func (s *Switching) all() []typedBackend {
+	return append([]typedBackend{{s.primaryType, s.primary}}, s.legacy...)
+}
+
+// Backends are the backends running, by Type.
+func (s *Switching) Backends() map[string]Backend {
+	out := map[string]Backend{}
+	for _, t := range s.all() {
+		out[t.typ] = t.b
+	}
+	return out
+}
+
+// Legacy are the Types of the legacy backends still running.
+func (s *Switching) Legacy() []string {
+	out := make([]string, 0, len(s.legacy))
+	for _, l := range s.legacy {
+		out = append(out, l.typ)
+	}
+	return out
+}
+
+// Paths are what each backend publishes, the primary's first: the lease
+// names one of them as its BackendType and the others in WeftAlso.
+func (s *Switching) Paths() []lease.PathAttrs {
+	var out []lease.PathAttrs
+	for _, t := range s.all() {
+		p := lease.PathAttrs{BackendType: t.typ, BackendData: t.b.BackendData()}
+		if ds, ok := t.b.(DualStack); ok {
+			p.BackendV6Data = ds.BackendV6Data()
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+// Setup sets up (or adopts) every backend.
+func (s *Switching) Setup(ctx context.Context) error {
+	var errs []error
+	for _, t := range s.all() {
+		if s.ready[t.typ] {
+			continue
+		}
+		if err := t.b.Setup(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", t.typ, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// BackendData is the primary's.
+func (s *Switching) BackendData() json.RawMessage { return s.primary.BackendData() }
+
+// BackendV6Data is the primary's, when it has one.
+func (s *Switching) BackendV6Data() json.RawMessage {
+	if ds, ok := s.primary.(DualStack); ok {
+		return ds.BackendV6Data()
+	}
+	return nil
+}
+
+// MTU is the primary's.
+func (s *Switching) MTU() int { return s.primary.MTU() }
+
+// part is want with only the peers whose path is typ; the primary also
+// gets, on standby, the peers that speak it but are still carried by a
+// legacy backend (it prepares them, so they can answer there the moment
+// they move), and keeps the outside peers.
+func part(want mesh.Desired, typ string, primary bool) mesh.Desired {
+	out := want
+	out.Peers = nil
+	for _, p := range want.Peers {
+		if p, ok := peerFor(p, typ, primary); ok {
+			out.Peers = append(out.Peers, p)
+		}
+	}
+	if !primary {
+		out.Outside, out.PeersNetwork = nil, netip.Prefix{}
+	}
+	return out
+}
+
+// peerFor is p as the backend of type typ sees it: itself when typ is its
+// path; for the primary, a standby copy with typ's data when p's host
+// speaks typ too.
+func peerFor(p mesh.Peer, typ string, primary bool) (mesh.Peer, bool) {
+	if p.Path == typ {
+		return p, true
+	}
+	if !primary {
+		return p, false
+	}
+	for _, a := range p.Alternatives {
+		if a.BackendType == typ {
+			s := p
+			s.BackendType, s.BackendData, s.BackendV6Data, s.Path, s.Standby = a.BackendType, a.BackendData, a.BackendV6Data, typ, true
+			return s, true
+		}
+	}
+	return p, false
+}
+
+// Apply applies each backend its peers, the primary first: a peer that
+// moved to it is reached there before its old backend lets go of it.
+func (s *Switching) Apply(ctx context.Context, want mesh.Desired) error {
+	var errs []error
+	for i, t := range s.all() {
+		if err := t.b.Apply(ctx, part(want, t.typ, i == 0)); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", t.typ, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// ApplyDelta applies the delta in two rounds: every backend first gets
+// the peers that come to it (and its own peers' changes), then the peers
+// that left it for another path or for good, so a peer moving between
+// backends always has one. A backend that cannot take a delta asks for a
+// whole apply.
+func (s *Switching) ApplyDelta(ctx context.Context, delta mesh.Delta) error {
+	// newPath: the backends each peer of the delta has afterwards (its
+	// path's, and the primary's when on standby there).
+	newPath := make(map[string]map[string]bool, len(delta.New))
+	for _, p := range delta.New {
+		newPath[p.Key] = map[string]bool{p.Path: true}
+		if _, ok := peerFor(p, s.primaryType, true); ok {
+			newPath[p.Key][s.primaryType] = true
+		}
+	}
+	var errs []error
+	whole := false
+	for round := range 2 {
+		for _, t := range s.all() {
+			primary := t.typ == s.primaryType
+			d := mesh.Delta{Network: delta.Network, IPv6Network: delta.IPv6Network, Self: delta.Self}
+			for _, p := range delta.Old {
+				p, mine := peerFor(p, t.typ, primary)
+				_, stays := newPath[p.Key][t.typ]
+				if mine && (round == 0) == stays {
+					d.Old = append(d.Old, p)
+				}
+			}
+			if round == 0 {
+				for _, p := range delta.New {
+					if p, mine := peerFor(p, t.typ, primary); mine {
+						d.New = append(d.New, p)
+					}
+				}
+			}
+			if len(d.Old) == 0 && len(d.New) == 0 {
+				continue
+			}
+			da, ok := t.b.(mesh.DeltaApplier)
+			if !ok {
+				return mesh.ErrWholeApply
+			}
+			err := da.ApplyDelta(ctx, d)
+			whole = whole || errors.Is(err, mesh.ErrWholeApply)
+			if err != nil && !errors.Is(err, mesh.ErrWholeApply) {
+				errs = append(errs, fmt.Errorf("%s: %w", t.typ, err))
+			}
+		}
+	}
+	if whole {
+		return mesh.ErrWholeApply
+	}
+	return errors.Join(errs...)
+}
+
+// Retire removes a legacy backend's data path: no peer needs it any more.
+func (s *Switching) Retire(ctx context.Context, typ string) error {
+	for i, l := range s.legacy {
+		if l.typ != typ {
+			continue
+		}
+		s.legacy = append(s.legacy[:i:i], s.legacy[i+1:]...)
+		err := l.b.Cleanup(ctx)
+		l.b.Close()
+		return err
+	}
+	return nil
+}
+
+// Cleanup removes every backend's data path.
+func (s *Switching) Cleanup(ctx context.Context) error {
+	var errs []error
+	for _, t := range s.all() {
+		errs = append(errs, t.b.Cleanup(ctx))
+	}
+	return errors.Join(errs...)
+}
+
+// Close closes every backend, leaving their data paths.
+func (s *Switching) Close() error {
+	var errs []error
+	for _, t := range s.all() {
+		errs = append(errs, t.b.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// ReloadKey is the primary's key reload, when it has a key.
+func (s *Switching) ReloadKey(rotate bool) (bool, error) {
+	if r, ok := s.primary.(KeyReloader); ok {
+		return r.ReloadKey(rotate)
+	}
+	return false, nil
+}
+
+// Status is the WireGuard device's, the primary's or a legacy one's.
+func (s *Switching) Status() (*wgtypes.Device, error) {
+	for _, t := range s.all() {
+		if ds, ok := t.b.(DeviceStatus); ok {
+			return ds.Status()
+		}
+	}
+	return nil, errors.New("no WireGuard device")
+}
+
+// OnDemand is the WireGuard device's on-demand state, when there is one.
+func (s *Switching) OnDemand() wireguard.OnDemandStats {
+	for _, t := range s.all() {
+		if od, ok := t.b.(OnDemandReporter); ok {
+			return od.OnDemand()
+		}
+	}
+	return wireguard.OnDemandStats{}
+}
+
+var (
+	_ DualStack         = (*Switching)(nil)
+	_ mesh.DeltaApplier = (*Switching)(nil)
+	_ KeyReloader       = (*Switching)(nil)
+	_ DeviceStatus      = (*Switching)(nil)
+	_ OnDemandReporter  = (*Switching)(nil)
+)

@@ -1,0 +1,74 @@
+package backends
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/weftnet/weft/mesh"
+)
+
+// recorder is a backend that logs what it is asked to apply.
+type recorder struct {
+	name string
+	log  *[]string
+}
+
+func (r recorder) Setup(context.Context) error  { return nil }
+func (r recorder) BackendData() json.RawMessage { return json.RawMessage(`"` + r.name + `"`) }
+func (r recorder) MTU() int                     { return 1420 }
+func (r recorder) Cleanup(context.Context) error {
+	*r.log = append(*r.log, r.name+" cleanup")
+	return nil
+}
+func (r recorder) Close() error { return nil }
+func (r recorder) Apply(_ context.Context, d mesh.Desired) error {
+	*r.log = append(*r.log, r.name+" apply "+keysOf(d.Peers))
+	return nil
+}
+func (r recorder) ApplyDelta(_ context.Context, d mesh.Delta) error {
+	*r.log = append(*r.log, fmt.Sprintf("%s delta -%s +%s", r.name, keysOf(d.Old), keysOf(d.New)))
+	return nil
+}
+
+func keysOf(peers []mesh.Peer) string {
+	var out []string
+	for _, p := range peers {
+		out = append(out, p.Key)
+	}
+	return "[" + strings.Join(out, " ") + "]"
+}
+
+// TestSwitchingCarriesEachPeerOnItsPath: during a switch each backend
+// gets the peers whose path is its own; a peer that moves is added to its
+// new backend before it leaves the old one; a retired backend is cleaned
+// up and gets nothing more.
+func TestSwitchingCarriesEachPeerOnItsPath(t *testing.T) {
+	var log []string
+	wg, vx := recorder{"wireguard", &log}, recorder{"vxlan", &log}
+	s := NewSwitching(WireGuard, wg, []string{VXLAN}, map[string]Backend{VXLAN: vx})
+	peer := func(key, path string) mesh.Peer {
+		return mesh.Peer{Key: key, Path: path, Subnet: netip.MustParsePrefix("10.5.2.0/24")}
+	}
+	ctx := context.Background()
+	s.Apply(ctx, mesh.Desired{Peers: []mesh.Peer{peer("a", WireGuard), peer("b", VXLAN), peer("c", VXLAN)}})
+	// b switches (its lease gains WeftAlso wireguard), c leaves.
+	s.ApplyDelta(ctx, mesh.Delta{Old: []mesh.Peer{peer("b", VXLAN), peer("c", VXLAN)}, New: []mesh.Peer{peer("b", WireGuard)}})
+	s.Retire(ctx, VXLAN)
+	s.ApplyDelta(ctx, mesh.Delta{New: []mesh.Peer{peer("d", WireGuard)}})
+	want := []string{
+		"wireguard apply [a]", "vxlan apply [b c]",
+		"wireguard delta -[] +[b]", "vxlan delta -[b c] +[]",
+		"vxlan cleanup",
+		"wireguard delta -[] +[d]",
+	}
+	if strings.Join(log, "\n") != strings.Join(want, "\n") {
+		t.Errorf("calls:\n%s\nwant:\n%s", strings.Join(log, "\n"), strings.Join(want, "\n"))
+	}
+	if paths := s.Paths(); len(paths) != 1 || paths[0].BackendType != WireGuard {
+		t.Errorf("paths after the retirement: %+v", paths)
+	}
+}
