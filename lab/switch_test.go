@@ -157,6 +157,11 @@ func TestLiveSwitch(t *testing.T) {
 		port += 10
 		if step == backends.WireGuard {
 			checkEncrypted(t, l, h1, h2)
+			// A packet of WireGuard's MTU with DF set passes (the streams
+			// above, sending full segments of vxlan's 1450, crossed).
+			if _, err := Exec(h1.Container, "ping", "-c", "2", "-W", "2", "-M", "do", "-s", "1392", h2.ContainerIP().String()); err != nil {
+				t.Errorf("a 1420-byte packet with DF set after the switch to wireguard: %v", err)
+			}
 			for _, h := range l.Hosts {
 				if out, err := Exec(h.Name, "ip", "-o", "link", "show", "weft.1"); err == nil {
 					t.Errorf("the vxlan device stays on %s after the switch: %s", h.Name, out)
@@ -167,4 +172,36 @@ func TestLiveSwitch(t *testing.T) {
 	if out, err := Exec(h1.Name, "ip", "link", "show", "weft-wg"); err == nil {
 		t.Errorf("weft-wg left after switching back to vxlan: %s", out)
 	}
+}
+
+// TestLiveSwitchSIGKILLMidway kills weftd on one host in the middle of a
+// switch (its lease already names the new backend, the old one still runs)
+// and starts it again: the restarted weftd continues the switch from its
+// lease and state file, and the switch completes everywhere.
+func TestLiveSwitchSIGKILLMidway(t *testing.T) {
+	l := startCluster(t, Options{Hosts: 3, Backend: backends.VXLAN})
+	h1 := l.Hosts[0]
+	offset := h1.LogOffset()
+	if err := l.PutConfig(context.Background(), fmt.Sprintf(`{"Network":%q,"Backend":{"Type":%q}}`, DefaultNetwork, backends.WireGuard)); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := h1.WaitLogLine(offset, 20*time.Second, "switching backend: published"); err != nil {
+		t.Fatal(err)
+	}
+	l.StopWeftd(h1, syscall.SIGKILL)
+	offset = h1.LogOffset()
+	if err := l.StartWeftd(h1); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := h1.WaitLogLine(offset, 20*time.Second, "switching backend: keeping the previous one", "keeping=[vxlan]"); err != nil {
+		t.Errorf("the restarted weftd did not continue the switch: %v\n%s", err, h1.LogTail(20))
+	}
+	waitSwitched(t, l, backends.WireGuard)
+	eventually(t, "full ping matrix after the switch", 20*time.Second, func() error {
+		if matrix, ok := l.PingMatrix(); !ok {
+			return fmt.Errorf("%s", matrix)
+		}
+		return nil
+	})
+	checkEncrypted(t, l, h1, l.Hosts[1])
 }

@@ -127,8 +127,11 @@ func watchKey(ctx context.Context, r backends.KeyReloader, holder *lease.Holder,
 // watchBackendType follows the network config's Backend object: when it
 // asks for another Backend.Type or other options, it records the type
 // (latest) and ends the run with errSwitch, so weftd runs again at once
-// and switches live. A config that does not validate is waited out.
-func watchBackendType(ctx context.Context, store lease.Store, running lease.BackendConfig, every time.Duration, latest *atomic.Pointer[string], log *slog.Logger) error {
+// and switches live. A change of StrictEncryption or EnableNFTables is
+// taken up the same way. A config that does not validate
+// is waited out.
+func watchBackendType(ctx context.Context, store lease.Store, runningCfg *lease.Config, every time.Duration, latest *atomic.Pointer[string], log *slog.Logger) error {
+	running := runningCfg.Backend
 	bad := ""
 	for {
 		select {
@@ -152,11 +155,13 @@ func watchBackendType(ctx context.Context, store lease.Store, running lease.Back
 			continue
 		}
 		bad = ""
-		if cfg.Backend.Type == running.Type && compactJSON(cfg.Backend.Raw) == compactJSON(running.Raw) {
+		if cfg.Backend.Type == running.Type && compactJSON(cfg.Backend.Raw) == compactJSON(running.Raw) &&
+			cfg.StrictEncryption == runningCfg.StrictEncryption && cfg.EnableNFTables == runningCfg.EnableNFTables {
 			continue
 		}
 		latest.Store(&cfg.Backend.Type)
-		log.Info("the network config asks for another backend or options: switching live", "running", running.Type, "config", cfg.Backend.Type)
+		log.Info("the network config changed: taking it up live", "running", running.Type, "config", cfg.Backend.Type,
+			"strict_encryption", cfg.StrictEncryption, "nftables", cfg.EnableNFTables)
 		return errSwitch
 	}
 }

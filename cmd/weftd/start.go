@@ -114,7 +114,7 @@ func (l daemonLoops) start(ctx context.Context, g *errgroup.Group, o *options, l
 	if l.switching.backend != nil {
 		g.Go(func() error { return l.switching.Run(ctx) })
 	}
-	g.Go(func() error { return watchBackendType(ctx, l.store, cfg.Backend, o.resync, l.configType, log) })
+	g.Go(func() error { return watchBackendType(ctx, l.store, cfg, o.resync, l.configType, log) })
 	g.Go(func() error { return l.watcher.Run(ctx) })
 	g.Go(func() error { return l.holder.Run(ctx) })
 	g.Go(func() error { return l.reconciler.Run(ctx) })
