@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
@@ -46,7 +47,26 @@ func NewSwitching(primaryType string, primary Backend, legacy []string, backends
 	for _, typ := range legacy {
 		s.legacy = append(s.legacy, typedBackend{typ, backends[typ]})
 	}
+	s.shareNetworkRoute()
 	return s
+}
+
+// peerRouter is a backend that routes the whole Network through its
+// device unless told to route its peers one by one (udp).
+type peerRouter interface {
+	SetPeerRoutes(on bool)
+}
+
+// shareNetworkRoute has a backend that would route the whole Network
+// (udp) route its peers one by one while WireGuard, which routes the
+// Network through its own device, runs beside it.
+func (s *Switching) shareNetworkRoute() {
+	wg := slices.ContainsFunc(s.all(), func(t typedBackend) bool { return t.typ == WireGuard })
+	for _, t := range s.all() {
+		if r, ok := t.b.(peerRouter); ok {
+			r.SetPeerRoutes(wg && t.typ != WireGuard)
+		}
+	}
 }
 
 // all is every backend, the primary first.
@@ -114,15 +134,17 @@ func (s *Switching) BackendV6Data() json.RawMessage {
 // MTU is the primary's.
 func (s *Switching) MTU() int { return s.primary.MTU() }
 
-// part is want with only the peers whose path is typ; the primary also
-// gets, on standby, the peers that speak it but are still carried by a
-// legacy backend (it prepares them, so they can answer there the moment
-// they move), and keeps the outside peers.
+// part is want with only the peers whose path is typ, and, on standby,
+// the peers that speak typ but are carried by another backend: the
+// primary prepares them, so they can answer there the moment they move;
+// a legacy backend keeps them, so what a peer still sends that way (its
+// own move comes after its settle time) is taken until it is retired.
+// The primary keeps the outside peers.
 func part(want mesh.Desired, typ string, primary bool) mesh.Desired {
 	out := want
 	out.Peers = nil
 	for _, p := range want.Peers {
-		if p, ok := peerFor(p, typ, primary); ok {
+		if p, ok := peerFor(p, typ); ok {
 			out.Peers = append(out.Peers, p)
 		}
 	}
@@ -133,14 +155,10 @@ func part(want mesh.Desired, typ string, primary bool) mesh.Desired {
 }
 
 // peerFor is p as the backend of type typ sees it: itself when typ is its
-// path; for the primary, a standby copy with typ's data when p's host
-// speaks typ too.
-func peerFor(p mesh.Peer, typ string, primary bool) (mesh.Peer, bool) {
+// path; a standby copy with typ's data when p's host speaks typ too.
+func peerFor(p mesh.Peer, typ string) (mesh.Peer, bool) {
 	if p.Path == typ {
 		return p, true
-	}
-	if !primary {
-		return p, false
 	}
 	for _, a := range p.Alternatives {
 		if a.BackendType == typ {
@@ -170,23 +188,24 @@ func (s *Switching) Apply(ctx context.Context, want mesh.Desired) error {
 // backends always has one. A backend that cannot take a delta asks for a
 // whole apply.
 func (s *Switching) ApplyDelta(ctx context.Context, delta mesh.Delta) error {
-	// newPath: the backends each peer of the delta has afterwards (its
-	// path's, and the primary's when on standby there).
+	// newPath: the backends each peer of the delta is on afterwards (its
+	// path's, and those it is on standby in).
 	newPath := make(map[string]map[string]bool, len(delta.New))
 	for _, p := range delta.New {
-		newPath[p.Key] = map[string]bool{p.Path: true}
-		if _, ok := peerFor(p, s.primaryType, true); ok {
-			newPath[p.Key][s.primaryType] = true
+		newPath[p.Key] = map[string]bool{}
+		for _, t := range s.all() {
+			if _, ok := peerFor(p, t.typ); ok {
+				newPath[p.Key][t.typ] = true
+			}
 		}
 	}
 	var errs []error
 	whole := false
 	for round := range 2 {
 		for _, t := range s.all() {
-			primary := t.typ == s.primaryType
 			d := mesh.Delta{Network: delta.Network, IPv6Network: delta.IPv6Network, Self: delta.Self}
 			for _, p := range delta.Old {
-				p, mine := peerFor(p, t.typ, primary)
+				p, mine := peerFor(p, t.typ)
 				_, stays := newPath[p.Key][t.typ]
 				if mine && (round == 0) == stays {
 					d.Old = append(d.Old, p)
@@ -194,7 +213,7 @@ func (s *Switching) ApplyDelta(ctx context.Context, delta mesh.Delta) error {
 			}
 			if round == 0 {
 				for _, p := range delta.New {
-					if p, mine := peerFor(p, t.typ, primary); mine {
+					if p, mine := peerFor(p, t.typ); mine {
 						d.New = append(d.New, p)
 					}
 				}
@@ -228,6 +247,7 @@ func (s *Switching) Retire(ctx context.Context, typ string) error {
 		s.legacy = append(s.legacy[:i:i], s.legacy[i+1:]...)
 		err := l.b.Cleanup(ctx)
 		l.b.Close()
+		s.shareNetworkRoute()
 		return err
 	}
 	return nil

@@ -70,19 +70,20 @@ func switchBackend(t *testing.T, l *Lab, backend string) {
 }
 
 // TestSwitchToWireGuardEncrypts switches a running udp cluster to
-// wireguard and back with the config alone. udp routes the whole Network
-// through its device, so it cannot run beside wireguard: the live switch
-// removes it at once (as a restart did) and says so; after the switch no
-// container packet crosses the underlay in clear, and after the switch
-// back traffic flows on udp and weft-wg is gone. (vxlan and host-gw, which
-// can, switch without a gap: TestLiveSwitch.)
+// wireguard and back with the config alone: udp's device is removed once
+// no peer needs it (and the log says so), after the switch no container
+// packet crosses the underlay in clear, and after the switch back traffic
+// flows on udp and weft-wg is gone. (TestLiveSwitch measures the gaps.)
 func TestSwitchToWireGuardEncrypts(t *testing.T) {
 	l := startCluster(t, Options{Hosts: 2, Backend: backends.UDP})
 	h1, h2 := l.Hosts[0], l.Hosts[1]
 	offset := h1.LogOffset()
 	switchBackend(t, l, backends.WireGuard)
-	if _, _, err := h1.WaitLogLine(offset, time.Second, "removed what another backend left", "udp device weft0"); err != nil {
-		t.Errorf("no log line about udp's leftovers: %v\n%s", err, h1.LogTail(15))
+	if _, _, err := h1.WaitLogLine(offset, time.Second, "no peer needs the previous backend", "removed=udp"); err != nil {
+		t.Errorf("no log line about udp's retirement: %v\n%s", err, h1.LogTail(15))
+	}
+	if out, err := Exec(h1.Name, "ip", "link", "show", "weft0"); err == nil {
+		t.Errorf("udp's device stays after the switch to wireguard: %s", out)
 	}
 	checkEncrypted(t, l, h1, h2)
 	switchBackend(t, l, backends.UDP)

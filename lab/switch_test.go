@@ -145,14 +145,14 @@ func switchLive(t *testing.T, l *Lab, backend string, port int) time.Duration {
 
 // TestLiveSwitch switches a running 4-host cluster between backends by
 // changing the config in etcd alone: vxlan → wireguard → host-gw →
-// wireguard → vxlan. At each step no TCP stream breaks and no pair loses
+// wireguard → udp → wireguard → vxlan. At each step no TCP stream breaks and no pair loses
 // more than 1 % of pings sent every 50 ms; on wireguard the underlay
 // carries no container packet in clear, and the old devices are gone.
 func TestLiveSwitch(t *testing.T) {
 	l := startCluster(t, Options{Hosts: 4, Backend: backends.VXLAN})
 	h1, h2 := l.Hosts[0], l.Hosts[1]
 	port := 7300
-	for _, step := range []string{backends.WireGuard, backends.HostGW, backends.WireGuard, backends.VXLAN} {
+	for _, step := range []string{backends.WireGuard, backends.HostGW, backends.WireGuard, backends.UDP, backends.WireGuard, backends.VXLAN} {
 		switchLive(t, l, step, port)
 		port += 10
 		if step == backends.WireGuard {

@@ -70,7 +70,7 @@ func EnsureTunnelLinkFor(k Kernel, name string, mtu int, halves []TunnelHalf) []
 		}
 	}
 	for _, h := range halves {
-		if have[h.Network] {
+		if have[h.Network] || !h.Network.IsValid() {
 			continue
 		}
 		route := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: IPNet(h.Network), Protocol: RouteProtocol,

@@ -20,12 +20,14 @@ import (
 
 // Backend is the udp backend. The zero value is not usable; use New.
 type Backend struct {
-	opts      Options
-	ext       underlay.ExternalInterface
-	subnetLen int
-	mtu       int
-	kernel    netkernel.Kernel
-	log       *slog.Logger
+	// peerRoutes: a route per peer, not the Network (SetPeerRoutes).
+	peerRoutes bool
+	opts       Options
+	ext        underlay.ExternalInterface
+	subnetLen  int
+	mtu        int
+	kernel     netkernel.Kernel
+	log        *slog.Logger
 
 	mu sync.Mutex
 	dp *dataplane
@@ -91,8 +93,30 @@ func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 	if err := b.dp.setTable(NewTable(d, b.subnetLen, b.opts.Port)); err != nil {
 		errs = append(errs, err)
 	}
-	errs = append(errs, netkernel.EnsureTunnelLink(b.kernel, DeviceName, b.mtu, d.Self.Subnet, d.Network)...)
+	halves := []netkernel.TunnelHalf{{Self: d.Self.Subnet, Network: d.Network}}
+	if b.peerRoutes {
+		// Beside WireGuard, which routes the Network through its device:
+		// a route per udp peer, more specific than the Network's.
+		// A peer on standby (a switch to udp under way) is in the table,
+		// so its datagrams are taken, but not routed here yet.
+		halves = []netkernel.TunnelHalf{{Self: d.Self.Subnet}}
+		for _, p := range d.Peers {
+			if !p.Standby {
+				halves = append(halves, netkernel.TunnelHalf{Network: p.Subnet})
+			}
+		}
+	}
+	errs = append(errs, netkernel.EnsureTunnelLinkFor(b.kernel, DeviceName, b.mtu, halves)...)
 	return errors.Join(errs...)
+}
+
+// SetPeerRoutes makes the TUN carry a route per peer instead of the
+// Network's, while a switch runs udp beside WireGuard (which routes the
+// Network through its own device).
+func (b *Backend) SetPeerRoutes(on bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.peerRoutes = on
 }
 
 // Drops returns the datagrams refused so far, by reason.

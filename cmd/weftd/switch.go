@@ -43,13 +43,14 @@ var errSwitch = errors.New("the network config's backend changed")
 const switchSettle = 2 * time.Second
 
 // coexists reports whether a backend can run beside others during a
-// switch: its routes are per peer (host-gw, vxlan) or it routes the
-// Network through its own device (wireguard), so one of each fits.
-// udp routes the Network through its device too, and ipip shares the
-// tunnel filter's table with vxlan: switching to or from them takes the
-// old data path down at once, as a restart did.
+// switch: its routes are per peer (host-gw, vxlan), or it routes the
+// Network through its own device (wireguard), or it can route its peers
+// one by one beside one that does (udp). ipip shares the tunnel filter's
+// table with vxlan, and alloc and extension route nothing of their own:
+// switching to or from them takes the old data path down at once, as a
+// restart did.
 func coexists(typ string) bool {
-	return typ == backends.VXLAN || typ == backends.HostGW || typ == backends.WireGuard
+	return typ == backends.VXLAN || typ == backends.HostGW || typ == backends.WireGuard || typ == backends.UDP
 }
 
 // backendSpec is a backend as the config names it: its Type and the whole
