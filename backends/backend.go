@@ -304,9 +304,6 @@ func KeepsDirectRoutes(cfg *lease.Config) bool {
 // host, so a bad option is reported like any other config error (weftd
 // waits for a fix; `weftctl config validate` refuses the file).
 func ValidateOptions(cfg *lease.Config) error {
-	if err := CheckConfig(cfg); err != nil {
-		return err
-	}
 	var err error
 	switch cfg.Backend.Type {
 	case WireGuard:

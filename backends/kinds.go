@@ -1,7 +1,6 @@
 package backends
 
 import (
-	"slices"
 	"strings"
 
 	"github.com/weftnet/weft/lease"
@@ -119,7 +118,7 @@ func CheckConfig(cfg *lease.Config) error {
 		return lease.ConfigError(`key "PeersNetwork": outside peers join through WireGuard; this network's backend is %q`, cfg.Backend.Type)
 	}
 	cfg.Backend.Untyped = kind.Untyped
-	if cfg.BackendDefaulted && !slices.ContainsFunc(cfg.Notes, func(n string) bool { return strings.HasPrefix(n, encryptedHint) }) {
+	if cfg.BackendDefaulted {
 		cfg.Notes = append(cfg.Notes, encryptedHint+`: set "Backend": {"Type": "`+WireGuard+`"}`)
 	}
 	return nil

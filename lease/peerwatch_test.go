@@ -1,12 +1,10 @@
 package lease_test
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"net/netip"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,31 +12,13 @@ import (
 	"github.com/weftnet/weft/lease/leasetest"
 )
 
-// lockedBuffer is a log sink safe for the watcher's goroutine.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // TestOutsidePeersFollowTheStore: the outside-peer watcher, on the
 // in-memory store: a record that does not decode is named in one warning,
 // a peer added reaches the reconciler (Changed) and Peers, one removed
 // leaves.
 func TestOutsidePeersFollowTheStore(t *testing.T) {
 	store := leasetest.New(nil)
-	var logs lockedBuffer
+	var logs syncBuffer
 	o := lease.NewPeerWatcher(store, slog.New(slog.NewTextHandler(&logs, nil)))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

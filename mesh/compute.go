@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
-	"slices"
 	"sort"
 
 	"github.com/weftnet/weft/lease"
@@ -157,10 +156,10 @@ func (d *Desired) sort() {
 func classify(self lease.Lease, l lease.Lease, cfg *lease.Config) (peer Peer, reason string, isSelf bool) {
 	path, _ := Path(l, cfg)
 	peer = Peer{Key: l.Key(), Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP,
-		BackendType: path.BackendType, BackendData: path.BackendData, Path: pathType(path, cfg), Created: l.CreateRevision}
+		BackendType: path.BackendType, BackendData: path.BackendData, Path: PathType(path, cfg), Created: l.CreateRevision}
 	if len(l.Attrs.Also) > 0 {
 		for _, p := range l.Attrs.Paths() {
-			if t := pathType(p, cfg); t != peer.Path {
+			if t := PathType(p, cfg); t != peer.Path {
 				p.BackendType = t
 				peer.Alternatives = append(peer.Alternatives, p)
 			}
@@ -303,28 +302,39 @@ func strictly(cfg *lease.Config) string {
 // cfg.Speaks (the backends this host still runs during a switch) it
 // speaks. ok is false when it speaks none of them; the path is then the
 // lease's own BackendType's.
+//
+// It runs for every lease of every whole apply, so it allocates nothing.
 func Path(l lease.Lease, cfg *lease.Config) (path lease.PathAttrs, ok bool) {
-	paths := l.Attrs.Paths()
-	// The first path keeps the lease's BackendType as written (none for
+	// The lease's own path keeps its BackendType as written (none for
 	// udp), so a lease outside a switch is a peer exactly as before.
-	paths[0].BackendType = l.Attrs.BackendType
-	prefs := append([]string{cfg.Backend.Type}, cfg.Speaks...)
-	if cfg.LegacyFirst {
-		prefs = append(slices.Clone(cfg.Speaks), cfg.Backend.Type)
-	}
-	for _, want := range prefs {
-		for _, p := range paths {
-			if pathType(p, cfg) == want {
+	own := lease.PathAttrs{BackendType: l.Attrs.BackendType, BackendData: l.Attrs.BackendData, BackendV6Data: l.Attrs.BackendV6Data}
+	find := func(want string) (lease.PathAttrs, bool) {
+		if PathType(own, cfg) == want {
+			return own, true
+		}
+		for _, p := range l.Attrs.Also {
+			if p.BackendType == want {
 				return p, true
 			}
 		}
+		return own, false
 	}
-	return paths[0], false
+	if !cfg.LegacyFirst {
+		if p, ok := find(cfg.Backend.Type); ok {
+			return p, true
+		}
+	}
+	for _, want := range cfg.Speaks {
+		if p, ok := find(want); ok {
+			return p, true
+		}
+	}
+	return find(cfg.Backend.Type)
 }
 
-// pathType is the backend a path names: its BackendType, or for none
+// PathType is the backend a path names: its BackendType, or for none
 // udp's, or on an untyped network (alloc) the network's own.
-func pathType(p lease.PathAttrs, cfg *lease.Config) string {
+func PathType(p lease.PathAttrs, cfg *lease.Config) string {
 	switch {
 	case p.BackendType != "":
 		return p.BackendType

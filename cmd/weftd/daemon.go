@@ -56,7 +56,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	// at exit, a backend the config has left undoes what only it knows.
 	var configType atomic.Pointer[string]
 	configType.Store(&cfg.Backend.Type)
-	sw := &switchKeeper{primary: backendSpec{Type: cfg.Backend.Type, Raw: cfg.Backend.Raw}}
+	sw := &switchKeeper{} // set up (init) once the loops exist
 	defer func() {
 		leaveDataPath(backend, o.cleanupOnExit, *configType.Load() != cfg.Backend.Type, switching(err, sw), log)
 	}()

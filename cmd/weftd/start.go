@@ -39,6 +39,9 @@ func openStore(o *options, log *slog.Logger) (*etcdstore.Store, error) {
 // checks) and does not overlap the underlay.
 func loadConfig(ctx context.Context, store *etcdstore.Store, ext underlay.ExternalInterface, log *slog.Logger) (*lease.Config, error) {
 	return lease.WaitForConfig(ctx, store, store.Prefix()+"/config", lease.DefaultStartupRetry(), log, func(cfg *lease.Config) error {
+		if err := backends.CheckConfig(cfg); err != nil {
+			return err
+		}
 		if err := backends.ValidateOptions(cfg); err != nil {
 			return err
 		}

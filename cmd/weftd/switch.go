@@ -156,8 +156,9 @@ func newLegacy(env backends.Env, plan switchPlan, ready map[string]bool) (map[st
 	for _, spec := range plan.legacy {
 		cfg := *env.Config
 		cfg.Backend = lease.BackendConfig{Type: spec.Type, Raw: spec.Raw}
-		cfg.StrictEncryption = false
-		if err := backends.ValidateOptions(&cfg); err != nil {
+		// Strict encryption and outside peers are the config's backend's.
+		cfg.StrictEncryption, cfg.PeersNetwork = false, netip.Prefix{}
+		if err := errors.Join(backends.CheckConfig(&cfg), backends.ValidateOptions(&cfg)); err != nil {
 			return nil, fmt.Errorf("the previous backend %s: %w", spec.Type, err)
 		}
 		if b, ok := takeCarried(spec); ok {
@@ -271,7 +272,7 @@ func (k *switchKeeper) retireUnneeded(ctx context.Context) bool {
 			continue
 		}
 		if p, ok := mesh.Path(l, k.cfg); ok {
-			needed[pathName(p)] = true
+			needed[mesh.PathType(p, k.cfg)] = true
 		}
 	}
 	now := time.Now()
@@ -309,14 +310,6 @@ func (k *switchKeeper) publish(withPrimary bool) {
 	if err := writeSwitchState(k.state, k.runningSpecs()); err != nil {
 		k.log.Warn("writing the switch state file", "path", k.state, "err", err)
 	}
-}
-
-// pathName is the backend a lease path names (udp for none).
-func pathName(p lease.PathAttrs) string {
-	if p.BackendType == "" {
-		return lease.DefaultBackend
-	}
-	return p.BackendType
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) bool {
