@@ -38,8 +38,10 @@ type ClaimRequest struct {
 // PublicIP; a reservation, written without a TTL, stays without one, as in
 // flannel), req.Previous, then a random free subnet. A lease of this host
 // that no longer fits the config is deleted, as flannel does. Writes are
-// atomic create-if-absent (or compare-and-swap for an existing lease); a
-// lost race is retried with fresh data, so two hosts never share a subnet.
+// atomic create-if-absent-and-no-lease-created-since-the-list (or
+// compare-and-swap for an existing lease); a lost race is retried with
+// fresh data, so two hosts never share a subnet, dual-stack ones included
+// (whose keys differ when only their IPv6 halves do).
 func Claim(ctx context.Context, store Store, req ClaimRequest) (Lease, error) {
 	ttl := req.TTL
 	if ttl <= 0 {
@@ -47,7 +49,7 @@ func Claim(ctx context.Context, store Store, req ClaimRequest) (Lease, error) {
 	}
 	value := req.Attrs.Encode()
 	for range maxClaimRounds {
-		records, _, err := store.List(ctx)
+		records, listed, err := store.List(ctx)
 		if err != nil {
 			return Lease{}, fmt.Errorf("listing leases: %w", err)
 		}
@@ -98,7 +100,7 @@ func Claim(ctx context.Context, store Store, req ClaimRequest) (Lease, error) {
 			if pickErr != nil {
 				return Lease{}, pickErr
 			}
-			rec, err = store.Create(ctx, DualSubnetKey(subnet, subnet6), value, ttl)
+			rec, err = store.CreateIfNoneSince(ctx, DualSubnetKey(subnet, subnet6), value, ttl, listed)
 		}
 		if errors.Is(err, ErrExists) || errors.Is(err, ErrConflict) {
 			continue // another host won this subnet; read again and pick anew

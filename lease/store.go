@@ -76,6 +76,12 @@ type Store interface {
 	// Create writes key only if it does not exist, bound to a new TTL;
 	// ErrExists if it does.
 	Create(ctx context.Context, key string, value []byte, ttl time.Duration) (Record, error)
+	// CreateIfNoneSince is Create that also loses (ErrExists) when any
+	// lease was created after revision listed, the revision of the List
+	// the key was chosen from. A dual-stack key names both halves, so two
+	// hosts that picked the same IPv4 subnet with different IPv6 ones write
+	// different keys: only this makes their choice atomic.
+	CreateIfNoneSince(ctx context.Context, key string, value []byte, ttl time.Duration, listed int64) (Record, error)
 	// Replace overwrites old only if it is unchanged since old.Revision, bound
 	// to a new TTL, or to none when ttl is 0 (a reservation);
 	// ErrConflict otherwise.

@@ -102,6 +102,59 @@ func TestConcurrentClaimsGetDistinctSubnets(t *testing.T) {
 	})
 }
 
+// TestConcurrentDualStackClaimsGetDistinctSubnets: a dual-stack key names
+// both halves, so two hosts that pick the same IPv4 subnet with different
+// IPv6 ones write different keys; neither half may still be shared. Each
+// pool has 16 subnets for 16 hosts, so random picks collide in every run.
+func TestConcurrentDualStackClaimsGetDistinctSubnets(t *testing.T) {
+	stores(t, func(t *testing.T, s lease.Store) {
+		cfg := mustConfig(t, `{"Network":"10.5.0.0/20","SubnetMin":"10.5.0.0","SubnetMax":"10.5.15.0","EnableIPv6":true,"IPv6Network":"fc00:5::/60","IPv6SubnetMin":"fc00:5::","IPv6SubnetMax":"fc00:5:0:f::","Backend":{"Type":"host-gw"}}`)
+		const hosts = 16
+		got, errs := claimAll(s, cfg, hosts)
+		seen, seen6 := map[netip.Prefix]int{}, map[netip.Prefix]int{}
+		for i, l := range got {
+			if errs[i] != nil {
+				t.Fatalf("host %d: %v", i, errs[i])
+			}
+			if j, dup := seen[l.Subnet]; dup {
+				t.Errorf("hosts %d and %d share %s (keys %s and %s)", i, j, l.Subnet, l.Key(), got[j].Key())
+			}
+			if j, dup := seen6[l.IPv6Subnet]; dup {
+				t.Errorf("hosts %d and %d share %s (keys %s and %s)", i, j, l.IPv6Subnet, l.Key(), got[j].Key())
+			}
+			seen[l.Subnet], seen6[l.IPv6Subnet] = i, i
+		}
+		// The interleaving itself: another host writes the same IPv4
+		// subnet with another IPv6 half between this host's List and its
+		// write.
+		rest := mustConfig(t, `{"Network":"10.6.0.0/16","EnableIPv6":true,"IPv6Network":"fc00:6::/56","Backend":{"Type":"host-gw"}}`)
+		want := netip.MustParsePrefix("10.6.7.0/24")
+		racer := &createAfterList{Store: s, key: lease.DualSubnetKey(want, netip.MustParsePrefix("fc00:6:0:1::/64")), value: hostAttrs(100).Encode()}
+		l, err := lease.Claim(context.Background(), racer, lease.ClaimRequest{Config: rest, Attrs: hostAttrs(101), Previous: want})
+		if err != nil || !racer.done || l.Subnet == want || !rest.Fits(l.Subnet) {
+			t.Errorf("claim that lost %s to a racer: %s %v (racer wrote: %v), want another subnet", want, l.Key(), err, racer.done)
+		}
+	})
+}
+
+// createAfterList is a store on which another host creates key right after
+// the first List, as a racing claim would.
+type createAfterList struct {
+	lease.Store
+	key   string
+	value []byte
+	done  bool
+}
+
+func (c *createAfterList) List(ctx context.Context) ([]lease.Record, int64, error) {
+	records, rev, err := c.Store.List(ctx)
+	if err == nil && !c.done {
+		_, err = c.Store.Create(ctx, c.key, c.value, time.Hour)
+		c.done = err == nil
+	}
+	return records, rev, err
+}
+
 func TestExhaustedPoolGivesClearError(t *testing.T) {
 	stores(t, func(t *testing.T, s lease.Store) {
 		cfg := mustConfig(t, `{"Network":"10.5.0.0/16","SubnetMin":"10.5.1.0","SubnetMax":"10.5.4.0"}`)

@@ -251,20 +251,28 @@ func (s *Store) Watch(ctx context.Context, fromRevision int64) <-chan lease.Watc
 
 // Create implements Store.
 func (s *Store) Create(ctx context.Context, key string, value []byte, ttl time.Duration) (lease.Record, error) {
-	return s.putIf(ctx, key, value, ttl, clientv3.Compare(clientv3.CreateRevision(s.subnets+key), "=", 0), lease.ErrExists, 0)
+	return s.putIf(ctx, key, value, ttl, lease.ErrExists, 0, clientv3.Compare(clientv3.CreateRevision(s.subnets+key), "=", 0))
+}
+
+// CreateIfNoneSince implements Store. A compare over a range holds only
+// when it holds for every key in it (and for none, on an empty range).
+func (s *Store) CreateIfNoneSince(ctx context.Context, key string, value []byte, ttl time.Duration, listed int64) (lease.Record, error) {
+	return s.putIf(ctx, key, value, ttl, lease.ErrExists, 0,
+		clientv3.Compare(clientv3.CreateRevision(s.subnets+key), "=", 0),
+		clientv3.Compare(clientv3.CreateRevision(s.subnets), "<", listed+1).WithPrefix())
 }
 
 // Replace implements Store.
 func (s *Store) Replace(ctx context.Context, old lease.Record, value []byte, ttl time.Duration) (lease.Record, error) {
-	return s.putIf(ctx, old.Key, value, ttl, clientv3.Compare(clientv3.ModRevision(s.subnets+old.Key), "=", old.Revision), lease.ErrConflict, old.CreateRevision)
+	return s.putIf(ctx, old.Key, value, ttl, lease.ErrConflict, old.CreateRevision, clientv3.Compare(clientv3.ModRevision(s.subnets+old.Key), "=", old.Revision))
 }
 
-// putIf writes key if cond holds; created is the key's create revision
+// putIf writes key if every cond holds; created is the key's create revision
 // when it exists already (a Replace), 0 when the write creates it.
-func (s *Store) putIf(ctx context.Context, key string, value []byte, ttl time.Duration, cond clientv3.Cmp, lost error, created int64) (lease.Record, error) {
+func (s *Store) putIf(ctx context.Context, key string, value []byte, ttl time.Duration, lost error, created int64, cond ...clientv3.Cmp) (lease.Record, error) {
 	if ttl <= 0 {
 		// A reservation: the key lives until someone deletes it.
-		resp, err := s.client.Txn(ctx).If(cond).Then(clientv3.OpPut(s.subnets+key, string(value))).Commit()
+		resp, err := s.client.Txn(ctx).If(cond...).Then(clientv3.OpPut(s.subnets+key, string(value))).Commit()
 		if err == nil && !resp.Succeeded {
 			err = lost
 		}
@@ -277,7 +285,7 @@ func (s *Store) putIf(ctx context.Context, key string, value []byte, ttl time.Du
 	if err != nil {
 		return lease.Record{}, err
 	}
-	resp, err := s.client.Txn(ctx).If(cond).
+	resp, err := s.client.Txn(ctx).If(cond...).
 		Then(clientv3.OpPut(s.subnets+key, string(value), clientv3.WithLease(grant.ID))).Commit()
 	if err == nil && !resp.Succeeded {
 		err = lost

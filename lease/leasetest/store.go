@@ -273,6 +273,18 @@ func (s *Store) Create(_ context.Context, key string, value []byte, ttl time.Dur
 	return s.put(key, value, ttl, func(_ lease.Record, exists bool) bool { return !exists }, lease.ErrExists)
 }
 
+// CreateIfNoneSince implements lease.Store.
+func (s *Store) CreateIfNoneSince(_ context.Context, key string, value []byte, ttl time.Duration, listed int64) (lease.Record, error) {
+	return s.put(key, value, ttl, func(_ lease.Record, exists bool) bool {
+		for _, r := range s.records {
+			if r.CreateRevision > listed {
+				return false
+			}
+		}
+		return !exists
+	}, lease.ErrExists)
+}
+
 // Replace implements lease.Store.
 func (s *Store) Replace(_ context.Context, old lease.Record, value []byte, ttl time.Duration) (lease.Record, error) {
 	return s.put(old.Key, value, ttl, func(cur lease.Record, exists bool) bool {
