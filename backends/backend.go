@@ -71,6 +71,10 @@ type Env struct {
 	// BehindNAT marks this host's wireguard lease as behind NAT (weftd's
 	// -behind-nat).
 	BehindNAT bool
+	// CarriedMTU is the MTU of containers started under a previous
+	// backend (a live switch); a wireguard device whose own MTU is smaller
+	// takes their packets whole (wireguard.Backend.CarryMTU). 0: none.
+	CarriedMTU int
 	// SourceFilter, when set, makes the filter that lets a tunnel backend
 	// (vxlan, ipip) accept tunnel packets only from its peers (weftd's
 	// -tunnel-source-filter, on by default); nil accepts them from anyone.
@@ -282,12 +286,35 @@ func newWireGuard(env Env) (Backend, error) {
 	if env.BehindNAT {
 		s.SetBehindNAT()
 	}
+	if env.CarriedMTU > 0 {
+		s.CarryMTU(env.CarriedMTU)
+	}
 	if env.WireGuardImplementation != "" {
 		if err := s.OverrideImplementation(env.WireGuardImplementation, "-wireguard-implementation"); err != nil {
 			return nil, err
 		}
 	}
 	return s, nil
+}
+
+// MTUCarrier is a backend whose device may carry a larger MTU than its
+// containers' (Env.CarriedMTU).
+type MTUCarrier interface {
+	// CarriedMTU is the device's MTU when it is larger than MTU(), else 0.
+	CarriedMTU() int
+}
+
+// CarriedMTU is b's carried MTU (of its primary during a switch), when it
+// carries one.
+func CarriedMTU(b Backend) (int, bool) {
+	if s, ok := b.(*Switching); ok {
+		b = s.primary
+	}
+	c, ok := b.(MTUCarrier)
+	if !ok || c.CarriedMTU() == 0 {
+		return 0, false
+	}
+	return c.CarriedMTU(), true
 }
 
 // KeepsDirectRoutes reports whether the config's backend routes some peers
@@ -368,6 +395,7 @@ var (
 	_ KeyReloader       = (*wireguard.Stack)(nil)
 	_ DeviceStatus      = (*wireguard.Stack)(nil)
 	_ OnDemandReporter  = (*wireguard.Stack)(nil)
+	_ MTUCarrier        = (*wireguard.Stack)(nil)
 	_ DropCounter       = (*udp.Backend)(nil)
 	_ Leaver            = (*extension.Backend)(nil)
 )

@@ -157,11 +157,14 @@ func TestLiveSwitch(t *testing.T) {
 		port += 10
 		if step == backends.WireGuard {
 			checkEncrypted(t, l, h1, h2)
-			// A packet of WireGuard's MTU with DF set passes (the streams
-			// above, sending full segments of vxlan's 1450, crossed).
-			if _, err := Exec(h1.Container, "ping", "-c", "2", "-W", "2", "-M", "do", "-s", "1392", h2.ContainerIP().String()); err != nil {
-				t.Errorf("a 1420-byte packet with DF set after the switch to wireguard: %v", err)
+			// The containers keep the MTU they started with, vxlan's
+			// 1450: a packet of that size with DF set passes whole (the
+			// device carries it; WireGuard's outer packet leaves in
+			// fragments), and so does a bulk transfer.
+			if out, err := Exec(h1.Container, "ping", "-c", "2", "-W", "2", "-M", "do", "-s", "1422", h2.ContainerIP().String()); err != nil {
+				t.Errorf("a 1450-byte packet with DF set after the switch to wireguard: %v\n%s", err, out)
 			}
+			checkBulk(t, h1, h2)
 			for _, h := range l.Hosts {
 				if out, err := Exec(h.Name, "ip", "-o", "link", "show", "weft.1"); err == nil {
 					t.Errorf("the vxlan device stays on %s after the switch: %s", h.Name, out)
@@ -171,6 +174,28 @@ func TestLiveSwitch(t *testing.T) {
 	}
 	if out, err := Exec(h1.Name, "ip", "link", "show", "weft-wg"); err == nil {
 		t.Errorf("weft-wg left after switching back to vxlan: %s", out)
+	}
+}
+
+// checkBulk sends 32 MB from a's container to b's with iperf3 as fast as
+// TCP goes: it must complete.
+func checkBulk(t *testing.T, a, b *Host) {
+	t.Helper()
+	server := exec.Command("ip", "netns", "exec", b.Container, "iperf3", "-s", "-1", "-B", b.ContainerIP().String())
+	if err := server.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { server.Process.Kill(); server.Wait() }()
+	var out string
+	var err error
+	for range 20 { // until the server listens
+		if out, err = Exec(a.Container, "iperf3", "-c", b.ContainerIP().String(), "-n", "32M", "--connect-timeout", "2000"); err == nil || !strings.Contains(out, "connect") {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		t.Errorf("bulk transfer from %s to %s: %v\n%s", a.Name, b.Name, err, out)
 	}
 }
 
@@ -204,4 +229,21 @@ func TestLiveSwitchSIGKILLMidway(t *testing.T) {
 		return nil
 	})
 	checkEncrypted(t, l, h1, l.Hosts[1])
+	// After the switch, a restart keeps the MTU the containers started
+	// with (vxlan's) on the WireGuard device, from the state file.
+	l.StopWeftd(h1, syscall.SIGTERM)
+	if err := l.StartWeftd(h1); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := l.WaitReady(ctx, h1); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := Exec(h1.Name, "ip", "-o", "link", "show", "weft-wg"); err != nil || !strings.Contains(out, " mtu 1450 ") {
+		t.Errorf("weft-wg after a restart: %v %s, want mtu 1450 (carried from vxlan)", err, out)
+	}
+	if out, err := Exec(h1.Container, "ping", "-c", "2", "-W", "2", "-M", "do", "-s", "1422", l.Hosts[1].ContainerIP().String()); err != nil {
+		t.Errorf("a 1450-byte packet with DF set after the restart: %v\n%s", err, out)
+	}
 }

@@ -32,7 +32,12 @@ type Backend struct {
 	kernel  netkernel.Kernel
 	calls   *netkernel.Calls
 	log     *slog.Logger
-	mtu     int
+	// mtu is the containers' MTU on this backend (FLANNEL_MTU); the
+	// device's is deviceMTU.
+	mtu int
+	// carriedMTU, when larger than mtu, is the MTU containers started
+	// under a previous backend may still send with (CarryMTU).
+	carriedMTU int
 
 	mu      sync.Mutex
 	key     keys.Key
@@ -137,8 +142,33 @@ func (b *Backend) SetBehindNAT() {
 // and what wg-quick's users are told to pick.
 const natKeepalive = 25 * time.Second
 
-// MTU is the device's (and containers') MTU.
+// MTU is the containers' MTU on this backend (what FLANNEL_MTU says).
 func (b *Backend) MTU() int { return b.mtu }
+
+// CarryMTU lets the device take whole the packets of containers started
+// under a backend with a larger MTU (vxlan's 1450, host-gw's 1500, before a
+// live switch to wireguard): the device's MTU becomes mtu when that is
+// larger than its own, so such a packet, even with DF set, is not refused
+// with "fragmentation needed". An encrypted packet that then exceeds the
+// underlay's MTU leaves as IP fragments (see bindWrapper.Send), which
+// costs a second packet only for sizes above this backend's own MTU:
+// containers started after the switch take MTU(), and TCP is clamped to it
+// (the firewall's MSS rule). It is called before Setup.
+func (b *Backend) CarryMTU(mtu int) { b.carriedMTU = mtu }
+
+// CarriedMTU is the device's MTU when it carries a larger one than MTU(),
+// else 0 (backends.MTUCarrier).
+func (b *Backend) CarriedMTU() int {
+	if b.carriedMTU > b.mtu {
+		return b.carriedMTU
+	}
+	return 0
+}
+
+// deviceMTU is the device's MTU: the backend's, or a larger carried one.
+func (b *Backend) deviceMTU() deviceMTU {
+	return deviceMTU{device: max(b.mtu, b.carriedMTU), underlay: b.ext.MTU}
+}
 
 // BackendData is what this host's lease publishes: its public key and port.
 func (b *Backend) BackendData() json.RawMessage {
@@ -248,7 +278,7 @@ func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 	if err := b.kick(p.kick); err != nil {
 		errs = append(errs, err)
 	}
-	errs = append(errs, netkernel.EnsureTunnelLinkFor(b.kernel, b.name, b.mtu, tunnelHalves(d, b.opts))...)
+	errs = append(errs, netkernel.EnsureTunnelLinkFor(b.kernel, b.name, b.deviceMTU().device, tunnelHalves(d, b.opts))...)
 	errs = append(errs, b.syncDirect(nil, DirectRoutes(d, b.opts), d.Network.Addr().Is6(), true)...)
 	b.applied = len(errs) == 0
 	return errors.Join(errs...)
@@ -364,7 +394,7 @@ func (b *Backend) syncDirect(before, want []underlay.Route, ipv6, dump bool) []e
 // open creates or adopts the device; the on-demand table configures its
 // peers in process when it is wireguard-go.
 func (b *Backend) open() (*wgDevice, error) {
-	dev, err := openDevice(b.kernel, b.name, b.opts, b.mtu, b.peers, b.log)
+	dev, err := openDevice(b.kernel, b.name, b.opts, b.deviceMTU(), b.peers, b.log)
 	if err != nil {
 		return nil, err
 	}

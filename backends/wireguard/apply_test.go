@@ -202,7 +202,7 @@ func TestOutsidePeersOnFakes(t *testing.T) {
 // the idle sweep, and one configured by an inbound packet whose handshake
 // never comes is removed when its probation ends.
 func TestOnDemandOnFakes(t *testing.T) {
-	startUserspaceDevice = func(name string, mtu int, peers *onDemand, _ *slog.Logger) (*wgDevice, error) {
+	startUserspaceDevice = func(name string, _ deviceMTU, peers *onDemand, _ *slog.Logger) (*wgDevice, error) {
 		peers.start()
 		return &wgDevice{name: name, kind: ImplUserspace, peers: peers}, nil
 	}

@@ -37,7 +37,10 @@ type wgDevice struct {
 // openDevice creates or adopts the device. opts.Implementation is auto,
 // kernel or userspace; auto prefers an existing device's kind, then the
 // kernel. Log lines and errors name where the choice came from.
-func openDevice(k netkernel.Kernel, name string, opts Options, mtu int, peers *onDemand, log *slog.Logger) (*wgDevice, error) {
+// deviceMTU is a device's MTU and that of the underlay it sends over.
+type deviceMTU struct{ device, underlay int }
+
+func openDevice(k netkernel.Kernel, name string, opts Options, mtu deviceMTU, peers *onDemand, log *slog.Logger) (*wgDevice, error) {
 	impl, from := opts.Implementation, opts.ImplementationFrom
 	if from == "" {
 		from = `key "Backend.Implementation"`
@@ -104,8 +107,8 @@ func ensureKernelLink(k netkernel.Kernel, name string, existing netlink.Link) er
 // re-attached when a previous weftd left it) and serves its UAPI socket.
 // The TUN and the UDP bind are wrapped so the on-demand table sees every
 // packet first (a flag check per batch while the mode is off).
-func startUserspace(name string, mtu int, peers *onDemand, log *slog.Logger) (*wgDevice, error) {
-	tunDev, err := tun.CreateTUN(name, mtu)
+func startUserspace(name string, mtu deviceMTU, peers *onDemand, log *slog.Logger) (*wgDevice, error) {
+	tunDev, err := tun.CreateTUN(name, mtu.device)
 	if err != nil {
 		return nil, fmt.Errorf("creating TUN %s for wireguard-go: %w", name, err)
 	}
@@ -118,7 +121,7 @@ func startUserspace(name string, mtu int, peers *onDemand, log *slog.Logger) (*w
 		Verbosef: device.DiscardLogf,
 		Errorf:   func(format string, args ...any) { wlog.Warn(fmt.Sprintf(format, args...)) },
 	}
-	dev := device.NewDevice(&tunWrapper{Device: tunDev, peers: peers}, &bindWrapper{Bind: conn.NewDefaultBind(), peers: peers}, logger)
+	dev := device.NewDevice(&tunWrapper{Device: tunDev, peers: peers}, &bindWrapper{Bind: conn.NewDefaultBind(), peers: peers, underlayMTU: mtu.underlay}, logger)
 	uapiFile, err := ipc.UAPIOpen(name)
 	if err != nil {
 		dev.Close()

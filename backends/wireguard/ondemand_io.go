@@ -1,7 +1,9 @@
 package wireguard
 
 import (
+	"errors"
 	"net/netip"
+	"slices"
 
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/tun"
@@ -30,6 +32,40 @@ func (t *tunWrapper) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 type bindWrapper struct {
 	conn.Bind
 	peers *onDemand
+	// underlayMTU is the external interface's MTU (0: unknown, nothing
+	// is split).
+	underlayMTU int
+}
+
+// Send sends bufs to ep. A datagram too long to cross the underlay whole
+// (the device carries a larger MTU than its own, Backend.CarryMTU) is
+// sent by itself: in a batch, wireguard-go's bind would coalesce it with
+// others under UDP GSO, whose segments the kernel never fragments (it
+// refuses the whole batch with EINVAL); alone, it leaves as IP fragments.
+func (b *bindWrapper) Send(bufs [][]byte, ep conn.Endpoint) error {
+	limit := b.underlayMTU - 8 - 20 // UDP and IPv4 headers
+	if ep.DstIP().Is6() {
+		limit -= 20
+	}
+	if b.underlayMTU == 0 || !slices.ContainsFunc(bufs, func(buf []byte) bool { return len(buf) > limit }) {
+		return b.Bind.Send(bufs, ep)
+	}
+	var errs []error
+	start := 0
+	for i, buf := range bufs {
+		if len(buf) <= limit {
+			continue
+		}
+		if start < i {
+			errs = append(errs, b.Bind.Send(bufs[start:i], ep))
+		}
+		errs = append(errs, b.Bind.Send(bufs[i:i+1], ep))
+		start = i + 1
+	}
+	if start < len(bufs) {
+		errs = append(errs, b.Bind.Send(bufs[start:], ep))
+	}
+	return errors.Join(errs...)
 }
 
 // Open opens the bind and wraps each receive function.

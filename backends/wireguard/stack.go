@@ -80,6 +80,23 @@ func (s *Stack) OverrideImplementation(impl, from string) error {
 	return nil
 }
 
+// CarryMTU raises every device's MTU to mtu when that is larger (see
+// Backend.CarryMTU).
+func (s *Stack) CarryMTU(mtu int) {
+	for _, d := range s.devices {
+		d.CarryMTU(mtu)
+	}
+}
+
+// CarriedMTU is the largest MTU a device carries above its own, else 0.
+func (s *Stack) CarriedMTU() int {
+	c := 0
+	for _, d := range s.devices {
+		c = max(c, d.CarriedMTU())
+	}
+	return c
+}
+
 // SetBehindNAT marks every device as behind NAT (see Backend.SetBehindNAT).
 func (s *Stack) SetBehindNAT() {
 	for _, d := range s.devices {

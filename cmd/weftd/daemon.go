@@ -47,7 +47,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	kernel := netkernel.NewNetlink(nil, obs.kernelCalls())
 	plan := planSwitch(ctx, store, o, cfg, publicIP, log)
 	backend, err := startBackend(ctx, o, backends.Env{Config: cfg, External: ext, PublicIP: publicIP, PublicIPv6: publicIP6, Log: log,
-		KeyFile: o.keyFile, WireGuardImplementation: o.wgImpl, BehindNAT: o.behindNAT, SourceFilter: sourceFilter(o, cfg, plan, log),
+		KeyFile: o.keyFile, CarriedMTU: plan.carriedMTU, WireGuardImplementation: o.wgImpl, BehindNAT: o.behindNAT, SourceFilter: sourceFilter(o, cfg, plan, log),
 		Kernel: kernel, Calls: obs.kernelCalls()}, plan, obs)
 	if err != nil {
 		return err

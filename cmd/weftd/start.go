@@ -62,6 +62,10 @@ func startBackend(ctx context.Context, o *options, env backends.Env, plan switch
 		return nil, err
 	}
 	obs.setBackend(backend, cfg.Backend.Type, backends.NewPathRule(cfg, env.External))
+	if carried, ok := backends.CarriedMTU(backend); ok {
+		log.Info("the device keeps the MTU containers started with under the previous backend: their packets pass whole, and an encrypted one too large for the underlay leaves in fragments",
+			"backend", cfg.Backend.Type, "device_mtu", carried, "mtu", backend.MTU(), "to_drop_it", "restart docker, which takes FLANNEL_MTU, and remove "+switchStateFile(o.subnetFile))
+	}
 	if o.behindNAT && cfg.Backend.Type != backends.WireGuard {
 		log.Warn("-behind-nat is for the wireguard backend; this network's backend cannot reach a host behind NAT", "backend", cfg.Backend.Type)
 	}
@@ -180,7 +184,7 @@ func leaveDataPath(backend backends.Backend, cleanup, switchedAway bool, sw *swi
 			log.Error("cleanup", "err", err)
 		}
 	} else if sw != nil {
-		handOver(backend, sw.runningSpecs())
+		handOver(backend, sw.runningState().Backends)
 		return
 	} else {
 		log.Info("leaving the data path in place; traffic keeps flowing until weftd is back")

@@ -60,35 +60,50 @@ type backendSpec struct {
 	Raw  json.RawMessage
 }
 
-// switchStateFile is where a host keeps the Backend objects it runs,
-// primary first: a legacy backend's options (a VNI, a port, a PSK) are not
-// in the config any more and are not the peers' to read in the lease.
+// switchStateFile is where a host keeps what a switch must remember and
+// no one else should read (switchState).
 func switchStateFile(subnetFile string) string {
 	return filepath.Join(filepath.Dir(subnetFile), "weft-backends.json")
 }
 
-func readSwitchState(path string) []backendSpec {
-	var specs []backendSpec
-	data, err := os.ReadFile(path)
-	if err == nil && json.Unmarshal(data, &specs) != nil {
-		specs = nil
-	}
-	return specs
+// switchState is the state file's content.
+type switchState struct {
+	// Backends are the Backend objects the host runs, primary first: a
+	// legacy backend's options (a VNI, a port, a PSK) are not in the
+	// config any more and are not the peers' to read in the lease.
+	Backends []backendSpec
+	// CarriedMTU is the MTU the primary backend's device carries for
+	// containers started under a previous backend with a larger one
+	// (wireguard.Backend.CarryMTU); 0 for none. Docker keeps its
+	// containers' MTU until it restarts, which weftd cannot see, so it is
+	// kept for as long as the primary backend stays.
+	CarriedMTU int `json:",omitempty"`
 }
 
-func writeSwitchState(path string, specs []backendSpec) error {
-	data, err := json.Marshal(specs)
+func readSwitchState(path string) switchState {
+	var st switchState
+	data, err := os.ReadFile(path)
+	if err == nil && json.Unmarshal(data, &st) != nil {
+		st = switchState{}
+	}
+	return st
+}
+
+func writeSwitchState(path string, st switchState) error {
+	data, err := json.Marshal(st)
 	if err != nil {
 		return err
 	}
 	return os.WriteFile(path, data, 0o600)
 }
 
-// switchPlan is what this run keeps from before: the legacy backends and
-// which backend the lease shows as its BackendType.
+// switchPlan is what this run keeps from before: the legacy backends,
+// which backend the lease shows as its BackendType, and the MTU the new
+// backend's device carries for containers started before.
 type switchPlan struct {
-	legacy  []backendSpec
-	visible string
+	legacy     []backendSpec
+	visible    string
+	carriedMTU int
 }
 
 // planSwitch reads this host's previous lease (the subnet file's, if it
@@ -96,19 +111,22 @@ type switchPlan struct {
 // backends it published that can run beside it.
 func planSwitch(ctx context.Context, store lease.Store, o *options, cfg *lease.Config, publicIP netip.Addr, log *slog.Logger) switchPlan {
 	plan := switchPlan{visible: cfg.Backend.Type}
+	saved := readSwitchState(switchStateFile(o.subnetFile))
+	if len(saved.Backends) > 0 && saved.Backends[0].Type == cfg.Backend.Type {
+		plan.carriedMTU = saved.CarriedMTU
+	}
 	prev, ok := previousLease(ctx, store, o, cfg, publicIP)
 	if !ok || !coexists(cfg.Backend.Type) {
 		return plan
 	}
-	saved := readSwitchState(switchStateFile(o.subnetFile))
 	for i, p := range prev.Attrs.Paths() {
 		typ := p.BackendType
 		if typ == cfg.Backend.Type || !coexists(typ) {
 			continue
 		}
 		spec := backendSpec{Type: typ, Raw: json.RawMessage(fmt.Sprintf(`{"Type":%q}`, typ))}
-		if j := slices.IndexFunc(saved, func(s backendSpec) bool { return s.Type == typ }); j >= 0 {
-			spec = saved[j]
+		if j := slices.IndexFunc(saved.Backends, func(s backendSpec) bool { return s.Type == typ }); j >= 0 {
+			spec = saved.Backends[j]
 		}
 		plan.legacy = append(plan.legacy, spec)
 		if i == 0 {
@@ -116,6 +134,11 @@ func planSwitch(ctx context.Context, store lease.Store, o *options, cfg *lease.C
 		}
 	}
 	if len(plan.legacy) > 0 {
+		// Containers started under the legacy backend keep the MTU the
+		// subnet file gave them until docker restarts.
+		if env, err := lease.ReadSubnetFile(o.subnetFile); err == nil {
+			plan.carriedMTU = max(plan.carriedMTU, env.MTU)
+		}
 		log.Info("switching backend: keeping the previous one for peers that have not switched", "backend", cfg.Backend.Type,
 			"keeping", plan.legacyTypes(), "lease_shows", plan.visible)
 	}
@@ -217,6 +240,8 @@ type switchKeeper struct {
 	state      string // the state file
 	primary    backendSpec
 	specs      map[string]backendSpec
+	// carriedMTU is the primary's carried MTU, when it carries one.
+	carriedMTU int
 	log        *slog.Logger
 
 	applied  chan struct{}
@@ -307,7 +332,7 @@ func (k *switchKeeper) retireUnneeded(ctx context.Context) bool {
 // the state file.
 func (k *switchKeeper) publish(withPrimary bool) {
 	k.holder.SetAttrs(switchAttrs(k.base, k.backend.Paths(), k.visible, withPrimary))
-	if err := writeSwitchState(k.state, k.runningSpecs()); err != nil {
+	if err := writeSwitchState(k.state, k.runningState()); err != nil {
 		k.log.Warn("writing the switch state file", "path", k.state, "err", err)
 	}
 }
@@ -331,11 +356,14 @@ func (k *switchKeeper) init(o *options, cfg *lease.Config, backend backends.Back
 	for _, s := range plan.legacy {
 		k.specs[s.Type] = s
 	}
+	if c, ok := backends.CarriedMTU(backend); ok {
+		k.carriedMTU = c
+	}
 	k.backend, _ = backend.(*backends.Switching)
 	if k.backend == nil {
 		// Not switching: the state file names the backend this run has,
 		// for the switch that may come.
-		if err := writeSwitchState(k.state, []backendSpec{k.primary}); err != nil {
+		if err := writeSwitchState(k.state, k.runningState()); err != nil {
 			k.log.Warn("writing the switch state file", "path", k.state, "err", err)
 		}
 	}
@@ -389,15 +417,16 @@ func closeCarried() {
 	}
 }
 
-// specs are the Backend objects this run runs, the primary first.
-func (k *switchKeeper) runningSpecs() []backendSpec {
-	out := []backendSpec{k.primary}
+// runningState is the state file for this run: the Backend objects it
+// runs, the primary first, and the MTU the primary carries.
+func (k *switchKeeper) runningState() switchState {
+	st := switchState{Backends: []backendSpec{k.primary}, CarriedMTU: k.carriedMTU}
 	if k.backend != nil {
 		for _, typ := range k.backend.Legacy() {
-			out = append(out, k.specs[typ])
+			st.Backends = append(st.Backends, k.specs[typ])
 		}
 	}
-	return out
+	return st
 }
 
 // switching is sw when the run ends for a live switch (err is errSwitch),
