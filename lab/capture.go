@@ -25,12 +25,18 @@ type Capture struct {
 // IPv6 ones other than ICMPv6 (neighbour discovery) in a dual-stack lab,
 // and returns once it is listening.
 func (l *Lab) CaptureUnderlay(name string) (*Capture, error) {
-	file := filepath.Join(l.Dir, name+".pcap")
 	filter := "ip and not igmp"
 	if l.opts.IPv6 {
 		filter = "(ip and not igmp) or (ip6 and not icmp6)"
 	}
-	cmd := exec.Command("ip", "netns", "exec", l.Underlay, "tcpdump", "-i", "br0", "-nn", "-U", "--immediate-mode", "-s", "0", "-Z", "root", "-w", file, filter)
+	return l.CaptureOn(l.Underlay, "br0", filter, name)
+}
+
+// CaptureOn starts tcpdump on iface in namespace ns for the packets filter
+// selects (a pcap filter expression) and returns once it is listening.
+func (l *Lab) CaptureOn(ns, iface, filter, name string) (*Capture, error) {
+	file := filepath.Join(l.Dir, name+".pcap")
+	cmd := exec.Command("ip", "netns", "exec", ns, "tcpdump", "-i", iface, "-nn", "-U", "--immediate-mode", "-s", "0", "-Z", "root", "-w", file, filter)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		return nil, err

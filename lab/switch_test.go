@@ -164,7 +164,7 @@ func TestLiveSwitch(t *testing.T) {
 			if out, err := Exec(h1.Container, "ping", "-c", "2", "-W", "2", "-M", "do", "-s", "1422", h2.ContainerIP().String()); err != nil {
 				t.Errorf("a 1450-byte packet with DF set after the switch to wireguard: %v\n%s", err, out)
 			}
-			checkBulk(t, h1, h2)
+			checkBulk(t, l, h1, h2)
 			for _, h := range l.Hosts {
 				if out, err := Exec(h.Name, "ip", "-o", "link", "show", "weft.1"); err == nil {
 					t.Errorf("the vxlan device stays on %s after the switch: %s", h.Name, out)
@@ -178,16 +178,26 @@ func TestLiveSwitch(t *testing.T) {
 }
 
 // checkBulk sends 32 MB from a's container to b's with iperf3 as fast as
-// TCP goes: it must complete.
-func checkBulk(t *testing.T, a, b *Host) {
+// TCP goes: it must complete, and its connections' SYNs arrive clamped to
+// WireGuard's own MTU (MSS 1380: the device carries the containers' larger
+// MTU, and TCP need not pay for fragments).
+func checkBulk(t *testing.T, l *Lab, a, b *Host) {
 	t.Helper()
+	syns, err := l.CaptureOn(b.Container, "eth0", "tcp[tcpflags] & tcp-syn != 0 and tcp port 5201", "syn-"+b.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if _, decoded, err := syns.Stop(); err != nil || !strings.Contains(decoded, "mss 1380,") || strings.Contains(decoded, "mss 1410") {
+			t.Errorf("the bulk transfer's SYNs, arriving in %s: %v\n%s\nwant every one with mss 1380", b.Container, err, decoded)
+		}
+	}()
 	server := exec.Command("ip", "netns", "exec", b.Container, "iperf3", "-s", "-1", "-B", b.ContainerIP().String())
 	if err := server.Start(); err != nil {
 		t.Fatal(err)
 	}
 	defer func() { server.Process.Kill(); server.Wait() }()
 	var out string
-	var err error
 	for range 20 { // until the server listens
 		if out, err = Exec(a.Container, "iperf3", "-c", b.ContainerIP().String(), "-n", "32M", "--connect-timeout", "2000"); err == nil || !strings.Contains(out, "connect") {
 			break

@@ -80,7 +80,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 		OnPeersChanged:   newPathLog(backends.NewPathRule(cfg, ext), log).peersChanged,
 	}
 	obs.setLoops(reconciler, watcher, holder)
-	if err := keepFirewall(ctx, g, o, cfg, holder, overlayOnUnderlay(cfg, ext), obs, log); err != nil {
+	if err := keepFirewall(ctx, g, o, cfg, holder, overlayOnUnderlay(cfg, ext), clampMTU(backend), obs, log); err != nil {
 		return err
 	}
 	if o.blackholeRoute {

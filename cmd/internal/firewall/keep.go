@@ -61,9 +61,9 @@ func Keep(ctx context.Context, g *errgroup.Group, nftables bool, settings Settin
 	if err != nil {
 		log.Warn("removing the other firewall mode's rules", "err", err, "mode", mode)
 	}
-	if !settings.Masq && !settings.Forward && !settings.Strict {
+	if !settings.Masq && !settings.Forward && !settings.Strict && settings.ClampMTU == 0 {
 		if !nftables {
-			removeStrictIPTables(log)
+			removeUnwantedIPTables(log)
 		}
 		return false, nil
 	}
@@ -90,18 +90,16 @@ func Keep(ctx context.Context, g *errgroup.Group, nftables bool, settings Settin
 	return true, nil
 }
 
-// removeStrictIPTables removes strict encryption's chains left from a run
-// whose config had StrictEncryption, when no keeper runs to do it.
-func removeStrictIPTables(log *slog.Logger) {
+// removeUnwantedIPTables removes the chains a previous run kept for a
+// setting this one has not (removeUnwanted), when no keeper runs to do it.
+func removeUnwantedIPTables(log *slog.Logger) {
 	for _, proto := range []iptables.Protocol{iptables.ProtocolIPv4, iptables.ProtocolIPv6} {
 		ipt, err := iptables.NewWithProtocol(proto)
 		if err != nil {
 			continue
 		}
-		if removed, err := removeStrictChain(ipt); err != nil {
-			log.Warn("removing strict encryption's chain", "err", err)
-		} else if removed {
-			log.Info("strict encryption's chain removed: the config has no StrictEncryption", "chain", StrictChain)
+		if err := removeUnwanted(ipt, Settings{}, log); err != nil {
+			log.Warn("removing a chain no setting asks for", "err", err)
 		}
 	}
 }

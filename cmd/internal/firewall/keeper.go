@@ -59,6 +59,11 @@ type Settings struct {
 	// Strict keeps strict encryption's drop (StrictChainFor,
 	// NFTStrictChainFor): the config's "StrictEncryption".
 	Strict bool
+	// ClampMTU, when not 0, clamps the MSS of TCP leaving by weft's
+	// WireGuard devices to what this MTU (WireGuard's own) holds: the
+	// devices carry a larger one for containers started under a previous
+	// backend (MSSChainFor).
+	ClampMTU int
 	// Overlay names interfaces besides weft's devices that carry overlay
 	// traffic (the external interface, for host-gw, extension and
 	// DirectRouting peers): nftables mode accepts the Network's traffic
@@ -102,6 +107,9 @@ func (k *IPTablesKeeper) chains(network, subnet netip.Prefix) []Chain {
 	if k.settings.Strict {
 		out = append(out, StrictChainFor(network, subnet, k.settings.PeersNetwork))
 	}
+	if k.settings.ClampMTU > 0 {
+		out = append(out, MSSChainFor(k.settings.IPv6, k.settings.ClampMTU))
+	}
 	return out
 }
 
@@ -143,14 +151,7 @@ func (k *IPTablesKeeper) Sync(network, subnet netip.Prefix) error {
 			errs = append(errs, fmt.Errorf("%s chain %s: %w", c.Table, c.Name, err))
 		}
 	}
-	if !k.settings.Strict {
-		// A config that dropped StrictEncryption: its rule goes with it.
-		if removed, err := removeStrictChain(k.ipt); err != nil {
-			errs = append(errs, fmt.Errorf("removing %s: %w", StrictChain, err))
-		} else if removed {
-			k.log.Info("strict encryption's chain removed: the config has no StrictEncryption", "chain", StrictChain)
-		}
-	}
+	errs = append(errs, removeUnwanted(k.ipt, k.settings, k.log))
 	return errors.Join(errs...)
 }
 
@@ -229,7 +230,7 @@ func normalize(spec []string) []string {
 func (k *IPTablesKeeper) Cleanup() error {
 	var errs []error
 	for _, c := range []Chain{MasqChainFor(netip.Prefix{}, netip.Prefix{}, netip.Prefix{}, false), ForwardChainFor(netip.Prefix{}),
-		StrictChainFor(netip.Prefix{}, netip.Prefix{}, netip.Prefix{})} {
+		StrictChainFor(netip.Prefix{}, netip.Prefix{}, netip.Prefix{}), MSSChainFor(false, 0)} {
 		if ok, _ := k.ipt.Exists(c.Table, c.From, c.Jump...); ok {
 			errs = append(errs, k.ipt.Delete(c.Table, c.From, c.Jump...))
 		}
@@ -252,7 +253,7 @@ func CleanupIPTables() (removed []string, err error) {
 			continue // no such tool: none of its chains either
 		}
 		var had []string
-		for _, c := range []struct{ table, name string }{{"nat", MasqChain}, {"filter", ForwardChain}, {"mangle", StrictChain}} {
+		for _, c := range []struct{ table, name string }{{"nat", MasqChain}, {"filter", ForwardChain}, {"mangle", StrictChain}, {"mangle", MSSChain}} {
 			if ok, _ := ipt.ChainExists(c.table, c.name); ok {
 				had = append(had, c.name)
 			}

@@ -95,6 +95,9 @@ func (k *NFTablesKeeper) Sync(network, subnet netip.Prefix) error {
 	if k.settings.Strict {
 		want.Chains = append(want.Chains, NFTStrictChainFor(network, subnet, k.settings.PeersNetwork))
 	}
+	if k.settings.ClampMTU > 0 {
+		want.Chains = append(want.Chains, NFTMSSChainFor(k.settings.IPv6, k.settings.ClampMTU))
+	}
 	conn, err := k.conn()
 	if err != nil {
 		return err

@@ -3,6 +3,7 @@ package firewall
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"strconv"
 
@@ -124,11 +125,34 @@ func nftStrictDrops(conn NFTConn) (uint64, error) {
 	return total, nil
 }
 
-// removeStrictChain removes the strict chain and its jump from one
-// iptables (a config without StrictEncryption); it says whether there was
-// one.
-func removeStrictChain(ipt Tables) (bool, error) {
-	c := StrictChainFor(netip.Prefix{}, netip.Prefix{}, netip.Prefix{})
+// removeUnwanted removes from one iptables the chains that are there only
+// while a setting asks for them: strict encryption's (a config without
+// StrictEncryption) and the MSS clamp (no device carries a larger MTU).
+func removeUnwanted(ipt Tables, s Settings, log *slog.Logger) error {
+	var errs []error
+	for _, u := range []struct {
+		wanted bool
+		chain  Chain
+		why    string
+	}{
+		{s.Strict, StrictChainFor(netip.Prefix{}, netip.Prefix{}, netip.Prefix{}), "strict encryption's chain removed: the config has no StrictEncryption"},
+		{s.ClampMTU > 0, MSSChainFor(false, 0), "MSS clamp removed: no WireGuard device carries a larger MTU"},
+	} {
+		if u.wanted {
+			continue
+		}
+		if removed, err := removeChain(ipt, u.chain); err != nil {
+			errs = append(errs, fmt.Errorf("removing %s: %w", u.chain.Name, err))
+		} else if removed {
+			log.Info(u.why, "chain", u.chain.Name)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// removeChain removes a chain and its jump from one iptables; it says
+// whether there was one.
+func removeChain(ipt Tables, c Chain) (bool, error) {
 	if ok, _ := ipt.ChainExists(c.Table, c.Name); !ok {
 		return false, nil
 	}
