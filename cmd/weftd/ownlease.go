@@ -160,8 +160,13 @@ func watchBackendType(ctx context.Context, store lease.Store, runningCfg *lease.
 			continue
 		}
 		latest.Store(&cfg.Backend.Type)
+		var changed []string
+		if cfg.Backend.Type == running.Type {
+			changed = changedOptions(running.Raw, cfg.Backend.Raw)
+		}
 		log.Info("the network config changed: taking it up live", "running", running.Type, "config", cfg.Backend.Type,
-			"strict_encryption", cfg.StrictEncryption, "nftables", cfg.EnableNFTables)
+			"options_changed", changed, "strict_encryption", cfg.StrictEncryption, "nftables", cfg.EnableNFTables)
+		logOptionGaps(changed, log)
 		return errSwitch
 	}
 }
