@@ -62,7 +62,18 @@ func Keep(ctx context.Context, g *errgroup.Group, nftables bool, settings Settin
 		log.Warn("removing the other firewall mode's rules", "err", err, "mode", mode)
 	}
 	if !settings.Masq && !settings.Forward && !settings.Strict && settings.ClampMTU == 0 {
-		if !nftables {
+		if nftables {
+			// weft's table holds nothing but what settings ask for: a
+			// previous run's (strict encryption's drop, the MSS clamp)
+			// goes whole.
+			removed, err := deleteNFTTables(NFTTableIPv4, NFTTableIPv6)
+			for _, r := range removed {
+				log.Info("removed weft's nftables table: no setting asks for a rule", "removed", r)
+			}
+			if err != nil {
+				log.Warn("removing weft's nftables tables", "err", err)
+			}
+		} else {
 			removeUnwantedIPTables(log)
 		}
 		return false, nil

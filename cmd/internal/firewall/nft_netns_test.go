@@ -3,10 +3,13 @@
 package firewall_test
 
 import (
+	"context"
 	"log/slog"
 	"net/netip"
 	"strings"
 	"testing"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/weftnet/weft/backends/netkernel/netkerneltest"
 	"github.com/weftnet/weft/cmd/internal/firewall"
@@ -49,5 +52,14 @@ func TestNFTablesKeeperInNetns(t *testing.T) {
 		if err := k.Sync(netip.MustParsePrefix(f.network), netip.MustParsePrefix(f.subnet)); err != nil {
 			t.Fatal(err)
 		}
+	}
+	// A run whose settings ask for no rule at all keeps no table: what a
+	// previous run left (strict encryption's drop included) goes.
+	var g errgroup.Group
+	if kept, err := firewall.Keep(context.Background(), &g, true, firewall.Settings{}, nil, slog.New(slog.DiscardHandler)); kept || err != nil {
+		t.Fatalf("Keep with no rule asked for: kept %v, %v", kept, err)
+	}
+	if list := host.Run(t, "nft", "list", "tables"); strings.Contains(list, "weft") {
+		t.Errorf("weft's tables stay with no rule asked for:\n%s", list)
 	}
 }
