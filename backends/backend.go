@@ -71,6 +71,10 @@ type Env struct {
 	// BehindNAT marks this host's wireguard lease as behind NAT (weftd's
 	// -behind-nat).
 	BehindNAT bool
+	// Previous is this host's lease before this run (nil: none): vxlan
+	// keeps the VTEP MAC it published there, so an address change (which
+	// StableMAC would follow) does not change it.
+	Previous *lease.Attrs
 	// CarriedMTU is the MTU of containers started under a previous
 	// backend (a live switch); a wireguard device whose own MTU is smaller
 	// takes their packets whole (wireguard.Backend.CarryMTU). 0: none.
@@ -261,15 +265,27 @@ func newVXLAN(env Env) (Backend, error) {
 		if err != nil {
 			return nil, err
 		}
+		if env.Previous != nil {
+			v6.KeepMAC(env.Previous.BackendV6Data)
+		}
 		return &ipv6Only{v6: v6}, nil
 	}
 	v4, err := vxlan.New(env.Config.Backend.Raw, env.External, env.PublicIP, env.Kernel, env.Log)
-	if err != nil || !env.Config.EnableIPv6 {
-		return v4, err
+	if err != nil {
+		return nil, err
+	}
+	if env.Previous != nil {
+		v4.KeepMAC(env.Previous.BackendData)
+	}
+	if !env.Config.EnableIPv6 {
+		return v4, nil
 	}
 	v6, err := vxlan.NewIPv6(env.Config.Backend.Raw, env.External, env.PublicIPv6, env.Kernel, env.Log)
 	if err != nil {
 		return nil, err
+	}
+	if env.Previous != nil {
+		v6.KeepMAC(env.Previous.BackendV6Data)
 	}
 	return &dualStack{v4: v4, v6: v6}, nil
 }

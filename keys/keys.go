@@ -1,8 +1,9 @@
-// Package keys keeps a host's WireGuard private key in a file that survives
-// reboots: created 0600 from its first byte (temp file and rename), loaded
-// on every start, refused — never silently replaced — when it is corrupt,
-// empty or readable by others, and replaced only by an explicit rotation.
-// Only the public key ever leaves the host.
+// Package keys keeps a host's identity in files that survive reboots: its
+// WireGuard private key, created 0600 from its first byte (temp file and
+// rename), loaded on every start, refused — never silently replaced — when
+// it is corrupt, empty or readable by others, and replaced only by an
+// explicit rotation (only the public key ever leaves the host); and its
+// host ID beside it (hostid.go), which never changes.
 package keys
 
 import (
@@ -165,20 +166,26 @@ func Rotate(path string) (Key, error) {
 	return key, write(path, key, true)
 }
 
-// write stores key in path through a 0600 temp file in the same directory,
-// so the file is never briefly readable by others and never half-written.
-// Without replace, an existing file is left alone and fs.ErrExist returned.
+// write stores key in path (writeFile).
 func write(path string, key Key, replace bool) error {
+	return writeFile(path, ".wg.key.*", key.String()+"\n", replace)
+}
+
+// writeFile stores text in path through a 0600 temp file (named by pattern)
+// in the same directory, so the file is never briefly readable by others
+// and never half-written. Without replace, an existing file is left alone
+// and fs.ErrExist returned.
+func writeFile(path, pattern, text string, replace bool) error {
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(dir, ".wg.key.*") // created 0600
+	tmp, err := os.CreateTemp(dir, pattern) // created 0600
 	if err != nil {
 		return err
 	}
 	defer os.Remove(tmp.Name())
-	_, err = tmp.WriteString(key.String() + "\n")
+	_, err = tmp.WriteString(text)
 	if err == nil {
 		err = tmp.Sync()
 	}

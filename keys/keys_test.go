@@ -148,3 +148,35 @@ func TestLoadRefusesFilesOthersControl(t *testing.T) {
 		}
 	}
 }
+
+// TestHostID: an ID is made once and read back the same; a file that
+// holds no valid ID is refused, not replaced; the text form is parsed
+// strictly.
+func TestHostID(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "weft", HostIDFile)
+	id, created, err := LoadOrCreateHostID(path)
+	if err != nil || !created || id.IsZero() {
+		t.Fatalf("first start: %v %v %v", id, created, err)
+	}
+	again, created, err := LoadOrCreateHostID(path)
+	if err != nil || created || again != id {
+		t.Fatalf("second start: %v %v %v, want %v read back", again, created, err, id)
+	}
+	if err := os.WriteFile(path, []byte("not an id\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := LoadOrCreateHostID(path); err == nil || !strings.Contains(err.Error(), path) {
+		t.Errorf("a corrupt host ID file: %v, want an error naming it", err)
+	}
+	if data, _ := os.ReadFile(path); string(data) != "not an id\n" {
+		t.Errorf("the corrupt file was replaced: %q", data)
+	}
+	for _, bad := range []string{"", "00000000000000000000000000000000", strings.ToUpper(id.String()), id.String() + "0", "g" + id.String()[1:]} {
+		if _, err := ParseHostID(bad); err == nil {
+			t.Errorf("ParseHostID(%q) accepted it", bad)
+		}
+	}
+	if got, err := ParseHostID(id.String()); err != nil || got != id {
+		t.Errorf("ParseHostID(%s) = %v %v", id, got, err)
+	}
+}

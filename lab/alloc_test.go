@@ -4,10 +4,12 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/weftnet/weft/backends"
+	"github.com/weftnet/weft/keys"
 	"github.com/weftnet/weft/lease"
 )
 
@@ -40,6 +42,19 @@ func TestAllocCluster(t *testing.T) {
 
 // checkLeaseValues checks that every host's lease holds exactly the value
 // want gives for it (flannel's bytes).
+// flannelFields is a weft host's lease value as flannel reads it: without
+// the host ID that weft adds last, which must be h's.
+func flannelFields(t *testing.T, h *Host, value []byte) string {
+	t.Helper()
+	id, err := os.ReadFile(filepath.Join(h.Dir, keys.HostIDFile))
+	suffix := `,"WeftHostID":"` + strings.TrimSpace(string(id)) + `"}`
+	if err != nil || !strings.HasSuffix(string(value), suffix) {
+		t.Errorf("%s's lease %s does not end with its host ID (%v)", h.Name, value, err)
+		return string(value)
+	}
+	return strings.TrimSuffix(string(value), suffix) + "}"
+}
+
 func checkLeaseValues(t *testing.T, l *Lab, want func(h *Host) string) {
 	t.Helper()
 	records, _, err := l.Store().List(context.Background())
@@ -50,7 +65,7 @@ func checkLeaseValues(t *testing.T, l *Lab, want func(h *Host) string) {
 		key, value := lease.SubnetKey(h.Subnet), want(h)
 		found := false
 		for _, r := range records {
-			found = found || r.Key == key && string(r.Value) == value
+			found = found || r.Key == key && flannelFields(t, h, r.Value) == value
 		}
 		if !found {
 			t.Errorf("%s: no lease %s = %s in %v", h.Name, key, value, records)

@@ -31,6 +31,9 @@ type ClaimRequest struct {
 	PreviousIPv6 netip.Prefix
 	// TTL of the lease; DefaultTTL when zero.
 	TTL time.Duration
+	// HostIDFile is where Attrs.HostID is kept, named when another live
+	// host turns out to have the same ID.
+	HostIDFile string
 }
 
 // Claim leases a subnet for req.Attrs.PublicIP and returns it. In order of

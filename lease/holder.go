@@ -3,6 +3,7 @@ package lease
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -118,6 +119,9 @@ func (h *Holder) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
+		if errors.Is(err, ErrDuplicateHostID) {
+			return err
+		}
 		// Several tries fit in a short TTL: each may land on another
 		// etcd member, and one live member is enough.
 		next = min(backoff.Next(), max(h.req.TTL/6, 500*time.Millisecond))
@@ -204,6 +208,9 @@ func (h *Holder) takeBack(ctx context.Context, cur Lease, req ClaimRequest) (boo
 		return false, err
 	}
 	foreign, err := DecodeLease(r.Key, r.Value)
+	if err == nil && r.Revision != cur.Revision && !req.Attrs.HostID.IsZero() && foreign.Attrs.HostID == req.Attrs.HostID {
+		return h.duplicateHostID(ctx, r, cur, foreign, req)
+	}
 	if err == nil && foreign.Attrs.SameHost(req.Attrs) && r.Revision == cur.Revision {
 		// What this weftd wrote, with attributes changed since (a key
 		// rotated): rewritten by Claim, no conflict. The same PublicIP
@@ -222,6 +229,38 @@ func (h *Holder) takeBack(ctx context.Context, cur Lease, req ClaimRequest) (boo
 	l := Lease{Subnet: cur.Subnet, IPv6Subnet: cur.IPv6Subnet, Attrs: req.Attrs, Expiration: time.Now().Add(req.TTL), Revision: rec.Revision,
 		CreateRevision: rec.CreateRevision, StoreLeaseID: rec.StoreLeaseID}
 	h.adopt(l)
+	return true, nil
+}
+
+// ErrDuplicateHostID ends the holder of one of two live hosts that share a
+// host ID (a copied disk or image): they would rewrite one lease in turn.
+var ErrDuplicateHostID = errors.New("another live host has this host's ID")
+
+// duplicateHostID handles a foreign write that carries this host's own
+// host ID: only another live host with the same ID writes that (this
+// host's own writes are at revisions it knows). Both hosts see it; the one
+// at the lower address keeps the lease, the other stops, and both say
+// which file to delete.
+func (h *Holder) duplicateHostID(ctx context.Context, r Record, cur, foreign Lease, req ClaimRequest) (bool, error) {
+	fix := "delete " + req.HostIDFile + " on one of the two hosts and restart its weftd: it makes a new ID and claims a subnet of its own"
+	h.conflicts.Add(1)
+	mine, theirs := req.Attrs.publicIP(), foreign.Attrs.publicIP()
+	if mine == theirs {
+		mine, theirs = req.Attrs.PublicIPv6Addr(), foreign.Attrs.PublicIPv6Addr()
+	}
+	if mine.Compare(theirs) > 0 {
+		h.log.Error("another live host has this host's ID (a copied disk or image?) and holds this lease; stopping", "key", r.Key,
+			"host_id", req.Attrs.HostID, "their_public_ip", foreign.Attrs.PublicIP, "fix", fix)
+		return false, fmt.Errorf("%w (%s, at %s): %s", ErrDuplicateHostID, req.Attrs.HostID, theirs, fix)
+	}
+	h.log.Error("another live host has this host's ID (a copied disk or image?); keeping the lease, the other host stops", "key", r.Key,
+		"host_id", req.Attrs.HostID, "their_public_ip", foreign.Attrs.PublicIP, "fix", fix)
+	rec, err := h.store.Replace(ctx, r, req.Attrs.Encode(), req.TTL)
+	if err != nil {
+		return false, err
+	}
+	h.adopt(Lease{Subnet: cur.Subnet, IPv6Subnet: cur.IPv6Subnet, Attrs: req.Attrs, Expiration: time.Now().Add(req.TTL), Revision: rec.Revision,
+		CreateRevision: rec.CreateRevision, StoreLeaseID: rec.StoreLeaseID})
 	return true, nil
 }
 

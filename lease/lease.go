@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/weftnet/weft/keys"
 )
 
 // ErrBadLease is wrapped by every error about a lease key or value that does
@@ -41,6 +43,11 @@ type Attrs struct {
 	// ignores the field, and reaches the host by BackendType as before);
 	// empty outside a switch, so the lease is byte for byte flannel's.
 	Also []PathAttrs
+	// HostID is the host's stable identity (weft only, "WeftHostID":
+	// flannel ignores the field); zero in a flannel host's lease. A host
+	// recognises its own lease by it (SameHost), so an address change
+	// keeps its subnet.
+	HostID keys.HostID
 }
 
 // PathAttrs is one more backend a host speaks: its type and the data
@@ -61,6 +68,7 @@ type attrsJSON struct {
 	BackendData   json.RawMessage `json:"BackendData,omitempty"`
 	BackendV6Data json.RawMessage `json:"BackendV6Data,omitempty"`
 	Also          []PathAttrs     `json:"WeftAlso,omitempty"`
+	HostID        string          `json:"WeftHostID,omitempty"`
 }
 
 // Paths are every backend the host speaks, BackendType's first (""
@@ -72,9 +80,13 @@ func (a Attrs) Paths() []PathAttrs {
 }
 
 // SameHost reports whether a and b are the attributes of one host: the
-// same PublicIP, and on an IPv6-only network (where every host publishes
+// same HostID where both have one, else (a flannel host's lease) the same
+// PublicIP, and on an IPv6-only network (where every host publishes
 // PublicIP 0.0.0.0, as flannel does) the same PublicIPv6.
 func (a Attrs) SameHost(b Attrs) bool {
+	if !a.HostID.IsZero() && !b.HostID.IsZero() {
+		return a.HostID == b.HostID
+	}
 	ipA, ipB := a.publicIP(), b.publicIP()
 	if ipA != ipB {
 		return false
@@ -114,6 +126,9 @@ func (a Attrs) MarshalJSON() ([]byte, error) {
 		out.BackendV6Data = a.BackendV6Data
 	}
 	out.Also = a.Also
+	if !a.HostID.IsZero() {
+		out.HostID = a.HostID.String()
+	}
 	return json.Marshal(out)
 }
 
@@ -137,6 +152,11 @@ func (a *Attrs) UnmarshalJSON(data []byte) error {
 		}
 	}
 	a.Also = in.Also
+	if in.HostID != "" {
+		if a.HostID, err = keys.ParseHostID(in.HostID); err != nil {
+			return fmt.Errorf("WeftHostID: %w", err)
+		}
+	}
 	if in.PublicIPv6 != nil {
 		ip6, err := ParseUnderlayIPv6(*in.PublicIPv6)
 		if err != nil {

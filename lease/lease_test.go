@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+
+	"github.com/weftnet/weft/keys"
 )
 
 func TestSubnetKey(t *testing.T) {
@@ -122,6 +124,7 @@ func FuzzDecodeLease(f *testing.F) {
 	f.Add("10.5.34.0-24", []byte(`{"PublicIP":"192.168.50.102","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1}}`))
 	f.Add("10.5.0.0-16", []byte(`{"PublicIP":"1.1.1.1","BackendData":null}`))
 	f.Add("1-2", []byte(`[]`))
+	f.Add("10.5.34.0-24", []byte(`{"PublicIP":"192.168.50.102","PublicIPv6":null,"WeftHostID":"0102030405060708090a0b0c0d0e0f10"}`))
 	f.Fuzz(func(t *testing.T, key string, value []byte) {
 		l, err := DecodeLease(key, value)
 		if err != nil {
@@ -224,5 +227,25 @@ func TestWeftAlso(t *testing.T) {
 	a.Also = nil
 	if got := string(a.Encode()); strings.Contains(got, "WeftAlso") {
 		t.Errorf("outside a switch the lease names WeftAlso: %s", got)
+	}
+}
+
+// TestWeftHostID: a weft lease carries its host's ID after flannel's
+// fields (which flannel reads as before, ignoring it); an ID that is not
+// 32 lowercase hex digits makes the lease bad.
+func TestWeftHostID(t *testing.T) {
+	a := Attrs{PublicIP: netip.MustParseAddr("192.168.50.2"), BackendType: "host-gw", HostID: keys.HostID{1, 2, 3}}
+	want := `{"PublicIP":"192.168.50.2","PublicIPv6":null,"BackendType":"host-gw","WeftHostID":"01020300000000000000000000000000"}`
+	if got := string(a.Encode()); got != want {
+		t.Fatalf("encoded\n %s\nwant\n %s", got, want)
+	}
+	if l, err := DecodeLease("10.5.2.0-24", []byte(want)); err != nil || l.Attrs.HostID != a.HostID {
+		t.Fatalf("decoded %+v, %v", l.Attrs, err)
+	}
+	for _, bad := range []string{`"x"`, `"0102030000000000000000000000000"`, `"01020300000000000000000000000000\n"`, `"00000000000000000000000000000000"`} {
+		value := `{"PublicIP":"192.168.50.2","PublicIPv6":null,"WeftHostID":` + bad + `}`
+		if _, err := DecodeLease("10.5.2.0-24", []byte(value)); !errors.Is(err, ErrBadLease) {
+			t.Errorf("WeftHostID %s decoded: %v", bad, err)
+		}
 	}
 }

@@ -1,6 +1,7 @@
 package vxlan
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -51,6 +52,20 @@ func New(raw json.RawMessage, ext underlay.ExternalInterface, publicIP netip.Add
 		log: log.With("component", "vxlan", "device", opts.DeviceName())}, nil
 }
 
+// KeepMAC keeps the VTEP MAC this host published before (data: its
+// previous lease's BackendData of this family) when it is for this VNI:
+// StableMAC follows the public IP, and an address change must not change
+// the MAC the peers know. It is called before Setup.
+func (b *Backend) KeepMAC(data json.RawMessage) {
+	var prev BackendData
+	if json.Unmarshal(data, &prev) != nil || prev.VNI != b.opts.VNI {
+		return
+	}
+	if mac, err := net.ParseMAC(prev.VtepMAC); err == nil && len(mac) == 6 && mac[0]&1 == 0 && !bytes.Equal(mac, make([]byte, 6)) {
+		b.mac = mac
+	}
+}
+
 // NewIPv6 is New for the IPv6 half of a dual-stack network, as flannel
 // makes it: a second device, weft-v6.<VNI> (flannel-v6.<VNI> renamed), of
 // the same VNI and port over the IPv6 underlay from the external
@@ -99,7 +114,7 @@ func (b *Backend) ensureDevice() (dev *netlink.Vxlan, created bool, err error) {
 			}
 			return vx, false, nil
 		}
-		b.log.Warn("device does not match the config (changed by hand?); recreating it")
+		b.log.Warn("device does not match the config (the external interface or its address changed, or it was changed by hand); recreating it")
 		if err := b.kernel.LinkDel(link); err != nil {
 			return nil, false, fmt.Errorf("removing mismatched %s: %w", name, err)
 		}

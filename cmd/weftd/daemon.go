@@ -44,10 +44,14 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	hostID, err := loadHostID(o, log)
+	if err != nil {
+		return err
+	}
 	kernel := netkernel.NewNetlink(nil, obs.kernelCalls())
-	plan := planSwitch(ctx, store, o, cfg, publicIP, log)
+	plan := planSwitch(ctx, store, o, cfg, lease.Attrs{PublicIP: publicIP, HostID: hostID}, log)
 	backend, err := startBackend(ctx, o, backends.Env{Config: cfg, External: ext, PublicIP: publicIP, PublicIPv6: publicIP6, Log: log,
-		KeyFile: o.keyFile, CarriedMTU: plan.carriedMTU, WireGuardImplementation: o.wgImpl, BehindNAT: o.behindNAT, SourceFilter: sourceFilter(o, cfg, plan, log),
+		KeyFile: o.keyFile, CarriedMTU: plan.carriedMTU, Previous: plan.previous, WireGuardImplementation: o.wgImpl, BehindNAT: o.behindNAT, SourceFilter: sourceFilter(o, cfg, plan, log),
 		Kernel: kernel, Calls: obs.kernelCalls()}, plan, obs)
 	if err != nil {
 		return err
@@ -58,10 +62,10 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 	configType.Store(&cfg.Backend.Type)
 	sw := &switchKeeper{} // set up (init) once the loops exist
 	defer func() {
-		leaveDataPath(backend, o.cleanupOnExit, *configType.Load() != cfg.Backend.Type, switching(err, sw), log)
+		leaveDataPath(backend, o.cleanupOnExit && !runsAgain(err), *configType.Load() != cfg.Backend.Type, switching(err, sw), log)
 	}()
 
-	req, own, err := claimLease(ctx, store, o, cfg, ownAttrs(cfg, publicIP, publicIP6, backend, plan), log)
+	req, own, err := claimLease(ctx, store, o, cfg, ownAttrs(cfg, hostID, publicIP, publicIP6, backend, plan), log)
 	if err != nil {
 		return err
 	}
@@ -87,7 +91,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) error {
 		hostKeeper.KeepBlackholes(ctx, g, leaseSubnets(cfg, holder)...)
 	}
 	sw.init(o, cfg, backend, plan, reconciler, watcher, holder, req.Attrs, log)
-	daemonLoops{store: store, watcher: watcher, holder: holder, reconciler: reconciler, backend: backend,
+	daemonLoops{store: store, watcher: watcher, holder: holder, reconciler: reconciler, backend: backend, ext: ext,
 		attrs: req.Attrs, configType: &configType, switching: sw}.start(ctx, g, o, log)
 	err = g.Wait()
 	daemon.SdNotify(false, daemon.SdNotifyStopping)

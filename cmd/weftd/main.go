@@ -14,6 +14,11 @@ import (
 	"syscall"
 )
 
+// runsAgain reports whether a run ended to run again at once.
+func runsAgain(err error) bool {
+	return errors.Is(err, errSwitch) || errors.Is(err, errUnderlayChanged)
+}
+
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
@@ -41,9 +46,10 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	// A stop asked for while waiting (for etcd, a config, a lease) is clean.
-	// A switch of backend runs again at once, the data path left in place.
+	// A switch of backend, or a change of the external interface or its
+	// address, runs again at once, the data path left in place.
 	err = errSwitch
-	for errors.Is(err, errSwitch) {
+	for runsAgain(err) {
 		err = run(ctx, o, log)
 	}
 	if err != nil && !errors.Is(err, context.Canceled) {

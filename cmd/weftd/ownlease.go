@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/weftnet/weft/backends"
+	"github.com/weftnet/weft/keys"
 	"github.com/weftnet/weft/lease"
 )
 
@@ -29,6 +31,7 @@ func claimLease(ctx context.Context, store lease.Store, o *options, cfg *lease.C
 		Previous:     lease.PreviousSubnet(o.subnetFile, cfg, log),
 		PreviousIPv6: lease.PreviousIPv6Subnet(o.subnetFile, cfg),
 		TTL:          o.leaseTTL,
+		HostIDFile:   keys.HostIDPath(o.keyFile),
 	}
 	own, err := lease.ClaimWithRetry(ctx, store, req, lease.DefaultStartupRetry(), log)
 	if err != nil {
@@ -41,15 +44,31 @@ func claimLease(ctx context.Context, store lease.Store, o *options, cfg *lease.C
 	return req, own, nil
 }
 
+// loadHostID reads this host's ID from beside the key file, making it at
+// the first start.
+func loadHostID(o *options, log *slog.Logger) (keys.HostID, error) {
+	path := keys.HostIDPath(o.keyFile)
+	id, created, err := keys.LoadOrCreateHostID(path)
+	if err != nil {
+		return id, fmt.Errorf("the host ID: %w", err)
+	}
+	if created {
+		log.Info("created this host's ID: its lease is recognised by it when its address changes", "host_id", id, "file", path)
+	} else {
+		log.Info("loaded this host's ID", "host_id", id, "file", path)
+	}
+	return id, nil
+}
+
 // ownAttrs is what this host's lease publishes: its addresses (the IPv6
 // one on a dual-stack network), its backend and the backend's data for each
-// family.
+// family, and its host ID.
 //
 // During a switch the lease shows the backend its peers knew (plan's
 // visible one) and names the others in WeftAlso, the new one only once
 // it can answer (switchKeeper).
-func ownAttrs(cfg *lease.Config, publicIP, publicIP6 netip.Addr, backend backends.Backend, plan switchPlan) lease.Attrs {
-	attrs := lease.Attrs{PublicIP: publicIP, BackendType: cfg.Backend.LeaseType(), BackendData: backend.BackendData()}
+func ownAttrs(cfg *lease.Config, hostID keys.HostID, publicIP, publicIP6 netip.Addr, backend backends.Backend, plan switchPlan) lease.Attrs {
+	attrs := lease.Attrs{PublicIP: publicIP, BackendType: cfg.Backend.LeaseType(), BackendData: backend.BackendData(), HostID: hostID}
 	if publicIP6.IsValid() {
 		attrs.PublicIPv6 = &publicIP6
 		if b, ok := backend.(backends.DualStack); ok {

@@ -96,6 +96,8 @@ type daemonLoops struct {
 	holder     *lease.Holder
 	reconciler *mesh.Reconciler
 	backend    backends.Backend
+	// ext is the external interface the run chose (followUnderlay).
+	ext underlay.ExternalInterface
 	// attrs are the lease's attributes, republished when the key changes.
 	attrs lease.Attrs
 	// configType is the Backend.Type the config asks for now.
@@ -122,6 +124,7 @@ func (l daemonLoops) start(ctx context.Context, g *errgroup.Group, o *options, l
 		g.Go(func() error { return l.switching.Run(ctx) })
 	}
 	g.Go(func() error { return watchBackendType(ctx, l.store, cfg, o.resync, l.configType, log) })
+	g.Go(func() error { return followUnderlay(ctx, o, l.ext, cfg.EnableIPv6, log) })
 	g.Go(func() error { return l.watcher.Run(ctx) })
 	g.Go(func() error { return l.holder.Run(ctx) })
 	g.Go(func() error { return l.reconciler.Run(ctx) })

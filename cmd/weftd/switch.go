@@ -104,18 +104,24 @@ type switchPlan struct {
 	legacy     []backendSpec
 	visible    string
 	carriedMTU int
+	// previous is this host's lease before this run (nil: none), whose
+	// data a backend may keep (vxlan's VTEP MAC across an address change).
+	previous *lease.Attrs
 }
 
 // planSwitch reads this host's previous lease (the subnet file's, if it
 // is still this host's) and keeps, beside cfg's backend, the other
 // backends it published that can run beside it.
-func planSwitch(ctx context.Context, store lease.Store, o *options, cfg *lease.Config, publicIP netip.Addr, log *slog.Logger) switchPlan {
+func planSwitch(ctx context.Context, store lease.Store, o *options, cfg *lease.Config, self lease.Attrs, log *slog.Logger) switchPlan {
 	plan := switchPlan{visible: cfg.Backend.Type}
 	saved := readSwitchState(switchStateFile(o.subnetFile))
 	if len(saved.Backends) > 0 && saved.Backends[0].Type == cfg.Backend.Type {
 		plan.carriedMTU = saved.CarriedMTU
 	}
-	prev, ok := previousLease(ctx, store, o, cfg, publicIP)
+	prev, ok := previousLease(ctx, store, o, cfg, self)
+	if ok {
+		plan.previous = &prev.Attrs
+	}
 	if !ok || !coexists(cfg.Backend.Type) {
 		return plan
 	}
@@ -146,8 +152,8 @@ func planSwitch(ctx context.Context, store lease.Store, o *options, cfg *lease.C
 }
 
 // previousLease is this host's lease before this run: the subnet file's,
-// when it still names this host.
-func previousLease(ctx context.Context, store lease.Store, o *options, cfg *lease.Config, publicIP netip.Addr) (lease.Lease, bool) {
+// when it still names this host (self: its host ID, or else its PublicIP).
+func previousLease(ctx context.Context, store lease.Store, o *options, cfg *lease.Config, self lease.Attrs) (lease.Lease, bool) {
 	env, err := lease.ReadSubnetFile(o.subnetFile)
 	if err != nil || !env.Subnet.IsValid() {
 		return lease.Lease{}, false
@@ -158,7 +164,7 @@ func previousLease(ctx context.Context, store lease.Store, o *options, cfg *leas
 		return lease.Lease{}, false
 	}
 	l, err := lease.DecodeLease(rec.Key, rec.Value)
-	if err != nil || (cfg.EnableIPv4 && l.Attrs.PublicIP != publicIP) {
+	if err != nil || (cfg.EnableIPv4 || !l.Attrs.HostID.IsZero()) && !l.Attrs.SameHost(self) {
 		return lease.Lease{}, false
 	}
 	return l, true
