@@ -58,7 +58,10 @@ func Claim(ctx context.Context, store Store, req ClaimRequest) (Lease, error) {
 		}
 		taken := make([]netip.Prefix, 0, len(records))
 		var taken6 []netip.Prefix
-		var mine *Record
+		// mine is this host's lease: the one with its host ID, else the
+		// one at its address (a flannel host's lease, or this host's when
+		// its ID file was lost: the subnet is kept, as flannel keeps it).
+		var mine, atAddress *Record
 		previous, previous6 := req.Previous, req.PreviousIPv6
 		for i, rec := range records {
 			subnet, subnet6, err := ParseSubnetKeys(rec.Key)
@@ -88,9 +91,16 @@ func Claim(ctx context.Context, store Store, req ClaimRequest) (Lease, error) {
 			if req.Config.EnableIPv6 && subnet6.Bits() == req.Config.IPv6SubnetLen && req.Config.IPv6Network.Contains(subnet6.Addr()) {
 				taken6 = append(taken6, subnet6)
 			}
-			if err == nil && mine == nil && l.Attrs.SameHost(req.Attrs) {
+			switch {
+			case err != nil:
+			case mine == nil && !req.Attrs.HostID.IsZero() && l.Attrs.HostID == req.Attrs.HostID:
 				mine = &records[i]
+			case atAddress == nil && l.Attrs.SameAddress(req.Attrs):
+				atAddress = &records[i]
 			}
+		}
+		if mine == nil {
+			mine = atAddress
 		}
 		var rec Record
 		switch {

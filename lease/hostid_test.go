@@ -14,8 +14,9 @@ import (
 // TestClaimRecognisesHostByID: a host that comes back at another address
 // finds its lease by its host ID and keeps its subnet, the lease rewritten
 // in place with the new address; a lease without an ID (a flannel host's)
-// is still recognised by PublicIP alone; another host's ID at this host's
-// old address is not this host's.
+// is still recognised by PublicIP alone, and so is this host's lease when
+// its ID file was lost; a lease that moved away with its host is not the
+// next host's at that address.
 func TestClaimRecognisesHostByID(t *testing.T) {
 	stores(t, func(t *testing.T, s lease.Store) {
 		ctx := context.Background()
@@ -42,6 +43,13 @@ func TestClaimRecognisesHostByID(t *testing.T) {
 		other.HostID = keys.HostID{9}
 		if l, err := lease.Claim(ctx, s, lease.ClaimRequest{Config: cfg, Attrs: other, TTL: time.Hour}); err != nil || l.Subnet == first.Subnet {
 			t.Errorf("another host at the old address: %s %v, want a subnet of its own", l.Subnet, err)
+		}
+		// This host's ID file was lost (a new ID, the same address): its
+		// lease is still found at its address.
+		lost := moved
+		lost.HostID = keys.HostID{5}
+		if l, err := lease.Claim(ctx, s, lease.ClaimRequest{Config: cfg, Attrs: lost, TTL: time.Hour}); err != nil || l.Subnet != first.Subnet {
+			t.Errorf("after the ID file was lost: %s %v, want %s kept", l.Subnet, err, first.Subnet)
 		}
 		// A lease without an ID, at this host's address: recognised by
 		// PublicIP, as flannel does.

@@ -87,6 +87,12 @@ func (a Attrs) SameHost(b Attrs) bool {
 	if !a.HostID.IsZero() && !b.HostID.IsZero() {
 		return a.HostID == b.HostID
 	}
+	return a.SameAddress(b)
+}
+
+// SameAddress reports whether a and b publish one underlay address: the
+// same PublicIP, and on an IPv6-only network the same PublicIPv6.
+func (a Attrs) SameAddress(b Attrs) bool {
 	ipA, ipB := a.publicIP(), b.publicIP()
 	if ipA != ipB {
 		return false
