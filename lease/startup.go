@@ -98,28 +98,33 @@ func ClaimWithRetry(ctx context.Context, store Store, req ClaimRequest, retry St
 // PreviousSubnet reads FLANNEL_SUBNET from an earlier run's subnet file, so
 // a host whose lease vanished from the store (etcd wiped) asks for the same
 // subnet and its containers keep their addresses. It returns the zero
-// prefix when there is no usable file or the subnet no longer fits cfg.
+// prefix when there is no usable value or the subnet no longer fits cfg.
+// The file is read as flannel v0.28 reads it (ReadPreviousSubnets): a
+// line or value it cannot use is skipped with a warning, not the file.
 func PreviousSubnet(path string, cfg *Config, log *slog.Logger) netip.Prefix {
-	env, err := ReadSubnetFile(path)
+	prev, err := ReadPreviousSubnets(path)
 	if err != nil {
 		if !errors.Is(err, os.ErrNotExist) {
 			log.Warn("ignoring unreadable subnet file", "path", path, "err", err)
 		}
 		return netip.Prefix{}
 	}
-	if !cfg.Fits(env.Subnet) {
-		log.Info("previous subnet does not fit the network config; a new one will be leased", "previous", env.Subnet)
+	for _, p := range prev.Problems {
+		log.Warn("subnet file: skipped what it cannot use", "path", path, "problem", p)
+	}
+	if prev.Subnet.IsValid() && !cfg.Fits(prev.Subnet) {
+		log.Info("previous subnet does not fit the network config; a new one will be leased", "previous", prev.Subnet)
 		return netip.Prefix{}
 	}
-	return env.Subnet
+	return prev.Subnet
 }
 
 // PreviousIPv6Subnet reads FLANNEL_IPV6_SUBNET likewise, for a dual-stack
 // network; the zero prefix when there is none or it no longer fits.
 func PreviousIPv6Subnet(path string, cfg *Config) netip.Prefix {
-	env, err := ReadSubnetFile(path)
-	if err != nil || !cfg.EnableIPv6 || !cfg.Fits6(env.IPv6Subnet) {
+	prev, err := ReadPreviousSubnets(path)
+	if err != nil || !cfg.EnableIPv6 || !cfg.Fits6(prev.IPv6Subnet) {
 		return netip.Prefix{}
 	}
-	return env.IPv6Subnet
+	return prev.IPv6Subnet
 }

@@ -3,6 +3,7 @@ package lease_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -105,7 +106,8 @@ func TestClaimWithRetry(t *testing.T) {
 }
 
 // TestPreviousSubnet reads the subnet of an earlier run from the subnet
-// file, unless it is missing, unreadable or no longer fits the config.
+// file, unless it is missing, holds no usable subnet or no longer fits the
+// config; another line that does not parse costs nothing.
 func TestPreviousSubnet(t *testing.T) {
 	dir := t.TempDir()
 	cfg := mustConfig(t, `{"Network":"10.5.0.0/16"}`)
@@ -124,7 +126,8 @@ func TestPreviousSubnet(t *testing.T) {
 	}{
 		{"fits", write("ok.env", env("10.5.34.1/24")), "10.5.34.0/24", ""},
 		{"missing", filepath.Join(dir, "none.env"), "invalid Prefix", ""},
-		{"garbage", write("bad.env", "FLANNEL_SUBNET=banana\n"), "invalid Prefix", "ignoring unreadable subnet file"},
+		{"garbage", write("bad.env", "FLANNEL_SUBNET=banana\n"), "invalid Prefix", "skipped what it cannot use"},
+		{"a bad line beside", write("mixed.env", env("10.5.35.1/24")+"FLANNEL_MTU=banana\n"), "10.5.35.0/24", ""},
 		{"another network", write("other.env", env("10.9.1.1/24")), "invalid Prefix", "does not fit the network config"},
 	}
 	for _, c := range cases {
@@ -145,4 +148,44 @@ func TestPreviousSubnet(t *testing.T) {
 	if got := lease.PreviousIPv6Subnet(path, cfg); got.IsValid() {
 		t.Errorf("previous IPv6 subnet on an IPv4-only network = %s, want none", got)
 	}
+}
+
+// TestReadPreviousSubnetsAsFlannel: the previous subnet is read as flannel
+// v0.28 reads it (its main_test.go cases first): a CIDR that does not
+// parse is skipped, a key left with two gives none, a key with none gives
+// none; beyond flannel's cases, quotes and "export" as a shell file has
+// them, and a line that is not KEY=value costs only that line.
+func TestReadPreviousSubnetsAsFlannel(t *testing.T) {
+	for _, tt := range []struct {
+		file        string
+		subnet, six string
+		problems    int
+	}{
+		{"FLANNEL_SUBNET=10.244.1.0/24,not-a-cidr,10.244.2.0/24\n", "", "", 2},
+		{"FLANNEL_IPV6_SUBNET=fd00::/64,not-a-cidr,fd01::/64\n", "", "", 2},
+		{"FLANNEL_SUBNET=not-a-cidr\n", "", "", 1},
+		{"FLANNEL_IPV6_SUBNET=not-a-cidr\n", "", "", 1},
+		{"FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24,junk\nFLANNEL_MTU=oops\n", "10.244.1.0/24", "", 1},
+		{"# written by weft\nexport FLANNEL_SUBNET=\"10.244.3.1/24\"\nthis line is broken\nFLANNEL_IPV6_SUBNET='fd00:0:0:3::1/64'\n", "10.244.3.0/24", "fd00:0:0:3::/64", 1},
+		{"FLANNEL_SUBNET=fd00::/64\nFLANNEL_IPV6_SUBNET=10.244.1.0/24\n", "", "", 2},
+	} {
+		path := filepath.Join(t.TempDir(), "subnet.env")
+		if err := os.WriteFile(path, []byte(tt.file), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		got, err := lease.ReadPreviousSubnets(path)
+		if err != nil || fmt.Sprint(got.Subnet) != fmt.Sprint(prefixOrZero(tt.subnet)) || fmt.Sprint(got.IPv6Subnet) != fmt.Sprint(prefixOrZero(tt.six)) || len(got.Problems) != tt.problems {
+			t.Errorf("%q: %v %v %v %v, want %q %q and %d problems", tt.file, got.Subnet, got.IPv6Subnet, got.Problems, err, tt.subnet, tt.six, tt.problems)
+		}
+	}
+	if _, err := lease.ReadPreviousSubnets(filepath.Join(t.TempDir(), "none")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a missing file: %v", err)
+	}
+}
+
+func prefixOrZero(s string) netip.Prefix {
+	if s == "" {
+		return netip.Prefix{}
+	}
+	return netip.MustParsePrefix(s)
 }

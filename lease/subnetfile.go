@@ -150,3 +150,76 @@ func ReadSubnetFile(path string) (SubnetEnv, error) {
 	}
 	return e, nil
 }
+
+// PreviousSubnets is what an earlier run's subnet file says of this
+// host's subnets, read tolerantly (ReadPreviousSubnets).
+type PreviousSubnets struct {
+	// Subnet and IPv6Subnet are FLANNEL_SUBNET and FLANNEL_IPV6_SUBNET,
+	// masked; invalid when the file has no single usable value.
+	Subnet, IPv6Subnet netip.Prefix
+	// Problems are what was skipped, one text each.
+	Problems []string
+}
+
+// ReadPreviousSubnets reads the subnets in path as flannel v0.28 reads its
+// previous subnet (godotenv, then each comma-separated CIDR): a line that
+// is not KEY=value is skipped, a value may be quoted or follow "export",
+// a CIDR that does not parse (or is of the other family) is skipped, and
+// a key left with more than one CIDR gives none. Only an unreadable file
+// is an error. (ReadSubnetFile, for the whole file, stays strict.)
+func ReadPreviousSubnets(path string) (PreviousSubnets, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return PreviousSubnets{}, err
+	}
+	var out PreviousSubnets
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		key, val, ok := strings.Cut(strings.TrimPrefix(line, "export "), "=")
+		if !ok {
+			out.Problems = append(out.Problems, fmt.Sprintf("line %d is not KEY=value", n))
+			continue
+		}
+		key, val = strings.TrimSpace(key), unquote(strings.TrimSpace(val))
+		var want6 bool
+		var into *netip.Prefix
+		switch key {
+		case "FLANNEL_SUBNET":
+			into = &out.Subnet
+		case "FLANNEL_IPV6_SUBNET":
+			into, want6 = &out.IPv6Subnet, true
+		default:
+			continue
+		}
+		var found []netip.Prefix
+		for _, part := range strings.Split(val, ",") {
+			p, err := netip.ParsePrefix(strings.TrimSpace(part))
+			if err != nil || p.Addr().Is6() != want6 || p.Addr().Zone() != "" {
+				out.Problems = append(out.Problems, fmt.Sprintf("line %d: %s: %.60q is not a CIDR of its family", n, key, part))
+				continue
+			}
+			found = append(found, p.Masked())
+		}
+		*into = netip.Prefix{}
+		switch {
+		case len(found) == 1:
+			*into = found[0]
+		case len(found) > 1:
+			out.Problems = append(out.Problems, fmt.Sprintf("line %d: %s holds %d subnets; a host has one", n, key, len(found)))
+		}
+	}
+	return out, sc.Err()
+}
+
+// unquote strips one pair of matching quotes around a value, as a shell
+// (and godotenv) would.
+func unquote(v string) string {
+	if len(v) >= 2 && (v[0] == '"' || v[0] == '\'') && v[len(v)-1] == v[0] {
+		return v[1 : len(v)-1]
+	}
+	return v
+}

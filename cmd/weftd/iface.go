@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 
@@ -270,20 +271,12 @@ func hostInterfaces() ([]hostInterface, int, error) {
 		if err != nil {
 			return nil, 0, fmt.Errorf("listing addresses of %s: %w", i.Name, err)
 		}
-		for _, a := range addrs {
-			if p, ok := netkernel.Prefix(a.IPNet); ok && a.Scope == unix.RT_SCOPE_UNIVERSE {
-				i.Addrs = append(i.Addrs, p)
-			}
-		}
+		i.Addrs = usableAddrs(addrs)
 		addrs6, err := netkernel.Retry(func() ([]netlink.Addr, error) { return netlink.AddrList(l, netlink.FAMILY_V6) })
 		if err != nil {
 			return nil, 0, fmt.Errorf("listing IPv6 addresses of %s: %w", i.Name, err)
 		}
-		for _, a := range addrs6 {
-			if p, ok := netkernel.Prefix(a.IPNet); ok && a.Scope == unix.RT_SCOPE_UNIVERSE && !p.Addr().IsLinkLocalUnicast() {
-				i.Addrs6 = append(i.Addrs6, p)
-			}
-		}
+		i.Addrs6 = usableAddrs(addrs6)
 		out = append(out, i)
 	}
 	// The IPv4 default route's interface; an IPv6-only host's IPv6 one.
@@ -303,6 +296,41 @@ func hostInterfaces() ([]hostInterface, int, error) {
 		}
 	}
 	return out, 0, nil
+}
+
+// usableAddrs are an interface's global addresses of one family in the
+// order they are preferred, by their kernel flags as flannel v0.28 orders
+// them: a deprecated address (its preferred lifetime over: being
+// renumbered away) is left out; addresses set by hand (permanent) come
+// before ones from DHCP or SLAAC, and non-temporary before IPv6 privacy
+// addresses (which rotate) and IPv4 secondary ones (the kernel shares one
+// flag between the two). Otherwise the kernel's order stays (flannel's
+// sort is not stable; weft's is, so a choice does not flap).
+func usableAddrs(addrs []netlink.Addr) []netip.Prefix {
+	usable := make([]netlink.Addr, 0, len(addrs))
+	for _, a := range addrs {
+		p, ok := netkernel.Prefix(a.IPNet)
+		if ok && a.Scope == unix.RT_SCOPE_UNIVERSE && !p.Addr().IsLinkLocalUnicast() && a.Flags&unix.IFA_F_DEPRECATED == 0 {
+			usable = append(usable, a)
+		}
+	}
+	rank := func(a netlink.Addr) int {
+		r := 0
+		if a.Flags&unix.IFA_F_PERMANENT == 0 {
+			r += 2
+		}
+		if a.Flags&unix.IFA_F_TEMPORARY != 0 {
+			r++
+		}
+		return r
+	}
+	slices.SortStableFunc(usable, func(a, b netlink.Addr) int { return rank(a) - rank(b) })
+	out := make([]netip.Prefix, 0, len(usable))
+	for _, a := range usable {
+		p, _ := netkernel.Prefix(a.IPNet)
+		out = append(out, p)
+	}
+	return out
 }
 
 // routeTo is `ip route get ip`: the interface and source address.

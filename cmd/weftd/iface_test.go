@@ -2,9 +2,14 @@ package main
 
 import (
 	"errors"
+	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // testInterfaces is a host with a loopback, two NICs and a bridge.
@@ -101,5 +106,39 @@ func TestPickExternalRegexIPv6(t *testing.T) {
 		if err != nil || c.iface.Name != tt.name || c.addr.String() != tt.addr || c.addr6.String() != tt.addr6 {
 			t.Errorf("%s: %s %s %s (%s) %v, want %s %s %s", tt.regex, c.iface.Name, c.addr, c.addr6, c.why, err, tt.name, tt.addr, tt.addr6)
 		}
+	}
+}
+
+// TestUsableAddrsByFlags: an interface's addresses are taken by their
+// kernel flags as flannel v0.28 takes them: deprecated ones left out, set
+// by hand before DHCP/SLAAC, non-temporary before temporary (IPv6 privacy
+// addresses; IPv4 secondaries share the flag), link-local and host-scope
+// ones never; otherwise the kernel's order.
+func TestUsableAddrsByFlags(t *testing.T) {
+	addr := func(cidr string, scope, flags int) netlink.Addr {
+		p := netip.MustParsePrefix(cidr)
+		return netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}, Scope: scope, Flags: flags}
+	}
+	global := unix.RT_SCOPE_UNIVERSE
+	got := usableAddrs([]netlink.Addr{
+		addr("2001:db8::aaaa/64", global, unix.IFA_F_TEMPORARY),                       // privacy address, rotates
+		addr("2001:db8::1111/64", global, 0),                                          // SLAAC
+		addr("2001:db8::dead/64", global, unix.IFA_F_PERMANENT|unix.IFA_F_DEPRECATED), // being renumbered away
+		addr("fe80::1/64", unix.RT_SCOPE_LINK, unix.IFA_F_PERMANENT),
+		addr("2001:db8::2222/64", global, unix.IFA_F_PERMANENT), // set by hand
+		addr("2001:db8::3333/64", global, 0),
+	})
+	want := []netip.Prefix{netip.MustParsePrefix("2001:db8::2222/64"), netip.MustParsePrefix("2001:db8::1111/64"),
+		netip.MustParsePrefix("2001:db8::3333/64"), netip.MustParsePrefix("2001:db8::aaaa/64")}
+	if !slices.Equal(got, want) {
+		t.Errorf("IPv6 order %v, want %v", got, want)
+	}
+	got = usableAddrs([]netlink.Addr{
+		addr("192.168.1.11/24", global, unix.IFA_F_PERMANENT|unix.IFA_F_SECONDARY),
+		addr("127.0.0.1/8", unix.RT_SCOPE_HOST, unix.IFA_F_PERMANENT),
+		addr("192.168.1.10/24", global, unix.IFA_F_PERMANENT),
+	})
+	if want := []netip.Prefix{netip.MustParsePrefix("192.168.1.10/24"), netip.MustParsePrefix("192.168.1.11/24")}; !slices.Equal(got, want) {
+		t.Errorf("IPv4 order %v, want the primary first: %v", got, want)
 	}
 }
