@@ -313,6 +313,26 @@ func newWireGuard(env Env) (Backend, error) {
 	return s, nil
 }
 
+// EndpointObserver is a backend whose device sees where its peers'
+// packets really come from (wireguard): the peers it sees elsewhere than
+// their leases name, which this host publishes (lease.Sighting).
+type EndpointObserver interface {
+	Sightings() []lease.Sighting
+}
+
+// Sightings are b's (its primary's during a switch); ok is false for a
+// backend that sees none.
+func Sightings(b Backend) ([]lease.Sighting, bool) {
+	if s, ok := b.(*Switching); ok {
+		b = s.primary
+	}
+	o, ok := b.(EndpointObserver)
+	if !ok {
+		return nil, false
+	}
+	return o.Sightings(), true
+}
+
 // MTUCarrier is a backend whose device may carry a larger MTU than its
 // containers' (Env.CarriedMTU).
 type MTUCarrier interface {
@@ -412,6 +432,7 @@ var (
 	_ DeviceStatus      = (*wireguard.Stack)(nil)
 	_ OnDemandReporter  = (*wireguard.Stack)(nil)
 	_ MTUCarrier        = (*wireguard.Stack)(nil)
+	_ EndpointObserver  = (*wireguard.Stack)(nil)
 	_ DropCounter       = (*udp.Backend)(nil)
 	_ Leaver            = (*extension.Backend)(nil)
 )

@@ -75,10 +75,16 @@ type Options struct {
 	IPv6Only bool
 	// NATHosts puts the last NATHosts hosts each behind a NAT router of
 	// their own (a namespace on the underlay that masquerades with
-	// --random, so the source port changes): such a host has a private
-	// address (172.31.<index>.2) that the others cannot reach, as a home
-	// or office machine behind its router.
+	// --random, so the source port changes, and drops unsolicited
+	// packets from outside): such a host has a private address
+	// (172.31.<index>.2) that the others cannot reach, as a home or office
+	// machine behind its router.
 	NATHosts int
+	// NATKeepsPorts makes the NAT routers keep a source port where they
+	// can (masquerade without --random): one mapping per source port
+	// whatever the destination, as most home and office routers do, so
+	// two hosts behind such NATs can reach each other directly.
+	NATKeepsPorts bool
 	// Dir keeps logs and state; a temporary directory when empty.
 	Dir string
 	// Log receives progress lines; nil for none.
@@ -249,6 +255,10 @@ func (l *Lab) addNATHost(h *Host, gw netip.Addr) error {
 	}
 	inside := netip.AddrFrom4([4]byte{172, 31, byte(h.Index), 1})
 	h.PublicIP = inside.Next()
+	masquerade := []string{"ip", "netns", "exec", h.NAT, "iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "eth0", "-j", "MASQUERADE", "--random"}
+	if l.opts.NATKeepsPorts {
+		masquerade = masquerade[:len(masquerade)-1]
+	}
 	if err := l.addNetns(h.Name); err != nil {
 		return err
 	}
@@ -257,7 +267,11 @@ func (l *Lab) addNATHost(h *Host, gw netip.Addr) error {
 		[]string{"ip", "-n", h.NAT, "addr", "add", inside.String() + "/24", "dev", "lan0"},
 		[]string{"ip", "-n", h.NAT, "link", "set", "lan0", "up"},
 		[]string{"ip", "netns", "exec", h.NAT, "sysctl", "-qw", "net.ipv4.ip_forward=1"},
-		[]string{"ip", "netns", "exec", h.NAT, "iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "eth0", "-j", "MASQUERADE", "--random"},
+		masquerade,
+		// Unsolicited packets from outside are dropped, as a router's
+		// firewall drops them: before their conntrack entry is confirmed,
+		// so they leave none behind that would take a mapping's port.
+		[]string{"ip", "netns", "exec", h.NAT, "iptables", "-A", "INPUT", "-i", "eth0", "-m", "conntrack", "--ctstate", "NEW,INVALID", "-j", "DROP"},
 		[]string{"ip", "-n", h.Name, "addr", "add", h.PublicIP.String() + "/24", "dev", "eth0"},
 		[]string{"ip", "-n", h.Name, "link", "set", "eth0", "up"},
 		[]string{"ip", "-n", h.Name, "route", "add", "default", "via", inside.String()},

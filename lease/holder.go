@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -62,12 +63,28 @@ func (h *Holder) Verify() {
 }
 
 // SetAttrs changes what the lease publishes (a new WireGuard key) and
-// rewrites it on the next check.
+// rewrites it on the next check. The sightings stay (SetSeen sets them).
 func (h *Holder) SetAttrs(attrs Attrs) {
 	h.mu.Lock()
+	attrs.Seen = h.req.Attrs.Seen
 	h.req.Attrs = attrs
 	h.mu.Unlock()
 	h.Verify()
+}
+
+// SetSeen changes the sightings the lease publishes (WeftSeen) and
+// rewrites it on the next check; it reports whether they changed.
+func (h *Holder) SetSeen(seen []Sighting) bool {
+	h.mu.Lock()
+	same := slices.Equal(h.req.Attrs.Seen, seen)
+	if !same {
+		h.req.Attrs.Seen = slices.Clone(seen)
+	}
+	h.mu.Unlock()
+	if !same {
+		h.Verify()
+	}
+	return !same
 }
 
 // attemptTimeout bounds one renewal attempt: a third of the TTL, at most

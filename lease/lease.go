@@ -48,6 +48,10 @@ type Attrs struct {
 	// recognises its own lease by it (SameHost), so an address change
 	// keeps its subnet.
 	HostID keys.HostID
+	// Seen are the peers this host's WireGuard device sees at another
+	// endpoint than their leases name (weft only, "WeftSeen"; see
+	// Sighting): empty but behind NAT.
+	Seen []Sighting
 }
 
 // PathAttrs is one more backend a host speaks: its type and the data
@@ -69,6 +73,7 @@ type attrsJSON struct {
 	BackendV6Data json.RawMessage `json:"BackendV6Data,omitempty"`
 	Also          []PathAttrs     `json:"WeftAlso,omitempty"`
 	HostID        string          `json:"WeftHostID,omitempty"`
+	Seen          []Sighting      `json:"WeftSeen,omitempty"`
 }
 
 // Paths are every backend the host speaks, BackendType's first (""
@@ -135,6 +140,7 @@ func (a Attrs) MarshalJSON() ([]byte, error) {
 	if !a.HostID.IsZero() {
 		out.HostID = a.HostID.String()
 	}
+	out.Seen = a.Seen
 	return json.Marshal(out)
 }
 
@@ -158,6 +164,10 @@ func (a *Attrs) UnmarshalJSON(data []byte) error {
 		}
 	}
 	a.Also = in.Also
+	if err := checkSightings(in.Seen); err != nil {
+		return err
+	}
+	a.Seen = in.Seen
 	if in.HostID != "" {
 		if a.HostID, err = keys.ParseHostID(in.HostID); err != nil {
 			return fmt.Errorf("WeftHostID: %w", err)

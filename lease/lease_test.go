@@ -3,6 +3,7 @@ package lease
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -125,6 +126,7 @@ func FuzzDecodeLease(f *testing.F) {
 	f.Add("10.5.0.0-16", []byte(`{"PublicIP":"1.1.1.1","BackendData":null}`))
 	f.Add("1-2", []byte(`[]`))
 	f.Add("10.5.34.0-24", []byte(`{"PublicIP":"192.168.50.102","PublicIPv6":null,"WeftHostID":"0102030405060708090a0b0c0d0e0f10"}`))
+	f.Add("10.5.34.0-24", []byte(`{"PublicIP":"192.168.50.102","PublicIPv6":null,"WeftSeen":[{"Lease":"10.5.3.0-24","Endpoint":"192.0.2.1:51820"}]}`))
 	f.Fuzz(func(t *testing.T, key string, value []byte) {
 		l, err := DecodeLease(key, value)
 		if err != nil {
@@ -246,6 +248,42 @@ func TestWeftHostID(t *testing.T) {
 		value := `{"PublicIP":"192.168.50.2","PublicIPv6":null,"WeftHostID":` + bad + `}`
 		if _, err := DecodeLease("10.5.2.0-24", []byte(value)); !errors.Is(err, ErrBadLease) {
 			t.Errorf("WeftHostID %s decoded: %v", bad, err)
+		}
+	}
+}
+
+// TestWeftSeen: a lease carries what its host sees of peers behind NAT
+// after flannel's fields; each sighting is checked where it is decoded (a
+// lease key, an endpoint a host can be sent to), and a lease with a bad
+// one, too many or one lease named twice is bad.
+func TestWeftSeen(t *testing.T) {
+	a := Attrs{PublicIP: netip.MustParseAddr("192.168.50.2"), BackendType: "wireguard",
+		Seen: []Sighting{{Lease: "10.5.3.0-24", Endpoint: netip.MustParseAddrPort("192.168.50.13:51820")}}}
+	want := `{"PublicIP":"192.168.50.2","PublicIPv6":null,"BackendType":"wireguard","WeftSeen":[{"Lease":"10.5.3.0-24","Endpoint":"192.168.50.13:51820"}]}`
+	if got := string(a.Encode()); got != want {
+		t.Fatalf("encoded\n %s\nwant\n %s", got, want)
+	}
+	if l, err := DecodeLease("10.5.2.0-24", []byte(want)); err != nil || len(l.Attrs.Seen) != 1 || l.Attrs.Seen[0] != a.Seen[0] {
+		t.Fatalf("decoded %+v, %v", l.Attrs, err)
+	}
+	many := make([]string, MaxSightings+1)
+	for i := range many {
+		many[i] = fmt.Sprintf(`{"Lease":"10.5.%d.0-24","Endpoint":"192.0.2.1:1"}`, i)
+	}
+	for _, bad := range []string{
+		`{"Lease":"10.5.3.0-24","Endpoint":"[fe80::1%eth0]:51820"}`,
+		`{"Lease":"10.5.3.0-24","Endpoint":"[2001:db8::1%a\nallowed_ip=0.0.0.0/0]:1"}`,
+		`{"Lease":"10.5.3.0-24","Endpoint":"192.168.50.13:0"}`,
+		`{"Lease":"10.5.3.0-24","Endpoint":"127.0.0.1:51820"}`,
+		`{"Lease":"10.5.3.0-24","Endpoint":"[::ffff:192.0.2.1]:51820"}`,
+		`{"Lease":"10.5.3.0-24","Endpoint":"224.0.0.1:51820"}`,
+		`{"Lease":"banana","Endpoint":"192.168.50.13:51820"}`,
+		`{"Lease":"10.5.3.0-24","Endpoint":"192.0.2.1:1"},{"Lease":"10.5.3.0-24","Endpoint":"192.0.2.2:1"}`,
+		strings.Join(many, ","),
+	} {
+		value := `{"PublicIP":"192.168.50.2","PublicIPv6":null,"WeftSeen":[` + bad + `]}`
+		if _, err := DecodeLease("10.5.2.0-24", []byte(value)); !errors.Is(err, ErrBadLease) {
+			t.Errorf("WeftSeen %.80s decoded: %v", bad, err)
 		}
 	}
 }

@@ -37,6 +37,11 @@ type Peer struct {
 	// Created is the store revision that created the peer's lease: of two
 	// peers that claim the same thing (a VTEP MAC), the older one keeps it.
 	Created int64
+	// Seen is what the peer's host sees of other hosts (its lease's
+	// WeftSeen): where their packets come from, when not where their
+	// leases say. A change of it changes what this host knows of others,
+	// so a backend that reads it applies such a change whole.
+	Seen []lease.Sighting
 }
 
 // Skipped is a lease left out of the desired state, and why.
@@ -156,7 +161,7 @@ func (d *Desired) sort() {
 func classify(self lease.Lease, l lease.Lease, cfg *lease.Config) (peer Peer, reason string, isSelf bool) {
 	path, _ := Path(l, cfg)
 	peer = Peer{Key: l.Key(), Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP,
-		BackendType: path.BackendType, BackendData: path.BackendData, Path: PathType(path, cfg), Created: l.CreateRevision}
+		BackendType: path.BackendType, BackendData: path.BackendData, Path: PathType(path, cfg), Created: l.CreateRevision, Seen: l.Attrs.Seen}
 	if len(l.Attrs.Also) > 0 {
 		for _, p := range l.Attrs.Paths() {
 			if t := PathType(p, cfg); t != peer.Path {

@@ -105,7 +105,7 @@ func samePeer(a, b Peer) bool {
 		a.IPv6Subnet == b.IPv6Subnet && a.PublicIPv6 == b.PublicIPv6 && bytes.Equal(a.BackendV6Data, b.BackendV6Data) &&
 		slices.EqualFunc(a.Alternatives, b.Alternatives, func(x, y lease.PathAttrs) bool {
 			return x.BackendType == y.BackendType && bytes.Equal(x.BackendData, y.BackendData) && bytes.Equal(x.BackendV6Data, y.BackendV6Data)
-		})
+		}) && slices.Equal(a.Seen, b.Seen)
 }
 
 // diff turns the changed keys into a Delta against the model and the skip

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -19,6 +20,7 @@ import (
 	"github.com/weftnet/weft/backends/options"
 	"github.com/weftnet/weft/backends/underlay"
 	"github.com/weftnet/weft/keys"
+	"github.com/weftnet/weft/lease"
 	"github.com/weftnet/weft/mesh"
 )
 
@@ -58,6 +60,8 @@ type Backend struct {
 	peers *onDemand
 	// stopSweep ends the idle sweep; nil when none runs.
 	stopSweep chan struct{}
+	// seen are the sightings of the last whole apply (Sightings).
+	seen []lease.Sighting
 	// mixedWarned: the warning of MixedFamilies was given for the peers
 	// as they are; it is given again when they mix anew.
 	mixedWarned bool
@@ -155,6 +159,31 @@ func (b *Backend) MTU() int { return b.mtu }
 // containers started after the switch take MTU(), and TCP is clamped to it
 // (the firewall's MSS rule). It is called before Setup.
 func (b *Backend) CarryMTU(mtu int) { b.carriedMTU = mtu }
+
+// Sightings are the peers this host's device sees at another endpoint
+// than their leases name, as of the last whole apply: what this host
+// publishes in its lease's WeftSeen (backends.EndpointObserver).
+func (b *Backend) Sightings() []lease.Sighting {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return slices.Clone(b.seen)
+}
+
+// noteDiscovery takes up what the hosts' sightings say, and says once
+// when this host turns out to be behind NAT (its peers see it elsewhere
+// than its lease names: it then keeps every peer's path open with
+// keepalives, as with -behind-nat) or no longer is.
+func (b *Backend) noteDiscovery(found discovery, self lease.Lease) {
+	if found.self != b.opts.discovered.self {
+		if found.self.IsValid() {
+			b.log.Info("this host is behind NAT: its peers see it at another endpoint than its lease names; keeping its paths open with keepalives",
+				"seen_at", found.self, "lease_public_ip", self.Attrs.PublicIP)
+		} else {
+			b.log.Info("this host's peers see it where its lease says (no NAT seen)")
+		}
+	}
+	b.opts.discovered = found
+}
 
 // CarriedMTU is the device's MTU when it carries a larger one than MTU(),
 // else 0 (backends.MTUCarrier).
@@ -254,11 +283,13 @@ func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 		return errors.New("wireguard backend used before Setup")
 	}
 	b.applied = false
+	b.noteDiscovery(discover(d), d.Self)
 	want, errs, holders := plan(d, b.key.Public(), b.opts)
 	current, err := b.readOrRecreate()
 	if err != nil {
 		return errors.Join(append(errs, err)...)
 	}
+	b.seen = sightings(peerStates(current.Peers), want, time.Now())
 	onDemand := b.onDemandWanted(len(want))
 	b.peers.setWanted(want)
 	p := planDevice(current, b.key, b.opts.ListenPort, want, onDemand, b.leaseEndpoints, time.Now())
@@ -310,7 +341,7 @@ func (b *Backend) readOrRecreate() (*wgtypes.Device, error) {
 func (b *Backend) ApplyDelta(_ context.Context, d mesh.Delta) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if !b.applied {
+	if !b.applied || changesSightings(d) {
 		return mesh.ErrWholeApply
 	}
 	self := b.key.Public()

@@ -140,7 +140,9 @@ func (u *uapiDevice) state(t testing.TB) (keys.Key, map[keys.Key][]netip.Prefix)
 // device's UAPI socket) and checks the device ends with exactly the planned
 // peers, each holding only its own lease's subnets, and its own private key:
 // no value can add a line of configuration. zone is put on every decoded
-// PublicIPv6 and Endpoint, as if a decoder had let one through.
+// PublicIPv6 and Endpoint (an outside peer's, a sighting's), as if a
+// decoder had let one through. Sightings (WeftSeen) are discovered as
+// Apply discovers them, so a peer may be sent to one.
 func FuzzWireGuardConfig(f *testing.F) {
 	good := func(ip6 string, key byte) []byte {
 		return fmt.Appendf(nil, `{"PublicIP":"192.168.50.%d","PublicIPv6":%q,"BackendType":"wireguard","BackendData":{"PublicKey":%q,"Port":51820}}`,
@@ -161,6 +163,16 @@ func FuzzWireGuardConfig(f *testing.F) {
 	f.Add(good("2001:db8::7", 7), good("2001:db8::8", 8), peer("[2001:db8::20%a]:1\nallowed_ip=0.0.0.0/0\n]:51820", 70000), "")
 	f.Add(good("2001:db8::7", 7), good("2001:db8::8", 8), peer("[2001:db8::20]:51820", 25), "a\nallowed_ip=0.0.0.0/0")
 	f.Add(good("::ffff:10.5.8.1", 7), good("2001:db8::8", 8), peer("[2001:db8::20]:51820", -5), "")
+	// Sightings (WeftSeen) that send a peer elsewhere: a plain one, one
+	// whose zone carries a line of configuration, and a zone put on by
+	// the fuzzer.
+	seen := func(ip6 string, key byte, endpoint string) []byte {
+		v := good(ip6, key)
+		return fmt.Appendf(v[:len(v)-1], `,"WeftSeen":[{"Lease":%q,"Endpoint":%q}]}`, fuzzKeyB, endpoint)
+	}
+	f.Add(seen("2001:db8::7", 7, "[2001:db8::88]:4000"), good("2001:db8::8", 8), peer("[2001:db8::20]:51820", 25), "")
+	f.Add(seen("2001:db8::7", 7, "[2001:db8::88%a]:1\nallowed_ip=0.0.0.0/0\nendpoint=[2001:db8::2]:1"), good("2001:db8::8", 8), peer("[2001:db8::20]:51820", 25), "")
+	f.Add(seen("2001:db8::7", 7, "[2001:db8::88]:4000"), good("2001:db8::8", 8), peer("[2001:db8::20]:51820", 25), "b\nallowed_ip=0.0.0.0/0")
 	f.Fuzz(func(t *testing.T, valueA, valueB, peerValue []byte, zone string) {
 		u := newUAPIDevice(t)
 		cfg, err := lease.ParseConfig([]byte(fuzzNetwork))
@@ -187,6 +199,11 @@ func FuzzWireGuardConfig(f *testing.F) {
 				ip := l.Attrs.PublicIPv6.WithZone(zone)
 				l.Attrs.PublicIPv6 = &ip
 			}
+			for j, s := range l.Attrs.Seen {
+				if zone != "" {
+					l.Attrs.Seen[j].Endpoint = netip.AddrPortFrom(s.Endpoint.Addr().WithZone(zone), s.Endpoint.Port())
+				}
+			}
 			l.Revision, l.CreateRevision = int64(i+2), int64(i+2)
 			leases = append(leases, l)
 			entitled[l.Key()] = []netip.Prefix{l.Subnet, l.IPv6Subnet}
@@ -200,6 +217,7 @@ func FuzzWireGuardConfig(f *testing.F) {
 			entitled["peers/laptop"] = []netip.Prefix{p.Address}
 		}
 		selfKey := keys.Key{0: 1, 31: 7}
+		opts.discovered = discover(d)
 		want, _ := Plan(d, selfKey, opts)
 		for _, spec := range want {
 			for _, p := range spec.AllowedIPs {

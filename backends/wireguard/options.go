@@ -83,20 +83,26 @@ type Options struct {
 	// the external interface's networks, for DirectRouting.
 	localIPv4, localIPv6 netip.Addr
 	localPrefixes        []netip.Prefix
+	// discovered is what the hosts' sightings say (discover), set by
+	// each whole apply.
+	discovered discovery
 }
 
-// direct reports whether a peer at ip is reached by a plain route
-// (DirectRouting, and ip on one of the external interface's networks).
-func (o Options) direct(ip netip.Addr) bool {
-	if !o.DirectRouting {
-		return false
-	}
+// onLocalNetwork reports whether ip is on one of the external interface's
+// networks.
+func (o Options) onLocalNetwork(ip netip.Addr) bool {
 	for _, p := range o.localPrefixes {
 		if p.Contains(ip) {
 			return true
 		}
 	}
 	return false
+}
+
+// direct reports whether a peer at ip is reached by a plain route
+// (DirectRouting, and ip on one of the external interface's networks).
+func (o Options) direct(ip netip.Addr) bool {
+	return o.DirectRouting && o.onLocalNetwork(ip)
 }
 
 // useIPv6 says whether a peer of a single-device dual-stack network (Mode

@@ -23,8 +23,13 @@ type PeerSpec struct {
 	AllowedIPs []netip.Prefix
 	Keepalive  time.Duration
 	PSK        *keys.Key
-	// NAT says the peer's lease marks it behind NAT.
+	// NAT says the peer's lease marks it behind NAT, or the hosts see it
+	// behind one (discovery).
 	NAT bool
+	// Advertised is the endpoint the peer's lease names, which Endpoint
+	// replaces when the peer is seen elsewhere (discovery); what this
+	// host's device sees against it is its sighting.
+	Advertised netip.AddrPort
 }
 
 // PeerState is a peer as the device has it now.
@@ -222,6 +227,18 @@ func candidates(d mesh.Desired, self keys.Key, opts Options) ([]PeerSpec, []erro
 				}
 				spec.Endpoint = netip.AddrPortFrom(p.PublicIPv6, uint16(port))
 			}
+		}
+		spec.Advertised = spec.Endpoint
+		ep, seen := opts.discovered.peers[p.Key]
+		if seen = seen && !opts.onLocalNetwork(p.PublicIP); seen {
+			// Seen behind NAT: reached where its packets come from (a peer
+			// on this host's own network is reached there as its lease
+			// says, without a trip through the NAT).
+			spec.Endpoint, spec.NAT = ep, true
+		}
+		if seen || opts.discovered.self.IsValid() {
+			// A NAT on either side: the path is kept open.
+			spec.Keepalive = cmp.Or(spec.Keepalive, natKeepalive)
 		}
 		if len(spec.AllowedIPs) > 0 {
 			out = append(out, spec)

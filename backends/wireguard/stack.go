@@ -88,6 +88,10 @@ func (s *Stack) CarryMTU(mtu int) {
 	}
 }
 
+// Sightings are the first device's (see Backend.Sightings): discovery
+// runs on the IPv4 half.
+func (s *Stack) Sightings() []lease.Sighting { return s.devices[0].Sightings() }
+
 // CarriedMTU is the largest MTU a device carries above its own, else 0.
 func (s *Stack) CarriedMTU() int {
 	c := 0

@@ -84,8 +84,12 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		if !p.Encrypted {
 			encrypted = "NO (" + printable(p.InClear) + ")"
 		}
+		path := p.Path
+		if p.Via != "" {
+			path += " (" + printable(p.Via) + " to " + printable(p.Endpoint) + ")"
+		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", p.Lease, joinFamilies(p.Subnet, p.IPv6Subnet), joinFamilies(p.PublicIP, p.PublicIPv6),
-			p.Path, encrypted, p.State)
+			path, encrypted, p.State)
 	}
 	for _, sk := range s.Skipped {
 		fmt.Fprintf(tw, "%s\t-\t-\t-\t-\tSKIPPED: %s\n", sk.Key, sk.Reason)

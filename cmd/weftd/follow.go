@@ -8,7 +8,9 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/weftnet/weft/backends"
 	"github.com/weftnet/weft/backends/underlay"
+	"github.com/weftnet/weft/lease"
 )
 
 // errUnderlayChanged ends a run whose external interface or address
@@ -78,6 +80,27 @@ func settle(ctx context.Context, addrs <-chan netlink.AddrUpdate, links <-chan n
 		case <-links:
 		case <-time.After(underlaySettle):
 			return true
+		}
+	}
+}
+
+// publishSightings publishes in this host's lease, every resync interval
+// when it changed, where its WireGuard device sees peers whose packets
+// come from another endpoint than their leases name (WeftSeen): the other
+// hosts learn from it where those peers are reached, and each of them
+// where its own packets leave its NAT (see lease.Sighting).
+func publishSightings(ctx context.Context, backend backends.Backend, holder *lease.Holder, every time.Duration, log *slog.Logger) error {
+	ticker := time.NewTicker(every)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-ticker.C:
+		}
+		seen, _ := backends.Sightings(backend)
+		if holder.SetSeen(seen) {
+			log.Info("publishing where this host sees peers behind NAT", "sightings", len(seen))
 		}
 	}
 }

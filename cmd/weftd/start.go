@@ -125,6 +125,9 @@ func (l daemonLoops) start(ctx context.Context, g *errgroup.Group, o *options, l
 	}
 	g.Go(func() error { return watchBackendType(ctx, l.store, cfg, o.resync, l.configType, log) })
 	g.Go(func() error { return followUnderlay(ctx, o, l.ext, cfg.EnableIPv6, log) })
+	if _, ok := backends.Sightings(l.backend); ok {
+		g.Go(func() error { return publishSightings(ctx, l.backend, l.holder, o.resync, log) })
+	}
 	g.Go(func() error { return l.watcher.Run(ctx) })
 	g.Go(func() error { return l.holder.Run(ctx) })
 	g.Go(func() error { return l.reconciler.Run(ctx) })

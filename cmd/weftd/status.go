@@ -147,6 +147,9 @@ func (o *observer) status() status.Document {
 		}
 		if wp, ok := handshakes[p.Subnet.String()]; ok {
 			ps.RxBytes, ps.TxBytes = wp.ReceiveBytes, wp.TransmitBytes
+			if wp.Endpoint != nil {
+				ps.Via, ps.Endpoint = "direct", wp.Endpoint.String()
+			}
 			if wp.LastHandshakeTime.IsZero() {
 				ps.State = "no handshake"
 			} else {

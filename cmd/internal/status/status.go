@@ -77,9 +77,13 @@ type Peer struct {
 	// or "direct" for a wireguard peer DirectRouting reaches by a plain
 	// route); Encrypted says whether it encrypts; InClear, when it does
 	// not, says why.
-	Path          string `json:"path"`
-	Encrypted     bool   `json:"encrypted"`
-	InClear       string `json:"in_clear,omitempty"`
+	Path      string `json:"path"`
+	Encrypted bool   `json:"encrypted"`
+	InClear   string `json:"in_clear,omitempty"`
+	// Via is how a WireGuard peer is reached: "direct" at Endpoint (the
+	// address its lease names, or where the hosts see it behind NAT).
+	Via           string `json:"via,omitempty"`
+	Endpoint      string `json:"endpoint,omitempty"`
 	LastHandshake string `json:"last_handshake,omitempty"`
 	RxBytes       int64  `json:"rx_bytes,omitempty"`
 	TxBytes       int64  `json:"tx_bytes,omitempty"`

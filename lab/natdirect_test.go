@@ -1,0 +1,64 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/weftnet/weft/backends"
+)
+
+// TestNATToNATDirect: hosts 2 and 3 each behind a NAT router of its own
+// that keeps source ports and refuses unsolicited packets, host 1 public;
+// no host is told it is behind NAT (-behind-nat) and no keepalive is
+// configured. Host 1 sees where 2 and 3 really are and publishes it
+// (WeftSeen); 2 and 3 learn from it that they are behind NAT and where
+// the other one is, send to each other there, which opens each NAT for
+// the other, and reach each other directly: their WireGuard endpoints are
+// each other's routers, host 1's interface carries none of their traffic,
+// and no ping between them is lost once the path is up.
+func TestNATToNATDirect(t *testing.T) {
+	l := newLab(t, Options{Hosts: 3, NATHosts: 2, NATKeepsPorts: true, Backend: backends.WireGuard})
+	if err := l.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	h1, h2, h3 := l.Hosts[0], l.Hosts[1], l.Hosts[2]
+	start := time.Now()
+	eventually(t, "full ping matrix with hosts 2 and 3 behind NATs", 60*time.Second, func() error {
+		if table, ok := l.PingMatrix(); !ok {
+			return fmt.Errorf("\n%s", table)
+		}
+		return nil
+	})
+	reliability(t, "two hosts behind NATs reached each other directly %s after start", time.Since(start).Round(time.Second))
+	for _, pair := range [][2]*Host{{h2, h3}, {h3, h2}} {
+		out, err := l.HostExec(pair[0], "wg", "show", "weft-wg", "endpoints")
+		router := l.underlayAddr(10+pair[1].Index).String() + ":51820"
+		if err != nil || !strings.Contains(out, router) {
+			t.Errorf("%s's endpoints %q (%v): want %s at its router %s", pair[0].Name, out, err, pair[1].Name, router)
+		}
+		if _, _, err := pair[0].WaitLogLine(0, time.Second, "this host is behind NAT"); err != nil {
+			t.Errorf("%s did not find out it is behind NAT: %v", pair[0].Name, err)
+		}
+	}
+	capture, err := l.CaptureOn(h1.Name, "eth0", "udp", "h1-during-direct")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wait23, wait32 := pingFor(h2, h3, 5*time.Second), pingFor(h3, h2, 5*time.Second)
+	sent23, lost23 := wait23()
+	sent32, lost32 := wait32()
+	_, decoded, _ := capture.Stop()
+	reliability(t, "NAT to NAT direct: h2 -> h3 %d of %d lost, h3 -> h2 %d of %d lost", lost23, sent23, lost32, sent32)
+	if sent23 == 0 || sent32 == 0 || lost23 != 0 || lost32 != 0 {
+		t.Errorf("pings lost on the direct path: h2 -> h3 %d of %d, h3 -> h2 %d of %d", lost23, sent23, lost32, sent32)
+	}
+	r2, r3 := l.underlayAddr(10+h2.Index).String(), l.underlayAddr(10+h3.Index).String()
+	for _, line := range strings.Split(decoded, "\n") {
+		if strings.Contains(line, r2) && strings.Contains(line, r3) {
+			t.Errorf("host 1 carries traffic between hosts 2 and 3: %s", line)
+		}
+	}
+}
