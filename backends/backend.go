@@ -315,22 +315,22 @@ func newWireGuard(env Env) (Backend, error) {
 
 // EndpointObserver is a backend whose device sees where its peers'
 // packets really come from (wireguard): the peers it sees elsewhere than
-// their leases name, which this host publishes (lease.Sighting).
+// their leases name and, behind NAT, the peers it reaches directly, which
+// this host publishes (lease.Sighting); and the peers it reaches through
+// a relay.
 type EndpointObserver interface {
-	Sightings() []lease.Sighting
+	Observe() (wireguard.Observation, error)
+	Relays() map[string]string
 }
 
-// Sightings are b's (its primary's during a switch); ok is false for a
-// backend that sees none.
-func Sightings(b Backend) ([]lease.Sighting, bool) {
+// Observer is b's EndpointObserver (its primary's during a switch); ok is
+// false for a backend that sees nothing.
+func Observer(b Backend) (EndpointObserver, bool) {
 	if s, ok := b.(*Switching); ok {
 		b = s.primary
 	}
 	o, ok := b.(EndpointObserver)
-	if !ok {
-		return nil, false
-	}
-	return o.Sightings(), true
+	return o, ok
 }
 
 // MTUCarrier is a backend whose device may carry a larger MTU than its

@@ -66,19 +66,20 @@ func (h *Holder) Verify() {
 // rewrites it on the next check. The sightings stay (SetSeen sets them).
 func (h *Holder) SetAttrs(attrs Attrs) {
 	h.mu.Lock()
-	attrs.Seen = h.req.Attrs.Seen
+	attrs.Seen, attrs.Reach = h.req.Attrs.Seen, h.req.Attrs.Reach
 	h.req.Attrs = attrs
 	h.mu.Unlock()
 	h.Verify()
 }
 
-// SetSeen changes the sightings the lease publishes (WeftSeen) and
-// rewrites it on the next check; it reports whether they changed.
-func (h *Holder) SetSeen(seen []Sighting) bool {
+// SetSeen changes the sightings and the reach the lease publishes
+// (WeftSeen, WeftReach) and rewrites it on the next check; it reports
+// whether they changed.
+func (h *Holder) SetSeen(seen []Sighting, reach []string) bool {
 	h.mu.Lock()
-	same := slices.Equal(h.req.Attrs.Seen, seen)
+	same := slices.Equal(h.req.Attrs.Seen, seen) && slices.Equal(h.req.Attrs.Reach, reach)
 	if !same {
-		h.req.Attrs.Seen = slices.Clone(seen)
+		h.req.Attrs.Seen, h.req.Attrs.Reach = slices.Clone(seen), slices.Clone(reach)
 	}
 	h.mu.Unlock()
 	if !same {

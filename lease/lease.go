@@ -52,6 +52,11 @@ type Attrs struct {
 	// endpoint than their leases name (weft only, "WeftSeen"; see
 	// Sighting): empty but behind NAT.
 	Seen []Sighting
+	// Reach are the peers (lease keys) this host behind NAT has a live
+	// direct WireGuard path to (weft only, "WeftReach"): a pair of hosts
+	// behind NAT goes direct when each names the other, else through a
+	// relay both name (see Sighting).
+	Reach []string
 }
 
 // PathAttrs is one more backend a host speaks: its type and the data
@@ -74,6 +79,7 @@ type attrsJSON struct {
 	Also          []PathAttrs     `json:"WeftAlso,omitempty"`
 	HostID        string          `json:"WeftHostID,omitempty"`
 	Seen          []Sighting      `json:"WeftSeen,omitempty"`
+	Reach         []string        `json:"WeftReach,omitempty"`
 }
 
 // Paths are every backend the host speaks, BackendType's first (""
@@ -140,7 +146,7 @@ func (a Attrs) MarshalJSON() ([]byte, error) {
 	if !a.HostID.IsZero() {
 		out.HostID = a.HostID.String()
 	}
-	out.Seen = a.Seen
+	out.Seen, out.Reach = a.Seen, a.Reach
 	return json.Marshal(out)
 }
 
@@ -168,6 +174,10 @@ func (a *Attrs) UnmarshalJSON(data []byte) error {
 		return err
 	}
 	a.Seen = in.Seen
+	if err := checkReach(in.Reach); err != nil {
+		return err
+	}
+	a.Reach = in.Reach
 	if in.HostID != "" {
 		if a.HostID, err = keys.ParseHostID(in.HostID); err != nil {
 			return fmt.Errorf("WeftHostID: %w", err)

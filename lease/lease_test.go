@@ -287,3 +287,18 @@ func TestWeftSeen(t *testing.T) {
 		}
 	}
 }
+
+// TestWeftReach: a lease of a host behind NAT names the peers it reaches
+// directly; each must be a lease key, once, at most MaxSightings.
+func TestWeftReach(t *testing.T) {
+	value := `{"PublicIP":"192.168.50.2","PublicIPv6":null,"WeftReach":["10.5.1.0-24","10.5.3.0-24"]}`
+	l, err := DecodeLease("10.5.2.0-24", []byte(value))
+	if err != nil || len(l.Attrs.Reach) != 2 || string(l.Attrs.Encode()) != value {
+		t.Fatalf("decoded %+v, %v; encodes as %s", l.Attrs, err, l.Attrs.Encode())
+	}
+	for _, bad := range []string{`["banana"]`, `["10.5.1.0-24","10.5.1.0-24"]`, `["10.5.1.0-24\nx"]`} {
+		if _, err := DecodeLease("10.5.2.0-24", []byte(`{"PublicIP":"192.168.50.2","WeftReach":`+bad+`}`)); !errors.Is(err, ErrBadLease) {
+			t.Errorf("WeftReach %s decoded: %v", bad, err)
+		}
+	}
+}

@@ -103,3 +103,22 @@ func checkSightings(seen []Sighting) error {
 	}
 	return nil
 }
+
+// checkReach checks a lease's WeftReach: lease keys, at most
+// MaxSightings, each once.
+func checkReach(reach []string) error {
+	if len(reach) > MaxSightings {
+		return fmt.Errorf("WeftReach names %d leases, more than %d", len(reach), MaxSightings)
+	}
+	seen := make(map[string]bool, len(reach))
+	for _, k := range reach {
+		if _, _, err := ParseSubnetKeys(k); err != nil {
+			return fmt.Errorf("WeftReach: %.40q is not a lease key", k)
+		}
+		if seen[k] {
+			return fmt.Errorf("WeftReach names lease %s twice", k)
+		}
+		seen[k] = true
+	}
+	return nil
+}

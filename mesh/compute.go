@@ -42,6 +42,9 @@ type Peer struct {
 	// leases say. A change of it changes what this host knows of others,
 	// so a backend that reads it applies such a change whole.
 	Seen []lease.Sighting
+	// Reach are the peers the peer's host, behind NAT, has a live direct
+	// path to (its lease's WeftReach); read like Seen.
+	Reach []string
 }
 
 // Skipped is a lease left out of the desired state, and why.
@@ -161,7 +164,7 @@ func (d *Desired) sort() {
 func classify(self lease.Lease, l lease.Lease, cfg *lease.Config) (peer Peer, reason string, isSelf bool) {
 	path, _ := Path(l, cfg)
 	peer = Peer{Key: l.Key(), Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP,
-		BackendType: path.BackendType, BackendData: path.BackendData, Path: PathType(path, cfg), Created: l.CreateRevision, Seen: l.Attrs.Seen}
+		BackendType: path.BackendType, BackendData: path.BackendData, Path: PathType(path, cfg), Created: l.CreateRevision, Seen: l.Attrs.Seen, Reach: l.Attrs.Reach}
 	if len(l.Attrs.Also) > 0 {
 		for _, p := range l.Attrs.Paths() {
 			if t := PathType(p, cfg); t != peer.Path {

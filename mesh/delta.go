@@ -93,11 +93,14 @@ func (m *model) desired() Desired {
 }
 
 // sameSelf reports whether this host's own lease changed in a way the
-// desired state depends on (its subnet, address or backend data).
+// desired state depends on (its subnet, address or backend data, or what
+// it publishes of its peers: a pair behind NAT goes direct or through a
+// relay by what both ends publish, and both must change at once).
 func sameSelf(a, b lease.Lease) bool {
 	return a.Subnet == b.Subnet && a.Attrs.PublicIP == b.Attrs.PublicIP &&
 		a.Attrs.BackendType == b.Attrs.BackendType && bytes.Equal(a.Attrs.BackendData, b.Attrs.BackendData) &&
-		a.IPv6Subnet == b.IPv6Subnet && a.Attrs.PublicIPv6Addr() == b.Attrs.PublicIPv6Addr() && bytes.Equal(a.Attrs.BackendV6Data, b.Attrs.BackendV6Data)
+		a.IPv6Subnet == b.IPv6Subnet && a.Attrs.PublicIPv6Addr() == b.Attrs.PublicIPv6Addr() && bytes.Equal(a.Attrs.BackendV6Data, b.Attrs.BackendV6Data) &&
+		slices.Equal(a.Attrs.Seen, b.Attrs.Seen) && slices.Equal(a.Attrs.Reach, b.Attrs.Reach)
 }
 
 func samePeer(a, b Peer) bool {
@@ -105,7 +108,7 @@ func samePeer(a, b Peer) bool {
 		a.IPv6Subnet == b.IPv6Subnet && a.PublicIPv6 == b.PublicIPv6 && bytes.Equal(a.BackendV6Data, b.BackendV6Data) &&
 		slices.EqualFunc(a.Alternatives, b.Alternatives, func(x, y lease.PathAttrs) bool {
 			return x.BackendType == y.BackendType && bytes.Equal(x.BackendData, y.BackendData) && bytes.Equal(x.BackendV6Data, y.BackendV6Data)
-		}) && slices.Equal(a.Seen, b.Seen)
+		}) && slices.Equal(a.Seen, b.Seen) && slices.Equal(a.Reach, b.Reach)
 }
 
 // diff turns the changed keys into a Delta against the model and the skip

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -60,8 +61,10 @@ type Backend struct {
 	peers *onDemand
 	// stopSweep ends the idle sweep; nil when none runs.
 	stopSweep chan struct{}
-	// seen are the sightings of the last whole apply (Sightings).
-	seen []lease.Sighting
+	// want are the peers the last whole apply planned (Observe's
+	// reference); rx tracks when each peer last sent something.
+	want []PeerSpec
+	rx   map[keys.Key]activity
 	// mixedWarned: the warning of MixedFamilies was given for the peers
 	// as they are; it is given again when they mix anew.
 	mixedWarned bool
@@ -146,6 +149,16 @@ func (b *Backend) SetBehindNAT() {
 // and what wg-quick's users are told to pick.
 const natKeepalive = 25 * time.Second
 
+// pathKeepalive is the keepalive a host that finds itself behind NAT
+// (discovery) sends each peer when the config sets none: its paths stay
+// open, and one that stops answering is known dead (liveWindow) in time
+// to move a pair to another relay within seconds.
+const pathKeepalive = 2 * time.Second
+
+// liveWindow is how recently a peer must have sent something for its
+// direct path to count as live (WeftReach): a few keepalives.
+const liveWindow = 5 * time.Second
+
 // MTU is the containers' MTU on this backend (what FLANNEL_MTU says).
 func (b *Backend) MTU() int { return b.mtu }
 
@@ -160,13 +173,64 @@ func (b *Backend) MTU() int { return b.mtu }
 // (the firewall's MSS rule). It is called before Setup.
 func (b *Backend) CarryMTU(mtu int) { b.carriedMTU = mtu }
 
-// Sightings are the peers this host's device sees at another endpoint
-// than their leases name, as of the last whole apply: what this host
-// publishes in its lease's WeftSeen (backends.EndpointObserver).
-func (b *Backend) Sightings() []lease.Sighting {
+// Observation is what a host publishes of what its device sees.
+type Observation struct {
+	// Seen are the peers seen at another endpoint than their leases name
+	// (WeftSeen).
+	Seen []lease.Sighting
+	// Reach are, on a host behind NAT, the peers with a live direct path
+	// (WeftReach): a handshake within RejectAfter and a packet received
+	// within liveWindow.
+	Reach []string
+	// BehindNAT says this host is behind NAT: what it reaches changes
+	// within seconds and is worth publishing as often.
+	BehindNAT bool
+}
+
+// Observe reads the device and says what this host sees
+// (backends.EndpointObserver).
+func (b *Backend) Observe() (Observation, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return slices.Clone(b.seen)
+	if b.control == nil {
+		return Observation{}, errors.New("not set up")
+	}
+	dev, err := b.control.Device(b.name)
+	if err != nil {
+		return Observation{}, err
+	}
+	now := time.Now()
+	obs := Observation{Seen: sightings(peerStates(dev.Peers), b.want, now), BehindNAT: b.opts.discovered.self.IsValid()}
+	rx := make(map[keys.Key]activity, len(dev.Peers))
+	for _, p := range dev.Peers {
+		k := keys.Key(p.PublicKey)
+		a, ok := b.rx[k]
+		if !ok {
+			a = activity{rx: p.ReceiveBytes} // a baseline: not live until it moves
+		} else if a.rx != p.ReceiveBytes {
+			a = activity{rx: p.ReceiveBytes, since: now}
+		}
+		rx[k] = a
+		holders := b.holders[k]
+		if obs.BehindNAT && len(holders) == 1 && !a.since.IsZero() && now.Sub(a.since) < liveWindow &&
+			!p.LastHandshakeTime.IsZero() && now.Sub(p.LastHandshakeTime) < RejectAfter && !strings.HasPrefix(holders[0], "peers/") {
+			obs.Reach = append(obs.Reach, holders[0])
+		}
+	}
+	b.rx = rx
+	slices.Sort(obs.Reach)
+	if len(obs.Reach) > lease.MaxSightings {
+		obs.Reach = obs.Reach[:lease.MaxSightings]
+	}
+	return obs, nil
+}
+
+// Relays are the peers this host reaches through a relay, by lease key,
+// with the relay's lease key.
+func (b *Backend) Relays() map[string]string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return maps.Clone(b.opts.discovered.relays)
 }
 
 // noteDiscovery takes up what the hosts' sightings say, and says once
@@ -289,7 +353,7 @@ func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 	if err != nil {
 		return errors.Join(append(errs, err)...)
 	}
-	b.seen = sightings(peerStates(current.Peers), want, time.Now())
+	b.want = want
 	onDemand := b.onDemandWanted(len(want))
 	b.peers.setWanted(want)
 	p := planDevice(current, b.key, b.opts.ListenPort, want, onDemand, b.leaseEndpoints, time.Now())
@@ -341,7 +405,7 @@ func (b *Backend) readOrRecreate() (*wgtypes.Device, error) {
 func (b *Backend) ApplyDelta(_ context.Context, d mesh.Delta) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if !b.applied || changesSightings(d) {
+	if !b.applied || changesSightings(d) || len(b.opts.discovered.relays) > 0 {
 		return mesh.ErrWholeApply
 	}
 	self := b.key.Public()
@@ -392,7 +456,7 @@ func (b *Backend) ApplyDelta(_ context.Context, d mesh.Delta) error {
 	}
 	for _, c := range after {
 		b.holders[c.PublicKey] = []string{c.Lease}
-		b.leaseEndpoints[c.PublicKey] = c.Endpoint
+		b.leaseEndpoints[c.PublicKey] = c.leaseEndpoint()
 	}
 	if err := b.kick(peersToKick(have, heldAfter, changes, false)); err != nil {
 		errs = append(errs, err)

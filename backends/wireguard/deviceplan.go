@@ -50,7 +50,7 @@ func planDevice(current *wgtypes.Device, key keys.Key, port int, want []PeerSpec
 	}
 	p.leaseEndpoints = make(map[keys.Key]netip.AddrPort, len(want))
 	for _, w := range want {
-		p.leaseEndpoints[w.PublicKey] = w.Endpoint
+		p.leaseEndpoints[w.PublicKey] = w.leaseEndpoint()
 	}
 	p.configured = KeepRoamed(want, have, lastEndpoints, now)
 	p.changes = PeerChanges(have, p.configured)

@@ -28,14 +28,28 @@ type discovery struct {
 	// self is where the other hosts see this host; invalid when none
 	// sees it elsewhere than its lease says.
 	self netip.AddrPort
+	// relays are, for this host behind NAT, the peers behind NAT it
+	// reaches through a relay, by lease key, and the relay's lease key
+	// (chooseRelays).
+	relays map[string]string
 }
 
 // discover tallies the sightings of d's leases (this host's own
-// included). A sighting of an address inside the Network or PeersNetwork,
+// included; see weight). A sighting of an address inside the Network or PeersNetwork,
 // or of a host by itself, is ignored: a host is never sent its own
 // overlay's traffic to reach another.
 func discover(d mesh.Desired) discovery {
 	votes := map[string]map[netip.AddrPort]int{}
+	// A sighting counts once; one by this host itself, or by a host it
+	// reaches now (its WeftReach), counts twice: a host that went away
+	// leaves its last sightings in its lease, and a NAT's mapping may have
+	// changed since.
+	weight := func(from string) int {
+		if from == d.Self.Key() || slices.Contains(d.Self.Attrs.Reach, from) {
+			return 2
+		}
+		return 1
+	}
 	tally := func(from string, seen []lease.Sighting) {
 		for _, s := range seen {
 			a := s.Endpoint.Addr()
@@ -46,7 +60,7 @@ func discover(d mesh.Desired) discovery {
 			if votes[s.Lease] == nil {
 				votes[s.Lease] = map[netip.AddrPort]int{}
 			}
-			votes[s.Lease][s.Endpoint]++
+			votes[s.Lease][s.Endpoint] += weight(from)
 		}
 	}
 	tally(d.Self.Key(), d.Self.Attrs.Seen)
@@ -69,24 +83,92 @@ func discover(d mesh.Desired) discovery {
 			out.peers[key] = best
 		}
 	}
+	if out.self.IsValid() {
+		out.relays = chooseRelays(d, out)
+	}
 	return out
 }
 
-// changesSightings reports whether a delta changes what any host sees:
-// the discovery must then be redone on the whole state.
+// chooseRelays decides, for this host behind NAT, how it reaches each
+// peer behind NAT, from what both publish, so both ends decide alike at
+// once (WireGuard drops a packet whose inner source is not among the
+// sending peer's AllowedIPs: both must send the pair's traffic through
+// the same relay at the same moment, and neither may go by its own timer).
+// The pair goes direct when each names the other in its WeftReach; else
+// through the relay both name whose lease key is lowest among the hosts
+// not behind NAT; with none, direct (and it is tried, kept open, until
+// it works).
+func chooseRelays(d mesh.Desired, found discovery) map[string]string {
+	self := d.Self.Key()
+	mine := d.Self.Attrs.Reach
+	var candidates []string
+	reachOf := make(map[string][]string, len(d.Peers))
+	for _, p := range d.Peers {
+		if p.Standby {
+			continue
+		}
+		reachOf[p.Key] = p.Reach
+		if _, behindNAT := found.peers[p.Key]; !behindNAT {
+			candidates = append(candidates, p.Key)
+		}
+	}
+	slices.Sort(candidates)
+	relays := map[string]string{}
+	for peer := range found.peers {
+		theirs, ok := reachOf[peer]
+		if !ok || slices.Contains(mine, peer) && slices.Contains(theirs, self) {
+			continue
+		}
+		for _, r := range candidates {
+			if slices.Contains(mine, r) && slices.Contains(theirs, r) {
+				relays[peer] = r
+				break
+			}
+		}
+	}
+	return relays
+}
+
+// relay moves the AllowedIPs of each relayed peer to its relay's spec:
+// the relay forwards the pair's traffic, each hop in its own WireGuard
+// session. The relayed peer stays on the device without AllowedIPs, with
+// its endpoint and keepalive, so a direct path is found when one opens.
+func relay(specs []PeerSpec, relays map[string]string) []PeerSpec {
+	if len(relays) == 0 {
+		return specs
+	}
+	at := make(map[string]int, len(specs))
+	for i, s := range specs {
+		at[s.Lease] = i
+	}
+	for i, s := range specs {
+		r, ok := relays[s.Lease]
+		j, found := at[r]
+		if !ok || !found {
+			continue
+		}
+		specs[j].AllowedIPs = append(slices.Clone(specs[j].AllowedIPs), s.AllowedIPs...)
+		specs[i].AllowedIPs, specs[i].Relay = nil, r
+	}
+	return specs
+}
+
+// changesSightings reports whether a delta changes what any host sees or
+// reaches: the discovery must then be redone on the whole state.
 func changesSightings(d mesh.Delta) bool {
-	old := make(map[string][]lease.Sighting, len(d.Old))
+	old := make(map[string]mesh.Peer, len(d.Old))
 	for _, p := range d.Old {
-		old[p.Key] = p.Seen
+		old[p.Key] = p
 	}
 	for _, p := range d.New {
-		if prev, ok := old[p.Key]; !slices.Equal(prev, p.Seen) || !ok && len(p.Seen) > 0 {
+		prev, ok := old[p.Key]
+		if !slices.Equal(prev.Seen, p.Seen) || !slices.Equal(prev.Reach, p.Reach) || !ok && (len(p.Seen) > 0 || len(p.Reach) > 0) {
 			return true
 		}
 		delete(old, p.Key)
 	}
-	for _, seen := range old {
-		if len(seen) > 0 {
+	for _, p := range old {
+		if len(p.Seen) > 0 || len(p.Reach) > 0 {
 			return true
 		}
 	}

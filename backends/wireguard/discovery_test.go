@@ -56,8 +56,8 @@ func TestDiscovery(t *testing.T) {
 		if s.Lease == "10.5.3.0-24" {
 			want = ep("192.168.50.13:51820")
 		}
-		if s.Endpoint != want || s.Keepalive != natKeepalive {
-			t.Errorf("%s: endpoint %v keepalive %v, want %v and %v (this host is behind NAT)", s.Lease, s.Endpoint, s.Keepalive, want, natKeepalive)
+		if s.Endpoint != want || s.Keepalive != pathKeepalive {
+			t.Errorf("%s: endpoint %v keepalive %v, want %v and %v (this host is behind NAT)", s.Lease, s.Endpoint, s.Keepalive, want, pathKeepalive)
 		}
 	}
 	// What this host's device sees: host 3 where its packets come from.
@@ -75,5 +75,74 @@ func TestDiscovery(t *testing.T) {
 	}
 	if changesSightings(mesh.Delta{Old: d.Peers[:1], New: d.Peers[:1]}) {
 		t.Error("a delta keeping the sightings is applied whole")
+	}
+}
+
+// TestChooseRelays: a pair of hosts behind NAT goes direct when each names
+// the other in its WeftReach, else through the relay (a host not behind
+// NAT) both name with the lowest lease key; both ends decide alike. The
+// relayed peer's AllowedIPs move to the relay's spec; the peer stays on
+// the device without them, so a direct path is found when one opens.
+func TestChooseRelays(t *testing.T) {
+	ep := netip.MustParseAddrPort
+	kA, kB, k1, k9 := mustKey(t), mustKey(t), mustKey(t), mustKey(t)
+	const a, b, r1, r9 = "10.5.2.0-24", "10.5.3.0-24", "10.5.1.0-24", "10.5.9.0-24"
+	// Hosts 1 and 9 see a and b at their NATs.
+	seen := []lease.Sighting{{Lease: a, Endpoint: ep("192.168.50.12:4001")}, {Lease: b, Endpoint: ep("192.168.50.13:4002")}}
+	leaseOf := func(key, ip string, k keys.Key, s []lease.Sighting, reach []string) lease.Lease {
+		data, _ := json.Marshal(BackendData{PublicKey: k.String(), Port: 51820})
+		subnet := netip.MustParsePrefix(key[:len(key)-3] + "/24")
+		return lease.Lease{Subnet: subnet, Attrs: lease.Attrs{PublicIP: netip.MustParseAddr(ip), BackendType: "wireguard", BackendData: data, Seen: s, Reach: reach}}
+	}
+	cfg, err := lease.ParseConfig([]byte(`{"Network":"10.5.0.0/16","Backend":{"Type":"wireguard"}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	view := func(self string, reachA, reachB []string) (discovery, []PeerSpec) {
+		all := []lease.Lease{leaseOf(a, "172.31.2.2", kA, nil, reachA), leaseOf(b, "172.31.3.2", kB, nil, reachB),
+			leaseOf(r1, "192.168.50.11", k1, seen, nil), leaseOf(r9, "192.168.50.19", k9, seen, nil)}
+		var me lease.Lease
+		var others []lease.Lease
+		for _, l := range all {
+			if l.Key() == self {
+				me = l
+			} else {
+				others = append(others, l)
+			}
+		}
+		d := mesh.Compute(me, others, cfg)
+		found := discover(d)
+		specs, problems := candidates(d, keys.Key{1}, Options{discovered: found})
+		if len(problems) > 0 {
+			t.Fatal(problems)
+		}
+		return found, specs
+	}
+	for _, tt := range []struct {
+		name           string
+		reachA, reachB []string
+		relay          string
+	}{
+		{"both reach both relays: the lowest", []string{r1, r9}, []string{r1, r9}, r1},
+		{"only one relay in common", []string{r1, r9}, []string{r9}, r9},
+		{"each names the other: direct", []string{b, r1}, []string{a, r1}, ""},
+		{"only one names the other: relayed", []string{b, r1}, []string{r1}, r1},
+		{"no relay in common: direct, tried", []string{r1}, []string{r9}, ""},
+	} {
+		foundA, specsA := view(a, tt.reachA, tt.reachB)
+		foundB, _ := view(b, tt.reachA, tt.reachB)
+		if foundA.relays[b] != tt.relay || foundB.relays[a] != tt.relay {
+			t.Errorf("%s: a relays b through %q, b relays a through %q, want %q", tt.name, foundA.relays[b], foundB.relays[a], tt.relay)
+		}
+		for _, s := range specsA {
+			switch {
+			case s.Lease == b && tt.relay != "" && (len(s.AllowedIPs) != 0 || s.Relay != tt.relay || s.Endpoint != ep("192.168.50.13:4002")):
+				t.Errorf("%s: b's spec %+v, want no AllowedIPs, relayed by %s, kept at its NAT's endpoint", tt.name, s, tt.relay)
+			case s.Lease == tt.relay && len(s.AllowedIPs) != 2:
+				t.Errorf("%s: the relay's AllowedIPs %v, want its own subnet and b's", tt.name, s.AllowedIPs)
+			case s.Lease == b && tt.relay == "" && len(s.AllowedIPs) != 1:
+				t.Errorf("%s: b's AllowedIPs %v, want its subnet (direct)", tt.name, s.AllowedIPs)
+			}
+		}
 	}
 }

@@ -26,6 +26,9 @@ type PeerSpec struct {
 	// NAT says the peer's lease marks it behind NAT, or the hosts see it
 	// behind one (discovery).
 	NAT bool
+	// Relay is the lease key of the host the peer's traffic goes through
+	// (its AllowedIPs are the relay's then); empty when direct.
+	Relay string
 	// Advertised is the endpoint the peer's lease names, which Endpoint
 	// replaces when the peer is seen elsewhere (discovery); what this
 	// host's device sees against it is its sighting.
@@ -79,11 +82,23 @@ func KeepRoamed(want []PeerSpec, have []PeerState, lastLease map[keys.Key]netip.
 		// Without a record (weftd just started on a kernel device that
 		// kept its peers) the lease is taken as unchanged: a roamed
 		// endpoint with recent handshakes works, whatever the lease says.
-		if last, ok := lastLease[w.PublicKey]; (!ok || last == w.Endpoint) && !h.LastHandshake.IsZero() && now.Sub(h.LastHandshake) < RejectAfter {
+		// What other hosts see of the peer (discovery) does not count as
+		// a move: this host's own working path comes first (behind a NAT
+		// that maps each destination anew, the others see other ports).
+		if last, ok := lastLease[w.PublicKey]; (!ok || last == w.leaseEndpoint()) && !h.LastHandshake.IsZero() && now.Sub(h.LastHandshake) < RejectAfter {
 			out[i].Endpoint = h.Endpoint
 		}
 	}
 	return out
+}
+
+// leaseEndpoint is the endpoint the peer's lease names (Advertised), or
+// the one it was given (an outside peer's).
+func (s PeerSpec) leaseEndpoint() netip.AddrPort {
+	if s.Advertised.IsValid() {
+		return s.Advertised
+	}
+	return s.Endpoint
 }
 
 // Change is one per-peer delta. Remove drops the peer; otherwise the peer
@@ -237,14 +252,16 @@ func candidates(d mesh.Desired, self keys.Key, opts Options) ([]PeerSpec, []erro
 			spec.Endpoint, spec.NAT = ep, true
 		}
 		if seen || opts.discovered.self.IsValid() {
-			// A NAT on either side: the path is kept open.
-			spec.Keepalive = cmp.Or(spec.Keepalive, natKeepalive)
+			// A NAT on either side: the path is kept open, and each end
+			// hears from the other often enough to know within seconds
+			// when it stops (a relay gone, WeftReach).
+			spec.Keepalive = cmp.Or(spec.Keepalive, pathKeepalive)
 		}
 		if len(spec.AllowedIPs) > 0 {
 			out = append(out, spec)
 		}
 	}
-	return out, problems
+	return relay(out, opts.discovered.relays), problems
 }
 
 // DirectRoutes are the plain routes of the peers DirectRouting reaches

@@ -88,9 +88,12 @@ func (s *Stack) CarryMTU(mtu int) {
 	}
 }
 
-// Sightings are the first device's (see Backend.Sightings): discovery
-// runs on the IPv4 half.
-func (s *Stack) Sightings() []lease.Sighting { return s.devices[0].Sightings() }
+// Observe is the first device's (see Backend.Observe): discovery runs on
+// the IPv4 half.
+func (s *Stack) Observe() (Observation, error) { return s.devices[0].Observe() }
+
+// Relays are the first device's (see Backend.Relays).
+func (s *Stack) Relays() map[string]string { return s.devices[0].Relays() }
 
 // CarriedMTU is the largest MTU a device carries above its own, else 0.
 func (s *Stack) CarriedMTU() int {

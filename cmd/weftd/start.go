@@ -125,8 +125,8 @@ func (l daemonLoops) start(ctx context.Context, g *errgroup.Group, o *options, l
 	}
 	g.Go(func() error { return watchBackendType(ctx, l.store, cfg, o.resync, l.configType, log) })
 	g.Go(func() error { return followUnderlay(ctx, o, l.ext, cfg.EnableIPv6, log) })
-	if _, ok := backends.Sightings(l.backend); ok {
-		g.Go(func() error { return publishSightings(ctx, l.backend, l.holder, o.resync, log) })
+	if observer, ok := backends.Observer(l.backend); ok {
+		g.Go(func() error { return publishObservations(ctx, observer, l.holder, o.resync, log) })
 	}
 	g.Go(func() error { return l.watcher.Run(ctx) })
 	g.Go(func() error { return l.holder.Run(ctx) })

@@ -138,6 +138,12 @@ func (o *observer) status() status.Document {
 			}
 		}
 	}
+	var relays map[string]string
+	if b, ok := o.backend.(backends.Backend); ok {
+		if observer, ok := backends.Observer(b); ok {
+			relays = observer.Relays()
+		}
+	}
 	for _, p := range desired.Peers {
 		path := o.paths.Of(p)
 		ps := status.Peer{Lease: p.Key, Subnet: p.Subnet.String(), PublicIP: p.PublicIP.String(), State: "programmed",
@@ -149,6 +155,9 @@ func (o *observer) status() status.Document {
 			ps.RxBytes, ps.TxBytes = wp.ReceiveBytes, wp.TransmitBytes
 			if wp.Endpoint != nil {
 				ps.Via, ps.Endpoint = "direct", wp.Endpoint.String()
+			}
+			if r := relays[p.Key]; r != "" {
+				ps.Via = "relay " + r
 			}
 			if wp.LastHandshakeTime.IsZero() {
 				ps.State = "no handshake"

@@ -81,7 +81,8 @@ type Peer struct {
 	Encrypted bool   `json:"encrypted"`
 	InClear   string `json:"in_clear,omitempty"`
 	// Via is how a WireGuard peer is reached: "direct" at Endpoint (the
-	// address its lease names, or where the hosts see it behind NAT).
+	// address its lease names, or where the hosts see it behind NAT), or
+	// "relay <lease key>" through that host at Endpoint.
 	Via           string `json:"via,omitempty"`
 	Endpoint      string `json:"endpoint,omitempty"`
 	LastHandshake string `json:"last_handshake,omitempty"`

@@ -1,0 +1,97 @@
+package lab
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/weftnet/weft/backends"
+	"github.com/weftnet/weft/lease"
+)
+
+// TestNATToNATRelay: hosts 3 and 4 each behind a NAT router that maps
+// every destination to a new port (no direct path can open), hosts 1 and 2
+// public. Hosts 3 and 4 reach each other through a relay both reach (the
+// public host with the lowest lease key), each hop encrypted. The relay's
+// link goes down: within 10 s the pair goes through the other public
+// host. The NATs then keep ports: the pair goes direct within 30 s.
+func TestNATToNATRelay(t *testing.T) {
+	l := newLab(t, Options{Hosts: 4, NATHosts: 2, Backend: backends.WireGuard})
+	if err := l.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	h3, h4 := l.Hosts[2], l.Hosts[3]
+	eventually(t, "full ping matrix with hosts 3 and 4 behind NATs", 60*time.Second, func() error {
+		if table, ok := l.PingMatrix(); !ok {
+			return fmt.Errorf("\n%s", table)
+		}
+		return nil
+	})
+	relay, other := l.Hosts[0], l.Hosts[1]
+	if lease.SubnetKey(other.Subnet) < lease.SubnetKey(relay.Subnet) {
+		relay, other = other, relay
+	}
+	checkVia(t, h3, h4, "relay "+lease.SubnetKey(relay.Subnet))
+	checkVia(t, h4, h3, "relay "+lease.SubnetKey(relay.Subnet))
+
+	if _, err := Exec(relay.Name, "ip", "link", "set", "eth0", "down"); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	eventually(t, "hosts 3 and 4 through the other relay", 10*time.Second, func() error {
+		return l.Ping(h3, h4)
+	})
+	reliability(t, "relay gone: hosts behind NATs reached each other again after %s", time.Since(start).Round(100*time.Millisecond))
+	checkVia(t, h3, h4, "relay "+lease.SubnetKey(other.Subnet))
+
+	for _, h := range []*Host{h3, h4} {
+		if err := RunAll([]string{"ip", "netns", "exec", h.NAT, "iptables", "-t", "nat", "-R", "POSTROUTING", "1", "-o", "eth0", "-j", "MASQUERADE"}); err != nil {
+			t.Fatal(err)
+		}
+		if err := inNetns(h.NAT, func() error { return netlink.ConntrackTableFlush(netlink.ConntrackTable) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start = time.Now()
+	eventually(t, "hosts 3 and 4 direct once their NATs keep ports", 30*time.Second, func() error {
+		if via := viaOf(t, h3, h4); via != "direct" {
+			return fmt.Errorf("h3 reaches h4 via %q", via)
+		}
+		return l.Ping(h3, h4)
+	})
+	reliability(t, "NATs now keep ports: hosts behind them went direct after %s", time.Since(start).Round(100*time.Millisecond))
+	checkVia(t, h4, h3, "direct")
+}
+
+// viaOf is how from's weftd says it reaches to (status Via).
+func viaOf(t *testing.T, from, to *Host) string {
+	t.Helper()
+	out, err := Exec(from.Name, weftctlBin, "status", "-o", "json")
+	if err != nil {
+		return ""
+	}
+	var s struct {
+		Peers []struct{ Lease, Via string }
+	}
+	if json.Unmarshal([]byte(out), &s) != nil {
+		return ""
+	}
+	for _, p := range s.Peers {
+		if p.Lease == lease.SubnetKey(to.Subnet) {
+			return p.Via
+		}
+	}
+	return ""
+}
+
+func checkVia(t *testing.T, from, to *Host, want string) {
+	t.Helper()
+	if via := viaOf(t, from, to); !strings.HasPrefix(via, want) {
+		t.Errorf("%s reaches %s via %q, want %q", from.Name, to.Name, via, want)
+	}
+}
