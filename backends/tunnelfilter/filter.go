@@ -154,6 +154,12 @@ func (f *Filter) Ensure() error {
 	}
 	keep4, _ := f.elements(peers4)
 	keep6, _ := f.elements(peers6)
+	// The kept elements go in with the table as far as one transaction
+	// holds them (messagesPerTransaction, half per family); the rest follow
+	// at once in transactions of their own.
+	var later []netip.Addr
+	keep4, later = splitAt(keep4, messagesPerTransaction/2*elementsPerMessage, later)
+	keep6, later = splitAt(keep6, messagesPerTransaction/2*elementsPerMessage, later)
 	c := f.conn
 	c.AddTable(f.table)
 	c.DelTable(f.table) // add first, so the delete cannot fail on a missing table
@@ -191,7 +197,15 @@ func (f *Filter) Ensure() error {
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("writing nftables table %s: %w", TableName, err)
 	}
-	return nil
+	return f.Update(later, nil)
+}
+
+// splitAt keeps the first n of addrs and appends the rest to later.
+func splitAt(addrs []netip.Addr, n int, later []netip.Addr) ([]netip.Addr, []netip.Addr) {
+	if len(addrs) <= n {
+		return addrs, later
+	}
+	return addrs[:n], append(later, addrs[n:]...)
 }
 
 // current reports whether the table holds exactly the wanted chain and
@@ -264,6 +278,11 @@ func elements(addrs []netip.Addr) []nftables.SetElement {
 // elementsPerMessage is how many set elements go in one netlink message.
 const elementsPerMessage = 512
 
+// messagesPerTransaction bounds the messages sent in one transaction: the
+// library sends a transaction in one sendmsg, which the kernel refuses
+// above its limit (EMSGSIZE: at 50,000 peers, weftd never got READY).
+const messagesPerTransaction = 8
+
 // Peers lists the addresses the filter accepts tunnel packets from.
 func (f *Filter) Peers() ([]netip.Addr, error) {
 	v4, err := f.elements(peers4)
@@ -274,10 +293,19 @@ func (f *Filter) Peers() ([]netip.Addr, error) {
 	return append(v4, v6...), err
 }
 
-// Update adds and removes peer addresses, element by element, in one
-// transaction: its cost follows the change, not the number of peers.
+// Update adds and removes peer addresses, element by element: its cost
+// follows the change, not the number of peers. A large change goes in
+// several transactions (messagesPerTransaction); each leaves the sets
+// consistent, since an element added or removed early harms nothing.
 func (f *Filter) Update(add, remove []netip.Addr) error {
 	if len(add) == 0 && len(remove) == 0 {
+		return nil
+	}
+	messages := 0
+	sent := func() error {
+		if messages++; messages%messagesPerTransaction == 0 {
+			return f.conn.Flush()
+		}
 		return nil
 	}
 	for _, family := range []struct {
@@ -300,9 +328,15 @@ func (f *Filter) Update(add, remove []netip.Addr) error {
 			if err := f.conn.SetDeleteElements(set, elements(chunk)); err != nil {
 				return err
 			}
+			if err := sent(); err != nil {
+				return err
+			}
 		}
 		for chunk := range slices.Chunk(adds, elementsPerMessage) {
 			if err := f.conn.SetAddElements(set, elements(chunk)); err != nil {
+				return err
+			}
+			if err := sent(); err != nil {
 				return err
 			}
 		}
