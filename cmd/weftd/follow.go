@@ -8,9 +8,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
-	"github.com/weftnet/weft/backends"
 	"github.com/weftnet/weft/backends/underlay"
-	"github.com/weftnet/weft/lease"
 )
 
 // errUnderlayChanged ends a run whose external interface or address
@@ -80,40 +78,6 @@ func settle(ctx context.Context, addrs <-chan netlink.AddrUpdate, links <-chan n
 		case <-links:
 		case <-time.After(underlaySettle):
 			return true
-		}
-	}
-}
-
-// observeOften is how often a host behind NAT publishes what it sees:
-// its relays' liveness decides within seconds how its pairs go.
-const observeOften = 2 * time.Second
-
-// publishObservations publishes in this host's lease, when it changed,
-// where its WireGuard device sees peers whose packets come from another
-// endpoint than their leases name (WeftSeen) and, behind NAT, which peers
-// it reaches directly (WeftReach): the other hosts learn from it where
-// those peers are reached, each host where its own packets leave its NAT,
-// and a pair behind NATs whether it goes direct or through which relay
-// (see lease.Sighting). It looks every resync interval, every
-// observeOften behind NAT.
-func publishObservations(ctx context.Context, observer backends.EndpointObserver, holder *lease.Holder, every time.Duration, log *slog.Logger) error {
-	wait := every
-	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(wait):
-		}
-		obs, err := observer.Observe()
-		if err != nil {
-			continue
-		}
-		wait = every
-		if obs.BehindNAT {
-			wait = min(every, observeOften)
-		}
-		if holder.SetSeen(obs.Seen, obs.Reach) {
-			log.Info("publishing where this host sees peers behind NAT, and what it reaches", "sightings", len(obs.Seen), "reach", obs.Reach)
 		}
 	}
 }
