@@ -38,13 +38,14 @@ type scaleResult struct {
 // changeRuns is how many single-lease adds and removes are timed; medians.
 const changeRuns = 5
 
-// scaleNetwork leaves room for 10,000 /24 subnets.
+// scaleNetwork leaves room for 65,280 simulated /24 subnets beside the
+// lab's own hosts (which lease in 10.0.x.0).
 const scaleNetwork = "10.0.0.0/8"
 
-// fakeLease is lease i of a simulated cluster: a /24 in 10.0.0.0/8 behind
-// 172.16.x.y, with valid BackendData for backend.
+// fakeLease is lease i of a simulated cluster: a /24 in 10.0.0.0/8 from
+// 10.1.0.0 on, behind 172.16.x.y, with valid BackendData for backend.
 func fakeLease(backend string, i int) (string, []byte) {
-	subnet := fmt.Sprintf("10.%d.%d.0-24", 100+i/256, i%256)
+	subnet := fmt.Sprintf("10.%d.%d.0-24", 1+i/256, i%256)
 	data := ""
 	switch backend {
 	case backends.VXLAN:
@@ -148,7 +149,7 @@ func measureScale(row, weftd string, n int, profileDir string) (scaleResult, err
 	backend, backendConfig := scaleBackendConfig(row)
 	l, err := startLab(lab.Options{Hosts: 2, Weftd: weftd,
 		// The lab's hosts lease in 10.0.x.0; the simulated ones live from
-		// 10.100.0.0 on, so they never collide.
+		// 10.1.0.0 on, so they never collide.
 		Config: fmt.Sprintf(`{"Network":%q,"SubnetMin":"10.0.1.0","SubnetMax":"10.0.255.0","Backend":%s}`, scaleNetwork, backendConfig)})
 	if err != nil {
 		return res, err
@@ -156,7 +157,12 @@ func measureScale(row, weftd string, n int, profileDir string) (scaleResult, err
 	defer l.Close()
 	ctx := context.Background()
 	h1 := l.Hosts[0]
-	l.StopWeftd(h1, syscall.SIGTERM)
+	// Both weftds stop: h1 to start cold, h2 so that it does not take the
+	// machine's CPU (programming every lease, and a whole apply every
+	// lab resync) while h1 is timed. Their leases stay in etcd.
+	for _, h := range l.Hosts {
+		l.StopWeftd(h, syscall.SIGTERM)
+	}
 	if res.writeLeases, err = writeFakeLeases(l, backend, n); err != nil {
 		return res, err
 	}
