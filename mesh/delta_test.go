@@ -153,6 +153,11 @@ func TestBackendSkipsDoNotBlockReady(t *testing.T) {
 	if len(d.Peers) != 0 || len(d.Skipped) != 1 || !strings.Contains(d.Skipped[0].Reason, "not a unicast MAC") {
 		t.Errorf("desired %+v", d)
 	}
+	// What /metrics counts without building the Desired.
+	n := 0
+	if skipped := tn.reconciler.EachPeer(func(*Peer) { n++ }); n != 0 || skipped != 1 {
+		t.Errorf("EachPeer: %d peers and %d skipped, want the one lease skipped by the backend", n, skipped)
+	}
 	if st := tn.reconciler.Stats(); st.Errors != 0 || st.LastError != "" {
 		t.Errorf("a skipped peer counted as an error: %+v", st)
 	}
@@ -168,7 +173,8 @@ func TestChangedPeers(t *testing.T) {
 	stay, leave, move, moved, come := p("10.5.2.0/24", "192.168.50.2"), p("10.5.3.0/24", "192.168.50.3"),
 		p("10.5.4.0/24", "192.168.50.4"), p("10.5.4.0/24", "192.168.50.44"), p("10.5.5.0/24", "192.168.50.5")
 	old := newModel(Desired{Peers: []Peer{stay, leave, move}})
-	gone, added := changedPeers(old, newModel(Desired{Peers: []Peer{stay, moved, come}}))
+	next := Desired{Peers: []Peer{stay, moved, come}}
+	gone, added := changedPeers(old, newModel(next), next.Peers)
 	keys := func(ps []Peer) string {
 		var out []string
 		for _, p := range ps {
@@ -180,7 +186,7 @@ func TestChangedPeers(t *testing.T) {
 	if keys(gone) != "192.168.50.3 192.168.50.4" || keys(added) != "192.168.50.44 192.168.50.5" {
 		t.Errorf("gone %s, added %s", keys(gone), keys(added))
 	}
-	if gone, added := changedPeers(nil, old); len(gone) != 0 || len(added) != 3 {
+	if gone, added := changedPeers(nil, newModel(next), next.Peers); len(gone) != 0 || len(added) != 3 {
 		t.Errorf("from nothing: gone %v, added %v", gone, added)
 	}
 }

@@ -23,10 +23,12 @@ type Applier interface {
 // LeaseSource is the lease set as lease.Watcher keeps it from the store's
 // watch; tests use the same Watcher over leasetest's store.
 type LeaseSource interface {
-	// Leases returns every valid lease.
-	Leases() []lease.Lease
-	// Record returns the raw record at key, valid or not.
-	Record(key string) (lease.Record, bool)
+	// SharedLeases returns every valid lease, as the source's own copies
+	// (read only).
+	SharedLeases() []*lease.Lease
+	// RecordRevision returns the store revision of the record at key,
+	// valid or not.
+	RecordRevision(key string) (int64, bool)
 	// Lease returns the valid lease at key.
 	Lease(key string) (lease.Lease, bool)
 	// ChangesSince names the keys changed since generation gen; whole means
@@ -135,6 +137,27 @@ func (r *Reconciler) Desired() Desired {
 	return d
 }
 
+// EachPeer calls f with each peer of the desired state last handed to the
+// backend, those the backend left out excepted, in no order, and returns
+// how many leases are skipped (Desired's Skipped, without building it).
+// f must not keep p, nor call the Reconciler.
+func (r *Reconciler) EachPeer(f func(p *Peer)) (skipped int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.model == nil {
+		return 0
+	}
+	skipped = len(r.model.skipped)
+	for key, p := range r.model.peers {
+		if _, left := r.backendSkips[key]; left {
+			skipped++
+			continue
+		}
+		f(p)
+	}
+	return skipped
+}
+
 // Stats returns a copy of the loop's counters.
 func (r *Reconciler) Stats() Stats {
 	r.mu.Lock()
@@ -214,7 +237,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 
 func (r *Reconciler) reconcile(ctx context.Context, log *slog.Logger, resync bool) {
 	self := r.Own.Current()
-	if rec, ok := r.Leases.Record(self.Key()); !ok || rec.Revision != self.Revision {
+	if rev, ok := r.Leases.RecordRevision(self.Key()); !ok || rev != self.Revision {
 		// Our lease vanished or was rewritten by someone: let the holder
 		// check and claim it back. The data path stays as it is meanwhile.
 		r.Own.Verify()
@@ -271,7 +294,7 @@ func (r *Reconciler) reconcile(ctx context.Context, log *slog.Logger, resync boo
 	if len(keys) > 0 || whole {
 		// The time of this line is when the data path holds the change:
 		// the benchmarks read it to time a lease's way into the kernel.
-		log.Debug("applied", "whole", whole, "peers", peers, "leases_changed", summarize(keys), "took", time.Since(start))
+		log.Debug("applied", "whole", whole, "peers", peers, "leases_changed", SummarizeKeys(keys), "took", time.Since(start))
 	}
 	if r.OnApplied != nil {
 		r.OnApplied(self, peers)
@@ -302,7 +325,7 @@ func (r *Reconciler) noteBackendSkips(log *slog.Logger, skipped []*PeerSkipped, 
 
 // applyWhole computes the whole desired state and has the backend apply it.
 func (r *Reconciler) applyWhole(ctx context.Context, log *slog.Logger, self lease.Lease) error {
-	desired := Compute(self, r.Leases.Leases(), r.Config)
+	desired := ComputeShared(self, r.Leases.SharedLeases(), r.Config)
 	if r.Outside != nil {
 		desired.Outside = r.Outside.Peers()
 	}
@@ -321,7 +344,7 @@ func (r *Reconciler) applyWhole(ctx context.Context, log *slog.Logger, self leas
 	r.model = m
 	r.mu.Unlock()
 	if r.OnPeersChanged != nil {
-		r.OnPeersChanged(changedPeers(old, m))
+		r.OnPeersChanged(changedPeers(old, m, desired.Peers))
 	}
 	return r.Backend.Apply(ctx, desired)
 }
@@ -353,8 +376,9 @@ func warnSkipped(log *slog.Logger, s Skipped) {
 	log.Warn("skipping lease", "key", s.Key, "reason", s.Reason)
 }
 
-// summarize names up to 16 changed keys for a log line, then counts the rest.
-func summarize(keys []string) string {
+// SummarizeKeys names up to 16 lease keys for a log line, then counts the
+// rest: a line about 50,000 leases stays one line.
+func SummarizeKeys(keys []string) string {
 	const show = 16
 	if len(keys) <= show {
 		return strings.Join(keys, ",")

@@ -2,7 +2,6 @@ package main
 
 import (
 	"log/slog"
-	"sync"
 
 	"github.com/weftnet/weft/backends"
 	"github.com/weftnet/weft/mesh"
@@ -11,40 +10,82 @@ import (
 // pathLog logs, once per peer, that its traffic goes in clear and why (the
 // Reconciler's OnPeersChanged): its lease names an unencrypted backend, or
 // DirectRouting reaches it without WireGuard. A peer whose reason changes
-// is logged again; one that leaves is forgotten.
+// is logged again. When one apply brings more than pathLogEach peers in
+// clear (the start of a large vxlan cluster), they are logged as one line
+// per reason with a count, not one line per peer.
+//
+// It keeps no record of what it said: a peer that changed comes in gone
+// as it was and in added as it is, and the rule tells both reasons. (A
+// map of every peer in clear was 3 MB at 50,000 vxlan leases.)
 type pathLog struct {
 	rule backends.PathRule
 	log  *slog.Logger
-
-	mu   sync.Mutex
-	said map[string]string // lease key → the reason logged
 }
 
+// pathLogEach is how many peers one apply logs a line each for.
+const pathLogEach = 16
+
 func newPathLog(rule backends.PathRule, log *slog.Logger) *pathLog {
-	return &pathLog{rule: rule, log: log, said: map[string]string{}}
+	return &pathLog{rule: rule, log: log}
+}
+
+// inClear is one peer to log: its lease key and its path.
+type inClear struct {
+	key  string
+	path backends.Path
 }
 
 // peersChanged takes the peers that left the desired state or changed
-// (gone) and those that joined it or changed (added).
+// (gone, as they were) and those that joined it or changed (added, as
+// they are).
 func (p *pathLog) peersChanged(gone, added []mesh.Peer) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	stays := make(map[string]bool, len(added))
-	for _, peer := range added {
-		stays[peer.Key] = true
-		path := p.rule.Of(peer)
-		if path.Encrypted {
-			delete(p.said, peer.Key)
-			continue
-		}
-		if p.said[peer.Key] != path.Why {
-			p.log.Info("peer in clear", "lease", peer.Key, "path", path.Name, "why", path.Why)
-			p.said[peer.Key] = path.Why
+	var before map[string]string // the reasons of changed peers, as they were
+	if len(gone) > 0 {
+		before = make(map[string]string, len(gone))
+		for _, peer := range gone {
+			before[peer.Key] = p.rule.Of(peer).Why
 		}
 	}
-	for _, peer := range gone {
-		if !stays[peer.Key] {
-			delete(p.said, peer.Key)
+	var news []inClear
+	for _, peer := range added {
+		path := p.rule.Of(peer)
+		if path.Encrypted {
+			continue
 		}
+		if was, changed := before[peer.Key]; !changed || was != path.Why {
+			news = append(news, inClear{peer.Key, path})
+		}
+	}
+	if len(news) <= pathLogEach {
+		for _, n := range news {
+			p.log.Info("peer in clear", "lease", n.key, "path", n.path.Name, "why", n.path.Why)
+		}
+		return
+	}
+	p.summarize(news)
+}
+
+// summarize logs many peers in clear as one line per path and reason, in
+// the order the reasons first appear, naming the first few leases.
+func (p *pathLog) summarize(news []inClear) {
+	type group struct {
+		path backends.Path
+		keys []string
+	}
+	var order []string
+	groups := map[string]*group{}
+	for _, n := range news {
+		id := n.path.Name + "\x00" + n.path.Why
+		g := groups[id]
+		if g == nil {
+			g = &group{path: n.path}
+			groups[id] = g
+			order = append(order, id)
+		}
+		g.keys = append(g.keys, n.key)
+	}
+	for _, id := range order {
+		g := groups[id]
+		p.log.Info("peers in clear", "count", len(g.keys), "path", g.path.Name, "why", g.path.Why, "leases", mesh.SummarizeKeys(g.keys))
 	}
 }
