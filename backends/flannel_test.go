@@ -90,7 +90,7 @@ func planPeers(t *testing.T, backend string, cfg *lease.Config, d mesh.Desired) 
 		for i, fdb := range s.FDB {
 			var data vxlan.BackendData
 			json.Unmarshal(d.Peers[i].BackendData, &data)
-			if fdb.MAC != data.VtepMAC || fdb.Dst != d.Peers[i].PublicIP {
+			if fdb.MAC.String() != data.VtepMAC || fdb.Dst != d.Peers[i].PublicIP {
 				t.Errorf("vxlan FDB %+v, want flannel's VtepMAC %s to %s", fdb, data.VtepMAC, d.Peers[i].PublicIP)
 			}
 		}

@@ -640,3 +640,32 @@ func checkWatchPeers(t *testing.T, store lease.PeerStore) {
 		t.Errorf("WatchPeers ended with %v", err)
 	}
 }
+
+// TestListReadsEveryPage: etcd's List reads the leases in pages of
+// 1,000; 2,345 leases come back whole, each once, at one revision.
+func TestListReadsEveryPage(t *testing.T) {
+	stores(t, func(t *testing.T, s lease.Store) {
+		ctx := context.Background()
+		const n = 2345
+		for i := range n {
+			key := fmt.Sprintf("10.%d.%d.0-24", 1+i/256, i%256)
+			if _, err := s.Create(ctx, key, hostAttrs(i).Encode(), time.Hour); err != nil {
+				t.Fatal(err)
+			}
+		}
+		records, rev, err := s.List(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen := map[string]bool{}
+		for _, r := range records {
+			if seen[r.Key] || r.Revision > rev {
+				t.Fatalf("%s listed twice or past the list's revision %d", r.Key, rev)
+			}
+			seen[r.Key] = true
+		}
+		if len(seen) != n {
+			t.Fatalf("listed %d leases, want %d", len(seen), n)
+		}
+	})
+}

@@ -239,7 +239,7 @@ func TestWatchKeepsLeasesWhileHostsReclaim(t *testing.T) {
 		}
 	}()
 	s.Wipe()
-	waitFor(t, "the wipe seen", func() bool { _, ok := w.Record("10.5.1.0-24"); return !ok })
+	waitFor(t, "the wipe seen", func() bool { _, ok := w.RecordRevision("10.5.1.0-24"); return !ok })
 	s.PutRaw("10.5.1.0-24", hostAttrs(1).Encode()) // its host claims it again
 	waitFor(t, "the leases nobody claimed again dropped", func() bool { return len(w.Leases()) == 1 })
 	if l, ok := w.Lease("10.5.1.0-24"); !ok || l.Attrs.PublicIP != hostAttrs(1).PublicIP {

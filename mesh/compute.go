@@ -75,8 +75,18 @@ type Desired struct {
 // SubnetLen subnet, shares this host's PublicIP, or overlaps a lease written
 // earlier (the first writer keeps the subnet).
 func Compute(self lease.Lease, leases []lease.Lease, cfg *lease.Config) Desired {
+	shared := make([]*lease.Lease, len(leases))
+	for i := range leases {
+		shared[i] = &leases[i]
+	}
+	return ComputeShared(self, shared, cfg)
+}
+
+// ComputeShared is Compute over pointers to the leases, as the lease
+// watcher keeps them; it reorders the slice, never the leases.
+func ComputeShared(self lease.Lease, leases []*lease.Lease, cfg *lease.Config) Desired {
 	d := Desired{Network: cfg.Network, IPv6Network: cfg.IPv6Network, PeersNetwork: cfg.PeersNetwork, Self: self}
-	sorted := append([]lease.Lease(nil), leases...)
+	sorted := leases
 	// Oldest first, so the first writer of an overlapping range wins.
 	sort.SliceStable(sorted, func(i, j int) bool {
 		if sorted[i].Revision != sorted[j].Revision {
@@ -87,14 +97,15 @@ func Compute(self lease.Lease, leases []lease.Lease, cfg *lease.Config) Desired 
 	// Every lease that gets as far as the overlap check is a SubnetLen
 	// subnet, and two aligned subnets of one length overlap only when they
 	// are equal: a set makes the check O(1), the whole computation O(n log n).
-	kept := map[netip.Prefix]bool{}
+	kept := make(map[netip.Prefix]bool, len(sorted))
+	d.Peers = make([]Peer, 0, len(sorted))
 	for _, sn := range []netip.Prefix{self.Subnet, self.IPv6Subnet} {
 		if sn.IsValid() {
 			kept[sn] = true
 		}
 	}
 	for _, l := range sorted {
-		peer, reason, isSelf := classify(self, l, cfg)
+		peer, reason, isSelf := classify(self, *l, cfg)
 		if isSelf {
 			continue
 		}

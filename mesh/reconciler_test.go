@@ -95,8 +95,8 @@ func TestNodeReconcilesOnChangesAndResync(t *testing.T) {
 	// Our own lease deleted by hand: claimed again with the same subnet.
 	store.Delete(ctx, self.Key())
 	waitUntil(t, func() bool {
-		rec, ok := watcher.Record(self.Key())
-		return ok && rec.Revision == holder.Current().Revision && holder.Current().Subnet == self.Subnet
+		rev, ok := watcher.RecordRevision(self.Key())
+		return ok && rev == holder.Current().Revision && holder.Current().Subnet == self.Subnet
 	})
 }
 

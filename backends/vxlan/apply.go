@@ -35,7 +35,7 @@ type Backend struct {
 	log    *slog.Logger
 	// macHolders are the leases publishing each VTEP MAC in the state last
 	// applied whole; nil until then (a delta then asks for a whole apply).
-	macHolders map[string][]string
+	macHolders map[MAC]int
 }
 
 // New parses the options; the backend programs kernel.
@@ -190,13 +190,13 @@ func (b *Backend) ApplyDelta(_ context.Context, d mesh.Delta) error {
 		return mesh.ErrWholeApply
 	}
 	for _, p := range d.Old {
-		if mac := peerMAC(p); mac != "" {
+		if mac, ok := peerMAC(p); ok {
 			delete(b.macHolders, mac)
 		}
 	}
 	for _, p := range d.New {
-		if mac := peerMAC(p); mac != "" {
-			b.macHolders[mac] = []string{p.Key}
+		if mac, ok := peerMAC(p); ok {
+			b.macHolders[mac] = 1
 		}
 	}
 	idx := dev.Attrs().Index
@@ -207,7 +207,7 @@ func (b *Backend) ApplyDelta(_ context.Context, d mesh.Delta) error {
 
 // fdbKey identifies an FDB entry: a VTEP MAC and where frames for it go.
 type fdbKey struct {
-	mac string
+	mac MAC
 	dst netip.Addr
 }
 
@@ -234,7 +234,7 @@ func (b *Backend) kernelEntries(idx int) (entries, error) {
 		return e, fmt.Errorf("listing FDB: %w", err)
 	}
 	for _, n := range fdb {
-		k := fdbKey{n.HardwareAddr.String(), netkernel.Addr(n.IP)}
+		k := fdbKey{hardwareMAC(n.HardwareAddr), netkernel.Addr(n.IP)}
 		// Entries without a destination (the device's own, multicast) are the kernel's.
 		if k.dst.IsValid() {
 			n.Flags |= netlink.NTF_SELF
@@ -269,8 +269,18 @@ func (b *Backend) plannedEntries(idx int, s State) entries {
 	return e
 }
 
+// hardwareMAC is a MAC the kernel reported; the zero MAC when it is not
+// one of 6 bytes.
+func hardwareMAC(hw net.HardwareAddr) MAC {
+	var m MAC
+	if len(hw) == len(m) {
+		copy(m[:], hw)
+	}
+	return m
+}
+
 func neighbor(idx int, n Neighbor) *netlink.Neigh {
-	mac, _ := net.ParseMAC(n.MAC)
+	mac := net.HardwareAddr(n.MAC[:])
 	family := netlink.FAMILY_V4
 	if n.IP.Is6() {
 		family = netlink.FAMILY_V6
@@ -279,7 +289,7 @@ func neighbor(idx int, n Neighbor) *netlink.Neigh {
 }
 
 func fdbEntry(idx int, f FDB) *netlink.Neigh {
-	mac, _ := net.ParseMAC(f.MAC)
+	mac := net.HardwareAddr(f.MAC[:])
 	return &netlink.Neigh{LinkIndex: idx, Family: unix.AF_BRIDGE, State: netlink.NUD_PERMANENT, Flags: netlink.NTF_SELF,
 		IP: f.Dst.AsSlice(), HardwareAddr: mac}
 }
@@ -289,10 +299,14 @@ func fdbEntry(idx int, f FDB) *netlink.Neigh {
 // resolve): set what is missing or different, then delete the rest.
 func (b *Backend) sync(idx int, have entries, want State) []error {
 	var errs []error
-	keepNeigh := map[netip.Addr]bool{}
+	// A cold start has nothing to delete, and no set of what stays is
+	// made (two maps of every peer).
+	keepNeigh := make(map[netip.Addr]bool, len(have.neighbors))
 	for _, w := range want.Neighbors {
-		keepNeigh[w.IP] = true
-		if cur, ok := have.neighbors[w.IP]; ok && cur.HardwareAddr.String() == w.MAC {
+		if len(have.neighbors) > 0 {
+			keepNeigh[w.IP] = true
+		}
+		if cur, ok := have.neighbors[w.IP]; ok && hardwareMAC(cur.HardwareAddr) == w.MAC {
 			continue
 		}
 		if err := b.kernel.NeighSet(neighbor(idx, w)); err != nil {
@@ -306,10 +320,12 @@ func (b *Backend) sync(idx int, have entries, want State) []error {
 			}
 		}
 	}
-	keepFDB := map[fdbKey]bool{}
+	keepFDB := make(map[fdbKey]bool, len(have.fdb))
 	for _, w := range want.FDB {
 		k := fdbKey{w.MAC, w.Dst}
-		keepFDB[k] = true
+		if len(have.fdb) > 0 {
+			keepFDB[k] = true
+		}
 		if _, ok := have.fdb[k]; ok {
 			continue
 		}

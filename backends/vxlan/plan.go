@@ -100,12 +100,12 @@ func StableMAC(publicIP netip.Addr, vni int) net.HardwareAddr {
 // Neighbor maps a peer's VTEP address to its VTEP MAC on the device.
 type Neighbor struct {
 	IP  netip.Addr
-	MAC string
+	MAC MAC
 }
 
 // FDB sends frames for a VTEP MAC to the peer's PublicIP.
 type FDB struct {
-	MAC string
+	MAC MAC
 	Dst netip.Addr
 }
 
@@ -126,38 +126,47 @@ func Plan(d mesh.Desired, opts Options, ext underlay.ExternalInterface) (State, 
 	return s, problems
 }
 
-// vtepPeer is a peer with its BackendData decoded once.
+// MAC is a VTEP MAC, as a value: a string of it was two allocations per
+// peer, held for as long as the state.
+type MAC [6]byte
+
+// String is the MAC as ip and bridge print it.
+func (m MAC) String() string { return net.HardwareAddr(m[:]).String() }
+
+// vtepPeer is a peer (by index in the Desired) with its BackendData decoded
+// once.
 type vtepPeer struct {
-	mesh.Peer
+	i    int
 	data BackendData
-	mac  net.HardwareAddr // nil when VtepMAC does not parse
-	err  error            // set when BackendData does not decode
+	mac  MAC
+	ok   bool  // VtepMAC parses as a MAC of 6 bytes
+	err  error // set when BackendData does not decode
 }
 
-// plan is Plan that also returns which leases publish each VTEP MAC, so
+// plan is Plan that also counts the leases publishing each VTEP MAC, so
 // Apply can tell later deltas apart without decoding every peer again.
-func plan(d mesh.Desired, opts Options, ext underlay.ExternalInterface) (State, []error, map[string][]string) {
+func plan(d mesh.Desired, opts Options, ext underlay.ExternalInterface) (State, []error, map[MAC]int) {
 	peers := make([]vtepPeer, 0, len(d.Peers))
-	holders := make(map[string][]string, len(d.Peers))
-	owner := make(map[string]mesh.Peer, len(d.Peers))
-	for _, p := range d.Peers {
-		v := vtepPeer{Peer: p}
+	holders := make(map[MAC]int, len(d.Peers))
+	owner := make(map[MAC]int, len(d.Peers)) // the index of the peer that keeps the MAC
+	for i := range d.Peers {
+		p := &d.Peers[i]
+		v := vtepPeer{i: i}
 		if v.err = json.Unmarshal(p.BackendData, &v.data); v.err == nil {
 			if mac, err := net.ParseMAC(v.data.VtepMAC); err == nil && len(mac) == 6 {
-				v.mac = mac
-				m := mac.String()
-				holders[m] = append(holders[m], p.Key)
-				if o, ok := owner[m]; !ok || olderLease(p, o) {
-					owner[m] = p
+				v.mac, v.ok = MAC(mac), true
+				holders[v.mac]++
+				if o, ok := owner[v.mac]; !ok || olderLease(*p, d.Peers[o]) {
+					owner[v.mac] = i
 				}
 			}
 		}
 		peers = append(peers, v)
 	}
-	var s State
+	s := State{Routes: make([]underlay.Route, 0, len(d.Peers)), Neighbors: make([]Neighbor, 0, len(d.Peers)), FDB: make([]FDB, 0, len(d.Peers))}
 	var problems []error
 	for _, v := range peers {
-		p, mac := v.Peer, v.mac
+		p := &d.Peers[v.i]
 		switch {
 		case v.err != nil:
 			problems = append(problems, mesh.SkipPeer(p.Key, `BackendData is not vxlan's {"VNI","VtepMAC"}: %v`, v.err))
@@ -165,15 +174,15 @@ func plan(d mesh.Desired, opts Options, ext underlay.ExternalInterface) (State, 
 		case v.data.VNI != opts.VNI:
 			problems = append(problems, mesh.SkipPeer(p.Key, "VNI %d, this host uses %d", v.data.VNI, opts.VNI))
 			continue
-		case mac == nil:
+		case !v.ok:
 			problems = append(problems, mesh.SkipPeer(p.Key, "VtepMAC %q is not a MAC address", v.data.VtepMAC))
 			continue
-		case mac[0]&1 != 0 || mac.String() == "00:00:00:00:00:00":
-			problems = append(problems, mesh.SkipPeer(p.Key, "VtepMAC %s is not a unicast MAC (multicast or all zeros)", mac))
+		case v.mac[0]&1 != 0 || v.mac == MAC{}:
+			problems = append(problems, mesh.SkipPeer(p.Key, "VtepMAC %s is not a unicast MAC (multicast or all zeros)", v.mac))
 			continue
-		case owner[mac.String()].Key != p.Key:
+		case owner[v.mac] != v.i:
 			// The FDB would send this host's frames to the other one.
-			problems = append(problems, mesh.SkipPeer(p.Key, "VtepMAC %s is also published by %s, leased earlier; skipped", mac, owner[mac.String()].Key))
+			problems = append(problems, mesh.SkipPeer(p.Key, "VtepMAC %s is also published by %s, leased earlier; skipped", v.mac, d.Peers[owner[v.mac]].Key))
 			continue
 		}
 		if opts.DirectRouting && ext.OnLink(p.PublicIP) {
@@ -189,8 +198,8 @@ func plan(d mesh.Desired, opts Options, ext underlay.ExternalInterface) (State, 
 			// moment its route comes, but no route yet.
 			s.Routes = append(s.Routes, underlay.Route{Dst: p.Subnet, Via: vtep})
 		}
-		s.Neighbors = append(s.Neighbors, Neighbor{IP: vtep, MAC: mac.String()})
-		s.FDB = append(s.FDB, FDB{MAC: mac.String(), Dst: p.PublicIP})
+		s.Neighbors = append(s.Neighbors, Neighbor{IP: vtep, MAC: v.mac})
+		s.FDB = append(s.FDB, FDB{MAC: v.mac, Dst: p.PublicIP})
 	}
 	return s, problems, holders
 }
@@ -201,26 +210,26 @@ func olderLease(a, b mesh.Peer) bool {
 	return a.Created < b.Created || (a.Created == b.Created && a.Key < b.Key)
 }
 
-// peerMAC is the VTEP MAC a peer publishes, or "" when its BackendData
-// does not decode to one.
-func peerMAC(p mesh.Peer) string {
+// peerMAC is the VTEP MAC a peer publishes; ok is false when its
+// BackendData does not decode to one.
+func peerMAC(p mesh.Peer) (mac MAC, ok bool) {
 	var data BackendData
 	if json.Unmarshal(p.BackendData, &data) != nil {
-		return ""
+		return mac, false
 	}
-	mac, err := net.ParseMAC(data.VtepMAC)
-	if err != nil || len(mac) != 6 {
-		return ""
+	parsed, err := net.ParseMAC(data.VtepMAC)
+	if err != nil || len(parsed) != 6 {
+		return mac, false
 	}
-	return mac.String()
+	return MAC(parsed), true
 }
 
-// MACHolders lists the leases publishing each VTEP MAC in a state.
-func MACHolders(peers []mesh.Peer) map[string][]string {
-	out := make(map[string][]string, len(peers))
+// MACHolders counts the leases publishing each VTEP MAC in a state.
+func MACHolders(peers []mesh.Peer) map[MAC]int {
+	out := make(map[MAC]int, len(peers))
 	for _, p := range peers {
-		if mac := peerMAC(p); mac != "" {
-			out[mac] = append(out[mac], p.Key)
+		if mac, ok := peerMAC(p); ok {
+			out[mac]++
 		}
 	}
 	return out
@@ -230,23 +239,23 @@ func MACHolders(peers []mesh.Peer) map[string][]string {
 // looking at the others, given the MAC holders of the state last applied:
 // not when a MAC two leases publish is involved (a duplicate leaving may
 // let its twin in; one arriving may collide with a peer outside the delta).
-func deltaStandsAlone(before, after []mesh.Peer, holders map[string][]string) bool {
-	leaving := map[string]bool{}
+func deltaStandsAlone(before, after []mesh.Peer, holders map[MAC]int) bool {
+	leaving := map[MAC]bool{}
 	for _, p := range before {
-		if mac := peerMAC(p); mac != "" {
-			if len(holders[mac]) != 1 {
+		if mac, ok := peerMAC(p); ok {
+			if holders[mac] != 1 {
 				return false
 			}
 			leaving[mac] = true
 		}
 	}
-	arriving := map[string]bool{}
+	arriving := map[MAC]bool{}
 	for _, p := range after {
-		mac := peerMAC(p)
-		if mac == "" {
+		mac, ok := peerMAC(p)
+		if !ok {
 			continue
 		}
-		if arriving[mac] || (len(holders[mac]) > 0 && !leaving[mac]) {
+		if arriving[mac] || (holders[mac] > 0 && !leaving[mac]) {
 			return false
 		}
 		arriving[mac] = true

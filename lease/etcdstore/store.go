@@ -199,18 +199,50 @@ func (s *Store) GetAt(ctx context.Context, key string, rev int64) (lease.Record,
 	return lease.Record{Key: key, Value: kv.Value, Revision: kv.ModRevision, CreateRevision: kv.CreateRevision, StoreLeaseID: kv.Lease}, true, nil
 }
 
-// List implements Store.
+// listPage is how many leases one range request of List reads: a list of
+// 50,000 leases in one response is a message of about 10 MB, decoded whole
+// before the first lease is looked at.
+const listPage = 1000
+
+// List implements Store. It reads the leases in pages, all at the revision
+// of the first, so the result is one consistent snapshot; when that
+// revision is compacted away between pages, it starts over.
 func (s *Store) List(ctx context.Context) ([]lease.Record, int64, error) {
-	resp, err := s.client.Get(ctx, s.subnets, clientv3.WithPrefix())
-	if err != nil {
-		return nil, 0, err
+	for {
+		out, rev, err := s.listPages(ctx)
+		if errors.Is(err, rpctypes.ErrCompacted) {
+			continue
+		}
+		return out, rev, err
 	}
-	out := make([]lease.Record, 0, len(resp.Kvs))
-	for _, kv := range resp.Kvs {
-		out = append(out, lease.Record{Key: strings.TrimPrefix(string(kv.Key), s.subnets), Value: kv.Value,
-			Revision: kv.ModRevision, CreateRevision: kv.CreateRevision, StoreLeaseID: kv.Lease})
+}
+
+func (s *Store) listPages(ctx context.Context) ([]lease.Record, int64, error) {
+	var out []lease.Record
+	var rev int64
+	from, end := s.subnets, clientv3.GetPrefixRangeEnd(s.subnets)
+	for {
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(listPage)}
+		if rev != 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		resp, err := s.client.Get(ctx, from, opts...)
+		if err != nil {
+			return nil, 0, err
+		}
+		if rev == 0 {
+			rev = resp.Header.Revision
+			out = make([]lease.Record, 0, resp.Count)
+		}
+		for _, kv := range resp.Kvs {
+			out = append(out, lease.Record{Key: strings.TrimPrefix(string(kv.Key), s.subnets), Value: kv.Value,
+				Revision: kv.ModRevision, CreateRevision: kv.CreateRevision, StoreLeaseID: kv.Lease})
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			return out, rev, nil
+		}
+		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
-	return out, resp.Header.Revision, nil
 }
 
 // Watch implements Store.
