@@ -3,6 +3,7 @@ package main
 import (
 	"io"
 	"os"
+	"runtime/debug"
 	"strings"
 	"testing"
 	"time"
@@ -113,5 +114,19 @@ func TestEtcdTLSAndPassword(t *testing.T) {
 	o, err := parseFlags([]string{"-etcd-password-file", file}, env(nil), io.Discard)
 	if err != nil || o.etcd.Password != "s3cret" || o.etcd.PlaintextPassword() != "http://127.0.0.1:4001" {
 		t.Errorf("password file: %q %q %v", o.etcd.Password, o.etcd.PlaintextPassword(), err)
+	}
+}
+
+// TestTuneGC: weftd collects at 25% growth unless the operator's GOGC
+// says otherwise.
+func TestTuneGC(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(100))
+	tuneGC(func(string) string { return "" })
+	if got := debug.SetGCPercent(100); got != gcPercent {
+		t.Errorf("GOGC %d without the environment's, want %d", got, gcPercent)
+	}
+	tuneGC(env(map[string]string{"GOGC": "200"}))
+	if got := debug.SetGCPercent(100); got != 100 {
+		t.Errorf("GOGC %d after the environment set one, want it left alone (100 here)", got)
 	}
 }

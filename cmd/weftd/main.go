@@ -23,6 +23,7 @@ func runsAgain(err error) bool {
 var version = "dev"
 
 func main() {
+	tuneGC(os.Getenv)
 	o, err := parseFlags(os.Args[1:], os.Getenv, os.Stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		os.Exit(0)

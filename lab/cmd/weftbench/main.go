@@ -47,7 +47,7 @@ func main() {
 	seconds := flag.Int("seconds", 5, "seconds per iperf3 run")
 	backends := flag.String("backends", "host-gw,vxlan,wireguard,wireguard-on-demand,udp", "data paths to measure, comma-separated (empty: keep the report's; wireguard-on-demand: the same with on-demand peers on); the report's data-path part and chart are replaced whole, so a subset drops the others' sections")
 	control := flag.String("control", "host-gw,vxlan,wireguard,udp", "backends whose control plane to time (empty: keep the report's)")
-	scale := flag.String("scale", "1000,5000,10000", "simulated cluster sizes, comma-separated (empty: keep the report's)")
+	scale := flag.String("scale", "1000,10000,50000", "simulated cluster sizes, comma-separated (empty: keep the report's)")
 	scaleBackends := flag.String("scale-backends", "vxlan,wireguard,wireguard-on-demand", "backends for the scale run (wireguard: every peer configured; wireguard-on-demand: peers configured when traffic needs them)")
 	join := flag.Int("join", 200, "hosts joining at once against one etcd (0: keep the report's)")
 	flood := flag.Duration("flood", time.Minute, "how long to flood a host of 10,000 on-demand wireguard peers with datagrams forged from its leases' endpoints (0: keep the report's)")
@@ -165,12 +165,15 @@ func run(p plan) error {
 		var results []scaleResult
 		for _, backend := range p.scaleBackends {
 			for _, n := range p.sizes {
+				if backend == backends.WireGuard && n > maxFullWireGuard {
+					continue
+				}
 				r, err := measureScale(backend, p.weftd, n, p.profileDir)
 				if err != nil {
 					return fmt.Errorf("scale %s with %d leases: %w", backend, n, err)
 				}
-				fmt.Printf("scale %-9s %6d leases: READY in %s, peak RSS %d MiB, add one %s (%s), remove one %s (%s), %d/%d deltas\n",
-					backend, n, r.converge.Round(time.Millisecond), r.peakRSSKB/1024, r.addOne.Round(time.Millisecond), r.addApply,
+				fmt.Printf("scale %-9s %6d leases: READY in %s, CPU %s, peak RSS %d MiB, add one %s (%s), remove one %s (%s), %d/%d deltas\n",
+					backend, n, r.converge.Round(time.Millisecond), r.cpu.Round(10*time.Millisecond), r.peakRSSKB/1024, r.addOne.Round(time.Millisecond), r.addApply,
 					r.removeOne.Round(time.Millisecond), r.removeApply, r.deltas, r.changes)
 				results = append(results, r)
 			}

@@ -22,6 +22,7 @@ type scaleResult struct {
 	backend     string
 	leases      int
 	converge    time.Duration // weftd start to READY (every peer programmed)
+	cpu         time.Duration // weftd's CPU time (user and system) to READY
 	peakRSSKB   int
 	writeLeases time.Duration // how long etcd took to take the leases
 	// One more lease added and removed, changeRuns times: from the etcd
@@ -34,6 +35,12 @@ type scaleResult struct {
 	// for the last add and remove.
 	convergeCalls, addCalls, removeCalls string
 }
+
+// maxFullWireGuard is the largest cluster the plain wireguard rows (every
+// peer on a wireguard-go device in weftd, about 50 KB each) are measured
+// at: 50,000 of them would be 2.5 GB of wireguard-go's own state, which
+// on-demand peers are the answer to.
+const maxFullWireGuard = 10000
 
 // changeRuns is how many single-lease adds and removes are timed; medians.
 const changeRuns = 5
@@ -129,6 +136,21 @@ func hasPeer(l *lab.Lab, h *lab.Host, row, key string, value []byte) bool {
 	return strings.TrimSpace(out) != ""
 }
 
+// cpuTime is the user and system CPU time process pid has used
+// (/proc/<pid>/stat, in clock ticks of 1/100 s).
+func cpuTime(pid int) time.Duration {
+	stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	// The command name (field 2) may hold spaces: count from its ')'.
+	_, rest, _ := strings.Cut(string(stat), ") ")
+	f := strings.Fields(rest)
+	if len(f) < 13 {
+		return 0
+	}
+	utime, _ := strconv.Atoi(f[11])
+	stime, _ := strconv.Atoi(f[12])
+	return time.Duration(utime+stime) * 10 * time.Millisecond
+}
+
 func peakRSS(pid int) int {
 	status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	for _, line := range strings.Split(string(status), "\n") {
@@ -188,6 +210,7 @@ func measureScale(row, weftd string, n int, profileDir string) (scaleResult, err
 		return res, err
 	}
 	res.converge = time.Since(start)
+	res.cpu = cpuTime(l.WeftdPID(h1))
 	if profileDir != "" {
 		if err := saveProfile(h1, profileDir, fmt.Sprintf("heap-ready-%s-%d.pb.gz", backend, n), "heap"); err != nil {
 			return res, err
@@ -295,12 +318,12 @@ weftd's own time for the change (compute and apply). Deltas: changes applied pee
 Kernel calls are weftd's own count (weft_kernel_calls_total): netlink dumps, single gets and writes
 (one object set or deleted each), WireGuard device reads (every peer) and configurations.
 
-| backend | leases | etcd took them in | start → READY | peak RSS | add one | remove one | deltas |
-|---|---|---|---|---|---|---|---|
+| backend | leases | etcd took them in | start → READY | CPU to READY | peak RSS | add one | remove one | deltas |
+|---|---|---|---|---|---|---|---|---|
 `, changeRuns)
 	for _, r := range results {
-		fmt.Fprintf(&b, "| %s | %d | %s | %s | %d MiB | %s (%s) | %s (%s) | %d/%d |\n", r.backend, r.leases, r.writeLeases.Round(time.Millisecond),
-			r.converge.Round(time.Millisecond), r.peakRSSKB/1024, r.addOne.Round(time.Millisecond), r.addApply.Round(10*time.Microsecond),
+		fmt.Fprintf(&b, "| %s | %d | %s | %s | %s | %d MiB | %s (%s) | %s (%s) | %d/%d |\n", r.backend, r.leases, r.writeLeases.Round(time.Millisecond),
+			r.converge.Round(time.Millisecond), r.cpu.Round(10*time.Millisecond), r.peakRSSKB/1024, r.addOne.Round(time.Millisecond), r.addApply.Round(10*time.Microsecond),
 			r.removeOne.Round(time.Millisecond), r.removeApply.Round(10*time.Microsecond), r.deltas, r.changes)
 	}
 	b.WriteString("\n| backend | leases | kernel calls to converge | kernel calls, add one | kernel calls, remove one |\n|---|---|---|---|---|\n")
