@@ -158,6 +158,9 @@ func TestBackendSkipsDoNotBlockReady(t *testing.T) {
 	if skipped := tn.reconciler.EachPeer(func(*Peer) { n++ }); n != 0 || skipped != 1 {
 		t.Errorf("EachPeer: %d peers and %d skipped, want the one lease skipped by the backend", n, skipped)
 	}
+	if o := tn.reconciler.Outline(); !slices.Equal(o.Skipped, d.Skipped) || len(o.Peers) != 0 {
+		t.Errorf("Outline skips %v, Desired %v", o.Skipped, d.Skipped)
+	}
 	if st := tn.reconciler.Stats(); st.Errors != 0 || st.LastError != "" {
 		t.Errorf("a skipped peer counted as an error: %+v", st)
 	}

@@ -137,6 +137,28 @@ func (r *Reconciler) Desired() Desired {
 	return d
 }
 
+// Outline is Desired without its peers (the network, this host's lease
+// and the skipped leases, sorted): with EachPeer, what a status page
+// needs without a copy of every peer.
+func (r *Reconciler) Outline() Desired {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.model == nil {
+		return Desired{}
+	}
+	d := Desired{Network: r.model.network, IPv6Network: r.model.network6, Self: r.model.self}
+	for k, reason := range r.model.skipped {
+		d.Skipped = append(d.Skipped, Skipped{Key: k, Reason: reason})
+	}
+	for key, reason := range r.backendSkips {
+		if _, ok := r.model.peers[key]; ok {
+			d.Skipped = append(d.Skipped, Skipped{Key: key, Reason: reason})
+		}
+	}
+	d.sort()
+	return d
+}
+
 // EachPeer calls f with each peer of the desired state last handed to the
 // backend, those the backend left out excepted, in no order, and returns
 // how many leases are skipped (Desired's Skipped, without building it).

@@ -114,9 +114,7 @@ func (o *observer) document(peers bool) status.Document {
 	if o.reconciler != nil {
 		st := o.reconciler.Stats()
 		s.Reconciles, s.Errors, s.LastError, s.WholeApplies = st.Runs, st.Errors, st.LastError, st.WholeApplies
-		if peers {
-			desired = o.reconciler.Desired()
-		}
+		desired = o.reconciler.Outline()
 	}
 	if desired.Network.IsValid() {
 		s.Network = desired.Network.String()
@@ -151,8 +149,8 @@ func (o *observer) document(peers bool) status.Document {
 			relays = observer.Relays()
 		}
 	}
-	for _, p := range desired.Peers {
-		path := o.paths.Of(p)
+	each := func(p *mesh.Peer) {
+		path := o.paths.Of(*p)
 		ps := status.Peer{Lease: p.Key, Subnet: p.Subnet.String(), PublicIP: p.PublicIP.String(), State: "programmed",
 			Path: path.Name, Encrypted: path.Encrypted, InClear: path.Why}
 		if p.IPv6Subnet.IsValid() {
@@ -178,6 +176,9 @@ func (o *observer) document(peers bool) status.Document {
 			ps.State = "not on the device"
 		}
 		s.Peers = append(s.Peers, ps)
+	}
+	if peers && o.reconciler != nil {
+		o.reconciler.EachPeer(each)
 	}
 	sort.Slice(s.Peers, func(i, j int) bool { return s.Peers[i].Subnet < s.Peers[j].Subnet })
 	if dc, ok := o.backend.(backends.DropCounter); ok {
