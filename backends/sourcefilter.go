@@ -45,7 +45,7 @@ type TunnelDropCounter interface {
 // The wrapper keeps the backend's optional capabilities: a DualStack
 // backend's wrapper is one too (its lease publishes BackendV6Data).
 func FilterSources(b Backend, filter SourceFilter) Backend {
-	s := &sourceFiltered{Backend: b, filter: filter, count: map[netip.Addr]int{}, present: map[netip.Addr]bool{}}
+	s := &sourceFiltered{Backend: b, filter: filter, entries: map[[16]byte]filterEntry{}}
 	if dual, ok := b.(DualStack); ok {
 		return &sourceFilteredDual{sourceFiltered: s, dual: dual}
 	}
@@ -61,9 +61,9 @@ type sourceFilteredDual struct {
 // BackendV6Data is the wrapped backend's.
 func (s *sourceFilteredDual) BackendV6Data() json.RawMessage { return s.dual.BackendV6Data() }
 
-// sourceFiltered is FilterSources' backend. count holds how many peers
+// sourceFiltered is FilterSources' backend. entries hold how many peers
 // use each address (two leases may name one host, an old lease beside its
-// new one); present is what the filter holds. A delta adds its new
+// new one) and whether the filter holds it. A delta adds its new
 // addresses at once; an address no peer uses any more leaves at the next
 // whole apply (the resync): deleting set elements costs the kernel an RCU
 // grace period (about 10 ms) that a lease's change need not wait for, and
@@ -72,9 +72,12 @@ type sourceFiltered struct {
 	Backend
 	filter SourceFilter
 
-	mu      sync.Mutex
-	count   map[netip.Addr]int
-	present map[netip.Addr]bool
+	mu sync.Mutex
+	// entries are keyed by the address's 16 bytes (IPv4 mapped): a map
+	// without pointers (netip.Addr holds one) is not scanned by the
+	// collector, and this one map is half the size of the two it
+	// replaced (7 MB at 50,000 peers).
+	entries map[[16]byte]filterEntry
 }
 
 var (
@@ -109,29 +112,38 @@ func (s *sourceFiltered) Cleanup(ctx context.Context) error {
 	return errors.Join(s.Backend.Cleanup(ctx), s.filter.Remove())
 }
 
+// filterEntry is what the wrapper knows of one peer address: how many
+// peers use it, and whether the filter holds it.
+type filterEntry struct {
+	peers   int32
+	present bool
+}
+
 // Apply makes the filter's addresses exactly the peers', then applies.
 func (s *sourceFiltered) Apply(ctx context.Context, d mesh.Desired) error {
-	count := map[netip.Addr]int{}
+	entries := make(map[[16]byte]filterEntry, len(d.Peers))
 	want := make([]netip.Addr, 0, len(d.Peers))
 	for _, p := range d.Peers {
 		for _, a := range peerAddrs(p) {
-			if count[a] == 0 {
+			e := entries[a.As16()]
+			if e.peers == 0 {
 				want = append(want, a)
 			}
-			count[a]++
+			e.peers++
+			entries[a.As16()] = e
 		}
 	}
 	var errs []error
-	present := make(map[netip.Addr]bool, len(want))
 	if err := s.filter.Sync(want); err != nil {
 		errs = append(errs, fmt.Errorf("tunnel source filter: %w", err))
 	} else {
-		for _, a := range want {
-			present[a] = true
+		for k, e := range entries {
+			e.present = true
+			entries[k] = e
 		}
 	}
 	s.mu.Lock()
-	s.count, s.present = count, present
+	s.entries = entries
 	s.mu.Unlock()
 	return errors.Join(append(errs, s.Backend.Apply(ctx, d))...)
 }
@@ -148,15 +160,23 @@ func (s *sourceFiltered) ApplyDelta(ctx context.Context, d mesh.Delta) error {
 	var add []netip.Addr
 	for _, p := range d.New {
 		for _, a := range peerAddrs(p) {
-			if s.count[a]++; !s.present[a] && !slices.Contains(add, a) {
+			e := s.entries[a.As16()]
+			if e.peers++; !e.present && !slices.Contains(add, a) {
 				add = append(add, a)
 			}
+			s.entries[a.As16()] = e
 		}
 	}
 	for _, p := range d.Old {
 		for _, a := range peerAddrs(p) {
-			if s.count[a]--; s.count[a] <= 0 {
-				delete(s.count, a) // leaves the filter at the next resync
+			e := s.entries[a.As16()]
+			e.peers = max(e.peers-1, 0)
+			switch {
+			case e.peers > 0 || e.present:
+				// One nobody uses leaves the filter at the next resync.
+				s.entries[a.As16()] = e
+			default:
+				delete(s.entries, a.As16())
 			}
 		}
 	}
@@ -165,7 +185,9 @@ func (s *sourceFiltered) ApplyDelta(ctx context.Context, d mesh.Delta) error {
 		return errors.Join(fmt.Errorf("tunnel source filter: %w", err), inner.ApplyDelta(ctx, d))
 	}
 	for _, a := range add {
-		s.present[a] = true
+		e := s.entries[a.As16()]
+		e.present = true
+		s.entries[a.As16()] = e
 	}
 	return inner.ApplyDelta(ctx, d)
 }

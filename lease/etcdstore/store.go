@@ -1,6 +1,7 @@
 package etcdstore
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"crypto/tls"
@@ -199,6 +200,13 @@ func (s *Store) GetAt(ctx context.Context, key string, rev int64) (lease.Record,
 	return lease.Record{Key: key, Value: kv.Value, Revision: kv.ModRevision, CreateRevision: kv.CreateRevision, StoreLeaseID: kv.Lease}, true, nil
 }
 
+// leaseKey is an etcd key relative to <prefix>/subnets/, in a string of its
+// own: a substring of the whole key would keep the whole key's bytes for
+// as long as the lease is kept.
+func (s *Store) leaseKey(key []byte) string {
+	return string(bytes.TrimPrefix(key, []byte(s.subnets)))
+}
+
 // listPage is how many leases one range request of List reads: a list of
 // 50,000 leases in one response is a message of about 10 MB, decoded whole
 // before the first lease is looked at.
@@ -235,7 +243,7 @@ func (s *Store) listPages(ctx context.Context) ([]lease.Record, int64, error) {
 			out = make([]lease.Record, 0, resp.Count)
 		}
 		for _, kv := range resp.Kvs {
-			out = append(out, lease.Record{Key: strings.TrimPrefix(string(kv.Key), s.subnets), Value: kv.Value,
+			out = append(out, lease.Record{Key: s.leaseKey(kv.Key), Value: kv.Value,
 				Revision: kv.ModRevision, CreateRevision: kv.CreateRevision, StoreLeaseID: kv.Lease})
 		}
 		if !resp.More || len(resp.Kvs) == 0 {
@@ -263,7 +271,7 @@ func (s *Store) Watch(ctx context.Context, fromRevision int64) <-chan lease.Watc
 			}
 			for _, ev := range resp.Events {
 				wr.Events = append(wr.Events, lease.RecordEvent{
-					Record: lease.Record{Key: strings.TrimPrefix(string(ev.Kv.Key), s.subnets), Value: ev.Kv.Value,
+					Record: lease.Record{Key: s.leaseKey(ev.Kv.Key), Value: ev.Kv.Value,
 						Revision: ev.Kv.ModRevision, CreateRevision: ev.Kv.CreateRevision, StoreLeaseID: ev.Kv.Lease},
 					Deleted: ev.Type == clientv3.EventTypeDelete,
 				})
