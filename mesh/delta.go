@@ -82,19 +82,6 @@ func newModel(d Desired) *model {
 	return m
 }
 
-// desired returns the model as a whole Desired, sorted as Compute sorts it.
-func (m *model) desired() Desired {
-	d := Desired{Network: m.network, IPv6Network: m.network6, Self: m.self, Peers: make([]Peer, 0, len(m.peers))}
-	for _, p := range m.peers {
-		d.Peers = append(d.Peers, *p)
-	}
-	for k, r := range m.skipped {
-		d.Skipped = append(d.Skipped, Skipped{Key: k, Reason: r})
-	}
-	d.sort()
-	return d
-}
-
 // sameSelf reports whether this host's own lease changed in a way the
 // desired state depends on (its subnet, address or backend data, or what
 // it publishes of its peers: a pair behind NAT goes direct or through a

@@ -112,27 +112,13 @@ type Reconciler struct {
 }
 
 // Desired returns the desired state last handed to the backend (empty
-// before the first apply). It sorts every peer: for status, not hot paths.
+// before the first apply), the peers the backend left out among the
+// skipped. It copies and sorts every peer: for status, not hot paths.
 func (r *Reconciler) Desired() Desired {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.model == nil {
-		return Desired{}
-	}
-	d := r.model.desired()
-	if len(r.backendSkips) == 0 {
-		return d
-	}
-	// Peers the backend left out are skipped too, with its reason.
-	peers := d.Peers[:0]
-	for _, p := range d.Peers {
-		if reason, ok := r.backendSkips[p.Key]; ok {
-			d.Skipped = append(d.Skipped, Skipped{Key: p.Key, Reason: reason})
-			continue
-		}
-		peers = append(peers, p)
-	}
-	d.Peers = peers
+	d := r.outlineLocked()
+	r.eachPeerLocked(func(p *Peer) { d.Peers = append(d.Peers, *p) })
 	d.sort()
 	return d
 }
@@ -143,6 +129,10 @@ func (r *Reconciler) Desired() Desired {
 func (r *Reconciler) Outline() Desired {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	return r.outlineLocked()
+}
+
+func (r *Reconciler) outlineLocked() Desired {
 	if r.model == nil {
 		return Desired{}
 	}
@@ -150,6 +140,7 @@ func (r *Reconciler) Outline() Desired {
 	for k, reason := range r.model.skipped {
 		d.Skipped = append(d.Skipped, Skipped{Key: k, Reason: reason})
 	}
+	// Peers the backend left out are skipped too, with its reason.
 	for key, reason := range r.backendSkips {
 		if _, ok := r.model.peers[key]; ok {
 			d.Skipped = append(d.Skipped, Skipped{Key: key, Reason: reason})
@@ -166,6 +157,10 @@ func (r *Reconciler) Outline() Desired {
 func (r *Reconciler) EachPeer(f func(p *Peer)) (skipped int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	return r.eachPeerLocked(f)
+}
+
+func (r *Reconciler) eachPeerLocked(f func(p *Peer)) (skipped int) {
 	if r.model == nil {
 		return 0
 	}
