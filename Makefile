@@ -46,7 +46,7 @@ test-pure:
 	$(GO) test -race -count=1 $(PURE_PKGS)
 
 test-root:
-	$(GO) test -count=1 -timeout 15m -tags netns -run InNetns ./backends/... ./cmd/internal/firewall/...
+	$(GO) test -count=1 -timeout 15m -tags netns -run InNetns ./backends/... ./cmd/internal/firewall/... ./cmd/weftd/
 	$(GO) test -count=1 -timeout 25m ./deploy/... ./lab/...
 
 # vmtest: the VM tier. Debian's stock kernel (fetched with apt into
@@ -71,7 +71,7 @@ lab: deps build
 lint:
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt: files above need formatting"; exit 1; }
 	$(GO) vet ./...
-	$(GO) vet -tags netns ./backends/... ./cmd/internal/firewall/...
+	$(GO) vet -tags netns ./backends/... ./cmd/internal/firewall/... ./cmd/weftd/
 	$(GO) run $(STATICCHECK) ./...
 
 # bench: data paths next to their bare limits, the control plane, the
