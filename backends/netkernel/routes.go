@@ -42,17 +42,17 @@ func SyncRoutes(k Kernel, current map[netip.Prefix]netlink.Route, want []netlink
 // bytes, and a slice of them all was 15 MB at 50,000 peers.
 func syncRoutes(k Kernel, current map[netip.Prefix]netlink.Route, n int, route func(int) netlink.Route, log *slog.Logger) []error {
 	var errs []error
-	var keep map[netip.Prefix]bool
-	if len(current) > 0 { // nothing to delete (a cold start): no set of what stays
-		keep = make(map[netip.Prefix]bool, n)
-	}
+	// What stays is marked among current only: a cold start beside a few
+	// routes of an earlier run holds no set of every peer.
+	keep := make(map[netip.Prefix]bool, len(current))
 	for i := range n {
 		r := route(i)
 		dst, _ := Prefix(r.Dst)
-		if keep != nil {
+		cur, ok := current[dst]
+		if ok {
 			keep[dst] = true
 		}
-		if cur, ok := current[dst]; ok && cur.LinkIndex == r.LinkIndex && Addr(cur.Gw) == Addr(r.Gw) {
+		if ok && cur.LinkIndex == r.LinkIndex && Addr(cur.Gw) == Addr(r.Gw) {
 			continue
 		}
 		if err := k.RouteReplace(&r); err != nil {

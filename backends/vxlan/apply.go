@@ -299,11 +299,12 @@ func fdbEntry(idx int, f FDB) *netlink.Neigh {
 // resolve): set what is missing or different, then delete the rest.
 func (b *Backend) sync(idx int, have entries, want State) []error {
 	var errs []error
-	// A cold start has nothing to delete, and no set of what stays is
-	// made (two maps of every peer).
+	// What stays is marked among what the kernel has, so the sets are no
+	// larger than that: a cold start beside a few entries of an earlier
+	// run does not hold two maps of every peer.
 	keepNeigh := make(map[netip.Addr]bool, len(have.neighbors))
 	for _, w := range want.Neighbors {
-		if len(have.neighbors) > 0 {
+		if _, ok := have.neighbors[w.IP]; ok {
 			keepNeigh[w.IP] = true
 		}
 		if cur, ok := have.neighbors[w.IP]; ok && hardwareMAC(cur.HardwareAddr) == w.MAC {
@@ -323,10 +324,8 @@ func (b *Backend) sync(idx int, have entries, want State) []error {
 	keepFDB := make(map[fdbKey]bool, len(have.fdb))
 	for _, w := range want.FDB {
 		k := fdbKey{w.MAC, w.Dst}
-		if len(have.fdb) > 0 {
-			keepFDB[k] = true
-		}
 		if _, ok := have.fdb[k]; ok {
+			keepFDB[k] = true
 			continue
 		}
 		if err := b.kernel.NeighSet(fdbEntry(idx, w)); err != nil {
