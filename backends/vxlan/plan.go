@@ -133,56 +133,86 @@ type MAC [6]byte
 // String is the MAC as ip and bridge print it.
 func (m MAC) String() string { return net.HardwareAddr(m[:]).String() }
 
-// vtepPeer is a peer (by index in the Desired) with its BackendData decoded
-// once.
+// vtepPeer is how one peer's BackendData read, kept for every peer
+// between plan's passes, so it is small (9 bytes): a problem's details
+// are read again on the rare path that reports one.
 type vtepPeer struct {
-	i    int
-	data BackendData
-	mac  MAC
-	ok   bool  // VtepMAC parses as a MAC of 6 bytes
-	err  error // set when BackendData does not decode
+	mac     MAC
+	decoded bool // BackendData decodes as vxlan's
+	macOK   bool // its VtepMAC parses as a MAC of 6 bytes
+	vniOK   bool // its VNI is this host's
+}
+
+// readVTEP decodes a peer's BackendData.
+func readVTEP(p *mesh.Peer, vni int) (v vtepPeer, data BackendData, err error) {
+	if err = json.Unmarshal(p.BackendData, &data); err != nil {
+		return v, data, err
+	}
+	v.decoded, v.vniOK = true, data.VNI == vni
+	if mac, err := net.ParseMAC(data.VtepMAC); err == nil && len(mac) == 6 {
+		v.mac, v.macOK = MAC(mac), true
+	}
+	return v, data, nil
+}
+
+// problem says why a peer whose BackendData read as v is skipped, or nil.
+func (v vtepPeer) problem(p *mesh.Peer, vni int) error {
+	if v.decoded && v.vniOK && v.macOK {
+		return nil
+	}
+	_, data, err := readVTEP(p, vni)
+	switch {
+	case err != nil:
+		return mesh.SkipPeer(p.Key, `BackendData is not vxlan's {"VNI","VtepMAC"}: %v`, err)
+	case !v.vniOK:
+		return mesh.SkipPeer(p.Key, "VNI %d, this host uses %d", data.VNI, vni)
+	default:
+		return mesh.SkipPeer(p.Key, "VtepMAC %q is not a MAC address", data.VtepMAC)
+	}
 }
 
 // plan is Plan that also counts the leases publishing each VTEP MAC, so
 // Apply can tell later deltas apart without decoding every peer again.
+// Which of two leases keeps a MAC both publish is worked out for such
+// MACs only, not with a map of every peer.
 func plan(d mesh.Desired, opts Options, ext underlay.ExternalInterface) (State, []error, map[MAC]int) {
-	peers := make([]vtepPeer, 0, len(d.Peers))
+	peers := make([]vtepPeer, len(d.Peers))
 	holders := make(map[MAC]int, len(d.Peers))
-	owner := make(map[MAC]int, len(d.Peers)) // the index of the peer that keeps the MAC
+	shared := false // some MAC is published by more than one lease
 	for i := range d.Peers {
-		p := &d.Peers[i]
-		v := vtepPeer{i: i}
-		if v.err = json.Unmarshal(p.BackendData, &v.data); v.err == nil {
-			if mac, err := net.ParseMAC(v.data.VtepMAC); err == nil && len(mac) == 6 {
-				v.mac, v.ok = MAC(mac), true
-				holders[v.mac]++
-				if o, ok := owner[v.mac]; !ok || olderLease(*p, d.Peers[o]) {
-					owner[v.mac] = i
-				}
+		peers[i], _, _ = readVTEP(&d.Peers[i], opts.VNI)
+		if v := peers[i]; v.macOK {
+			holders[v.mac]++
+			shared = shared || holders[v.mac] > 1
+		}
+	}
+	var owner map[MAC]int // the index of the peer that keeps a shared MAC
+	if shared {
+		owner = map[MAC]int{}
+		for i, v := range peers {
+			if !v.macOK || holders[v.mac] < 2 {
+				continue
+			}
+			if o, ok := owner[v.mac]; !ok || olderLease(d.Peers[i], d.Peers[o]) {
+				owner[v.mac] = i
 			}
 		}
-		peers = append(peers, v)
 	}
 	s := State{Routes: make([]underlay.Route, 0, len(d.Peers)), Neighbors: make([]Neighbor, 0, len(d.Peers)), FDB: make([]FDB, 0, len(d.Peers))}
 	var problems []error
-	for _, v := range peers {
-		p := &d.Peers[v.i]
-		switch {
-		case v.err != nil:
-			problems = append(problems, mesh.SkipPeer(p.Key, `BackendData is not vxlan's {"VNI","VtepMAC"}: %v`, v.err))
+	for i, v := range peers {
+		p := &d.Peers[i]
+		if err := v.problem(p, opts.VNI); err != nil {
+			problems = append(problems, err)
 			continue
-		case v.data.VNI != opts.VNI:
-			problems = append(problems, mesh.SkipPeer(p.Key, "VNI %d, this host uses %d", v.data.VNI, opts.VNI))
-			continue
-		case !v.ok:
-			problems = append(problems, mesh.SkipPeer(p.Key, "VtepMAC %q is not a MAC address", v.data.VtepMAC))
-			continue
-		case v.mac[0]&1 != 0 || v.mac == MAC{}:
+		}
+		if v.mac[0]&1 != 0 || v.mac == (MAC{}) {
 			problems = append(problems, mesh.SkipPeer(p.Key, "VtepMAC %s is not a unicast MAC (multicast or all zeros)", v.mac))
 			continue
-		case owner[v.mac] != v.i:
+		}
+		if o, ok := owner[v.mac]; ok && o != i {
 			// The FDB would send this host's frames to the other one.
-			problems = append(problems, mesh.SkipPeer(p.Key, "VtepMAC %s is also published by %s, leased earlier; skipped", v.mac, d.Peers[owner[v.mac]].Key))
+			problems = append(problems, mesh.SkipPeer(p.Key, "VtepMAC %s is also published by %s, leased earlier; skipped", v.mac, d.Peers[o].Key))
 			continue
 		}
 		if opts.DirectRouting && ext.OnLink(p.PublicIP) {
