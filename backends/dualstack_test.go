@@ -45,8 +45,7 @@ func TestDualStackVXLAN(t *testing.T) {
 	self := lease.Lease{Subnet: netip.MustParsePrefix("10.5.1.0/24"), IPv6Subnet: netip.MustParsePrefix("fc00:5:0:1::/64"),
 		Attrs: lease.Attrs{PublicIP: ext.Addr, PublicIPv6: &ip6}}
 	peer := mesh.Peer{Key: "10.5.2.0-24&fc00:5:0:2::-64", Subnet: netip.MustParsePrefix("10.5.2.0/24"), PublicIP: netip.MustParseAddr("192.168.77.2"),
-		BackendData: []byte(`{"VNI":1,"VtepMAC":"02:00:00:00:00:02"}`), IPv6Subnet: netip.MustParsePrefix("fc00:5:0:2::/64"),
-		PublicIPv6: netip.MustParseAddr("fd77::2"), BackendV6Data: []byte(`{"VNI":1,"VtepMAC":"02:00:00:00:06:02"}`)}
+		BackendData: []byte(`{"VNI":1,"VtepMAC":"02:00:00:00:00:02"}`)}.WithIPv6(netip.MustParsePrefix("fc00:5:0:2::/64"), netip.MustParseAddr("fd77::2"), []byte(`{"VNI":1,"VtepMAC":"02:00:00:00:06:02"}`))
 	if err := b.Apply(ctx, mesh.Desired{Network: cfg.Network, IPv6Network: cfg.IPv6Network, Self: self, Peers: []mesh.Peer{peer}}); err != nil {
 		t.Fatal(err)
 	}
@@ -64,7 +63,7 @@ func TestDualStackVXLAN(t *testing.T) {
 	}
 	// The peer's IPv6 half goes; its IPv4 half stays.
 	v4only := peer
-	v4only.IPv6Subnet, v4only.PublicIPv6, v4only.BackendV6Data = netip.Prefix{}, netip.Addr{}, nil
+	v4only = v4only.WithIPv6(netip.Prefix{}, netip.Addr{}, nil)
 	delta := mesh.Delta{Network: cfg.Network, IPv6Network: cfg.IPv6Network, Self: self, Old: []mesh.Peer{peer}, New: []mesh.Peer{v4only}}
 	if err := b.(mesh.DeltaApplier).ApplyDelta(ctx, delta); err != nil && err != mesh.ErrWholeApply {
 		t.Fatal(err)

@@ -91,7 +91,7 @@ var (
 // peerAddrs are the underlay addresses peer p sends tunnel packets from.
 func peerAddrs(p mesh.Peer) []netip.Addr {
 	var out []netip.Addr
-	for _, a := range []netip.Addr{p.PublicIP, p.PublicIPv6} {
+	for _, a := range []netip.Addr{p.PublicIP, p.PublicIPv6()} {
 		if a.IsValid() && !a.IsUnspecified() {
 			out = append(out, a.Unmap())
 		}

@@ -75,7 +75,7 @@ func TestFilterSources(t *testing.T) {
 	peer := func(key, ip, ip6 string) mesh.Peer {
 		p := mesh.Peer{Key: key, PublicIP: netip.MustParseAddr(ip)}
 		if ip6 != "" {
-			p.PublicIPv6 = netip.MustParseAddr(ip6)
+			p = p.WithIPv6(netip.Prefix{}, netip.MustParseAddr(ip6), nil)
 		}
 		return p
 	}

@@ -160,10 +160,11 @@ func peerFor(p mesh.Peer, typ string) (mesh.Peer, bool) {
 	if p.Path == typ {
 		return p, true
 	}
-	for _, a := range p.Alternatives {
+	for _, a := range p.Alternatives() {
 		if a.BackendType == typ {
 			s := p
-			s.BackendType, s.BackendData, s.BackendV6Data, s.Path, s.Standby = a.BackendType, a.BackendData, a.BackendV6Data, typ, true
+			s.BackendType, s.BackendData, s.Path, s.Standby = a.BackendType, a.BackendData, typ, true
+			s = s.WithIPv6(s.IPv6Subnet(), s.PublicIPv6(), a.BackendV6Data)
 			return s, true
 		}
 	}

@@ -1,51 +1,12 @@
 package mesh
 
 import (
-	"encoding/json"
 	"fmt"
 	"net/netip"
 	"sort"
 
 	"github.com/weftnet/weft/lease"
 )
-
-// Peer is another host this host must reach: its subnet lives behind its
-// PublicIP, and BackendData says how (VTEP MAC, WireGuard key).
-type Peer struct {
-	// Key is the lease key, for log lines that name the peer.
-	Key         string
-	Subnet      netip.Prefix
-	PublicIP    netip.Addr
-	BackendType string
-	BackendData json.RawMessage
-	// Path is the backend this host reaches the peer by (Path): the
-	// network's Backend.Type but during a switch, when it may be one this
-	// host still runs for peers that have not switched.
-	Path string
-	// Alternatives are the other backends the peer's host speaks during a
-	// switch, with their data (types as Path names them); Standby marks a
-	// copy of the peer for a backend that is not its path yet, which
-	// prepares it there (keys, neighbours) without routing to it.
-	Alternatives []lease.PathAttrs
-	Standby      bool
-	// IPv6Subnet, PublicIPv6 and BackendV6Data are the lease's IPv6 half on
-	// a dual-stack network; IPv6Subnet is invalid when the peer has none
-	// (an IPv4-only lease), PublicIPv6 when it published no IPv6 address.
-	IPv6Subnet    netip.Prefix
-	PublicIPv6    netip.Addr
-	BackendV6Data json.RawMessage
-	// Created is the store revision that created the peer's lease: of two
-	// peers that claim the same thing (a VTEP MAC), the older one keeps it.
-	Created int64
-	// Seen is what the peer's host sees of other hosts (its lease's
-	// WeftSeen): where their packets come from, when not where their
-	// leases say. A change of it changes what this host knows of others,
-	// so a backend that reads it applies such a change whole.
-	Seen []lease.Sighting
-	// Reach are the peers the peer's host, behind NAT, has a live direct
-	// path to (its lease's WeftReach); read like Seen.
-	Reach []string
-}
 
 // Skipped is a lease left out of the desired state, and why.
 type Skipped struct {
@@ -113,14 +74,14 @@ func ComputeShared(self lease.Lease, leases []*lease.Lease, cfg *lease.Config) D
 		case reason != "":
 		case l.Subnet.IsValid() && kept[l.Subnet]:
 			reason = fmt.Sprintf("subnet %s overlaps %s, leased earlier", l.Subnet, l.Subnet)
-		case peer.IPv6Subnet.IsValid() && kept[peer.IPv6Subnet]:
-			reason = fmt.Sprintf("IPv6 subnet %s overlaps %s, leased earlier", peer.IPv6Subnet, peer.IPv6Subnet)
+		case peer.IPv6Subnet().IsValid() && kept[peer.IPv6Subnet()]:
+			reason = fmt.Sprintf("IPv6 subnet %s overlaps %s, leased earlier", peer.IPv6Subnet(), peer.IPv6Subnet())
 		}
 		if reason != "" {
 			d.Skipped = append(d.Skipped, Skipped{Key: peer.Key, Reason: reason})
 			continue
 		}
-		for _, sn := range []netip.Prefix{l.Subnet, peer.IPv6Subnet} {
+		for _, sn := range []netip.Prefix{l.Subnet, peer.IPv6Subnet()} {
 			if sn.IsValid() {
 				kept[sn] = true
 			}
@@ -142,13 +103,17 @@ func (d Desired) IPv6Half() Desired {
 	out.Self.Attrs.PublicIP, out.Self.Attrs.PublicIPv6 = d.Self.Attrs.PublicIPv6Addr(), nil
 	out.Self.Attrs.BackendData, out.Self.Attrs.BackendV6Data = d.Self.Attrs.BackendV6Data, nil
 	for _, p := range d.Peers {
-		if !p.IPv6Subnet.IsValid() {
+		if !p.IPv6Subnet().IsValid() {
 			continue
 		}
-		half := Peer{Key: p.Key, Subnet: p.IPv6Subnet, PublicIP: p.PublicIPv6,
-			BackendType: p.BackendType, BackendData: p.BackendV6Data, Path: p.Path, Standby: p.Standby, Created: p.Created}
-		for _, a := range p.Alternatives {
-			half.Alternatives = append(half.Alternatives, lease.PathAttrs{BackendType: a.BackendType, BackendData: a.BackendV6Data})
+		half := Peer{Key: p.Key, Subnet: p.IPv6Subnet(), PublicIP: p.PublicIPv6(),
+			BackendType: p.BackendType, BackendData: p.BackendV6Data(), Path: p.Path, Standby: p.Standby, Created: p.Created}
+		if alternatives := p.Alternatives(); len(alternatives) > 0 {
+			halves := make([]lease.PathAttrs, 0, len(alternatives))
+			for _, a := range alternatives {
+				halves = append(halves, lease.PathAttrs{BackendType: a.BackendType, BackendData: a.BackendV6Data})
+			}
+			half = half.WithAlternatives(halves)
 		}
 		out.Peers = append(out.Peers, half)
 	}
@@ -163,7 +128,7 @@ func (d *Desired) sort() {
 		if a.Subnet != b.Subnet {
 			return a.Subnet.Addr().Less(b.Subnet.Addr())
 		}
-		return a.IPv6Subnet.Addr().Less(b.IPv6Subnet.Addr())
+		return a.IPv6Subnet().Addr().Less(b.IPv6Subnet().Addr())
 	})
 	sort.Slice(d.Skipped, func(i, j int) bool { return d.Skipped[i].Key < d.Skipped[j].Key })
 }
@@ -175,19 +140,24 @@ func (d *Desired) sort() {
 func classify(self lease.Lease, l lease.Lease, cfg *lease.Config) (peer Peer, reason string, isSelf bool) {
 	path, _ := Path(l, cfg)
 	peer = Peer{Key: l.Key(), Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP,
-		BackendType: path.BackendType, BackendData: path.BackendData, Path: PathType(path, cfg), Created: l.CreateRevision, Seen: l.Attrs.Seen, Reach: l.Attrs.Reach}
+		BackendType: path.BackendType, BackendData: path.BackendData, Path: PathType(path, cfg), Created: l.CreateRevision}
+	more := peerMore{seen: l.Attrs.Seen, reach: l.Attrs.Reach}
 	if len(l.Attrs.Also) > 0 {
 		for _, p := range l.Attrs.Paths() {
 			if t := PathType(p, cfg); t != peer.Path {
 				p.BackendType = t
-				peer.Alternatives = append(peer.Alternatives, p)
+				more.alternatives = append(more.alternatives, p)
 			}
 		}
 	}
 	if cfg.EnableIPv6 {
 		// On an IPv4-only network a flannel host's IPv6 half is not ours
 		// to route; on a dual-stack one it is.
-		peer.IPv6Subnet, peer.PublicIPv6, peer.BackendV6Data = l.IPv6Subnet, l.Attrs.PublicIPv6Addr(), path.BackendV6Data
+		more.ipv6Subnet, more.publicIPv6, more.backendV6Data = l.IPv6Subnet, l.Attrs.PublicIPv6Addr(), path.BackendV6Data
+	}
+	if !more.empty() {
+		kept := more // only a peer with some of these allocates them
+		peer.more = &kept
 	}
 	if sameSubnet(l, self) {
 		return peer, "", true // our own lease (or an older copy of it)
@@ -199,10 +169,10 @@ func classify(self lease.Lease, l lease.Lease, cfg *lease.Config) (peer Peer, re
 		reason = fmt.Sprintf("PublicIP %s is this host's own", l.Attrs.PublicIP)
 	case !cfg.EnableIPv4 && l.Attrs.PublicIPv6Addr() == self.Attrs.PublicIPv6Addr():
 		reason = fmt.Sprintf("PublicIPv6 %s is this host's own", l.Attrs.PublicIPv6Addr())
-	case cfg.EnableIPv6 && peer.IPv6Subnet.IsValid() && peer.PublicIPv6.IsValid() && peer.PublicIPv6 == self.Attrs.PublicIPv6Addr():
+	case cfg.EnableIPv6 && peer.IPv6Subnet().IsValid() && peer.PublicIPv6().IsValid() && peer.PublicIPv6() == self.Attrs.PublicIPv6Addr():
 		// On dual stack too: this host's IPv6 traffic to that subnet
 		// would be sent to itself.
-		reason = fmt.Sprintf("PublicIPv6 %s is this host's own", peer.PublicIPv6)
+		reason = fmt.Sprintf("PublicIPv6 %s is this host's own", peer.PublicIPv6())
 	}
 	return peer, reason, false
 }

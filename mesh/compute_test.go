@@ -150,7 +150,7 @@ func TestComputeDualStack(t *testing.T) {
 	render6 := func(d Desired) string {
 		var b strings.Builder
 		for _, p := range d.Peers {
-			fmt.Fprintf(&b, "peer %s %s via %s %s\n", p.Subnet, p.IPv6Subnet, p.PublicIP, p.PublicIPv6)
+			fmt.Fprintf(&b, "peer %s %s via %s %s\n", p.Subnet, p.IPv6Subnet(), p.PublicIP, p.PublicIPv6())
 		}
 		for _, s := range d.Skipped {
 			fmt.Fprintf(&b, "skip %s: %s\n", s.Key, s.Reason)
@@ -200,18 +200,18 @@ func TestIPv6Half(t *testing.T) {
 	ip6 := netip.MustParseAddr("fd00:50::1")
 	self.Attrs.PublicIPv6, self.Attrs.BackendV6Data = &ip6, []byte(`{"v6":1}`)
 	dual := Peer{Key: "10.5.2.0-24&fc00:5:0:2::-64", Subnet: netip.MustParsePrefix("10.5.2.0/24"), PublicIP: netip.MustParseAddr("192.168.50.2"),
-		BackendData: []byte(`{"v4":2}`), IPv6Subnet: netip.MustParsePrefix("fc00:5:0:2::/64"), PublicIPv6: netip.MustParseAddr("fd00:50::2"), BackendV6Data: []byte(`{"v6":2}`)}
+		BackendData: []byte(`{"v4":2}`)}.WithIPv6(netip.MustParsePrefix("fc00:5:0:2::/64"), netip.MustParseAddr("fd00:50::2"), []byte(`{"v6":2}`))
 	v4only := Peer{Key: "10.5.3.0-24", Subnet: netip.MustParsePrefix("10.5.3.0/24"), PublicIP: netip.MustParseAddr("192.168.50.3")}
 	d := Desired{Network: netip.MustParsePrefix("10.5.0.0/16"), IPv6Network: netip.MustParsePrefix("fc00:5::/48"), Self: self, Peers: []Peer{dual, v4only}}
 	half := d.IPv6Half()
 	if half.Network.String() != "fc00:5::/48" || half.Self.Subnet.String() != "fc00:5:0:1::/64" || half.Self.Attrs.PublicIP != ip6 || string(half.Self.Attrs.BackendData) != `{"v6":1}` {
 		t.Errorf("IPv6 half's network and self: %s %s %s %s", half.Network, half.Self.Subnet, half.Self.Attrs.PublicIP, half.Self.Attrs.BackendData)
 	}
-	if len(half.Peers) != 1 || half.Peers[0].Key != dual.Key || half.Peers[0].Subnet != dual.IPv6Subnet || half.Peers[0].PublicIP != dual.PublicIPv6 || string(half.Peers[0].BackendData) != `{"v6":2}` {
+	if len(half.Peers) != 1 || half.Peers[0].Key != dual.Key || half.Peers[0].Subnet != dual.IPv6Subnet() || half.Peers[0].PublicIP != dual.PublicIPv6() || string(half.Peers[0].BackendData) != `{"v6":2}` {
 		t.Errorf("IPv6 half's peers: %+v", half.Peers)
 	}
 	delta := Delta{Network: d.Network, IPv6Network: d.IPv6Network, Self: self, Old: []Peer{dual}, New: []Peer{v4only}}.IPv6Half()
-	if len(delta.Old) != 1 || delta.Old[0].Subnet != dual.IPv6Subnet || len(delta.New) != 0 {
+	if len(delta.Old) != 1 || delta.Old[0].Subnet != dual.IPv6Subnet() || len(delta.New) != 0 {
 		t.Errorf("IPv6 half of a delta: %+v", delta)
 	}
 }
@@ -237,7 +237,7 @@ func TestComputeIPv6Only(t *testing.T) {
 	d := Compute(self, []lease.Lease{self, mk("fc00:5:0:2::/64", "fd50::2", 2), mk("fc00:5:0:3::/64", "fd50::1", 3), mk("", "fd50::4", 4)}, cfg)
 	var got []string
 	for _, p := range d.Peers {
-		got = append(got, fmt.Sprintf("peer %s via %s", p.IPv6Subnet, p.PublicIPv6))
+		got = append(got, fmt.Sprintf("peer %s via %s", p.IPv6Subnet(), p.PublicIPv6()))
 	}
 	for _, s := range d.Skipped {
 		got = append(got, "skip "+s.Key+": "+s.Reason)

@@ -95,10 +95,10 @@ func sameSelf(a, b lease.Lease) bool {
 
 func samePeer(a, b Peer) bool {
 	return a.Subnet == b.Subnet && a.PublicIP == b.PublicIP && a.BackendType == b.BackendType && a.Path == b.Path && bytes.Equal(a.BackendData, b.BackendData) &&
-		a.IPv6Subnet == b.IPv6Subnet && a.PublicIPv6 == b.PublicIPv6 && bytes.Equal(a.BackendV6Data, b.BackendV6Data) &&
-		slices.EqualFunc(a.Alternatives, b.Alternatives, func(x, y lease.PathAttrs) bool {
+		a.IPv6Subnet() == b.IPv6Subnet() && a.PublicIPv6() == b.PublicIPv6() && bytes.Equal(a.BackendV6Data(), b.BackendV6Data()) &&
+		slices.EqualFunc(a.Alternatives(), b.Alternatives(), func(x, y lease.PathAttrs) bool {
 			return x.BackendType == y.BackendType && bytes.Equal(x.BackendData, y.BackendData) && bytes.Equal(x.BackendV6Data, y.BackendV6Data)
-		}) && slices.Equal(a.Seen, b.Seen) && slices.Equal(a.Reach, b.Reach)
+		}) && slices.Equal(a.Seen(), b.Seen()) && slices.Equal(a.Reach(), b.Reach())
 }
 
 // diff turns the changed keys into a Delta against the model and the skip

@@ -45,7 +45,7 @@ func Wanted(d mesh.Desired) (map[string]Subnet, []error) {
 	want := make(map[string]Subnet, len(d.Peers))
 	var skipped []error
 	for _, p := range d.Peers {
-		s := Subnet{Key: p.Key, Subnet: p.Subnet, IPv6Subnet: p.IPv6Subnet, PublicIP: p.PublicIP, PublicIPv6: p.PublicIPv6}
+		s := Subnet{Key: p.Key, Subnet: p.Subnet, IPv6Subnet: p.IPv6Subnet(), PublicIP: p.PublicIP, PublicIPv6: p.PublicIPv6()}
 		if len(p.BackendData) > 0 && string(p.BackendData) != "null" {
 			if err := json.Unmarshal(p.BackendData, &s.Data); err != nil {
 				skipped = append(skipped, mesh.SkipPeer(p.Key,

@@ -24,16 +24,16 @@ func Plan(d mesh.Desired, ext underlay.ExternalInterface) ([]underlay.Route, []e
 			continue
 		}
 		routes = append(routes, underlay.Route{Dst: p.Subnet, Via: p.PublicIP, Direct: true})
-		if !p.IPv6Subnet.IsValid() {
+		if !p.IPv6Subnet().IsValid() {
 			continue
 		}
-		if !ext.OnLink(p.PublicIPv6) {
+		if !ext.OnLink(p.PublicIPv6()) {
 			problems = append(problems, mesh.SkipPeer(p.Key,
 				"PublicIPv6 %s is not on the same L2 segment as %s (%v); its IPv6 subnet %s is not routed: use vxlan or wireguard",
-				p.PublicIPv6, ext.Name, ext.Prefixes, p.IPv6Subnet))
+				p.PublicIPv6(), ext.Name, ext.Prefixes, p.IPv6Subnet()))
 			continue
 		}
-		routes = append(routes, underlay.Route{Dst: p.IPv6Subnet, Via: p.PublicIPv6, Direct: true})
+		routes = append(routes, underlay.Route{Dst: p.IPv6Subnet(), Via: p.PublicIPv6(), Direct: true})
 	}
 	return routes, problems
 }

@@ -313,7 +313,7 @@ func TestStackSeparateOnFakes(t *testing.T) {
 	kp := mustKey(t)
 	v6 := netip.MustParseAddr("fd00::2")
 	p := wgPeer("10.5.2.0/24", "192.168.50.2", data(kp, 51820))
-	p.IPv6Subnet, p.PublicIPv6, p.BackendV6Data = netip.MustParsePrefix("fc00:5:0:2::/64"), v6, json.RawMessage(data(kp, 51821))
+	p = p.WithIPv6(netip.MustParsePrefix("fc00:5:0:2::/64"), v6, json.RawMessage(data(kp, 51821)))
 	self := self("10.5.1.0/24")
 	self.IPv6Subnet = netip.MustParsePrefix("fc00:5:0:1::/64")
 	d := mesh.Desired{Network: cfg.Network, IPv6Network: cfg.IPv6Network, Self: self, Peers: []mesh.Peer{p}}

@@ -66,7 +66,7 @@ func discover(d mesh.Desired) discovery {
 	tally(d.Self.Key(), d.Self.Attrs.Seen)
 	for _, p := range d.Peers {
 		if !p.Standby {
-			tally(p.Key, p.Seen)
+			tally(p.Key, p.Seen())
 		}
 	}
 	out := discovery{peers: make(map[string]netip.AddrPort, len(votes))}
@@ -107,7 +107,7 @@ func chooseRelays(d mesh.Desired, found discovery) map[string]string {
 		if p.Standby {
 			continue
 		}
-		reachOf[p.Key] = p.Reach
+		reachOf[p.Key] = p.Reach()
 		if _, behindNAT := found.peers[p.Key]; !behindNAT {
 			candidates = append(candidates, p.Key)
 		}
@@ -162,13 +162,13 @@ func changesSightings(d mesh.Delta) bool {
 	}
 	for _, p := range d.New {
 		prev, ok := old[p.Key]
-		if !slices.Equal(prev.Seen, p.Seen) || !slices.Equal(prev.Reach, p.Reach) || !ok && (len(p.Seen) > 0 || len(p.Reach) > 0) {
+		if !slices.Equal(prev.Seen(), p.Seen()) || !slices.Equal(prev.Reach(), p.Reach()) || !ok && (len(p.Seen()) > 0 || len(p.Reach()) > 0) {
 			return true
 		}
 		delete(old, p.Key)
 	}
 	for _, p := range old {
-		if len(p.Seen) > 0 || len(p.Reach) > 0 {
+		if len(p.Seen()) > 0 || len(p.Reach()) > 0 {
 			return true
 		}
 	}

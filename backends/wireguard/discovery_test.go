@@ -28,7 +28,7 @@ func TestDiscovery(t *testing.T) {
 	k2, k3, k4 := mustKey(t), mustKey(t), mustKey(t)
 	peer := func(key string, ip string, k keys.Key, s []lease.Sighting) mesh.Peer {
 		data, _ := json.Marshal(BackendData{PublicKey: k.Public().String(), Port: 51820})
-		return mesh.Peer{Key: key, Subnet: netip.MustParsePrefix(key[:len(key)-3] + "/24"), PublicIP: netip.MustParseAddr(ip), BackendData: data, Seen: s}
+		return mesh.Peer{Key: key, Subnet: netip.MustParsePrefix(key[:len(key)-3] + "/24"), PublicIP: netip.MustParseAddr(ip), BackendData: data}.WithSightings(s, nil)
 	}
 	self := lease.Lease{Subnet: netip.MustParsePrefix("10.5.2.0/24"), Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("172.31.2.2")}}
 	d := mesh.Desired{Network: netip.MustParsePrefix("10.5.0.0/16"), Self: self, Peers: []mesh.Peer{

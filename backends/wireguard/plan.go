@@ -230,17 +230,17 @@ func candidates(d mesh.Desired, self keys.Key, opts Options) ([]PeerSpec, []erro
 		if opts.direct(p.PublicIP) {
 			spec.AllowedIPs = nil // a plain route carries it (DirectRoutes)
 		}
-		if opts.Mode != ModeSeparate && d.IPv6Network.IsValid() && p.IPv6Subnet.IsValid() {
+		if opts.Mode != ModeSeparate && d.IPv6Network.IsValid() && p.IPv6Subnet().IsValid() {
 			// One device for both families: the peer's IPv6 subnet too,
 			// and its IPv6 endpoint when the Mode says so.
-			spec.AllowedIPs = append(spec.AllowedIPs, p.IPv6Subnet) // direct routing is IPv4's
-			if opts.useIPv6(p.PublicIP, p.PublicIPv6) {
+			spec.AllowedIPs = append(spec.AllowedIPs, p.IPv6Subnet()) // direct routing is IPv4's
+			if opts.useIPv6(p.PublicIP, p.PublicIPv6()) {
 				port := data.Port
 				var data6 BackendData
-				if json.Unmarshal(p.BackendV6Data, &data6) == nil && data6.Port >= 1 && data6.Port <= 65535 {
+				if json.Unmarshal(p.BackendV6Data(), &data6) == nil && data6.Port >= 1 && data6.Port <= 65535 {
 					port = data6.Port
 				}
-				spec.Endpoint = netip.AddrPortFrom(p.PublicIPv6, uint16(port))
+				spec.Endpoint = netip.AddrPortFrom(p.PublicIPv6(), uint16(port))
 			}
 		}
 		spec.Advertised = spec.Endpoint

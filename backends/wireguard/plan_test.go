@@ -211,7 +211,7 @@ func TestPlanDualStackModes(t *testing.T) {
 	self, k := mustKey(t), mustKey(t)
 	peer := func(ip4, ip6 string) mesh.Peer {
 		p := wgPeer("10.5.2.0/24", ip4, data(k, 51820))
-		p.IPv6Subnet, p.PublicIPv6, p.BackendV6Data = netip.MustParsePrefix("fc00:5:0:2::/64"), netip.MustParseAddr(ip6), json.RawMessage(data(k, 51821))
+		p = p.WithIPv6(netip.MustParsePrefix("fc00:5:0:2::/64"), netip.MustParseAddr(ip6), json.RawMessage(data(k, 51821)))
 		return p
 	}
 	private, public := peer("192.168.50.2", "fd50::2"), peer("203.0.113.2", "2001:db8::2")
@@ -237,7 +237,7 @@ func TestPlanDualStackModes(t *testing.T) {
 			t.Fatalf("%s: %v %v", tt.mode, specs, problems)
 		}
 		if got := specs[0].Endpoint.String(); got != tt.endpoint || fmt.Sprint(specs[0].AllowedIPs) != tt.ips {
-			t.Errorf("Mode %s, local %s, peer %s/%s: endpoint %s allowed %v, want %s %s", tt.mode, tt.local6, tt.p.PublicIP, tt.p.PublicIPv6,
+			t.Errorf("Mode %s, local %s, peer %s/%s: endpoint %s allowed %v, want %s %s", tt.mode, tt.local6, tt.p.PublicIP, tt.p.PublicIPv6(),
 				got, specs[0].AllowedIPs, tt.endpoint, tt.ips)
 		}
 	}

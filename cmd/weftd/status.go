@@ -175,8 +175,8 @@ func (o *observer) peerStatuses(onDemand bool) []status.Peer {
 		path := o.paths.Of(*p)
 		ps := status.Peer{Lease: p.Key, Subnet: p.Subnet.String(), PublicIP: p.PublicIP.String(), State: "programmed",
 			Path: path.Name, Encrypted: path.Encrypted, InClear: path.Why}
-		if p.IPv6Subnet.IsValid() {
-			ps.IPv6Subnet, ps.PublicIPv6 = p.IPv6Subnet.String(), p.PublicIPv6.String()
+		if p.IPv6Subnet().IsValid() {
+			ps.IPv6Subnet, ps.PublicIPv6 = p.IPv6Subnet().String(), p.PublicIPv6().String()
 		}
 		if wp, ok := handshakes[p.Subnet.String()]; ok {
 			ps.RxBytes, ps.TxBytes = wp.ReceiveBytes, wp.TransmitBytes
