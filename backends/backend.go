@@ -266,7 +266,7 @@ func newVXLAN(env Env) (Backend, error) {
 			return nil, err
 		}
 		if env.Previous != nil {
-			v6.KeepMAC(env.Previous.BackendV6Data)
+			v6.KeepMAC(env.Previous.BackendV6Data())
 		}
 		return &ipv6Only{v6: v6}, nil
 	}
@@ -285,7 +285,7 @@ func newVXLAN(env Env) (Backend, error) {
 		return nil, err
 	}
 	if env.Previous != nil {
-		v6.KeepMAC(env.Previous.BackendV6Data)
+		v6.KeepMAC(env.Previous.BackendV6Data())
 	}
 	return &dualStack{v4: v4, v6: v6}, nil
 }

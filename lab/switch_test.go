@@ -89,7 +89,7 @@ func waitSwitched(t *testing.T, l *Lab, backend string) {
 			if err != nil || !ok {
 				return fmt.Errorf("%s's lease: %v", h.Name, err)
 			}
-			if l, err := lease.DecodeLease(rec.Key, rec.Value); err != nil || l.Attrs.BackendType != want || len(l.Attrs.Also) > 0 {
+			if l, err := lease.DecodeLease(rec.Key, rec.Value); err != nil || l.Attrs.BackendType != want || len(l.Attrs.Also()) > 0 {
 				return fmt.Errorf("%s's lease is %s", h.Name, rec.Value)
 			}
 		}

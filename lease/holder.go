@@ -66,7 +66,7 @@ func (h *Holder) Verify() {
 // rewrites it on the next check. The sightings stay (SetSeen sets them).
 func (h *Holder) SetAttrs(attrs Attrs) {
 	h.mu.Lock()
-	attrs.Seen, attrs.Reach = h.req.Attrs.Seen, h.req.Attrs.Reach
+	attrs = attrs.WithSightings(h.req.Attrs.Seen(), h.req.Attrs.Reach())
 	h.req.Attrs = attrs
 	h.mu.Unlock()
 	h.Verify()
@@ -77,9 +77,9 @@ func (h *Holder) SetAttrs(attrs Attrs) {
 // whether they changed.
 func (h *Holder) SetSeen(seen []Sighting, reach []string) bool {
 	h.mu.Lock()
-	same := slices.Equal(h.req.Attrs.Seen, seen) && slices.Equal(h.req.Attrs.Reach, reach)
+	same := slices.Equal(h.req.Attrs.Seen(), seen) && slices.Equal(h.req.Attrs.Reach(), reach)
 	if !same {
-		h.req.Attrs.Seen, h.req.Attrs.Reach = slices.Clone(seen), slices.Clone(reach)
+		h.req.Attrs = h.req.Attrs.WithSightings(slices.Clone(seen), slices.Clone(reach))
 	}
 	h.mu.Unlock()
 	if !same {

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unique"
 
 	"github.com/weftnet/weft/keys"
 )
@@ -35,28 +36,104 @@ type Attrs struct {
 	// BackendData is the backend's own data (VTEP MAC, WireGuard key); empty
 	// for host-gw and udp.
 	BackendData json.RawMessage
-	// BackendV6Data is the backend's data for its IPv6 half (flannel's
-	// wireguard publishes the IPv6 device's port there); empty otherwise.
-	BackendV6Data json.RawMessage
-	// Also are the other backends the host runs during a switch of
-	// Backend.Type, each with its data (weft only, "WeftAlso": flannel
-	// ignores the field, and reaches the host by BackendType as before);
-	// empty outside a switch, so the lease is byte for byte flannel's.
-	Also []PathAttrs
 	// HostID is the host's stable identity (weft only, "WeftHostID":
 	// flannel ignores the field); zero in a flannel host's lease. A host
 	// recognises its own lease by it (SameHost), so an address change
 	// keeps its subnet.
 	HostID keys.HostID
-	// Seen are the peers this host's WireGuard device sees at another
-	// endpoint than their leases name (weft only, "WeftSeen"; see
-	// Sighting): empty but behind NAT.
-	Seen []Sighting
-	// Reach are the peers (lease keys) this host behind NAT has a live
-	// direct WireGuard path to (weft only, "WeftReach"): a pair of hosts
-	// behind NAT goes direct when each names the other, else through a
-	// relay both name (see Sighting).
-	Reach []string
+	// more holds the fields most leases leave empty (see attrsMore),
+	// nil when all are; shared by copies of the Attrs, so never changed
+	// in place: the With methods give Attrs with a new one.
+	more *attrsMore
+}
+
+// attrsMore are the lease attributes most hosts do not publish: the
+// IPv6 half's backend data (dual stack), and weft's WeftAlso, WeftSeen
+// and WeftReach (a switch of Backend.Type, NAT). A host keeps a lease
+// for every other host, and these were a third of its 296 bytes.
+type attrsMore struct {
+	backendV6Data json.RawMessage
+	also          []PathAttrs
+	seen          []Sighting
+	reach         []string
+}
+
+func (m *attrsMore) empty() bool {
+	return len(m.backendV6Data) == 0 && len(m.also) == 0 && len(m.seen) == 0 && len(m.reach) == 0
+}
+
+// change sets a.more to a copy of it that set has changed, or nil when
+// nothing is left in it.
+func (a *Attrs) change(set func(*attrsMore)) {
+	var m attrsMore
+	if a.more != nil {
+		m = *a.more
+	}
+	set(&m)
+	if m.empty() {
+		a.more = nil
+		return
+	}
+	a.more = &m
+}
+
+// BackendV6Data is the backend's data for its IPv6 half (flannel's
+// wireguard publishes the IPv6 device's port there); empty otherwise.
+func (a Attrs) BackendV6Data() json.RawMessage {
+	if a.more == nil {
+		return nil
+	}
+	return a.more.backendV6Data
+}
+
+// WithBackendV6Data is a with BackendV6Data set to data.
+func (a Attrs) WithBackendV6Data(data json.RawMessage) Attrs {
+	a.change(func(m *attrsMore) { m.backendV6Data = data })
+	return a
+}
+
+// Also are the other backends the host runs during a switch of
+// Backend.Type, each with its data (weft only, "WeftAlso": flannel
+// ignores the field, and reaches the host by BackendType as before);
+// empty outside a switch, so the lease is byte for byte flannel's.
+func (a Attrs) Also() []PathAttrs {
+	if a.more == nil {
+		return nil
+	}
+	return a.more.also
+}
+
+// WithAlso is a with Also set to paths.
+func (a Attrs) WithAlso(paths []PathAttrs) Attrs {
+	a.change(func(m *attrsMore) { m.also = paths })
+	return a
+}
+
+// Seen are the peers this host's WireGuard device sees at another
+// endpoint than their leases name (weft only, "WeftSeen"; see
+// Sighting): empty but behind NAT.
+func (a Attrs) Seen() []Sighting {
+	if a.more == nil {
+		return nil
+	}
+	return a.more.seen
+}
+
+// Reach are the peers (lease keys) this host behind NAT has a live
+// direct WireGuard path to (weft only, "WeftReach"): a pair of hosts
+// behind NAT goes direct when each names the other, else through a
+// relay both name (see Sighting).
+func (a Attrs) Reach() []string {
+	if a.more == nil {
+		return nil
+	}
+	return a.more.reach
+}
+
+// WithSightings is a with Seen and Reach set.
+func (a Attrs) WithSightings(seen []Sighting, reach []string) Attrs {
+	a.change(func(m *attrsMore) { m.seen, m.reach = seen, reach })
+	return a
 }
 
 // PathAttrs is one more backend a host speaks: its type and the data
@@ -85,9 +162,9 @@ type attrsJSON struct {
 // Paths are every backend the host speaks, BackendType's first (""
 // being udp's, as Backend reads it).
 func (a Attrs) Paths() []PathAttrs {
-	out := make([]PathAttrs, 0, 1+len(a.Also))
-	out = append(out, PathAttrs{BackendType: a.Backend(), BackendData: a.BackendData, BackendV6Data: a.BackendV6Data})
-	return append(out, a.Also...)
+	out := make([]PathAttrs, 0, 1+len(a.Also()))
+	out = append(out, PathAttrs{BackendType: a.Backend(), BackendData: a.BackendData, BackendV6Data: a.BackendV6Data()})
+	return append(out, a.Also()...)
 }
 
 // SameHost reports whether a and b are the attributes of one host: the
@@ -139,14 +216,14 @@ func (a Attrs) MarshalJSON() ([]byte, error) {
 	if len(a.BackendData) > 0 && string(a.BackendData) != "null" {
 		out.BackendData = a.BackendData
 	}
-	if len(a.BackendV6Data) > 0 && string(a.BackendV6Data) != "null" {
-		out.BackendV6Data = a.BackendV6Data
+	if v6 := a.BackendV6Data(); len(v6) > 0 && string(v6) != "null" {
+		out.BackendV6Data = v6
 	}
-	out.Also = a.Also
+	out.Also = a.Also()
 	if !a.HostID.IsZero() {
 		out.HostID = a.HostID.String()
 	}
-	out.Seen, out.Reach = a.Seen, a.Reach
+	out.Seen, out.Reach = a.Seen(), a.Reach()
 	return json.Marshal(out)
 }
 
@@ -160,7 +237,7 @@ func (a *Attrs) UnmarshalJSON(data []byte) error {
 	if err != nil || !ip.Is4() {
 		return fmt.Errorf("PublicIP %q is not an IPv4 address", in.PublicIP)
 	}
-	*a = Attrs{PublicIP: ip, BackendType: in.BackendType, BackendData: in.BackendData, BackendV6Data: in.BackendV6Data}
+	*a = Attrs{PublicIP: ip, BackendType: knownType(in.BackendType), BackendData: in.BackendData}
 	if len(in.Also) > maxAlso {
 		return fmt.Errorf("WeftAlso names %d backends, more than the %d a switch uses", len(in.Also), maxAlso)
 	}
@@ -169,15 +246,16 @@ func (a *Attrs) UnmarshalJSON(data []byte) error {
 			return fmt.Errorf("WeftAlso: BackendType %q is empty, the lease's own, or not a backend name", p.BackendType)
 		}
 	}
-	a.Also = in.Also
 	if err := checkSightings(in.Seen); err != nil {
 		return err
 	}
-	a.Seen = in.Seen
 	if err := checkReach(in.Reach); err != nil {
 		return err
 	}
-	a.Reach = in.Reach
+	more := attrsMore{backendV6Data: in.BackendV6Data, also: in.Also, seen: in.Seen, reach: in.Reach}
+	if !more.empty() {
+		a.more = &more
+	}
 	if in.HostID != "" {
 		if a.HostID, err = keys.ParseHostID(in.HostID); err != nil {
 			return fmt.Errorf("WeftHostID: %w", err)
@@ -375,4 +453,14 @@ func validTypeName(s string) bool {
 		}
 	}
 	return true
+}
+
+// knownType is typ as one string shared by every lease that names it: a
+// decoded string is an allocation of its own, and every lease carries
+// one of a few backend names.
+func knownType(typ string) string {
+	if typ == "" {
+		return ""
+	}
+	return unique.Make(typ).Value()
 }

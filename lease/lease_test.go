@@ -40,8 +40,7 @@ func TestAttrsEncodeAsFlannel(t *testing.T) {
 		// A dual-stack wireguard host, field for field as flannel's
 		// newSubnetAttrs writes it (BackendV6Data carries the IPv6 port).
 		{Attrs{PublicIP: netip.MustParseAddr("192.168.50.4"), PublicIPv6: ptr(netip.MustParseAddr("fd00:50::4")), BackendType: "wireguard",
-			BackendData:   json.RawMessage(`{"PublicKey":"V/Tff9mTqs7y49FSXReDz46kPIvJC4BUS16h60XOFTQ=","Port":51820}`),
-			BackendV6Data: json.RawMessage(`{"PublicKey":"V/Tff9mTqs7y49FSXReDz46kPIvJC4BUS16h60XOFTQ=","Port":51821}`)},
+			BackendData: json.RawMessage(`{"PublicKey":"V/Tff9mTqs7y49FSXReDz46kPIvJC4BUS16h60XOFTQ=","Port":51820}`)}.WithBackendV6Data(json.RawMessage(`{"PublicKey":"V/Tff9mTqs7y49FSXReDz46kPIvJC4BUS16h60XOFTQ=","Port":51821}`)),
 			`{"PublicIP":"192.168.50.4","PublicIPv6":"fd00:50::4","BackendType":"wireguard","BackendData":{"PublicKey":"V/Tff9mTqs7y49FSXReDz46kPIvJC4BUS16h60XOFTQ=","Port":51820},"BackendV6Data":{"PublicKey":"V/Tff9mTqs7y49FSXReDz46kPIvJC4BUS16h60XOFTQ=","Port":51821}}`},
 	}
 	for _, tt := range tests {
@@ -212,21 +211,20 @@ func TestDualSubnetKey(t *testing.T) {
 // speaks in WeftAlso, after flannel's fields (which flannel reads as
 // before); without any, the lease is flannel's byte for byte.
 func TestWeftAlso(t *testing.T) {
-	a := Attrs{PublicIP: netip.MustParseAddr("192.168.50.2"), BackendType: "vxlan", BackendData: json.RawMessage(`{"VNI":1,"VtepMAC":"02:00:00:00:00:02"}`),
-		Also: []PathAttrs{{BackendType: "wireguard", BackendData: json.RawMessage(`{"PublicKey":"k","Port":51820}`)}}}
+	a := Attrs{PublicIP: netip.MustParseAddr("192.168.50.2"), BackendType: "vxlan", BackendData: json.RawMessage(`{"VNI":1,"VtepMAC":"02:00:00:00:00:02"}`)}.WithAlso([]PathAttrs{{BackendType: "wireguard", BackendData: json.RawMessage(`{"PublicKey":"k","Port":51820}`)}})
 	want := `{"PublicIP":"192.168.50.2","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:00:02"},` +
 		`"WeftAlso":[{"BackendType":"wireguard","BackendData":{"PublicKey":"k","Port":51820}}]}`
 	if got := string(a.Encode()); got != want {
 		t.Fatalf("encoded\n %s\nwant\n %s", got, want)
 	}
 	l, err := DecodeLease("10.5.2.0-24", []byte(want))
-	if err != nil || len(l.Attrs.Also) != 1 || l.Attrs.Also[0].BackendType != "wireguard" {
+	if err != nil || len(l.Attrs.Also()) != 1 || l.Attrs.Also()[0].BackendType != "wireguard" {
 		t.Fatalf("decoded %+v, %v", l.Attrs, err)
 	}
 	if paths := l.Attrs.Paths(); len(paths) != 2 || paths[0].BackendType != "vxlan" || paths[1].BackendType != "wireguard" {
 		t.Errorf("paths %+v", paths)
 	}
-	a.Also = nil
+	a = a.WithAlso(nil)
 	if got := string(a.Encode()); strings.Contains(got, "WeftAlso") {
 		t.Errorf("outside a switch the lease names WeftAlso: %s", got)
 	}
@@ -257,13 +255,12 @@ func TestWeftHostID(t *testing.T) {
 // lease key, an endpoint a host can be sent to), and a lease with a bad
 // one, too many or one lease named twice is bad.
 func TestWeftSeen(t *testing.T) {
-	a := Attrs{PublicIP: netip.MustParseAddr("192.168.50.2"), BackendType: "wireguard",
-		Seen: []Sighting{{Lease: "10.5.3.0-24", Endpoint: netip.MustParseAddrPort("192.168.50.13:51820")}}}
+	a := Attrs{PublicIP: netip.MustParseAddr("192.168.50.2"), BackendType: "wireguard"}.WithSightings([]Sighting{{Lease: "10.5.3.0-24", Endpoint: netip.MustParseAddrPort("192.168.50.13:51820")}}, nil)
 	want := `{"PublicIP":"192.168.50.2","PublicIPv6":null,"BackendType":"wireguard","WeftSeen":[{"Lease":"10.5.3.0-24","Endpoint":"192.168.50.13:51820"}]}`
 	if got := string(a.Encode()); got != want {
 		t.Fatalf("encoded\n %s\nwant\n %s", got, want)
 	}
-	if l, err := DecodeLease("10.5.2.0-24", []byte(want)); err != nil || len(l.Attrs.Seen) != 1 || l.Attrs.Seen[0] != a.Seen[0] {
+	if l, err := DecodeLease("10.5.2.0-24", []byte(want)); err != nil || len(l.Attrs.Seen()) != 1 || l.Attrs.Seen()[0] != a.Seen()[0] {
 		t.Fatalf("decoded %+v, %v", l.Attrs, err)
 	}
 	many := make([]string, MaxSightings+1)
@@ -293,7 +290,7 @@ func TestWeftSeen(t *testing.T) {
 func TestWeftReach(t *testing.T) {
 	value := `{"PublicIP":"192.168.50.2","PublicIPv6":null,"WeftReach":["10.5.1.0-24","10.5.3.0-24"]}`
 	l, err := DecodeLease("10.5.2.0-24", []byte(value))
-	if err != nil || len(l.Attrs.Reach) != 2 || string(l.Attrs.Encode()) != value {
+	if err != nil || len(l.Attrs.Reach()) != 2 || string(l.Attrs.Encode()) != value {
 		t.Fatalf("decoded %+v, %v; encodes as %s", l.Attrs, err, l.Attrs.Encode())
 	}
 	for _, bad := range []string{`["banana"]`, `["10.5.1.0-24","10.5.1.0-24"]`, `["10.5.1.0-24\nx"]`} {

@@ -101,7 +101,8 @@ func (d Desired) IPv6Half() Desired {
 	out := Desired{Network: d.IPv6Network, Self: d.Self}
 	out.Self.Subnet, out.Self.IPv6Subnet = d.Self.IPv6Subnet, netip.Prefix{}
 	out.Self.Attrs.PublicIP, out.Self.Attrs.PublicIPv6 = d.Self.Attrs.PublicIPv6Addr(), nil
-	out.Self.Attrs.BackendData, out.Self.Attrs.BackendV6Data = d.Self.Attrs.BackendV6Data, nil
+	out.Self.Attrs.BackendData = d.Self.Attrs.BackendV6Data()
+	out.Self.Attrs = out.Self.Attrs.WithBackendV6Data(nil)
 	for _, p := range d.Peers {
 		if !p.IPv6Subnet().IsValid() {
 			continue
@@ -141,8 +142,8 @@ func classify(self lease.Lease, l lease.Lease, cfg *lease.Config) (peer Peer, re
 	path, _ := Path(l, cfg)
 	peer = Peer{Key: l.Key(), Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP,
 		BackendType: path.BackendType, BackendData: path.BackendData, Path: PathType(path, cfg), Created: l.CreateRevision}
-	more := peerMore{seen: l.Attrs.Seen, reach: l.Attrs.Reach}
-	if len(l.Attrs.Also) > 0 {
+	more := peerMore{seen: l.Attrs.Seen(), reach: l.Attrs.Reach()}
+	if len(l.Attrs.Also()) > 0 {
 		for _, p := range l.Attrs.Paths() {
 			if t := PathType(p, cfg); t != peer.Path {
 				p.BackendType = t
@@ -296,12 +297,12 @@ func strictly(cfg *lease.Config) string {
 func Path(l lease.Lease, cfg *lease.Config) (path lease.PathAttrs, ok bool) {
 	// The lease's own path keeps its BackendType as written (none for
 	// udp), so a lease outside a switch is a peer exactly as before.
-	own := lease.PathAttrs{BackendType: l.Attrs.BackendType, BackendData: l.Attrs.BackendData, BackendV6Data: l.Attrs.BackendV6Data}
+	own := lease.PathAttrs{BackendType: l.Attrs.BackendType, BackendData: l.Attrs.BackendData, BackendV6Data: l.Attrs.BackendV6Data()}
 	find := func(want string) (lease.PathAttrs, bool) {
 		if PathType(own, cfg) == want {
 			return own, true
 		}
-		for _, p := range l.Attrs.Also {
+		for _, p := range l.Attrs.Also() {
 			if p.BackendType == want {
 				return p, true
 			}

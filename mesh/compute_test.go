@@ -198,7 +198,8 @@ func TestIPv6Half(t *testing.T) {
 	self := mkLease("10.5.1.0/24", "192.168.50.1", 1)
 	self.IPv6Subnet = netip.MustParsePrefix("fc00:5:0:1::/64")
 	ip6 := netip.MustParseAddr("fd00:50::1")
-	self.Attrs.PublicIPv6, self.Attrs.BackendV6Data = &ip6, []byte(`{"v6":1}`)
+	self.Attrs.PublicIPv6 = &ip6
+	self.Attrs = self.Attrs.WithBackendV6Data([]byte(`{"v6":1}`))
 	dual := Peer{Key: "10.5.2.0-24&fc00:5:0:2::-64", Subnet: netip.MustParsePrefix("10.5.2.0/24"), PublicIP: netip.MustParseAddr("192.168.50.2"),
 		BackendData: []byte(`{"v4":2}`)}.WithIPv6(netip.MustParsePrefix("fc00:5:0:2::/64"), netip.MustParseAddr("fd00:50::2"), []byte(`{"v6":2}`))
 	v4only := Peer{Key: "10.5.3.0-24", Subnet: netip.MustParsePrefix("10.5.3.0/24"), PublicIP: netip.MustParseAddr("192.168.50.3")}
@@ -283,7 +284,7 @@ func TestPathDuringASwitch(t *testing.T) {
 	wgData := `{"PublicKey":"k","Port":51820}`
 	switching := mkLease("10.5.2.0/24", "192.168.50.2", 2)
 	switching.Attrs.BackendType, switching.Attrs.BackendData = "vxlan", []byte(vxlanData)
-	switching.Attrs.Also = []lease.PathAttrs{{BackendType: "wireguard", BackendData: []byte(wgData)}}
+	switching.Attrs = switching.Attrs.WithAlso([]lease.PathAttrs{{BackendType: "wireguard", BackendData: []byte(wgData)}})
 	behind := mkLease("10.5.3.0/24", "192.168.50.3", 3)
 	behind.Attrs.BackendType, behind.Attrs.BackendData = "vxlan", []byte(vxlanData)
 	udp := mkLease("10.5.4.0/24", "192.168.50.4", 4)

@@ -89,8 +89,8 @@ func newModel(d Desired) *model {
 func sameSelf(a, b lease.Lease) bool {
 	return a.Subnet == b.Subnet && a.Attrs.PublicIP == b.Attrs.PublicIP &&
 		a.Attrs.BackendType == b.Attrs.BackendType && bytes.Equal(a.Attrs.BackendData, b.Attrs.BackendData) &&
-		a.IPv6Subnet == b.IPv6Subnet && a.Attrs.PublicIPv6Addr() == b.Attrs.PublicIPv6Addr() && bytes.Equal(a.Attrs.BackendV6Data, b.Attrs.BackendV6Data) &&
-		slices.Equal(a.Attrs.Seen, b.Attrs.Seen) && slices.Equal(a.Attrs.Reach, b.Attrs.Reach)
+		a.IPv6Subnet == b.IPv6Subnet && a.Attrs.PublicIPv6Addr() == b.Attrs.PublicIPv6Addr() && bytes.Equal(a.Attrs.BackendV6Data(), b.Attrs.BackendV6Data()) &&
+		slices.Equal(a.Attrs.Seen(), b.Attrs.Seen()) && slices.Equal(a.Attrs.Reach(), b.Attrs.Reach())
 }
 
 func samePeer(a, b Peer) bool {

@@ -199,9 +199,9 @@ func FuzzWireGuardConfig(f *testing.F) {
 				ip := l.Attrs.PublicIPv6.WithZone(zone)
 				l.Attrs.PublicIPv6 = &ip
 			}
-			for j, s := range l.Attrs.Seen {
+			for j, s := range l.Attrs.Seen() {
 				if zone != "" {
-					l.Attrs.Seen[j].Endpoint = netip.AddrPortFrom(s.Endpoint.Addr().WithZone(zone), s.Endpoint.Port())
+					l.Attrs.Seen()[j].Endpoint = netip.AddrPortFrom(s.Endpoint.Addr().WithZone(zone), s.Endpoint.Port())
 				}
 			}
 			l.Revision, l.CreateRevision = int64(i+2), int64(i+2)

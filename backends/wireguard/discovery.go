@@ -45,7 +45,7 @@ func discover(d mesh.Desired) discovery {
 	// leaves its last sightings in its lease, and a NAT's mapping may have
 	// changed since.
 	weight := func(from string) int {
-		if from == d.Self.Key() || slices.Contains(d.Self.Attrs.Reach, from) {
+		if from == d.Self.Key() || slices.Contains(d.Self.Attrs.Reach(), from) {
 			return 2
 		}
 		return 1
@@ -63,7 +63,7 @@ func discover(d mesh.Desired) discovery {
 			votes[s.Lease][s.Endpoint] += weight(from)
 		}
 	}
-	tally(d.Self.Key(), d.Self.Attrs.Seen)
+	tally(d.Self.Key(), d.Self.Attrs.Seen())
 	for _, p := range d.Peers {
 		if !p.Standby {
 			tally(p.Key, p.Seen())
@@ -100,7 +100,7 @@ func discover(d mesh.Desired) discovery {
 // it works).
 func chooseRelays(d mesh.Desired, found discovery) map[string]string {
 	self := d.Self.Key()
-	mine := d.Self.Attrs.Reach
+	mine := d.Self.Attrs.Reach()
 	var candidates []string
 	reachOf := make(map[string][]string, len(d.Peers))
 	for _, p := range d.Peers {

@@ -92,7 +92,7 @@ func TestChooseRelays(t *testing.T) {
 	leaseOf := func(key, ip string, k keys.Key, s []lease.Sighting, reach []string) lease.Lease {
 		data, _ := json.Marshal(BackendData{PublicKey: k.String(), Port: 51820})
 		subnet := netip.MustParsePrefix(key[:len(key)-3] + "/24")
-		return lease.Lease{Subnet: subnet, Attrs: lease.Attrs{PublicIP: netip.MustParseAddr(ip), BackendType: "wireguard", BackendData: data, Seen: s, Reach: reach}}
+		return lease.Lease{Subnet: subnet, Attrs: lease.Attrs{PublicIP: netip.MustParseAddr(ip), BackendType: "wireguard", BackendData: data}.WithSightings(s, reach)}
 	}
 	cfg, err := lease.ParseConfig([]byte(`{"Network":"10.5.0.0/16","Backend":{"Type":"wireguard"}}`))
 	if err != nil {

@@ -72,7 +72,7 @@ func ownAttrs(cfg *lease.Config, hostID keys.HostID, publicIP, publicIP6 netip.A
 	if publicIP6.IsValid() {
 		attrs.PublicIPv6 = &publicIP6
 		if b, ok := backend.(backends.DualStack); ok {
-			attrs.BackendV6Data = b.BackendV6Data()
+			attrs = attrs.WithBackendV6Data(b.BackendV6Data())
 		}
 	}
 	if s, ok := backend.(*backends.Switching); ok {
@@ -136,7 +136,7 @@ func watchKey(ctx context.Context, r backends.KeyReloader, holder *lease.Holder,
 		if changed {
 			attrs.BackendData = r.BackendData()
 			if d, ok := r.(backends.DualStack); ok && attrs.PublicIPv6 != nil {
-				attrs.BackendV6Data = d.BackendV6Data()
+				attrs = attrs.WithBackendV6Data(d.BackendV6Data())
 			}
 			holder.SetAttrs(attrs)
 		}

@@ -222,10 +222,11 @@ func switchAttrs(base lease.Attrs, paths []lease.PathAttrs, visible string, with
 		if p.BackendType == visible {
 			kind, _ := backends.Lookup(p.BackendType)
 			a.BackendType = lease.BackendConfig{Type: p.BackendType, Untyped: kind.Untyped}.LeaseType()
-			a.BackendData, a.BackendV6Data = p.BackendData, p.BackendV6Data
+			a.BackendData = p.BackendData
+			a = a.WithBackendV6Data(p.BackendV6Data)
 			continue
 		}
-		a.Also = append(a.Also, p)
+		a = a.WithAlso(append(a.Also(), p))
 	}
 	return a
 }
