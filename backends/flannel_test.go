@@ -86,8 +86,8 @@ func planPeers(t *testing.T, backend string, cfg *lease.Config, d mesh.Desired) 
 		}
 		var s vxlan.State
 		s, problems = vxlan.Plan(d, opts, flannelUnderlay)
-		n = len(s.FDB)
-		for i, fdb := range s.FDB {
+		n = len(s.FDB())
+		for i, fdb := range s.FDB() {
 			var data vxlan.BackendData
 			json.Unmarshal(d.Peers[i].BackendData, &data)
 			if fdb.MAC.String() != data.VtepMAC || fdb.Dst != d.Peers[i].PublicIP {

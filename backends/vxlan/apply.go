@@ -259,11 +259,11 @@ func (b *Backend) family() int {
 
 // plannedEntries are the kernel objects a plan puts on the device.
 func (b *Backend) plannedEntries(idx int, s State) entries {
-	e := entries{neighbors: map[netip.Addr]netlink.Neigh{}, fdb: map[fdbKey]netlink.Neigh{}, routes: netkernel.PlannedRoutes(idx, b.ext.Index, s.Routes)}
-	for _, n := range s.Neighbors {
+	e := entries{neighbors: map[netip.Addr]netlink.Neigh{}, fdb: map[fdbKey]netlink.Neigh{}, routes: netkernel.PlannedRoutes(idx, b.ext.Index, s.Routes())}
+	for _, n := range s.Neighbors() {
 		e.neighbors[n.IP] = *neighbor(idx, n)
 	}
-	for _, f := range s.FDB {
+	for _, f := range s.FDB() {
 		e.fdb[fdbKey{f.MAC, f.Dst}] = *fdbEntry(idx, f)
 	}
 	return e
@@ -303,7 +303,7 @@ func (b *Backend) sync(idx int, have entries, want State) []error {
 	// larger than that: a cold start beside a few entries of an earlier
 	// run does not hold two maps of every peer.
 	keepNeigh := make(map[netip.Addr]bool, len(have.neighbors))
-	for _, w := range want.Neighbors {
+	for _, w := range want.Neighbors() {
 		if _, ok := have.neighbors[w.IP]; ok {
 			keepNeigh[w.IP] = true
 		}
@@ -322,7 +322,7 @@ func (b *Backend) sync(idx int, have entries, want State) []error {
 		}
 	}
 	keepFDB := make(map[fdbKey]bool, len(have.fdb))
-	for _, w := range want.FDB {
+	for _, w := range want.FDB() {
 		k := fdbKey{w.MAC, w.Dst}
 		if _, ok := have.fdb[k]; ok {
 			keepFDB[k] = true
@@ -339,7 +339,7 @@ func (b *Backend) sync(idx int, have entries, want State) []error {
 			}
 		}
 	}
-	return append(errs, b.syncRoutes(idx, have.routes, want.Routes)...)
+	return append(errs, b.syncRoutes(idx, have.routes, want.Routes())...)
 }
 
 func (b *Backend) syncRoutes(idx int, current map[netip.Prefix]netlink.Route, want []underlay.Route) []error {

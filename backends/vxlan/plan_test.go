@@ -21,13 +21,13 @@ var testExt = underlay.ExternalInterface{Name: "ext0", Prefixes: []netip.Prefix{
 
 func render(s State) string {
 	var b strings.Builder
-	for _, r := range s.Routes {
+	for _, r := range s.Routes() {
 		fmt.Fprintf(&b, "route %s via %s direct=%v\n", r.Dst, r.Via, r.Direct)
 	}
-	for _, n := range s.Neighbors {
+	for _, n := range s.Neighbors() {
 		fmt.Fprintf(&b, "neigh %s lladdr %s\n", n.IP, n.MAC)
 	}
-	for _, f := range s.FDB {
+	for _, f := range s.FDB() {
 		fmt.Fprintf(&b, "fdb %s dst %s\n", f.MAC, f.Dst)
 	}
 	return b.String()
@@ -122,8 +122,8 @@ func TestDuplicateVtepMAC(t *testing.T) {
 	newer.Created = 5
 	d := mesh.Desired{Peers: []mesh.Peer{newer, older}}
 	state, problems := Plan(d, Options{VNI: 1}, testExt)
-	if len(state.FDB) != 1 || state.FDB[0].Dst != older.PublicIP {
-		t.Errorf("FDB %+v, want only the older lease's", state.FDB)
+	if len(state.FDB()) != 1 || state.FDB()[0].Dst != older.PublicIP {
+		t.Errorf("FDB %+v, want only the older lease's", state.FDB())
 	}
 	if len(problems) != 1 || !strings.Contains(problems[0].Error(), "peer 10.5.2.0-24: VtepMAC 02:00:00:00:00:02 is also published by 10.5.9.0-24, leased earlier") {
 		t.Errorf("problems %v", problems)
@@ -149,7 +149,7 @@ func TestUnusableVtepMAC(t *testing.T) {
 		vxPeer("10.5.4.0/24", "192.168.77.4", `{"VNI":1,"VtepMAC":"02:00:00:00:00:04"}`),
 	}}
 	state, problems := Plan(d, Options{VNI: 1}, testExt)
-	if len(state.FDB) != 1 || len(problems) != 2 || !strings.Contains(problems[0].Error(), "not a unicast MAC") {
-		t.Errorf("FDB %+v, problems %v", state.FDB, problems)
+	if len(state.FDB()) != 1 || len(problems) != 2 || !strings.Contains(problems[0].Error(), "not a unicast MAC") {
+		t.Errorf("FDB %+v, problems %v", state.FDB(), problems)
 	}
 }
