@@ -396,9 +396,18 @@ func warnSkipped(log *slog.Logger, s Skipped) {
 // SummarizeKeys names up to 16 lease keys for a log line, then counts the
 // rest: a line about 50,000 leases stays one line.
 func SummarizeKeys(keys []string) string {
-	const show = 16
-	if len(keys) <= show {
-		return strings.Join(keys, ",")
+	return SummarizeFirstKeys(keys[:min(len(keys), SummaryKeys)], len(keys))
+}
+
+// SummaryKeys is how many keys a summary names.
+const SummaryKeys = 16
+
+// SummarizeFirstKeys is SummarizeKeys of total keys of which the caller
+// kept only the first (up to SummaryKeys): a count of many needs no list
+// of them all.
+func SummarizeFirstKeys(first []string, total int) string {
+	if total <= len(first) {
+		return strings.Join(first, ",")
 	}
-	return fmt.Sprintf("%s,… (%d more)", strings.Join(keys[:show], ","), len(keys)-show)
+	return fmt.Sprintf("%s,… (%d more)", strings.Join(first, ","), total-len(first))
 }

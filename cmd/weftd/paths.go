@@ -46,46 +46,49 @@ func (p *pathLog) peersChanged(gone, added []mesh.Peer) {
 			before[peer.Key] = p.rule.Of(peer).Why
 		}
 	}
-	var news []inClear
+	// Only the first few peers in clear are kept, and a count per path
+	// and reason: at the start of a large vxlan cluster every peer is new
+	// and in clear, and a list of them all was 4 MB at 50,000 leases.
+	var first []inClear // up to pathLogEach+1, logged one by one if that is all
+	var order []*clearGroup
+	groups := map[backends.Path]*clearGroup{}
 	for _, peer := range added {
 		path := p.rule.Of(peer)
 		if path.Encrypted {
 			continue
 		}
-		if was, changed := before[peer.Key]; !changed || was != path.Why {
-			news = append(news, inClear{peer.Key, path})
+		if was, changed := before[peer.Key]; changed && was == path.Why {
+			continue
+		}
+		if len(first) <= pathLogEach {
+			first = append(first, inClear{peer.Key, path})
+		}
+		g := groups[path]
+		if g == nil {
+			g = &clearGroup{path: path}
+			groups[path] = g
+			order = append(order, g)
+		}
+		if g.count++; len(g.first) < mesh.SummaryKeys {
+			g.first = append(g.first, peer.Key)
 		}
 	}
-	if len(news) <= pathLogEach {
-		for _, n := range news {
+	if len(first) <= pathLogEach {
+		for _, n := range first {
 			p.log.Info("peer in clear", "lease", n.key, "path", n.path.Name, "why", n.path.Why)
 		}
 		return
 	}
-	p.summarize(news)
+	// One line per path and reason, in the order the reasons first appear.
+	for _, g := range order {
+		p.log.Info("peers in clear", "count", g.count, "path", g.path.Name, "why", g.path.Why, "leases", mesh.SummarizeFirstKeys(g.first, g.count))
+	}
 }
 
-// summarize logs many peers in clear as one line per path and reason, in
-// the order the reasons first appear, naming the first few leases.
-func (p *pathLog) summarize(news []inClear) {
-	type group struct {
-		path backends.Path
-		keys []string
-	}
-	var order []string
-	groups := map[string]*group{}
-	for _, n := range news {
-		id := n.path.Name + "\x00" + n.path.Why
-		g := groups[id]
-		if g == nil {
-			g = &group{path: n.path}
-			groups[id] = g
-			order = append(order, id)
-		}
-		g.keys = append(g.keys, n.key)
-	}
-	for _, id := range order {
-		g := groups[id]
-		p.log.Info("peers in clear", "count", len(g.keys), "path", g.path.Name, "why", g.path.Why, "leases", mesh.SummarizeKeys(g.keys))
-	}
+// clearGroup counts the peers in clear by one path for one reason, naming
+// the first few.
+type clearGroup struct {
+	path  backends.Path
+	count int
+	first []string
 }
