@@ -6,9 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 
-	"github.com/vishvananda/netlink"
 	"github.com/weftnet/weft/backends/netkernel"
 	"github.com/weftnet/weft/backends/underlay"
 	"github.com/weftnet/weft/mesh"
@@ -72,12 +72,15 @@ func (b *Backend) Cleanup(context.Context) error {
 // ownRoutes are weft's routes on the external link, host-gw's: weft's
 // routes on its devices (a WireGuard device's Network route, while a
 // switch runs both) are the other backends'.
-func (b *Backend) ownRoutes() (map[netip.Prefix]netlink.Route, error) {
-	have, err := netkernel.OwnedRoutes(b.kernel)
+func (b *Backend) ownRoutes() (map[netip.Prefix]netkernel.Hop, error) {
+	onExt := func(_ netip.Prefix, link int) bool { return link == b.ext.Index }
+	have, err := netkernel.OwnedHops(b.kernel, false, onExt)
 	if err != nil {
 		return nil, err
 	}
-	return netkernel.RoutesByDst(have, func(r netlink.Route) bool { return r.LinkIndex == b.ext.Index }), nil
+	v6, err := netkernel.OwnedHops(b.kernel, true, onExt)
+	maps.Copy(have, v6)
+	return have, err
 }
 
 // Close leaves the routes in place: traffic keeps flowing across a restart.

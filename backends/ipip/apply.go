@@ -133,7 +133,7 @@ func (b *Backend) ApplyDelta(_ context.Context, d mesh.Delta) error {
 
 // kernelRoutes are weft's IPv4 routes on the device and, for
 // DirectRouting, on the external link.
-func (b *Backend) kernelRoutes(idx int) (map[netip.Prefix]netlink.Route, error) {
+func (b *Backend) kernelRoutes(idx int) (map[netip.Prefix]netkernel.Hop, error) {
 	routes, err := netkernel.PeerRoutes(b.kernel, false, idx, b.ext.Index)
 	if err != nil {
 		return nil, fmt.Errorf("listing routes: %w", err)

@@ -24,6 +24,10 @@ type Kernel interface {
 	AddrAdd(link netlink.Link, addr *netlink.Addr) error
 	AddrDel(link netlink.Link, addr *netlink.Addr) error
 	RouteListFiltered(family int, filter *netlink.Route, filterMask uint64) ([]netlink.Route, error)
+	// RouteEach calls f with each route RouteListFiltered would list, one
+	// at a time, keeping none; an interrupted dump (ErrDumpInterrupted) is
+	// the caller's to start over.
+	RouteEach(family int, filter *netlink.Route, filterMask uint64, f func(netlink.Route)) error
 	RouteReplace(route *netlink.Route) error
 	RouteDel(route *netlink.Route) error
 	NeighList(linkIndex, family int) ([]netlink.Neigh, error)
@@ -144,6 +148,16 @@ func (k *Netlink) AddrDel(link netlink.Link, addr *netlink.Addr) error {
 func (k *Netlink) RouteListFiltered(family int, filter *netlink.Route, filterMask uint64) ([]netlink.Route, error) {
 	k.calls.Count(CallDump)
 	return Retry(func() ([]netlink.Route, error) { return k.h.RouteListFiltered(family, filter, filterMask) })
+}
+
+// RouteEach calls f with each route of family that matches filter, as the
+// dump reads it.
+func (k *Netlink) RouteEach(family int, filter *netlink.Route, filterMask uint64, f func(netlink.Route)) error {
+	k.calls.Count(CallDump)
+	return k.h.RouteListFilteredIter(family, filter, filterMask, func(r netlink.Route) bool {
+		f(r)
+		return true
+	})
 }
 
 // RouteReplace adds a route or replaces the one to the same destination.

@@ -12,19 +12,58 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// Hop is where one of weft's routes sends traffic: its link and gateway,
+// all a sync compares. A dump of 50,000 routes kept as netlink.Route (376
+// bytes each, with allocations of their own) and indexed in a map of them
+// was some 50 MB at every resync; as Hops it is about 4 MB.
+type Hop struct {
+	Link int
+	Gw   netip.Addr
+}
+
+// route is the route to dst that h stands for, as weft installs it: what
+// deleting it names.
+func (h Hop) route(dst netip.Prefix) *netlink.Route {
+	r := &netlink.Route{Dst: IPNet(dst), LinkIndex: h.Link, Protocol: RouteProtocol, Table: unix.RT_TABLE_MAIN}
+	if h.Gw.IsValid() {
+		r.Gw = h.Gw.AsSlice()
+	}
+	return r
+}
+
 // RoutesByDst indexes routes by destination, keeping those keep accepts
 // (all when keep is nil).
-func RoutesByDst(routes []netlink.Route, keep func(netlink.Route) bool) map[netip.Prefix]netlink.Route {
-	out := make(map[netip.Prefix]netlink.Route, len(routes))
+func RoutesByDst(routes []netlink.Route, keep func(netlink.Route) bool) map[netip.Prefix]Hop {
+	out := make(map[netip.Prefix]Hop, len(routes))
 	for _, r := range routes {
 		if keep != nil && !keep(r) {
 			continue
 		}
 		if dst, ok := Prefix(r.Dst); ok {
-			out[dst] = r
+			out[dst] = Hop{Link: r.LinkIndex, Gw: Addr(r.Gw)}
 		}
 	}
 	return out
+}
+
+// OwnedHops are weft's routes (RouteProtocol, main table) of one family
+// whose destination and link keep accepts, by destination, read one at a
+// time from the dump.
+func OwnedHops(k Kernel, ipv6 bool, keep func(dst netip.Prefix, link int) bool) (map[netip.Prefix]Hop, error) {
+	family := netlink.FAMILY_V4
+	if ipv6 {
+		family = netlink.FAMILY_V6
+	}
+	filter := &netlink.Route{Protocol: RouteProtocol, Table: unix.RT_TABLE_MAIN}
+	return Retry(func() (map[netip.Prefix]Hop, error) {
+		out := map[netip.Prefix]Hop{}
+		err := k.RouteEach(family, filter, netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE, func(r netlink.Route) {
+			if dst, ok := Prefix(r.Dst); ok && dst.Addr().Is6() == ipv6 && keep(dst, r.LinkIndex) {
+				out[dst] = Hop{Link: r.LinkIndex, Gw: Addr(r.Gw)}
+			}
+		})
+		return out, err
+	})
 }
 
 // SyncRoutes makes current into want, the way every backend programs its
@@ -33,14 +72,14 @@ func RoutesByDst(routes []netlink.Route, keep func(netlink.Route) bool) map[neti
 // wants. current is what the kernel holds (a dump) or, for a delta, what
 // the last apply put there. It keeps going past failures and returns them
 // all; log (nil for none) gets a line per route set or removed.
-func SyncRoutes(k Kernel, current map[netip.Prefix]netlink.Route, want []netlink.Route, log *slog.Logger) []error {
+func SyncRoutes(k Kernel, current map[netip.Prefix]Hop, want []netlink.Route, log *slog.Logger) []error {
 	return syncRoutes(k, current, len(want), func(i int) netlink.Route { return want[i] }, log)
 }
 
 // syncRoutes is SyncRoutes over n wanted routes that route(i) builds one
 // at a time, as each is compared and sent: a netlink.Route is about 300
 // bytes, and a slice of them all was 15 MB at 50,000 peers.
-func syncRoutes(k Kernel, current map[netip.Prefix]netlink.Route, n int, route func(int) netlink.Route, log *slog.Logger) []error {
+func syncRoutes(k Kernel, current map[netip.Prefix]Hop, n int, route func(int) netlink.Route, log *slog.Logger) []error {
 	var errs []error
 	// What stays is marked among current only: a cold start beside a few
 	// routes of an earlier run holds no set of every peer.
@@ -52,7 +91,7 @@ func syncRoutes(k Kernel, current map[netip.Prefix]netlink.Route, n int, route f
 		if ok {
 			keep[dst] = true
 		}
-		if ok && cur.LinkIndex == r.LinkIndex && Addr(cur.Gw) == Addr(r.Gw) {
+		if ok && cur.Link == r.LinkIndex && cur.Gw == Addr(r.Gw) {
 			continue
 		}
 		if err := k.RouteReplace(&r); err != nil {
@@ -63,11 +102,11 @@ func syncRoutes(k Kernel, current map[netip.Prefix]netlink.Route, n int, route f
 			log.Info("route set", "dst", dst, "via", Addr(r.Gw))
 		}
 	}
-	for dst, r := range current {
+	for dst, hop := range current {
 		if keep[dst] {
 			continue
 		}
-		if err := k.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
+		if err := k.RouteDel(hop.route(dst)); err != nil && !errors.Is(err, unix.ESRCH) {
 			errs = append(errs, fmt.Errorf("removing route %s: %w", dst, err))
 			continue
 		}
@@ -92,10 +131,11 @@ func PeerRoute(dev, ext int, r underlay.Route) netlink.Route {
 
 // PlannedRoutes are the kernel routes of a plan, by destination: what the
 // last apply put there, which a delta compares its new plan with.
-func PlannedRoutes(dev, ext int, plan []underlay.Route) map[netip.Prefix]netlink.Route {
-	out := make(map[netip.Prefix]netlink.Route, len(plan))
+func PlannedRoutes(dev, ext int, plan []underlay.Route) map[netip.Prefix]Hop {
+	out := make(map[netip.Prefix]Hop, len(plan))
 	for _, r := range plan {
-		out[r.Dst] = PeerRoute(dev, ext, r)
+		route := PeerRoute(dev, ext, r)
+		out[r.Dst] = Hop{Link: route.LinkIndex, Gw: Addr(route.Gw)}
 	}
 	return out
 }
@@ -104,22 +144,15 @@ func PlannedRoutes(dev, ext int, plan []underlay.Route) map[netip.Prefix]netlink
 // PlannedRoutes of the last plan) into want, as SyncRoutes: dev is the
 // tunnel device (-1 for none: host-gw, DirectRouting), ext the external
 // link's index.
-func SyncPeerRoutes(k Kernel, dev, ext int, current map[netip.Prefix]netlink.Route, want []underlay.Route, log *slog.Logger) []error {
+func SyncPeerRoutes(k Kernel, dev, ext int, current map[netip.Prefix]Hop, want []underlay.Route, log *slog.Logger) []error {
 	return syncRoutes(k, current, len(want), func(i int) netlink.Route { return PeerRoute(dev, ext, want[i]) }, log)
 }
 
 // PeerRoutes are weft's routes of one family on a tunnel device dev and
 // on the external link ext (its DirectRouting routes; dev -1: those only),
 // by destination: what a backend compares its plan with.
-func PeerRoutes(k Kernel, ipv6 bool, dev, ext int) (map[netip.Prefix]netlink.Route, error) {
-	owned, err := OwnedRoutes(k)
-	if err != nil {
-		return nil, err
-	}
+func PeerRoutes(k Kernel, ipv6 bool, dev, ext int) (map[netip.Prefix]Hop, error) {
 	// Another backend's routes (a switch of Backend.Type) are pruned by its
 	// own cleanup.
-	return RoutesByDst(owned, func(r netlink.Route) bool {
-		dst, _ := Prefix(r.Dst)
-		return (r.LinkIndex == dev || r.LinkIndex == ext) && dst.Addr().Is6() == ipv6
-	}), nil
+	return OwnedHops(k, ipv6, func(_ netip.Prefix, link int) bool { return link == dev || link == ext })
 }

@@ -215,7 +215,7 @@ type fdbKey struct {
 type entries struct {
 	neighbors map[netip.Addr]netlink.Neigh
 	fdb       map[fdbKey]netlink.Neigh
-	routes    map[netip.Prefix]netlink.Route
+	routes    map[netip.Prefix]netkernel.Hop
 }
 
 // kernelEntries reads what the kernel holds on the device (and weft's
@@ -245,7 +245,7 @@ func (b *Backend) kernelEntries(idx int) (entries, error) {
 	return e, err
 }
 
-func (b *Backend) kernelRoutes(idx int) (map[netip.Prefix]netlink.Route, error) {
+func (b *Backend) kernelRoutes(idx int) (map[netip.Prefix]netkernel.Hop, error) {
 	return netkernel.PeerRoutes(b.kernel, b.ipv6, idx, b.ext.Index)
 }
 
@@ -342,7 +342,7 @@ func (b *Backend) sync(idx int, have entries, want State) []error {
 	return append(errs, b.syncRoutes(idx, have.routes, want.Routes())...)
 }
 
-func (b *Backend) syncRoutes(idx int, current map[netip.Prefix]netlink.Route, want []underlay.Route) []error {
+func (b *Backend) syncRoutes(idx int, current map[netip.Prefix]netkernel.Hop, want []underlay.Route) []error {
 	return netkernel.SyncPeerRoutes(b.kernel, idx, b.ext.Index, current, want, nil)
 }
 

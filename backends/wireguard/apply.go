@@ -13,7 +13,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
@@ -474,7 +473,7 @@ func (b *Backend) syncDirect(before, want []underlay.Route, ipv6, dump bool) []e
 	if !b.opts.DirectRouting {
 		return nil
 	}
-	var current map[netip.Prefix]netlink.Route
+	var current map[netip.Prefix]netkernel.Hop
 	if dump {
 		var err error
 		if current, err = netkernel.PeerRoutes(b.kernel, ipv6, -1, b.ext.Index); err != nil {

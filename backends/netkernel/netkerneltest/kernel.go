@@ -324,6 +324,15 @@ func sameRoute(a, b *netlink.Route) bool {
 	return dstOf(a) == dstOf(b) && table(a) == table(b) && a.Priority == b.Priority
 }
 
+// RouteEach calls f with each route RouteListFiltered lists.
+func (k *Kernel) RouteEach(family int, filter *netlink.Route, filterMask uint64, f func(netlink.Route)) error {
+	routes, err := k.RouteListFiltered(family, filter, filterMask)
+	for _, r := range routes {
+		f(r)
+	}
+	return err
+}
+
 // RouteReplace adds a route or replaces the one to the same destination
 // and metric; the link must exist unless the route is a blackhole.
 func (k *Kernel) RouteReplace(route *netlink.Route) error {
