@@ -70,8 +70,9 @@ func OwnedHops(k Kernel, ipv6 bool, keep func(dst netip.Prefix, link int) bool) 
 // routes: it sets each wanted route that current lacks or holds with
 // another gateway or link, then deletes the routes of current that nothing
 // wants. current is what the kernel holds (a dump) or, for a delta, what
-// the last apply put there. It keeps going past failures and returns them
-// all; log (nil for none) gets a line per route set or removed.
+// the last apply put there; it is used up (what is left of it is what was
+// deleted). It keeps going past failures and returns them all; log (nil
+// for none) gets a line per route set or removed.
 func SyncRoutes(k Kernel, current map[netip.Prefix]Hop, want []netlink.Route, log *slog.Logger) []error {
 	return syncRoutes(k, current, len(want), func(i int) netlink.Route { return want[i] }, log)
 }
@@ -81,16 +82,14 @@ func SyncRoutes(k Kernel, current map[netip.Prefix]Hop, want []netlink.Route, lo
 // bytes, and a slice of them all was 15 MB at 50,000 peers.
 func syncRoutes(k Kernel, current map[netip.Prefix]Hop, n int, route func(int) netlink.Route, log *slog.Logger) []error {
 	var errs []error
-	// What stays is marked among current only: a cold start beside a few
-	// routes of an earlier run holds no set of every peer.
-	keep := make(map[netip.Prefix]bool, len(current))
+	// current is used up as it is compared: a route wanted is taken out
+	// of it, and what is left is deleted. (A set of what stays was one
+	// more map of every peer at a resync.)
 	for i := range n {
 		r := route(i)
 		dst, _ := Prefix(r.Dst)
 		cur, ok := current[dst]
-		if ok {
-			keep[dst] = true
-		}
+		delete(current, dst)
 		if ok && cur.Link == r.LinkIndex && cur.Gw == Addr(r.Gw) {
 			continue
 		}
@@ -103,9 +102,6 @@ func syncRoutes(k Kernel, current map[netip.Prefix]Hop, n int, route func(int) n
 		}
 	}
 	for dst, hop := range current {
-		if keep[dst] {
-			continue
-		}
 		if err := k.RouteDel(hop.route(dst)); err != nil && !errors.Is(err, unix.ESRCH) {
 			errs = append(errs, fmt.Errorf("removing route %s: %w", dst, err))
 			continue

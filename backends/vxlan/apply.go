@@ -298,18 +298,17 @@ func fdbEntry(idx int, f FDB) *netlink.Neigh {
 
 // sync makes have into want kind by kind (neighbours before FDB entries
 // before routes, so a route never points at a VTEP the kernel cannot
-// resolve): set what is missing or different, then delete the rest.
+// resolve): set what is missing or different, then delete the rest. have
+// is used up.
 func (b *Backend) sync(idx int, have entries, want State) []error {
 	var errs []error
-	// What stays is marked among what the kernel has, so the sets are no
-	// larger than that: a cold start beside a few entries of an earlier
-	// run does not hold two maps of every peer.
-	keepNeigh := make(map[netip.Addr]bool, len(have.neighbors))
+	// have is used up as it is compared: an entry wanted is taken out of
+	// it, and what is left is deleted. (Sets of what stays were three more
+	// maps of every peer at a resync.)
 	for _, w := range want.Neighbors() {
-		if _, ok := have.neighbors[w.IP]; ok {
-			keepNeigh[w.IP] = true
-		}
-		if mac, ok := have.neighbors[w.IP]; ok && mac == w.MAC {
+		mac, ok := have.neighbors[w.IP]
+		delete(have.neighbors, w.IP)
+		if ok && mac == w.MAC {
 			continue
 		}
 		if err := b.kernel.NeighSet(neighbor(idx, w)); err != nil {
@@ -317,17 +316,14 @@ func (b *Backend) sync(idx int, have entries, want State) []error {
 		}
 	}
 	for ip, mac := range have.neighbors {
-		if !keepNeigh[ip] {
-			if err := b.kernel.NeighDel(neighbor(idx, Neighbor{IP: ip, MAC: mac})); err != nil && !errors.Is(err, unix.ENOENT) {
-				errs = append(errs, fmt.Errorf("removing neighbour %s: %w", ip, err))
-			}
+		if err := b.kernel.NeighDel(neighbor(idx, Neighbor{IP: ip, MAC: mac})); err != nil && !errors.Is(err, unix.ENOENT) {
+			errs = append(errs, fmt.Errorf("removing neighbour %s: %w", ip, err))
 		}
 	}
-	keepFDB := make(map[fdbKey]bool, len(have.fdb))
 	for _, w := range want.FDB() {
 		k := fdbKey{w.MAC, w.Dst}
 		if _, ok := have.fdb[k]; ok {
-			keepFDB[k] = true
+			delete(have.fdb, k)
 			continue
 		}
 		if err := b.kernel.NeighSet(fdbEntry(idx, w)); err != nil {
@@ -335,10 +331,8 @@ func (b *Backend) sync(idx int, have entries, want State) []error {
 		}
 	}
 	for k := range have.fdb {
-		if !keepFDB[k] {
-			if err := b.kernel.NeighDel(fdbEntry(idx, FDB{MAC: k.mac, Dst: k.dst})); err != nil && !errors.Is(err, unix.ENOENT) {
-				errs = append(errs, fmt.Errorf("removing fdb %s dst %s: %w", k.mac, k.dst, err))
-			}
+		if err := b.kernel.NeighDel(fdbEntry(idx, FDB{MAC: k.mac, Dst: k.dst})); err != nil && !errors.Is(err, unix.ENOENT) {
+			errs = append(errs, fmt.Errorf("removing fdb %s dst %s: %w", k.mac, k.dst, err))
 		}
 	}
 	return append(errs, b.syncRoutes(idx, have.routes, want.Routes())...)
