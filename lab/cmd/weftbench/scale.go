@@ -354,55 +354,63 @@ nothing to the device unless that peer is in use.
 // scaleMemoryNotes is what the profiles of issue 34 showed, with the rows
 // measured before and after its changes (one machine, one session).
 const scaleMemoryNotes = `
-Where the memory went, and what changed (issue 34). ` + "`make profile PROFILE_ARGS='-scale 50000 -scale-backends vxlan'`" + `, with
-heap profiles taken in the middle of the first apply and GODEBUG=gctrace=1 on weftd, found:
+Where the memory went, and what changed (issue 34). ` + "`make profile PROFILE_ARGS='-scale 50000 -scale-backends vxlan'`" + `, heap
+profiles taken every 40 ms through a cold start, runtime.MemStats beside them, GODEBUG=gctrace=1 and the
+kernel's smaps of weftd found, in two rounds:
 
-- The peak was not in the start at all: the bench reads /metrics before and after each timed change,
-  and /metrics built the whole /status document (every peer copied from the model, sorted, formatted
-  as strings) to count peers: about 70 MB of garbage a scrape at 50,000 leases. /metrics now counts
-  where the peers are kept; /status builds its peers from the model without a sorted copy first.
-- The lease watcher kept every raw record (the value, and through it the etcd response's buffers)
-  beside each decoded lease: now only the decoded lease, behind a pointer that a whole apply reads
-  without copying. etcd's list comes in pages of 1,000 at one revision, not one 10 MB response.
-- The reconciler's model held a copy of every peer (about 300 bytes each) beside the desired state it
-  came from, and the first apply copied every peer once more to say which were new; the model now
-  points into the desired state, and the first apply hands it over.
-- vxlan's plan held each VTEP MAC as strings (two allocations a peer), copied every peer while
-  choosing MAC owners, and built every route's netlink request before sending the first; MACs are
-  6-byte values now, owners are indexes, requests are built as they are sent.
-- The tunnel source filter kept two maps of every peer address keyed by netip.Addr (which holds a
-  pointer); now one map keyed by the 16 bytes, which the collector does not scan. An etcd key
-  trimmed to the lease key no longer holds the whole key's bytes.
-- 50,000 "peer in clear" log lines at a vxlan start are one line with a count.
-- What stays live at the peak of a cold start at 50,000 leases is the lease set (about 17 MB), the
-  desired peers (14 MB) and the vxlan plan (about 6 MB). With Go's default GOGC of 100 the heap grew to
-  twice that before a collection. **weftd sets GOGC to 25 unless the environment sets GOGC**: a trade
-  of CPU for memory, stated here as the issue asks. It makes about four times as many collections;
-  in these runs CPU to READY did not move beyond the noise (10,000 vxlan leases: 2.0 s before and
-  after), since a cold start's time goes to the kernel: at 50,000 leases about 31 s of the 36 s are
-  the kernel inserting 50,000 IPv4 routes that each have their own gateway (it keeps such routes'
-  nexthop data in a hash that does not include the gateway, so each insert walks every one before
-  it: 10,000 routes take 0.9 s, 25,000 7.9 s, 50,000 31 s with ip -batch alone, without weft).
-- The file-backed part of weftd's RSS is about 18 MB (the binary's code and data as they are touched:
-  the etcd client, gRPC, protobuf, netlink, nftables, wireguard-go, Prometheus) and the Go runtime
-  about 7 MB more: a weftd with 100 leases peaks at about 27 MB.
+- /metrics built the whole /status document (every peer copied, sorted, formatted) to count peers:
+  about 70 MB of garbage a scrape at 50,000 leases. It counts where the peers are kept now.
+- The lease watcher kept every raw record beside each decoded lease, and etcd's list came as one
+  10 MB response: now only the decoded lease, and pages of 1,000 at one revision.
+- The model held a copy of every peer beside the desired state; it points into it now.
+- Every address or link change made weftd list every route in the namespace to find the default
+  route's interface: 50,000 netlink.Route values (376 bytes each, with allocations of their own), 12
+  MB each time, 18 MB spikes above the start's peak. They are read one at a time now, keeping none.
+- A lease and a peer were 296 bytes each, half of it fields most leases leave empty (the IPv6 half's
+  data, WeftAlso, WeftSeen, WeftReach; a peer's IPv6 half, Alternatives, Seen, Reach). Those now sit
+  behind one pointer, nil when empty: a lease is 208 bytes (was 320 as allocated), a peer 152. A
+  decoded BackendType is one shared string.
+- vxlan's plan kept 64 bytes a peer between its passes, a map of every MAC's owner, and the routes,
+  neighbours and FDB entries of every peer at once (6 MB); now 9 bytes a peer, owners only of MACs two
+  leases publish, and each kind built when it is programmed. Sets of what stays (two maps of every
+  peer) were built beside one stale entry; syncs now use up what the kernel holds as they compare.
+- Compute's overlap check held a map of netip.Prefix (2.4 MB); now 5-byte keys. The path log kept
+  every peer in clear to print one summary line (4 MB); now the first 17 and counts.
+- weftd was linked against libc (cgo): 1.5 MB of RSS for nothing; ` + "`make build`" + ` builds it static, as
+  deploy/compose's image does.
+- **weftd sets GOGC to 25 unless the environment sets GOGC**: a trade of CPU for memory, stated here as
+  the issue asks (Go's default let the heap grow to twice what is live before a collection). CPU to
+  READY did not move beyond the noise: a cold start's time goes to the kernel (at 50,000 leases about
+  31 s of the 36 s are the kernel inserting 50,000 IPv4 routes that each have their own gateway: 0.9 s
+  for 10,000, 7.9 s for 25,000, 31 s for 50,000 with ip -batch alone, without weft).
 
-| backend | leases | before: peak RSS | after: peak RSS | before: CPU to READY | after: CPU to READY |
-|---|---|---|---|---|---|
-| vxlan | 1000 | 34 MiB | 27–28 MiB | 0.10 s | 0.11 s |
-| vxlan | 10000 | 71 MiB | 37–40 MiB | 2.00 s | 2.02 s |
-| vxlan | 50000 | 256 MiB | 96–112 MiB | 37.2 s | 36.8 s |
-| wireguard-on-demand | 1000 | 56 MiB | 38 MiB | 0.03 s | 0.04 s |
-| wireguard-on-demand | 10000 | 121 MiB | 77 MiB | 0.17 s | 0.18 s |
-| wireguard-on-demand | 50000 | 404 MiB | 219–227 MiB | 1.18 s | 0.84 s |
+What is left at the peak of a cold start at 50,000 vxlan leases (about 32 MB live, 67–69 MiB RSS):
+the leases (10 MB, and 2 MB of their BackendData), the desired peers (8 MB), the watcher's and the
+model's maps by key (2 and 2.6 MB), vxlan's MAC counts and the source filter (1.6 MB each); GC
+headroom at GOGC 25 and the runtime add about 12 MB. The file-backed part of the RSS, the binary's
+code and data as they are touched, is about 17 MB, and a weftd with 1,000 leases peaks at 26 MiB.
 
-(Before: weft at eac80cc, measured with this bench; after: the rows above this note come from the
-run that wrote this file.) The targets of issue 34 are not all met: 10,000 vxlan leases peak at 37–40
-MiB against 35, and 50,000 at 96–112 MiB (it varies from run to run) against 70. What is left is mostly live: the lease set
-and the desired peers are two structures of about 300 bytes a lease that both hold every peer's
-fields; one compact form shared by both is the next step. wireguard-on-demand adds wireguard-go's
-own buffer pools (about 25 MB, whatever the number of peers) and, at 50,000 leases, the /status
-document the bench reads to count weftd's peers (every peer formatted).
+A resync (a whole apply with everything in place, every 30 s by default; the bench runs weftd with a
+10 minute interval so that none falls in a timed change) is not in the rows above. Measured by hand
+at 50,000 vxlan leases with -resync-interval 5s: weftd peaked at 167 MiB before this round, when route
+dumps were kept as netlink.Route values in maps (50 MB), neighbours and FDB entries as netlink.Neigh
+values in maps (12 MB each), with sets of what stays; it peaks at 89 MiB now, and a resync takes about
+1.0 s. What a resync still holds at once: the neighbour and FDB dumps (the netlink library lists them
+whole: no iterating call for neighbours) and, while the new desired state is computed, the last one.
+
+| backend | leases | eac80cc: peak RSS | 8b057f0: peak RSS | now: peak RSS | eac80cc: CPU to READY | now: CPU to READY |
+|---|---|---|---|---|---|---|
+| vxlan | 1000 | 34 MiB | 27–28 MiB | 26 MiB | 0.10 s | 0.11 s |
+| vxlan | 10000 | 71 MiB | 37–40 MiB | 33–34 MiB | 2.00 s | 1.9–2.2 s |
+| vxlan | 50000 | 256 MiB | 96–112 MiB | 67–69 MiB | 37.2 s | 35.1–37.8 s |
+| wireguard-on-demand | 1000 | 56 MiB | 38 MiB | 38 MiB | 0.03 s | 0.05 s |
+| wireguard-on-demand | 10000 | 121 MiB | 77 MiB | 70 MiB | 0.17 s | 0.22 s |
+| wireguard-on-demand | 50000 | 404 MiB | 219–227 MiB | 200 MiB | 1.18 s | 0.94 s |
+
+(eac80cc: weft before issue 34; 8b057f0: after its first round; now: the rows above this note come from
+the run that wrote this file, the ranges from the runs of this round.) wireguard-on-demand adds
+wireguard-go's own buffer pools (about 25 MB, whatever the number of peers) and, at 50,000 leases, the
+/status document the bench reads to tell which peers weftd holds (every peer formatted).
 `
 
 // saveProfile fetches /debug/pprof/<what> from weftd on h (started with
