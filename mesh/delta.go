@@ -59,29 +59,6 @@ type DeltaApplier interface {
 // Reconciler applies the whole state at once and counts no error.
 var ErrWholeApply = errors.New("the change needs the whole desired state applied")
 
-// model is the desired state last handed to the backend, by lease key, so
-// the next change can be turned into a Delta without a pass over all peers.
-// Its peers point into the Desired it was made from (and at peers a delta
-// brought since): a peer is about 300 bytes, and a copy of every one in
-// the map was 15 MB at 50,000 leases. Nothing changes a peer in place.
-type model struct {
-	network, network6 netip.Prefix
-	self              lease.Lease
-	peers             map[string]*Peer
-	skipped           map[string]string
-}
-
-func newModel(d Desired) *model {
-	m := &model{network: d.Network, network6: d.IPv6Network, self: d.Self, peers: make(map[string]*Peer, len(d.Peers)), skipped: make(map[string]string, len(d.Skipped))}
-	for i := range d.Peers {
-		m.peers[d.Peers[i].Key] = &d.Peers[i]
-	}
-	for _, s := range d.Skipped {
-		m.skipped[s.Key] = s.Reason
-	}
-	return m
-}
-
 // sameSelf reports whether this host's own lease changed in a way the
 // desired state depends on (its subnet, address or backend data, or what
 // it publishes of its peers: a pair behind NAT goes direct or through a
@@ -124,17 +101,17 @@ func (m *model) diff(keys []string, lookup func(string) (lease.Lease, bool), cfg
 				m.skipped[key] = reason
 			}
 		}
-		old, wasPeer := m.peers[key]
+		old, wasPeer := m.peer(key)
 		if wasPeer && isPeer && samePeer(*old, now) {
 			continue
 		}
 		if wasPeer {
 			d.Old = append(d.Old, *old)
-			delete(m.peers, key)
+			m.remove(key)
 		}
 		if isPeer {
 			d.New = append(d.New, now)
-			m.peers[key] = &now
+			m.put(key, &now)
 		}
 	}
 	return d, skips
@@ -150,15 +127,15 @@ func changedPeers(old, m *model, peers []Peer) (gone, added []Peer) {
 	if old == nil {
 		return nil, peers
 	}
-	for k, p := range old.peers {
-		if now, ok := m.peers[k]; !ok || !samePeer(*p, *now) {
+	old.each(func(p *Peer) {
+		if now, ok := m.peer(p.Key); !ok || !samePeer(*p, *now) {
 			gone = append(gone, *p)
 		}
-	}
-	for k, p := range m.peers {
-		if was, ok := old.peers[k]; !ok || !samePeer(*was, *p) {
+	})
+	m.each(func(p *Peer) {
+		if was, ok := old.peer(p.Key); !ok || !samePeer(*was, *p) {
 			added = append(added, *p)
 		}
-	}
+	})
 	return gone, added
 }

@@ -142,7 +142,7 @@ func (r *Reconciler) outlineLocked() Desired {
 	}
 	// Peers the backend left out are skipped too, with its reason.
 	for key, reason := range r.backendSkips {
-		if _, ok := r.model.peers[key]; ok {
+		if _, ok := r.model.peer(key); ok {
 			d.Skipped = append(d.Skipped, Skipped{Key: key, Reason: reason})
 		}
 	}
@@ -165,13 +165,13 @@ func (r *Reconciler) eachPeerLocked(f func(p *Peer)) (skipped int) {
 		return 0
 	}
 	skipped = len(r.model.skipped)
-	for key, p := range r.model.peers {
-		if _, left := r.backendSkips[key]; left {
+	r.model.each(func(p *Peer) {
+		if _, left := r.backendSkips[p.Key]; left {
 			skipped++
-			continue
+			return
 		}
 		f(p)
-	}
+	})
 	return skipped
 }
 
@@ -284,7 +284,7 @@ func (r *Reconciler) reconcile(ctx context.Context, log *slog.Logger, resync boo
 		r.stats.WholeApplies++
 	}
 	r.stats.LastDuration = time.Since(start)
-	peers := len(r.model.peers)
+	peers := r.model.count
 	r.stats.Peers, r.stats.Skipped = peers, len(r.model.skipped)
 	if err != nil {
 		r.stats.Errors++
