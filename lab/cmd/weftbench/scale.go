@@ -362,7 +362,9 @@ kernel's smaps of weftd found, in two rounds:
   about 70 MB of garbage a scrape at 50,000 leases. It counts where the peers are kept now.
 - The lease watcher kept every raw record beside each decoded lease, and etcd's list came as one
   10 MB response: now only the decoded lease, and pages of 1,000 at one revision.
-- The model held a copy of every peer beside the desired state; it points into it now.
+- The model held a copy of every peer beside the desired state, then a map of pointers into it by
+  key (2.6 MB); now it finds a peer in the desired state's sorted peers by the subnets its key names,
+  with what deltas changed since in a small map of its own.
 - Every address or link change made weftd list every route in the namespace to find the default
   route's interface: 50,000 netlink.Route values (376 bytes each, with allocations of their own), 12
   MB each time, 18 MB spikes above the start's peak. They are read one at a time now, keeping none.
@@ -384,28 +386,28 @@ kernel's smaps of weftd found, in two rounds:
   31 s of the 36 s are the kernel inserting 50,000 IPv4 routes that each have their own gateway: 0.9 s
   for 10,000, 7.9 s for 25,000, 31 s for 50,000 with ip -batch alone, without weft).
 
-What is left at the peak of a cold start at 50,000 vxlan leases (about 32 MB live, 67–69 MiB RSS):
-the leases (10 MB, and 2 MB of their BackendData), the desired peers (8 MB), the watcher's and the
-model's maps by key (2 and 2.6 MB), vxlan's MAC counts and the source filter (1.6 MB each); GC
-headroom at GOGC 25 and the runtime add about 12 MB. The file-backed part of the RSS, the binary's
-code and data as they are touched, is about 17 MB, and a weftd with 1,000 leases peaks at 26 MiB.
+What is left at the peak of a cold start at 50,000 vxlan leases (about 30 MB live, 64–66 MiB RSS):
+the leases (10 MB, and 2 MB of their BackendData), the desired peers (8 MB), the watcher's map by key
+(2 MB), vxlan's MAC counts and the source filter (1.6 MB each); GC headroom at GOGC 25 and the runtime
+add about 12 MB. The file-backed part of the RSS, the binary's code and data as they are touched, is
+about 17 MB, and a weftd with 1,000 leases peaks at 26 MiB. (MiB here: 64–66 MiB is 67–69 MB.)
 
 A resync (a whole apply with everything in place, every 30 s by default; the bench runs weftd with a
 10 minute interval so that none falls in a timed change) is not in the rows above. Measured by hand
 at 50,000 vxlan leases with -resync-interval 5s: weftd peaked at 167 MiB before this round, when route
 dumps were kept as netlink.Route values in maps (50 MB), neighbours and FDB entries as netlink.Neigh
-values in maps (12 MB each), with sets of what stays; it peaks at 89 MiB now, and a resync takes about
+values in maps (12 MB each), with sets of what stays; it peaks at 89–92 MiB now, and a resync takes about
 1.0 s. What a resync still holds at once: the neighbour and FDB dumps (the netlink library lists them
 whole: no iterating call for neighbours) and, while the new desired state is computed, the last one.
 
 | backend | leases | eac80cc: peak RSS | 8b057f0: peak RSS | now: peak RSS | eac80cc: CPU to READY | now: CPU to READY |
 |---|---|---|---|---|---|---|
-| vxlan | 1000 | 34 MiB | 27–28 MiB | 26 MiB | 0.10 s | 0.11 s |
-| vxlan | 10000 | 71 MiB | 37–40 MiB | 33–34 MiB | 2.00 s | 1.9–2.2 s |
-| vxlan | 50000 | 256 MiB | 96–112 MiB | 67–69 MiB | 37.2 s | 35.1–37.8 s |
-| wireguard-on-demand | 1000 | 56 MiB | 38 MiB | 38 MiB | 0.03 s | 0.05 s |
+| vxlan | 1000 | 34 MiB | 27–28 MiB | 26 MiB | 0.10 s | 0.10–0.11 s |
+| vxlan | 10000 | 71 MiB | 37–40 MiB | 32–33 MiB | 2.00 s | 1.9–2.3 s |
+| vxlan | 50000 | 256 MiB | 96–112 MiB | 64–66 MiB | 37.2 s | 35.1–38.6 s |
+| wireguard-on-demand | 1000 | 56 MiB | 38 MiB | 37–38 MiB | 0.03 s | 0.05 s |
 | wireguard-on-demand | 10000 | 121 MiB | 77 MiB | 70 MiB | 0.17 s | 0.22 s |
-| wireguard-on-demand | 50000 | 404 MiB | 219–227 MiB | 200 MiB | 1.18 s | 0.94 s |
+| wireguard-on-demand | 50000 | 404 MiB | 219–227 MiB | 197–200 MiB | 1.18 s | 0.94–0.99 s |
 
 (eac80cc: weft before issue 34; 8b057f0: after its first round; now: the rows above this note come from
 the run that wrote this file, the ranges from the runs of this round.) wireguard-on-demand adds
