@@ -122,10 +122,10 @@ func (d Delta) empty() bool { return len(d.Old) == 0 && len(d.New) == 0 }
 
 // changedPeers are the peers of old that are not in m as they were (gone)
 // and those of m that old lacks or held otherwise (added); old nil is an
-// empty state, and then added is peers, m's own, not a copy of them.
-func changedPeers(old, m *model, peers []Peer) (gone, added []Peer) {
+// empty state, and then added is m's own peers, not a copy of them.
+func changedPeers(old, m *model) (gone, added []Peer) {
 	if old == nil {
-		return nil, peers
+		return nil, m.base
 	}
 	old.each(func(p *Peer) {
 		if now, ok := m.peer(p.Key); !ok || !samePeer(*p, *now) {

@@ -177,7 +177,7 @@ func TestChangedPeers(t *testing.T) {
 		p("10.5.4.0/24", "192.168.50.4"), p("10.5.4.0/24", "192.168.50.44"), p("10.5.5.0/24", "192.168.50.5")
 	old := newModel(Desired{Peers: []Peer{stay, leave, move}})
 	next := Desired{Peers: []Peer{stay, moved, come}}
-	gone, added := changedPeers(old, newModel(next), next.Peers)
+	gone, added := changedPeers(old, newModel(next))
 	keys := func(ps []Peer) string {
 		var out []string
 		for _, p := range ps {
@@ -189,7 +189,7 @@ func TestChangedPeers(t *testing.T) {
 	if keys(gone) != "192.168.50.3 192.168.50.4" || keys(added) != "192.168.50.44 192.168.50.5" {
 		t.Errorf("gone %s, added %s", keys(gone), keys(added))
 	}
-	if gone, added := changedPeers(nil, newModel(next), next.Peers); len(gone) != 0 || len(added) != 3 {
+	if gone, added := changedPeers(nil, newModel(next)); len(gone) != 0 || len(added) != 3 {
 		t.Errorf("from nothing: gone %v, added %v", gone, added)
 	}
 }

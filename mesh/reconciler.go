@@ -361,7 +361,7 @@ func (r *Reconciler) applyWhole(ctx context.Context, log *slog.Logger, self leas
 	r.model = m
 	r.mu.Unlock()
 	if r.OnPeersChanged != nil {
-		r.OnPeersChanged(changedPeers(old, m, desired.Peers))
+		r.OnPeersChanged(changedPeers(old, m))
 	}
 	return r.Backend.Apply(ctx, desired)
 }

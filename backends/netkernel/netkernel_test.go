@@ -62,8 +62,12 @@ func TestSyncRoutes(t *testing.T) {
 		}
 		return nil
 	}
+	current, err := netkernel.OwnedHops(k, false, func(netip.Prefix, int) bool { return true })
+	if err != nil || len(current) != 3 {
+		t.Fatalf("OwnedHops = %d routes, %v; want weft's 3", len(current), err)
+	}
 	writes := k.Writes()
-	errs := netkernel.SyncRoutes(k, netkernel.RoutesByDst(owned, nil), want, nil)
+	errs := netkernel.SyncRoutes(k, current, want, nil)
 	if len(errs) != 1 || !strings.Contains(errs[0].Error(), "route 10.5.4.0/24 via 192.168.77.4") || !errors.Is(errs[0], unix.ENETUNREACH) {
 		t.Errorf("errors = %v, want one naming 10.5.4.0/24", errs)
 	}
@@ -77,7 +81,7 @@ route 10.9.0.0/16 via 192.168.77.254 dev eth0
 `)
 	// A route already gone (removed by hand) is not an error when removing it.
 	k.Fail = nil
-	gone := netkernel.RoutesByDst([]netlink.Route{route(ext, "10.5.8.0/24", "192.168.77.8", netkernel.RouteProtocol)}, nil)
+	gone := map[netip.Prefix]netkernel.Hop{netip.MustParsePrefix("10.5.8.0/24"): {Link: ext.Index, Gw: netip.MustParseAddr("192.168.77.8")}}
 	if errs := netkernel.SyncRoutes(k, gone, nil, nil); len(errs) != 0 {
 		t.Errorf("removing a route that is already gone: %v", errs)
 	}

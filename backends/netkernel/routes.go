@@ -31,21 +31,6 @@ func (h Hop) route(dst netip.Prefix) *netlink.Route {
 	return r
 }
 
-// RoutesByDst indexes routes by destination, keeping those keep accepts
-// (all when keep is nil).
-func RoutesByDst(routes []netlink.Route, keep func(netlink.Route) bool) map[netip.Prefix]Hop {
-	out := make(map[netip.Prefix]Hop, len(routes))
-	for _, r := range routes {
-		if keep != nil && !keep(r) {
-			continue
-		}
-		if dst, ok := Prefix(r.Dst); ok {
-			out[dst] = Hop{Link: r.LinkIndex, Gw: Addr(r.Gw)}
-		}
-	}
-	return out
-}
-
 // OwnedHops are weft's routes (RouteProtocol, main table) of one family
 // whose destination and link keep accepts, by destination, read one at a
 // time from the dump.

@@ -280,15 +280,8 @@ func olderLease(a, b mesh.Peer) bool {
 // peerMAC is the VTEP MAC a peer publishes; ok is false when its
 // BackendData does not decode to one.
 func peerMAC(p mesh.Peer) (mac MAC, ok bool) {
-	var data BackendData
-	if json.Unmarshal(p.BackendData, &data) != nil {
-		return mac, false
-	}
-	parsed, err := net.ParseMAC(data.VtepMAC)
-	if err != nil || len(parsed) != 6 {
-		return mac, false
-	}
-	return MAC(parsed), true
+	v, _, _ := readVTEP(&p, 0)
+	return v.mac, v.macOK
 }
 
 // MACHolders counts the leases publishing each VTEP MAC in a state.

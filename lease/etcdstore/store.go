@@ -16,6 +16,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/mirror"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 )
@@ -207,13 +208,9 @@ func (s *Store) leaseKey(key []byte) string {
 	return string(bytes.TrimPrefix(key, []byte(s.subnets)))
 }
 
-// listPage is how many leases one range request of List reads: a list of
-// 50,000 leases in one response is a message of about 10 MB, decoded whole
-// before the first lease is looked at.
-const listPage = 1000
-
-// List implements Store. It reads the leases in pages, all at the revision
-// of the first, so the result is one consistent snapshot; when that
+// List implements Store. It reads the leases in pages of 1,000 (etcd's
+// mirror.Syncer), all at one revision, so the result is one consistent
+// snapshot without one 10 MB response at 50,000 leases; when that
 // revision is compacted away between pages, it starts over.
 func (s *Store) List(ctx context.Context) ([]lease.Record, int64, error) {
 	for {
@@ -226,31 +223,23 @@ func (s *Store) List(ctx context.Context) ([]lease.Record, int64, error) {
 }
 
 func (s *Store) listPages(ctx context.Context) ([]lease.Record, int64, error) {
-	var out []lease.Record
-	var rev int64
-	from, end := s.subnets, clientv3.GetPrefixRangeEnd(s.subnets)
-	for {
-		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(listPage)}
-		if rev != 0 {
-			opts = append(opts, clientv3.WithRev(rev))
-		}
-		resp, err := s.client.Get(ctx, from, opts...)
-		if err != nil {
-			return nil, 0, err
-		}
-		if rev == 0 {
-			rev = resp.Header.Revision
-			out = make([]lease.Record, 0, resp.Count)
-		}
+	// The revision to read at, and how many leases to expect.
+	head, err := s.client.Get(ctx, s.subnets, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		return nil, 0, err
+	}
+	out := make([]lease.Record, 0, head.Count)
+	pages, errc := mirror.NewSyncer(s.client, s.subnets, head.Header.Revision).SyncBase(ctx)
+	for resp := range pages {
 		for _, kv := range resp.Kvs {
 			out = append(out, lease.Record{Key: s.leaseKey(kv.Key), Value: kv.Value,
 				Revision: kv.ModRevision, CreateRevision: kv.CreateRevision, StoreLeaseID: kv.Lease})
 		}
-		if !resp.More || len(resp.Kvs) == 0 {
-			return out, rev, nil
-		}
-		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
+	if err := <-errc; err != nil {
+		return nil, 0, err
+	}
+	return out, head.Header.Revision, nil
 }
 
 // Watch implements Store.
