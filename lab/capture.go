@@ -87,3 +87,26 @@ func (c *Capture) Stop() (raw []byte, decoded string, err error) {
 	}
 	return raw, string(out), err
 }
+
+// FirstPacketAt stops the capture and returns when its first packet
+// crossed (tcpdump's own time stamp); ok is false when it caught none.
+func (c *Capture) FirstPacketAt() (at time.Time, ok bool, err error) {
+	time.Sleep(200 * time.Millisecond) // let the last packets be written (-U)
+	c.cmd.Process.Signal(syscall.SIGINT)
+	c.cmd.Wait()
+	out, err := exec.Command("tcpdump", "-nn", "-tt", "-c", "1", "-r", c.file).Output()
+	if err != nil {
+		return time.Time{}, false, fmt.Errorf("reading %s: %w", c.file, err)
+	}
+	stamp, _, _ := strings.Cut(string(out), " ")
+	if stamp == "" {
+		return time.Time{}, false, nil
+	}
+	secs, frac, _ := strings.Cut(stamp, ".")
+	var s, us int64
+	if _, err := fmt.Sscan(secs, &s); err != nil {
+		return time.Time{}, false, fmt.Errorf("tcpdump's time stamp %q: %w", stamp, err)
+	}
+	fmt.Sscan(frac, &us)
+	return time.Unix(s, us*1000), true, nil
+}

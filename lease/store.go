@@ -60,6 +60,12 @@ type Store interface {
 	Config(ctx context.Context) ([]byte, error)
 	// PutConfig writes <prefix>/config.
 	PutConfig(ctx context.Context, value []byte) error
+	// WatchConfig signals on the returned channel after <prefix>/config is
+	// written or deleted, until ctx ends (then the channel closes). It is
+	// 1-buffered, so a burst of writes is one signal; a signal also
+	// follows a watch that broke and was started again (a write may fall
+	// in between), so the caller reads Config again and compares.
+	WatchConfig(ctx context.Context) <-chan struct{}
 	// Revision returns the store's current revision (cheap: no values).
 	Revision(ctx context.Context) (int64, error)
 	// Get returns the record at key; ok is false when there is none.

@@ -147,16 +147,27 @@ func watchKey(ctx context.Context, r backends.KeyReloader, holder *lease.Holder,
 // asks for another Backend.Type or other options, it records the type
 // (latest) and ends the run with errSwitch, so weftd runs again at once
 // and switches live. A change of StrictEncryption or EnableNFTables is
-// taken up the same way. A config that does not validate
-// is waited out.
-func watchBackendType(ctx context.Context, store lease.Store, runningCfg *lease.Config, every time.Duration, latest *atomic.Pointer[string], log *slog.Logger) error {
+// taken up the same way. A config that does not validate is waited out.
+//
+// The store's watch of the config key wakes it within a second of a
+// write; the read every resync interval is the safety net for a watch
+// that missed one.
+func watchBackendType(ctx context.Context, store lease.Store, runningCfg *lease.Config, every time.Duration,
+	latest *atomic.Pointer[string], log *slog.Logger) error {
 	running := runningCfg.Backend
 	bad := ""
+	written := store.WatchConfig(ctx)
+	resync := time.NewTicker(every)
+	defer resync.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(every):
+		case <-resync.C:
+		case _, open := <-written:
+			if !open {
+				written = nil // ctx ended: the case above returns
+			}
 		}
 		raw, err := store.Config(ctx)
 		if err != nil {

@@ -7,6 +7,8 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -27,6 +29,8 @@ type Store struct {
 	compact  int64                   // revisions up to this one are forgotten
 	base     map[string]lease.Record // the records at the compact revision
 	watchers map[chan struct{}]bool
+	// configWatchers are WatchConfig's channels, signalled at PutConfig.
+	configWatchers map[chan struct{}]bool
 	// peers are the outside peers by name (peers.go); peersRev counts
 	// their changes, for WatchPeers.
 	peers    map[string]peerRecord
@@ -49,7 +53,7 @@ var _ lease.Store = (*Store)(nil)
 // New returns an empty store holding config (nil for none).
 func New(config []byte) *Store {
 	return &Store{config: config, records: map[string]lease.Record{}, ttls: map[int64]time.Duration{},
-		watchers: map[chan struct{}]bool{}, peers: map[string]peerRecord{}, nextID: 1}
+		watchers: map[chan struct{}]bool{}, configWatchers: map[chan struct{}]bool{}, peers: map[string]peerRecord{}, nextID: 1}
 }
 
 // ErrDown is what every call returns while the store is down.
@@ -91,7 +95,36 @@ func (s *Store) PutConfig(_ context.Context, v []byte) error {
 		return err
 	}
 	s.config = v
+	for w := range s.configWatchers {
+		signal(w)
+	}
 	return nil
+}
+
+// WatchConfig implements lease.Store: it signals once at the start, as
+// etcd's does at each watch it starts, and after every PutConfig.
+func (s *Store) WatchConfig(ctx context.Context) <-chan struct{} {
+	changed := make(chan struct{}, 1)
+	signal(changed)
+	s.mu.Lock()
+	s.configWatchers[changed] = true
+	s.mu.Unlock()
+	go func() {
+		<-ctx.Done()
+		s.mu.Lock()
+		delete(s.configWatchers, changed)
+		close(changed)
+		s.mu.Unlock()
+	}()
+	return changed
+}
+
+// signal wakes a 1-buffered channel unless it is already awake.
+func signal(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
 }
 
 // Revision implements lease.Store.
@@ -148,17 +181,16 @@ func (s *Store) GetAt(_ context.Context, key string, rev int64) (lease.Record, b
 	return r, ok, nil
 }
 
-// List implements lease.Store.
+// List implements lease.Store, in key order.
 func (s *Store) List(context.Context) ([]lease.Record, int64, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.check(); err != nil {
 		return nil, 0, err
 	}
-	out := make([]lease.Record, 0, len(s.records))
-	for _, r := range s.records {
-		out = append(out, r)
-	}
+	// In key order, as etcd lists a range: a caller that takes the first
+	// record of a kind sees here what it sees on etcd.
+	out := slices.SortedFunc(maps.Values(s.records), func(a, b lease.Record) int { return strings.Compare(a.Key, b.Key) })
 	return out, s.rev, nil
 }
 
@@ -217,10 +249,7 @@ func (s *Store) wake() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for w := range s.watchers {
-		select {
-		case w <- struct{}{}:
-		default:
-		}
+		signal(w)
 	}
 }
 
