@@ -323,16 +323,6 @@ type EndpointObserver interface {
 	Relays() map[string]string
 }
 
-// Observer is b's EndpointObserver (its primary's during a switch); ok is
-// false for a backend that sees nothing.
-func Observer(b Backend) (EndpointObserver, bool) {
-	if s, ok := b.(*Switching); ok {
-		b = s.primary
-	}
-	o, ok := b.(EndpointObserver)
-	return o, ok
-}
-
 // MTUCarrier is a backend whose device may carry a larger MTU than its
 // containers' (Env.CarriedMTU).
 type MTUCarrier interface {
@@ -340,13 +330,10 @@ type MTUCarrier interface {
 	CarriedMTU() int
 }
 
-// CarriedMTU is b's carried MTU (of its primary during a switch), when it
-// carries one.
+// CarriedMTU is the carried MTU of the first backend in b's stack that
+// can carry one (As), when it carries one.
 func CarriedMTU(b Backend) (int, bool) {
-	if s, ok := b.(*Switching); ok {
-		b = s.primary
-	}
-	c, ok := b.(MTUCarrier)
+	c, ok := As[MTUCarrier](b)
 	if !ok || c.CarriedMTU() == 0 {
 		return 0, false
 	}
@@ -429,10 +416,10 @@ var (
 	_ Backend           = (*wireguard.Stack)(nil)
 	_ mesh.DeltaApplier = (*wireguard.Stack)(nil)
 	_ KeyReloader       = (*wireguard.Stack)(nil)
-	_ DeviceStatus      = (*wireguard.Stack)(nil)
-	_ OnDemandReporter  = (*wireguard.Stack)(nil)
 	_ MTUCarrier        = (*wireguard.Stack)(nil)
-	_ EndpointObserver  = (*wireguard.Stack)(nil)
+	_ EndpointObserver  = (*wireguard.Backend)(nil)
+	_ MTUCarrier        = (*wireguard.Backend)(nil)
+	_ Wrapper           = (*wireguard.Stack)(nil)
 	_ DropCounter       = (*udp.Backend)(nil)
 	_ Leaver            = (*extension.Backend)(nil)
 )

@@ -63,6 +63,9 @@ func (d *dualStack) Cleanup(ctx context.Context) error {
 // Close closes both halves, leaving their data paths in place.
 func (d *dualStack) Close() error { return errors.Join(d.v4.Close(), d.v6.Close()) }
 
+// Unwrap is the two halves, IPv4 first.
+func (d *dualStack) Unwrap() []mesh.Applier { return []mesh.Applier{d.v4, d.v6} }
+
 // ipv6Only drives an IPv6-only network ("EnableIPv4": false) through one
 // instance of a backend built for the IPv6 half, given the IPv6 half of
 // each desired state. Its lease publishes no BackendData, only
@@ -102,10 +105,15 @@ func (o *ipv6Only) Cleanup(ctx context.Context) error { return o.v6.Cleanup(ctx)
 // Close closes the IPv6 instance.
 func (o *ipv6Only) Close() error { return o.v6.Close() }
 
+// Unwrap is the IPv6 instance.
+func (o *ipv6Only) Unwrap() []mesh.Applier { return []mesh.Applier{o.v6} }
+
 var (
 	_ DualStack         = (*dualStack)(nil)
 	_ mesh.DeltaApplier = (*dualStack)(nil)
 	_ DualStack         = (*wireguard.Stack)(nil)
 	_ DualStack         = (*ipv6Only)(nil)
 	_ mesh.DeltaApplier = (*ipv6Only)(nil)
+	_ Wrapper           = (*dualStack)(nil)
+	_ Wrapper           = (*ipv6Only)(nil)
 )

@@ -2,7 +2,6 @@ package backends
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -42,24 +41,11 @@ type TunnelDropCounter interface {
 // the filter's addresses follow every whole apply and every delta (a
 // delta changes only its peers' addresses), before the backend programs
 // the peers.
-// The wrapper keeps the backend's optional capabilities: a DualStack
-// backend's wrapper is one too (its lease publishes BackendV6Data).
+// The backend's other capabilities (a dual stack's BackendV6Data) are
+// found through the wrapper with As.
 func FilterSources(b Backend, filter SourceFilter) Backend {
-	s := &sourceFiltered{Backend: b, filter: filter, entries: map[[16]byte]filterEntry{}}
-	if dual, ok := b.(DualStack); ok {
-		return &sourceFilteredDual{sourceFiltered: s, dual: dual}
-	}
-	return s
+	return &sourceFiltered{Backend: b, filter: filter, entries: map[[16]byte]filterEntry{}}
 }
-
-// sourceFilteredDual is FilterSources' wrapper of a DualStack backend.
-type sourceFilteredDual struct {
-	*sourceFiltered
-	dual DualStack
-}
-
-// BackendV6Data is the wrapped backend's.
-func (s *sourceFilteredDual) BackendV6Data() json.RawMessage { return s.dual.BackendV6Data() }
 
 // sourceFiltered is FilterSources' backend. entries hold how many peers
 // use each address (two leases may name one host, an old lease beside its
@@ -83,10 +69,11 @@ type sourceFiltered struct {
 var (
 	_ mesh.DeltaApplier = (*sourceFiltered)(nil)
 	_ TunnelDropCounter = (*sourceFiltered)(nil)
-	_ DualStack         = (*sourceFilteredDual)(nil)
-	_ mesh.DeltaApplier = (*sourceFilteredDual)(nil)
-	_ TunnelDropCounter = (*sourceFilteredDual)(nil)
+	_ Wrapper           = (*sourceFiltered)(nil)
 )
+
+// Unwrap is the filtered backend.
+func (s *sourceFiltered) Unwrap() []mesh.Applier { return []mesh.Applier{s.Backend} }
 
 // peerAddrs are the underlay addresses peer p sends tunnel packets from.
 func peerAddrs(p mesh.Peer) []netip.Addr {

@@ -53,13 +53,13 @@ type dualNop struct{ nopDeltaBackend }
 
 func (dualNop) BackendV6Data() json.RawMessage { return json.RawMessage(`{"VNI":1}`) }
 
-// TestFilterSourcesKeepsCapabilities: a dual-stack backend's wrapper still
-// publishes its IPv6 half's data (without it, peers skip that half).
+// TestFilterSourcesKeepsCapabilities: a dual-stack backend's IPv6 half's
+// data is found through its wrapper (without it, peers skip that half).
 func TestFilterSourcesKeepsCapabilities(t *testing.T) {
-	if _, ok := FilterSources(nopDeltaBackend{}, &recordingFilter{}).(DualStack); ok {
+	if _, ok := As[DualStack](FilterSources(nopDeltaBackend{}, &recordingFilter{})); ok {
 		t.Error("a single-family backend's wrapper claims an IPv6 half")
 	}
-	dual, ok := FilterSources(dualNop{}, &recordingFilter{}).(DualStack)
+	dual, ok := As[DualStack](FilterSources(dualNop{}, &recordingFilter{}))
 	if !ok || string(dual.BackendV6Data()) != `{"VNI":1}` {
 		t.Errorf("a dual-stack backend's wrapper lost BackendV6Data (%v)", ok)
 	}

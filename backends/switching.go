@@ -8,9 +8,6 @@ import (
 	"net/netip"
 	"slices"
 
-	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
-
-	"github.com/weftnet/weft/backends/wireguard"
 	"github.com/weftnet/weft/lease"
 	"github.com/weftnet/weft/mesh"
 )
@@ -98,7 +95,7 @@ func (s *Switching) Paths() []lease.PathAttrs {
 	var out []lease.PathAttrs
 	for _, t := range s.all() {
 		p := lease.PathAttrs{BackendType: t.typ, BackendData: t.b.BackendData()}
-		if ds, ok := t.b.(DualStack); ok {
+		if ds, ok := As[DualStack](t.b); ok {
 			p.BackendV6Data = ds.BackendV6Data()
 		}
 		out = append(out, p)
@@ -122,14 +119,6 @@ func (s *Switching) Setup(ctx context.Context) error {
 
 // BackendData is the primary's.
 func (s *Switching) BackendData() json.RawMessage { return s.primary.BackendData() }
-
-// BackendV6Data is the primary's, when it has one.
-func (s *Switching) BackendV6Data() json.RawMessage {
-	if ds, ok := s.primary.(DualStack); ok {
-		return ds.BackendV6Data()
-	}
-	return nil
-}
 
 // MTU is the primary's.
 func (s *Switching) MTU() int { return s.primary.MTU() }
@@ -272,38 +261,16 @@ func (s *Switching) Close() error {
 	return errors.Join(errs...)
 }
 
-// ReloadKey is the primary's key reload, when it has a key.
-func (s *Switching) ReloadKey(rotate bool) (bool, error) {
-	if r, ok := s.primary.(KeyReloader); ok {
-		return r.ReloadKey(rotate)
-	}
-	return false, nil
-}
-
-// Status is the WireGuard device's, the primary's or a legacy one's.
-func (s *Switching) Status() (*wgtypes.Device, error) {
+// Unwrap is every backend, the primary first.
+func (s *Switching) Unwrap() []mesh.Applier {
+	out := make([]mesh.Applier, 0, 1+len(s.legacy))
 	for _, t := range s.all() {
-		if ds, ok := t.b.(DeviceStatus); ok {
-			return ds.Status()
-		}
+		out = append(out, t.b)
 	}
-	return nil, errors.New("no WireGuard device")
-}
-
-// OnDemand is the WireGuard device's on-demand state, when there is one.
-func (s *Switching) OnDemand() wireguard.OnDemandStats {
-	for _, t := range s.all() {
-		if od, ok := t.b.(OnDemandReporter); ok {
-			return od.OnDemand()
-		}
-	}
-	return wireguard.OnDemandStats{}
+	return out
 }
 
 var (
-	_ DualStack         = (*Switching)(nil)
 	_ mesh.DeltaApplier = (*Switching)(nil)
-	_ KeyReloader       = (*Switching)(nil)
-	_ DeviceStatus      = (*Switching)(nil)
-	_ OnDemandReporter  = (*Switching)(nil)
+	_ Wrapper           = (*Switching)(nil)
 )

@@ -6,8 +6,6 @@ import (
 	"errors"
 	"log/slog"
 
-	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
-
 	"github.com/weftnet/weft/backends/netkernel"
 	"github.com/weftnet/weft/backends/underlay"
 	"github.com/weftnet/weft/lease"
@@ -87,13 +85,6 @@ func (s *Stack) CarryMTU(mtu int) {
 		d.CarryMTU(mtu)
 	}
 }
-
-// Observe is the first device's (see Backend.Observe): discovery runs on
-// the IPv4 half.
-func (s *Stack) Observe() (Observation, error) { return s.devices[0].Observe() }
-
-// Relays are the first device's (see Backend.Relays).
-func (s *Stack) Relays() map[string]string { return s.devices[0].Relays() }
 
 // CarriedMTU is the largest MTU a device carries above its own, else 0.
 func (s *Stack) CarriedMTU() int {
@@ -199,11 +190,16 @@ func (s *Stack) ReloadKey(rotate bool) (bool, error) {
 	return changed, nil
 }
 
-// OnDemand is the first device's on-demand state.
-func (s *Stack) OnDemand() OnDemandStats { return s.devices[0].OnDemand() }
-
-// Status is the first device's.
-func (s *Stack) Status() (*wgtypes.Device, error) { return s.devices[0].Status() }
+// Unwrap is the devices, the IPv4 one first: what a device alone knows
+// (its status, its on-demand table, discovery on the IPv4 half) is found
+// on them through the stack (backends.As).
+func (s *Stack) Unwrap() []mesh.Applier {
+	out := make([]mesh.Applier, len(s.devices))
+	for i, d := range s.devices {
+		out[i] = d
+	}
+	return out
+}
 
 // Cleanup removes every device.
 func (s *Stack) Cleanup(ctx context.Context) error {

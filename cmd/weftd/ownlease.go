@@ -71,7 +71,7 @@ func ownAttrs(cfg *lease.Config, hostID keys.HostID, publicIP, publicIP6 netip.A
 	attrs := lease.Attrs{PublicIP: publicIP, BackendType: cfg.Backend.LeaseType(), BackendData: backend.BackendData(), HostID: hostID}
 	if publicIP6.IsValid() {
 		attrs.PublicIPv6 = &publicIP6
-		if b, ok := backend.(backends.DualStack); ok {
+		if b, ok := backends.As[backends.DualStack](backend); ok {
 			attrs = attrs.WithBackendV6Data(b.BackendV6Data())
 		}
 	}
@@ -135,7 +135,7 @@ func watchKey(ctx context.Context, r backends.KeyReloader, holder *lease.Holder,
 		lastErr = ""
 		if changed {
 			attrs.BackendData = r.BackendData()
-			if d, ok := r.(backends.DualStack); ok && attrs.PublicIPv6 != nil {
+			if d, ok := backends.As[backends.DualStack](r); ok && attrs.PublicIPv6 != nil {
 				attrs = attrs.WithBackendV6Data(d.BackendV6Data())
 			}
 			holder.SetAttrs(attrs)

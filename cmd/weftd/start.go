@@ -117,7 +117,7 @@ func (l daemonLoops) start(ctx context.Context, g *errgroup.Group, o *options, l
 		l.reconciler.Outside = outside
 		g.Go(func() error { return outside.Run(ctx) })
 	}
-	if reloader, ok := l.backend.(backends.KeyReloader); ok {
+	if reloader, ok := backends.As[backends.KeyReloader](l.backend); ok {
 		g.Go(func() error { return watchKey(ctx, reloader, l.holder, l.attrs, log) })
 	}
 	if l.switching.backend != nil {
@@ -125,7 +125,7 @@ func (l daemonLoops) start(ctx context.Context, g *errgroup.Group, o *options, l
 	}
 	g.Go(func() error { return watchBackendType(ctx, l.store, cfg, o.resync, l.configType, log) })
 	g.Go(func() error { return followUnderlay(ctx, o, l.ext, cfg.EnableIPv6, log) })
-	if observer, ok := backends.Observer(l.backend); ok {
+	if observer, ok := backends.As[backends.EndpointObserver](l.backend); ok {
 		g.Go(func() error { return publishObservations(ctx, observer, l.holder, o.resync, log) })
 	}
 	g.Go(func() error { return l.watcher.Run(ctx) })
@@ -178,7 +178,7 @@ func setUpBackend(ctx context.Context, env backends.Env, plan switchPlan) (backe
 // At a live switch (sw set) the backends are handed to the next run
 // instead (handOver).
 func leaveDataPath(backend backends.Backend, cleanup, switchedAway bool, sw *switchKeeper, log *slog.Logger) {
-	if leaver, ok := backend.(backends.Leaver); ok && switchedAway {
+	if leaver, ok := backends.As[backends.Leaver](backend); ok && switchedAway {
 		log.Info("the network config has left this backend: undoing what its peers' commands made")
 		if err := leaver.Leave(context.Background()); err != nil {
 			log.Error("leaving the backend", "err", err)

@@ -31,7 +31,7 @@ type observer struct {
 	calls netkernel.Calls
 
 	mu         sync.Mutex
-	backend    any
+	backend    backends.Backend
 	btype      string
 	paths      backends.PathRule
 	reconciler *mesh.Reconciler
@@ -56,7 +56,7 @@ func (o *observer) kernelCalls() *netkernel.Calls { return &o.calls }
 
 // setBackend records the backend once it is set up, and the rule that
 // tells each peer's path.
-func (o *observer) setBackend(backend any, btype string, paths backends.PathRule) {
+func (o *observer) setBackend(backend backends.Backend, btype string, paths backends.PathRule) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.backend, o.btype, o.paths = backend, btype, paths
@@ -127,7 +127,7 @@ func (o *observer) document(peers bool) status.Document {
 		dropped, _ := firewall.StrictDrops(o.nftables)
 		s.Strict = &status.Strict{Dropped: dropped}
 	}
-	if od, ok := o.backend.(backends.OnDemandReporter); ok {
+	if od, ok := backends.As[backends.OnDemandReporter](o.backend); ok {
 		if st := od.OnDemand(); st.Enabled {
 			s.OnDemand = &status.OnDemand{Known: st.Known, Configured: st.Configured, Added: st.Added, Capped: st.Capped, Idled: st.Idled,
 				Refused: st.Refused, Expired: st.Expired}
@@ -136,10 +136,10 @@ func (o *observer) document(peers bool) status.Document {
 	if peers {
 		s.Peers = o.peerStatuses(s.OnDemand != nil)
 	}
-	if dc, ok := o.backend.(backends.DropCounter); ok {
+	if dc, ok := backends.As[backends.DropCounter](o.backend); ok {
 		s.Drops = dc.Drops()
 	}
-	if tc, ok := o.backend.(backends.TunnelDropCounter); ok {
+	if tc, ok := backends.As[backends.TunnelDropCounter](o.backend); ok {
 		for src, n := range tc.TunnelDrops() {
 			if s.TunnelDrops == nil {
 				s.TunnelDrops = map[string]uint64{}
@@ -156,7 +156,7 @@ func (o *observer) document(peers bool) status.Document {
 func (o *observer) peerStatuses(onDemand bool) []status.Peer {
 	var out []status.Peer
 	handshakes := map[string]wgtypes.Peer{}
-	if wg, ok := o.backend.(backends.DeviceStatus); ok {
+	if wg, ok := backends.As[backends.DeviceStatus](o.backend); ok {
 		if dev, err := wg.Status(); err == nil {
 			for _, p := range dev.Peers {
 				for _, a := range p.AllowedIPs {
@@ -166,10 +166,8 @@ func (o *observer) peerStatuses(onDemand bool) []status.Peer {
 		}
 	}
 	var relays map[string]string
-	if b, ok := o.backend.(backends.Backend); ok {
-		if observer, ok := backends.Observer(b); ok {
-			relays = observer.Relays()
-		}
+	if observer, ok := backends.As[backends.EndpointObserver](o.backend); ok {
+		relays = observer.Relays()
 	}
 	each := func(p *mesh.Peer) {
 		path := o.paths.Of(*p)
