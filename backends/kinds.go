@@ -49,18 +49,44 @@ type Kind struct {
 	OnUnderlay bool
 	// Encrypted is set when its data path encrypts every packet.
 	Encrypted bool
+	// Coexists is set when it can run beside other backends during a
+	// live switch: its routes are per peer (host-gw, vxlan), or it routes
+	// the Network through its own device (wireguard), or it can route its
+	// peers one by one beside one that does (udp). ipip shares the tunnel
+	// filter's table with vxlan, and alloc and extension route nothing of
+	// their own: switching to or from them takes the old data path down
+	// at once, as a restart does.
+	Coexists bool
+	// GapOptions are its Backend options (lower case, as encoding/json
+	// matches keys) that both ends of a pair must agree on, with what a
+	// live change of one costs: from the moment one host takes the change
+	// until the other has, that pair cannot talk. Other options (an MTU, a
+	// keepalive, the on-demand settings) change without a gap.
+	GapOptions map[string]string
 }
+
+// Gaps the options of GapOptions cost, shared by the kinds that have them.
+const (
+	gapPort     = "a pair is cut until both hosts have the new port"
+	gapPeerPort = "peers send to the old port until they read this host's lease again"
+)
 
 // Kinds lists every Backend.Type weft accepts, in the order error messages
 // show them.
 var Kinds = []Kind{
 	{Name: Alloc, IPv6: true, Untyped: true, OnUnderlay: true},
 	{Name: Extension, IPv6: true, OnUnderlay: true},
-	{Name: HostGW, IPv6: true, CarriesIPv6: true, RoutesDirect: true, OnUnderlay: true},
+	{Name: HostGW, IPv6: true, CarriesIPv6: true, RoutesDirect: true, OnUnderlay: true, Coexists: true},
 	{Name: IPIP, Tunnel: true, RoutesDirect: true},
-	{Name: UDP, Untyped: true},
-	{Name: VXLAN, IPv6: true, CarriesIPv6: true, Tunnel: true, RoutesDirect: true},
-	{Name: WireGuard, IPv6: true, CarriesIPv6: true, Encrypted: true},
+	{Name: UDP, Untyped: true, Coexists: true, GapOptions: map[string]string{"port": gapPort}},
+	{Name: VXLAN, IPv6: true, CarriesIPv6: true, Tunnel: true, RoutesDirect: true, Coexists: true,
+		GapOptions: map[string]string{"vni": "a pair is cut until both hosts have the new VNI", "port": gapPort}},
+	{Name: WireGuard, IPv6: true, CarriesIPv6: true, Encrypted: true, Coexists: true, GapOptions: map[string]string{
+		"psk":          "a pair drops its packets until both hosts have the new PSK (each host takes it as the config changes); change it in a quiet moment",
+		"listenport":   gapPeerPort,
+		"listenportv6": gapPeerPort,
+		"mode":         "the WireGuard devices are rebuilt: pairs are cut until both hosts have the new Mode",
+	}},
 }
 
 // Lookup returns the Kind named name.

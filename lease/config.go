@@ -63,15 +63,6 @@ type Config struct {
 	StrictEncryption bool
 	// Backend selects and configures the data path.
 	Backend BackendConfig
-	// Speaks are the backends this host runs besides Backend.Type while a
-	// switch of Backend.Type is under way, oldest last (weftd sets them;
-	// they are never read from the config): a peer that does not speak
-	// Backend.Type is reached by the first of these it speaks.
-	Speaks []string
-	// LegacyFirst prefers Speaks to Backend.Type (weftd sets it until the
-	// peers have had time to see that this host speaks Backend.Type): a
-	// peer is moved to the new backend only once it can answer there.
-	LegacyFirst bool
 	// BackendDefaulted is true when the config had no Backend and weft chose
 	// udp as flannel does; weftd says so in its log.
 	BackendDefaulted bool

@@ -40,12 +40,14 @@ func Compute(self lease.Lease, leases []lease.Lease, cfg *lease.Config) Desired 
 	for i := range leases {
 		shared[i] = &leases[i]
 	}
-	return ComputeShared(self, shared, cfg)
+	return ComputeShared(self, shared, cfg, Preference{})
 }
 
 // ComputeShared is Compute over pointers to the leases, as the lease
-// watcher keeps them; it reorders the slice, never the leases.
-func ComputeShared(self lease.Lease, leases []*lease.Lease, cfg *lease.Config) Desired {
+// watcher keeps them, with the path preference of a host in a live switch
+// (the zero Preference outside one); it reorders the slice, never the
+// leases.
+func ComputeShared(self lease.Lease, leases []*lease.Lease, cfg *lease.Config, pref Preference) Desired {
 	d := Desired{Network: cfg.Network, IPv6Network: cfg.IPv6Network, PeersNetwork: cfg.PeersNetwork, Self: self}
 	sorted := leases
 	// Oldest first, so the first writer of an overlapping range wins.
@@ -63,7 +65,7 @@ func ComputeShared(self lease.Lease, leases []*lease.Lease, cfg *lease.Config) D
 	kept.add(self.Subnet)
 	kept.add(self.IPv6Subnet)
 	for _, l := range sorted {
-		peer, reason, isSelf := classify(self, *l, cfg)
+		peer, reason, isSelf := classify(self, *l, cfg, pref)
 		if isSelf {
 			continue
 		}
@@ -183,8 +185,8 @@ func (d *Desired) sort() {
 // skip and why, or this host's own subnet (isSelf, skipped silently). Lease
 // keys are canonical subnets, so no two keys share a subnet; the overlap
 // check in Compute guards the whole-set path only.
-func classify(self lease.Lease, l lease.Lease, cfg *lease.Config) (peer Peer, reason string, isSelf bool) {
-	path, _ := Path(l, cfg)
+func classify(self lease.Lease, l lease.Lease, cfg *lease.Config, pref Preference) (peer Peer, reason string, isSelf bool) {
+	path, _ := pref.Path(l, cfg)
 	peer = Peer{Key: l.Key(), Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP,
 		BackendType: path.BackendType, BackendData: path.BackendData, Path: PathType(path, cfg), Created: l.CreateRevision}
 	more := peerMore{seen: l.Attrs.Seen(), reach: l.Attrs.Reach()}
@@ -208,7 +210,7 @@ func classify(self lease.Lease, l lease.Lease, cfg *lease.Config) (peer Peer, re
 	if sameSubnet(l, self) {
 		return peer, "", true // our own lease (or an older copy of it)
 	}
-	reason = Check(l, cfg)
+	reason = pref.Check(l, cfg)
 	switch {
 	case reason != "":
 	case cfg.EnableIPv4 && l.Attrs.PublicIP == self.Attrs.PublicIP:
@@ -236,9 +238,13 @@ func sameSubnet(l, self lease.Lease) bool {
 // describes, or "" when it can: a subnet outside the Network or of another
 // length, another backend, a PublicIP no host can have. weftd skips such a
 // lease; `weftctl leases` shows the reason.
-func Check(l lease.Lease, cfg *lease.Config) string {
+func Check(l lease.Lease, cfg *lease.Config) string { return Preference{}.Check(l, cfg) }
+
+// Check is Check for a host that runs the backends of pref beside the
+// config's (a live switch): a lease that speaks one of them is a peer.
+func (pref Preference) Check(l lease.Lease, cfg *lease.Config) string {
 	backend := l.Attrs.Backend()
-	_, speaks := Path(l, cfg)
+	_, speaks := pref.Path(l, cfg)
 	if !cfg.EnableIPv4 {
 		// IPv6-only: the IPv4 half is flannel's empty one; only the IPv6
 		// half and the backend matter.
@@ -331,15 +337,20 @@ func strictly(cfg *lease.Config) string {
 	return "; unreachable under StrictEncryption, which lets nothing to it leave unencrypted"
 }
 
-// Path picks the backend this host reaches l's host by, and the data that
-// goes with it: the config's Backend.Type when l's host speaks it (its
-// BackendType, or one of its WeftAlso during a switch), else the first of
-// cfg.Speaks (the backends this host still runs during a switch) it
-// speaks. ok is false when it speaks none of them; the path is then the
-// lease's own BackendType's.
+// Path picks the backend this host reaches l's host by, outside a live
+// switch: the config's Backend.Type when l's host speaks it (its
+// BackendType, or one of its WeftAlso during its own switch). ok is false
+// when it does not; the path is then the lease's own BackendType's.
+func Path(l lease.Lease, cfg *lease.Config) (path lease.PathAttrs, ok bool) {
+	return Preference{}.Path(l, cfg)
+}
+
+// Path is Path for a host in a live switch: the config's Backend.Type when
+// l's host speaks it (unless pref puts its legacy backends first), else
+// the first of pref.Legacy it speaks, else the config's again.
 //
 // It runs for every lease of every whole apply, so it allocates nothing.
-func Path(l lease.Lease, cfg *lease.Config) (path lease.PathAttrs, ok bool) {
+func (pref Preference) Path(l lease.Lease, cfg *lease.Config) (path lease.PathAttrs, ok bool) {
 	// The lease's own path keeps its BackendType as written (none for
 	// udp), so a lease outside a switch is a peer exactly as before.
 	own := lease.PathAttrs{BackendType: l.Attrs.BackendType, BackendData: l.Attrs.BackendData, BackendV6Data: l.Attrs.BackendV6Data()}
@@ -354,12 +365,12 @@ func Path(l lease.Lease, cfg *lease.Config) (path lease.PathAttrs, ok bool) {
 		}
 		return own, false
 	}
-	if !cfg.LegacyFirst {
+	if !pref.LegacyFirst {
 		if p, ok := find(cfg.Backend.Type); ok {
 			return p, true
 		}
 	}
-	for _, want := range cfg.Speaks {
+	for _, want := range pref.Legacy {
 		if p, ok := find(want); ok {
 			return p, true
 		}

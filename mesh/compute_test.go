@@ -273,7 +273,7 @@ func TestComputeIPv6OnlyAlloc(t *testing.T) {
 // TestPathDuringASwitch: a host reaches each peer over the config's
 // backend when the peer speaks it (its BackendType, or its WeftAlso
 // during a switch), with that backend's data; else over a backend it
-// still runs (Speaks); else the lease is skipped.
+// still runs (its Preference's legacy backends); else the lease is skipped.
 func TestPathDuringASwitch(t *testing.T) {
 	cfg, err := lease.ParseConfig([]byte(`{"Network":"10.5.0.0/16","Backend":{"Type":"wireguard"}}`))
 	if err != nil {
@@ -304,12 +304,17 @@ func TestPathDuringASwitch(t *testing.T) {
 	if got, want := paths(Compute(self, leases, cfg)), `10.5.2.0/24 wireguard `+wgData+`; 10.5.3.0-24 skipped; 10.5.4.0-24 skipped`; got != want {
 		t.Errorf("wireguard alone:\n got %s\nwant %s", got, want)
 	}
-	cfg.Speaks = []string{"vxlan"}
-	if got, want := paths(Compute(self, leases, cfg)), `10.5.2.0/24 wireguard `+wgData+`; 10.5.3.0/24 vxlan `+vxlanData+`; 10.5.4.0-24 skipped`; got != want {
+	withLegacy := func(legacy ...string) Desired {
+		shared := make([]*lease.Lease, len(leases))
+		for i := range leases {
+			shared[i] = &leases[i]
+		}
+		return ComputeShared(self, shared, cfg, Preference{Legacy: legacy})
+	}
+	if got, want := paths(withLegacy("vxlan")), `10.5.2.0/24 wireguard `+wgData+`; 10.5.3.0/24 vxlan `+vxlanData+`; 10.5.4.0-24 skipped`; got != want {
 		t.Errorf("wireguard, still speaking vxlan:\n got %s\nwant %s", got, want)
 	}
-	cfg.Speaks = []string{"vxlan", "udp"}
-	if got, want := paths(Compute(self, leases, cfg)), `10.5.2.0/24 wireguard `+wgData+`; 10.5.3.0/24 vxlan `+vxlanData+`; 10.5.4.0/24  `; got != want {
+	if got, want := paths(withLegacy("vxlan", "udp")), `10.5.2.0/24 wireguard `+wgData+`; 10.5.3.0/24 vxlan `+vxlanData+`; 10.5.4.0/24  `; got != want {
 		t.Errorf("a udp host's lease, which has no BackendType:\n got %s\nwant %s", got, want)
 	}
 }

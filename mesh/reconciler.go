@@ -65,10 +65,14 @@ type Stats struct {
 // whole state from every lease and have the backend compare it with the
 // kernel, which heals drift.
 type Reconciler struct {
-	Config  *lease.Config
-	Leases  LeaseSource
-	Own     OwnLease
-	Backend Applier
+	Config *lease.Config
+	// Preference is which backend each peer is reached by while this host
+	// runs more than the config's (a live switch); the zero value outside
+	// one. Set it before Run, and change it only inside Pause.
+	Preference Preference
+	Leases     LeaseSource
+	Own        OwnLease
+	Backend    Applier
 	// Resync is how often to re-apply even without a change.
 	Resync time.Duration
 	Log    *slog.Logger
@@ -196,8 +200,8 @@ func (r *Reconciler) wake() chan struct{} {
 }
 
 // Pause runs f while no reconcile pass runs, then has the next pass apply
-// the whole state: f may change what the pass reads (Config's Speaks and
-// LegacyFirst during a switch of backend) and the backend's data paths.
+// the whole state: f may change what the pass reads (the Preference,
+// during a live switch) and the backend's data paths.
 func (r *Reconciler) Pause(f func()) {
 	r.pause.Lock()
 	f()
@@ -208,6 +212,10 @@ func (r *Reconciler) Pause(f func()) {
 	default:
 	}
 }
+
+// SetPreference changes the path preference (Preference) for the passes
+// that follow; call it inside Pause, which keeps it from a pass under way.
+func (r *Reconciler) SetPreference(p Preference) { r.Preference = p }
 
 // Run reconciles until ctx ends. It returns only ctx's error: failures are
 // logged and retried on the next change or tick.
@@ -342,7 +350,7 @@ func (r *Reconciler) noteBackendSkips(log *slog.Logger, skipped []*PeerSkipped, 
 
 // applyWhole computes the whole desired state and has the backend apply it.
 func (r *Reconciler) applyWhole(ctx context.Context, log *slog.Logger, self lease.Lease) error {
-	desired := ComputeShared(self, r.Leases.SharedLeases(), r.Config)
+	desired := ComputeShared(self, r.Leases.SharedLeases(), r.Config, r.Preference)
 	if r.Outside != nil {
 		desired.Outside = r.Outside.Peers()
 	}
@@ -371,7 +379,7 @@ func (r *Reconciler) applyWhole(ctx context.Context, log *slog.Logger, self leas
 // makes the next pass apply the whole state.
 func (r *Reconciler) applyDelta(ctx context.Context, log *slog.Logger, backend DeltaApplier, keys []string) error {
 	r.mu.Lock()
-	delta, skips := r.model.diff(keys, r.Leases.Lease, r.Config)
+	delta, skips := r.model.diff(keys, r.Leases.Lease, r.Config, r.Preference)
 	r.mu.Unlock()
 	for _, s := range skips {
 		if s.Reason != "" {

@@ -41,7 +41,9 @@ func runCleanup(ctx context.Context, args []string, opts etcdstore.Options, stdo
 	fs.SetOutput(stderr)
 	subnetFile := fs.String("subnet-file", lease.DefaultSubnetFile, "weftd's subnet file")
 	release := fs.Bool("release", false, "also delete this host's lease from etcd")
-	flannel := fs.Bool("flannel", false, "remove what flanneld left instead (its devices, iptables chains and routes), to move this host from flannel to weft in place; the subnet file stays, so weftd keeps the subnet")
+	flannel := fs.Bool("flannel", false,
+		"remove what flanneld left instead (its devices, iptables chains and routes), to move this host from flannel to "+
+			"weft in place; the subnet file stays, so weftd keeps the subnet")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -143,13 +145,15 @@ func cleanupFlannel(subnetFile string, stdout io.Writer) error {
 		}
 	}
 	if env, err := lease.ReadSubnetFile(subnetFile); err == nil && env.Network.IsValid() {
-		routes, err := kernel.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+		routes, err := kernel.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN},
+			netlink.RT_FILTER_TABLE)
 		errs = append(errs, err)
 		for _, r := range routes {
 			dst, ok := netkernel.Prefix(r.Dst)
 			// weft's own routes (proto 87) and the bridge's connected route
 			// (proto kernel) stay; flanneld's host-gw and blackhole routes go.
-			if !ok || !env.Network.Contains(dst.Addr()) || r.Protocol == netkernel.RouteProtocol || r.Protocol == unix.RTPROT_KERNEL {
+			if !ok || !env.Network.Contains(dst.Addr()) || r.Protocol == netkernel.RouteProtocol ||
+				r.Protocol == unix.RTPROT_KERNEL {
 				continue
 			}
 			if err := kernel.RouteDel(&r); err != nil {

@@ -63,13 +63,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 	// (WEFTD_<FLAG>, then FLANNELD_<FLAG>), so weftctl on a host reaches
 	// the etcd weftd uses, with the same credentials.
 	var opts etcdstore.Options
-	endpoints := fs.String("etcd-endpoints", etcdEnv("etcd-endpoints", "http://127.0.0.1:2379"), "comma-separated etcd endpoints")
+	endpoints := fs.String("etcd-endpoints", etcdEnv("etcd-endpoints", "http://127.0.0.1:2379"),
+		"comma-separated etcd endpoints")
 	fs.StringVar(&opts.Prefix, "etcd-prefix", etcdEnv("etcd-prefix", etcdstore.DefaultPrefix), "etcd prefix")
 	fs.StringVar(&opts.CAFile, "etcd-cafile", etcdEnv("etcd-cafile", ""), "CA file for etcd TLS")
 	fs.StringVar(&opts.CertFile, "etcd-certfile", etcdEnv("etcd-certfile", ""), "client certificate for etcd")
 	fs.StringVar(&opts.KeyFile, "etcd-keyfile", etcdEnv("etcd-keyfile", ""), "client key for etcd")
 	fs.StringVar(&opts.Username, "etcd-username", etcdEnv("etcd-username", ""), "etcd user")
-	fs.StringVar(&opts.Password, "etcd-password", etcdEnv("etcd-password", ""), "etcd password (visible in ps; prefer -etcd-password-file)")
+	fs.StringVar(&opts.Password, "etcd-password", etcdEnv("etcd-password", ""),
+		"etcd password (visible in ps; prefer -etcd-password-file)")
 	passwordFile := fs.String("etcd-password-file", etcdEnv("etcd-password-file", ""), "file holding the etcd password")
 	keyFile := fs.String("wireguard-key-file", envOr("WIREGUARD_KEY_FILE", keys.DefaultPath), "WireGuard private key file")
 	if err := fs.Parse(args); err != nil {
@@ -85,7 +87,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	if e := opts.PlaintextPassword(); e != "" {
-		fmt.Fprintf(stderr, "weftctl: warning: the etcd password goes in clear to %s; use https:// endpoints with -etcd-cafile\n", e)
+		fmt.Fprintf(stderr, "weftctl: warning: the etcd password goes in clear to %s; use https:// endpoints with "+
+			"-etcd-cafile\n", e)
 	}
 	cmd := fs.Args()
 	if len(cmd) == 0 {
@@ -258,7 +261,8 @@ func printLeases(ctx context.Context, s *etcdstore.Store, out io.Writer, asJSON 
 		if l, err := lease.DecodeLease(r.Key, r.Value); err != nil {
 			row.Error = err.Error()
 		} else {
-			row.Subnet, row.PublicIP, row.BackendType, row.BackendData = l.Subnet.String(), l.Attrs.PublicIP.String(), l.Attrs.Backend(), l.Attrs.BackendData
+			row.Subnet, row.PublicIP = l.Subnet.String(), l.Attrs.PublicIP.String()
+			row.BackendType, row.BackendData = l.Attrs.Backend(), l.Attrs.BackendData
 			if l.IPv6Subnet.IsValid() {
 				row.IPv6Subnet = l.IPv6Subnet.String()
 			}
@@ -299,7 +303,8 @@ func renderLeases(rows []leaseRow, out io.Writer) error {
 		case r.Skipped != "":
 			data += " SKIPPED: " + r.Skipped
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", printable(joinFamilies(r.Subnet, r.IPv6Subnet)), printable(joinFamilies(r.PublicIP, r.PublicIPv6)),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", printable(joinFamilies(r.Subnet, r.IPv6Subnet)),
+			printable(joinFamilies(r.PublicIP, r.PublicIPv6)),
 			printable(r.BackendType), printable(data), r.ExpiresIn)
 	}
 	return tw.Flush()

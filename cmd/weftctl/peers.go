@@ -89,7 +89,8 @@ func runPeer(ctx context.Context, args []string, opts etcdstore.Options, stdout,
 			if err := s.AddPeer(ctx, p); err != nil {
 				return err
 			}
-			fmt.Fprintf(stdout, "added outside peer %s at %s; its configuration: weftctl showconf %s\n", p.Name, p.Address, p.Name)
+			fmt.Fprintf(stdout, "added outside peer %s at %s; its configuration: weftctl showconf %s\n", p.Name, p.Address,
+				p.Name)
 			return nil
 		})
 	}
@@ -182,12 +183,15 @@ func runShowconf(ctx context.Context, name string, opts etcdstore.Options, stdou
 // writeWGQuick prints the wg-quick file of outside peer name (me) with
 // specs as its peers, from typed values only: keys in wg's base64,
 // addresses and endpoints as netip prints them, the keepalive checked.
-func writeWGQuick(w io.Writer, name string, cfg *lease.Config, me lease.OutsidePeer, specs []wireguard.PeerSpec, psk *keys.Key) {
-	fmt.Fprintf(w, "# wg-quick configuration of outside peer %s of the weft network %s (weftctl showconf)\n", name, cfg.Network)
+func writeWGQuick(w io.Writer, name string, cfg *lease.Config, me lease.OutsidePeer, specs []wireguard.PeerSpec,
+	psk *keys.Key) {
+	fmt.Fprintf(w, "# wg-quick configuration of outside peer %s of the weft network %s (weftctl showconf)\n", name,
+		cfg.Network)
 	if psk != nil {
 		fmt.Fprintln(w, "# It holds the cluster's pre-shared key (Backend.PSK): keep it as secret as a private key.")
 	}
-	fmt.Fprintf(w, "[Interface]\nAddress = %s\nPrivateKey = <the private key of %s; weft has only its public key>\n", me.Address, name)
+	fmt.Fprintf(w, "[Interface]\nAddress = %s\nPrivateKey = <the private key of %s; weft has only its public key>\n",
+		me.Address, name)
 	for _, spec := range specs {
 		fmt.Fprintf(w, "\n[Peer]\n# host %s, lease %s\nPublicKey = %s\nEndpoint = %s\nAllowedIPs = %s\n",
 			spec.Endpoint.Addr(), spec.Lease, spec.PublicKey, spec.Endpoint, joinPrefixes(spec.AllowedIPs))

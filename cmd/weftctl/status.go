@@ -55,7 +55,8 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if s.Ready {
 		state = "ready"
 	}
-	fmt.Fprintf(stdout, "weftd %s  backend %s  subnet %s  public ip %s  network %s\n", state, s.Backend, s.Subnet, s.PublicIP, s.Network)
+	fmt.Fprintf(stdout, "weftd %s  backend %s  subnet %s  public ip %s  network %s\n", state, s.Backend, s.Subnet,
+		s.PublicIP, s.Network)
 	if s.IPv6Subnet != "" {
 		fmt.Fprintf(stdout, "ipv6: subnet %s  public ip %s  network %s\n", s.IPv6Subnet, s.PublicIPv6, s.IPv6Network)
 	}
@@ -65,10 +66,12 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	fmt.Fprintf(stdout, "\niptables: masquerade %v, forward %v\n", s.Rules["masquerade"], s.Rules["forward"])
 	if st := s.Strict; st != nil {
-		fmt.Fprintf(stdout, "strict encryption: on; %d packets to other hosts' subnets dropped (they would have left unencrypted)\n", st.Dropped)
+		fmt.Fprintf(stdout, "strict encryption: on; %d packets to other hosts' subnets dropped (they would have left "+
+			"unencrypted)\n", st.Dropped)
 	}
 	if od := s.OnDemand; od != nil {
-		fmt.Fprintf(stdout, "wireguard peers on demand: %d known, %d configured, %d idle; %d added for traffic, %d capped, %d removed idle; %d refused and %d removed for want of a handshake\n",
+		fmt.Fprintf(stdout, "wireguard peers on demand: %d known, %d configured, %d idle; %d added for traffic, %d "+
+			"capped, %d removed idle; %d refused and %d removed for want of a handshake\n",
 			od.Known, od.Configured, od.Known-od.Configured, od.Added, od.Capped, od.Idled, od.Refused, od.Expired)
 	}
 	for reason, n := range s.Drops {
@@ -88,7 +91,8 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		if p.Via != "" {
 			path += " (" + printable(p.Via) + " to " + printable(p.Endpoint) + ")"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", p.Lease, joinFamilies(p.Subnet, p.IPv6Subnet), joinFamilies(p.PublicIP, p.PublicIPv6),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", p.Lease, joinFamilies(p.Subnet, p.IPv6Subnet),
+			joinFamilies(p.PublicIP, p.PublicIPv6),
 			path, encrypted, p.State)
 	}
 	for _, sk := range s.Skipped {

@@ -77,7 +77,8 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	fs := flag.NewFlagSet("weftd", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var renewMinutes int
-	fs.StringVar(&o.endpoints, "etcd-endpoints", "http://127.0.0.1:4001,http://127.0.0.1:2379", "comma-separated etcd endpoints")
+	fs.StringVar(&o.endpoints, "etcd-endpoints", "http://127.0.0.1:4001,http://127.0.0.1:2379",
+		"comma-separated etcd endpoints")
 	fs.StringVar(&o.etcd.Prefix, "etcd-prefix", etcdstore.DefaultPrefix, "etcd prefix holding config and subnets")
 	fs.StringVar(&o.etcd.CAFile, "etcd-cafile", "", "CA file to verify etcd's server certificate")
 	fs.StringVar(&o.etcd.CertFile, "etcd-certfile", "", "client certificate for etcd")
@@ -86,7 +87,8 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	fs.StringVar(&o.etcd.Password, "etcd-password", "", "etcd password (visible in ps; prefer -etcd-password-file)")
 	passwordFile := fs.String("etcd-password-file", "", "file holding the etcd password")
 	fs.Var((*stringList)(&o.ifaces), "iface", "interface name or IP to use for inter-host traffic (repeatable)")
-	fs.Var((*repeated)(&o.ifaceRegex), "iface-regex", "regex matching the interface's address or, failing that, its name (repeatable; tried after -iface)")
+	fs.Var((*repeated)(&o.ifaceRegex), "iface-regex",
+		"regex matching the interface's address or, failing that, its name (repeatable; tried after -iface)")
 	fs.StringVar(&o.ifaceCanReach, "iface-can-reach", "", "use the interface that routes to this IP")
 	fs.StringVar(&o.publicIP, "public-ip", "", "IP other hosts reach this host at (default: the interface's)")
 	fs.StringVar(&o.subnetFile, "subnet-file", lease.DefaultSubnetFile, "file to write the subnet environment to")
@@ -94,19 +96,32 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	fs.DurationVar(&o.leaseTTL, "subnet-lease-ttl", lease.DefaultTTL, "lifetime of the subnet lease in etcd")
 	fs.BoolVar(&o.ipMasq, "ip-masq", false, "masquerade traffic leaving the Network")
 	fs.BoolVar(&o.randomFullyDisable, "ip-masq-fully-random-disable", false, "masquerade without --random-fully")
-	fs.BoolVar(&o.blackholeRoute, "ip-blackhole-route", false, "keep a blackhole route for this host's subnet (re-added every -iptables-resync)")
-	fs.StringVar(&o.publicIPv6, "public-ipv6", "", "IPv6 other hosts reach this host at (accepted for flannel's unit files; used once dual stack is on)")
+	fs.BoolVar(&o.blackholeRoute, "ip-blackhole-route", false,
+		"keep a blackhole route for this host's subnet (re-added every -iptables-resync)")
+	fs.StringVar(&o.publicIPv6, "public-ipv6", "",
+		"IPv6 other hosts reach this host at (accepted for flannel's unit files; used once dual stack is on)")
 	fs.IntVar(&o.iptablesSync, "iptables-resync", 5, "seconds between iptables rule checks")
 	fs.BoolVar(&o.forwardRules, "iptables-forward-rules", true, "accept forwarded traffic to and from the Network")
 	fs.StringVar(&o.healthzIP, "healthz-ip", "127.0.0.1", "address for /healthz, /readyz and /metrics")
 	fs.IntVar(&o.healthzPort, "healthz-port", 8471, "port for /healthz, /readyz and /metrics (0 disables)")
-	fs.BoolVar(&o.pprof, "debug-pprof", false, "also serve Go's profiles under /debug/pprof/ on the health endpoint (make profile)")
-	fs.DurationVar(&o.resync, "resync-interval", 30*time.Second, "how often to re-apply the data path even without changes")
-	fs.StringVar(&o.keyFile, "wireguard-key-file", keys.DefaultPath, "WireGuard private key file (0600; created when missing)")
-	fs.BoolVar(&o.tunnelSourceFilter, "tunnel-source-filter", true, "vxlan and ipip: accept tunnel packets only from the PublicIP and PublicIPv6 of current leases (nftables table inet weft-tunnel; drops counted by source); false accepts them from anyone, as flannel does")
-	fs.BoolVar(&o.behindNAT, "behind-nat", false, "this host is behind NAT (its -public-ip may not reach it): its wireguard lease says so, peers keep the endpoint WireGuard finds for it and configure it even with on-demand peers, and it sends keepalives every 25 s unless the config sets PersistentKeepaliveInterval")
-	fs.StringVar(&o.wgImpl, "wireguard-implementation", "", "auto, kernel or userspace: this host's WireGuard, overriding the config's Backend.Implementation (a host whose kernel lacks the module in a kernel-WireGuard cluster)")
-	fs.BoolVar(&o.cleanupOnExit, "cleanup-on-exit", false, "remove weft's devices and routes on exit (they stay by default)")
+	fs.BoolVar(&o.pprof, "debug-pprof", false,
+		"also serve Go's profiles under /debug/pprof/ on the health endpoint (make profile)")
+	fs.DurationVar(&o.resync, "resync-interval", 30*time.Second,
+		"how often to re-apply the data path even without changes")
+	fs.StringVar(&o.keyFile, "wireguard-key-file", keys.DefaultPath,
+		"WireGuard private key file (0600; created when missing)")
+	fs.BoolVar(&o.tunnelSourceFilter, "tunnel-source-filter", true,
+		"vxlan and ipip: accept tunnel packets only from the PublicIP and PublicIPv6 of current leases (nftables table "+
+			"inet weft-tunnel; drops counted by source); false accepts them from anyone, as flannel does")
+	fs.BoolVar(&o.behindNAT, "behind-nat", false,
+		"this host is behind NAT (its -public-ip may not reach it): its wireguard lease says so, peers keep the "+
+			"endpoint WireGuard finds for it and configure it even with on-demand peers, and it sends keepalives every 25 "+
+			"s unless the config sets PersistentKeepaliveInterval")
+	fs.StringVar(&o.wgImpl, "wireguard-implementation", "",
+		"auto, kernel or userspace: this host's WireGuard, overriding the config's Backend.Implementation (a host whose "+
+			"kernel lacks the module in a kernel-WireGuard cluster)")
+	fs.BoolVar(&o.cleanupOnExit, "cleanup-on-exit", false,
+		"remove weft's devices and routes on exit (they stay by default)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
 	acceptGlogFlags(fs)
@@ -133,7 +148,8 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	case *kubeSubnetMgr:
 		return nil, fmt.Errorf("-kube-subnet-mgr: weft leases subnets in etcd only; drop the flag and give -etcd-endpoints")
 	case renewMinutes < 1 || renewMinutes > 1439:
-		return nil, fmt.Errorf("-subnet-lease-renew-margin %d is out of range: minutes from 1 to 1439, as in flannel", renewMinutes)
+		return nil, fmt.Errorf("-subnet-lease-renew-margin %d is out of range: minutes from 1 to 1439, as in flannel",
+			renewMinutes)
 	case o.publicIPv6 != "" && !isIPv6(o.publicIPv6):
 		return nil, fmt.Errorf("-public-ipv6 %q is not an IPv6 address", o.publicIPv6)
 	case o.leaseTTL < 5*time.Second:
@@ -151,7 +167,8 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 // acceptGlogFlags defines the glog flags of flanneld's unit files, which
 // weftd accepts and ignores.
 func acceptGlogFlags(fs *flag.FlagSet) {
-	for _, name := range []string{"logtostderr", "alsologtostderr", "add_dir_header", "one_output", "skip_headers", "skip_log_headers"} {
+	for _, name := range []string{"logtostderr", "alsologtostderr", "add_dir_header", "one_output", "skip_headers",
+		"skip_log_headers"} {
 		fs.Bool(name, name == "logtostderr", "ignored (flannel compatibility)")
 	}
 	for _, name := range []string{"log_dir", "v", "vmodule", "stderrthreshold", "log_backtrace_at", "log_file"} {

@@ -31,16 +31,19 @@ const underlaySettle = 200 * time.Millisecond
 // new one has come, the run goes on as it is. An IPv6 address counts only
 // on a network that carries IPv6. It returns nil, following nothing, when
 // the kernel refuses the subscription.
-func followUnderlay(ctx context.Context, o *options, ext underlay.ExternalInterface, ipv6 bool, log *slog.Logger) error {
+func followUnderlay(ctx context.Context, o *options, ext underlay.ExternalInterface, ipv6 bool,
+	log *slog.Logger) error {
 	done := make(chan struct{})
 	defer close(done)
 	addrs, links := make(chan netlink.AddrUpdate, 64), make(chan netlink.LinkUpdate, 64)
 	warn := func(err error) { log.Warn("following the external interface's address", "err", err) }
-	if err := netlink.AddrSubscribeWithOptions(addrs, done, netlink.AddrSubscribeOptions{ErrorCallback: warn}); err != nil {
+	if err := netlink.AddrSubscribeWithOptions(addrs, done,
+		netlink.AddrSubscribeOptions{ErrorCallback: warn}); err != nil {
 		warn(err)
 		return nil
 	}
-	if err := netlink.LinkSubscribeWithOptions(links, done, netlink.LinkSubscribeOptions{ErrorCallback: warn}); err != nil {
+	if err := netlink.LinkSubscribeWithOptions(links, done,
+		netlink.LinkSubscribeOptions{ErrorCallback: warn}); err != nil {
 		warn(err)
 		return nil
 	}
@@ -59,7 +62,8 @@ func followUnderlay(ctx context.Context, o *options, ext underlay.ExternalInterf
 		if err != nil {
 			continue // nothing to choose yet
 		}
-		if now.Name != ext.Name || now.Index != ext.Index || now.MTU != ext.MTU || now.Addr != ext.Addr || ipv6 && now.AddrIPv6 != ext.AddrIPv6 {
+		if now.Name != ext.Name || now.Index != ext.Index || now.MTU != ext.MTU || now.Addr != ext.Addr || ipv6 &&
+			now.AddrIPv6 != ext.AddrIPv6 {
 			log.Info("the external interface or its address changed: taking it up", "iface", now.Name, "addr", now.Addr,
 				"was_iface", ext.Name, "was_addr", ext.Addr, "mtu", now.MTU)
 			return errUnderlayChanged

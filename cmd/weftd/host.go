@@ -18,16 +18,19 @@ import (
 // none), its PublicIPv6 on a dual-stack network, and whether it may route
 // PeersNetwork (not when its own address or an etcd endpoint lies inside:
 // cfg loses PeersNetwork then, and the log says why).
-func hostAddresses(o *options, cfg *lease.Config, ext underlay.ExternalInterface, publicIP netip.Addr, log *slog.Logger) (netip.Addr, netip.Addr, error) {
+func hostAddresses(o *options, cfg *lease.Config, ext underlay.ExternalInterface, publicIP netip.Addr,
+	log *slog.Logger) (netip.Addr, netip.Addr, error) {
 	if why := peersNetworkConflict(cfg.PeersNetwork, hostAddrs(), o.etcd.Endpoints); why != "" {
-		log.Error("not routing PeersNetwork on this host: outside peers cannot reach it; choose a PeersNetwork no host or etcd address uses", "reason", why)
+		log.Error("not routing PeersNetwork on this host: outside peers cannot reach it; choose a PeersNetwork no host "+
+			"or etcd address uses", "reason", why)
 		cfg.PeersNetwork = netip.Prefix{}
 	}
 	switch {
 	case !cfg.EnableIPv4:
 		publicIP = netip.IPv4Unspecified() // an IPv6-only lease's, as flannel writes it
 	case !publicIP.IsValid():
-		return publicIP, netip.Addr{}, fmt.Errorf("interface %s has no global IPv4 address, and the network config carries IPv4; give it one, pick another interface with -iface, or set -public-ip", ext.Name)
+		return publicIP, netip.Addr{}, fmt.Errorf("interface %s has no global IPv4 address, and the network config "+
+			"carries IPv4; give it one, pick another interface with -iface, or set -public-ip", ext.Name)
 	}
 	if !cfg.EnableIPv6 {
 		return publicIP, netip.Addr{}, nil
@@ -45,11 +48,13 @@ func hostAddresses(o *options, cfg *lease.Config, ext underlay.ExternalInterface
 func notOnUnderlay(cfg *lease.Config, ext underlay.ExternalInterface) error {
 	for _, p := range ext.Prefixes {
 		if p.Overlaps(cfg.Network) {
-			return fmt.Errorf(`%w: key "Network": %s overlaps %s on %s, the underlay between hosts; choose a Network no host interface uses`,
+			return fmt.Errorf(`%w: key "Network": %s overlaps %s on %s, the underlay between hosts; choose a Network no `+
+				`host interface uses`,
 				lease.ErrInvalidConfig, cfg.Network, p, ext.Name)
 		}
 		if cfg.EnableIPv6 && p.Overlaps(cfg.IPv6Network) {
-			return fmt.Errorf(`%w: key "IPv6Network": %s overlaps %s on %s, the underlay between hosts; choose an IPv6Network no host interface uses`,
+			return fmt.Errorf(`%w: key "IPv6Network": %s overlaps %s on %s, the underlay between hosts; choose an `+
+				`IPv6Network no host interface uses`,
 				lease.ErrInvalidConfig, cfg.IPv6Network, p, ext.Name)
 		}
 	}

@@ -90,7 +90,8 @@ func pickExternal(o *options, ifaces []hostInterface, defaultIndex int, route ro
 		for _, i := range ifaces {
 			have = append(have, fmt.Sprintf("%s:%v", i.Name, i.Addrs))
 		}
-		return chosen{}, fmt.Errorf("no interface matches %s (interfaces: %s)", strings.Join(tried, ", "), strings.Join(have, " "))
+		return chosen{}, fmt.Errorf("no interface matches %s (interfaces: %s)", strings.Join(tried, ", "),
+			strings.Join(have, " "))
 	}
 	if o.publicIP != "" {
 		if ip, err := netip.ParseAddr(o.publicIP); err == nil {
@@ -101,7 +102,8 @@ func pickExternal(o *options, ifaces []hostInterface, defaultIndex int, route ro
 	}
 	i, ok := host.byIndex(defaultIndex)
 	if !ok {
-		return chosen{}, errors.New("no default route to pick the external interface from; set -iface, -iface-regex or -iface-can-reach")
+		return chosen{}, errors.New("no default route to pick the external interface from; set -iface, -iface-regex or " +
+			"-iface-can-reach")
 	}
 	return first(i, "default route")
 }
@@ -201,7 +203,8 @@ func first(i hostInterface, why string) (chosen, error) {
 		// with IPv4 once it has read the config.
 		return chosen{iface: i, why: why}, nil
 	}
-	return chosen{}, fmt.Errorf("interface %s (%s) has no global IPv4 or IPv6 address; give it one or pick another with -iface", i.Name, why)
+	return chosen{}, fmt.Errorf("interface %s (%s) has no global IPv4 or IPv6 address; give it one or pick another "+
+		"with -iface", i.Name, why)
 }
 
 // chooseExternal picks the interface and address for inter-host traffic
@@ -217,7 +220,8 @@ func chooseExternal(o *options, log *slog.Logger) (underlay.ExternalInterface, n
 	if err != nil {
 		return underlay.ExternalInterface{}, netip.Addr{}, err
 	}
-	ext := underlay.ExternalInterface{Name: c.iface.Name, Index: c.iface.Index, MTU: c.iface.MTU, Addr: c.addr, AddrIPv6: c.addr6}
+	ext := underlay.ExternalInterface{Name: c.iface.Name, Index: c.iface.Index, MTU: c.iface.MTU, Addr: c.addr,
+		AddrIPv6: c.addr6}
 	for _, a := range c.iface.Addrs {
 		ext.Prefixes = append(ext.Prefixes, a.Masked())
 	}
@@ -238,7 +242,8 @@ func chooseExternal(o *options, log *slog.Logger) (underlay.ExternalInterface, n
 			return ext, netip.Addr{}, fmt.Errorf("-public-ip %q is not an IPv4 address", o.publicIP)
 		}
 	}
-	log.Info("external interface chosen", "iface", ext.Name, "addr", ext.Addr, "public_ip", public, "mtu", ext.MTU, "why", c.why)
+	log.Info("external interface chosen", "iface", ext.Name, "addr", ext.Addr, "public_ip", public, "mtu", ext.MTU,
+		"why", c.why)
 	return ext, public, nil
 }
 
@@ -250,7 +255,8 @@ func publicIPv6(o *options, ext underlay.ExternalInterface) (netip.Addr, error) 
 		return netip.ParseAddr(o.publicIPv6) // checked by parseFlags
 	}
 	if !ext.AddrIPv6.IsValid() {
-		return netip.Addr{}, fmt.Errorf(`the network config has "EnableIPv6": true but interface %s has no global IPv6 address; give it one, pick another interface with -iface, or set -public-ipv6`, ext.Name)
+		return netip.Addr{}, fmt.Errorf(`the network config has "EnableIPv6": true but interface %s has no global IPv6 `+
+			`address; give it one, pick another interface with -iface, or set -public-ipv6`, ext.Name)
 	}
 	return ext.AddrIPv6, nil
 }
@@ -300,12 +306,14 @@ func hostInterfaces() ([]hostInterface, int, error) {
 func defaultRouteLink(family int) (int, error) {
 	return netkernel.Retry(func() (int, error) {
 		best, bestPriority := 0, 0
-		err := netlink.RouteListFilteredIter(family, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE, func(r netlink.Route) bool {
-			if dst, _ := netkernel.Prefix(r.Dst); (r.Dst == nil || dst.Bits() == 0) && r.LinkIndex > 0 && (best == 0 || r.Priority < bestPriority) {
-				best, bestPriority = r.LinkIndex, r.Priority
-			}
-			return true
-		})
+		err := netlink.RouteListFilteredIter(family, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE,
+			func(r netlink.Route) bool {
+				if dst, _ := netkernel.Prefix(r.Dst); (r.Dst == nil || dst.Bits() == 0) && r.LinkIndex > 0 &&
+					(best == 0 || r.Priority < bestPriority) {
+					best, bestPriority = r.LinkIndex, r.Priority
+				}
+				return true
+			})
 		return best, err
 	})
 }
@@ -362,7 +370,8 @@ func warnFlannelLeftovers(ifaces []hostInterface, log *slog.Logger) {
 		names = append(names, i.Name)
 	}
 	if left := host.FlannelLinks(names); len(left) > 0 {
-		log.Warn("flanneld left devices on this host; stop flanneld and remove them with `weftctl cleanup --flannel` (the subnet file stays, so this host keeps its subnet)",
+		log.Warn("flanneld left devices on this host; stop flanneld and remove them with `weftctl cleanup --flannel` "+
+			"(the subnet file stays, so this host keeps its subnet)",
 			"devices", left)
 	}
 }

@@ -12,6 +12,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/weftnet/weft/backends/liveswitch"
 )
 
 // runsAgain reports whether a run ended to run again at once.
@@ -49,9 +51,11 @@ func main() {
 	// A stop asked for while waiting (for etcd, a config, a lease) is clean.
 	// A switch of backend, or a change of the external interface or its
 	// address, runs again at once, the data path left in place.
+	// The backends one run hands the next at a live switch.
+	var handOver liveswitch.HandOver
 	err = errSwitch
 	for runsAgain(err) {
-		err = run(ctx, o, log)
+		err = run(ctx, o, log, &handOver)
 	}
 	if err != nil && !errors.Is(err, context.Canceled) {
 		log.Error("weftd stopped", "err", err)

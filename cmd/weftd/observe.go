@@ -21,7 +21,8 @@ const observeOften = 2 * time.Second
 // and a pair behind NATs whether it goes direct or through which relay
 // (see lease.Sighting). It looks every resync interval, every
 // observeOften behind NAT.
-func publishObservations(ctx context.Context, observer backends.EndpointObserver, holder *lease.Holder, every time.Duration, log *slog.Logger) error {
+func publishObservations(ctx context.Context, observer backends.EndpointObserver, holder *lease.Holder,
+	every time.Duration, log *slog.Logger) error {
 	wait := every
 	for {
 		select {
@@ -38,7 +39,8 @@ func publishObservations(ctx context.Context, observer backends.EndpointObserver
 			wait = min(every, observeOften)
 		}
 		if holder.SetSeen(obs.Seen, obs.Reach) {
-			log.Info("publishing where this host sees peers behind NAT, and what it reaches", "sightings", len(obs.Seen), "reach", obs.Reach)
+			log.Info("publishing where this host sees peers behind NAT, and what it reaches", "sightings", len(obs.Seen),
+				"reach", obs.Reach)
 		}
 	}
 }

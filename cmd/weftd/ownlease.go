@@ -1,12 +1,9 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
-	"net/netip"
 	"os"
 	"os/signal"
 	"sync/atomic"
@@ -14,6 +11,7 @@ import (
 	"time"
 
 	"github.com/weftnet/weft/backends"
+	"github.com/weftnet/weft/backends/liveswitch"
 	"github.com/weftnet/weft/keys"
 	"github.com/weftnet/weft/lease"
 )
@@ -24,7 +22,8 @@ import (
 
 // claimLease claims this host's subnet with attrs (the one it held before
 // when still free), retrying until etcd answers, and logs it.
-func claimLease(ctx context.Context, store lease.Store, o *options, cfg *lease.Config, attrs lease.Attrs, log *slog.Logger) (lease.ClaimRequest, lease.Lease, error) {
+func claimLease(ctx context.Context, store lease.Store, o *options, cfg *lease.Config, attrs lease.Attrs,
+	log *slog.Logger) (lease.ClaimRequest, lease.Lease, error) {
 	req := lease.ClaimRequest{
 		Config:       cfg,
 		Attrs:        attrs,
@@ -37,7 +36,8 @@ func claimLease(ctx context.Context, store lease.Store, o *options, cfg *lease.C
 	if err != nil {
 		return req, own, err
 	}
-	log.Info("subnet leased", "subnet", own.Subnet, "public_ip", attrs.PublicIP, "backend", cfg.Backend.Type, "ttl", o.leaseTTL)
+	log.Info("subnet leased", "subnet", own.Subnet, "public_ip", attrs.PublicIP, "backend", cfg.Backend.Type, "ttl",
+		o.leaseTTL)
 	if own.IPv6Subnet.IsValid() {
 		log.Info("IPv6 subnet leased", "subnet", own.IPv6Subnet, "public_ipv6", attrs.PublicIPv6Addr())
 	}
@@ -53,7 +53,8 @@ func loadHostID(o *options, log *slog.Logger) (keys.HostID, error) {
 		return id, fmt.Errorf("the host ID: %w", err)
 	}
 	if created {
-		log.Info("created this host's ID: its lease is recognised by it when its address changes", "host_id", id, "file", path)
+		log.Info("created this host's ID: its lease is recognised by it when its address changes", "host_id", id, "file",
+			path)
 	} else {
 		log.Info("loaded this host's ID", "host_id", id, "file", path)
 	}
@@ -66,17 +67,18 @@ func loadHostID(o *options, log *slog.Logger) (keys.HostID, error) {
 //
 // During a switch the lease shows the backend its peers knew (plan's
 // visible one) and names the others in WeftAlso, the new one only once
-// it can answer (switchKeeper).
-func ownAttrs(cfg *lease.Config, hostID keys.HostID, publicIP, publicIP6 netip.Addr, backend backends.Backend, plan switchPlan) lease.Attrs {
-	attrs := lease.Attrs{PublicIP: publicIP, BackendType: cfg.Backend.LeaseType(), BackendData: backend.BackendData(), HostID: hostID}
-	if publicIP6.IsValid() {
+// it can answer (liveswitch.Keeper).
+func ownAttrs(cfg *lease.Config, self hostFacts, backend backends.Backend, plan liveswitch.Plan) lease.Attrs {
+	attrs := self.attrs()
+	attrs.BackendType, attrs.BackendData = cfg.Backend.LeaseType(), backend.BackendData()
+	if publicIP6 := self.publicIP6; publicIP6.IsValid() {
 		attrs.PublicIPv6 = &publicIP6
 		if b, ok := backends.As[backends.DualStack](backend); ok {
 			attrs = attrs.WithBackendV6Data(b.BackendV6Data())
 		}
 	}
-	if s, ok := backend.(*backends.Switching); ok {
-		return switchAttrs(attrs, s.Paths(), plan.visible, false)
+	if s, ok := backend.(*liveswitch.Switching); ok {
+		return liveswitch.Attrs(attrs, s.Paths(), plan.Visible, false)
 	}
 	return attrs
 }
@@ -88,7 +90,8 @@ func ownAttrs(cfg *lease.Config, hostID keys.HostID, publicIP, publicIP6 netip.A
 func subnetFileWriter(path string, cfg *lease.Config, mtu int, ipMasq bool, log *slog.Logger) func(lease.Lease) {
 	return func(l lease.Lease) {
 		if old, err := lease.ReadSubnetFile(path); err == nil && old.Subnet.IsValid() && old.Subnet != l.Subnet {
-			log.Warn("this host's subnet changed (its lease was lost and the subnet taken): docker still uses the old one for --bip, "+
+			log.Warn("this host's subnet changed (its lease was lost and the subnet taken): docker still uses the old one "+
+				"for --bip, "+
 				"so its containers are unreachable; run `weftctl docker-opts` and restart docker (systemctl restart docker)",
 				"previous", old.Subnet, "subnet", l.Subnet, "subnet_file", path)
 		}
@@ -107,7 +110,8 @@ const keyCheckInterval = 2 * time.Second
 
 // watchKey rotates the key on SIGHUP and adopts a key changed on disk
 // (`weftctl keys rotate`), then republishes the lease so peers follow.
-func watchKey(ctx context.Context, r backends.KeyReloader, holder *lease.Holder, attrs lease.Attrs, log *slog.Logger) error {
+func watchKey(ctx context.Context, r backends.KeyReloader, holder *lease.Holder, attrs lease.Attrs,
+	log *slog.Logger) error {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -185,27 +189,19 @@ func watchBackendType(ctx context.Context, store lease.Store, runningCfg *lease.
 			continue
 		}
 		bad = ""
-		if cfg.Backend.Type == running.Type && compactJSON(cfg.Backend.Raw) == compactJSON(running.Raw) &&
+		if cfg.Backend.Type == running.Type &&
+			liveswitch.CompactJSON(cfg.Backend.Raw) == liveswitch.CompactJSON(running.Raw) &&
 			cfg.StrictEncryption == runningCfg.StrictEncryption && cfg.EnableNFTables == runningCfg.EnableNFTables {
 			continue
 		}
 		latest.Store(&cfg.Backend.Type)
 		var changed []string
 		if cfg.Backend.Type == running.Type {
-			changed = changedOptions(running.Raw, cfg.Backend.Raw)
+			changed = liveswitch.ChangedOptions(running.Raw, cfg.Backend.Raw)
 		}
 		log.Info("the network config changed: taking it up live", "running", running.Type, "config", cfg.Backend.Type,
 			"options_changed", changed, "strict_encryption", cfg.StrictEncryption, "nftables", cfg.EnableNFTables)
-		logOptionGaps(changed, log)
+		liveswitch.LogOptionGaps(running.Type, changed, log)
 		return errSwitch
 	}
-}
-
-// compactJSON is raw without insignificant white space, for comparing.
-func compactJSON(raw []byte) string {
-	var b bytes.Buffer
-	if json.Compact(&b, raw) != nil {
-		return string(raw)
-	}
-	return b.String()
 }

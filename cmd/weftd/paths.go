@@ -81,7 +81,8 @@ func (p *pathLog) peersChanged(gone, added []mesh.Peer) {
 	}
 	// One line per path and reason, in the order the reasons first appear.
 	for _, g := range order {
-		p.log.Info("peers in clear", "count", g.count, "path", g.path.Name, "why", g.path.Why, "leases", mesh.SummarizeFirstKeys(g.first, g.count))
+		p.log.Info("peers in clear", "count", g.count, "path", g.path.Name, "why", g.path.Why, "leases",
+			mesh.SummarizeFirstKeys(g.first, g.count))
 	}
 }
 

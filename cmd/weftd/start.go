@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/weftnet/weft/backends"
+	"github.com/weftnet/weft/backends/liveswitch"
 	"github.com/weftnet/weft/backends/underlay"
 	"github.com/weftnet/weft/lease"
 	"github.com/weftnet/weft/lease/etcdstore"
@@ -30,23 +32,26 @@ func openStore(o *options, log *slog.Logger) (*etcdstore.Store, error) {
 		return nil, err
 	}
 	if e := o.etcd.PlaintextPassword(); e != "" {
-		log.Warn("the etcd password goes in clear to a plaintext endpoint; use https:// endpoints with -etcd-cafile", "endpoint", e)
+		log.Warn("the etcd password goes in clear to a plaintext endpoint; use https:// endpoints with -etcd-cafile",
+			"endpoint", e)
 	}
 	return store, nil
 }
 
 // loadConfig waits for a network config that is valid (backends'
 // checks) and does not overlap the underlay.
-func loadConfig(ctx context.Context, store *etcdstore.Store, ext underlay.ExternalInterface, log *slog.Logger) (*lease.Config, error) {
-	return lease.WaitForConfig(ctx, store, store.Prefix()+"/config", lease.DefaultStartupRetry(), log, func(cfg *lease.Config) error {
-		if err := backends.CheckConfig(cfg); err != nil {
-			return err
-		}
-		if err := backends.ValidateOptions(cfg); err != nil {
-			return err
-		}
-		return notOnUnderlay(cfg, ext)
-	})
+func loadConfig(ctx context.Context, store *etcdstore.Store, ext underlay.ExternalInterface,
+	log *slog.Logger) (*lease.Config, error) {
+	return lease.WaitForConfig(ctx, store, store.Prefix()+"/config", lease.DefaultStartupRetry(), log,
+		func(cfg *lease.Config) error {
+			if err := backends.CheckConfig(cfg); err != nil {
+				return err
+			}
+			if err := backends.ValidateOptions(cfg); err != nil {
+				return err
+			}
+			return notOnUnderlay(cfg, ext)
+		})
 }
 
 // startBackend sets up the backend env asks for and, before anything is
@@ -54,24 +59,32 @@ func loadConfig(ctx context.Context, store *etcdstore.Store, ext underlay.Extern
 // carrying traffic its own way (in clear, after a switch to wireguard).
 //
 // During a switch (plan has legacy backends) it runs them beside the
-// config's, all in one backends.Switching.
-func startBackend(ctx context.Context, o *options, env backends.Env, plan switchPlan, obs *observer) (backends.Backend, error) {
+// config's, all in one liveswitch.Switching; a backend the previous run
+// handed over running is taken back as it is.
+func startBackend(ctx context.Context, o *options, env backends.Env, plan liveswitch.Plan,
+	handOver *liveswitch.HandOver,
+	obs *observer) (backends.Backend, error) {
 	cfg, log := env.Config, env.Log
-	backend, err := setUpBackend(ctx, env, plan)
+	backend, err := liveswitch.Build(ctx, env, plan, handOver)
 	if err != nil {
 		return nil, err
 	}
 	obs.setBackend(backend, cfg.Backend.Type, backends.NewPathRule(cfg, env.External))
 	if carried, ok := backends.CarriedMTU(backend); ok {
-		log.Info("the device keeps the MTU containers started with under the previous backend: their packets pass whole, and an encrypted one too large for the underlay leaves in fragments",
-			"backend", cfg.Backend.Type, "device_mtu", carried, "mtu", backend.MTU(), "to_drop_it", "restart docker, which takes FLANNEL_MTU, and remove "+switchStateFile(o.subnetFile))
+		log.Info("the device keeps the MTU containers started with under the previous backend: their packets pass whole, "+
+			"and an encrypted one too large for the underlay leaves in fragments",
+			"backend", cfg.Backend.Type, "device_mtu", carried, "mtu", backend.MTU(),
+			"to_drop_it", "restart docker, which takes FLANNEL_MTU, and remove "+liveswitch.StateFile(o.subnetFile))
 	}
 	if o.behindNAT && cfg.Backend.Type != backends.WireGuard {
-		log.Warn("-behind-nat is for the wireguard backend; this network's backend cannot reach a host behind NAT", "backend", cfg.Backend.Type)
+		log.Warn("-behind-nat is for the wireguard backend; this network's backend cannot reach a host behind NAT",
+			"backend", cfg.Backend.Type)
 	}
-	keep := append([]string{cfg.Backend.Type}, plan.legacyTypes()...)
-	if removed, err := backends.RemoveOthers(env.Kernel, keep, env.External, backends.KeepsDirectRoutes(cfg)); len(removed) > 0 || err != nil {
-		log.Warn("removed what another backend left on this host (Backend.Type changed)", "backend", cfg.Backend.Type, "removed", removed, "err", err)
+	keep := append([]string{cfg.Backend.Type}, plan.LegacyTypes()...)
+	removed, err := backends.RemoveOthers(env.Kernel, keep, env.External, backends.KeepsDirectRoutes(cfg))
+	if len(removed) > 0 || err != nil {
+		log.Warn("removed what another backend left on this host (Backend.Type changed)", "backend", cfg.Backend.Type,
+			"removed", removed, "err", err)
 	}
 	return backend, nil
 }
@@ -102,9 +115,9 @@ type daemonLoops struct {
 	attrs lease.Attrs
 	// configType is the Backend.Type the config asks for now.
 	configType *atomic.Pointer[string]
-	// switching moves the host through a switch of backend (nothing to do
-	// outside one).
-	switching *switchKeeper
+	// keeper moves the host through a live switch (nothing to do outside
+	// one).
+	keeper *liveswitch.Keeper
 }
 
 // start starts the loops in g: the outside peers' watch (when the network
@@ -120,8 +133,8 @@ func (l daemonLoops) start(ctx context.Context, g *errgroup.Group, o *options, l
 	if reloader, ok := backends.As[backends.KeyReloader](l.backend); ok {
 		g.Go(func() error { return watchKey(ctx, reloader, l.holder, l.attrs, log) })
 	}
-	if l.switching.backend != nil {
-		g.Go(func() error { return l.switching.Run(ctx) })
+	if l.keeper.Switching() {
+		g.Go(func() error { return l.keeper.Run(ctx) })
 	}
 	g.Go(func() error { return watchBackendType(ctx, l.store, cfg, o.resync, l.configType, log) })
 	g.Go(func() error { return followUnderlay(ctx, o, l.ext, cfg.EnableIPv6, log) })
@@ -133,51 +146,17 @@ func (l daemonLoops) start(ctx context.Context, g *errgroup.Group, o *options, l
 	g.Go(func() error { return l.reconciler.Run(ctx) })
 }
 
-// setUpBackend builds the backend the config asks for (and, during a
-// switch, the legacy ones beside it) and creates or adopts its devices.
-func setUpBackend(ctx context.Context, env backends.Env, plan switchPlan) (backends.Backend, error) {
-	// ready: backends the previous run handed over running (a live
-	// switch), which need no Setup.
-	ready := map[string]bool{}
-	backend, ok := takeCarried(backendSpec{Type: env.Config.Backend.Type, Raw: env.Config.Backend.Raw})
-	if ok {
-		ready[env.Config.Backend.Type] = true
-	} else {
-		b, err := backends.New(env)
-		if err != nil {
-			return nil, err
-		}
-		backend = b
-	}
-	if len(plan.legacy) > 0 {
-		legacy, err := newLegacy(env, plan, ready)
-		if err != nil {
-			return nil, err
-		}
-		env.Config.Speaks, env.Config.LegacyFirst = plan.legacyTypes(), true
-		s := backends.NewSwitching(env.Config.Backend.Type, backend, plan.legacyTypes(), legacy)
-		s.SetReady(ready)
-		backend = s
-	}
-	closeCarried()
-	if ready[env.Config.Backend.Type] && len(plan.legacy) == 0 {
-		return backend, nil
-	}
-	if err := backend.Setup(ctx); err != nil {
-		return nil, fmt.Errorf("setting up the %s backend: %w", env.Config.Backend.Type, err)
-	}
-	return backend, nil
-}
-
 // leaveDataPath ends the backend at exit: with cleanup (-cleanup-on-exit)
 // it removes the whole data path; otherwise it stays, so traffic keeps
 // flowing until weftd is back. A backend the config has left (switched
 // away from) first undoes what only it knows (backends.Leaver: the
 // extension's routes), which the next backend could not find.
 //
-// At a live switch (sw set) the backends are handed to the next run
-// instead (handOver).
-func leaveDataPath(backend backends.Backend, cleanup, switchedAway bool, sw *switchKeeper, log *slog.Logger) {
+// At a live switch (the run ends with errSwitch) the backends are handed
+// to the next run instead (handOver).
+func leaveDataPath(backend backends.Backend, o *options, runErr error, switchedAway bool, keeper *liveswitch.Keeper,
+	handOver *liveswitch.HandOver, log *slog.Logger) {
+	cleanup := o.cleanupOnExit && !runsAgain(runErr)
 	if leaver, ok := backends.As[backends.Leaver](backend); ok && switchedAway {
 		log.Info("the network config has left this backend: undoing what its peers' commands made")
 		if err := leaver.Leave(context.Background()); err != nil {
@@ -189,8 +168,8 @@ func leaveDataPath(backend backends.Backend, cleanup, switchedAway bool, sw *swi
 		if err := backend.Cleanup(context.Background()); err != nil {
 			log.Error("cleanup", "err", err)
 		}
-	} else if sw != nil {
-		handOver(backend, sw.runningState().Backends)
+	} else if errors.Is(runErr, errSwitch) && keeper != nil {
+		handOver.Keep(backend, keeper.RunningState().Backends)
 		return
 	} else {
 		log.Info("leaving the data path in place; traffic keeps flowing until weftd is back")

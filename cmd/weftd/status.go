@@ -102,7 +102,8 @@ func (o *observer) status() status.Document { return o.document(true) }
 func (o *observer) document(peers bool) status.Document {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	s := status.Document{Ready: o.ready.Load(), Backend: o.btype, Rules: map[string]bool{"masquerade": o.masq, "forward": o.forward}}
+	s := status.Document{Ready: o.ready.Load(), Backend: o.btype, Rules: map[string]bool{"masquerade": o.masq,
+		"forward": o.forward}}
 	if o.holder != nil {
 		own := o.holder.Current()
 		s.Subnet, s.PublicIP = own.Subnet.String(), own.Attrs.PublicIP.String()
@@ -129,7 +130,8 @@ func (o *observer) document(peers bool) status.Document {
 	}
 	if od, ok := backends.As[backends.OnDemandReporter](o.backend); ok {
 		if st := od.OnDemand(); st.Enabled {
-			s.OnDemand = &status.OnDemand{Known: st.Known, Configured: st.Configured, Added: st.Added, Capped: st.Capped, Idled: st.Idled,
+			s.OnDemand = &status.OnDemand{Known: st.Known, Configured: st.Configured, Added: st.Added, Capped: st.Capped,
+				Idled:   st.Idled,
 				Refused: st.Refused, Expired: st.Expired}
 		}
 	}
@@ -205,30 +207,56 @@ func (o *observer) peerStatuses(onDemand bool) []status.Peer {
 }
 
 var (
-	descLease      = prometheus.NewDesc("weft_lease_info", "This host's lease (always 1), one series per address family.", []string{"subnet", "public_ip", "backend", "family"}, nil)
-	descExpiry     = prometheus.NewDesc("weft_lease_expiry_seconds", "Unix time the lease expires unless renewed.", nil, nil)
-	descReady      = prometheus.NewDesc("weft_ready", "1 once the data path has been programmed.", nil, nil)
-	descPeers      = prometheus.NewDesc("weft_peers", "Leases by state: peer (programmed) or skipped (invalid).", []string{"state"}, nil)
-	descPaths      = prometheus.NewDesc("weft_peer_paths", "Peers by the path that carries their traffic (the backend, or direct for DirectRouting) and whether it is encrypted.", []string{"path", "encrypted"}, nil)
-	descRuns       = prometheus.NewDesc("weft_reconcile_runs_total", "Reconcile runs.", nil, nil)
-	descErrors     = prometheus.NewDesc("weft_reconcile_errors_total", "Reconcile runs that met an error.", nil, nil)
-	descRelists    = prometheus.NewDesc("weft_etcd_watch_restarts_total", "Times the lease watch had to list again (compaction, outage).", nil, nil)
-	descConflicts  = prometheus.NewDesc("weft_lease_conflicts_total", "Times this host's lease was overwritten by another writer and taken back.", nil, nil)
-	descRx         = prometheus.NewDesc("weft_wireguard_peer_receive_bytes_total", "Bytes received from a WireGuard peer.", []string{"subnet"}, nil)
-	descTx         = prometheus.NewDesc("weft_wireguard_peer_transmit_bytes_total", "Bytes sent to a WireGuard peer.", []string{"subnet"}, nil)
-	descHandshake  = prometheus.NewDesc("weft_wireguard_peer_last_handshake_seconds", "Unix time of the last handshake with a peer (0: none).", []string{"subnet"}, nil)
-	descCalls      = prometheus.NewDesc("weft_kernel_calls_total", "Calls weft made to program the data path, by kind (netlink dump/get/write, WireGuard device read/write).", []string{"kind"}, nil)
-	descFull       = prometheus.NewDesc("weft_reconcile_whole_applies_total", "Reconcile runs that applied the whole state (start, resync, relist, errors); the others applied one change as a delta.", nil, nil)
-	descOnDemand   = prometheus.NewDesc("weft_wireguard_peers", "WireGuard peers the leases name, by state: configured on the device or idle (on-demand mode).", []string{"state"}, nil)
-	descOnDemandOp = prometheus.NewDesc("weft_wireguard_on_demand_total", "On-demand mode events: peers added for traffic, activations refused by the rate bound (capped), peers removed for idleness (idled), inbound activations refused while 128 peers awaited a handshake (refused_unverified), peers removed because their handshake never came (expired_unverified).", []string{"event"}, nil)
-	descTunnelDrop = prometheus.NewDesc("weft_tunnel_dropped_packets_total", "VXLAN and IP-in-IP packets dropped because their source holds no lease, by source (sources seen in the last ten minutes).", []string{"source"}, nil)
-	descStrict     = prometheus.NewDesc("weft_strict_dropped_packets_total", "Packets to other hosts' subnets that strict encryption dropped because they would have left unencrypted.", nil, nil)
-	descUDPDropped = prometheus.NewDesc("weft_udp_dropped_datagrams_total", "Datagrams the udp backend refused, by reason.", []string{"reason"}, nil)
+	descLease = prometheus.NewDesc("weft_lease_info",
+		"This host's lease (always 1), one series per address family.", []string{"subnet", "public_ip", "backend",
+			"family"}, nil)
+	descExpiry = prometheus.NewDesc("weft_lease_expiry_seconds", "Unix time the lease expires unless renewed.", nil,
+		nil)
+	descReady = prometheus.NewDesc("weft_ready", "1 once the data path has been programmed.", nil, nil)
+	descPeers = prometheus.NewDesc("weft_peers", "Leases by state: peer (programmed) or skipped (invalid).",
+		[]string{"state"}, nil)
+	descPaths = prometheus.NewDesc("weft_peer_paths",
+		"Peers by the path that carries their traffic (the backend, or direct for DirectRouting) and whether it is "+
+			"encrypted.", []string{"path", "encrypted"}, nil)
+	descRuns    = prometheus.NewDesc("weft_reconcile_runs_total", "Reconcile runs.", nil, nil)
+	descErrors  = prometheus.NewDesc("weft_reconcile_errors_total", "Reconcile runs that met an error.", nil, nil)
+	descRelists = prometheus.NewDesc("weft_etcd_watch_restarts_total",
+		"Times the lease watch had to list again (compaction, outage).", nil, nil)
+	descConflicts = prometheus.NewDesc("weft_lease_conflicts_total",
+		"Times this host's lease was overwritten by another writer and taken back.", nil, nil)
+	descRx = prometheus.NewDesc("weft_wireguard_peer_receive_bytes_total",
+		"Bytes received from a WireGuard peer.", []string{"subnet"}, nil)
+	descTx = prometheus.NewDesc("weft_wireguard_peer_transmit_bytes_total", "Bytes sent to a WireGuard peer.",
+		[]string{"subnet"}, nil)
+	descHandshake = prometheus.NewDesc("weft_wireguard_peer_last_handshake_seconds",
+		"Unix time of the last handshake with a peer (0: none).", []string{"subnet"}, nil)
+	descCalls = prometheus.NewDesc("weft_kernel_calls_total",
+		"Calls weft made to program the data path, by kind (netlink dump/get/write, WireGuard device read/write).",
+		[]string{"kind"}, nil)
+	descFull = prometheus.NewDesc("weft_reconcile_whole_applies_total",
+		"Reconcile runs that applied the whole state (start, resync, relist, errors); the others applied one change as "+
+			"a delta.", nil, nil)
+	descOnDemand = prometheus.NewDesc("weft_wireguard_peers",
+		"WireGuard peers the leases name, by state: configured on the device or idle (on-demand mode).",
+		[]string{"state"}, nil)
+	descOnDemandOp = prometheus.NewDesc("weft_wireguard_on_demand_total",
+		"On-demand mode events: peers added for traffic, activations refused by the rate bound (capped), peers removed "+
+			"for idleness (idled), inbound activations refused while 128 peers awaited a handshake (refused_unverified), "+
+			"peers removed because their handshake never came (expired_unverified).", []string{"event"}, nil)
+	descTunnelDrop = prometheus.NewDesc("weft_tunnel_dropped_packets_total",
+		"VXLAN and IP-in-IP packets dropped because their source holds no lease, by source (sources seen in the last "+
+			"ten minutes).", []string{"source"}, nil)
+	descStrict = prometheus.NewDesc("weft_strict_dropped_packets_total",
+		"Packets to other hosts' subnets that strict encryption dropped because they would have left unencrypted.", nil, nil)
+	descUDPDropped = prometheus.NewDesc("weft_udp_dropped_datagrams_total",
+		"Datagrams the udp backend refused, by reason.", []string{"reason"}, nil)
 )
 
 // Describe implements prometheus.Collector.
 func (o *observer) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descLease, descExpiry, descReady, descPeers, descRuns, descErrors, descRelists, descConflicts, descRx, descTx, descHandshake, descUDPDropped, descTunnelDrop, descCalls, descFull, descOnDemand, descOnDemandOp} {
+	for _, d := range []*prometheus.Desc{descLease, descExpiry, descReady, descPeers, descRuns, descErrors, descRelists,
+		descConflicts, descRx, descTx, descHandshake, descUDPDropped, descTunnelDrop, descCalls, descFull, descOnDemand,
+		descOnDemandOp} {
 		ch <- d
 	}
 	ch <- descPaths

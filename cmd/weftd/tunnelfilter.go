@@ -7,6 +7,7 @@ import (
 	"github.com/google/nftables"
 
 	"github.com/weftnet/weft/backends"
+	"github.com/weftnet/weft/backends/liveswitch"
 	"github.com/weftnet/weft/backends/tunnelfilter"
 	"github.com/weftnet/weft/lease"
 )
@@ -16,8 +17,9 @@ import (
 // earlier run that this one does not keep (turned off, or a backend
 // without a tunnel now) is removed: it would drop a later tunnel's peers.
 // During a switch a legacy tunnel backend (plan) keeps it.
-func sourceFilter(o *options, cfg *lease.Config, plan switchPlan, log *slog.Logger) func(tunnelfilter.Tunnel) (backends.SourceFilter, error) {
-	tunnel := slices.ContainsFunc(append([]string{cfg.Backend.Type}, plan.legacyTypes()...), func(t string) bool {
+func sourceFilter(o *options, cfg *lease.Config, plan liveswitch.Plan,
+	log *slog.Logger) func(tunnelfilter.Tunnel) (backends.SourceFilter, error) {
+	tunnel := slices.ContainsFunc(append([]string{cfg.Backend.Type}, plan.LegacyTypes()...), func(t string) bool {
 		k, _ := backends.Lookup(t)
 		return k.Tunnel
 	})
@@ -28,7 +30,8 @@ func sourceFilter(o *options, cfg *lease.Config, plan switchPlan, log *slog.Logg
 			}
 		}
 		if tunnel {
-			log.Warn("-tunnel-source-filter=false: this host accepts tunnel packets from any source; anyone who reaches its address can inject packets into its containers")
+			log.Warn("-tunnel-source-filter=false: this host accepts tunnel packets from any source; anyone who reaches " +
+				"its address can inject packets into its containers")
 		}
 		return nil
 	}

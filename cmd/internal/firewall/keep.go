@@ -49,7 +49,8 @@ func NewKeeper(nftables bool, settings Settings, log *slog.Logger) (Keeper, erro
 // family in g. PeersNetwork is IPv4 only. It says whether keepers run.
 // Without the mode's tool, masquerading is an error and forward rules
 // only a warning.
-func Keep(ctx context.Context, g *errgroup.Group, nftables bool, settings Settings, families []Family, log *slog.Logger) (bool, error) {
+func Keep(ctx context.Context, g *errgroup.Group, nftables bool, settings Settings, families []Family,
+	log *slog.Logger) (bool, error) {
 	other, mode := CleanupNFTables, "iptables"
 	if nftables {
 		other, mode = CleanupIPTables, "nftables"
@@ -87,13 +88,16 @@ func Keep(ctx context.Context, g *errgroup.Group, nftables bool, settings Settin
 		keeper, err := NewKeeper(nftables, s, log)
 		switch {
 		case err != nil && settings.Strict:
-			return false, fmt.Errorf(`"StrictEncryption": %w; without the %s rule nothing keeps traffic to other hosts from leaving in clear`, err, mode)
+			return false, fmt.Errorf(`"StrictEncryption": %w; without the %s rule nothing keeps traffic to other hosts `+
+				`from leaving in clear`, err, mode)
 		case err != nil && settings.Masq && nftables:
-			return false, fmt.Errorf(`-ip-masq: %w; the config asks for nftables ("EnableNFTables": true): use a kernel with nf_tables, or drop the key to use iptables`, err)
+			return false, fmt.Errorf(`-ip-masq: %w; the config asks for nftables ("EnableNFTables": true): use a kernel `+
+				`with nf_tables, or drop the key to use iptables`, err)
 		case err != nil && settings.Masq:
 			return false, fmt.Errorf("-ip-masq: %w; install it or drop -ip-masq", err)
 		case err != nil:
-			log.Warn("no "+mode+": forwarded traffic depends on the FORWARD policy (-iptables-forward-rules=false silences this)", "err", err)
+			log.Warn("no "+mode+": forwarded traffic depends on the FORWARD policy (-iptables-forward-rules=false silences "+
+				"this)", "err", err)
 			return false, nil
 		}
 		g.Go(func() error { return keeper.Run(ctx, f.Network, f.Subnet) })

@@ -99,7 +99,8 @@ func NewIPTablesKeeperWith(ipt Tables, settings Settings, log *slog.Logger) *IPT
 func (k *IPTablesKeeper) chains(network, subnet netip.Prefix) []Chain {
 	var out []Chain
 	if k.settings.Masq {
-		out = append(out, MasqChainFor(network, subnet, k.settings.PeersNetwork, k.ipt.HasRandomFully() && !k.settings.RandomFullyDisable))
+		out = append(out, MasqChainFor(network, subnet, k.settings.PeersNetwork,
+			k.ipt.HasRandomFully() && !k.settings.RandomFullyDisable))
 	}
 	if k.settings.Forward {
 		out = append(out, ForwardChainFor(network))
@@ -116,7 +117,8 @@ func (k *IPTablesKeeper) chains(network, subnet netip.Prefix) []Chain {
 // Run keeps the chains in place until ctx ends; subnet returns the
 // current lease's subnet (it may change after a re-claim).
 func (k *IPTablesKeeper) Run(ctx context.Context, network netip.Prefix, subnet func() netip.Prefix) error {
-	return keep(ctx, k.settings.Resync, func() error { return k.Sync(network, subnet()) }, k.log, "iptables rules; retrying")
+	return keep(ctx, k.settings.Resync, func() error { return k.Sync(network, subnet()) }, k.log,
+		"iptables rules; retrying")
 }
 
 // keep runs sync now and every interval until ctx ends, logging an error
@@ -229,7 +231,8 @@ func normalize(spec []string) []string {
 // Cleanup removes weft's jumps and chains from both tables.
 func (k *IPTablesKeeper) Cleanup() error {
 	var errs []error
-	for _, c := range []Chain{MasqChainFor(netip.Prefix{}, netip.Prefix{}, netip.Prefix{}, false), ForwardChainFor(netip.Prefix{}),
+	for _, c := range []Chain{MasqChainFor(netip.Prefix{}, netip.Prefix{}, netip.Prefix{}, false),
+		ForwardChainFor(netip.Prefix{}),
 		StrictChainFor(netip.Prefix{}, netip.Prefix{}, netip.Prefix{}), MSSChainFor(false, 0)} {
 		if ok, _ := k.ipt.Exists(c.Table, c.From, c.Jump...); ok {
 			errs = append(errs, k.ipt.Delete(c.Table, c.From, c.Jump...))
@@ -253,7 +256,8 @@ func CleanupIPTables() (removed []string, err error) {
 			continue // no such tool: none of its chains either
 		}
 		var had []string
-		for _, c := range []struct{ table, name string }{{"nat", MasqChain}, {"filter", ForwardChain}, {"mangle", StrictChain}, {"mangle", MSSChain}} {
+		for _, c := range []struct{ table, name string }{{"nat", MasqChain}, {"filter", ForwardChain},
+			{"mangle", StrictChain}, {"mangle", MSSChain}} {
 			if ok, _ := ipt.ChainExists(c.table, c.name); ok {
 				had = append(had, c.name)
 			}

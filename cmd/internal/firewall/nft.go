@@ -144,7 +144,8 @@ func addrMatch(dst bool, p netip.Prefix, negate bool) nftPart {
 func markMatch(bit uint32) nftPart {
 	return nftPart{fmt.Sprintf("meta mark & 0x%x == 0x%x", bit, bit), []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: binaryutil.NativeEndian.PutUint32(bit), Xor: make([]byte, 4)},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: binaryutil.NativeEndian.PutUint32(bit),
+			Xor: make([]byte, 4)},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(bit)},
 	}}
 }
@@ -174,7 +175,8 @@ func DockerUserRules(network netip.Prefix, overlay []string) [][]string {
 	var out [][]string
 	for _, iface := range overlay {
 		for _, dir := range []string{"-i", "-o"} {
-			out = append(out, rule(fwdComment, []string{"-s", network.String(), "-d", network.String(), dir, iface}, "-j", "ACCEPT"))
+			out = append(out, rule(fwdComment, []string{"-s", network.String(), "-d", network.String(), dir, iface}, "-j",
+				"ACCEPT"))
 		}
 	}
 	return out

@@ -83,7 +83,8 @@ func NewNFTablesKeeperWith(conn NFTConn, docker Tables, settings Settings, log *
 // Run keeps the table in place until ctx ends; subnet returns the current
 // lease's subnet of this family.
 func (k *NFTablesKeeper) Run(ctx context.Context, network netip.Prefix, subnet func() netip.Prefix) error {
-	return keep(ctx, k.settings.Resync, func() error { return k.Sync(network, subnet()) }, k.log, "nftables rules; retrying")
+	return keep(ctx, k.settings.Resync, func() error { return k.Sync(network, subnet()) }, k.log,
+		"nftables rules; retrying")
 }
 
 // Sync makes weft's table exactly the wanted one: when anything differs
@@ -264,7 +265,8 @@ func nftTableIs(conn NFTConn, want NFTTable) (bool, error) {
 	}
 	for _, w := range want.Chains {
 		c, ok := have[w.Name]
-		if !ok || c.Type != w.Type || c.Hooknum == nil || *c.Hooknum != *w.Hook || c.Priority == nil || *c.Priority != *w.Priority ||
+		if !ok || c.Type != w.Type || c.Hooknum == nil || *c.Hooknum != *w.Hook || c.Priority == nil ||
+			*c.Priority != *w.Priority ||
 			c.Policy == nil || *c.Policy != nftables.ChainPolicyAccept {
 			return false, nil
 		}
@@ -290,7 +292,8 @@ func writeNFTTable(conn NFTConn, want NFTTable) error {
 	table := conn.AddTable(&nftables.Table{Family: want.Family, Name: want.Name})
 	accept := nftables.ChainPolicyAccept
 	for _, w := range want.Chains {
-		chain := conn.AddChain(&nftables.Chain{Name: w.Name, Table: table, Type: w.Type, Hooknum: w.Hook, Priority: w.Priority, Policy: &accept})
+		chain := conn.AddChain(&nftables.Chain{Name: w.Name, Table: table, Type: w.Type, Hooknum: w.Hook,
+			Priority: w.Priority, Policy: &accept})
 		for _, r := range w.Rules {
 			conn.AddRule(&nftables.Rule{Table: table, Chain: chain, Exprs: r.Exprs,
 				UserData: userdata.AppendString(nil, userdata.TypeComment, r.Text)})
@@ -333,7 +336,8 @@ func deleteNFTTables(ipv4, ipv6 string) (removed []string, err error) {
 // deleteNFTTablesOn is deleteNFTTables on a connection.
 func deleteNFTTablesOn(conn NFTConn, ipv4, ipv6 string) (removed []string, err error) {
 	var errs []error
-	for name, family := range map[string]nftables.TableFamily{ipv4: nftables.TableFamilyIPv4, ipv6: nftables.TableFamilyIPv6} {
+	for name, family := range map[string]nftables.TableFamily{ipv4: nftables.TableFamilyIPv4,
+		ipv6: nftables.TableFamilyIPv6} {
 		if _, err := conn.ListTableOfFamily(name, family); err != nil {
 			continue
 		}

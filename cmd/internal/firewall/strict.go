@@ -45,7 +45,8 @@ func StrictChainFor(network, subnet, peers netip.Prefix) Chain {
 			rules = append(rules, r([]string{"-d", dst.String(), "!", "-o", EncryptedDevices}, "-j", "DROP"))
 		}
 	}
-	return Chain{Table: "mangle", Name: StrictChain, From: "POSTROUTING", First: true, Jump: r(nil, "-j", StrictChain), Rules: rules}
+	return Chain{Table: "mangle", Name: StrictChain, From: "POSTROUTING", First: true, Jump: r(nil, "-j", StrictChain),
+		Rules: rules}
 }
 
 // NFTStrictChainFor is StrictChainFor for weft's nftables table: one chain
@@ -135,7 +136,8 @@ func removeUnwanted(ipt Tables, s Settings, log *slog.Logger) error {
 		chain  Chain
 		why    string
 	}{
-		{s.Strict, StrictChainFor(netip.Prefix{}, netip.Prefix{}, netip.Prefix{}), "strict encryption's chain removed: the config has no StrictEncryption"},
+		{s.Strict, StrictChainFor(netip.Prefix{}, netip.Prefix{}, netip.Prefix{}),
+			"strict encryption's chain removed: the config has no StrictEncryption"},
 		{s.ClampMTU > 0, MSSChainFor(false, 0), "MSS clamp removed: no WireGuard device carries a larger MTU"},
 	} {
 		if u.wanted {

@@ -42,7 +42,8 @@ func EnsureBlackhole(k netkernel.Kernel, subnet, previous netip.Prefix) error {
 		}
 	}
 	want := blackhole(subnet)
-	have, err := k.RouteListFiltered(want.Family, want, netlink.RT_FILTER_DST|netlink.RT_FILTER_TYPE|netlink.RT_FILTER_TABLE)
+	have, err := k.RouteListFiltered(want.Family, want,
+		netlink.RT_FILTER_DST|netlink.RT_FILTER_TYPE|netlink.RT_FILTER_TABLE)
 	if err != nil {
 		return fmt.Errorf("listing blackhole routes: %w", err)
 	}

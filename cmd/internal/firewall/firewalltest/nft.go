@@ -231,7 +231,8 @@ func (n *NFT) DeleteRule(comment string) bool {
 // hookNames and familyNames are nft's words for netfilter's numbers.
 var (
 	hookNames   = map[nftables.ChainHook]string{0: "prerouting", 1: "input", 2: "forward", 3: "output", 4: "postrouting"}
-	familyNames = map[nftables.TableFamily]string{nftables.TableFamilyIPv4: "ip", nftables.TableFamilyIPv6: "ip6", nftables.TableFamilyINet: "inet"}
+	familyNames = map[nftables.TableFamily]string{nftables.TableFamilyIPv4: "ip", nftables.TableFamilyIPv6: "ip6",
+		nftables.TableFamilyINet: "inet"}
 )
 
 // List prints a table as `nft list table FAMILY NAME` does, each rule as
@@ -259,7 +260,8 @@ func (n *NFT) List(name string, family nftables.TableFamily) string {
 			if c.spec.Priority != nil {
 				prio = int32(*c.spec.Priority)
 			}
-			fmt.Fprintf(&b, "\t\ttype %s hook %s priority %d; policy %s;\n", c.spec.Type, hookNames[*c.spec.Hooknum], prio, policy)
+			fmt.Fprintf(&b, "\t\ttype %s hook %s priority %d; policy %s;\n", c.spec.Type, hookNames[*c.spec.Hooknum], prio,
+				policy)
 		}
 		for _, r := range c.rules {
 			text, _ := userdata.GetString(r.UserData, userdata.TypeComment)

@@ -1,4 +1,4 @@
-package backends
+package liveswitch
 
 import (
 	"context"
@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/weftnet/weft/backends"
 	"github.com/weftnet/weft/mesh"
 )
 
@@ -49,16 +50,16 @@ func keysOf(peers []mesh.Peer) string {
 func TestSwitchingCarriesEachPeerOnItsPath(t *testing.T) {
 	var log []string
 	wg, vx := recorder{"wireguard", &log}, recorder{"vxlan", &log}
-	s := NewSwitching(WireGuard, wg, []string{VXLAN}, map[string]Backend{VXLAN: vx})
+	s := NewSwitching(backends.WireGuard, wg, []string{backends.VXLAN}, map[string]backends.Backend{backends.VXLAN: vx})
 	peer := func(key, path string) mesh.Peer {
 		return mesh.Peer{Key: key, Path: path, Subnet: netip.MustParsePrefix("10.5.2.0/24")}
 	}
 	ctx := context.Background()
-	s.Apply(ctx, mesh.Desired{Peers: []mesh.Peer{peer("a", WireGuard), peer("b", VXLAN), peer("c", VXLAN)}})
+	s.Apply(ctx, mesh.Desired{Peers: []mesh.Peer{peer("a", backends.WireGuard), peer("b", backends.VXLAN), peer("c", backends.VXLAN)}})
 	// b switches (its lease gains WeftAlso wireguard), c leaves.
-	s.ApplyDelta(ctx, mesh.Delta{Old: []mesh.Peer{peer("b", VXLAN), peer("c", VXLAN)}, New: []mesh.Peer{peer("b", WireGuard)}})
-	s.Retire(ctx, VXLAN)
-	s.ApplyDelta(ctx, mesh.Delta{New: []mesh.Peer{peer("d", WireGuard)}})
+	s.ApplyDelta(ctx, mesh.Delta{Old: []mesh.Peer{peer("b", backends.VXLAN), peer("c", backends.VXLAN)}, New: []mesh.Peer{peer("b", backends.WireGuard)}})
+	s.Retire(ctx, backends.VXLAN)
+	s.ApplyDelta(ctx, mesh.Delta{New: []mesh.Peer{peer("d", backends.WireGuard)}})
 	want := []string{
 		"wireguard apply [a]", "vxlan apply [b c]",
 		"wireguard delta -[] +[b]", "vxlan delta -[b c] +[]",
@@ -68,7 +69,7 @@ func TestSwitchingCarriesEachPeerOnItsPath(t *testing.T) {
 	if strings.Join(log, "\n") != strings.Join(want, "\n") {
 		t.Errorf("calls:\n%s\nwant:\n%s", strings.Join(log, "\n"), strings.Join(want, "\n"))
 	}
-	if paths := s.Paths(); len(paths) != 1 || paths[0].BackendType != WireGuard {
+	if paths := s.Paths(); len(paths) != 1 || paths[0].BackendType != backends.WireGuard {
 		t.Errorf("paths after the retirement: %+v", paths)
 	}
 }

@@ -1,4 +1,4 @@
-package backends
+package liveswitch
 
 import (
 	"context"
@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"slices"
 
+	"github.com/weftnet/weft/backends"
 	"github.com/weftnet/weft/lease"
 	"github.com/weftnet/weft/mesh"
 )
@@ -20,7 +21,7 @@ import (
 // to its new backend before it leaves its old one, so its traffic always
 // has a way. A legacy backend no peer needs any more is retired.
 type Switching struct {
-	primary     Backend
+	primary     backends.Backend
 	primaryType string
 	legacy      []typedBackend
 	// ready are backends already set up (handed over running by the
@@ -34,15 +35,15 @@ func (s *Switching) SetReady(ready map[string]bool) { s.ready = ready }
 // typedBackend is a backend and its Type.
 type typedBackend struct {
 	typ string
-	b   Backend
+	b   backends.Backend
 }
 
 // NewSwitching runs primary (the config's Backend.Type) with legacy
 // backends beside it, keyed by Type (the oldest last).
-func NewSwitching(primaryType string, primary Backend, legacy []string, backends map[string]Backend) *Switching {
+func NewSwitching(primaryType string, primary backends.Backend, legacy []string, byType map[string]backends.Backend) *Switching {
 	s := &Switching{primary: primary, primaryType: primaryType}
 	for _, typ := range legacy {
-		s.legacy = append(s.legacy, typedBackend{typ, backends[typ]})
+		s.legacy = append(s.legacy, typedBackend{typ, byType[typ]})
 	}
 	s.shareNetworkRoute()
 	return s
@@ -55,13 +56,13 @@ type peerRouter interface {
 }
 
 // shareNetworkRoute has a backend that would route the whole Network
-// (udp) route its peers one by one while WireGuard, which routes the
+// (udp) route its peers one by one while backends.WireGuard, which routes the
 // Network through its own device, runs beside it.
 func (s *Switching) shareNetworkRoute() {
-	wg := slices.ContainsFunc(s.all(), func(t typedBackend) bool { return t.typ == WireGuard })
+	wg := slices.ContainsFunc(s.all(), func(t typedBackend) bool { return t.typ == backends.WireGuard })
 	for _, t := range s.all() {
 		if r, ok := t.b.(peerRouter); ok {
-			r.SetPeerRoutes(wg && t.typ != WireGuard)
+			r.SetPeerRoutes(wg && t.typ != backends.WireGuard)
 		}
 	}
 }
@@ -72,8 +73,8 @@ func (s *Switching) all() []typedBackend {
 }
 
 // Backends are the backends running, by Type.
-func (s *Switching) Backends() map[string]Backend {
-	out := map[string]Backend{}
+func (s *Switching) Backends() map[string]backends.Backend {
+	out := map[string]backends.Backend{}
 	for _, t := range s.all() {
 		out[t.typ] = t.b
 	}
@@ -95,7 +96,7 @@ func (s *Switching) Paths() []lease.PathAttrs {
 	var out []lease.PathAttrs
 	for _, t := range s.all() {
 		p := lease.PathAttrs{BackendType: t.typ, BackendData: t.b.BackendData()}
-		if ds, ok := As[DualStack](t.b); ok {
+		if ds, ok := backends.As[backends.DualStack](t.b); ok {
 			p.BackendV6Data = ds.BackendV6Data()
 		}
 		out = append(out, p)
@@ -272,5 +273,5 @@ func (s *Switching) Unwrap() []mesh.Applier {
 
 var (
 	_ mesh.DeltaApplier = (*Switching)(nil)
-	_ Wrapper           = (*Switching)(nil)
+	_ backends.Wrapper  = (*Switching)(nil)
 )

@@ -1,4 +1,4 @@
-package backends
+package liveswitch
 
 import (
 	"fmt"
@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/weftnet/weft/backends"
 	"github.com/weftnet/weft/backends/netkernel/netkerneltest"
 	"github.com/weftnet/weft/backends/tunnelfilter"
 	"github.com/weftnet/weft/mesh"
@@ -20,27 +21,27 @@ import (
 // how to look for it through As.
 type capability struct {
 	name string
-	find func(Backend) (any, bool)
+	find func(backends.Backend) (any, bool)
 	// iface is the capability's interface type: whether a wrapper
 	// implements it itself.
 	iface reflect.Type
 }
 
 func capabilityOf[T any](name string) capability {
-	return capability{name, func(b Backend) (any, bool) { return As[T](b) }, reflect.TypeFor[T]()}
+	return capability{name, func(b backends.Backend) (any, bool) { return backends.As[T](b) }, reflect.TypeFor[T]()}
 }
 
 // capabilities are every optional capability weftd finds with As.
 var capabilities = []capability{
-	capabilityOf[DualStack]("DualStack"),
-	capabilityOf[KeyReloader]("KeyReloader"),
-	capabilityOf[DeviceStatus]("DeviceStatus"),
-	capabilityOf[OnDemandReporter]("OnDemandReporter"),
-	capabilityOf[EndpointObserver]("EndpointObserver"),
-	capabilityOf[MTUCarrier]("MTUCarrier"),
-	capabilityOf[DropCounter]("DropCounter"),
-	capabilityOf[TunnelDropCounter]("TunnelDropCounter"),
-	capabilityOf[Leaver]("Leaver"),
+	capabilityOf[backends.DualStack]("DualStack"),
+	capabilityOf[backends.KeyReloader]("KeyReloader"),
+	capabilityOf[backends.DeviceStatus]("DeviceStatus"),
+	capabilityOf[backends.OnDemandReporter]("OnDemandReporter"),
+	capabilityOf[backends.EndpointObserver]("EndpointObserver"),
+	capabilityOf[backends.MTUCarrier]("MTUCarrier"),
+	capabilityOf[backends.DropCounter]("DropCounter"),
+	capabilityOf[backends.TunnelDropCounter]("TunnelDropCounter"),
+	capabilityOf[backends.Leaver]("Leaver"),
 }
 
 // intercepts are the capabilities each wrapper implements itself, because
@@ -52,7 +53,7 @@ var intercepts = map[string][]string{
 	"*backends.dualStack":      {"DualStack"},         // its IPv6 half's data is its second part's BackendData
 	"*backends.ipv6Only":       {"DualStack"},         // its one part's BackendData is the lease's BackendV6Data
 	"*backends.sourceFiltered": {"TunnelDropCounter"}, // the filter is the wrapper's own
-	"*backends.Switching":      {},
+	"*liveswitch.Switching":    {},
 	"*wireguard.Stack":         {"DualStack", "KeyReloader", "MTUCarrier"}, // one key over every device; the largest carried MTU
 }
 
@@ -62,22 +63,22 @@ var intercepts = map[string][]string{
 // wrapper implements a capability it does not intercept.
 func TestAsThroughEveryStack(t *testing.T) {
 	dir := t.TempDir()
-	build := func(config string, filter bool) Backend {
+	build := func(config string, filter bool) backends.Backend {
 		t.Helper()
 		k := netkerneltest.NewKernel()
 		ext := k.AddExternal("eth0", netip.MustParsePrefix("192.168.77.1/24"), 1500)
 		ext.AddrIPv6 = netip.MustParseAddr("fd77::1")
 		ext.Prefixes = append(ext.Prefixes, netip.MustParsePrefix("fd77::/64"))
-		cfg, err := ParseConfig([]byte(config))
+		cfg, err := backends.ParseConfig([]byte(config))
 		if err != nil {
 			t.Fatal(err)
 		}
-		env := Env{Config: cfg, External: ext, PublicIP: ext.Addr, PublicIPv6: ext.AddrIPv6, Kernel: k, KeyFile: filepath.Join(dir, "wg.key"),
+		env := backends.Env{Config: cfg, External: ext, PublicIP: ext.Addr, PublicIPv6: ext.AddrIPv6, Kernel: k, KeyFile: filepath.Join(dir, "wg.key"),
 			Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 		if filter {
-			env.SourceFilter = func(tunnelfilter.Tunnel) (SourceFilter, error) { return &recordingFilter{}, nil }
+			env.SourceFilter = func(tunnelfilter.Tunnel) (backends.SourceFilter, error) { return nopFilter{}, nil }
 		}
-		b, err := New(env)
+		b, err := backends.New(env)
 		if err != nil {
 			t.Fatalf("%s: %v", config, err)
 		}
@@ -88,32 +89,32 @@ func TestAsThroughEveryStack(t *testing.T) {
 	config := func(family, backend string) string { return fmt.Sprintf(`{%s,"Backend":%s}`, family, backend) }
 	stacks := []struct {
 		name    string
-		backend func() Backend
+		backend func() backends.Backend
 		// want names, by capability, the type that answers; a capability
 		// left out must not be found.
 		want map[string]string
 	}{
-		{"vxlan, source filtered", func() Backend { return build(config(v4, `{"Type":"vxlan"}`), true) },
+		{"vxlan, source filtered", func() backends.Backend { return build(config(v4, `{"Type":"vxlan"}`), true) },
 			map[string]string{"TunnelDropCounter": "*backends.sourceFiltered"}},
-		{"vxlan dual stack, source filtered", func() Backend { return build(config(dual, `{"Type":"vxlan"}`), true) },
+		{"vxlan dual stack, source filtered", func() backends.Backend { return build(config(dual, `{"Type":"vxlan"}`), true) },
 			map[string]string{"TunnelDropCounter": "*backends.sourceFiltered", "DualStack": "*backends.dualStack"}},
-		{"vxlan IPv6-only, source filtered", func() Backend { return build(config(v6, `{"Type":"vxlan"}`), true) },
+		{"vxlan IPv6-only, source filtered", func() backends.Backend { return build(config(v6, `{"Type":"vxlan"}`), true) },
 			map[string]string{"TunnelDropCounter": "*backends.sourceFiltered", "DualStack": "*backends.ipv6Only"}},
-		{"ipip, source filtered", func() Backend { return build(config(v4, `{"Type":"ipip"}`), true) },
+		{"ipip, source filtered", func() backends.Backend { return build(config(v4, `{"Type":"ipip"}`), true) },
 			map[string]string{"TunnelDropCounter": "*backends.sourceFiltered"}},
-		{"wireguard", func() Backend { return build(config(v4, `{"Type":"wireguard"}`), false) }, wireguardAnswers},
-		{"wireguard dual stack, a device per family", func() Backend { return build(config(dual, `{"Type":"wireguard"}`), false) }, wireguardAnswers},
-		{"udp", func() Backend { return build(config(v4, `{"Type":"udp"}`), false) }, map[string]string{"DropCounter": "*udp.Backend"}},
-		{"extension", func() Backend {
+		{"wireguard", func() backends.Backend { return build(config(v4, `{"Type":"wireguard"}`), false) }, wireguardAnswers},
+		{"wireguard dual stack, a device per family", func() backends.Backend { return build(config(dual, `{"Type":"wireguard"}`), false) }, wireguardAnswers},
+		{"udp", func() backends.Backend { return build(config(v4, `{"Type":"udp"}`), false) }, map[string]string{"DropCounter": "*udp.Backend"}},
+		{"extension", func() backends.Backend {
 			return build(config(v4, `{"Type":"extension","SubnetAddCommand":"true","SubnetRemoveCommand":"true"}`), false)
 		}, map[string]string{"Leaver": "*extension.Backend"}},
-		{"switch vxlan to wireguard", func() Backend {
-			return NewSwitching(WireGuard, build(config(v4, `{"Type":"wireguard"}`), false), []string{VXLAN},
-				map[string]Backend{VXLAN: build(config(v4, `{"Type":"vxlan"}`), true)})
+		{"switch vxlan to wireguard", func() backends.Backend {
+			return NewSwitching(backends.WireGuard, build(config(v4, `{"Type":"wireguard"}`), false), []string{backends.VXLAN},
+				map[string]backends.Backend{backends.VXLAN: build(config(v4, `{"Type":"vxlan"}`), true)})
 		}, merge(wireguardAnswers, map[string]string{"TunnelDropCounter": "*backends.sourceFiltered"})},
-		{"switch wireguard to udp", func() Backend {
-			return NewSwitching(UDP, build(config(v4, `{"Type":"udp"}`), false), []string{WireGuard},
-				map[string]Backend{WireGuard: build(config(v4, `{"Type":"wireguard"}`), false)})
+		{"switch wireguard to udp", func() backends.Backend {
+			return NewSwitching(backends.UDP, build(config(v4, `{"Type":"udp"}`), false), []string{backends.WireGuard},
+				map[string]backends.Backend{backends.WireGuard: build(config(v4, `{"Type":"wireguard"}`), false)})
 		}, merge(wireguardAnswers, map[string]string{"DropCounter": "*udp.Backend"})},
 	}
 	for _, st := range stacks {
@@ -155,7 +156,7 @@ func merge(a, b map[string]string) map[string]string {
 // only the capabilities it intercepts.
 func checkWrappersIntercept(t *testing.T, b mesh.Applier) {
 	t.Helper()
-	w, ok := b.(Wrapper)
+	w, ok := b.(backends.Wrapper)
 	if !ok {
 		return
 	}
@@ -174,10 +175,20 @@ func checkWrappersIntercept(t *testing.T, b mesh.Applier) {
 	}
 }
 
-func partsOf(w Wrapper) string {
+func partsOf(w backends.Wrapper) string {
 	var out []string
 	for _, p := range w.Unwrap() {
 		out = append(out, reflect.TypeOf(p).String())
 	}
 	return strings.Join(out, ", ")
 }
+
+// nopFilter is a source filter that holds nothing: the stacks here are
+// built, never applied.
+type nopFilter struct{}
+
+func (nopFilter) Ensure() error                         { return nil }
+func (nopFilter) Sync([]netip.Addr) error               { return nil }
+func (nopFilter) Update(_, _ []netip.Addr) error        { return nil }
+func (nopFilter) Drops() (map[netip.Addr]uint64, error) { return nil, nil }
+func (nopFilter) Remove() error                         { return nil }

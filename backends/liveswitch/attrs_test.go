@@ -1,12 +1,8 @@
-package main
+package liveswitch
 
 import (
-	"bytes"
 	"encoding/json"
-	"log/slog"
 	"net/netip"
-	"slices"
-	"strings"
 	"testing"
 
 	"github.com/weftnet/weft/lease"
@@ -39,24 +35,8 @@ func TestSwitchAttrs(t *testing.T) {
 		{"from udp, which writes no BackendType", []lease.PathAttrs{wg, udp}, "udp", true,
 			`{"PublicIP":"192.168.50.2","PublicIPv6":null,"WeftAlso":[{"BackendType":"wireguard","BackendData":{"PublicKey":"k","Port":51820}}]}`},
 	} {
-		if got := string(switchAttrs(base, tt.paths, tt.visible, tt.published).Encode()); got != tt.want {
+		if got := string(Attrs(base, tt.paths, tt.visible, tt.published).Encode()); got != tt.want {
 			t.Errorf("%s:\n got %s\nwant %s", tt.name, got, tt.want)
 		}
-	}
-}
-
-// TestChangedOptions: the options of two Backend objects that differ,
-// keys matched as encoding/json matches them (any case), Type left out;
-// only the ones that cut pairs are warned about.
-func TestChangedOptions(t *testing.T) {
-	got := changedOptions(json.RawMessage(`{"Type":"wireguard","PSK":"a","MTU":1400,"ListenPort":51820}`),
-		json.RawMessage(`{"type":"wireguard", "psk":"b","MTU": 1400,"PersistentKeepaliveInterval":25}`))
-	if want := []string{"listenport", "persistentkeepaliveinterval", "psk"}; !slices.Equal(got, want) {
-		t.Errorf("changed options = %v, want %v", got, want)
-	}
-	var buf bytes.Buffer
-	logOptionGaps(got, slog.New(slog.NewTextHandler(&buf, nil)))
-	if out := buf.String(); strings.Count(out, "not gapless") != 2 || !strings.Contains(out, "option=psk") || strings.Contains(out, "persistentkeepalive") {
-		t.Errorf("warnings:\n%s\nwant one for psk and one for listenport", out)
 	}
 }
