@@ -24,6 +24,8 @@ import (
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
 	"golang.org/x/sys/unix"
+
+	"github.com/weftnet/weft/backends/nft"
 )
 
 // TableName is weft's tunnel filter table (family inet).
@@ -55,36 +57,17 @@ type Tunnel struct {
 	IPIP bool
 }
 
-// Conn is what the filter needs of nftables (*nftables.Conn).
-type Conn interface {
-	ListTableOfFamily(name string, family nftables.TableFamily) (*nftables.Table, error)
-	ListChainsOfTableFamily(family nftables.TableFamily) ([]*nftables.Chain, error)
-	GetRules(t *nftables.Table, c *nftables.Chain) ([]*nftables.Rule, error)
-	GetSetByName(t *nftables.Table, name string) (*nftables.Set, error)
-	GetSetElements(s *nftables.Set) ([]nftables.SetElement, error)
-	AddTable(t *nftables.Table) *nftables.Table
-	DelTable(t *nftables.Table)
-	AddChain(c *nftables.Chain) *nftables.Chain
-	AddSet(s *nftables.Set, vals []nftables.SetElement) error
-	AddRule(r *nftables.Rule) *nftables.Rule
-	SetAddElements(s *nftables.Set, vals []nftables.SetElement) error
-	SetDeleteElements(s *nftables.Set, vals []nftables.SetElement) error
-	Flush() error
-}
-
-var _ Conn = (*nftables.Conn)(nil)
-
 // Filter keeps the table for one Tunnel. Its zero value is not usable;
 // use New.
 type Filter struct {
-	conn   Conn
+	conn   nft.Conn
 	tunnel Tunnel
 	table  *nftables.Table
 }
 
 // New returns a filter for tunnel over conn; Ensure puts the table in
 // place.
-func New(conn Conn, tunnel Tunnel) *Filter {
+func New(conn nft.Conn, tunnel Tunnel) *Filter {
 	return &Filter{conn: conn, tunnel: tunnel, table: &nftables.Table{Family: nftables.TableFamilyINet, Name: TableName}}
 }
 
@@ -417,7 +400,7 @@ func (f *Filter) Remove() error {
 
 // Remove deletes the table (weftctl cleanup; the filter turned off). It
 // reports whether there was one.
-func Remove(conn Conn) (bool, error) {
+func Remove(conn nft.Conn) (bool, error) {
 	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: TableName}
 	if _, err := conn.ListTableOfFamily(TableName, nftables.TableFamilyINet); err != nil {
 		return false, nil

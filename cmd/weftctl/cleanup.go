@@ -9,12 +9,12 @@ import (
 	"net/netip"
 	"os"
 
-	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/backends"
 	"github.com/weftnet/weft/backends/netkernel"
+	"github.com/weftnet/weft/backends/nft"
 	"github.com/weftnet/weft/backends/tunnelfilter"
 	"github.com/weftnet/weft/cmd/internal/firewall"
 	"github.com/weftnet/weft/cmd/internal/host"
@@ -96,7 +96,7 @@ func runCleanup(ctx context.Context, args []string, opts etcdstore.Options, stdo
 			fmt.Fprintln(stdout, "removed", r)
 		}
 	}
-	if conn, err := nftables.New(); err == nil {
+	if conn, err := nft.Open(); err == nil {
 		removed, err := tunnelfilter.Remove(conn)
 		errs = append(errs, err)
 		if removed {

@@ -4,10 +4,9 @@ import (
 	"log/slog"
 	"slices"
 
-	"github.com/google/nftables"
-
 	"github.com/weftnet/weft/backends"
 	"github.com/weftnet/weft/backends/liveswitch"
+	"github.com/weftnet/weft/backends/nft"
 	"github.com/weftnet/weft/backends/tunnelfilter"
 	"github.com/weftnet/weft/lease"
 )
@@ -24,7 +23,7 @@ func sourceFilter(o *options, cfg *lease.Config, plan liveswitch.Plan,
 		return k.Tunnel
 	})
 	if !o.tunnelSourceFilter || !tunnel {
-		if conn, err := nftables.New(); err == nil {
+		if conn, err := nft.Open(); err == nil {
 			if removed, err := tunnelfilter.Remove(conn); removed || err != nil {
 				log.Info("removed the tunnel source filter of an earlier run", "table", tunnelfilter.TableName, "err", err)
 			}
@@ -36,7 +35,7 @@ func sourceFilter(o *options, cfg *lease.Config, plan liveswitch.Plan,
 		return nil
 	}
 	return func(t tunnelfilter.Tunnel) (backends.SourceFilter, error) {
-		conn, err := nftables.New()
+		conn, err := nft.Open()
 		if err != nil {
 			return nil, err
 		}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/google/nftables"
 
+	"github.com/weftnet/weft/backends/nft/nfttest"
 	"github.com/weftnet/weft/cmd/internal/firewall"
 	"github.com/weftnet/weft/cmd/internal/firewall/firewalltest"
 )
@@ -54,7 +55,7 @@ COMMIT
 		}
 	}
 
-	nft := firewalltest.NewNFT()
+	nft := nfttest.NewNFT()
 	k := firewall.NewNFTablesKeeperWith(nft, nil, firewall.Settings{Masq: true, ClampMTU: 1420}, slog.New(slog.DiscardHandler))
 	if err := k.Sync(network, subnet); err != nil {
 		t.Fatal(err)

@@ -12,28 +12,13 @@ import (
 	"github.com/coreos/go-iptables/iptables"
 	"github.com/google/nftables"
 	"github.com/google/nftables/userdata"
+
+	"github.com/weftnet/weft/backends/nft"
 )
 
-// NFTConn is what weft needs of google/nftables' Conn: read a family's
-// tables, chains and rules, and send a transaction (queued requests, then
-// Flush). firewalltest.NFT is a fake that prints a table as `nft list
-// table` does.
-type NFTConn interface {
-	ListTablesOfFamily(family nftables.TableFamily) ([]*nftables.Table, error)
-	ListTableOfFamily(name string, family nftables.TableFamily) (*nftables.Table, error)
-	ListChainsOfTableFamily(family nftables.TableFamily) ([]*nftables.Chain, error)
-	GetRules(t *nftables.Table, c *nftables.Chain) ([]*nftables.Rule, error)
-	AddTable(t *nftables.Table) *nftables.Table
-	DelTable(t *nftables.Table)
-	AddChain(c *nftables.Chain) *nftables.Chain
-	AddRule(r *nftables.Rule) *nftables.Rule
-	Flush() error
-}
-
-var _ NFTConn = (*nftables.Conn)(nil)
-
-// kernelNFT opens a netlink connection to the kernel's nftables.
-func kernelNFT() (NFTConn, error) { return nftables.New() }
+// kernelNFT opens a netlink connection to the kernel's nftables (the
+// nft.Conn seam; nfttest.NFT is its fake).
+func kernelNFT() (nft.Conn, error) { return nft.Open() }
 
 // NFTablesKeeper keeps weft's nftables table for one family (and, with the
 // forward rules, weft's rule in docker's DOCKER-USER chain when docker has
@@ -42,7 +27,7 @@ type NFTablesKeeper struct {
 	settings Settings
 	log      *slog.Logger
 	// conn opens the nftables connection of a resync.
-	conn func() (NFTConn, error)
+	conn func() (nft.Conn, error)
 	// docker is iptables (ip6tables) for the DOCKER-USER rule; nil when the
 	// host has none (then there is no docker chain to open either).
 	docker Tables
@@ -72,12 +57,12 @@ func NewNFTablesKeeper(settings Settings, log *slog.Logger) (*NFTablesKeeper, er
 	return k, nil
 }
 
-// NewNFTablesKeeperWith is NewNFTablesKeeper over any NFTConn and
+// NewNFTablesKeeperWith is NewNFTablesKeeper over any nft.Conn and
 // DOCKER-USER's Tables (nil: no docker), fakes in tests.
-func NewNFTablesKeeperWith(conn NFTConn, docker Tables, settings Settings, log *slog.Logger) *NFTablesKeeper {
+func NewNFTablesKeeperWith(conn nft.Conn, docker Tables, settings Settings, log *slog.Logger) *NFTablesKeeper {
 	name, _ := NFTTableName(settings.IPv6)
 	return &NFTablesKeeper{settings: settings, log: log.With("component", "nftables", "table", name), docker: docker,
-		conn: func() (NFTConn, error) { return conn, nil }}
+		conn: func() (nft.Conn, error) { return conn, nil }}
 }
 
 // Run keeps the table in place until ctx ends; subnet returns the current
@@ -245,7 +230,7 @@ func removeDockerUserRules(ipt Tables) (int, error) {
 // nftTableIs reports whether the kernel holds exactly want: its base
 // chains with their hooks and priorities, and in each the wanted rules in
 // order (told apart by their comments, which are their text).
-func nftTableIs(conn NFTConn, want NFTTable) (bool, error) {
+func nftTableIs(conn nft.Conn, want NFTTable) (bool, error) {
 	table, err := conn.ListTableOfFamily(want.Name, want.Family)
 	if err != nil {
 		return false, nil // no such table
@@ -285,7 +270,7 @@ func nftTableIs(conn NFTConn, want NFTTable) (bool, error) {
 
 // writeNFTTable replaces weft's table with want in one transaction: add
 // (so the delete cannot fail on a missing table), delete, add anew.
-func writeNFTTable(conn NFTConn, want NFTTable) error {
+func writeNFTTable(conn nft.Conn, want NFTTable) error {
 	spec := &nftables.Table{Family: want.Family, Name: want.Name}
 	conn.AddTable(spec)
 	conn.DelTable(spec)
@@ -334,7 +319,7 @@ func deleteNFTTables(ipv4, ipv6 string) (removed []string, err error) {
 }
 
 // deleteNFTTablesOn is deleteNFTTables on a connection.
-func deleteNFTTablesOn(conn NFTConn, ipv4, ipv6 string) (removed []string, err error) {
+func deleteNFTTablesOn(conn nft.Conn, ipv4, ipv6 string) (removed []string, err error) {
 	var errs []error
 	for name, family := range map[string]nftables.TableFamily{ipv4: nftables.TableFamilyIPv4,
 		ipv6: nftables.TableFamilyIPv6} {

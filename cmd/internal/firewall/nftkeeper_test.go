@@ -10,8 +10,8 @@ import (
 
 	"github.com/google/nftables"
 
+	"github.com/weftnet/weft/backends/nft/nfttest"
 	"github.com/weftnet/weft/cmd/internal/firewall"
-	"github.com/weftnet/weft/cmd/internal/firewall/firewalltest"
 )
 
 // TestNFTablesKeeperOnFake: the nftables keeper on the fake nftables, as
@@ -20,7 +20,7 @@ import (
 // deleted by hand, or a new subnet, rewrites the table whole; a failed
 // transaction leaves the previous table in place and is reported.
 func TestNFTablesKeeperOnFake(t *testing.T) {
-	nft := firewalltest.NewNFT()
+	nft := nfttest.NewNFT()
 	k := firewall.NewNFTablesKeeperWith(nft, nil, firewall.Settings{Masq: true, Forward: true}, slog.New(slog.DiscardHandler))
 	network, subnet := netip.MustParsePrefix("10.5.0.0/16"), netip.MustParsePrefix("10.5.1.0/24")
 	list := func() string { return nft.List(firewall.NFTTableIPv4, nftables.TableFamilyIPv4) }
@@ -54,8 +54,8 @@ func TestNFTablesKeeperOnFake(t *testing.T) {
 	}
 
 	moved := netip.MustParsePrefix("10.5.9.0/24")
-	nft.FlushErr = firewalltest.ErrInjected
-	if err := k.Sync(network, moved); !errors.Is(err, firewalltest.ErrInjected) {
+	nft.FlushErr = nfttest.ErrInjected
+	if err := k.Sync(network, moved); !errors.Is(err, nfttest.ErrInjected) {
 		t.Fatalf("a failed transaction returned %v", err)
 	}
 	if got := list(); got != want {

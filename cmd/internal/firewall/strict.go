@@ -10,6 +10,8 @@ import (
 	"github.com/coreos/go-iptables/iptables"
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
+
+	"github.com/weftnet/weft/backends/nft"
 )
 
 // Strict encryption ("StrictEncryption": true): no packet to another
@@ -103,7 +105,7 @@ func StrictDrops(nft bool) (uint64, error) {
 }
 
 // nftStrictDrops sums the counters of the strict chains of weft's tables.
-func nftStrictDrops(conn NFTConn) (uint64, error) {
+func nftStrictDrops(conn nft.Conn) (uint64, error) {
 	var total uint64
 	for _, ipv6 := range []bool{false, true} {
 		name, family := NFTTableName(ipv6)

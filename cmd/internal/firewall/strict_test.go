@@ -8,6 +8,7 @@ import (
 
 	"github.com/google/nftables"
 
+	"github.com/weftnet/weft/backends/nft/nfttest"
 	"github.com/weftnet/weft/cmd/internal/firewall"
 	"github.com/weftnet/weft/cmd/internal/firewall/firewalltest"
 )
@@ -69,7 +70,7 @@ func TestStrictEncryptionChain(t *testing.T) {
 // the masquerade and forward chains; the table is written in one
 // transaction, so the drop is never missing.
 func TestNFTStrictChain(t *testing.T) {
-	nft := firewalltest.NewNFT()
+	nft := nfttest.NewNFT()
 	k := firewall.NewNFTablesKeeperWith(nft, nil, firewall.Settings{Masq: true, Strict: true}, slog.New(slog.DiscardHandler))
 	if err := k.Sync(network, subnet); err != nil {
 		t.Fatal(err)

@@ -1,15 +1,21 @@
-package firewalltest
+// Package nfttest is an in-memory nftables for the pure tier: the fake
+// of the nft.Conn seam.
+package nfttest
 
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/userdata"
 	"golang.org/x/sys/unix"
+
+	"github.com/weftnet/weft/backends/nft"
 )
 
 // NFT is an in-memory nftables (the calls of google/nftables' Conn weft
@@ -29,12 +35,21 @@ type NFT struct {
 type nftTable struct {
 	spec   nftables.Table
 	chains []*nftChain
+	sets   []*nftSet
+}
+
+// nftSet is a named set and its elements, in the order added.
+type nftSet struct {
+	spec  nftables.Set
+	elems []nftables.SetElement
 }
 
 type nftChain struct {
 	spec  nftables.Chain
 	rules []*nftables.Rule
 }
+
+var _ nft.Conn = (*NFT)(nil)
 
 // NewNFT returns nftables with no tables.
 func NewNFT() *NFT { return &NFT{} }
@@ -175,6 +190,119 @@ func (n *NFT) AddRule(r *nftables.Rule) *nftables.Rule {
 	return r
 }
 
+// set finds a set of a table in tables; nil when either is missing.
+func set(tables []*nftTable, t *nftables.Table, name string) *nftSet {
+	i := find(tables, t.Name, t.Family)
+	if i < 0 {
+		return nil
+	}
+	for _, st := range tables[i].sets {
+		if st.spec.Name == name {
+			return st
+		}
+	}
+	return nil
+}
+
+// AddSet queues a set in its table with vals as its first elements.
+func (n *NFT) AddSet(s *nftables.Set, vals []nftables.SetElement) error {
+	spec := *s
+	vals = slices.Clone(vals)
+	n.queue(func(tables []*nftTable) ([]*nftTable, error) {
+		i := find(tables, spec.Table.Name, spec.Table.Family)
+		if i < 0 {
+			return nil, fmt.Errorf("nftables: set %s: table %s: %w", spec.Name, spec.Table.Name, unix.ENOENT)
+		}
+		if set(tables, spec.Table, spec.Name) == nil {
+			tables[i].sets = append(tables[i].sets, &nftSet{spec: spec, elems: vals})
+		}
+		return tables, nil
+	})
+	return nil
+}
+
+// GetSetByName returns a set of a table, ENOENT when there is none.
+func (n *NFT) GetSetByName(t *nftables.Table, name string) (*nftables.Set, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	st := set(n.tables, t, name)
+	if st == nil {
+		return nil, fmt.Errorf("nftables: set %s of table %s: %w", name, t.Name, unix.ENOENT)
+	}
+	spec := st.spec
+	table := n.tables[find(n.tables, t.Name, t.Family)].spec
+	spec.Table = &table
+	return &spec, nil
+}
+
+// GetSetElements lists a set's elements.
+func (n *NFT) GetSetElements(s *nftables.Set) ([]nftables.SetElement, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	st := set(n.tables, s.Table, s.Name)
+	if st == nil {
+		return nil, fmt.Errorf("nftables: set %s: %w", s.Name, unix.ENOENT)
+	}
+	return slices.Clone(st.elems), nil
+}
+
+// SetAddElements queues elements for a set; one it holds already stays
+// once.
+func (n *NFT) SetAddElements(s *nftables.Set, vals []nftables.SetElement) error {
+	spec, vals := *s, slices.Clone(vals)
+	n.queue(func(tables []*nftTable) ([]*nftTable, error) {
+		st := set(tables, spec.Table, spec.Name)
+		if st == nil {
+			return nil, fmt.Errorf("nftables: adding to set %s: %w", spec.Name, unix.ENOENT)
+		}
+		for _, v := range vals {
+			if !slices.ContainsFunc(st.elems, func(e nftables.SetElement) bool { return string(e.Key) == string(v.Key) }) {
+				st.elems = append(st.elems, v)
+			}
+		}
+		return tables, nil
+	})
+	return nil
+}
+
+// SetDeleteElements queues the removal of elements from a set; the
+// transaction fails when one is not there, as the kernel's does.
+func (n *NFT) SetDeleteElements(s *nftables.Set, vals []nftables.SetElement) error {
+	spec, vals := *s, slices.Clone(vals)
+	n.queue(func(tables []*nftTable) ([]*nftTable, error) {
+		st := set(tables, spec.Table, spec.Name)
+		if st == nil {
+			return nil, fmt.Errorf("nftables: deleting from set %s: %w", spec.Name, unix.ENOENT)
+		}
+		for _, v := range vals {
+			i := slices.IndexFunc(st.elems, func(e nftables.SetElement) bool { return string(e.Key) == string(v.Key) })
+			if i < 0 {
+				return nil, fmt.Errorf("nftables: deleting from set %s: element %x: %w", spec.Name, v.Key, unix.ENOENT)
+			}
+			st.elems = slices.Delete(st.elems, i, i+1)
+		}
+		return tables, nil
+	})
+	return nil
+}
+
+// DeleteElement removes an address from a set at once, as an
+// administrator's `nft delete element` would; false when it is not there.
+func (n *NFT) DeleteElement(table *nftables.Table, setName string, addr netip.Addr) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	st := set(n.tables, table, setName)
+	if st == nil {
+		return false
+	}
+	i := slices.IndexFunc(st.elems, func(e nftables.SetElement) bool { return string(e.Key) == string(addr.AsSlice()) })
+	if i < 0 {
+		return false
+	}
+	st.elems = slices.Delete(st.elems, i, i+1)
+	return true
+}
+
 // Flush applies the queued requests as one transaction.
 func (n *NFT) Flush() error {
 	n.mu.Lock()
@@ -204,6 +332,9 @@ func (n *NFT) copyTables() []*nftTable {
 		c := &nftTable{spec: t.spec}
 		for _, ch := range t.chains {
 			c.chains = append(c.chains, &nftChain{spec: ch.spec, rules: slices.Clone(ch.rules)})
+		}
+		for _, st := range t.sets {
+			c.sets = append(c.sets, &nftSet{spec: st.spec, elems: slices.Clone(st.elems)})
 		}
 		out = append(out, c)
 	}
@@ -246,8 +377,14 @@ func (n *NFT) List(name string, family nftables.TableFamily) string {
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "table %s %s {\n", familyNames[family], name)
-	for j, c := range n.tables[i].chains {
+	for j, st := range n.tables[i].sets {
 		if j > 0 {
+			b.WriteString("\n")
+		}
+		listSet(&b, st)
+	}
+	for j, c := range n.tables[i].chains {
+		if j > 0 || len(n.tables[i].sets) > 0 {
 			b.WriteString("\n")
 		}
 		fmt.Fprintf(&b, "\tchain %s {\n", c.spec.Name)
@@ -273,6 +410,58 @@ func (n *NFT) List(name string, family nftables.TableFamily) string {
 	return b.String()
 }
 
+// listSet prints a set as nft does: its type, its size and flags when
+// set, its elements (addresses) in nft's order (sorted).
+func listSet(b *strings.Builder, st *nftSet) {
+	fmt.Fprintf(b, "\tset %s {\n\t\ttype %s\n", st.spec.Name, st.spec.KeyType.Name)
+	if st.spec.Size > 0 {
+		fmt.Fprintf(b, "\t\tsize %d\n", st.spec.Size)
+	}
+	var flags []string
+	if st.spec.Dynamic {
+		flags = append(flags, "dynamic")
+	}
+	if st.spec.HasTimeout {
+		flags = append(flags, "timeout")
+	}
+	if len(flags) > 0 {
+		fmt.Fprintf(b, "\t\tflags %s\n", strings.Join(flags, ","))
+	}
+	if st.spec.Timeout > 0 {
+		fmt.Fprintf(b, "\t\ttimeout %s\n", nftDuration(st.spec.Timeout))
+	}
+	var addrs []netip.Addr
+	for _, e := range st.elems {
+		if a, ok := netip.AddrFromSlice(e.Key); ok {
+			addrs = append(addrs, a)
+		}
+	}
+	slices.SortFunc(addrs, netip.Addr.Compare)
+	if len(addrs) > 0 {
+		texts := make([]string, len(addrs))
+		for i, a := range addrs {
+			texts[i] = a.String()
+		}
+		fmt.Fprintf(b, "\t\telements = { %s }\n", strings.Join(texts, ", "))
+	}
+	b.WriteString("\t}\n")
+}
+
+// nftDuration prints d as nft does: "10m", "1h30m", "45s".
+func nftDuration(d time.Duration) string {
+	out := ""
+	for _, u := range []struct {
+		unit time.Duration
+		name string
+	}{{time.Hour, "h"}, {time.Minute, "m"}, {time.Second, "s"}} {
+		if n := d / u.unit; n > 0 {
+			out += fmt.Sprintf("%d%s", n, u.name)
+			d -= n * u.unit
+		}
+	}
+	return out
+}
+
 // ErrInjected is what a test sets as FlushErr when the reason does not
 // matter.
-var ErrInjected = errors.New("firewalltest: injected failure")
+var ErrInjected = errors.New("nfttest: injected failure")
