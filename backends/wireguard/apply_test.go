@@ -54,7 +54,7 @@ func newFakeHost(t *testing.T, options string) *fakeHost {
 // wgShow is what `wg show weft-wg` prints for a device with this host's
 // key on port 51820 holding peers (already in wg's text).
 func (h *fakeHost) wgShow(peers ...string) string {
-	out := fmt.Sprintf("interface: %s\n  public key: %s\n  private key: (hidden)\n  listening port: 51820\n", DeviceName, h.b.key.Public())
+	out := fmt.Sprintf("interface: %s\n  public key: %s\n  private key: (hidden)\n  listening port: 51820\n", DeviceName, h.b.id.key.Public())
 	for _, p := range peers {
 		out += "\n" + p
 	}
@@ -258,9 +258,9 @@ func TestOnDemandOnFakes(t *testing.T) {
 	// handshake comes, and it leaves when probation ends.
 	b.peers.inbound([]byte{messageTransport, 0, 0, 0}, netip.MustParseAddrPort("192.168.50.2:51820"))
 	waitFor(t, "the inbound activation", func() bool { return strings.Contains(control.Show(DeviceName), ka.String()) })
-	b.expireUnverified(time.Now().Add(unverifiedTimeout))
+	b.expireProbation(time.Now().Add(probationTimeout))
 	if got := control.Show(DeviceName); got != h.wgShow() {
-		t.Fatalf("the unverified peer stays after its probation:\n%s", got)
+		t.Fatalf("the peer on probation stays after its probation ended:\n%s", got)
 	}
 	if s := b.OnDemand(); s.Expired != 1 || s.Idled != 1 {
 		t.Errorf("on-demand counters %+v, want one expired and one idled", s)

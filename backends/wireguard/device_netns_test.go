@@ -46,7 +46,7 @@ func TestDeviceApplyAndDeltaInNetns(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b.name = name
+	b.link.name = name
 	ctx := context.Background()
 	if err := b.Setup(ctx); err != nil {
 		t.Fatal(err)

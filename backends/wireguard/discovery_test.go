@@ -46,8 +46,8 @@ func TestDiscovery(t *testing.T) {
 	if found.peers["10.5.3.0-24"] != ep("192.168.50.13:51820") || len(found.peers) != 1 {
 		t.Errorf("peers seen at %v, want host 3 at 192.168.50.13:51820 alone (host 4's sighting is inside the Network)", found.peers)
 	}
-	opts := Options{discovered: found, localPrefixes: []netip.Prefix{netip.MustParsePrefix("172.31.2.0/24")}}
-	specs, problems := candidates(d, mustKey(t).Public(), opts)
+	opts := Options{localPrefixes: []netip.Prefix{netip.MustParsePrefix("172.31.2.0/24")}}
+	specs, problems := candidates(d, mustKey(t).Public(), opts, found)
 	if len(problems) > 0 {
 		t.Fatal(problems)
 	}
@@ -112,7 +112,7 @@ func TestChooseRelays(t *testing.T) {
 		}
 		d := mesh.Compute(me, others, cfg)
 		found := discover(d)
-		specs, problems := candidates(d, keys.Key{1}, Options{discovered: found})
+		specs, problems := candidates(d, keys.Key{1}, Options{}, found)
 		if len(problems) > 0 {
 			t.Fatal(problems)
 		}

@@ -78,11 +78,11 @@ type onDemand struct {
 	// the lookup of a destination address.
 	bits4, bits6 []int
 	configured   map[keys.Key]bool
-	// unverified are the peers configured because a packet arrived "from"
+	// probation are the peers configured because a packet arrived "from"
 	// their lease's endpoint, by when, until their first handshake
 	// completes (probation.go).
-	unverified map[keys.Key]time.Time
-	limiter    *rate.Limiter
+	probation map[keys.Key]time.Time
+	limiter   *rate.Limiter
 	// jobs and closing are the worker's (start, stop); nil when none runs.
 	jobs    chan activation
 	closing chan struct{}
@@ -92,17 +92,36 @@ type onDemand struct {
 	configure func(spec PeerSpec, kick bool) error
 
 	added, capped, failed, idled atomic.Uint64
-	// refused counts inbound activations refused because maxUnverified
+	// refused counts inbound activations refused because maxOnProbation
 	// peers already await a handshake; expired the peers removed because
-	// none came within unverifiedTimeout.
+	// none came within probationTimeout.
 	refused, expired atomic.Uint64
 }
 
 func newOnDemand() *onDemand {
 	return &onDemand{specs: map[keys.Key]PeerSpec{}, bySubnet: map[netip.Prefix]keys.Key{},
-		byEndpoint: map[netip.AddrPort]keys.Key{}, configured: map[keys.Key]bool{}, unverified: map[keys.Key]time.Time{},
+		byEndpoint: map[netip.AddrPort]keys.Key{}, configured: map[keys.Key]bool{}, probation: map[keys.Key]time.Time{},
 		limiter: rate.NewLimiter(activationRate, activationBurst)}
 }
+
+// on reports whether the device holds only the peers in use (the mode
+// is on); read for every batch on the data path.
+func (o *onDemand) on() bool { return o.enabled.Load() }
+
+// setOn turns the mode on or off; changed says whether it was the other.
+func (o *onDemand) setOn(on bool) (changed bool) { return o.enabled.Swap(on) != on }
+
+// stats are the table's counts and counters (/status and /metrics).
+func (o *onDemand) stats() OnDemandStats {
+	known, configured := o.counts()
+	return OnDemandStats{Enabled: o.on(), Known: known, Configured: configured, Added: o.added.Load(), Capped: o.capped.Load(),
+		Idled: o.idled.Load(), Refused: o.refused.Load(), Expired: o.expired.Load()}
+}
+
+// countIdled and countExpired count peers removed from the device for
+// idleness and for want of a handshake.
+func (o *onDemand) countIdled(n int)   { o.idled.Add(uint64(n)) }
+func (o *onDemand) countExpired(n int) { o.expired.Add(uint64(n)) }
 
 // setWanted replaces the table with want (the whole desired peer set).
 func (o *onDemand) setWanted(want []PeerSpec) {
@@ -173,7 +192,7 @@ func (o *onDemand) markRemoved(gone []keys.Key) {
 	defer o.mu.Unlock()
 	for _, k := range gone {
 		delete(o.configured, k)
-		delete(o.unverified, k)
+		delete(o.probation, k)
 	}
 }
 
@@ -308,7 +327,7 @@ func (o *onDemand) lookupLocked(dst netip.Addr) (keys.Key, bool) {
 // activationWait, or until the device closes, so a data-path goroutine
 // never blocks on wireguard-go's configuration lock, which Close and a port
 // change hold while they wait for those very goroutines to finish. An
-// inbound activation puts the peer on probation (at most maxUnverified at
+// inbound activation puts the peer on probation (at most maxOnProbation at
 // once) and waits only while fewer than inboundWaiters peers are on it, so
 // a flood of forged datagrams holds the receive path for a few activations
 // per probation period at most.
@@ -319,7 +338,7 @@ func (o *onDemand) activate(key keys.Key, kick, inbound bool) {
 		o.mu.Unlock()
 		return
 	}
-	if inbound && len(o.unverified) >= maxUnverified {
+	if inbound && len(o.probation) >= maxOnProbation {
 		o.mu.Unlock()
 		o.refused.Add(1)
 		return
@@ -335,9 +354,9 @@ func (o *onDemand) activate(key keys.Key, kick, inbound bool) {
 	// A packet waits for its peer (so wireguard-go finds it configured:
 	// nothing is lost) unless it came in while many peers await their
 	// handshake, as under a flood of forged datagrams.
-	wait := !inbound || len(o.unverified) < inboundWaiters
+	wait := !inbound || len(o.probation) < inboundWaiters
 	if inbound {
-		o.unverified[key] = time.Now()
+		o.probation[key] = time.Now()
 	}
 	jobs, closing := o.jobs, o.closing
 	o.mu.Unlock()
@@ -452,19 +471,14 @@ type OnDemandStats struct {
 	// for idleness.
 	Added, Capped, Idled uint64
 	// Refused counts activations by inbound packets refused because
-	// maxUnverified peers awaited a handshake; Expired the peers removed
-	// because their handshake did not complete within unverifiedTimeout
+	// maxOnProbation peers awaited a handshake; Expired the peers removed
+	// because their handshake did not complete within probationTimeout
 	// (packets forged "from" a lease's address, or a peer gone).
 	Refused, Expired uint64
 }
 
 // OnDemand reports the on-demand mode's state.
-func (b *Backend) OnDemand() OnDemandStats {
-	known, configured := b.peers.counts()
-	return OnDemandStats{Enabled: b.peers.enabled.Load(), Known: known, Configured: configured,
-		Added: b.peers.added.Load(), Capped: b.peers.capped.Load(), Idled: b.peers.idled.Load(),
-		Refused: b.peers.refused.Load(), Expired: b.peers.expired.Load()}
-}
+func (b *Backend) OnDemand() OnDemandStats { return b.peers.stats() }
 
 // activity is what the idle sweep last saw of a configured peer: its byte
 // counters and when they last changed.
@@ -477,7 +491,7 @@ type activity struct {
 // the on-demand mode is on, checking a few times per idle period (at most
 // every 30 s), until stop is closed.
 func (b *Backend) sweepIdle(stop chan struct{}) {
-	every := min(b.opts.OnDemandIdleAfter/4, 30*time.Second)
+	every := min(b.cfg.opts.OnDemandIdleAfter/4, 30*time.Second)
 	ticker := time.NewTicker(every)
 	defer ticker.Stop()
 	verify := time.NewTicker(verifyEvery)
@@ -488,11 +502,11 @@ func (b *Backend) sweepIdle(stop chan struct{}) {
 		case <-stop:
 			return
 		case <-verify.C:
-			b.expireUnverified(time.Now())
+			b.expireProbation(time.Now())
 			continue
 		case <-ticker.C:
 		}
-		if b.peers.enabled.Load() {
+		if b.peers.on() {
 			b.removeIdle(seen, time.Now())
 		} else {
 			clear(seen)
@@ -504,10 +518,10 @@ func (b *Backend) sweepIdle(stop chan struct{}) {
 // false when there is none or it cannot be read (a whole apply recreates
 // a missing device).
 func (b *Backend) readLocked() (*wgtypes.Device, bool) {
-	if b.dev == nil || b.control == nil {
+	if b.link.dev == nil || b.link.control == nil {
 		return nil, false
 	}
-	dev, err := b.read()
+	dev, err := b.link.read()
 	return dev, err == nil
 }
 
@@ -518,7 +532,7 @@ func (b *Backend) removeLocked(peers []keys.Key) error {
 	for _, k := range peers {
 		cfg.Peers = append(cfg.Peers, wgtypes.PeerConfig{PublicKey: wgtypes.Key(k), Remove: true})
 	}
-	if err := b.configure(cfg); err != nil {
+	if err := b.link.configure(cfg); err != nil {
 		return err
 	}
 	b.peers.markRemoved(peers)
@@ -534,7 +548,7 @@ func (b *Backend) removeIdle(seen map[keys.Key]activity, now time.Time) {
 	if !ok {
 		return
 	}
-	idleAfter := b.opts.OnDemandIdleAfter
+	idleAfter := b.cfg.opts.OnDemandIdleAfter
 	present := make(map[keys.Key]bool, len(dev.Peers))
 	var idle []keys.Key
 	for _, p := range dev.Peers {
@@ -570,6 +584,6 @@ func (b *Backend) removeIdle(seen map[keys.Key]activity, now time.Time) {
 	for _, k := range idle {
 		delete(seen, k)
 	}
-	b.peers.idled.Add(uint64(len(idle)))
+	b.peers.countIdled(len(idle))
 	b.log.Debug("idle peers removed from the device; they come back with their next packet", "peers", len(idle), "idle_after", idleAfter)
 }

@@ -20,7 +20,7 @@ type tunWrapper struct {
 // Read reads a batch and lets the on-demand table see each packet.
 func (t *tunWrapper) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	n, err := t.Device.Read(bufs, sizes, offset)
-	if n > 0 && t.peers.enabled.Load() {
+	if n > 0 && t.peers.on() {
 		t.peers.outboundBatch(bufs, sizes, offset, n)
 	}
 	return n, err
@@ -77,7 +77,7 @@ func (b *bindWrapper) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 		var from []netip.AddrPort
 		fns[i] = func(packets [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
 			n, err := fn(packets, sizes, eps)
-			if n > 0 && b.peers.enabled.Load() {
+			if n > 0 && b.peers.on() {
 				from = from[:0]
 				for j := range n {
 					var sender netip.AddrPort

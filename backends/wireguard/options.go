@@ -83,9 +83,6 @@ type Options struct {
 	// the external interface's networks, for DirectRouting.
 	localIPv4, localIPv6 netip.Addr
 	localPrefixes        []netip.Prefix
-	// discovered is what the hosts' sightings say (discover), set by
-	// each whole apply.
-	discovered discovery
 }
 
 // onLocalNetwork reports whether ip is on one of the external interface's

@@ -112,15 +112,19 @@ type Change struct {
 // Plan derives the wanted peers from the desired state. A lease whose key
 // is missing or invalid, equals this host's key, or equals another lease's
 // key is skipped with a problem naming the lease; the rest are unaffected.
+//
+// Plan knows nothing of the hosts' sightings: a peer is reached where its
+// lease says (weftctl's view; the backend plans with what it discovered).
 func Plan(d mesh.Desired, self keys.Key, opts Options) ([]PeerSpec, []error) {
-	out, problems, _ := plan(d, self, opts)
+	out, problems, _ := plan(d, self, opts, discovery{})
 	return out, problems
 }
 
-// plan is Plan that also returns which leases publish each key, so a
-// delta can tell whether it touches a key two leases share.
-func plan(d mesh.Desired, self keys.Key, opts Options) ([]PeerSpec, []error, map[keys.Key][]string) {
-	candidates, problems := candidates(d, self, opts)
+// plan is Plan with what the hosts' sightings say (found) that also
+// returns which leases publish each key, so a delta can tell whether it
+// touches a key two leases share.
+func plan(d mesh.Desired, self keys.Key, opts Options, found discovery) ([]PeerSpec, []error, map[keys.Key][]string) {
+	candidates, problems := candidates(d, self, opts, found)
 	hostKeys := make(map[keys.Key]string, len(candidates))
 	for _, c := range candidates {
 		hostKeys[c.PublicKey] = c.Lease
@@ -200,8 +204,9 @@ func outsidePeers(d mesh.Desired, self keys.Key, hostKeys map[keys.Key]string, o
 	return out, problems
 }
 
-// candidates checks each peer on its own: BackendData, key and port.
-func candidates(d mesh.Desired, self keys.Key, opts Options) ([]PeerSpec, []error) {
+// candidates checks each peer on its own: BackendData, key and port; a
+// peer the hosts see behind NAT (found) is reached where it is seen.
+func candidates(d mesh.Desired, self keys.Key, opts Options, found discovery) ([]PeerSpec, []error) {
 	var problems []error
 	var out []PeerSpec
 	for _, p := range d.Peers {
@@ -244,14 +249,14 @@ func candidates(d mesh.Desired, self keys.Key, opts Options) ([]PeerSpec, []erro
 			}
 		}
 		spec.Advertised = spec.Endpoint
-		ep, seen := opts.discovered.peers[p.Key]
+		ep, seen := found.peers[p.Key]
 		if seen = seen && !opts.onLocalNetwork(p.PublicIP); seen {
 			// Seen behind NAT: reached where its packets come from (a peer
 			// on this host's own network is reached there as its lease
 			// says, without a trip through the NAT).
 			spec.Endpoint, spec.NAT = ep, true
 		}
-		if seen || opts.discovered.self.IsValid() {
+		if seen || found.self.IsValid() {
 			// A NAT on either side: the path is kept open, and each end
 			// hears from the other often enough to know within seconds
 			// when it stops (a relay gone, WeftReach).
@@ -261,7 +266,7 @@ func candidates(d mesh.Desired, self keys.Key, opts Options) ([]PeerSpec, []erro
 			out = append(out, spec)
 		}
 	}
-	return relay(out, opts.discovered.relays), problems
+	return relay(out, found.relays), problems
 }
 
 // DirectRoutes are the plain routes of the peers DirectRouting reaches

@@ -401,7 +401,7 @@ func TestWarnMixedFamilies(t *testing.T) {
 		warns int
 	}{{ImplUserspace, 2}, {ImplKernel, 0}} {
 		var out strings.Builder
-		b := &Backend{name: "weft-wg", dev: &wgDevice{kind: tt.kind}, log: slog.New(slog.NewTextHandler(&out, nil))}
+		b := &Backend{link: deviceLink{name: "weft-wg", dev: &wgDevice{kind: tt.kind}}, log: slog.New(slog.NewTextHandler(&out, nil))}
 		for _, want := range [][]PeerSpec{v4, mixed, mixed, v4, mixed} {
 			b.warnMixedFamilies(want)
 		}

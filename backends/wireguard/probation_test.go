@@ -9,12 +9,12 @@ import (
 )
 
 // TestInboundActivationsOnProbation: issue 30, item 4. Datagrams forged
-// "from" 800 lease endpoints configure at most maxUnverified peers (the
+// "from" 800 lease endpoints configure at most maxOnProbation peers (the
 // rest are refused and counted), the receive path waits for the device
 // (slow here: 5 ms a peer) only for the first inboundWaiters of them, a
 // peer whose handshake completes
 // leaves probation, and the others are handed back for removal once
-// unverifiedTimeout has passed; outbound traffic still configures peers.
+// probationTimeout has passed; outbound traffic still configures peers.
 func TestInboundActivationsOnProbation(t *testing.T) {
 	o := newOnDemand()
 	var configured atomic.Int64
@@ -37,24 +37,24 @@ func TestInboundActivationsOnProbation(t *testing.T) {
 		t.Errorf("800 inbound datagrams took %v: the receive path waited for the device", took)
 	}
 	deadline := time.Now().Add(5 * time.Second)
-	for configured.Load() < maxUnverified && time.Now().Before(deadline) {
+	for configured.Load() < maxOnProbation && time.Now().Before(deadline) {
 		time.Sleep(time.Millisecond)
 	}
-	if n := configured.Load(); n != maxUnverified || o.awaitingHandshake() != maxUnverified || o.refused.Load() != 800-maxUnverified {
+	if n := configured.Load(); n != maxOnProbation || o.awaitingHandshake() != maxOnProbation || o.refused.Load() != 800-maxOnProbation {
 		t.Errorf("configured %d, on probation %d, refused %d; want %d, %d, %d", n, o.awaitingHandshake(), o.refused.Load(),
-			maxUnverified, maxUnverified, 800-maxUnverified)
+			maxOnProbation, maxOnProbation, 800-maxOnProbation)
 	}
 	// Peer 0 completes its handshake; nobody else does.
 	o.mu.Lock()
-	since := o.unverified[specs[0].PublicKey]
+	since := o.probation[specs[0].PublicKey]
 	o.mu.Unlock()
 	handshakes := map[keys.Key]time.Time{specs[0].PublicKey: since.Add(time.Millisecond)}
-	if early := o.expireUnverified(since.Add(unverifiedTimeout/2), handshakes); len(early) != 0 || o.awaitingHandshake() != maxUnverified-1 {
+	if early := o.expireProbation(since.Add(probationTimeout/2), handshakes); len(early) != 0 || o.awaitingHandshake() != maxOnProbation-1 {
 		t.Errorf("before the timeout: %d expired, %d on probation", len(early), o.awaitingHandshake())
 	}
-	expired := o.expireUnverified(time.Now().Add(unverifiedTimeout), handshakes)
-	if len(expired) != maxUnverified-1 {
-		t.Errorf("%d expired, want %d", len(expired), maxUnverified-1)
+	expired := o.expireProbation(time.Now().Add(probationTimeout), handshakes)
+	if len(expired) != maxOnProbation-1 {
+		t.Errorf("%d expired, want %d", len(expired), maxOnProbation-1)
 	}
 	o.markRemoved(expired)
 	if _, n := o.counts(); n != 1 || o.awaitingHandshake() != 0 {
@@ -63,7 +63,7 @@ func TestInboundActivationsOnProbation(t *testing.T) {
 	// A forged source's next datagram may try again (slots are free), and
 	// outbound traffic is not on probation.
 	o.outbound(ipv4Packet("10.0.5.1"))
-	if o.awaitingHandshake() != 0 || configured.Load() != maxUnverified+1 {
+	if o.awaitingHandshake() != 0 || configured.Load() != maxOnProbation+1 {
 		t.Errorf("outbound activation: %d on probation, %d configured", o.awaitingHandshake(), configured.Load())
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"slices"
 	"strings"
@@ -94,6 +95,25 @@ func (c *Control) SetHandshake(name string, peer wgtypes.Key, t time.Time, rx, t
 	for i := range d.Peers {
 		if d.Peers[i].PublicKey == peer {
 			d.Peers[i].LastHandshakeTime, d.Peers[i].ReceiveBytes, d.Peers[i].TransmitBytes = t, rx, tx
+			return true
+		}
+	}
+	return false
+}
+
+// SetEndpoint moves peer's endpoint on a device to ep, as WireGuard does
+// when the peer's packets come from there (roaming, a NAT's mapping);
+// false when it is not there.
+func (c *Control) SetEndpoint(name string, peer wgtypes.Key, ep netip.AddrPort) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	d := c.device(name)
+	if d == nil {
+		return false
+	}
+	for i := range d.Peers {
+		if d.Peers[i].PublicKey == peer {
+			d.Peers[i].Endpoint = net.UDPAddrFromAddrPort(ep)
 			return true
 		}
 	}

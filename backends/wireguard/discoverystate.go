@@ -1,0 +1,111 @@
+package wireguard
+
+import (
+	"errors"
+	"log/slog"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/weftnet/weft/keys"
+	"github.com/weftnet/weft/lease"
+)
+
+// discoveryState is what this backend knows of where hosts are seen: what
+// the hosts' sightings said at the last whole apply (now, discovery.go
+// computes it), and how each peer's received bytes moved (rx), from which
+// Observe tells the live direct paths of a host behind NAT.
+type discoveryState struct {
+	now discovery
+	rx  map[keys.Key]activity
+}
+
+// Observation is what a host publishes of what its device sees.
+type Observation struct {
+	// Seen are the peers seen at another endpoint than their leases name
+	// (WeftSeen).
+	Seen []lease.Sighting
+	// Reach are, on a host behind NAT, the peers with a live direct path
+	// (WeftReach): a handshake within RejectAfter and a packet received
+	// within liveWindow.
+	Reach []string
+	// BehindNAT says this host is behind NAT: what it reaches changes
+	// within seconds and is worth publishing as often.
+	BehindNAT bool
+}
+
+// note takes up what the hosts' sightings say (found), and says once when
+// this host turns out to be behind NAT (its peers see it elsewhere than
+// its lease names: it then keeps every peer's path open with keepalives,
+// as with -behind-nat) or no longer is.
+func (s *discoveryState) note(found discovery, self lease.Lease, log *slog.Logger) {
+	if found.self != s.now.self {
+		if found.self.IsValid() {
+			log.Info("this host is behind NAT: its peers see it at another endpoint than its lease names; "+
+				"keeping its paths open with keepalives", "seen_at", found.self, "lease_public_ip", self.Attrs.PublicIP)
+		} else {
+			log.Info("this host's peers see it where its lease says (no NAT seen)")
+		}
+	}
+	s.now = found
+}
+
+// observe reads what the device shows (dev) against the peers planned
+// (want, held by holders): the peers seen elsewhere than their leases say
+// and, behind NAT, the peers reached directly now. It remembers each
+// peer's received bytes, so a path counts as live only once they move.
+func (s *discoveryState) observe(dev *wgtypes.Device, want []PeerSpec, holders map[keys.Key][]string, now time.Time) Observation {
+	obs := Observation{Seen: sightings(peerStates(dev.Peers), want, now), BehindNAT: s.now.self.IsValid()}
+	rx := make(map[keys.Key]activity, len(dev.Peers))
+	for _, p := range dev.Peers {
+		k := keys.Key(p.PublicKey)
+		a, ok := s.rx[k]
+		if !ok {
+			a = activity{rx: p.ReceiveBytes} // a baseline: not live until it moves
+		} else if a.rx != p.ReceiveBytes {
+			a = activity{rx: p.ReceiveBytes, since: now}
+		}
+		rx[k] = a
+		held := holders[k]
+		if obs.BehindNAT && len(held) == 1 && !a.since.IsZero() && now.Sub(a.since) < liveWindow &&
+			!p.LastHandshakeTime.IsZero() && now.Sub(p.LastHandshakeTime) < RejectAfter && !strings.HasPrefix(held[0], "peers/") {
+			obs.Reach = append(obs.Reach, held[0])
+		}
+	}
+	s.rx = rx
+	slices.Sort(obs.Reach)
+	if len(obs.Reach) > lease.MaxSightings {
+		obs.Reach = obs.Reach[:lease.MaxSightings]
+	}
+	return obs
+}
+
+// relays are the peers reached through a relay, by lease key, with the
+// relay's lease key.
+func (s *discoveryState) relays() map[string]string { return maps.Clone(s.now.relays) }
+
+// Observe reads the device and says what this host sees
+// (backends.EndpointObserver).
+func (b *Backend) Observe() (Observation, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.link.control == nil {
+		return Observation{}, errors.New("not set up")
+	}
+	dev, err := b.link.control.Device(b.link.name)
+	if err != nil {
+		return Observation{}, err
+	}
+	return b.found.observe(dev, b.last.want, b.last.holders, time.Now()), nil
+}
+
+// Relays are the peers this host reaches through a relay, by lease key,
+// with the relay's lease key.
+func (b *Backend) Relays() map[string]string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.found.relays()
+}

@@ -1,0 +1,144 @@
+package wireguard
+
+import (
+	"context"
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/weftnet/weft/keys"
+	"github.com/weftnet/weft/lease"
+	"github.com/weftnet/weft/mesh"
+)
+
+// TestObserveOnFakes: what a host publishes of what its device sees, read
+// from the fake device. A peer whose packets come from another endpoint
+// than its lease names, with a handshake within RejectAfter, is sighted
+// there; an older handshake is no sighting. Once other hosts see this
+// host elsewhere than its lease says, it is behind NAT and publishes the
+// peers it reaches directly: those with a recent handshake whose received
+// bytes moved since the last look (the first look is only a baseline).
+func TestObserveOnFakes(t *testing.T) {
+	h := newFakeHost(t, `{"Type":"wireguard","Implementation":"kernel"}`)
+	ctx := context.Background()
+	k2, k3 := mustKey(t), mustKey(t)
+	p2 := wgPeer("10.5.2.0/24", "192.168.50.2", data(k2, 51820))
+	p3 := wgPeer("10.5.3.0/24", "192.168.50.3", data(k3, 51820))
+	d := mesh.Desired{Network: netip.MustParsePrefix("10.5.0.0/16"), Self: self("10.5.1.0/24"), Peers: []mesh.Peer{p2, p3}}
+	if err := h.b.Apply(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	observe := func(when string) Observation {
+		t.Helper()
+		obs, err := h.b.Observe()
+		if err != nil {
+			t.Fatalf("%s: %v", when, err)
+		}
+		return obs
+	}
+	if obs := observe("nothing seen"); len(obs.Seen) > 0 || len(obs.Reach) > 0 || obs.BehindNAT {
+		t.Errorf("with every peer where its lease says: %+v, want nothing", obs)
+	}
+
+	now := time.Now()
+	roamed := netip.MustParseAddrPort("203.0.113.3:4000")
+	if !h.control.SetEndpoint(DeviceName, wgtypes.Key(k3), roamed) || !h.control.SetHandshake(DeviceName, wgtypes.Key(k3), now, 100, 100) {
+		t.Fatal("the fake has no peer k3")
+	}
+	obs := observe("k3 roamed")
+	if want := []lease.Sighting{{Lease: "10.5.3.0-24", Endpoint: roamed}}; !slices.Equal(obs.Seen, want) || obs.BehindNAT || len(obs.Reach) > 0 {
+		t.Errorf("k3 seen elsewhere: %+v, want it sighted at %s and nothing reached (not behind NAT)", obs, roamed)
+	}
+	h.control.SetHandshake(DeviceName, wgtypes.Key(k3), now.Add(-RejectAfter-time.Second), 100, 100)
+	if obs := observe("k3's handshake stale"); len(obs.Seen) > 0 {
+		t.Errorf("a sighting from a handshake older than RejectAfter: %+v", obs.Seen)
+	}
+
+	// Host 2 sees this host at its NAT's mapping.
+	d.Peers[0] = p2.WithSightings([]lease.Sighting{{Lease: "10.5.1.0-24", Endpoint: netip.MustParseAddrPort("198.51.100.1:51820")}}, nil)
+	if err := h.b.Apply(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	h.control.SetHandshake(DeviceName, wgtypes.Key(k2), time.Now(), 0, 0)
+	if obs := observe("behind NAT, k2 silent"); !obs.BehindNAT || len(obs.Reach) > 0 {
+		t.Errorf("behind NAT with k2's bytes as at the first look (the baseline): %+v, want BehindNAT and no peer reached", obs)
+	}
+	h.control.SetHandshake(DeviceName, wgtypes.Key(k2), time.Now(), 900, 600)
+	if obs := observe("behind NAT, k2's bytes moved"); !obs.BehindNAT || !slices.Equal(obs.Reach, []string{"10.5.2.0-24"}) {
+		t.Errorf("k2 live: %+v, want Reach [10.5.2.0-24] alone (k3's handshake is stale)", obs)
+	}
+}
+
+// TestRelayChoiceOnFakes: a host behind NAT reaches a peer behind NAT
+// through the public host both reach: on the fake device the relay's peer
+// carries the pair's subnet and the relayed peer stays with its endpoint
+// and no allowed IPs; Relays says so. Once both publish that they reach
+// each other, the pair goes direct and Relays is empty.
+func TestRelayChoiceOnFakes(t *testing.T) {
+	h := newFakeHost(t, `{"Type":"wireguard","Implementation":"kernel"}`)
+	ctx := context.Background()
+	k2, k3 := mustKey(t), mustKey(t)
+	seenBy2 := []lease.Sighting{{Lease: "10.5.1.0-24", Endpoint: netip.MustParseAddrPort("198.51.100.1:51820")},
+		{Lease: "10.5.3.0-24", Endpoint: netip.MustParseAddrPort("198.51.100.3:4000")}}
+	p2 := wgPeer("10.5.2.0/24", "192.168.50.2", data(k2, 51820)).WithSightings(seenBy2, nil)
+	p3 := wgPeer("10.5.3.0/24", "172.31.3.2", data(k3, 51820))
+	selfLease := self("10.5.1.0/24")
+	apply := func(selfReach, reach3 []string) {
+		t.Helper()
+		s := selfLease
+		s.Attrs = s.Attrs.WithSightings(nil, selfReach)
+		d := mesh.Desired{Network: netip.MustParsePrefix("10.5.0.0/16"), Self: s, Peers: []mesh.Peer{p2, p3.WithSightings(nil, reach3)}}
+		if err := h.b.Apply(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	allowed := func() map[keys.Key]string {
+		dev, err := h.control.Device(DeviceName)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[keys.Key]string{}
+		for _, p := range dev.Peers {
+			var ips []string
+			for _, a := range p.AllowedIPs {
+				ips = append(ips, a.String())
+			}
+			slices.Sort(ips)
+			out[keys.Key(p.PublicKey)] = p.Endpoint.String() + " " + join(ips)
+		}
+		return out
+	}
+
+	apply([]string{"10.5.2.0-24"}, []string{"10.5.2.0-24"})
+	if got := h.b.Relays(); len(got) != 1 || got["10.5.3.0-24"] != "10.5.2.0-24" {
+		t.Errorf("Relays %v, want 10.5.3.0-24 through 10.5.2.0-24", got)
+	}
+	got := allowed()
+	if got[k2] != "192.168.50.2:51820 10.5.2.0/24,10.5.3.0/24" || got[k3] != "198.51.100.3:4000 " {
+		t.Errorf("relayed, the device holds k2 %q and k3 %q; want the relay to carry both subnets and k3 kept at its mapping with none",
+			got[k2], got[k3])
+	}
+
+	apply([]string{"10.5.2.0-24", "10.5.3.0-24"}, []string{"10.5.2.0-24", "10.5.1.0-24"})
+	if got := h.b.Relays(); len(got) != 0 {
+		t.Errorf("Relays %v once the pair reaches each other, want none", got)
+	}
+	got = allowed()
+	if got[k2] != "192.168.50.2:51820 10.5.2.0/24" || got[k3] != "198.51.100.3:4000 10.5.3.0/24" {
+		t.Errorf("direct, the device holds k2 %q and k3 %q; want each its own subnet", got[k2], got[k3])
+	}
+}
+
+func join(s []string) string {
+	out := ""
+	for i, x := range s {
+		if i > 0 {
+			out += ","
+		}
+		out += x
+	}
+	return out
+}
