@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/weftnet/weft/backends"
+	"github.com/weftnet/weft/lease"
 	"github.com/weftnet/weft/mesh"
 )
 
@@ -72,4 +73,44 @@ func TestSwitchingCarriesEachPeerOnItsPath(t *testing.T) {
 	if paths := s.Paths(); len(paths) != 1 || paths[0].BackendType != backends.WireGuard {
 		t.Errorf("paths after the retirement: %+v", paths)
 	}
+}
+
+// TestSwitchingStandby: a peer carried by the legacy backend whose lease
+// also names the primary (it has switched, this host not yet moved it) is
+// prepared on the primary as a standby copy with the primary's data, so
+// it can answer there the moment it moves; a peer that speaks only the
+// legacy backend is not.
+func TestSwitchingStandby(t *testing.T) {
+	var log []string
+	wg, vx := standbyRecorder{recorder{"wireguard", &log}}, standbyRecorder{recorder{"vxlan", &log}}
+	s := NewSwitching(backends.WireGuard, wg, []string{backends.VXLAN}, map[string]backends.Backend{backends.VXLAN: vx})
+	both := mesh.Peer{Key: "10.5.2.0-24", Path: backends.VXLAN, BackendType: backends.VXLAN, BackendData: json.RawMessage(`{"VNI":1}`),
+		Subnet: netip.MustParsePrefix("10.5.2.0/24")}.WithAlternatives([]lease.PathAttrs{{BackendType: backends.WireGuard,
+		BackendData: json.RawMessage(`{"PublicKey":"k","Port":51820}`)}})
+	vxOnly := mesh.Peer{Key: "10.5.3.0-24", Path: backends.VXLAN, BackendType: backends.VXLAN, Subnet: netip.MustParsePrefix("10.5.3.0/24")}
+	if err := s.Apply(context.Background(), mesh.Desired{Peers: []mesh.Peer{both, vxOnly}}); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		`wireguard apply 10.5.2.0-24 standby {"PublicKey":"k","Port":51820}`,
+		`vxlan apply 10.5.2.0-24 {"VNI":1}`, `vxlan apply 10.5.3.0-24 `,
+	}
+	if strings.Join(log, "\n") != strings.Join(want, "\n") {
+		t.Errorf("applied:\n%s\nwant:\n%s", strings.Join(log, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// standbyRecorder logs each peer applied, with its data and whether it
+// is a standby copy.
+type standbyRecorder struct{ recorder }
+
+func (r standbyRecorder) Apply(_ context.Context, d mesh.Desired) error {
+	for _, p := range d.Peers {
+		standby := ""
+		if p.Standby {
+			standby = "standby "
+		}
+		*r.log = append(*r.log, fmt.Sprintf("%s apply %s %s%s", r.name, p.Key, standby, p.BackendData))
+	}
+	return nil
 }
