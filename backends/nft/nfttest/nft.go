@@ -249,18 +249,14 @@ func (n *NFT) GetSetElements(s *nftables.Set) ([]nftables.SetElement, error) {
 // SetAddElements queues elements for a set; one it holds already stays
 // once.
 func (n *NFT) SetAddElements(s *nftables.Set, vals []nftables.SetElement) error {
-	spec, vals := *s, slices.Clone(vals)
-	n.queue(func(tables []*nftTable) ([]*nftTable, error) {
-		st := set(tables, spec.Table, spec.Name)
-		if st == nil {
-			return nil, fmt.Errorf("nftables: adding to set %s: %w", spec.Name, unix.ENOENT)
-		}
+	vals = slices.Clone(vals)
+	n.queueOnSet(s, "adding to", func(st *nftSet) error {
 		for _, v := range vals {
-			if !slices.ContainsFunc(st.elems, func(e nftables.SetElement) bool { return string(e.Key) == string(v.Key) }) {
+			if !slices.ContainsFunc(st.elems, sameKey(v)) {
 				st.elems = append(st.elems, v)
 			}
 		}
-		return tables, nil
+		return nil
 	})
 	return nil
 }
@@ -268,22 +264,36 @@ func (n *NFT) SetAddElements(s *nftables.Set, vals []nftables.SetElement) error 
 // SetDeleteElements queues the removal of elements from a set; the
 // transaction fails when one is not there, as the kernel's does.
 func (n *NFT) SetDeleteElements(s *nftables.Set, vals []nftables.SetElement) error {
-	spec, vals := *s, slices.Clone(vals)
-	n.queue(func(tables []*nftTable) ([]*nftTable, error) {
-		st := set(tables, spec.Table, spec.Name)
-		if st == nil {
-			return nil, fmt.Errorf("nftables: deleting from set %s: %w", spec.Name, unix.ENOENT)
-		}
+	vals = slices.Clone(vals)
+	n.queueOnSet(s, "deleting from", func(st *nftSet) error {
 		for _, v := range vals {
-			i := slices.IndexFunc(st.elems, func(e nftables.SetElement) bool { return string(e.Key) == string(v.Key) })
+			i := slices.IndexFunc(st.elems, sameKey(v))
 			if i < 0 {
-				return nil, fmt.Errorf("nftables: deleting from set %s: element %x: %w", spec.Name, v.Key, unix.ENOENT)
+				return fmt.Errorf("nftables: deleting from set %s: element %x: %w", st.spec.Name, v.Key, unix.ENOENT)
 			}
 			st.elems = slices.Delete(st.elems, i, i+1)
 		}
-		return tables, nil
+		return nil
 	})
 	return nil
+}
+
+// queueOnSet queues f on a set's elements (s is copied now); the
+// transaction fails when the set is missing.
+func (n *NFT) queueOnSet(s *nftables.Set, doing string, f func(st *nftSet) error) {
+	spec := *s
+	n.queue(func(tables []*nftTable) ([]*nftTable, error) {
+		st := set(tables, spec.Table, spec.Name)
+		if st == nil {
+			return nil, fmt.Errorf("nftables: %s set %s: %w", doing, spec.Name, unix.ENOENT)
+		}
+		return tables, f(st)
+	})
+}
+
+// sameKey matches an element with v's key.
+func sameKey(v nftables.SetElement) func(nftables.SetElement) bool {
+	return func(e nftables.SetElement) bool { return string(e.Key) == string(v.Key) }
 }
 
 // DeleteElement removes an address from a set at once, as an
@@ -295,7 +305,7 @@ func (n *NFT) DeleteElement(table *nftables.Table, setName string, addr netip.Ad
 	if st == nil {
 		return false
 	}
-	i := slices.IndexFunc(st.elems, func(e nftables.SetElement) bool { return string(e.Key) == string(addr.AsSlice()) })
+	i := slices.IndexFunc(st.elems, sameKey(nftables.SetElement{Key: addr.AsSlice()}))
 	if i < 0 {
 		return false
 	}

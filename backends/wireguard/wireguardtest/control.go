@@ -86,25 +86,20 @@ func (c *Control) Closed() bool {
 // if its packets came), for the on-demand sweeps; false when it is not
 // there.
 func (c *Control) SetHandshake(name string, peer wgtypes.Key, t time.Time, rx, tx int64) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	d := c.device(name)
-	if d == nil {
-		return false
-	}
-	for i := range d.Peers {
-		if d.Peers[i].PublicKey == peer {
-			d.Peers[i].LastHandshakeTime, d.Peers[i].ReceiveBytes, d.Peers[i].TransmitBytes = t, rx, tx
-			return true
-		}
-	}
-	return false
+	return c.changePeer(name, peer, func(p *wgtypes.Peer) {
+		p.LastHandshakeTime, p.ReceiveBytes, p.TransmitBytes = t, rx, tx
+	})
 }
 
 // SetEndpoint moves peer's endpoint on a device to ep, as WireGuard does
 // when the peer's packets come from there (roaming, a NAT's mapping);
 // false when it is not there.
 func (c *Control) SetEndpoint(name string, peer wgtypes.Key, ep netip.AddrPort) bool {
+	return c.changePeer(name, peer, func(p *wgtypes.Peer) { p.Endpoint = net.UDPAddrFromAddrPort(ep) })
+}
+
+// changePeer changes peer on a device with f; false when it is not there.
+func (c *Control) changePeer(name string, peer wgtypes.Key, f func(*wgtypes.Peer)) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	d := c.device(name)
@@ -113,7 +108,7 @@ func (c *Control) SetEndpoint(name string, peer wgtypes.Key, ep netip.AddrPort) 
 	}
 	for i := range d.Peers {
 		if d.Peers[i].PublicKey == peer {
-			d.Peers[i].Endpoint = net.UDPAddrFromAddrPort(ep)
+			f(&d.Peers[i])
 			return true
 		}
 	}
