@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/weftnet/weft/backends/tunnelfilter"
 	"github.com/weftnet/weft/mesh"
@@ -18,6 +21,8 @@ import (
 type SourceFilter interface {
 	// Ensure puts the filter in place, keeping the addresses it holds.
 	Ensure() error
+	// InPlace reports whether the filter is there as Ensure makes it.
+	InPlace() bool
 	// Sync makes the addresses exactly want.
 	Sync(want []netip.Addr) error
 	// Update adds and removes addresses, one by one.
@@ -34,6 +39,22 @@ var _ SourceFilter = (*tunnelfilter.Filter)(nil)
 // that hold no lease, and counts them by source.
 type TunnelDropCounter interface {
 	TunnelDrops() map[netip.Addr]uint64
+}
+
+// FilterKeeper is a backend whose tunnel the source filter guards
+// (FilterSources). The filter's table can go under it: `nft flush
+// ruleset` (what Debian's nftables.service runs at start and reload, and
+// any `nft -f` script that begins with a flush) takes it, and then the
+// tunnel takes packets from anyone. KeepFilter puts it back, with the
+// peer addresses the wrapper holds, when it is missing or differs; weftd
+// runs it every -iptables-resync (KeepFilterEvery).
+type FilterKeeper interface {
+	// KeepFilter checks the filter and rewrites it when it is not in
+	// place; restored says it was rewritten.
+	KeepFilter() (restored bool, err error)
+	// FilterInPlace reports whether the last check found the filter in
+	// place or put it back (true before the first check).
+	FilterInPlace() bool
 }
 
 // FilterSources wraps a tunnel backend (vxlan, ipip) so its tunnel accepts
@@ -57,6 +78,9 @@ func FilterSources(b Backend, filter SourceFilter) Backend {
 type sourceFiltered struct {
 	Backend
 	filter SourceFilter
+	// missing is set while the last check found the filter gone and
+	// could not put it back.
+	missing atomic.Bool
 
 	mu sync.Mutex
 	// entries are keyed by the address's 16 bytes (IPv4 mapped): a map
@@ -69,6 +93,7 @@ type sourceFiltered struct {
 var (
 	_ mesh.DeltaApplier = (*sourceFiltered)(nil)
 	_ TunnelDropCounter = (*sourceFiltered)(nil)
+	_ FilterKeeper      = (*sourceFiltered)(nil)
 	_ Wrapper           = (*sourceFiltered)(nil)
 )
 
@@ -187,4 +212,68 @@ func (s *sourceFiltered) TunnelDrops() map[netip.Addr]uint64 {
 		return nil
 	}
 	return drops
+}
+
+// KeepFilter rewrites the filter when it is not in place, and fills it
+// with every address its peers use: those the last whole apply and the
+// deltas since gave it (an address no peer uses any more is left out, as
+// the next whole apply would leave it).
+func (s *sourceFiltered) KeepFilter() (bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.filter.InPlace() {
+		s.missing.Store(false)
+		return false, nil
+	}
+	want := make([]netip.Addr, 0, len(s.entries))
+	for k, e := range s.entries {
+		if e.peers == 0 {
+			delete(s.entries, k)
+			continue
+		}
+		want = append(want, netip.AddrFrom16(k).Unmap())
+	}
+	err := s.filter.Ensure()
+	if err == nil {
+		err = s.filter.Sync(want)
+	}
+	for k, e := range s.entries {
+		e.present = err == nil
+		s.entries[k] = e
+	}
+	s.missing.Store(err != nil)
+	if err != nil {
+		return false, fmt.Errorf("tunnel source filter (nftables table %s) missing: %w", tunnelfilter.TableName, err)
+	}
+	return true, nil
+}
+
+// FilterInPlace reports whether the last check found the filter in place
+// or put it back.
+func (s *sourceFiltered) FilterInPlace() bool { return !s.missing.Load() }
+
+// KeepFilterEvery runs k's KeepFilter every interval until ctx ends,
+// saying in the log when it put the filter back and, once per outage,
+// when it could not.
+func KeepFilterEvery(ctx context.Context, k FilterKeeper, every time.Duration, log *slog.Logger) error {
+	log = log.With("component", "tunnel-filter")
+	ticker := time.NewTicker(every)
+	defer ticker.Stop()
+	failing := false
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-ticker.C:
+		}
+		restored, err := k.KeepFilter()
+		switch {
+		case err != nil && !failing:
+			log.Error("the tunnel source filter is gone and cannot be put back: the tunnel takes packets from anyone; retrying", "err", err)
+		case restored:
+			log.Warn("the tunnel source filter was missing or changed (nft flush ruleset?): put back with its peers",
+				"table", tunnelfilter.TableName)
+		}
+		failing = err != nil
+	}
 }

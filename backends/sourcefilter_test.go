@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"testing"
@@ -18,9 +19,16 @@ import (
 type recordingFilter struct {
 	addrs map[netip.Addr]bool
 	calls []string
+	// gone says the table was flushed under it, until the next Ensure.
+	gone bool
 }
 
-func (f *recordingFilter) Ensure() error { f.calls = append(f.calls, "ensure"); return nil }
+func (f *recordingFilter) Ensure() error {
+	f.calls = append(f.calls, "ensure")
+	f.gone = false
+	return nil
+}
+func (f *recordingFilter) InPlace() bool { return !f.gone }
 func (f *recordingFilter) Sync(want []netip.Addr) error {
 	f.addrs = map[netip.Addr]bool{}
 	for _, a := range want {
@@ -119,5 +127,42 @@ func TestFilterSources(t *testing.T) {
 	}
 	if got := fmt.Sprint(have()); got != "[192.0.2.1 192.0.2.2 192.0.2.3 192.0.2.9 2001:db8::1]" {
 		t.Errorf("a's addresses back: %s", got)
+	}
+}
+
+// TestKeepFilter: a filter flushed under the wrapper (nft flush ruleset)
+// is put back at the next check with every address its peers use, those
+// of the last whole apply and of the deltas since; an address no peer uses
+// any more is left out. A filter in place is only looked at.
+func TestKeepFilter(t *testing.T) {
+	f := &recordingFilter{}
+	b := FilterSources(nopDeltaBackend{}, f)
+	keeper, ok := As[FilterKeeper](b)
+	if !ok {
+		t.Fatal("a source-filtered backend is no FilterKeeper")
+	}
+	peer := func(key, ip string) mesh.Peer {
+		return mesh.Peer{Key: key, PublicIP: netip.MustParseAddr(ip)}
+	}
+	ctx := context.Background()
+	if err := b.Apply(ctx, mesh.Desired{Peers: []mesh.Peer{peer("a", "192.168.77.2"), peer("b", "192.168.77.3")}}); err != nil {
+		t.Fatal(err)
+	}
+	da := b.(mesh.DeltaApplier)
+	if err := da.ApplyDelta(ctx, mesh.Delta{Old: []mesh.Peer{peer("b", "192.168.77.3")}, New: []mesh.Peer{peer("c", "192.168.77.4")}}); err != nil {
+		t.Fatal(err)
+	}
+	f.calls = nil
+	if restored, err := keeper.KeepFilter(); restored || err != nil || len(f.calls) != 0 || !keeper.FilterInPlace() {
+		t.Errorf("a filter in place: restored %v, %v, calls %v", restored, err, f.calls)
+	}
+	f.gone, f.addrs = true, map[netip.Addr]bool{}
+	restored, err := keeper.KeepFilter()
+	if !restored || err != nil || !keeper.FilterInPlace() {
+		t.Fatalf("a flushed filter: restored %v, %v", restored, err)
+	}
+	want := map[netip.Addr]bool{netip.MustParseAddr("192.168.77.2"): true, netip.MustParseAddr("192.168.77.4"): true}
+	if !maps.Equal(f.addrs, want) || f.calls[0] != "ensure" {
+		t.Errorf("put back with %v (calls %v), want %v after an ensure", f.addrs, f.calls, want)
 	}
 }

@@ -42,6 +42,7 @@ var capabilities = []capability{
 	capabilityOf[backends.DropCounter]("DropCounter"),
 	capabilityOf[backends.TunnelDropCounter]("TunnelDropCounter"),
 	capabilityOf[backends.Leaver]("Leaver"),
+	capabilityOf[backends.FilterKeeper]("FilterKeeper"),
 }
 
 // intercepts are the capabilities each wrapper implements itself, because
@@ -50,9 +51,9 @@ var capabilities = []capability{
 // that implements any other capability only forwards it, which As makes
 // needless.
 var intercepts = map[string][]string{
-	"*backends.dualStack":      {"DualStack"},         // its IPv6 half's data is its second part's BackendData
-	"*backends.ipv6Only":       {"DualStack"},         // its one part's BackendData is the lease's BackendV6Data
-	"*backends.sourceFiltered": {"TunnelDropCounter"}, // the filter is the wrapper's own
+	"*backends.dualStack":      {"DualStack"},                         // its IPv6 half's data is its second part's BackendData
+	"*backends.ipv6Only":       {"DualStack"},                         // its one part's BackendData is the lease's BackendV6Data
+	"*backends.sourceFiltered": {"TunnelDropCounter", "FilterKeeper"}, // the filter is the wrapper's own
 	"*liveswitch.Switching":    {},
 	"*wireguard.Stack":         {"DualStack", "KeyReloader", "MTUCarrier"}, // one key over every device; the largest carried MTU
 }
@@ -95,13 +96,13 @@ func TestAsThroughEveryStack(t *testing.T) {
 		want map[string]string
 	}{
 		{"vxlan, source filtered", func() backends.Backend { return build(config(v4, `{"Type":"vxlan"}`), true) },
-			map[string]string{"TunnelDropCounter": "*backends.sourceFiltered"}},
+			map[string]string{"TunnelDropCounter": "*backends.sourceFiltered", "FilterKeeper": "*backends.sourceFiltered"}},
 		{"vxlan dual stack, source filtered", func() backends.Backend { return build(config(dual, `{"Type":"vxlan"}`), true) },
-			map[string]string{"TunnelDropCounter": "*backends.sourceFiltered", "DualStack": "*backends.dualStack"}},
+			map[string]string{"TunnelDropCounter": "*backends.sourceFiltered", "FilterKeeper": "*backends.sourceFiltered", "DualStack": "*backends.dualStack"}},
 		{"vxlan IPv6-only, source filtered", func() backends.Backend { return build(config(v6, `{"Type":"vxlan"}`), true) },
-			map[string]string{"TunnelDropCounter": "*backends.sourceFiltered", "DualStack": "*backends.ipv6Only"}},
+			map[string]string{"TunnelDropCounter": "*backends.sourceFiltered", "FilterKeeper": "*backends.sourceFiltered", "DualStack": "*backends.ipv6Only"}},
 		{"ipip, source filtered", func() backends.Backend { return build(config(v4, `{"Type":"ipip"}`), true) },
-			map[string]string{"TunnelDropCounter": "*backends.sourceFiltered"}},
+			map[string]string{"TunnelDropCounter": "*backends.sourceFiltered", "FilterKeeper": "*backends.sourceFiltered"}},
 		{"wireguard", func() backends.Backend { return build(config(v4, `{"Type":"wireguard"}`), false) }, wireguardAnswers},
 		{"wireguard dual stack, a device per family", func() backends.Backend { return build(config(dual, `{"Type":"wireguard"}`), false) }, wireguardAnswers},
 		{"udp", func() backends.Backend { return build(config(v4, `{"Type":"udp"}`), false) }, map[string]string{"DropCounter": "*udp.Backend"}},
@@ -111,7 +112,7 @@ func TestAsThroughEveryStack(t *testing.T) {
 		{"switch vxlan to wireguard", func() backends.Backend {
 			return NewSwitching(backends.WireGuard, build(config(v4, `{"Type":"wireguard"}`), false), []string{backends.VXLAN},
 				map[string]backends.Backend{backends.VXLAN: build(config(v4, `{"Type":"vxlan"}`), true)})
-		}, merge(wireguardAnswers, map[string]string{"TunnelDropCounter": "*backends.sourceFiltered"})},
+		}, merge(wireguardAnswers, map[string]string{"TunnelDropCounter": "*backends.sourceFiltered", "FilterKeeper": "*backends.sourceFiltered"})},
 		{"switch wireguard to udp", func() backends.Backend {
 			return NewSwitching(backends.UDP, build(config(v4, `{"Type":"udp"}`), false), []string{backends.WireGuard},
 				map[string]backends.Backend{backends.WireGuard: build(config(v4, `{"Type":"wireguard"}`), false)})
@@ -188,6 +189,7 @@ func partsOf(w backends.Wrapper) string {
 type nopFilter struct{}
 
 func (nopFilter) Ensure() error                         { return nil }
+func (nopFilter) InPlace() bool                         { return true }
 func (nopFilter) Sync([]netip.Addr) error               { return nil }
 func (nopFilter) Update(_, _ []netip.Addr) error        { return nil }
 func (nopFilter) Drops() (map[netip.Addr]uint64, error) { return nil, nil }

@@ -191,6 +191,10 @@ func splitAt(addrs []netip.Addr, n int, later []netip.Addr) ([]netip.Addr, []net
 	return addrs[:n], append(later, addrs[n:]...)
 }
 
+// InPlace reports whether the table is there as Ensure makes it: its
+// chain, its rules and its sets (a `nft flush ruleset` takes them all).
+func (f *Filter) InPlace() bool { return f.current() }
+
 // current reports whether the table holds exactly the wanted chain and
 // rules (told apart by their comments).
 func (f *Filter) current() bool {

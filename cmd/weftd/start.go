@@ -122,7 +122,8 @@ type daemonLoops struct {
 
 // start starts the loops in g: the outside peers' watch (when the network
 // has PeersNetwork), the key watch (a backend with a key), the backend
-// type's watch, the lease watch, the holder and the reconciler.
+// type's watch, the underlay's, the tunnel source filter's check (every
+// -iptables-resync), the lease watch, the holder and the reconciler.
 func (l daemonLoops) start(ctx context.Context, g *errgroup.Group, o *options, log *slog.Logger) {
 	cfg := l.reconciler.Config
 	if cfg.PeersNetwork.IsValid() {
@@ -138,6 +139,10 @@ func (l daemonLoops) start(ctx context.Context, g *errgroup.Group, o *options, l
 	}
 	g.Go(func() error { return watchBackendType(ctx, l.store, cfg, o.resync, l.configType, log) })
 	g.Go(func() error { return followUnderlay(ctx, o, l.ext, cfg.EnableIPv6, log) })
+	if keeper, ok := backends.As[backends.FilterKeeper](l.backend); ok {
+		every := time.Duration(o.iptablesSync) * time.Second
+		g.Go(func() error { return backends.KeepFilterEvery(ctx, keeper, every, log) })
+	}
 	if observer, ok := backends.As[backends.EndpointObserver](l.backend); ok {
 		g.Go(func() error { return publishObservations(ctx, observer, l.holder, o.resync, log) })
 	}

@@ -246,6 +246,8 @@ var (
 	descTunnelDrop = prometheus.NewDesc("weft_tunnel_dropped_packets_total",
 		"VXLAN and IP-in-IP packets dropped because their source holds no lease, by source (sources seen in the last "+
 			"ten minutes).", []string{"source"}, nil)
+	descFilterInPlace = prometheus.NewDesc("weft_tunnel_filter_in_place",
+		"1 while the tunnel source filter (vxlan, ipip) is in place, 0 while it is gone and cannot be put back.", nil, nil)
 	descStrict = prometheus.NewDesc("weft_strict_dropped_packets_total",
 		"Packets to other hosts' subnets that strict encryption dropped because they would have left unencrypted.", nil, nil)
 	descUDPDropped = prometheus.NewDesc("weft_udp_dropped_datagrams_total",
@@ -261,6 +263,7 @@ func (o *observer) Describe(ch chan<- *prometheus.Desc) {
 	}
 	ch <- descPaths
 	ch <- descStrict
+	ch <- descFilterInPlace
 	o.duration.Describe(ch)
 }
 
@@ -283,6 +286,9 @@ func (o *observer) Collect(ch chan<- prometheus.Metric) {
 		ready = 1
 	}
 	gauge(descReady, ready)
+	if inPlace, guarded := o.tunnelFilterInPlace(); guarded {
+		gauge(descFilterInPlace, map[bool]float64{true: 1}[inPlace])
+	}
 	o.mu.Lock()
 	holder, watcher := o.holder, o.watcher
 	o.mu.Unlock()
@@ -358,6 +364,18 @@ func (o *observer) Collect(ch chan<- prometheus.Metric) {
 	o.duration.Collect(ch)
 }
 
+// tunnelFilterInPlace reports whether the backend's tunnel source filter
+// is in place; guarded is false for a backend without one.
+func (o *observer) tunnelFilterInPlace() (inPlace, guarded bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	k, ok := backends.As[backends.FilterKeeper](o.backend)
+	if !ok {
+		return false, false
+	}
+	return k.FilterInPlace(), true
+}
+
 // handlers adds /readyz, /status and /metrics to mux.
 func (o *observer) handlers(mux *http.ServeMux) {
 	reg := prometheus.NewRegistry()
@@ -366,6 +384,10 @@ func (o *observer) handlers(mux *http.ServeMux) {
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !o.ready.Load() {
 			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		if inPlace, guarded := o.tunnelFilterInPlace(); guarded && !inPlace {
+			http.Error(w, "not ready: the tunnel source filter is gone and cannot be put back", http.StatusServiceUnavailable)
 			return
 		}
 		w.Write([]byte("ready\n"))
