@@ -85,6 +85,10 @@ type Options struct {
 	// whatever the destination, as most home and office routers do, so
 	// two hosts behind such NATs can reach each other directly.
 	NATKeepsPorts bool
+	// NATSameAddress gives every host behind NAT the same private address,
+	// 172.31.0.2 behind its router's 172.31.0.1, as machines at two sites
+	// often have: their leases name one PublicIP.
+	NATSameAddress bool
 	// Dir keeps logs and state; a temporary directory when empty.
 	Dir string
 	// Log receives progress lines; nil for none.
@@ -247,13 +251,17 @@ func (l *Lab) addHost(h *Host, gw netip.Addr) error {
 // underlay address and masquerades everything h sends out with --random
 // (a new source port per mapping, as home routers do when the port is
 // taken, so WireGuard's port is not kept); h gets 172.31.<index>.2 behind
-// it, an address no other host can reach.
+// it (172.31.0.2 with NATSameAddress), an address no other host can reach.
 func (l *Lab) addNATHost(h *Host, gw netip.Addr) error {
 	h.NAT = fmt.Sprintf("wl%s-n%d", l.ID, h.Index)
 	if err := l.plugIn(h.NAT, fmt.Sprintf("n%d", h.Index), h.PublicIP, gw); err != nil {
 		return err
 	}
-	inside := netip.AddrFrom4([4]byte{172, 31, byte(h.Index), 1})
+	site := byte(h.Index)
+	if l.opts.NATSameAddress {
+		site = 0
+	}
+	inside := netip.AddrFrom4([4]byte{172, 31, site, 1})
 	h.PublicIP = inside.Next()
 	masquerade := []string{"ip", "netns", "exec", h.NAT, "iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "eth0", "-j", "MASQUERADE", "--random"}
 	if l.opts.NATKeepsPorts {

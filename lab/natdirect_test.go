@@ -13,15 +13,17 @@ import (
 // TestNATToNATDirect: hosts 2 and 3 each behind a NAT router of its own
 // that keeps source ports and refuses unsolicited packets, host 1 public;
 // no host is told it is behind NAT (-behind-nat) and no keepalive is
-// configured. Host 1 sees where 2 and 3 really are and publishes it
-// (WeftSeen); 2 and 3 learn from it that they are behind NAT and where
+// configured; 2 and 3 have the same private address (172.31.0.2, so their
+// leases name one PublicIP, which each skipped as its own before wireguard
+// told peers apart by key). Host 1 sees where 2 and 3 really are and
+// publishes it (WeftSeen); 2 and 3 learn from it that they are behind NAT and where
 // the other one is, send to each other there, which opens each NAT for
 // the other, and reach each other directly: their WireGuard endpoints are
 // each other's routers, host 1's interface carries none of their traffic,
 // no ping between them is lost once the path is up, and weftctl status
 // says they are direct.
 func TestNATToNATDirect(t *testing.T) {
-	l := newLab(t, Options{Hosts: 3, NATHosts: 2, NATKeepsPorts: true, Backend: backends.WireGuard})
+	l := newLab(t, Options{Hosts: 3, NATHosts: 2, NATKeepsPorts: true, NATSameAddress: true, Backend: backends.WireGuard})
 	if err := l.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}

@@ -60,7 +60,8 @@ func Claim(ctx context.Context, store Store, req ClaimRequest) (Lease, error) {
 		var taken6 []netip.Prefix
 		// mine is this host's lease: the one with its host ID, else the
 		// one at its address (a flannel host's lease, or this host's when
-		// its ID file was lost: the subnet is kept, as flannel keeps it).
+		// its ID file was lost and its subnet file still names it: the
+		// subnet is kept, as flannel keeps it).
 		var mine, atAddress *Record
 		previous, previous6 := req.Previous, req.PreviousIPv6
 		for i, rec := range records {
@@ -95,7 +96,12 @@ func Claim(ctx context.Context, store Store, req ClaimRequest) (Lease, error) {
 			case err != nil:
 			case mine == nil && !req.Attrs.HostID.IsZero() && l.Attrs.HostID == req.Attrs.HostID:
 				mine = &records[i]
-			case atAddress == nil && l.Attrs.SameAddress(req.Attrs):
+			case atAddress == nil && l.Attrs.SameAddress(req.Attrs) && (l.Attrs.HostID.IsZero() || req.Attrs.HostID.IsZero() ||
+				subnet == req.Previous):
+				// A lease at this address with another host's ID is that
+				// host's (two hosts behind NATs with one private address),
+				// unless it holds the subnet this host's subnet file names:
+				// then this host lost its ID file.
 				atAddress = &records[i]
 			}
 		}

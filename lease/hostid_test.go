@@ -15,8 +15,9 @@ import (
 // finds its lease by its host ID and keeps its subnet, the lease rewritten
 // in place with the new address; a lease without an ID (a flannel host's)
 // is still recognised by PublicIP alone, and so is this host's lease when
-// its ID file was lost; a lease that moved away with its host is not the
-// next host's at that address.
+// its ID file was lost (its subnet file names the subnet); a lease that
+// moved away with its host is not the next host's at that address, and a
+// lease at this host's address with another host's ID is that host's.
 func TestClaimRecognisesHostByID(t *testing.T) {
 	stores(t, func(t *testing.T, s lease.Store) {
 		ctx := context.Background()
@@ -44,11 +45,21 @@ func TestClaimRecognisesHostByID(t *testing.T) {
 		if l, err := lease.Claim(ctx, s, lease.ClaimRequest{Config: cfg, Attrs: other, TTL: time.Hour}); err != nil || l.Subnet == first.Subnet {
 			t.Errorf("another host at the old address: %s %v, want a subnet of its own", l.Subnet, err)
 		}
+		// Another host at this host's address (behind a NAT with the same
+		// private address at another site): a lease of its own, this
+		// host's left alone.
+		twin := moved
+		twin.HostID = keys.HostID{6}
+		if l, err := lease.Claim(ctx, s, lease.ClaimRequest{Config: cfg, Attrs: twin, TTL: time.Hour}); err != nil || l.Subnet == first.Subnet {
+			t.Errorf("another host at this host's address: %s %v, want a subnet of its own", l.Subnet, err)
+		}
 		// This host's ID file was lost (a new ID, the same address): its
-		// lease is still found at its address.
+		// lease is still found at its address, the subnet its subnet file
+		// names.
 		lost := moved
 		lost.HostID = keys.HostID{5}
-		if l, err := lease.Claim(ctx, s, lease.ClaimRequest{Config: cfg, Attrs: lost, TTL: time.Hour}); err != nil || l.Subnet != first.Subnet {
+		if l, err := lease.Claim(ctx, s, lease.ClaimRequest{Config: cfg, Attrs: lost, TTL: time.Hour, Previous: first.Subnet}); err != nil ||
+			l.Subnet != first.Subnet {
 			t.Errorf("after the ID file was lost: %s %v, want %s kept", l.Subnet, err, first.Subnet)
 		}
 		// A lease without an ID, at this host's address: recognised by

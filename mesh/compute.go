@@ -213,6 +213,10 @@ func classify(self lease.Lease, l lease.Lease, cfg *lease.Config, pref Preferenc
 	reason = pref.Check(l, cfg)
 	switch {
 	case reason != "":
+	case peer.Path == keyedPath:
+		// Told apart by key: a host behind a NAT with the same private
+		// address as this host's is a peer, which WireGuard reaches where
+		// it is seen or through a relay, never at that address.
 	case cfg.EnableIPv4 && l.Attrs.PublicIP == self.Attrs.PublicIP:
 		reason = fmt.Sprintf("PublicIP %s is this host's own", l.Attrs.PublicIP)
 	case !cfg.EnableIPv4 && l.Attrs.PublicIPv6Addr() == self.Attrs.PublicIPv6Addr():
@@ -224,6 +228,13 @@ func classify(self lease.Lease, l lease.Lease, cfg *lease.Config, pref Preferenc
 	}
 	return peer, reason, false
 }
+
+// keyedPath is the backend that tells its peers apart by their keys, not
+// their addresses (wireguard): two of its hosts may share a PublicIP, as
+// hosts behind NATs at two sites often have the same private address.
+// The other backends send to the address, and skip a lease that names
+// this host's own.
+const keyedPath = "wireguard"
 
 // sameSubnet reports whether l leases this host's own subnet: its IPv4
 // one, or on an IPv6-only network (no IPv4 subnets) its IPv6 one.

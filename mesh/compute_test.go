@@ -318,3 +318,34 @@ func TestPathDuringASwitch(t *testing.T) {
 		t.Errorf("a udp host's lease, which has no BackendType:\n got %s\nwant %s", got, want)
 	}
 }
+
+// TestSharedPublicIPOnWireGuard: two hosts behind NATs at two sites often
+// have the same private address. On wireguard, which tells peers apart by
+// key, a lease with this host's own PublicIP (or PublicIPv6 on an
+// IPv6-only network) is a peer; on the backends that send to the address
+// it stays skipped.
+func TestSharedPublicIPOnWireGuard(t *testing.T) {
+	for _, tt := range []struct {
+		config string
+		self   lease.Lease
+		twin   lease.Lease
+		want   string
+	}{
+		{`{"Network":"10.5.0.0/16","Backend":{"Type":"wireguard"}}`,
+			lease.Lease{Subnet: netip.MustParsePrefix("10.5.1.0/24"), Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("172.31.0.2"), BackendType: "wireguard"}},
+			lease.Lease{Subnet: netip.MustParsePrefix("10.5.2.0/24"), Revision: 2, Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("172.31.0.2"), BackendType: "wireguard"}},
+			"peer 10.5.2.0/24 via 172.31.0.2\n"},
+		{`{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}`,
+			lease.Lease{Subnet: netip.MustParsePrefix("10.5.1.0/24"), Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("172.31.0.2"), BackendType: "vxlan"}},
+			lease.Lease{Subnet: netip.MustParsePrefix("10.5.2.0/24"), Revision: 2, Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("172.31.0.2"), BackendType: "vxlan"}},
+			"skip 10.5.2.0-24: PublicIP 172.31.0.2 is this host's own\n"},
+	} {
+		cfg, err := lease.ParseConfig([]byte(tt.config))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := render(Compute(tt.self, []lease.Lease{tt.self, tt.twin}, cfg)); got != tt.want {
+			t.Errorf("%s:\n got %s\nwant %s", tt.config, got, tt.want)
+		}
+	}
+}

@@ -232,7 +232,8 @@ func candidates(d mesh.Desired, self keys.Key, opts Options, found discovery) ([
 		}
 		spec := PeerSpec{Lease: p.Key, PublicKey: pub, Endpoint: netip.AddrPortFrom(p.PublicIP, uint16(data.Port)),
 			AllowedIPs: []netip.Prefix{p.Subnet}, Keepalive: opts.PersistentKeepalive, PSK: opts.PSK, NAT: data.NAT}
-		if opts.direct(p.PublicIP) {
+		twin := sharesAddress(p, d.Self)
+		if opts.direct(p.PublicIP) && !twin {
 			spec.AllowedIPs = nil // a plain route carries it (DirectRoutes)
 		}
 		if opts.Mode != ModeSeparate && d.IPv6Network.IsValid() && p.IPv6Subnet().IsValid() {
@@ -249,14 +250,20 @@ func candidates(d mesh.Desired, self keys.Key, opts Options, found discovery) ([
 			}
 		}
 		spec.Advertised = spec.Endpoint
+		if twin {
+			// Its lease's address is this host's own: it is reached only
+			// where it is seen (below), through a relay, or where its own
+			// handshakes come from.
+			spec.Endpoint = netip.AddrPort{}
+		}
 		ep, seen := found.peers[p.Key]
-		if seen = seen && !opts.onLocalNetwork(p.PublicIP); seen {
+		if seen = seen && (twin || !opts.onLocalNetwork(p.PublicIP)); seen {
 			// Seen behind NAT: reached where its packets come from (a peer
 			// on this host's own network is reached there as its lease
 			// says, without a trip through the NAT).
 			spec.Endpoint, spec.NAT = ep, true
 		}
-		if seen || found.self.IsValid() {
+		if seen || twin || found.self.IsValid() {
 			// A NAT on either side: the path is kept open, and each end
 			// hears from the other often enough to know within seconds
 			// when it stops (a relay gone, WeftReach).
@@ -274,7 +281,7 @@ func candidates(d mesh.Desired, self keys.Key, opts Options, found discovery) ([
 func DirectRoutes(d mesh.Desired, opts Options) []underlay.Route {
 	var out []underlay.Route
 	for _, p := range d.Peers {
-		if opts.direct(p.PublicIP) && p.Subnet.IsValid() && !p.Standby {
+		if opts.direct(p.PublicIP) && p.Subnet.IsValid() && !p.Standby && !sharesAddress(p, d.Self) {
 			out = append(out, underlay.Route{Dst: p.Subnet, Via: p.PublicIP, Direct: true})
 		}
 	}
@@ -411,4 +418,15 @@ func MixedFamilies(want []PeerSpec) []string {
 		return nil
 	}
 	return v6
+}
+
+// sharesAddress reports whether peer p's lease names this host's own
+// address (self's PublicIP, or PublicIPv6 on an IPv6-only network): a
+// host behind a NAT with the same private address at another site. mesh
+// keeps such a lease as a peer on wireguard alone.
+func sharesAddress(p mesh.Peer, self lease.Lease) bool {
+	if p.PublicIP.IsValid() && !p.PublicIP.IsUnspecified() {
+		return p.PublicIP == self.Attrs.PublicIP
+	}
+	return p.PublicIPv6().IsValid() && p.PublicIPv6() == self.Attrs.PublicIPv6Addr()
 }

@@ -191,6 +191,24 @@ kick k3
 half 10.5.1.0/24 in 10.5.0.0/16
 behind NAT, seen at 198.51.100.1:51820
 `},
+		{name: "a host sharing this host's address is never sent to that address, nor routed directly",
+			self: selfLease, peers: []mesh.Peer{wgPeer("10.5.6.0/24", "192.168.50.1", data(k4, 51820))}, opts: `{"DirectRouting":true}`,
+			current: holding(),
+			want: `peer 10.5.6.0-24 k4 at invalid AddrPort allowed [10.5.6.0/24] keepalive 2s
+write peer k4
+half 10.5.1.0/24 in 10.5.0.0/16
+`},
+		{name: "a host sharing this host's address is reached where it is seen",
+			self: selfLease, peers: []mesh.Peer{p2.WithSightings([]lease.Sighting{sighting("10.5.6.0-24", "198.51.100.6:4000")}, nil),
+				wgPeer("10.5.6.0/24", "192.168.50.1", data(k4, 51820))}, current: holding(),
+			want: `peer 10.5.2.0-24 k2 at 192.168.50.2:51820 allowed [10.5.2.0/24]
+peer 10.5.6.0-24 k4 at 198.51.100.6:4000 allowed [10.5.6.0/24] keepalive 2s
+write peer k2
+write peer k4
+kick k2
+kick k4
+half 10.5.1.0/24 in 10.5.0.0/16
+`},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			o := opts(`{"Type":"wireguard"}`)
