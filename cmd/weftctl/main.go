@@ -87,8 +87,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	if e := opts.PlaintextPassword(); e != "" {
-		fmt.Fprintf(stderr, "weftctl: warning: the etcd password goes in clear to %s; use https:// endpoints with "+
-			"-etcd-cafile\n", e)
+		fmt.Fprintf(stderr, "weftctl: warning: the etcd password goes in clear to %s; "+
+			"use https:// endpoints with -etcd-cafile\n", e)
 	}
 	cmd := fs.Args()
 	if len(cmd) == 0 {

@@ -167,8 +167,9 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 // acceptGlogFlags defines the glog flags of flanneld's unit files, which
 // weftd accepts and ignores.
 func acceptGlogFlags(fs *flag.FlagSet) {
-	for _, name := range []string{"logtostderr", "alsologtostderr", "add_dir_header", "one_output", "skip_headers",
-		"skip_log_headers"} {
+	glogFlags := []string{"logtostderr", "alsologtostderr", "add_dir_header", "one_output",
+		"skip_headers", "skip_log_headers"}
+	for _, name := range glogFlags {
 		fs.Bool(name, name == "logtostderr", "ignored (flannel compatibility)")
 	}
 	for _, name := range []string{"log_dir", "v", "vmodule", "stderrthreshold", "log_backtrace_at", "log_file"} {

@@ -48,8 +48,8 @@ func hostAddresses(o *options, cfg *lease.Config, ext underlay.ExternalInterface
 func notOnUnderlay(cfg *lease.Config, ext underlay.ExternalInterface) error {
 	for _, p := range ext.Prefixes {
 		if p.Overlaps(cfg.Network) {
-			return fmt.Errorf(`%w: key "Network": %s overlaps %s on %s, the underlay between hosts; choose a Network no `+
-				`host interface uses`,
+			return fmt.Errorf(`%w: key "Network": %s overlaps %s on %s, the underlay between hosts; `+
+				`choose a Network no host interface uses`,
 				lease.ErrInvalidConfig, cfg.Network, p, ext.Name)
 		}
 		if cfg.EnableIPv6 && p.Overlaps(cfg.IPv6Network) {

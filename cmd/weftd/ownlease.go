@@ -90,8 +90,8 @@ func ownAttrs(cfg *lease.Config, self hostFacts, backend backends.Backend, plan 
 func subnetFileWriter(path string, cfg *lease.Config, mtu int, ipMasq bool, log *slog.Logger) func(lease.Lease) {
 	return func(l lease.Lease) {
 		if old, err := lease.ReadSubnetFile(path); err == nil && old.Subnet.IsValid() && old.Subnet != l.Subnet {
-			log.Warn("this host's subnet changed (its lease was lost and the subnet taken): docker still uses the old one "+
-				"for --bip, "+
+			log.Warn("this host's subnet changed (its lease was lost and the subnet taken): "+
+				"docker still uses the old one for --bip, "+
 				"so its containers are unreachable; run `weftctl docker-opts` and restart docker (systemctl restart docker)",
 				"previous", old.Subnet, "subnet", l.Subnet, "subnet_file", path)
 		}

@@ -208,10 +208,10 @@ func (o *observer) peerStatuses(onDemand bool) []status.Peer {
 
 var (
 	descLease = prometheus.NewDesc("weft_lease_info",
-		"This host's lease (always 1), one series per address family.", []string{"subnet", "public_ip", "backend",
-			"family"}, nil)
-	descExpiry = prometheus.NewDesc("weft_lease_expiry_seconds", "Unix time the lease expires unless renewed.", nil,
-		nil)
+		"This host's lease (always 1), one series per address family.",
+		[]string{"subnet", "public_ip", "backend", "family"}, nil)
+	descExpiry = prometheus.NewDesc("weft_lease_expiry_seconds",
+		"Unix time the lease expires unless renewed.", nil, nil)
 	descReady = prometheus.NewDesc("weft_ready", "1 once the data path has been programmed.", nil, nil)
 	descPeers = prometheus.NewDesc("weft_peers", "Leases by state: peer (programmed) or skipped (invalid).",
 		[]string{"state"}, nil)
@@ -234,8 +234,8 @@ var (
 		"Calls weft made to program the data path, by kind (netlink dump/get/write, WireGuard device read/write).",
 		[]string{"kind"}, nil)
 	descFull = prometheus.NewDesc("weft_reconcile_whole_applies_total",
-		"Reconcile runs that applied the whole state (start, resync, relist, errors); the others applied one change as "+
-			"a delta.", nil, nil)
+		"Reconcile runs that applied the whole state (start, resync, relist, errors); "+
+			"the others applied one change as a delta.", nil, nil)
 	descOnDemand = prometheus.NewDesc("weft_wireguard_peers",
 		"WireGuard peers the leases name, by state: configured on the device or idle (on-demand mode).",
 		[]string{"state"}, nil)

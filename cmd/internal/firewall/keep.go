@@ -96,8 +96,8 @@ func Keep(ctx context.Context, g *errgroup.Group, nftables bool, settings Settin
 		case err != nil && settings.Masq:
 			return false, fmt.Errorf("-ip-masq: %w; install it or drop -ip-masq", err)
 		case err != nil:
-			log.Warn("no "+mode+": forwarded traffic depends on the FORWARD policy (-iptables-forward-rules=false silences "+
-				"this)", "err", err)
+			log.Warn("no "+mode+": forwarded traffic depends on the FORWARD policy "+
+				"(-iptables-forward-rules=false silences this)", "err", err)
 			return false, nil
 		}
 		g.Go(func() error { return keeper.Run(ctx, f.Network, f.Subnet) })

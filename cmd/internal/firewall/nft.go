@@ -175,8 +175,8 @@ func DockerUserRules(network netip.Prefix, overlay []string) [][]string {
 	var out [][]string
 	for _, iface := range overlay {
 		for _, dir := range []string{"-i", "-o"} {
-			out = append(out, rule(fwdComment, []string{"-s", network.String(), "-d", network.String(), dir, iface}, "-j",
-				"ACCEPT"))
+			match := []string{"-s", network.String(), "-d", network.String(), dir, iface}
+			out = append(out, rule(fwdComment, match, "-j", "ACCEPT"))
 		}
 	}
 	return out
