@@ -1,6 +1,7 @@
 package wireguard
 
 import (
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -32,7 +33,18 @@ type discovery struct {
 	// reaches through a relay, by lease key, and the relay's lease key
 	// (chooseRelays).
 	relays map[string]string
+	// eager are the peers seen behind NAT that this host configures
+	// eagerly and keeps open with keepalives: at most maxEager of them,
+	// the first by lease key; capped counts the others, which are sent to
+	// where they are seen but wait for traffic like any on-demand peer.
+	// Sightings are anyone's to write: without the bound, one lease per
+	// 64 peers would hold an on-demand host at its fully configured size.
+	eager  map[string]bool
+	capped int
 }
+
+// maxEager bounds the peers sightings alone make eager (discovery.eager).
+const maxEager = 256
 
 // discover tallies the sightings of d's leases (this host's own
 // included; see weight). A sighting of an address inside the Network or PeersNetwork,
@@ -86,6 +98,12 @@ func discover(d mesh.Desired) discovery {
 	if out.self.IsValid() {
 		out.relays = chooseRelays(d, out)
 	}
+	seen := slices.Sorted(maps.Keys(out.peers))
+	out.eager = make(map[string]bool, min(len(seen), maxEager))
+	for _, key := range seen[:min(len(seen), maxEager)] {
+		out.eager[key] = true
+	}
+	out.capped = len(seen) - len(out.eager)
 	return out
 }
 

@@ -2,6 +2,7 @@ package wireguard
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/netip"
 	"testing"
 	"time"
@@ -144,5 +145,50 @@ func TestChooseRelays(t *testing.T) {
 				t.Errorf("%s: b's AllowedIPs %v, want its subnet (direct)", tt.name, s.AllowedIPs)
 			}
 		}
+	}
+}
+
+// TestEagerBound: sightings make at most maxEager peers eager (configured
+// at once, never idled, kept open with keepalives), the first by lease
+// key; the others are still sent to where they are seen, but wait for
+// traffic, and are counted. Sightings are anyone's to write, so without
+// the bound one lease could hold an on-demand host fully configured.
+func TestEagerBound(t *testing.T) {
+	const extra = 10
+	n := maxEager + extra
+	var peers []mesh.Peer
+	var seen []lease.Sighting
+	for i := range n {
+		key := fmt.Sprintf("10.%d.%d.0-24", 6+i/256, i%256)
+		p := wgPeer(key[:len(key)-3]+"/24", fmt.Sprintf("198.51.%d.%d", i/256, 1+i%250), data(mustKey(t), 51820))
+		peers = append(peers, p)
+		seen = append(seen, lease.Sighting{Lease: p.Key, Endpoint: netip.AddrPortFrom(netip.MustParseAddr("203.0.113.9"), uint16(1000+i))})
+	}
+	self := lease.Lease{Subnet: netip.MustParsePrefix("10.5.1.0/24"), Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("192.168.50.1")}.WithSightings(seen, nil)}
+	d := mesh.Desired{Network: netip.MustParsePrefix("10.0.0.0/8"), Self: self, Peers: peers}
+	found := discover(d)
+	if len(found.eager) != maxEager || found.capped != extra {
+		t.Fatalf("eager %d, capped %d; want %d and %d", len(found.eager), found.capped, maxEager, extra)
+	}
+	specs, problems := candidates(d, keys.Key{1}, Options{}, found)
+	if len(problems) > 0 {
+		t.Fatal(problems)
+	}
+	eager, lazy := 0, 0
+	for i, s := range specs {
+		if s.Endpoint.Addr() != netip.MustParseAddr("203.0.113.9") {
+			t.Errorf("%s at %s, want where it is seen", s.Lease, s.Endpoint)
+		}
+		switch {
+		case s.NAT && s.Keepalive == pathKeepalive && i < maxEager:
+			eager++
+		case !s.NAT && s.Keepalive == 0 && i >= maxEager:
+			lazy++
+		default:
+			t.Errorf("peer %d (%s): NAT %v keepalive %v; want the first %d eager, the rest not", i, s.Lease, s.NAT, s.Keepalive, maxEager)
+		}
+	}
+	if eager != maxEager || lazy != extra {
+		t.Errorf("%d eager and %d not, want %d and %d", eager, lazy, maxEager, extra)
 	}
 }

@@ -50,6 +50,10 @@ func (s *discoveryState) note(found discovery, self lease.Lease, log *slog.Logge
 			log.Info("this host's peers see it where its lease says (no NAT seen)")
 		}
 	}
+	if found.capped > 0 && s.now.capped == 0 {
+		log.Warn("more peers are seen behind NAT than this host configures eagerly; the others are configured for traffic",
+			"eager", len(found.eager), "not_eager", found.capped)
+	}
 	s.now = found
 }
 

@@ -475,10 +475,20 @@ type OnDemandStats struct {
 	// because their handshake did not complete within probationTimeout
 	// (packets forged "from" a lease's address, or a peer gone).
 	Refused, Expired uint64
+	// SeenNotEager are the peers seen behind NAT beyond the bound on
+	// those configured eagerly (maxEager): sent to where they are seen,
+	// configured only for traffic.
+	SeenNotEager int
 }
 
 // OnDemand reports the on-demand mode's state.
-func (b *Backend) OnDemand() OnDemandStats { return b.peers.stats() }
+func (b *Backend) OnDemand() OnDemandStats {
+	st := b.peers.stats()
+	b.mu.Lock()
+	st.SeenNotEager = b.found.now.capped
+	b.mu.Unlock()
+	return st
+}
 
 // activity is what the idle sweep last saw of a configured peer: its byte
 // counters and when they last changed.

@@ -257,13 +257,17 @@ func candidates(d mesh.Desired, self keys.Key, opts Options, found discovery) ([
 			spec.Endpoint = netip.AddrPort{}
 		}
 		ep, seen := found.peers[p.Key]
+		eager := false
 		if seen = seen && (twin || !opts.onLocalNetwork(p.PublicIP)); seen {
 			// Seen behind NAT: reached where its packets come from (a peer
 			// on this host's own network is reached there as its lease
-			// says, without a trip through the NAT).
-			spec.Endpoint, spec.NAT = ep, true
+			// says, without a trip through the NAT); configured eagerly
+			// unless the bound on such peers is reached (discovery.eager).
+			spec.Endpoint = ep
+			eager = found.eager[p.Key]
+			spec.NAT = spec.NAT || eager
 		}
-		if seen || twin || found.self.IsValid() {
+		if eager || twin || found.self.IsValid() {
 			// A NAT on either side: the path is kept open, and each end
 			// hears from the other often enough to know within seconds
 			// when it stops (a relay gone, WeftReach).
