@@ -24,12 +24,7 @@ import (
 // with its peers within one interval, and VXLAN from an address that holds
 // no lease is dropped again and counted.
 func TestFilterPutBackAfterFlushInNetns(t *testing.T) {
-	host, other := netkerneltest.NewNetns(t), netkerneltest.NewNetns(t)
-	host.Run(t, "ip", "link", "add", "ext0", "type", "veth", "peer", "name", "ext0p", "netns", other.Name)
-	host.Run(t, "ip", "addr", "add", "192.168.77.1/24", "dev", "ext0")
-	host.Run(t, "ip", "link", "set", "ext0", "up")
-	other.Run(t, "ip", "addr", "add", "192.168.77.2/24", "dev", "ext0p")
-	other.Run(t, "ip", "link", "set", "ext0p", "up")
+	host, other := netkerneltest.NewLinkedNetns(t)
 	host.Enter(t)
 	// A lasting connection: its socket is made here, in the host's
 	// namespace, so the keeper's goroutine (on another thread) writes there.

@@ -17,12 +17,7 @@ import (
 // it passes; peers are added and removed element by element; Ensure keeps
 // the elements when it rewrites the table; Remove deletes it.
 func TestFilterInNetns(t *testing.T) {
-	host, other := netkerneltest.NewNetns(t), netkerneltest.NewNetns(t)
-	host.Run(t, "ip", "link", "add", "ext0", "type", "veth", "peer", "name", "ext0p", "netns", other.Name)
-	host.Run(t, "ip", "addr", "add", "192.168.77.1/24", "dev", "ext0")
-	host.Run(t, "ip", "link", "set", "ext0", "up")
-	other.Run(t, "ip", "addr", "add", "192.168.77.2/24", "dev", "ext0p")
-	other.Run(t, "ip", "link", "set", "ext0p", "up")
+	host, other := netkerneltest.NewLinkedNetns(t)
 	host.Enter(t)
 	conn, err := nftables.New()
 	if err != nil {

@@ -64,6 +64,20 @@ func NewNetns(t testing.TB) *Netns {
 	return n
 }
 
+// NewLinkedNetns makes two namespaces joined by a veth pair, ext0 in the
+// first with 192.168.77.1/24 and ext0p in the second with 192.168.77.2/24,
+// both up: a host and a neighbour on its underlay.
+func NewLinkedNetns(t testing.TB) (host, other *Netns) {
+	t.Helper()
+	host, other = NewNetns(t), NewNetns(t)
+	host.Run(t, "ip", "link", "add", "ext0", "type", "veth", "peer", "name", "ext0p", "netns", other.Name)
+	host.Run(t, "ip", "addr", "add", "192.168.77.1/24", "dev", "ext0")
+	host.Run(t, "ip", "link", "set", "ext0", "up")
+	other.Run(t, "ip", "addr", "add", "192.168.77.2/24", "dev", "ext0p")
+	other.Run(t, "ip", "link", "set", "ext0p", "up")
+	return host, other
+}
+
 // Run runs a command inside the namespace and fails the test if it fails.
 func (n *Netns) Run(t testing.TB, args ...string) string {
 	t.Helper()
