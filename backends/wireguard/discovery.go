@@ -46,12 +46,7 @@ const maxEager = 256
 // included; see weight). A sighting of an address inside the Network or PeersNetwork,
 // or of a host by itself, is ignored: a host is never sent its own
 // overlay's traffic to reach another.
-//
-// Where this host itself is seen counts only from hosts it has a live
-// session with (live; nil counts every host): a lease anyone wrote that
-// sights this host elsewhere would make a public host think it is behind
-// NAT, publish so, and leave the relays.
-func discover(d mesh.Desired, live func(mesh.Peer) bool) discovery {
+func discover(d mesh.Desired) discovery {
 	votes := map[string]map[netip.AddrPort]int{}
 	// A sighting counts once; one by this host itself, or by a host it
 	// reaches now (its WeftReach), counts twice: a host that went away
@@ -63,11 +58,11 @@ func discover(d mesh.Desired, live func(mesh.Peer) bool) discovery {
 		}
 		return 1
 	}
-	tally := func(from string, seen []lease.Sighting, sighter func() bool) {
+	tally := func(from string, seen []lease.Sighting) {
 		for _, s := range seen {
 			a := s.Endpoint.Addr()
 			if s.Lease == from || d.Network.Contains(a) || d.IPv6Network.IsValid() && d.IPv6Network.Contains(a) ||
-				d.PeersNetwork.IsValid() && d.PeersNetwork.Contains(a) || s.Lease == d.Self.Key() && !sighter() {
+				d.PeersNetwork.IsValid() && d.PeersNetwork.Contains(a) {
 				continue
 			}
 			if votes[s.Lease] == nil {
@@ -76,10 +71,10 @@ func discover(d mesh.Desired, live func(mesh.Peer) bool) discovery {
 			votes[s.Lease][s.Endpoint] += weight(from)
 		}
 	}
-	tally(d.Self.Key(), d.Self.Attrs.Seen(), func() bool { return true })
+	tally(d.Self.Key(), d.Self.Attrs.Seen())
 	for _, p := range d.Peers {
 		if !p.Standby {
-			tally(p.Key, p.Seen(), func() bool { return live == nil || live(p) })
+			tally(p.Key, p.Seen())
 		}
 	}
 	out := discovery{peers: make(map[string]netip.AddrPort, len(votes))}

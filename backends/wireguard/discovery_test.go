@@ -46,7 +46,7 @@ func TestDiscovery(t *testing.T) {
 		// public host whose lease says nothing of NAT, elsewhere (forged).
 		peer("10.5.4.0-24", "172.31.2.7", k4, seen("10.5.3.0-24", "192.168.50.13:51820", "10.5.1.0-24", "203.0.113.66:51820")),
 	}}
-	found := discover(d, nil)
+	found := discover(d)
 	if found.self != ep("192.168.50.12:51820") {
 		t.Errorf("self seen at %v, want 192.168.50.12:51820 (a tie goes to the lowest)", found.self)
 	}
@@ -122,7 +122,7 @@ func TestChooseRelays(t *testing.T) {
 			}
 		}
 		d := mesh.Compute(me, others, cfg)
-		found := discover(d, nil)
+		found := discover(d)
 		specs, problems := candidates(d, keys.Key{1}, Options{}, found)
 		if len(problems) > 0 {
 			t.Fatal(problems)

@@ -1,7 +1,6 @@
 package wireguard
 
 import (
-	"encoding/json"
 	"net/netip"
 	"strings"
 	"time"
@@ -64,7 +63,7 @@ type wholeInput struct {
 // and DirectRouting's routes. It is pure: it reads only its arguments and
 // writes nothing.
 func planWhole(d mesh.Desired, in wholeInput) wholePlan {
-	p := wholePlan{found: discover(d, liveSessions(in.current, in.now))}
+	p := wholePlan{found: discover(d)}
 	p.peers, p.problems, p.holders = plan(d, in.key.Public(), in.opts, p.found)
 	p.notEager = capEager(p.peers, in.opts, p.found.self.IsValid())
 	p.onDemand = in.userspace && (in.opts.OnDemandPeers == OnDemandOn ||
@@ -99,23 +98,4 @@ func capEager(peers []PeerSpec, opts Options, selfBehindNAT bool) (notEager int)
 		notEager++
 	}
 	return notEager
-}
-
-// liveSessions says whether the device holds a session with peer p: a
-// handshake within RejectAfter with the key p's lease publishes.
-func liveSessions(current *wgtypes.Device, now time.Time) func(mesh.Peer) bool {
-	live := map[keys.Key]bool{}
-	for _, peer := range current.Peers {
-		if !peer.LastHandshakeTime.IsZero() && now.Sub(peer.LastHandshakeTime) < RejectAfter {
-			live[keys.Key(peer.PublicKey)] = true
-		}
-	}
-	return func(p mesh.Peer) bool {
-		var data BackendData
-		if json.Unmarshal(p.BackendData, &data) != nil {
-			return false
-		}
-		k, err := keys.ParseKey(data.PublicKey)
-		return err == nil && live[k]
-	}
 }
