@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"slices"
 	"strings"
 	"time"
 
@@ -48,7 +47,6 @@ func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 func (b *Backend) write(p wholePlan, self lease.Lease, leases int) []error {
 	errs := p.problems
 	b.found.note(p.found, self, b.log)
-	b.found.noteNotEager(p.notEager, b.log)
 	b.last.want = p.peers
 	b.peers.setWanted(p.peers)
 	b.warnMixedFamilies(p.device.configured)
@@ -97,9 +95,7 @@ func (b *Backend) readOrRecreate() (*wgtypes.Device, error) {
 func (b *Backend) ApplyDelta(_ context.Context, d mesh.Delta) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	// A peer that says it is behind NAT counts towards the bound on eager
-	// peers, which only the whole set decides (capEager).
-	if !b.last.ok || changesSightings(d) || len(b.found.now.relays) > 0 || slices.ContainsFunc(d.New, claimsNAT) {
+	if !b.last.ok || changesSightings(d) || len(b.found.now.relays) > 0 {
 		return mesh.ErrWholeApply
 	}
 	self := b.id.key.Public()

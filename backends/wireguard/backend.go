@@ -246,15 +246,7 @@ func (b *Backend) CarriedMTU() int {
 func (b *Backend) BackendData() json.RawMessage {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.backendDataLocked()
-}
-
-// backendDataLocked is BackendData (b.mu held). The lease says the host
-// is behind NAT when told so (-behind-nat) or when the other hosts see it
-// elsewhere than its lease names (discovery): the others take it from
-// here, never from their own or anyone else's sightings of it.
-func (b *Backend) backendDataLocked() json.RawMessage {
-	return encodeBackendData(b.id.key.Public(), b.cfg.opts.ListenPort, b.cfg.opts.BehindNAT || b.found.now.self.IsValid())
+	return encodeBackendData(b.id.key.Public(), b.cfg.opts.ListenPort, b.cfg.opts.BehindNAT)
 }
 
 // Control is what weft needs of wgctrl: read a device, configure it, and

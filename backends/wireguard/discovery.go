@@ -1,8 +1,7 @@
 package wireguard
 
 import (
-	"bytes"
-	"encoding/json"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -34,12 +33,17 @@ type discovery struct {
 	// reaches through a relay, by lease key, and the relay's lease key
 	// (chooseRelays).
 	relays map[string]string
+	// eager are the peers seen behind NAT that this host configures
+	// eagerly and keeps open with keepalives: at most maxEager of them,
+	// the first by lease key; capped counts the others, which are sent to
+	// where they are seen but wait for traffic like any on-demand peer.
+	// Sightings are anyone's to write: without the bound, one lease per
+	// 64 peers would hold an on-demand host at its fully configured size.
+	eager  map[string]bool
+	capped int
 }
 
-// maxEager bounds the peers behind NAT this host configures eagerly and
-// keeps open with keepalives (their own leases say they are behind NAT):
-// the first by lease order; the others are configured for traffic only,
-// and counted.
+// maxEager bounds the peers sightings alone make eager (discovery.eager).
 const maxEager = 256
 
 // discover tallies the sightings of d's leases (this host's own
@@ -92,8 +96,14 @@ func discover(d mesh.Desired) discovery {
 		}
 	}
 	if out.self.IsValid() {
-		out.relays = chooseRelays(d)
+		out.relays = chooseRelays(d, out)
 	}
+	seen := slices.Sorted(maps.Keys(out.peers))
+	out.eager = make(map[string]bool, min(len(seen), maxEager))
+	for _, key := range seen[:min(len(seen), maxEager)] {
+		out.eager[key] = true
+	}
+	out.capped = len(seen) - len(out.eager)
 	return out
 }
 
@@ -106,32 +116,25 @@ func discover(d mesh.Desired) discovery {
 // through the relay both name whose lease key is lowest among the hosts
 // not behind NAT; with none, direct (and it is tried, kept open, until
 // it works).
-//
-// Whether a host is behind NAT is what its own lease says (claimsNAT),
-// never what others see of it: sightings are anyone's to write, and one
-// that made a public host look NATed would take it out of the relays.
-func chooseRelays(d mesh.Desired) map[string]string {
+func chooseRelays(d mesh.Desired, found discovery) map[string]string {
 	self := d.Self.Key()
 	mine := d.Self.Attrs.Reach()
-	var candidates, pairs []string
+	var candidates []string
 	reachOf := make(map[string][]string, len(d.Peers))
 	for _, p := range d.Peers {
 		if p.Standby {
 			continue
 		}
 		reachOf[p.Key] = p.Reach()
-		switch {
-		case claimsNAT(p):
-			pairs = append(pairs, p.Key)
-		case slices.Contains(mine, p.Key):
+		if _, behindNAT := found.peers[p.Key]; !behindNAT {
 			candidates = append(candidates, p.Key)
 		}
 	}
 	slices.Sort(candidates)
 	relays := map[string]string{}
-	for _, peer := range pairs {
-		theirs := reachOf[peer]
-		if slices.Contains(mine, peer) && slices.Contains(theirs, self) {
+	for peer := range found.peers {
+		theirs, ok := reachOf[peer]
+		if !ok || slices.Contains(mine, peer) && slices.Contains(theirs, self) {
 			continue
 		}
 		for _, r := range candidates {
@@ -213,18 +216,4 @@ func sightings(have []PeerState, want []PeerSpec, now time.Time) []lease.Sightin
 		out = out[:lease.MaxSightings]
 	}
 	return out
-}
-
-// natClaim is how a lease says its host is behind NAT, in its
-// BackendData.
-var natClaim = []byte(`"NAT":true`)
-
-// claimsNAT reports whether p's own lease says its host is behind NAT:
-// told so (-behind-nat), or found out from what the other hosts see of it.
-func claimsNAT(p mesh.Peer) bool {
-	if !bytes.Contains(p.BackendData, natClaim) { // most leases: no decoding
-		return false
-	}
-	var data BackendData
-	return json.Unmarshal(p.BackendData, &data) == nil && data.NAT
 }

@@ -1,7 +1,6 @@
 package wireguard
 
 import (
-	"encoding/json"
 	"errors"
 	"log/slog"
 	"maps"
@@ -22,8 +21,6 @@ import (
 type discoveryState struct {
 	now discovery
 	rx  map[keys.Key]activity
-	// notEager are the peers behind NAT beyond the bound on eager ones.
-	notEager int
 }
 
 // Observation is what a host publishes of what its device sees.
@@ -38,10 +35,6 @@ type Observation struct {
 	// BehindNAT says this host is behind NAT: what it reaches changes
 	// within seconds and is worth publishing as often.
 	BehindNAT bool
-	// BackendData is what the lease publishes for this device now: it
-	// says whether the host is behind NAT, which discovery may have
-	// found out since the lease was written.
-	BackendData json.RawMessage
 }
 
 // note takes up what the hosts' sightings say (found), and says once when
@@ -57,17 +50,11 @@ func (s *discoveryState) note(found discovery, self lease.Lease, log *slog.Logge
 			log.Info("this host's peers see it where its lease says (no NAT seen)")
 		}
 	}
-	s.now = found
-}
-
-// noteNotEager records how many peers behind NAT the bound on eager ones
-// left for traffic only (capEager), and says so once when it begins.
-func (s *discoveryState) noteNotEager(n int, log *slog.Logger) {
-	if n > 0 && s.notEager == 0 {
-		log.Warn("more peers are behind NAT than this host configures eagerly; the others are configured for traffic",
-			"eager", maxEager, "not_eager", n)
+	if found.capped > 0 && s.now.capped == 0 {
+		log.Warn("more peers are seen behind NAT than this host configures eagerly; the others are configured for traffic",
+			"eager", len(found.eager), "not_eager", found.capped)
 	}
-	s.notEager = n
+	s.now = found
 }
 
 // observe reads what the device shows (dev) against the peers planned
@@ -116,9 +103,7 @@ func (b *Backend) Observe() (Observation, error) {
 	if err != nil {
 		return Observation{}, err
 	}
-	obs := b.found.observe(dev, b.last.want, b.last.holders, time.Now())
-	obs.BackendData = b.backendDataLocked()
-	return obs, nil
+	return b.found.observe(dev, b.last.want, b.last.holders, time.Now()), nil
 }
 
 // Relays are the peers this host reaches through a relay, by lease key,

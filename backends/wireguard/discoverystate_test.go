@@ -84,8 +84,7 @@ func TestRelayChoiceOnFakes(t *testing.T) {
 	seenBy2 := []lease.Sighting{{Lease: "10.5.1.0-24", Endpoint: netip.MustParseAddrPort("198.51.100.1:51820")},
 		{Lease: "10.5.3.0-24", Endpoint: netip.MustParseAddrPort("198.51.100.3:4000")}}
 	p2 := wgPeer("10.5.2.0/24", "192.168.50.2", data(k2, 51820)).WithSightings(seenBy2, nil)
-	// Host 3 says in its lease that it is behind NAT.
-	p3 := wgPeer("10.5.3.0/24", "172.31.3.2", string(encodeBackendData(k3, 51820, true)))
+	p3 := wgPeer("10.5.3.0/24", "172.31.3.2", data(k3, 51820))
 	selfLease := self("10.5.1.0/24")
 	apply := func(selfReach, reach3 []string) {
 		t.Helper()

@@ -475,17 +475,17 @@ type OnDemandStats struct {
 	// because their handshake did not complete within probationTimeout
 	// (packets forged "from" a lease's address, or a peer gone).
 	Refused, Expired uint64
-	// NATNotEager are the peers behind NAT (their leases say so) beyond
-	// the bound on those configured eagerly (maxEager): configured only
-	// for traffic.
-	NATNotEager int
+	// SeenNotEager are the peers seen behind NAT beyond the bound on
+	// those configured eagerly (maxEager): sent to where they are seen,
+	// configured only for traffic.
+	SeenNotEager int
 }
 
 // OnDemand reports the on-demand mode's state.
 func (b *Backend) OnDemand() OnDemandStats {
 	st := b.peers.stats()
 	b.mu.Lock()
-	st.NATNotEager = b.found.notEager
+	st.SeenNotEager = b.found.now.capped
 	b.mu.Unlock()
 	return st
 }

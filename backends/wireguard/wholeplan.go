@@ -2,7 +2,6 @@ package wireguard
 
 import (
 	"net/netip"
-	"strings"
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -25,9 +24,6 @@ type wholePlan struct {
 	peers    []PeerSpec
 	holders  map[keys.Key][]string
 	problems []error
-	// notEager counts the peers behind NAT beyond the bound on those
-	// configured eagerly (capEager).
-	notEager int
 	// onDemand says whether the device holds only the peers in use.
 	onDemand bool
 	// device is the one write to the device (key, port, peer changes)
@@ -65,37 +61,10 @@ type wholeInput struct {
 func planWhole(d mesh.Desired, in wholeInput) wholePlan {
 	p := wholePlan{found: discover(d)}
 	p.peers, p.problems, p.holders = plan(d, in.key.Public(), in.opts, p.found)
-	p.notEager = capEager(p.peers, in.opts, p.found.self.IsValid())
 	p.onDemand = in.userspace && (in.opts.OnDemandPeers == OnDemandOn ||
 		in.opts.OnDemandPeers == OnDemandAuto && len(p.peers) > OnDemandThreshold)
 	p.device = planDevice(in.current, in.key, in.opts.ListenPort, p.peers, p.onDemand, in.lastEndpoints, in.now)
 	p.halves = tunnelHalves(d, in.opts)
 	p.direct, p.ipv6 = DirectRoutes(d, in.opts), d.Network.Addr().Is6()
 	return p
-}
-
-// capEager leaves at most maxEager peers behind NAT eager (configured at
-// once, never idled, kept open with keepalives), the first in the plan's
-// order (by subnet, as every host orders them); the others are
-// configured for traffic only, as any on-demand peer, and counted. A
-// lease can say that its own host is behind NAT, so the bound keeps forged
-// leases from holding an on-demand host at its fully configured size.
-// Outside peers are always configured and are not counted.
-func capEager(peers []PeerSpec, opts Options, selfBehindNAT bool) (notEager int) {
-	eager := 0
-	for i := range peers {
-		if !peers[i].NAT || strings.HasPrefix(peers[i].Lease, "peers/") {
-			continue
-		}
-		if eager < maxEager {
-			eager++
-			continue
-		}
-		peers[i].NAT = false
-		if !selfBehindNAT {
-			peers[i].Keepalive = opts.PersistentKeepalive
-		}
-		notEager++
-	}
-	return notEager
 }

@@ -73,9 +73,9 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		fmt.Fprintf(stdout, "wireguard peers on demand: %d known, %d configured, %d idle; %d added for traffic, %d "+
 			"capped, %d removed idle; %d refused and %d removed for want of a handshake\n",
 			od.Known, od.Configured, od.Known-od.Configured, od.Added, od.Capped, od.Idled, od.Refused, od.Expired)
-		if od.NATNotEager > 0 {
-			fmt.Fprintf(stdout, "wireguard peers behind NAT beyond the eager bound: %d (configured for traffic only)\n",
-				od.NATNotEager)
+		if od.SeenNotEager > 0 {
+			fmt.Fprintf(stdout, "wireguard peers seen behind NAT beyond the eager bound: %d (configured for traffic only)\n",
+				od.SeenNotEager)
 		}
 	}
 	for reason, n := range s.Drops {

@@ -38,9 +38,6 @@ func publishObservations(ctx context.Context, observer backends.EndpointObserver
 		if obs.BehindNAT {
 			wait = min(every, observeOften)
 		}
-		if obs.BackendData != nil && holder.SetBackendData(backends.WireGuard, obs.BackendData) {
-			log.Info("publishing this host's WireGuard data: whether it is behind NAT", "behind_nat", obs.BehindNAT)
-		}
 		if holder.SetSeen(obs.Seen, obs.Reach) {
 			log.Info("publishing where this host sees peers behind NAT, and what it reaches", "sightings", len(obs.Seen),
 				"reach", obs.Reach)

@@ -131,7 +131,7 @@ func (o *observer) document(peers bool) status.Document {
 	if od, ok := backends.As[backends.OnDemandReporter](o.backend); ok {
 		if st := od.OnDemand(); st.Enabled {
 			s.OnDemand = &status.OnDemand{Known: st.Known, Configured: st.Configured, Added: st.Added, Capped: st.Capped,
-				Idled: st.Idled, Refused: st.Refused, Expired: st.Expired, NATNotEager: st.NATNotEager}
+				Idled: st.Idled, Refused: st.Refused, Expired: st.Expired, SeenNotEager: st.SeenNotEager}
 		}
 	}
 	if peers {
@@ -238,9 +238,8 @@ var (
 	descOnDemand = prometheus.NewDesc("weft_wireguard_peers",
 		"WireGuard peers the leases name, by state: configured on the device or idle (on-demand mode).",
 		[]string{"state"}, nil)
-	descNATNotEager = prometheus.NewDesc("weft_wireguard_nat_not_eager_peers",
-		"Peers whose leases say they are behind NAT beyond the bound on those configured eagerly (256): "+
-			"configured only for traffic.", nil, nil)
+	descSeenNotEager = prometheus.NewDesc("weft_wireguard_seen_not_eager_peers",
+		"Peers seen behind NAT beyond the bound on those configured eagerly (256): configured only for traffic.", nil, nil)
 	descOnDemandOp = prometheus.NewDesc("weft_wireguard_on_demand_total",
 		"On-demand mode events: peers added for traffic, activations refused by the rate bound (capped), peers removed "+
 			"for idleness (idled), inbound activations refused while 128 peers awaited a handshake (refused_unverified), "+
@@ -260,7 +259,7 @@ var (
 func (o *observer) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descLease, descExpiry, descReady, descPeers, descRuns, descErrors, descRelists,
 		descConflicts, descRx, descTx, descHandshake, descUDPDropped, descTunnelDrop, descCalls, descFull, descOnDemand,
-		descOnDemandOp, descNATNotEager} {
+		descOnDemandOp, descSeenNotEager} {
 		ch <- d
 	}
 	ch <- descPaths
@@ -362,7 +361,7 @@ func (o *observer) Collect(ch chan<- prometheus.Metric) {
 		counter(descOnDemandOp, float64(od.Idled), "idled")
 		counter(descOnDemandOp, float64(od.Refused), "refused_unverified")
 		counter(descOnDemandOp, float64(od.Expired), "expired_unverified")
-		gauge(descNATNotEager, float64(od.NATNotEager))
+		gauge(descSeenNotEager, float64(od.SeenNotEager))
 	}
 	o.duration.Collect(ch)
 }

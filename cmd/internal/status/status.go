@@ -59,9 +59,9 @@ type OnDemand struct {
 	// theirs never came (forged sources, or peers gone).
 	Refused uint64 `json:"refused_unverified"`
 	Expired uint64 `json:"expired_unverified"`
-	// NATNotEager are the peers behind NAT (their leases say so) beyond
-	// the bound on those configured eagerly: configured only for traffic.
-	NATNotEager int `json:"nat_not_eager,omitempty"`
+	// SeenNotEager are the peers seen behind NAT beyond the bound on
+	// those configured eagerly: configured only for traffic.
+	SeenNotEager int `json:"seen_not_eager,omitempty"`
 }
 
 // Peer is one peer of this host.
