@@ -228,12 +228,21 @@ func SendIPIP(ns string, src, dst netip.Addr, inner []byte) error {
 	})
 }
 
-// FloodForgedUDP sends payload to dst from each of sources in turn, as
-// fast as one raw socket of namespace ns can, for d: datagrams whose
-// source addresses the sender does not hold (written with their own IP
-// header), as anyone on the path can forge them. It returns how many it
-// sent.
-func FloodForgedUDP(ns string, dst netip.AddrPort, sources []netip.AddrPort, payload []byte, d time.Duration) (int, error) {
+// SendForgedUDP sends payload to dst from src, an address the sender
+// need not hold, out of namespace ns through a raw socket (one datagram
+// of FloodForgedUDP).
+func SendForgedUDP(ns string, src, dst netip.AddrPort, payload []byte) error {
+	_, err := FloodForgedUDP(ns, dst, []netip.AddrPort{src}, [][]byte{payload}, 1, time.Nanosecond)
+	return err
+}
+
+// FloodForgedUDP sends dst the payloads in turn, each from the next of
+// sources, from one raw socket of namespace ns, for d: at perSecond
+// datagrams a second, or as fast as the socket can when perSecond is 0.
+// The datagrams' source addresses are ones the sender does not hold
+// (written with their own IP header), as anyone on the path can forge
+// them. It returns how many it sent.
+func FloodForgedUDP(ns string, dst netip.AddrPort, sources []netip.AddrPort, payloads [][]byte, perSecond int, d time.Duration) (int, error) {
 	sent := 0
 	err := inNetns(ns, func() error {
 		c, err := net.ListenPacket("ip4:udp", "0.0.0.0")
@@ -245,19 +254,26 @@ func FloodForgedUDP(ns string, dst netip.AddrPort, sources []netip.AddrPort, pay
 		if err != nil {
 			return err
 		}
-		dgram := make([]byte, 8+len(payload))
-		binary.BigEndian.PutUint16(dgram[2:4], dst.Port())
-		binary.BigEndian.PutUint16(dgram[4:6], uint16(len(dgram)))
-		copy(dgram[8:], payload)
-		h := &ipv4.Header{Version: 4, Len: ipv4.HeaderLen, TotalLen: ipv4.HeaderLen + len(dgram), TTL: 64, Protocol: 17, Dst: dst.Addr().AsSlice()}
-		end := time.Now().Add(d)
+		start := time.Now()
+		end := start.Add(d)
 		for i := 0; ; i++ {
-			if i%1024 == 0 && time.Now().After(end) {
+			if perSecond > 0 {
+				next := start.Add(time.Duration(i) * time.Second / time.Duration(perSecond))
+				if next.After(end) {
+					return nil
+				}
+				time.Sleep(time.Until(next))
+			} else if i%1024 == 0 && time.Now().After(end) {
 				return nil
 			}
-			src := sources[i%len(sources)]
-			h.Src = src.Addr().AsSlice()
+			payload, src := payloads[i%len(payloads)], sources[i%len(sources)]
+			dgram := make([]byte, 8+len(payload))
 			binary.BigEndian.PutUint16(dgram[0:2], src.Port())
+			binary.BigEndian.PutUint16(dgram[2:4], dst.Port())
+			binary.BigEndian.PutUint16(dgram[4:6], uint16(len(dgram)))
+			copy(dgram[8:], payload)
+			h := &ipv4.Header{Version: 4, Len: ipv4.HeaderLen, TotalLen: ipv4.HeaderLen + len(dgram), TTL: 64, Protocol: 17,
+				Src: src.Addr().AsSlice(), Dst: dst.Addr().AsSlice()}
 			if err := raw.WriteTo(h, dgram, nil); err != nil {
 				return err
 			}

@@ -2,6 +2,7 @@ package lab
 
 import (
 	"context"
+	"crypto/rand"
 	"fmt"
 	"net/netip"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/weftnet/weft/backends"
+	"github.com/weftnet/weft/backends/wireguard/wireguardtest"
 	"github.com/weftnet/weft/keys"
 	"github.com/weftnet/weft/lease"
 )
@@ -181,13 +183,21 @@ func TestWireGuardOnDemand(t *testing.T) {
 	})
 }
 
-// checkForgedActivations: issue 30, item 4. 300 leases of hosts that do
+// checkForgedActivations: issues 30 and 41. 300 leases of hosts that do
 // not exist, each at its own endpoint, and a namespace on the underlay
-// holding their addresses sends h1 one 4-byte WireGuard data message from
-// each endpoint (anyone who can forge those sources can). h1 configures at
-// most the probation bound (128) and refuses the rest, the pair h2-h3 keeps
-// working meanwhile, and the forged peers leave h1's device once their
-// handshakes fail to come (10 s), counted.
+// forging datagrams from those endpoints (anyone on the path can):
+//   - one 4-byte WireGuard data message from each: h1 holds at most 128
+//     of their peers (the rest are refused or capped, counted), the pair
+//     h2-h3 keeps working, and the held peers leave h1's device within
+//     seconds (no traffic of theirs comes out of the tunnel);
+//   - initiations: random bytes from each endpoint and from h2's, and an
+//     initiation made with h2's own key, replayed from h2's endpoint
+//     after h1 saw it: none configures a peer, each is counted;
+//   - data messages from h2's endpoint, h2 being live: h1 starts one
+//     handshake, which h2 completes, and still removes h2 within seconds;
+//   - data messages and random initiations at 100 a second each from the
+//     dead endpoints: h3's first ping to an idle h1, and h1's to an idle
+//     h3, arrive.
 func checkForgedActivations(t *testing.T, l *Lab, h1, h2, h3 *Host, peerCount func(*Host) int) {
 	ctx := context.Background()
 	forger, _, err := l.AddUnderlayNetns("forger", 210)
@@ -207,11 +217,6 @@ func checkForgedActivations(t *testing.T, l *Lab, h1, h2, h3 *Host, peerCount fu
 			t.Fatal(err)
 		}
 		fake, endpoints = append(fake, key), append(endpoints, ep)
-		if i < 100 {
-			if _, err := Exec(forger, "ip", "addr", "add", ep.Addr().String()+"/24", "dev", "eth0"); err != nil {
-				t.Fatal(err)
-			}
-		}
 	}
 	defer func() {
 		for _, key := range fake {
@@ -225,32 +230,128 @@ func checkForgedActivations(t *testing.T, l *Lab, h1, h2, h3 *Host, peerCount fu
 		}
 		return nil
 	})
-	before := peerCount(h1)
-	for _, ep := range endpoints {
-		if err := SendRawUDP(forger, ep, netip.AddrPortFrom(h1.PublicIP, 51820), []byte{4, 0, 0, 0}); err != nil {
+	h1WG := netip.AddrPortFrom(h1.PublicIP, 51820)
+	h2WG := netip.AddrPortFrom(h2.PublicIP, 51820)
+	counter := func(event string) int {
+		metrics, _ := HTTPGet(h1.Name, "http://127.0.0.1:8471/metrics")
+		return metricValue(metrics, `weft_wireguard_on_demand_total{event="`+event+`"}`)
+	}
+	waitNone := func(what string, within time.Duration) {
+		t.Helper()
+		eventually(t, what, within, func() error {
+			if n := peerCount(h1); n != 0 {
+				return fmt.Errorf("%d peers configured on h1", n)
+			}
+			return nil
+		})
+	}
+	waitNone("h1 idle before the forgeries", 30*time.Second)
+
+	t.Run("data messages from 300 dead endpoints", func(t *testing.T) {
+		if _, err := FloodForgedUDP(forger, h1WG, endpoints, [][]byte{{4, 0, 0, 0}}, 0, 50*time.Millisecond); err != nil {
 			t.Fatal(err)
 		}
-	}
-	if _, err := Exec(h2.Container, "ping", "-c", "3", "-i", "0.2", "-W", "2", h3.ContainerIP().String()); err != nil {
-		t.Errorf("the pair h2-h3 during the forged flood: %v", err)
-	}
-	time.Sleep(time.Second)
-	n := peerCount(h1)
-	metrics, _ := HTTPGet(h1.Name, "http://127.0.0.1:8471/metrics")
-	refused := metricValue(metrics, `weft_wireguard_on_demand_total{event="refused_unverified"}`)
-	t.Logf("300 forged datagrams: %d peers configured (%d before), %d refused", n, before, refused)
-	// The rate bound (shared with outbound activations, which the flood
-	// above spent) may refuse some first, as "capped".
-	if n > before+128 || n == before || refused == 0 {
-		t.Errorf("%d peers configured (%d before), %d refused: want at most 128 on probation and the rest refused", n, before, refused)
-	}
-	eventually(t, "the forged peers leave h1's device", 20*time.Second, func() error {
-		metrics, _ := HTTPGet(h1.Name, "http://127.0.0.1:8471/metrics")
-		expired := metricValue(metrics, `weft_wireguard_on_demand_total{event="expired_unverified"}`)
-		if now := peerCount(h1); now > before || expired < n-before {
-			return fmt.Errorf("%d peers configured (%d before), %d removed for want of a handshake", now, before, expired)
+		if _, err := Exec(h2.Container, "ping", "-c", "3", "-i", "0.2", "-W", "2", h3.ContainerIP().String()); err != nil {
+			t.Errorf("the pair h2-h3 during the forged flood: %v", err)
 		}
-		return nil
+		n := peerCount(h1)
+		refused, capped := counter("refused_unverified"), counter("capped")
+		t.Logf("forged data messages: %d peers held, %d refused, %d capped", n, refused, capped)
+		if n > 128+2 || n == 0 || refused+capped == 0 {
+			t.Errorf("%d peers configured, %d refused, %d capped: want at most 128 held and the rest counted", n, refused, capped)
+		}
+		start := time.Now()
+		waitNone("the held peers leave h1's device", 15*time.Second)
+		t.Logf("held peers gone %s after the check", time.Since(start).Round(100*time.Millisecond))
+	})
+
+	t.Run("initiations without proof, and a replayed one, configure nothing", func(t *testing.T) {
+		h2Key, err := keys.Load(filepath.Join(h2.Dir, "wg.key"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		h1Key, err := keys.Load(filepath.Join(h1.Dir, "wg.key"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		src, err := wireguardtest.NewInitiationSource(h2Key, h1Key.Public())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer src.Close()
+		captured, err := src.Next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// h1 sees the capture once (fresh: it configures h2, whose
+		// handshake cannot complete, so h2 leaves again)...
+		if err := SendForgedUDP(forger, h2WG, h1WG, captured); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "h1 takes the fresh initiation", 5*time.Second, func() error {
+			if peerCount(h1) != 1 {
+				return fmt.Errorf("h2 not configured")
+			}
+			return nil
+		})
+		waitNone("h2 leaves h1 without a completed handshake", 15*time.Second)
+		// ...then its replay and random initiations come.
+		forged, replayed := counter("forged_initiation"), counter("replayed_initiation")
+		random := make([][]byte, 50)
+		for i := range random {
+			random[i] = make([]byte, 148)
+			rand.Read(random[i])
+			random[i][0], random[i][1], random[i][2], random[i][3] = 1, 0, 0, 0
+		}
+		if _, err := FloodForgedUDP(forger, h1WG, append(endpoints[:50:50], h2WG), random, 0, 20*time.Millisecond); err != nil {
+			t.Fatal(err)
+		}
+		if err := SendForgedUDP(forger, h2WG, h1WG, captured); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Second)
+		if n := peerCount(h1); n != 0 {
+			t.Errorf("%d peers configured by random and replayed initiations", n)
+		}
+		if f, r := counter("forged_initiation")-forged, counter("replayed_initiation")-replayed; f < 50 || r != 1 {
+			t.Errorf("counted %d initiations failing their proof (want at least 50) and %d replays (want 1)", f, r)
+		}
+	})
+
+	t.Run("data messages from a live host's endpoint", func(t *testing.T) {
+		if err := SendForgedUDP(forger, h2WG, h1WG, []byte{4, 0, 0, 0}); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		waitNone("h1 removes h2, held by a forged data message", 10*time.Second)
+		t.Logf("h2 held %s", time.Since(start).Round(100*time.Millisecond))
+	})
+
+	t.Run("a forged flood does not stop a real idle peer's first packet", func(t *testing.T) {
+		eventually(t, "h3 idle", 30*time.Second, func() error {
+			if n := peerCount(h3); n != 0 {
+				return fmt.Errorf("%d peers configured on h3", n)
+			}
+			return nil
+		})
+		random := make([]byte, 148)
+		rand.Read(random)
+		random[0], random[1], random[2], random[3] = 1, 0, 0, 0
+		flooded := make(chan error, 1)
+		go func() {
+			_, err := FloodForgedUDP(forger, h1WG, endpoints, [][]byte{{4, 0, 0, 0}, random}, 200, 8*time.Second)
+			flooded <- err
+		}()
+		time.Sleep(3 * time.Second) // the flood has held what it can
+		if _, err := Exec(h3.Container, "ping", "-c", "1", "-W", "3", h1.ContainerIP().String()); err != nil {
+			t.Errorf("h3's first ping to an idle h1 during the flood: %v", err)
+		}
+		if _, err := Exec(h1.Container, "ping", "-c", "1", "-W", "3", h2.ContainerIP().String()); err != nil {
+			t.Errorf("h1's first ping to an idle h2 during the flood: %v", err)
+		}
+		if err := <-flooded; err != nil {
+			t.Fatal(err)
+		}
 	})
 }
 

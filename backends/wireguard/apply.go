@@ -49,6 +49,7 @@ func (b *Backend) write(p wholePlan, self lease.Lease, leases int) []error {
 	b.found.note(p.found, self, b.log)
 	b.last.want = p.peers
 	b.peers.setWanted(p.peers)
+	b.peers.setIdentity(b.id.key)
 	b.warnMixedFamilies(p.device.configured)
 	if c := p.device.config; c.PrivateKey != nil || c.ListenPort != nil || len(c.Peers) > 0 {
 		if err := b.link.configure(c); err != nil {

@@ -1,7 +1,6 @@
 package wireguard
 
 import (
-	"encoding/binary"
 	"net/netip"
 	"slices"
 	"sync"
@@ -9,8 +8,7 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
-
-	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+	"golang.zx2c4.com/wireguard/tai64n"
 
 	"github.com/weftnet/weft/keys"
 )
@@ -78,13 +76,24 @@ type onDemand struct {
 	// the lookup of a destination address.
 	bits4, bits6 []int
 	configured   map[keys.Key]bool
-	// probation are the peers configured because a packet arrived "from"
-	// their lease's endpoint, by when, until their first handshake
-	// completes (probation.go).
-	probation map[keys.Key]time.Time
-	limiter   *rate.Limiter
+	// probation are the peers configured by inbound packets until they
+	// show they are the peer (probation.go); holding counts those held
+	// by a data packet (read on the data path).
+	probation map[keys.Key]probation
+	holding   atomic.Int32
+	// verifier proves initiations (nil until the device has this
+	// host's key); latest is the newest initiation timestamp proven from
+	// each key, kept while the key is a lease's, across idle removals (an
+	// older or equal one is a replay); kicked is when a data packet last
+	// started a handshake with each peer (activate.go).
+	verifier atomic.Pointer[initiationVerifier]
+	latest   map[keys.Key]tai64n.Timestamp
+	kicked   map[keys.Key]time.Time
+	// limiter bounds activations by outbound packets and proven
+	// initiations, heldLimiter those by data packets, proofs the proofs.
+	limiter, heldLimiter, proofs *rate.Limiter
 	// jobs and closing are the worker's (start, stop); nil when none runs.
-	jobs    chan activation
+	jobs    chan configureJob
 	closing chan struct{}
 
 	// configure adds a peer to the device (and, when kick is set, starts
@@ -92,16 +101,23 @@ type onDemand struct {
 	configure func(spec PeerSpec, kick bool) error
 
 	added, capped, failed, idled atomic.Uint64
-	// refused counts inbound activations refused because maxOnProbation
-	// peers already await a handshake; expired the peers removed because
-	// none came within probationTimeout.
+	// refused counts activations by data packets refused because
+	// maxOnProbation peers were held or the peer was kicked within
+	// kickEvery; expired the peers removed because they did not show they
+	// were the peer in time.
 	refused, expired atomic.Uint64
+	// forged counts initiations that failed their proof, replayed those
+	// whose timestamp was not newer than the key's latest.
+	forged, replayed atomic.Uint64
 }
 
 func newOnDemand() *onDemand {
 	return &onDemand{specs: map[keys.Key]PeerSpec{}, bySubnet: map[netip.Prefix]keys.Key{},
-		byEndpoint: map[netip.AddrPort]keys.Key{}, configured: map[keys.Key]bool{}, probation: map[keys.Key]time.Time{},
-		limiter: rate.NewLimiter(activationRate, activationBurst)}
+		byEndpoint: map[netip.AddrPort]keys.Key{}, configured: map[keys.Key]bool{}, probation: map[keys.Key]probation{},
+		latest: map[keys.Key]tai64n.Timestamp{}, kicked: map[keys.Key]time.Time{},
+		limiter:     rate.NewLimiter(activationRate, activationBurst),
+		heldLimiter: rate.NewLimiter(heldRate, heldBurst),
+		proofs:      rate.NewLimiter(proofRate, proofBurst)}
 }
 
 // on reports whether the device holds only the peers in use (the mode
@@ -115,7 +131,8 @@ func (o *onDemand) setOn(on bool) (changed bool) { return o.enabled.Swap(on) != 
 func (o *onDemand) stats() OnDemandStats {
 	known, configured := o.counts()
 	return OnDemandStats{Enabled: o.on(), Known: known, Configured: configured, Added: o.added.Load(), Capped: o.capped.Load(),
-		Idled: o.idled.Load(), Refused: o.refused.Load(), Expired: o.expired.Load()}
+		Idled: o.idled.Load(), Refused: o.refused.Load(), Expired: o.expired.Load(),
+		Forged: o.forged.Load(), Replayed: o.replayed.Load()}
 }
 
 // countIdled and countExpired count peers removed from the device for
@@ -133,6 +150,22 @@ func (o *onDemand) setWanted(want []PeerSpec) {
 	o.bits4, o.bits6 = nil, nil
 	for _, s := range want {
 		o.addLocked(s)
+	}
+	o.forgetLeftLocked()
+}
+
+// forgetLeftLocked drops what is kept per key of keys no lease holds
+// any more (o.mu held).
+func (o *onDemand) forgetLeftLocked() {
+	for k := range o.latest {
+		if _, ok := o.specs[k]; !ok {
+			delete(o.latest, k)
+		}
+	}
+	for k := range o.kicked {
+		if _, ok := o.specs[k]; !ok {
+			delete(o.kicked, k)
+		}
 	}
 }
 
@@ -155,6 +188,7 @@ func (o *onDemand) update(before, after []PeerSpec) {
 	for _, s := range after {
 		o.addLocked(s)
 	}
+	o.forgetLeftLocked()
 }
 
 func (o *onDemand) addLocked(s PeerSpec) {
@@ -192,7 +226,7 @@ func (o *onDemand) markRemoved(gone []keys.Key) {
 	defer o.mu.Unlock()
 	for _, k := range gone {
 		delete(o.configured, k)
-		delete(o.probation, k)
+		o.endProbationLocked(k)
 	}
 }
 
@@ -252,56 +286,9 @@ func (o *onDemand) outboundBatch(bufs [][]byte, sizes []int, offset, n int) {
 	}
 	o.mu.Unlock()
 	for _, key := range pending {
-		o.activate(key, false, false)
+		o.activate(key, outboundPacket)
 	}
 }
-
-// inboundBatch is called with each batch received from the underlay
-// before wireguard-go sees it (from[i] is packet i's sender; invalid:
-// unknown): a handshake initiation or a data packet from a lease's
-// endpoint whose peer is not configured configures it, on probation
-// (probation.go: anyone can forge that source address). A data packet (the
-// peer still has a session from before this device lost it: weftd
-// restarted, the peer was idle here) starts a handshake at once, so the
-// peer does not wait out its rekey timeout; an initiation does not, since
-// two handshakes crossing lose the first packets. The table is locked once
-// per batch.
-func (o *onDemand) inboundBatch(packets [][]byte, sizes []int, from []netip.AddrPort, n int) {
-	type pendingPeer struct {
-		key  keys.Key
-		kick bool
-	}
-	var pending []pendingPeer
-	o.mu.Lock()
-	for i := range n {
-		if sizes[i] < 4 || !from[i].IsValid() {
-			continue
-		}
-		kind := binary.LittleEndian.Uint32(packets[i][:4])
-		if kind != messageInitiation && kind != messageTransport {
-			continue
-		}
-		key, found := o.byEndpoint[netip.AddrPortFrom(from[i].Addr().Unmap(), from[i].Port())]
-		if !found || o.configured[key] {
-			continue
-		}
-		if j := slices.IndexFunc(pending, func(p pendingPeer) bool { return p.key == key }); j >= 0 {
-			pending[j].kick = pending[j].kick || kind == messageTransport
-			continue
-		}
-		pending = append(pending, pendingPeer{key, kind == messageTransport})
-	}
-	o.mu.Unlock()
-	for _, p := range pending {
-		o.activate(p.key, p.kick, true)
-	}
-}
-
-// WireGuard message types (the first four bytes, little endian).
-const (
-	messageInitiation = 1
-	messageTransport  = 4
-)
 
 // lookupLocked finds the peer whose allowed prefix holds dst.
 func (o *onDemand) lookupLocked(dst netip.Addr) (keys.Key, bool) {
@@ -321,138 +308,25 @@ func (o *onDemand) lookupLocked(dst netip.Addr) (keys.Key, bool) {
 	return keys.Key{}, false
 }
 
-// activate configures a known peer that the device does not hold, within
-// the activation rate. The device call is made by the worker goroutine
-// (start): an outbound packet's goroutine waits for it at most
-// activationWait, or until the device closes, so a data-path goroutine
-// never blocks on wireguard-go's configuration lock, which Close and a port
-// change hold while they wait for those very goroutines to finish. An
-// inbound activation puts the peer on probation (at most maxOnProbation at
-// once) and waits only while fewer than inboundWaiters peers are on it, so
-// a flood of forged datagrams holds the receive path for a few activations
-// per probation period at most.
-func (o *onDemand) activate(key keys.Key, kick, inbound bool) {
-	o.mu.Lock()
-	spec, known := o.specs[key]
-	if !known || o.configured[key] || o.jobs == nil {
-		o.mu.Unlock()
-		return
-	}
-	if inbound && len(o.probation) >= maxOnProbation {
-		o.mu.Unlock()
-		o.refused.Add(1)
-		return
-	}
-	if !o.limiter.Allow() {
-		o.mu.Unlock()
-		o.capped.Add(1)
-		return
-	}
-	// Marked before the device call, under the lock, so concurrent
-	// packets for the same peer do not configure it twice.
-	o.configured[key] = true
-	// A packet waits for its peer (so wireguard-go finds it configured:
-	// nothing is lost) unless it came in while many peers await their
-	// handshake, as under a flood of forged datagrams.
-	wait := !inbound || len(o.probation) < inboundWaiters
-	if inbound {
-		o.probation[key] = time.Now()
-	}
-	jobs, closing := o.jobs, o.closing
-	o.mu.Unlock()
-	done := make(chan struct{})
-	if !wait {
-		select {
-		case jobs <- activation{spec: spec, kick: kick, done: done}:
-		default: // the worker is behind: the peer's next packet tries again
-			o.markRemoved([]keys.Key{key})
-			o.capped.Add(1)
-		}
-		return
-	}
-	select {
-	case jobs <- activation{spec: spec, kick: kick, done: done}:
-	case <-closing:
-		o.markRemoved([]keys.Key{key})
-		return
-	}
-	timeout := time.NewTimer(activationWait)
-	defer timeout.Stop()
-	select {
-	case <-done:
-	case <-closing:
-	case <-timeout.C:
-	}
-}
+// packetDst is the destination address of an IP packet, packetSrc its
+// source.
+func packetDst(packet []byte) (netip.Addr, bool) { return packetAddr(packet, 16, 24) }
+func packetSrc(packet []byte) (netip.Addr, bool) { return packetAddr(packet, 12, 8) }
 
-// activationWait bounds how long a packet waits for its peer to be
-// configured (a few hundred microseconds normally).
-const activationWait = 200 * time.Millisecond
-
-// activation is one peer for the worker to configure; done is closed when
-// it is.
-type activation struct {
-	spec PeerSpec
-	kick bool
-	done chan struct{}
-}
-
-// start runs the worker that configures activated peers on the device,
-// until stop.
-func (o *onDemand) start() {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	if o.jobs != nil {
-		return
-	}
-	o.jobs, o.closing = make(chan activation, activationBurst), make(chan struct{})
-	go o.work(o.jobs, o.closing)
-}
-
-// stop ends the worker and releases every packet waiting for it; called
-// before the device closes.
-func (o *onDemand) stop() {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	if o.jobs != nil {
-		close(o.closing)
-		o.jobs, o.closing = nil, nil
-	}
-}
-
-func (o *onDemand) work(jobs chan activation, closing chan struct{}) {
-	for {
-		select {
-		case <-closing:
-			return
-		case a := <-jobs:
-			o.mu.Lock()
-			configure := o.configure
-			o.mu.Unlock()
-			if configure == nil || configure(a.spec, a.kick) != nil {
-				o.failed.Add(1)
-				o.markRemoved([]keys.Key{a.spec.PublicKey})
-			} else {
-				o.added.Add(1)
-			}
-			close(a.done)
-		}
-	}
-}
-
-// packetDst is the destination address of an IP packet.
-func packetDst(packet []byte) (netip.Addr, bool) {
+// packetAddr reads the address at offset v4 of an IPv4 header or v6 of
+// an IPv6 one.
+func packetAddr(packet []byte, v4, v6 int) (netip.Addr, bool) {
 	if len(packet) < 1 {
 		return netip.Addr{}, false
 	}
 	switch packet[0] >> 4 {
 	case 4:
 		if len(packet) >= 20 {
-			return netip.AddrFrom4([4]byte(packet[16:20])), true
+			return netip.AddrFrom4([4]byte(packet[v4 : v4+4])), true
 		}
 	case 6:
 		if len(packet) >= 40 {
-			return netip.AddrFrom16([16]byte(packet[24:40])), true
+			return netip.AddrFrom16([16]byte(packet[v6 : v6+16])), true
 		}
 	}
 	return netip.Addr{}, false
@@ -470,11 +344,17 @@ type OnDemandStats struct {
 	// the activations refused by the rate bound, Idled the peers removed
 	// for idleness.
 	Added, Capped, Idled uint64
-	// Refused counts activations by inbound packets refused because
-	// maxOnProbation peers awaited a handshake; Expired the peers removed
-	// because their handshake did not complete within probationTimeout
-	// (packets forged "from" a lease's address, or a peer gone).
+	// Refused counts activations by data packets refused because
+	// maxOnProbation peers were held or the peer was kicked lately;
+	// Expired the peers removed because they did not show they were the
+	// peer in time (packets forged "from" a lease's address, replays, or
+	// a peer gone).
 	Refused, Expired uint64
+	// Forged counts handshake initiations that failed their proof (not
+	// made with this host's key, a stranger's key, no private key behind
+	// it), Replayed those whose timestamp was not newer than the latest
+	// from their key.
+	Forged, Replayed uint64
 	// SeenNotEager are the peers seen behind NAT beyond the bound on
 	// those configured eagerly (maxEager): sent to where they are seen,
 	// configured only for traffic.
@@ -488,112 +368,4 @@ func (b *Backend) OnDemand() OnDemandStats {
 	st.SeenNotEager = b.found.now.capped
 	b.mu.Unlock()
 	return st
-}
-
-// activity is what the idle sweep last saw of a configured peer: its byte
-// counters and when they last changed.
-type activity struct {
-	rx, tx int64
-	since  time.Time
-}
-
-// sweepIdle removes peers idle for OnDemandIdleAfter from the device while
-// the on-demand mode is on, checking a few times per idle period (at most
-// every 30 s), until stop is closed.
-func (b *Backend) sweepIdle(stop chan struct{}) {
-	every := min(b.cfg.opts.OnDemandIdleAfter/4, 30*time.Second)
-	ticker := time.NewTicker(every)
-	defer ticker.Stop()
-	verify := time.NewTicker(verifyEvery)
-	defer verify.Stop()
-	seen := map[keys.Key]activity{}
-	for {
-		select {
-		case <-stop:
-			return
-		case <-verify.C:
-			b.expireProbation(time.Now())
-			continue
-		case <-ticker.C:
-		}
-		if b.peers.on() {
-			b.removeIdle(seen, time.Now())
-		} else {
-			clear(seen)
-		}
-	}
-}
-
-// readLocked reads the device for the on-demand sweeps (b.mu held);
-// false when there is none or it cannot be read (a whole apply recreates
-// a missing device).
-func (b *Backend) readLocked() (*wgtypes.Device, bool) {
-	if b.link.dev == nil || b.link.control == nil {
-		return nil, false
-	}
-	dev, err := b.link.read()
-	return dev, err == nil
-}
-
-// removeLocked removes peers from the device in one configuration and
-// marks them idle in the on-demand table (b.mu held).
-func (b *Backend) removeLocked(peers []keys.Key) error {
-	cfg := wgtypes.Config{}
-	for _, k := range peers {
-		cfg.Peers = append(cfg.Peers, wgtypes.PeerConfig{PublicKey: wgtypes.Key(k), Remove: true})
-	}
-	if err := b.link.configure(cfg); err != nil {
-		return err
-	}
-	b.peers.markRemoved(peers)
-	return nil
-}
-
-// removeIdle reads the device once and removes the peers whose counters
-// have not moved, and whose last handshake is older, than the idle time.
-func (b *Backend) removeIdle(seen map[keys.Key]activity, now time.Time) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	dev, ok := b.readLocked()
-	if !ok {
-		return
-	}
-	idleAfter := b.cfg.opts.OnDemandIdleAfter
-	present := make(map[keys.Key]bool, len(dev.Peers))
-	var idle []keys.Key
-	for _, p := range dev.Peers {
-		k := keys.Key(p.PublicKey)
-		present[k] = true
-		if b.peers.behindNAT(k) {
-			continue // always configured; the endpoint it roamed to stays
-		}
-		if b.peers.onProbation(k) {
-			continue // its handshake decides (probation.go)
-		}
-		a, ok := seen[k]
-		if !ok || a.rx != p.ReceiveBytes || a.tx != p.TransmitBytes {
-			seen[k] = activity{rx: p.ReceiveBytes, tx: p.TransmitBytes, since: now}
-			continue
-		}
-		if now.Sub(a.since) >= idleAfter && now.Sub(p.LastHandshakeTime) >= idleAfter {
-			idle = append(idle, k)
-		}
-	}
-	for k := range seen {
-		if !present[k] {
-			delete(seen, k)
-		}
-	}
-	if len(idle) == 0 {
-		return
-	}
-	if err := b.removeLocked(idle); err != nil {
-		b.log.Warn("removing idle peers", "err", err)
-		return
-	}
-	for _, k := range idle {
-		delete(seen, k)
-	}
-	b.peers.countIdled(len(idle))
-	b.log.Debug("idle peers removed from the device; they come back with their next packet", "peers", len(idle), "idle_after", idleAfter)
 }

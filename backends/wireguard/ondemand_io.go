@@ -26,9 +26,19 @@ func (t *tunWrapper) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	return n, err
 }
 
+// Write writes a batch of packets wireguard-go decrypted; the on-demand
+// table sees them first while peers are held (probation.go).
+func (t *tunWrapper) Write(bufs [][]byte, offset int) (int, error) {
+	if t.peers.on() {
+		t.peers.innerBatch(bufs, offset)
+	}
+	return t.Device.Write(bufs, offset)
+}
+
 // bindWrapper is the UDP bind wireguard-go receives from, seen first by
-// the on-demand table: a handshake or data packet from a known peer's
-// lease endpoint configures the peer before wireguard-go handles it.
+// the on-demand table: a proven handshake initiation from a known peer,
+// or a data packet from its lease endpoint, configures the peer before
+// wireguard-go handles it (activate.go).
 type bindWrapper struct {
 	conn.Bind
 	peers *onDemand

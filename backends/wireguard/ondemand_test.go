@@ -38,12 +38,15 @@ func wgMessage(kind uint32, size int) []byte {
 }
 
 // TestOnDemandTable: a packet to a known peer's subnet (either family)
-// configures it once; a handshake or data packet from a lease endpoint
-// configures that peer (a data packet with a handshake kicked); other
-// traffic configures nothing; a peer that left or was removed for
+// configures it once; a data packet from a lease endpoint configures that
+// peer with a handshake kicked, a proven initiation from anywhere
+// configures its sender; other traffic (an initiation without proof, a
+// replayed one) configures nothing; a peer that left or was removed for
 // idleness is handled as the table says.
 func TestOnDemandTable(t *testing.T) {
-	a, b := mustKey(t), mustKey(t)
+	self, aPrivate := privateKey(t), privateKey(t)
+	a, b := aPrivate.Public(), mustKey(t)
+	fromA := newInitiationSource(t, aPrivate, self.Public())
 	specA := PeerSpec{Lease: "a", PublicKey: a, Endpoint: netip.MustParseAddrPort("192.168.50.2:51820"),
 		AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.5.2.0/24"), netip.MustParsePrefix("fc00:5:0:2::/64")}}
 	specB := PeerSpec{Lease: "b", PublicKey: b, Endpoint: netip.MustParseAddrPort("192.168.50.3:51820"),
@@ -58,6 +61,7 @@ func TestOnDemandTable(t *testing.T) {
 		return nil
 	})
 	o.enabled.Store(true)
+	o.setIdentity(self)
 	o.start()
 	defer o.stop()
 	// Inbound activations do not wait for the worker: wait here.
@@ -83,7 +87,7 @@ func TestOnDemandTable(t *testing.T) {
 	o.outbound(ipv4Packet("10.6.0.1")) // nobody's
 	o.outbound([]byte{0x45})           // truncated
 	o.inbound(wgMessage(messageTransport, 32), netip.MustParseAddrPort("192.168.50.3:51820"))
-	o.inbound(wgMessage(messageInitiation, 148), netip.MustParseAddrPort("192.168.50.9:51820")) // a stranger
+	o.inbound(wgMessage(messageInitiation, 148), netip.MustParseAddrPort("192.168.50.2:51820")) // no proof
 	o.inbound(wgMessage(2, 92), netip.MustParseAddrPort("192.168.50.2:51820"))                  // a response: not ours to act on
 	waitConfigured("a b+kick")
 	if known, configured := o.counts(); known != 2 || configured != 2 || o.added.Load() != 2 {
@@ -93,20 +97,24 @@ func TestOnDemandTable(t *testing.T) {
 	o.markRemoved([]keys.Key{a})
 	o.outbound(ipv6Packet("fc00:5:0:2::9"))
 	waitConfigured("a b+kick a")
-	// a moves to another address while idle: the new endpoint is known,
-	// the old one is not.
+	// a's proven initiation configures it from any address (it moved,
+	// or is behind NAT); the same initiation again is a replay.
 	o.markRemoved([]keys.Key{a})
-	moved := specA
-	moved.Endpoint = netip.MustParseAddrPort("192.168.50.20:51820")
-	o.update([]PeerSpec{specA}, []PeerSpec{moved})
-	o.inbound(wgMessage(messageInitiation, 148), netip.MustParseAddrPort("192.168.50.2:51820"))
-	o.inbound(wgMessage(messageInitiation, 148), netip.MustParseAddrPort("192.168.50.20:51820"))
+	initiation := fromA.next(t)
+	o.inbound(initiation, netip.MustParseAddrPort("192.168.50.99:4000"))
 	waitConfigured("a b+kick a a")
+	o.markRemoved([]keys.Key{a})
+	o.inbound(initiation, netip.MustParseAddrPort("192.168.50.2:51820"))
+	time.Sleep(50 * time.Millisecond)
+	waitConfigured("a b+kick a a")
+	if o.replayed.Load() != 1 || o.forged.Load() != 1 {
+		t.Errorf("replayed %d, forged %d; want 1 each", o.replayed.Load(), o.forged.Load())
+	}
 	// b leaves: its subnet and endpoint configure nothing any more.
 	o.update([]PeerSpec{specB}, nil)
 	o.markRemoved([]keys.Key{b})
 	o.outbound(ipv4Packet("10.5.3.1"))
-	o.inbound(wgMessage(messageInitiation, 148), netip.MustParseAddrPort("192.168.50.3:51820"))
+	o.inbound(wgMessage(messageTransport, 32), netip.MustParseAddrPort("192.168.50.3:51820"))
 	time.Sleep(50 * time.Millisecond)
 	waitConfigured("a b+kick a a")
 }

@@ -6,29 +6,63 @@ import (
 	"github.com/weftnet/weft/keys"
 )
 
-// Probation of peers configured by inbound packets. Their source address
-// is all the on-demand mode knows of them, and anyone can forge it: a
-// flood of 4-byte datagrams "from" every lease's endpoint would otherwise
-// configure every peer (the memory the mode exists to save) and make this
-// host send each real host a handshake. So a peer configured that way
-// stays only if a handshake with it completes within probationTimeout
-// (WireGuard authenticates it; a real peer's takes one round trip, since
-// activation starts one at once), and at most maxOnProbation await theirs
-// at any time; further inbound activations are refused and counted until
-// slots free up. Peers configured eagerly (behind NAT, outside peers) and
-// by outbound traffic are not on probation.
+// Probation of peers configured by inbound packets, which anyone can
+// forge; each stays only if the packet's sender shows it is the peer:
+//   - a proven initiation (proveInitiation: the sender holds the key's
+//     private half) puts its peer on probation until the handshake it
+//     starts completes, within probationTimeout; only a replay made
+//     before this weftd saw the key's newer initiations could fail to;
+//   - a data packet from a lease's endpoint proves nothing: its peer is
+//     held for holdTimeout and stays only if a packet from the peer comes
+//     out of the tunnel meanwhile. A forged one makes this host start a
+//     handshake that the real peer completes, so a completed handshake
+//     is no proof; decrypted traffic from the peer is (the real peer
+//     sends it only when it had a session this device lost). At most
+//     maxOnProbation peers are held at once; further data packets are
+//     refused and counted until holds end.
+//
+// Proven peers do not count against the holds, so forged data packets
+// never stop a real peer's first handshake. Peers configured eagerly
+// (behind NAT, outside peers) and by outbound traffic are not on
+// probation.
 const (
 	probationTimeout = 10 * time.Second
+	holdTimeout      = 5 * time.Second
 	maxOnProbation   = 128
-	// inboundWaiters is how many peers may be on probation while an
-	// inbound packet still waits for its peer to be configured (see
-	// activate); past it the packet goes on at once, and an initiation
-	// may be lost (its sender retries within 5 s).
-	inboundWaiters = 16
 	// verifyEvery is how often the probation is checked while a peer
 	// is on it (one device read).
 	verifyEvery = time.Second
 )
+
+// probation is one peer's, from since.
+type probation struct {
+	since time.Time
+	// proven: it came from a proven initiation; otherwise it is a hold
+	// by a data packet.
+	proven bool
+	// inner: a packet from the peer came out of the tunnel during the
+	// hold.
+	inner bool
+}
+
+// startProbationLocked puts key on probation (o.mu held).
+func (o *onDemand) startProbationLocked(key keys.Key, now time.Time, proven bool) {
+	o.endProbationLocked(key)
+	o.probation[key] = probation{since: now, proven: proven}
+	if !proven {
+		o.holding.Add(1)
+	}
+}
+
+// endProbationLocked takes key off probation (o.mu held).
+func (o *onDemand) endProbationLocked(key keys.Key) {
+	if p, ok := o.probation[key]; ok {
+		delete(o.probation, key)
+		if !p.proven {
+			o.holding.Add(-1)
+		}
+	}
+}
 
 // awaitingHandshake says how many peers are on probation.
 func (o *onDemand) awaitingHandshake() int {
@@ -37,7 +71,7 @@ func (o *onDemand) awaitingHandshake() int {
 	return len(o.probation)
 }
 
-// onProbation reports whether k awaits its first handshake.
+// onProbation reports whether k is on probation.
 func (o *onDemand) onProbation(k keys.Key) bool {
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -45,19 +79,43 @@ func (o *onDemand) onProbation(k keys.Key) bool {
 	return ok
 }
 
-// expireProbation ends the probation of each peer whose handshake
-// completed after its activation (lastHandshake: what the device holds) and
-// returns those still without one after probationTimeout, to be removed
-// from the device.
+// innerBatch is called with each batch wireguard-go writes to the TUN
+// (packets it decrypted) while peers are held: a packet from a held
+// peer's subnet ends its hold. Nothing is looked at otherwise.
+func (o *onDemand) innerBatch(bufs [][]byte, offset int) {
+	if o.holding.Load() == 0 {
+		return
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for _, buf := range bufs {
+		src, ok := packetSrc(buf[offset:])
+		if !ok {
+			continue
+		}
+		if key, found := o.lookupLocked(src); found {
+			if p, held := o.probation[key]; held && !p.proven {
+				p.inner = true
+				o.probation[key] = p
+			}
+		}
+	}
+}
+
+// expireProbation ends the probation of each peer that showed it is
+// the peer (a proven one whose handshake completed after its activation,
+// lastHandshake being what the device holds; a held one whose traffic
+// came out of the tunnel) and returns those that did not in time, to be
+// removed from the device.
 func (o *onDemand) expireProbation(now time.Time, lastHandshake map[keys.Key]time.Time) []keys.Key {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	var expired []keys.Key
-	for k, since := range o.probation {
+	for k, p := range o.probation {
 		switch {
-		case lastHandshake[k].After(since):
-			delete(o.probation, k) // authenticated: a peer like any other
-		case now.Sub(since) >= probationTimeout:
+		case p.proven && lastHandshake[k].After(p.since), !p.proven && p.inner:
+			o.endProbationLocked(k) // a peer like any other
+		case p.proven && now.Sub(p.since) >= probationTimeout, !p.proven && now.Sub(p.since) >= holdTimeout:
 			expired = append(expired, k)
 		}
 	}
@@ -89,6 +147,6 @@ func (b *Backend) expireProbation(now time.Time) {
 		return
 	}
 	b.peers.countExpired(len(expired))
-	b.log.Debug("removed peers configured by inbound packets that completed no handshake (forged sources, or peers gone)",
-		"peers", len(expired), "within", probationTimeout)
+	b.log.Debug("removed peers configured by inbound packets that did not show they were the peer (forged or replayed, or peers gone)",
+		"peers", len(expired))
 }

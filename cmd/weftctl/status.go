@@ -71,8 +71,11 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	if od := s.OnDemand; od != nil {
 		fmt.Fprintf(stdout, "wireguard peers on demand: %d known, %d configured, %d idle; %d added for traffic, %d "+
-			"capped, %d removed idle; %d refused and %d removed for want of a handshake\n",
+			"capped, %d removed idle; %d refused and %d removed for want of proof\n",
 			od.Known, od.Configured, od.Known-od.Configured, od.Added, od.Capped, od.Idled, od.Refused, od.Expired)
+		if od.Forged+od.Replayed > 0 {
+			fmt.Fprintf(stdout, "wireguard handshake initiations refused: %d failed their proof, %d replayed\n", od.Forged, od.Replayed)
+		}
 		if od.SeenNotEager > 0 {
 			fmt.Fprintf(stdout, "wireguard peers seen behind NAT beyond the eager bound: %d (configured for traffic only)\n",
 				od.SeenNotEager)

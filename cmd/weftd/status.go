@@ -131,7 +131,8 @@ func (o *observer) document(peers bool) status.Document {
 	if od, ok := backends.As[backends.OnDemandReporter](o.backend); ok {
 		if st := od.OnDemand(); st.Enabled {
 			s.OnDemand = &status.OnDemand{Known: st.Known, Configured: st.Configured, Added: st.Added, Capped: st.Capped,
-				Idled: st.Idled, Refused: st.Refused, Expired: st.Expired, SeenNotEager: st.SeenNotEager}
+				Idled: st.Idled, Refused: st.Refused, Expired: st.Expired, Forged: st.Forged, Replayed: st.Replayed,
+				SeenNotEager: st.SeenNotEager}
 		}
 	}
 	if peers {
@@ -242,8 +243,10 @@ var (
 		"Peers seen behind NAT beyond the bound on those configured eagerly (256): configured only for traffic.", nil, nil)
 	descOnDemandOp = prometheus.NewDesc("weft_wireguard_on_demand_total",
 		"On-demand mode events: peers added for traffic, activations refused by the rate bound (capped), peers removed "+
-			"for idleness (idled), inbound activations refused while 128 peers awaited a handshake (refused_unverified), "+
-			"peers removed because their handshake never came (expired_unverified).", []string{"event"}, nil)
+			"for idleness (idled), activations by data packets refused while 128 peers were held or the peer was kicked "+
+			"in the last 10 s (refused_unverified), peers removed because they did not show they were the peer in time "+
+			"(expired_unverified), handshake initiations that failed their proof (forged_initiation) or were replays "+
+			"(replayed_initiation).", []string{"event"}, nil)
 	descTunnelDrop = prometheus.NewDesc("weft_tunnel_dropped_packets_total",
 		"VXLAN and IP-in-IP packets dropped because their source holds no lease, by source (sources seen in the last "+
 			"ten minutes).", []string{"source"}, nil)
@@ -361,6 +364,8 @@ func (o *observer) Collect(ch chan<- prometheus.Metric) {
 		counter(descOnDemandOp, float64(od.Idled), "idled")
 		counter(descOnDemandOp, float64(od.Refused), "refused_unverified")
 		counter(descOnDemandOp, float64(od.Expired), "expired_unverified")
+		counter(descOnDemandOp, float64(od.Forged), "forged_initiation")
+		counter(descOnDemandOp, float64(od.Replayed), "replayed_initiation")
 		gauge(descSeenNotEager, float64(od.SeenNotEager))
 	}
 	o.duration.Collect(ch)

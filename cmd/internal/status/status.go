@@ -54,11 +54,16 @@ type OnDemand struct {
 	Added      uint64 `json:"added"`
 	Capped     uint64 `json:"capped"`
 	Idled      uint64 `json:"idled"`
-	// Refused and Expired are the inbound activations refused while too
-	// many peers awaited a handshake, and the peers removed because
-	// theirs never came (forged sources, or peers gone).
+	// Refused and Expired are the activations by data packets refused
+	// (too many peers held, or the peer kicked lately), and the peers
+	// removed because they did not show they were the peer in time
+	// (forged sources, replays, or peers gone).
 	Refused uint64 `json:"refused_unverified"`
 	Expired uint64 `json:"expired_unverified"`
+	// Forged and Replayed are the handshake initiations that failed
+	// their proof, and those older than the latest from their key.
+	Forged   uint64 `json:"forged_initiations,omitempty"`
+	Replayed uint64 `json:"replayed_initiations,omitempty"`
 	// SeenNotEager are the peers seen behind NAT beyond the bound on
 	// those configured eagerly: configured only for traffic.
 	SeenNotEager int `json:"seen_not_eager,omitempty"`
