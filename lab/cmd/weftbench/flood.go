@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -13,6 +15,8 @@ import (
 	"time"
 
 	"github.com/weftnet/weft/backends"
+	"github.com/weftnet/weft/backends/wireguard/wireguardtest"
+	"github.com/weftnet/weft/keys"
 	"github.com/weftnet/weft/lab"
 )
 
@@ -29,7 +33,7 @@ type floodResult struct {
 	// Peak RSS of weftd when READY and after the flood; the most peers
 	// the device held during it (sampled every second).
 	readyRSSKB, floodRSSKB, maxConfigured int
-	refused, expired                      uint64
+	refused, expired, forged, replayed    uint64
 	// The live pair (h2's container to h1's) before and during the flood.
 	before, during pingStats
 }
@@ -66,10 +70,19 @@ func (s pingStats) String() string {
 	return fmt.Sprintf("%d/%d lost, RTT avg %s max %s", s.sent-s.received, s.sent, s.avg.Round(10*time.Microsecond), s.max.Round(10*time.Microsecond))
 }
 
+// floodRate is how many datagrams of each kind the flood sends a second.
+const floodRate = 1000
+
+// floodVariety is how many distinct datagrams of each kind the flood
+// cycles through.
+const floodVariety = 100
+
 // measureFlood runs h1 with n simulated wireguard leases and on-demand
-// peers, then floods it for d from a namespace on the underlay with one
-// 4-byte WireGuard data message "from" each lease's endpoint in turn, at
-// the highest rate one raw socket sends, while h2's container pings h1's.
+// peers, then floods it for d from a namespace on the underlay, from each
+// lease's endpoint in turn, with floodRate datagrams a second of each of
+// three kinds, while h2's container pings h1's: 4-byte WireGuard data
+// messages, random handshake initiations, and initiations made with
+// leases' own keys (each new to h1 once, replays after).
 func measureFlood(weftd string, n int, d time.Duration) (floodResult, error) {
 	res := floodResult{peers: n, duration: d}
 	_, backendConfig := scaleBackendConfig(wireguardOnDemand)
@@ -102,6 +115,10 @@ func measureFlood(weftd string, n int, d time.Duration) (floodResult, error) {
 	if err != nil {
 		return res, err
 	}
+	payloads, err := floodPayloads(h1)
+	if err != nil {
+		return res, err
+	}
 	target := h1.ContainerIP().String()
 	res.before = pingFor(h2.Container, target, 10*time.Second)
 
@@ -122,7 +139,7 @@ func measureFlood(weftd string, n int, d time.Duration) (floodResult, error) {
 			}
 		}
 	})
-	res.sent, err = lab.FloodForgedUDP(forger, netip.AddrPortFrom(h1.PublicIP, 51820), sources, [][]byte{{4, 0, 0, 0}}, 0, d)
+	res.sent, err = lab.FloodForgedUDP(forger, netip.AddrPortFrom(h1.PublicIP, 51820), sources, payloads, 3*floodRate, d)
 	close(stop)
 	wg.Wait()
 	if err != nil {
@@ -130,9 +147,36 @@ func measureFlood(weftd string, n int, d time.Duration) (floodResult, error) {
 	}
 	res.floodRSSKB = peakRSS(l.WeftdPID(h1))
 	if st, err := onDemandStatus(h1); err == nil {
-		res.refused, res.expired = st.Refused, st.Expired
+		res.refused, res.expired, res.forged, res.replayed = st.Refused, st.Expired, st.Forged, st.Replayed
 	}
 	return res, nil
+}
+
+// floodPayloads are the flood's datagrams, the three kinds in turn: a
+// data message, a random initiation, an initiation to h1 made by a
+// simulated lease's key (as one captured on the wire).
+func floodPayloads(h1 *lab.Host) ([][]byte, error) {
+	self, err := keys.Load(filepath.Join(h1.Dir, "wg.key"))
+	if err != nil {
+		return nil, err
+	}
+	var payloads [][]byte
+	for i := range floodVariety {
+		src, err := wireguardtest.NewInitiationSource(fakeLeaseKey(i), self.Public())
+		if err != nil {
+			return nil, err
+		}
+		captured, err := src.Next()
+		src.Close()
+		if err != nil {
+			return nil, err
+		}
+		random := make([]byte, len(captured))
+		rand.Read(random)
+		random[0], random[1], random[2], random[3] = 1, 0, 0, 0
+		payloads = append(payloads, []byte{4, 0, 0, 0}, random, captured)
+	}
+	return payloads, nil
 }
 
 // onDemand is the on-demand part of weftd's /status.
@@ -140,6 +184,8 @@ type onDemand struct {
 	Configured int    `json:"configured"`
 	Refused    uint64 `json:"refused_unverified"`
 	Expired    uint64 `json:"expired_unverified"`
+	Forged     uint64 `json:"forged_initiations"`
+	Replayed   uint64 `json:"replayed_initiations"`
 }
 
 // onDemandStatus reads the on-demand part of weftd's /status on h.
@@ -160,14 +206,17 @@ func onDemandStatus(h *lab.Host) (onDemand, error) {
 func renderFlood(r floodResult) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "\n## Forged activations\n\n")
-	fmt.Fprintf(&b, "A host with %d simulated wireguard peers on demand (userspace WireGuard) is flooded for %s from a namespace on the underlay "+
-		"with 4-byte WireGuard data messages forged \"from\" every lease's endpoint in turn, as fast as one raw socket sends them, "+
-		"while the container of a live peer pings its container every 200 ms. A peer configured by a data message is held 5 s and stays "+
-		"only if its own traffic comes out of the tunnel; at most 128 are held at once (SECURITY.md). Target: peak RSS under 200 MB, as "+
-		"without the flood.\n\n", r.peers, r.duration)
-	b.WriteString("| forged datagrams | rate | peak RSS at READY | peak RSS after the flood | peers on the device (most seen) | activations refused | removed for want of proof | live pair before | live pair during |\n")
-	b.WriteString("|---|---|---|---|---|---|---|---|---|\n")
-	fmt.Fprintf(&b, "| %d | %.0f/s | %d MiB | %d MiB | %d | %d | %d | %s | %s |\n", r.sent, float64(r.sent)/r.duration.Seconds(),
-		r.readyRSSKB/1024, r.floodRSSKB/1024, r.maxConfigured, r.refused, r.expired, r.before, r.during)
+	fmt.Fprintf(&b, "A host with %d simulated wireguard peers on demand (userspace WireGuard, default options otherwise) is flooded for %s "+
+		"from a namespace on the underlay, \"from\" every lease's endpoint in turn, with %d datagrams a second of each of three kinds: "+
+		"4-byte WireGuard data messages, random handshake initiations, and initiations made with %d leases' own keys (each new once, "+
+		"replayed after), while the container of a live peer pings its container every 200 ms. A proven initiation's peer stays only if "+
+		"its handshake completes within 10 s; a data message's is held 5 s and stays only if its own traffic comes out of the tunnel, "+
+		"at most 128 at once (SECURITY.md). Target: peak RSS under 200 MB, as without the flood.\n\n",
+		r.peers, r.duration, floodRate, floodVariety)
+	b.WriteString("| forged datagrams | rate | peak RSS at READY | peak RSS after the flood | peers on the device (most seen) | " +
+		"data messages refused | peers removed for want of proof | initiations failing proof | replays | live pair before | live pair during |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(&b, "| %d | %.0f/s | %d MiB | %d MiB | %d | %d | %d | %d | %d | %s | %s |\n", r.sent, float64(r.sent)/r.duration.Seconds(),
+		r.readyRSSKB/1024, r.floodRSSKB/1024, r.maxConfigured, r.refused, r.expired, r.forged, r.replayed, r.before, r.during)
 	return b.String()
 }

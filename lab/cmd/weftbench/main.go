@@ -193,8 +193,9 @@ func run(p plan) error {
 		if err != nil {
 			return fmt.Errorf("forged activations: %w", err)
 		}
-		fmt.Printf("forged activations: %d sent, peak RSS %d MiB (READY %d MiB), at most %d peers configured, live pair %s\n",
-			r.sent, r.floodRSSKB/1024, r.readyRSSKB/1024, r.maxConfigured, r.during)
+		fmt.Printf("forged activations: %d sent, peak RSS %d MiB (READY %d MiB), at most %d peers configured, "+
+			"%d initiations failed their proof, %d replays, live pair %s\n",
+			r.sent, r.floodRSSKB/1024, r.readyRSSKB/1024, r.maxConfigured, r.forged, r.replayed, r.during)
 		parts[reportParts[2]] = renderFlood(r)
 	}
 	if p.joinHosts > 0 {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -58,10 +59,18 @@ func fakeLease(backend string, i int) (string, []byte) {
 	case backends.VXLAN:
 		data = fmt.Sprintf(`,"BackendData":{"VNI":1,"VtepMAC":"02:00:%02x:%02x:%02x:01"}`, i>>16&0xff, i>>8&0xff, i&0xff)
 	case backends.WireGuard:
-		k, _ := keys.Generate()
-		data = fmt.Sprintf(`,"BackendData":{"PublicKey":%q,"Port":51820}`, k.Public())
+		data = fmt.Sprintf(`,"BackendData":{"PublicKey":%q,"Port":51820}`, fakeLeaseKey(i).Public())
 	}
 	return subnet, []byte(fmt.Sprintf(`{"PublicIP":"172.16.%d.%d","PublicIPv6":null,"BackendType":%q%s}`, i/250, 1+i%250, backend, data))
+}
+
+// fakeLeaseKey is the private key of simulated lease i: derived from i,
+// so the flood can make initiations with the keys the leases publish.
+func fakeLeaseKey(i int) keys.Key {
+	k := keys.Key(sha256.Sum256([]byte(fmt.Sprintf("weftbench simulated lease %d", i))))
+	k[0] &= 248 // clamped, as a WireGuard private key is
+	k[31] = k[31]&127 | 64
+	return k
 }
 
 // wireguardOnDemand names the scale rows of userspace WireGuard with
