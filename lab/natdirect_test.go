@@ -83,8 +83,8 @@ func TestNATToNATDirect(t *testing.T) {
 	reliability(t, "NAT to NAT direct held %s: %d path changes %v, %d lease rewrites, %d of %d pings lost",
 		hold, steady.pathChanges, steady.paths, steady.rewrites, steady.lost, steady.sent)
 	if steady.pathChanges != 0 || steady.rewrites != 0 || steady.lost != 0 || steady.sent == 0 {
-		t.Errorf("the direct path did not stay put for %s: %d path changes %v, %d lease rewrites, %d of %d pings lost",
-			hold, steady.pathChanges, steady.paths, steady.rewrites, steady.lost, steady.sent)
+		t.Errorf("the direct path did not stay put for %s: %d path changes %v, %d lease rewrites, %d of %d pings lost; written:\n%s",
+			hold, steady.pathChanges, steady.paths, steady.rewrites, steady.lost, steady.sent, strings.Join(steady.written, "\n"))
 	}
 }
 
@@ -96,8 +96,10 @@ type steadiness struct {
 	// status; paths the sequence seen.
 	pathChanges int
 	paths       []string
-	// rewrites are the writes to either end's lease.
+	// rewrites are the writes to either end's lease; written what they
+	// wrote.
 	rewrites int
+	written  []string
 }
 
 // holdSteady watches the pair a, b for d: pings every 200 ms both ways,
@@ -113,17 +115,17 @@ func holdSteady(t *testing.T, l *Lab, a, b *Host, d time.Duration) steadiness {
 	}
 	ours := map[string]bool{lease.SubnetKey(a.Subnet): true, lease.SubnetKey(b.Subnet): true}
 	var s steadiness
-	writes := make(chan int, 1)
+	writes := make(chan []string, 1)
 	go func() {
-		n := 0
+		var written []string
 		for resp := range l.Store().Watch(ctx, rev) {
 			for _, ev := range resp.Events {
 				if ours[ev.Record.Key] {
-					n++
+					written = append(written, time.Now().Format("15:04:05.000")+" "+ev.Record.Key+" "+string(ev.Record.Value))
 				}
 			}
 		}
-		writes <- n
+		writes <- written
 	}()
 	ab, ba := pingFor(a, b, d), pingFor(b, a, d)
 	last := ""
@@ -141,6 +143,7 @@ func holdSteady(t *testing.T, l *Lab, a, b *Host, d time.Duration) steadiness {
 	sent2, lost2 := ba()
 	s.sent, s.lost = sent1+sent2, lost1+lost2
 	cancel()
-	s.rewrites = <-writes
+	s.written = <-writes
+	s.rewrites = len(s.written)
 	return s
 }

@@ -1,7 +1,9 @@
 package lease
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -70,6 +72,40 @@ func (h *Holder) SetAttrs(attrs Attrs) {
 	h.req.Attrs = attrs
 	h.mu.Unlock()
 	h.Verify()
+}
+
+// SetBackendData changes the data the lease publishes for the backend
+// whose Backend() name is backend (its BackendType, or its path in
+// WeftAlso during a live switch) and rewrites it on the next check; it
+// reports whether the data changed. A lease without that backend is left
+// alone.
+func (h *Holder) SetBackendData(backend string, data json.RawMessage) bool {
+	h.mu.Lock()
+	a := h.req.Attrs
+	changed := false
+	switch {
+	case a.Backend() == backend && len(a.BackendData) > 0: // an IPv6-only lease publishes none
+		changed = !bytes.Equal(a.BackendData, data)
+		a.BackendData = data
+	default:
+		also := slices.Clone(a.Also())
+		for i := range also {
+			if also[i].BackendType == backend && len(also[i].BackendData) > 0 && !bytes.Equal(also[i].BackendData, data) {
+				also[i].BackendData, changed = data, true
+			}
+		}
+		if changed {
+			a = a.WithAlso(also)
+		}
+	}
+	if changed {
+		h.req.Attrs = a
+	}
+	h.mu.Unlock()
+	if changed {
+		h.Verify()
+	}
+	return changed
 }
 
 // SetSeen changes the sightings and the reach the lease publishes

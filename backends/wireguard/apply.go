@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -47,6 +48,7 @@ func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 func (b *Backend) write(p wholePlan, self lease.Lease, leases int) []error {
 	errs := p.problems
 	b.found.note(p.found, self, b.log)
+	b.found.noteNotEager(p.notEager, b.log)
 	b.last.want = p.peers
 	b.peers.setWanted(p.peers)
 	b.peers.setIdentity(b.id.key)
@@ -96,7 +98,9 @@ func (b *Backend) readOrRecreate() (*wgtypes.Device, error) {
 func (b *Backend) ApplyDelta(_ context.Context, d mesh.Delta) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if !b.last.ok || changesSightings(d) || len(b.found.now.relays) > 0 {
+	// A peer that says it is behind NAT counts towards the bound on eager
+	// peers, which only the whole set decides (capEager).
+	if !b.last.ok || changesSightings(d) || len(b.found.now.relays) > 0 || slices.ContainsFunc(d.New, claimsNAT) {
 		return mesh.ErrWholeApply
 	}
 	self := b.id.key.Public()

@@ -151,7 +151,7 @@ func New(raw json.RawMessage, ext underlay.ExternalInterface, keyFile string, ke
 	opts.localIPv4, opts.localIPv6, opts.localPrefixes = ext.Addr, ext.AddrIPv6, ext.Prefixes
 	mtu := options.DeviceMTU(opts.MTU, ext.MTU, Overhead)
 	return &Backend{cfg: settings{opts: opts, ext: ext, mtu: mtu}, kernel: kernel, log: log, id: identity{file: keyFile, key: key},
-		link: deviceLink{name: DeviceName, calls: calls}, peers: newOnDemand()}, nil
+		link: deviceLink{name: DeviceName, calls: calls}, peers: newOnDemand(), found: newDiscoveryState()}, nil
 }
 
 // NewIPv6 is New for the IPv6 device of Mode "separate" on a dual-stack
@@ -246,7 +246,15 @@ func (b *Backend) CarriedMTU() int {
 func (b *Backend) BackendData() json.RawMessage {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return encodeBackendData(b.id.key.Public(), b.cfg.opts.ListenPort, b.cfg.opts.BehindNAT)
+	return b.backendDataLocked()
+}
+
+// backendDataLocked is BackendData (b.mu held). The lease says the host
+// is behind NAT when told so (-behind-nat) or when the other hosts see it
+// elsewhere than its lease names (discovery): the others take it from
+// here, never from their own or anyone else's sightings of it.
+func (b *Backend) backendDataLocked() json.RawMessage {
+	return encodeBackendData(b.id.key.Public(), b.cfg.opts.ListenPort, b.cfg.opts.BehindNAT || b.found.now.self.IsValid())
 }
 
 // Control is what weft needs of wgctrl: read a device, configure it, and

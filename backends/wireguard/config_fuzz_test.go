@@ -217,7 +217,7 @@ func FuzzWireGuardConfig(f *testing.F) {
 			entitled["peers/laptop"] = []netip.Prefix{p.Address}
 		}
 		selfKey := keys.Key{0: 1, 31: 7}
-		want, _, _ := plan(d, selfKey, opts, discover(d))
+		want, _, _ := plan(d, selfKey, opts, discover(d, nil))
 		for _, spec := range want {
 			for _, p := range spec.AllowedIPs {
 				if !slices.Contains(entitled[spec.Lease], p) {

@@ -1,7 +1,8 @@
 package wireguard
 
 import (
-	"maps"
+	"bytes"
+	"encoding/json"
 	"net/netip"
 	"slices"
 	"strings"
@@ -33,24 +34,24 @@ type discovery struct {
 	// reaches through a relay, by lease key, and the relay's lease key
 	// (chooseRelays).
 	relays map[string]string
-	// eager are the peers seen behind NAT that this host configures
-	// eagerly and keeps open with keepalives: at most maxEager of them,
-	// the first by lease key; capped counts the others, which are sent to
-	// where they are seen but wait for traffic like any on-demand peer.
-	// Sightings are anyone's to write: without the bound, one lease per
-	// 64 peers would hold an on-demand host at its fully configured size.
-	eager  map[string]bool
-	capped int
 }
 
-// maxEager bounds the peers sightings alone make eager (discovery.eager).
+// maxEager bounds the peers behind NAT this host configures eagerly and
+// keeps open with keepalives (their own leases say they are behind NAT):
+// the first by lease order; the others are configured for traffic only,
+// and counted.
 const maxEager = 256
 
 // discover tallies the sightings of d's leases (this host's own
 // included; see weight). A sighting of an address inside the Network or PeersNetwork,
 // or of a host by itself, is ignored: a host is never sent its own
 // overlay's traffic to reach another.
-func discover(d mesh.Desired) discovery {
+//
+// Where this host itself is seen counts only from hosts it has a live
+// session with (live; nil counts every host): a lease anyone wrote that
+// sights this host elsewhere would make a public host think it is behind
+// NAT, publish so, and leave the relays.
+func discover(d mesh.Desired, live func(mesh.Peer) bool) discovery {
 	votes := map[string]map[netip.AddrPort]int{}
 	// A sighting counts once; one by this host itself, or by a host it
 	// reaches now (its WeftReach), counts twice: a host that went away
@@ -62,11 +63,11 @@ func discover(d mesh.Desired) discovery {
 		}
 		return 1
 	}
-	tally := func(from string, seen []lease.Sighting) {
+	tally := func(from string, seen []lease.Sighting, sighter func() bool) {
 		for _, s := range seen {
 			a := s.Endpoint.Addr()
 			if s.Lease == from || d.Network.Contains(a) || d.IPv6Network.IsValid() && d.IPv6Network.Contains(a) ||
-				d.PeersNetwork.IsValid() && d.PeersNetwork.Contains(a) {
+				d.PeersNetwork.IsValid() && d.PeersNetwork.Contains(a) || s.Lease == d.Self.Key() && !sighter() {
 				continue
 			}
 			if votes[s.Lease] == nil {
@@ -75,10 +76,10 @@ func discover(d mesh.Desired) discovery {
 			votes[s.Lease][s.Endpoint] += weight(from)
 		}
 	}
-	tally(d.Self.Key(), d.Self.Attrs.Seen())
+	tally(d.Self.Key(), d.Self.Attrs.Seen(), func() bool { return true })
 	for _, p := range d.Peers {
 		if !p.Standby {
-			tally(p.Key, p.Seen())
+			tally(p.Key, p.Seen(), func() bool { return live == nil || live(p) })
 		}
 	}
 	out := discovery{peers: make(map[string]netip.AddrPort, len(votes))}
@@ -96,14 +97,8 @@ func discover(d mesh.Desired) discovery {
 		}
 	}
 	if out.self.IsValid() {
-		out.relays = chooseRelays(d, out)
+		out.relays = chooseRelays(d)
 	}
-	seen := slices.Sorted(maps.Keys(out.peers))
-	out.eager = make(map[string]bool, min(len(seen), maxEager))
-	for _, key := range seen[:min(len(seen), maxEager)] {
-		out.eager[key] = true
-	}
-	out.capped = len(seen) - len(out.eager)
 	return out
 }
 
@@ -116,25 +111,32 @@ func discover(d mesh.Desired) discovery {
 // through the relay both name whose lease key is lowest among the hosts
 // not behind NAT; with none, direct (and it is tried, kept open, until
 // it works).
-func chooseRelays(d mesh.Desired, found discovery) map[string]string {
+//
+// Whether a host is behind NAT is what its own lease says (claimsNAT),
+// never what others see of it: sightings are anyone's to write, and one
+// that made a public host look NATed would take it out of the relays.
+func chooseRelays(d mesh.Desired) map[string]string {
 	self := d.Self.Key()
 	mine := d.Self.Attrs.Reach()
-	var candidates []string
+	var candidates, pairs []string
 	reachOf := make(map[string][]string, len(d.Peers))
 	for _, p := range d.Peers {
 		if p.Standby {
 			continue
 		}
 		reachOf[p.Key] = p.Reach()
-		if _, behindNAT := found.peers[p.Key]; !behindNAT {
+		switch {
+		case claimsNAT(p):
+			pairs = append(pairs, p.Key)
+		case slices.Contains(mine, p.Key):
 			candidates = append(candidates, p.Key)
 		}
 	}
 	slices.Sort(candidates)
 	relays := map[string]string{}
-	for peer := range found.peers {
-		theirs, ok := reachOf[peer]
-		if !ok || slices.Contains(mine, peer) && slices.Contains(theirs, self) {
+	for _, peer := range pairs {
+		theirs := reachOf[peer]
+		if slices.Contains(mine, peer) && slices.Contains(theirs, self) {
 			continue
 		}
 		for _, r := range candidates {
@@ -216,4 +218,18 @@ func sightings(have []PeerState, want []PeerSpec, now time.Time) []lease.Sightin
 		out = out[:lease.MaxSightings]
 	}
 	return out
+}
+
+// natClaim is how a lease says its host is behind NAT, in its
+// BackendData.
+var natClaim = []byte(`"NAT":true`)
+
+// claimsNAT reports whether p's own lease says its host is behind NAT:
+// told so (-behind-nat), or found out from what the other hosts see of it.
+func claimsNAT(p mesh.Peer) bool {
+	if !bytes.Contains(p.BackendData, natClaim) { // most leases: no decoding
+		return false
+	}
+	var data BackendData
+	return json.Unmarshal(p.BackendData, &data) == nil && data.NAT
 }

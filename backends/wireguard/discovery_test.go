@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
 	"github.com/weftnet/weft/keys"
 	"github.com/weftnet/weft/lease"
 	"github.com/weftnet/weft/mesh"
@@ -15,8 +17,10 @@ import (
 // TestDiscovery: from the hosts' sightings a host learns where each peer
 // is seen (the most seen endpoint), and where it is seen itself (then it
 // is behind NAT and keeps every path open); a sighting inside the overlay
-// or of a host by itself counts for nothing. A peer seen elsewhere is sent
-// to there, with a keepalive, unless it is on this host's own network.
+// or of a host by itself counts for nothing. A peer seen elsewhere whose
+// own lease says it is behind NAT is sent to there, with a keepalive,
+// unless it is on this host's own network; a public host is not moved by
+// what others say they see of it, and nobody is eager for a sighting.
 func TestDiscovery(t *testing.T) {
 	ep := netip.MustParseAddrPort
 	seen := func(pairs ...string) []lease.Sighting {
@@ -28,7 +32,8 @@ func TestDiscovery(t *testing.T) {
 	}
 	k2, k3, k4 := mustKey(t), mustKey(t), mustKey(t)
 	peer := func(key string, ip string, k keys.Key, s []lease.Sighting) mesh.Peer {
-		data, _ := json.Marshal(BackendData{PublicKey: k.Public().String(), Port: 51820})
+		// Host 3 says in its own lease that it is behind NAT.
+		data, _ := json.Marshal(BackendData{PublicKey: k.Public().String(), Port: 51820, NAT: key == "10.5.3.0-24"})
 		return mesh.Peer{Key: key, Subnet: netip.MustParsePrefix(key[:len(key)-3] + "/24"), PublicIP: netip.MustParseAddr(ip), BackendData: data}.WithSightings(s, nil)
 	}
 	self := lease.Lease{Subnet: netip.MustParsePrefix("10.5.2.0/24"), Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("172.31.2.2")}}
@@ -37,15 +42,17 @@ func TestDiscovery(t *testing.T) {
 		peer("10.5.1.0-24", "192.168.50.11", k2, seen("10.5.2.0-24", "192.168.50.12:51820", "10.5.3.0-24", "192.168.50.13:51820", "10.5.4.0-24", "10.5.9.9:51820")),
 		// host 3, behind NAT: sees itself (ignored) and host 2 elsewhere.
 		peer("10.5.3.0-24", "172.31.3.2", k3, seen("10.5.3.0-24", "203.0.113.3:1", "10.5.2.0-24", "192.168.50.99:4000")),
-		// host 4, on this host's own network.
-		peer("10.5.4.0-24", "172.31.2.7", k4, seen("10.5.3.0-24", "192.168.50.13:51820")),
+		// host 4, on this host's own network; it also sights host 1, a
+		// public host whose lease says nothing of NAT, elsewhere (forged).
+		peer("10.5.4.0-24", "172.31.2.7", k4, seen("10.5.3.0-24", "192.168.50.13:51820", "10.5.1.0-24", "203.0.113.66:51820")),
 	}}
-	found := discover(d)
+	found := discover(d, nil)
 	if found.self != ep("192.168.50.12:51820") {
 		t.Errorf("self seen at %v, want 192.168.50.12:51820 (a tie goes to the lowest)", found.self)
 	}
-	if found.peers["10.5.3.0-24"] != ep("192.168.50.13:51820") || len(found.peers) != 1 {
-		t.Errorf("peers seen at %v, want host 3 at 192.168.50.13:51820 alone (host 4's sighting is inside the Network)", found.peers)
+	if found.peers["10.5.3.0-24"] != ep("192.168.50.13:51820") || len(found.peers) != 2 {
+		t.Errorf("peers seen at %v, want host 3 at 192.168.50.13:51820 (host 4's sighting of it is inside the Network) "+
+			"and host 1 where host 4 says", found.peers)
 	}
 	opts := Options{localPrefixes: []netip.Prefix{netip.MustParsePrefix("172.31.2.0/24")}}
 	specs, problems := candidates(d, mustKey(t).Public(), opts, found)
@@ -53,12 +60,13 @@ func TestDiscovery(t *testing.T) {
 		t.Fatal(problems)
 	}
 	for _, s := range specs {
-		want := s.Advertised
+		want := s.Advertised // host 1 not moved: its lease does not say it is behind NAT
 		if s.Lease == "10.5.3.0-24" {
 			want = ep("192.168.50.13:51820")
 		}
-		if s.Endpoint != want || s.Keepalive != pathKeepalive {
-			t.Errorf("%s: endpoint %v keepalive %v, want %v and %v (this host is behind NAT)", s.Lease, s.Endpoint, s.Keepalive, want, pathKeepalive)
+		if s.Endpoint != want || s.Keepalive != pathKeepalive || s.NAT != (s.Lease == "10.5.3.0-24") {
+			t.Errorf("%s: endpoint %v keepalive %v NAT %v, want %v and %v (this host is behind NAT), NAT for host 3 alone",
+				s.Lease, s.Endpoint, s.Keepalive, s.NAT, want, pathKeepalive)
 		}
 	}
 	// What this host's device sees: host 3 where its packets come from.
@@ -90,8 +98,10 @@ func TestChooseRelays(t *testing.T) {
 	const a, b, r1, r9 = "10.5.2.0-24", "10.5.3.0-24", "10.5.1.0-24", "10.5.9.0-24"
 	// Hosts 1 and 9 see a and b at their NATs.
 	seen := []lease.Sighting{{Lease: a, Endpoint: ep("192.168.50.12:4001")}, {Lease: b, Endpoint: ep("192.168.50.13:4002")}}
+	// a and b say in their own leases that they are behind NAT (they
+	// learnt it from hosts 1 and 9's sightings of them).
 	leaseOf := func(key, ip string, k keys.Key, s []lease.Sighting, reach []string) lease.Lease {
-		data, _ := json.Marshal(BackendData{PublicKey: k.String(), Port: 51820})
+		data, _ := json.Marshal(BackendData{PublicKey: k.String(), Port: 51820, NAT: key == a || key == b})
 		subnet := netip.MustParsePrefix(key[:len(key)-3] + "/24")
 		return lease.Lease{Subnet: subnet, Attrs: lease.Attrs{PublicIP: netip.MustParseAddr(ip), BackendType: "wireguard", BackendData: data}.WithSightings(s, reach)}
 	}
@@ -112,7 +122,7 @@ func TestChooseRelays(t *testing.T) {
 			}
 		}
 		d := mesh.Compute(me, others, cfg)
-		found := discover(d)
+		found := discover(d, nil)
 		specs, problems := candidates(d, keys.Key{1}, Options{}, found)
 		if len(problems) > 0 {
 			t.Fatal(problems)
@@ -148,47 +158,35 @@ func TestChooseRelays(t *testing.T) {
 	}
 }
 
-// TestEagerBound: sightings make at most maxEager peers eager (configured
-// at once, never idled, kept open with keepalives), the first by lease
-// key; the others are still sent to where they are seen, but wait for
-// traffic, and are counted. Sightings are anyone's to write, so without
-// the bound one lease could hold an on-demand host fully configured.
+// TestEagerBound: at most maxEager peers whose leases say they are
+// behind NAT are eager (configured at once, never idled, kept open with
+// keepalives), the first in the plan's order; the others are configured
+// for traffic only, and counted. A lease can say so of its own host, so
+// without the bound forged leases could hold an on-demand host fully
+// configured.
 func TestEagerBound(t *testing.T) {
 	const extra = 10
 	n := maxEager + extra
 	var peers []mesh.Peer
-	var seen []lease.Sighting
 	for i := range n {
 		key := fmt.Sprintf("10.%d.%d.0-24", 6+i/256, i%256)
-		p := wgPeer(key[:len(key)-3]+"/24", fmt.Sprintf("198.51.%d.%d", i/256, 1+i%250), data(mustKey(t), 51820))
-		peers = append(peers, p)
-		seen = append(seen, lease.Sighting{Lease: p.Key, Endpoint: netip.AddrPortFrom(netip.MustParseAddr("203.0.113.9"), uint16(1000+i))})
+		peers = append(peers, wgPeer(key[:len(key)-3]+"/24", fmt.Sprintf("198.51.%d.%d", i/256, 1+i%250),
+			string(encodeBackendData(mustKey(t), 51820, true))))
 	}
-	self := lease.Lease{Subnet: netip.MustParsePrefix("10.5.1.0/24"), Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("192.168.50.1")}.WithSightings(seen, nil)}
+	self := lease.Lease{Subnet: netip.MustParsePrefix("10.5.1.0/24"), Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("192.168.50.1")}}
 	d := mesh.Desired{Network: netip.MustParsePrefix("10.0.0.0/8"), Self: self, Peers: peers}
-	found := discover(d)
-	if len(found.eager) != maxEager || found.capped != extra {
-		t.Fatalf("eager %d, capped %d; want %d and %d", len(found.eager), found.capped, maxEager, extra)
+	own, err := keys.Generate()
+	if err != nil {
+		t.Fatal(err)
 	}
-	specs, problems := candidates(d, keys.Key{1}, Options{}, found)
-	if len(problems) > 0 {
-		t.Fatal(problems)
+	p := planWhole(d, wholeInput{key: own, current: &wgtypes.Device{}, now: time.Now()})
+	if p.notEager != extra || len(p.problems) > 0 {
+		t.Fatalf("%d not eager (%v), want %d", p.notEager, p.problems, extra)
 	}
-	eager, lazy := 0, 0
-	for i, s := range specs {
-		if s.Endpoint.Addr() != netip.MustParseAddr("203.0.113.9") {
-			t.Errorf("%s at %s, want where it is seen", s.Lease, s.Endpoint)
+	for i, s := range p.peers {
+		if eager := i < maxEager; s.NAT != eager || (s.Keepalive == pathKeepalive) != eager {
+			t.Errorf("peer %d (%s): NAT %v keepalive %v; want the first %d eager with keepalives, the rest not", i, s.Lease, s.NAT,
+				s.Keepalive, maxEager)
 		}
-		switch {
-		case s.NAT && s.Keepalive == pathKeepalive && i < maxEager:
-			eager++
-		case !s.NAT && s.Keepalive == 0 && i >= maxEager:
-			lazy++
-		default:
-			t.Errorf("peer %d (%s): NAT %v keepalive %v; want the first %d eager, the rest not", i, s.Lease, s.NAT, s.Keepalive, maxEager)
-		}
-	}
-	if eager != maxEager || lazy != extra {
-		t.Errorf("%d eager and %d not, want %d and %d", eager, lazy, maxEager, extra)
 	}
 }

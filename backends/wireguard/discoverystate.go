@@ -1,6 +1,7 @@
 package wireguard
 
 import (
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"maps"
@@ -21,7 +22,15 @@ import (
 type discoveryState struct {
 	now discovery
 	rx  map[keys.Key]activity
+	// notEager are the peers behind NAT beyond the bound on eager ones.
+	notEager int
+	// turned is signalled when this host finds it is behind NAT or that
+	// it is not (DiscoveryChanged).
+	turned chan struct{}
 }
+
+// newDiscoveryState is a state with nothing seen yet.
+func newDiscoveryState() discoveryState { return discoveryState{turned: make(chan struct{}, 1)} }
 
 // Observation is what a host publishes of what its device sees.
 type Observation struct {
@@ -35,6 +44,10 @@ type Observation struct {
 	// BehindNAT says this host is behind NAT: what it reaches changes
 	// within seconds and is worth publishing as often.
 	BehindNAT bool
+	// BackendData is what the lease publishes for this device now: it
+	// says whether the host is behind NAT, which discovery may have
+	// found out since the lease was written.
+	BackendData json.RawMessage
 }
 
 // note takes up what the hosts' sightings say (found), and says once when
@@ -49,12 +62,22 @@ func (s *discoveryState) note(found discovery, self lease.Lease, log *slog.Logge
 		} else {
 			log.Info("this host's peers see it where its lease says (no NAT seen)")
 		}
-	}
-	if found.capped > 0 && s.now.capped == 0 {
-		log.Warn("more peers are seen behind NAT than this host configures eagerly; the others are configured for traffic",
-			"eager", len(found.eager), "not_eager", found.capped)
+		select {
+		case s.turned <- struct{}{}:
+		default: // one pending signal is enough
+		}
 	}
 	s.now = found
+}
+
+// noteNotEager records how many peers behind NAT the bound on eager ones
+// left for traffic only (capEager), and says so once when it begins.
+func (s *discoveryState) noteNotEager(n int, log *slog.Logger) {
+	if n > 0 && s.notEager == 0 {
+		log.Warn("more peers are behind NAT than this host configures eagerly; the others are configured for traffic",
+			"eager", maxEager, "not_eager", n)
+	}
+	s.notEager = n
 }
 
 // observe reads what the device shows (dev) against the peers planned
@@ -103,8 +126,16 @@ func (b *Backend) Observe() (Observation, error) {
 	if err != nil {
 		return Observation{}, err
 	}
-	return b.found.observe(dev, b.last.want, b.last.holders, time.Now()), nil
+	obs := b.found.observe(dev, b.last.want, b.last.holders, time.Now())
+	obs.BackendData = b.backendDataLocked()
+	return obs, nil
 }
+
+// DiscoveryChanged is signalled when this host finds out it is behind NAT,
+// or that it no longer is: what it publishes (its lease's NAT flag, the
+// peers it reaches) is then worth observing at once, not at the next
+// resync (backends.EndpointObserver).
+func (b *Backend) DiscoveryChanged() <-chan struct{} { return b.found.turned }
 
 // Relays are the peers this host reaches through a relay, by lease key,
 // with the relay's lease key.

@@ -21,6 +21,8 @@ import (
 // host elsewhere than its lease says, it is behind NAT and publishes the
 // peers it reaches directly: those with a recent handshake whose received
 // bytes moved since the last look (the first look is only a baseline).
+// Finding out it is behind NAT signals DiscoveryChanged, so weftd
+// publishes at once.
 func TestObserveOnFakes(t *testing.T) {
 	h := newFakeHost(t, `{"Type":"wireguard","Implementation":"kernel"}`)
 	ctx := context.Background()
@@ -57,12 +59,18 @@ func TestObserveOnFakes(t *testing.T) {
 		t.Errorf("a sighting from a handshake older than RejectAfter: %+v", obs.Seen)
 	}
 
-	// Host 2 sees this host at its NAT's mapping.
+	// Host 2, with which this host has a session, sees this host at its
+	// NAT's mapping.
+	h.control.SetHandshake(DeviceName, wgtypes.Key(k2), time.Now(), 0, 0)
 	d.Peers[0] = p2.WithSightings([]lease.Sighting{{Lease: "10.5.1.0-24", Endpoint: netip.MustParseAddrPort("198.51.100.1:51820")}}, nil)
 	if err := h.b.Apply(ctx, d); err != nil {
 		t.Fatal(err)
 	}
-	h.control.SetHandshake(DeviceName, wgtypes.Key(k2), time.Now(), 0, 0)
+	select {
+	case <-h.b.DiscoveryChanged():
+	default:
+		t.Error("finding out it is behind NAT did not signal DiscoveryChanged")
+	}
 	if obs := observe("behind NAT, k2 silent"); !obs.BehindNAT || len(obs.Reach) > 0 {
 		t.Errorf("behind NAT with k2's bytes as at the first look (the baseline): %+v, want BehindNAT and no peer reached", obs)
 	}
@@ -84,15 +92,20 @@ func TestRelayChoiceOnFakes(t *testing.T) {
 	seenBy2 := []lease.Sighting{{Lease: "10.5.1.0-24", Endpoint: netip.MustParseAddrPort("198.51.100.1:51820")},
 		{Lease: "10.5.3.0-24", Endpoint: netip.MustParseAddrPort("198.51.100.3:4000")}}
 	p2 := wgPeer("10.5.2.0/24", "192.168.50.2", data(k2, 51820)).WithSightings(seenBy2, nil)
-	p3 := wgPeer("10.5.3.0/24", "172.31.3.2", data(k3, 51820))
+	// Host 3 says in its lease that it is behind NAT.
+	p3 := wgPeer("10.5.3.0/24", "172.31.3.2", string(encodeBackendData(k3, 51820, true)))
 	selfLease := self("10.5.1.0/24")
 	apply := func(selfReach, reach3 []string) {
 		t.Helper()
 		s := selfLease
 		s.Attrs = s.Attrs.WithSightings(nil, selfReach)
 		d := mesh.Desired{Network: netip.MustParsePrefix("10.5.0.0/16"), Self: s, Peers: []mesh.Peer{p2, p3.WithSightings(nil, reach3)}}
-		if err := h.b.Apply(ctx, d); err != nil {
-			t.Fatal(err)
+		// Host 2's sighting of this host counts once they have a session.
+		for range 2 {
+			if err := h.b.Apply(ctx, d); err != nil {
+				t.Fatal(err)
+			}
+			h.control.SetHandshake(DeviceName, wgtypes.Key(k2), time.Now(), 100, 100)
 		}
 	}
 	allowed := func() map[keys.Key]string {

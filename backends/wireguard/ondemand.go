@@ -355,17 +355,17 @@ type OnDemandStats struct {
 	// it), Replayed those whose timestamp was not newer than the latest
 	// from their key.
 	Forged, Replayed uint64
-	// SeenNotEager are the peers seen behind NAT beyond the bound on
-	// those configured eagerly (maxEager): sent to where they are seen,
-	// configured only for traffic.
-	SeenNotEager int
+	// NATNotEager are the peers behind NAT (their leases say so) beyond
+	// the bound on those configured eagerly (maxEager): configured only
+	// for traffic.
+	NATNotEager int
 }
 
 // OnDemand reports the on-demand mode's state.
 func (b *Backend) OnDemand() OnDemandStats {
 	st := b.peers.stats()
 	b.mu.Lock()
-	st.SeenNotEager = b.found.now.capped
+	st.NATNotEager = b.found.notEager
 	b.mu.Unlock()
 	return st
 }

@@ -256,18 +256,16 @@ func candidates(d mesh.Desired, self keys.Key, opts Options, found discovery) ([
 			// handshakes come from.
 			spec.Endpoint = netip.AddrPort{}
 		}
-		ep, seen := found.peers[p.Key]
-		eager := false
-		if seen = seen && (twin || !opts.onLocalNetwork(p.PublicIP)); seen {
-			// Seen behind NAT: reached where its packets come from (a peer
-			// on this host's own network is reached there as its lease
-			// says, without a trip through the NAT); configured eagerly
-			// unless the bound on such peers is reached (discovery.eager).
+		// Where the hosts see it is where it is reached, for a host whose
+		// own lease says it is behind NAT (or that has this host's own
+		// address): a public host is not moved by sightings, which anyone
+		// who can write etcd can forge. A peer on this host's own network
+		// is reached there as its lease says, without a trip through the
+		// NAT.
+		if ep, seen := found.peers[p.Key]; seen && (twin || data.NAT && !opts.onLocalNetwork(p.PublicIP)) {
 			spec.Endpoint = ep
-			eager = found.eager[p.Key]
-			spec.NAT = spec.NAT || eager
 		}
-		if eager || twin || found.self.IsValid() {
+		if data.NAT || twin || found.self.IsValid() {
 			// A NAT on either side: the path is kept open, and each end
 			// hears from the other often enough to know within seconds
 			// when it stops (a relay gone, WeftReach).

@@ -1,7 +1,9 @@
 package wireguard
 
 import (
+	"encoding/json"
 	"net/netip"
+	"strings"
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -24,6 +26,9 @@ type wholePlan struct {
 	peers    []PeerSpec
 	holders  map[keys.Key][]string
 	problems []error
+	// notEager counts the peers behind NAT beyond the bound on those
+	// configured eagerly (capEager).
+	notEager int
 	// onDemand says whether the device holds only the peers in use.
 	onDemand bool
 	// device is the one write to the device (key, port, peer changes)
@@ -59,12 +64,58 @@ type wholeInput struct {
 // and DirectRouting's routes. It is pure: it reads only its arguments and
 // writes nothing.
 func planWhole(d mesh.Desired, in wholeInput) wholePlan {
-	p := wholePlan{found: discover(d)}
+	p := wholePlan{found: discover(d, liveSessions(in.current, in.now))}
 	p.peers, p.problems, p.holders = plan(d, in.key.Public(), in.opts, p.found)
+	p.notEager = capEager(p.peers, in.opts, p.found.self.IsValid())
 	p.onDemand = in.userspace && (in.opts.OnDemandPeers == OnDemandOn ||
 		in.opts.OnDemandPeers == OnDemandAuto && len(p.peers) > OnDemandThreshold)
 	p.device = planDevice(in.current, in.key, in.opts.ListenPort, p.peers, p.onDemand, in.lastEndpoints, in.now)
 	p.halves = tunnelHalves(d, in.opts)
 	p.direct, p.ipv6 = DirectRoutes(d, in.opts), d.Network.Addr().Is6()
 	return p
+}
+
+// capEager leaves at most maxEager peers behind NAT eager (configured at
+// once, never idled, kept open with keepalives), the first in the plan's
+// order (by subnet, as every host orders them); the others are
+// configured for traffic only, as any on-demand peer, and counted. A
+// lease can say that its own host is behind NAT, so the bound keeps forged
+// leases from holding an on-demand host at its fully configured size.
+// Outside peers are always configured and are not counted.
+func capEager(peers []PeerSpec, opts Options, selfBehindNAT bool) (notEager int) {
+	eager := 0
+	for i := range peers {
+		if !peers[i].NAT || strings.HasPrefix(peers[i].Lease, "peers/") {
+			continue
+		}
+		if eager < maxEager {
+			eager++
+			continue
+		}
+		peers[i].NAT = false
+		if !selfBehindNAT {
+			peers[i].Keepalive = opts.PersistentKeepalive
+		}
+		notEager++
+	}
+	return notEager
+}
+
+// liveSessions says whether the device holds a session with peer p: a
+// handshake within RejectAfter with the key p's lease publishes.
+func liveSessions(current *wgtypes.Device, now time.Time) func(mesh.Peer) bool {
+	live := map[keys.Key]bool{}
+	for _, peer := range current.Peers {
+		if !peer.LastHandshakeTime.IsZero() && now.Sub(peer.LastHandshakeTime) < RejectAfter {
+			live[keys.Key(peer.PublicKey)] = true
+		}
+	}
+	return func(p mesh.Peer) bool {
+		var data BackendData
+		if json.Unmarshal(p.BackendData, &data) != nil {
+			return false
+		}
+		k, err := keys.ParseKey(data.PublicKey)
+		return err == nil && live[k]
+	}
 }

@@ -22,6 +22,9 @@ func renderPlan(p wholePlan, names map[keys.Key]string) string {
 	var b strings.Builder
 	for _, s := range p.peers {
 		fmt.Fprintf(&b, "peer %s %s at %s allowed %v", s.Lease, names[s.PublicKey], s.Endpoint, s.AllowedIPs)
+		if s.NAT {
+			b.WriteString(" eager")
+		}
 		if s.Keepalive > 0 {
 			fmt.Fprintf(&b, " keepalive %s", s.Keepalive)
 		}
@@ -77,6 +80,8 @@ func TestPlanWhole(t *testing.T) {
 	selfLease := lease.Lease{Subnet: netip.MustParsePrefix("10.5.1.0/24"), Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("192.168.50.1")}}
 	p2 := wgPeer("10.5.2.0/24", "192.168.50.2", data(k2, 51820))
 	p3 := wgPeer("10.5.3.0/24", "172.31.3.2", data(k3, 51820))
+	// p3nat is host 3 once it says in its lease that it is behind NAT.
+	p3nat := wgPeer("10.5.3.0/24", "172.31.3.2", string(encodeBackendData(k3, 51820, true)))
 	p4 := wgPeer("10.5.4.0/24", "192.168.50.4", data(k4, 51820))
 	sighting := func(key, ep string) lease.Sighting {
 		return lease.Sighting{Lease: key, Endpoint: netip.MustParseAddrPort(ep)}
@@ -94,6 +99,10 @@ func TestPlanWhole(t *testing.T) {
 		}
 		return d
 	}
+	// live is a device with a session with k2, whose sightings of this
+	// host then count.
+	live := &wgtypes.Device{PrivateKey: wgtypes.Key(own), ListenPort: 51820,
+		Peers: []wgtypes.Peer{{PublicKey: wgtypes.Key(k2), LastHandshakeTime: time.Now()}}}
 	spec := func(k keys.Key, ep, allowed string) PeerSpec {
 		return PeerSpec{PublicKey: k, Endpoint: netip.MustParseAddrPort(ep), AllowedIPs: []netip.Prefix{netip.MustParsePrefix(allowed)}}
 	}
@@ -165,13 +174,12 @@ half 10.5.1.0/24 in 10.5.0.0/16
 			self: lease.Lease{Subnet: selfLease.Subnet, Attrs: selfLease.Attrs.WithSightings(nil, []string{"10.5.2.0-24"})},
 			peers: []mesh.Peer{
 				p2.WithSightings([]lease.Sighting{sighting("10.5.1.0-24", "198.51.100.1:51820"), sighting("10.5.3.0-24", "198.51.100.3:4000")}, nil),
-				p3.WithSightings(nil, []string{"10.5.2.0-24"}),
-			}, current: holding(),
+				p3nat.WithSightings(nil, []string{"10.5.2.0-24"}),
+			}, current: live,
 			want: `peer 10.5.2.0-24 k2 at 192.168.50.2:51820 allowed [10.5.2.0/24 10.5.3.0/24] keepalive 2s
-peer 10.5.3.0-24 k3 at 198.51.100.3:4000 allowed [] keepalive 2s relayed by 10.5.2.0-24
+peer 10.5.3.0-24 k3 at 198.51.100.3:4000 allowed [] eager keepalive 2s relayed by 10.5.2.0-24
 write peer k2
 write peer k3
-kick k2
 kick k3
 half 10.5.1.0/24 in 10.5.0.0/16
 behind NAT, seen at 198.51.100.1:51820
@@ -180,13 +188,12 @@ behind NAT, seen at 198.51.100.1:51820
 			self: lease.Lease{Subnet: selfLease.Subnet, Attrs: selfLease.Attrs.WithSightings(nil, []string{"10.5.2.0-24", "10.5.3.0-24"})},
 			peers: []mesh.Peer{
 				p2.WithSightings([]lease.Sighting{sighting("10.5.1.0-24", "198.51.100.1:51820"), sighting("10.5.3.0-24", "198.51.100.3:4000")}, nil),
-				p3.WithSightings(nil, []string{"10.5.2.0-24", "10.5.1.0-24"}),
-			}, current: holding(),
+				p3nat.WithSightings(nil, []string{"10.5.2.0-24", "10.5.1.0-24"}),
+			}, current: live,
 			want: `peer 10.5.2.0-24 k2 at 192.168.50.2:51820 allowed [10.5.2.0/24] keepalive 2s
-peer 10.5.3.0-24 k3 at 198.51.100.3:4000 allowed [10.5.3.0/24] keepalive 2s
+peer 10.5.3.0-24 k3 at 198.51.100.3:4000 allowed [10.5.3.0/24] eager keepalive 2s
 write peer k2
 write peer k3
-kick k2
 kick k3
 half 10.5.1.0/24 in 10.5.0.0/16
 behind NAT, seen at 198.51.100.1:51820
@@ -203,6 +210,35 @@ half 10.5.1.0/24 in 10.5.0.0/16
 				wgPeer("10.5.6.0/24", "192.168.50.1", data(k4, 51820))}, current: holding(),
 			want: `peer 10.5.2.0-24 k2 at 192.168.50.2:51820 allowed [10.5.2.0/24]
 peer 10.5.6.0-24 k4 at 198.51.100.6:4000 allowed [10.5.6.0/24] keepalive 2s
+write peer k2
+write peer k4
+kick k2
+kick k4
+half 10.5.1.0/24 in 10.5.0.0/16
+`},
+		{name: "a forged lease sighting the public relay at its own endpoint changes no relay choice and makes no peer eager",
+			self: lease.Lease{Subnet: selfLease.Subnet, Attrs: selfLease.Attrs.WithSightings(nil, []string{"10.5.2.0-24"})},
+			peers: []mesh.Peer{
+				p2.WithSightings([]lease.Sighting{sighting("10.5.1.0-24", "198.51.100.1:51820"), sighting("10.5.3.0-24", "198.51.100.3:4000")}, nil),
+				p3nat.WithSightings(nil, []string{"10.5.2.0-24"}),
+				p4.WithSightings([]lease.Sighting{sighting("10.5.2.0-24", "192.168.50.2:51820"), sighting("10.5.2.0-24", "203.0.113.2:9")}, nil),
+			}, current: live,
+			want: `peer 10.5.2.0-24 k2 at 192.168.50.2:51820 allowed [10.5.2.0/24 10.5.3.0/24] keepalive 2s
+peer 10.5.3.0-24 k3 at 198.51.100.3:4000 allowed [] eager keepalive 2s relayed by 10.5.2.0-24
+peer 10.5.4.0-24 k4 at 192.168.50.4:51820 allowed [10.5.4.0/24] keepalive 2s
+write peer k2
+write peer k3
+write peer k4
+kick k3
+kick k4
+half 10.5.1.0/24 in 10.5.0.0/16
+behind NAT, seen at 198.51.100.1:51820
+`},
+		{name: "a sighting of this host by a host it has no session with does not make it think it is behind NAT",
+			self: selfLease, peers: []mesh.Peer{p2, p4.WithSightings([]lease.Sighting{sighting("10.5.1.0-24", "203.0.113.1:9")}, nil)},
+			current: holding(),
+			want: `peer 10.5.2.0-24 k2 at 192.168.50.2:51820 allowed [10.5.2.0/24]
+peer 10.5.4.0-24 k4 at 192.168.50.4:51820 allowed [10.5.4.0/24]
 write peer k2
 write peer k4
 kick k2

@@ -76,9 +76,9 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		if od.Forged+od.Replayed > 0 {
 			fmt.Fprintf(stdout, "wireguard handshake initiations refused: %d failed their proof, %d replayed\n", od.Forged, od.Replayed)
 		}
-		if od.SeenNotEager > 0 {
-			fmt.Fprintf(stdout, "wireguard peers seen behind NAT beyond the eager bound: %d (configured for traffic only)\n",
-				od.SeenNotEager)
+		if od.NATNotEager > 0 {
+			fmt.Fprintf(stdout, "wireguard peers behind NAT beyond the eager bound: %d (configured for traffic only)\n",
+				od.NATNotEager)
 		}
 	}
 	for reason, n := range s.Drops {

@@ -20,7 +20,10 @@ const observeOften = 2 * time.Second
 // those peers are reached, each host where its own packets leave its NAT,
 // and a pair behind NATs whether it goes direct or through which relay
 // (see lease.Sighting). It looks every resync interval, every
-// observeOften behind NAT.
+// observeOften behind NAT, and at once when the host finds out it is
+// behind NAT or no longer is: its peers go direct only once what it
+// reaches is published, and a lease rewritten late would change their
+// paths after they were up.
 func publishObservations(ctx context.Context, observer backends.EndpointObserver, holder *lease.Holder,
 	every time.Duration, log *slog.Logger) error {
 	wait := every
@@ -29,6 +32,7 @@ func publishObservations(ctx context.Context, observer backends.EndpointObserver
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(wait):
+		case <-observer.DiscoveryChanged():
 		}
 		obs, err := observer.Observe()
 		if err != nil {
@@ -37,6 +41,9 @@ func publishObservations(ctx context.Context, observer backends.EndpointObserver
 		wait = every
 		if obs.BehindNAT {
 			wait = min(every, observeOften)
+		}
+		if obs.BackendData != nil && holder.SetBackendData(backends.WireGuard, obs.BackendData) {
+			log.Info("publishing this host's WireGuard data: whether it is behind NAT", "behind_nat", obs.BehindNAT)
 		}
 		if holder.SetSeen(obs.Seen, obs.Reach) {
 			log.Info("publishing where this host sees peers behind NAT, and what it reaches", "sightings", len(obs.Seen),

@@ -132,7 +132,7 @@ func (o *observer) document(peers bool) status.Document {
 		if st := od.OnDemand(); st.Enabled {
 			s.OnDemand = &status.OnDemand{Known: st.Known, Configured: st.Configured, Added: st.Added, Capped: st.Capped,
 				Idled: st.Idled, Refused: st.Refused, Expired: st.Expired, Forged: st.Forged, Replayed: st.Replayed,
-				SeenNotEager: st.SeenNotEager}
+				NATNotEager: st.NATNotEager}
 		}
 	}
 	if peers {
@@ -239,8 +239,9 @@ var (
 	descOnDemand = prometheus.NewDesc("weft_wireguard_peers",
 		"WireGuard peers the leases name, by state: configured on the device or idle (on-demand mode).",
 		[]string{"state"}, nil)
-	descSeenNotEager = prometheus.NewDesc("weft_wireguard_seen_not_eager_peers",
-		"Peers seen behind NAT beyond the bound on those configured eagerly (256): configured only for traffic.", nil, nil)
+	descNATNotEager = prometheus.NewDesc("weft_wireguard_nat_not_eager_peers",
+		"Peers whose leases say they are behind NAT beyond the bound on those configured eagerly (256): "+
+			"configured only for traffic.", nil, nil)
 	descOnDemandOp = prometheus.NewDesc("weft_wireguard_on_demand_total",
 		"On-demand mode events: peers added for traffic, activations refused by the rate bound (capped), peers removed "+
 			"for idleness (idled), activations by data packets refused while 128 peers were held or the peer was kicked "+
@@ -262,7 +263,7 @@ var (
 func (o *observer) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descLease, descExpiry, descReady, descPeers, descRuns, descErrors, descRelists,
 		descConflicts, descRx, descTx, descHandshake, descUDPDropped, descTunnelDrop, descCalls, descFull, descOnDemand,
-		descOnDemandOp, descSeenNotEager} {
+		descOnDemandOp, descNATNotEager} {
 		ch <- d
 	}
 	ch <- descPaths
@@ -366,7 +367,7 @@ func (o *observer) Collect(ch chan<- prometheus.Metric) {
 		counter(descOnDemandOp, float64(od.Expired), "expired_unverified")
 		counter(descOnDemandOp, float64(od.Forged), "forged_initiation")
 		counter(descOnDemandOp, float64(od.Replayed), "replayed_initiation")
-		gauge(descSeenNotEager, float64(od.SeenNotEager))
+		gauge(descNATNotEager, float64(od.NATNotEager))
 	}
 	o.duration.Collect(ch)
 }

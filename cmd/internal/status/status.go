@@ -64,9 +64,9 @@ type OnDemand struct {
 	// their proof, and those older than the latest from their key.
 	Forged   uint64 `json:"forged_initiations,omitempty"`
 	Replayed uint64 `json:"replayed_initiations,omitempty"`
-	// SeenNotEager are the peers seen behind NAT beyond the bound on
-	// those configured eagerly: configured only for traffic.
-	SeenNotEager int `json:"seen_not_eager,omitempty"`
+	// NATNotEager are the peers behind NAT (their leases say so) beyond
+	// the bound on those configured eagerly: configured only for traffic.
+	NATNotEager int `json:"nat_not_eager,omitempty"`
 }
 
 // Peer is one peer of this host.
