@@ -12,6 +12,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/weftnet/weft/backends"
+	"github.com/weftnet/weft/keys"
 	"github.com/weftnet/weft/lease"
 )
 
@@ -49,6 +50,8 @@ func TestNATToNATRelay(t *testing.T) {
 		}
 		return nil
 	})
+
+	checkForgedSightings(t, l, relay, other, h3, h4)
 
 	// The relay's weftd is killed, its lease and link left up.
 	l.StopWeftd(relay, syscall.SIGKILL)
@@ -95,6 +98,43 @@ func TestNATToNATRelay(t *testing.T) {
 	})
 	reliability(t, "NATs now keep ports: hosts behind them went direct after %s", time.Since(start).Round(100*time.Millisecond))
 	checkVia(t, h4, h3, "direct")
+}
+
+// checkForgedSightings: issue 41. A lease written to etcd by someone who
+// runs no host sights both public hosts at their own endpoints (before,
+// any sighting marked a host as behind NAT: every relayed pair then left
+// the public hosts, and every host kept them open with keepalives). The
+// pair stays with its relay, and no host makes either public host eager.
+func checkForgedSightings(t *testing.T, l *Lab, relay, other, h3, h4 *Host) {
+	t.Helper()
+	ctx := context.Background()
+	key := freeSubnets(l, 1, 24)[0]
+	k, err := keys.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	value := fmt.Sprintf(`{"PublicIP":%q,"PublicIPv6":null,"BackendType":"wireguard","BackendData":{"PublicKey":%q,"Port":51820},`+
+		`"WeftSeen":[{"Lease":%q,"Endpoint":"%s:51820"},{"Lease":%q,"Endpoint":"%s:51820"}]}`, l.underlayAddr(250), k.Public(),
+		lease.SubnetKey(relay.Subnet), relay.PublicIP, lease.SubnetKey(other.Subnet), other.PublicIP)
+	if _, err := l.Store().Create(ctx, key, []byte(value), time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	defer l.Store().Delete(ctx, key)
+	time.Sleep(4 * time.Second) // every host has applied it, and observed twice
+	want := "relay " + lease.SubnetKey(relay.Subnet)
+	checkVia(t, h3, h4, want)
+	checkVia(t, h4, h3, want)
+	for _, pair := range [][2]*Host{{other, relay}, {relay, other}} {
+		out, err := l.HostExec(pair[0], "wg", "show", "weft-wg", "persistent-keepalive")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for line := range strings.Lines(out) {
+			if f := strings.Fields(line); len(f) == 2 && f[0] == publicKeyOf(t, pair[1]) && f[1] != "off" {
+				t.Errorf("%s keeps %s open every %s s after a forged sighting", pair[0].Name, pair[1].Name, f[1])
+			}
+		}
+	}
 }
 
 // viaOf is how from's weftd says it reaches to (status Via).
