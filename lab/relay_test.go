@@ -23,7 +23,9 @@ import (
 // weftd is killed, its lease and link left up: within 10 s the pair
 // reaches each other again. The relay's link goes down: within 10 s the
 // pair goes through the other public host. The NATs then keep ports: the
-// pair goes direct within 30 s.
+// pair goes direct within 30 s. The NATs then remap every destination to a
+// new port under the running direct pair: within 10 s the pair goes
+// through a relay again, and stays there with no ping lost.
 func TestNATToNATRelay(t *testing.T) {
 	l := newLab(t, Options{Hosts: 4, NATHosts: 2, Backend: backends.WireGuard})
 	if err := l.Start(context.Background()); err != nil {
@@ -81,14 +83,7 @@ func TestNATToNATRelay(t *testing.T) {
 	reliability(t, "relay gone: hosts behind NATs reached each other again after %s", time.Since(start).Round(100*time.Millisecond))
 	checkVia(t, h3, h4, "relay "+lease.SubnetKey(other.Subnet))
 
-	for _, h := range []*Host{h3, h4} {
-		if err := RunAll([]string{"ip", "netns", "exec", h.NAT, "iptables", "-t", "nat", "-R", "POSTROUTING", "1", "-o", "eth0", "-j", "MASQUERADE"}); err != nil {
-			t.Fatal(err)
-		}
-		if err := inNetns(h.NAT, func() error { return netlink.ConntrackTableFlush(netlink.ConntrackTable) }); err != nil {
-			t.Fatal(err)
-		}
-	}
+	setNATs(t, false, h3, h4)
 	start = time.Now()
 	eventually(t, "hosts 3 and 4 direct once their NATs keep ports", 30*time.Second, func() error {
 		if via := viaOf(t, h3, h4); via != "direct" {
@@ -98,6 +93,46 @@ func TestNATToNATRelay(t *testing.T) {
 	})
 	reliability(t, "NATs now keep ports: hosts behind them went direct after %s", time.Since(start).Round(100*time.Millisecond))
 	checkVia(t, h4, h3, "direct")
+
+	// The NATs change their mappings under the running direct pair and
+	// map every destination to a new port again: the direct path is
+	// dead, and the pair moves to a relay within 10 s.
+	setNATs(t, true, h3, h4)
+	start = time.Now()
+	eventually(t, "hosts 3 and 4 through a relay after their direct path died", 10*time.Second, func() error {
+		if via := viaOf(t, h3, h4); !strings.HasPrefix(via, "relay ") {
+			return fmt.Errorf("h3 reaches h4 via %q", via)
+		}
+		return l.Ping(h3, h4)
+	})
+	reliability(t, "direct path died under the pair: through a relay after %s", time.Since(start).Round(100*time.Millisecond))
+	// And it stays there: the dead direct path does not draw it back.
+	steady := holdSteady(t, l, h3, h4, 15*time.Second)
+	reliability(t, "relayed pair held 15 s: %d path changes %v, %d lease rewrites, %d of %d pings lost",
+		steady.pathChanges, steady.paths, steady.rewrites, steady.lost, steady.sent)
+	if steady.pathChanges != 0 || steady.lost != 0 || steady.sent == 0 {
+		t.Errorf("the relayed pair did not stay put: %d path changes %v, %d of %d pings lost; leases written:\n%s",
+			steady.pathChanges, steady.paths, steady.lost, steady.sent, strings.Join(steady.written, "\n"))
+	}
+}
+
+// setNATs makes the NAT routers of hosts map every destination to a new
+// port (random) or keep source ports, and forgets their mappings, as a
+// router that restarts or a carrier-grade NAT that remaps does.
+func setNATs(t *testing.T, random bool, hosts ...*Host) {
+	t.Helper()
+	for _, h := range hosts {
+		rule := []string{"ip", "netns", "exec", h.NAT, "iptables", "-t", "nat", "-R", "POSTROUTING", "1", "-o", "eth0", "-j", "MASQUERADE"}
+		if random {
+			rule = append(rule, "--random")
+		}
+		if err := RunAll(rule); err != nil {
+			t.Fatal(err)
+		}
+		if err := inNetns(h.NAT, func() error { return netlink.ConntrackTableFlush(netlink.ConntrackTable) }); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // checkForgedSightings: issue 41. A lease written to etcd by someone who
