@@ -19,7 +19,8 @@ import (
 // is behind NAT and keeps every path open); a sighting inside the overlay
 // or of a host by itself counts for nothing. A peer seen elsewhere whose
 // own lease says it is behind NAT is sent to there, with a keepalive,
-// unless it is on this host's own network; a public host is not moved by
+// unless it is on this host's own network (every 2 s, even when the config
+// asks for a longer keepalive); a public host is not moved by
 // what others say they see of it, and nobody is eager for a sighting.
 func TestDiscovery(t *testing.T) {
 	ep := netip.MustParseAddrPort
@@ -67,6 +68,15 @@ func TestDiscovery(t *testing.T) {
 		if s.Endpoint != want || s.Keepalive != pathKeepalive || s.NAT != (s.Lease == "10.5.3.0-24") {
 			t.Errorf("%s: endpoint %v keepalive %v NAT %v, want %v and %v (this host is behind NAT), NAT for host 3 alone",
 				s.Lease, s.Endpoint, s.Keepalive, s.NAT, want, pathKeepalive)
+		}
+	}
+	// A longer keepalive from the config does not slow the liveness a NAT
+	// needs: an idle direct path would look dead between keepalives.
+	opts.PersistentKeepalive = 25 * time.Second
+	long, _ := candidates(d, mustKey(t).Public(), opts, found)
+	for _, s := range long {
+		if s.Keepalive != pathKeepalive {
+			t.Errorf("%s: keepalive %v with the config's 25 s, want %v behind NAT", s.Lease, s.Keepalive, pathKeepalive)
 		}
 	}
 	// What this host's device sees: host 3 where its packets come from.

@@ -268,8 +268,11 @@ func candidates(d mesh.Desired, self keys.Key, opts Options, found discovery) ([
 		if data.NAT || twin || found.self.IsValid() {
 			// A NAT on either side: the path is kept open, and each end
 			// hears from the other often enough to know within seconds
-			// when it stops (a relay gone, WeftReach).
-			spec.Keepalive = cmp.Or(spec.Keepalive, pathKeepalive)
+			// when it stops (a relay gone, WeftReach), whatever longer
+			// keepalive the config asks for: with 25 s, an idle direct
+			// path would look dead between keepalives and the pair would
+			// go back and forth between it and a relay.
+			spec.Keepalive = min(cmp.Or(spec.Keepalive, pathKeepalive), pathKeepalive)
 		}
 		if len(spec.AllowedIPs) > 0 {
 			out = append(out, spec)
