@@ -215,6 +215,10 @@ const natKeepalive = 25 * time.Second
 // to move a pair to another relay within seconds.
 const pathKeepalive = 2 * time.Second
 
+// leadKeepalive is the keepalive a public host sends a peer behind NAT:
+// shorter than pathKeepalive, so the public host is the end that sends.
+const leadKeepalive = time.Second
+
 // liveWindow is how recently a peer must have sent something for its
 // direct path to count as live (WeftReach): a few keepalives.
 const liveWindow = 5 * time.Second

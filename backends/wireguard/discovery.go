@@ -63,11 +63,13 @@ func discover(d mesh.Desired, live func(mesh.Peer) bool) discovery {
 		}
 		return 1
 	}
+	named := namedEndpoints(d)
 	tally := func(from string, seen []lease.Sighting, sighter func() bool) {
 		for _, s := range seen {
 			a := s.Endpoint.Addr()
 			if s.Lease == from || d.Network.Contains(a) || d.IPv6Network.IsValid() && d.IPv6Network.Contains(a) ||
-				d.PeersNetwork.IsValid() && d.PeersNetwork.Contains(a) || s.Lease == d.Self.Key() && !sighter() {
+				d.PeersNetwork.IsValid() && d.PeersNetwork.Contains(a) || s.Lease == d.Self.Key() && !sighter() ||
+				named[s.Lease].names(s.Endpoint) {
 				continue
 			}
 			if votes[s.Lease] == nil {
@@ -98,6 +100,51 @@ func discover(d mesh.Desired, live func(mesh.Peer) bool) discovery {
 	}
 	if out.self.IsValid() {
 		out.relays = chooseRelays(d)
+	}
+	return out
+}
+
+// namedEndpoint is what a lease says of where its host is reached: its
+// addresses and its WireGuard port.
+type namedEndpoint struct {
+	ip, ip6 netip.Addr
+	port    int
+}
+
+// names reports whether ep is where the lease says its host is: a host
+// seen there is seen where it says it is, which says nothing of a NAT (a
+// host whose address changed is seen at its new one before or after its
+// lease says so, and must not take itself for one behind NAT).
+func (n namedEndpoint) names(ep netip.AddrPort) bool {
+	a := ep.Addr().Unmap()
+	return n.port != 0 && int(ep.Port()) == n.port && (a == n.ip || n.ip6.IsValid() && a == n.ip6)
+}
+
+// namedEndpoints are the endpoints the leases of the sighted hosts (and
+// this host's) name, by lease key; only sighted leases' data is decoded.
+func namedEndpoints(d mesh.Desired) map[string]namedEndpoint {
+	sighted := map[string]bool{}
+	for _, s := range d.Self.Attrs.Seen() {
+		sighted[s.Lease] = true
+	}
+	for _, p := range d.Peers {
+		for _, s := range p.Seen() {
+			sighted[s.Lease] = true
+		}
+	}
+	port := func(data json.RawMessage) int {
+		var bd BackendData
+		if json.Unmarshal(data, &bd) != nil {
+			return 0
+		}
+		return bd.Port
+	}
+	out := map[string]namedEndpoint{
+		d.Self.Key(): {ip: d.Self.Attrs.PublicIP, ip6: d.Self.Attrs.PublicIPv6Addr(), port: port(d.Self.Attrs.BackendData)}}
+	for _, p := range d.Peers {
+		if sighted[p.Key] && p.Key != d.Self.Key() {
+			out[p.Key] = namedEndpoint{ip: p.PublicIP, ip6: p.PublicIPv6(), port: port(p.BackendData)}
+		}
 	}
 	return out
 }

@@ -79,6 +79,15 @@ func TestDiscovery(t *testing.T) {
 			t.Errorf("%s: keepalive %v with the config's 25 s, want %v behind NAT", s.Lease, s.Keepalive, pathKeepalive)
 		}
 	}
+	// A public host (nobody sees it elsewhere) leads on the path to host 3
+	// (behind NAT): its keepalives come more often than host 3's.
+	public := found
+	public.self = netip.AddrPort{}
+	for _, s := range specsOf(candidates(d, mustKey(t).Public(), Options{}, public)) {
+		if want := map[bool]time.Duration{true: leadKeepalive, false: 0}[s.Lease == "10.5.3.0-24"]; s.Keepalive != want {
+			t.Errorf("a public host's keepalive to %s: %v, want %v", s.Lease, s.Keepalive, want)
+		}
+	}
 	// What this host's device sees: host 3 where its packets come from.
 	now := time.Now()
 	have := []PeerState{
@@ -194,9 +203,48 @@ func TestEagerBound(t *testing.T) {
 		t.Fatalf("%d not eager (%v), want %d", p.notEager, p.problems, extra)
 	}
 	for i, s := range p.peers {
-		if eager := i < maxEager; s.NAT != eager || (s.Keepalive == pathKeepalive) != eager {
+		if eager := i < maxEager; s.NAT != eager || (s.Keepalive == leadKeepalive) != eager { // a public host leads
 			t.Errorf("peer %d (%s): NAT %v keepalive %v; want the first %d eager with keepalives, the rest not", i, s.Lease, s.NAT,
 				s.Keepalive, maxEager)
 		}
 	}
 }
+
+// TestSightingAtNamedEndpoint: a host seen where its own lease says it is
+// (a host whose address just changed is seen at its new address, which
+// its lease names a moment later or already) is not behind NAT, and a
+// peer seen there is not moved: only an endpoint the lease does not name
+// counts.
+func TestSightingAtNamedEndpoint(t *testing.T) {
+	k1, k2 := mustKey(t), mustKey(t)
+	data := func(k keys.Key) json.RawMessage {
+		b, _ := json.Marshal(BackendData{PublicKey: k.String(), Port: 51820})
+		return b
+	}
+	self := lease.Lease{Subnet: netip.MustParsePrefix("10.5.1.0/24"),
+		Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("192.168.50.61"), BackendData: data(k1)}}
+	sightings := func(self, peer string) []lease.Sighting {
+		return []lease.Sighting{{Lease: "10.5.1.0-24", Endpoint: netip.MustParseAddrPort(self)},
+			{Lease: "10.5.3.0-24", Endpoint: netip.MustParseAddrPort(peer)}}
+	}
+	peers := func(seen []lease.Sighting) []mesh.Peer {
+		return []mesh.Peer{
+			mesh.Peer{Key: "10.5.2.0-24", Subnet: netip.MustParsePrefix("10.5.2.0/24"), PublicIP: netip.MustParseAddr("192.168.50.12"),
+				BackendData: data(k2)}.WithSightings(seen, nil),
+			{Key: "10.5.3.0-24", Subnet: netip.MustParsePrefix("10.5.3.0/24"), PublicIP: netip.MustParseAddr("192.168.50.13"),
+				BackendData: data(mustKey(t))},
+		}
+	}
+	d := mesh.Desired{Network: netip.MustParsePrefix("10.5.0.0/16"), Self: self,
+		Peers: peers(sightings("192.168.50.61:51820", "192.168.50.13:51820"))}
+	if found := discover(d, nil); found.self.IsValid() || len(found.peers) != 0 {
+		t.Errorf("seen where the leases say: self %v, peers %v; want nothing", found.self, found.peers)
+	}
+	d.Peers = peers(sightings("192.168.50.61:40000", "192.168.50.13:40001"))
+	if found := discover(d, nil); !found.self.IsValid() || len(found.peers) != 1 {
+		t.Errorf("seen at other ports: self %v, peers %v; want both seen", found.self, found.peers)
+	}
+}
+
+// specsOf is the specs of a candidates call (its problems dropped).
+func specsOf(specs []PeerSpec, _ []error) []PeerSpec { return specs }

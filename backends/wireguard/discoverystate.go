@@ -21,7 +21,9 @@ import (
 // Observe tells the live direct paths of a host behind NAT.
 type discoveryState struct {
 	now discovery
-	rx  map[keys.Key]activity
+	rx  map[keys.Key]pathActivity
+	// reached are the peers the last observation published as reached.
+	reached map[string]bool
 	// notEager are the peers behind NAT beyond the bound on eager ones.
 	notEager int
 	// turned is signalled when this host finds it is behind NAT or that
@@ -80,25 +82,52 @@ func (s *discoveryState) noteNotEager(n int, log *slog.Logger) {
 	s.notEager = n
 }
 
+// pathActivity is what observe last saw of a peer's path: its received
+// bytes, when they last moved, and since when the path has been live
+// without a break.
+type pathActivity struct {
+	rx              int64
+	moved, liveFrom time.Time
+}
+
+// reachHold is how long a direct path must have been live before it is
+// published as reached: two looks in a row, so one packet through a NAT
+// mapping that then closes does not send a pair direct and back. A path
+// that stops is dropped at the first look that finds it dead.
+const reachHold = ObserveEvery
+
+// ObserveEvery is how often weftd observes and publishes what a host
+// behind NAT sees: its relays' liveness decides within seconds how its
+// pairs go.
+const ObserveEvery = 2 * time.Second
+
 // observe reads what the device shows (dev) against the peers planned
 // (want, held by holders): the peers seen elsewhere than their leases say
 // and, behind NAT, the peers reached directly now. It remembers each
-// peer's received bytes, so a path counts as live only once they move.
+// peer's received bytes, so a path counts as live only once they move,
+// and is published as reached once it has been live for reachHold.
 func (s *discoveryState) observe(dev *wgtypes.Device, want []PeerSpec, holders map[keys.Key][]string, now time.Time) Observation {
 	obs := Observation{Seen: sightings(peerStates(dev.Peers), want, now), BehindNAT: s.now.self.IsValid()}
-	rx := make(map[keys.Key]activity, len(dev.Peers))
+	rx := make(map[keys.Key]pathActivity, len(dev.Peers))
 	for _, p := range dev.Peers {
 		k := keys.Key(p.PublicKey)
 		a, ok := s.rx[k]
 		if !ok {
-			a = activity{rx: p.ReceiveBytes} // a baseline: not live until it moves
+			a = pathActivity{rx: p.ReceiveBytes} // a baseline: not live until it moves
 		} else if a.rx != p.ReceiveBytes {
-			a = activity{rx: p.ReceiveBytes, since: now}
+			a.rx, a.moved = p.ReceiveBytes, now
+		}
+		held := holders[k]
+		live := obs.BehindNAT && len(held) == 1 && !a.moved.IsZero() && now.Sub(a.moved) < liveWindow &&
+			!p.LastHandshakeTime.IsZero() && now.Sub(p.LastHandshakeTime) < RejectAfter && !strings.HasPrefix(held[0], "peers/")
+		switch {
+		case !live:
+			a.liveFrom = time.Time{}
+		case a.liveFrom.IsZero():
+			a.liveFrom = now
 		}
 		rx[k] = a
-		held := holders[k]
-		if obs.BehindNAT && len(held) == 1 && !a.since.IsZero() && now.Sub(a.since) < liveWindow &&
-			!p.LastHandshakeTime.IsZero() && now.Sub(p.LastHandshakeTime) < RejectAfter && !strings.HasPrefix(held[0], "peers/") {
+		if live && (now.Sub(a.liveFrom) >= reachHold || s.reached[held[0]]) {
 			obs.Reach = append(obs.Reach, held[0])
 		}
 	}
@@ -106,6 +135,10 @@ func (s *discoveryState) observe(dev *wgtypes.Device, want []PeerSpec, holders m
 	slices.Sort(obs.Reach)
 	if len(obs.Reach) > lease.MaxSightings {
 		obs.Reach = obs.Reach[:lease.MaxSightings]
+	}
+	s.reached = make(map[string]bool, len(obs.Reach))
+	for _, r := range obs.Reach {
+		s.reached[r] = true
 	}
 	return obs
 }

@@ -75,8 +75,47 @@ func TestObserveOnFakes(t *testing.T) {
 		t.Errorf("behind NAT with k2's bytes as at the first look (the baseline): %+v, want BehindNAT and no peer reached", obs)
 	}
 	h.control.SetHandshake(DeviceName, wgtypes.Key(k2), time.Now(), 900, 600)
-	if obs := observe("behind NAT, k2's bytes moved"); !obs.BehindNAT || !slices.Equal(obs.Reach, []string{"10.5.2.0-24"}) {
-		t.Errorf("k2 live: %+v, want Reach [10.5.2.0-24] alone (k3's handshake is stale)", obs)
+	if obs := observe("behind NAT, k2's bytes moved"); !obs.BehindNAT || len(obs.Reach) > 0 {
+		t.Errorf("k2 live at one look: %+v, want it not published yet (reachHold)", obs)
+	}
+}
+
+// TestReachHeld: a direct path is published as reached only once it has
+// been live at two looks reachHold apart, and dropped at the first look
+// that finds it dead (no packet within liveWindow); a path live at
+// alternate looks is never published.
+func TestReachHeld(t *testing.T) {
+	k := mustKey(t)
+	s := newDiscoveryState()
+	s.now.self = netip.MustParseAddrPort("198.51.100.1:51820") // behind NAT
+	holders := map[keys.Key][]string{k: {"10.5.2.0-24"}}
+	start := time.Now()
+	look := func(after time.Duration, rx int64) []string {
+		now := start.Add(after)
+		dev := &wgtypes.Device{Peers: []wgtypes.Peer{{PublicKey: wgtypes.Key(k), ReceiveBytes: rx, LastHandshakeTime: now.Add(-time.Second)}}}
+		return s.observe(dev, nil, holders, now).Reach
+	}
+	steps := []struct {
+		after time.Duration
+		rx    int64
+		want  bool
+	}{
+		{0, 100, false},                // the baseline
+		{2 * time.Second, 200, false},  // live since now
+		{4 * time.Second, 300, true},   // live for reachHold: published
+		{6 * time.Second, 300, true},   // no packet for 2 s: still within liveWindow
+		{10 * time.Second, 300, false}, // none for 6 s: dead, dropped at once
+		{12 * time.Second, 400, false}, // live again: held anew
+		{20 * time.Second, 400, false}, // dead before it held
+		{22 * time.Second, 500, false},
+		{30 * time.Second, 500, false},
+		{32 * time.Second, 600, false},
+		{34 * time.Second, 700, true},
+	}
+	for _, st := range steps {
+		if got := look(st.after, st.rx); (len(got) == 1) != st.want {
+			t.Errorf("at %v with %d bytes: reach %v, want published %v", st.after, st.rx, got, st.want)
+		}
 	}
 }
 

@@ -273,6 +273,15 @@ func candidates(d mesh.Desired, self keys.Key, opts Options, found discovery) ([
 			// path would look dead between keepalives and the pair would
 			// go back and forth between it and a relay.
 			spec.Keepalive = min(cmp.Or(spec.Keepalive, pathKeepalive), pathKeepalive)
+			if data.NAT && !found.self.IsValid() {
+				// A public host sends a peer behind NAT keepalives more
+				// often than the peer sends its own, so it is always the
+				// one that sends on an idle path (WireGuard holds one end's
+				// keepalives back while it hears the other's), and the
+				// peer hears it: public hosts publish no WeftReach, so
+				// the peer knows its relays are there only this way.
+				spec.Keepalive = min(spec.Keepalive, leadKeepalive)
+			}
 		}
 		if len(spec.AllowedIPs) > 0 {
 			out = append(out, spec)

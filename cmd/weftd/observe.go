@@ -6,12 +6,9 @@ import (
 	"time"
 
 	"github.com/weftnet/weft/backends"
+	"github.com/weftnet/weft/backends/wireguard"
 	"github.com/weftnet/weft/lease"
 )
-
-// observeOften is how often a host behind NAT publishes what it sees:
-// its relays' liveness decides within seconds how its pairs go.
-const observeOften = 2 * time.Second
 
 // publishObservations publishes in this host's lease, when it changed,
 // where its WireGuard device sees peers whose packets come from another
@@ -20,7 +17,7 @@ const observeOften = 2 * time.Second
 // those peers are reached, each host where its own packets leave its NAT,
 // and a pair behind NATs whether it goes direct or through which relay
 // (see lease.Sighting). It looks every resync interval, every
-// observeOften behind NAT, and at once when the host finds out it is
+// wireguard.ObserveEvery behind NAT, and at once when the host finds out it is
 // behind NAT or no longer is: its peers go direct only once what it
 // reaches is published, and a lease rewritten late would change their
 // paths after they were up.
@@ -40,7 +37,7 @@ func publishObservations(ctx context.Context, observer backends.EndpointObserver
 		}
 		wait = every
 		if obs.BehindNAT {
-			wait = min(every, observeOften)
+			wait = min(every, wireguard.ObserveEvery)
 		}
 		if obs.BackendData != nil && holder.SetBackendData(backends.WireGuard, obs.BackendData) {
 			log.Info("publishing this host's WireGuard data: whether it is behind NAT", "behind_nat", obs.BehindNAT)
