@@ -90,8 +90,8 @@ type pathActivity struct {
 	moved, liveFrom time.Time
 }
 
-// reachHold is how long a direct path must have been live before it is
-// published as reached: two looks in a row, so one packet through a NAT
+// reachHold is how long a direct path to a peer behind NAT must have been
+// live before it is published as reached: two looks in a row, so one packet through a NAT
 // mapping that then closes does not send a pair direct and back. A path
 // that stops is dropped at the first look that finds it dead.
 const reachHold = ObserveEvery
@@ -108,6 +108,16 @@ const ObserveEvery = 2 * time.Second
 // and is published as reached once it has been live for reachHold.
 func (s *discoveryState) observe(dev *wgtypes.Device, want []PeerSpec, holders map[keys.Key][]string, now time.Time) Observation {
 	obs := Observation{Seen: sightings(peerStates(dev.Peers), want, now), BehindNAT: s.now.self.IsValid()}
+	// The hold is for direct paths to peers behind NAT; a public peer (a
+	// relay) is published at once, so a pair names its relay before its
+	// own direct path could be held and does not go direct untried and
+	// then through the relay.
+	behindNAT := map[string]bool{}
+	for _, w := range want {
+		if w.NAT || w.Relay != "" {
+			behindNAT[w.Lease] = true
+		}
+	}
 	rx := make(map[keys.Key]pathActivity, len(dev.Peers))
 	for _, p := range dev.Peers {
 		k := keys.Key(p.PublicKey)
@@ -127,7 +137,7 @@ func (s *discoveryState) observe(dev *wgtypes.Device, want []PeerSpec, holders m
 			a.liveFrom = now
 		}
 		rx[k] = a
-		if live && (now.Sub(a.liveFrom) >= reachHold || s.reached[held[0]]) {
+		if live && (now.Sub(a.liveFrom) >= reachHold || s.reached[held[0]] || !behindNAT[held[0]]) {
 			obs.Reach = append(obs.Reach, held[0])
 		}
 	}

@@ -75,13 +75,14 @@ func TestObserveOnFakes(t *testing.T) {
 		t.Errorf("behind NAT with k2's bytes as at the first look (the baseline): %+v, want BehindNAT and no peer reached", obs)
 	}
 	h.control.SetHandshake(DeviceName, wgtypes.Key(k2), time.Now(), 900, 600)
-	if obs := observe("behind NAT, k2's bytes moved"); !obs.BehindNAT || len(obs.Reach) > 0 {
-		t.Errorf("k2 live at one look: %+v, want it not published yet (reachHold)", obs)
+	if obs := observe("behind NAT, k2's bytes moved"); !obs.BehindNAT || !slices.Equal(obs.Reach, []string{"10.5.2.0-24"}) {
+		t.Errorf("k2 (public) live: %+v, want Reach [10.5.2.0-24] alone at once (k3's handshake is stale)", obs)
 	}
 }
 
-// TestReachHeld: a direct path is published as reached only once it has
-// been live at two looks reachHold apart, and dropped at the first look
+// TestReachHeld: a direct path to a peer behind NAT is published as
+// reached only once it has been live at two looks reachHold apart (a
+// public peer, a relay, at once), and dropped at the first look
 // that finds it dead (no packet within liveWindow); a path live at
 // alternate looks is never published.
 func TestReachHeld(t *testing.T) {
@@ -93,7 +94,7 @@ func TestReachHeld(t *testing.T) {
 	look := func(after time.Duration, rx int64) []string {
 		now := start.Add(after)
 		dev := &wgtypes.Device{Peers: []wgtypes.Peer{{PublicKey: wgtypes.Key(k), ReceiveBytes: rx, LastHandshakeTime: now.Add(-time.Second)}}}
-		return s.observe(dev, nil, holders, now).Reach
+		return s.observe(dev, []PeerSpec{{Lease: "10.5.2.0-24", NAT: true}}, holders, now).Reach
 	}
 	steps := []struct {
 		after time.Duration
@@ -115,6 +116,16 @@ func TestReachHeld(t *testing.T) {
 	for _, st := range steps {
 		if got := look(st.after, st.rx); (len(got) == 1) != st.want {
 			t.Errorf("at %v with %d bytes: reach %v, want published %v", st.after, st.rx, got, st.want)
+		}
+	}
+	// A public peer (a relay) is published at its first live look.
+	public := newDiscoveryState()
+	public.now.self = s.now.self
+	for i, rx := range []int64{100, 200} {
+		now := start.Add(time.Duration(i) * 2 * time.Second)
+		dev := &wgtypes.Device{Peers: []wgtypes.Peer{{PublicKey: wgtypes.Key(k), ReceiveBytes: rx, LastHandshakeTime: now}}}
+		if got := public.observe(dev, []PeerSpec{{Lease: "10.5.2.0-24"}}, holders, now).Reach; (len(got) == 1) != (i == 1) {
+			t.Errorf("a public peer at look %d: reach %v", i, got)
 		}
 	}
 }
