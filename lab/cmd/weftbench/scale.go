@@ -343,86 +343,17 @@ Kernel calls are weftd's own count (weft_kernel_calls_total): netlink dumps, sin
 Where the wireguard row's memory goes: ` + "`make profile`" + ` (pprof heap and CPU of weftd programming 10,000
 userspace peers) puts most of the heap in wireguard-go's per-peer state, allocated in device.NewPeer:
 an inbound and an outbound queue of 1,024 slots per peer, plus two goroutines per peer (their stacks
-are outside the heap profile but in the RSS); the largest single part of a cold start's CPU is wireguard-go's
-x25519 per peer. That state is the price of running WireGuard in the daemon — about 50 KB per peer
-with the Go runtime's headroom, so the 200 MB target holds up to a few thousand userspace peers;
-where the kernel has WireGuard, weft uses the kernel device and the state lives there. The vxlan
-rows show weft's own cost. The profile also showed the handshake kick for new peers (a keepalive
-queued per peer, each in a 64 KiB buffer until the peer answers) costing 64 KiB × peers at a cold
-start; weft now kicks at most 256 peers per apply. The wireguard-on-demand rows are the answer
-(issue 18): with peers configured only when traffic needs them, 10,000 userspace peers cost weftd
-about 6 KB each of its own (lease set, peer table), not wireguard-go's 50 KB, and a lease change writes
-nothing to the device unless that peer is in use.
+are outside the heap profile but in the RSS); the largest single part of a cold start's CPU is
+wireguard-go's x25519 per peer. That state is the price of running WireGuard in the daemon; where the
+kernel has WireGuard, weft uses the kernel device and the state lives there. The vxlan rows show
+weft's own cost, and the wireguard-on-demand rows what a userspace host pays when peers are
+configured only while traffic needs them (issue 18): the rows above are this run's figures.
+A resync (a whole apply with everything in place) is not in the rows above.
 `)
-	b.WriteString(scaleMemoryNotes)
 	b.WriteString("\nTargets (issue 8): 10,000 leases converged within 10 s, under 200 MB RSS; one lease change applied in under 10 ms at 10,000 peers.")
-	b.WriteString(" Issue 34: peak RSS at 50,000 vxlan leases ≤ 70 MB and at 10,000 ≤ 35 MB (flanneld: 110 and 58 MB).\n")
+	b.WriteString(" Issue 34: peak RSS at 50,000 vxlan leases ≤ 70 MB and at 10,000 ≤ 35 MB.\n")
 	return b.String()
 }
-
-// scaleMemoryNotes is what the profiles of issue 34 showed, with the rows
-// measured before and after its changes (one machine, one session).
-const scaleMemoryNotes = `
-Where the memory went, and what changed (issue 34). ` + "`make profile PROFILE_ARGS='-scale 50000 -scale-backends vxlan'`" + `, heap
-profiles taken every 40 ms through a cold start, runtime.MemStats beside them, GODEBUG=gctrace=1 and the
-kernel's smaps of weftd found, in two rounds:
-
-- /metrics built the whole /status document (every peer copied, sorted, formatted) to count peers:
-  about 70 MB of garbage a scrape at 50,000 leases. It counts where the peers are kept now.
-- The lease watcher kept every raw record beside each decoded lease, and etcd's list came as one
-  10 MB response: now only the decoded lease, and pages of 1,000 at one revision.
-- The model held a copy of every peer beside the desired state, then a map of pointers into it by
-  key (2.6 MB); now it finds a peer in the desired state's sorted peers by the subnets its key names,
-  with what deltas changed since in a small map of its own.
-- Every address or link change made weftd list every route in the namespace to find the default
-  route's interface: 50,000 netlink.Route values (376 bytes each, with allocations of their own), 12
-  MB each time, 18 MB spikes above the start's peak. They are read one at a time now, keeping none.
-- A lease and a peer were 296 bytes each, half of it fields most leases leave empty (the IPv6 half's
-  data, WeftAlso, WeftSeen, WeftReach; a peer's IPv6 half, Alternatives, Seen, Reach). Those now sit
-  behind one pointer, nil when empty: a lease is 208 bytes (was 320 as allocated), a peer 152. A
-  decoded BackendType is one shared string.
-- vxlan's plan kept 64 bytes a peer between its passes, a map of every MAC's owner, and the routes,
-  neighbours and FDB entries of every peer at once (6 MB); now 9 bytes a peer, owners only of MACs two
-  leases publish, and each kind built when it is programmed. Sets of what stays (two maps of every
-  peer) were built beside one stale entry; syncs now use up what the kernel holds as they compare.
-- Compute's overlap check held a map of netip.Prefix (2.4 MB); now 5-byte keys. The path log kept
-  every peer in clear to print one summary line (4 MB); now the first 17 and counts.
-- weftd was linked against libc (cgo): 1.5 MB of RSS for nothing; ` + "`make build`" + ` builds it static, as
-  deploy/compose's image does.
-- **weftd sets GOGC to 25 unless the environment sets GOGC**: a trade of CPU for memory, stated here as
-  the issue asks (Go's default let the heap grow to twice what is live before a collection). CPU to
-  READY did not move beyond the noise: a cold start's time goes to the kernel (at 50,000 leases about
-  31 s of the 36 s are the kernel inserting 50,000 IPv4 routes that each have their own gateway: 0.9 s
-  for 10,000, 7.9 s for 25,000, 31 s for 50,000 with ip -batch alone, without weft).
-
-What is left at the peak of a cold start at 50,000 vxlan leases (about 30 MB live, 64–66 MiB RSS):
-the leases (10 MB, and 2 MB of their BackendData), the desired peers (8 MB), the watcher's map by key
-(2 MB), vxlan's MAC counts and the source filter (1.6 MB each); GC headroom at GOGC 25 and the runtime
-add about 12 MB. The file-backed part of the RSS, the binary's code and data as they are touched, is
-about 17 MB, and a weftd with 1,000 leases peaks at 26 MiB. (MiB here: 64–66 MiB is 67–69 MB.)
-
-A resync (a whole apply with everything in place, every 30 s by default; the bench runs weftd with a
-10 minute interval so that none falls in a timed change) is not in the rows above. Measured by hand
-at 50,000 vxlan leases with -resync-interval 5s: weftd peaked at 167 MiB before this round, when route
-dumps were kept as netlink.Route values in maps (50 MB), neighbours and FDB entries as netlink.Neigh
-values in maps (12 MB each), with sets of what stays; it peaks at 89–92 MiB now, and a resync takes about
-1.0 s. What a resync still holds at once: the neighbour and FDB dumps (the netlink library lists them
-whole: no iterating call for neighbours) and, while the new desired state is computed, the last one.
-
-| backend | leases | eac80cc: peak RSS | 8b057f0: peak RSS | now: peak RSS | eac80cc: CPU to READY | now: CPU to READY |
-|---|---|---|---|---|---|---|
-| vxlan | 1000 | 34 MiB | 27–28 MiB | 26 MiB | 0.10 s | 0.10–0.11 s |
-| vxlan | 10000 | 71 MiB | 37–40 MiB | 32–33 MiB | 2.00 s | 1.9–2.3 s |
-| vxlan | 50000 | 256 MiB | 96–112 MiB | 64–66 MiB | 37.2 s | 35.1–38.6 s |
-| wireguard-on-demand | 1000 | 56 MiB | 38 MiB | 37–38 MiB | 0.03 s | 0.05 s |
-| wireguard-on-demand | 10000 | 121 MiB | 77 MiB | 70 MiB | 0.17 s | 0.22 s |
-| wireguard-on-demand | 50000 | 404 MiB | 219–227 MiB | 197–200 MiB | 1.18 s | 0.94–0.99 s |
-
-(eac80cc: weft before issue 34; 8b057f0: after its first round; now: the rows above this note come from
-the run that wrote this file, the ranges from the runs of this round.) wireguard-on-demand adds
-wireguard-go's own buffer pools (about 25 MB, whatever the number of peers) and, at 50,000 leases, the
-/status document the bench reads to tell which peers weftd holds (every peer formatted).
-`
 
 // saveProfile fetches /debug/pprof/<what> from weftd on h (started with
 // -debug-pprof) into dir/name; it waits for the endpoint to come up.
