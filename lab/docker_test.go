@@ -288,7 +288,18 @@ func checkAdminDropWins(t *testing.T, src, h *DockerHost, meanwhile func()) {
 	}
 	defer Exec(h.Name, append([]string{"iptables", "-D"}, drop[2:]...)...)
 	meanwhile()
-	eventually(t, "the open container answers", 10*time.Second, func() error { return src.Docker.Ping(src.Containers[0], open.IP) })
+	// Failing, the counters of both hosts' FORWARD say which rule dropped
+	// the ping (CI saw this time out once, under load, and not again).
+	defer func() {
+		if t.Failed() {
+			for _, dh := range []*DockerHost{src, h} {
+				out, _ := Exec(dh.Name, "iptables", "-vnL", "FORWARD")
+				more, _ := Exec(dh.Name, "iptables", "-vnL", "DOCKER-USER")
+				t.Logf("--- FORWARD of %s:\n%s\n%s", dh.Name, out, more)
+			}
+		}
+	}()
+	eventually(t, "the open container answers", 20*time.Second, func() error { return src.Docker.Ping(src.Containers[0], open.IP) })
 	if err := src.Docker.Ping(src.Containers[0], blocked.IP); err == nil {
 		out, _ := Exec(h.Name, "iptables", "-S")
 		t.Errorf("overlay traffic to %s passed the DOCKER-USER DROP:\n%s", blocked.IP, out)
