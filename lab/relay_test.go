@@ -19,7 +19,8 @@ import (
 // TestNATToNATRelay: hosts 3 and 4 each behind a NAT router that maps
 // every destination to a new port (no direct path can open), hosts 1 and 2
 // public. Hosts 3 and 4 reach each other through a relay both reach (the
-// public host with the lowest lease key), each hop encrypted. The relay's
+// public host with the lowest lease key), which forwards their ciphertext
+// and never sees their packets in clear (checkCiphertextOnly). The relay's
 // weftd is killed, its lease and link left up: within 10 s the pair
 // reaches each other again. The relay's link goes down: within 10 s the
 // pair goes through the other public host. The NATs then keep ports: the
@@ -53,6 +54,7 @@ func TestNATToNATRelay(t *testing.T) {
 		return nil
 	})
 
+	checkCiphertextOnly(t, l, relay, h3, h4)
 	checkForgedSightings(t, l, relay, other, h3, h4)
 
 	// The relay's weftd is killed, its lease and link left up.
@@ -198,4 +200,71 @@ func checkVia(t *testing.T, from, to *Host, want string) {
 	if via := viaOf(t, from, to); !strings.HasPrefix(via, want) {
 		t.Errorf("%s reaches %s via %q, want %q", from.Name, to.Name, via, want)
 	}
+}
+
+// wireGuardOnly is a pcap filter for the UDP datagrams to or from a
+// relay's pair ports that are no WireGuard message: the first payload
+// word (udp[8:4], read big-endian) of a WireGuard message is its type
+// 1-4 in little-endian, three zero bytes after it.
+func wireGuardOnly(ports string) (all, other string) {
+	all = "udp portrange " + ports
+	return all, all + " and not (udp[8:4] = 0x01000000 or udp[8:4] = 0x02000000 or udp[8:4] = 0x03000000 or udp[8:4] = 0x04000000)"
+}
+
+// checkCiphertextOnly: issue 41. While hosts 3 and 4 go through relay,
+// pings every 200 ms both ways and a TCP stream pass, and the relay only
+// forwards ciphertext: its pair ports carry WireGuard messages and
+// nothing else, and the pair's container addresses appear on none of its
+// interfaces (its WireGuard device included): it holds no session of
+// theirs, so it never sees their packets in clear.
+func checkCiphertextOnly(t *testing.T, l *Lab, relay, h3, h4 *Host) {
+	t.Helper()
+	all, other := wireGuardOnly("51830-51957")
+	forwarded, err := l.CaptureOn(relay.Name, "eth0", all, "relay-ports")
+	if err != nil {
+		t.Fatal(err)
+	}
+	notWireGuard, err := l.CaptureOn(relay.Name, "eth0", other, "relay-not-wireguard")
+	if err != nil {
+		t.Fatal(err)
+	}
+	clear, err := l.CaptureOn(relay.Name, "any", fmt.Sprintf("host %s or host %s", h3.ContainerIP(), h4.ContainerIP()), "relay-clear")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream, err := l.StartStream(h3, h4, 7411)
+	if err != nil {
+		t.Fatalf("a TCP stream from h3 to h4 through the relay: %v", err)
+	}
+	wait34, wait43 := pingFor(h3, h4, 5*time.Second), pingFor(h4, h3, 5*time.Second)
+	sent34, lost34 := wait34()
+	sent43, lost43 := wait43()
+	res, streamErr := stream.Stop()
+	_, forwardedText, _ := forwarded.Stop()
+	_, otherText, _ := notWireGuard.Stop()
+	_, clearText, _ := clear.Stop()
+	reliability(t, "relayed (ciphertext only): h3 -> h4 %d of %d lost, h4 -> h3 %d of %d lost, TCP %d bytes, %d datagrams forwarded",
+		lost34, sent34, lost43, sent43, res.Received, strings.Count(forwardedText, "\n"))
+	if sent34 == 0 || sent43 == 0 || lost34 != 0 || lost43 != 0 {
+		t.Errorf("pings lost through the relay: h3 -> h4 %d of %d, h4 -> h3 %d of %d", lost34, sent34, lost43, sent43)
+	}
+	if streamErr != nil || res.Received == 0 {
+		t.Errorf("the TCP stream through the relay: %d bytes, %v", res.Received, streamErr)
+	}
+	if strings.Count(forwardedText, "\n") < 2*sent34 {
+		t.Errorf("the relay's pair ports carried %d datagrams while %d pings went each way: the pair is not forwarded there\n%s",
+			strings.Count(forwardedText, "\n"), sent34, firstLines(forwardedText, 10))
+	}
+	if otherText != "" {
+		t.Errorf("the relay's pair ports carried datagrams that are no WireGuard message:\n%s", firstLines(otherText, 10))
+	}
+	if clearText != "" {
+		t.Errorf("the pair's container addresses appear on the relay's interfaces (it sees their traffic in clear):\n%s", firstLines(clearText, 10))
+	}
+}
+
+// firstLines is at most n lines of text.
+func firstLines(text string, n int) string {
+	lines := strings.SplitAfter(text, "\n")
+	return strings.Join(lines[:min(n, len(lines))], "")
 }

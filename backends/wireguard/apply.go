@@ -49,6 +49,7 @@ func (b *Backend) write(p wholePlan, self lease.Lease, leases int) []error {
 	errs := p.problems
 	b.found.note(p.found, self, b.log)
 	b.found.noteNotEager(p.notEager, b.log)
+	b.setRelaying(p.relaying, self.Attrs.PublicIP)
 	b.last.want = p.peers
 	b.peers.setWanted(p.peers)
 	b.peers.setIdentity(b.id.key)

@@ -41,7 +41,10 @@ type Backend struct {
 	link  deviceLink
 	last  lastApply
 	found discoveryState
-	peers *onDemand
+	// relaying is this host's forwarder for pairs behind NAT that chose
+	// it as their relay.
+	relaying relayingState
+	peers    *onDemand
 	// sweep ends the idle sweep; nil when none runs.
 	sweep chan struct{}
 }
@@ -258,7 +261,7 @@ func (b *Backend) BackendData() json.RawMessage {
 // elsewhere than its lease names (discovery): the others take it from
 // here, never from their own or anyone else's sightings of it.
 func (b *Backend) backendDataLocked() json.RawMessage {
-	return encodeBackendData(b.id.key.Public(), b.cfg.opts.ListenPort, b.cfg.opts.BehindNAT || b.found.now.self.IsValid())
+	return encodeBackendData(b.id.key.Public(), b.cfg.opts.ListenPort, b.cfg.opts.BehindNAT || b.found.now.self.IsValid(), b.relaying.ports)
 }
 
 // Control is what weft needs of wgctrl: read a device, configure it, and
@@ -344,6 +347,9 @@ func (b *Backend) Close() error {
 	}
 	if b.link.control != nil {
 		b.link.control.Close()
+	}
+	if b.relaying.fwd != nil {
+		b.relaying.fwd.Close()
 	}
 	return nil
 }

@@ -53,12 +53,36 @@ func planDevice(current *wgtypes.Device, key keys.Key, port int, want []PeerSpec
 		p.leaseEndpoints[w.PublicKey] = w.leaseEndpoint()
 	}
 	p.configured = KeepRoamed(want, have, lastEndpoints, now)
-	p.changes = PeerChanges(have, p.configured)
+	var fresh []PeerSpec
+	p.changes, fresh = freshThroughRelay(have, PeerChanges(have, p.configured))
 	for _, c := range p.changes {
 		p.config.Peers = append(p.config.Peers, toPeerConfig(c))
 	}
-	p.kick = peersToKick(have, p.configured, p.changes, p.config.PrivateKey != nil)
+	p.kick = append(peersToKick(have, p.configured, p.changes, p.config.PrivateKey != nil), fresh...)
 	return p
+}
+
+// freshThroughRelay removes each peer, before it is set again, that goes
+// to a relay's port it was not at: its session goes with it, so its next
+// packet starts a handshake, which is how the relay's forwarder learns
+// where the ends are (a session carried over from another path would
+// send transport messages it cannot place until WireGuard rekeys, 15 s
+// and more). It returns the changes and the peers to start handshakes with.
+func freshThroughRelay(have []PeerState, changes []Change) ([]Change, []PeerSpec) {
+	at := make(map[keys.Key]netip.AddrPort, len(have))
+	for _, h := range have {
+		at[h.PublicKey] = h.Endpoint
+	}
+	var out []Change
+	var fresh []PeerSpec
+	for _, c := range changes {
+		if ep, held := at[c.PublicKey]; held && !c.Remove && c.Spec.Relay != "" && ep != c.Spec.Endpoint {
+			out = append(out, Change{Remove: true, PublicKey: c.PublicKey})
+			fresh = append(fresh, c.Spec)
+		}
+		out = append(out, c)
+	}
+	return out, fresh
 }
 
 // tunnelHalves are the device's addresses and routes: this host's subnet

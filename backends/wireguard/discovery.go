@@ -98,7 +98,7 @@ func discover(d mesh.Desired, live func(mesh.Peer) bool) discovery {
 			out.peers[key] = best
 		}
 	}
-	if out.self.IsValid() {
+	if out.self.IsValid() || claimsNATData(d.Self.Attrs.BackendData) {
 		out.relays = chooseRelays(d)
 	}
 	return out
@@ -165,59 +165,24 @@ func namedEndpoints(d mesh.Desired) map[string]namedEndpoint {
 func chooseRelays(d mesh.Desired) map[string]string {
 	self := d.Self.Key()
 	mine := d.Self.Attrs.Reach()
-	var candidates, pairs []string
-	reachOf := make(map[string][]string, len(d.Peers))
+	public := map[string]bool{}
+	var behindNAT []mesh.Peer
 	for _, p := range d.Peers {
-		if p.Standby {
-			continue
-		}
-		reachOf[p.Key] = p.Reach()
 		switch {
+		case p.Standby:
 		case claimsNAT(p):
-			pairs = append(pairs, p.Key)
-		case slices.Contains(mine, p.Key):
-			candidates = append(candidates, p.Key)
+			behindNAT = append(behindNAT, p)
+		default:
+			public[p.Key] = true
 		}
 	}
-	slices.Sort(candidates)
 	relays := map[string]string{}
-	for _, peer := range pairs {
-		theirs := reachOf[peer]
-		if slices.Contains(mine, peer) && slices.Contains(theirs, self) {
-			continue
-		}
-		for _, r := range candidates {
-			if slices.Contains(mine, r) && slices.Contains(theirs, r) {
-				relays[peer] = r
-				break
-			}
+	for _, p := range behindNAT {
+		if r := pairRelay(self, mine, p.Key, p.Reach(), public); r != "" {
+			relays[p.Key] = r
 		}
 	}
 	return relays
-}
-
-// relay moves the AllowedIPs of each relayed peer to its relay's spec:
-// the relay forwards the pair's traffic, each hop in its own WireGuard
-// session. The relayed peer stays on the device without AllowedIPs, with
-// its endpoint and keepalive, so a direct path is found when one opens.
-func relay(specs []PeerSpec, relays map[string]string) []PeerSpec {
-	if len(relays) == 0 {
-		return specs
-	}
-	at := make(map[string]int, len(specs))
-	for i, s := range specs {
-		at[s.Lease] = i
-	}
-	for i, s := range specs {
-		r, ok := relays[s.Lease]
-		j, found := at[r]
-		if !ok || !found {
-			continue
-		}
-		specs[j].AllowedIPs = append(slices.Clone(specs[j].AllowedIPs), s.AllowedIPs...)
-		specs[i].AllowedIPs, specs[i].Relay = nil, r
-	}
-	return specs
 }
 
 // changesSightings reports whether a delta changes what any host sees or
@@ -254,7 +219,7 @@ func sightings(have []PeerState, want []PeerSpec, now time.Time) []lease.Sightin
 	var out []lease.Sighting
 	for _, w := range want {
 		h, ok := byKey[w.PublicKey]
-		if !ok || !w.Advertised.IsValid() || !h.Endpoint.IsValid() || h.Endpoint == w.Advertised ||
+		if !ok || !w.Advertised.IsValid() || !h.Endpoint.IsValid() || h.Endpoint == w.Advertised || w.Relay != "" ||
 			h.LastHandshake.IsZero() || now.Sub(h.LastHandshake) >= RejectAfter || strings.HasPrefix(w.Lease, "peers/") {
 			continue
 		}
@@ -273,10 +238,13 @@ var natClaim = []byte(`"NAT":true`)
 
 // claimsNAT reports whether p's own lease says its host is behind NAT:
 // told so (-behind-nat), or found out from what the other hosts see of it.
-func claimsNAT(p mesh.Peer) bool {
-	if !bytes.Contains(p.BackendData, natClaim) { // most leases: no decoding
+func claimsNAT(p mesh.Peer) bool { return claimsNATData(p.BackendData) }
+
+// claimsNATData is claimsNAT of a lease's BackendData.
+func claimsNATData(backendData json.RawMessage) bool {
+	if !bytes.Contains(backendData, natClaim) { // most leases: no decoding
 		return false
 	}
 	var data BackendData
-	return json.Unmarshal(p.BackendData, &data) == nil && data.NAT
+	return json.Unmarshal(backendData, &data) == nil && data.NAT
 }

@@ -9,6 +9,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/weftnet/weft/backends/wireguard/relay"
 	"github.com/weftnet/weft/keys"
 	"github.com/weftnet/weft/lease"
 	"github.com/weftnet/weft/mesh"
@@ -108,9 +109,10 @@ func TestDiscovery(t *testing.T) {
 
 // TestChooseRelays: a pair of hosts behind NAT goes direct when each names
 // the other in its WeftReach, else through the relay (a host not behind
-// NAT) both name with the lowest lease key; both ends decide alike. The
-// relayed peer's AllowedIPs move to the relay's spec; the peer stays on
-// the device without them, so a direct path is found when one opens.
+// NAT) both name with the lowest lease key; both ends and the relays
+// decide alike. The relayed peer keeps its AllowedIPs and is reached at
+// the port its relay publishes for the pair; the relay's spec keeps only
+// its own subnet.
 func TestChooseRelays(t *testing.T) {
 	ep := netip.MustParseAddrPort
 	kA, kB, k1, k9 := mustKey(t), mustKey(t), mustKey(t), mustKey(t)
@@ -120,7 +122,14 @@ func TestChooseRelays(t *testing.T) {
 	// a and b say in their own leases that they are behind NAT (they
 	// learnt it from hosts 1 and 9's sightings of them).
 	leaseOf := func(key, ip string, k keys.Key, s []lease.Sighting, reach []string) lease.Lease {
-		data, _ := json.Marshal(BackendData{PublicKey: k.String(), Port: 51820, NAT: key == a || key == b})
+		// Both relays publish a port for the pair (each forwards for
+		// it only once it works out that the pair chose it).
+		relayPort := map[string]int{r1: 51830, r9: 51831}[key]
+		var ports []RelayPort
+		if relayPort != 0 {
+			ports = []RelayPort{{Pair: [2]string{a, b}, Port: relayPort}}
+		}
+		data, _ := json.Marshal(BackendData{PublicKey: k.String(), Port: 51820, NAT: key == a || key == b, Relay: ports})
 		subnet := netip.MustParsePrefix(key[:len(key)-3] + "/24")
 		return lease.Lease{Subnet: subnet, Attrs: lease.Attrs{PublicIP: netip.MustParseAddr(ip), BackendType: "wireguard", BackendData: data}.WithSightings(s, reach)}
 	}
@@ -128,7 +137,7 @@ func TestChooseRelays(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	view := func(self string, reachA, reachB []string) (discovery, []PeerSpec) {
+	view := func(self string, reachA, reachB []string) (discovery, []PeerSpec, []relay.Pair) {
 		all := []lease.Lease{leaseOf(a, "172.31.2.2", kA, nil, reachA), leaseOf(b, "172.31.3.2", kB, nil, reachB),
 			leaseOf(r1, "192.168.50.11", k1, seen, nil), leaseOf(r9, "192.168.50.19", k9, seen, nil)}
 		var me lease.Lease
@@ -146,7 +155,7 @@ func TestChooseRelays(t *testing.T) {
 		if len(problems) > 0 {
 			t.Fatal(problems)
 		}
-		return found, specs
+		return found, specs, relayedPairs(d, specs)
 	}
 	for _, tt := range []struct {
 		name           string
@@ -159,19 +168,27 @@ func TestChooseRelays(t *testing.T) {
 		{"only one names the other: relayed", []string{b, r1}, []string{r1}, r1},
 		{"no relay in common: direct, tried", []string{r1}, []string{r9}, ""},
 	} {
-		foundA, specsA := view(a, tt.reachA, tt.reachB)
-		foundB, _ := view(b, tt.reachA, tt.reachB)
+		foundA, specsA, _ := view(a, tt.reachA, tt.reachB)
+		foundB, _, _ := view(b, tt.reachA, tt.reachB)
 		if foundA.relays[b] != tt.relay || foundB.relays[a] != tt.relay {
 			t.Errorf("%s: a relays b through %q, b relays a through %q, want %q", tt.name, foundA.relays[b], foundB.relays[a], tt.relay)
 		}
+		// The relays work out the same from their side.
+		for _, r := range []string{r1, r9} {
+			_, _, pairs := view(r, tt.reachA, tt.reachB)
+			if relays := len(pairs) == 1 && pairs[0][0].Lease == a && pairs[0][1].Lease == b; relays != (r == tt.relay) {
+				t.Errorf("%s: %s relays %v, want the pair only if it is %q", tt.name, r, pairs, tt.relay)
+			}
+		}
+		relayAt := map[string]netip.AddrPort{r1: ep("192.168.50.11:51830"), r9: ep("192.168.50.19:51831")}[tt.relay]
 		for _, s := range specsA {
 			switch {
-			case s.Lease == b && tt.relay != "" && (len(s.AllowedIPs) != 0 || s.Relay != tt.relay || s.Endpoint != ep("192.168.50.13:4002")):
-				t.Errorf("%s: b's spec %+v, want no AllowedIPs, relayed by %s, kept at its NAT's endpoint", tt.name, s, tt.relay)
-			case s.Lease == tt.relay && len(s.AllowedIPs) != 2:
-				t.Errorf("%s: the relay's AllowedIPs %v, want its own subnet and b's", tt.name, s.AllowedIPs)
-			case s.Lease == b && tt.relay == "" && len(s.AllowedIPs) != 1:
-				t.Errorf("%s: b's AllowedIPs %v, want its subnet (direct)", tt.name, s.AllowedIPs)
+			case s.Lease == b && tt.relay != "" && (len(s.AllowedIPs) != 1 || s.Relay != tt.relay || s.Endpoint != relayAt):
+				t.Errorf("%s: b's spec %+v, want its own subnet, relayed by %s at %s", tt.name, s, tt.relay, relayAt)
+			case s.Lease == b && tt.relay == "" && (len(s.AllowedIPs) != 1 || s.Endpoint != ep("192.168.50.13:4002")):
+				t.Errorf("%s: b's spec %+v, want its subnet at its NAT's endpoint (direct)", tt.name, s)
+			case (s.Lease == r1 || s.Lease == r9) && len(s.AllowedIPs) != 1:
+				t.Errorf("%s: relay %s's AllowedIPs %v, want its own subnet only (it never holds the pair's traffic)", tt.name, s.Lease, s.AllowedIPs)
 			}
 		}
 	}
@@ -190,7 +207,7 @@ func TestEagerBound(t *testing.T) {
 	for i := range n {
 		key := fmt.Sprintf("10.%d.%d.0-24", 6+i/256, i%256)
 		peers = append(peers, wgPeer(key[:len(key)-3]+"/24", fmt.Sprintf("198.51.%d.%d", i/256, 1+i%250),
-			string(encodeBackendData(mustKey(t), 51820, true))))
+			string(encodeBackendData(mustKey(t), 51820, true, nil))))
 	}
 	self := lease.Lease{Subnet: netip.MustParsePrefix("10.5.1.0/24"), Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("192.168.50.1")}}
 	d := mesh.Desired{Network: netip.MustParsePrefix("10.0.0.0/8"), Self: self, Peers: peers}

@@ -4,7 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
-	"maps"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -26,6 +26,9 @@ type discoveryState struct {
 	reached map[string]bool
 	// notEager are the peers behind NAT beyond the bound on eager ones.
 	notEager int
+	// failedRelays are the relays nothing came through, since when
+	// (relayFailHold).
+	failedRelays map[string]time.Time
 	// turned is signalled when this host finds it is behind NAT or that
 	// it is not (DiscoveryChanged).
 	turned chan struct{}
@@ -46,6 +49,9 @@ type Observation struct {
 	// BehindNAT says this host is behind NAT: what it reaches changes
 	// within seconds and is worth publishing as often.
 	BehindNAT bool
+	// Relaying says this host relays pairs behind NAT: whether they try
+	// their direct paths is worth publishing as often.
+	Relaying bool
 	// BackendData is what the lease publishes for this device now: it
 	// says whether the host is behind NAT, which discovery may have
 	// found out since the lease was written.
@@ -64,12 +70,17 @@ func (s *discoveryState) note(found discovery, self lease.Lease, log *slog.Logge
 		} else {
 			log.Info("this host's peers see it where its lease says (no NAT seen)")
 		}
-		select {
-		case s.turned <- struct{}{}:
-		default: // one pending signal is enough
-		}
+		s.signal()
 	}
 	s.now = found
+}
+
+// signal says that what this host publishes changed (DiscoveryChanged).
+func (s *discoveryState) signal() {
+	select {
+	case s.turned <- struct{}{}:
+	default: // one pending signal is enough
+	}
 }
 
 // noteNotEager records how many peers behind NAT the bound on eager ones
@@ -88,7 +99,24 @@ func (s *discoveryState) noteNotEager(n int, log *slog.Logger) {
 type pathActivity struct {
 	rx              int64
 	moved, liveFrom time.Time
+	// via is the relay the peer went through at the look (empty:
+	// direct), since when: bytes received then came through the relay,
+	// so a pair leaving its relay counts its direct path live only once
+	// bytes move after that, and a relay is judged only on what came
+	// through it.
+	via   string
+	since time.Time
 }
+
+// relayGrace is how long a pair has to make its first handshake through
+// a new relay (the ends' retries come every 5 s) before the relay is
+// judged by what comes through it.
+const relayGrace = 8 * time.Second
+
+// relayFailHold is how long a relay through which nothing came is left
+// out of what this host reaches: the pair settles on another, and comes
+// back only after this, when the relay may be back.
+const relayFailHold = 30 * time.Second
 
 // reachHold is how long a direct path to a peer behind NAT must have been
 // live before it is published as reached: two looks in a row, so one packet through a NAT
@@ -112,24 +140,39 @@ func (s *discoveryState) observe(dev *wgtypes.Device, want []PeerSpec, holders m
 	// relay) is published at once, so a pair names its relay before its
 	// own direct path could be held and does not go direct untried and
 	// then through the relay.
-	behindNAT := map[string]bool{}
+	behindNAT, relayOf := map[string]bool{}, map[string]string{}
 	for _, w := range want {
 		if w.NAT || w.Relay != "" {
 			behindNAT[w.Lease] = true
 		}
+		// A relayed peer's packets come through its relay: they say
+		// nothing of a direct path.
+		relayOf[w.Lease] = w.Relay
 	}
 	rx := make(map[keys.Key]pathActivity, len(dev.Peers))
+	relayWorks, relayDead := map[string]bool{}, map[string]bool{}
 	for _, p := range dev.Peers {
 		k := keys.Key(p.PublicKey)
+		held := holders[k]
+		via := ""
+		if len(held) == 1 {
+			via = relayOf[held[0]]
+		}
 		a, ok := s.rx[k]
-		if !ok {
-			a = pathActivity{rx: p.ReceiveBytes} // a baseline: not live until it moves
+		if !ok || a.via != via {
+			a = pathActivity{rx: p.ReceiveBytes, via: via, since: now} // a baseline: not live until it moves
 		} else if a.rx != p.ReceiveBytes {
 			a.rx, a.moved = p.ReceiveBytes, now
 		}
-		held := holders[k]
+		switch {
+		case via == "":
+		case !a.moved.IsZero() && now.Sub(a.moved) < liveWindow:
+			relayWorks[via] = true
+		case now.Sub(a.since) >= relayGrace:
+			relayDead[via] = true
+		}
 		live := obs.BehindNAT && len(held) == 1 && !a.moved.IsZero() && now.Sub(a.moved) < liveWindow &&
-			!p.LastHandshakeTime.IsZero() && now.Sub(p.LastHandshakeTime) < RejectAfter && !strings.HasPrefix(held[0], "peers/")
+			!p.LastHandshakeTime.IsZero() && now.Sub(p.LastHandshakeTime) < RejectAfter && !strings.HasPrefix(held[0], "peers/") && via == ""
 		switch {
 		case !live:
 			a.liveFrom = time.Time{}
@@ -141,6 +184,26 @@ func (s *discoveryState) observe(dev *wgtypes.Device, want []PeerSpec, holders m
 			obs.Reach = append(obs.Reach, held[0])
 		}
 	}
+	for r := range relayDead {
+		if !relayWorks[r] {
+			// Nothing came through the relay for a few keepalives from
+			// any peer it carries: its forwarder is gone (its weftd
+			// stopped) though its own WireGuard answers. It is left out
+			// of what this host reaches for a while, so its pairs move
+			// to another relay. (One dead peer among live ones is the
+			// peer's trouble, not the relay's.)
+			if s.failedRelays == nil {
+				s.failedRelays = map[string]time.Time{}
+			}
+			s.failedRelays[r] = now
+		}
+	}
+	for r, at := range s.failedRelays {
+		if now.Sub(at) >= relayFailHold {
+			delete(s.failedRelays, r)
+		}
+	}
+	obs.Reach = slices.DeleteFunc(obs.Reach, func(r string) bool { _, failed := s.failedRelays[r]; return failed })
 	s.rx = rx
 	slices.Sort(obs.Reach)
 	if len(obs.Reach) > lease.MaxSightings {
@@ -152,10 +215,6 @@ func (s *discoveryState) observe(dev *wgtypes.Device, want []PeerSpec, holders m
 	}
 	return obs
 }
-
-// relays are the peers reached through a relay, by lease key, with the
-// relay's lease key.
-func (s *discoveryState) relays() map[string]string { return maps.Clone(s.now.relays) }
 
 // Observe reads the device and says what this host sees
 // (backends.EndpointObserver).
@@ -169,7 +228,21 @@ func (b *Backend) Observe() (Observation, error) {
 	if err != nil {
 		return Observation{}, err
 	}
-	obs := b.found.observe(dev, b.last.want, b.last.holders, time.Now())
+	now := time.Now()
+	obs := b.found.observe(dev, b.last.want, b.last.holders, now)
+	if len(b.relaying.served) > 0 {
+		// A relay looks as often as a host behind NAT: whether its pairs
+		// try their direct paths (TryDirect) is decided here.
+		b.relaying.seenAt = make(map[string]netip.AddrPort, len(dev.Peers))
+		for _, p := range dev.Peers {
+			if held := b.last.holders[keys.Key(p.PublicKey)]; len(held) == 1 && p.Endpoint != nil {
+				ep := p.Endpoint.AddrPort()
+				b.relaying.seenAt[held[0]] = netip.AddrPortFrom(ep.Addr().Unmap(), ep.Port())
+			}
+		}
+		b.publishRelaying(now)
+		obs.Relaying = true
+	}
 	obs.BackendData = b.backendDataLocked()
 	return obs, nil
 }
@@ -180,10 +253,18 @@ func (b *Backend) Observe() (Observation, error) {
 // resync (backends.EndpointObserver).
 func (b *Backend) DiscoveryChanged() <-chan struct{} { return b.found.turned }
 
-// Relays are the peers this host reaches through a relay, by lease key,
-// with the relay's lease key.
+// Relays are the peers this host reaches through a relay's forwarder
+// now, by lease key, with the relay's lease key (a pair whose relay has
+// published no port for it yet, or asks it to try its direct path, goes
+// direct meanwhile).
 func (b *Backend) Relays() map[string]string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.found.relays()
+	out := map[string]string{}
+	for _, w := range b.last.want {
+		if w.Relay != "" {
+			out[w.Lease] = w.Relay
+		}
+	}
+	return out
 }

@@ -131,19 +131,23 @@ func TestReachHeld(t *testing.T) {
 }
 
 // TestRelayChoiceOnFakes: a host behind NAT reaches a peer behind NAT
-// through the public host both reach: on the fake device the relay's peer
-// carries the pair's subnet and the relayed peer stays with its endpoint
-// and no allowed IPs; Relays says so. Once both publish that they reach
-// each other, the pair goes direct and Relays is empty.
+// through the public host both reach: on the fake device the relayed
+// peer keeps its subnet and is reached at the port the relay publishes
+// for the pair; the relay's peer carries only its own subnet; Relays says
+// so. Once both publish that they reach each other, the pair goes direct
+// (at the peer's NAT mapping, not held at the relay's port) and Relays is
+// empty.
 func TestRelayChoiceOnFakes(t *testing.T) {
 	h := newFakeHost(t, `{"Type":"wireguard","Implementation":"kernel"}`)
 	ctx := context.Background()
 	k2, k3 := mustKey(t), mustKey(t)
 	seenBy2 := []lease.Sighting{{Lease: "10.5.1.0-24", Endpoint: netip.MustParseAddrPort("198.51.100.1:51820")},
 		{Lease: "10.5.3.0-24", Endpoint: netip.MustParseAddrPort("198.51.100.3:4000")}}
-	p2 := wgPeer("10.5.2.0/24", "192.168.50.2", data(k2, 51820)).WithSightings(seenBy2, nil)
+	// Host 2 relays the pair of this host and host 3 on port 51830.
+	p2 := wgPeer("10.5.2.0/24", "192.168.50.2", string(encodeBackendData(k2, 51820, false,
+		[]RelayPort{{Pair: [2]string{"10.5.1.0-24", "10.5.3.0-24"}, Port: 51830}}))).WithSightings(seenBy2, nil)
 	// Host 3 says in its lease that it is behind NAT.
-	p3 := wgPeer("10.5.3.0/24", "172.31.3.2", string(encodeBackendData(k3, 51820, true)))
+	p3 := wgPeer("10.5.3.0/24", "172.31.3.2", string(encodeBackendData(k3, 51820, true, nil)))
 	selfLease := self("10.5.1.0/24")
 	apply := func(selfReach, reach3 []string) {
 		t.Helper()
@@ -180,8 +184,8 @@ func TestRelayChoiceOnFakes(t *testing.T) {
 		t.Errorf("Relays %v, want 10.5.3.0-24 through 10.5.2.0-24", got)
 	}
 	got := allowed()
-	if got[k2] != "192.168.50.2:51820 10.5.2.0/24,10.5.3.0/24" || got[k3] != "198.51.100.3:4000 " {
-		t.Errorf("relayed, the device holds k2 %q and k3 %q; want the relay to carry both subnets and k3 kept at its mapping with none",
+	if got[k2] != "192.168.50.2:51820 10.5.2.0/24" || got[k3] != "192.168.50.2:51830 10.5.3.0/24" {
+		t.Errorf("relayed, the device holds k2 %q and k3 %q; want each its own subnet, k3 at the relay's port for the pair",
 			got[k2], got[k3])
 	}
 

@@ -207,14 +207,30 @@ type BackendData struct {
 	// may not reach it; WireGuard finds its real address from its
 	// handshakes.
 	NAT bool `json:"NAT,omitempty"`
+	// Relay are, on a public host, the pairs of hosts behind NAT it
+	// forwards ciphertext for, each on its own port (relaying.go).
+	Relay []RelayPort `json:"Relay,omitempty"`
+}
+
+// RelayPort is one pair a relay forwards for and the UDP port, on the
+// relay's PublicIP, both ends send the pair's datagrams to.
+type RelayPort struct {
+	// Pair are the ends' lease keys, in order.
+	Pair [2]string `json:"Pair"`
+	Port int       `json:"Port"`
+	// TryDirect asks the pair to try its direct path for a while: the
+	// relay sees each end at its port from the same address and port as
+	// at its own WireGuard port, so both ends' NATs keep one mapping per
+	// source port and a direct path can open (relaying.go).
+	TryDirect bool `json:"TryDirect,omitempty"`
 }
 
 // EncodeBackendData renders the lease's BackendData.
 func EncodeBackendData(pub keys.Key, port int) json.RawMessage {
-	return encodeBackendData(pub, port, false)
+	return encodeBackendData(pub, port, false, nil)
 }
 
-func encodeBackendData(pub keys.Key, port int, nat bool) json.RawMessage {
-	data, _ := json.Marshal(BackendData{PublicKey: pub.String(), Port: port, NAT: nat})
+func encodeBackendData(pub keys.Key, port int, nat bool, relays []RelayPort) json.RawMessage {
+	data, _ := json.Marshal(BackendData{PublicKey: pub.String(), Port: port, NAT: nat, Relay: relays})
 	return data
 }

@@ -70,7 +70,10 @@ func KeepRoamed(want []PeerSpec, have []PeerState, lastLease map[keys.Key]netip.
 	for i, w := range want {
 		out[i] = w
 		h, ok := current[w.PublicKey]
-		if !ok || !h.Endpoint.IsValid() || h.Endpoint == w.Endpoint {
+		if !ok || !h.Endpoint.IsValid() || h.Endpoint == w.Endpoint || w.Relay != "" {
+			// A relayed peer is reached at its relay's port for the pair
+			// and nowhere else: only the relay's forwarder sends its
+			// datagrams on.
 			continue
 		}
 		if !w.Endpoint.IsValid() {
@@ -93,9 +96,11 @@ func KeepRoamed(want []PeerSpec, have []PeerState, lastLease map[keys.Key]netip.
 }
 
 // leaseEndpoint is the endpoint the peer's lease names (Advertised), or
-// the one it was given (an outside peer's).
+// the one it was given (an outside peer's, or its relay's port for a
+// relayed peer: a pair that leaves its relay is then not held at the
+// relay's port as if WireGuard had roamed there).
 func (s PeerSpec) leaseEndpoint() netip.AddrPort {
-	if s.Advertised.IsValid() {
+	if s.Advertised.IsValid() && s.Relay == "" {
 		return s.Advertised
 	}
 	return s.Endpoint
@@ -209,11 +214,19 @@ func outsidePeers(d mesh.Desired, self keys.Key, hostKeys map[keys.Key]string, o
 func candidates(d mesh.Desired, self keys.Key, opts Options, found discovery) ([]PeerSpec, []error) {
 	var problems []error
 	var out []PeerSpec
+	relayUsed := make(map[string]bool, len(found.relays))
+	for _, r := range found.relays {
+		relayUsed[r] = true
+	}
+	tables := map[string]relayTable{}
 	for _, p := range d.Peers {
 		var data BackendData
 		if err := json.Unmarshal(p.BackendData, &data); err != nil {
 			problems = append(problems, mesh.SkipPeer(p.Key, `BackendData is not wireguard's {"PublicKey","Port"}: %v`, err))
 			continue
+		}
+		if relayUsed[p.Key] {
+			tables[p.Key] = relayTable{at: p.PublicIP, ports: data.Relay}
 		}
 		pub, err := keys.ParseKey(data.PublicKey)
 		switch {
@@ -287,7 +300,7 @@ func candidates(d mesh.Desired, self keys.Key, opts Options, found discovery) ([
 			out = append(out, spec)
 		}
 	}
-	return relay(out, found.relays), problems
+	return throughRelays(out, found.relays, tables, d.Self.Key()), problems
 }
 
 // DirectRoutes are the plain routes of the peers DirectRouting reaches

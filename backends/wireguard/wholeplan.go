@@ -10,6 +10,7 @@ import (
 
 	"github.com/weftnet/weft/backends/netkernel"
 	"github.com/weftnet/weft/backends/underlay"
+	"github.com/weftnet/weft/backends/wireguard/relay"
 	"github.com/weftnet/weft/keys"
 	"github.com/weftnet/weft/mesh"
 )
@@ -31,6 +32,9 @@ type wholePlan struct {
 	notEager int
 	// onDemand says whether the device holds only the peers in use.
 	onDemand bool
+	// relaying are the pairs behind NAT that chose this host as their
+	// relay (relayedPairs).
+	relaying []relay.Pair
 	// device is the one write to the device (key, port, peer changes)
 	// and the handshakes to start.
 	device devicePlan
@@ -67,6 +71,7 @@ func planWhole(d mesh.Desired, in wholeInput) wholePlan {
 	p := wholePlan{found: discover(d, liveSessions(in.current, in.now))}
 	p.peers, p.problems, p.holders = plan(d, in.key.Public(), in.opts, p.found)
 	p.notEager = capEager(p.peers, in.opts, p.found.self.IsValid())
+	p.relaying = relayedPairs(d, p.peers)
 	p.onDemand = in.userspace && (in.opts.OnDemandPeers == OnDemandOn ||
 		in.opts.OnDemandPeers == OnDemandAuto && len(p.peers) > OnDemandThreshold)
 	p.device = planDevice(in.current, in.key, in.opts.ListenPort, p.peers, p.onDemand, in.lastEndpoints, in.now)

@@ -64,6 +64,9 @@ func renderPlan(p wholePlan, names map[keys.Key]string) string {
 	if p.found.self.IsValid() {
 		fmt.Fprintf(&b, "behind NAT, seen at %s\n", p.found.self)
 	}
+	for _, r := range p.relaying {
+		fmt.Fprintf(&b, "relays %s/%s\n", r[0].Lease, r[1].Lease)
+	}
 	return b.String()
 }
 
@@ -81,8 +84,11 @@ func TestPlanWhole(t *testing.T) {
 	p2 := wgPeer("10.5.2.0/24", "192.168.50.2", data(k2, 51820))
 	p3 := wgPeer("10.5.3.0/24", "172.31.3.2", data(k3, 51820))
 	// p3nat is host 3 once it says in its lease that it is behind NAT.
-	p3nat := wgPeer("10.5.3.0/24", "172.31.3.2", string(encodeBackendData(k3, 51820, true)))
+	p3nat := wgPeer("10.5.3.0/24", "172.31.3.2", string(encodeBackendData(k3, 51820, true, nil)))
 	p4 := wgPeer("10.5.4.0/24", "192.168.50.4", data(k4, 51820))
+	// p2relay is host 2 once it relays the pair of hosts 1 and 3.
+	p2relay := wgPeer("10.5.2.0/24", "192.168.50.2", string(encodeBackendData(k2, 51820, false,
+		[]RelayPort{{Pair: [2]string{"10.5.1.0-24", "10.5.3.0-24"}, Port: 51830}})))
 	sighting := func(key, ep string) lease.Sighting {
 		return lease.Sighting{Lease: key, Endpoint: netip.MustParseAddrPort(ep)}
 	}
@@ -170,19 +176,52 @@ write peer k2
 kick k2
 half 10.5.1.0/24 in 10.5.0.0/16
 `},
-		{name: "behind NAT, a pair that cannot reach each other goes through the public host both reach",
+		{name: "behind NAT, a pair that cannot reach each other goes through the public host both reach, at the port it publishes for them",
 			self: lease.Lease{Subnet: selfLease.Subnet, Attrs: selfLease.Attrs.WithSightings(nil, []string{"10.5.2.0-24"})},
 			peers: []mesh.Peer{
-				p2.WithSightings([]lease.Sighting{sighting("10.5.1.0-24", "198.51.100.1:51820"), sighting("10.5.3.0-24", "198.51.100.3:4000")}, nil),
+				p2relay.WithSightings([]lease.Sighting{sighting("10.5.1.0-24", "198.51.100.1:51820"), sighting("10.5.3.0-24", "198.51.100.3:4000")}, nil),
 				p3nat.WithSightings(nil, []string{"10.5.2.0-24"}),
 			}, current: live,
-			want: `peer 10.5.2.0-24 k2 at 192.168.50.2:51820 allowed [10.5.2.0/24 10.5.3.0/24] keepalive 2s
-peer 10.5.3.0-24 k3 at 198.51.100.3:4000 allowed [] eager keepalive 2s relayed by 10.5.2.0-24
+			want: `peer 10.5.2.0-24 k2 at 192.168.50.2:51820 allowed [10.5.2.0/24] keepalive 2s
+peer 10.5.3.0-24 k3 at 192.168.50.2:51830 allowed [10.5.3.0/24] eager keepalive 2s relayed by 10.5.2.0-24
 write peer k2
 write peer k3
 kick k3
 half 10.5.1.0/24 in 10.5.0.0/16
 behind NAT, seen at 198.51.100.1:51820
+`},
+		{name: "behind NAT, a pair whose relay publishes no port for it yet stays direct",
+			self: lease.Lease{Subnet: selfLease.Subnet, Attrs: selfLease.Attrs.WithSightings(nil, []string{"10.5.2.0-24"})},
+			peers: []mesh.Peer{
+				p2.WithSightings([]lease.Sighting{sighting("10.5.1.0-24", "198.51.100.1:51820"), sighting("10.5.3.0-24", "198.51.100.3:4000")}, nil),
+				p3nat.WithSightings(nil, []string{"10.5.2.0-24"}),
+			}, current: live,
+			want: `peer 10.5.2.0-24 k2 at 192.168.50.2:51820 allowed [10.5.2.0/24] keepalive 2s
+peer 10.5.3.0-24 k3 at 198.51.100.3:4000 allowed [10.5.3.0/24] eager keepalive 2s
+write peer k2
+write peer k3
+kick k3
+half 10.5.1.0/24 in 10.5.0.0/16
+behind NAT, seen at 198.51.100.1:51820
+`},
+		{name: "a public host relays the pairs behind NAT that chose it, by their leases",
+			self: selfLease,
+			peers: []mesh.Peer{
+				wgPeer("10.5.2.0/24", "172.31.2.2", string(encodeBackendData(k2, 51820, true, nil))).WithSightings(nil, []string{"10.5.1.0-24"}),
+				p3nat.WithSightings(nil, []string{"10.5.1.0-24", "10.5.4.0-24"}),
+				p4,
+			}, current: holding(),
+			want: `peer 10.5.2.0-24 k2 at 172.31.2.2:51820 allowed [10.5.2.0/24] eager keepalive 1s
+peer 10.5.3.0-24 k3 at 172.31.3.2:51820 allowed [10.5.3.0/24] eager keepalive 1s
+peer 10.5.4.0-24 k4 at 192.168.50.4:51820 allowed [10.5.4.0/24]
+write peer k2
+write peer k3
+write peer k4
+kick k2
+kick k3
+kick k4
+half 10.5.1.0/24 in 10.5.0.0/16
+relays 10.5.2.0-24/10.5.3.0-24
 `},
 		{name: "behind NAT, a pair that reaches each other goes direct",
 			self: lease.Lease{Subnet: selfLease.Subnet, Attrs: selfLease.Attrs.WithSightings(nil, []string{"10.5.2.0-24", "10.5.3.0-24"})},
@@ -219,12 +258,12 @@ half 10.5.1.0/24 in 10.5.0.0/16
 		{name: "a forged lease sighting the public relay at its own endpoint changes no relay choice and makes no peer eager",
 			self: lease.Lease{Subnet: selfLease.Subnet, Attrs: selfLease.Attrs.WithSightings(nil, []string{"10.5.2.0-24"})},
 			peers: []mesh.Peer{
-				p2.WithSightings([]lease.Sighting{sighting("10.5.1.0-24", "198.51.100.1:51820"), sighting("10.5.3.0-24", "198.51.100.3:4000")}, nil),
+				p2relay.WithSightings([]lease.Sighting{sighting("10.5.1.0-24", "198.51.100.1:51820"), sighting("10.5.3.0-24", "198.51.100.3:4000")}, nil),
 				p3nat.WithSightings(nil, []string{"10.5.2.0-24"}),
 				p4.WithSightings([]lease.Sighting{sighting("10.5.2.0-24", "192.168.50.2:51820"), sighting("10.5.2.0-24", "203.0.113.2:9")}, nil),
 			}, current: live,
-			want: `peer 10.5.2.0-24 k2 at 192.168.50.2:51820 allowed [10.5.2.0/24 10.5.3.0/24] keepalive 2s
-peer 10.5.3.0-24 k3 at 198.51.100.3:4000 allowed [] eager keepalive 2s relayed by 10.5.2.0-24
+			want: `peer 10.5.2.0-24 k2 at 192.168.50.2:51820 allowed [10.5.2.0/24] keepalive 2s
+peer 10.5.3.0-24 k3 at 192.168.50.2:51830 allowed [10.5.3.0/24] eager keepalive 2s relayed by 10.5.2.0-24
 peer 10.5.4.0-24 k4 at 192.168.50.4:51820 allowed [10.5.4.0/24] keepalive 2s
 write peer k2
 write peer k3

@@ -36,7 +36,7 @@ func publishObservations(ctx context.Context, observer backends.EndpointObserver
 			continue
 		}
 		wait = every
-		if obs.BehindNAT {
+		if obs.BehindNAT || obs.Relaying {
 			wait = min(every, wireguard.ObserveEvery)
 		}
 		if obs.BackendData != nil && holder.SetBackendData(backends.WireGuard, obs.BackendData) {

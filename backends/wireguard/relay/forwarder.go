@@ -81,6 +81,9 @@ type Counters struct {
 // Forwarder runs one UDP socket per relayed pair on this host's address.
 type Forwarder struct {
 	addr netip.Addr
+	// base is the first port a pair may get; the ports tried are base up
+	// to base+PortSpan.
+	base uint16
 	log  *slog.Logger
 
 	mu    sync.Mutex
@@ -89,27 +92,42 @@ type Forwarder struct {
 	forwarded, forwardedBytes, notWireGuard, unknownEnd, overRate atomic.Uint64
 }
 
+// PortSpan is how many ports from the base a forwarder tries for its
+// pairs: twice MaxPairs, so ports other programs hold leave room.
+const PortSpan = 2 * MaxPairs
+
 // New is a forwarder that listens on addr (this host's public address:
-// it sends from the address the ends send to).
-func New(addr netip.Addr, log *slog.Logger) *Forwarder {
-	return &Forwarder{addr: addr, log: log, pairs: map[Pair]*pairSocket{}}
+// it sends from the address the ends send to), on ports from base.
+func New(addr netip.Addr, base uint16, log *slog.Logger) *Forwarder {
+	return &Forwarder{addr: addr, base: base, log: log, pairs: map[Pair]*pairSocket{}}
 }
 
-// Set makes the forwarder serve exactly want, each pair on its port:
-// sockets of pairs no longer wanted (or moved to another port) close,
-// new ones open. It returns the pairs it serves and the ports they are
-// on; a port it cannot bind is an error for that pair only.
-func (f *Forwarder) Set(want map[Pair]uint16) (map[Pair]uint16, error) {
+// Addr is the address the forwarder listens on.
+func (f *Forwarder) Addr() netip.Addr { return f.addr }
+
+// Set makes the forwarder serve exactly want: sockets of pairs no longer
+// wanted close; a pair it serves keeps its port (the ends have it); a
+// new one gets the lowest port from the base that binds. It returns the
+// pairs it serves and their ports; a pair it cannot serve (no port
+// binds, or MaxPairs reached) is an error for that pair only.
+func (f *Forwarder) Set(want []Pair) (map[Pair]uint16, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	wanted := make(map[Pair]bool, len(want))
+	for _, p := range want {
+		wanted[p] = true
+	}
+	taken := map[uint16]bool{}
 	for p, s := range f.pairs {
-		if port, ok := want[p]; !ok || port != s.port {
+		if !wanted[p] {
 			s.close()
 			delete(f.pairs, p)
+			continue
 		}
+		taken[s.port] = true
 	}
 	var errs []error
-	for p, port := range want {
+	for _, p := range want {
 		if _, ok := f.pairs[p]; ok {
 			continue
 		}
@@ -117,12 +135,23 @@ func (f *Forwarder) Set(want map[Pair]uint16) (map[Pair]uint16, error) {
 			errs = append(errs, fmt.Errorf("pair %s/%s: this relay already forwards for %d pairs", p[0].Lease, p[1].Lease, MaxPairs))
 			continue
 		}
-		s, err := f.open(p, port)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("pair %s/%s: %w", p[0].Lease, p[1].Lease, err))
-			continue
+		var lastErr error = errors.New("no port left")
+		for port := f.base; port < f.base+PortSpan && port >= f.base; port++ {
+			if taken[port] {
+				continue
+			}
+			s, err := f.open(p, port)
+			if err != nil {
+				lastErr = err
+				continue
+			}
+			f.pairs[p], taken[port] = s, true
+			lastErr = nil
+			break
 		}
-		f.pairs[p] = s
+		if lastErr != nil {
+			errs = append(errs, fmt.Errorf("pair %s/%s: no port from %d binds: %w", p[0].Lease, p[1].Lease, f.base, lastErr))
+		}
 	}
 	out := make(map[Pair]uint16, len(f.pairs))
 	for p, s := range f.pairs {
@@ -134,6 +163,20 @@ func (f *Forwarder) Set(want map[Pair]uint16) (map[Pair]uint16, error) {
 // Close closes every pair's socket.
 func (f *Forwarder) Close() {
 	f.Set(nil)
+}
+
+// Ends are where each pair's ends were last seen sending to the pair's
+// port (invalid for an end not seen yet).
+func (f *Forwarder) Ends() map[Pair][2]netip.AddrPort {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make(map[Pair][2]netip.AddrPort, len(f.pairs))
+	for p, s := range f.pairs {
+		s.mu.Lock()
+		out[p] = s.at
+		s.mu.Unlock()
+	}
+	return out
 }
 
 // Counters says what the forwarder has done so far.
@@ -154,8 +197,13 @@ type pairSocket struct {
 	done chan struct{}
 
 	mu sync.Mutex
-	// at[i] is end i's address, learned from its last handshake message.
+	// at[i] is end i's address, learned from its last handshake message
+	// or a transport message to the other end.
 	at [2]netip.AddrPort
+	// indices[i] are end i's last session indices (its sender index in
+	// its handshake messages; the receiver index of messages to it).
+	indices [2][keptIndices]uint32
+	next    [2]int
 	// budget is the pair's bytes left this second, refilled at refill.
 	budget int
 	refill time.Time
@@ -202,6 +250,33 @@ func (s *pairSocket) serve() {
 	}
 }
 
+// keptIndices is how many of an end's session indices are remembered:
+// the current session, the one before it, and handshakes under way.
+const keptIndices = 4
+
+// noteIndex remembers idx as one of end's session indices.
+func (s *pairSocket) noteIndex(end int, idx uint32) {
+	for _, known := range s.indices[end] {
+		if known == idx {
+			return
+		}
+	}
+	s.indices[end][s.next[end]] = idx
+	s.next[end] = (s.next[end] + 1) % keptIndices
+}
+
+// endOfIndex is the end whose session index idx is, or -1.
+func (s *pairSocket) endOfIndex(idx uint32) int {
+	for end, known := range s.indices {
+		for _, k := range known {
+			if k == idx && idx != 0 {
+				return end
+			}
+		}
+	}
+	return -1
+}
+
 // route says where msg, received from addr:port, goes: to the other end
 // of the pair, once msg is a WireGuard message from one end.
 func (s *pairSocket) route(msg []byte, addr netip.Addr, port uint16, now time.Time) (netip.AddrPort, bool) {
@@ -215,12 +290,15 @@ func (s *pairSocket) route(msg []byte, addr netip.Addr, port uint16, now time.Ti
 	sender := -1
 	switch binary.LittleEndian.Uint32(msg) {
 	case msgInitiation, msgResponse:
-		if size := len(msg); size != device.MessageInitiationSize && size != device.MessageResponseSize {
+		if size := len(msg); msg[0] == msgInitiation && size != device.MessageInitiationSize ||
+			msg[0] == msgResponse && size != device.MessageResponseSize {
 			s.f.notWireGuard.Add(1)
 			return netip.AddrPort{}, false
 		}
 		// MAC1 is made with the receiver's key: a message to end i came
-		// from the other end, which is then at from.
+		// from the other end, which is then at from. Its sender index
+		// names the sender's side of the session being made (a
+		// response's receiver index is the initiator's, already known).
 		for i := range s.pair {
 			if s.mac1[i].CheckMAC1(msg) {
 				sender = 1 - i
@@ -232,16 +310,22 @@ func (s *pairSocket) route(msg []byte, addr netip.Addr, port uint16, now time.Ti
 			return netip.AddrPort{}, false
 		}
 		s.at[sender] = from
+		s.noteIndex(sender, binary.LittleEndian.Uint32(msg[4:8]))
 	case msgCookie, msgTransport:
 		if msg[0] == msgCookie && len(msg) != device.MessageCookieReplySize || len(msg) < device.MessageTransportSize {
 			s.f.notWireGuard.Add(1)
 			return netip.AddrPort{}, false
 		}
-		for i, at := range s.at {
-			if at == from {
-				sender = i
-			}
+		// The receiver index says which end the message is for (each
+		// end's indices were learnt from its handshake messages), so
+		// the other end sent it: from is where it is now, when its NAT
+		// mapped it anew (WireGuard roams the same way).
+		receiver := s.endOfIndex(binary.LittleEndian.Uint32(msg[4:8]))
+		if receiver < 0 {
+			break
 		}
+		sender = 1 - receiver
+		s.at[sender] = from
 	default:
 		s.f.notWireGuard.Add(1)
 		return netip.AddrPort{}, false

@@ -2,6 +2,7 @@ package relay
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"log/slog"
@@ -81,14 +82,21 @@ func pings(t *testing.T, h, to *host, src, dst netip.Addr) {
 // key that could read them).
 func TestForwarder(t *testing.T) {
 	a, b := newHost(t), newHost(t)
-	f := New(netip.MustParseAddr("127.0.0.1"), slog.New(slog.DiscardHandler))
+	// The base port is held by another program: the pair gets the next.
+	base := freePort(t)
+	held, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), base)))
+	if err != nil {
+		t.Skipf("port %d taken meanwhile: %v", base, err)
+	}
+	defer held.Close()
+	f := New(netip.MustParseAddr("127.0.0.1"), base, slog.New(slog.DiscardHandler))
 	defer f.Close()
 	pair := Pair{{Lease: "10.5.1.0-24", Key: a.key.Public()}, {Lease: "10.5.2.0-24", Key: b.key.Public()}}
-	port := freePort(t)
-	got, err := f.Set(map[Pair]uint16{pair: port})
-	if err != nil || got[pair] != port {
-		t.Fatalf("Set: %v, %v", got, err)
+	got, err := f.Set([]Pair{pair})
+	if err != nil || got[pair] <= base {
+		t.Fatalf("Set: %v, %v; want a port above the held %d", got, err, base)
 	}
+	port := got[pair]
 	relayAt := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port)
 
 	// Noise first: random datagrams, and an initiation made for neither
@@ -140,11 +148,13 @@ func TestForwarder(t *testing.T) {
 	}
 }
 
-// TestRouteBounds: a pair's bytes beyond PairRate a second are dropped;
-// a transport message from an address no handshake came from is too.
-func TestRouteBounds(t *testing.T) {
+// TestRoute: a transport message goes to the end its receiver index
+// names (learnt from handshakes), and its sender is then where it came
+// from (a NAT that mapped it anew); one whose index no handshake named
+// is dropped; a pair's bytes beyond PairRate a second are dropped.
+func TestRoute(t *testing.T) {
 	a, b := mustKey(t), mustKey(t)
-	f := New(netip.Addr{}, slog.New(slog.DiscardHandler))
+	f := New(netip.Addr{}, 0, slog.New(slog.DiscardHandler))
 	s := &pairSocket{f: f, pair: Pair{{Key: a.Public()}, {Key: b.Public()}}}
 	for i, e := range s.pair {
 		s.mac1[i].Init(device.NoisePublicKey(e.Key))
@@ -152,25 +162,39 @@ func TestRouteBounds(t *testing.T) {
 	aAt := netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), 1000)
 	bAt := netip.AddrPortFrom(netip.MustParseAddr("192.0.2.2"), 2000)
 	s.at = [2]netip.AddrPort{aAt, bAt}
+	s.noteIndex(0, 0x0a0a)
+	s.noteIndex(1, 0x0b0b)
+	transport := func(receiver uint32) []byte {
+		msg := make([]byte, 1404)
+		msg[0] = 4
+		binary.LittleEndian.PutUint32(msg[4:], receiver)
+		return msg
+	}
 	now := time.Now()
-	msg := append([]byte{4, 0, 0, 0}, make([]byte, 1400)...)
+	toB := transport(0x0b0b)
 	sent := 0
-	for range PairRate/len(msg) + 10 {
-		if to, ok := s.route(msg, aAt.Addr(), aAt.Port(), now); ok {
+	for range PairRate/len(toB) + 10 {
+		if to, ok := s.route(toB, aAt.Addr(), aAt.Port(), now); ok {
 			if to != bAt {
 				t.Fatalf("a's datagram went to %s, want b at %s", to, bAt)
 			}
-			sent += len(msg)
+			sent += len(toB)
 		}
 	}
 	if sent > PairRate || f.overRate.Load() == 0 {
 		t.Errorf("%d bytes forwarded in one second, %d over rate; the bound is %d", sent, f.overRate.Load(), PairRate)
 	}
-	if _, ok := s.route(msg, netip.MustParseAddr("192.0.2.9"), 9, now.Add(2*time.Second)); ok {
-		t.Error("a transport datagram from an address no handshake came from was forwarded")
+	later := now.Add(2 * time.Second)
+	if _, ok := s.route(transport(0x0c0c), aAt.Addr(), aAt.Port(), later); ok {
+		t.Error("a transport datagram whose receiver index no handshake named was forwarded")
 	}
-	if _, ok := s.route(msg, aAt.Addr(), aAt.Port(), now.Add(2*time.Second)); !ok {
-		t.Error("the budget was not refilled a second later")
+	// a's NAT maps it anew: its next message to b comes from elsewhere.
+	moved := netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), 1001)
+	if to, ok := s.route(toB, moved.Addr(), moved.Port(), later); !ok || to != bAt {
+		t.Errorf("a's datagram from its new mapping went to %v (%v), want b at %s", to, ok, bAt)
+	}
+	if to, ok := s.route(transport(0x0a0a), bAt.Addr(), bAt.Port(), later); !ok || to != moved {
+		t.Errorf("b's datagram went to %v (%v), want a at its new mapping %s", to, ok, moved)
 	}
 }
 
