@@ -326,6 +326,12 @@ type EndpointObserver interface {
 	DiscoveryChanged() <-chan struct{}
 }
 
+// RelayReporter is a backend that may forward the ciphertext of pairs of
+// hosts behind NAT (wireguard's relays), for /status and /metrics.
+type RelayReporter interface {
+	Relaying() wireguard.Relaying
+}
+
 // MTUCarrier is a backend whose device may carry a larger MTU than its
 // containers' (Env.CarriedMTU).
 type MTUCarrier interface {

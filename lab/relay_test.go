@@ -261,6 +261,23 @@ func checkCiphertextOnly(t *testing.T, l *Lab, relay, h3, h4 *Host) {
 	if clearText != "" {
 		t.Errorf("the pair's container addresses appear on the relay's interfaces (it sees their traffic in clear):\n%s", firstLines(clearText, 10))
 	}
+	// weftctl status on the relay says what it forwards, and for whom.
+	out, err := Exec(relay.Name, weftctlBin, "status", "-o", "json")
+	var st struct {
+		Relay *struct {
+			Pairs []struct {
+				Ends [2]string
+				Port int
+			}
+			Forwarded uint64
+		}
+	}
+	if err != nil || json.Unmarshal([]byte(out), &st) != nil || st.Relay == nil || len(st.Relay.Pairs) != 1 || st.Relay.Forwarded == 0 {
+		t.Errorf("the relay's status does not show one pair forwarded (%v):\n%s", err, out)
+	} else if ends := st.Relay.Pairs[0].Ends; !(ends[0] == lease.SubnetKey(h3.Subnet) && ends[1] == lease.SubnetKey(h4.Subnet) ||
+		ends[1] == lease.SubnetKey(h3.Subnet) && ends[0] == lease.SubnetKey(h4.Subnet)) {
+		t.Errorf("the relay's status names the pair %v, want hosts 3 and 4", ends)
+	}
 }
 
 // firstLines is at most n lines of text.

@@ -251,13 +251,20 @@ type relayingState struct {
 	trials map[[2]string]trial
 }
 
-// RelayCounters are what this host's forwarder has done (zero when it
-// never relayed).
-func (b *Backend) RelayCounters() relay.Counters {
+// Relaying is what this host does as a relay: the pairs it forwards for
+// (as its lease publishes them) and what its forwarder counted.
+type Relaying struct {
+	Pairs    []RelayPort
+	Counters relay.Counters
+}
+
+// Relaying says what this host does as a relay (zero when it never
+// relayed).
+func (b *Backend) Relaying() Relaying {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.relaying.fwd == nil {
-		return relay.Counters{}
+		return Relaying{}
 	}
-	return b.relaying.fwd.Counters()
+	return Relaying{Pairs: slices.Clone(b.relaying.ports), Counters: b.relaying.fwd.Counters()}
 }

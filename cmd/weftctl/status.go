@@ -9,6 +9,7 @@ import (
 	"maps"
 	"net/http"
 	"slices"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -80,6 +81,19 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			fmt.Fprintf(stdout, "wireguard peers behind NAT beyond the eager bound: %d (configured for traffic only)\n",
 				od.NATNotEager)
 		}
+	}
+	if r := s.Relay; r != nil {
+		var pairs []string
+		for _, p := range r.Pairs {
+			pair := fmt.Sprintf("%s/%s on port %d", p.Ends[0], p.Ends[1], p.Port)
+			if p.TryDirect {
+				pair += " (trying direct)"
+			}
+			pairs = append(pairs, pair)
+		}
+		fmt.Fprintf(stdout, "relay (forwards ciphertext only): %d pairs [%s]; %d datagrams (%d bytes) forwarded; dropped: %d "+
+			"not WireGuard, %d from or to an unknown end, %d over the rate bound\n", len(r.Pairs), strings.Join(pairs, ", "),
+			r.Forwarded, r.ForwardedBytes, r.NotWireGuard, r.UnknownEnd, r.OverRate)
 	}
 	for reason, n := range s.Drops {
 		fmt.Fprintf(stdout, "udp dropped (%s): %d\n", reason, n)

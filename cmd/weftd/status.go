@@ -17,6 +17,7 @@ import (
 
 	"github.com/weftnet/weft/backends"
 	"github.com/weftnet/weft/backends/netkernel"
+	"github.com/weftnet/weft/backends/wireguard/relay"
 	"github.com/weftnet/weft/cmd/internal/firewall"
 	"github.com/weftnet/weft/cmd/internal/status"
 	"github.com/weftnet/weft/lease"
@@ -135,6 +136,15 @@ func (o *observer) document(peers bool) status.Document {
 				NATNotEager: st.NATNotEager}
 		}
 	}
+	if rr, ok := backends.As[backends.RelayReporter](o.backend); ok {
+		if r := rr.Relaying(); len(r.Pairs) > 0 || r.Counters != (relay.Counters{}) {
+			s.Relay = &status.Relay{Forwarded: r.Counters.Forwarded, ForwardedBytes: r.Counters.ForwardedBytes,
+				NotWireGuard: r.Counters.NotWireGuard, UnknownEnd: r.Counters.UnknownEnd, OverRate: r.Counters.OverRate}
+			for _, p := range r.Pairs {
+				s.Relay.Pairs = append(s.Relay.Pairs, status.RelayPair{Ends: p.Pair, Port: p.Port, TryDirect: p.TryDirect})
+			}
+		}
+	}
 	if peers {
 		s.Peers = o.peerStatuses(s.OnDemand != nil)
 	}
@@ -242,6 +252,12 @@ var (
 	descNATNotEager = prometheus.NewDesc("weft_wireguard_nat_not_eager_peers",
 		"Peers whose leases say they are behind NAT beyond the bound on those configured eagerly (256): "+
 			"configured only for traffic.", nil, nil)
+	descRelayPairs = prometheus.NewDesc("weft_relay_pairs",
+		"Pairs of hosts behind NAT this host forwards WireGuard ciphertext for.", nil, nil)
+	descRelayDatagrams = prometheus.NewDesc("weft_relay_datagrams_total",
+		"Datagrams this host's relay forwarder forwarded or dropped, by result.", []string{"result"}, nil)
+	descRelayBytes = prometheus.NewDesc("weft_relay_forwarded_bytes_total",
+		"Bytes this host's relay forwarder forwarded.", nil, nil)
 	descOnDemandOp = prometheus.NewDesc("weft_wireguard_on_demand_total",
 		"On-demand mode events: peers added for traffic, activations refused by the rate bound (capped), peers removed "+
 			"for idleness (idled), activations by data packets refused while 128 peers were held or the peer was kicked "+
@@ -263,7 +279,7 @@ var (
 func (o *observer) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descLease, descExpiry, descReady, descPeers, descRuns, descErrors, descRelists,
 		descConflicts, descRx, descTx, descHandshake, descUDPDropped, descTunnelDrop, descCalls, descFull, descOnDemand,
-		descOnDemandOp, descNATNotEager} {
+		descOnDemandOp, descNATNotEager, descRelayPairs, descRelayDatagrams, descRelayBytes} {
 		ch <- d
 	}
 	ch <- descPaths
@@ -368,6 +384,14 @@ func (o *observer) Collect(ch chan<- prometheus.Metric) {
 		counter(descOnDemandOp, float64(od.Forged), "forged_initiation")
 		counter(descOnDemandOp, float64(od.Replayed), "replayed_initiation")
 		gauge(descNATNotEager, float64(od.NATNotEager))
+	}
+	if r := s.Relay; r != nil {
+		gauge(descRelayPairs, float64(len(r.Pairs)))
+		counter(descRelayDatagrams, float64(r.Forwarded), "forwarded")
+		counter(descRelayDatagrams, float64(r.NotWireGuard), "not_wireguard")
+		counter(descRelayDatagrams, float64(r.UnknownEnd), "unknown_end")
+		counter(descRelayDatagrams, float64(r.OverRate), "over_rate")
+		counter(descRelayBytes, float64(r.ForwardedBytes))
 	}
 	o.duration.Collect(ch)
 }

@@ -36,6 +36,27 @@ type Document struct {
 	Strict *Strict `json:"strict_encryption,omitempty"`
 	// OnDemand is the wireguard-go device's on-demand mode, when on.
 	OnDemand *OnDemand `json:"on_demand,omitempty"`
+	// Relay is what this host forwards as a relay, when it has.
+	Relay *Relay `json:"relay,omitempty"`
+}
+
+// Relay is this host's forwarder for pairs of hosts behind NAT: the
+// pairs and their ports, and the datagrams it forwarded and dropped. It
+// forwards ciphertext: it sees who talks to whom, when and how much.
+type Relay struct {
+	Pairs          []RelayPair `json:"pairs"`
+	Forwarded      uint64      `json:"forwarded"`
+	ForwardedBytes uint64      `json:"forwarded_bytes"`
+	NotWireGuard   uint64      `json:"dropped_not_wireguard"`
+	UnknownEnd     uint64      `json:"dropped_unknown_end"`
+	OverRate       uint64      `json:"dropped_over_rate"`
+}
+
+// RelayPair is one pair a relay forwards for.
+type RelayPair struct {
+	Ends      [2]string `json:"ends"`
+	Port      int       `json:"port"`
+	TryDirect bool      `json:"try_direct,omitempty"`
 }
 
 // Strict is strict encryption's state: the packets its rule dropped,
