@@ -109,6 +109,7 @@ func TestLeasesStatusMetrics(t *testing.T) {
 	var rows []struct {
 		Subnet   string `json:"subnet"`
 		PublicIP string `json:"public_ip"`
+		Signed   bool   `json:"signed"`
 	}
 	if err := json.Unmarshal([]byte(out), &rows); err != nil {
 		t.Fatalf("%v\n%s", err, out)
@@ -123,6 +124,9 @@ func TestLeasesStatusMetrics(t *testing.T) {
 	for _, r := range rows {
 		if truth[r.Subnet] != r.PublicIP {
 			t.Errorf("lease %s says %s, truth is %s", r.Subnet, r.PublicIP, truth[r.Subnet])
+		}
+		if !r.Signed {
+			t.Errorf("lease %s is not signed by its host's identity (issue 42)", r.Subnet)
 		}
 	}
 	table, _ := Exec(h1.Name, weftctlBin, "-etcd-endpoints", l.EtcdEndpoint(), "leases")

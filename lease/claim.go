@@ -7,6 +7,8 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"time"
+
+	"github.com/weftnet/weft/keys"
 )
 
 // ErrNoFreeSubnet means every subnet of the pool is leased.
@@ -34,6 +36,68 @@ type ClaimRequest struct {
 	// HostIDFile is where Attrs.HostID is kept, named when another live
 	// host turns out to have the same ID.
 	HostIDFile string
+	// Identity signs the lease (see Sign); a lease with this host's ID is
+	// taken as its own only when signed by it. Zero: the lease is written
+	// unsigned and one with this host's ID is its own (before identities).
+	Identity keys.Identity
+	// AdoptUnsigned takes an unsigned lease with this host's ID as its
+	// own: the first start after an upgrade from a weft that did not sign
+	// (the identity was just made), so a rolling upgrade keeps every
+	// subnet. It is never set otherwise: anyone can write an unsigned
+	// lease with a host's ID.
+	AdoptUnsigned bool
+}
+
+// value is what the host writes as its lease under key: its attributes,
+// signed by its identity when it has one.
+func (req ClaimRequest) value(key string) []byte {
+	if req.Identity.IsZero() {
+		return req.Attrs.Encode()
+	}
+	return Sign(req.Identity, key, req.signedAttrs().Encode())
+}
+
+// signedAttrs are the attributes as the lease holds them: naming the
+// identity that signs it.
+func (req ClaimRequest) signedAttrs() Attrs {
+	attrs := req.Attrs
+	if !req.Identity.IsZero() {
+		attrs.Identity = req.Identity.Public()
+	}
+	return attrs
+}
+
+// own reports whether l, which carries this host's ID, is this host's
+// lease: signed by its identity (or unsigned, on the first start after an
+// upgrade; or any, for a host without an identity).
+func (req ClaimRequest) own(l Lease) bool {
+	if req.Identity.IsZero() {
+		return true
+	}
+	return signedByOrAdopted(l, req.Identity.Public(), req.AdoptUnsigned)
+}
+
+func signedByOrAdopted(l Lease, identity keys.IdentityKey, adoptUnsigned bool) bool {
+	if l.Signed {
+		return l.SignedBy(identity)
+	}
+	return adoptUnsigned
+}
+
+// Owns reports whether l is the lease of the host whose own attributes
+// are self: the same host (its ID, or else its address: SameHost) and,
+// when l carries self's ID and self names an identity, signed by it (an
+// unsigned one only when adoptUnsigned: the first start after an upgrade
+// from a weft that did not sign). Anyone who can write etcd can copy a
+// host's ID into a lease; nobody else can sign one with its identity.
+func Owns(self Attrs, l Lease, adoptUnsigned bool) bool {
+	if !l.Attrs.SameHost(self) {
+		return false
+	}
+	if self.Identity.IsZero() || self.HostID.IsZero() || l.Attrs.HostID != self.HostID {
+		return true
+	}
+	return signedByOrAdopted(l, self.Identity, adoptUnsigned)
 }
 
 // Claim leases a subnet for req.Attrs.PublicIP and returns it. In order of
@@ -50,7 +114,6 @@ func Claim(ctx context.Context, store Store, req ClaimRequest) (Lease, error) {
 	if ttl <= 0 {
 		ttl = DefaultTTL
 	}
-	value := req.Attrs.Encode()
 	for range maxClaimRounds {
 		records, listed, err := store.List(ctx)
 		if err != nil {
@@ -70,7 +133,7 @@ func Claim(ctx context.Context, store Store, req ClaimRequest) (Lease, error) {
 				continue
 			}
 			l, err := DecodeLease(rec.Key, rec.Value)
-			if err == nil && l.Attrs.SameHost(req.Attrs) && (!req.Config.Fits(subnet) || !req.Config.Fits6(subnet6)) {
+			if err == nil && Owns(req.signedAttrs(), l, req.AdoptUnsigned) && (!req.Config.Fits(subnet) || !req.Config.Fits6(subnet6)) {
 				// This host's lease from an older config: it frees the subnet.
 				if err := store.Delete(ctx, rec.Key); err != nil {
 					return Lease{}, fmt.Errorf("deleting this host's lease %s, which no longer fits the config: %w", rec.Key, err)
@@ -92,9 +155,13 @@ func Claim(ctx context.Context, store Store, req ClaimRequest) (Lease, error) {
 			if req.Config.EnableIPv6 && subnet6.Bits() == req.Config.IPv6SubnetLen && req.Config.IPv6Network.Contains(subnet6.Addr()) {
 				taken6 = append(taken6, subnet6)
 			}
+			myID := err == nil && !req.Attrs.HostID.IsZero() && l.Attrs.HostID == req.Attrs.HostID
 			switch {
 			case err != nil:
-			case mine == nil && !req.Attrs.HostID.IsZero() && l.Attrs.HostID == req.Attrs.HostID:
+			case myID && !req.own(l):
+				// This host's ID in a lease it did not sign: anyone who
+				// can write etcd can copy an ID; it is another lease.
+			case mine == nil && myID:
 				mine = &records[i]
 			case atAddress == nil && l.Attrs.SameAddress(req.Attrs) && (l.Attrs.HostID.IsZero() || req.Attrs.HostID.IsZero() ||
 				subnet == req.Previous):
@@ -111,15 +178,16 @@ func Claim(ctx context.Context, store Store, req ClaimRequest) (Lease, error) {
 		var rec Record
 		switch {
 		case mine != nil && mine.StoreLeaseID == 0:
-			rec, err = store.Replace(ctx, *mine, value, 0) // a reservation stays one
+			rec, err = store.Replace(ctx, *mine, req.value(mine.Key), 0) // a reservation stays one
 		case mine != nil:
-			rec, err = store.Replace(ctx, *mine, value, ttl)
+			rec, err = store.Replace(ctx, *mine, req.value(mine.Key), ttl)
 		default:
 			subnet, subnet6, pickErr := pickSubnets(req.Config, previous, previous6, taken, taken6)
 			if pickErr != nil {
 				return Lease{}, pickErr
 			}
-			rec, err = store.CreateIfNoneSince(ctx, DualSubnetKey(subnet, subnet6), value, ttl, listed)
+			key := DualSubnetKey(subnet, subnet6)
+			rec, err = store.CreateIfNoneSince(ctx, key, req.value(key), ttl, listed)
 		}
 		if errors.Is(err, ErrExists) || errors.Is(err, ErrConflict) {
 			continue // another host won this subnet; read again and pick anew
@@ -129,7 +197,8 @@ func Claim(ctx context.Context, store Store, req ClaimRequest) (Lease, error) {
 		}
 		// A dual-stack lease this host held (as flannel) keeps its key.
 		subnet, subnet6, _ := ParseSubnetKeys(rec.Key)
-		l := Lease{Subnet: subnet, IPv6Subnet: subnet6, Attrs: req.Attrs, Revision: rec.Revision, CreateRevision: rec.CreateRevision, StoreLeaseID: rec.StoreLeaseID}
+		l := Lease{Subnet: subnet, IPv6Subnet: subnet6, Attrs: req.signedAttrs(), Revision: rec.Revision, CreateRevision: rec.CreateRevision,
+			StoreLeaseID: rec.StoreLeaseID, Signed: !req.Identity.IsZero()}
 		if rec.StoreLeaseID != 0 {
 			l.Expiration = time.Now().Add(ttl)
 		}

@@ -41,6 +41,9 @@ func NewHolder(store Store, req ClaimRequest, current Lease, renewMargin time.Du
 	if req.TTL <= 0 {
 		req.TTL = DefaultTTL
 	}
+	// The first claim (before the holder) adopted an unsigned lease of
+	// this host if there was one; later claims never do.
+	req.AdoptUnsigned = false
 	return &Holder{store: store, req: req, current: current, renewMargin: renewMargin,
 		log: log.With("component", "lease"), check: make(chan struct{}, 1), changed: make(chan struct{}, 1)}
 }
@@ -262,7 +265,11 @@ func (h *Holder) takeBack(ctx context.Context, cur Lease, req ClaimRequest) (boo
 		return false, err
 	}
 	foreign, err := DecodeLease(r.Key, r.Value)
-	if err == nil && r.Revision != cur.Revision && !req.Attrs.HostID.IsZero() && foreign.Attrs.HostID == req.Attrs.HostID {
+	if err == nil && r.Revision != cur.Revision && !req.Attrs.HostID.IsZero() && foreign.Attrs.HostID == req.Attrs.HostID &&
+		(req.Identity.IsZero() || foreign.SignedBy(req.Identity.Public())) {
+		// Signed by this host's own identity: a copy of this host (its
+		// identity files on a machine with the same machine ID) is live.
+		// Anyone else's write with this host's ID is taken back below.
 		return h.duplicateHostID(ctx, r, cur, foreign, req)
 	}
 	if err == nil && foreign.Attrs.SameHost(req.Attrs) && r.Revision == cur.Revision {
@@ -276,12 +283,12 @@ func (h *Holder) takeBack(ctx context.Context, cur Lease, req ClaimRequest) (boo
 	h.conflicts.Add(1)
 	h.log.Error("this host's lease was overwritten by another writer; taking it back (check who can write etcd)",
 		"key", r.Key, "their_public_ip", foreign.Attrs.PublicIP, "their_backend_data", string(foreign.Attrs.BackendData))
-	rec, err := h.store.Replace(ctx, r, req.Attrs.Encode(), req.TTL)
+	rec, err := h.store.Replace(ctx, r, req.value(r.Key), req.TTL)
 	if err != nil {
 		return false, err
 	}
-	l := Lease{Subnet: cur.Subnet, IPv6Subnet: cur.IPv6Subnet, Attrs: req.Attrs, Expiration: time.Now().Add(req.TTL), Revision: rec.Revision,
-		CreateRevision: rec.CreateRevision, StoreLeaseID: rec.StoreLeaseID}
+	l := Lease{Subnet: cur.Subnet, IPv6Subnet: cur.IPv6Subnet, Attrs: req.signedAttrs(), Expiration: time.Now().Add(req.TTL), Revision: rec.Revision,
+		CreateRevision: rec.CreateRevision, StoreLeaseID: rec.StoreLeaseID, Signed: !req.Identity.IsZero()}
 	h.adopt(l)
 	return true, nil
 }
@@ -309,12 +316,12 @@ func (h *Holder) duplicateHostID(ctx context.Context, r Record, cur, foreign Lea
 	}
 	h.log.Error("another live host has this host's ID (a copied disk or image?); keeping the lease, the other host stops", "key", r.Key,
 		"host_id", req.Attrs.HostID, "their_public_ip", foreign.Attrs.PublicIP, "fix", fix)
-	rec, err := h.store.Replace(ctx, r, req.Attrs.Encode(), req.TTL)
+	rec, err := h.store.Replace(ctx, r, req.value(r.Key), req.TTL)
 	if err != nil {
 		return false, err
 	}
-	h.adopt(Lease{Subnet: cur.Subnet, IPv6Subnet: cur.IPv6Subnet, Attrs: req.Attrs, Expiration: time.Now().Add(req.TTL), Revision: rec.Revision,
-		CreateRevision: rec.CreateRevision, StoreLeaseID: rec.StoreLeaseID})
+	h.adopt(Lease{Subnet: cur.Subnet, IPv6Subnet: cur.IPv6Subnet, Attrs: req.signedAttrs(), Expiration: time.Now().Add(req.TTL), Revision: rec.Revision,
+		CreateRevision: rec.CreateRevision, StoreLeaseID: rec.StoreLeaseID, Signed: !req.Identity.IsZero()})
 	return true, nil
 }
 
@@ -327,5 +334,5 @@ func (h *Holder) stillOurs(ctx context.Context, cur Lease, req ClaimRequest) (ou
 		return false, false, err
 	}
 	unchanged = r.Revision == cur.Revision
-	return unchanged && string(r.Value) == string(req.Attrs.Encode()), unchanged, nil
+	return unchanged && string(r.Value) == string(req.value(cur.Key())), unchanged, nil
 }

@@ -41,6 +41,9 @@ type Attrs struct {
 	// recognises its own lease by it (SameHost), so an address change
 	// keeps its subnet.
 	HostID keys.HostID
+	// Identity is the public key the host signs its lease with (weft
+	// only, "WeftIdentity"; see Sign); zero in a flannel host's lease.
+	Identity keys.IdentityKey
 	// more holds the fields most leases leave empty (see attrsMore),
 	// nil when all are; shared by copies of the Attrs, so never changed
 	// in place: the With methods give Attrs with a new one.
@@ -157,6 +160,8 @@ type attrsJSON struct {
 	HostID        string          `json:"WeftHostID,omitempty"`
 	Seen          []Sighting      `json:"WeftSeen,omitempty"`
 	Reach         []string        `json:"WeftReach,omitempty"`
+	// Identity comes last but for the signature Sign appends.
+	Identity string `json:"WeftIdentity,omitempty"`
 }
 
 // Paths are every backend the host speaks, BackendType's first (""
@@ -224,6 +229,9 @@ func (a Attrs) MarshalJSON() ([]byte, error) {
 		out.HostID = a.HostID.String()
 	}
 	out.Seen, out.Reach = a.Seen(), a.Reach()
+	if !a.Identity.IsZero() {
+		out.Identity = a.Identity.String()
+	}
 	return json.Marshal(out)
 }
 
@@ -259,6 +267,11 @@ func (a *Attrs) UnmarshalJSON(data []byte) error {
 	if in.HostID != "" {
 		if a.HostID, err = keys.ParseHostID(in.HostID); err != nil {
 			return fmt.Errorf("WeftHostID: %w", err)
+		}
+	}
+	if in.Identity != "" {
+		if a.Identity, err = keys.ParseIdentityKey(in.Identity); err != nil {
+			return fmt.Errorf("WeftIdentity: %w", err)
 		}
 	}
 	if in.PublicIPv6 != nil {
@@ -329,6 +342,14 @@ type Lease struct {
 	CreateRevision int64
 	// StoreLeaseID is the store's handle for the lease's TTL (an etcd lease ID).
 	StoreLeaseID int64
+	// Signed says the value carried a signature that verifies with its
+	// Attrs.Identity for this lease key (see Sign).
+	Signed bool
+}
+
+// SignedBy reports whether the lease was signed by the identity key k.
+func (l Lease) SignedBy(k keys.IdentityKey) bool {
+	return l.Signed && !k.IsZero() && l.Attrs.Identity == k
 }
 
 // Key is the lease's key under <prefix>/subnets/: a dual-stack lease's
@@ -434,11 +455,19 @@ func DecodeLease(key string, value []byte) (Lease, error) {
 	if len(value) > maxLeaseValue {
 		return Lease{}, fmt.Errorf("%w: lease %s: value is %d bytes, more than %d", ErrBadLease, key, len(value), maxLeaseValue)
 	}
-	var attrs Attrs
-	if err := json.Unmarshal(bytes.TrimSpace(value), &attrs); err != nil {
+	value = bytes.TrimSpace(value)
+	unsigned, sig, signed, err := splitSigned(value)
+	if err != nil {
 		return Lease{}, fmt.Errorf("%w: lease %s: %v", ErrBadLease, key, err)
 	}
-	return Lease{Subnet: subnet, IPv6Subnet: subnet6, Attrs: attrs}, nil
+	var attrs Attrs
+	if err := json.Unmarshal(unsigned, &attrs); err != nil {
+		return Lease{}, fmt.Errorf("%w: lease %s: %v", ErrBadLease, key, err)
+	}
+	if signed && !attrs.Identity.Verify(signedMessage(key, unsigned), sig) {
+		return Lease{}, fmt.Errorf("%w: lease %s: %v", ErrBadLease, key, errBadSignature)
+	}
+	return Lease{Subnet: subnet, IPv6Subnet: subnet6, Attrs: attrs, Signed: signed}, nil
 }
 
 // validTypeName reports whether s could name a backend: lower-case

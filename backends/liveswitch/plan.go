@@ -30,16 +30,18 @@ type Plan struct {
 }
 
 // NewPlan reads this host's previous lease (the subnet file's, if it is
-// still this host's: self's host ID, or else its PublicIP) and keeps,
+// still this host's: self's host ID, or else its PublicIP, and signed by
+// self's identity, or unsigned when adoptUnsigned: lease.Owns) and keeps,
 // beside cfg's backend, the other backends it published that can run
 // beside it (backends.Kind.Coexists).
-func NewPlan(ctx context.Context, store lease.Store, subnetFile string, cfg *lease.Config, self lease.Attrs, log *slog.Logger) Plan {
+func NewPlan(ctx context.Context, store lease.Store, subnetFile string, cfg *lease.Config, self lease.Attrs, adoptUnsigned bool,
+	log *slog.Logger) Plan {
 	plan := Plan{Visible: cfg.Backend.Type}
 	saved := ReadState(StateFile(subnetFile))
 	if len(saved.Backends) > 0 && saved.Backends[0].Type == cfg.Backend.Type {
 		plan.CarriedMTU = saved.CarriedMTU
 	}
-	prev, ok := previousLease(ctx, store, subnetFile, cfg, self)
+	prev, ok := previousLease(ctx, store, subnetFile, cfg, self, adoptUnsigned)
 	if ok {
 		plan.Previous = &prev.Attrs
 	}
@@ -80,7 +82,8 @@ func coexists(typ string) bool {
 
 // previousLease is this host's lease before this run: the subnet file's,
 // when it still names this host (self: its host ID, or else its PublicIP).
-func previousLease(ctx context.Context, store lease.Store, subnetFile string, cfg *lease.Config, self lease.Attrs) (lease.Lease, bool) {
+func previousLease(ctx context.Context, store lease.Store, subnetFile string, cfg *lease.Config, self lease.Attrs,
+	adoptUnsigned bool) (lease.Lease, bool) {
 	env, err := lease.ReadSubnetFile(subnetFile)
 	if err != nil || !env.Subnet.IsValid() {
 		return lease.Lease{}, false
@@ -91,7 +94,7 @@ func previousLease(ctx context.Context, store lease.Store, subnetFile string, cf
 		return lease.Lease{}, false
 	}
 	l, err := lease.DecodeLease(rec.Key, rec.Value)
-	if err != nil || (cfg.EnableIPv4 || !l.Attrs.HostID.IsZero()) && !l.Attrs.SameHost(self) {
+	if err != nil || (cfg.EnableIPv4 || !l.Attrs.HostID.IsZero()) && !lease.Owns(self, l, adoptUnsigned) {
 		return lease.Lease{}, false
 	}
 	return l, true

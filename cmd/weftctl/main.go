@@ -240,7 +240,10 @@ type leaseRow struct {
 	BackendType string          `json:"backend"`
 	BackendData json.RawMessage `json:"backend_data,omitempty"`
 	ExpiresIn   string          `json:"expires_in"`
-	Error       string          `json:"error,omitempty"`
+	// Signed says the lease is signed by the identity it names (a weft
+	// host's); a flannel host's, or an older weft's, is unsigned.
+	Signed bool   `json:"signed"`
+	Error  string `json:"error,omitempty"`
 	// Skipped says why weftd leaves this lease out (mesh.Check against the
 	// network config); empty for a usable lease.
 	Skipped string `json:"skipped,omitempty"`
@@ -262,7 +265,7 @@ func printLeases(ctx context.Context, s *etcdstore.Store, out io.Writer, asJSON 
 			row.Error = err.Error()
 		} else {
 			row.Subnet, row.PublicIP = l.Subnet.String(), l.Attrs.PublicIP.String()
-			row.BackendType, row.BackendData = l.Attrs.Backend(), l.Attrs.BackendData
+			row.BackendType, row.BackendData, row.Signed = l.Attrs.Backend(), l.Attrs.BackendData, l.Signed
 			if l.IPv6Subnet.IsValid() {
 				row.IPv6Subnet = l.IPv6Subnet.String()
 			}
@@ -294,7 +297,7 @@ func printLeases(ctx context.Context, s *etcdstore.Store, out io.Writer, asJSON 
 // escaped, never sent to the terminal.
 func renderLeases(rows []leaseRow, out io.Writer) error {
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SUBNET\tPUBLIC IP\tBACKEND\tBACKEND DATA\tEXPIRES IN")
+	fmt.Fprintln(tw, "SUBNET\tPUBLIC IP\tBACKEND\tBACKEND DATA\tSIGNED\tEXPIRES IN")
 	for _, r := range rows {
 		data := string(r.BackendData)
 		switch {
@@ -303,9 +306,13 @@ func renderLeases(rows []leaseRow, out io.Writer) error {
 		case r.Skipped != "":
 			data += " SKIPPED: " + r.Skipped
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", printable(joinFamilies(r.Subnet, r.IPv6Subnet)),
+		signed := map[bool]string{true: "yes", false: "no"}[r.Signed]
+		if r.Error != "" {
+			signed = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", printable(joinFamilies(r.Subnet, r.IPv6Subnet)),
 			printable(joinFamilies(r.PublicIP, r.PublicIPv6)),
-			printable(r.BackendType), printable(data), r.ExpiresIn)
+			printable(r.BackendType), printable(data), signed, r.ExpiresIn)
 	}
 	return tw.Flush()
 }

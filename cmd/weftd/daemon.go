@@ -45,7 +45,7 @@ func run(ctx context.Context, o *options, log *slog.Logger, handOver *liveswitch
 	}
 	cfg := self.cfg
 	kernel := netkernel.NewNetlink(nil, obs.kernelCalls())
-	plan := liveswitch.NewPlan(ctx, store, o.subnetFile, cfg, self.attrs(), log)
+	plan := liveswitch.NewPlan(ctx, store, o.subnetFile, cfg, self.attrs(), self.newIdentity, log)
 	backend, err := startBackend(ctx, o, self.env(o, plan, kernel, obs, log), plan, handOver, obs)
 	if err != nil {
 		return err
@@ -55,7 +55,7 @@ func run(ctx context.Context, o *options, log *slog.Logger, handOver *liveswitch
 	var keeper *liveswitch.Keeper // made once the loops exist
 	defer func() { leaveDataPath(backend, o, err, *configType.Load() != cfg.Backend.Type, keeper, handOver, log) }()
 
-	req, own, err := claimLease(ctx, store, o, cfg, ownAttrs(cfg, self, backend, plan), log)
+	req, own, err := claimLease(ctx, store, o, cfg, ownAttrs(cfg, self, backend, plan), self, log)
 	if err != nil {
 		return err
 	}
@@ -96,6 +96,11 @@ type hostFacts struct {
 	publicIP, publicIP6 netip.Addr
 	cfg                 *lease.Config
 	hostID              keys.HostID
+	// identity signs this host's lease; newIdentity says it was made at
+	// this start (an upgrade from a weft that did not sign: the host's
+	// unsigned lease is adopted once).
+	identity    keys.Identity
+	newIdentity bool
 }
 
 // learnHost picks the external interface, waits for a valid network
@@ -112,13 +117,18 @@ func learnHost(ctx context.Context, store *etcdstore.Store, o *options, log *slo
 	if h.publicIP, h.publicIP6, err = hostAddresses(o, h.cfg, h.ext, h.publicIP, log); err != nil {
 		return h, err
 	}
+	if h.identity, h.newIdentity, err = loadIdentity(o, log); err != nil {
+		return h, err
+	}
 	h.hostID, err = loadHostID(o, log)
 	return h, err
 }
 
 // attrs are this host's own: its PublicIP and host ID, by which it knows
 // its lease.
-func (h hostFacts) attrs() lease.Attrs { return lease.Attrs{PublicIP: h.publicIP, HostID: h.hostID} }
+func (h hostFacts) attrs() lease.Attrs {
+	return lease.Attrs{PublicIP: h.publicIP, HostID: h.hostID, Identity: h.identity.Public()}
+}
 
 // env is what the backends are built with on this host.
 func (h hostFacts) env(o *options, plan liveswitch.Plan, kernel netkernel.Kernel, obs *observer,

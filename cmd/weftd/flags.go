@@ -17,6 +17,7 @@ import (
 
 // options are weftd's settings, named as flanneld's flags.
 type options struct {
+	machineIDFile string
 	etcd          etcdstore.Options
 	endpoints     string
 	ifaces        []string
@@ -109,7 +110,11 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	fs.DurationVar(&o.resync, "resync-interval", 30*time.Second,
 		"how often to re-apply the data path even without changes")
 	fs.StringVar(&o.keyFile, "wireguard-key-file", keys.DefaultPath,
-		"WireGuard private key file (0600; created when missing)")
+		"WireGuard private key file (0600; created when missing); this host's ID and identity (the key its lease is "+
+			"signed with) are kept beside it")
+	fs.StringVar(&o.machineIDFile, "machine-id-file", "/etc/machine-id",
+		"this machine's ID (systemd's), which this host's identity is made under: a copy of the identity found under "+
+			"another machine ID (a cloned disk or image) is replaced, and the host claims a subnet of its own")
 	fs.BoolVar(&o.tunnelSourceFilter, "tunnel-source-filter", true,
 		"vxlan and ipip: accept tunnel packets only from the PublicIP and PublicIPv6 of current leases (nftables table "+
 			"inet weft-tunnel; drops counted by source); false accepts them from anyone, as flannel does")

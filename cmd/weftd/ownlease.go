@@ -22,15 +22,17 @@ import (
 
 // claimLease claims this host's subnet with attrs (the one it held before
 // when still free), retrying until etcd answers, and logs it.
-func claimLease(ctx context.Context, store lease.Store, o *options, cfg *lease.Config, attrs lease.Attrs,
+func claimLease(ctx context.Context, store lease.Store, o *options, cfg *lease.Config, attrs lease.Attrs, self hostFacts,
 	log *slog.Logger) (lease.ClaimRequest, lease.Lease, error) {
 	req := lease.ClaimRequest{
-		Config:       cfg,
-		Attrs:        attrs,
-		Previous:     lease.PreviousSubnet(o.subnetFile, cfg, log),
-		PreviousIPv6: lease.PreviousIPv6Subnet(o.subnetFile, cfg),
-		TTL:          o.leaseTTL,
-		HostIDFile:   keys.HostIDPath(o.keyFile),
+		Config:        cfg,
+		Attrs:         attrs,
+		Previous:      lease.PreviousSubnet(o.subnetFile, cfg, log),
+		PreviousIPv6:  lease.PreviousIPv6Subnet(o.subnetFile, cfg),
+		TTL:           o.leaseTTL,
+		HostIDFile:    keys.HostIDPath(o.keyFile),
+		Identity:      self.identity,
+		AdoptUnsigned: self.newIdentity,
 	}
 	own, err := lease.ClaimWithRetry(ctx, store, req, lease.DefaultStartupRetry(), log)
 	if err != nil {
@@ -42,6 +44,33 @@ func claimLease(ctx context.Context, store lease.Store, o *options, cfg *lease.C
 		log.Info("IPv6 subnet leased", "subnet", own.IPv6Subnet, "public_ipv6", attrs.PublicIPv6Addr())
 	}
 	return req, own, nil
+}
+
+// loadIdentity reads this host's identity (the key its lease is signed
+// with) from beside the key file, making it at the first start. One made
+// under another machine ID is a copy (a cloned disk or image): a new
+// identity replaces it, and the host ID goes too, so this host claims a
+// subnet of its own instead of taking the original's lease.
+func loadIdentity(o *options, log *slog.Logger) (keys.Identity, bool, error) {
+	path := keys.IdentityPath(o.keyFile)
+	id, state, err := keys.LoadOrCreateIdentity(path, keys.ReadMachineID(o.machineIDFile))
+	if err != nil {
+		return id, false, fmt.Errorf("this host's identity: %w", err)
+	}
+	switch state {
+	case keys.IdentityCreated:
+		log.Info("created this host's identity: its lease is signed with it", "public_key", id.Public(), "file", path)
+	case keys.IdentityCloned:
+		hostID := keys.HostIDPath(o.keyFile)
+		if err := os.Remove(hostID); err != nil && !os.IsNotExist(err) {
+			return id, false, fmt.Errorf("removing the cloned host ID %s: %w", hostID, err)
+		}
+		log.Warn("this host's identity was made on another machine (a cloned disk or image?); made a new identity and host ID: "+
+			"this host claims a subnet of its own", "machine_id_file", o.machineIDFile, "public_key", id.Public(), "file", path)
+	default:
+		log.Info("loaded this host's identity", "public_key", id.Public(), "file", path)
+	}
+	return id, state == keys.IdentityCreated, nil
 }
 
 // loadHostID reads this host's ID from beside the key file, making it at
