@@ -121,6 +121,12 @@ func ParseConfig(data []byte) (*Config, error) {
 		}
 		return nil, ConfigError("not valid JSON: %v", err)
 	}
+	if off := dec.InputOffset(); len(bytes.TrimSpace(data[off:])) > 0 {
+		// flannel's json.Unmarshal refuses them too: two writers'
+		// configs run together, or a paste gone wrong.
+		return nil, ConfigError("bytes after the JSON object, at offset %d (%.20q): the config must be one JSON object; "+
+			"rewrite it with `weftctl config set`", off, bytes.TrimSpace(data[off:]))
+	}
 	if raw.EnableIPv4 != nil && !*raw.EnableIPv4 {
 		return parseIPv6Only(raw)
 	}

@@ -60,6 +60,8 @@ func TestParseConfigErrors(t *testing.T) {
 		{"min above max", `{"Network":"10.5.0.0/16","SubnetMin":"10.5.9.0","SubnetMax":"10.5.3.0"}`, `SubnetMin 10.5.9.0 is above SubnetMax 10.5.3.0`},
 		{"backend not object", `{"Network":"10.5.0.0/16","Backend":"vxlan"}`, `key "Backend": must be an object`},
 		{"enormous", `{"Network":"10.5.0.0/16","Pad":"` + strings.Repeat("x", 70000) + `"}`, `more than the 65536`},
+		{"trailing bytes", `{"Network":"10.5.0.0/16"} {"Network":"10.6.0.0/16"}`, `bytes after the JSON object, at offset 25`},
+		{"trailing junk", "{\"Network\":\"10.5.0.0/16\"}\n]", `at offset 25 ("]")`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

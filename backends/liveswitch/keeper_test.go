@@ -15,6 +15,7 @@ import (
 
 	"github.com/weftnet/weft/backends"
 	"github.com/weftnet/weft/lease"
+	"github.com/weftnet/weft/lease/leasetest"
 	"github.com/weftnet/weft/mesh"
 )
 
@@ -256,5 +257,27 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("%s: not within 5s", what)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestCarriedMTUBounded: issue 42. A state file that carries an MTU no
+// Ethernet has (a damaged or hand-edited one) gives the plan none; one
+// within jumbo frames is kept.
+func TestCarriedMTUBounded(t *testing.T) {
+	dir := t.TempDir()
+	subnetFile := filepath.Join(dir, "subnet.env")
+	cfg, err := backends.ParseConfig([]byte(`{"Network":"10.5.0.0/16","Backend":{"Type":"wireguard"}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	for _, tt := range []struct{ saved, want int }{{1450, 1450}, {9000, 9000}, {9001, 0}, {1 << 30, 0}, {-5, 0}} {
+		if err := WriteState(StateFile(subnetFile), State{Backends: []Spec{{Type: "wireguard"}}, CarriedMTU: tt.saved}); err != nil {
+			t.Fatal(err)
+		}
+		plan := NewPlan(context.Background(), leasetest.New(nil), subnetFile, cfg, lease.Attrs{}, false, log)
+		if plan.CarriedMTU != tt.want {
+			t.Errorf("state file carrying %d: plan carries %d, want %d", tt.saved, plan.CarriedMTU, tt.want)
+		}
 	}
 }

@@ -39,7 +39,7 @@ func NewPlan(ctx context.Context, store lease.Store, subnetFile string, cfg *lea
 	plan := Plan{Visible: cfg.Backend.Type}
 	saved := ReadState(StateFile(subnetFile))
 	if len(saved.Backends) > 0 && saved.Backends[0].Type == cfg.Backend.Type {
-		plan.CarriedMTU = saved.CarriedMTU
+		plan.CarriedMTU = boundCarriedMTU(saved.CarriedMTU, subnetFile, log)
 	}
 	prev, ok := previousLease(ctx, store, subnetFile, cfg, self, adoptUnsigned)
 	if ok {
@@ -71,8 +71,25 @@ func NewPlan(ctx context.Context, store lease.Store, subnetFile string, cfg *lea
 		log.Info("switching backend: keeping the previous one for peers that have not switched", "backend", cfg.Backend.Type,
 			"keeping", plan.LegacyTypes(), "lease_shows", plan.Visible)
 	}
+	plan.CarriedMTU = boundCarriedMTU(plan.CarriedMTU, subnetFile, log)
 	return plan
 }
+
+// boundCarriedMTU is mtu when it is one a device may carry, else 0: the
+// state file is root's, but an MTU from a damaged one must not reach the
+// kernel (the backend takes it only above its own MTU).
+func boundCarriedMTU(mtu int, subnetFile string, log *slog.Logger) int {
+	if mtu < 0 || mtu > MaxCarriedMTU {
+		log.Warn("ignoring the carried MTU of the state file or subnet file: it is no Ethernet MTU", "mtu", mtu,
+			"max", MaxCarriedMTU, "state_file", StateFile(subnetFile))
+		return 0
+	}
+	return mtu
+}
+
+// MaxCarriedMTU bounds the MTU a device carries for containers started
+// under another backend: jumbo frames, and no more.
+const MaxCarriedMTU = 9000
 
 // coexists reports whether a backend can run beside others in a switch.
 func coexists(typ string) bool {

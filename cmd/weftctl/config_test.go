@@ -2,11 +2,13 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/weftnet/weft/lease/etcdstore"
 	"github.com/weftnet/weft/lease/etcdtest"
 )
 
@@ -61,5 +63,38 @@ func TestWeftctlEtcdFlagsAsWeftd(t *testing.T) {
 	var stdout, stderr strings.Builder
 	if code := run([]string{"leases"}, &stdout, &stderr); code != 2 || !strings.Contains(stderr.String(), `etcd endpoint "http://10.0.0.1:2379" is plaintext`) {
 		t.Errorf("exit %d, stderr %q", code, stderr.String())
+	}
+}
+
+// TestConfigGetEscapes: issue 42. A config anyone who can write etcd
+// wrote reaches the operator's terminal escaped (an escape sequence in it
+// would otherwise clear the screen or retitle the window); -o raw prints
+// its exact bytes; a valid config prints as it is.
+func TestConfigGetEscapes(t *testing.T) {
+	srv, err := etcdtest.Start(etcdtest.Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	store, err := etcdstore.New(etcdstore.Options{Endpoints: []string{srv.Endpoint}, Prefix: "/weft-test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	hostile := "{\"Network\":\"10.5.0.0/16\x1b[2J\x1b]0;owned\x07\"}\n"
+	if err := store.PutConfig(context.Background(), []byte(hostile)); err != nil {
+		t.Fatal(err)
+	}
+	weftctl := func(args ...string) (int, string) {
+		var out, errOut bytes.Buffer
+		code := run(append([]string{"-etcd-endpoints", srv.Endpoint, "-etcd-prefix", "/weft-test"}, args...), &out, &errOut)
+		return code, out.String()
+	}
+	if code, out := weftctl("config", "get"); code != 0 || strings.ContainsRune(out, 0x1b) || strings.ContainsRune(out, 0x07) ||
+		!strings.Contains(out, `\x1b[2J`) {
+		t.Errorf("config get = %d %q, want the escape sequences shown escaped", code, out)
+	}
+	if code, out := weftctl("config", "get", "-o", "raw"); code != 0 || out != hostile {
+		t.Errorf("config get -o raw = %d %q, want the exact bytes %q", code, out, hostile)
 	}
 }

@@ -1,7 +1,7 @@
 // Command weftctl is the operator's CLI for weft: it reads and writes the
 // network config and lists the leases in etcd.
 //
-//	weftctl [etcd flags] config get|put FILE|validate FILE
+//	weftctl [etcd flags] config get [-o raw]|put FILE|validate FILE
 //	weftctl [etcd flags] leases [-o json]
 package main
 
@@ -32,7 +32,7 @@ func main() {
 
 const usage = `usage: weftctl [flags] COMMAND
 commands:
-  config get              print the network config stored in etcd
+  config get [-o raw]     print the network config stored in etcd (escaped; -o raw: its exact bytes)
   config put FILE         validate FILE (- for stdin) and store it as the network config
   config validate FILE    check FILE with the same rules weftd applies
   leases [-o json]        list every subnet lease
@@ -157,13 +157,23 @@ func runConfig(ctx context.Context, args []string, opts etcdstore.Options, stdou
 			}
 		}
 		return err
-	case len(args) == 1 && args[0] == "get":
+	case len(args) == 1 && args[0] == "get", len(args) == 3 && args[0] == "get" && args[1] == "-o" && args[2] == "raw":
 		return withStore(opts, func(s *etcdstore.Store) error {
 			raw, err := s.Config(ctx)
-			if err == nil {
-				fmt.Fprintln(stdout, strings.TrimSpace(string(raw)))
+			if err != nil {
+				return err
 			}
-			return err
+			if len(args) == 3 {
+				_, err = stdout.Write(raw) // the exact bytes etcd holds
+				return err
+			}
+			// Anyone who can write etcd wrote this: what a terminal would
+			// act on (escape sequences) is shown escaped, as Go quotes it;
+			// a valid config has none outside its line breaks.
+			for line := range strings.Lines(strings.TrimSpace(string(raw))) {
+				fmt.Fprintln(stdout, printable(strings.TrimSuffix(line, "\n")))
+			}
+			return nil
 		})
 	case len(args) == 2 && args[0] == "put":
 		raw, notes, err := readConfigFile(args[1])
