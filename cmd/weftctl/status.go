@@ -82,6 +82,9 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 				od.NATNotEager)
 		}
 	}
+	if s.ConfigNotFollowed != "" {
+		fmt.Fprintf(stdout, "NOT FOLLOWING THE NETWORK CONFIG: %s\n", printable(s.ConfigNotFollowed))
+	}
 	if r := s.Relay; r != nil {
 		var pairs []string
 		for _, p := range r.Pairs {

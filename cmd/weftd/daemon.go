@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"sync/atomic"
@@ -35,6 +36,7 @@ func run(ctx context.Context, o *options, log *slog.Logger, handOver *liveswitch
 	}
 	defer store.Close()
 	obs := newObserver()
+	obs.guard = o.guard
 	g, ctx := errgroup.WithContext(ctx)
 	if err := serveHealth(ctx, g, o, obs); err != nil {
 		return err
@@ -111,8 +113,15 @@ func learnHost(ctx context.Context, store *etcdstore.Store, o *options, log *slo
 	if h.ext, h.publicIP, err = chooseExternal(o, log); err != nil {
 		return h, err
 	}
-	if h.cfg, err = loadConfig(ctx, store, h.ext, log); err != nil {
+	if h.cfg, err = loadConfig(ctx, store, h.ext, o.guard, log); err != nil {
 		return h, err
+	}
+	if pinned, overridden := o.guard.pin(h.cfg); len(overridden) > 0 {
+		if err := backends.CheckConfig(pinned); err != nil {
+			return h, fmt.Errorf("-require-encryption: the network config with the wireguard backend: %w", err)
+		}
+		h.cfg = pinned
+		o.guard.say(refusedNote(overridden), log)
 	}
 	if h.publicIP, h.publicIP6, err = hostAddresses(o, h.cfg, h.ext, h.publicIP, log); err != nil {
 		return h, err

@@ -17,7 +17,11 @@ import (
 
 // options are weftd's settings, named as flanneld's flags.
 type options struct {
-	machineIDFile string
+	machineIDFile     string
+	requireEncryption bool
+	// guard is this host's pin and note against the network config; one
+	// for the process, across live switches.
+	guard         *configGuard
 	etcd          etcdstore.Options
 	endpoints     string
 	ifaces        []string
@@ -112,6 +116,10 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	fs.StringVar(&o.keyFile, "wireguard-key-file", keys.DefaultPath,
 		"WireGuard private key file (0600; created when missing); this host's ID and identity (the key its lease is "+
 			"signed with) are kept beside it")
+	fs.BoolVar(&o.requireEncryption, "require-encryption", false,
+		"run only the wireguard backend with StrictEncryption, whatever the network config in etcd says: a config asking "+
+			"for another backend or StrictEncryption off is refused (logged, shown in weftctl status); this host then "+
+			"reaches only hosts that speak wireguard")
 	fs.StringVar(&o.machineIDFile, "machine-id-file", "/etc/machine-id",
 		"this machine's ID (systemd's), which this host's identity is made under: a copy of the identity found under "+
 			"another machine ID (a cloned disk or image) is replaced, and the host claims a subnet of its own")
@@ -166,6 +174,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	case o.iptablesSync < 1:
 		return nil, fmt.Errorf("-iptables-resync %d must be at least 1 second", o.iptablesSync)
 	}
+	o.guard = &configGuard{requireEncryption: o.requireEncryption}
 	return o, nil
 }
 

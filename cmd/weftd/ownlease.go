@@ -186,7 +186,7 @@ func watchKey(ctx context.Context, r backends.KeyReloader, holder *lease.Holder,
 // write; the read every resync interval is the safety net for a watch
 // that missed one.
 func watchBackendType(ctx context.Context, store lease.Store, runningCfg *lease.Config, every time.Duration,
-	latest *atomic.Pointer[string], log *slog.Logger) error {
+	latest *atomic.Pointer[string], guard *configGuard, log *slog.Logger) error {
 	running := runningCfg.Backend
 	bad := ""
 	written := store.WatchConfig(ctx)
@@ -206,7 +206,15 @@ func watchBackendType(ctx context.Context, store lease.Store, runningCfg *lease.
 		if err != nil {
 			continue
 		}
-		cfg, err := backends.ParseConfig(raw)
+		cfg, err := lease.ParseConfig(raw)
+		note := ""
+		if err == nil {
+			// The pin first: what this host runs is what must validate.
+			if pinned, overridden := guard.pin(cfg); len(overridden) > 0 {
+				cfg, note = pinned, refusedNote(overridden)
+			}
+			err = backends.CheckConfig(cfg)
+		}
 		if err == nil {
 			err = backends.ValidateOptions(cfg)
 		}
@@ -221,6 +229,11 @@ func watchBackendType(ctx context.Context, store lease.Store, runningCfg *lease.
 		if cfg.Backend.Type == running.Type &&
 			liveswitch.CompactJSON(cfg.Backend.Raw) == liveswitch.CompactJSON(running.Raw) &&
 			cfg.StrictEncryption == runningCfg.StrictEncryption && cfg.EnableNFTables == runningCfg.EnableNFTables {
+			guard.say(note, log)
+			continue
+		}
+		if deferred := deferredNote(running, cfg); deferred != "" {
+			guard.say(deferred, log)
 			continue
 		}
 		latest.Store(&cfg.Backend.Type)

@@ -40,10 +40,11 @@ func openStore(o *options, log *slog.Logger) (*etcdstore.Store, error) {
 
 // loadConfig waits for a network config that is valid (backends'
 // checks) and does not overlap the underlay.
-func loadConfig(ctx context.Context, store *etcdstore.Store, ext underlay.ExternalInterface,
+func loadConfig(ctx context.Context, store *etcdstore.Store, ext underlay.ExternalInterface, guard *configGuard,
 	log *slog.Logger) (*lease.Config, error) {
 	return lease.WaitForConfig(ctx, store, store.Prefix()+"/config", lease.DefaultStartupRetry(), log,
 		func(cfg *lease.Config) error {
+			cfg, _ = guard.pin(cfg) // what this host runs is what must validate
 			if err := backends.CheckConfig(cfg); err != nil {
 				return err
 			}
@@ -137,7 +138,7 @@ func (l daemonLoops) start(ctx context.Context, g *errgroup.Group, o *options, l
 	if l.keeper.Switching() {
 		g.Go(func() error { return l.keeper.Run(ctx) })
 	}
-	g.Go(func() error { return watchBackendType(ctx, l.store, cfg, o.resync, l.configType, log) })
+	g.Go(func() error { return watchBackendType(ctx, l.store, cfg, o.resync, l.configType, o.guard, log) })
 	g.Go(func() error { return followUnderlay(ctx, o, l.ext, cfg.EnableIPv6, log) })
 	if keeper, ok := backends.As[backends.FilterKeeper](l.backend); ok {
 		every := time.Duration(o.iptablesSync) * time.Second

@@ -43,6 +43,8 @@ type observer struct {
 	strict     bool
 	nftables   bool
 	duration   prometheus.Histogram
+	// guard says what of the network config this host does not follow.
+	guard *configGuard
 }
 
 func newObserver() *observer {
@@ -136,6 +138,7 @@ func (o *observer) document(peers bool) status.Document {
 				NATNotEager: st.NATNotEager}
 		}
 	}
+	s.ConfigNotFollowed = o.guard.Note()
 	if rr, ok := backends.As[backends.RelayReporter](o.backend); ok {
 		if r := rr.Relaying(); len(r.Pairs) > 0 || r.Counters != (relay.Counters{}) {
 			s.Relay = &status.Relay{Forwarded: r.Counters.Forwarded, ForwardedBytes: r.Counters.ForwardedBytes,
@@ -252,6 +255,9 @@ var (
 	descNATNotEager = prometheus.NewDesc("weft_wireguard_nat_not_eager_peers",
 		"Peers whose leases say they are behind NAT beyond the bound on those configured eagerly (256): "+
 			"configured only for traffic.", nil, nil)
+	descConfigNotFollowed = prometheus.NewDesc("weft_config_not_followed",
+		"1 when this host does not follow the network config in etcd (-require-encryption refused it, or a switch into the "+
+			"extension backend waits for a restart): weftctl status says what.", nil, nil)
 	descRelayPairs = prometheus.NewDesc("weft_relay_pairs",
 		"Pairs of hosts behind NAT this host forwards WireGuard ciphertext for.", nil, nil)
 	descRelayDatagrams = prometheus.NewDesc("weft_relay_datagrams_total",
@@ -279,7 +285,7 @@ var (
 func (o *observer) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descLease, descExpiry, descReady, descPeers, descRuns, descErrors, descRelists,
 		descConflicts, descRx, descTx, descHandshake, descUDPDropped, descTunnelDrop, descCalls, descFull, descOnDemand,
-		descOnDemandOp, descNATNotEager, descRelayPairs, descRelayDatagrams, descRelayBytes} {
+		descOnDemandOp, descNATNotEager, descRelayPairs, descRelayDatagrams, descRelayBytes, descConfigNotFollowed} {
 		ch <- d
 	}
 	ch <- descPaths
@@ -385,6 +391,7 @@ func (o *observer) Collect(ch chan<- prometheus.Metric) {
 		counter(descOnDemandOp, float64(od.Replayed), "replayed_initiation")
 		gauge(descNATNotEager, float64(od.NATNotEager))
 	}
+	gauge(descConfigNotFollowed, map[bool]float64{true: 1}[s.ConfigNotFollowed != ""])
 	if r := s.Relay; r != nil {
 		gauge(descRelayPairs, float64(len(r.Pairs)))
 		counter(descRelayDatagrams, float64(r.Forwarded), "forwarded")

@@ -38,6 +38,10 @@ type Document struct {
 	OnDemand *OnDemand `json:"on_demand,omitempty"`
 	// Relay is what this host forwards as a relay, when it has.
 	Relay *Relay `json:"relay,omitempty"`
+	// ConfigNotFollowed says what of the network config in etcd this
+	// host does not follow, and why (-require-encryption, or a switch
+	// into the extension backend that waits for a restart).
+	ConfigNotFollowed string `json:"config_not_followed,omitempty"`
 }
 
 // Relay is this host's forwarder for pairs of hosts behind NAT: the
