@@ -58,11 +58,13 @@ func (req ClaimRequest) value(key string) []byte {
 }
 
 // signedAttrs are the attributes as the lease holds them: naming the
-// identity that signs it.
+// identity that signs it, and when (to SignEvery, so the value this host
+// writes stays the same bytes meanwhile).
 func (req ClaimRequest) signedAttrs() Attrs {
 	attrs := req.Attrs
 	if !req.Identity.IsZero() {
 		attrs.Identity = req.Identity.Public()
+		attrs.SignedAt = time.Now().Truncate(SignEvery).Unix()
 	}
 	return attrs
 }

@@ -203,6 +203,11 @@ func (h *Holder) refresh(ctx context.Context, renew bool) error {
 		// A reservation has no TTL to renew: only check it is still ours.
 		renew = false
 	}
+	if renew && !req.Identity.IsZero() && time.Since(time.Unix(cur.Attrs.SignedAt, 0)) > ResignAfter {
+		// Signed long ago: written again (same subnet, a new signature),
+		// so no host refuses it as too old (MaxSignedAge).
+		renew = false
+	}
 	if renew {
 		_, err := h.store.Renew(ctx, rec)
 		if err == nil {

@@ -44,6 +44,9 @@ type Attrs struct {
 	// Identity is the public key the host signs its lease with (weft
 	// only, "WeftIdentity"; see Sign); zero in a flannel host's lease.
 	Identity keys.IdentityKey
+	// SignedAt is when the host signed the lease, in Unix seconds (weft
+	// only, "WeftSigned"; see Sign): older values are replays.
+	SignedAt int64
 	// more holds the fields most leases leave empty (see attrsMore),
 	// nil when all are; shared by copies of the Attrs, so never changed
 	// in place: the With methods give Attrs with a new one.
@@ -160,6 +163,7 @@ type attrsJSON struct {
 	HostID        string          `json:"WeftHostID,omitempty"`
 	Seen          []Sighting      `json:"WeftSeen,omitempty"`
 	Reach         []string        `json:"WeftReach,omitempty"`
+	SignedAt      int64           `json:"WeftSigned,omitempty"`
 	// Identity comes last but for the signature Sign appends.
 	Identity string `json:"WeftIdentity,omitempty"`
 }
@@ -232,6 +236,7 @@ func (a Attrs) MarshalJSON() ([]byte, error) {
 	if !a.Identity.IsZero() {
 		out.Identity = a.Identity.String()
 	}
+	out.SignedAt = a.SignedAt
 	return json.Marshal(out)
 }
 
@@ -274,6 +279,10 @@ func (a *Attrs) UnmarshalJSON(data []byte) error {
 			return fmt.Errorf("WeftIdentity: %w", err)
 		}
 	}
+	if in.SignedAt < 0 {
+		return fmt.Errorf("WeftSigned %d is before 1970", in.SignedAt)
+	}
+	a.SignedAt = in.SignedAt
 	if in.PublicIPv6 != nil {
 		ip6, err := ParseUnderlayIPv6(*in.PublicIPv6)
 		if err != nil {

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/weftnet/weft/keys"
 )
@@ -20,6 +21,27 @@ import (
 // takes a lease as its own only when its own identity signed it: anyone
 // who can write etcd can copy a host's ID into a lease, nobody without
 // the host's key can sign one (SECURITY.md).
+
+// When a value was signed bounds replays (Attrs.SignedAt, "WeftSigned"): a
+// host that saw a newer value signed by one identity refuses an older one
+// (a writer replaying what the host wrote before), and nobody takes a
+// value signed longer ago than MaxSignedAge. A host re-signs its lease at
+// the renewal after ResignAfter, or sooner when anything in it changes.
+const (
+	// SignEvery is the granularity of SignedAt: within it, the value a
+	// host writes is the same bytes (Ed25519 signatures are
+	// deterministic), so its own lease is recognised by comparing bytes.
+	SignEvery = 10 * time.Minute
+	// ResignAfter is how old a signature may grow before the host's
+	// renewal writes its lease again.
+	ResignAfter = 12 * time.Hour
+	// MaxSignedAge is the age past which no host takes a signed value.
+	MaxSignedAge = 48 * time.Hour
+	// ClockSkew is how far apart hosts' clocks may be: a value signed up
+	// to this far in the future, or this much older than the newest seen
+	// from its identity, is still taken.
+	ClockSkew = 5 * time.Minute
+)
 
 // sigField opens the signature, the last field of a signed value.
 const sigField = `,"WeftSig":"`

@@ -176,3 +176,70 @@ func TestSignedOwnLease(t *testing.T) {
 		}
 	})
 }
+
+// signedAt is attrs signed by id under key as if at t.
+func signedAt(id keys.Identity, key string, attrs lease.Attrs, t time.Time) []byte {
+	attrs.Identity, attrs.SignedAt = id.Public(), t.Unix()
+	return lease.Sign(id, key, attrs.Encode())
+}
+
+// TestSignedReplay: issue 42, on real etcd and the in-memory store. A
+// watcher that took a value signed by a host refuses an older value
+// signed by the same host (a replay of what the host wrote before) and
+// keeps the newer; a value signed longer ago than MaxSignedAge, or in the
+// future beyond ClockSkew, is refused outright; a value signed within
+// ClockSkew of the newest is taken (clocks drift).
+func TestSignedReplay(t *testing.T) {
+	stores(t, func(t *testing.T, s lease.Store) {
+		ctx := context.Background()
+		var logs syncBuffer
+		w := startWatcher(t, s, &logs)
+		id := mustIdentity(t)
+		const key = "10.5.1.0-24"
+		old, newer := hostAttrs(1), hostAttrs(2)
+		now := time.Now()
+		if _, err := s.Create(ctx, key, signedAt(id, key, old, now.Add(-time.Hour)), time.Hour); err != nil {
+			t.Fatal(err)
+		}
+		replace := func(value []byte) {
+			t.Helper()
+			cur, _, err := s.Get(ctx, key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.Replace(ctx, cur, value, time.Hour); err != nil {
+				t.Fatal(err)
+			}
+		}
+		holds := func(want lease.Attrs) func() bool {
+			return func() bool { l, ok := w.Lease(key); return ok && l.Attrs.PublicIP == want.PublicIP }
+		}
+		waitFor(t, "the first value", holds(old))
+		replace(signedAt(id, key, newer, now))
+		waitFor(t, "the newer value", holds(newer))
+		replace(signedAt(id, key, old, now.Add(-time.Hour)))
+		waitFor(t, "the replay refused", func() bool { return strings.Contains(logs.String(), "refusing an older signed value") })
+		if l, ok := w.Lease(key); !ok || l.Attrs.PublicIP != newer.PublicIP {
+			t.Errorf("after a replay the watcher holds %+v (%v), want the newer value kept", l.Attrs, ok)
+		}
+		// Within the clock skew of the newest: taken.
+		drift := hostAttrs(3)
+		replace(signedAt(id, key, drift, now.Add(-time.Minute)))
+		waitFor(t, "a value signed a minute before the newest", holds(drift))
+
+		// Too old, or from the future, under another key: refused.
+		for k, at := range map[string]time.Time{"10.5.2.0-24": now.Add(-lease.MaxSignedAge - time.Hour), "10.5.3.0-24": now.Add(time.Hour)} {
+			if _, err := s.Create(ctx, k, signedAt(mustIdentity(t), k, hostAttrs(4), at), time.Hour); err != nil {
+				t.Fatal(err)
+			}
+		}
+		waitFor(t, "both refused", func() bool {
+			return strings.Contains(logs.String(), "longer ago than") && strings.Contains(logs.String(), "in the future")
+		})
+		for _, k := range []string{"10.5.2.0-24", "10.5.3.0-24"} {
+			if _, ok := w.Lease(k); ok {
+				t.Errorf("the watcher took %s", k)
+			}
+		}
+	})
+}

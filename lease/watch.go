@@ -3,10 +3,13 @@ package lease
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sort"
 	"sync"
 	"time"
+
+	"github.com/weftnet/weft/keys"
 )
 
 // Watcher keeps an up-to-date copy of every valid lease in the store: it
@@ -46,6 +49,10 @@ type Watcher struct {
 	// its lease within moments, and dropping it meanwhile would tear down
 	// a working data path only to build it again.
 	ghosts map[string]time.Time
+	// newest is, by identity, when the newest value signed by it that
+	// this watcher took was signed: an older one is a replay. Kept across
+	// lists.
+	newest map[keys.IdentityKey]int64
 
 	// CheckInterval is how often the watch verifies the store is the one
 	// it listed (its revision did not go back) and is reachable.
@@ -79,6 +86,7 @@ func NewWatcher(store Store, log *slog.Logger) *Watcher {
 		invalid: map[string]int64{},
 		warned:  map[string]int64{},
 		ghosts:  map[string]time.Time{},
+		newest:  map[keys.IdentityKey]int64{},
 
 		CheckInterval: 10 * time.Second,
 	}
@@ -384,6 +392,19 @@ func (w *Watcher) checkHistory(ctx context.Context, p probe, at int64) error {
 
 func (w *Watcher) putLocked(r Record) {
 	l, err := DecodeLease(r.Key, r.Value)
+	if err == nil && l.Signed {
+		err = w.checkSignedLocked(l, time.Now())
+		if cur := w.leases[r.Key]; errors.Is(err, errReplayed) && cur != nil && cur.Signed && cur.Attrs.Identity == l.Attrs.Identity {
+			// An older value of the lease this key holds, written again
+			// by someone else: the newer one stays (its host takes its
+			// lease back meanwhile).
+			if w.warned[r.Key] != r.Revision {
+				w.warned[r.Key] = r.Revision
+				w.log.Warn("refusing an older signed value of a lease (a replay?); keeping the newer", "key", r.Key, "err", err)
+			}
+			return
+		}
+	}
 	if err != nil {
 		delete(w.leases, r.Key)
 		w.invalid[r.Key] = r.Revision
@@ -396,6 +417,33 @@ func (w *Watcher) putLocked(r Record) {
 	l.Revision, l.CreateRevision, l.StoreLeaseID = r.Revision, r.CreateRevision, r.StoreLeaseID
 	delete(w.invalid, r.Key)
 	w.leases[r.Key] = &l
+	if l.Signed {
+		w.newest[l.Attrs.Identity] = max(w.newest[l.Attrs.Identity], l.Attrs.SignedAt)
+	}
+}
+
+// errReplayed is a signed value older than one this watcher took from
+// the same identity.
+var errReplayed = errors.New("signed before a newer value of the same host's was seen (a replay)")
+
+// checkSignedLocked refuses a signed lease signed too far in the future,
+// longer ago than MaxSignedAge, or (less ClockSkew) before the newest
+// value taken from its identity.
+func (w *Watcher) checkSignedLocked(l Lease, now time.Time) error {
+	at := time.Unix(l.Attrs.SignedAt, 0)
+	switch {
+	case l.Attrs.SignedAt == 0:
+		return fmt.Errorf("%w: lease %s is signed but says not when (WeftSigned)", ErrBadLease, l.Key())
+	case at.After(now.Add(ClockSkew)):
+		return fmt.Errorf("%w: lease %s was signed at %s, in the future (clocks more than %s apart?)", ErrBadLease, l.Key(),
+			at.UTC().Format(time.RFC3339), ClockSkew)
+	case now.Sub(at) > MaxSignedAge:
+		return fmt.Errorf("%w: lease %s was signed at %s, longer ago than %s: a replay, or its host is gone", ErrBadLease,
+			l.Key(), at.UTC().Format(time.RFC3339), MaxSignedAge)
+	case l.Attrs.SignedAt+int64(ClockSkew/time.Second) < w.newest[l.Attrs.Identity]:
+		return fmt.Errorf("%w: lease %s: %w", ErrBadLease, l.Key(), errReplayed)
+	}
+	return nil
 }
 
 func (w *Watcher) notify() {

@@ -61,12 +61,17 @@ func loadIdentity(o *options, log *slog.Logger) (keys.Identity, bool, error) {
 	case keys.IdentityCreated:
 		log.Info("created this host's identity: its lease is signed with it", "public_key", id.Public(), "file", path)
 	case keys.IdentityCloned:
-		hostID := keys.HostIDPath(o.keyFile)
-		if err := os.Remove(hostID); err != nil && !os.IsNotExist(err) {
-			return id, false, fmt.Errorf("removing the cloned host ID %s: %w", hostID, err)
+		// The copy's host ID and WireGuard key are the original's too:
+		// with them it would take the original's lease, or publish its
+		// key twice (every host then skips both). New ones are made.
+		for _, copied := range []string{keys.HostIDPath(o.keyFile), o.keyFile} {
+			if err := os.Remove(copied); err != nil && !os.IsNotExist(err) {
+				return id, false, fmt.Errorf("removing the copied %s: %w", copied, err)
+			}
 		}
-		log.Warn("this host's identity was made on another machine (a cloned disk or image?); made a new identity and host ID: "+
-			"this host claims a subnet of its own", "machine_id_file", o.machineIDFile, "public_key", id.Public(), "file", path)
+		log.Warn("this host's identity was made on another machine (a cloned disk or image?); made a new identity, host ID "+
+			"and WireGuard key: this host claims a subnet of its own", "machine_id_file", o.machineIDFile,
+			"public_key", id.Public(), "file", path)
 	default:
 		log.Info("loaded this host's identity", "public_key", id.Public(), "file", path)
 	}
