@@ -13,6 +13,7 @@ import (
 
 	"github.com/weftnet/weft/backends"
 	"github.com/weftnet/weft/keys"
+	"github.com/weftnet/weft/lease"
 )
 
 // TestClonedHostAndPins: issue 42, on a wireguard lab.
@@ -71,8 +72,8 @@ func TestClonedHostAndPins(t *testing.T) {
 		}
 		return nil
 	})
-	if err := l.WaitReady(ctx, h2); err != nil || h2.Subnet != subnet2 {
-		t.Errorf("host 2 holds %s (%v) after its clone started, want %s", h2.Subnet, err, subnet2)
+	if env, err := lease.ReadSubnetFile(h2.SubnetFile()); err != nil || env.Subnet != subnet2 {
+		t.Errorf("host 2's subnet file says %s (%v) after its clone started, want %s", env.Subnet, err, subnet2)
 	}
 
 	// Host 1 pins encryption.

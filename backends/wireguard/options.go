@@ -223,6 +223,9 @@ type RelayPort struct {
 	// at its own WireGuard port, so both ends' NATs keep one mapping per
 	// source port and a direct path can open (relaying.go).
 	TryDirect bool `json:"TryDirect,omitempty"`
+	// At are, with TryDirect, where the relay's own WireGuard device sees
+	// each end (Pair's order): where each end tries the other directly.
+	At []netip.AddrPort `json:"At,omitempty"`
 }
 
 // EncodeBackendData renders the lease's BackendData.

@@ -45,6 +45,24 @@ func (t relayTable) endpoint(a, b string) (netip.AddrPort, bool) {
 	return netip.AddrPort{}, false
 }
 
+// trialEndpoint is, when this relay asks the pair of self and peer to try
+// its direct path, where it sees peer (a unicast IPv4 or IPv6 address
+// with a port).
+func (t relayTable) trialEndpoint(self, peer string) (netip.AddrPort, bool) {
+	pair := orderedPair(self, peer)
+	for _, rp := range t.ports[:min(len(t.ports), relay.MaxPairs)] {
+		if rp.Pair != pair || !rp.TryDirect || len(rp.At) != 2 {
+			continue
+		}
+		ep := rp.At[slices.Index(pair[:], peer)]
+		if a := ep.Addr(); ep.Port() == 0 || !a.IsGlobalUnicast() || a.Zone() != "" || a.Is4In6() {
+			return netip.AddrPort{}, false
+		}
+		return ep, true
+	}
+	return netip.AddrPort{}, false
+}
+
 // orderedPair is two lease keys in order: how a pair is named.
 func orderedPair(a, b string) [2]string {
 	if b < a {
@@ -68,6 +86,11 @@ func throughRelays(specs []PeerSpec, relays map[string]string, tables map[string
 		}
 		if ep, ok := tables[r].endpoint(self, s.Lease); ok {
 			specs[i].Endpoint, specs[i].Relay = ep, r
+		} else if ep, ok := tables[r].trialEndpoint(self, s.Lease); ok {
+			// The relay asks the pair to try direct, where it sees the
+			// peer: both ends read the one lease, so they switch, and
+			// send to each other's mapping, at once.
+			specs[i].Endpoint = ep
 		}
 	}
 	return specs
@@ -190,11 +213,16 @@ func (b *Backend) publishRelaying(now time.Time) {
 	for i := range ports {
 		t := b.relaying.trials[ports[i].Pair]
 		ports[i].TryDirect = !t.since.IsZero() && now.Sub(t.since) < trialFor
+		if ports[i].TryDirect {
+			ports[i].At = t.at[:]
+		}
 		if ports[i].TryDirect && !slices.ContainsFunc(b.relaying.ports, func(p RelayPort) bool { return p.Pair == ports[i].Pair && p.TryDirect }) {
 			b.log.Info("a relayed pair's NATs keep ports: asking it to try its direct path", "ends", ports[i].Pair, "at", t.at, "for", trialFor)
 		}
 	}
-	if !slices.Equal(ports, b.relaying.ports) {
+	if !slices.EqualFunc(ports, b.relaying.ports, func(x, y RelayPort) bool {
+		return x.Pair == y.Pair && x.Port == y.Port && x.TryDirect == y.TryDirect && slices.Equal(x.At, y.At)
+	}) {
 		b.relaying.ports = ports
 		b.found.signal()
 	}
@@ -202,9 +230,13 @@ func (b *Backend) publishRelaying(now time.Time) {
 
 // trialFor is how long a relayed pair tries its direct path when its
 // relay asks it to: reach must be published by both ends within it
-// (reachHold, a few keepalives); else the pair comes back through the
-// relay and is not asked again until an end's mapping changes.
-const trialFor = 10 * time.Second
+// (reachHold, a few keepalives, and the leases' round trips, slower on
+// a loaded host); else the pair comes back through the relay and is not
+// asked again for trialRetry, or until an end's mapping changes.
+const (
+	trialFor   = 20 * time.Second
+	trialRetry = 10 * time.Minute
+)
 
 // trial is a relayed pair's try of its direct path: the ends' addresses
 // at the relay's port when it began, and when.
@@ -230,8 +262,8 @@ func tryDirect(ports []RelayPort, ends map[relay.Pair][2]netip.AddrPort, seenAt 
 		kept := at[0].IsValid() && at[1].IsValid() && seenAt[rp.Pair[0]] == at[0] && seenAt[rp.Pair[1]] == at[1]
 		t, ok := trials[rp.Pair]
 		switch {
-		case ok && t.at == at:
-			out[rp.Pair] = t // under way or over: not begun again
+		case ok && t.at == at && now.Sub(t.since) < trialRetry:
+			out[rp.Pair] = t // under way or over: not begun again yet
 		case kept:
 			out[rp.Pair] = trial{at: at, since: now}
 		}

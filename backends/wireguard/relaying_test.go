@@ -47,6 +47,32 @@ func TestRelayTable(t *testing.T) {
 	}
 }
 
+// TestTrialEndpoint: a relay asking a pair to try direct names where it
+// sees each end; each end takes the other's, and nothing that is no
+// unicast address with a port.
+func TestTrialEndpoint(t *testing.T) {
+	const a, b = "10.5.2.0-24", "10.5.3.0-24"
+	aAt, bAt := netip.MustParseAddrPort("192.168.50.12:51820"), netip.MustParseAddrPort("192.168.50.13:51820")
+	table := relayTable{at: netip.MustParseAddr("192.168.50.11"),
+		ports: []RelayPort{{Pair: [2]string{a, b}, Port: 51830, TryDirect: true, At: []netip.AddrPort{aAt, bAt}}}}
+	if ep, ok := table.trialEndpoint(a, b); !ok || ep != bAt {
+		t.Errorf("a tries b at %v (%v), want %s", ep, ok, bAt)
+	}
+	if ep, ok := table.trialEndpoint(b, a); !ok || ep != aAt {
+		t.Errorf("b tries a at %v (%v), want %s", ep, ok, aAt)
+	}
+	for _, bad := range []string{"0.0.0.0:51820", "127.0.0.1:51820", "192.168.50.13:0", "224.0.0.1:51820", "[::ffff:192.168.50.13]:51820"} {
+		table.ports[0].At = []netip.AddrPort{aAt, netip.MustParseAddrPort(bad)}
+		if ep, ok := table.trialEndpoint(a, b); ok {
+			t.Errorf("a trial endpoint %s was taken as %s", bad, ep)
+		}
+	}
+	table.ports[0].TryDirect = false
+	if _, ok := table.trialEndpoint(a, b); ok {
+		t.Error("a trial endpoint was taken without TryDirect")
+	}
+}
+
 // TestTryDirect: a relay asks a pair to try its direct path once both
 // ends are seen at the pair's port from where its own device has them
 // (NATs keeping one mapping per source port), for trialFor; not again
