@@ -321,6 +321,9 @@ func newWireGuard(env Env) (Backend, error) {
 type EndpointObserver interface {
 	Observe() (wireguard.Observation, error)
 	Relays() map[string]string
+	// Trials are the peers this host tries directly because their relay
+	// asked (TryDirect), by lease key, with the relay's lease key.
+	Trials() map[string]string
 	// DiscoveryChanged is signalled when the host finds out it is behind
 	// NAT, or no longer is: worth observing and publishing at once.
 	DiscoveryChanged() <-chan struct{}

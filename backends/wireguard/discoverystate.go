@@ -247,6 +247,21 @@ func (b *Backend) Observe() (Observation, error) {
 	return obs, nil
 }
 
+// Trials are the peers this host tries directly because their relay
+// asked (TryDirect), by lease key, with the relay's lease key: "direct"
+// only once both ends publish that they reach each other.
+func (b *Backend) Trials() map[string]string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := map[string]string{}
+	for _, w := range b.last.want {
+		if w.TrialBy != "" {
+			out[w.Lease] = w.TrialBy
+		}
+	}
+	return out
+}
+
 // DiscoveryChanged is signalled when this host finds out it is behind NAT,
 // or that it no longer is: what it publishes (its lease's NAT flag, the
 // peers it reaches) is then worth observing at once, not at the next

@@ -26,9 +26,13 @@ type PeerSpec struct {
 	// NAT says the peer's lease marks it behind NAT, or the hosts see it
 	// behind one (discovery).
 	NAT bool
-	// Relay is the lease key of the host the peer's traffic goes through
-	// (its AllowedIPs are the relay's then); empty when direct.
+	// Relay is the lease key of the host whose forwarder carries the
+	// peer's ciphertext (Endpoint is its port for the pair); empty when
+	// direct.
 	Relay string
+	// TrialBy is, while the peer's relay asks the pair to try its direct
+	// path (TryDirect), that relay's lease key.
+	TrialBy string
 	// Advertised is the endpoint the peer's lease names, which Endpoint
 	// replaces when the peer is seen elsewhere (discovery); what this
 	// host's device sees against it is its sighting.

@@ -90,7 +90,7 @@ func throughRelays(specs []PeerSpec, relays map[string]string, tables map[string
 			// The relay asks the pair to try direct, where it sees the
 			// peer: both ends read the one lease, so they switch, and
 			// send to each other's mapping, at once.
-			specs[i].Endpoint = ep
+			specs[i].Endpoint, specs[i].TrialBy = ep, r
 		}
 	}
 	return specs

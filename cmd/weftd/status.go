@@ -180,9 +180,9 @@ func (o *observer) peerStatuses(onDemand bool) []status.Peer {
 			}
 		}
 	}
-	var relays map[string]string
+	var relays, trials map[string]string
 	if observer, ok := backends.As[backends.EndpointObserver](o.backend); ok {
-		relays = observer.Relays()
+		relays, trials = observer.Relays(), observer.Trials()
 	}
 	each := func(p *mesh.Peer) {
 		path := o.paths.Of(*p)
@@ -198,6 +198,9 @@ func (o *observer) peerStatuses(onDemand bool) []status.Peer {
 			}
 			if r := relays[p.Key]; r != "" {
 				ps.Via = "relay " + r
+			}
+			if r := trials[p.Key]; r != "" {
+				ps.Via = "trying direct (asked by relay " + r + ")"
 			}
 			if wp.LastHandshakeTime.IsZero() {
 				ps.State = "no handshake"

@@ -114,8 +114,10 @@ type Peer struct {
 	Encrypted bool   `json:"encrypted"`
 	InClear   string `json:"in_clear,omitempty"`
 	// Via is how a WireGuard peer is reached: "direct" at Endpoint (the
-	// address its lease names, or where the hosts see it behind NAT), or
-	// "relay <lease key>" through that host at Endpoint.
+	// address its lease names, or where the hosts see it behind NAT),
+	// "relay <lease key>" through that host's forwarder at Endpoint (its
+	// port for the pair), or "trying direct (asked by relay <lease key>)"
+	// while the relay asks the pair to try its direct path.
 	Via           string `json:"via,omitempty"`
 	Endpoint      string `json:"endpoint,omitempty"`
 	LastHandshake string `json:"last_handshake,omitempty"`
