@@ -82,6 +82,10 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 				od.NATNotEager)
 		}
 	}
+	if s.LeaseConflicts > 0 {
+		fmt.Fprintf(stdout, "this host's lease was overwritten by another writer %d times (taken back each time): check who can "+
+			"write etcd\n", s.LeaseConflicts)
+	}
 	if s.ConfigNotFollowed != "" {
 		fmt.Fprintf(stdout, "NOT FOLLOWING THE NETWORK CONFIG: %s\n", printable(s.ConfigNotFollowed))
 	}

@@ -139,6 +139,9 @@ func (o *observer) document(peers bool) status.Document {
 		}
 	}
 	s.ConfigNotFollowed = o.guard.Note()
+	if o.holder != nil {
+		s.LeaseConflicts = o.holder.Conflicts()
+	}
 	if rr, ok := backends.As[backends.RelayReporter](o.backend); ok {
 		if r := rr.Relaying(); len(r.Pairs) > 0 || r.Counters != (relay.Counters{}) {
 			s.Relay = &status.Relay{Forwarded: r.Counters.Forwarded, ForwardedBytes: r.Counters.ForwardedBytes,

@@ -38,6 +38,9 @@ type Document struct {
 	OnDemand *OnDemand `json:"on_demand,omitempty"`
 	// Relay is what this host forwards as a relay, when it has.
 	Relay *Relay `json:"relay,omitempty"`
+	// LeaseConflicts counts the times another writer overwrote this
+	// host's lease (taken back each time).
+	LeaseConflicts uint64 `json:"lease_conflicts,omitempty"`
 	// ConfigNotFollowed says what of the network config in etcd this
 	// host does not follow, and why (-require-encryption, or a switch
 	// into the extension backend that waits for a restart).
