@@ -43,16 +43,19 @@ func TestAllocCluster(t *testing.T) {
 // checkLeaseValues checks that every host's lease holds exactly the value
 // want gives for it (flannel's bytes).
 // flannelFields is a weft host's lease value as flannel reads it: without
-// the host ID that weft adds last, which must be h's.
+// the fields weft adds last, h's host ID first, then when and by which
+// identity it is signed, and the signature.
 func flannelFields(t *testing.T, h *Host, value []byte) string {
 	t.Helper()
 	id, err := os.ReadFile(filepath.Join(h.Dir, keys.HostIDFile))
-	suffix := `,"WeftHostID":"` + strings.TrimSpace(string(id)) + `"}`
-	if err != nil || !strings.HasSuffix(string(value), suffix) {
-		t.Errorf("%s's lease %s does not end with its host ID (%v)", h.Name, value, err)
+	weft := `,"WeftHostID":"` + strings.TrimSpace(string(id)) + `","WeftSigned":`
+	at := strings.Index(string(value), weft)
+	if err != nil || at < 0 || !strings.Contains(string(value[at:]), `"WeftIdentity":"`) ||
+		!strings.Contains(string(value[at:]), `"WeftSig":"`) || !strings.HasSuffix(string(value), `"}`) {
+		t.Errorf("%s's lease %s does not end with its host ID and signature (%v)", h.Name, value, err)
 		return string(value)
 	}
-	return strings.TrimSuffix(string(value), suffix) + "}"
+	return string(value[:at]) + "}"
 }
 
 func checkLeaseValues(t *testing.T, l *Lab, want func(h *Host) string) {
