@@ -143,24 +143,33 @@ type weftStatus struct {
 // statusOf is h's weftctl status.
 func statusOf(t *testing.T, h *Host) weftStatus {
 	t.Helper()
+	s, err := readStatus(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// configNote is what h's weftd says it does not follow of the config
+// (empty while its status cannot be read).
+func configNote(h *Host) string {
+	s, _ := readStatus(h)
+	return s.Note
+}
+
+// readStatus is h's weftctl status, and whether it could be read.
+func readStatus(h *Host) (weftStatus, error) {
 	out, err := Exec(h.Name, weftctlBin, "status", "-o", "json")
 	var raw struct {
 		weftStatus
 		StrictEncryption *struct{} `json:"strict_encryption"`
 	}
-	if err != nil || json.Unmarshal([]byte(out), &raw) != nil {
-		t.Fatalf("weftctl status on %s: %v\n%s", h.Name, err, out)
+	if err == nil {
+		err = json.Unmarshal([]byte(out), &raw)
+	}
+	if err != nil {
+		return weftStatus{}, fmt.Errorf("weftctl status on %s: %w\n%s", h.Name, err, out)
 	}
 	raw.Strict = raw.StrictEncryption != nil
-	return raw.weftStatus
-}
-
-// configNote is what h's weftd says it does not follow of the config.
-func configNote(h *Host) string {
-	out, err := Exec(h.Name, weftctlBin, "status", "-o", "json")
-	var s weftStatus
-	if err != nil || json.Unmarshal([]byte(out), &s) != nil {
-		return ""
-	}
-	return s.Note
+	return raw.weftStatus, nil
 }

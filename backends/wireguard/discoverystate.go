@@ -247,21 +247,6 @@ func (b *Backend) Observe() (Observation, error) {
 	return obs, nil
 }
 
-// Trials are the peers this host tries directly because their relay
-// asked (TryDirect), by lease key, with the relay's lease key: "direct"
-// only once both ends publish that they reach each other.
-func (b *Backend) Trials() map[string]string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	out := map[string]string{}
-	for _, w := range b.last.want {
-		if w.TrialBy != "" {
-			out[w.Lease] = w.TrialBy
-		}
-	}
-	return out
-}
-
 // DiscoveryChanged is signalled when this host finds out it is behind NAT,
 // or that it no longer is: what it publishes (its lease's NAT flag, the
 // peers it reaches) is then worth observing at once, not at the next
@@ -273,12 +258,25 @@ func (b *Backend) DiscoveryChanged() <-chan struct{} { return b.found.turned }
 // published no port for it yet, or asks it to try its direct path, goes
 // direct meanwhile).
 func (b *Backend) Relays() map[string]string {
+	return b.plannedBy(func(w PeerSpec) string { return w.Relay })
+}
+
+// Trials are the peers this host tries directly because their relay
+// asked (TryDirect), by lease key, with the relay's lease key: "direct"
+// only once both ends publish that they reach each other.
+func (b *Backend) Trials() map[string]string {
+	return b.plannedBy(func(w PeerSpec) string { return w.TrialBy })
+}
+
+// plannedBy maps each peer of the last whole apply for which relayOf
+// names a relay to that relay.
+func (b *Backend) plannedBy(relayOf func(PeerSpec) string) map[string]string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	out := map[string]string{}
 	for _, w := range b.last.want {
-		if w.Relay != "" {
-			out[w.Lease] = w.Relay
+		if r := relayOf(w); r != "" {
+			out[w.Lease] = r
 		}
 	}
 	return out

@@ -36,13 +36,22 @@ type relayTable struct {
 // entries are read, and the address must be one a host reaches over IPv4
 // or IPv6 (a lease's PublicIP is).
 func (t relayTable) endpoint(a, b string) (netip.AddrPort, bool) {
-	pair := orderedPair(a, b)
+	rp, ok := t.entry(orderedPair(a, b))
+	if !ok || rp.TryDirect || rp.Port < 1 || rp.Port > 65535 || !t.at.IsValid() || t.at.IsUnspecified() {
+		return netip.AddrPort{}, false
+	}
+	return netip.AddrPortFrom(t.at, uint16(rp.Port)), true
+}
+
+// entry is the table's entry for pair, among its first relay.MaxPairs (a
+// relay publishes one per pair; the first counts).
+func (t relayTable) entry(pair [2]string) (RelayPort, bool) {
 	for _, rp := range t.ports[:min(len(t.ports), relay.MaxPairs)] {
-		if rp.Pair == pair && !rp.TryDirect && rp.Port >= 1 && rp.Port <= 65535 && t.at.IsValid() && !t.at.IsUnspecified() {
-			return netip.AddrPortFrom(t.at, uint16(rp.Port)), true
+		if rp.Pair == pair {
+			return rp, true
 		}
 	}
-	return netip.AddrPort{}, false
+	return RelayPort{}, false
 }
 
 // trialEndpoint is, when this relay asks the pair of self and peer to try
@@ -50,17 +59,15 @@ func (t relayTable) endpoint(a, b string) (netip.AddrPort, bool) {
 // with a port).
 func (t relayTable) trialEndpoint(self, peer string) (netip.AddrPort, bool) {
 	pair := orderedPair(self, peer)
-	for _, rp := range t.ports[:min(len(t.ports), relay.MaxPairs)] {
-		if rp.Pair != pair || !rp.TryDirect || len(rp.At) != 2 {
-			continue
-		}
-		ep := rp.At[slices.Index(pair[:], peer)]
-		if a := ep.Addr(); ep.Port() == 0 || !a.IsGlobalUnicast() || a.Zone() != "" || a.Is4In6() {
-			return netip.AddrPort{}, false
-		}
-		return ep, true
+	rp, ok := t.entry(pair)
+	if !ok || !rp.TryDirect || len(rp.At) != 2 {
+		return netip.AddrPort{}, false
 	}
-	return netip.AddrPort{}, false
+	ep := rp.At[slices.Index(pair[:], peer)]
+	if a := ep.Addr(); ep.Port() == 0 || !a.IsGlobalUnicast() || a.Zone() != "" || a.Is4In6() {
+		return netip.AddrPort{}, false
+	}
+	return ep, true
 }
 
 // orderedPair is two lease keys in order: how a pair is named.
