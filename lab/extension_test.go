@@ -3,7 +3,6 @@ package lab
 import (
 	"context"
 	"fmt"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -11,8 +10,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/weftnet/weft/lease"
 )
 
 // extensionScript is the lab's extension data path: host-gw done by hand
@@ -71,8 +68,9 @@ func TestExtensionCluster(t *testing.T) {
 	// A new peer whose add hangs, then fails, then works; then it goes.
 	h1 := l.Hosts[0]
 	other := l.underlayAddr(99)
-	const subnet = "10.5.200.0/24"
-	key := lease.SubnetKey(netip.MustParsePrefix(subnet))
+	// A subnet none of the hosts leased (they pick theirs at random).
+	key := freeSubnets(l, 1, 24)[0]
+	subnet := strings.Replace(key, "-", "/", 1)
 	logHas := func(h *Host, text string) func() error {
 		return func() error {
 			if !strings.Contains(h.LogTail(400), text) {
