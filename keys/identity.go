@@ -172,3 +172,17 @@ func ReadMachineID(path string) string {
 	line, _, _ := strings.Cut(string(data), "\n")
 	return strings.TrimSpace(line)
 }
+
+// LoadIdentity reads the identity in path without making or replacing
+// one (weftctl member request).
+func LoadIdentity(path string) (Identity, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Identity{}, err
+	}
+	id, _, err := parseIdentity(string(data))
+	if err != nil {
+		return Identity{}, fmt.Errorf("%s: %w", path, err)
+	}
+	return id, nil
+}

@@ -72,6 +72,9 @@ func (h *Holder) Verify() {
 func (h *Holder) SetAttrs(attrs Attrs) {
 	h.mu.Lock()
 	attrs = attrs.WithSightings(h.req.Attrs.Seen(), h.req.Attrs.Reach())
+	if attrs.Cert() == nil {
+		attrs = attrs.WithCert(h.req.Attrs.Cert())
+	}
 	h.req.Attrs = attrs
 	h.mu.Unlock()
 	h.Verify()
@@ -109,6 +112,23 @@ func (h *Holder) SetBackendData(backend string, data json.RawMessage) bool {
 		h.Verify()
 	}
 	return changed
+}
+
+// SetCert changes the membership certificate the lease publishes
+// (WeftCert) and rewrites it on the next check; it reports whether it
+// changed.
+func (h *Holder) SetCert(c *Certificate) bool {
+	h.mu.Lock()
+	old := h.req.Attrs.Cert()
+	same := old == c || old != nil && c != nil && old.Text == c.Text
+	if !same {
+		h.req.Attrs = h.req.Attrs.WithCert(c)
+	}
+	h.mu.Unlock()
+	if !same {
+		h.Verify()
+	}
+	return !same
 }
 
 // SetSeen changes the sightings and the reach the lease publishes

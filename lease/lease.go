@@ -62,10 +62,11 @@ type attrsMore struct {
 	also          []PathAttrs
 	seen          []Sighting
 	reach         []string
+	cert          *Certificate
 }
 
 func (m *attrsMore) empty() bool {
-	return len(m.backendV6Data) == 0 && len(m.also) == 0 && len(m.seen) == 0 && len(m.reach) == 0
+	return len(m.backendV6Data) == 0 && len(m.also) == 0 && len(m.seen) == 0 && len(m.reach) == 0 && m.cert == nil
 }
 
 // change sets a.more to a copy of it that set has changed, or nil when
@@ -164,8 +165,26 @@ type attrsJSON struct {
 	Seen          []Sighting      `json:"WeftSeen,omitempty"`
 	Reach         []string        `json:"WeftReach,omitempty"`
 	SignedAt      int64           `json:"WeftSigned,omitempty"`
-	// Identity comes last but for the signature Sign appends.
-	Identity string `json:"WeftIdentity,omitempty"`
+	Identity      string          `json:"WeftIdentity,omitempty"`
+	// Cert comes last but for the signature Sign appends.
+	Cert string `json:"WeftCert,omitempty"`
+}
+
+// Cert is the membership certificate the host publishes (weft only,
+// "WeftCert"; see Certificate), nil when it has none. It was parsed and
+// its signature checked with the CA key it names; whether that CA is
+// trusted is lease/membership's to decide.
+func (a Attrs) Cert() *Certificate {
+	if a.more == nil {
+		return nil
+	}
+	return a.more.cert
+}
+
+// WithCert is a with Cert set to c.
+func (a Attrs) WithCert(c *Certificate) Attrs {
+	a.change(func(m *attrsMore) { m.cert = c })
+	return a
 }
 
 // Paths are every backend the host speaks, BackendType's first (""
@@ -237,6 +256,9 @@ func (a Attrs) MarshalJSON() ([]byte, error) {
 		out.Identity = a.Identity.String()
 	}
 	out.SignedAt = a.SignedAt
+	if c := a.Cert(); c != nil {
+		out.Cert = encodeCert(c)
+	}
 	return json.Marshal(out)
 }
 
@@ -266,6 +288,11 @@ func (a *Attrs) UnmarshalJSON(data []byte) error {
 		return err
 	}
 	more := attrsMore{backendV6Data: in.BackendV6Data, also: in.Also, seen: in.Seen, reach: in.Reach}
+	if in.Cert != "" {
+		if more.cert, err = decodeCert(in.Cert); err != nil {
+			return err
+		}
+	}
 	if !more.empty() {
 		a.more = &more
 	}

@@ -28,6 +28,10 @@ type OutsidePeer struct {
 	// Keepalive is the keepalive interval hosts send it, in seconds (0:
 	// none).
 	Keepalive int `json:"Keepalive,omitempty"`
+	// Seal is a membership CA's signature of the fields above (base64 of
+	// a sealed record; lease/membership), which hosts in enforce mode
+	// require. Empty: none.
+	Seal string `json:"Seal,omitempty"`
 	// Created is the store revision that created the record (0: not
 	// read from a store): of two records that claim one address, the
 	// older keeps it.

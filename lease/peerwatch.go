@@ -14,6 +14,9 @@ type PeerWatcher struct {
 	store   PeerStore
 	log     *slog.Logger
 	changed chan struct{}
+	// Admit, when set, says why a peer is left out (lease/membership's
+	// enforce mode: it has no CA seal), or "".
+	Admit func(OutsidePeer) string
 
 	mu    sync.Mutex
 	peers []OutsidePeer
@@ -40,6 +43,9 @@ func (o *PeerWatcher) Changed() <-chan struct{} { return o.changed }
 func (o *PeerWatcher) Run(ctx context.Context) error { return o.store.WatchPeers(ctx, o.update) }
 
 func (o *PeerWatcher) update(peers []OutsidePeer, bad []error) {
+	if o.Admit != nil {
+		peers = slices.DeleteFunc(peers, func(p OutsidePeer) bool { return o.Admit(p) != "" })
+	}
 	o.mu.Lock()
 	same := slices.Equal(peers, o.peers)
 	if !same {

@@ -40,14 +40,19 @@ func Compute(self lease.Lease, leases []lease.Lease, cfg *lease.Config) Desired 
 	for i := range leases {
 		shared[i] = &leases[i]
 	}
-	return ComputeShared(self, shared, cfg, Preference{})
+	return ComputeShared(self, shared, cfg, Preference{}, nil)
 }
+
+// Admit says why a lease that could be a peer is not admitted to the
+// mesh (lease/membership: it is no certified member), or "" when it is.
+// nil admits every lease.
+type Admit func(l *lease.Lease) string
 
 // ComputeShared is Compute over pointers to the leases, as the lease
 // watcher keeps them, with the path preference of a host in a live switch
 // (the zero Preference outside one); it reorders the slice, never the
 // leases.
-func ComputeShared(self lease.Lease, leases []*lease.Lease, cfg *lease.Config, pref Preference) Desired {
+func ComputeShared(self lease.Lease, leases []*lease.Lease, cfg *lease.Config, pref Preference, admit Admit) Desired {
 	d := Desired{Network: cfg.Network, IPv6Network: cfg.IPv6Network, PeersNetwork: cfg.PeersNetwork, Self: self}
 	sorted := leases
 	// Oldest first, so the first writer of an overlapping range wins.
@@ -65,7 +70,7 @@ func ComputeShared(self lease.Lease, leases []*lease.Lease, cfg *lease.Config, p
 	kept.add(self.Subnet)
 	kept.add(self.IPv6Subnet)
 	for _, l := range sorted {
-		peer, reason, isSelf := classify(self, *l, cfg, pref)
+		peer, reason, isSelf := classify(self, *l, cfg, pref, admit)
 		if isSelf {
 			continue
 		}
@@ -185,7 +190,7 @@ func (d *Desired) sort() {
 // skip and why, or this host's own subnet (isSelf, skipped silently). Lease
 // keys are canonical subnets, so no two keys share a subnet; the overlap
 // check in Compute guards the whole-set path only.
-func classify(self lease.Lease, l lease.Lease, cfg *lease.Config, pref Preference) (peer Peer, reason string, isSelf bool) {
+func classify(self lease.Lease, l lease.Lease, cfg *lease.Config, pref Preference, admit Admit) (peer Peer, reason string, isSelf bool) {
 	path, _ := pref.Path(l, cfg)
 	peer = Peer{Key: l.Key(), Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP,
 		BackendType: path.BackendType, BackendData: path.BackendData, Path: PathType(path, cfg), Created: l.CreateRevision}
@@ -225,6 +230,8 @@ func classify(self lease.Lease, l lease.Lease, cfg *lease.Config, pref Preferenc
 		// On dual stack too: this host's IPv6 traffic to that subnet
 		// would be sent to itself.
 		reason = fmt.Sprintf("PublicIPv6 %s is this host's own", peer.PublicIPv6())
+	case admit != nil:
+		reason = admit(&l)
 	}
 	return peer, reason, false
 }

@@ -309,7 +309,7 @@ func TestPathDuringASwitch(t *testing.T) {
 		for i := range leases {
 			shared[i] = &leases[i]
 		}
-		return ComputeShared(self, shared, cfg, Preference{Legacy: legacy})
+		return ComputeShared(self, shared, cfg, Preference{Legacy: legacy}, nil)
 	}
 	if got, want := paths(withLegacy("vxlan")), `10.5.2.0/24 wireguard `+wgData+`; 10.5.3.0/24 vxlan `+vxlanData+`; 10.5.4.0-24 skipped`; got != want {
 		t.Errorf("wireguard, still speaking vxlan:\n got %s\nwant %s", got, want)

@@ -82,14 +82,14 @@ func samePeer(a, b Peer) bool {
 // reasons that changed (Reason "" for a lease no longer skipped), and
 // updates the model to the new state. lookup
 // returns the current valid lease at a key.
-func (m *model) diff(keys []string, lookup func(string) (lease.Lease, bool), cfg *lease.Config, pref Preference) (Delta, []Skipped) {
+func (m *model) diff(keys []string, lookup func(string) (lease.Lease, bool), cfg *lease.Config, pref Preference, admit Admit) (Delta, []Skipped) {
 	d := Delta{Network: m.network, IPv6Network: m.network6, Self: m.self}
 	var skips []Skipped
 	for _, key := range keys {
 		var now Peer
 		isPeer, reason := false, ""
 		if l, ok := lookup(key); ok {
-			p, r, isSelf := classify(m.self, l, cfg, pref)
+			p, r, isSelf := classify(m.self, l, cfg, pref, admit)
 			isPeer, reason = !isSelf && r == "", r
 			now = p
 		}

@@ -71,8 +71,12 @@ type Reconciler struct {
 	// one. Set it before Run, and change it only inside Pause.
 	Preference Preference
 	Leases     LeaseSource
-	Own        OwnLease
-	Backend    Applier
+	// Admit leaves out leases that are no members of the mesh
+	// (lease/membership's enforce mode); nil admits all. A change of
+	// what it admits takes a Pause.
+	Admit   Admit
+	Own     OwnLease
+	Backend Applier
 	// Resync is how often to re-apply even without a change.
 	Resync time.Duration
 	Log    *slog.Logger
@@ -350,7 +354,7 @@ func (r *Reconciler) noteBackendSkips(log *slog.Logger, skipped []*PeerSkipped, 
 
 // applyWhole computes the whole desired state and has the backend apply it.
 func (r *Reconciler) applyWhole(ctx context.Context, log *slog.Logger, self lease.Lease) error {
-	desired := ComputeShared(self, r.Leases.SharedLeases(), r.Config, r.Preference)
+	desired := ComputeShared(self, r.Leases.SharedLeases(), r.Config, r.Preference, r.Admit)
 	if r.Outside != nil {
 		desired.Outside = r.Outside.Peers()
 	}
@@ -379,7 +383,7 @@ func (r *Reconciler) applyWhole(ctx context.Context, log *slog.Logger, self leas
 // makes the next pass apply the whole state.
 func (r *Reconciler) applyDelta(ctx context.Context, log *slog.Logger, backend DeltaApplier, keys []string) error {
 	r.mu.Lock()
-	delta, skips := r.model.diff(keys, r.Leases.Lease, r.Config, r.Preference)
+	delta, skips := r.model.diff(keys, r.Leases.Lease, r.Config, r.Preference, r.Admit)
 	r.mu.Unlock()
 	for _, s := range skips {
 		if s.Reason != "" {

@@ -33,7 +33,10 @@ func main() {
 const usage = `usage: weftctl [flags] COMMAND
 commands:
   config get [-o raw]     print the network config stored in etcd (escaped; -o raw: its exact bytes)
-  config put FILE         validate FILE (- for stdin) and store it as the network config
+  config put [-ca KEY] FILE
+                          validate FILE (- for stdin) and store it as the network config
+                          (-ca: sealed by the membership CA, as enforce-mode hosts require)
+  config seal -ca KEY     seal the stored network config with the membership CA
   config validate FILE    check FILE with the same rules weftd applies
   leases [-o json]        list every subnet lease
   docker-opts [-f F -d F -k KEY -c -i -m -format env|daemon-json]
@@ -48,7 +51,14 @@ commands:
   peer add NAME -public-key KEY [-endpoint IP:PORT] [-keepalive S]
                           join a machine that is not a weft host as a WireGuard peer of
                           every host, with an address of the config's PeersNetwork
+                          [-ca KEY: sealed by the membership CA, as enforce-mode hosts require]
   peer rm NAME | peer list
+  ca create DIR           make a membership CA: DIR/ca.key (keep offline), DIR/ca.pub (-membership-ca)
+  member request          print this host's certification request (host ID, identity, subnet)
+  member sign -ca KEY [-valid D] REQUEST
+                          certify a host's request and store the certificate where the host finds it
+  member revoke -ca KEY -cert SERIAL | -identity KEY
+                          add to the CA-signed revocation list
   showconf NAME           print a wg-quick file for outside peer NAME (every host a peer)
   keys show               print this host's WireGuard public key (never the private one)
   keys rotate             make a new WireGuard key; weftd adopts it within seconds and
@@ -119,6 +129,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		if k, err = keys.Rotate(*keyFile); err == nil {
 			fmt.Fprintf(stdout, "new public key %s written to %s; weftd adopts it within seconds\n", k.Public(), *keyFile)
 		}
+	case cmd[0] == "ca":
+		err = runCA(cmd[1:], stdout)
+	case cmd[0] == "member":
+		err = runMember(ctx, cmd[1:], opts, *keyFile, stdout, stderr)
 	case cmd[0] == "peer":
 		err = runPeer(ctx, cmd[1:], opts, stdout, stderr)
 	case len(cmd) == 2 && cmd[0] == "showconf":
@@ -175,15 +189,30 @@ func runConfig(ctx context.Context, args []string, opts etcdstore.Options, stdou
 			}
 			return nil
 		})
-	case len(args) == 2 && args[0] == "put":
-		raw, notes, err := readConfigFile(args[1])
+	case len(args) == 3 && args[0] == "seal" && args[1] == "-ca":
+		return withStore(opts, func(s *etcdstore.Store) error {
+			raw, err := s.Config(ctx)
+			if err != nil {
+				return err
+			}
+			return sealConfig(ctx, s, args[2], raw)
+		})
+	case len(args) == 2 && args[0] == "put", len(args) == 4 && args[0] == "put" && args[1] == "-ca":
+		raw, notes, err := readConfigFile(args[len(args)-1])
 		if err != nil {
 			return fmt.Errorf("%w; nothing was written to etcd", err)
 		}
 		for _, n := range notes {
 			fmt.Fprintln(stderr, "weftctl: note:", n)
 		}
-		return withStore(opts, func(s *etcdstore.Store) error { return s.PutConfig(ctx, raw) })
+		return withStore(opts, func(s *etcdstore.Store) error {
+			if len(args) == 4 {
+				if err := sealConfig(ctx, s, args[2], raw); err != nil {
+					return err
+				}
+			}
+			return s.PutConfig(ctx, raw)
+		})
 	}
 	return errUsage
 }
@@ -252,8 +281,11 @@ type leaseRow struct {
 	ExpiresIn   string          `json:"expires_in"`
 	// Signed says the lease is signed by the identity it names (a weft
 	// host's); a flannel host's, or an older weft's, is unsigned.
-	Signed bool   `json:"signed"`
-	Error  string `json:"error,omitempty"`
+	Signed bool `json:"signed"`
+	// Cert is the serial of the membership certificate the lease
+	// publishes (its signature checked, not whether its CA is trusted).
+	Cert  string `json:"cert,omitempty"`
+	Error string `json:"error,omitempty"`
 	// Skipped says why weftd leaves this lease out (mesh.Check against the
 	// network config); empty for a usable lease.
 	Skipped string `json:"skipped,omitempty"`
@@ -276,6 +308,9 @@ func printLeases(ctx context.Context, s *etcdstore.Store, out io.Writer, asJSON 
 		} else {
 			row.Subnet, row.PublicIP = l.Subnet.String(), l.Attrs.PublicIP.String()
 			row.BackendType, row.BackendData, row.Signed = l.Attrs.Backend(), l.Attrs.BackendData, l.Signed
+			if c := l.Attrs.Cert(); c != nil {
+				row.Cert = c.Serial
+			}
 			if l.IPv6Subnet.IsValid() {
 				row.IPv6Subnet = l.IPv6Subnet.String()
 			}
@@ -307,7 +342,7 @@ func printLeases(ctx context.Context, s *etcdstore.Store, out io.Writer, asJSON 
 // escaped, never sent to the terminal.
 func renderLeases(rows []leaseRow, out io.Writer) error {
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SUBNET\tPUBLIC IP\tBACKEND\tBACKEND DATA\tSIGNED\tEXPIRES IN")
+	fmt.Fprintln(tw, "SUBNET\tPUBLIC IP\tBACKEND\tBACKEND DATA\tSIGNED\tCERT\tEXPIRES IN")
 	for _, r := range rows {
 		data := string(r.BackendData)
 		switch {
@@ -320,9 +355,13 @@ func renderLeases(rows []leaseRow, out io.Writer) error {
 		if r.Error != "" {
 			signed = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", printable(joinFamilies(r.Subnet, r.IPv6Subnet)),
+		cert := r.Cert
+		if cert == "" {
+			cert = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", printable(joinFamilies(r.Subnet, r.IPv6Subnet)),
 			printable(joinFamilies(r.PublicIP, r.PublicIPv6)),
-			printable(r.BackendType), printable(data), signed, r.ExpiresIn)
+			printable(r.BackendType), printable(data), signed, cert, r.ExpiresIn)
 	}
 	return tw.Flush()
 }

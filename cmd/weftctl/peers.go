@@ -14,6 +14,7 @@ import (
 	"github.com/weftnet/weft/keys"
 	"github.com/weftnet/weft/lease"
 	"github.com/weftnet/weft/lease/etcdstore"
+	"github.com/weftnet/weft/lease/membership"
 	"github.com/weftnet/weft/mesh"
 )
 
@@ -64,6 +65,7 @@ func runPeer(ctx context.Context, args []string, opts etcdstore.Options, stdout,
 		pub := fs.String("public-key", "", "the machine's WireGuard public key (wg pubkey < its private key)")
 		endpoint := fs.String("endpoint", "", "IP:PORT where hosts reach the machine (none: it reaches them first)")
 		keepalive := fs.Int("keepalive", 0, "keepalive hosts send it, seconds (0: none)")
+		caFile := fs.String("ca", "", "the membership CA's private key file: seal the peer, as enforce-mode hosts require")
 		if err := fs.Parse(args[2:]); err != nil {
 			return err
 		}
@@ -85,6 +87,15 @@ func runPeer(ctx context.Context, args []string, opts etcdstore.Options, stdout,
 			}
 			if err := p.Check(cfg); err != nil {
 				return err
+			}
+			if *caFile != "" {
+				ca, err := keys.LoadCA(*caFile)
+				if err != nil {
+					return err
+				}
+				if p.Seal, err = membership.SealPeer(ca, p); err != nil {
+					return err
+				}
 			}
 			if err := s.AddPeer(ctx, p); err != nil {
 				return err

@@ -89,6 +89,16 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if s.ConfigNotFollowed != "" {
 		fmt.Fprintf(stdout, "NOT FOLLOWING THE NETWORK CONFIG: %s\n", printable(s.ConfigNotFollowed))
 	}
+	if m := s.Membership; m != nil {
+		cert := "none"
+		if m.Certificate != "" {
+			cert = fmt.Sprintf("%s (until %s)", printable(m.Certificate), printable(m.NotAfter))
+		}
+		fmt.Fprintf(stdout, "membership: %s; this host's certificate: %s; refused: %d\n", printable(m.Mode), cert, m.Refused)
+		if m.Note != "" {
+			fmt.Fprintf(stdout, "membership: %s\n", printable(m.Note))
+		}
+	}
 	if r := s.Relay; r != nil {
 		var pairs []string
 		for _, p := range r.Pairs {

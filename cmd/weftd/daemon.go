@@ -41,7 +41,12 @@ func run(ctx context.Context, o *options, log *slog.Logger, handOver *liveswitch
 	if err := serveHealth(ctx, g, o, obs); err != nil {
 		return err
 	}
-	self, err := learnHost(ctx, store, o, log)
+	members, err := openMembers(o, store, log)
+	if err != nil {
+		return err
+	}
+	obs.members = members
+	self, err := learnHost(ctx, store, members.configStore(store), o, log)
 	if err != nil {
 		return err
 	}
@@ -57,7 +62,7 @@ func run(ctx context.Context, o *options, log *slog.Logger, handOver *liveswitch
 	var keeper *liveswitch.Keeper // made once the loops exist
 	defer func() { leaveDataPath(backend, o, err, *configType.Load() != cfg.Backend.Type, keeper, handOver, log) }()
 
-	req, own, err := claimLease(ctx, store, o, cfg, ownAttrs(cfg, self, backend, plan), self, log)
+	req, own, err := claimLease(ctx, store, o, cfg, ownAttrs(cfg, self, backend, plan), self, members, log)
 	if err != nil {
 		return err
 	}
@@ -70,6 +75,7 @@ func run(ctx context.Context, o *options, log *slog.Logger, handOver *liveswitch
 	holder := lease.NewHolder(store, req, own, o.renewMargin, log)
 	applied := func() { keeper.FirstApplied() }
 	reconciler := newReconciler(o, cfg, plan, watcher, holder, backend, writeEnv, applied, obs, self.ext, log)
+	reconciler.Admit = members.admit()
 	keeper = liveswitch.NewKeeper(liveswitch.KeeperConfig{Config: cfg, Backend: backend, Plan: plan,
 		SubnetFile: o.subnetFile, Reconciler: reconciler, Leases: watcher, Own: holder, Base: req.Attrs, Log: log})
 	obs.setLoops(reconciler, watcher, holder)
@@ -81,7 +87,7 @@ func run(ctx context.Context, o *options, log *slog.Logger, handOver *liveswitch
 		hostKeeper.KeepBlackholes(ctx, g, leaseSubnets(cfg, holder)...)
 	}
 	daemonLoops{store: store, watcher: watcher, holder: holder, reconciler: reconciler, backend: backend, ext: self.ext,
-		attrs: req.Attrs, configType: &configType, keeper: keeper}.start(ctx, g, o, log)
+		attrs: req.Attrs, configType: &configType, keeper: keeper, members: members}.start(ctx, g, o, log)
 	err = g.Wait()
 	daemon.SdNotify(false, daemon.SdNotifyStopping)
 	if errors.Is(err, context.Canceled) {
@@ -107,13 +113,13 @@ type hostFacts struct {
 
 // learnHost picks the external interface, waits for a valid network
 // config, and reads the public addresses and the host ID.
-func learnHost(ctx context.Context, store *etcdstore.Store, o *options, log *slog.Logger) (hostFacts, error) {
+func learnHost(ctx context.Context, store *etcdstore.Store, configs lease.Store, o *options, log *slog.Logger) (hostFacts, error) {
 	var h hostFacts
 	var err error
 	if h.ext, h.publicIP, err = chooseExternal(o, log); err != nil {
 		return h, err
 	}
-	if h.cfg, err = loadConfig(ctx, store, h.ext, o.guard, log); err != nil {
+	if h.cfg, err = loadConfig(ctx, configs, store.Prefix()+"/config", h.ext, o.guard, log); err != nil {
 		return h, err
 	}
 	if pinned, overridden := o.guard.pin(h.cfg); len(overridden) > 0 {

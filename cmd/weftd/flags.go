@@ -13,6 +13,7 @@ import (
 	"github.com/weftnet/weft/keys"
 	"github.com/weftnet/weft/lease"
 	"github.com/weftnet/weft/lease/etcdstore"
+	"github.com/weftnet/weft/lease/membership"
 )
 
 // options are weftd's settings, named as flanneld's flags.
@@ -56,6 +57,10 @@ type options struct {
 	tunnelSourceFilter bool
 	logLevel           string
 	version            bool
+	// membershipCA is the file of trusted membership CA keys;
+	// membershipMode how this host holds others to them.
+	membershipCA   string
+	membershipMode membership.Mode
 }
 
 // stringList is a repeatable flag that also splits on commas.
@@ -133,6 +138,13 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	fs.StringVar(&o.wgImpl, "wireguard-implementation", "",
 		"auto, kernel or userspace: this host's WireGuard, overriding the config's Backend.Implementation (a host whose "+
 			"kernel lacks the module in a kernel-WireGuard cluster)")
+	fs.StringVar(&o.membershipCA, "membership-ca", "",
+		"file of the membership CA's public keys (one per line, from `weftctl ca create`; never read from etcd): "+
+			"this host publishes its certificate and holds others to theirs, as -membership says")
+	memberMode := fs.String("membership", "",
+		"off, warn or enforce (default enforce with -membership-ca, else off): enforce peers only with leases whose "+
+			"certificate a CA in -membership-ca signed, runs only a CA-sealed config and configures only CA-sealed "+
+			"outside peers; warn logs what enforce would refuse and peers anyway (a migration)")
 	fs.BoolVar(&o.cleanupOnExit, "cleanup-on-exit", false,
 		"remove weft's devices and routes on exit (they stay by default)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
@@ -174,8 +186,28 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	case o.iptablesSync < 1:
 		return nil, fmt.Errorf("-iptables-resync %d must be at least 1 second", o.iptablesSync)
 	}
+	var err error
+	if o.membershipMode, err = membershipMode(*memberMode, o.membershipCA); err != nil {
+		return nil, err
+	}
 	o.guard = &configGuard{requireEncryption: o.requireEncryption}
 	return o, nil
+}
+
+// membershipMode is the mode -membership names, enforce when only
+// -membership-ca is given; warn and enforce need the CA file.
+func membershipMode(text, caFile string) (membership.Mode, error) {
+	if text == "" {
+		if caFile == "" {
+			return membership.Off, nil
+		}
+		return membership.Enforce, nil
+	}
+	mode, err := membership.ParseMode(text)
+	if err == nil && mode != membership.Off && caFile == "" {
+		err = fmt.Errorf("-membership %s needs -membership-ca, the file of the CA's public keys", mode)
+	}
+	return mode, err
 }
 
 // acceptGlogFlags defines the glog flags of flanneld's unit files, which

@@ -23,7 +23,7 @@ import (
 // claimLease claims this host's subnet with attrs (the one it held before
 // when still free), retrying until etcd answers, and logs it.
 func claimLease(ctx context.Context, store lease.Store, o *options, cfg *lease.Config, attrs lease.Attrs, self hostFacts,
-	log *slog.Logger) (lease.ClaimRequest, lease.Lease, error) {
+	members *members, log *slog.Logger) (lease.ClaimRequest, lease.Lease, error) {
 	req := lease.ClaimRequest{
 		Config:        cfg,
 		Attrs:         attrs,
@@ -34,6 +34,7 @@ func claimLease(ctx context.Context, store lease.Store, o *options, cfg *lease.C
 		Identity:      self.identity,
 		AdoptUnsigned: self.newIdentity,
 	}
+	members.start(ctx, self, &req, log)
 	own, err := lease.ClaimWithRetry(ctx, store, req, lease.DefaultStartupRetry(), log)
 	if err != nil {
 		return req, own, err

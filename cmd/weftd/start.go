@@ -40,9 +40,9 @@ func openStore(o *options, log *slog.Logger) (*etcdstore.Store, error) {
 
 // loadConfig waits for a network config that is valid (backends'
 // checks) and does not overlap the underlay.
-func loadConfig(ctx context.Context, store *etcdstore.Store, ext underlay.ExternalInterface, guard *configGuard,
+func loadConfig(ctx context.Context, store lease.Store, key string, ext underlay.ExternalInterface, guard *configGuard,
 	log *slog.Logger) (*lease.Config, error) {
-	return lease.WaitForConfig(ctx, store, store.Prefix()+"/config", lease.DefaultStartupRetry(), log,
+	return lease.WaitForConfig(ctx, store, key, lease.DefaultStartupRetry(), log,
 		func(cfg *lease.Config) error {
 			cfg, _ = guard.pin(cfg) // what this host runs is what must validate
 			if err := backends.CheckConfig(cfg); err != nil {
@@ -119,6 +119,8 @@ type daemonLoops struct {
 	// keeper moves the host through a live switch (nothing to do outside
 	// one).
 	keeper *liveswitch.Keeper
+	// members is signed membership (nil: off).
+	members *members
 }
 
 // start starts the loops in g: the outside peers' watch (when the network
@@ -129,6 +131,7 @@ func (l daemonLoops) start(ctx context.Context, g *errgroup.Group, o *options, l
 	cfg := l.reconciler.Config
 	if cfg.PeersNetwork.IsValid() {
 		outside := lease.NewPeerWatcher(l.store, log)
+		outside.Admit = l.members.admitPeer()
 		l.reconciler.Outside = outside
 		g.Go(func() error { return outside.Run(ctx) })
 	}
@@ -138,7 +141,12 @@ func (l daemonLoops) start(ctx context.Context, g *errgroup.Group, o *options, l
 	if l.keeper.Switching() {
 		g.Go(func() error { return l.keeper.Run(ctx) })
 	}
-	g.Go(func() error { return watchBackendType(ctx, l.store, cfg, o.resync, l.configType, o.guard, log) })
+	if l.members != nil {
+		g.Go(func() error { return l.members.run(ctx, l.holder, l.reconciler, log) })
+	}
+	g.Go(func() error {
+		return watchBackendType(ctx, l.members.configStore(l.store), cfg, o.resync, l.configType, o.guard, log)
+	})
 	g.Go(func() error { return followUnderlay(ctx, o, l.ext, cfg.EnableIPv6, log) })
 	if keeper, ok := backends.As[backends.FilterKeeper](l.backend); ok {
 		every := time.Duration(o.iptablesSync) * time.Second

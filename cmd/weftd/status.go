@@ -45,6 +45,8 @@ type observer struct {
 	duration   prometheus.Histogram
 	// guard says what of the network config this host does not follow.
 	guard *configGuard
+	// members is signed membership (nil: off).
+	members *members
 }
 
 func newObserver() *observer {
@@ -139,6 +141,7 @@ func (o *observer) document(peers bool) status.Document {
 		}
 	}
 	s.ConfigNotFollowed = o.guard.Note()
+	s.Membership = o.members.status()
 	if o.holder != nil {
 		s.LeaseConflicts = o.holder.Conflicts()
 	}

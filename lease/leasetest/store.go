@@ -35,6 +35,8 @@ type Store struct {
 	// their changes, for WatchPeers.
 	peers    map[string]peerRecord
 	peersRev int64
+	// membership are the membership records by name (membership.go).
+	membership map[string][]byte
 	// Down, when set, makes every call fail as if the store were unreachable.
 	down bool
 	// QuietWatchWhileDown makes a watch wait silently while the store is

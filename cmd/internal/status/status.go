@@ -45,6 +45,19 @@ type Document struct {
 	// host does not follow, and why (-require-encryption, or a switch
 	// into the extension backend that waits for a restart).
 	ConfigNotFollowed string `json:"config_not_followed,omitempty"`
+	// Membership is signed membership, when on (-membership-ca).
+	Membership *Membership `json:"membership,omitempty"`
+}
+
+// Membership is this host's signed membership: its mode, its own
+// certificate (or why it has none in force), and how many leases, peers
+// and configs were refused (enforce) or warned about (warn).
+type Membership struct {
+	Mode        string `json:"mode"`
+	Certificate string `json:"certificate,omitempty"`
+	NotAfter    string `json:"not_after,omitempty"`
+	Note        string `json:"note,omitempty"`
+	Refused     uint64 `json:"refused"`
 }
 
 // Relay is this host's forwarder for pairs of hosts behind NAT: the
