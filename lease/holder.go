@@ -27,6 +27,10 @@ type Holder struct {
 	changed     chan struct{}
 	// conflicts counts leases taken back from another writer.
 	conflicts atomic.Uint64
+	// takeBacks are when the last take-backs were (contestWindow),
+	// guarded by mu: a foreign write that recurs is taken back less and
+	// less often (contestWait) instead of in a write war with etcd.
+	takeBacks []time.Time
 
 	mu      sync.Mutex
 	current Lease
@@ -166,6 +170,8 @@ func (h *Holder) Run(ctx context.Context) error {
 	backoff := NewBackoff(time.Second, 30*time.Second)
 	next := h.renewAfter()
 	failed := 0 // attempts failed in a row: an outage is said once
+	putOff := false // a take-back was put off: the timer is for it, not a renewal
+	var saidContested time.Time
 	for {
 		timer := time.NewTimer(next)
 		renew := false
@@ -174,7 +180,7 @@ func (h *Holder) Run(ctx context.Context) error {
 			timer.Stop()
 			return ctx.Err()
 		case <-timer.C:
-			renew = true
+			renew = !putOff
 		case <-h.check:
 			timer.Stop()
 		}
@@ -184,6 +190,7 @@ func (h *Holder) Run(ctx context.Context) error {
 		actx, cancel := context.WithTimeout(ctx, h.attemptTimeout())
 		err := h.refresh(actx, renew)
 		cancel()
+		putOff = errors.Is(err, ErrContested)
 		if err == nil {
 			if failed > 0 {
 				h.log.Info("lease renewed again", "subnet", h.Current().Subnet, "failed_attempts", failed)
@@ -198,6 +205,16 @@ func (h *Holder) Run(ctx context.Context) error {
 		}
 		if errors.Is(err, ErrDuplicateHostID) {
 			return err
+		}
+		if errors.Is(err, ErrContested) {
+			// Put off, not failed: come back when the wait is over.
+			next = max(h.contestWait(time.Now()), 100*time.Millisecond)
+			if time.Since(saidContested) > contestWindow {
+				saidContested = time.Now()
+				h.log.Warn("another writer keeps overwriting this host's lease; taking it back less often (check who can write etcd)",
+					"subnet", h.Current().Subnet, "err", err)
+			}
+			continue
 		}
 		// Several tries fit in a short TTL: each may land on another
 		// etcd member, and one live member is enough.
@@ -305,6 +322,10 @@ func (h *Holder) takeBack(ctx context.Context, cur Lease, req ClaimRequest) (boo
 		// counted as any overwrite.
 		return false, nil
 	}
+	if wait := h.contestWait(time.Now()); wait > 0 {
+		return false, fmt.Errorf("%w: taken back %d times in %s; the next in %s", ErrContested, len(h.takeBackTimes()), contestWindow, wait.Round(time.Second))
+	}
+	h.noteTakeBack(time.Now())
 	h.conflicts.Add(1)
 	h.log.Error("this host's lease was overwritten by another writer; taking it back (check who can write etcd)",
 		"key", r.Key, "their_public_ip", foreign.Attrs.PublicIP, "their_backend_data", string(foreign.Attrs.BackendData))
@@ -317,6 +338,55 @@ func (h *Holder) takeBack(ctx context.Context, cur Lease, req ClaimRequest) (boo
 	h.adopt(l)
 	return true, nil
 }
+
+// ErrContested is a take-back put off: another writer overwrote this
+// host's lease again soon after the last take-backs.
+var ErrContested = errors.New("this host's lease keeps being overwritten by another writer")
+
+// contestWindow is how far back take-backs count; contestFree is how
+// many in it are taken back at once; each one more doubles the wait
+// before the next, from a second up to contestMaxWait.
+const (
+	contestWindow  = time.Minute
+	contestFree    = 3
+	contestMaxWait = 30 * time.Second
+)
+
+// contestWait is how long the next take-back waits at now: none while
+// fewer than contestFree were made in contestWindow.
+func (h *Holder) contestWait(now time.Time) time.Duration {
+	recent := h.takeBackTimes()
+	n := 0
+	for _, t := range recent {
+		if now.Sub(t) < contestWindow {
+			n++
+		}
+	}
+	if n < contestFree {
+		return 0
+	}
+	wait := min(time.Second<<min(n-contestFree, 5), contestMaxWait)
+	return max(recent[len(recent)-1].Add(wait).Sub(now), 0)
+}
+
+// takeBackTimes are the recent take-backs, oldest first.
+func (h *Holder) takeBackTimes() []time.Time {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Clone(h.takeBacks)
+}
+
+// noteTakeBack records a take-back at now, forgetting those out of the
+// window.
+func (h *Holder) noteTakeBack(now time.Time) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.takeBacks = slices.DeleteFunc(append(h.takeBacks, now), func(t time.Time) bool { return now.Sub(t) >= contestWindow })
+}
+
+// Contested reports whether a take-back of this host's lease is being
+// put off now (status: a writer keeps overwriting it).
+func (h *Holder) Contested() bool { return h.contestWait(time.Now()) > 0 }
 
 // ErrDuplicateHostID ends the holder of one of two live hosts that share a
 // host ID (a copied disk or image): they would rewrite one lease in turn.

@@ -445,6 +445,54 @@ func TestHolderTakesBackAnOverwrittenLease(t *testing.T) {
 	})
 }
 
+// TestHolderBacksOffARecurringOverwrite: a writer that overwrites this
+// host's lease again as soon as it is taken back gets the first three
+// take-backs at once, then each after a longer wait; the holder keeps
+// running and its subnet, says so once per wait, and reports the lease
+// contested meanwhile.
+func TestHolderBacksOffARecurringOverwrite(t *testing.T) {
+	stores(t, func(t *testing.T, s lease.Store) {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		cfg := mustConfig(t, `{"Network":"10.5.0.0/16"}`)
+		req := lease.ClaimRequest{Config: cfg, Attrs: hostAttrs(1), TTL: time.Hour}
+		l, err := lease.Claim(ctx, s, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var logs syncBuffer
+		h := lease.NewHolder(s, req, l, time.Minute, testLogger(&logs))
+		done := make(chan error, 1)
+		go func() { done <- h.Run(ctx) }()
+		overwrite := func() {
+			t.Helper()
+			rec, _, _ := s.Get(ctx, l.Key())
+			if _, err := s.Replace(ctx, rec, hostAttrs(66).Encode(), time.Hour); err != nil {
+				t.Fatal(err)
+			}
+			h.Verify()
+		}
+		for i := 1; i <= 3; i++ {
+			overwrite()
+			waitFor(t, "an immediate take-back", func() bool { return h.Conflicts() == uint64(i) })
+		}
+		overwrite()
+		waitFor(t, "the fourth take-back put off", func() bool { return h.Contested() })
+		if h.Conflicts() != 3 {
+			t.Errorf("the fourth overwrite was taken back at once (%d conflicts)", h.Conflicts())
+		}
+		waitFor(t, "the fourth taken back after its wait", func() bool { return h.Conflicts() == 4 })
+		if h.Current().Subnet != l.Subnet || !strings.Contains(logs.String(), "taking it back less often") {
+			t.Errorf("subnet %s (had %s); log:\n%s", h.Current().Subnet, l.Subnet, logs.String())
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("the holder ended: %v", err)
+		default:
+		}
+	})
+}
+
 // TestGetAt: a key as it was at a revision, in etcd and in the fake alike.
 func TestGetAt(t *testing.T) {
 	stores(t, func(t *testing.T, s lease.Store) {

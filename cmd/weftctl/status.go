@@ -86,6 +86,9 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		fmt.Fprintf(stdout, "this host's lease was overwritten by another writer %d times (taken back each time): check who can "+
 			"write etcd\n", s.LeaseConflicts)
 	}
+	if s.LeaseContested {
+		fmt.Fprintln(stdout, "this host's lease keeps being overwritten: the next take-back waits (up to 30 s); until then other hosts may follow the other writer's lease")
+	}
 	if s.ConfigNotFollowed != "" {
 		fmt.Fprintf(stdout, "NOT FOLLOWING THE NETWORK CONFIG: %s\n", printable(s.ConfigNotFollowed))
 	}

@@ -143,7 +143,7 @@ func (o *observer) document(peers bool) status.Document {
 	s.ConfigNotFollowed = o.guard.Note()
 	s.Membership = o.members.status()
 	if o.holder != nil {
-		s.LeaseConflicts = o.holder.Conflicts()
+		s.LeaseConflicts, s.LeaseContested = o.holder.Conflicts(), o.holder.Contested()
 	}
 	if rr, ok := backends.As[backends.RelayReporter](o.backend); ok {
 		if r := rr.Relaying(); len(r.Pairs) > 0 || r.Counters != (relay.Counters{}) {

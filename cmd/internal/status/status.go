@@ -41,6 +41,9 @@ type Document struct {
 	// LeaseConflicts counts the times another writer overwrote this
 	// host's lease (taken back each time).
 	LeaseConflicts uint64 `json:"lease_conflicts,omitempty"`
+	// LeaseContested says the last overwrites came so often that the
+	// next take-back waits (they recur: someone keeps writing).
+	LeaseContested bool `json:"lease_contested,omitempty"`
 	// ConfigNotFollowed says what of the network config in etcd this
 	// host does not follow, and why (-require-encryption, or a switch
 	// into the extension backend that waits for a restart).
