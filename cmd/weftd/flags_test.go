@@ -35,6 +35,9 @@ func TestParseFlags(t *testing.T) {
 }
 
 func TestParseFlagsErrors(t *testing.T) {
+	if o, err := parseFlags([]string{"-membership-ca", "ca.pub"}, env(nil), io.Discard); err != nil || o.membershipMode.String() != "enforce" {
+		t.Errorf("-membership-ca alone: %v, %v; want enforce mode", o.membershipMode, err)
+	}
 	tests := []struct {
 		args []string
 		env  map[string]string
@@ -45,6 +48,8 @@ func TestParseFlagsErrors(t *testing.T) {
 		{[]string{"-healthz-port", "70000"}, nil, "-healthz-port 70000 is not a port"},
 		{nil, map[string]string{"WEFTD_IP_MASQ": "sometimes"}, `environment WEFTD_IP_MASQ="sometimes"`},
 		{[]string{"stray"}, nil, `unexpected argument "stray"`},
+		{[]string{"-membership", "enforce"}, nil, "-membership enforce needs -membership-ca"},
+		{[]string{"-membership", "strict", "-membership-ca", "ca.pub"}, nil, `-membership "strict": use off, warn or enforce`},
 	}
 	for _, tt := range tests {
 		_, err := parseFlags(tt.args, env(tt.env), io.Discard)

@@ -28,6 +28,10 @@ import (
 // list: an enrolment or a revocation takes effect within it.
 const memberEvery = 5 * time.Second
 
+// renewCertBefore is how long before its certificate expires a host says
+// it needs a new one (daily, in its log).
+const renewCertBefore = 30 * 24 * time.Hour
+
 // memberStateFile is where the policy keeps the serials it took, beside
 // the key file; memberCertFile is this host's certificate as last taken,
 // so one deleted from etcd is still published (a deletion is a denial
@@ -124,6 +128,7 @@ func (m *members) start(ctx context.Context, self hostFacts, req *lease.ClaimReq
 func (m *members) run(ctx context.Context, holder *lease.Holder, reconciler *mesh.Reconciler, log *slog.Logger) error {
 	tick := time.NewTicker(memberEvery)
 	defer tick.Stop()
+	var saidExpiry time.Time
 	for {
 		if m.readRevocations(ctx, log) {
 			reconciler.Pause(func() {})
@@ -137,6 +142,11 @@ func (m *members) run(ctx context.Context, holder *lease.Holder, reconciler *mes
 		}
 		if holder.SetCert(c) && c != nil {
 			log.Info("publishing this host's membership certificate", "serial", c.Serial, "not_after", c.NotAfter.UTC())
+		}
+		if c != nil && time.Until(c.NotAfter) < renewCertBefore && time.Since(saidExpiry) > 24*time.Hour {
+			saidExpiry = time.Now()
+			log.Warn("this host's membership certificate expires soon: run `weftctl member request` here and sign it with the CA",
+				"serial", c.Serial, "not_after", c.NotAfter.UTC())
 		}
 		select {
 		case <-ctx.Done():
