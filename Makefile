@@ -11,7 +11,7 @@ LAB_ARGS  ?=
 # backends' tests against the real kernel carry the build tag netns.
 PURE_PKGS := ./lease/... ./mesh/... ./keys/... ./cmd/... ./backends/...
 
-.PHONY: all build test test-pure test-root vmtest lab lint bench profile soak fuzz deps clean
+.PHONY: all build test test-pure test-root vmtest lab lint bench profile soak fuzz deps clean install-cni
 
 all: build
 
@@ -21,7 +21,7 @@ all: build
 # dockerds, one per lab host).
 deps:
 	@missing=""; \
-	for c in ip:iproute2 iptables:iptables nft:nftables ping:iputils-ping iperf3:iperf3 tcpdump:tcpdump wg:wireguard-tools docker-compose:docker-compose /usr/sbin/dockerd:docker.io qemu-system-x86_64:qemu-system-x86 /usr/sbin/depmod:kmod; do \
+	for c in ip:iproute2 iptables:iptables nft:nftables ping:iputils-ping iperf3:iperf3 tcpdump:tcpdump wg:wireguard-tools docker-compose:docker-compose /usr/sbin/dockerd:docker.io qemu-system-x86_64:qemu-system-x86 /usr/sbin/depmod:kmod /usr/lib/cni/bridge:containernetworking-plugins podman:podman; do \
 		command -v $${c%%:*} >/dev/null 2>&1 || missing="$$missing $${c#*:}"; \
 	done; \
 	dpkg -s busybox-static >/dev/null 2>&1 || missing="$$missing busybox-static"; \
@@ -40,6 +40,7 @@ deps:
 build:
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/weftd ./cmd/weftd
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/weftctl ./cmd/weftctl
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/weft ./cmd/weft-cni
 	$(GO) build -o $(BIN)/weftlab ./lab/cmd/weftlab
 	$(GO) build -o $(BIN)/weftbench ./lab/cmd/weftbench
 
@@ -49,7 +50,7 @@ test-pure:
 	$(GO) test -race -count=1 $(PURE_PKGS)
 
 test-root:
-	$(GO) test -count=1 -timeout 15m -tags netns -run InNetns ./backends/... ./cmd/internal/firewall/... ./cmd/weftd/
+	$(GO) test -count=1 -timeout 15m -tags netns -run InNetns ./backends/... ./cmd/internal/firewall/... ./cmd/weftd/ ./cmd/weft-cni/
 	$(GO) test -count=1 -timeout 25m ./deploy/... ./lab/...
 
 # vmtest: the VM tier. Debian's stock kernel (fetched with apt into
@@ -74,7 +75,7 @@ lab: deps build
 lint:
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt: files above need formatting"; exit 1; }
 	$(GO) vet ./...
-	$(GO) vet -tags netns ./backends/... ./cmd/internal/firewall/... ./cmd/weftd/
+	$(GO) vet -tags netns ./backends/... ./cmd/internal/firewall/... ./cmd/weftd/ ./cmd/weft-cni/
 	$(GO) run $(STATICCHECK) ./...
 
 # bench: data paths next to their bare limits, the control plane, the
@@ -117,6 +118,18 @@ soak: deps fuzz
 	{ echo "# weft reliability"; echo; \
 	  echo "Written by \`make soak\` on $$(date -u '+%F %H:%M UTC'): the fault suite's long form in the network-namespace lab."; echo; \
 	  grep -o 'RELIABILITY: .*' $(BIN)/soak.log | sed 's/^RELIABILITY: /- /'; } > RELIABILITY.md
+
+# install-cni puts weft's CNI plugin in /opt/cni/bin (never in the
+# package-owned /usr/lib/cni) as weft, and as flannel unless a flannel
+# plugin that is not weft's is there, and the example conflist in
+# /etc/cni/net.d unless one named weft is there.
+install-cni: build
+	install -D -m 0755 $(BIN)/weft /opt/cni/bin/weft
+	@if [ -e /opt/cni/bin/flannel ] && [ "$$(readlink /opt/cni/bin/flannel)" != weft ]; then \
+		echo "/opt/cni/bin/flannel is not weft's: left alone (conflists of type flannel run it)"; \
+	else ln -sfn weft /opt/cni/bin/flannel; fi
+	@if [ -e /etc/cni/net.d/weft.conflist ]; then echo "/etc/cni/net.d/weft.conflist exists: left alone"; \
+	else install -D -m 0644 deploy/cni/weft.conflist /etc/cni/net.d/weft.conflist; fi
 
 clean:
 	rm -rf $(BIN)
