@@ -132,6 +132,7 @@ type Lab struct {
 	store    *etcdstore.Store
 	nsMade   []string
 	dockerds []*Dockerd
+	podmans  []*Podman
 }
 
 // New builds the namespaces and starts etcd; Start then starts weftd.
@@ -369,6 +370,9 @@ func (l *Lab) Store() *etcdstore.Store { return l.store }
 func (l *Lab) Close() {
 	for _, d := range l.dockerds {
 		d.remove()
+	}
+	for _, p := range l.podmans {
+		p.remove()
 	}
 	for _, h := range l.Hosts {
 		l.StopWeftd(h, syscall.SIGKILL)

@@ -18,7 +18,7 @@ import (
 // weftdBin and weftctlBin are built once for all cluster tests, and
 // wireguardGoBin, the wireguard-go of the version weft embeds, for the
 // peers the tests run by hand.
-var weftdBin, weftctlBin, wireguardGoBin string
+var weftdBin, weftctlBin, wireguardGoBin, weftCNIBin string
 
 func TestMain(m *testing.M) {
 	if RunRole() {
@@ -52,7 +52,9 @@ func runLabTests(m *testing.M) int {
 		defer os.RemoveAll(dir)
 	}
 	weftdBin, weftctlBin, wireguardGoBin = filepath.Join(dir, "weftd"), filepath.Join(dir, "weftctl"), filepath.Join(dir, "wireguard-go")
-	for bin, pkg := range map[string]string{weftdBin: "./cmd/weftd", weftctlBin: "./cmd/weftctl", wireguardGoBin: "golang.zx2c4.com/wireguard"} {
+	weftCNIBin = filepath.Join(dir, "weft-cni")
+	for bin, pkg := range map[string]string{weftdBin: "./cmd/weftd", weftctlBin: "./cmd/weftctl", wireguardGoBin: "golang.zx2c4.com/wireguard",
+		weftCNIBin: "./cmd/weft-cni"} {
 		if os.Getenv(PrebuiltEnv) != "" {
 			if _, err := os.Stat(bin); err != nil {
 				fmt.Printf("%s=%s lacks %s: %v\n", PrebuiltEnv, dir, filepath.Base(bin), err)

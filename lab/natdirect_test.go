@@ -81,10 +81,11 @@ func TestNATToNATDirect(t *testing.T) {
 	if raw, decoded, _ := relayed.Stop(); len(raw) > 24+16 && strings.TrimSpace(decoded) != "" {
 		t.Errorf("host 1 forwards traffic between hosts 2 and 3:\n%s", decoded)
 	}
-	// The path stays put: two minutes without a change of path, a lease
-	// rewrite or a lost ping (the lab tier only: the VM tier's relay test
-	// covers kernel WireGuard's direct path).
-	hold := 2 * time.Minute
+	// The path stays put: 50 s without a change of path, a lease rewrite
+	// or a lost ping (the lab tier only: the VM tier's relay test covers
+	// kernel WireGuard's direct path). The flapping this guards against
+	// changed paths every 10–20 s; 2 minutes held (issue 41) showed none.
+	hold := 50 * time.Second
 	steady := holdSteady(t, l, h2, h3, hold)
 	reliability(t, "NAT to NAT direct held %s: %d path changes %v, %d lease rewrites, %d of %d pings lost",
 		hold, steady.pathChanges, steady.paths, steady.rewrites, steady.lost, steady.sent)

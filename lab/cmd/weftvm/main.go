@@ -93,6 +93,7 @@ func run(ctx context.Context, cache, repo, busybox, accel string, cpus int, memo
 		{"build", "-o", filepath.Join(bin, "weftd"), "./cmd/weftd"},
 		{"build", "-o", filepath.Join(bin, "weftctl"), "./cmd/weftctl"},
 		{"build", "-o", filepath.Join(bin, "wireguard-go"), "golang.zx2c4.com/wireguard"},
+		{"build", "-o", filepath.Join(bin, "weft-cni"), "./cmd/weft-cni"},
 	} {
 		cmd := exec.CommandContext(ctx, "go", b...)
 		cmd.Dir = repo
