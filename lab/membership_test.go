@@ -140,12 +140,15 @@ func TestMembershipEnforced(t *testing.T) {
 			t.Errorf("member sign printed %q", out)
 		}
 	}
-	membersReach("enrolled hosts reach each other", 30*time.Second)
 	for _, h := range members {
-		if m := membershipOf(t, h); m.Mode != "enforce" || m.Certificate == "" {
-			t.Errorf("%s's membership status: %+v, want enforce with a certificate", h.Name, m)
-		}
+		eventually(t, h.Name+" publishes its certificate", 15*time.Second, func() error {
+			if m := membershipOf(t, h); m.Mode != "enforce" || m.Certificate == "" {
+				return fmt.Errorf("membership status %+v, want enforce with a certificate", m)
+			}
+			return nil
+		})
 	}
+	membersReach("enrolled hosts reach each other", 30*time.Second)
 
 	// Host 4 is no member: skipped by every member, reached by none.
 	key4 := lease.SubnetKey(h4.Subnet)

@@ -230,7 +230,8 @@ func classify(self lease.Lease, l lease.Lease, cfg *lease.Config, pref Preferenc
 		// On dual stack too: this host's IPv6 traffic to that subnet
 		// would be sent to itself.
 		reason = fmt.Sprintf("PublicIPv6 %s is this host's own", peer.PublicIPv6())
-	case admit != nil:
+	}
+	if reason == "" && admit != nil {
 		reason = admit(&l)
 	}
 	return peer, reason, false

@@ -349,3 +349,43 @@ func TestSharedPublicIPOnWireGuard(t *testing.T) {
 		}
 	}
 }
+
+// TestAdmit: a lease Admit refuses is skipped with its reason, on every
+// backend (wireguard's leases too, which are told apart by key), in a
+// whole computation and in a delta; the others stay peers.
+func TestAdmit(t *testing.T) {
+	for _, backend := range []string{"host-gw", "vxlan", "wireguard"} {
+		cfg, err := lease.ParseConfig([]byte(`{"Network":"10.5.0.0/16","Backend":{"Type":"` + backend + `"}}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		self := mkLease("10.5.1.0/24", "192.168.50.1", 1)
+		member, stranger := mkLease("10.5.2.0/24", "192.168.50.2", 2), mkLease("10.5.3.0/24", "192.168.50.3", 3)
+		for _, l := range []*lease.Lease{&self, &member, &stranger} {
+			l.Attrs.BackendType = backend
+			if backend == "vxlan" {
+				l.Attrs.BackendData = []byte(`{"VNI":1,"VtepMAC":"02:00:00:00:00:01"}`)
+			}
+			if backend == "wireguard" {
+				l.Attrs.BackendData = []byte(`{"PublicKey":"` + strings.Repeat("A", 43) + `=","Port":51820}`)
+			}
+		}
+		admit := func(l *lease.Lease) string {
+			if l.Subnet == stranger.Subnet {
+				return "no certified member: test"
+			}
+			return ""
+		}
+		d := ComputeShared(self, []*lease.Lease{&member, &stranger}, cfg, Preference{}, admit)
+		if got, want := render(d), "peer 10.5.2.0/24 via 192.168.50.2\nskip 10.5.3.0-24: no certified member: test\n"; got != want {
+			t.Errorf("%s, whole:\n got %s\nwant %s", backend, got, want)
+		}
+		// A delta from a state that admitted both (the revocation came
+		// with the lease's change).
+		m := newModel(ComputeShared(self, []*lease.Lease{&member, &stranger}, cfg, Preference{}, nil))
+		_, skips := m.diff([]string{stranger.Key()}, func(string) (lease.Lease, bool) { return stranger, true }, cfg, Preference{}, admit)
+		if len(skips) != 1 || skips[0].Reason != "no certified member: test" {
+			t.Errorf("%s, delta: skips %v, want the refused lease skipped with its reason", backend, skips)
+		}
+	}
+}
