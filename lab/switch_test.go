@@ -85,7 +85,7 @@ func waitSwitched(t *testing.T, l *Lab, backend string) {
 	want := lease.BackendConfig{Type: backend, Untyped: kind.Untyped}.LeaseType()
 	eventually(t, "every lease is "+backend+"'s alone", 40*time.Second, func() error {
 		for _, h := range l.Hosts {
-			rec, ok, err := l.Store().Get(context.Background(), lease.SubnetKey(h.Subnet))
+			rec, ok, err := l.Store().Get(context.Background(), lease.DualSubnetKey(h.Subnet, h.IPv6Subnet))
 			if err != nil || !ok {
 				return fmt.Errorf("%s's lease: %v", h.Name, err)
 			}
