@@ -169,7 +169,7 @@ func (h *Holder) renewAfter() time.Duration {
 func (h *Holder) Run(ctx context.Context) error {
 	backoff := NewBackoff(time.Second, 30*time.Second)
 	next := h.renewAfter()
-	failed := 0 // attempts failed in a row: an outage is said once
+	failed := 0     // attempts failed in a row: an outage is said once
 	putOff := false // a take-back was put off: the timer is for it, not a renewal
 	var saidContested time.Time
 	for {
