@@ -186,3 +186,10 @@ func LoadIdentity(path string) (Identity, error) {
 	}
 	return id, nil
 }
+
+// IdentityFromSeed is the identity of a 32-byte Ed25519 seed, kept
+// nowhere: for simulated hosts (weftbench signs a lease per simulated
+// host with one).
+func IdentityFromSeed(seed [ed25519.SeedSize]byte) Identity {
+	return Identity{private: ed25519.NewKeyFromSeed(seed[:])}
+}

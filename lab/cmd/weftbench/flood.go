@@ -94,7 +94,7 @@ func measureFlood(weftd string, n int, d time.Duration) (floodResult, error) {
 	defer l.Close()
 	h1, h2 := l.Hosts[0], l.Hosts[1]
 	l.StopWeftd(h1, syscall.SIGTERM)
-	if _, err := writeFakeLeases(l, backends.WireGuard, n); err != nil {
+	if _, err := writeFakeLeases(l, backends.WireGuard, n, false); err != nil {
 		return res, err
 	}
 	if err := l.StartWeftd(h1); err != nil {

@@ -48,7 +48,7 @@ func main() {
 	backends := flag.String("backends", "host-gw,vxlan,wireguard,wireguard-on-demand,udp", "data paths to measure, comma-separated (empty: keep the report's; wireguard-on-demand: the same with on-demand peers on); the report's data-path part and chart are replaced whole, so a subset drops the others' sections")
 	control := flag.String("control", "host-gw,vxlan,wireguard,udp", "backends whose control plane to time (empty: keep the report's)")
 	scale := flag.String("scale", "1000,10000,50000", "simulated cluster sizes, comma-separated (empty: keep the report's)")
-	scaleBackends := flag.String("scale-backends", "vxlan,wireguard,wireguard-on-demand", "backends for the scale run (wireguard: every peer configured; wireguard-on-demand: peers configured when traffic needs them)")
+	scaleBackends := flag.String("scale-backends", "vxlan,vxlan-signed,wireguard,wireguard-on-demand", "backends for the scale run (vxlan-signed: every lease signed by a host identity of its own; wireguard: every peer configured; wireguard-on-demand: peers configured when traffic needs them)")
 	join := flag.Int("join", 200, "hosts joining at once against one etcd (0: keep the report's)")
 	flood := flag.Duration("flood", time.Minute, "how long to flood a host of 10,000 on-demand wireguard peers with datagrams forged from its leases' endpoints (0: keep the report's)")
 	profile := flag.String("profile", "", "directory for weftd's CPU and heap profiles during the scale run (empty: none)")

@@ -16,6 +16,7 @@ import (
 	"github.com/weftnet/weft/backends"
 	"github.com/weftnet/weft/keys"
 	"github.com/weftnet/weft/lab"
+	"github.com/weftnet/weft/lease"
 )
 
 // scaleResult is one backend at one cluster size.
@@ -73,6 +74,27 @@ func fakeLeaseKey(i int) keys.Key {
 	return k
 }
 
+// vxlanSigned names the scale rows of vxlan whose simulated leases are
+// each signed by a host identity of their own, as weft hosts write them:
+// against the plain vxlan rows (unsigned, as flannel writes them), what
+// verifying every lease costs a host (each is verified once, where the
+// watch decodes it; a resync verifies nothing again).
+const vxlanSigned = "vxlan-signed"
+
+// signLease signs simulated lease value under key as a weft host with
+// its own identity and host ID (derived from i) writes it.
+func signLease(i int, key string, value []byte) ([]byte, error) {
+	var attrs lease.Attrs
+	if err := json.Unmarshal(value, &attrs); err != nil {
+		return nil, err
+	}
+	seed := sha256.Sum256([]byte(fmt.Sprintf("weftbench simulated identity %d", i)))
+	id := keys.IdentityFromSeed(seed)
+	copy(attrs.HostID[:], seed[:16])
+	attrs.Identity, attrs.SignedAt = id.Public(), time.Now().Truncate(lease.SignEvery).Unix()
+	return lease.Sign(id, key, attrs.Encode()), nil
+}
+
 // wireguardOnDemand names the scale rows of userspace WireGuard with
 // on-demand peers; plain "wireguard" rows configure every peer
 // (OnDemandPeers off), as before the mode existed.
@@ -85,6 +107,8 @@ func scaleBackendConfig(row string) (backend, config string) {
 		return row, `{"Type":"wireguard","OnDemandPeers":"off"}`
 	case wireguardOnDemand:
 		return backends.WireGuard, `{"Type":"wireguard","OnDemandPeers":"on"}`
+	case vxlanSigned:
+		return backends.VXLAN, `{"Type":"vxlan"}`
 	}
 	return row, fmt.Sprintf(`{"Type":%q}`, row)
 }
@@ -194,7 +218,7 @@ func measureScale(row, weftd string, n int, profileDir string) (scaleResult, err
 	for _, h := range l.Hosts {
 		l.StopWeftd(h, syscall.SIGTERM)
 	}
-	if res.writeLeases, err = writeFakeLeases(l, backend, n); err != nil {
+	if res.writeLeases, err = writeFakeLeases(l, backend, n, row == vxlanSigned); err != nil {
 		return res, err
 	}
 	want := n + 1 // the fake peers and h2
@@ -237,6 +261,11 @@ func measureScale(row, weftd string, n int, profileDir string) (scaleResult, err
 	var add, remove, addApply, removeApply []time.Duration
 	for i := range changeRuns {
 		key, value := fakeLease(backend, n+i)
+		if row == vxlanSigned {
+			if value, err = signLease(n+i, key, value); err != nil {
+				return res, err
+			}
+		}
 		for _, step := range []struct {
 			write   func() error
 			latency *[]time.Duration
@@ -285,9 +314,10 @@ func measureScale(row, weftd string, n int, profileDir string) (scaleResult, err
 	return res, nil
 }
 
-// writeFakeLeases writes n simulated leases of backend into the lab's
-// etcd, 16 writers at once, and says how long etcd took.
-func writeFakeLeases(l *lab.Lab, backend string, n int) (time.Duration, error) {
+// writeFakeLeases writes n simulated leases of backend (each signed by an
+// identity of its own when signed is set) into the lab's etcd, 16 writers
+// at once, and says how long etcd took.
+func writeFakeLeases(l *lab.Lab, backend string, n int, signed bool) (time.Duration, error) {
 	start := time.Now()
 	var wg sync.WaitGroup
 	errs := make(chan error, 16)
@@ -295,6 +325,13 @@ func writeFakeLeases(l *lab.Lab, backend string, n int) (time.Duration, error) {
 		wg.Go(func() {
 			for i := w; i < n; i += 16 {
 				key, value := fakeLease(backend, i)
+				if signed {
+					var err error
+					if value, err = signLease(i, key, value); err != nil {
+						errs <- err
+						return
+					}
+				}
 				if _, err := l.Store().Create(context.Background(), key, value, time.Hour); err != nil {
 					errs <- err
 					return
@@ -316,7 +353,8 @@ func renderScale(results []scaleResult) string {
 
 A real etcd holds N simulated leases (valid keys, addresses, VTEP MACs or WireGuard keys); weftd on
 one lab host is started cold and programs every peer into the kernel (vxlan: route, neighbour, FDB
-entry each; wireguard: userspace wireguard-go device in weftd, one peer each, OnDemandPeers off;
+entry each; vxlan-signed: the same with every lease signed by a host identity of its own, as weft
+hosts write them, against vxlan's unsigned leases as flannel writes them; wireguard: userspace wireguard-go device in weftd, one peer each, OnDemandPeers off;
 wireguard-on-demand: the same with OnDemandPeers on, where weftd holds every peer in its table and
 the device only those traffic needs, none here, so "in the kernel" means in weftd's /status). "Start → READY" runs
 from starting weftd to its READY, which it sends after the first apply of every peer (then checked
