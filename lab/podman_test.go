@@ -102,7 +102,8 @@ func (c *podmanContainer) mtu(t *testing.T) string {
 //     `podman run --ip` gets that address again.
 //   - A live switch to wireguard with the containers running: pings
 //     between them keep flowing, and a new container gets wireguard's MTU
-//     from the subnet file while the old ones keep working.
+//     from the subnet file while the old ones keep working (2 MiB over TCP
+//     from one still at vxlan's MTU).
 func TestPodmanCNI(t *testing.T) {
 	if _, err := exec.LookPath("podman"); err != nil {
 		t.Fatalf("podman: %v (make deps installs it)", err)
@@ -248,6 +249,26 @@ func TestPodmanCNI(t *testing.T) {
 	fresh := runContainer(t, pods[0], "fresh")
 	if got := fresh.mtu(t); got != fmt.Sprint(env.MTU) || got == oldMTU {
 		t.Errorf("a container started after the switch has MTU %s; the subnet file says %d, the old containers have %s", got, env.MTU, oldMTU)
+	}
+	// An old container (its eth0 still at vxlan's MTU) sends full-size
+	// TCP segments over wireguard's smaller path: weftd's MSS clamp
+	// covers the CNI bridge.
+	received := make(chan string, 1)
+	go func() {
+		out, _ := cs[2].in("sh", "-c", "/bin/busybox nc -l -p 9000 | /bin/busybox wc -c")
+		received <- strings.TrimSpace(out)
+	}()
+	eventually(t, "2 MiB over TCP from an old container", 10*time.Second, func() error {
+		_, err := cs[0].in("sh", "-c", "/bin/busybox dd if=/dev/zero bs=1024 count=2048 2>/dev/null | /bin/busybox nc -w 3 "+cs[2].ip.String()+" 9000")
+		return err
+	})
+	select {
+	case got := <-received:
+		if got != "2097152" {
+			t.Errorf("an old container's TCP stream after the switch: %s bytes arrived, want 2097152", got)
+		}
+	case <-time.After(15 * time.Second):
+		t.Error("an old container's TCP stream after the switch did not finish")
 	}
 	for _, b := range cs[1:] {
 		if err := fresh.ping(b.ip); err != nil {
