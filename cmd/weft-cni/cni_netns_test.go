@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/invoke"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/weftnet/weft/backends/netkernel/netkerneltest"
@@ -146,6 +147,32 @@ func TestCNIInNetns(t *testing.T) {
 	}
 	if err := b.cni.DelNetworkList(ctx, b.list("flannel"), frt); err != nil {
 		t.Errorf("DEL type flannel: %v", err)
+	}
+
+	// A container flannel's own plugin added (its bridge and host-local
+	// called directly, its delegate configuration kept as flannel's plugin
+	// keeps it): DEL under type flannel undoes it from that file.
+	byFlannel, _ := b.container()
+	flannelConf := fmt.Sprintf(`{"bridge":%q,"cniVersion":"1.0.0","hairpinMode":true,"ipMasq":false,"ipam":{"dataDir":%q,`+
+		`"ranges":[[{"subnet":"10.5.7.0/24"}]],"routes":[{"dst":"10.5.0.0/16"}],"type":"host-local"},"isDefaultGateway":true,`+
+		`"isGateway":true,"mtu":1400,"name":"wt-flannel","type":"bridge"}`, b.bridge, b.hostLocal)
+	res, err := invoke.ExecPluginWithResult(ctx, filepath.Join(debianPlugins, "bridge"), []byte(flannelConf),
+		&invoke.Args{Command: "ADD", ContainerID: byFlannel.ContainerID, NetNS: byFlannel.NetNS, IfName: "eth0", Path: debianPlugins}, nil)
+	if err != nil {
+		t.Fatalf("flannel's delegate ADD: %v", err)
+	}
+	flannelAddr, _ := types100.NewResultFromResult(res)
+	if err := os.MkdirAll(filepath.Join(b.dir, "state-flannel"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(b.dir, "state-flannel", byFlannel.ContainerID), []byte(flannelConf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.cni.DelNetworkList(ctx, b.list("flannel"), byFlannel); err != nil {
+		t.Errorf("DEL of a container flannel's plugin added: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(b.hostLocal, "wt-flannel", flannelAddr.IPs[0].Address.IP.String())); !os.IsNotExist(err) {
+		t.Errorf("host-local still holds %s, added by flannel's plugin, after DEL (%v)", flannelAddr.IPs[0].Address.IP, err)
 	}
 
 	// The host's subnet changes with a container still on the old one.
