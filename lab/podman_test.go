@@ -12,7 +12,6 @@ import (
 	"regexp"
 	"runtime"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -206,30 +205,15 @@ func TestPodmanCNI(t *testing.T) {
 
 	// The live switch to wireguard with the containers running.
 	oldMTU := cs[0].mtu(t)
-	var pingers []*exec.Cmd
-	var outs []*strings.Builder
+	var pingers []*pinger
 	for _, a := range cs {
 		for _, b := range cs {
-			if a == b {
-				continue
+			if a != b {
+				pingers = append(pingers, startPinger(t, a.host, b.host,
+					exec.Command("nsenter", "-t", fmt.Sprint(a.pid), "-n", "ping", "-n", "-i", "0.05", b.ip.String())))
 			}
-			out := &strings.Builder{}
-			cmd := exec.Command("nsenter", "-t", fmt.Sprint(a.pid), "-n", "ping", "-n", "-i", "0.05", b.ip.String())
-			cmd.Stdout, cmd.Stderr = out, out
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			pingers, outs = append(pingers, cmd), append(outs, out)
 		}
 	}
-	t.Cleanup(func() {
-		for _, cmd := range pingers {
-			if cmd.ProcessState == nil {
-				cmd.Process.Kill()
-				cmd.Wait()
-			}
-		}
-	})
 	time.Sleep(time.Second)
 	if err := l.PutConfig(ctx, fmt.Sprintf(`{"Network":%q,"EnableIPv6":true,"IPv6Network":%q,"Backend":{"Type":"wireguard"}}`,
 		DefaultNetwork, DefaultIPv6Network)); err != nil {
@@ -237,18 +221,7 @@ func TestPodmanCNI(t *testing.T) {
 	}
 	waitSwitched(t, l, backends.WireGuard)
 	time.Sleep(time.Second)
-	for i, cmd := range pingers {
-		cmd.Process.Signal(syscall.SIGINT)
-		cmd.Wait()
-		m := pingSummary.FindStringSubmatch(outs[i].String())
-		if m == nil {
-			t.Errorf("no ping summary: %s", outs[i].String())
-			continue
-		}
-		if sent, got := atoi(m[1]), atoi(m[2]); sent < 40 || (sent-got)*100 > sent {
-			t.Errorf("podman containers lost %d of %d pings in the live switch to wireguard (more than 1 %%)", sent-got, sent)
-		}
-	}
+	stopPingers(t, pingers, "podman containers in the live switch to wireguard")
 	env, err := lease.ReadSubnetFile(l.Hosts[0].SubnetFile())
 	if err != nil {
 		t.Fatal(err)

@@ -30,24 +30,29 @@ func startPingers(t *testing.T, l *Lab) []*pinger {
 			if a == b {
 				continue
 			}
-			p := &pinger{from: a, to: b}
-			p.cmd = exec.Command("ip", "netns", "exec", a.Container, "ping", "-n", "-i", "0.05", b.ContainerIP().String())
-			p.cmd.Stdout, p.cmd.Stderr = &p.out, &p.out
-			if err := p.cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			out = append(out, p)
+			out = append(out, startPinger(t, a, b, exec.Command("ip", "netns", "exec", a.Container, "ping", "-n", "-i", "0.05",
+				b.ContainerIP().String())))
 		}
 	}
+	return out
+}
+
+// startPinger starts cmd (a ping every 50 ms from a container on from to
+// one on to), stopped when the test ends if stopPingers has not.
+func startPinger(t *testing.T, from, to *Host, cmd *exec.Cmd) *pinger {
+	t.Helper()
+	p := &pinger{from: from, to: to, cmd: cmd}
+	p.cmd.Stdout, p.cmd.Stderr = &p.out, &p.out
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() {
-		for _, p := range out {
-			if p.cmd.ProcessState == nil {
-				p.cmd.Process.Kill()
-				p.cmd.Wait()
-			}
+		if p.cmd.ProcessState == nil {
+			p.cmd.Process.Kill()
+			p.cmd.Wait()
 		}
 	})
-	return out
+	return p
 }
 
 var pingSummary = regexp.MustCompile(`(\d+) packets transmitted, (\d+) received`)

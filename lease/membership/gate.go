@@ -29,12 +29,9 @@ func (g *ConfigGate) Config(ctx context.Context) ([]byte, error) {
 	if err != nil || g.Policy.Mode() == Off {
 		return raw, err
 	}
-	seal, ok, err := g.Members.Membership(ctx, ConfigSealName)
+	seal, _, err := g.Members.Membership(ctx, ConfigSealName) // nil when there is none
 	if err != nil {
 		return nil, err
-	}
-	if !ok {
-		seal = nil
 	}
 	why := g.Policy.CheckConfig(raw, seal)
 	if why == nil {
