@@ -135,10 +135,11 @@ func TestSignedOwnLease(t *testing.T) {
 		// A reservation planted with the host's ID, sorting first, and a
 		// lease with the host's ID signed by the writer: the host's next
 		// claim keeps its own subnet.
-		if _, err := s.Create(ctx, "10.5.10.0-24", forged.Encode(), 0); err != nil {
+		planted := freeKeys(t, s, 10, 4)
+		if _, err := s.Create(ctx, planted[0], forged.Encode(), 0); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := s.Create(ctx, "10.5.11.0-24", signedValue(writer, "10.5.11.0-24", forged), time.Hour); err != nil {
+		if _, err := s.Create(ctx, planted[1], signedValue(writer, planted[1], forged), time.Hour); err != nil {
 			t.Fatal(err)
 		}
 		again, err := lease.Claim(ctx, s, req)
@@ -150,7 +151,7 @@ func TestSignedOwnLease(t *testing.T) {
 		// lease, and signs it.
 		upgraded := hostAttrs(3)
 		upgraded.HostID = keys.HostID{7}
-		old, err := s.Create(ctx, "10.5.99.0-24", upgraded.Encode(), time.Hour)
+		old, err := s.Create(ctx, planted[2], upgraded.Encode(), time.Hour)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -158,12 +159,12 @@ func TestSignedOwnLease(t *testing.T) {
 		// anyone's to write.
 		later := hostAttrs(4)
 		later.HostID = keys.HostID{8}
-		planted, err := s.Create(ctx, "10.5.98.0-24", later.Encode(), time.Hour)
+		unsigned, err := s.Create(ctx, planted[3], later.Encode(), time.Hour)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if l, err := lease.Claim(ctx, s, lease.ClaimRequest{Config: cfg, Attrs: later, TTL: time.Hour, Identity: mustIdentity(t)}); err != nil ||
-			l.Key() == planted.Key {
+			l.Key() == unsigned.Key {
 			t.Errorf("without AdoptUnsigned, the unsigned lease with the host's ID was adopted: %s %v", l.Key(), err)
 		}
 		up := lease.ClaimRequest{Config: cfg, Attrs: upgraded, TTL: time.Hour, Identity: mustIdentity(t), AdoptUnsigned: true}

@@ -51,6 +51,31 @@ func mustConfig(t *testing.T, js string) *lease.Config {
 	return cfg
 }
 
+// freeKeys returns n keys of /24s in 10.5.0.0/16, from 10.5.from.0 up,
+// that no record in s holds. Claims pick subnets at random, so a lease a
+// test writes beside them must not sit at a fixed subnet.
+func freeKeys(t *testing.T, s lease.Store, from, n int) []string {
+	t.Helper()
+	recs, _, err := s.List(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := map[string]bool{}
+	for _, r := range recs {
+		held[r.Key] = true
+	}
+	var keys []string
+	for i := from; i < 256 && len(keys) < n; i++ {
+		if k := fmt.Sprintf("10.5.%d.0-24", i); !held[k] {
+			keys = append(keys, k)
+		}
+	}
+	if len(keys) < n {
+		t.Fatalf("fewer than %d free subnets from 10.5.%d.0", n, from)
+	}
+	return keys
+}
+
 func hostAttrs(i int) lease.Attrs {
 	return lease.Attrs{PublicIP: netip.AddrFrom4([4]byte{192, 168, byte(i >> 8), byte(i)}), BackendType: "host-gw"}
 }
