@@ -9,7 +9,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/weftnet/weft/backends/netkernel"
 	"github.com/weftnet/weft/backends/netkernel/netkerneltest"
 	"github.com/weftnet/weft/mesh"
 )
@@ -29,7 +28,7 @@ func TestApplyInNetns(t *testing.T) {
 	}
 	e := ext
 	e.Index, e.MTU = link.Attrs().Index, link.Attrs().MTU
-	b := New(e, netkernel.NewNetlink(ns.Handle, nil), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	b := New(e, ns.Kernel(t), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	ctx := context.Background()
 	routes := func() string { return ns.Run(t, "ip", "-4", "route", "show", "proto", "87") }
 

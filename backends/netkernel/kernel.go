@@ -1,10 +1,14 @@
 package netkernel
 
 import (
+	"fmt"
 	"sync"
 	"sync/atomic"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // Kernel is everything the backends ask of the kernel's network stack:
@@ -12,7 +16,8 @@ import (
 // vishvananda/netlink's types and with its method names. Netlink is the
 // real one; netkerneltest.Kernel is an in-memory fake that prints its state
 // as `ip` and `bridge` do, so apply code is tested without root. List
-// calls return whole dumps (the real one retries interrupted dumps).
+// calls return whole dumps (the real one retries interrupted dumps); Each
+// calls stream them.
 type Kernel interface {
 	LinkList() ([]netlink.Link, error)
 	LinkByName(name string) (netlink.Link, error)
@@ -30,7 +35,11 @@ type Kernel interface {
 	RouteEach(family int, filter *netlink.Route, filterMask uint64, f func(netlink.Route)) error
 	RouteReplace(route *netlink.Route) error
 	RouteDel(route *netlink.Route) error
-	NeighList(linkIndex, family int) ([]netlink.Neigh, error)
+	// NeighEach calls f with each neighbour of family on a link
+	// (AF_BRIDGE: its FDB entries), one at a time as the dump reads it,
+	// keeping none; an interrupted dump (ErrDumpInterrupted) is the
+	// caller's to start over, as RouteEach's.
+	NeighEach(linkIndex, family int, f func(netlink.Neigh)) error
 	NeighSet(neigh *netlink.Neigh) error
 	NeighDel(neigh *netlink.Neigh) error
 }
@@ -81,18 +90,34 @@ func (c *Calls) Snapshot() map[string]uint64 {
 // kernel interrupted.
 type Netlink struct {
 	h     *netlink.Handle
+	ns    netns.NsHandle // the handle's namespace; none: the caller's
 	calls *Calls
 }
 
 var _ Kernel = (*Netlink)(nil)
 
-// NewNetlink returns the Kernel behind h (nil: the namespace weftd runs
-// in), counting into calls (nil: not counted).
-func NewNetlink(h *netlink.Handle, calls *Calls) *Netlink {
-	if h == nil {
-		h = &netlink.Handle{}
+// NewNetlink returns the Kernel of the namespace weftd runs in, counting
+// into calls (nil: not counted).
+func NewNetlink(calls *Calls) *Netlink {
+	return &Netlink{h: &netlink.Handle{}, ns: netns.None(), calls: calls}
+}
+
+// NewNetlinkAt returns the Kernel of namespace ns (which stays the
+// caller's to close), counting into calls.
+func NewNetlinkAt(ns netns.NsHandle, calls *Calls) (*Netlink, error) {
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return nil, err
 	}
-	return &Netlink{h: h, calls: calls}
+	return &Netlink{h: h, ns: ns, calls: calls}, nil
+}
+
+// Close releases the handle of a Kernel made by NewNetlinkAt (a no-op for
+// NewNetlink's).
+func (k *Netlink) Close() {
+	if k.ns.IsOpen() {
+		k.h.Close()
+	}
 }
 
 // write counts one write and passes its error through.
@@ -166,10 +191,44 @@ func (k *Netlink) RouteReplace(route *netlink.Route) error { return k.write(k.h.
 // RouteDel removes a route.
 func (k *Netlink) RouteDel(route *netlink.Route) error { return k.write(k.h.RouteDel(route)) }
 
-// NeighList lists a link's neighbours of family (AF_BRIDGE: FDB entries).
-func (k *Netlink) NeighList(linkIndex, family int) ([]netlink.Neigh, error) {
+// NeighEach calls f with each neighbour of family on a link (AF_BRIDGE:
+// its FDB entries) as the dump reads it. The library has no streaming
+// neighbour dump: this is its NeighList request, read message by message
+// with its own decoder, so a dump of 50,000 entries is never a slice of
+// them.
+func (k *Netlink) NeighEach(linkIndex, family int, f func(netlink.Neigh)) error {
 	k.calls.Count(CallDump)
-	return Retry(func() ([]netlink.Neigh, error) { return k.h.NeighList(linkIndex, family) })
+	req, done, err := k.request(unix.RTM_GETNEIGH, unix.NLM_F_DUMP)
+	if err != nil {
+		return err
+	}
+	defer done()
+	req.AddData(&netlink.Ndmsg{Family: uint8(family), Index: uint32(linkIndex)})
+	return req.ExecuteIter(unix.NETLINK_ROUTE, unix.RTM_NEWNEIGH, func(msg []byte) bool {
+		n, err := netlink.NeighDeserialize(msg)
+		// The kernel filters by link only when asked strictly; the family
+		// and link are checked here, as NeighList does.
+		if err == nil && n.LinkIndex == linkIndex && n.Family == family {
+			f(*n)
+		}
+		return true
+	})
+}
+
+// request is a netlink request of proto for the namespace k programs, on
+// a socket opened there (none given: the caller's), for what the library
+// has a decoder but no streaming call for. done closes the socket.
+func (k *Netlink) request(proto, flags int) (req *nl.NetlinkRequest, done func(), err error) {
+	req = nl.NewNetlinkRequest(proto, flags)
+	if !k.ns.IsOpen() {
+		return req, func() {}, nil
+	}
+	s, err := nl.GetNetlinkSocketAt(k.ns, netns.None(), unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, nil, fmt.Errorf("netlink socket in the namespace: %w", err)
+	}
+	req.Sockets = map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: {Socket: s}}
+	return req, s.Close, nil
 }
 
 // NeighSet adds or replaces a neighbour or FDB entry.

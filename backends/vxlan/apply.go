@@ -221,27 +221,35 @@ type entries struct {
 }
 
 // kernelEntries reads what the kernel holds on the device (and weft's
-// direct routes on the external link).
+// direct routes on the external link), each dump streamed into the maps a
+// sync compares, never held as a list: a dump the kernel interrupts is
+// read again from the start.
 func (b *Backend) kernelEntries(idx int) (entries, error) {
-	e := entries{neighbors: map[netip.Addr]MAC{}, fdb: map[fdbKey]struct{}{}}
-	neighs, err := b.kernel.NeighList(idx, b.family())
+	e := entries{}
+	var err error
+	e.neighbors, err = netkernel.Retry(func() (map[netip.Addr]MAC, error) {
+		out := map[netip.Addr]MAC{}
+		err := b.kernel.NeighEach(idx, b.family(), func(n netlink.Neigh) {
+			out[netkernel.Addr(n.IP)] = hardwareMAC(n.HardwareAddr)
+		})
+		return out, err
+	})
 	if err != nil {
 		return e, fmt.Errorf("listing neighbours: %w", err)
 	}
-	for _, n := range neighs {
-		e.neighbors[netkernel.Addr(n.IP)] = hardwareMAC(n.HardwareAddr)
-	}
-	neighs = nil // one dump at a time
-	fdb, err := b.kernel.NeighList(idx, unix.AF_BRIDGE)
+	e.fdb, err = netkernel.Retry(func() (map[fdbKey]struct{}, error) {
+		out := map[fdbKey]struct{}{}
+		err := b.kernel.NeighEach(idx, unix.AF_BRIDGE, func(n netlink.Neigh) {
+			// Entries without a destination (the device's own, multicast)
+			// are the kernel's.
+			if k := (fdbKey{hardwareMAC(n.HardwareAddr), netkernel.Addr(n.IP)}); k.dst.IsValid() {
+				out[k] = struct{}{}
+			}
+		})
+		return out, err
+	})
 	if err != nil {
 		return e, fmt.Errorf("listing FDB: %w", err)
-	}
-	for _, n := range fdb {
-		k := fdbKey{hardwareMAC(n.HardwareAddr), netkernel.Addr(n.IP)}
-		// Entries without a destination (the device's own, multicast) are the kernel's.
-		if k.dst.IsValid() {
-			e.fdb[k] = struct{}{}
-		}
 	}
 	e.routes, err = b.kernelRoutes(idx)
 	return e, err

@@ -12,7 +12,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/weftnet/weft/backends/netkernel"
 	"github.com/weftnet/weft/backends/netkernel/netkerneltest"
 	"github.com/weftnet/weft/lease"
 	"github.com/weftnet/weft/mesh"
@@ -32,7 +31,7 @@ func TestApplyInNetns(t *testing.T) {
 	}
 	ext := testExt
 	ext.Index, ext.MTU, ext.Addr = link.Attrs().Index, link.Attrs().MTU, netip.MustParseAddr("192.168.77.1")
-	b, err := New(json.RawMessage(`{"Type":"vxlan"}`), ext, ext.Addr, netkernel.NewNetlink(ns.Handle, nil), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	b, err := New(json.RawMessage(`{"Type":"vxlan"}`), ext, ext.Addr, ns.Kernel(t), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -42,7 +42,7 @@ func TestDeviceApplyAndDeltaInNetns(t *testing.T) {
 	ext := underlay.ExternalInterface{Name: "lo", MTU: 1500}
 	port := 40000 + int(name[3])%20*100 // any free port inside a fresh namespace works
 	b, err := New(json.RawMessage(fmt.Sprintf(`{"Type":"wireguard","Implementation":"userspace","ListenPort":%d}`, port)),
-		ext, filepath.Join(t.TempDir(), "key"), netkernel.NewNetlink(nil, nil), nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		ext, filepath.Join(t.TempDir(), "key"), netkernel.NewNetlink(nil), nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}

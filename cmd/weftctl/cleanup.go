@@ -65,7 +65,7 @@ func runCleanup(ctx context.Context, args []string, opts etcdstore.Options, stdo
 	// Every backend's footprint, whichever ran: a host may have switched
 	// Backend.Type, and cleanup must leave nothing of any.
 	footprints := backends.Footprints()
-	kernel := netkernel.NewNetlink(nil, nil)
+	kernel := netkernel.NewNetlink(nil)
 	links, err := kernel.LinkList()
 	errs = append(errs, err)
 	for _, l := range links {
@@ -132,7 +132,7 @@ func runCleanup(ctx context.Context, args []string, opts etcdstore.Options, stdo
 // weft's own state and the subnet file are left alone.
 func cleanupFlannel(subnetFile string, stdout io.Writer) error {
 	var errs []error
-	kernel := netkernel.NewNetlink(nil, nil)
+	kernel := netkernel.NewNetlink(nil)
 	links, err := kernel.LinkList()
 	errs = append(errs, err)
 	for _, l := range links {

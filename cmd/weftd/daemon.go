@@ -51,7 +51,7 @@ func run(ctx context.Context, o *options, log *slog.Logger, handOver *liveswitch
 		return err
 	}
 	cfg := self.cfg
-	kernel := netkernel.NewNetlink(nil, obs.kernelCalls())
+	kernel := netkernel.NewNetlink(obs.kernelCalls())
 	plan := liveswitch.NewPlan(ctx, store, o.subnetFile, cfg, self.attrs(), self.newIdentity, log)
 	backend, err := startBackend(ctx, o, self.env(o, plan, kernel, obs, log), plan, handOver, obs)
 	if err != nil {

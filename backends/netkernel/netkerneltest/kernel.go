@@ -30,6 +30,9 @@ type Kernel struct {
 	// 10.5.2.0/24", "neigh set 10.5.2.0", ...); an error it returns is the
 	// call's, so tests can check that apply keeps going past a failure.
 	Fail func(op string) error
+	// InterruptDumps is how many neighbour dumps to come are interrupted
+	// part way (set it before the kernel is used).
+	InterruptDumps int
 
 	mu        sync.Mutex
 	nextIndex int
@@ -370,17 +373,31 @@ func (k *Kernel) RouteDel(route *netlink.Route) error {
 	return nil
 }
 
-// NeighList lists a link's neighbours (FAMILY_V4) or FDB entries (AF_BRIDGE).
-func (k *Kernel) NeighList(linkIndex, family int) ([]netlink.Neigh, error) {
+// NeighEach calls f with a link's neighbours (FAMILY_V4) or FDB entries
+// (AF_BRIDGE). While InterruptDumps is above zero, a dump is cut short
+// after its first entry with ErrDumpInterrupted, as the kernel does when
+// the table changes under it, and the count goes down.
+func (k *Kernel) NeighEach(linkIndex, family int, f func(netlink.Neigh)) error {
 	k.mu.Lock()
-	defer k.mu.Unlock()
 	var out []netlink.Neigh
 	for _, n := range k.neighs {
 		if n.LinkIndex == linkIndex && n.Family == family {
 			out = append(out, n)
 		}
 	}
-	return out, nil
+	interrupt := k.InterruptDumps > 0 && len(out) > 1
+	if interrupt {
+		k.InterruptDumps--
+		out = out[:1]
+	}
+	k.mu.Unlock()
+	for _, n := range out {
+		f(n)
+	}
+	if interrupt {
+		return netlink.ErrDumpInterrupted
+	}
+	return nil
 }
 
 // sameNeigh is the kernel's identity of an entry: the IP for a neighbour,

@@ -15,6 +15,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/weftnet/weft/backends/netkernel"
 )
 
 // Netns is a named network namespace owned by one test.
@@ -62,6 +64,18 @@ func NewNetns(t testing.TB) *Netns {
 	n := &Netns{Name: name, Handle: h, ns: ns}
 	n.Run(t, "ip", "link", "set", "lo", "up")
 	return n
+}
+
+// Kernel is the netkernel.Kernel of the namespace, closed when the test
+// ends.
+func (n *Netns) Kernel(t testing.TB) *netkernel.Netlink {
+	t.Helper()
+	k, err := netkernel.NewNetlinkAt(n.ns, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(k.Close)
+	return k
 }
 
 // NewLinkedNetns makes two namespaces joined by a veth pair, ext0 in the
