@@ -57,6 +57,10 @@ type Stats struct {
 	Skipped      int
 }
 
+// DefaultResync is how often a host compares its whole data path with
+// what it wants when nothing changed (weftd's -resync-interval).
+const DefaultResync = 30 * time.Second
+
 // Reconciler is the reconcile loop: any change only marks the state dirty; one
 // goroutine brings the data path to the desired state. A change to a few
 // leases is applied as a Delta of those peers alone when the backend is a
@@ -77,7 +81,8 @@ type Reconciler struct {
 	Admit   Admit
 	Own     OwnLease
 	Backend Applier
-	// Resync is how often to re-apply even without a change.
+	// Resync is how often to re-apply even without a change (0:
+	// DefaultResync).
 	Resync time.Duration
 	Log    *slog.Logger
 	// Outside supplies the outside peers (wireguard's PeersNetwork) for
@@ -227,7 +232,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 	log := r.Log.With("component", "reconcile")
 	resync := r.Resync
 	if resync <= 0 {
-		resync = 30 * time.Second
+		resync = DefaultResync
 	}
 	ticker := time.NewTicker(resync)
 	defer ticker.Stop()

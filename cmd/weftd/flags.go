@@ -14,6 +14,7 @@ import (
 	"github.com/weftnet/weft/lease"
 	"github.com/weftnet/weft/lease/etcdstore"
 	"github.com/weftnet/weft/lease/membership"
+	"github.com/weftnet/weft/mesh"
 )
 
 // options are weftd's settings, named as flanneld's flags.
@@ -116,7 +117,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	fs.IntVar(&o.healthzPort, "healthz-port", 8471, "port for /healthz, /readyz and /metrics (0 disables)")
 	fs.BoolVar(&o.pprof, "debug-pprof", false,
 		"also serve Go's profiles under /debug/pprof/ on the health endpoint (make profile)")
-	fs.DurationVar(&o.resync, "resync-interval", 30*time.Second,
+	fs.DurationVar(&o.resync, "resync-interval", mesh.DefaultResync,
 		"how often to re-apply the data path even without changes")
 	fs.StringVar(&o.keyFile, "wireguard-key-file", keys.DefaultPath,
 		"WireGuard private key file (0600; created when missing); this host's ID and identity (the key its lease is "+

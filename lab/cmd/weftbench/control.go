@@ -125,7 +125,7 @@ reachable" until the containers of both other hosts get a ping answer from host 
 			ms(medianDuration(r.ready)), ms(slicesMax(r.ready)), ms(medianDuration(r.reachable)), ms(slicesMax(r.reachable)),
 			ms(medianDuration(r.removed)), ms(slicesMax(r.removed)))
 	}
-	b.WriteString("\nTargets (issue 8): READY within 1 s of start with etcd up; a new host reachable from all others within 1 s of its READY; a removed lease gone from every peer within 1 s.\n")
+	b.WriteString("\nTargets: docs/benchmark-targets.md.\n")
 	return b.String()
 }
 

@@ -51,14 +51,15 @@ func measureFirstPacket(weftd string) (firstPacketResult, error) {
 	}
 	for i := range firstPacketRounds {
 		to := l.Hosts[1+i%3]
-		deadline := time.Now().Add(30 * time.Second)
+		const idleWait = 30 * time.Second
+		deadline := time.Now().Add(idleWait)
 		for {
 			out, _ := l.HostExec(h1, "wg", "show", "weft-wg", "peers")
 			if strings.TrimSpace(out) == "" {
 				break
 			}
 			if time.Now().After(deadline) {
-				return res, fmt.Errorf("host 1 still holds peers after 30 s: %s", out)
+				return res, fmt.Errorf("host 1 still holds peers after %s: %s", idleWait, out)
 			}
 			time.Sleep(100 * time.Millisecond)
 		}

@@ -17,15 +17,27 @@ import (
 	"github.com/weftnet/weft/keys"
 	"github.com/weftnet/weft/lab"
 	"github.com/weftnet/weft/lease"
+	"github.com/weftnet/weft/mesh"
 )
 
 // scaleResult is one backend at one cluster size.
 type scaleResult struct {
-	backend     string
-	leases      int
-	converge    time.Duration // weftd start to READY (every peer programmed)
-	cpu         time.Duration // weftd's CPU time (user and system) to READY
-	peakRSSKB   int
+	backend  string
+	leases   int
+	converge time.Duration // weftd start to READY (every peer programmed)
+	cpu      time.Duration // weftd's CPU time (user and system) to READY
+	// coldPeakKB is weftd's peak RSS from its start to READY;
+	// runningPeakKB its peak from READY on, held through resyncs and the
+	// timed changes (the peak is reset at READY).
+	coldPeakKB, runningPeakKB int
+	held                      time.Duration // READY until the running peak was read
+	// wholeApplies are the whole applies weftd logged while held (its
+	// resync ticks); resyncTook is weftd's own time for the last.
+	wholeApplies int
+	resyncTook   time.Duration
+	// drift is how long a route, neighbour and FDB entry deleted by hand
+	// took to come back (vxlan rows; zero: not checked).
+	drift       time.Duration
 	writeLeases time.Duration // how long etcd took to take the leases
 	// One more lease added and removed, changeRuns times: from the etcd
 	// write until weftd's "applied" line (the kernel holds the change),
@@ -45,7 +57,7 @@ type scaleResult struct {
 const maxFullWireGuard = 10000
 
 // changeRuns is how many single-lease adds and removes are timed; medians.
-const changeRuns = 5
+const changeRuns = 10
 
 // scaleNetwork leaves room for 65,280 simulated /24 subnets beside the
 // lab's own hosts (which lease in 10.0.x.0).
@@ -130,27 +142,74 @@ func knownPeers(h *lab.Host) map[string]bool {
 	return out
 }
 
-// programmedPeers counts what the kernel holds for peers on h: vxlan FDB
-// entries (one per peer), or WireGuard peers; in the on-demand mode the
-// peers weftd holds ready to configure.
-func programmedPeers(l *lab.Lab, h *lab.Host, row string) int {
-	var out string
+// checkProgrammed checks that the kernel on h holds want peers: for vxlan
+// a route, a neighbour and an FDB entry each (what converging means),
+// for wireguard a device peer each, and in the on-demand mode a peer
+// weftd holds ready to configure.
+func checkProgrammed(l *lab.Lab, h *lab.Host, row string, want int) error {
+	var got map[string]int
 	switch row {
 	case wireguardOnDemand:
-		return len(knownPeers(h))
+		got = map[string]int{"peers in weftd's table": len(knownPeers(h))}
 	case backends.WireGuard:
-		out, _ = l.HostExec(h, "wg", "show", "weft-wg", "peers")
+		out, _ := l.HostExec(h, "wg", "show", "weft-wg", "peers")
+		got = map[string]int{"WireGuard peers": len(strings.Fields(out))}
 	default:
-		out, _ = lab.Exec(h.Name, "bridge", "fdb", "show", "dev", "weft.1")
-		n := 0
-		for _, line := range strings.Split(out, "\n") {
-			if strings.Contains(line, " dst ") {
-				n++
-			}
-		}
-		return n
+		routes, _ := lab.Exec(h.Name, "ip", "-4", "route", "show", "proto", "87", "dev", "weft.1")
+		neighs, _ := lab.Exec(h.Name, "ip", "-4", "neigh", "show", "dev", "weft.1")
+		fdb, _ := lab.Exec(h.Name, "bridge", "fdb", "show", "dev", "weft.1")
+		got = map[string]int{"routes": countLines(routes, ""), "neighbours": countLines(neighs, " lladdr "), "FDB entries": countLines(fdb, " dst ")}
 	}
-	return len(strings.Fields(out))
+	for what, n := range got {
+		if n != want {
+			return fmt.Errorf("%d of %d %s in the kernel", n, want, what)
+		}
+	}
+	return nil
+}
+
+// countLines counts the non-empty lines of out that hold sub.
+func countLines(out, sub string) int {
+	n := 0
+	for _, line := range strings.Split(out, "\n") {
+		if strings.TrimSpace(line) != "" && strings.Contains(line, sub) {
+			n++
+		}
+	}
+	return n
+}
+
+// deleteOnePeer deletes simulated lease 0's route, neighbour and FDB
+// entry on h's vxlan device, as an administrator or another program
+// might: the next resync must put them back.
+func deleteOnePeer(h *lab.Host) error {
+	key, value := fakeLease(backends.VXLAN, 0)
+	var attrs lease.Attrs
+	if err := json.Unmarshal(value, &attrs); err != nil {
+		return err
+	}
+	var data struct{ VtepMAC string }
+	json.Unmarshal(attrs.BackendData, &data)
+	subnet, err := lease.ParseSubnetKey(key)
+	if err != nil {
+		return err
+	}
+	for _, cmd := range [][]string{
+		{"ip", "route", "del", subnet.String(), "dev", "weft.1"},
+		{"ip", "neigh", "del", subnet.Addr().String(), "dev", "weft.1"},
+		{"bridge", "fdb", "del", data.VtepMAC, "dev", "weft.1", "dst", attrs.PublicIP.String(), "self"},
+	} {
+		if out, err := lab.Exec(h.Name, cmd...); err != nil {
+			return fmt.Errorf("%s: %v: %s", strings.Join(cmd, " "), err, out)
+		}
+	}
+	return nil
+}
+
+// resetPeakRSS resets process pid's peak RSS (VmHWM) to its RSS now, as
+// /proc/<pid>/clear_refs does when written 5.
+func resetPeakRSS(pid int) error {
+	return os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0)
 }
 
 // hasPeer reports whether the kernel on h holds the peer with this lease
@@ -197,8 +256,9 @@ func peakRSS(pid int) int {
 
 // measureScale writes n simulated leases into a real etcd with weftd on h1
 // stopped, starts weftd and times it to READY (sent after the first apply
-// of every peer), checks the kernel holds them all, then times single
-// leases added and removed.
+// of every peer), checks the kernel holds them all, then holds it through
+// its resync ticks: the timed single-lease adds and removes come right
+// after one tick, a drift check (vxlan) before the next.
 func measureScale(row, weftd string, n int, profileDir string) (scaleResult, error) {
 	res := scaleResult{backend: row, leases: n}
 	backend, backendConfig := scaleBackendConfig(row)
@@ -223,9 +283,11 @@ func measureScale(row, weftd string, n int, profileDir string) (scaleResult, err
 	}
 	want := n + 1 // the fake peers and h2
 	start := time.Now()
-	// A resync tick (a whole apply) in the middle of a timed change would
-	// time the resync; production's default interval is long too.
-	args := []string{"-resync-interval", "10m"}
+	// weftd's default resync interval: the lab's hosts resync every 2 s,
+	// a running host at the default, whose whole applies are what the
+	// running peak holds. (Its log stays at debug: the "applied" lines
+	// time each change.)
+	args := []string{"-resync-interval", mesh.DefaultResync.String()}
 	if profileDir != "" {
 		args = append(args, "-debug-pprof")
 	}
@@ -243,7 +305,14 @@ func measureScale(row, weftd string, n int, profileDir string) (scaleResult, err
 		return res, err
 	}
 	res.converge = time.Since(start)
-	res.cpu = cpuTime(l.WeftdPID(h1))
+	ready := time.Now()
+	pid := l.WeftdPID(h1)
+	res.cpu = cpuTime(pid)
+	res.coldPeakKB = peakRSS(pid)
+	if err := resetPeakRSS(pid); err != nil {
+		return res, err
+	}
+	afterReady := h1.LogOffset()
 	if profileDir != "" {
 		if err := saveProfile(h1, profileDir, fmt.Sprintf("heap-ready-%s-%d.pb.gz", backend, n), "heap"); err != nil {
 			return res, err
@@ -252,18 +321,72 @@ func measureScale(row, weftd string, n int, profileDir string) (scaleResult, err
 			return res, err
 		}
 	}
-	if got := programmedPeers(l, h1, row); got != want {
-		return res, fmt.Errorf("READY with %d of %d peers in the kernel", got, want)
+	if err := checkProgrammed(l, h1, row, want); err != nil {
+		return res, fmt.Errorf("at READY: %w", err)
 	}
 	res.convergeCalls = renderCalls(kernelCalls(h1), nil)
-	res.peakRSSKB = peakRSS(l.WeftdPID(h1))
 
+	// The timed changes come right after a resync tick, so none meets one.
+	if err := waitWholeApply(h1, afterReady, &res); err != nil {
+		return res, err
+	}
+	if err := timeChanges(l, h1, row, backend, n, &res); err != nil {
+		return res, err
+	}
+	// Then a route, neighbour and FDB entry of one peer deleted by hand
+	// (vxlan), and held through the next tick, which puts them back.
+	beforeDrift := h1.LogOffset()
+	drifted := time.Now()
+	if backend == backends.VXLAN {
+		if err := deleteOnePeer(h1); err != nil {
+			return res, err
+		}
+	}
+	if err := waitWholeApply(h1, beforeDrift, &res); err != nil {
+		return res, err
+	}
+	if backend == backends.VXLAN {
+		if err := checkProgrammed(l, h1, row, want); err != nil {
+			return res, fmt.Errorf("after the resync that follows a drift: %w", err)
+		}
+		res.drift = time.Since(drifted)
+	}
+	res.runningPeakKB = peakRSS(pid)
+	res.held = time.Since(ready)
+	if profileDir != "" {
+		// After the changes, with a GC first: what stays live.
+		if err := saveProfile(h1, profileDir, fmt.Sprintf("heap-settled-%s-%d.pb.gz", backend, n), "heap?gc=1"); err != nil {
+			return res, err
+		}
+	}
+	return res, nil
+}
+
+// waitWholeApply waits for weftd on h to log a whole apply after offset
+// (its resync tick comes within mesh.DefaultResync, plus the apply's own
+// time), counting it and keeping its time.
+func waitWholeApply(h *lab.Host, offset int64, res *scaleResult) error {
+	_, line, err := h.WaitLogLine(offset, 3*mesh.DefaultResync, "msg=applied", "whole=true")
+	if err != nil {
+		return fmt.Errorf("waiting for a resync: %w", err)
+	}
+	res.wholeApplies++
+	res.resyncTook, _ = time.ParseDuration(lab.LogField(line, "took"))
+	return nil
+}
+
+// timeChanges adds and removes one simulated lease changeRuns times,
+// timing each from the etcd write to weftd's "applied" line, and checks
+// the kernel after each.
+func timeChanges(l *lab.Lab, h1 *lab.Host, row, backend string, n int, res *scaleResult) error {
+	ctx := context.Background()
 	var add, remove, addApply, removeApply []time.Duration
 	for i := range changeRuns {
 		key, value := fakeLease(backend, n+i)
 		if row == vxlanSigned {
+			var err error
 			if value, err = signLease(n+i, key, value); err != nil {
-				return res, err
+				return err
 			}
 		}
 		for _, step := range []struct {
@@ -279,11 +402,11 @@ func measureScale(row, weftd string, n int, profileDir string) (scaleResult, err
 			off := h1.LogOffset()
 			t0 := time.Now()
 			if err := step.write(); err != nil {
-				return res, err
+				return err
 			}
 			at, line, err := h1.WaitLogLine(off, time.Minute, "msg=applied", key)
 			if err != nil {
-				return res, err
+				return err
 			}
 			*step.latency = append(*step.latency, at.Sub(t0))
 			took, _ := time.ParseDuration(lab.LogField(line, "took"))
@@ -298,20 +421,13 @@ func measureScale(row, weftd string, n int, profileDir string) (scaleResult, err
 				res.deltas++
 			}
 			if hasPeer(l, h1, row, key, value) != step.present {
-				return res, fmt.Errorf("weftd logged %s applied, but the kernel disagrees (present=%v wanted)", key, step.present)
+				return fmt.Errorf("weftd logged %s applied, but the kernel disagrees (present=%v wanted)", key, step.present)
 			}
 		}
 	}
 	res.addOne, res.removeOne = medianDuration(add), medianDuration(remove)
 	res.addApply, res.removeApply = medianDuration(addApply), medianDuration(removeApply)
-	res.peakRSSKB = max(res.peakRSSKB, peakRSS(l.WeftdPID(h1)))
-	if profileDir != "" {
-		// After the changes, with a GC first: what stays live.
-		if err := saveProfile(h1, profileDir, fmt.Sprintf("heap-settled-%s-%d.pb.gz", backend, n), "heap?gc=1"); err != nil {
-			return res, err
-		}
-	}
-	return res, nil
+	return nil
 }
 
 // writeFakeLeases writes n simulated leases of backend (each signed by an
@@ -346,31 +462,43 @@ func writeFakeLeases(l *lab.Lab, backend string, n int, signed bool) (time.Durat
 
 func medianDuration(d []time.Duration) time.Duration { return quantile(d, 0.5) }
 
-func renderScale(results []scaleResult) string {
+func renderScale(results []scaleResult, measured time.Time) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, `
 ## Scale (simulated leases)
 
-A real etcd holds N simulated leases (valid keys, addresses, VTEP MACs or WireGuard keys); weftd on
-one lab host is started cold and programs every peer into the kernel (vxlan: route, neighbour, FDB
-entry each; vxlan-signed: the same with every lease signed by a host identity of its own, as weft
-hosts write them, against vxlan's unsigned leases as flannel writes them; wireguard: userspace wireguard-go device in weftd, one peer each, OnDemandPeers off;
-wireguard-on-demand: the same with OnDemandPeers on, where weftd holds every peer in its table and
-the device only those traffic needs, none here, so "in the kernel" means in weftd's /status). "Start → READY" runs
-from starting weftd to its READY, which it sends after the first apply of every peer (then checked
-in the kernel with ip/bridge or wg show). "Add one" and "remove one" are single leases written to or
-deleted from etcd, %d times each, medians: from the etcd call until weftd logs the change applied
-(the line is written when the kernel holds it; checked in the kernel after each), and, in brackets,
-weftd's own time for the change (compute and apply). Deltas: changes applied peer by peer, of all.
-Kernel calls are weftd's own count (weft_kernel_calls_total): netlink dumps, single gets and writes
-(one object set or deleted each), WireGuard device reads (every peer) and configurations.
+Measured %s. A real etcd holds N simulated leases (valid keys, addresses, VTEP MACs or WireGuard
+keys); weftd on one lab host is started cold, with its default resync interval (%s), and programs
+every peer into the kernel (vxlan: route, neighbour, FDB entry each; vxlan-signed: the same with
+every lease signed by a host identity of its own, as weft hosts write them, against vxlan's unsigned
+leases as flannel writes them; wireguard: userspace wireguard-go device in weftd, one peer each,
+OnDemandPeers off; wireguard-on-demand: the same with OnDemandPeers on, where weftd holds every peer
+in its table and the device only those traffic needs, none here, so "in the kernel" means in
+weftd's /status). "Start → READY" runs from starting weftd to its READY, which it sends after the
+first apply of every peer; then every route, neighbour and FDB entry (or peer) is counted in the
+kernel. "Cold peak" is weftd's peak RSS from its start to READY. The peak is then reset and weftd
+held through its resync ticks ("held", "whole applies"): right after one tick, single leases are
+written to or deleted from etcd, %d times each, medians: from the etcd call until weftd logs the
+change applied (the line is written when the kernel holds it; checked in the kernel after each),
+and, in brackets, weftd's own time for the change. Then (vxlan) one peer's route, neighbour and FDB
+entry are deleted by hand, and "drift" is how long until the next tick has put them back (counted
+again in the kernel); "resync" is weftd's own time for that whole apply. "Running peak" is the peak
+RSS over all of this. Deltas: changes applied peer by peer, of all. Kernel calls are weftd's own
+count (weft_kernel_calls_total): netlink dumps, single gets and writes (one object set or deleted
+each), WireGuard device reads (every peer) and configurations.
 
-| backend | leases | etcd took them in | start → READY | CPU to READY | peak RSS | add one | remove one | deltas |
-|---|---|---|---|---|---|---|---|---|
-`, changeRuns)
+| backend | leases | etcd took them in | start → READY | CPU to READY | cold peak RSS | running peak RSS | held | whole applies | resync | drift | add one | remove one | deltas |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|---|
+`, measured.UTC().Format("2006-01-02 15:04 UTC"), mesh.DefaultResync, changeRuns)
 	for _, r := range results {
-		fmt.Fprintf(&b, "| %s | %d | %s | %s | %s | %d MiB | %s (%s) | %s (%s) | %d/%d |\n", r.backend, r.leases, r.writeLeases.Round(time.Millisecond),
-			r.converge.Round(time.Millisecond), r.cpu.Round(10*time.Millisecond), r.peakRSSKB/1024, r.addOne.Round(time.Millisecond), r.addApply.Round(10*time.Microsecond),
+		drift := "–"
+		if r.drift > 0 {
+			drift = r.drift.Round(100 * time.Millisecond).String()
+		}
+		fmt.Fprintf(&b, "| %s | %d | %s | %s | %s | %.1f MiB | %.1f MiB | %s | %d | %s | %s | %s (%s) | %s (%s) | %d/%d |\n", r.backend, r.leases,
+			r.writeLeases.Round(time.Millisecond), r.converge.Round(time.Millisecond), r.cpu.Round(10*time.Millisecond),
+			float64(r.coldPeakKB)/1024, float64(r.runningPeakKB)/1024, r.held.Round(time.Second), r.wholeApplies, r.resyncTook.Round(time.Millisecond), drift,
+			r.addOne.Round(time.Millisecond), r.addApply.Round(10*time.Microsecond),
 			r.removeOne.Round(time.Millisecond), r.removeApply.Round(10*time.Microsecond), r.deltas, r.changes)
 	}
 	b.WriteString("\n| backend | leases | kernel calls to converge | kernel calls, add one | kernel calls, remove one |\n|---|---|---|---|---|\n")
@@ -378,18 +506,15 @@ Kernel calls are weftd's own count (weft_kernel_calls_total): netlink dumps, sin
 		fmt.Fprintf(&b, "| %s | %d | %s | %s | %s |\n", r.backend, r.leases, r.convergeCalls, r.addCalls, r.removeCalls)
 	}
 	b.WriteString(`
-Where the wireguard row's memory goes: ` + "`make profile`" + ` (pprof heap and CPU of weftd programming 10,000
+Where the wireguard row's memory goes: ` + "`make profile`" + ` (pprof heap and CPU of weftd programming
 userspace peers) puts most of the heap in wireguard-go's per-peer state, allocated in device.NewPeer:
-an inbound and an outbound queue of 1,024 slots per peer, plus two goroutines per peer (their stacks
-are outside the heap profile but in the RSS); the largest single part of a cold start's CPU is
-wireguard-go's x25519 per peer. That state is the price of running WireGuard in the daemon; where the
-kernel has WireGuard, weft uses the kernel device and the state lives there. The vxlan rows show
-weft's own cost, and the wireguard-on-demand rows what a userspace host pays when peers are
-configured only while traffic needs them (issue 18): the rows above are this run's figures.
-A resync (a whole apply with everything in place) is not in the rows above.
+an inbound and an outbound queue per peer, plus two goroutines per peer (their stacks are outside
+the heap profile but in the RSS); the largest single part of a cold start's CPU is wireguard-go's
+x25519 per peer. That state is the price of running WireGuard in the daemon; where the kernel has
+WireGuard, weft uses the kernel device and the state lives there. The vxlan rows show weft's own
+cost, and the wireguard-on-demand rows what a userspace host pays when peers are configured only
+while traffic needs them. Targets: docs/benchmark-targets.md.
 `)
-	b.WriteString("\nTargets (issue 8): 10,000 leases converged within 10 s, under 200 MB RSS; one lease change applied in under 10 ms at 10,000 peers.")
-	b.WriteString(" Issue 34: peak RSS at 50,000 vxlan leases ≤ 70 MB and at 10,000 ≤ 35 MB.\n")
 	return b.String()
 }
 
