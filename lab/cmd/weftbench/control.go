@@ -111,7 +111,7 @@ func renderControl(results []controlResult) string {
 	b.WriteString(`
 ## Control plane
 
-Three lab hosts with etcd up. Each run: weftd on host 3 stopped (SIGTERM), its lease deleted from
+` + measuredOn(time.Now()) + ` Three lab hosts with etcd up. Each run: weftd on host 3 stopped (SIGTERM), its lease deleted from
 etcd — "lease removed" runs until both other hosts log the change applied; then weftd on host 3
 started — "start → READY" until its sd_notify READY (it claims its subnet again); then "READY →
 reachable" until the containers of both other hosts get a ping answer from host 3's container

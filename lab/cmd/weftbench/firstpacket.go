@@ -90,7 +90,7 @@ func quantile(d []time.Duration, q float64) time.Duration {
 func renderFirstPacket(r firstPacketResult) string {
 	ms := func(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond)) }
 	return fmt.Sprintf(`
-First packet to an idle peer (userspace WireGuard, on-demand peers): %d rounds on a 4-host lab, each
+%s First packet to an idle peer (userspace WireGuard, on-demand peers): %d rounds on a 4-host lab, each
 after host 1's device has dropped every peer for idleness; one ping to another host's container
 (the echo request configures the peer on the sender, the handshake initiation configures it on the
 receiver, then the handshake runs), then the same ping again with the peer configured.
@@ -99,5 +99,5 @@ receiver, then the handshake runs), then the same ping again with the peer confi
 |---|---|---|---|
 | first packet, idle peer | %s | %s | %d of %d |
 | configured peer, live session | %s | %s | 0 |
-`, r.rounds, ms(quantile(r.idle, 0.5)), ms(quantile(r.idle, 0.99)), r.lostFirstPings, r.rounds, ms(quantile(r.warm, 0.5)), ms(quantile(r.warm, 0.99)))
+`, measuredOn(time.Now()), r.rounds, ms(quantile(r.idle, 0.5)), ms(quantile(r.idle, 0.99)), r.lostFirstPings, r.rounds, ms(quantile(r.warm, 0.5)), ms(quantile(r.warm, 0.99)))
 }

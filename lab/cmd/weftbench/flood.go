@@ -208,7 +208,7 @@ func onDemandStatus(h *lab.Host) (onDemand, error) {
 
 func renderFlood(r floodResult) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "\n## Forged activations\n\n")
+	fmt.Fprintf(&b, "\n## Forged activations\n\n%s ", measuredOn(time.Now()))
 	fmt.Fprintf(&b, "A host with %d simulated wireguard peers on demand (userspace WireGuard, default options otherwise) is flooded for %s "+
 		"from a namespace on the underlay, \"from\" every lease's endpoint in turn, with %d datagrams a second of each of three kinds: "+
 		"4-byte WireGuard data messages, random handshake initiations, and initiations made with %d leases' own keys (each new once, "+

@@ -102,13 +102,13 @@ func renderJoin(r joinResult) string {
 	fmt.Fprintf(&b, `
 ## Joining at once
 
-%d simulated hosts claim a subnet in the same instant against the lab's etcd (one etcd server
+%s %d simulated hosts claim a subnet in the same instant against the lab's etcd (one etcd server
 process, one client), each through lease.Claim — the code weftd runs at start — in a %s Network of
 /24s (255 subnets, so the pool ends up %d%% full and random picks collide).
 
 | hosts | all leased in | claims per second | one claim p50 | one claim p99 | distinct subnets | leases in etcd | failed |
 |---|---|---|---|---|---|---|---|
 | %d | %s | %.0f | %s | %s | %d | %d | %d |
-`, r.hosts, lab.DefaultNetwork, r.hosts*100/255, r.hosts, ms(r.took), float64(r.hosts)/r.took.Seconds(), ms(r.p50), ms(r.p99), r.distinct, r.inEtcd, r.failed)
+`, measuredOn(time.Now()), r.hosts, lab.DefaultNetwork, r.hosts*100/255, r.hosts, ms(r.took), float64(r.hosts)/r.took.Seconds(), ms(r.p50), ms(r.p99), r.distinct, r.inEtcd, r.failed)
 	return b.String()
 }

@@ -407,6 +407,12 @@ kernel has no ipip module, and the VM tier that tests ipip on Debian's kernel ru
 commands build, and alloc has none.
 `
 
+// measuredOn is the line that dates a report section: when its run
+// measured it, on which machine.
+func measuredOn(t time.Time) string {
+	return fmt.Sprintf("Measured %s on %s (%d cores).", t.UTC().Format("2006-01-02 15:04 UTC"), hostname(), runtime.NumCPU())
+}
+
 func hostname() string {
 	h, _ := os.Hostname()
 	return h

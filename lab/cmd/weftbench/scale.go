@@ -467,7 +467,7 @@ func renderScale(results []scaleResult, measured time.Time) string {
 	fmt.Fprintf(&b, `
 ## Scale (simulated leases)
 
-Measured %s. A real etcd holds N simulated leases (valid keys, addresses, VTEP MACs or WireGuard
+%s A real etcd holds N simulated leases (valid keys, addresses, VTEP MACs or WireGuard
 keys); weftd on one lab host is started cold, with its default resync interval (%s), and programs
 every peer into the kernel (vxlan: route, neighbour, FDB entry each; vxlan-signed: the same with
 every lease signed by a host identity of its own, as weft hosts write them, against vxlan's unsigned
@@ -489,7 +489,7 @@ each), WireGuard device reads (every peer) and configurations.
 
 | backend | leases | etcd took them in | start → READY | CPU to READY | cold peak RSS | running peak RSS | held | whole applies | resync | drift | add one | remove one | deltas |
 |---|---|---|---|---|---|---|---|---|---|---|---|---|---|
-`, measured.UTC().Format("2006-01-02 15:04 UTC"), mesh.DefaultResync, changeRuns)
+`, measuredOn(measured), mesh.DefaultResync, changeRuns)
 	for _, r := range results {
 		drift := "–"
 		if r.drift > 0 {
