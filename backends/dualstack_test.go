@@ -55,7 +55,7 @@ func TestDualStackVXLAN(t *testing.T) {
 		"fdb 02:00:00:00:00:02 dev weft.1 dst 192.168.77.2", "fdb 02:00:00:00:06:02 dev weft-v6.1 dst fd77::2",
 		"link weft-v6.1 vxlan mtu 1430 up", "link weft.1 vxlan mtu 1450 up",
 		"neigh fc00:5:0:2:: dev weft-v6.1 lladdr 02:00:00:00:06:02 PERMANENT",
-		"route 10.5.2.0/24 via 10.5.2.0 dev weft.1 proto 87 onlink", "route fc00:5:0:2::/64 via fc00:5:0:2:: dev weft-v6.1 proto 87 onlink",
+		"route 10.5.2.0/24 nhid 168100352 via 10.5.2.0 dev weft.1 proto 87 onlink", "route fc00:5:0:2::/64 via fc00:5:0:2:: dev weft-v6.1 proto 87 onlink",
 	} {
 		if !strings.Contains(state, want+"\n") && !strings.Contains(state, want+" ") {
 			t.Errorf("kernel state lacks %q:\n%s", want, state)

@@ -73,7 +73,7 @@ func (b *Backend) Cleanup(context.Context) error {
 // routes on its devices (a WireGuard device's Network route, while a
 // switch runs both) are the other backends'.
 func (b *Backend) ownRoutes() (map[netip.Prefix]netkernel.Hop, error) {
-	onExt := func(_ netip.Prefix, link int) bool { return link == b.ext.Index }
+	onExt := func(_ netip.Prefix, h netkernel.Hop) bool { return h.Link == b.ext.Index }
 	have, err := netkernel.OwnedHops(b.kernel, false, onExt)
 	if err != nil {
 		return nil, err

@@ -2,6 +2,7 @@ package netkernel
 
 import (
 	"fmt"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 
@@ -29,11 +30,21 @@ type Kernel interface {
 	AddrAdd(link netlink.Link, addr *netlink.Addr) error
 	AddrDel(link netlink.Link, addr *netlink.Addr) error
 	RouteListFiltered(family int, filter *netlink.Route, filterMask uint64) ([]netlink.Route, error)
-	// RouteEach calls f with each route RouteListFiltered would list, one
-	// at a time, keeping none; an interrupted dump (ErrDumpInterrupted) is
-	// the caller's to start over.
-	RouteEach(family int, filter *netlink.Route, filterMask uint64, f func(netlink.Route)) error
+	// HopEach calls f with each of weft's routes of family (RouteProtocol,
+	// main table) as a Hop, one at a time, keeping none; an interrupted
+	// dump (ErrDumpInterrupted) is the caller's to start over.
+	HopEach(family int, f func(dst netip.Prefix, h Hop)) error
 	RouteReplace(route *netlink.Route) error
+	// RouteReplaceNexthop sets weft's route to dst through nexthop object
+	// id, replacing the route to dst.
+	RouteReplaceNexthop(dst netip.Prefix, id uint32) error
+	// NexthopEach calls f with every nexthop object, whoever made it.
+	NexthopEach(f func(Nexthop)) error
+	// NexthopSet creates a nexthop object (EEXIST when its ID is taken)
+	// or, with replace, creates or replaces it.
+	NexthopSet(nh Nexthop, replace bool) error
+	// NexthopDel removes a nexthop object and the routes through it.
+	NexthopDel(id uint32) error
 	RouteDel(route *netlink.Route) error
 	// NeighEach calls f with each neighbour of family on a link
 	// (AF_BRIDGE: its FDB entries), one at a time as the dump reads it,
@@ -173,16 +184,6 @@ func (k *Netlink) AddrDel(link netlink.Link, addr *netlink.Addr) error {
 func (k *Netlink) RouteListFiltered(family int, filter *netlink.Route, filterMask uint64) ([]netlink.Route, error) {
 	k.calls.Count(CallDump)
 	return Retry(func() ([]netlink.Route, error) { return k.h.RouteListFiltered(family, filter, filterMask) })
-}
-
-// RouteEach calls f with each route of family that matches filter, as the
-// dump reads it.
-func (k *Netlink) RouteEach(family int, filter *netlink.Route, filterMask uint64, f func(netlink.Route)) error {
-	k.calls.Count(CallDump)
-	return k.h.RouteListFilteredIter(family, filter, filterMask, func(r netlink.Route) bool {
-		f(r)
-		return true
-	})
 }
 
 // RouteReplace adds a route or replaces the one to the same destination.

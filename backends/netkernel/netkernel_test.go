@@ -62,7 +62,7 @@ func TestSyncRoutes(t *testing.T) {
 		}
 		return nil
 	}
-	current, err := netkernel.OwnedHops(k, false, func(netip.Prefix, int) bool { return true })
+	current, err := netkernel.OwnedHops(k, false, func(netip.Prefix, netkernel.Hop) bool { return true })
 	if err != nil || len(current) != 3 {
 		t.Fatalf("OwnedHops = %d routes, %v; want weft's 3", len(current), err)
 	}

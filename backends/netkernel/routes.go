@@ -19,12 +19,21 @@ import (
 type Hop struct {
 	Link int
 	Gw   netip.Addr
+	// NH is the nexthop object the route goes through (0: none, the route
+	// carries its gateway); Link and Gw are then the object's, as the
+	// kernel reports them.
+	NH uint32
 }
 
 // route is the route to dst that h stands for, as weft installs it: what
-// deleting it names.
+// deleting it names. A route through a nexthop object is named by its
+// destination alone: the kernel matches no gateway or link against one.
 func (h Hop) route(dst netip.Prefix) *netlink.Route {
-	r := &netlink.Route{Dst: IPNet(dst), LinkIndex: h.Link, Protocol: RouteProtocol, Table: unix.RT_TABLE_MAIN}
+	r := &netlink.Route{Dst: IPNet(dst), Protocol: RouteProtocol, Table: unix.RT_TABLE_MAIN}
+	if h.NH != 0 {
+		return r
+	}
+	r.LinkIndex = h.Link
 	if h.Gw.IsValid() {
 		r.Gw = h.Gw.AsSlice()
 	}
@@ -32,19 +41,18 @@ func (h Hop) route(dst netip.Prefix) *netlink.Route {
 }
 
 // OwnedHops are weft's routes (RouteProtocol, main table) of one family
-// whose destination and link keep accepts, by destination, read one at a
+// whose destination and Hop keep accepts, by destination, read one at a
 // time from the dump.
-func OwnedHops(k Kernel, ipv6 bool, keep func(dst netip.Prefix, link int) bool) (map[netip.Prefix]Hop, error) {
+func OwnedHops(k Kernel, ipv6 bool, keep func(dst netip.Prefix, h Hop) bool) (map[netip.Prefix]Hop, error) {
 	family := netlink.FAMILY_V4
 	if ipv6 {
 		family = netlink.FAMILY_V6
 	}
-	filter := &netlink.Route{Protocol: RouteProtocol, Table: unix.RT_TABLE_MAIN}
 	return Retry(func() (map[netip.Prefix]Hop, error) {
 		out := map[netip.Prefix]Hop{}
-		err := k.RouteEach(family, filter, netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE, func(r netlink.Route) {
-			if dst, ok := Prefix(r.Dst); ok && dst.Addr().Is6() == ipv6 && keep(dst, r.LinkIndex) {
-				out[dst] = Hop{Link: r.LinkIndex, Gw: Addr(r.Gw)}
+		err := k.HopEach(family, func(dst netip.Prefix, h Hop) {
+			if dst.Addr().Is6() == ipv6 && keep(dst, h) {
+				out[dst] = h
 			}
 		})
 		return out, err
@@ -135,5 +143,5 @@ func SyncPeerRoutes(k Kernel, dev, ext int, current map[netip.Prefix]Hop, want [
 func PeerRoutes(k Kernel, ipv6 bool, dev, ext int) (map[netip.Prefix]Hop, error) {
 	// Another backend's routes (a switch of Backend.Type) are pruned by its
 	// own cleanup.
-	return OwnedHops(k, ipv6, func(_ netip.Prefix, link int) bool { return link == dev || link == ext })
+	return OwnedHops(k, ipv6, func(_ netip.Prefix, h Hop) bool { return h.Link == dev || h.Link == ext })
 }

@@ -36,6 +36,13 @@ type Backend struct {
 	// macHolders are the leases publishing each VTEP MAC in the state last
 	// applied whole; nil until then (a delta then asks for a whole apply).
 	macHolders map[MAC]int
+	// noNexthops: the kernel refused nexthop objects, so the IPv4 peer
+	// routes carry their gateways (as the IPv6 half's always do: the
+	// kernel's IPv6 routes have no shared-route lookup to speed up).
+	noNexthops bool
+	// nexthopsTaken are the nexthop IDs other programs held at the last
+	// whole apply, which deltas leave alone.
+	nexthopsTaken map[uint32]bool
 }
 
 // New parses the options; the backend programs kernel.
@@ -169,11 +176,43 @@ func (b *Backend) Apply(_ context.Context, d mesh.Desired) error {
 	b.macHolders = holders
 	idx := dev.Attrs().Index
 	errs = append(errs, netkernel.EnsureOnlyAddress(b.kernel, dev, netip.PrefixFrom(d.Self.Subnet.Addr(), d.Self.Subnet.Addr().BitLen()))...)
-	have, err := b.kernelEntries(idx)
+	nhs, err := b.readNexthops(idx)
 	if err != nil {
 		return errors.Join(append(errs, err)...)
 	}
-	return errors.Join(append(errs, b.sync(idx, have, state)...)...)
+	b.nexthopsTaken = nhs.Taken()
+	have, err := b.kernelEntries(idx, nhs)
+	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	return errors.Join(append(errs, b.sync(idx, have, state, nhs)...)...)
+}
+
+// readNexthops reads the kernel's nexthop objects for a whole apply of the
+// IPv4 device's routes; nil when its routes carry their gateways.
+func (b *Backend) readNexthops(idx int) (*netkernel.Nexthops, error) {
+	if b.ipv6 || b.noNexthops {
+		return nil, nil
+	}
+	nhs, err := netkernel.ReadNexthops(b.kernel, idx)
+	if errors.Is(err, netkernel.ErrNoNexthops) {
+		b.noNexthops = true
+		b.log.Info("peer routes carry their gateways: the kernel has no nexthop objects (Linux 5.3 and later have them)", "err", err)
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("listing nexthop objects: %w", err)
+	}
+	return nhs, nil
+}
+
+// deltaNexthops are the nexthop objects a delta's routes go through; nil
+// when the routes carry their gateways.
+func (b *Backend) deltaNexthops(idx int) *netkernel.Nexthops {
+	if b.ipv6 || b.noNexthops {
+		return nil
+	}
+	return netkernel.DeltaNexthops(idx, b.nexthopsTaken)
 }
 
 // ApplyDelta changes only the entries of the peers in the delta: their old
@@ -202,7 +241,8 @@ func (b *Backend) ApplyDelta(_ context.Context, d mesh.Delta) error {
 	idx := dev.Attrs().Index
 	before, _ := Plan(d.Before(), b.opts, b.ext)
 	after, errs := Plan(d.After(), b.opts, b.ext)
-	return errors.Join(append(errs, b.sync(idx, b.plannedEntries(idx, before), after)...)...)
+	nhs := b.deltaNexthops(idx)
+	return errors.Join(append(errs, b.sync(idx, b.plannedEntries(idx, before, nhs), after, nhs)...)...)
 }
 
 // fdbKey identifies an FDB entry: a VTEP MAC and where frames for it go.
@@ -224,7 +264,7 @@ type entries struct {
 // direct routes on the external link), each dump streamed into the maps a
 // sync compares, never held as a list: a dump the kernel interrupts is
 // read again from the start.
-func (b *Backend) kernelEntries(idx int) (entries, error) {
+func (b *Backend) kernelEntries(idx int, nhs *netkernel.Nexthops) (entries, error) {
 	e := entries{}
 	var err error
 	e.neighbors, err = netkernel.Retry(func() (map[netip.Addr]MAC, error) {
@@ -251,7 +291,7 @@ func (b *Backend) kernelEntries(idx int) (entries, error) {
 	if err != nil {
 		return e, fmt.Errorf("listing FDB: %w", err)
 	}
-	e.routes, err = b.kernelRoutes(idx)
+	e.routes, err = netkernel.TunnelRoutes(b.kernel, b.ipv6, idx, b.ext.Index, nhs)
 	return e, err
 }
 
@@ -268,8 +308,8 @@ func (b *Backend) family() int {
 }
 
 // plannedEntries are the kernel objects a plan puts on the device.
-func (b *Backend) plannedEntries(idx int, s State) entries {
-	e := entries{neighbors: map[netip.Addr]MAC{}, fdb: map[fdbKey]struct{}{}, routes: netkernel.PlannedRoutes(idx, b.ext.Index, s.Routes())}
+func (b *Backend) plannedEntries(idx int, s State, nhs *netkernel.Nexthops) entries {
+	e := entries{neighbors: map[netip.Addr]MAC{}, fdb: map[fdbKey]struct{}{}, routes: netkernel.PlannedTunnelRoutes(idx, b.ext.Index, s.Routes(), nhs)}
 	for _, n := range s.Neighbors() {
 		e.neighbors[n.IP] = n.MAC
 	}
@@ -308,7 +348,7 @@ func fdbEntry(idx int, f FDB) *netlink.Neigh {
 // before routes, so a route never points at a VTEP the kernel cannot
 // resolve): set what is missing or different, then delete the rest. have
 // is used up.
-func (b *Backend) sync(idx int, have entries, want State) []error {
+func (b *Backend) sync(idx int, have entries, want State, nhs *netkernel.Nexthops) []error {
 	var errs []error
 	// have is used up as it is compared: an entry wanted is taken out of
 	// it, and what is left is deleted. (Sets of what stays were three more
@@ -343,11 +383,7 @@ func (b *Backend) sync(idx int, have entries, want State) []error {
 			errs = append(errs, fmt.Errorf("removing fdb %s dst %s: %w", k.mac, k.dst, err))
 		}
 	}
-	return append(errs, b.syncRoutes(idx, have.routes, want.Routes())...)
-}
-
-func (b *Backend) syncRoutes(idx int, current map[netip.Prefix]netkernel.Hop, want []underlay.Route) []error {
-	return netkernel.SyncPeerRoutes(b.kernel, idx, b.ext.Index, current, want, nil)
+	return append(errs, netkernel.SyncTunnelRoutes(b.kernel, idx, b.ext.Index, have.routes, want.Routes(), nhs, nil)...)
 }
 
 // Cleanup removes the device (its routes, neighbours and FDB go with it)
@@ -361,7 +397,7 @@ func (b *Backend) Cleanup(context.Context) error {
 	if err != nil {
 		return errors.Join(append(errs, err)...)
 	}
-	errs = append(errs, b.syncRoutes(-1, routes, nil)...)
+	errs = append(errs, netkernel.SyncPeerRoutes(b.kernel, -1, b.ext.Index, routes, nil, nil)...)
 	return errors.Join(errs...)
 }
 

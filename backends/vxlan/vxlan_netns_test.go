@@ -50,6 +50,7 @@ func TestApplyInNetns(t *testing.T) {
 		lines := strings.Split(ns.Run(t, "ip", "-4", "route", "show", "proto", "87")+
 			ns.Run(t, "ip", "neigh", "show", "dev", "weft.1")+
 			ns.Run(t, "bridge", "fdb", "show", "dev", "weft.1")+
+			ns.Run(t, "ip", "nexthop", "show", "proto", "87")+
 			ns.Run(t, "ip", "-4", "-br", "addr", "show", "dev", "weft.1"), "\n")
 		sort.Strings(lines)
 		return strings.Join(lines, "\n")
@@ -63,7 +64,8 @@ func TestApplyInNetns(t *testing.T) {
 	apply(two)
 	got := show()
 	for _, want := range []string{
-		"10.5.2.0/24 via 10.5.2.0 dev weft.1 onlink", "10.5.3.0/24 via 10.5.3.0 dev weft.1 onlink",
+		"10.5.2.0/24 nhid 168100352 via 10.5.2.0 dev weft.1 onlink", "10.5.3.0/24 nhid 168100608 via 10.5.3.0 dev weft.1 onlink",
+		"id 168100352 via 10.5.2.0 dev weft.1 scope link proto 87 onlink",
 		"10.5.2.0 lladdr 02:00:00:00:00:02 PERMANENT", "02:00:00:00:00:03 dst 192.168.77.3 self permanent",
 		"10.5.1.0/32",
 	} {
@@ -85,7 +87,7 @@ func TestApplyInNetns(t *testing.T) {
 	if strings.Contains(got, "10.5.3.0") || strings.Contains(got, "02:00:00:00:00:03") {
 		t.Errorf("entries of the peer that left remain:\n%s", got)
 	}
-	if !strings.Contains(got, "10.5.4.0/24 via 10.5.4.0") || !strings.Contains(got, "02:00:00:00:00:04 dst 192.168.77.4") ||
+	if !strings.Contains(got, "10.5.4.0/24 nhid 168100864 via 10.5.4.0") || !strings.Contains(got, "02:00:00:00:00:04 dst 192.168.77.4") ||
 		!strings.Contains(got, "10.5.2.0 lladdr 02:00:00:00:00:02") {
 		t.Errorf("after change:\n%s", got)
 	}
@@ -104,7 +106,7 @@ func TestApplyInNetns(t *testing.T) {
 	}
 	afterDelta := show()
 	if strings.Contains(afterDelta, "02:00:00:00:00:02") || strings.Contains(afterDelta, "10.5.4.0") ||
-		!strings.Contains(afterDelta, "02:00:00:00:00:22 dst 192.168.77.2") || !strings.Contains(afterDelta, "10.5.5.0/24 via 10.5.5.0") {
+		!strings.Contains(afterDelta, "02:00:00:00:00:22 dst 192.168.77.2") || !strings.Contains(afterDelta, "10.5.5.0/24 nhid 168101120 via 10.5.5.0") {
 		t.Errorf("after a delta:\n%s", afterDelta)
 	}
 	apply(mesh.Desired{Self: self, Peers: []mesh.Peer{newTwo, five}})
@@ -124,6 +126,14 @@ func TestApplyInNetns(t *testing.T) {
 	if restored := show(); restored != got {
 		t.Errorf("after the device was deleted, state is:\n%s\nwant:\n%s", restored, got)
 	}
+	// A nexthop object deleted by hand (its route goes with it) and one
+	// sent elsewhere: the next apply puts both right.
+	ns.Run(t, "ip", "nexthop", "del", "id", "168100352")
+	ns.Run(t, "ip", "nexthop", "replace", "id", "168100864", "via", "10.5.9.9", "dev", "weft.1", "onlink", "proto", "87")
+	apply(three)
+	if restored := show(); restored != got {
+		t.Errorf("after nexthop objects were changed by hand, state is:\n%s\nwant:\n%s", restored, got)
+	}
 	// Changed by hand (wrong port): recreated to match.
 	ns.Run(t, "ip", "link", "del", "weft.1")
 	ns.Run(t, "ip", "link", "add", "weft.1", "type", "vxlan", "id", "1", "dstport", "4789", "dev", "ext0")
@@ -140,5 +150,8 @@ func TestApplyInNetns(t *testing.T) {
 	}
 	if out := ns.Run(t, "ip", "-4", "route", "show", "proto", "87"); out != "" {
 		t.Errorf("routes survived cleanup: %s", out)
+	}
+	if out := ns.Run(t, "ip", "nexthop", "show", "proto", "87"); out != "" {
+		t.Errorf("nexthop objects survived cleanup: %s", out)
 	}
 }

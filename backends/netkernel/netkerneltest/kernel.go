@@ -30,6 +30,9 @@ type Kernel struct {
 	// 10.5.2.0/24", "neigh set 10.5.2.0", ...); an error it returns is the
 	// call's, so tests can check that apply keeps going past a failure.
 	Fail func(op string) error
+	// NoNexthops makes nexthop calls fail as on a kernel older than 5.3
+	// (EOPNOTSUPP).
+	NoNexthops bool
 	// InterruptDumps is how many neighbour dumps to come are interrupted
 	// part way (set it before the kernel is used).
 	InterruptDumps int
@@ -41,13 +44,19 @@ type Kernel struct {
 	routes    []netlink.Route
 	neighs    []netlink.Neigh
 	writes    int
+	// nexthops are the nexthop objects by ID; routeNexthop the object
+	// each route through one names, by destination (its routes entry
+	// carries the object's link and gateway, as the kernel reports them).
+	nexthops     map[uint32]netkernel.Nexthop
+	routeNexthop map[netip.Prefix]uint32
 }
 
 var _ netkernel.Kernel = (*Kernel)(nil)
 
 // NewKernel returns a kernel with no links.
 func NewKernel() *Kernel {
-	return &Kernel{nextIndex: 2, links: map[string]netlink.Link{}, addrs: map[int][]netip.Prefix{}}
+	return &Kernel{nextIndex: 2, links: map[string]netlink.Link{}, addrs: map[int][]netip.Prefix{},
+		nexthops: map[uint32]netkernel.Nexthop{}, routeNexthop: map[netip.Prefix]uint32{}}
 }
 
 // AddExternal adds an up veth named name with address addr (a prefix on
@@ -186,7 +195,27 @@ func (k *Kernel) LinkDel(link netlink.Link) error {
 	delete(k.addrs, idx)
 	k.routes = slices.DeleteFunc(k.routes, func(r netlink.Route) bool { return r.LinkIndex == idx })
 	k.neighs = slices.DeleteFunc(k.neighs, func(n netlink.Neigh) bool { return n.LinkIndex == idx })
+	for id, nh := range k.nexthops {
+		if nh.Link == idx {
+			delete(k.nexthops, id)
+		}
+	}
+	k.pruneRouteNexthops()
 	return nil
+}
+
+// pruneRouteNexthops forgets the nexthop of each destination no route
+// goes to any more.
+func (k *Kernel) pruneRouteNexthops() {
+	have := map[netip.Prefix]bool{}
+	for _, r := range k.routes {
+		have[dstOf(&r)] = true
+	}
+	for dst := range k.routeNexthop {
+		if !have[dst] {
+			delete(k.routeNexthop, dst)
+		}
+	}
 }
 
 func (k *Kernel) linkOf(link netlink.Link) (netlink.Link, error) {
@@ -327,13 +356,105 @@ func sameRoute(a, b *netlink.Route) bool {
 	return dstOf(a) == dstOf(b) && table(a) == table(b) && a.Priority == b.Priority
 }
 
-// RouteEach calls f with each route RouteListFiltered lists.
-func (k *Kernel) RouteEach(family int, filter *netlink.Route, filterMask uint64, f func(netlink.Route)) error {
-	routes, err := k.RouteListFiltered(family, filter, filterMask)
-	for _, r := range routes {
-		f(r)
+// HopEach calls f with weft's routes of family in the main table, as
+// Hops.
+func (k *Kernel) HopEach(family int, f func(netip.Prefix, netkernel.Hop)) error {
+	routes, err := k.RouteListFiltered(family, &netlink.Route{Protocol: netkernel.RouteProtocol, Table: unix.RT_TABLE_MAIN},
+		netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
+	k.mu.Lock()
+	hops := make([]netkernel.Hop, len(routes))
+	for i, r := range routes {
+		hops[i] = netkernel.Hop{Link: r.LinkIndex, Gw: netkernel.Addr(r.Gw), NH: k.routeNexthop[dstOf(&r)]}
+	}
+	k.mu.Unlock()
+	for i, r := range routes {
+		f(dstOf(&r), hops[i])
 	}
 	return err
+}
+
+// RouteReplaceNexthop sets weft's route to dst through nexthop object id,
+// which must exist (EINVAL otherwise, as the kernel says "Nexthop id does
+// not exist").
+func (k *Kernel) RouteReplaceNexthop(dst netip.Prefix, id uint32) error {
+	k.mu.Lock()
+	nh, ok := k.nexthops[id]
+	k.mu.Unlock()
+	if !ok {
+		return unix.EINVAL
+	}
+	r := netlink.Route{Dst: netkernel.IPNet(dst), LinkIndex: nh.Link, Gw: nh.Gw.AsSlice(), Protocol: netkernel.RouteProtocol, Table: unix.RT_TABLE_MAIN}
+	if nh.OnLink {
+		r.Flags = int(netlink.FLAG_ONLINK)
+	}
+	if err := k.RouteReplace(&r); err != nil {
+		return err
+	}
+	k.mu.Lock()
+	k.routeNexthop[dst] = id
+	k.mu.Unlock()
+	return nil
+}
+
+// NexthopEach calls f with every nexthop object.
+func (k *Kernel) NexthopEach(f func(netkernel.Nexthop)) error {
+	if k.NoNexthops {
+		return unix.EOPNOTSUPP
+	}
+	k.mu.Lock()
+	all := make([]netkernel.Nexthop, 0, len(k.nexthops))
+	for _, nh := range k.nexthops {
+		all = append(all, nh)
+	}
+	k.mu.Unlock()
+	for _, nh := range all {
+		f(nh)
+	}
+	return nil
+}
+
+// NexthopSet creates a nexthop object (EEXIST when its ID is taken) or,
+// with replace, creates or replaces it; its link must exist. A replaced
+// object's routes follow it.
+func (k *Kernel) NexthopSet(nh netkernel.Nexthop, replace bool) error {
+	if k.NoNexthops {
+		return unix.EOPNOTSUPP
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if _, ok := k.byIndex(nh.Link); !ok {
+		return unix.ENODEV
+	}
+	if _, taken := k.nexthops[nh.ID]; taken && !replace {
+		return unix.EEXIST
+	}
+	if err := k.write("nexthop set %d", nh.ID); err != nil {
+		return err
+	}
+	k.nexthops[nh.ID] = nh
+	for i := range k.routes {
+		if k.routeNexthop[dstOf(&k.routes[i])] == nh.ID {
+			k.routes[i].LinkIndex, k.routes[i].Gw = nh.Link, nh.Gw.AsSlice()
+		}
+	}
+	return nil
+}
+
+// NexthopDel removes a nexthop object and the routes through it; ENOENT
+// when there is none.
+func (k *Kernel) NexthopDel(id uint32) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if _, ok := k.nexthops[id]; !ok {
+		return unix.ENOENT
+	}
+	if err := k.write("nexthop del %d", id); err != nil {
+		return err
+	}
+	delete(k.nexthops, id)
+	k.routes = slices.DeleteFunc(k.routes, func(r netlink.Route) bool { return k.routeNexthop[dstOf(&r)] == id })
+	k.pruneRouteNexthops()
+	return nil
 }
 
 // RouteReplace adds a route or replaces the one to the same destination
@@ -354,6 +475,7 @@ func (k *Kernel) RouteReplace(route *netlink.Route) error {
 	}
 	k.routes = slices.DeleteFunc(k.routes, func(have netlink.Route) bool { return sameRoute(&have, &r) })
 	k.routes = append(k.routes, r)
+	delete(k.routeNexthop, dst)
 	return nil
 }
 
@@ -370,6 +492,7 @@ func (k *Kernel) RouteDel(route *netlink.Route) error {
 		return err
 	}
 	k.routes = slices.Delete(k.routes, i, i+1)
+	k.pruneRouteNexthops()
 	return nil
 }
 
@@ -451,7 +574,8 @@ func (k *Kernel) DeleteRoute(dst string) error {
 //
 //	link weft.1 vxlan mtu 1450 up
 //	addr 10.5.1.0/32 dev weft.1
-//	route 10.5.2.0/24 via 10.5.2.0 dev weft.1 proto 87 onlink
+//	route 10.5.2.0/24 nhid 168100352 via 10.5.2.0 dev weft.1 proto 87 onlink
+//	nexthop id 168100352 via 10.5.2.0 dev weft.1 proto 87 onlink
 //	neigh 10.5.2.0 dev weft.1 lladdr 02:00:00:00:00:02 PERMANENT
 //	fdb 02:00:00:00:00:02 dev weft.1 dst 192.168.77.2 self permanent
 func (k *Kernel) State() string {
@@ -480,6 +604,9 @@ func (k *Kernel) State() string {
 			lines = append(lines, fmt.Sprintf("route blackhole %s metric %d", dstOf(&r), r.Priority))
 			continue
 		}
+		if id, ok := k.routeNexthop[dstOf(&r)]; ok {
+			line += fmt.Sprintf(" nhid %d", id)
+		}
 		if r.Gw != nil {
 			line += " via " + r.Gw.String()
 		}
@@ -491,6 +618,13 @@ func (k *Kernel) State() string {
 			line += " scope link"
 		}
 		if r.Flags&int(netlink.FLAG_ONLINK) != 0 {
+			line += " onlink"
+		}
+		lines = append(lines, line)
+	}
+	for _, nh := range k.nexthops {
+		line := fmt.Sprintf("nexthop id %d via %s dev %s proto %d", nh.ID, nh.Gw, name(nh.Link), nh.Protocol)
+		if nh.OnLink {
 			line += " onlink"
 		}
 		lines = append(lines, line)
