@@ -85,11 +85,23 @@ lint:
 # BENCHMARKS.md and BENCHMARKS.svg. The reference wireguard-go is the module
 # version weft embeds. BENCH_ARGS picks parts, e.g. BENCH_ARGS='-backends ""'.
 BENCH_ARGS ?=
-bench: deps build $(BIN)/wireguard
-	$(BIN)/weftbench -wireguard-go $(BIN)/wireguard -out BENCHMARKS.md -chart BENCHMARKS.svg $(BENCH_ARGS)
+bench: deps build $(BIN)/wireguard $(BIN)/flanneld
+	$(BIN)/weftbench -wireguard-go $(BIN)/wireguard -flanneld $(BIN)/flanneld -out BENCHMARKS.md -chart BENCHMARKS.svg $(BENCH_ARGS)
 
 $(BIN)/wireguard:
 	GOBIN=$(CURDIR)/$(BIN) $(GO) install golang.zx2c4.com/wireguard@$$($(GO) list -m -f '{{.Version}}' golang.zx2c4.com/wireguard)
+
+# flanneld, for the scale run's side-by-side rows: built from the source of
+# the release weft is compatible with (../shared/flannel holds what it
+# wrote), from the Go module proxy. Its tencentcloud vpc module at the
+# version go.mod names does not build; the replace takes the last that does.
+FLANNEL_VERSION := v0.28.9
+$(BIN)/flanneld:
+	set -e; src=$$(mktemp -d); trap 'chmod -R u+w '"$$src"'; rm -rf '"$$src" EXIT; \
+	dir=$$($(GO) mod download -json github.com/flannel-io/flannel@$(FLANNEL_VERSION) | sed -n 's/^\t"Dir": "\(.*\)",$$/\1/p'); \
+	cp -r "$$dir"/. "$$src"; chmod -R u+w "$$src"; cd "$$src"; \
+	$(GO) mod edit -replace github.com/tencentcloud/tencentcloud-sdk-go/tencentcloud/vpc=github.com/tencentcloud/tencentcloud-sdk-go/tencentcloud/vpc@v1.3.128; \
+	GOFLAGS=-mod=mod $(GO) build -o $(CURDIR)/$(BIN)/flanneld .
 
 # profile: CPU and heap profiles of weftd programming 10,000 simulated
 # WireGuard peers (the worst figure of the scale run), then the top of each.

@@ -41,6 +41,7 @@ func main() {
 	dir := filepath.Dir(self)
 	weftd := flag.String("weftd", filepath.Join(dir, "weftd"), "weftd binary")
 	wgGo := flag.String("wireguard-go", filepath.Join(dir, "wireguard"), "wireguard-go binary of the version weft embeds")
+	flanneld := flag.String("flanneld", filepath.Join(dir, "flanneld"), "flanneld binary for the scale run's side-by-side rows (make bin/flanneld builds it; missing: no flanneld rows)")
 	out := flag.String("out", "BENCHMARKS.md", "report to write; parts not measured in this run are kept from it")
 	chart := flag.String("chart", "BENCHMARKS.svg", "chart of the data paths to write")
 	runs := flag.Int("runs", 5, "runs per measurement (the median is reported)")
@@ -59,7 +60,7 @@ func main() {
 			sizes = append(sizes, n)
 		}
 	}
-	err := run(plan{profileDir: *profile, weftd: *weftd, wgGo: *wgGo, out: *out, chart: *chart, runs: *runs, seconds: *seconds, joinHosts: *join, flood: *flood,
+	err := run(plan{profileDir: *profile, weftd: *weftd, wgGo: *wgGo, flanneld: *flanneld, out: *out, chart: *chart, runs: *runs, seconds: *seconds, joinHosts: *join, flood: *flood,
 		backends: splitNonEmpty(*backends), controlBackends: splitNonEmpty(*control), sizes: sizes, scaleBackends: splitNonEmpty(*scaleBackends)})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "weftbench:", err)
@@ -117,6 +118,7 @@ func splitReport(report string) map[string]string {
 // plan is what one weftbench run measures.
 type plan struct {
 	weftd, wgGo, out, chart   string
+	flanneld                  string
 	profileDir                string
 	runs, seconds, joinHosts  int
 	backends, controlBackends []string
@@ -177,6 +179,21 @@ func run(p plan) error {
 					r.held.Round(time.Second), r.wholeApplies, r.resyncTook, r.drift, r.addOne.Round(time.Millisecond), r.addApply,
 					r.removeOne.Round(time.Millisecond), r.removeApply, r.deltas, r.changes)
 				results = append(results, r)
+				if backend != backends.VXLAN {
+					continue
+				}
+				if _, err := os.Stat(p.flanneld); err != nil {
+					fmt.Printf("no flanneld rows: %v (make bin/flanneld builds it)\n", err)
+					continue
+				}
+				f, err := measureFlannelScale(p.weftd, p.flanneld, n, r.held)
+				if err != nil {
+					return fmt.Errorf("scale flanneld with %d leases: %w", n, err)
+				}
+				fmt.Printf("scale flanneld %6d leases: converged in %s, CPU %s, peak RSS cold %d MiB, running %d MiB (held %s), add one %s, remove one %s\n",
+					n, f.converge.Round(time.Millisecond), f.cpu.Round(10*time.Millisecond), f.coldPeakKB/1024, f.runningPeakKB/1024, f.held.Round(time.Second),
+					f.addRoute, f.removeRoute)
+				results = append(results, f)
 			}
 		}
 		parts[reportParts[1]] = renderScale(results, time.Now())

@@ -44,6 +44,10 @@ type scaleResult struct {
 	// and weftd's own time for it (compute and apply).
 	addOne, removeOne     time.Duration
 	addApply, removeApply time.Duration
+	// addRoute and removeRoute time the same kind of change to the
+	// kernel's notification of the lease's route (vxlan rows and
+	// flanneld's): the measure both daemons are compared by.
+	addRoute, removeRoute time.Duration
 	deltas, changes       int // changes applied as deltas, of all
 	// Kernel calls weftd made (weft_kernel_calls_total): to converge, and
 	// for the last add and remove.
@@ -195,7 +199,7 @@ func deleteOnePeer(h *lab.Host) error {
 		return err
 	}
 	for _, cmd := range [][]string{
-		{"ip", "route", "del", subnet.String(), "dev", "weft.1"},
+		{"ip", "route", "del", subnet.String(), "proto", "87"},
 		{"ip", "neigh", "del", subnet.Addr().String(), "dev", "weft.1"},
 		{"bridge", "fdb", "del", data.VtepMAC, "dev", "weft.1", "dst", attrs.PublicIP.String(), "self"},
 	} {
@@ -332,6 +336,11 @@ func measureScale(row, weftd string, n int, profileDir string) (scaleResult, err
 	}
 	if err := timeChanges(l, h1, row, backend, n, &res); err != nil {
 		return res, err
+	}
+	if backend == backends.VXLAN {
+		if res.addRoute, res.removeRoute, err = timeRouteChanges(l, h1, n); err != nil {
+			return res, err
+		}
 	}
 	// Then a route, neighbour and FDB entry of one peer deleted by hand
 	// (vxlan), and held through the next tick, which puts them back.
@@ -491,6 +500,9 @@ each), WireGuard device reads (every peer) and configurations.
 |---|---|---|---|---|---|---|---|---|---|---|---|---|---|
 `, measuredOn(measured), mesh.DefaultResync, changeRuns)
 	for _, r := range results {
+		if r.backend == flanneldRow {
+			continue // in the side-by-side table below
+		}
 		drift := "–"
 		if r.drift > 0 {
 			drift = r.drift.Round(100 * time.Millisecond).String()
@@ -503,8 +515,12 @@ each), WireGuard device reads (every peer) and configurations.
 	}
 	b.WriteString("\n| backend | leases | kernel calls to converge | kernel calls, add one | kernel calls, remove one |\n|---|---|---|---|---|\n")
 	for _, r := range results {
+		if r.backend == flanneldRow {
+			continue
+		}
 		fmt.Fprintf(&b, "| %s | %d | %s | %s | %s |\n", r.backend, r.leases, r.convergeCalls, r.addCalls, r.removeCalls)
 	}
+	b.WriteString(renderFlannelComparison(results))
 	b.WriteString(`
 Where the wireguard row's memory goes: ` + "`make profile`" + ` (pprof heap and CPU of weftd programming
 userspace peers) puts most of the heap in wireguard-go's per-peer state, allocated in device.NewPeer:
@@ -515,6 +531,51 @@ WireGuard, weft uses the kernel device and the state lives there. The vxlan rows
 cost, and the wireguard-on-demand rows what a userspace host pays when peers are configured only
 while traffic needs them. Targets: docs/benchmark-targets.md.
 `)
+	return b.String()
+}
+
+// renderFlannelComparison sets each flanneld row beside weftd's vxlan row
+// of the same size, measured in the same run.
+func renderFlannelComparison(results []scaleResult) string {
+	weft := map[int]scaleResult{}
+	for _, r := range results {
+		if r.backend == backends.VXLAN {
+			weft[r.leases] = r
+		}
+	}
+	var b strings.Builder
+	for _, f := range results {
+		w, ok := weft[f.leases]
+		if f.backend != flanneldRow || !ok {
+			continue
+		}
+		if b.Len() == 0 {
+			b.WriteString(`
+weftd beside flanneld (` + "`" + `make bin/flanneld` + "`" + ` builds it from its release's source), vxlan, the same simulated
+leases (unsigned, as flannel writes them), each started cold on the same lab host and held as long.
+flanneld says nothing when it has programmed every peer, so its "all in the kernel" is the first
+count (every second) that finds every route, neighbour and FDB entry; weftd's is its READY, counted
+the same way. "Add one" and "remove one" run from the etcd call to the kernel's notification of the
+lease's route (both daemons add it after the neighbour and FDB entry and remove it after them),
+medians of the same number of changes each. × is weftd's figure over flanneld's.
+
+| leases | all in the kernel: weftd | flanneld | × | CPU: weftd | flanneld | cold peak RSS: weftd | flanneld | running peak RSS: weftd | flanneld | × | add one: weftd | flanneld | remove one: weftd | flanneld |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|
+`)
+		}
+		ratio := func(a, b float64) string {
+			if b == 0 {
+				return "–"
+			}
+			return fmt.Sprintf("%.2f", a/b)
+		}
+		fmt.Fprintf(&b, "| %d | %s | %s | %s | %s | %s | %.1f MiB | %.1f MiB | %.1f MiB | %.1f MiB | %s | %s | %s | %s | %s |\n", f.leases,
+			w.converge.Round(time.Millisecond), f.converge.Round(time.Millisecond), ratio(w.converge.Seconds(), f.converge.Seconds()),
+			w.cpu.Round(10*time.Millisecond), f.cpu.Round(10*time.Millisecond),
+			float64(w.coldPeakKB)/1024, float64(f.coldPeakKB)/1024, float64(w.runningPeakKB)/1024, float64(f.runningPeakKB)/1024,
+			ratio(float64(w.runningPeakKB), float64(f.runningPeakKB)),
+			w.addRoute.Round(100*time.Microsecond), f.addRoute.Round(100*time.Microsecond), w.removeRoute.Round(100*time.Microsecond), f.removeRoute.Round(100*time.Microsecond))
+	}
 	return b.String()
 }
 
