@@ -35,6 +35,20 @@ func newModel(d Desired) *model {
 	return m
 }
 
+// pristine says no delta changed the model since its whole apply.
+func (m *model) pristine() bool { return len(m.changed) == 0 }
+
+// desired is the Desired of a pristine model, as its whole apply had it:
+// its peers are the model's own, which nothing changes in place.
+func (m *model) desired(cfg *lease.Config) Desired {
+	d := Desired{Network: m.network, IPv6Network: m.network6, PeersNetwork: cfg.PeersNetwork, Self: m.self, Peers: m.base}
+	for key, reason := range m.skipped {
+		d.Skipped = append(d.Skipped, Skipped{Key: key, Reason: reason})
+	}
+	sort.Slice(d.Skipped, func(i, j int) bool { return d.Skipped[i].Key < d.Skipped[j].Key })
+	return d
+}
+
 // peer is the model's peer at key.
 func (m *model) peer(key string) (*Peer, bool) {
 	if p, ok := m.changed[key]; ok {

@@ -244,7 +244,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		outsideChanged = r.Outside.Changed()
 	}
 	for {
-		resync := false
+		resync, tick := false, false
 		select {
 		case <-outsideChanged:
 			resync = true
@@ -256,7 +256,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 				r.OnOwnLeaseChange(r.Own.Current())
 			}
 		case <-ticker.C:
-			resync = true
+			tick = true
 		case <-r.wake():
 		case <-first:
 		}
@@ -264,12 +264,15 @@ func (r *Reconciler) Run(ctx context.Context) error {
 			continue
 		}
 		r.pause.Lock()
-		r.reconcile(ctx, log, resync || r.forceWhole.Swap(false))
+		r.reconcile(ctx, log, resync || r.forceWhole.Swap(false), tick)
 		r.pause.Unlock()
 	}
 }
 
-func (r *Reconciler) reconcile(ctx context.Context, log *slog.Logger, resync bool) {
+// reconcile applies what changed, or the whole state when resync says so
+// (or a delta cannot), or at a tick of the resync interval, which
+// compares the whole state with the data path.
+func (r *Reconciler) reconcile(ctx context.Context, log *slog.Logger, resync, tick bool) {
 	self := r.Own.Current()
 	if rev, ok := r.Leases.RecordRevision(self.Key()); !ok || rev != self.Revision {
 		// Our lease vanished or was rewritten by someone: let the holder
@@ -283,14 +286,25 @@ func (r *Reconciler) reconcile(ctx context.Context, log *slog.Logger, resync boo
 	r.gen = next
 	deltas, canDelta := r.Backend.(DeltaApplier)
 	// needWhole is set until a whole apply succeeded, so the model exists below.
-	whole := resync || wholeSet || r.needWhole || !canDelta || !sameSelf(r.model.self, self)
+	whole := resync || tick || wholeSet || r.needWhole || !canDelta || !sameSelf(r.model.self, self)
 	var err error
 	if !whole {
 		err = r.applyDelta(ctx, log, deltas, keys)
 		whole = errors.Is(err, ErrWholeApply)
 	}
 	if whole {
-		err = r.applyWhole(ctx, log, self)
+		// A tick with nothing changed since the last whole apply compares
+		// the data path with that same state: computing it again from the
+		// leases would give the same peers (admission aside, which time
+		// alone can change), and a second copy of every peer beside the
+		// first was the largest part of a resync's memory.
+		again := tick && !resync && !wholeSet && len(keys) == 0 && !r.needWhole && r.Admit == nil &&
+			r.model != nil && r.model.pristine() && sameSelf(r.model.self, self)
+		if again {
+			err = r.applyAgain(ctx)
+		} else {
+			err = r.applyWhole(ctx, log, self)
+		}
 	}
 	skipped, err := splitSkipped(err)
 	r.noteBackendSkips(log, skipped, whole)
@@ -379,6 +393,18 @@ func (r *Reconciler) applyWhole(ctx context.Context, log *slog.Logger, self leas
 	r.mu.Unlock()
 	if r.OnPeersChanged != nil {
 		r.OnPeersChanged(changedPeers(old, m))
+	}
+	return r.Backend.Apply(ctx, desired)
+}
+
+// applyAgain has the backend apply the state of the last whole apply
+// again, which no delta changed since (the model's own peers, not a copy).
+func (r *Reconciler) applyAgain(ctx context.Context) error {
+	r.mu.Lock()
+	desired := r.model.desired(r.Config)
+	r.mu.Unlock()
+	if r.Outside != nil {
+		desired.Outside = r.Outside.Peers()
 	}
 	return r.Backend.Apply(ctx, desired)
 }

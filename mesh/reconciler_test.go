@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net/netip"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/weftnet/weft/lease"
 	"github.com/weftnet/weft/lease/leasetest"
@@ -122,7 +124,7 @@ type testReconciler struct {
 	stop       func()
 }
 
-func startNode(t *testing.T, cfg *lease.Config, app Applier, resync time.Duration, log *slog.Logger) *testReconciler {
+func startNode(t *testing.T, cfg *lease.Config, app Applier, resync time.Duration, log *slog.Logger, set ...func(*Reconciler)) *testReconciler {
 	t.Helper()
 	store := leasetest.New(nil)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -138,10 +140,74 @@ func startNode(t *testing.T, cfg *lease.Config, app Applier, resync time.Duratio
 	}
 	tn := &testReconciler{store: store, self: self, watcher: lease.NewWatcher(store, log), holder: lease.NewHolder(store, req, self, time.Minute, log)}
 	tn.reconciler = &Reconciler{Config: cfg, Leases: tn.watcher, Own: tn.holder, Backend: app, Resync: resync, Log: log}
+	for _, f := range set {
+		f(tn.reconciler)
+	}
 	var wg sync.WaitGroup
 	for _, run := range []func(context.Context) error{tn.watcher.Run, tn.holder.Run, tn.reconciler.Run} {
 		wg.Go(func() { run(ctx) })
 	}
 	tn.stop = func() { cancel(); wg.Wait() }
 	return tn
+}
+
+// sliceApplier records where the peers of each apply live, to tell a state
+// handed over again from one computed anew.
+type sliceApplier struct {
+	mu     sync.Mutex
+	arrays []*Peer
+}
+
+func (a *sliceApplier) Apply(_ context.Context, d Desired) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(d.Peers) > 0 {
+		a.arrays = append(a.arrays, unsafe.SliceData(d.Peers))
+	}
+	return nil
+}
+
+// applies returns how many applies had peers and how many distinct
+// arrays of peers they were handed.
+func (a *sliceApplier) applies() (n, distinct int) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	seen := map[*Peer]bool{}
+	for _, p := range a.arrays {
+		seen[p] = true
+	}
+	return len(a.arrays), len(seen)
+}
+
+// TestResyncTicksReuseTheState: a resync tick with nothing changed hands
+// the backend the peers of the last whole apply again instead of a second
+// copy computed from the leases; a change, or admission (which time alone
+// can change), has the state computed anew.
+func TestResyncTicksReuseTheState(t *testing.T) {
+	cfg := testConfig(t)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	for _, admit := range []bool{false, true} {
+		app := &sliceApplier{}
+		var set []func(*Reconciler)
+		if admit {
+			set = append(set, func(r *Reconciler) { r.Admit = func(*lease.Lease) string { return "" } })
+		}
+		tn := startNode(t, cfg, app, 20*time.Millisecond, log, set...)
+		tn.store.PutRaw("10.5.7.0-24", []byte(`{"PublicIP":"192.168.50.7","PublicIPv6":null,"BackendType":"host-gw"}`))
+		// Past the start (the first applies, this host's own lease
+		// written), five more ticks.
+		waitUntil(t, func() bool { n, _ := app.applies(); return n >= 3 })
+		n0, d0 := app.applies()
+		waitUntil(t, func() bool { n, _ := app.applies(); return n >= n0+5 })
+		n, distinct := app.applies()
+		if !admit && distinct != d0 {
+			t.Errorf("%d ticks with nothing changed were handed %d new arrays of peers, want none", n-n0, distinct-d0)
+		}
+		if admit && distinct < d0+n-n0-1 {
+			t.Errorf("with admission, %d ticks were handed only %d new arrays of peers: the state was not computed anew", n-n0, distinct-d0)
+		}
+		tn.store.PutRaw("10.5.8.0-24", []byte(`{"PublicIP":"192.168.50.8","PublicIPv6":null,"BackendType":"host-gw"}`))
+		waitUntil(t, func() bool { _, d := app.applies(); return d >= distinct+1 })
+		tn.stop()
+	}
 }

@@ -52,6 +52,7 @@ func main() {
 	scaleBackends := flag.String("scale-backends", "vxlan,vxlan-signed,wireguard,wireguard-on-demand", "backends for the scale run (vxlan-signed: every lease signed by a host identity of its own; wireguard: every peer configured; wireguard-on-demand: peers configured when traffic needs them)")
 	join := flag.Int("join", 200, "hosts joining at once against one etcd (0: keep the report's)")
 	flood := flag.Duration("flood", time.Minute, "how long to flood a host of 10,000 on-demand wireguard peers with datagrams forged from its leases' endpoints (0: keep the report's)")
+	flag.StringVar(&keepLogs, "keep-logs", "", "directory to copy each scale run's weftd log into before its lab is removed (empty: none)")
 	profile := flag.String("profile", "", "directory for weftd's CPU and heap profiles during the scale run (empty: none)")
 	flag.Parse()
 	var sizes []int

@@ -276,6 +276,7 @@ func measureScale(row, weftd string, n int, profileDir string) (scaleResult, err
 	defer l.Close()
 	ctx := context.Background()
 	h1 := l.Hosts[0]
+	defer keepLog(h1, fmt.Sprintf("weftd-%s-%d.log", row, n))
 	// Both weftds stop: h1 to start cold, h2 so that it does not take the
 	// machine's CPU (programming every lease, and a whole apply every
 	// lab resync) while h1 is timed. Their leases stay in etcd.
@@ -369,6 +370,27 @@ func measureScale(row, weftd string, n int, profileDir string) (scaleResult, err
 		}
 	}
 	return res, nil
+}
+
+// keepLogs is where keepLog copies logs (-keep-logs; empty: nowhere).
+var keepLogs string
+
+// keepLog copies h's weftd log into keepLogs as name, before the lab that
+// holds it is removed.
+func keepLog(h *lab.Host, name string) {
+	if keepLogs == "" {
+		return
+	}
+	data, err := os.ReadFile(h.LogPath())
+	if err == nil {
+		err = os.MkdirAll(keepLogs, 0o755)
+	}
+	if err == nil {
+		err = os.WriteFile(filepath.Join(keepLogs, name), data, 0o644)
+	}
+	if err != nil {
+		fmt.Printf("keeping %s: %v\n", name, err)
+	}
 }
 
 // waitWholeApply waits for weftd on h to log a whole apply after offset
