@@ -51,11 +51,10 @@ const rtaNexthopID = 30
 // made it, as the dump reads it.
 func (k *Netlink) NexthopEach(f func(Nexthop)) error {
 	k.calls.Count(CallDump)
-	req, done, err := k.request(unix.RTM_GETNEXTHOP, unix.NLM_F_DUMP)
+	req, err := k.request(unix.RTM_GETNEXTHOP, unix.NLM_F_DUMP)
 	if err != nil {
 		return err
 	}
-	defer done()
 	req.AddData(&nhmsg{Family: unix.AF_UNSPEC})
 	return req.ExecuteIter(unix.NETLINK_ROUTE, unix.RTM_NEWNEXTHOP, func(msg []byte) bool {
 		if len(msg) < unix.SizeofNhmsg {
@@ -94,11 +93,10 @@ func (k *Netlink) NexthopSet(nh Nexthop, replace bool) error {
 	if replace {
 		flags = unix.NLM_F_CREATE | unix.NLM_F_REPLACE | unix.NLM_F_ACK
 	}
-	req, done, err := k.request(unix.RTM_NEWNEXTHOP, flags)
+	req, err := k.request(unix.RTM_NEWNEXTHOP, flags)
 	if err != nil {
 		return err
 	}
-	defer done()
 	msg := &nhmsg{Family: unix.AF_INET, Protocol: nh.Protocol}
 	if nh.Gw.Is6() {
 		msg.Family = unix.AF_INET6
@@ -116,11 +114,10 @@ func (k *Netlink) NexthopSet(nh Nexthop, replace bool) error {
 
 // NexthopDel removes nexthop id, and with it every route through it.
 func (k *Netlink) NexthopDel(id uint32) error {
-	req, done, err := k.request(unix.RTM_DELNEXTHOP, unix.NLM_F_ACK)
+	req, err := k.request(unix.RTM_DELNEXTHOP, unix.NLM_F_ACK)
 	if err != nil {
 		return err
 	}
-	defer done()
 	req.AddData(&nhmsg{Family: unix.AF_UNSPEC})
 	req.AddData(nl.NewRtAttr(unix.NHA_ID, nl.Uint32Attr(id)))
 	_, err = req.Execute(unix.NETLINK_ROUTE, 0)
@@ -130,11 +127,10 @@ func (k *Netlink) NexthopDel(id uint32) error {
 // RouteReplaceNexthop adds the route to dst through nexthop id in the main
 // table, marked RouteProtocol, or replaces the route there to dst.
 func (k *Netlink) RouteReplaceNexthop(dst netip.Prefix, id uint32) error {
-	req, done, err := k.request(unix.RTM_NEWROUTE, unix.NLM_F_CREATE|unix.NLM_F_REPLACE|unix.NLM_F_ACK)
+	req, err := k.request(unix.RTM_NEWROUTE, unix.NLM_F_CREATE|unix.NLM_F_REPLACE|unix.NLM_F_ACK)
 	if err != nil {
 		return err
 	}
-	defer done()
 	msg := nl.NewRtMsg()
 	msg.Family, msg.Dst_len, msg.Protocol = unix.AF_INET, uint8(dst.Bits()), uint8(RouteProtocol)
 	if dst.Addr().Is6() {
@@ -153,11 +149,10 @@ func (k *Netlink) RouteReplaceNexthop(dst netip.Prefix, id uint32) error {
 // field for a nexthop ID, so the messages are decoded here.
 func (k *Netlink) HopEach(family int, f func(netip.Prefix, Hop)) error {
 	k.calls.Count(CallDump)
-	req, done, err := k.request(unix.RTM_GETROUTE, unix.NLM_F_DUMP)
+	req, err := k.request(unix.RTM_GETROUTE, unix.NLM_F_DUMP)
 	if err != nil {
 		return err
 	}
-	defer done()
 	msg := nl.NewRtMsg()
 	msg.Family = uint8(family)
 	req.AddData(msg)
