@@ -176,14 +176,17 @@ func (d Desired) IPv6Half() Desired {
 
 // sort orders peers by subnet and skipped leases by key.
 func (d *Desired) sort() {
-	sort.Slice(d.Peers, func(i, j int) bool {
-		a, b := d.Peers[i], d.Peers[j]
-		if a.Subnet != b.Subnet {
-			return a.Subnet.Addr().Less(b.Subnet.Addr())
-		}
-		return a.IPv6Subnet().Addr().Less(b.IPv6Subnet().Addr())
-	})
+	sort.Slice(d.Peers, func(i, j int) bool { return peerLess(&d.Peers[i], &d.Peers[j]) })
 	sort.Slice(d.Skipped, func(i, j int) bool { return d.Skipped[i].Key < d.Skipped[j].Key })
+}
+
+// peerLess is the order of a Desired's peers: by IPv4 subnet, then by
+// IPv6 subnet.
+func peerLess(a, b *Peer) bool {
+	if a.Subnet != b.Subnet {
+		return a.Subnet.Addr().Less(b.Subnet.Addr())
+	}
+	return a.IPv6Subnet().Addr().Less(b.IPv6Subnet().Addr())
 }
 
 // classify decides one lease on its own: a peer (reason empty), a lease to

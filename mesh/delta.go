@@ -107,7 +107,9 @@ func (m *model) diff(keys []string, lookup func(string) (lease.Lease, bool), cfg
 		}
 		if wasPeer {
 			d.Old = append(d.Old, *old)
-			m.remove(key)
+			if !isPeer {
+				m.remove(key)
+			}
 		}
 		if isPeer {
 			d.New = append(d.New, now)

@@ -3,6 +3,7 @@ package mesh
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"testing"
 )
 
@@ -43,19 +44,36 @@ func TestModelFindsPeersByKey(t *testing.T) {
 		// Deltas: one peer leaves, one changes, one comes.
 		gone, changed := keys[3], keys[5]
 		m.remove(gone)
-		moved := Peer{Key: changed, Subnet: netip.MustParsePrefix("10.9.9.0/24")}
+		was, _ := m.peer(changed)
+		moved := *was
+		moved.PublicIP = netip.MustParseAddr("192.168.9.9")
 		m.put(changed, &moved)
 		m.put("10.5.77.0-24", &Peer{Key: "10.5.77.0-24", Subnet: v4(77)})
+		m.put("10.5.0.0-24", &Peer{Key: "10.5.0.0-24", Subnet: v4(0)})
 		if _, ok := m.peer(gone); ok {
 			t.Errorf("%s: %s still found after it left", name, gone)
 		}
-		if p, _ := m.peer(changed); p.Subnet != moved.Subnet {
-			t.Errorf("%s: %s is %v, want the changed peer", name, changed, p.Subnet)
+		if p, _ := m.peer(changed); p.PublicIP != moved.PublicIP {
+			t.Errorf("%s: %s is %v, want the changed peer", name, changed, p.PublicIP)
 		}
 		seen := map[string]int{}
 		m.each(func(p *Peer) { seen[p.Key]++ })
-		if m.count != 40 || len(seen) != 40 || seen[gone] != 0 || seen[changed] != 1 || seen["10.5.77.0-24"] != 1 {
-			t.Errorf("%s: count %d, each saw %d peers: %v", name, m.count, len(seen), seen)
+		if m.count() != 41 || len(seen) != 41 || seen[gone] != 0 || seen[changed] != 1 || seen["10.5.77.0-24"] != 1 || seen["10.5.0.0-24"] != 1 {
+			t.Errorf("%s: count %d, each saw %d peers: %v", name, m.count(), len(seen), seen)
+		}
+		// The deltas kept the order, so every peer is still found.
+		if !slices.IsSortedFunc(m.base, func(a, b Peer) int {
+			if peerLess(&a, &b) {
+				return -1
+			}
+			return 0
+		}) {
+			t.Errorf("%s: the model's peers are out of order after deltas", name)
+		}
+		for key := range seen {
+			if _, ok := m.peer(key); !ok {
+				t.Errorf("%s: %s not found after the deltas", name, key)
+			}
 		}
 	}
 }

@@ -293,13 +293,14 @@ func (r *Reconciler) reconcile(ctx context.Context, log *slog.Logger, resync, ti
 		whole = errors.Is(err, ErrWholeApply)
 	}
 	if whole {
-		// A tick with nothing changed since the last whole apply compares
-		// the data path with that same state: computing it again from the
-		// leases would give the same peers (admission aside, which time
-		// alone can change), and a second copy of every peer beside the
-		// first was the largest part of a resync's memory.
+		// A tick with nothing changed since the last pass compares the
+		// data path with the model, the last whole apply with every delta
+		// since folded in: computing it again from the leases would give
+		// the same peers (admission aside, which time alone can change),
+		// and a second copy of every peer beside the first was the largest
+		// part of a resync's memory.
 		again := tick && !resync && !wholeSet && len(keys) == 0 && !r.needWhole && r.Admit == nil &&
-			r.model != nil && r.model.pristine() && sameSelf(r.model.self, self)
+			r.model != nil && sameSelf(r.model.self, self)
 		if again {
 			err = r.applyAgain(ctx)
 		} else {
@@ -315,7 +316,7 @@ func (r *Reconciler) reconcile(ctx context.Context, log *slog.Logger, resync, ti
 		r.stats.WholeApplies++
 	}
 	r.stats.LastDuration = time.Since(start)
-	peers := r.model.count
+	peers := r.model.count()
 	r.stats.Peers, r.stats.Skipped = peers, len(r.model.skipped)
 	if err != nil {
 		r.stats.Errors++
@@ -397,8 +398,8 @@ func (r *Reconciler) applyWhole(ctx context.Context, log *slog.Logger, self leas
 	return r.Backend.Apply(ctx, desired)
 }
 
-// applyAgain has the backend apply the state of the last whole apply
-// again, which no delta changed since (the model's own peers, not a copy).
+// applyAgain has the backend apply the model whole again (its own peers,
+// not a copy).
 func (r *Reconciler) applyAgain(ctx context.Context) error {
 	r.mu.Lock()
 	desired := r.model.desired(r.Config)
