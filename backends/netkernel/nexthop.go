@@ -61,24 +61,20 @@ func (k *Netlink) NexthopEach(f func(Nexthop)) error {
 			return true
 		}
 		nh := Nexthop{Protocol: msg[2], OnLink: nl.NativeEndian().Uint32(msg[4:8])&unix.RTNH_F_ONLINK != 0}
-		attrs, err := nl.ParseRouteAttr(msg[unix.SizeofNhmsg:])
-		if err != nil {
-			return true
-		}
-		for _, a := range attrs {
-			switch a.Attr.Type {
+		eachAttr(msg[unix.SizeofNhmsg:], func(typ uint16, v []byte) {
+			switch typ {
 			case unix.NHA_ID:
-				if len(a.Value) == 4 {
-					nh.ID = nl.NativeEndian().Uint32(a.Value)
+				if len(v) == 4 {
+					nh.ID = nl.NativeEndian().Uint32(v)
 				}
 			case unix.NHA_OIF:
-				if len(a.Value) == 4 {
-					nh.Link = int(nl.NativeEndian().Uint32(a.Value))
+				if len(v) == 4 {
+					nh.Link = int(nl.NativeEndian().Uint32(v))
 				}
 			case unix.NHA_GATEWAY:
-				nh.Gw, _ = netip.AddrFromSlice(a.Value)
+				nh.Gw, _ = netip.AddrFromSlice(v)
 			}
-		}
+		})
 		if nh.ID != 0 {
 			f(nh)
 		}
@@ -174,34 +170,30 @@ func decodeHop(m []byte, family int) (netip.Prefix, Hop, bool) {
 	if int(rt.Family) != family || rt.Protocol != uint8(RouteProtocol) || rt.Flags&unix.RTM_F_CLONED != 0 {
 		return netip.Prefix{}, Hop{}, false
 	}
-	attrs, err := nl.ParseRouteAttr(m[unix.SizeofRtMsg:])
-	if err != nil {
-		return netip.Prefix{}, Hop{}, false
-	}
 	table := uint32(rt.Table)
 	var hop Hop
 	var dst netip.Addr
-	for _, a := range attrs {
-		switch a.Attr.Type {
+	eachAttr(m[unix.SizeofRtMsg:], func(typ uint16, v []byte) {
+		switch typ {
 		case unix.RTA_DST:
-			dst, _ = netip.AddrFromSlice(a.Value)
+			dst, _ = netip.AddrFromSlice(v)
 		case unix.RTA_GATEWAY:
-			hop.Gw, _ = netip.AddrFromSlice(a.Value)
+			hop.Gw, _ = netip.AddrFromSlice(v)
 			hop.Gw = hop.Gw.Unmap()
 		case unix.RTA_OIF:
-			if len(a.Value) == 4 {
-				hop.Link = int(nl.NativeEndian().Uint32(a.Value))
+			if len(v) == 4 {
+				hop.Link = int(nl.NativeEndian().Uint32(v))
 			}
 		case unix.RTA_TABLE:
-			if len(a.Value) == 4 {
-				table = nl.NativeEndian().Uint32(a.Value)
+			if len(v) == 4 {
+				table = nl.NativeEndian().Uint32(v)
 			}
 		case rtaNexthopID:
-			if len(a.Value) == 4 {
-				hop.NH = nl.NativeEndian().Uint32(a.Value)
+			if len(v) == 4 {
+				hop.NH = nl.NativeEndian().Uint32(v)
 			}
 		}
-	}
+	})
 	if table != unix.RT_TABLE_MAIN {
 		return netip.Prefix{}, Hop{}, false
 	}

@@ -3,6 +3,7 @@ package netkernel
 import (
 	"errors"
 	"fmt"
+	"iter"
 	"log/slog"
 	"net/netip"
 
@@ -141,7 +142,7 @@ func TunnelRoutes(k Kernel, ipv6 bool, dev, ext int, nhs *Nexthops) (map[netip.P
 // routes go through nexthop objects (nhs; nil: none): it makes each
 // wanted route's object and route, deletes the routes nothing wants, and
 // then the objects nothing wants. current is used up.
-func SyncTunnelRoutes(k Kernel, dev, ext int, current map[netip.Prefix]Hop, want []underlay.Route, nhs *Nexthops, log *slog.Logger) []error {
+func SyncTunnelRoutes(k Kernel, dev, ext int, current map[netip.Prefix]Hop, want iter.Seq[underlay.Route], nhs *Nexthops, log *slog.Logger) []error {
 	var errs []error
 	// A delta's objects in use: a route leaving must not take an object
 	// a route staying goes through. (A whole apply knows them: ours.)
@@ -149,7 +150,7 @@ func SyncTunnelRoutes(k Kernel, dev, ext int, current map[netip.Prefix]Hop, want
 	if nhs != nil && !nhs.read {
 		inUse = map[uint32]bool{}
 	}
-	for _, r := range want {
+	for r := range want {
 		route := PeerRoute(dev, ext, r)
 		cur, ok := current[r.Dst]
 		delete(current, r.Dst)

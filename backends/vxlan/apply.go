@@ -269,8 +269,8 @@ func (b *Backend) kernelEntries(idx int, nhs *netkernel.Nexthops) (entries, erro
 	var err error
 	e.neighbors, err = netkernel.Retry(func() (map[netip.Addr]MAC, error) {
 		out := map[netip.Addr]MAC{}
-		err := b.kernel.NeighEach(idx, b.family(), func(n netlink.Neigh) {
-			out[netkernel.Addr(n.IP)] = hardwareMAC(n.HardwareAddr)
+		err := b.kernel.NeighEach(idx, b.family(), func(n netkernel.Neighbour) {
+			out[n.IP] = n.MAC
 		})
 		return out, err
 	})
@@ -279,10 +279,10 @@ func (b *Backend) kernelEntries(idx int, nhs *netkernel.Nexthops) (entries, erro
 	}
 	e.fdb, err = netkernel.Retry(func() (map[fdbKey]struct{}, error) {
 		out := map[fdbKey]struct{}{}
-		err := b.kernel.NeighEach(idx, unix.AF_BRIDGE, func(n netlink.Neigh) {
+		err := b.kernel.NeighEach(idx, unix.AF_BRIDGE, func(n netkernel.Neighbour) {
 			// Entries without a destination (the device's own, multicast)
 			// are the kernel's.
-			if k := (fdbKey{hardwareMAC(n.HardwareAddr), netkernel.Addr(n.IP)}); k.dst.IsValid() {
+			if k := (fdbKey{n.MAC, n.IP}); k.dst.IsValid() {
 				out[k] = struct{}{}
 			}
 		})
@@ -310,23 +310,13 @@ func (b *Backend) family() int {
 // plannedEntries are the kernel objects a plan puts on the device.
 func (b *Backend) plannedEntries(idx int, s State, nhs *netkernel.Nexthops) entries {
 	e := entries{neighbors: map[netip.Addr]MAC{}, fdb: map[fdbKey]struct{}{}, routes: netkernel.PlannedTunnelRoutes(idx, b.ext.Index, s.Routes(), nhs)}
-	for _, n := range s.Neighbors() {
+	for n := range s.EachNeighbor() {
 		e.neighbors[n.IP] = n.MAC
 	}
-	for _, f := range s.FDB() {
+	for f := range s.EachFDB() {
 		e.fdb[fdbKey{f.MAC, f.Dst}] = struct{}{}
 	}
 	return e
-}
-
-// hardwareMAC is a MAC the kernel reported; the zero MAC when it is not
-// one of 6 bytes.
-func hardwareMAC(hw net.HardwareAddr) MAC {
-	var m MAC
-	if len(hw) == len(m) {
-		copy(m[:], hw)
-	}
-	return m
 }
 
 func neighbor(idx int, n Neighbor) *netlink.Neigh {
@@ -353,7 +343,7 @@ func (b *Backend) sync(idx int, have entries, want State, nhs *netkernel.Nexthop
 	// have is used up as it is compared: an entry wanted is taken out of
 	// it, and what is left is deleted. (Sets of what stays were three more
 	// maps of every peer at a resync.)
-	for _, w := range want.Neighbors() {
+	for w := range want.EachNeighbor() {
 		mac, ok := have.neighbors[w.IP]
 		delete(have.neighbors, w.IP)
 		if ok && mac == w.MAC {
@@ -368,7 +358,7 @@ func (b *Backend) sync(idx int, have entries, want State, nhs *netkernel.Nexthop
 			errs = append(errs, fmt.Errorf("removing neighbour %s: %w", ip, err))
 		}
 	}
-	for _, w := range want.FDB() {
+	for w := range want.EachFDB() {
 		k := fdbKey{w.MAC, w.Dst}
 		if _, ok := have.fdb[k]; ok {
 			delete(have.fdb, k)
@@ -383,7 +373,7 @@ func (b *Backend) sync(idx int, have entries, want State, nhs *netkernel.Nexthop
 			errs = append(errs, fmt.Errorf("removing fdb %s dst %s: %w", k.mac, k.dst, err))
 		}
 	}
-	return append(errs, netkernel.SyncTunnelRoutes(b.kernel, idx, b.ext.Index, have.routes, want.Routes(), nhs, nil)...)
+	return append(errs, netkernel.SyncTunnelRoutes(b.kernel, idx, b.ext.Index, have.routes, want.EachRoute(), nhs, nil)...)
 }
 
 // Cleanup removes the device (its routes, neighbours and FDB go with it)

@@ -4,8 +4,10 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"iter"
 	"net"
 	"net/netip"
+	"slices"
 
 	"github.com/weftnet/weft/backends/options"
 	"github.com/weftnet/weft/backends/underlay"
@@ -112,7 +114,7 @@ type FDB struct {
 // State is everything the vxlan device should carry: for each planned
 // peer a route (none on standby), and a neighbour and an FDB entry (none
 // for a DirectRouting peer, reached by a plain route). It keeps the peers
-// it was planned from and builds each kind's entries when asked: Apply
+// it was planned from and yields each kind's entries when asked: Apply
 // programs one kind after another, and the three lists at once were 6 MB
 // at 50,000 peers.
 type State struct {
@@ -128,46 +130,61 @@ type plannedPeer struct {
 	direct bool
 }
 
-// Routes go via the VTEP address on the vxlan device (onlink), or via
-// the PublicIP on the external link (DirectRouting).
-func (s State) Routes() []underlay.Route {
-	out := make([]underlay.Route, 0, len(s.planned))
-	for _, v := range s.planned {
-		switch p := &s.peers[v.i]; {
-		case p.Standby:
-			// A peer on standby (a switch to vxlan under way) gets its
-			// neighbour and FDB entry, so its frames find their way the
-			// moment its route comes, but no route yet.
-		case v.direct:
-			out = append(out, underlay.Route{Dst: p.Subnet, Via: p.PublicIP, Direct: true})
-		default:
-			out = append(out, underlay.Route{Dst: p.Subnet, Via: p.Subnet.Addr()})
+// EachRoute yields the routes: via the VTEP address on the vxlan device
+// (onlink), or via the PublicIP on the external link (DirectRouting). A
+// whole apply walks them as it compares, never holding a list of them all.
+func (s State) EachRoute() iter.Seq[underlay.Route] {
+	return func(yield func(underlay.Route) bool) {
+		for _, v := range s.planned {
+			var r underlay.Route
+			switch p := &s.peers[v.i]; {
+			case p.Standby:
+				// A peer on standby (a switch to vxlan under way) gets its
+				// neighbour and FDB entry, so its frames find their way the
+				// moment its route comes, but no route yet.
+				continue
+			case v.direct:
+				r = underlay.Route{Dst: p.Subnet, Via: p.PublicIP, Direct: true}
+			default:
+				r = underlay.Route{Dst: p.Subnet, Via: p.Subnet.Addr()}
+			}
+			if !yield(r) {
+				return
+			}
 		}
 	}
-	return out
 }
 
-// Neighbors are the VTEP addresses' MACs on the device.
-func (s State) Neighbors() []Neighbor {
-	out := make([]Neighbor, 0, len(s.planned))
-	for _, v := range s.planned {
-		if !v.direct {
-			out = append(out, Neighbor{IP: s.peers[v.i].Subnet.Addr(), MAC: v.mac})
+// EachNeighbor yields the VTEP addresses' MACs on the device.
+func (s State) EachNeighbor() iter.Seq[Neighbor] {
+	return func(yield func(Neighbor) bool) {
+		for _, v := range s.planned {
+			if !v.direct && !yield(Neighbor{IP: s.peers[v.i].Subnet.Addr(), MAC: v.mac}) {
+				return
+			}
 		}
 	}
-	return out
 }
 
-// FDB are where frames for each VTEP MAC go.
-func (s State) FDB() []FDB {
-	out := make([]FDB, 0, len(s.planned))
-	for _, v := range s.planned {
-		if !v.direct {
-			out = append(out, FDB{MAC: v.mac, Dst: s.peers[v.i].PublicIP})
+// EachFDB yields where frames for each VTEP MAC go.
+func (s State) EachFDB() iter.Seq[FDB] {
+	return func(yield func(FDB) bool) {
+		for _, v := range s.planned {
+			if !v.direct && !yield(FDB{MAC: v.mac, Dst: s.peers[v.i].PublicIP}) {
+				return
+			}
 		}
 	}
-	return out
 }
+
+// Routes are EachRoute's routes, as a list.
+func (s State) Routes() []underlay.Route { return slices.Collect(s.EachRoute()) }
+
+// Neighbors are EachNeighbor's neighbours, as a list.
+func (s State) Neighbors() []Neighbor { return slices.Collect(s.EachNeighbor()) }
+
+// FDB are EachFDB's entries, as a list.
+func (s State) FDB() []FDB { return slices.Collect(s.EachFDB()) }
 
 // Plan computes the desired kernel state. A peer whose BackendData does not
 // decode, carries another VNI or a malformed VtepMAC is skipped with a

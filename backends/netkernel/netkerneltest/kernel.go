@@ -500,7 +500,7 @@ func (k *Kernel) RouteDel(route *netlink.Route) error {
 // (AF_BRIDGE). While InterruptDumps is above zero, a dump is cut short
 // after its first entry with ErrDumpInterrupted, as the kernel does when
 // the table changes under it, and the count goes down.
-func (k *Kernel) NeighEach(linkIndex, family int, f func(netlink.Neigh)) error {
+func (k *Kernel) NeighEach(linkIndex, family int, f func(netkernel.Neighbour)) error {
 	k.mu.Lock()
 	var out []netlink.Neigh
 	for _, n := range k.neighs {
@@ -515,7 +515,12 @@ func (k *Kernel) NeighEach(linkIndex, family int, f func(netlink.Neigh)) error {
 	}
 	k.mu.Unlock()
 	for _, n := range out {
-		f(n)
+		e := netkernel.Neighbour{Link: n.LinkIndex, IP: netkernel.Addr(n.IP)}
+		if len(n.HardwareAddr) == len(e.MAC) {
+			copy(e.MAC[:], n.HardwareAddr)
+			e.HasMAC = true
+		}
+		f(e)
 	}
 	if interrupt {
 		return netlink.ErrDumpInterrupted
