@@ -23,9 +23,12 @@ type Nexthops struct {
 	// otherwise (a delta) an object is created, and replaced when its ID
 	// exists.
 	read bool
-	// ours are weft's objects on dev, by ID, with their gateways: used up
-	// as a sync takes them, so what is left is not wanted.
-	ours map[uint32]netip.Addr
+	// ours are weft's objects on dev that send where their IDs say
+	// (NexthopID of their gateway), and wrong those of weft's on dev that
+	// do not: used up as a sync takes them, so what is left is not
+	// wanted. (A set of IDs is a quarter of a map of IDs to gateways.)
+	ours  map[uint32]struct{}
+	wrong map[uint32]bool
 	// taken are IDs of objects weft did not make on dev (another program's,
 	// or another device's): never written; those peers' routes carry
 	// their gateways.
@@ -40,12 +43,15 @@ var ErrNoNexthops = errors.New("the kernel has no nexthop objects")
 // on dev, and every ID others hold.
 func ReadNexthops(k Kernel, dev int) (*Nexthops, error) {
 	n, err := Retry(func() (*Nexthops, error) {
-		n := &Nexthops{dev: dev, read: true, ours: map[uint32]netip.Addr{}, taken: map[uint32]bool{}}
+		n := &Nexthops{dev: dev, read: true, ours: map[uint32]struct{}{}, wrong: map[uint32]bool{}, taken: map[uint32]bool{}}
 		err := k.NexthopEach(func(nh Nexthop) {
-			if nh.Protocol == uint8(RouteProtocol) && nh.Link == dev && nh.OnLink && nh.Gw.Is4() {
-				n.ours[nh.ID] = nh.Gw
-			} else {
+			switch {
+			case nh.Protocol != uint8(RouteProtocol) || nh.Link != dev:
 				n.taken[nh.ID] = true
+			case nh.OnLink && NexthopID(nh.Gw) == nh.ID:
+				n.ours[nh.ID] = struct{}{}
+			default:
+				n.wrong[nh.ID] = true
 			}
 		})
 		return n, err
@@ -91,12 +97,13 @@ func (n *Nexthops) id(r underlay.Route) uint32 {
 func (n *Nexthops) ensure(k Kernel, id uint32, gw netip.Addr) error {
 	nh := Nexthop{ID: id, Link: n.dev, Gw: gw, OnLink: true, Protocol: uint8(RouteProtocol)}
 	if n.read {
-		have, ok := n.ours[id]
-		delete(n.ours, id)
-		if ok && have == gw {
+		if _, ok := n.ours[id]; ok {
+			delete(n.ours, id)
 			return nil
 		}
-		return k.NexthopSet(nh, ok)
+		wrong := n.wrong[id]
+		delete(n.wrong, id)
+		return k.NexthopSet(nh, wrong)
 	}
 	err := k.NexthopSet(nh, false)
 	if errors.Is(err, unix.EEXIST) {
@@ -134,7 +141,7 @@ func TunnelRoutes(k Kernel, ipv6 bool, dev, ext int, nhs *Nexthops) (map[netip.P
 			return false
 		}
 		_, ours := nhs.ours[h.NH]
-		return ours
+		return ours || nhs.wrong[h.NH]
 	})
 }
 
@@ -203,6 +210,9 @@ func SyncTunnelRoutes(k Kernel, dev, ext int, current map[netip.Prefix]Hop, want
 	}
 	if nhs != nil && nhs.read {
 		for id := range nhs.ours {
+			nhs.wrong[id] = true
+		}
+		for id := range nhs.wrong {
 			if err := k.NexthopDel(id); err != nil && !errors.Is(err, unix.ENOENT) {
 				errs = append(errs, fmt.Errorf("removing nexthop %d: %w", id, err))
 			}

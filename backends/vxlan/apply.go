@@ -245,17 +245,19 @@ func (b *Backend) ApplyDelta(_ context.Context, d mesh.Delta) error {
 	return errors.Join(append(errs, b.sync(idx, b.plannedEntries(idx, before, nhs), after, nhs)...)...)
 }
 
-// fdbKey identifies an FDB entry: a VTEP MAC and where frames for it go.
+// fdbKey identifies an FDB entry: a VTEP MAC and where frames for it go
+// (As16: a netip.Addr holds a pointer, which a map of 50,000 of them has
+// the collector look at, and takes 24 bytes).
 type fdbKey struct {
 	mac MAC
-	dst netip.Addr
+	dst [16]byte
 }
 
 // entries are the kernel objects for peers, keyed the way they are
 // compared, as what a sync compares and deletes by: maps of whole
 // netlink.Neigh values were 12 MB each at 50,000 peers, at every resync.
 type entries struct {
-	neighbors map[netip.Addr]MAC
+	neighbors map[[16]byte]MAC // by As16 of the address, as fdbKey
 	fdb       map[fdbKey]struct{}
 	routes    map[netip.Prefix]netkernel.Hop
 }
@@ -267,10 +269,10 @@ type entries struct {
 func (b *Backend) kernelEntries(idx int, nhs *netkernel.Nexthops) (entries, error) {
 	e := entries{}
 	var err error
-	e.neighbors, err = netkernel.Retry(func() (map[netip.Addr]MAC, error) {
-		out := map[netip.Addr]MAC{}
+	e.neighbors, err = netkernel.Retry(func() (map[[16]byte]MAC, error) {
+		out := map[[16]byte]MAC{}
 		err := b.kernel.NeighEach(idx, b.family(), func(n netkernel.Neighbour) {
-			out[n.IP] = n.MAC
+			out[n.IP.As16()] = n.MAC
 		})
 		return out, err
 	})
@@ -282,8 +284,8 @@ func (b *Backend) kernelEntries(idx int, nhs *netkernel.Nexthops) (entries, erro
 		err := b.kernel.NeighEach(idx, unix.AF_BRIDGE, func(n netkernel.Neighbour) {
 			// Entries without a destination (the device's own, multicast)
 			// are the kernel's.
-			if k := (fdbKey{n.MAC, n.IP}); k.dst.IsValid() {
-				out[k] = struct{}{}
+			if n.IP.IsValid() {
+				out[fdbKey{n.MAC, n.IP.As16()}] = struct{}{}
 			}
 		})
 		return out, err
@@ -309,12 +311,12 @@ func (b *Backend) family() int {
 
 // plannedEntries are the kernel objects a plan puts on the device.
 func (b *Backend) plannedEntries(idx int, s State, nhs *netkernel.Nexthops) entries {
-	e := entries{neighbors: map[netip.Addr]MAC{}, fdb: map[fdbKey]struct{}{}, routes: netkernel.PlannedTunnelRoutes(idx, b.ext.Index, s.Routes(), nhs)}
+	e := entries{neighbors: map[[16]byte]MAC{}, fdb: map[fdbKey]struct{}{}, routes: netkernel.PlannedTunnelRoutes(idx, b.ext.Index, s.Routes(), nhs)}
 	for n := range s.EachNeighbor() {
-		e.neighbors[n.IP] = n.MAC
+		e.neighbors[n.IP.As16()] = n.MAC
 	}
 	for f := range s.EachFDB() {
-		e.fdb[fdbKey{f.MAC, f.Dst}] = struct{}{}
+		e.fdb[fdbKey{f.MAC, f.Dst.As16()}] = struct{}{}
 	}
 	return e
 }
@@ -344,8 +346,8 @@ func (b *Backend) sync(idx int, have entries, want State, nhs *netkernel.Nexthop
 	// it, and what is left is deleted. (Sets of what stays were three more
 	// maps of every peer at a resync.)
 	for w := range want.EachNeighbor() {
-		mac, ok := have.neighbors[w.IP]
-		delete(have.neighbors, w.IP)
+		mac, ok := have.neighbors[w.IP.As16()]
+		delete(have.neighbors, w.IP.As16())
 		if ok && mac == w.MAC {
 			continue
 		}
@@ -353,13 +355,14 @@ func (b *Backend) sync(idx int, have entries, want State, nhs *netkernel.Nexthop
 			errs = append(errs, fmt.Errorf("neighbour %s lladdr %s: %w", w.IP, w.MAC, err))
 		}
 	}
-	for ip, mac := range have.neighbors {
+	for ip16, mac := range have.neighbors {
+		ip := netip.AddrFrom16(ip16).Unmap()
 		if err := b.kernel.NeighDel(neighbor(idx, Neighbor{IP: ip, MAC: mac})); err != nil && !errors.Is(err, unix.ENOENT) {
 			errs = append(errs, fmt.Errorf("removing neighbour %s: %w", ip, err))
 		}
 	}
 	for w := range want.EachFDB() {
-		k := fdbKey{w.MAC, w.Dst}
+		k := fdbKey{w.MAC, w.Dst.As16()}
 		if _, ok := have.fdb[k]; ok {
 			delete(have.fdb, k)
 			continue
@@ -369,8 +372,9 @@ func (b *Backend) sync(idx int, have entries, want State, nhs *netkernel.Nexthop
 		}
 	}
 	for k := range have.fdb {
-		if err := b.kernel.NeighDel(fdbEntry(idx, FDB{MAC: k.mac, Dst: k.dst})); err != nil && !errors.Is(err, unix.ENOENT) {
-			errs = append(errs, fmt.Errorf("removing fdb %s dst %s: %w", k.mac, k.dst, err))
+		dst := netip.AddrFrom16(k.dst).Unmap()
+		if err := b.kernel.NeighDel(fdbEntry(idx, FDB{MAC: k.mac, Dst: dst})); err != nil && !errors.Is(err, unix.ENOENT) {
+			errs = append(errs, fmt.Errorf("removing fdb %s dst %s: %w", k.mac, dst, err))
 		}
 	}
 	return append(errs, netkernel.SyncTunnelRoutes(b.kernel, idx, b.ext.Index, have.routes, want.EachRoute(), nhs, nil)...)
