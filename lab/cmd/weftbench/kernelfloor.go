@@ -28,8 +28,11 @@ type kernelFloor struct {
 	weftd time.Duration
 }
 
-// total is the floor with routes as weft lays them out now.
+// total is the floor with routes carrying their gateways.
 func (f kernelFloor) total() time.Duration { return f.neighbours + f.fdb + f.routes }
+
+// totalNexthops is the floor with routes through nexthop objects.
+func (f kernelFloor) totalNexthops() time.Duration { return f.neighbours + f.fdb + f.nexthops }
 
 // measureKernelFloor times `ip -batch` and `bridge -batch` of the
 // neighbours, FDB entries and routes weftd programs for n simulated vxlan
@@ -135,24 +138,27 @@ func renderKernelFloor(floors []kernelFloor) string {
 	b.WriteString(`
 The kernel alone: the same neighbours, FDB entries and routes for the vxlan rows' leases, written by
 ` + "`ip -batch`" + ` and ` + "`bridge -batch`" + ` (one process each, no daemon) into a namespace with a vxlan device like
-weftd's, in this run. Routes "with gateways" are laid out as weftd and flanneld install them (each
-via the peer's VTEP address, onlink); "through nexthop objects", a nexthop object per peer and a
-route naming it.
+weftd's, in this run. Routes "with gateways" are laid out as flanneld installs them (each via the
+peer's VTEP address, onlink), and as weftd does on a kernel without nexthop objects; "through nexthop
+objects" as weftd installs them, a nexthop object per peer and a route naming it. × is weftd's
+start → READY over the kernel's time for each layout.
 
-| leases | neighbours | FDB entries | routes with gateways | all, with gateways | routes through nexthop objects | weftd vxlan start → READY | × the kernel's all, with gateways |
-|---|---|---|---|---|---|---|---|
+| leases | neighbours | FDB entries | routes with gateways | all, with gateways | routes through nexthop objects | all, through nexthop objects | weftd vxlan start → READY | × all, with gateways | × all, through nexthop objects |
+|---|---|---|---|---|---|---|---|---|---|
 `)
 	for _, f := range floors {
-		nh := "refused"
+		nh, all, weftd, ratio, ratioNH := "refused", "–", "–", "–", "–"
 		if f.nexthops > 0 {
-			nh = f.nexthops.Round(time.Millisecond).String()
+			nh, all = f.nexthops.Round(time.Millisecond).String(), f.totalNexthops().Round(time.Millisecond).String()
 		}
-		weftd, ratio := "–", "–"
 		if f.weftd > 0 {
 			weftd, ratio = f.weftd.Round(time.Millisecond).String(), fmt.Sprintf("%.2f", f.weftd.Seconds()/f.total().Seconds())
+			if f.nexthops > 0 {
+				ratioNH = fmt.Sprintf("%.2f", f.weftd.Seconds()/f.totalNexthops().Seconds())
+			}
 		}
-		fmt.Fprintf(&b, "| %d | %s | %s | %s | %s | %s | %s | %s |\n", f.leases, f.neighbours.Round(time.Millisecond), f.fdb.Round(time.Millisecond),
-			f.routes.Round(time.Millisecond), f.total().Round(time.Millisecond), nh, weftd, ratio)
+		fmt.Fprintf(&b, "| %d | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", f.leases, f.neighbours.Round(time.Millisecond), f.fdb.Round(time.Millisecond),
+			f.routes.Round(time.Millisecond), f.total().Round(time.Millisecond), nh, all, weftd, ratio, ratioNH)
 	}
 	return b.String()
 }
