@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/backends"
+	"github.com/weftnet/weft/backends/netkernel"
 	"github.com/weftnet/weft/lab"
 	"github.com/weftnet/weft/lease"
 )
@@ -57,7 +58,7 @@ func watchRoutes(ns string) (*routeWatch, error) {
 	go func() {
 		for u := range updates {
 			at := time.Now()
-			dst, ok := netipPrefix(u.Dst)
+			dst, ok := netkernel.Prefix(u.Dst)
 			if !ok {
 				continue
 			}
@@ -87,12 +88,6 @@ func (w *routeWatch) wait(dst netip.Prefix, added bool, since time.Time, timeout
 }
 
 func (w *routeWatch) close() { close(w.done) }
-
-// netipPrefix converts a route's destination.
-func netipPrefix(n interface{ String() string }) (netip.Prefix, bool) {
-	p, err := netip.ParsePrefix(n.String())
-	return p, err == nil
-}
 
 // timeRouteChanges adds and removes one simulated vxlan lease changeRuns
 // times, timing each from the etcd write to the kernel's notification of
@@ -189,7 +184,7 @@ func measureFlannelScale(weftd, flanneld string, n int, hold time.Duration) (sca
 	}()
 	pid := cmd.Process.Pid // ip netns exec execs flanneld in its place
 	for {
-		if err := countFlannel(h1, want); err == nil {
+		if err := countVXLAN(h1, "flannel.1", want); err == nil {
 			break
 		} else if time.Since(start) > 10*time.Minute {
 			return res, fmt.Errorf("flanneld: %w after %s (log %s)", err, time.Since(start).Round(time.Second), logPath)
@@ -217,20 +212,6 @@ func measureFlannelScale(weftd, flanneld string, n int, hold time.Duration) (sca
 	res.runningPeakKB = peakRSS(pid)
 	res.held = time.Since(ready)
 	return res, nil
-}
-
-// countFlannel checks that flanneld's device on h holds want routes,
-// neighbours and FDB entries.
-func countFlannel(h *lab.Host, want int) error {
-	routes, _ := lab.Exec(h.Name, "ip", "-4", "route", "show", "dev", "flannel.1")
-	neighs, _ := lab.Exec(h.Name, "ip", "-4", "neigh", "show", "dev", "flannel.1")
-	fdb, _ := lab.Exec(h.Name, "bridge", "fdb", "show", "dev", "flannel.1")
-	for what, n := range map[string]int{"routes": countLines(routes, " via "), "neighbours": countLines(neighs, " lladdr "), "FDB entries": countLines(fdb, " dst ")} {
-		if n != want {
-			return fmt.Errorf("%d of %d %s on flannel.1", n, want, what)
-		}
-	}
-	return nil
 }
 
 // lastLines is the last n lines of s.

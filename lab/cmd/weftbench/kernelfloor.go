@@ -3,16 +3,12 @@ package main
 import (
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
-
-	"github.com/weftnet/weft/backends"
-	"github.com/weftnet/weft/lease"
 )
 
 // kernelFloor is what the kernel alone takes to hold the objects of n
@@ -65,22 +61,13 @@ func measureKernelFloor(n int) (kernelFloor, error) {
 	}
 	var neigh, fdb, routes, nexthops strings.Builder
 	for i := range n {
-		key, value := fakeLease(backends.VXLAN, i)
-		subnet, err := lease.ParseSubnetKey(key)
+		subnet, mac, publicIP, err := fakeVTEP(i)
 		if err != nil {
 			return res, err
 		}
-		var attrs lease.Attrs
-		if err := json.Unmarshal(value, &attrs); err != nil {
-			return res, err
-		}
-		var data struct{ VtepMAC string }
-		if err := json.Unmarshal(attrs.BackendData, &data); err != nil {
-			return res, err
-		}
 		vtep := subnet.Addr()
-		fmt.Fprintf(&neigh, "neigh replace %s lladdr %s dev %s nud permanent\n", vtep, data.VtepMAC, dev)
-		fmt.Fprintf(&fdb, "fdb append %s dev %s dst %s self permanent\n", data.VtepMAC, dev, attrs.PublicIP)
+		fmt.Fprintf(&neigh, "neigh replace %s lladdr %s dev %s nud permanent\n", vtep, mac, dev)
+		fmt.Fprintf(&fdb, "fdb append %s dev %s dst %s self permanent\n", mac, dev, publicIP)
 		fmt.Fprintf(&routes, "route replace %s via %s dev %s onlink proto 87\n", subnet, vtep, dev)
 		fmt.Fprintf(&nexthops, "nexthop replace id %d via %s dev %s onlink proto 87\nroute replace %s nhid %d proto 87\n", i+1, vtep, dev, subnet, i+1)
 	}

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -159,14 +160,26 @@ func checkProgrammed(l *lab.Lab, h *lab.Host, row string, want int) error {
 		out, _ := l.HostExec(h, "wg", "show", "weft-wg", "peers")
 		got = map[string]int{"WireGuard peers": len(strings.Fields(out))}
 	default:
-		routes, _ := lab.Exec(h.Name, "ip", "-4", "route", "show", "proto", "87", "dev", "weft.1")
-		neighs, _ := lab.Exec(h.Name, "ip", "-4", "neigh", "show", "dev", "weft.1")
-		fdb, _ := lab.Exec(h.Name, "bridge", "fdb", "show", "dev", "weft.1")
-		got = map[string]int{"routes": countLines(routes, ""), "neighbours": countLines(neighs, " lladdr "), "FDB entries": countLines(fdb, " dst ")}
+		return countVXLAN(h, "weft.1", want)
 	}
 	for what, n := range got {
 		if n != want {
 			return fmt.Errorf("%d of %d %s in the kernel", n, want, what)
+		}
+	}
+	return nil
+}
+
+// countVXLAN checks that vxlan device dev on h holds want routes (via a
+// gateway, whether through a nexthop object or not), neighbours and FDB
+// entries: weftd's or flanneld's.
+func countVXLAN(h *lab.Host, dev string, want int) error {
+	routes, _ := lab.Exec(h.Name, "ip", "-4", "route", "show", "dev", dev)
+	neighs, _ := lab.Exec(h.Name, "ip", "-4", "neigh", "show", "dev", dev)
+	fdb, _ := lab.Exec(h.Name, "bridge", "fdb", "show", "dev", dev)
+	for what, n := range map[string]int{"routes": countLines(routes, " via "), "neighbours": countLines(neighs, " lladdr "), "FDB entries": countLines(fdb, " dst ")} {
+		if n != want {
+			return fmt.Errorf("%d of %d %s on %s", n, want, what, dev)
 		}
 	}
 	return nil
@@ -187,27 +200,37 @@ func countLines(out, sub string) int {
 // entry on h's vxlan device, as an administrator or another program
 // might: the next resync must put them back.
 func deleteOnePeer(h *lab.Host) error {
-	key, value := fakeLease(backends.VXLAN, 0)
-	var attrs lease.Attrs
-	if err := json.Unmarshal(value, &attrs); err != nil {
-		return err
-	}
-	var data struct{ VtepMAC string }
-	json.Unmarshal(attrs.BackendData, &data)
-	subnet, err := lease.ParseSubnetKey(key)
+	subnet, mac, publicIP, err := fakeVTEP(0)
 	if err != nil {
 		return err
 	}
 	for _, cmd := range [][]string{
 		{"ip", "route", "del", subnet.String(), "proto", "87"},
 		{"ip", "neigh", "del", subnet.Addr().String(), "dev", "weft.1"},
-		{"bridge", "fdb", "del", data.VtepMAC, "dev", "weft.1", "dst", attrs.PublicIP.String(), "self"},
+		{"bridge", "fdb", "del", mac, "dev", "weft.1", "dst", publicIP.String(), "self"},
 	} {
 		if out, err := lab.Exec(h.Name, cmd...); err != nil {
 			return fmt.Errorf("%s: %v: %s", strings.Join(cmd, " "), err, out)
 		}
 	}
 	return nil
+}
+
+// fakeVTEP is what simulated vxlan lease i asks of a peer's kernel: its
+// subnet (whose address is its VTEP address), its VTEP MAC and its
+// PublicIP, read back from the lease as a host reads it.
+func fakeVTEP(i int) (subnet netip.Prefix, mac string, publicIP netip.Addr, err error) {
+	key, value := fakeLease(backends.VXLAN, i)
+	if subnet, err = lease.ParseSubnetKey(key); err != nil {
+		return
+	}
+	var attrs lease.Attrs
+	if err = json.Unmarshal(value, &attrs); err != nil {
+		return
+	}
+	var data struct{ VtepMAC string }
+	err = json.Unmarshal(attrs.BackendData, &data)
+	return subnet, data.VtepMAC, attrs.PublicIP, err
 }
 
 // resetPeakRSS resets process pid's peak RSS (VmHWM) to its RSS now, as
