@@ -137,16 +137,13 @@ func timeRouteChanges(l *lab.Lab, h *lab.Host, n int) (add, remove time.Duration
 // every second), then the same changes, held as long as weftd was.
 func measureFlannelScale(weftd, flanneld string, n int, hold time.Duration) (scaleResult, error) {
 	res := scaleResult{backend: flanneldRow, leases: n}
-	l, err := startLab(lab.Options{Hosts: 2, Weftd: weftd,
-		Config: fmt.Sprintf(`{"Network":%q,"SubnetMin":"10.0.1.0","SubnetMax":"10.0.255.0","Backend":{"Type":"vxlan"}}`, scaleNetwork)})
+	_, backendConfig := scaleBackendConfig(backends.VXLAN)
+	l, err := startScaleLab(weftd, backendConfig)
 	if err != nil {
 		return res, err
 	}
 	defer l.Close()
 	h1 := l.Hosts[0]
-	for _, h := range l.Hosts {
-		l.StopWeftd(h, syscall.SIGTERM)
-	}
 	// weftd's device holds VNI 1 on port 8472, which flanneld's wants.
 	if out, err := lab.Exec(h1.Name, "ip", "link", "del", "weft.1"); err != nil {
 		return res, fmt.Errorf("removing weft.1: %v: %s", err, out)

@@ -90,7 +90,7 @@ func measureFlood(weftd string, n int, d time.Duration) (floodResult, error) {
 	res := floodResult{peers: n, duration: d}
 	_, backendConfig := scaleBackendConfig(wireguardOnDemand)
 	l, err := startLab(lab.Options{Hosts: 2, Weftd: weftd,
-		Config: fmt.Sprintf(`{"Network":%q,"SubnetMin":"10.0.1.0","SubnetMax":"10.0.255.0","Backend":%s}`, scaleNetwork, backendConfig)})
+		Config: scaleConfig(backendConfig)})
 	if err != nil {
 		return res, err
 	}

@@ -289,10 +289,7 @@ func peakRSS(pid int) int {
 func measureScale(row, weftd string, n int, profileDir string) (scaleResult, error) {
 	res := scaleResult{backend: row, leases: n}
 	backend, backendConfig := scaleBackendConfig(row)
-	l, err := startLab(lab.Options{Hosts: 2, Weftd: weftd,
-		// The lab's hosts lease in 10.0.x.0; the simulated ones live from
-		// 10.1.0.0 on, so they never collide.
-		Config: fmt.Sprintf(`{"Network":%q,"SubnetMin":"10.0.1.0","SubnetMax":"10.0.255.0","Backend":%s}`, scaleNetwork, backendConfig)})
+	l, err := startScaleLab(weftd, backendConfig)
 	if err != nil {
 		return res, err
 	}
@@ -300,12 +297,6 @@ func measureScale(row, weftd string, n int, profileDir string) (scaleResult, err
 	ctx := context.Background()
 	h1 := l.Hosts[0]
 	defer keepLog(h1, fmt.Sprintf("weftd-%s-%d.log", row, n))
-	// Both weftds stop: h1 to start cold, h2 so that it does not take the
-	// machine's CPU (programming every lease, and a whole apply every
-	// lab resync) while h1 is timed. Their leases stay in etcd.
-	for _, h := range l.Hosts {
-		l.StopWeftd(h, syscall.SIGTERM)
-	}
 	if res.writeLeases, err = writeFakeLeases(l, backend, n, row == vxlanSigned); err != nil {
 		return res, err
 	}
@@ -414,6 +405,29 @@ func keepLog(h *lab.Host, name string) {
 	if err != nil {
 		fmt.Printf("keeping %s: %v\n", name, err)
 	}
+}
+
+// scaleConfig is the network config of a scale lab with the given Backend
+// object: the lab's hosts lease in 10.0.x.0, the simulated ones from
+// 10.1.0.0 on, so they never collide.
+func scaleConfig(backendConfig string) string {
+	return fmt.Sprintf(`{"Network":%q,"SubnetMin":"10.0.1.0","SubnetMax":"10.0.255.0","Backend":%s}`, scaleNetwork, backendConfig)
+}
+
+// startScaleLab starts a two-host lab on scaleConfig and stops both
+// weftds again: h1 to start cold (weftd, or flanneld in its place), h2 so
+// that it does not take the machine's CPU (programming every lease, and a
+// whole apply every lab resync) while h1 is timed. Their leases stay in
+// etcd.
+func startScaleLab(weftd, backendConfig string) (*lab.Lab, error) {
+	l, err := startLab(lab.Options{Hosts: 2, Weftd: weftd, Config: scaleConfig(backendConfig)})
+	if err != nil {
+		return nil, err
+	}
+	for _, h := range l.Hosts {
+		l.StopWeftd(h, syscall.SIGTERM)
+	}
+	return l, nil
 }
 
 // waitWholeApply waits for weftd on h to log a whole apply after offset
